@@ -1,0 +1,191 @@
+"""Pytree vector algebra.
+
+Vectors in landscape-ntk keep the parameters' pytree shape (and therefore their dtype and
+sharding per leaf). These helpers treat a pytree of arrays as one vector. All of them are
+pure and safe under ``jax.jit``. Reductions accumulate in the leaves' dtype; inner products
+use ``precision=HIGHEST`` so float32 on GPUs is not silently computed in TF32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+__all__ = [
+    "add",
+    "axpy",
+    "cast",
+    "dtype_of",
+    "flatten_dict_paths",
+    "leaf_paths",
+    "lincomb",
+    "norm",
+    "normalize",
+    "ones_like",
+    "rademacher_like",
+    "normal_like",
+    "scale",
+    "size",
+    "stack",
+    "sub",
+    "unstack",
+    "vdot",
+    "zeros_like",
+    "index",
+]
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def add(a: PyTree, b: PyTree) -> PyTree:
+    """``a + b`` leaf by leaf."""
+    return jax.tree.map(jnp.add, a, b)
+
+
+def sub(a: PyTree, b: PyTree) -> PyTree:
+    """``a - b`` leaf by leaf."""
+    return jax.tree.map(jnp.subtract, a, b)
+
+
+def scale(s, a: PyTree) -> PyTree:
+    """``s * a`` for a scalar ``s`` (cast to each leaf's dtype)."""
+    return jax.tree.map(lambda x: (jnp.asarray(s, x.dtype) * x), a)
+
+
+def axpy(alpha, x: PyTree, y: PyTree) -> PyTree:
+    """``alpha * x + y`` leaf by leaf (alpha cast to each leaf's dtype)."""
+    return jax.tree.map(lambda xi, yi: jnp.asarray(alpha, yi.dtype) * xi + yi, x, y)
+
+
+def lincomb(coeffs, trees: PyTree) -> PyTree:
+    """``sum_i coeffs[i] * trees[i]`` where ``trees`` has a leading axis on every leaf."""
+    coeffs = jnp.asarray(coeffs)
+    return jax.tree.map(
+        lambda x: jnp.tensordot(coeffs.astype(x.dtype), x, axes=1, precision=_HIGHEST), trees
+    )
+
+
+def vdot(a: PyTree, b: PyTree):
+    """Real inner product ``<a, b>`` summed over all leaves (HIGHEST precision)."""
+    parts = jax.tree.leaves(
+        jax.tree.map(lambda x, y: jnp.vdot(x.ravel(), y.ravel(), precision=_HIGHEST), a, b)
+    )
+    if not parts:
+        return jnp.zeros(())
+    return sum(parts[1:], parts[0])
+
+
+def norm(a: PyTree):
+    """Euclidean norm of the whole pytree."""
+    return jnp.sqrt(vdot(a, a))
+
+
+def normalize(a: PyTree, eps: float = 0.0):
+    """``a / ||a||`` and ``||a||``; ``eps`` guards against division by zero."""
+    n = norm(a)
+    return scale(1.0 / (n + eps), a), n
+
+
+def zeros_like(a: PyTree) -> PyTree:
+    return jax.tree.map(jnp.zeros_like, a)
+
+
+def ones_like(a: PyTree) -> PyTree:
+    return jax.tree.map(jnp.ones_like, a)
+
+
+def cast(a: PyTree, dtype) -> PyTree:
+    """Cast every floating leaf to ``dtype`` (integer leaves are left alone)."""
+
+    def _c(x):
+        x = jnp.asarray(x)
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(_c, a)
+
+
+def _split_key(key, a: PyTree):
+    leaves, treedef = jax.tree.flatten(a)
+    return leaves, treedef, jax.random.split(key, max(len(leaves), 1))
+
+
+def normal_like(key, a: PyTree) -> PyTree:
+    """Standard normal pytree shaped like ``a`` (one independent key per leaf)."""
+    leaves, treedef, keys = _split_key(key, a)
+    out = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    return jax.tree.unflatten(treedef, out)
+
+
+def rademacher_like(key, a: PyTree) -> PyTree:
+    """Random +-1 pytree shaped like ``a``."""
+    leaves, treedef, keys = _split_key(key, a)
+    out = [jax.random.rademacher(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    return jax.tree.unflatten(treedef, out)
+
+
+def size(a: PyTree) -> int:
+    """Total number of scalar entries (static)."""
+    return int(sum(math.prod(np.shape(x)) for x in jax.tree.leaves(a)))
+
+
+def dtype_of(a: PyTree):
+    """The common result dtype of the floating leaves of ``a``."""
+    leaves = [x for x in jax.tree.leaves(a) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    if not leaves:
+        return jnp.result_type(float)
+    return jnp.result_type(*leaves)
+
+
+def stack(trees: list[PyTree]) -> PyTree:
+    """Stack a list of same-structure pytrees along a new leading axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree: PyTree) -> list[PyTree]:
+    """Inverse of :func:`stack`."""
+    leaves, treedef = jax.tree.flatten(tree)
+    n = leaves[0].shape[0] if leaves else 0
+    return [jax.tree.unflatten(treedef, [x[i] for x in leaves]) for i in range(n)]
+
+
+def index(tree: PyTree, i) -> PyTree:
+    """``tree[i]`` on every leaf (leading axis)."""
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def leaf_paths(tree: PyTree) -> list[str]:
+    """Slash-separated paths of the leaves (``'layers/0/kernel'``), in leaf order."""
+    return [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _path_str(path) -> str:
+    parts = []
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            parts.append(str(k.name))
+        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(k.key))
+        else:  # pragma: no cover - future key types
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def map_with_path(fn: Callable[[str, Any], Any], tree: PyTree, *rest: PyTree) -> PyTree:
+    """``jax.tree.map`` where ``fn`` also receives the slash-separated leaf path."""
+    return jax.tree_util.tree_map_with_path(lambda p, *xs: fn(_path_str(p), *xs), tree, *rest)
+
+
+def flatten_dict_paths(tree: PyTree) -> dict[str, Any]:
+    """``{path: leaf}`` for saving pytrees of arrays in flat formats (npz)."""
+    return {_path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}

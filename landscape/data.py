@@ -1,0 +1,272 @@
+"""Embedded data sets (nothing is downloaded at run time) and a registry by name.
+
+* ``"digits"``: scikit-learn's bundled 8x8 handwritten digits (1797 examples, 10 classes), as
+  flat 64-vectors or 8x8x1 images (NHWC), with a fixed stratified train/test split and inputs
+  standardised with the training set's per-pixel mean and standard deviation.
+* ``"mnist1d"``: MNIST-1D (Greydanus 2020) generated locally by the ``mnist1d`` package's own
+  generator with a fixed seed (never its download path), cached as ``.npz`` in the user cache
+  directory.
+* ``"teacher"``: a synthetic task labelled by a random teacher network, any size (regression or
+  classification).
+
+A data set is a dict of arrays with a leading example axis: ``{"x": inputs, "y": targets}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from landscape import _provenance, _serialize
+
+__all__ = ["Dataset", "load_data", "data_names", "register_data", "cache_dir"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A train/test pair of dict data sets plus what analyses need to know about them.
+
+    Attributes:
+      name: registry name.
+      train, test: ``{"x": float array (n, ...), "y": int labels (n,) or float targets (n, k)}``.
+      task: ``"classification"`` or ``"regression"``.
+      num_outputs: number of classes (classification) or target dimension (regression).
+      input_shape: shape of one input (without the example axis).
+      spec: the loader's name and arguments (enough to regenerate it exactly).
+    """
+
+    name: str
+    train: dict
+    test: dict
+    task: str
+    num_outputs: int
+    input_shape: tuple
+    spec: dict
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.num_outputs if self.task == "classification" else None
+
+    @property
+    def hash(self) -> str:
+        """Hash of train and test arrays (for provenance)."""
+        return _provenance.data_hash({"train": self.train, "test": self.test})
+
+    def __repr__(self):
+        return (
+            f"Dataset({self.name}: train {self.train['x'].shape}, test {self.test['x'].shape}, "
+            f"{self.task}, num_outputs={self.num_outputs})"
+        )
+
+
+_REGISTRY: dict[str, Callable[..., Dataset]] = {}
+
+
+def register_data(name: str, loader: Callable[..., Dataset]) -> None:
+    """Register ``loader(**kwargs) -> Dataset`` under ``name``."""
+    _REGISTRY[name] = loader
+
+
+def data_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_data(name: str, **kwargs) -> Dataset:
+    """Load a registered data set by name (``"digits"``, ``"mnist1d"``, ``"teacher"``).
+
+    Raises:
+      ValueError: unknown name (the message lists the registered names).
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(
+            f"landscape.load_data: unknown data set {name!r}; registered: {', '.join(data_names())}."
+        )
+    return _REGISTRY[name](**kwargs)
+
+
+def cache_dir() -> Path:
+    """``$LANDSCAPE_CACHE_DIR``, else ``$XDG_CACHE_HOME/landscape-ntk``, else ``~/.cache/...``."""
+    env = os.environ.get("LANDSCAPE_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "landscape-ntk"
+
+
+def _standardise(train_x, test_x):
+    mu = train_x.mean(axis=0)
+    sd = train_x.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    return (train_x - mu) / sd, (test_x - mu) / sd
+
+
+def _float(dtype):
+    dt = np.dtype(dtype)
+    if not np.issubdtype(dt, np.floating):
+        raise TypeError(f"landscape.load_data: dtype must be a floating dtype; got {dtype!r}.")
+    return dt
+
+
+# --------------------------------------------------------------------------------------------
+def digits(
+    *,
+    flat: bool = True,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    standardize: bool = True,
+    dtype: Any = np.float32,
+) -> Dataset:
+    """scikit-learn's 8x8 digits: 1797 examples, 10 classes, bundled with scikit-learn.
+
+    Args:
+      flat: 64-vectors (``True``) or 8x8x1 NHWC images.
+      test_fraction: fraction held out, split stratified by class with ``random_state=seed``
+        (defaults give 1437 train / 360 test examples).
+      standardize: subtract the training mean and divide by the training standard deviation,
+        per pixel (constant pixels are left centred).
+      dtype: floating dtype of the inputs (float64 needs ``jax_enable_x64`` to stay float64).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    dt = _float(dtype)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"landscape.load_data('digits'): test_fraction must be in (0, 1); got {test_fraction}.")
+    d = load_digits()
+    x = d.data.astype(np.float64)
+    y = d.target.astype(np.int32)
+    idx = np.arange(len(y))
+    tr, te = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
+    tr, te = np.sort(tr), np.sort(te)
+    xtr, xte = x[tr], x[te]
+    if standardize:
+        xtr, xte = _standardise(xtr, xte)
+    shape = (64,) if flat else (8, 8, 1)
+    xtr = xtr.reshape((-1,) + shape).astype(dt)
+    xte = xte.reshape((-1,) + shape).astype(dt)
+    spec = dict(name="digits", flat=flat, test_fraction=test_fraction, seed=seed,
+                standardize=standardize, dtype=str(dt))
+    return Dataset("digits", {"x": xtr, "y": y[tr]}, {"x": xte, "y": y[te]},
+                   "classification", 10, shape, spec)
+
+
+# --------------------------------------------------------------------------------------------
+def mnist1d(
+    *,
+    num_samples: int = 5000,
+    train_split: float = 0.8,
+    seed: int = 42,
+    dtype: Any = np.float32,
+    cache: bool = True,
+) -> Dataset:
+    """MNIST-1D generated offline with the ``mnist1d`` package's ``make_dataset``.
+
+    The generator is called with the package's default arguments except ``num_samples``,
+    ``train_split`` and ``seed`` (defaults: the package's own, giving 4000 train / 1000 test
+    sequences of length 40). Its download path is never used. The generator reseeds Python's
+    and NumPy's global random state; both are restored afterwards. The result is cached as
+    ``.npz`` (no pickle) under :func:`cache_dir`.
+    """
+    dt = _float(dtype)
+    key = dict(num_samples=int(num_samples), train_split=float(train_split), seed=int(seed), v=1)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir() / f"mnist1d-{digest}.npz"
+    arrays = None
+    if cache and path.exists():
+        try:
+            arrays = _serialize.load_tree(path)
+        except Exception:  # corrupt cache: regenerate
+            arrays = None
+    if arrays is None:
+        arrays = _generate_mnist1d(num_samples, train_split, seed)
+        if cache:
+            try:
+                _serialize.save_tree(path, arrays, meta=key)
+            except OSError:
+                pass
+    spec = dict(name="mnist1d", num_samples=num_samples, train_split=train_split, seed=seed,
+                dtype=str(dt))
+    train = {"x": arrays["x"].astype(dt), "y": arrays["y"].astype(np.int32)}
+    test = {"x": arrays["x_test"].astype(dt), "y": arrays["y_test"].astype(np.int32)}
+    return Dataset("mnist1d", train, test, "classification", 10, (train["x"].shape[1],), spec)
+
+
+def _generate_mnist1d(num_samples, train_split, seed) -> dict:
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset  # imports matplotlib: keep lazy
+
+        args = get_dataset_args()
+        args.num_samples = int(num_samples)
+        args.train_split = float(train_split)
+        args.seed = int(seed)
+        ds = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return {k: np.asarray(ds[k]) for k in ("x", "y", "x_test", "y_test")}
+
+
+# --------------------------------------------------------------------------------------------
+def teacher(
+    *,
+    num_train: int = 1024,
+    num_test: int = 256,
+    input_dim: int = 16,
+    hidden: int = 64,
+    depth: int = 2,
+    num_outputs: int = 1,
+    task: str = "regression",
+    noise: float = 0.0,
+    seed: int = 0,
+    dtype: Any = np.float32,
+) -> Dataset:
+    """A synthetic task from a random teacher network (tanh MLP, LeCun-normal weights).
+
+    Inputs are standard normal in ``input_dim`` dimensions. For ``task="regression"`` targets
+    are the teacher's ``num_outputs`` outputs plus Gaussian ``noise``; for
+    ``"classification"`` labels are the arg-max of ``num_outputs`` (>= 2) teacher logits
+    (noise added to the logits before the arg-max).
+    """
+    if task not in ("regression", "classification"):
+        raise ValueError(f"landscape.load_data('teacher'): task must be 'regression' or 'classification'; got {task!r}.")
+    for nm, v in (("num_train", num_train), ("num_test", num_test), ("input_dim", input_dim),
+                  ("hidden", hidden), ("num_outputs", num_outputs)):
+        if int(v) <= 0:
+            raise ValueError(f"landscape.load_data('teacher'): {nm} must be positive; got {v}.")
+    if task == "classification" and num_outputs < 2:
+        raise ValueError("landscape.load_data('teacher'): classification needs num_outputs >= 2.")
+    dt = _float(dtype)
+    rng = np.random.default_rng(seed)
+    n = num_train + num_test
+    x = rng.standard_normal((n, input_dim))
+    h = x
+    widths = [input_dim] + [hidden] * depth
+    for i in range(depth):
+        w = rng.standard_normal((widths[i], widths[i + 1])) / np.sqrt(widths[i])
+        h = np.tanh(h @ w)
+    w = rng.standard_normal((widths[-1], num_outputs)) / np.sqrt(widths[-1])
+    f = h @ w
+    if noise:
+        f = f + noise * rng.standard_normal(f.shape)
+    y = f.astype(dt) if task == "regression" else np.argmax(f, axis=1).astype(np.int32)
+    x = x.astype(dt)
+    spec = dict(name="teacher", num_train=num_train, num_test=num_test, input_dim=input_dim,
+                hidden=hidden, depth=depth, num_outputs=num_outputs, task=task, noise=noise,
+                seed=seed, dtype=str(dt))
+    return Dataset("teacher", {"x": x[:num_train], "y": y[:num_train]},
+                   {"x": x[num_train:], "y": y[num_train:]}, task, num_outputs, (input_dim,), spec)
+
+
+register_data("digits", digits)
+register_data("mnist1d", mnist1d)
+register_data("teacher", teacher)

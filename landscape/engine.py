@@ -1,0 +1,643 @@
+"""Exact full-data-set reductions and many-point evaluation: the engine every analysis reuses.
+
+Two entries:
+
+* :func:`mean` (and the factory :func:`make_mean_fn`): the exact data-set mean of anything
+  built on ``loss_fn`` -- loss and aux metrics, gradients, Hessian-vector products. Full
+  batches run in one ``lax.scan`` inside one compiled program; the remainder batch (when the
+  batch size does not divide the data size) runs in the same program and is weighted by its
+  size, so the result is the mean over all examples whatever the batch size. One compilation
+  per (function, shapes); no per-batch Python loop.
+* :func:`evaluate_points`: the same mean at many parameter points (grid points of a slice,
+  points along a path). Points are generated inside the compiled program from coordinates by a
+  ``point_fn`` (so a 51 x 51 grid never materialises 2601 parameter copies), evaluated in chunks
+  (one compiled program per chunk size), and the chunk loop runs on the host so callers can show
+  progress and save finished chunks (:class:`ChunkStore` makes long grids resumable).
+
+Functions handed to the engine (``fn``, ``point_fn``) are split into a static part (the Python
+callable, part of the compilation cache key) and a dynamic part (any array leaves of a callable
+pytree such as :class:`landscape.Loss`, whose batch-norm state is an argument, not a constant).
+A new lambda per call recompiles: build functions once and reuse them.
+
+Multi-device: with more than one device, :func:`batch` shards full batches over a 1-D mesh of
+all devices (``jax.sharding.NamedSharding``, axis ``"data"``; the batch size is rounded down to
+a multiple of the device count) and replicates the remainder; the compiler inserts the
+reductions. :func:`evaluate_points` instead replicates the data and shards the points of each
+chunk (``jax.shard_map``). Global arrays are built with ``jax.make_array_from_callback`` from the
+host copy every process holds, so the same code runs multi-host after
+``jax.distributed.initialize()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from jax.tree_util import Partial
+
+from landscape import _serialize, _tree, _validate
+
+PyTree = Any
+
+DEFAULT_BATCH_SIZE = 1024
+"""Default batch size of full-data-set reductions (capped at the data size)."""
+
+DATA_AXIS = "data"
+
+__all__ = [
+    "Batched",
+    "ChunkStore",
+    "batch",
+    "batched_mean",
+    "evaluate",
+    "evaluate_points",
+    "loss_and_aux",
+    "make_mean_fn",
+    "mean",
+    "mesh",
+    "split_fn",
+    "merge_fn",
+    "value_and_grad",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Callables as (static, dynamic) pairs
+# --------------------------------------------------------------------------------------------
+def _is_array(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic)) or (
+        hasattr(x, "shape") and hasattr(x, "dtype")
+    )
+
+
+def split_fn(fn: Callable) -> tuple[Any, list]:
+    """Split a callable (possibly a pytree such as ``jax.tree_util.Partial``) into a hashable
+    static part and a list of array leaves (``None`` where the leaf is static)."""
+    leaves, treedef = jax.tree.flatten(fn)
+    dynamic = [x if _is_array(x) else None for x in leaves]
+    static = tuple(None if _is_array(x) else x for x in leaves)
+    try:
+        hash((treedef, static))
+    except TypeError as e:
+        raise TypeError(
+            f"landscape.engine: the function {fn!r} has unhashable static parts; functions passed "
+            "to compiled code must be hashable (module-level functions, jax.tree_util.Partial, "
+            "or landscape.Loss objects)."
+        ) from e
+    return (treedef, static), dynamic
+
+
+def merge_fn(static, dynamic) -> Callable:
+    treedef, static_leaves = static
+    leaves = [d if s is None else s for s, d in zip(static_leaves, dynamic)]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+# --------------------------------------------------------------------------------------------
+# Loss normalisation
+# --------------------------------------------------------------------------------------------
+def loss_and_aux(loss_fn: Callable, params, batch) -> tuple[jax.Array, dict]:
+    """Call ``loss_fn`` and return ``(loss, aux)`` whether or not it returns aux.
+
+    A ``(scalar, aux)`` tuple is recognised by its type at trace time; a bare scalar gives
+    ``aux = {}``. ``aux`` must be a dict (or ``None``) of batch-mean metrics.
+    """
+    out = loss_fn(params, batch)
+    if isinstance(out, tuple):
+        if len(out) != 2:
+            raise TypeError(
+                "landscape: loss_fn must return a scalar or (scalar, aux); got a tuple of "
+                f"length {len(out)}."
+            )
+        loss, aux = out
+        aux = {} if aux is None else aux
+        if not isinstance(aux, dict):
+            raise TypeError(f"landscape: loss_fn's aux must be a dict of metrics; got {type(aux).__name__}.")
+    else:
+        loss, aux = out, {}
+    loss = jnp.asarray(loss)
+    if loss.shape != ():
+        raise ValueError(
+            f"landscape: loss_fn must return a scalar (the batch mean); got shape {loss.shape}."
+        )
+    return loss, aux
+
+
+def _loss_dict(loss_fn, params, batch):
+    loss, aux = loss_and_aux(loss_fn, params, batch)
+    return {**aux, "loss": loss}
+
+
+def _value_and_grad(loss_fn, params, batch):
+    def f(p):
+        loss, aux = loss_and_aux(loss_fn, p, batch)
+        return loss, aux
+
+    (loss, aux), g = jax.value_and_grad(f, has_aux=True)(params)
+    return {**aux, "loss": loss}, g
+
+
+# --------------------------------------------------------------------------------------------
+# Data placement
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _mesh_for(devices: tuple) -> jax.sharding.Mesh:
+    return jax.sharding.Mesh(np.array(devices), (DATA_AXIS,))
+
+
+def mesh() -> jax.sharding.Mesh:
+    """The 1-D mesh over ``jax.devices()`` (axis ``"data"``) used by the engine."""
+    return _mesh_for(tuple(jax.devices()))
+
+
+def _place(x, sharding) -> jax.Array:
+    if sharding is None:
+        return jnp.asarray(x)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+@dataclasses.dataclass(frozen=True)
+class Batched:
+    """A data set laid out for exact batched reductions.
+
+    Attributes:
+      full: the first ``num_batches * batch_size`` examples, every leaf shaped
+        ``(num_batches, batch_size, ...)`` (``None`` if the data is smaller than a batch).
+      rest: the remaining ``num_examples - num_batches * batch_size`` examples (``None`` if none).
+      num_examples, batch_size: static sizes.
+      placement: ``"shard"`` (full batches split over devices) or ``"replicate"``.
+    """
+
+    full: PyTree
+    rest: PyTree
+    num_examples: int = dataclasses.field(metadata=dict(static=True))
+    batch_size: int = dataclasses.field(metadata=dict(static=True))
+    placement: str = dataclasses.field(default="shard", metadata=dict(static=True))
+
+    @property
+    def num_batches(self) -> int:
+        return self.num_examples // self.batch_size
+
+    @property
+    def rest_size(self) -> int:
+        return self.num_examples - self.num_batches * self.batch_size
+
+    def __repr__(self):
+        return (
+            f"Batched(num_examples={self.num_examples}, batch_size={self.batch_size}, "
+            f"num_batches={self.num_batches}, rest={self.rest_size}, placement={self.placement})"
+        )
+
+
+jax.tree_util.register_dataclass(
+    Batched, data_fields=["full", "rest"], meta_fields=["num_examples", "batch_size", "placement"]
+)
+
+
+def batch(
+    data: PyTree,
+    batch_size: int | None = None,
+    *,
+    placement: str = "shard",
+    fn: str = "landscape.engine.batch",
+    check_finite: bool = True,
+) -> Batched:
+    """Validate ``data`` and lay it out on the devices for exact batched reductions.
+
+    Args:
+      data: dict pytree of arrays with a common leading example axis (host memory is fine),
+        or an existing :class:`Batched` (returned unchanged).
+      batch_size: examples per batch (default ``min(n, DEFAULT_BATCH_SIZE)``). With more than one
+        device and ``placement="shard"`` it is rounded down to a multiple of the device count.
+      placement: ``"shard"`` splits every full batch across devices; ``"replicate"`` keeps a full
+        copy on every device (used when points, not examples, are sharded).
+      check_finite: reject NaN/Inf in floating leaves.
+
+    Returns:
+      A :class:`Batched`; pass it to :func:`mean`/:func:`evaluate_points` instead of the raw data
+      to prepare the layout once.
+
+    Raises:
+      TypeError, ValueError: data is not a dict of arrays, leaves disagree on the number of
+        examples, data is empty or not finite, or ``batch_size`` is not in ``[1, n]``.
+    """
+    if isinstance(data, Batched):
+        return data
+    _validate.check_choice(placement, ("shard", "replicate"), fn=fn, name="placement")
+    n = _validate.num_examples(data, fn=fn)
+    if check_finite:
+        _validate.check_finite(data, fn=fn, name="data")
+    if batch_size is None:
+        batch_size = min(n, DEFAULT_BATCH_SIZE)
+    batch_size = _validate.check_batch_size(batch_size, n, fn=fn)
+    ndev = jax.device_count()
+    full_sh = rest_sh = None
+    if ndev > 1:
+        m = mesh()
+        rest_sh = NamedSharding(m, P())
+        if placement == "shard" and batch_size >= ndev:
+            batch_size -= batch_size % ndev
+            full_sh = NamedSharding(m, P(None, DATA_AXIS))
+        else:
+            full_sh = rest_sh
+    nb = n // batch_size
+    r = n - nb * batch_size
+    # one device: stay on the device (no host round trip for data already there)
+    src = jax.tree.map(jnp.asarray if ndev == 1 else np.asarray, data)
+    full = None
+    if nb > 0:
+        full = jax.tree.map(
+            lambda x: _place(x[: nb * batch_size].reshape((nb, batch_size) + x.shape[1:]), full_sh),
+            src,
+        )
+    rest = jax.tree.map(lambda x: _place(x[nb * batch_size :], rest_sh), src) if r else None
+    return Batched(full, rest, n, batch_size, placement)
+
+
+# --------------------------------------------------------------------------------------------
+# The traceable reduction
+# --------------------------------------------------------------------------------------------
+def _acc_dtype(dtype):
+    if jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating):
+        return dtype
+    return jnp.result_type(float)
+
+
+def _all_finite(tree) -> jax.Array:
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return functools.reduce(jnp.logical_and, flags, jnp.asarray(True))
+
+
+def batched_mean(fn: Callable, point: PyTree, batched: Batched, *args) -> tuple[PyTree, jax.Array]:
+    """Exact data-set mean of ``fn(point, batch, *args)`` (traceable; use inside ``jit``).
+
+    ``fn`` must return batch means (any pytree of arrays). Full batches are summed in a
+    ``lax.scan`` and weighted by the batch size; the remainder is weighted by its size.
+
+    Returns:
+      ``(mean, finite)`` where ``finite`` is a bool vector with one flag per batch (full batches
+      in order, then the remainder) telling whether that batch's values were all finite.
+    """
+    n, bs = batched.num_examples, batched.batch_size
+    total = None
+    flags = []
+
+    def cast_like(v, ref):
+        return jax.tree.map(lambda x, s: jnp.asarray(x).astype(s.dtype), v, ref)
+
+    if batched.full is not None:
+        first = jax.tree.map(lambda x: x[0], batched.full)
+        shape = jax.eval_shape(lambda b: fn(point, b, *args), first)
+        init = jax.tree.map(lambda s: jnp.zeros(s.shape, _acc_dtype(s.dtype)), shape)
+
+        def body(acc, b):
+            v = cast_like(fn(point, b, *args), init)
+            return jax.tree.map(jnp.add, acc, v), _all_finite(v)
+
+        acc, ok = jax.lax.scan(body, init, batched.full)
+        total = jax.tree.map(lambda a: a * jnp.asarray(bs, a.dtype), acc)
+        flags.append(ok)
+    if batched.rest is not None:
+        r = n - (n // bs) * bs
+        v = fn(point, batched.rest, *args)
+        v = jax.tree.map(lambda x: jnp.asarray(x).astype(_acc_dtype(jnp.result_type(x))), v)
+        vr = jax.tree.map(lambda x: x * jnp.asarray(r, x.dtype), v)
+        total = vr if total is None else jax.tree.map(jnp.add, total, cast_like(vr, total))
+        flags.append(_all_finite(v)[None])
+    mean_ = jax.tree.map(lambda t: t / jnp.asarray(n, t.dtype), total)
+    return mean_, jnp.concatenate(flags)
+
+
+@functools.partial(jax.jit, static_argnames=("fn_static",))
+def _mean_jit(fn_static, fn_dyn, point, batched, args):
+    return batched_mean(merge_fn(fn_static, fn_dyn), point, batched, *args)
+
+
+def _raise_nonfinite(ok, batched: Batched, *, fn: str, what: str):
+    ok = np.asarray(ok)
+    if ok.all():
+        return
+    bad = np.flatnonzero(~ok)
+    bs = batched.batch_size
+    names = []
+    for b in bad[:5]:
+        if b < batched.num_batches:
+            names.append(f"batch {b} (examples {b * bs}..{(b + 1) * bs - 1})")
+        else:
+            names.append(f"the remainder batch (examples {batched.num_batches * bs}..{batched.num_examples - 1})")
+    raise FloatingPointError(
+        f"{fn}: non-finite {what} in {len(bad)} of {len(ok)} batches: " + ", ".join(names) + "."
+    )
+
+
+def mean(
+    fn: Callable,
+    point: PyTree,
+    data: PyTree,
+    *args,
+    batch_size: int | None = None,
+    check_finite: bool = False,
+    fn_name: str = "landscape.engine.mean",
+) -> PyTree:
+    """Exact data-set mean of ``fn(point, batch, *args)`` in one compiled program.
+
+    Args:
+      fn: ``fn(point, batch, *args) -> pytree of batch means``; static (reuse the same object).
+      point: usually the parameters (any pytree of arrays).
+      data: dict of arrays (leading example axis) or a prepared :class:`Batched`.
+      *args: further dynamic arguments of ``fn`` (e.g. the vector of an HVP).
+      batch_size: see :func:`batch`.
+      check_finite: raise ``FloatingPointError`` naming the batches whose values were not
+        finite (costs one device-to-host copy of the flags).
+    """
+    batched = batch(data, batch_size, fn=fn_name)
+    static, dyn = split_fn(fn)
+    out, ok = _mean_jit(static, dyn, point, batched, args)
+    if check_finite:
+        _raise_nonfinite(ok, batched, fn=fn_name, what="values")
+    return out
+
+
+def make_mean_fn(
+    fn: Callable,
+    data: PyTree,
+    *,
+    batch_size: int | None = None,
+    with_finite: bool = False,
+    fn_name: str = "landscape.engine.make_mean_fn",
+) -> Callable:
+    """Factory: ``f(point, *args) -> mean`` with the data laid out once.
+
+    The returned closure calls one module-level jitted program (compiled once per function and
+    shapes) with the prepared data as an argument, so repeated calls (Lanczos, training
+    callbacks) neither recompile nor copy the data. With ``with_finite=True`` it returns
+    ``(mean, finite_flags_per_batch)``.
+    """
+    batched = batch(data, batch_size, fn=fn_name)
+    static, dyn = split_fn(fn)
+
+    def f(point, *args):
+        out, ok = _mean_jit(static, dyn, point, batched, args)
+        return (out, ok) if with_finite else out
+
+    f.batched = batched  # type: ignore[attr-defined]
+    return f
+
+
+def evaluate(
+    loss_fn: Callable,
+    params: PyTree,
+    data: PyTree,
+    *,
+    batch_size: int | None = None,
+) -> dict[str, jax.Array]:
+    """Exact full-data-set loss and aux metrics: ``{"loss": ..., "accuracy": ..., ...}``.
+
+    One compiled program (scan over full batches + weighted remainder); see :func:`mean`.
+    """
+    fn = "landscape.evaluate"
+    _validate.check_callable(loss_fn, fn=fn, name="loss_fn")
+    _validate.check_params(params, fn=fn)
+    return mean(Partial(_loss_dict, loss_fn), params, data, batch_size=batch_size, fn_name=fn)
+
+
+def value_and_grad(
+    loss_fn: Callable,
+    params: PyTree,
+    data: PyTree,
+    *,
+    batch_size: int | None = None,
+    check_finite: bool = True,
+) -> tuple[dict[str, jax.Array], PyTree]:
+    """Exact full-data-set ``({"loss", aux...}, gradient)`` in one compiled program.
+
+    Raises:
+      FloatingPointError: (with ``check_finite``) naming the batches whose loss or gradient
+        was not finite.
+    """
+    fn = "landscape.value_and_grad"
+    _validate.check_callable(loss_fn, fn=fn, name="loss_fn")
+    _validate.check_params(params, fn=fn)
+    return mean(
+        Partial(_value_and_grad, loss_fn),
+        params,
+        data,
+        batch_size=batch_size,
+        check_finite=check_finite,
+        fn_name=fn,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Many points
+# --------------------------------------------------------------------------------------------
+def _points_core(fn, point_fn, point_args, coords, batched, strategy, map_batch):
+    def one(c):
+        return batched_mean(fn, point_fn(c, *point_args), batched)[0]
+
+    if strategy == "vmap":
+        return jax.vmap(one)(coords)
+    return jax.lax.map(one, coords, batch_size=map_batch)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("fn_static", "pf_static", "strategy", "map_batch", "sharded")
+)
+def _points_jit(fn_static, fn_dyn, pf_static, pf_dyn, point_args, coords, batched, strategy, map_batch, sharded):
+    fn = merge_fn(fn_static, fn_dyn)
+    point_fn = merge_fn(pf_static, pf_dyn)
+    if not sharded:
+        return _points_core(fn, point_fn, point_args, coords, batched, strategy, map_batch)
+    m = mesh()
+
+    def local(c, pa, b):
+        return _points_core(fn, point_fn, pa, c, b, strategy, map_batch)
+
+    return jax.shard_map(
+        local, mesh=m, in_specs=(P(DATA_AXIS), P(), P()), out_specs=P(DATA_AXIS), check_vma=False
+    )(coords, point_args, batched)
+
+
+def evaluate_points(
+    fn: Callable,
+    point_fn: Callable,
+    coords,
+    data: PyTree,
+    *,
+    point_args: tuple = (),
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    strategy: str = "map",
+    map_batch: int | None = None,
+    store: ChunkStore | None = None,
+    progress: bool = False,
+    desc: str = "points",
+    fn_name: str = "landscape.engine.evaluate_points",
+) -> dict[str, np.ndarray] | PyTree:
+    """Exact data-set means of ``fn(point, batch)`` at many points, in compiled chunks.
+
+    Args:
+      fn: ``fn(point, batch) -> pytree of batch means`` (e.g. ``Partial(_loss_dict, loss_fn)``;
+        use :func:`loss_points` for the common loss-and-metrics case).
+      point_fn: ``point_fn(coord, *point_args) -> point``; builds each point inside the compiled
+        program (e.g. ``params + a d1 + b d2``), so points are never materialised on the host.
+      coords: array ``(num_points, ...)`` of coordinates.
+      data: dict of arrays or a :class:`Batched` (laid out with ``placement="replicate"`` when
+        several devices share the points).
+      point_args: dynamic arguments of ``point_fn`` (centre parameters, directions).
+      chunk_size: points per compiled call (default: up to 64, a multiple of the device count).
+        Each chunk is one program; the last chunk is padded, so one compilation serves all.
+      strategy: ``"map"`` (``lax.map`` over the points of a chunk, memory of one point at a time;
+        the default, measured fastest on CPU) or ``"vmap"`` (all points of a chunk at once).
+      map_batch: with ``"map"``, vectorise this many points inside the map
+        (``lax.map(batch_size=...)``).
+      store: a :class:`ChunkStore`; finished chunks are saved atomically and skipped on restart.
+      progress: show a tqdm progress bar over chunks.
+
+    Returns:
+      The pytree returned by ``fn`` with a leading ``num_points`` axis, as NumPy arrays.
+    """
+    _validate.check_choice(strategy, ("map", "vmap"), fn=fn_name, name="strategy")
+    coords = np.asarray(coords)
+    if coords.ndim == 0 or coords.shape[0] == 0:
+        raise ValueError(f"{fn_name}: coords must have a non-empty leading axis of points; got shape {coords.shape}.")
+    if not np.all(np.isfinite(coords)):
+        raise ValueError(f"{fn_name}: coords must be finite.")
+    num_points = coords.shape[0]
+    ndev = jax.device_count()
+    sharded = ndev > 1
+    batched = batch(data, batch_size, placement="replicate" if sharded else "shard", fn=fn_name)
+    if sharded and batched.placement != "replicate":
+        raise ValueError(
+            f"{fn_name}: with {ndev} devices the points are sharded, so data must be laid out with "
+            "placement='replicate' (pass the raw data or engine.batch(data, placement='replicate'))."
+        )
+    if chunk_size is None:
+        chunk_size = min(num_points, 64)
+    chunk_size = _validate.check_positive_int(chunk_size, fn=fn_name, name="chunk_size")
+    if sharded:
+        chunk_size = int(math.ceil(chunk_size / ndev) * ndev)
+    num_chunks = int(math.ceil(num_points / chunk_size))
+    fs, fd = split_fn(fn)
+    ps, pd = split_fn(point_fn)
+    coord_sharding = NamedSharding(mesh(), P(DATA_AXIS)) if sharded else None
+
+    results: list[Any] = [None] * num_chunks
+    todo = []
+    for ci in range(num_chunks):
+        if store is not None and store.has(ci):
+            results[ci] = store.load(ci)
+        else:
+            todo.append(ci)
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=desc, unit="chunk")
+    try:
+        for ci in todo:
+            start, stop = ci * chunk_size, min((ci + 1) * chunk_size, num_points)
+            c = coords[start:stop]
+            if c.shape[0] < chunk_size:  # pad so every chunk has one shape
+                pad = np.repeat(c[-1:], chunk_size - c.shape[0], axis=0)
+                c = np.concatenate([c, pad], axis=0)
+            c = _place(c, coord_sharding) if sharded else jnp.asarray(c)
+            out = _points_jit(fs, fd, ps, pd, point_args, c, batched, strategy, map_batch, sharded)
+            out = jax.tree.map(lambda x: np.asarray(x)[: stop - start], out)
+            results[ci] = out
+            if store is not None:
+                store.save(ci, out)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *results)
+
+
+def loss_points(
+    loss_fn: Callable,
+    point_fn: Callable,
+    coords,
+    data: PyTree,
+    **kwargs,
+) -> dict[str, np.ndarray]:
+    """:func:`evaluate_points` of ``{"loss": ..., aux...}`` for a ``loss_fn(params, batch)``."""
+    return evaluate_points(Partial(_loss_dict, loss_fn), point_fn, coords, data, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Resumable chunk storage
+# --------------------------------------------------------------------------------------------
+class ChunkStore:
+    """Finished chunks of a long job, saved atomically in a directory, resumable.
+
+    ``meta`` (JSON-able settings: directions' key and spec, data hash, grid, ...) is written to
+    ``manifest.json``; reopening a directory whose manifest differs raises ``ValueError``
+    instead of silently mixing results of different settings.
+
+    Args:
+      directory: where chunks go (created if missing).
+      meta: the settings that define the job.
+      overwrite: discard existing chunks of a different job instead of raising.
+    """
+
+    def __init__(self, directory: str | os.PathLike, meta: dict, *, overwrite: bool = False):
+        self.directory = Path(directory)
+        self.meta = _serialize.to_jsonable(meta)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        manifest = self.directory / "manifest.json"
+        digest = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()[:16]
+        if manifest.exists():
+            old = _serialize.load_json(manifest)
+            if old.get("digest") != digest:
+                if not overwrite:
+                    raise ValueError(
+                        f"landscape.ChunkStore: {self.directory} holds results of different "
+                        f"settings (stored digest {old.get('digest')}, now {digest}); use another "
+                        "directory or overwrite=True. Differences: "
+                        + _diff(old.get("meta", {}), self.meta)
+                    )
+                for f in self.directory.glob("chunk-*.npz"):
+                    f.unlink()
+        _serialize.save_json(manifest, {"digest": digest, "meta": self.meta})
+        self.digest = digest
+
+    def _path(self, i: int) -> Path:
+        return self.directory / f"chunk-{i:06d}.npz"
+
+    def has(self, i: int) -> bool:
+        return self._path(i).exists()
+
+    def done(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.directory.glob("chunk-*.npz"))
+
+    def save(self, i: int, value: PyTree) -> None:
+        _serialize.save_tree(self._path(i), jax.tree.map(np.asarray, value))
+
+    def load(self, i: int) -> PyTree:
+        return _serialize.load_tree(self._path(i))
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(set(a) | set(b))
+    out = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    text = "; ".join(out)
+    return text if len(text) < 500 else text[:500] + "..."
+
+
+def as_iterable(x) -> Iterable:
+    return x if isinstance(x, (list, tuple)) else (x,)
