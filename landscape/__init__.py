@@ -22,6 +22,11 @@ from landscape.engine import value_and_grad as value_and_grad
 from landscape.losses import Loss as Loss
 from landscape.losses import make_loss_fn as make_loss_fn
 from landscape.models import make_model as make_model
+from landscape.runs import load_run as load_run
+from landscape.runs import save_run as save_run
+from landscape.train import TrainingDivergedError as TrainingDivergedError
+from landscape.train import callback as callback
+from landscape.train import train as train
 
 __version__ = "0.1.0"
 
@@ -35,11 +40,16 @@ __all__ = [
     "evaluate",
     "from_linen",
     "from_nnx",
+    "TrainingDivergedError",
+    "callback",
     "load_data",
+    "load_run",
     "make_loss_fn",
     "make_model",
     "provenance",
     "result",
+    "save_run",
     "static_field",
+    "train",
     "value_and_grad",
 ]

@@ -1,0 +1,519 @@
+"""Training with Optax: seeded mini-batch SGD (any optimiser and schedule), jitted steps,
+periodic exact evaluation, callbacks, snapshots, divergence handling.
+
+Steps run in compiled blocks: ``lax.scan`` over a block of steps inside one jitted program,
+with the block length a divisor of every evaluation/callback/snapshot period, so events land
+exactly on their steps and there is one compilation per block length. The data set lives on the
+device and each step gathers its mini-batch by index, with indices drawn on the host from
+``numpy.random.default_rng(seed)`` (a fresh permutation per epoch, last incomplete batch
+dropped). Same seed, same result, bit for bit on one machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from landscape import _provenance, _tree, _validate, engine
+from landscape._model import Model, as_model
+from landscape._result import Result, result, static_field
+from landscape.losses import Loss, make_loss_fn
+
+PyTree = Any
+
+__all__ = [
+    "Callback",
+    "TrainInfo",
+    "TrainResult",
+    "TrainingDivergedError",
+    "callback",
+    "make_optimizer",
+    "make_schedule",
+    "train",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Schedules and optimisers by name
+# --------------------------------------------------------------------------------------------
+def make_schedule(
+    name: str = "constant",
+    learning_rate: float = 1e-3,
+    *,
+    num_steps: int = 1000,
+    warmup_steps: int = 0,
+    decay_steps: Sequence[int] = (),
+    decay_factor: float = 0.1,
+    decay_rate: float = 0.5,
+    end_value: float = 0.0,
+) -> Callable:
+    """An Optax schedule by name.
+
+    Args:
+      name: ``"constant"``, ``"cosine"`` (to ``end_value`` at ``num_steps``),
+        ``"warmup_cosine"`` (linear warm-up for ``warmup_steps``, then cosine), ``"step"``
+        (multiply by ``decay_factor`` at each of ``decay_steps``; default at 50% and 75%),
+        ``"exponential"`` (``decay_rate`` per ``num_steps``).
+      learning_rate: peak learning rate.
+    """
+    fn = "landscape.make_schedule"
+    _validate.check_choice(
+        name, ("constant", "cosine", "warmup_cosine", "step", "exponential"), fn=fn, name="name"
+    )
+    lr = float(learning_rate)
+    if name == "constant":
+        sched = optax.constant_schedule(lr)
+    elif name == "cosine":
+        sched = optax.cosine_decay_schedule(lr, max(num_steps, 1), alpha=end_value / lr if lr else 0.0)
+    elif name == "warmup_cosine":
+        sched = optax.warmup_cosine_decay_schedule(
+            0.0, lr, max(warmup_steps, 1), max(num_steps, warmup_steps + 1), end_value
+        )
+    elif name == "step":
+        steps = list(decay_steps) or [num_steps // 2, (3 * num_steps) // 4]
+        sched = optax.piecewise_constant_schedule(lr, {int(s): decay_factor for s in steps})
+    else:
+        sched = optax.exponential_decay(lr, max(num_steps, 1), decay_rate)
+    if warmup_steps and name not in ("warmup_cosine",):
+        warm = optax.linear_schedule(0.0, lr, warmup_steps)
+        sched = optax.join_schedules([warm, sched], [warmup_steps])
+    return sched
+
+
+_OPTIMIZERS = {
+    "sgd": lambda lr, **kw: optax.sgd(lr, **kw),
+    "momentum": lambda lr, momentum=0.9, **kw: optax.sgd(lr, momentum=momentum, **kw),
+    "nesterov": lambda lr, momentum=0.9, **kw: optax.sgd(lr, momentum=momentum, nesterov=True, **kw),
+    "adam": lambda lr, **kw: optax.adam(lr, **kw),
+    "adamw": lambda lr, **kw: optax.adamw(lr, **kw),
+    "rmsprop": lambda lr, **kw: optax.rmsprop(lr, **kw),
+}
+
+
+def make_optimizer(name: str, learning_rate: float | Callable, **kwargs) -> optax.GradientTransformation:
+    """An Optax optimiser by name (``sgd``, ``momentum``, ``nesterov``, ``adam``, ``adamw``,
+    ``rmsprop``) with a float or schedule learning rate."""
+    _validate.check_choice(name, tuple(_OPTIMIZERS), fn="landscape.make_optimizer", name="name")
+    return _OPTIMIZERS[name](learning_rate, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Callbacks
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TrainInfo:
+    """What a callback sees after step ``step`` (``step`` optimiser updates done)."""
+
+    step: int
+    params: PyTree
+    state: PyTree
+    opt_state: PyTree
+    model: Model
+    loss_fn: Loss | Callable
+    train_data: Any
+    learning_rate: float | None
+    history: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Callback:
+    """Call ``fn(info: TrainInfo) -> dict | None`` every ``every`` steps (and at step 0 if
+    ``at_start``). A returned dict of scalars is logged to ``history`` under its keys (with the
+    steps under ``"<name>_step"``, ``name`` defaulting to the function's name)."""
+
+    every: int
+    fn: Callable
+    at_start: bool = True
+    name: str | None = None
+
+
+def callback(fn: Callable, *, every: int, at_start: bool = True, name: str | None = None) -> Callback:
+    _validate.check_positive_int(every, fn="landscape.callback", name="every")
+    return Callback(int(every), fn, at_start, name)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Raised by :func:`train` when the loss or gradient becomes non-finite.
+
+    Attributes:
+      step: the step whose loss (or gradient) was non-finite (1-based count of updates).
+      result: a :class:`TrainResult` holding the last finite parameters (those before ``step``)
+        and the history up to then.
+    """
+
+    def __init__(self, message: str, step: int, result: TrainResult):
+        super().__init__(message)
+        self.step = step
+        self.result = result
+
+
+# --------------------------------------------------------------------------------------------
+# Result
+# --------------------------------------------------------------------------------------------
+@result
+class TrainResult(Result):
+    """Outcome of :func:`train`.
+
+    Attributes:
+      params, state, opt_state: final (or last finite) values.
+      history: dict of NumPy arrays: ``step``/``batch_loss`` every step; ``eval_step``,
+        ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy`` (and other aux
+        metrics) at each evaluation; callback outputs.
+      snapshots: ``{"step": (k,), "params": params pytree with leading axis k}`` or ``None``.
+      config, provenance: the settings and what produced them.
+    """
+
+    params: PyTree
+    state: PyTree
+    opt_state: PyTree
+    history: dict
+    snapshots: dict | None
+    config: dict = static_field(default_factory=dict)
+    provenance: dict = static_field(default_factory=dict)
+    elapsed: float = static_field(default=0.0)
+    apply_fn: Any = static_field(default=None)
+    spec: Any = static_field(default=None)
+
+    @property
+    def model(self) -> Model:
+        """The trained model triple."""
+        return Model(self.apply_fn, self.params, self.state, self.spec)
+
+    def snapshot(self, i: int) -> PyTree:
+        return _tree.index(self.snapshots["params"], i)
+
+    def save(self, path):  # runs are directories; see landscape.save_run
+        raise NotImplementedError("use landscape.save_run(run_dir, result) to save a training run")
+
+    def summary(self) -> str:
+        h = self.history
+        parts = [f"steps={int(h['step'][-1]) if len(h['step']) else 0}"]
+        for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+            if k in h and len(h[k]):
+                parts.append(f"{k}={float(h[k][-1]):.4f}")
+        parts.append(f"time={self.elapsed:.1f}s")
+        return ", ".join(parts)
+
+    def __repr__(self):
+        return f"TrainResult({self.summary()})"
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled steps
+# --------------------------------------------------------------------------------------------
+def _default_train_loss(loss_fn, params, state, batch):
+    loss, aux = engine.loss_and_aux(loss_fn, params, batch)
+    return (loss, aux), state
+
+
+def _train_loss(loss_fn, params, state, batch):
+    if isinstance(loss_fn, Loss):
+        return loss_fn.train_loss(params, state, batch)
+    return _default_train_loss(loss_fn, params, state, batch)
+
+
+def _finite(tree):
+    return engine._all_finite(tree)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_static", "opt"), donate_argnums=(2, 3, 4))
+def _run_block(loss_static, loss_dyn, params, state, opt_state, data, idx, opt, step0):
+    loss_fn = engine.merge_fn(loss_static, loss_dyn)
+
+    def one(carry, inp):
+        p, s, o, bad = carry
+        i, ix = inp
+        batch = jax.tree.map(lambda x: jnp.take(x, ix, axis=0), data)
+
+        def f(pp):
+            (l, aux), ns = _train_loss(loss_fn, pp, s, batch)
+            return l, ns
+
+        (l, ns), g = jax.value_and_grad(f, has_aux=True)(p)
+        ok = jnp.isfinite(l) & _finite(g)
+        upd, no = opt.update(g, o, p)
+        np_ = optax.apply_updates(p, upd)
+        # a non-finite step leaves everything as it was and is remembered (first bad step)
+        keep = ok & (bad < 0)
+        p2 = jax.tree.map(lambda a, b: jnp.where(keep, a, b), np_, p)
+        s2 = jax.tree.map(lambda a, b: jnp.where(keep, a, b), ns, s)
+        o2 = jax.tree.map(lambda a, b: jnp.where(keep, a, b), no, o)
+        bad2 = jnp.where((bad < 0) & ~ok, step0 + i + 1, bad)
+        return (p2, s2, o2, bad2), l
+
+    steps = jnp.arange(idx.shape[0])
+    (p, s, o, bad), losses = jax.lax.scan(one, (params, state, opt_state, jnp.asarray(-1)), (steps, idx))
+    return p, s, o, bad, losses
+
+
+def _block_length(num_steps: int, periods: Iterable[int], cap: int) -> int:
+    g = num_steps
+    for p in periods:
+        if p:
+            g = math.gcd(g, int(p))
+    g = max(g, 1)
+    if g <= cap:
+        return g
+    for d in range(cap, 0, -1):
+        if g % d == 0:
+            return d
+    return 1
+
+
+def _host(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+# --------------------------------------------------------------------------------------------
+def train(
+    model: Model,
+    data: dict,
+    *,
+    loss: str | Callable = "cross_entropy",
+    optimizer: optax.GradientTransformation | str = "adam",
+    learning_rate: float | Callable = 1e-3,
+    schedule: str | None = None,
+    num_steps: int | None = None,
+    num_epochs: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    test_data: dict | None = None,
+    eval_every: int | None = None,
+    eval_batch_size: int | None = None,
+    callbacks: Sequence[Callback] = (),
+    snapshot_steps: Iterable[int] | int | None = None,
+    progress: bool = True,
+    max_block: int = 50,
+) -> TrainResult:
+    """Train a model triple with an Optax optimiser on mini-batches.
+
+    Args:
+      model: :class:`landscape.Model` (or a triple); its ``params`` are the starting point.
+      data: training data ``{"x": ..., "y": ...}`` (kept on the device).
+      loss: ``"cross_entropy"``/``"mse"`` (built with :func:`make_loss_fn`, including
+        ``weight_decay``), or your own ``loss_fn(params, batch)`` (a :class:`Loss` trains in
+        training mode, updating batch statistics; a plain function leaves ``state`` unchanged).
+      optimizer: an ``optax.GradientTransformation`` (used as is: any schedule inside it), or a
+        name for :func:`make_optimizer` with ``learning_rate``/``schedule``.
+      learning_rate: float, or an Optax schedule (``step -> lr``); used with a named optimizer.
+      schedule: a :func:`make_schedule` name applied to ``learning_rate`` (named optimizer only).
+      num_steps / num_epochs: training length (exactly one; an epoch is ``n // batch_size``
+        steps).
+      batch_size: examples per step (``1 <= batch_size <= n``).
+      seed: seeds the mini-batch order (NumPy ``default_rng``). Initialisation has its own seed
+        (``make_model(seed=...)``).
+      weight_decay: L2 coefficient added to a named loss (coupled; for decoupled decay pass
+        ``optax.adamw``).
+      test_data: evaluated alongside the training set.
+      eval_every: exact full-data evaluation every this many steps (default: about 10 times per
+        run) and always at the start and end; results in ``history``.
+      callbacks: :func:`callback` objects, e.g. the Hessian module's sharpness tracker.
+      snapshot_steps: steps at which to keep a copy of the parameters (an int ``k`` means every
+        ``k`` steps, including 0 and the end): trajectories for PCA directions.
+      progress: tqdm progress bar.
+      max_block: at most this many steps per compiled call (events land on block ends).
+
+    Returns:
+      :class:`TrainResult`; ``result.model`` is the trained triple.
+
+    Raises:
+      TrainingDivergedError: the loss or gradient became non-finite; ``err.step`` names the
+        step and ``err.result`` holds the last finite parameters and the history.
+      ValueError, TypeError: invalid inputs (non-finite data or parameters, batch size out of
+        range, both or neither of num_steps/num_epochs, ...).
+    """
+    fn = "landscape.train"
+    model = as_model(model, fn=fn)
+    n = _validate.check_data(data, fn=fn)
+    if test_data is not None:
+        _validate.check_data(test_data, fn=fn, name="test_data")
+    _validate.check_params(model.params, fn=fn, name="model.params")
+    batch_size = _validate.check_batch_size(batch_size, n, fn=fn)
+    steps_per_epoch = n // batch_size
+    if (num_steps is None) == (num_epochs is None):
+        raise ValueError(f"{fn}: give exactly one of num_steps and num_epochs; got {num_steps=}, {num_epochs=}.")
+    if num_epochs is not None:
+        num_epochs = _validate.check_positive_int(num_epochs, fn=fn, name="num_epochs")
+        num_steps = num_epochs * steps_per_epoch
+    num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
+
+    # loss
+    if isinstance(loss, str):
+        loss_fn = make_loss_fn(model, loss, weight_decay=weight_decay)
+    else:
+        _validate.check_callable(loss, fn=fn, name="loss")
+        if weight_decay:
+            raise ValueError(f"{fn}: weight_decay applies to named losses; include it in your loss_fn instead.")
+        loss_fn = loss
+
+    # optimiser
+    lr_fn = None
+    if isinstance(optimizer, str):
+        lr = learning_rate
+        if schedule is not None:
+            if callable(learning_rate):
+                raise ValueError(f"{fn}: give either a schedule name or a callable learning_rate, not both.")
+            lr = make_schedule(schedule, learning_rate, num_steps=num_steps)
+        lr_fn = lr if callable(lr) else (lambda s, _lr=float(lr): _lr)
+        opt = make_optimizer(optimizer, lr)
+        opt_desc = {"name": optimizer, "learning_rate": None if callable(learning_rate) else float(learning_rate), "schedule": schedule}
+    elif isinstance(optimizer, optax.GradientTransformation):
+        opt = optimizer
+        opt_desc = {"name": "custom", "repr": repr(optimizer)[:200]}
+        if schedule is not None:
+            raise ValueError(f"{fn}: schedule applies to a named optimizer; put the schedule inside your optax transformation.")
+    else:
+        raise TypeError(f"{fn}: optimizer must be an optax.GradientTransformation or a name; got {type(optimizer).__name__}.")
+
+    if eval_every is None:
+        eval_every = max(1, num_steps // 10)
+    eval_every = _validate.check_positive_int(eval_every, fn=fn, name="eval_every")
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"{fn}: callbacks must be landscape.callback(fn, every=N) objects; got {type(cb).__name__}.")
+    if snapshot_steps is None:
+        snap = set()
+    elif isinstance(snapshot_steps, (int, np.integer)):
+        k = _validate.check_positive_int(int(snapshot_steps), fn=fn, name="snapshot_steps")
+        snap = set(range(0, num_steps + 1, k)) | {num_steps}
+    else:
+        snap = {int(s) for s in snapshot_steps}
+        bad = [s for s in snap if s < 0 or s > num_steps]
+        if bad:
+            raise ValueError(f"{fn}: snapshot_steps must lie in [0, num_steps={num_steps}]; got {sorted(bad)}.")
+
+    periods = [eval_every, *[cb.every for cb in callbacks], *[s for s in snap if s > 0]]
+    block = _block_length(num_steps, periods, max_block)
+
+    # device-resident data and evaluation layouts (prepared once)
+    ddata = jax.tree.map(jnp.asarray, data)
+    ev_train = engine.batch(data, eval_batch_size, fn=fn)
+    ev_test = engine.batch(test_data, eval_batch_size, fn=fn) if test_data is not None else None
+
+    rng = np.random.default_rng(seed)
+    order: list[np.ndarray] = []
+
+    def indices(start: int, count: int) -> np.ndarray:
+        need_epoch = (start + count - 1) // steps_per_epoch
+        while len(order) <= need_epoch:
+            order.append(rng.permutation(n)[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size))
+        rows = [order[(start + j) // steps_per_epoch][(start + j) % steps_per_epoch] for j in range(count)]
+        return np.stack(rows).astype(np.int32)
+
+    params = jax.tree.map(jnp.array, model.params)  # copies: the input model is not donated
+    state = jax.tree.map(jnp.array, model.state)
+    opt_state = opt.init(params)
+    history: dict[str, list] = {"step": [], "batch_loss": [], "eval_step": []}
+    snaps_steps: list[int] = []
+    snaps: list[PyTree] = []
+    cur_loss_fn = loss_fn
+
+    def current_eval_loss(st):
+        return loss_fn.with_state(st) if isinstance(loss_fn, Loss) else loss_fn
+
+    def do_eval(step, p, st):
+        lf = current_eval_loss(st)
+        res = {"train": _host(_evaluate(lf, p, ev_train))}
+        if ev_test is not None:
+            res["test"] = _host(_evaluate(lf, p, ev_test))
+        history["eval_step"].append(step)
+        for split, vals in res.items():
+            for k, v in vals.items():
+                history.setdefault(f"{split}_{k}", []).append(float(v))
+
+    def do_callbacks(step, p, st, o, at_start=False):
+        for cb in callbacks:
+            if at_start and not cb.at_start:
+                continue
+            if step % cb.every and not at_start:
+                continue
+            info = TrainInfo(step, p, st, o, Model(model.apply_fn, p, st, model.spec), current_eval_loss(st),
+                             data, None if lr_fn is None else float(lr_fn(step)), history)
+            out = cb.fn(info)
+            if out:
+                nm = cb.name or getattr(cb.fn, "__name__", "callback")
+                history.setdefault(f"{nm}_step", []).append(step)
+                for k, v in out.items():
+                    history.setdefault(k, []).append(v)
+
+    def finish(p, st, o, elapsed):
+        hist = {k: np.asarray(v) for k, v in history.items()}
+        snapshots = None
+        if snaps:
+            snapshots = {"step": np.asarray(snaps_steps), "params": jax.tree.map(lambda *xs: np.stack(xs), *snaps)}
+        config = {
+            "num_steps": num_steps, "batch_size": batch_size, "seed": seed, "weight_decay": weight_decay,
+            "loss": loss if isinstance(loss, str) else repr(loss), "optimizer": opt_desc,
+            "eval_every": eval_every, "model": model.spec, "num_examples": n,
+        }
+        prov = _provenance.provenance(
+            dtype=_tree.dtype_of(p), seeds={"data_order": seed, "init": (model.spec or {}).get("seed")},
+            data=data, settings=config,
+        )
+        return TrainResult(p, st, o, hist, snapshots, config, prov, elapsed, model.apply_fn, model.spec)
+
+    t0 = time.perf_counter()
+    loss_static, loss_dyn = engine.split_fn(cur_loss_fn)
+    if 0 in snap:
+        snaps_steps.append(0)
+        snaps.append(_host(params))
+    do_eval(0, params, state)
+    do_callbacks(0, params, state, opt_state, at_start=True)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_steps, desc="train", unit="step")
+    step = 0
+    try:
+        while step < num_steps:
+            idx = jnp.asarray(indices(step, block))
+            params, state, opt_state, bad, losses = _run_block(
+                loss_static, loss_dyn, params, state, opt_state, ddata, idx, opt, jnp.asarray(step)
+            )
+            bad = int(bad)
+            losses = np.asarray(losses)
+            if bad >= 0:
+                good = bad - 1 - step  # steps of this block that completed
+                history["step"].extend(range(step + 1, step + 1 + good))
+                history["batch_loss"].extend(losses[:good].tolist())
+                res = finish(params, state, opt_state, time.perf_counter() - t0)
+                raise TrainingDivergedError(
+                    f"{fn}: non-finite loss or gradient at step {bad} (batch loss {losses[good]}); "
+                    f"training stopped and the parameters after step {bad - 1} are kept in err.result.",
+                    bad,
+                    res,
+                )
+            history["step"].extend(range(step + 1, step + block + 1))
+            history["batch_loss"].extend(losses.tolist())
+            step += block
+            if bar is not None:
+                bar.update(block)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if step in snap:
+                snaps_steps.append(step)
+                snaps.append(_host(params))
+            if step % eval_every == 0 or step == num_steps:
+                do_eval(step, params, state)
+            do_callbacks(step, params, state, opt_state)
+    finally:
+        if bar is not None:
+            bar.close()
+    return finish(params, state, opt_state, time.perf_counter() - t0)
+
+
+def _evaluate(loss_fn, params, batched):
+    # the loss's state is a dynamic leaf: a new state reuses the compiled program
+    return engine.mean(jax.tree_util.Partial(engine._loss_dict, loss_fn), params, batched)
