@@ -1,0 +1,3 @@
+"""Plots for landscape.surface (filled in by that module)."""
+
+__all__: list[str] = []
