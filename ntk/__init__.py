@@ -1,0 +1,20 @@
+"""ntk: empirical and analytic (infinite-width) neural tangent kernels on current JAX."""
+
+from ntk._arch import Architecture as Architecture
+from ntk._arch import parallel as parallel
+from ntk._arch import residual as residual
+from ntk._arch import serial as serial
+from ntk._layers import ABRelu as ABRelu
+from ntk._layers import ArchitectureError as ArchitectureError
+from ntk._layers import AvgPool as AvgPool
+from ntk._layers import Conv as Conv
+from ntk._layers import Dense as Dense
+from ntk._layers import Elementwise as Elementwise
+from ntk._layers import Erf as Erf
+from ntk._layers import Flatten as Flatten
+from ntk._layers import Gelu as Gelu
+from ntk._layers import GlobalAvgPool as GlobalAvgPool
+from ntk._layers import Identity as Identity
+from ntk._layers import LayerNorm as LayerNorm
+from ntk._layers import LeakyRelu as LeakyRelu
+from ntk._layers import Relu as Relu

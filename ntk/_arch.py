@@ -1,0 +1,470 @@
+"""Architectures: ``serial`` and ``parallel`` compositions of layer descriptions.
+
+One description gives (a) a Flax NNX model at its finite widths (``arch.module``,
+``arch.init`` -> the foundation's model triple) and (b) its infinite-width NNGP and NTK
+(``arch.kernel_fn``, blocked and sharded by :func:`ntk.kernel`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ntk import _layers
+from ntk._layers import ArchitectureError, KState, Layer
+
+
+class _Ctx:
+    """Records the inputs of every affine layer and adds probes to their outputs (used by the
+    structured empirical NTK: the probes' cotangents are the back-propagated signals)."""
+
+    def __init__(self, probes=None):
+        self.probes = probes
+        self.inputs: dict = {}
+        self.zshapes: dict = {}
+
+    def record(self, path, layer, x, z):
+        self.inputs[path] = x
+        self.zshapes[path] = jax.ShapeDtypeStruct(z.shape, z.dtype)
+        if self.probes is not None:
+            z = z + self.probes[path]
+        return z
+
+
+def _child_name(layer: Layer, i: int) -> str:
+    return f"{layer.kind}_{i}"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Serial(Layer):
+    """Layers applied one after the other. Build with :func:`ntk.serial`."""
+
+    layers: tuple
+    kind: ClassVar[str] = "serial"
+
+    @property
+    def has_params(self) -> bool:  # type: ignore[override]
+        return any(getattr(l, "has_params", False) for l in self.layers)
+
+    def describe(self):
+        return "serial(" + ", ".join(l.describe() for l in self.layers) + ")"
+
+    def needs_full(self):
+        return any(l.needs_full() for l in self.layers)
+
+    def uses_spatial(self) -> bool:
+        return any(_uses_spatial(l) for l in self.layers)
+
+    def out_shape(self, in_shape, fn="ntk"):
+        s = tuple(in_shape)
+        for l in self.layers:
+            s = l.out_shape(s, fn)
+        return s
+
+    def init(self, key, in_shape, dtype):
+        params = {}
+        s = tuple(in_shape)
+        keys = jax.random.split(key, max(len(self.layers), 1))
+        for i, (l, k) in enumerate(zip(self.layers, keys)):
+            if l.has_params:
+                params[_child_name(l, i)] = l.init(k, s, dtype)
+            s = l.out_shape(s)
+        return params
+
+    def apply(self, params, x, ctx=None, path=""):
+        for i, l in enumerate(self.layers):
+            name = _child_name(l, i)
+            p = params.get(name) if l.has_params else None
+            x = l.apply(p, x, ctx, f"{path}/{name}" if path else name)
+        return x
+
+    def kernel(self, ks):
+        for l in self.layers:
+            ks = l.kernel(ks)
+        return ks
+
+    def affine_layers(self, path: str = ""):
+        out = []
+        for i, l in enumerate(self.layers):
+            name = _child_name(l, i)
+            out += l.affine_layers(f"{path}/{name}" if path else name)
+        return out
+
+
+def _uses_spatial(l) -> bool:
+    if isinstance(l, (Serial, Parallel)):
+        return l.uses_spatial()
+    return bool(getattr(l, "spatial", False))
+
+
+def _ends_affine(l) -> bool:
+    """Whether the output of ``l`` is an affine layer's output (followed only by linear,
+    parameter-free layers), so it is independent of any other branch in the limit."""
+    if isinstance(l, _layers._Affine):
+        return True
+    if isinstance(l, Serial):
+        for sub in reversed(l.layers):
+            if isinstance(sub, (_layers.AvgPool, _layers.GlobalAvgPool, _layers.Flatten)):
+                continue
+            return _ends_affine(sub)
+    if isinstance(l, Parallel):
+        return all(_ends_affine(b) for b in l.branches)
+    return False
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Parallel(Layer):
+    """Branches applied to the same input, outputs summed (residual blocks). Build with
+    :func:`ntk.parallel` or :func:`ntk.residual`.
+
+    The kernel of the sum is the sum of the branch kernels when the branches are independent
+    in the infinite-width limit: every branch but one must end in a Dense or Conv layer with
+    fresh weights (optionally followed by pooling or Flatten).
+    """
+
+    branches: tuple
+    kind: ClassVar[str] = "parallel"
+
+    def __post_init__(self):
+        if len(self.branches) < 1:
+            raise ValueError("ntk.parallel: needs at least one branch.")
+        free = [i for i, b in enumerate(self.branches) if not _ends_affine(b)]
+        if len(free) > 1:
+            raise ArchitectureError(
+                f"ntk.parallel: branches {free} do not end in a Dense or Conv layer; the kernel "
+                "of a sum is the sum of the branch kernels only when the branches are "
+                "independent, so at most one branch (the skip connection) may end otherwise."
+            )
+
+    @property
+    def has_params(self) -> bool:  # type: ignore[override]
+        return any(getattr(b, "has_params", False) for b in self.branches)
+
+    def describe(self):
+        return "parallel(" + ", ".join(b.describe() for b in self.branches) + ")"
+
+    def needs_full(self):
+        return any(b.needs_full() for b in self.branches)
+
+    def uses_spatial(self) -> bool:
+        return any(_uses_spatial(b) for b in self.branches)
+
+    def out_shape(self, in_shape, fn="ntk"):
+        shapes = [b.out_shape(in_shape, fn) for b in self.branches]
+        if len(set(shapes)) != 1:
+            raise ArchitectureError(
+                f"{fn}: the branches of {self.describe()} give different output shapes {shapes}; "
+                "a sum needs equal shapes."
+            )
+        return shapes[0]
+
+    def init(self, key, in_shape, dtype):
+        keys = jax.random.split(key, len(self.branches))
+        return {
+            f"branch_{i}": b.init(k, in_shape, dtype)
+            for i, (b, k) in enumerate(zip(self.branches, keys))
+            if b.has_params
+        }
+
+    def apply(self, params, x, ctx=None, path=""):
+        out = None
+        for i, b in enumerate(self.branches):
+            name = f"branch_{i}"
+            y = b.apply(params.get(name) if b.has_params else None, x, ctx,
+                        f"{path}/{name}" if path else name)
+            out = y if out is None else out + y
+        return out
+
+    def kernel(self, ks):
+        outs = [b.kernel(ks) for b in self.branches]
+        first = outs[0]
+        for o in outs[1:]:
+            if (o.mode, o.shape, o.width) != (first.mode, first.shape, first.width):
+                raise ArchitectureError(
+                    f"{ks.fn}: the branches of {self.describe()} give different output shapes."
+                )
+
+        def add(attr):
+            vals = [getattr(o, attr) for o in outs]
+            if vals[0] is None:
+                return None
+            return sum(vals[1:], vals[0])
+
+        return first.replace(
+            nngp=add("nngp"), ntk=add("ntk"), s1=add("s1"), s2=add("s2"),
+            gaussian=all(o.gaussian for o in outs), last=self.describe(),
+        )
+
+    def affine_layers(self, path: str = ""):
+        out = []
+        for i, b in enumerate(self.branches):
+            name = f"branch_{i}"
+            out += b.affine_layers(f"{path}/{name}" if path else name)
+        return out
+
+
+def _as_layer(l, fn: str):
+    if isinstance(l, Layer):
+        return l
+    if isinstance(l, (list, tuple)):
+        return Serial(tuple(_as_layer(x, fn) for x in l))
+    raise TypeError(f"{fn}: every layer must be an ntk layer (ntk.Dense(...), ntk.Relu(), ...); "
+                    f"got {type(l).__name__}. Did you forget the parentheses (ntk.Relu())?")
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Architecture:
+    """A network description: layers, a Flax model at its finite widths, analytic kernels.
+
+    Build with :func:`ntk.serial`. Hashable: pass it to compiled code as a static argument.
+
+    Attributes:
+      net: the composed layers (a :class:`Serial`).
+    """
+
+    net: Serial
+
+    def __repr__(self):
+        return "Architecture" + self.net.describe()[len("serial"):]
+
+    @property
+    def layers(self) -> tuple:
+        return self.net.layers
+
+    # ---------------------------------------------------------------------------------
+    def check_input_shape(self, shape: tuple, *, fn: str, name: str) -> tuple:
+        """Validate one example's shape; return the output shape."""
+        shape = tuple(int(s) for s in shape)
+        spatial = self.net.uses_spatial()
+        if not spatial and len(shape) != 1:
+            raise ValueError(
+                f"{fn}: {name} must have shape (n, features) for an architecture without Conv "
+                f"or pooling layers; got examples of shape {shape} (add ntk.Flatten() first to "
+                "use images)."
+            )
+        if spatial and len(shape) < 2:
+            raise ValueError(
+                f"{fn}: {name} must have shape (n, *spatial, channels) (images are NHWC) for an "
+                f"architecture with Conv or pooling layers; got examples of shape {shape}."
+            )
+        if any(s <= 0 for s in shape):
+            raise ValueError(f"{fn}: {name} has an empty axis: examples of shape {shape}.")
+        return self.net.out_shape(shape, fn)
+
+    def out_shape(self, input_shape) -> tuple:
+        return self.check_input_shape(input_shape, fn="ntk.Architecture.out_shape", name="input_shape")
+
+    def apply(self, params, x, ctx=None):
+        """The finite network's forward pass ``f(params, x)`` (a pure function)."""
+        return self.net.apply(params, x, ctx, "")
+
+    def affine_layers(self):
+        """``[(path, layer)]`` of the Dense and Conv layers, in order."""
+        return self.net.affine_layers("")
+
+    def init_params(self, key, input_shape, *, dtype=jnp.float32) -> dict:
+        """Random parameters for one example of shape ``input_shape`` (no batch axis)."""
+        self.check_input_shape(input_shape, fn="ntk.Architecture.init_params", name="input_shape")
+        return self.net.init(key, tuple(input_shape), dtype)
+
+    def module(self, key, input_shape, *, dtype=jnp.float32) -> nnx.Module:
+        """The finite network as a Flax NNX module (parameters as ``nnx.Param``)."""
+        params = self.init_params(key, input_shape, dtype=dtype)
+        return ArchModule(self, params, tuple(int(s) for s in input_shape))
+
+    def init(self, key, input_shape, *, dtype=jnp.float32):
+        """The finite network as the foundation's model triple (``landscape.from_nnx``).
+
+        Args:
+          key: PRNG key of the initialisation.
+          input_shape: shape of one example (no batch axis), e.g. ``(8, 8, 3)``.
+          dtype: parameter dtype (float64 needs ``jax.enable_x64``).
+
+        Returns:
+          ``landscape.Model``: ``apply_fn(params, state, x) -> (outputs, state)``; every
+          ``landscape`` analysis and :func:`ntk.empirical_ntk` (which recognises it and uses
+          the per-layer structured method) work on it.
+        """
+        import landscape
+
+        if key is None:
+            raise TypeError("ntk.Architecture.init: key is required; pass jax.random.key(0).")
+        return landscape.from_nnx(self.module(key, input_shape, dtype=dtype))
+
+    # ---------------------------------------------------------------------------------
+    def kernel_fn(self, x1, x2=None, *, fn: str = "ntk.Architecture.kernel_fn"):
+        """Analytic ``(nngp, ntk)`` of two input blocks, ``(n1, n2)`` each (traceable).
+
+        No blocking: memory is ``n1 n2`` times the positions kept per pair (see
+        :func:`ntk.kernel` for blocked, sharded, resumable evaluation).
+        """
+        same = x2 is None
+        x2 = x1 if same else x2
+        ks = input_state(self, x1, x2, same, fn)
+        ks = self.net.kernel(ks)
+        if ks.mode != "none":
+            raise ArchitectureError(
+                f"{fn}: the architecture's output still has spatial axes {ks.shape}; end it with "
+                "ntk.Flatten() or ntk.GlobalAvgPool() (and a Dense readout)."
+            )
+        return ks.nngp, ks.ntk
+
+    def kernel(self, x1, x2=None, **kwargs):
+        """Blocked analytic kernels; see :func:`ntk.kernel`."""
+        from ntk._analytic import kernel
+
+        return kernel(self, x1, x2, **kwargs)
+
+
+def input_state(arch: Architecture, x1, x2, same: bool, fn: str) -> KState:
+    """The kernel of the inputs: ``K0[p, p'] = x_p . x'_p' / channels`` (neural-tangents)."""
+    d = x1.ndim - 2
+    C = x1.shape[-1]
+    if d == 0:
+        mode = "none"
+    else:
+        mode = "full" if arch.net.needs_full() else "diag"
+    L = "abcdefghijklmnopqrstuvwxyz"
+    hi = jax.lax.Precision.HIGHEST
+    if mode == "none":
+        nngp = jnp.matmul(x1, x2.T, precision=hi) / C
+        s1 = jnp.sum(x1 * x1, axis=-1) / C
+        s2 = None if same else jnp.sum(x2 * x2, axis=-1) / C
+    else:
+        p1, p2 = L[2 : 2 + d], L[2 + d : 2 + 2 * d]
+        if mode == "full":
+            nngp = jnp.einsum(f"a{p1}z,b{p2}z->ab{p1}{p2}", x1, x2, precision=hi) / C
+            selfk = lambda x: jnp.einsum(f"a{p1}z,a{p2}z->a{p1}{p2}", x, x, precision=hi) / C  # noqa: E731
+        else:
+            nngp = jnp.einsum(f"a{p1}z,b{p1}z->ab{p1}", x1, x2, precision=hi) / C
+            selfk = lambda x: jnp.sum(x * x, axis=-1) / C  # noqa: E731
+        s1 = selfk(x1)
+        s2 = None if same else selfk(x2)
+    return KState(
+        nngp=nngp, ntk=jnp.zeros_like(nngp), s1=s1, s2=s2, d=d, mode=mode,
+        shape=tuple(x1.shape[1:-1]), width=C, gaussian=False, last="the input", fn=fn,
+    )
+
+
+def serial(*layers) -> Architecture:
+    """Compose layers into an architecture (neural-tangents' ``stax.serial``).
+
+    Example:
+      >>> arch = ntk.serial(ntk.Dense(512, W_std=1.5, b_std=0.05), ntk.Relu(),
+      ...                   ntk.Dense(10, W_std=1.5, b_std=0.05))
+      >>> k = arch.kernel(x)          # .nngp, .ntk: (n, n) per-output kernels
+      >>> model = arch.init(jax.random.key(0), x.shape[1:])   # landscape.Model
+
+    Args:
+      *layers: layer descriptions (:class:`ntk.Dense`, :class:`ntk.Relu`, ...), nested
+        ``serial``/``parallel`` compositions allowed.
+
+    Returns:
+      An :class:`Architecture`.
+    """
+    if not layers:
+        raise ValueError("ntk.serial: needs at least one layer.")
+    flat = []
+    for l in layers:
+        if isinstance(l, Architecture):
+            l = l.net
+        flat.append(_as_layer(l, "ntk.serial"))
+    return Architecture(Serial(tuple(flat)))
+
+
+def _sub(l, fn):
+    if isinstance(l, Architecture):
+        return l.net
+    return _as_layer(l, fn)
+
+
+def parallel(*branches) -> Layer:
+    """Branches on the same input whose outputs are summed (neural-tangents'
+    ``FanOut`` + ``parallel`` + ``FanInSum``). Each branch is a layer, a list of layers or an
+    architecture. Every branch but one must end in a Dense or Conv layer (see
+    :class:`Parallel`)."""
+    return Parallel(tuple(_sub(b, "ntk.parallel") for b in branches))
+
+
+def residual(*layers) -> Layer:
+    """``x + f(x)`` with ``f = serial(*layers)``; ``f`` must end in a Dense or Conv layer."""
+    return Parallel((Serial(tuple(_sub(l, "ntk.residual") for l in layers)), _layers.Identity()))
+
+
+# --------------------------------------------------------------------------------------------
+# Flax NNX module
+# --------------------------------------------------------------------------------------------
+def _is_leaf_dict(d: dict) -> bool:
+    return all(hasattr(v, "shape") for v in d.values())
+
+
+class _Group(nnx.Module):
+    """Nested parameters as NNX modules (attribute names = the parameter dict's keys)."""
+
+    def __init__(self, tree: dict):
+        self._names = tuple(tree)
+        for k, v in tree.items():
+            if isinstance(v, dict) and not _is_leaf_dict(v):
+                setattr(self, k, _Group(v))
+            elif isinstance(v, dict):
+                setattr(self, k, _Vars(v))
+
+    def values(self) -> dict:
+        return {k: getattr(self, k).values() for k in self._names}
+
+
+class _Vars(nnx.Module):
+    def __init__(self, tree: dict):
+        self._names = tuple(tree)
+        for k, v in tree.items():
+            setattr(self, k, nnx.Param(v))
+
+    def values(self) -> dict:
+        return {k: getattr(self, k)[...] for k in self._names}
+
+
+class ArchModule(_Group):
+    """Flax NNX module of an :class:`Architecture` at its finite widths.
+
+    Its parameters (``nnx.Param``) mirror ``arch.init_params``; ``__call__(x)`` runs
+    ``arch.apply``. ``module.arch`` is the description (static).
+    """
+
+    def __init__(self, arch: Architecture, params: dict, input_shape: tuple):
+        super().__init__(params)
+        self.arch = arch
+        self.input_shape = input_shape
+
+    def __call__(self, x):
+        return self.arch.apply(self.values(), x)
+
+
+def arch_of_model(apply_fn, params=None, state=None):
+    """The :class:`Architecture` behind a model triple built by ``arch.init`` (else ``None``)."""
+    from landscape._model import _NNXApply
+
+    if isinstance(apply_fn, _NNXApply):
+        cached = _ARCH_CACHE.get(id(apply_fn))
+        if cached is not None and cached[0] is apply_fn:
+            return cached[1], cached[2]
+        try:
+            module = nnx.merge(apply_fn.graphdef_eval, params, state or {})
+        except Exception:
+            return None
+        arch = getattr(module, "arch", None)
+        if isinstance(module, ArchModule) and isinstance(arch, Architecture):
+            _ARCH_CACHE[id(apply_fn)] = (apply_fn, arch, module.input_shape)
+            return arch, module.input_shape
+    return None
+
+
+_ARCH_CACHE: dict = {}
+
+
+def _num_positions(shape) -> int:
+    return math.prod(shape) if shape else 1
