@@ -18,3 +18,9 @@ from ntk._layers import Identity as Identity
 from ntk._layers import LayerNorm as LayerNorm
 from ntk._layers import LeakyRelu as LeakyRelu
 from ntk._layers import Relu as Relu
+from ntk._analytic import Kernel as Kernel
+from ntk._analytic import kernel as kernel
+from ntk._analytic import kernel_fn as kernel_fn
+from ntk._empirical import empirical_nngp as empirical_nngp
+from ntk._empirical import empirical_ntk as empirical_ntk
+from ntk._empirical import empirical_ntk_fn as empirical_ntk_fn

@@ -333,7 +333,9 @@ def input_state(arch: Architecture, x1, x2, same: bool, fn: str) -> KState:
     hi = jax.lax.Precision.HIGHEST
     if mode == "none":
         nngp = jnp.matmul(x1, x2.T, precision=hi) / C
-        s1 = jnp.sum(x1 * x1, axis=-1) / C
+        # same inputs: the self-covariance is the pair kernel's diagonal, bit for bit, so the
+        # ReLU-family kernels at correlation exactly 1 are exact (no sqrt of rounding error)
+        s1 = jnp.diagonal(nngp) if same else jnp.sum(x1 * x1, axis=-1) / C
         s2 = None if same else jnp.sum(x2 * x2, axis=-1) / C
     else:
         p1, p2 = L[2 : 2 + d], L[2 + d : 2 + 2 * d]
@@ -343,7 +345,11 @@ def input_state(arch: Architecture, x1, x2, same: bool, fn: str) -> KState:
         else:
             nngp = jnp.einsum(f"a{p1}z,b{p1}z->ab{p1}", x1, x2, precision=hi) / C
             selfk = lambda x: jnp.sum(x * x, axis=-1) / C  # noqa: E731
-        s1 = selfk(x1)
+        if same:
+            b = "a" + p1 + (p2 if mode == "full" else "")
+            s1 = jnp.einsum(f"a{b[1:]}".replace("a", "aa", 1) + f"->{b}", nngp)
+        else:
+            s1 = selfk(x1)
         s2 = None if same else selfk(x2)
     return KState(
         nngp=nngp, ntk=jnp.zeros_like(nngp), s1=s1, s2=s2, d=d, mode=mode,

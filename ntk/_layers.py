@@ -590,17 +590,9 @@ class AvgPool(Layer):
         return tuple(out) + (in_shape[-1],)
 
     def apply(self, params, x, ctx=None, path=""):
-        d = len(self.window)
-        pads = [(0, 0)] + [
-            _kmath.window_geometry(L, q, s, self.padding)[1:]
-            for L, q, s in zip(x.shape[1:-1], self.window, self.strides)
-        ] + [(0, 0)]
-        y = jax.lax.reduce_window(
-            x, jnp.asarray(0, x.dtype), jax.lax.add, (1,) + self.window + (1,),
-            (1,) + self.strides + (1,), pads,
-        )
-        del d
-        return y / jnp.asarray(math.prod(self.window), x.dtype)
+        for k, (q, st) in enumerate(zip(self.window, self.strides)):
+            x = _kmath.window_mean(x, 1 + k, q, st, self.padding)
+        return x
 
     def kernel(self, ks):
         if ks.mode != "full" or ks.d != len(self.window):

@@ -26,3 +26,18 @@ def load(name):
     z = np.load(DATA / name)
     specs = json.loads(bytes(z["specs"]).decode())
     return z, specs
+
+
+def nt_params(arch_, z, name):
+    """Our parameter dict holding the neural-tangents stax weights stored in the fixture."""
+    params = {}
+    for i, (path, layer) in enumerate(arch_.affine_layers()):
+        node = params
+        parts = path.split("/")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        entry = {"kernel": np.asarray(z[f"{name}/w{i}"])}
+        if f"{name}/b{i}" in z:
+            entry["bias"] = np.asarray(z[f"{name}/b{i}"]).reshape(-1)
+        node[parts[-1]] = entry
+    return params

@@ -1,0 +1,219 @@
+"""Blocked, sharded, resumable evaluation of kernel matrices.
+
+A kernel ``K(x1, x2)`` of ``n1 x n2`` entries is computed in blocks of ``block_size`` rows by
+``block_size`` columns; only the upper triangle of blocks when ``x2`` is ``None`` (the lower
+one is filled by symmetry). Blocks are evaluated in waves of one block per device: the stacked
+inputs of a wave are sharded over a 1-D mesh of ``jax.devices()`` (``jax.shard_map``), every
+device computes its block, nothing is communicated. One compiled program serves every wave
+(the last rows and columns are padded by repeating the last example; padded entries are
+discarded). Finished blocks can be saved atomically in a :class:`landscape.engine.ChunkStore`
+and are skipped when the job is restarted.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from landscape import engine
+
+BLOCK_BUDGET_BYTES = 256 * 2**20
+"""Default memory budget of one block's intermediates (per device)."""
+
+
+def memory_limit() -> int:
+    """Half the physical memory (``NTK_MEMORY_LIMIT`` bytes overrides): the largest block the
+    drivers accept."""
+    env = os.environ.get("NTK_MEMORY_LIMIT")
+    if env:
+        return int(env)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 8 * 2**30
+
+
+def choose_block_size(
+    block_size, n: int, bytes_per_pair: float, *, fn: str, bytes_per_row: float = 0.0
+) -> int:
+    """Validate ``block_size`` or pick the largest one within :data:`BLOCK_BUDGET_BYTES`.
+
+    Raises:
+      TypeError: not an int.
+      ValueError: not positive, or its estimated memory exceeds :func:`memory_limit`.
+    """
+    def need(b):
+        return b * b * bytes_per_pair + 2 * b * bytes_per_row
+
+    if block_size is None:
+        b = max(n, 1)
+        while b > 1 and need(b) > BLOCK_BUDGET_BYTES:
+            b = max(1, int(b / 1.5))
+        return int(b)
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
+        raise TypeError(f"{fn}: block_size must be a positive int or None; got {block_size!r}.")
+    if block_size <= 0:
+        raise ValueError(f"{fn}: block_size must be positive; got {block_size}.")
+    b = int(min(block_size, max(n, 1)))
+    lim = memory_limit()
+    if need(b) > lim:
+        fit = b
+        while fit > 1 and need(fit) > lim:
+            fit = max(1, int(fit / 1.5))
+        raise ValueError(
+            f"{fn}: block_size={block_size} cannot fit: one block needs about "
+            f"{need(b) / 2**30:.1f} GiB, more than the limit {lim / 2**30:.1f} GiB "
+            f"(half the memory; set NTK_MEMORY_LIMIT to change it); use block_size <= {fit}."
+        )
+    return b
+
+
+@functools.partial(jax.jit, static_argnames=("fs", "same", "sharded"))
+def _wave(fs, fd, args, x1s, x2s, same, sharded):
+    f = engine.merge_fn(fs, fd)
+
+    def local(a, u, v):
+        out = f(a, u[0], u[0] if same else v[0], same)
+        return jax.tree.map(lambda r: r[None], out)
+
+    if not sharded:
+        return local(args, x1s, x2s)
+    return jax.shard_map(
+        local,
+        mesh=engine.mesh(),
+        in_specs=(P(), P(engine.DATA_AXIS), P(engine.DATA_AXIS)),
+        out_specs=P(engine.DATA_AXIS),
+        check_vma=False,
+    )(args, x1s, x2s)
+
+
+def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
+    if x.shape[0] == n:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], n - x.shape[0], axis=0)], axis=0)
+
+
+def default_transpose(block: np.ndarray) -> np.ndarray:
+    """``K(x2, x1)`` from ``K(x1, x2)``: swap the two example axes and, for per-output
+    kernels ``(n1, n2, O, O)``, the two output axes."""
+    if block.ndim == 4:
+        return block.transpose(1, 0, 3, 2)
+    return np.swapaxes(block, 0, 1)
+
+
+def blocked(
+    block_fn: Callable,
+    args: Any,
+    x1,
+    x2,
+    *,
+    block_size: int,
+    fn: str,
+    store=None,
+    store_meta: dict | None = None,
+    progress: bool = False,
+    transpose: Callable = default_transpose,
+):
+    """Evaluate ``block_fn(args, x1_block, x2_block, same) -> pytree of (b1, b2, ...)`` on all
+    blocks and assemble the ``(n1, n2, ...)`` host arrays.
+
+    ``block_fn`` is a static argument of the compiled wave (hashable; reuse the same object);
+    ``args`` are its dynamic arguments (parameters). ``store`` is a directory or a
+    :class:`landscape.engine.ChunkStore`; one chunk per block pair.
+    """
+    sym = x2 is None
+    x1 = np.asarray(x1)
+    x2 = x1 if sym else np.asarray(x2)
+    n1, n2 = x1.shape[0], x2.shape[0]
+    b1 = min(block_size, n1)
+    b2 = b1 if sym else min(block_size, n2)
+    nb1, nb2 = math.ceil(n1 / b1), math.ceil(n2 / b2)
+    x1p = _pad_rows(x1, nb1 * b1)
+    x2p = x1p if sym else _pad_rows(x2, nb2 * b2)
+
+    if sym:
+        diag = [(i, i) for i in range(nb1)]
+        off = [(i, j) for i in range(nb1) for j in range(i + 1, nb1)]
+        groups = [(diag, True), (off, False)]
+    else:
+        groups = [([(i, j) for i in range(nb1) for j in range(nb2)], False)]
+
+    if store is not None and not isinstance(store, engine.ChunkStore):
+        meta = dict(store_meta or {})
+        meta.update(n1=n1, n2=n2, symmetric=sym, block_rows=b1, block_cols=b2)
+        store = engine.ChunkStore(Path(store), meta)
+
+    fs, fd = engine.split_fn(block_fn)
+    ndev = jax.device_count()
+    sharded = ndev > 1
+    in_sh = NamedSharding(engine.mesh(), P(engine.DATA_AXIS)) if sharded else None
+
+    # shapes of one block's outputs
+    spec = jax.eval_shape(
+        lambda a, u, v: block_fn(a, u, v, False), args,
+        jax.ShapeDtypeStruct((b1,) + x1.shape[1:], x1.dtype),
+        jax.ShapeDtypeStruct((b2,) + x2.shape[1:], x2.dtype),
+    )
+    leaves_spec, treedef = jax.tree.flatten(spec)
+    outs = [np.empty((nb1 * b1, nb2 * b2) + s.shape[2:], s.dtype) for s in leaves_spec]
+
+    def put(i, j, leaves):
+        for o, blk in zip(outs, leaves):
+            o[i * b1 : (i + 1) * b1, j * b2 : (j + 1) * b2] = blk
+            if sym and i != j:
+                o[j * b1 : (j + 1) * b1, i * b1 : (i + 1) * b1] = transpose(blk)
+
+    def cid(i, j):
+        return i * nb2 + j
+
+    todo_waves = []
+    for pairs, same in groups:
+        pending = []
+        for i, j in pairs:
+            if store is not None and store.has(cid(i, j)):
+                put(i, j, jax.tree.leaves(store.load(cid(i, j))))
+            else:
+                pending.append((i, j))
+        for k in range(0, len(pending), ndev):
+            todo_waves.append((pending[k : k + ndev], same))
+
+    bar = None
+    if progress and todo_waves:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo_waves), desc=fn, unit="wave")
+    try:
+        for wave, same in todo_waves:
+            padded = wave + [wave[-1]] * (ndev - len(wave))
+            u = np.stack([x1p[i * b1 : (i + 1) * b1] for i, _ in padded])
+            v = u if same else np.stack([x2p[j * b2 : (j + 1) * b2] for _, j in padded])
+            if sharded:
+                u = engine._place(u, in_sh)
+                v = u if same else engine._place(v, in_sh)
+            else:
+                u = jnp.asarray(u)
+                v = u if same else jnp.asarray(v)
+            res = _wave(fs, fd, args, u, v, same, sharded)
+            res = [np.asarray(r) for r in jax.tree.leaves(res)]
+            for k, (i, j) in enumerate(wave):
+                leaves = [r[k] for r in res]
+                put(i, j, leaves)
+                if store is not None:
+                    store.save(cid(i, j), jax.tree.unflatten(treedef, leaves))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    outs = [o[:n1, :n2] for o in outs]
+    return jax.tree.unflatten(treedef, outs)
