@@ -1,0 +1,167 @@
+"""The first-layer trick for known models: pre-activations are affine in the grid coordinates.
+
+At a grid point ``theta = c_0 b_0 + c_1 b_1 + ...`` (``b_0`` the centre and ``b_k`` the
+directions with ``c_0 = 1``, or ``b_0, b_1`` the two ends of an interpolation with weights
+``1 - t, t``), the first dense layer's pre-activations are
+``x W(theta) + b(theta) = sum_k c_k (x W_k + b_k)``. The ``K`` products ``z_k = x W_k + b_k``
+are computed ONCE for the whole data set; each point then needs a ``K``-term linear
+combination instead of a matrix product, and the rest of the network runs as usual. The
+evaluation still goes through :func:`landscape.engine.evaluate_points` (the data it scans are
+the precomputed ``z_k`` and the targets), so chunking, sharding and resuming are unchanged.
+
+Supported: the foundation's MLP (:func:`landscape.make_model` ``"mlp"``). Exact up to
+floating-point reassociation (checked against the plain evaluation in float64).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from landscape import _validate
+from landscape._model import Model
+from landscape.engine import loss_and_aux
+from landscape.models import ACTIVATIONS
+
+PyTree = Any
+
+__all__ = ["AffineFirstLayer", "affine_first_layer"]
+
+Z_KEY = "__first_layer_z__"
+
+
+@dataclasses.dataclass(frozen=True)
+class AffineFirstLayer:
+    """How to split a known model after its first layer's pre-activations (static, hashable).
+
+    Build it with :func:`affine_first_layer`.
+    """
+
+    apply_fn: Callable
+    num_layers: int
+    activation: str
+    use_bias: bool
+    name: str = "mlp"
+
+    def __repr__(self):
+        return (
+            f"AffineFirstLayer({self.name}, layers={self.num_layers}, "
+            f"activation={self.activation})"
+        )
+
+
+def affine_first_layer(model: Model) -> AffineFirstLayer:
+    """The first-layer trick for a model built by :func:`landscape.make_model` (``"mlp"``).
+
+    Pass the result as ``first_layer=`` to :func:`slice_1d`, :func:`slice_2d` or
+    :func:`interpolate`: the first layer's pre-activations of every grid point are then a linear
+    combination of ``K`` (= number of directions + 1) products computed once, which removes the
+    first layer's matrix product from the per-point cost.
+
+    Raises:
+      TypeError, ValueError: not a foundation MLP (other architectures: not supported, use
+        the plain evaluation), a custom activation callable, or a model with state.
+    """
+    fn = "landscape.surface.affine_first_layer"
+    if not isinstance(model, Model):
+        raise TypeError(
+            f"{fn}: model must be a landscape.Model from landscape.make_model('mlp', ...); got "
+            f"{type(model).__name__}."
+        )
+    spec = model.spec or {}
+    if spec.get("name") != "mlp":
+        raise ValueError(
+            f"{fn}: only the foundation's MLP (landscape.make_model('mlp', ...)) is supported; "
+            f"got a model with spec name {spec.get('name')!r}. Use the plain evaluation "
+            "(first_layer=None)."
+        )
+    kw = spec.get("kwargs", {})
+    act = kw.get("activation", "relu")
+    if not isinstance(act, str) or act not in ACTIVATIONS:
+        raise ValueError(
+            f"{fn}: the model's activation {act!r} is not a registered name; the trick needs one "
+            f"of {sorted(ACTIVATIONS)}."
+        )
+    if jax.tree.leaves(model.state):
+        raise ValueError(
+            f"{fn}: the model has non-trainable state; the trick supports stateless MLPs only."
+        )
+    layers = model.params.get("layers") if isinstance(model.params, dict) else None
+    if not isinstance(layers, dict) or sorted(layers) != list(range(len(layers))):
+        raise ValueError(f"{fn}: unexpected parameter layout {_validate.describe(model.params)}.")
+    use_bias = bool(kw.get("use_bias", True))
+    return AffineFirstLayer(model.apply_fn, len(layers), act, use_bias)
+
+
+def check_compatible(first_layer, loss_fn, params, *, fn: str) -> None:
+    if not isinstance(first_layer, AffineFirstLayer):
+        raise TypeError(
+            f"{fn}: first_layer must come from landscape.surface.affine_first_layer(model); got "
+            f"{type(first_layer).__name__}."
+        )
+    if getattr(loss_fn, "apply_fn", None) is not first_layer.apply_fn:
+        raise ValueError(
+            f"{fn}: first_layer was built for another model than loss_fn's; build both from the "
+            "same landscape.Model."
+        )
+    layers = params.get("layers") if isinstance(params, dict) else None
+    if not isinstance(layers, dict) or len(layers) != first_layer.num_layers:
+        raise ValueError(f"{fn}: params do not have the layout of the first_layer's MLP.")
+
+
+def _first(params, fl: AffineFirstLayer):
+    layer = params["layers"][0]
+    return layer["kernel"], (layer["bias"] if fl.use_bias else None)
+
+
+@functools.partial(jax.jit, static_argnames=("fl",))
+def _features(fl: AffineFirstLayer, x, basis):
+    """``z[:, k] = x W_k + b_k`` for each basis point ``k`` (one jitted program)."""
+    x = x.reshape(x.shape[0], -1)
+    zs = []
+    for p in basis:
+        w, b = _first(p, fl)
+        z = jnp.dot(x.astype(w.dtype), w)
+        if b is not None:
+            z = z + b
+        zs.append(z)
+    return jnp.stack(zs, axis=1)
+
+
+def make_data(fl: AffineFirstLayer, data: dict, basis: list, *, input_key: str) -> dict:
+    """The data set the engine scans: the targets and other entries, plus ``z`` in place of the
+    inputs."""
+    out = {k: v for k, v in data.items() if k != input_key}
+    out[Z_KEY] = _features(fl, jnp.asarray(data[input_key]), tuple(basis))
+    return out
+
+
+def loss_dict(loss_fn, fl: AffineFirstLayer, point, batch):
+    """``{"loss", aux...}`` at ``point = (weights, params)`` from the precomputed ``z``."""
+    w, params = point
+    z = batch[Z_KEY]
+    h = z[:, 0] * w[0].astype(z.dtype)
+    for k in range(1, z.shape[1]):
+        h = h + z[:, k] * w[k].astype(z.dtype)
+    act = ACTIVATIONS[fl.activation]
+    for i in range(1, fl.num_layers):
+        layer = params["layers"][i]
+        h = jnp.dot(act(h), layer["kernel"])
+        if fl.use_bias:
+            h = h + layer["bias"]
+    out = h
+
+    def fake_loss(p, b):  # the Loss's own output loss, penalty and metrics
+        data_loss = loss_fn.output_loss(out, b)
+        loss = data_loss + loss_fn.penalty(p) if loss_fn.weight_decay else data_loss
+        if not loss_fn.has_aux:
+            return loss
+        return loss, loss_fn.metrics(out, b, data_loss)
+
+    loss, aux = loss_and_aux(fake_loss, params, batch)
+    return {**aux, "loss": loss}
