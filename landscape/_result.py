@@ -65,7 +65,7 @@ class Result:
     def save(self, path) -> Any:
         """Atomically write this result to ``path`` (``.npz``; arrays plus JSON metadata)."""
         data, meta = self._split()
-        host = jax.tree.map(np.asarray, data)
+        host = _serialize.to_host(data)
         return _serialize.save_tree(
             path, host, meta={"class": type(self).__name__, "static": _serialize.to_jsonable(meta)}
         )

@@ -75,6 +75,17 @@ def _decode(spec, arrays):
     return arrays[spec["k"]]
 
 
+def to_host(tree: PyTree) -> PyTree:
+    """Device arrays to NumPy, leaf by leaf; typed PRNG keys are kept as they are."""
+
+    def f(x):
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return x
+        return np.asarray(x)
+
+    return jax.tree.map(f, tree)
+
+
 def tree_to_arrays(tree: PyTree) -> tuple[dict[str, np.ndarray], dict]:
     """Flatten a pytree to ``{path: ndarray}`` and a JSON-able structure spec."""
     arrays: dict[str, np.ndarray] = {}

@@ -61,6 +61,7 @@ __all__ = [
     "ChunkStore",
     "batch",
     "batched_mean",
+    "check_loss",
     "evaluate",
     "evaluate_points",
     "loss_and_aux",
@@ -397,6 +398,45 @@ def make_mean_fn(
     return f
 
 
+_CHECKED: set = set()
+
+
+def check_loss(loss_fn: Callable, params: PyTree, data: PyTree, *, fn: str, name: str = "data") -> None:
+    """Trace ``loss_fn`` on two examples of ``data`` (no compilation) and turn a failure into a
+    ``ValueError`` that names the data's shapes: model/data mismatches surface at the boundary
+    instead of deep inside a compiled scan."""
+    small = jax.tree.map(lambda x: x[:2], data.rest if isinstance(data, Batched) and data.full is None
+                         else (jax.tree.map(lambda x: x[0], data.full) if isinstance(data, Batched) else data))
+    try:
+        cache_key = (
+            split_fn(loss_fn)[0],
+            jax.tree.structure(params),
+            tuple((np.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(params)),
+            jax.tree.structure(small),
+            tuple((np.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(small)),
+        )
+        hash(cache_key)
+    except TypeError:
+        cache_key = None
+    if cache_key is not None and cache_key in _CHECKED:
+        return
+    try:
+        jax.eval_shape(lambda p, b: loss_and_aux(loss_fn, p, b), params, small)
+        if cache_key is not None:
+            if len(_CHECKED) > 256:
+                _CHECKED.clear()
+            _CHECKED.add(cache_key)
+    except (TypeError, ValueError) as e:
+        if str(e).startswith("landscape"):
+            raise
+        shapes = jax.tree.map(lambda x: tuple(np.shape(x))[1:], small)
+        raise ValueError(
+            f"{fn}: loss_fn could not be evaluated on {name} (per-example shapes {shapes}) with these "
+            f"params: {type(e).__name__}: {str(e).splitlines()[0][:300]}. Check that the data's "
+            "input shape and target format match the model."
+        ) from e
+
+
 def evaluate(
     loss_fn: Callable,
     params: PyTree,
@@ -411,6 +451,8 @@ def evaluate(
     fn = "landscape.evaluate"
     _validate.check_callable(loss_fn, fn=fn, name="loss_fn")
     _validate.check_params(params, fn=fn)
+    data = batch(data, batch_size, fn=fn)
+    check_loss(loss_fn, params, data, fn=fn)
     return mean(Partial(_loss_dict, loss_fn), params, data, batch_size=batch_size, fn_name=fn)
 
 
@@ -431,6 +473,8 @@ def value_and_grad(
     fn = "landscape.value_and_grad"
     _validate.check_callable(loss_fn, fn=fn, name="loss_fn")
     _validate.check_params(params, fn=fn)
+    data = batch(data, batch_size, fn=fn)
+    check_loss(loss_fn, params, data, fn=fn)
     return mean(
         Partial(_value_and_grad, loss_fn),
         params,
@@ -626,7 +670,7 @@ class ChunkStore:
         return sorted(int(p.stem.split("-")[1]) for p in self.directory.glob("chunk-*.npz"))
 
     def save(self, i: int, value: PyTree) -> None:
-        _serialize.save_tree(self._path(i), jax.tree.map(np.asarray, value))
+        _serialize.save_tree(self._path(i), _serialize.to_host(value))
 
     def load(self, i: int) -> PyTree:
         return _serialize.load_tree(self._path(i))

@@ -80,7 +80,7 @@ def save_run(run_dir: str | os.PathLike, result_or_model: Any, *, config: dict |
         prov = dict(provenance or {})
         snaps = None
     cfg["model"] = model.spec
-    host = lambda t: jax.tree.map(np.asarray, t)  # noqa: E731
+    host = _serialize.to_host
     _serialize.save_tree(run_dir / "params.npz", host(model.params), meta={"model": model.spec})
     _serialize.save_tree(run_dir / "state.npz", host(model.state))
     _serialize.save_tree(run_dir / "history.npz", {k: np.asarray(v) for k, v in hist.items()})

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from landscape import _provenance, _tree, _validate, engine
+from landscape import _provenance, _serialize, _tree, _validate, engine
 from landscape._model import Model, as_model
 from landscape._result import Result, result, static_field
 from landscape.losses import Loss, make_loss_fn
@@ -270,7 +270,7 @@ def _block_length(num_steps: int, periods: Iterable[int], cap: int) -> int:
 
 
 def _host(tree):
-    return jax.tree.map(np.asarray, tree)
+    return _serialize.to_host(tree)
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,6 +392,10 @@ def train(
         bad = [s for s in snap if s < 0 or s > num_steps]
         if bad:
             raise ValueError(f"{fn}: snapshot_steps must lie in [0, num_steps={num_steps}]; got {sorted(bad)}.")
+
+    engine.check_loss(loss_fn, model.params, data, fn=fn)
+    if test_data is not None:
+        engine.check_loss(loss_fn, model.params, test_data, fn=fn, name="test_data")
 
     periods = [eval_every, *[cb.every for cb in callbacks], *[s for s in snap if s > 0]]
     block = _block_length(num_steps, periods, max_block)

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,11 +40,12 @@ def assert_trees_close(a, b, *, rtol=None, atol=None, err_msg=""):
 
 
 def max_abs_diff(a, b) -> float:
-    return max(float(jnp.max(jnp.abs(jnp.asarray(x) - jnp.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    """Largest absolute leaf-wise difference, computed in NumPy (no silent float32 cast)."""
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def max_abs(a) -> float:
-    return max(float(jnp.max(jnp.abs(jnp.asarray(x)))) for x in jax.tree.leaves(a))
+    return max(float(np.max(np.abs(np.asarray(x)))) for x in jax.tree.leaves(a))
 
 
 def run_python(code: str, *, devices: int = 1, timeout: int = 600, env: dict | None = None) -> str:

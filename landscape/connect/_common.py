@@ -1,0 +1,79 @@
+"""Helpers shared by the connect modules (validation, loss handling)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from landscape import _validate, engine
+from landscape._model import Model
+from landscape.losses import Loss, make_loss_fn
+
+PyTree = Any
+
+
+def is_float(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def float_state(loss_fn) -> bool:
+    """Whether ``loss_fn`` is a :class:`landscape.Loss` whose model state has floating leaves
+    (batch-norm statistics)."""
+    return isinstance(loss_fn, Loss) and any(is_float(x) for x in jax.tree.leaves(loss_fn.state))
+
+
+def as_loss(model_or_loss, *, fn: str, name: str = "model_or_loss"):
+    """A :class:`landscape.Model` or triple becomes ``make_loss_fn(model)`` (cross-entropy); a
+    :class:`Loss` or any callable is returned as is."""
+    if isinstance(model_or_loss, Model) or (
+        isinstance(model_or_loss, tuple) and len(model_or_loss) == 3 and callable(model_or_loss[0])
+    ):
+        return make_loss_fn(model_or_loss)
+    _validate.check_callable(model_or_loss, fn=fn, name=name)
+    return model_or_loss
+
+
+def first_examples(data, k: int = 2):
+    if isinstance(data, engine.Batched):
+        if data.full is not None:
+            return jax.tree.map(lambda x: x[0][:k], data.full)
+        return jax.tree.map(lambda x: x[:k], data.rest)
+    return jax.tree.map(lambda x: x[:k], data)
+
+
+def check_loss(loss_fn, params, data, *, fn: str, name: str = "data") -> None:
+    """Trace ``loss_fn`` on two examples (no compilation); a failure becomes a ValueError that
+    names the data's leaf shapes instead of an error deep inside a compiled scan."""
+    small = first_examples(data)
+    try:
+        jax.eval_shape(lambda p, b: engine.loss_and_aux(loss_fn, p, b), params, small)
+    except (TypeError, ValueError) as e:
+        if str(e).startswith("landscape"):
+            raise
+        shapes = jax.tree.map(lambda x: tuple(np.shape(x)), small)
+        raise ValueError(
+            f"{fn}: loss_fn could not be evaluated on {name} (leaf shapes {shapes}, first two "
+            f"examples) with these parameters: {type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300]}. Check that the data's input shape and target "
+            "format match the model."
+        ) from e
+
+
+def check_ts(ts, *, fn: str, name: str = "ts") -> np.ndarray:
+    """An int ``n >= 2`` (``linspace(0, 1, n)``) or a 1-D array of finite values."""
+    if isinstance(ts, (int, np.integer)) and not isinstance(ts, bool):
+        if ts < 2:
+            raise ValueError(f"{fn}: {name} must be >= 2 points; got {ts}.")
+        return np.linspace(0.0, 1.0, int(ts))
+    arr = np.asarray(ts, dtype=np.float64)
+    if arr.ndim != 1 or arr.size < 2:
+        raise ValueError(
+            f"{fn}: {name} must be an int >= 2 or a 1-D array of at least 2 values of t; got "
+            f"shape {arr.shape}."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{fn}: {name} must be finite.")
+    return np.unique(arr)

@@ -1,0 +1,760 @@
+"""Curvature operators of the full-data-set mean loss: Hessian, Gauss-Newton, empirical Fisher.
+
+Every product is exact over the whole data set: the per-batch product runs inside the
+foundation engine's :func:`landscape.engine.batched_mean` (full batches in one ``lax.scan``,
+the remainder weighted by its size), so one product is one compiled program and the batches
+are never looped over in Python.
+
+An operator is a :class:`CurvatureOperator`: a pytree whose array leaves are the parameters,
+the laid-out data, the model state (inside a :class:`landscape.Loss`) and an optional diagonal
+preconditioner, and whose static part is the loss function and the settings. It can therefore
+be passed to compiled code as an argument (the Lanczos loop takes it that way), and a new
+parameter point or new batch statistics do not recompile anything.
+
+Two ways to apply it:
+
+* ``"forward_over_reverse"``: ``jax.jvp`` of ``jax.grad`` per batch (for the Hessian), or the
+  ``jvp -> output-space Hessian -> vjp`` chain (GGN) and ``jvp -> vjp`` of the per-example loss
+  vector (empirical Fisher). Memory: one batch's activations (about 3x a gradient's).
+* ``"linearize"``: ``jax.linearize`` the whole batched product once with respect to the vector
+  (at ``v = 0``). Everything that does not depend on the vector (the forward pass, softmax
+  probabilities, ReLU masks, the backward pass of the gradient) is computed once and kept for all
+  batches; each later product only runs the tangent computations. This is how PyHessian's
+  single-batch mode gets its speed (it keeps the gradient's graph). Memory: the residuals of all
+  batches (roughly activations x data-set size). ``"auto"`` (the default) linearises when the
+  residuals take at most :data:`LINEARIZE_MAX_BYTES`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import Partial, register_pytree_node_class
+
+from landscape import _tree, _validate, engine
+from landscape.losses import Loss, cross_entropy, mse
+
+PyTree = Any
+
+CURVATURES = ("hessian", "ggn", "fisher", "residual")
+METHODS = ("auto", "forward_over_reverse", "linearize")
+
+LINEARIZE_MAX_BYTES = 1 << 30
+"""``method="auto"`` linearises once when the kept residuals take at most this many bytes."""
+
+__all__ = [
+    "CURVATURES",
+    "CurvatureOperator",
+    "LINEARIZE_MAX_BYTES",
+    "hvp",
+    "make_hvp",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter subsets
+# --------------------------------------------------------------------------------------------
+class Subset:
+    """Which leaves of the parameters a vector lives on (static, hashable).
+
+    With no filter the vectors are the parameters' own pytree. With a filter they are a flat dict
+    ``{leaf_path: array}`` of the selected leaves, so Krylov bases only hold the subset.
+    """
+
+    def __init__(self, treedef, paths: tuple[str, ...], selected: tuple[int, ...] | None):
+        self.treedef = treedef
+        self.paths = paths
+        self.selected = selected
+
+    def _key(self):
+        return (self.treedef, self.paths, self.selected)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, Subset) and self._key() == other._key()
+
+    @property
+    def is_all(self) -> bool:
+        return self.selected is None
+
+    @property
+    def selected_paths(self) -> tuple[str, ...]:
+        if self.selected is None:
+            return self.paths
+        return tuple(self.paths[i] for i in self.selected)
+
+    def restrict(self, tree: PyTree) -> PyTree:
+        """The subset's part of a params-shaped pytree."""
+        if self.selected is None:
+            return tree
+        leaves = self.treedef.flatten_up_to(tree)
+        return {self.paths[i]: leaves[i] for i in self.selected}
+
+    def merge(self, params: PyTree, sub: PyTree) -> PyTree:
+        """``params`` with the subset's leaves replaced by ``sub``."""
+        if self.selected is None:
+            return sub
+        leaves = list(self.treedef.flatten_up_to(params))
+        for i in self.selected:
+            leaves[i] = sub[self.paths[i]]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+    def embed(self, sub: PyTree, like: PyTree, *, leading: tuple[int, ...] = ()) -> PyTree:
+        """A params-shaped pytree holding ``sub`` on the subset and zeros elsewhere.
+
+        ``leading`` is an extra leading shape carried by every leaf of ``sub`` (e.g. ``(k,)``).
+        """
+        if self.selected is None:
+            return sub
+        leaves = self.treedef.flatten_up_to(like)
+        out = []
+        sel = set(self.selected)
+        for i, (p, x) in enumerate(zip(self.paths, leaves)):
+            if i in sel:
+                out.append(sub[p])
+            else:
+                out.append(jnp.zeros(leading + tuple(np.shape(x)), jnp.result_type(x)))
+        return jax.tree.unflatten(self.treedef, out)
+
+    def layer_of(self, path: str) -> str:
+        """The layer a leaf belongs to: its path without the last component."""
+        return path.rsplit("/", 1)[0] if "/" in path else path
+
+
+def make_subset(params: PyTree, params_filter, *, fn: str) -> Subset:
+    """Resolve ``params_filter`` (glob pattern(s), or a predicate on leaf paths) to a
+    :class:`Subset`.
+
+    A pattern selects a leaf when it matches the leaf's slash path (``fnmatch`` rules, e.g.
+    ``"layers/1/*"``, ``"*kernel"``) or names one of its parent folders (``"layers/1"``).
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    paths = tuple(_tree.leaf_paths(params))
+    if params_filter is None:
+        return Subset(treedef, paths, None)
+    if callable(params_filter):
+        pred = params_filter
+    else:
+        pats = [params_filter] if isinstance(params_filter, str) else list(params_filter)
+        if not pats or not all(isinstance(p, str) for p in pats):
+            raise TypeError(
+                f"{fn}: params_filter must be a glob pattern, a sequence of patterns or a "
+                f"callable(path) -> bool; got {params_filter!r}."
+            )
+
+        def pred(path):
+            for pat in pats:
+                pat = pat.rstrip("/")
+                if fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(path, pat + "/*"):
+                    return True
+            return False
+
+    selected = tuple(i for i, p in enumerate(paths) if pred(p))
+    if not selected:
+        raise ValueError(
+            f"{fn}: params_filter {params_filter!r} matches no parameter; the leaf paths are "
+            f"{list(paths)}."
+        )
+    if len(selected) == len(paths):
+        return Subset(treedef, paths, None)
+    return Subset(treedef, paths, selected)
+
+
+# --------------------------------------------------------------------------------------------
+# Output-space pieces (GGN, Fisher)
+# --------------------------------------------------------------------------------------------
+@register_pytree_node_class
+class _Pieces:
+    """``outputs(params, batch)``, ``output_loss(outputs, batch)`` and ``penalty(params)``.
+
+    Built from a :class:`landscape.Loss` (its own pieces) or from a model triple plus an output
+    loss. ``kind`` is ``"cross_entropy"``, ``"mse"`` or ``None`` (a user callable: its
+    output-space Hessian product is computed by forward-over-reverse on the outputs).
+    """
+
+    def __init__(self, loss, apply_fn, state, output_loss, kind, input_key, target_key):
+        self.loss = loss  # a landscape.Loss or None
+        self.apply_fn = apply_fn
+        self.state = state
+        self.output_loss_fn = output_loss
+        self.kind = kind
+        self.input_key = input_key
+        self.target_key = target_key
+
+    def tree_flatten(self):
+        return (self.loss, self.state), (
+            self.apply_fn,
+            self.output_loss_fn,
+            self.kind,
+            self.input_key,
+            self.target_key,
+        )
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        loss, state = children
+        apply_fn, output_loss, kind, ik, tk = aux
+        return cls(loss, apply_fn, state, output_loss, kind, ik, tk)
+
+    def outputs(self, params, batch):
+        if self.loss is not None:
+            return self.loss.outputs(params, batch)
+        out, _ = self.apply_fn(params, self.state, batch[self.input_key], train=False)
+        return out
+
+    def output_loss(self, outputs, batch):
+        if self.loss is not None:
+            return self.loss.output_loss(outputs, batch)
+        if self.kind == "cross_entropy":
+            return cross_entropy(outputs, batch[self.target_key])
+        if self.kind == "mse":
+            return mse(outputs, batch[self.target_key])
+        return self.output_loss_fn(outputs, batch)
+
+    def penalty(self, params):
+        if self.loss is not None:
+            return self.loss.penalty(params)
+        return 0.0
+
+    def output_hvp(self, outputs, u, batch):
+        """Product of the output-space Hessian of the batch-mean loss with ``u``.
+
+        Analytic for cross-entropy (``(diag(p) - p p^T) u / B`` per example, scaled by the label
+        mass for soft labels) and MSE (``u / outputs.size``); forward-over-reverse otherwise.
+        """
+        if self.kind == "cross_entropy":
+            t = batch[self.target_key]
+            p = jax.nn.softmax(outputs, axis=-1)
+            pu = p * u
+            hu = pu - p * jnp.sum(pu, axis=-1, keepdims=True)
+            if not jnp.issubdtype(t.dtype, jnp.integer):
+                hu = hu * jnp.sum(t, axis=-1, keepdims=True).astype(hu.dtype)
+            n = math.prod(outputs.shape[:-1])
+            return hu / jnp.asarray(n, hu.dtype)
+        if self.kind == "mse":
+            return u / jnp.asarray(outputs.size, u.dtype)
+        g = jax.grad(lambda o: self.output_loss(o, batch))
+        return jax.jvp(g, (outputs,), (u,))[1]
+
+    def example_losses(self, outputs, batch):
+        """Per-example losses (the data term) as a vector, from batch outputs."""
+
+        def one(o, b):
+            return self.output_loss(o[None], jax.tree.map(lambda a: a[None], b))
+
+        return jax.vmap(one)(outputs, batch)
+
+
+def _pieces_for(loss_fn, model, output_loss, *, fn: str) -> _Pieces | None:
+    if isinstance(loss_fn, Loss) and model is None:
+        return _Pieces(loss_fn, None, None, None, loss_fn.kind, loss_fn.input_key, loss_fn.target_key)
+    if model is None:
+        return None
+    from landscape._model import as_model
+
+    m = as_model(model, fn=fn)
+    if output_loss is None:
+        if isinstance(loss_fn, Loss):
+            output_loss = loss_fn.kind
+        else:
+            raise ValueError(
+                f"{fn}: with a plain loss_fn and model=..., pass output_loss='cross_entropy', "
+                "'mse' or a callable(outputs, batch) -> scalar batch mean."
+            )
+    if isinstance(output_loss, str):
+        _validate.check_choice(output_loss, ("cross_entropy", "mse"), fn=fn, name="output_loss")
+        return _Pieces(None, m.apply_fn, m.state, None, output_loss, "x", "y")
+    _validate.check_callable(output_loss, fn=fn, name="output_loss")
+    return _Pieces(None, m.apply_fn, m.state, output_loss, None, "x", "y")
+
+
+# --------------------------------------------------------------------------------------------
+# Per-batch products (module level: static, hashable)
+# --------------------------------------------------------------------------------------------
+def _loss_value(loss_fn, params, batch):
+    return engine.loss_and_aux(loss_fn, params, batch)[0]
+
+
+def _batch_hessian(op, params, batch, v):
+    sub0 = op.subset.restrict(params)
+
+    def f(sub):
+        return _loss_value(op.loss_fn, op.subset.merge(params, sub), batch)
+
+    return jax.jvp(jax.grad(f), (sub0,), (v,))[1]
+
+
+def _batch_ggn(op, params, batch, v, *, with_penalty=True):
+    sub0 = op.subset.restrict(params)
+    pieces = op.pieces
+
+    def out_fn(sub):
+        return pieces.outputs(op.subset.merge(params, sub), batch)
+
+    f, f_jvp = jax.linearize(out_fn, sub0)
+    hu = pieces.output_hvp(f, f_jvp(v), batch)
+    (res,) = jax.linear_transpose(f_jvp, sub0)(hu.astype(f.dtype))
+    if with_penalty and (pieces.loss is None or pieces.loss.weight_decay):
+
+        def pen(sub):
+            return jnp.asarray(pieces.penalty(op.subset.merge(params, sub)))
+
+        res = _tree.add(res, jax.jvp(jax.grad(pen), (sub0,), (v,))[1])
+    return res
+
+
+def _batch_fisher(op, params, batch, v):
+    sub0 = op.subset.restrict(params)
+    pieces = op.pieces
+
+    if pieces is not None:
+
+        def losses(sub):
+            return pieces.example_losses(pieces.outputs(op.subset.merge(params, sub), batch), batch)
+    else:
+
+        def losses(sub):
+            p = op.subset.merge(params, sub)
+
+            def one(b):
+                return _loss_value(op.loss_fn, p, jax.tree.map(lambda a: a[None], b))
+
+            return jax.vmap(one)(batch)
+
+    ell, l_jvp = jax.linearize(losses, sub0)
+    gv = l_jvp(v)
+    b = ell.shape[0]
+    (res,) = jax.linear_transpose(l_jvp, sub0)(gv / jnp.asarray(b, gv.dtype))
+    return res
+
+
+def _batch_residual(op, params, batch, v):
+    h = _batch_hessian(op, params, batch, v)
+    g = _batch_ggn(op, params, batch, v, with_penalty=True)
+    return _tree.sub(h, g)
+
+
+_BATCH_PRODUCTS = {
+    "hessian": _batch_hessian,
+    "ggn": _batch_ggn,
+    "fisher": _batch_fisher,
+    "residual": _batch_residual,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The operator
+# --------------------------------------------------------------------------------------------
+@register_pytree_node_class
+class CurvatureOperator:
+    """A symmetric curvature operator of the full-data-set mean loss (see :func:`make_hvp`).
+
+    Calling it applies the product to a params-shaped vector (one compiled program; components
+    outside ``params_filter`` are ignored and come back as zeros). Inside compiled code use
+    :meth:`matvec` on subset vectors (what the Lanczos loop does).
+
+    Attributes:
+      curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"residual"`` (Hessian minus GGN).
+      method: ``"forward_over_reverse"`` or ``"linearize"`` (resolved from ``"auto"``).
+      subset: the :class:`Subset` of parameters the operator acts on.
+      num_params: the dimension of the operator (parameters in the subset).
+      dtype: the dtype of the vectors (the subset's parameter dtype).
+    """
+
+    def __init__(self, loss_fn, params, batched, pieces, scale, *, curvature, subset, method):
+        self.loss_fn = loss_fn
+        self.params = params
+        self.batched = batched
+        self.pieces = pieces
+        self.scale = scale
+        self.curvature = curvature
+        self.subset = subset
+        self.method = method
+        self._prepared = None  # host cache of the linearised map (not part of the pytree)
+
+    # pytree protocol ---------------------------------------------------------------------
+    def tree_flatten(self):
+        children = (self.loss_fn, self.params, self.batched, self.pieces, self.scale)
+        return children, (self.curvature, self.subset, self.method)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        curvature, subset, method = aux
+        return cls(*children, curvature=curvature, subset=subset, method=method)
+
+    # description -----------------------------------------------------------------------------
+    @property
+    def num_params(self) -> int:
+        return _tree.size(self.subset.restrict(self.params))
+
+    @property
+    def dtype(self):
+        return _tree.dtype_of(self.subset.restrict(self.params))
+
+    def __repr__(self):
+        sub = "all" if self.subset.is_all else list(self.subset.selected_paths)
+        return (
+            f"CurvatureOperator({self.curvature}, method={self.method}, num_params={self.num_params}, "
+            f"params={sub}, batches={self.batched!r}, preconditioned={self.scale is not None})"
+        )
+
+    def zeros(self) -> PyTree:
+        """A zero vector of the operator's (subset) shape."""
+        return _tree.zeros_like(self.subset.restrict(self.params))
+
+    # traceable products --------------------------------------------------------------------
+    def matvec_with_flags(self, v: PyTree) -> tuple[PyTree, jax.Array]:
+        """Traceable product on a subset vector; also returns one finite flag per batch."""
+        fn = functools.partial(_BATCH_PRODUCTS[self.curvature], self)
+        if self.scale is not None:
+            v = jax.tree.map(jnp.multiply, self.scale, v)
+
+        def per_batch(params, batch, v):
+            return fn(params, batch, v)
+
+        out, ok = engine.batched_mean(per_batch, self.params, self.batched, v)
+        out = _tree.cast(out, self.dtype) if self.dtype != _tree.dtype_of(out) else out
+        if self.scale is not None:
+            out = jax.tree.map(jnp.multiply, self.scale, out)
+        return out, ok
+
+    def matvec(self, v: PyTree) -> PyTree:
+        """Traceable product on a subset vector (``{path: leaf}`` dict with a filter)."""
+        return self.matvec_with_flags(v)[0]
+
+    def prepared(self) -> _Prepared:
+        """Traceable: the operator ready for many products (linearised once if ``method`` says
+        so). Call inside compiled code before a loop of products."""
+        if self.method == "linearize":
+            _, lin = jax.linearize(self.matvec, self.zeros())
+            return _Prepared(None, lin)
+        return _Prepared(self, None)
+
+    # host convenience ------------------------------------------------------------------------
+    def __call__(self, v: PyTree, *, check_finite: bool = True) -> PyTree:
+        fn = "landscape.hessian.CurvatureOperator"
+        check_vector(v, self.params, fn=fn, name="v")
+        sub = self.subset.restrict(_tree.cast(v, self.dtype))
+        if self.method == "linearize":
+            prep = self.host_prepared()
+            ps, pd = engine.split_fn(prep)
+            out, ok = _apply_prepared_jit(ps, pd, sub)
+        else:
+            s, d = engine.split_fn(self)
+            out, ok = _apply_jit(s, d, sub)
+        if check_finite:
+            raise_nonfinite(ok, self, fn=fn)
+        return self.subset.embed(out, self.params)
+
+    def host_prepared(self) -> _Prepared:
+        """The prepared operator as concrete arrays (linearised once, cached on this object)."""
+        if self._prepared is None:
+            if self.method == "linearize":
+                s, d = engine.split_fn(self)
+                self._prepared = _prepare_jit(s, d)
+            else:
+                self._prepared = _Prepared(self, None)
+        return self._prepared
+
+
+@register_pytree_node_class
+class _Prepared:
+    """An operator ready for repeated products: the operator itself, or its linearisation."""
+
+    def __init__(self, op, lin):
+        self.op = op
+        self.lin = lin
+
+    def tree_flatten(self):
+        return (self.op, self.lin), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    def __call__(self, v):
+        """``(product, finite_flags)``: one flag per batch for forward-over-reverse, one in
+        total for the linearised map."""
+        if self.lin is not None:
+            out = self.lin(v)
+            return out, engine._all_finite(out)[None]
+        return self.op.matvec_with_flags(v)
+
+
+@register_pytree_node_class
+class FunctionMatvec:
+    """Wrap a user matvec ``f(v) -> Av`` (pytree in and out) for the Lanczos machinery."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def tree_flatten(self):
+        return (self.fn,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children[0])
+
+    def __call__(self, v):
+        out = self.fn(v)
+        return out, engine._all_finite(out)[None]
+
+
+@functools.partial(jax.jit, static_argnames=("s",))
+def _apply_jit(s, d, v):
+    op = engine.merge_fn(s, d)
+    return op.matvec_with_flags(v)
+
+
+@functools.partial(jax.jit, static_argnames=("s",))
+def _prepare_jit(s, d):
+    return engine.merge_fn(s, d).prepared()
+
+
+@functools.partial(jax.jit, static_argnames=("s",))
+def _apply_prepared_jit(s, d, v):
+    return engine.merge_fn(s, d)(v)
+
+
+def raise_nonfinite(ok, op: CurvatureOperator | None, *, fn: str, what: str = "curvature-vector product"):
+    """Raise ``FloatingPointError`` naming the batches whose product was not finite."""
+    ok = np.asarray(ok)
+    if ok.all():
+        return
+    if op is not None and ok.shape[0] == (op.batched.num_batches + (1 if op.batched.rest_size else 0)):
+        engine._raise_nonfinite(ok, op.batched, fn=fn, what=what)
+    raise FloatingPointError(f"{fn}: non-finite {what}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Building operators
+# --------------------------------------------------------------------------------------------
+def check_vector(v, params, *, fn: str, name: str, allow_zero: bool = True) -> None:
+    """A params-shaped, finite (and, unless ``allow_zero``, nonzero) vector."""
+    _validate.check_same_structure(v, params, fn=fn, name=name)
+    _validate.check_finite(v, fn=fn, name=name)
+    if not allow_zero and float(_tree.norm(_tree.cast(v, jnp.float32))) == 0.0:
+        raise ValueError(f"{fn}: {name} is the zero vector; a starting/probe vector must be nonzero.")
+
+
+def _residual_bytes(op: CurvatureOperator) -> int:
+    s, d = engine.split_fn(op.replace_method("linearize"))
+    shapes = jax.eval_shape(lambda dd: _prepare_jit.__wrapped__(s, dd), d)
+    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes.lin)))
+
+
+def _with_method(self, method):
+    return CurvatureOperator(
+        self.loss_fn, self.params, self.batched, self.pieces, self.scale,
+        curvature=self.curvature, subset=self.subset, method=method,
+    )
+
+
+CurvatureOperator.replace_method = _with_method
+
+
+@functools.lru_cache(maxsize=64)
+def _auto_method(static, shapes) -> str:  # cached per (static parts, shapes)
+    op = _AUTO_PENDING.pop((static, shapes))
+    try:
+        nbytes = _residual_bytes(op)
+    except Exception:  # pragma: no cover - linearisation not traceable: fall back
+        return "forward_over_reverse"
+    return "linearize" if nbytes <= LINEARIZE_MAX_BYTES else "forward_over_reverse"
+
+
+_AUTO_PENDING: dict = {}
+
+
+def _resolve_method(op: CurvatureOperator, method: str) -> str:
+    if method != "auto":
+        return method
+    s, d = engine.split_fn(op)
+    shapes = tuple((tuple(np.shape(x)), str(jnp.result_type(x))) if x is not None else None for x in d)
+    _AUTO_PENDING[(s, shapes)] = op
+    try:
+        return _auto_method(s, shapes)
+    finally:
+        _AUTO_PENDING.pop((s, shapes), None)
+
+
+def make_hvp(
+    loss_fn: Callable,
+    params: PyTree,
+    data: PyTree,
+    *,
+    curvature: str = "hessian",
+    model=None,
+    output_loss=None,
+    params_filter=None,
+    preconditioner: PyTree | None = None,
+    batch_size: int | None = None,
+    method: str = "auto",
+    fn: str = "landscape.hessian.make_hvp",
+) -> CurvatureOperator:
+    """Factory: the curvature operator of the full-data-set mean loss, ready for many products.
+
+    Returns a :class:`CurvatureOperator` ``op``; ``op(v)`` is one exact product over the whole
+    data set in one compiled program (compiled once per loss function, shapes and settings:
+    reuse ``op``, or call ``make_hvp`` again with the same ``loss_fn`` object, and nothing
+    recompiles). It is also a pytree, so it can be passed to your own ``jax.jit`` code and used
+    there through ``op.matvec``.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar`` (or ``(scalar, aux)``): the batch mean. A
+        :class:`landscape.Loss` also provides the pieces the GGN and Fisher need (model outputs,
+        output loss, L2 penalty). Weight decay inside the loss is part of every curvature.
+      params: the point (pytree of float arrays).
+      data: dict of arrays with a leading example axis, or a prepared
+        :class:`landscape.engine.Batched`.
+      curvature: ``"hessian"`` (exact), ``"ggn"`` (Gauss-Newton ``J^T H_out J`` averaged over
+        examples, plus the penalty's Hessian; analytic output-space Hessian for cross-entropy and
+        MSE), ``"fisher"`` (empirical Fisher ``mean_i g_i g_i^T`` of the per-example data-term
+        gradients, computed as ``G^T (G v) / n`` without materialising per-example gradients) or
+        ``"residual"`` (Hessian minus GGN, Papyan 2019).
+      model: for ``"ggn"``/``"fisher"`` with a plain ``loss_fn``: the model triple
+        ``(apply_fn, params, state)`` whose outputs the loss sees (inputs from ``batch["x"]``).
+      output_loss: with ``model``: ``"cross_entropy"``, ``"mse"`` or ``f(outputs, batch)``.
+      params_filter: restrict to a subset of parameters: glob pattern(s) on slash leaf paths
+        (``"layers/1/*"``, ``"layers/1"``, ``["*kernel"]``) or a predicate on paths. The operator
+        is then the corresponding diagonal block.
+      preconditioner: a params-shaped positive diagonal ``P``; the operator becomes the
+        symmetric ``P^{-1/2} A P^{-1/2}`` (same eigenvalues as ``P^{-1} A``).
+      batch_size: examples per batch of the data-set reduction (default: the engine's).
+      method: ``"forward_over_reverse"``, ``"linearize"`` (keep the residuals of all batches,
+        faster products) or ``"auto"`` (linearise when the residuals fit in
+        :data:`LINEARIZE_MAX_BYTES`, decided by tracing once).
+
+    Returns:
+      A :class:`CurvatureOperator`.
+
+    Cost:
+      One product: about 2 gradient evaluations of compute (forward-over-reverse) or 1.5
+      (linearised), memory of one batch (forward-over-reverse) or of all batches' residuals
+      (linearised).
+
+    Raises:
+      TypeError, ValueError: invalid loss, parameters, data, settings; GGN/Fisher without the
+        pieces they need; a filter that matches nothing.
+
+    Example:
+      >>> op = landscape.hessian.make_hvp(loss_fn, params, data)
+      >>> hv = op(v)          # params-shaped
+
+    References:
+      Pearlmutter 1994 (fast exact Hessian-vector products); Schraudolph 2002 (Gauss-Newton
+      products); Martens 2020 (GGN, empirical Fisher); Papyan 2019 (Hessian = GGN + residual).
+    """
+    _validate.check_callable(loss_fn, fn=fn, name="loss_fn")
+    _validate.check_params(params, fn=fn)
+    for path, x in zip(_tree.leaf_paths(params), jax.tree.leaves(params)):
+        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+            raise TypeError(f"{fn}: params leaf '{path}' must be a float array; got dtype {jnp.result_type(x)}.")
+    _validate.check_choice(curvature, CURVATURES, fn=fn, name="curvature")
+    _validate.check_choice(method, METHODS, fn=fn, name="method")
+    batched = engine.batch(data, batch_size, fn=fn)
+    engine.check_loss(loss_fn, params, batched, fn=fn)
+    subset = make_subset(params, params_filter, fn=fn)
+    pieces = None
+    if curvature in ("ggn", "residual") or (curvature == "fisher" and (model is not None or isinstance(loss_fn, Loss))):
+        pieces = _pieces_for(loss_fn, model, output_loss, fn=fn)
+        if pieces is None and curvature != "fisher":
+            raise ValueError(
+                f"{fn}: curvature={curvature!r} needs the model's outputs: pass a landscape.Loss "
+                "(landscape.make_loss_fn(model, ...)) as loss_fn, or model=(apply_fn, params, state) "
+                "and output_loss=..."
+            )
+    elif model is not None or output_loss is not None:
+        pieces = None  # not needed for the Hessian
+    scale = None
+    if preconditioner is not None:
+        _validate.check_same_structure(preconditioner, params, fn=fn, name="preconditioner")
+        _validate.check_finite(preconditioner, fn=fn, name="preconditioner")
+        if any(float(jnp.min(x)) <= 0 for x in jax.tree.leaves(preconditioner)):
+            raise ValueError(f"{fn}: preconditioner must be strictly positive (a diagonal P > 0).")
+        dt = _tree.dtype_of(params)
+        scale = subset.restrict(jax.tree.map(lambda x: jax.lax.rsqrt(jnp.asarray(x, dt)), preconditioner))
+    op = CurvatureOperator(
+        loss_fn, params, batched, pieces, scale, curvature=curvature, subset=subset, method="forward_over_reverse"
+    )
+    return op.replace_method(_resolve_method(op, method))
+
+
+def hvp(
+    loss_fn: Callable,
+    params: PyTree,
+    data: PyTree,
+    v: PyTree,
+    *,
+    curvature: str = "hessian",
+    model=None,
+    output_loss=None,
+    params_filter=None,
+    batch_size: int | None = None,
+    check_finite: bool = True,
+) -> PyTree:
+    """One exact curvature-vector product ``A v`` over the whole data set.
+
+    ``A`` is the Hessian of the data-set mean loss (forward-over-reverse, per batch, accumulated
+    by the engine in one compiled call), or the GGN / empirical Fisher / residual (see
+    :func:`make_hvp` for every argument). For many products build the operator once with
+    :func:`make_hvp`.
+
+    Args:
+      v: params-shaped vector (same tree structure and leaf shapes as ``params``).
+
+    Returns:
+      ``A v``, params-shaped (zeros outside ``params_filter``).
+
+    Cost:
+      One product (about two gradient evaluations); memory of one batch.
+
+    Raises:
+      ValueError: ``v`` does not match ``params`` or is not finite.
+      FloatingPointError: (with ``check_finite``) the product was not finite; names the batches.
+    """
+    fn = "landscape.hessian.hvp"
+    op = make_hvp(
+        loss_fn, params, data, curvature=curvature, model=model, output_loss=output_loss,
+        params_filter=params_filter, batch_size=batch_size, method="forward_over_reverse", fn=fn,
+    )
+    check_vector(v, params, fn=fn, name="v")
+    sub = op.subset.restrict(_tree.cast(v, op.dtype))
+    s, d = engine.split_fn(op)
+    out, ok = _apply_jit(s, d, sub)
+    if check_finite:
+        raise_nonfinite(ok, op, fn=fn)
+    return op.subset.embed(out, params)
+
+
+def as_prepared(matvec, *, fn: str):
+    """A prepared (pytree) matvec from a :class:`CurvatureOperator` or a plain function."""
+    if isinstance(matvec, CurvatureOperator):
+        return matvec.host_prepared(), matvec
+    if isinstance(matvec, _Prepared):
+        return matvec, matvec.op
+    _validate.check_callable(matvec, fn=fn, name="matvec")
+    if not isinstance(matvec, Partial) and not _is_hashable(matvec):
+        raise TypeError(f"{fn}: matvec must be hashable (a module-level function or jax.tree_util.Partial).")
+    return FunctionMatvec(matvec), None
+
+
+def _is_hashable(x) -> bool:
+    try:
+        hash(x)
+    except TypeError:
+        return False
+    return True
+
+
+def as_sequence(x) -> Sequence:
+    return x if isinstance(x, (list, tuple)) else [x]

@@ -1,0 +1,100 @@
+"""Run directories and result objects: exact round trips, atomic writes, clear mismatches."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import landscape
+from landscape import _serialize
+from landscape.train import TrainResult
+
+
+def test_run_round_trip_exact(tmp_path, trained_resnet):
+    out = landscape.save_run(tmp_path / "run", trained_resnet, config={"note": "x"})
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["config.json", "history.npz", "params.npz", "provenance.json", "state.npz"]
+    run = landscape.load_run(out)
+    for a, b in zip(jax.tree.leaves(run.model.params), jax.tree.leaves(trained_resnet.params)):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(run.model.state), jax.tree.leaves(trained_resnet.state)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert jax.tree.structure(run.model.params) == jax.tree.structure(trained_resnet.params)
+    np.testing.assert_array_equal(run.history["test_loss"], trained_resnet.history["test_loss"])
+    assert run.config["note"] == "x" and run.config["model"]["name"] == "resnet"
+    prov = run.provenance
+    for k in ("packages", "dtype", "seeds", "data_hash", "settings", "devices", "python"):
+        assert k in prov
+    assert prov["packages"]["jax"] == jax.__version__ and prov["dtype"] == "float32"
+    # the loaded model computes the same loss
+    ds = landscape.load_data("digits", flat=False)
+    a = landscape.evaluate(landscape.make_loss_fn(run.model), run.model.params, ds.test)
+    b = landscape.evaluate(landscape.make_loss_fn(trained_resnet.model), trained_resnet.params, ds.test)
+    assert float(a["loss"]) == float(b["loss"])
+
+
+def test_load_run_other_architecture_fails(tmp_path, trained_mlp):
+    out = landscape.save_run(tmp_path / "run", trained_mlp)
+    other = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(48, 32))
+    with pytest.raises(ValueError, match="another architecture|saved from model"):
+        landscape.load_run(out, model=other)
+    with pytest.raises(FileNotFoundError, match="no run in"):
+        landscape.load_run(tmp_path / "nothing")
+
+
+def test_snapshots_saved(tmp_path, digits_data):
+    m = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(8,))
+    r = landscape.train(m, digits_data.train, num_steps=10, snapshot_steps=5, progress=False)
+    run = landscape.load_run(landscape.save_run(tmp_path / "r", r))
+    assert list(run.snapshots["step"]) == [0, 5, 10]
+    np.testing.assert_array_equal(run.snapshots["params"]["layers"][1]["kernel"], r.snapshots["params"]["layers"][1]["kernel"])
+
+
+def test_atomic_writes_leave_no_partial_file(tmp_path):
+    path = tmp_path / "t.npz"
+    _serialize.save_tree(path, {"a": np.ones(3)})
+
+    class Boom:
+        shape = (1,)
+        dtype = np.dtype("O")
+
+        def __array__(self, *a, **k):
+            raise RuntimeError("boom")
+
+    with pytest.raises(Exception, match="boom|cannot save"):
+        _serialize.save_tree(path, {"a": Boom()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.npz"]  # old file intact, no temp file
+    np.testing.assert_array_equal(_serialize.load_tree(path)["a"], np.ones(3))
+
+
+def test_tree_serialisation_keeps_structure_and_keys():
+    tree = {"a": {0: np.arange(3), 1: [np.float32(2.0), None]}, "k": jax.random.key(4), "t": (1, "s")}
+    arrays, spec = _serialize.tree_to_arrays(tree)
+    back = _serialize.arrays_to_tree(arrays, spec)
+    assert list(back["a"].keys()) == [0, 1] and back["a"][1][1] is None and back["t"] == (1, "s")
+    assert jnp.array_equal(jax.random.key_data(back["k"]), jax.random.key_data(tree["k"]))
+
+
+@landscape.result
+class _Toy(landscape.Result):
+    values: jax.Array
+    vectors: dict
+    name: str = landscape.static_field(default="toy")
+    provenance: dict = landscape.static_field(default_factory=dict)
+
+
+def test_result_pytree_save_load(tmp_path):
+    r = _Toy(jnp.arange(3.0), {"w": jnp.ones((2, 2))}, "demo", landscape.provenance(seeds=1))
+    leaves = jax.tree.leaves(r)
+    assert len(leaves) == 2  # static fields are not leaves
+    doubled = jax.jit(lambda t: jax.tree.map(lambda x: 2 * x, t))(r)
+    assert doubled.name == "demo" and float(doubled.values[2]) == 4.0
+    r.save(tmp_path / "toy.npz")
+    back = _Toy.load(tmp_path / "toy.npz")
+    np.testing.assert_array_equal(back.values, r.values)
+    assert back.name == "demo" and back.provenance["seeds"] == 1
+    assert "values=" in repr(r) and "provenance" not in repr(r)
+    with pytest.raises(ValueError, match="holds a '_Toy'"):
+        TrainResult.load(tmp_path / "toy.npz")
