@@ -1,9 +1,26 @@
 """ntk: empirical and analytic (infinite-width) neural tangent kernels on current JAX."""
 
+from ntk._analytic import Kernel as Kernel
+from ntk._analytic import kernel as kernel
+from ntk._analytic import kernel_fn as kernel_fn
 from ntk._arch import Architecture as Architecture
 from ntk._arch import parallel as parallel
 from ntk._arch import residual as residual
 from ntk._arch import serial as serial
+from ntk._compare import Convergence as Convergence
+from ntk._compare import Drift as Drift
+from ntk._compare import FiniteVsInfinite as FiniteVsInfinite
+from ntk._compare import MonteCarloKernel as MonteCarloKernel
+from ntk._compare import Spectra as Spectra
+from ntk._compare import convergence as convergence
+from ntk._compare import finite_vs_infinite as finite_vs_infinite
+from ntk._compare import kernel_drift as kernel_drift
+from ntk._compare import monte_carlo as monte_carlo
+from ntk._compare import relative_distance as relative_distance
+from ntk._compare import spectra as spectra
+from ntk._empirical import empirical_nngp as empirical_nngp
+from ntk._empirical import empirical_ntk as empirical_ntk
+from ntk._empirical import empirical_ntk_fn as empirical_ntk_fn
 from ntk._layers import ABRelu as ABRelu
 from ntk._layers import ArchitectureError as ArchitectureError
 from ntk._layers import AvgPool as AvgPool
@@ -18,9 +35,10 @@ from ntk._layers import Identity as Identity
 from ntk._layers import LayerNorm as LayerNorm
 from ntk._layers import LeakyRelu as LeakyRelu
 from ntk._layers import Relu as Relu
-from ntk._analytic import Kernel as Kernel
-from ntk._analytic import kernel as kernel
-from ntk._analytic import kernel_fn as kernel_fn
-from ntk._empirical import empirical_nngp as empirical_nngp
-from ntk._empirical import empirical_ntk as empirical_ntk
-from ntk._empirical import empirical_ntk_fn as empirical_ntk_fn
+from ntk._predict import Prediction as Prediction
+from ntk._predict import gradient_descent_mse as gradient_descent_mse
+from ntk._predict import gradient_descent_mse_ensemble as gradient_descent_mse_ensemble
+from ntk._predict import kernel_regression as kernel_regression
+from ntk._predict import linearize as linearize
+from ntk._predict import linearize_model as linearize_model
+from ntk._predict import max_learning_rate as max_learning_rate

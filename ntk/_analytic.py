@@ -46,10 +46,7 @@ class _AnalyticBlock:
 def _bytes_per_pair(arch: Architecture, x) -> float:
     d = x.ndim - 2
     P = math.prod(x.shape[1:-1]) if d > 0 else 1
-    if d > 0 and arch.net.needs_full():
-        pos = P * P
-    else:
-        pos = P
+    pos = P * P if d > 0 and arch.net.needs_full() else P
     return 12.0 * pos * np.dtype(x.dtype).itemsize
 
 
@@ -106,22 +103,45 @@ def kernel(
     """
     fn = "ntk.kernel"
     if not isinstance(arch, Architecture):
-        raise TypeError(f"{fn}: arch must be an ntk.Architecture (from ntk.serial); got {type(arch).__name__}.")
+        raise TypeError(
+            f"{fn}: arch must be an ntk.Architecture (from ntk.serial); got {type(arch).__name__}."
+        )
     x1 = _checks.as_inputs(x1, fn=fn, name="x1")
     x2 = None if x2 is None else _checks.as_inputs(x2, fn=fn, name="x2", dtype=x1.dtype)
     _checks.check_pair(x1, x2, fn=fn)
     arch.check_input_shape(x1.shape[1:], fn=fn, name="x1")
     # trace-only check of the whole layer stack (architecture errors name the layer)
-    jax.eval_shape(lambda a: arch.kernel_fn(a, fn=fn), jax.ShapeDtypeStruct((1,) + x1.shape[1:], x1.dtype))
+    jax.eval_shape(
+        lambda a: arch.kernel_fn(a, fn=fn), jax.ShapeDtypeStruct((1,) + x1.shape[1:], x1.dtype)
+    )
     n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
     bs = _blocks.choose_block_size(block_size, n, _bytes_per_pair(arch, x1), fn=fn)
-    meta = dict(kind="analytic", arch=repr(arch), dtype=str(x1.dtype),
-                data=landscape.data_hash({"x1": x1, "x2": x2}))
-    nngp, ntkm = _blocks.blocked(
-        _AnalyticBlock(arch), (), x1, x2, block_size=bs, fn=fn, store=store,
-        store_meta=meta, progress=progress,
+    meta = dict(
+        kind="analytic",
+        arch=repr(arch),
+        dtype=str(x1.dtype),
+        data=landscape.data_hash({"x1": x1, "x2": x2}),
     )
-    prov = landscape.provenance(dtype=x1.dtype, settings=dict(arch=repr(arch), block_size=bs, n1=int(x1.shape[0]), n2=int((x1 if x2 is None else x2).shape[0])))
+    nngp, ntkm = _blocks.blocked(
+        _AnalyticBlock(arch),
+        (),
+        x1,
+        x2,
+        block_size=bs,
+        fn=fn,
+        store=store,
+        store_meta=meta,
+        progress=progress,
+    )
+    prov = landscape.provenance(
+        dtype=x1.dtype,
+        settings=dict(
+            arch=repr(arch),
+            block_size=bs,
+            n1=int(x1.shape[0]),
+            n2=int((x1 if x2 is None else x2).shape[0]),
+        ),
+    )
     return Kernel(nngp=nngp, ntk=ntkm, provenance=prov)
 
 
@@ -129,7 +149,9 @@ def kernel_fn(arch: Architecture):
     """The jitted analytic kernel function ``k(x1, x2=None) -> (nngp, ntk)`` (no blocking),
     for use inside other compiled code. Reuse the returned function to avoid recompiling."""
     if not isinstance(arch, Architecture):
-        raise TypeError(f"ntk.kernel_fn: arch must be an ntk.Architecture; got {type(arch).__name__}.")
+        raise TypeError(
+            f"ntk.kernel_fn: arch must be an ntk.Architecture; got {type(arch).__name__}."
+        )
     return jax.jit(lambda x1, x2=None: arch.kernel_fn(x1, x2))
 
 

@@ -175,8 +175,12 @@ class Parallel(Layer):
         out = None
         for i, b in enumerate(self.branches):
             name = f"branch_{i}"
-            y = b.apply(params.get(name) if b.has_params else None, x, ctx,
-                        f"{path}/{name}" if path else name)
+            y = b.apply(
+                params.get(name) if b.has_params else None,
+                x,
+                ctx,
+                f"{path}/{name}" if path else name,
+            )
             out = y if out is None else out + y
         return out
 
@@ -196,8 +200,12 @@ class Parallel(Layer):
             return sum(vals[1:], vals[0])
 
         return first.replace(
-            nngp=add("nngp"), ntk=add("ntk"), s1=add("s1"), s2=add("s2"),
-            gaussian=all(o.gaussian for o in outs), last=self.describe(),
+            nngp=add("nngp"),
+            ntk=add("ntk"),
+            s1=add("s1"),
+            s2=add("s2"),
+            gaussian=all(o.gaussian for o in outs),
+            last=self.describe(),
         )
 
     def affine_layers(self, path: str = ""):
@@ -213,8 +221,10 @@ def _as_layer(l, fn: str):
         return l
     if isinstance(l, (list, tuple)):
         return Serial(tuple(_as_layer(x, fn) for x in l))
-    raise TypeError(f"{fn}: every layer must be an ntk layer (ntk.Dense(...), ntk.Relu(), ...); "
-                    f"got {type(l).__name__}. Did you forget the parentheses (ntk.Relu())?")
+    raise TypeError(
+        f"{fn}: every layer must be an ntk layer (ntk.Dense(...), ntk.Relu(), ...); "
+        f"got {type(l).__name__}. Did you forget the parentheses (ntk.Relu())?"
+    )
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -230,7 +240,7 @@ class Architecture:
     net: Serial
 
     def __repr__(self):
-        return "Architecture" + self.net.describe()[len("serial"):]
+        return "Architecture" + self.net.describe()[len("serial") :]
 
     @property
     def layers(self) -> tuple:
@@ -257,7 +267,9 @@ class Architecture:
         return self.net.out_shape(shape, fn)
 
     def out_shape(self, input_shape) -> tuple:
-        return self.check_input_shape(input_shape, fn="ntk.Architecture.out_shape", name="input_shape")
+        return self.check_input_shape(
+            input_shape, fn="ntk.Architecture.out_shape", name="input_shape"
+        )
 
     def apply(self, params, x, ctx=None):
         """The finite network's forward pass ``f(params, x)`` (a pure function)."""
@@ -325,10 +337,7 @@ def input_state(arch: Architecture, x1, x2, same: bool, fn: str) -> KState:
     """The kernel of the inputs: ``K0[p, p'] = x_p . x'_p' / channels`` (neural-tangents)."""
     d = x1.ndim - 2
     C = x1.shape[-1]
-    if d == 0:
-        mode = "none"
-    else:
-        mode = "full" if arch.net.needs_full() else "diag"
+    mode = "none" if d == 0 else "full" if arch.net.needs_full() else "diag"
     L = "abcdefghijklmnopqrstuvwxyz"
     hi = jax.lax.Precision.HIGHEST
     if mode == "none":
@@ -352,8 +361,17 @@ def input_state(arch: Architecture, x1, x2, same: bool, fn: str) -> KState:
             s1 = selfk(x1)
         s2 = None if same else selfk(x2)
     return KState(
-        nngp=nngp, ntk=jnp.zeros_like(nngp), s1=s1, s2=s2, d=d, mode=mode,
-        shape=tuple(x1.shape[1:-1]), width=C, gaussian=False, last="the input", fn=fn,
+        nngp=nngp,
+        ntk=jnp.zeros_like(nngp),
+        s1=s1,
+        s2=s2,
+        d=d,
+        mode=mode,
+        shape=tuple(x1.shape[1:-1]),
+        width=C,
+        gaussian=False,
+        last="the input",
+        fn=fn,
     )
 
 

@@ -52,6 +52,7 @@ def choose_block_size(
       TypeError: not an int.
       ValueError: not positive, or its estimated memory exceeds :func:`memory_limit`.
     """
+
     def need(b):
         return b * b * bytes_per_pair + 2 * b * bytes_per_row
 
@@ -160,7 +161,8 @@ def blocked(
 
     # shapes of one block's outputs
     spec = jax.eval_shape(
-        lambda a, u, v: block_fn(a, u, v, False), args,
+        lambda a, u, v: block_fn(a, u, v, False),
+        args,
         jax.ShapeDtypeStruct((b1,) + x1.shape[1:], x1.dtype),
         jax.ShapeDtypeStruct((b2,) + x2.shape[1:], x2.dtype),
     )

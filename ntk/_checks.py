@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from landscape import _validate
 
@@ -19,8 +18,10 @@ def as_inputs(x, *, fn: str, name: str, dtype=None) -> np.ndarray | jax.Array:
             f"{fn}: {name} must be an array of inputs (n, ...), not a data dict; pass data['x']."
         )
     if isinstance(x, jax.core.Tracer):
-        raise TypeError(f"{fn}: {name} must be a concrete array (this driver is not traceable; "
-                        "use the *_fn factories inside jit).")
+        raise TypeError(
+            f"{fn}: {name} must be a concrete array (this driver is not traceable; "
+            "use the *_fn factories inside jit)."
+        )
     arr = x if isinstance(x, jax.Array) else np.asarray(x)
     if arr.dtype == object or not (
         jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)

@@ -66,9 +66,11 @@ def resolve(f, params, x1, x2, *, fn: str):
             arch = found[0]
         f = Partial(_call_model, apply_fn, state)
     elif isinstance(f, Architecture):
-        raise TypeError(f"{fn}: pass the model (arch.init(key, input_shape)) or arch.apply with its "
-                        "params, not the architecture itself; the architecture's analytic "
-                        "kernel is ntk.kernel(arch, x1, x2).")
+        raise TypeError(
+            f"{fn}: pass the model (arch.init(key, input_shape)) or arch.apply with its "
+            "params, not the architecture itself; the architecture's analytic "
+            "kernel is ntk.kernel(arch, x1, x2)."
+        )
     else:
         _validate.check_callable(f, fn=fn, name="f")
         owner = getattr(f, "__self__", None)
@@ -173,7 +175,9 @@ def _features(arch: Architecture, params, x):
 def structured_costs(b1, b2, npos, fan_in, cout, O, trace):
     """(gram, jacobian) flop estimates of one affine layer's block contribution."""
     oo = O if trace else O * O
-    gram = b1 * b2 * npos * npos * (fan_in + oo * cout) + (0 if trace else b1 * b2 * oo * npos * npos)
+    gram = b1 * b2 * npos * npos * (fan_in + oo * cout) + (
+        0 if trace else b1 * b2 * oo * npos * npos
+    )
     jac = (b1 + b2) * O * npos * fan_in * cout + b1 * b2 * oo * fan_in * cout
     return gram, jac
 
@@ -282,9 +286,15 @@ def empirical_ntk_fn(f, *, method: str = "jacobian", trace_outputs: bool = True,
     if method == "structured" and not isinstance(arch, Architecture):
         raise ValueError(f"{fn}: method='structured' needs arch=<the ntk.Architecture of f>.")
     if method == "structured":
-        return jax.jit(lambda params, x1, x2=None: ntk_structured(arch, params, x1, x2, trace_outputs=trace_outputs))
+        return jax.jit(
+            lambda params, x1, x2=None: ntk_structured(
+                arch, params, x1, x2, trace_outputs=trace_outputs
+            )
+        )
     impl = ntk_jacobian if method == "jacobian" else ntk_ntvp
-    return jax.jit(lambda params, x1, x2=None: impl(f, params, x1, x2, trace_outputs=trace_outputs))
+    return jax.jit(
+        lambda params, x1, x2=None: impl(f, params, x1, x2, trace_outputs=trace_outputs)
+    )
 
 
 def empirical_ntk(
@@ -375,12 +385,26 @@ def empirical_ntk(
     finally:
         _blocks.BLOCK_BUDGET_BYTES = old_budget
     fs, fd = engine.split_fn(f)
-    block = _EmpiricalBlock(fs, method, bool(trace_outputs), arch if method == "structured" else None)
-    meta = dict(kind="empirical_ntk", method=method, trace=bool(trace_outputs), dtype=str(pdtype),
-                data=landscape.data_hash({"x1": x1, "x2": x2}),
-                params=landscape.data_hash(params))
+    block = _EmpiricalBlock(
+        fs, method, bool(trace_outputs), arch if method == "structured" else None
+    )
+    meta = dict(
+        kind="empirical_ntk",
+        method=method,
+        trace=bool(trace_outputs),
+        dtype=str(pdtype),
+        data=landscape.data_hash({"x1": x1, "x2": x2}),
+        params=landscape.data_hash(params),
+    )
     return _blocks.blocked(
-        block, (fd, params), x1, x2, block_size=bs, fn=fn, store=store, store_meta=meta,
+        block,
+        (fd, params),
+        x1,
+        x2,
+        block_size=bs,
+        fn=fn,
+        store=store,
+        store_meta=meta,
         progress=progress,
     )
 
@@ -388,8 +412,11 @@ def empirical_ntk(
 def _feature_size(arch, params, x, O) -> tuple[int, int]:
     """(floats per example of the structured features, largest positions^2 of a layer)."""
     probe = _Ctx()
-    jax.eval_shape(lambda p, xx: arch.apply(p, xx, probe), params,
-                   jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype))
+    jax.eval_shape(
+        lambda p, xx: arch.apply(p, xx, probe),
+        params,
+        jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype),
+    )
     per_row, pos2 = 0, 1
     for path, s in probe.zshapes.items():
         zs = math.prod(s.shape[1:])

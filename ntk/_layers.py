@@ -163,7 +163,9 @@ def _check_param(name, parameterization, W_std, b_std):
     if b_std is not None and not (
         isinstance(b_std, (int, float)) and math.isfinite(b_std) and b_std >= 0
     ):
-        raise ValueError(f"ntk.{name}: b_std must be None (no bias) or a number >= 0; got {b_std!r}.")
+        raise ValueError(
+            f"ntk.{name}: b_std must be None (no bias) or a number >= 0; got {b_std!r}."
+        )
 
 
 class _Affine(Layer):
@@ -216,8 +218,12 @@ class _Affine(Layer):
         else:
             ntk = fan_in * k_in + wv * t_in + (1.0 if self.b_std is not None else 0.0)
         return ks.replace(
-            nngp=nngp, ntk=ntk, s1=wv * s1 + bv, s2=None if s2 is None else wv * s2 + bv,
-            gaussian=True, last=self.describe(),
+            nngp=nngp,
+            ntk=ntk,
+            s1=wv * s1 + bv,
+            s2=None if s2 is None else wv * s2 + bv,
+            gaussian=True,
+            last=self.describe(),
         )
 
     def _filter_size(self) -> int:
@@ -316,9 +322,18 @@ class Conv(_Affine):
     spatial: ClassVar[bool] = True
 
     def __post_init__(self):
-        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels <= 0:
+        if (
+            isinstance(self.channels, bool)
+            or not isinstance(self.channels, int)
+            or self.channels <= 0
+        ):
             raise ValueError(f"ntk.Conv: channels must be a positive int; got {self.channels!r}.")
-        fs = _norm_tuple(self.filter_shape, len(tuple(self.filter_shape)) if not isinstance(self.filter_shape, int) else 1, "Conv", "filter_shape")
+        fs = _norm_tuple(
+            self.filter_shape,
+            len(tuple(self.filter_shape)) if not isinstance(self.filter_shape, int) else 1,
+            "Conv",
+            "filter_shape",
+        )
         object.__setattr__(self, "filter_shape", fs)
         st = _norm_tuple(self.strides, len(fs), "Conv", "strides") or (1,) * len(fs)
         object.__setattr__(self, "strides", st)
@@ -336,14 +351,20 @@ class Conv(_Affine):
     def out_shape(self, in_shape, fn="ntk"):
         sp = in_shape[:-1]
         if len(sp) != self.d:
-            raise _err(fn, f"{self.describe()} needs inputs with {self.d} spatial axes "
-                           f"(NHWC for 2-D filters); got examples of shape {tuple(in_shape)}.")
+            raise _err(
+                fn,
+                f"{self.describe()} needs inputs with {self.d} spatial axes "
+                f"(NHWC for 2-D filters); got examples of shape {tuple(in_shape)}.",
+            )
         out = []
         for L, q, s in zip(sp, self.filter_shape, self.strides):
             o, _, _ = _kmath.window_geometry(L, q, s, self.padding)
             if o <= 0:
-                raise _err(fn, f"{self.describe()}: spatial size {L} is smaller than the filter "
-                               f"{q} with VALID padding; use padding='SAME' or larger inputs.")
+                raise _err(
+                    fn,
+                    f"{self.describe()}: spatial size {L} is smaller than the filter "
+                    f"{q} with VALID padding; use padding='SAME' or larger inputs.",
+                )
             out.append(o)
         return tuple(out) + (self.channels,)
 
@@ -354,21 +375,31 @@ class Conv(_Affine):
     def apply(self, params, x, ctx=None, path=""):
         w = params["kernel"]
         z = jax.lax.conv_general_dilated(
-            x, w, self.strides, self.padding, dimension_numbers=_dim_numbers(self.d),
+            x,
+            w,
+            self.strides,
+            self.padding,
+            dimension_numbers=_dim_numbers(self.d),
             precision=_HIGHEST,
         )
         return self._finish(params, z, x, ctx, path, x.shape[-1] * self._filter_size())
 
     def patches(self, h):
         p = jax.lax.conv_general_dilated_patches(
-            h, self.filter_shape, self.strides, self.padding,
-            dimension_numbers=_dim_numbers(self.d), precision=_HIGHEST,
+            h,
+            self.filter_shape,
+            self.strides,
+            self.padding,
+            dimension_numbers=_dim_numbers(self.d),
+            precision=_HIGHEST,
         )
         return p.reshape(p.shape[0], -1, p.shape[-1])
 
     def kernel(self, ks):
         if ks.mode == "none" or ks.d != self.d:
-            raise _err(ks, f"{self.describe()} needs {self.d} spatial axes; got {ks.d} after {ks.last}.")
+            raise _err(
+                ks, f"{self.describe()} needs {self.d} spatial axes; got {ks.d} after {ks.last}."
+            )
         d = ks.d
 
         def window(a, nb):
@@ -411,8 +442,11 @@ class _Activation(Layer):
 
     def kernel(self, ks):
         if not ks.gaussian:
-            raise _err(ks, f"{self.describe()} needs a Gaussian input for its analytic kernel "
-                           f"(a Dense or Conv layer right before it); got the output of {ks.last}.")
+            raise _err(
+                ks,
+                f"{self.describe()} needs a Gaussian input for its analytic kernel "
+                f"(a Dense or Conv layer right before it); got the output of {ks.last}.",
+            )
         f = self.transform()
         v1, v2 = ks.pair_vars()
         nngp, kdot = f(ks.nngp, v1, v2)
@@ -423,8 +457,12 @@ class _Activation(Layer):
             return f(s, a, b)[0]
 
         return ks.replace(
-            nngp=nngp, ntk=ntk, s1=selfk(ks.s1), s2=None if ks.s2 is None else selfk(ks.s2),
-            gaussian=False, last=self.describe(),
+            nngp=nngp,
+            ntk=ntk,
+            s1=selfk(ks.s1),
+            s2=None if ks.s2 is None else selfk(ks.s2),
+            gaussian=False,
+            last=self.describe(),
         )
 
 
@@ -532,7 +570,11 @@ class Elementwise(_Activation):
 
     def describe(self):
         name = getattr(self.fn, "__name__", repr(self.fn))
-        return f"Elementwise({name}, deg={self.deg})" if self.nngp_fn is None else f"Elementwise({name}, closed form)"
+        return (
+            f"Elementwise({name}, deg={self.deg})"
+            if self.nngp_fn is None
+            else f"Elementwise({name}, closed form)"
+        )
 
     def act(self, x):
         return self.fn(x)
@@ -571,7 +613,9 @@ class AvgPool(Layer):
         st = _norm_tuple(self.strides, len(w), "AvgPool", "strides") or (1,) * len(w)
         object.__setattr__(self, "strides", st)
         if self.padding not in PADDINGS:
-            raise ValueError(f"ntk.AvgPool: padding must be 'SAME' or 'VALID'; got {self.padding!r}.")
+            raise ValueError(
+                f"ntk.AvgPool: padding must be 'SAME' or 'VALID'; got {self.padding!r}."
+            )
 
     def needs_full(self):
         return True
@@ -579,13 +623,18 @@ class AvgPool(Layer):
     def out_shape(self, in_shape, fn="ntk"):
         sp = in_shape[:-1]
         if len(sp) != len(self.window):
-            raise _err(fn, f"{self.describe()} needs inputs with {len(self.window)} spatial axes; "
-                           f"got examples of shape {tuple(in_shape)}.")
+            raise _err(
+                fn,
+                f"{self.describe()} needs inputs with {len(self.window)} spatial axes; "
+                f"got examples of shape {tuple(in_shape)}.",
+            )
         out = []
         for L, q, s in zip(sp, self.window, self.strides):
             o, _, _ = _kmath.window_geometry(L, q, s, self.padding)
             if o <= 0:
-                raise _err(fn, f"{self.describe()}: spatial size {L} is smaller than the window {q}.")
+                raise _err(
+                    fn, f"{self.describe()}: spatial size {L} is smaller than the window {q}."
+                )
             out.append(o)
         return tuple(out) + (in_shape[-1],)
 
@@ -596,7 +645,11 @@ class AvgPool(Layer):
 
     def kernel(self, ks):
         if ks.mode != "full" or ks.d != len(self.window):
-            raise _err(ks, f"{self.describe()} needs {len(self.window)} spatial axes; got {ks.d} after {ks.last}.")
+            raise _err(
+                ks,
+                f"{self.describe()} needs {len(self.window)} spatial axes; "
+                f"got {ks.d} after {ks.last}.",
+            )
         d = ks.d
 
         def pool(a, nb):
@@ -622,7 +675,11 @@ class GlobalAvgPool(Layer):
 
     def out_shape(self, in_shape, fn="ntk"):
         if len(in_shape) < 2:
-            raise _err(fn, f"GlobalAvgPool() needs inputs with spatial axes; got examples of shape {tuple(in_shape)}.")
+            raise _err(
+                fn,
+                "GlobalAvgPool() needs inputs with spatial axes; "
+                f"got examples of shape {tuple(in_shape)}.",
+            )
         return (in_shape[-1],)
 
     def apply(self, params, x, ctx=None, path=""):
@@ -702,8 +759,11 @@ class LayerNorm(Layer):
 
     def kernel(self, ks):
         if not ks.gaussian:
-            raise _err(ks, f"{self.describe()} has an analytic kernel only for Gaussian inputs "
-                           f"(a Dense or Conv layer right before it); got the output of {ks.last}.")
+            raise _err(
+                ks,
+                f"{self.describe()} has an analytic kernel only for Gaussian inputs "
+                f"(a Dense or Conv layer right before it); got the output of {ks.last}.",
+            )
         eps = float(self.eps)
         v1, v2 = ks.pair_vars()
         norm = jnp.sqrt((v1 + eps) * (v2 + eps))
@@ -713,8 +773,11 @@ class LayerNorm(Layer):
             return s / jnp.sqrt((a + eps) * (b + eps))
 
         return ks.replace(
-            nngp=ks.nngp / norm, ntk=ks.ntk / norm, s1=selfk(ks.s1),
-            s2=None if ks.s2 is None else selfk(ks.s2), last=self.describe(),
+            nngp=ks.nngp / norm,
+            ntk=ks.ntk / norm,
+            s1=selfk(ks.s1),
+            s2=None if ks.s2 is None else selfk(ks.s2),
+            last=self.describe(),
         )
 
 

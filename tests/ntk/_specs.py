@@ -31,7 +31,7 @@ def load(name):
 def nt_params(arch_, z, name):
     """Our parameter dict holding the neural-tangents stax weights stored in the fixture."""
     params = {}
-    for i, (path, layer) in enumerate(arch_.affine_layers()):
+    for i, (path, _layer) in enumerate(arch_.affine_layers()):
         node = params
         parts = path.split("/")
         for p in parts[:-1]:
