@@ -24,6 +24,8 @@ from landscape.connect._paths import Path as Path
 from landscape.connect._paths import bezier as bezier
 from landscape.connect._paths import linear_path as linear_path
 from landscape.connect._paths import polychain as polychain
+from landscape.connect._plane import PlaneResult as PlaneResult
+from landscape.connect._plane import curve_plane as curve_plane
 from landscape.connect._profile import CONVENTIONS as CONVENTIONS
 from landscape.connect._profile import Barrier as Barrier
 from landscape.connect._profile import Profile as Profile
@@ -33,3 +35,27 @@ from landscape.connect._trace import PermutationSpec as PermutationSpec
 from landscape.connect._trace import permutation_spec as permutation_spec
 from landscape.connect._trace import permute as permute
 
+__all__ = [
+    "BN_POLICIES",
+    "CONVENTIONS",
+    "PATH_KINDS",
+    "Alignment",
+    "Barrier",
+    "CurveResult",
+    "CurveTrainingError",
+    "Path",
+    "PermutationSpec",
+    "PlaneResult",
+    "Profile",
+    "align",
+    "barrier",
+    "bezier",
+    "curve_plane",
+    "fit_curve",
+    "linear_path",
+    "permutation_spec",
+    "permute",
+    "polychain",
+    "profile",
+    "reestimate_bn",
+]

@@ -153,20 +153,58 @@ class Barrier(Result):
 
 
 # --------------------------------------------------------------------------------------------
-# Point functions (module level, so they hash stably: one compilation per shape)
+# Point functions (module level, so they hash stably: one compilation per shape). ``base``
+# builds the parameters from a coordinate (a path's t, a plane's (x, y)); ``alpha`` gives the
+# interpolation weight of endpoint B's statistics there.
 # --------------------------------------------------------------------------------------------
 def _state_loss_dict(loss_fn, point, batch):
     params, state = point
     return engine._loss_dict(loss_fn.with_state(state), params, batch)
 
 
-def _point_interp(t, path, state_a, state_b):
-    return path(t), _bn.interpolated_state(t, state_a, state_b)
+def _pt_plain(base, c, base_args):
+    return base(c, *base_args)
 
 
-def _point_reestimate(t, path, loss_fn, bn_batched):
-    params = path(t)
+def _pt_interp(base, alpha, c, base_args, state_a, state_b):
+    return base(c, *base_args), _bn.interpolated_state(alpha(c, *base_args), state_a, state_b)
+
+
+def _pt_reestimate(base, c, base_args, loss_fn, bn_batched):
+    params = base(c, *base_args)
     return params, _bn.reestimated_state(loss_fn, params, bn_batched)
+
+
+def _path_base(t, path):
+    return path(t)
+
+
+def _path_alpha(t, path):
+    return t
+
+
+def prepare_bn(bn, loss_fn, params, bn_data, *, bn_states, bn_batch_size, fn: str):
+    """Resolve the batch-norm policy and lay out the re-estimation data (checked once)."""
+    policy = resolve_bn(bn, loss_fn, bn_states=bn_states, fn=fn)
+    bn_batched = None
+    if policy == "reestimate":
+        if isinstance(bn_data, engine.Batched):
+            raise TypeError(f"{fn}: bn_data must be a dict of arrays (training data), not a Batched.")
+        bn_batched = engine.batch(bn_data, bn_batch_size, placement="replicate", fn=fn)
+        _bn.check_reestimable(loss_fn, params, bn_batched, fn=fn)
+    return policy, bn_batched
+
+
+def make_point(bn: str, base, alpha, base_args: tuple, loss_fn, *, bn_states=None, bn_batched=None):
+    """``(fn, point_fn, point_args)`` for :func:`landscape.engine.evaluate_points` under a
+    batch-norm policy; ``base(c, *base_args)`` builds the parameters at coordinate ``c``."""
+    if bn in ("none", "fixed"):
+        return Partial(engine._loss_dict, loss_fn), Partial(_pt_plain, base), (base_args,)
+    fn = Partial(_state_loss_dict, loss_fn)
+    if bn == "interpolate":
+        sa, sb = bn_states
+        return fn, Partial(_pt_interp, base, alpha), (base_args, sa, sb)
+    return fn, Partial(_pt_reestimate, base), (base_args, loss_fn, bn_batched)
 
 
 @functools.partial(jax.jit)
@@ -225,21 +263,6 @@ def resolve_bn(bn, loss_fn, *, bn_states, fn: str) -> str:
                 s, loss_fn.state, fn=fn, name=f"bn_states[{i}]", ref_name="the model's state"
             )
     return bn
-
-
-def make_point(bn: str, path: Path, loss_fn, *, bn_states=None, bn_batched=None):
-    """``(fn, point_fn, point_args)`` for the engine under a batch-norm policy."""
-    if bn in ("none", "fixed"):
-        return Partial(engine._loss_dict, loss_fn), Partial(_call_path), (path,)
-    fn = Partial(_state_loss_dict, loss_fn)
-    if bn == "interpolate":
-        sa, sb = bn_states
-        return fn, Partial(_point_interp), (path, sa, sb)
-    return fn, Partial(_point_reestimate), (path, loss_fn, bn_batched)
-
-
-def _call_path(t, path):
-    return path(t)
 
 
 def _brackets(ts: np.ndarray, vals: np.ndarray) -> list[tuple[float, float]]:
@@ -344,19 +367,17 @@ def profile(
     check_loss(loss_fn, start, train_b, fn=fn)
     if test_b is not None:
         check_loss(loss_fn, start, test_b, fn=fn, name="test_data")
-    policy = resolve_bn(bn, loss_fn, bn_states=bn_states, fn=fn)
-    bn_batched = None
-    if policy == "reestimate":
-        bn_batched = engine.batch(
-            data if bn_data is None else bn_data, bn_batch_size, placement="replicate", fn=fn
-        )
-        _bn.check_reestimable(loss_fn, start, bn_batched, fn=fn)
+    policy, bn_batched = prepare_bn(
+        bn, loss_fn, start, data if bn_data is None else bn_data, bn_states=bn_states,
+        bn_batch_size=bn_batch_size, fn=fn,
+    )
     if chunk_size is None:
         chunk_size = REFINE_POINTS
     chunk_size = _validate.check_positive_int(chunk_size, fn=fn, name="chunk_size")
     chunk_size = int(math.ceil(chunk_size / ndev) * ndev)
     evfn, point_fn, point_args = make_point(
-        policy, path, loss_fn, bn_states=bn_states, bn_batched=bn_batched
+        policy, _path_base, _path_alpha, (path,), loss_fn, bn_states=bn_states,
+        bn_batched=bn_batched,
     )
     dt = _tree.dtype_of(path.controls)
 

@@ -34,7 +34,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from landscape import _tree, _validate
-from landscape._model import Model, as_model
+from landscape._model import as_model
 
 PyTree = Any
 
@@ -781,7 +781,7 @@ def capture_activations(apply_fn, acts: tuple, params, state, x) -> dict:
                 outs = eqn.primitive.bind(*subfuns, *vals, **bp)
                 if not eqn.primitive.multiple_results:
                     outs = [outs]
-            for k, (v, val) in enumerate(zip(eqn.outvars, outs)):
+            for v, val in zip(eqn.outvars, outs):
                 if not isinstance(v, jcore.DropVar):
                     env[v] = val
             for k, g, ax in wanted.get(prefix + (i,), ()):
