@@ -135,7 +135,9 @@ def from_nnx(module: nnx.Module, *, spec: dict | None = None) -> Model:
       A :class:`Model`.
     """
     if not isinstance(module, nnx.Module):
-        raise TypeError(f"landscape.from_nnx: module must be a flax.nnx.Module; got {type(module).__name__}.")
+        raise TypeError(
+            f"landscape.from_nnx: module must be a flax.nnx.Module; got {type(module).__name__}."
+        )
     eval_module = nnx.clone(module)
     eval_module.eval()
     train_module = nnx.clone(module)
@@ -204,7 +206,9 @@ def from_linen(
     """
     fn = "landscape.from_linen"
     if not isinstance(variables, dict) or "params" not in variables:
-        raise TypeError(f"{fn}: variables must be a dict with a 'params' collection; got {type(variables).__name__}.")
+        raise TypeError(
+            f"{fn}: variables must be a dict with a 'params' collection; got {type(variables).__name__}."
+        )
     if train_arg == "auto":
         try:
             sig = inspect.signature(module.__call__).parameters

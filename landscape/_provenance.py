@@ -74,10 +74,7 @@ def provenance(
       x64 flag, git commit (when run from a checkout), time, dtype, seeds, data hash and
       settings.
     """
-    if data is None or isinstance(data, str):
-        dhash = data
-    else:
-        dhash = data_hash(data)
+    dhash = data if data is None or isinstance(data, str) else data_hash(data)
     devices = jax.devices()
     return _serialize.to_jsonable(
         {

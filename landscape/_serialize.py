@@ -120,7 +120,9 @@ def save_tree(path: str | os.PathLike, tree: PyTree, *, meta: dict | None = None
     arrays, spec = tree_to_arrays(tree)
     header = {"spec": spec, "meta": meta or {}}
     payload = dict(arrays)
-    payload[_SPEC_KEY] = np.frombuffer(json.dumps(header, default=_json_default).encode(), np.uint8)
+    payload[_SPEC_KEY] = np.frombuffer(
+        json.dumps(header, default=_json_default).encode(), np.uint8
+    )
     buf = io.BytesIO()
     np.savez(buf, **payload)
     with atomic_path(path) as f:

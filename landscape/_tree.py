@@ -56,7 +56,7 @@ def sub(a: PyTree, b: PyTree) -> PyTree:
 
 def scale(s, a: PyTree) -> PyTree:
     """``s * a`` for a scalar ``s`` (cast to each leaf's dtype)."""
-    return jax.tree.map(lambda x: (jnp.asarray(s, x.dtype) * x), a)
+    return jax.tree.map(lambda x: jnp.asarray(s, x.dtype) * x, a)
 
 
 def axpy(alpha, x: PyTree, y: PyTree) -> PyTree:

@@ -104,7 +104,9 @@ def check_params(params: PyTree, *, fn: str, name: str = "params") -> None:
 def num_examples(data: PyTree, *, fn: str, name: str = "data") -> int:
     """Validate a data set (dict pytree with a common leading axis) and return its size."""
     if data is None:
-        raise TypeError(f"{fn}: {name} must be a dict of arrays with a leading example axis; got None.")
+        raise TypeError(
+            f"{fn}: {name} must be a dict of arrays with a leading example axis; got None."
+        )
     if not isinstance(data, dict):
         raise TypeError(
             f"{fn}: {name} must be a dict of arrays with a leading example axis "
@@ -164,7 +166,9 @@ def check_positive_int(value, *, fn: str, name: str, allow_zero: bool = False) -
 
 def check_choice(value, choices, *, fn: str, name: str):
     if value not in choices:
-        raise ValueError(f"{fn}: {name} must be one of {sorted(map(str, choices))}; got {value!r}.")
+        raise ValueError(
+            f"{fn}: {name} must be one of {sorted(map(str, choices))}; got {value!r}."
+        )
     return value
 
 

@@ -26,12 +26,18 @@ def _demo(args) -> int:
 
     ds = landscape.load_data(args.data)
     model = landscape.make_model(
-        "mlp", input_shape=ds.input_shape, num_outputs=ds.num_outputs, hidden=(256, 256), seed=args.seed
+        "mlp",
+        input_shape=ds.input_shape,
+        num_outputs=ds.num_outputs,
+        hidden=(256, 256),
+        seed=args.seed,
     )
     num_epochs = 1 if args.quick else args.epochs
     print(f"landscape demo: {ds!r}")
-    print(f"model: MLP {ds.input_shape[0]}-256-256-{ds.num_outputs} (ReLU), {model.num_params} parameters, "
-          f"devices: {jax.device_count()} x {jax.default_backend()}")
+    print(
+        f"model: MLP {ds.input_shape[0]}-256-256-{ds.num_outputs} (ReLU), {model.num_params} parameters, "
+        f"devices: {jax.device_count()} x {jax.default_backend()}"
+    )
     result = train(
         model,
         ds.train,
@@ -48,13 +54,17 @@ def _demo(args) -> int:
     elapsed = time.perf_counter() - t0
     print()
     print("summary")
-    print(f"  steps            {int(h['step'][-1])} ({num_epochs} epochs of {len(ds.train['y']) // 64} steps)")
+    print(
+        f"  steps            {int(h['step'][-1])} ({num_epochs} epochs of {len(ds.train['y']) // 64} steps)"
+    )
     print(f"  train loss       {h['train_loss'][0]:.4f} -> {h['train_loss'][-1]:.4f}")
     print(f"  test loss        {h['test_loss'][0]:.4f} -> {h['test_loss'][-1]:.4f}")
     print(f"  train accuracy   {h['train_accuracy'][-1]:.4f}")
     print(f"  test accuracy    {h['test_accuracy'][-1]:.4f}")
     print(f"  parameters       {model.num_params}")
-    print(f"  training time    {result.elapsed:.1f} s (total {elapsed:.1f} s incl. start-up and compilation)")
+    print(
+        f"  training time    {result.elapsed:.1f} s (total {elapsed:.1f} s incl. start-up and compilation)"
+    )
     print(f"  run directory    {Path(out).resolve()}")
     return 0
 
@@ -65,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="train the default model on the embedded data and report")
     demo.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
     demo.add_argument("--out", default=DEFAULT_OUT, help=f"run directory (default {DEFAULT_OUT})")
-    demo.add_argument("--data", default="digits", choices=["digits", "mnist1d"], help="embedded data set")
+    demo.add_argument(
+        "--data", default="digits", choices=["digits", "mnist1d"], help="embedded data set"
+    )
     demo.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
     demo.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     demo.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")

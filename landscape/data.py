@@ -14,6 +14,7 @@ A data set is a dict of arrays with a leading example axis: ``{"x": inputs, "y":
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -139,7 +140,9 @@ def digits(
 
     dt = _float(dtype)
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"landscape.load_data('digits'): test_fraction must be in (0, 1); got {test_fraction}.")
+        raise ValueError(
+            f"landscape.load_data('digits'): test_fraction must be in (0, 1); got {test_fraction}."
+        )
     d = load_digits()
     x = d.data.astype(np.float64)
     y = d.target.astype(np.int32)
@@ -152,10 +155,17 @@ def digits(
     shape = (64,) if flat else (8, 8, 1)
     xtr = xtr.reshape((-1,) + shape).astype(dt)
     xte = xte.reshape((-1,) + shape).astype(dt)
-    spec = dict(name="digits", flat=flat, test_fraction=test_fraction, seed=seed,
-                standardize=standardize, dtype=str(dt))
-    return Dataset("digits", {"x": xtr, "y": y[tr]}, {"x": xte, "y": y[te]},
-                   "classification", 10, shape, spec)
+    spec = dict(
+        name="digits",
+        flat=flat,
+        test_fraction=test_fraction,
+        seed=seed,
+        standardize=standardize,
+        dtype=str(dt),
+    )
+    return Dataset(
+        "digits", {"x": xtr, "y": y[tr]}, {"x": xte, "y": y[te]}, "classification", 10, shape, spec
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,12 +198,11 @@ def mnist1d(
     if arrays is None:
         arrays = _generate_mnist1d(num_samples, train_split, seed)
         if cache:
-            try:
+            with contextlib.suppress(OSError):
                 _serialize.save_tree(path, arrays, meta=key)
-            except OSError:
-                pass
-    spec = dict(name="mnist1d", num_samples=num_samples, train_split=train_split, seed=seed,
-                dtype=str(dt))
+    spec = dict(
+        name="mnist1d", num_samples=num_samples, train_split=train_split, seed=seed, dtype=str(dt)
+    )
     train = {"x": arrays["x"].astype(dt), "y": arrays["y"].astype(np.int32)}
     test = {"x": arrays["x_test"].astype(dt), "y": arrays["y_test"].astype(np.int32)}
     return Dataset("mnist1d", train, test, "classification", 10, (train["x"].shape[1],), spec)
@@ -238,9 +247,16 @@ def teacher(
     (noise added to the logits before the arg-max).
     """
     if task not in ("regression", "classification"):
-        raise ValueError(f"landscape.load_data('teacher'): task must be 'regression' or 'classification'; got {task!r}.")
-    for nm, v in (("num_train", num_train), ("num_test", num_test), ("input_dim", input_dim),
-                  ("hidden", hidden), ("num_outputs", num_outputs)):
+        raise ValueError(
+            f"landscape.load_data('teacher'): task must be 'regression' or 'classification'; got {task!r}."
+        )
+    for nm, v in (
+        ("num_train", num_train),
+        ("num_test", num_test),
+        ("input_dim", input_dim),
+        ("hidden", hidden),
+        ("num_outputs", num_outputs),
+    ):
         if int(v) <= 0:
             raise ValueError(f"landscape.load_data('teacher'): {nm} must be positive; got {v}.")
     if task == "classification" and num_outputs < 2:
@@ -260,11 +276,28 @@ def teacher(
         f = f + noise * rng.standard_normal(f.shape)
     y = f.astype(dt) if task == "regression" else np.argmax(f, axis=1).astype(np.int32)
     x = x.astype(dt)
-    spec = dict(name="teacher", num_train=num_train, num_test=num_test, input_dim=input_dim,
-                hidden=hidden, depth=depth, num_outputs=num_outputs, task=task, noise=noise,
-                seed=seed, dtype=str(dt))
-    return Dataset("teacher", {"x": x[:num_train], "y": y[:num_train]},
-                   {"x": x[num_train:], "y": y[num_train:]}, task, num_outputs, (input_dim,), spec)
+    spec = dict(
+        name="teacher",
+        num_train=num_train,
+        num_test=num_test,
+        input_dim=input_dim,
+        hidden=hidden,
+        depth=depth,
+        num_outputs=num_outputs,
+        task=task,
+        noise=noise,
+        seed=seed,
+        dtype=str(dt),
+    )
+    return Dataset(
+        "teacher",
+        {"x": x[:num_train], "y": y[:num_train]},
+        {"x": x[num_train:], "y": y[num_train:]},
+        task,
+        num_outputs,
+        (input_dim,),
+        spec,
+    )
 
 
 register_data("digits", digits)

@@ -47,7 +47,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
 
-from landscape import _serialize, _tree, _validate
+from landscape import _serialize, _validate
 
 PyTree = Any
 
@@ -125,7 +125,9 @@ def loss_and_aux(loss_fn: Callable, params, batch) -> tuple[jax.Array, dict]:
         loss, aux = out
         aux = {} if aux is None else aux
         if not isinstance(aux, dict):
-            raise TypeError(f"landscape: loss_fn's aux must be a dict of metrics; got {type(aux).__name__}.")
+            raise TypeError(
+                f"landscape: loss_fn's aux must be a dict of metrics; got {type(aux).__name__}."
+            )
     else:
         loss, aux = out, {}
     loss = jnp.asarray(loss)
@@ -261,7 +263,9 @@ def batch(
     full = None
     if nb > 0:
         full = jax.tree.map(
-            lambda x: _place(x[: nb * batch_size].reshape((nb, batch_size) + x.shape[1:]), full_sh),
+            lambda x: _place(
+                x[: nb * batch_size].reshape((nb, batch_size) + x.shape[1:]), full_sh
+            ),
             src,
         )
     rest = jax.tree.map(lambda x: _place(x[nb * batch_size :], rest_sh), src) if r else None
@@ -338,7 +342,9 @@ def _raise_nonfinite(ok, batched: Batched, *, fn: str, what: str):
         if b < batched.num_batches:
             names.append(f"batch {b} (examples {b * bs}..{(b + 1) * bs - 1})")
         else:
-            names.append(f"the remainder batch (examples {batched.num_batches * bs}..{batched.num_examples - 1})")
+            names.append(
+                f"the remainder batch (examples {batched.num_batches * bs}..{batched.num_examples - 1})"
+            )
     raise FloatingPointError(
         f"{fn}: non-finite {what} in {len(bad)} of {len(ok)} batches: " + ", ".join(names) + "."
     )
@@ -401,12 +407,18 @@ def make_mean_fn(
 _CHECKED: set = set()
 
 
-def check_loss(loss_fn: Callable, params: PyTree, data: PyTree, *, fn: str, name: str = "data") -> None:
+def check_loss(
+    loss_fn: Callable, params: PyTree, data: PyTree, *, fn: str, name: str = "data"
+) -> None:
     """Trace ``loss_fn`` on two examples of ``data`` (no compilation) and turn a failure into a
     ``ValueError`` that names the data's shapes: model/data mismatches surface at the boundary
     instead of deep inside a compiled scan."""
-    small = jax.tree.map(lambda x: x[:2], data.rest if isinstance(data, Batched) and data.full is None
-                         else (jax.tree.map(lambda x: x[0], data.full) if isinstance(data, Batched) else data))
+    small = jax.tree.map(
+        lambda x: x[:2],
+        data.rest
+        if isinstance(data, Batched) and data.full is None
+        else (jax.tree.map(lambda x: x[0], data.full) if isinstance(data, Batched) else data),
+    )
     try:
         cache_key = (
             split_fn(loss_fn)[0],
@@ -500,7 +512,9 @@ def _points_core(fn, point_fn, point_args, coords, batched, strategy, map_batch)
 @functools.partial(
     jax.jit, static_argnames=("fn_static", "pf_static", "strategy", "map_batch", "sharded")
 )
-def _points_jit(fn_static, fn_dyn, pf_static, pf_dyn, point_args, coords, batched, strategy, map_batch, sharded):
+def _points_jit(
+    fn_static, fn_dyn, pf_static, pf_dyn, point_args, coords, batched, strategy, map_batch, sharded
+):
     fn = merge_fn(fn_static, fn_dyn)
     point_fn = merge_fn(pf_static, pf_dyn)
     if not sharded:
@@ -557,7 +571,9 @@ def evaluate_points(
     _validate.check_choice(strategy, ("map", "vmap"), fn=fn_name, name="strategy")
     coords = np.asarray(coords)
     if coords.ndim == 0 or coords.shape[0] == 0:
-        raise ValueError(f"{fn_name}: coords must have a non-empty leading axis of points; got shape {coords.shape}.")
+        raise ValueError(
+            f"{fn_name}: coords must have a non-empty leading axis of points; got shape {coords.shape}."
+        )
     if not np.all(np.isfinite(coords)):
         raise ValueError(f"{fn_name}: coords must be finite.")
     num_points = coords.shape[0]
@@ -600,7 +616,7 @@ def evaluate_points(
                 c = np.concatenate([c, pad], axis=0)
             c = _place(c, coord_sharding) if sharded else jnp.asarray(c)
             out = _points_jit(fs, fd, ps, pd, point_args, c, batched, strategy, map_batch, sharded)
-            out = jax.tree.map(lambda x: np.asarray(x)[: stop - start], out)
+            out = jax.tree.map(lambda x, k=stop - start: np.asarray(x)[:k], out)
             results[ci] = out
             if store is not None:
                 store.save(ci, out)

@@ -103,7 +103,10 @@ class Loss:
     def outputs(self, params, batch, *, state=None):
         """Model outputs on ``batch`` in evaluation mode."""
         out, _ = self._spec.apply_fn(
-            params, self.state if state is None else state, batch[self._spec.input_key], train=False
+            params,
+            self.state if state is None else state,
+            batch[self._spec.input_key],
+            train=False,
         )
         return out
 
@@ -146,7 +149,9 @@ class Loss:
 
     def train_loss(self, params, state, batch):
         """Training-mode loss: ``((loss, aux), new_state)`` (batch statistics, dropout)."""
-        out, new_state = self._spec.apply_fn(params, state, batch[self._spec.input_key], train=True)
+        out, new_state = self._spec.apply_fn(
+            params, state, batch[self._spec.input_key], train=True
+        )
         res = self._finish(params, out, batch)
         if not self._spec.has_aux:
             res = (res, {})

@@ -69,7 +69,9 @@ def get_activation(name: str | Callable) -> Callable:
     if callable(name):
         return name
     if name not in ACTIVATIONS:
-        raise ValueError(f"landscape.models: unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}.")
+        raise ValueError(
+            f"landscape.models: unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}."
+        )
     return ACTIVATIONS[name]
 
 
@@ -113,7 +115,9 @@ class MLP(nnx.Module):
         kinit = get_init(init)
         self.layers = nnx.List(
             [
-                nnx.Linear(a, b, use_bias=use_bias, kernel_init=kinit, param_dtype=param_dtype, rngs=rngs)
+                nnx.Linear(
+                    a, b, use_bias=use_bias, kernel_init=kinit, param_dtype=param_dtype, rngs=rngs
+                )
                 for a, b in zip(widths[:-1], widths[1:])
             ]
         )
@@ -151,15 +155,25 @@ class CNN(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if readout not in ("gap", "flatten"):
-            raise ValueError(f"landscape.models.CNN: readout must be 'gap' or 'flatten'; got {readout!r}.")
+            raise ValueError(
+                f"landscape.models.CNN: readout must be 'gap' or 'flatten'; got {readout!r}."
+            )
         if readout == "flatten" and input_hw is None:
             raise ValueError("landscape.models.CNN: readout='flatten' needs input_hw=(H, W).")
         kinit = get_init(init)
         cs = [in_channels, *channels]
         self.convs = nnx.List(
             [
-                nnx.Conv(a, b, (kernel_size, kernel_size), padding="SAME", use_bias=use_bias,
-                         kernel_init=kinit, param_dtype=param_dtype, rngs=rngs)
+                nnx.Conv(
+                    a,
+                    b,
+                    (kernel_size, kernel_size),
+                    padding="SAME",
+                    use_bias=use_bias,
+                    kernel_init=kinit,
+                    param_dtype=param_dtype,
+                    rngs=rngs,
+                )
                 for a, b in zip(cs[:-1], cs[1:])
             ]
         )
@@ -172,8 +186,14 @@ class CNN(nnx.Module):
                 for _ in range(len(channels) - 1):
                     h, w = h // 2, w // 2
             feat = h * w * cs[-1]
-        self.head = nnx.Linear(feat, num_outputs, use_bias=use_bias, kernel_init=kinit,
-                               param_dtype=param_dtype, rngs=rngs)
+        self.head = nnx.Linear(
+            feat,
+            num_outputs,
+            use_bias=use_bias,
+            kernel_init=kinit,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
         self.activation = get_activation(activation)
 
     def __call__(self, x):
@@ -188,16 +208,41 @@ class CNN(nnx.Module):
 
 class _Block(nnx.Module):
     def __init__(self, cin, cout, stride, *, skip, batch_norm, kinit, param_dtype, act, rngs):
-        self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=(stride, stride), padding="SAME",
-                              use_bias=not batch_norm, kernel_init=kinit, param_dtype=param_dtype, rngs=rngs)
-        self.conv2 = nnx.Conv(cout, cout, (3, 3), padding="SAME", use_bias=not batch_norm,
-                              kernel_init=kinit, param_dtype=param_dtype, rngs=rngs)
+        self.conv1 = nnx.Conv(
+            cin,
+            cout,
+            (3, 3),
+            strides=(stride, stride),
+            padding="SAME",
+            use_bias=not batch_norm,
+            kernel_init=kinit,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+        self.conv2 = nnx.Conv(
+            cout,
+            cout,
+            (3, 3),
+            padding="SAME",
+            use_bias=not batch_norm,
+            kernel_init=kinit,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
         self.bn1 = nnx.BatchNorm(cout, param_dtype=param_dtype, rngs=rngs) if batch_norm else None
         self.bn2 = nnx.BatchNorm(cout, param_dtype=param_dtype, rngs=rngs) if batch_norm else None
         needs_proj = skip and (stride != 1 or cin != cout)
         self.proj = (
-            nnx.Conv(cin, cout, (1, 1), strides=(stride, stride), use_bias=False,
-                     kernel_init=kinit, param_dtype=param_dtype, rngs=rngs)
+            nnx.Conv(
+                cin,
+                cout,
+                (1, 1),
+                strides=(stride, stride),
+                use_bias=False,
+                kernel_init=kinit,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
             if needs_proj
             else None
         )
@@ -243,20 +288,46 @@ class ResNet(nnx.Module):
     ):
         kinit = get_init(init)
         act = get_activation(activation)
-        self.stem = nnx.Conv(in_channels, widths[0], (3, 3), padding="SAME", use_bias=not batch_norm,
-                             kernel_init=kinit, param_dtype=param_dtype, rngs=rngs)
-        self.stem_bn = nnx.BatchNorm(widths[0], param_dtype=param_dtype, rngs=rngs) if batch_norm else None
+        self.stem = nnx.Conv(
+            in_channels,
+            widths[0],
+            (3, 3),
+            padding="SAME",
+            use_bias=not batch_norm,
+            kernel_init=kinit,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+        self.stem_bn = (
+            nnx.BatchNorm(widths[0], param_dtype=param_dtype, rngs=rngs) if batch_norm else None
+        )
         layers = []
         cin = widths[0]
         for si, w in enumerate(widths):
             for bi in range(blocks):
                 stride = 2 if (si > 0 and bi == 0) else 1
-                layers.append(_Block(cin, w, stride, skip=skip, batch_norm=batch_norm, kinit=kinit,
-                                     param_dtype=param_dtype, act=act, rngs=rngs))
+                layers.append(
+                    _Block(
+                        cin,
+                        w,
+                        stride,
+                        skip=skip,
+                        batch_norm=batch_norm,
+                        kinit=kinit,
+                        param_dtype=param_dtype,
+                        act=act,
+                        rngs=rngs,
+                    )
+                )
                 cin = w
         self.blocks = nnx.List(layers)
-        self.head = nnx.Linear(cin, num_outputs, kernel_init=get_init("lecun_normal"),
-                               param_dtype=param_dtype, rngs=rngs)
+        self.head = nnx.Linear(
+            cin,
+            num_outputs,
+            kernel_init=get_init("lecun_normal"),
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
         self.act = act
 
     def __call__(self, x):
@@ -279,7 +350,9 @@ def _build_mlp(input_shape, num_outputs, rngs, **kw):
 
 def _build_cnn(input_shape, num_outputs, rngs, **kw):
     if len(input_shape) != 3:
-        raise ValueError(f"landscape.make_model('cnn'): input_shape must be (H, W, C); got {tuple(input_shape)}.")
+        raise ValueError(
+            f"landscape.make_model('cnn'): input_shape must be (H, W, C); got {tuple(input_shape)}."
+        )
     if kw.get("readout") == "flatten" and "input_hw" not in kw:
         kw["input_hw"] = tuple(input_shape[:2])
     return CNN(input_shape[-1], num_outputs, rngs=rngs, **kw)
@@ -287,7 +360,9 @@ def _build_cnn(input_shape, num_outputs, rngs, **kw):
 
 def _build_resnet(input_shape, num_outputs, rngs, **kw):
     if len(input_shape) != 3:
-        raise ValueError(f"landscape.make_model('resnet'): input_shape must be (H, W, C); got {tuple(input_shape)}.")
+        raise ValueError(
+            f"landscape.make_model('resnet'): input_shape must be (H, W, C); got {tuple(input_shape)}."
+        )
     return ResNet(input_shape[-1], num_outputs, rngs=rngs, **kw)
 
 
@@ -342,7 +417,9 @@ def make_model(
       ValueError: unknown name (lists the registered names) or invalid settings.
     """
     if name not in _MODELS:
-        raise ValueError(f"landscape.make_model: unknown model {name!r}; registered: {', '.join(model_names())}.")
+        raise ValueError(
+            f"landscape.make_model: unknown model {name!r}; registered: {', '.join(model_names())}."
+        )
     try:
         module = _MODELS[name](tuple(input_shape), int(num_outputs), nnx.Rngs(int(seed)), **kwargs)
     except TypeError as e:
@@ -365,5 +442,10 @@ def model_from_spec(spec: dict) -> Model:
             kw[k] = tuple(kw[k])
     if "param_dtype" in kw:
         kw["param_dtype"] = jnp.dtype(kw["param_dtype"])
-    return make_model(spec["name"], input_shape=spec["input_shape"], num_outputs=spec["num_outputs"],
-                      seed=spec.get("seed", 0), **kw)
+    return make_model(
+        spec["name"],
+        input_shape=spec["input_shape"],
+        num_outputs=spec["num_outputs"],
+        seed=spec.get("seed", 0),
+        **kw,
+    )

@@ -48,8 +48,14 @@ class Run:
         return f"Run({self.path}, {self.model!r})"
 
 
-def save_run(run_dir: str | os.PathLike, result_or_model: Any, *, config: dict | None = None,
-             history: dict | None = None, provenance: dict | None = None) -> Path:
+def save_run(
+    run_dir: str | os.PathLike,
+    result_or_model: Any,
+    *,
+    config: dict | None = None,
+    history: dict | None = None,
+    provenance: dict | None = None,
+) -> Path:
     """Save a :class:`~landscape.train.TrainResult` (or a bare model) into ``run_dir``.
 
     Args:
@@ -110,10 +116,22 @@ def load_run(run_dir: str | os.PathLike, *, model: Model | None = None) -> Run:
         raise FileNotFoundError(f"{fn}: no run in {run_dir} (params.npz missing).")
     params = _serialize.load_tree(run_dir / "params.npz")
     state = _serialize.load_tree(run_dir / "state.npz") if (run_dir / "state.npz").exists() else {}
-    cfg = _serialize.load_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
-    prov = _serialize.load_json(run_dir / "provenance.json") if (run_dir / "provenance.json").exists() else {}
-    hist = _serialize.load_tree(run_dir / "history.npz") if (run_dir / "history.npz").exists() else {}
-    snaps = _serialize.load_tree(run_dir / "snapshots.npz") if (run_dir / "snapshots.npz").exists() else None
+    cfg = (
+        _serialize.load_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    )
+    prov = (
+        _serialize.load_json(run_dir / "provenance.json")
+        if (run_dir / "provenance.json").exists()
+        else {}
+    )
+    hist = (
+        _serialize.load_tree(run_dir / "history.npz") if (run_dir / "history.npz").exists() else {}
+    )
+    snaps = (
+        _serialize.load_tree(run_dir / "snapshots.npz")
+        if (run_dir / "snapshots.npz").exists()
+        else None
+    )
     spec = cfg.get("model")
     if model is None:
         if not spec:
@@ -131,14 +149,34 @@ def load_run(run_dir: str | os.PathLike, *, model: Model | None = None) -> Run:
             )
     what = f"the parameters saved in {run_dir}"
     try:
-        _validate.check_same_structure(params, template.params, fn=fn, name=what,
-                                       ref_name=f"the architecture's parameters ({(spec or {}).get('name', 'template')})")
-        _validate.check_same_structure(state, template.state, fn=fn, name=f"the state saved in {run_dir}",
-                                       ref_name="the architecture's state")
+        _validate.check_same_structure(
+            params,
+            template.params,
+            fn=fn,
+            name=what,
+            ref_name=f"the architecture's parameters ({(spec or {}).get('name', 'template')})",
+        )
+        _validate.check_same_structure(
+            state,
+            template.state,
+            fn=fn,
+            name=f"the state saved in {run_dir}",
+            ref_name="the architecture's state",
+        )
     except ValueError as e:
         raise ValueError(f"{e} The run belongs to another architecture.") from None
     # restore dtypes of the template (npz keeps them; this only converts NumPy -> JAX)
-    params = jax.tree.map(lambda a, t: jnp.asarray(a, dtype=jnp.result_type(t)), params, template.params)
-    state = jax.tree.map(lambda a, t: a if jnp.issubdtype(jnp.result_type(t), jax.dtypes.prng_key) else jnp.asarray(a, dtype=jnp.result_type(t)), state, template.state)
+    params = jax.tree.map(
+        lambda a, t: jnp.asarray(a, dtype=jnp.result_type(t)), params, template.params
+    )
+    state = jax.tree.map(
+        lambda a, t: (
+            a
+            if jnp.issubdtype(jnp.result_type(t), jax.dtypes.prng_key)
+            else jnp.asarray(a, dtype=jnp.result_type(t))
+        ),
+        state,
+        template.state,
+    )
     m = template.replace(params=params, state=state, spec=spec or template.spec)
     return Run(m, cfg, hist, snaps, prov, run_dir)

@@ -73,7 +73,9 @@ def make_schedule(
     if name == "constant":
         sched = optax.constant_schedule(lr)
     elif name == "cosine":
-        sched = optax.cosine_decay_schedule(lr, max(num_steps, 1), alpha=end_value / lr if lr else 0.0)
+        sched = optax.cosine_decay_schedule(
+            lr, max(num_steps, 1), alpha=end_value / lr if lr else 0.0
+        )
     elif name == "warmup_cosine":
         sched = optax.warmup_cosine_decay_schedule(
             0.0, lr, max(warmup_steps, 1), max(num_steps, warmup_steps + 1), end_value
@@ -92,14 +94,18 @@ def make_schedule(
 _OPTIMIZERS = {
     "sgd": lambda lr, **kw: optax.sgd(lr, **kw),
     "momentum": lambda lr, momentum=0.9, **kw: optax.sgd(lr, momentum=momentum, **kw),
-    "nesterov": lambda lr, momentum=0.9, **kw: optax.sgd(lr, momentum=momentum, nesterov=True, **kw),
+    "nesterov": lambda lr, momentum=0.9, **kw: optax.sgd(
+        lr, momentum=momentum, nesterov=True, **kw
+    ),
     "adam": lambda lr, **kw: optax.adam(lr, **kw),
     "adamw": lambda lr, **kw: optax.adamw(lr, **kw),
     "rmsprop": lambda lr, **kw: optax.rmsprop(lr, **kw),
 }
 
 
-def make_optimizer(name: str, learning_rate: float | Callable, **kwargs) -> optax.GradientTransformation:
+def make_optimizer(
+    name: str, learning_rate: float | Callable, **kwargs
+) -> optax.GradientTransformation:
     """An Optax optimiser by name (``sgd``, ``momentum``, ``nesterov``, ``adam``, ``adamw``,
     ``rmsprop``) with a float or schedule learning rate."""
     _validate.check_choice(name, tuple(_OPTIMIZERS), fn="landscape.make_optimizer", name="name")
@@ -136,7 +142,9 @@ class Callback:
     name: str | None = None
 
 
-def callback(fn: Callable, *, every: int, at_start: bool = True, name: str | None = None) -> Callback:
+def callback(
+    fn: Callable, *, every: int, at_start: bool = True, name: str | None = None
+) -> Callback:
     _validate.check_positive_int(every, fn="landscape.callback", name="every")
     return Callback(int(every), fn, at_start, name)
 
@@ -251,7 +259,9 @@ def _run_block(loss_static, loss_dyn, params, state, opt_state, data, idx, opt, 
         return (p2, s2, o2, bad2), l
 
     steps = jnp.arange(idx.shape[0])
-    (p, s, o, bad), losses = jax.lax.scan(one, (params, state, opt_state, jnp.asarray(-1)), (steps, idx))
+    (p, s, o, bad), losses = jax.lax.scan(
+        one, (params, state, opt_state, jnp.asarray(-1)), (steps, idx)
+    )
     return p, s, o, bad, losses
 
 
@@ -341,7 +351,9 @@ def train(
     batch_size = _validate.check_batch_size(batch_size, n, fn=fn)
     steps_per_epoch = n // batch_size
     if (num_steps is None) == (num_epochs is None):
-        raise ValueError(f"{fn}: give exactly one of num_steps and num_epochs; got {num_steps=}, {num_epochs=}.")
+        raise ValueError(
+            f"{fn}: give exactly one of num_steps and num_epochs; got {num_steps=}, {num_epochs=}."
+        )
     if num_epochs is not None:
         num_epochs = _validate.check_positive_int(num_epochs, fn=fn, name="num_epochs")
         num_steps = num_epochs * steps_per_epoch
@@ -353,7 +365,9 @@ def train(
     else:
         _validate.check_callable(loss, fn=fn, name="loss")
         if weight_decay:
-            raise ValueError(f"{fn}: weight_decay applies to named losses; include it in your loss_fn instead.")
+            raise ValueError(
+                f"{fn}: weight_decay applies to named losses; include it in your loss_fn instead."
+            )
         loss_fn = loss
 
     # optimiser
@@ -362,18 +376,28 @@ def train(
         lr = learning_rate
         if schedule is not None:
             if callable(learning_rate):
-                raise ValueError(f"{fn}: give either a schedule name or a callable learning_rate, not both.")
+                raise ValueError(
+                    f"{fn}: give either a schedule name or a callable learning_rate, not both."
+                )
             lr = make_schedule(schedule, learning_rate, num_steps=num_steps)
         lr_fn = lr if callable(lr) else (lambda s, _lr=float(lr): _lr)
         opt = make_optimizer(optimizer, lr)
-        opt_desc = {"name": optimizer, "learning_rate": None if callable(learning_rate) else float(learning_rate), "schedule": schedule}
+        opt_desc = {
+            "name": optimizer,
+            "learning_rate": None if callable(learning_rate) else float(learning_rate),
+            "schedule": schedule,
+        }
     elif isinstance(optimizer, optax.GradientTransformation):
         opt = optimizer
         opt_desc = {"name": "custom", "repr": repr(optimizer)[:200]}
         if schedule is not None:
-            raise ValueError(f"{fn}: schedule applies to a named optimizer; put the schedule inside your optax transformation.")
+            raise ValueError(
+                f"{fn}: schedule applies to a named optimizer; put the schedule inside your optax transformation."
+            )
     else:
-        raise TypeError(f"{fn}: optimizer must be an optax.GradientTransformation or a name; got {type(optimizer).__name__}.")
+        raise TypeError(
+            f"{fn}: optimizer must be an optax.GradientTransformation or a name; got {type(optimizer).__name__}."
+        )
 
     if eval_every is None:
         eval_every = max(1, num_steps // 10)
@@ -381,7 +405,9 @@ def train(
     callbacks = list(callbacks)
     for cb in callbacks:
         if not isinstance(cb, Callback):
-            raise TypeError(f"{fn}: callbacks must be landscape.callback(fn, every=N) objects; got {type(cb).__name__}.")
+            raise TypeError(
+                f"{fn}: callbacks must be landscape.callback(fn, every=N) objects; got {type(cb).__name__}."
+            )
     if snapshot_steps is None:
         snap = set()
     elif isinstance(snapshot_steps, (int, np.integer)):
@@ -391,7 +417,9 @@ def train(
         snap = {int(s) for s in snapshot_steps}
         bad = [s for s in snap if s < 0 or s > num_steps]
         if bad:
-            raise ValueError(f"{fn}: snapshot_steps must lie in [0, num_steps={num_steps}]; got {sorted(bad)}.")
+            raise ValueError(
+                f"{fn}: snapshot_steps must lie in [0, num_steps={num_steps}]; got {sorted(bad)}."
+            )
 
     engine.check_loss(loss_fn, model.params, data, fn=fn)
     if test_data is not None:
@@ -411,8 +439,15 @@ def train(
     def indices(start: int, count: int) -> np.ndarray:
         need_epoch = (start + count - 1) // steps_per_epoch
         while len(order) <= need_epoch:
-            order.append(rng.permutation(n)[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size))
-        rows = [order[(start + j) // steps_per_epoch][(start + j) % steps_per_epoch] for j in range(count)]
+            order.append(
+                rng.permutation(n)[: steps_per_epoch * batch_size].reshape(
+                    steps_per_epoch, batch_size
+                )
+            )
+        rows = [
+            order[(start + j) // steps_per_epoch][(start + j) % steps_per_epoch]
+            for j in range(count)
+        ]
         return np.stack(rows).astype(np.int32)
 
     params = jax.tree.map(jnp.array, model.params)  # copies: the input model is not donated
@@ -442,8 +477,17 @@ def train(
                 continue
             if step % cb.every and not at_start:
                 continue
-            info = TrainInfo(step, p, st, o, Model(model.apply_fn, p, st, model.spec), current_eval_loss(st),
-                             data, None if lr_fn is None else float(lr_fn(step)), history)
+            info = TrainInfo(
+                step,
+                p,
+                st,
+                o,
+                Model(model.apply_fn, p, st, model.spec),
+                current_eval_loss(st),
+                data,
+                None if lr_fn is None else float(lr_fn(step)),
+                history,
+            )
             out = cb.fn(info)
             if out:
                 nm = cb.name or getattr(cb.fn, "__name__", "callback")
@@ -455,17 +499,30 @@ def train(
         hist = {k: np.asarray(v) for k, v in history.items()}
         snapshots = None
         if snaps:
-            snapshots = {"step": np.asarray(snaps_steps), "params": jax.tree.map(lambda *xs: np.stack(xs), *snaps)}
+            snapshots = {
+                "step": np.asarray(snaps_steps),
+                "params": jax.tree.map(lambda *xs: np.stack(xs), *snaps),
+            }
         config = {
-            "num_steps": num_steps, "batch_size": batch_size, "seed": seed, "weight_decay": weight_decay,
-            "loss": loss if isinstance(loss, str) else repr(loss), "optimizer": opt_desc,
-            "eval_every": eval_every, "model": model.spec, "num_examples": n,
+            "num_steps": num_steps,
+            "batch_size": batch_size,
+            "seed": seed,
+            "weight_decay": weight_decay,
+            "loss": loss if isinstance(loss, str) else repr(loss),
+            "optimizer": opt_desc,
+            "eval_every": eval_every,
+            "model": model.spec,
+            "num_examples": n,
         }
         prov = _provenance.provenance(
-            dtype=_tree.dtype_of(p), seeds={"data_order": seed, "init": (model.spec or {}).get("seed")},
-            data=data, settings=config,
+            dtype=_tree.dtype_of(p),
+            seeds={"data_order": seed, "init": (model.spec or {}).get("seed")},
+            data=data,
+            settings=config,
         )
-        return TrainResult(p, st, o, hist, snapshots, config, prov, elapsed, model.apply_fn, model.spec)
+        return TrainResult(
+            p, st, o, hist, snapshots, config, prov, elapsed, model.apply_fn, model.spec
+        )
 
     t0 = time.perf_counter()
     loss_static, loss_dyn = engine.split_fn(cur_loss_fn)

@@ -36,12 +36,17 @@ def assert_trees_close(a, b, *, rtol=None, atol=None, err_msg=""):
         x, y = np.asarray(x), np.asarray(y)
         assert x.shape == y.shape, f"{path}: shape {x.shape} vs {y.shape}"
         r, t = (rtol, atol) if rtol is not None else tol(np.result_type(x.dtype, np.float32))
-        np.testing.assert_allclose(x, y, rtol=r, atol=atol if atol is not None else t, err_msg=f"{err_msg} {path}")
+        np.testing.assert_allclose(
+            x, y, rtol=r, atol=atol if atol is not None else t, err_msg=f"{err_msg} {path}"
+        )
 
 
 def max_abs_diff(a, b) -> float:
     """Largest absolute leaf-wise difference, computed in NumPy (no silent float32 cast)."""
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 def max_abs(a) -> float:
@@ -54,7 +59,9 @@ def run_python(code: str, *, devices: int = 1, timeout: int = 600, env: dict | N
     Fails the test (AssertionError with the stderr tail) on a non-zero exit.
     """
     e = dict(os.environ)
-    e["XLA_FLAGS"] = (e.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
+    e["XLA_FLAGS"] = (
+        e.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    ).strip()
     e["JAX_PLATFORMS"] = "cpu"
     if env:
         e.update(env)
@@ -66,7 +73,9 @@ def run_python(code: str, *, devices: int = 1, timeout: int = 600, env: dict | N
         env=e,
         cwd=str(REPO),
     )
-    assert proc.returncode == 0, f"subprocess failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"subprocess failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
+    )
     return proc.stdout
 
 
@@ -80,7 +89,12 @@ def run_notebook(path, *, timeout: int = 600, quick: bool = True):
     old = os.environ.get("LANDSCAPE_QUICK")
     os.environ["LANDSCAPE_QUICK"] = "1" if quick else "0"
     try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+        )
         client.execute()
     finally:
         if old is None:

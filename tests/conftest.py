@@ -21,7 +21,9 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 try:  # deterministic hypothesis profile (as in JAX's own tests)
     from hypothesis import settings
 
-    settings.register_profile("landscape", derandomize=True, deadline=None, database=None, max_examples=25)
+    settings.register_profile(
+        "landscape", derandomize=True, deadline=None, database=None, max_examples=25
+    )
     settings.load_profile("landscape")
 except ImportError:  # pragma: no cover
     pass
@@ -78,7 +80,9 @@ def trained_pair(digits_data):
 
     out = []
     for seed in (1, 2):
-        model = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(32, 32), seed=seed)
+        model = landscape.make_model(
+            "mlp", input_shape=(64,), num_outputs=10, hidden=(32, 32), seed=seed
+        )
         out.append(
             landscape.train(
                 model,

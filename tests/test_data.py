@@ -65,9 +65,13 @@ def test_importing_landscape_does_not_import_matplotlib_or_mnist1d():
 def test_teacher_tasks():
     reg = landscape.load_data("teacher", num_train=50, num_test=10, input_dim=4, num_outputs=2)
     assert reg.task == "regression" and reg.train["y"].shape == (50, 2)
-    cls = landscape.load_data("teacher", num_train=200, num_test=10, task="classification", num_outputs=3)
+    cls = landscape.load_data(
+        "teacher", num_train=200, num_test=10, task="classification", num_outputs=3
+    )
     assert cls.train["y"].dtype == np.int32 and len(np.unique(cls.train["y"])) == 3
-    same = landscape.load_data("teacher", num_train=200, num_test=10, task="classification", num_outputs=3)
+    same = landscape.load_data(
+        "teacher", num_train=200, num_test=10, task="classification", num_outputs=3
+    )
     np.testing.assert_array_equal(same.train["x"], cls.train["x"])
     with pytest.raises(ValueError, match="num_outputs >= 2"):
         landscape.load_data("teacher", task="classification", num_outputs=1)

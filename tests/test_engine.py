@@ -17,7 +17,12 @@ from tests._util import max_abs, max_abs_diff
 def _setup64(n=None, hidden=(16,)):
     ds = landscape.load_data("digits", dtype=np.float64)
     model = landscape.make_model(
-        "mlp", input_shape=(64,), num_outputs=10, hidden=hidden, activation="tanh", param_dtype=jnp.float64
+        "mlp",
+        input_shape=(64,),
+        num_outputs=10,
+        hidden=hidden,
+        activation="tanh",
+        param_dtype=jnp.float64,
     )
     data = ds.train if n is None else {k: v[:n] for k, v in ds.train.items()}
     return model, landscape.make_loss_fn(model, weight_decay=1e-3), data
@@ -97,7 +102,9 @@ def test_nonfinite_batches_are_named():
     x = np.ones((25, 2), np.float32)
     x[13] = -5.0  # log of a negative number inside batch 1 (examples 10..19)
     with pytest.raises(FloatingPointError, match="batch 1 \\(examples 10..19\\)"):
-        engine.mean(Partial(engine._loss_dict, loss_fn), params, {"x": x}, batch_size=10, check_finite=True)
+        engine.mean(
+            Partial(engine._loss_dict, loss_fn), params, {"x": x}, batch_size=10, check_finite=True
+        )
 
 
 def test_loss_state_is_an_argument_not_a_constant(trained_resnet):
@@ -126,10 +133,18 @@ def test_evaluate_points_equals_direct(strategy):
         k1, k2 = jax.random.split(key)
         d1 = _tree.normal_like(k1, model.params)
         d2 = _tree.normal_like(k2, model.params)
-        coords = np.stack(np.meshgrid(np.linspace(-0.1, 0.1, 3), np.linspace(-0.2, 0.2, 4)), -1).reshape(-1, 2)
+        coords = np.stack(
+            np.meshgrid(np.linspace(-0.1, 0.1, 3), np.linspace(-0.2, 0.2, 4)), -1
+        ).reshape(-1, 2)
         out = engine.loss_points(
-            loss_fn, _plane_point, coords, data, point_args=(model.params, d1, d2),
-            batch_size=100, chunk_size=5, strategy=strategy,
+            loss_fn,
+            _plane_point,
+            coords,
+            data,
+            point_args=(model.params, d1, d2),
+            batch_size=100,
+            chunk_size=5,
+            strategy=strategy,
         )
         assert out["loss"].shape == (12,)
         for i in (0, 5, 11):
@@ -167,8 +182,12 @@ def test_evaluate_points_records_nonfinite():
     def fn(point, batch):
         return {"v": jnp.log(point) + 0 * jnp.mean(batch["x"])}
 
-    out = engine.evaluate_points(fn, lambda c: c[0], np.array([[1.0], [-1.0], [2.0]], np.float32),
-                                 {"x": np.ones((4,), np.float32)})
+    out = engine.evaluate_points(
+        fn,
+        lambda c: c[0],
+        np.array([[1.0], [-1.0], [2.0]], np.float32),
+        {"x": np.ones((4,), np.float32)},
+    )
     assert np.isnan(out["v"][1]) and np.isfinite(out["v"][[0, 2]]).all()
 
 

@@ -13,7 +13,9 @@ from landscape import losses
 
 def test_cross_entropy_and_accuracy_match_manual():
     with jax.enable_x64(True):
-        m = landscape.make_model("mlp", input_shape=(5,), num_outputs=3, hidden=(4,), param_dtype=jnp.float64)
+        m = landscape.make_model(
+            "mlp", input_shape=(5,), num_outputs=3, hidden=(4,), param_dtype=jnp.float64
+        )
         x = jax.random.normal(jax.random.key(0), (20, 5), jnp.float64)
         y = jnp.arange(20) % 3
         lf = landscape.make_loss_fn(m)
@@ -40,18 +42,24 @@ def test_mse_convention_and_regression_aux():
 
 def test_weight_decay_enters_value_and_gradient():
     with jax.enable_x64(True):
-        m = landscape.make_model("mlp", input_shape=(5,), num_outputs=3, hidden=(4,), param_dtype=jnp.float64)
+        m = landscape.make_model(
+            "mlp", input_shape=(5,), num_outputs=3, hidden=(4,), param_dtype=jnp.float64
+        )
         batch = {"x": jnp.ones((6, 5), jnp.float64), "y": jnp.zeros((6,), jnp.int32)}
         plain = landscape.make_loss_fn(m)
         wd = landscape.make_loss_fn(m, weight_decay=0.1)
         sq = sum(float(jnp.sum(p**2)) for p in jax.tree.leaves(m.params))
-        assert float(wd(m.params, batch)[0]) == pytest.approx(float(plain(m.params, batch)[0]) + 0.05 * sq, rel=1e-13)
+        assert float(wd(m.params, batch)[0]) == pytest.approx(
+            float(plain(m.params, batch)[0]) + 0.05 * sq, rel=1e-13
+        )
         g0 = jax.grad(lambda p: plain(p, batch)[0])(m.params)
         g1 = jax.grad(lambda p: wd(p, batch)[0])(m.params)
         diff = jax.tree.map(lambda a, b, p: a - b - 0.1 * p, g1, g0, m.params)
         assert max(float(jnp.abs(d).max()) for d in jax.tree.leaves(diff)) < 1e-14
         # aux["loss"] is the data term
-        assert float(wd(m.params, batch)[1]["loss"]) == pytest.approx(float(plain(m.params, batch)[0]))
+        assert float(wd(m.params, batch)[1]["loss"]) == pytest.approx(
+            float(plain(m.params, batch)[0])
+        )
 
 
 def test_bad_settings():

@@ -35,7 +35,9 @@ def test_registry_and_errors():
     ],
 )
 def test_init_variances(init, expected_var):
-    m = landscape.make_model("mlp", input_shape=(400,), num_outputs=10, hidden=(300,), init=init, seed=1)
+    m = landscape.make_model(
+        "mlp", input_shape=(400,), num_outputs=10, hidden=(300,), init=init, seed=1
+    )
     k = np.asarray(m.params["layers"][0]["kernel"])
     # 120k samples: the sample variance is within 2% of the target (truncated normals included)
     assert np.var(k) == pytest.approx(expected_var(400, 300), rel=0.02)
@@ -43,11 +45,17 @@ def test_init_variances(init, expected_var):
 
 
 def test_orthogonal_and_zero_init_symmetry(digits_data):
-    m = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(32,), init="orthogonal")
+    m = landscape.make_model(
+        "mlp", input_shape=(64,), num_outputs=10, hidden=(32,), init="orthogonal"
+    )
     k = np.asarray(m.params["layers"][0]["kernel"])  # (64, 32): orthonormal columns
     np.testing.assert_allclose(k.T @ k, np.eye(32), atol=1e-5)
-    z = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(16,), init="zeros", activation="tanh")
-    r = landscape.train(z, digits_data.train, optimizer=optax.sgd(0.5), num_steps=50, progress=False)
+    z = landscape.make_model(
+        "mlp", input_shape=(64,), num_outputs=10, hidden=(16,), init="zeros", activation="tanh"
+    )
+    r = landscape.train(
+        z, digits_data.train, optimizer=optax.sgd(0.5), num_steps=50, progress=False
+    )
     h = np.asarray(r.params["layers"][0]["kernel"])
     # the symmetry failure: every hidden unit receives the same update, so all columns stay equal
     assert np.allclose(h, h[:, :1])
@@ -111,7 +119,9 @@ def test_from_linen_batchnorm_dropout():
         np.asarray(st["batch_stats"]["BatchNorm_0"]["mean"]), 0.0
     )
     loss_fn = landscape.make_loss_fn(model)
-    v = landscape.evaluate(loss_fn, model.params, {"x": np.ones((7, 3), np.float32), "y": np.zeros(7, np.int32)})
+    v = landscape.evaluate(
+        loss_fn, model.params, {"x": np.ones((7, 3), np.float32), "y": np.zeros(7, np.int32)}
+    )
     assert np.isfinite(float(v["loss"]))
 
 

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import landscape
 from landscape import _tree, engine
 from tests._util import REPO, max_abs, max_abs_diff, run_python
 
@@ -86,17 +85,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-WORKER = """
+WORKER = (
+    """
 import sys, jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address="localhost:{port}", num_processes=2, process_id=int(sys.argv[1]))
 jax.config.update("jax_enable_x64", True)
-""" + SETUP + """
+"""
+    + SETUP
+    + """
 vals, grad = landscape.value_and_grad(loss_fn, model.params, ds.train, batch_size=100)
 # the gradient is a replicated global array: read this process's copy on the host
 gnorm = np.sqrt(sum(np.sum(np.asarray(x.addressable_data(0)) ** 2) for x in jax.tree.leaves(grad)))
 print("RESULT", jax.process_count(), jax.device_count(), repr(float(vals["loss"])), repr(float(gnorm)), flush=True)
 """
+)
 
 
 def test_two_processes_jax_distributed(reference):
@@ -104,8 +107,14 @@ def test_two_processes_jax_distributed(reference):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env, cwd=str(REPO))
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=str(REPO),
+        )
         for i in range(2)
     ]
     outs = []
@@ -119,7 +128,9 @@ def test_two_processes_jax_distributed(reference):
         assert p.returncode == 0, e[-3000:]
         outs.append(o)
     ref_loss = float(reference["vals"]["loss"])
-    ref_gn = float(np.sqrt(sum(np.sum(np.asarray(x) ** 2) for x in jax.tree.leaves(reference["grad"]))))
+    ref_gn = float(
+        np.sqrt(sum(np.sum(np.asarray(x) ** 2) for x in jax.tree.leaves(reference["grad"])))
+    )
     for o in outs:
         line = next(ln for ln in o.splitlines() if ln.startswith("RESULT"))
         _, nproc, ndev, loss, gnorm = line.split()

@@ -31,7 +31,9 @@ def test_run_round_trip_exact(tmp_path, trained_resnet):
     # the loaded model computes the same loss
     ds = landscape.load_data("digits", flat=False)
     a = landscape.evaluate(landscape.make_loss_fn(run.model), run.model.params, ds.test)
-    b = landscape.evaluate(landscape.make_loss_fn(trained_resnet.model), trained_resnet.params, ds.test)
+    b = landscape.evaluate(
+        landscape.make_loss_fn(trained_resnet.model), trained_resnet.params, ds.test
+    )
     assert float(a["loss"]) == float(b["loss"])
 
 
@@ -49,7 +51,10 @@ def test_snapshots_saved(tmp_path, digits_data):
     r = landscape.train(m, digits_data.train, num_steps=10, snapshot_steps=5, progress=False)
     run = landscape.load_run(landscape.save_run(tmp_path / "r", r))
     assert list(run.snapshots["step"]) == [0, 5, 10]
-    np.testing.assert_array_equal(run.snapshots["params"]["layers"][1]["kernel"], r.snapshots["params"]["layers"][1]["kernel"])
+    np.testing.assert_array_equal(
+        run.snapshots["params"]["layers"][1]["kernel"],
+        r.snapshots["params"]["layers"][1]["kernel"],
+    )
 
 
 def test_atomic_writes_leave_no_partial_file(tmp_path):
@@ -70,7 +75,11 @@ def test_atomic_writes_leave_no_partial_file(tmp_path):
 
 
 def test_tree_serialisation_keeps_structure_and_keys():
-    tree = {"a": {0: np.arange(3), 1: [np.float32(2.0), None]}, "k": jax.random.key(4), "t": (1, "s")}
+    tree = {
+        "a": {0: np.arange(3), 1: [np.float32(2.0), None]},
+        "k": jax.random.key(4),
+        "t": (1, "s"),
+    }
     arrays, spec = _serialize.tree_to_arrays(tree)
     back = _serialize.arrays_to_tree(arrays, spec)
     assert list(back["a"].keys()) == [0, 1] and back["a"][1][1] is None and back["t"] == (1, "s")

@@ -22,8 +22,16 @@ def test_trained_fixture_learns(trained_mlp):
 def test_same_seed_same_result_bit_for_bit(digits_data):
     def run(seed):
         m = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(16,), seed=0)
-        return landscape.train(m, digits_data.train, optimizer="sgd", learning_rate=0.1,
-                               num_steps=40, batch_size=32, seed=seed, progress=False)
+        return landscape.train(
+            m,
+            digits_data.train,
+            optimizer="sgd",
+            learning_rate=0.1,
+            num_steps=40,
+            batch_size=32,
+            seed=seed,
+            progress=False,
+        )
 
     a, b, c = run(0), run(0), run(1)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
@@ -40,18 +48,31 @@ def test_callbacks_snapshots_and_schedules(digits_data):
 
     m = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(16,))
     r = landscape.train(
-        m, digits_data.train, optimizer="momentum", learning_rate=0.05, schedule="cosine",
-        num_steps=60, batch_size=32, callbacks=[landscape.callback(cb, every=20)],
-        snapshot_steps=[0, 30, 60], progress=False,
+        m,
+        digits_data.train,
+        optimizer="momentum",
+        learning_rate=0.05,
+        schedule="cosine",
+        num_steps=60,
+        batch_size=32,
+        callbacks=[landscape.callback(cb, every=20)],
+        snapshot_steps=[0, 30, 60],
+        progress=False,
     )
     assert [s for s, _ in seen] == [0, 20, 40, 60]
     assert seen[0][1] == pytest.approx(0.05) and seen[-1][1] == pytest.approx(0.0, abs=1e-8)
     assert len(r.history["param_norm"]) == 4
     assert list(r.snapshots["step"]) == [0, 30, 60]
-    np.testing.assert_array_equal(r.snapshot(0)["layers"][0]["kernel"], m.params["layers"][0]["kernel"])
-    np.testing.assert_array_equal(r.snapshot(2)["layers"][0]["kernel"], r.params["layers"][0]["kernel"])
+    np.testing.assert_array_equal(
+        r.snapshot(0)["layers"][0]["kernel"], m.params["layers"][0]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        r.snapshot(2)["layers"][0]["kernel"], r.params["layers"][0]["kernel"]
+    )
     for name in ("constant", "warmup_cosine", "step", "exponential"):
-        sched = make_schedule(name, 0.1, num_steps=100, warmup_steps=10 if name == "warmup_cosine" else 0)
+        sched = make_schedule(
+            name, 0.1, num_steps=100, warmup_steps=10 if name == "warmup_cosine" else 0
+        )
         assert float(sched(0)) >= 0 and float(sched(99)) <= 0.1 + 1e-9
     assert float(make_schedule("step", 1.0, num_steps=100)(80)) == pytest.approx(0.01)
 
@@ -65,9 +86,20 @@ def test_batchnorm_statistics_train_and_eval(trained_resnet):
 
 
 def test_divergence_names_step_and_keeps_last_finite(digits_data):
-    m = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(16,), activation="linear")
-    with pytest.raises(landscape.TrainingDivergedError, match=r"non-finite loss or gradient at step \d+") as ei:
-        landscape.train(m, digits_data.train, optimizer=optax.sgd(50.0), num_steps=100, batch_size=64, progress=False)
+    m = landscape.make_model(
+        "mlp", input_shape=(64,), num_outputs=10, hidden=(16,), activation="linear"
+    )
+    with pytest.raises(
+        landscape.TrainingDivergedError, match=r"non-finite loss or gradient at step \d+"
+    ) as ei:
+        landscape.train(
+            m,
+            digits_data.train,
+            optimizer=optax.sgd(50.0),
+            num_steps=100,
+            batch_size=64,
+            progress=False,
+        )
     err = ei.value
     assert err.step > 0
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(err.result.params))

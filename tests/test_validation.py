@@ -20,10 +20,22 @@ def test_nonfinite_data_and_params(small):
     m, lf, data = small
     bad = {"x": data["x"].copy(), "y": data["y"]}
     bad["x"][2, 1] = np.inf
-    with pytest.raises(ValueError, match=r"landscape.evaluate: data must be finite; found 0 NaN and 1 Inf values at leaf 'x'"):
+    with pytest.raises(
+        ValueError,
+        match=r"landscape.evaluate: data must be finite; found 0 NaN and 1 Inf values at leaf 'x'",
+    ):
         landscape.evaluate(lf, m.params, bad)
-    p = {**m.params, "layers": {**m.params["layers"], 0: {**m.params["layers"][0], "bias": m.params["layers"][0]["bias"].at[0].set(np.nan)}}}
-    with pytest.raises(ValueError, match=r"landscape.value_and_grad: params must be finite; found 1 NaN .* at leaf 'layers/0/bias'"):
+    p = {
+        **m.params,
+        "layers": {
+            **m.params["layers"],
+            0: {**m.params["layers"][0], "bias": m.params["layers"][0]["bias"].at[0].set(np.nan)},
+        },
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"landscape.value_and_grad: params must be finite; found 1 NaN .* at leaf 'layers/0/bias'",
+    ):
         landscape.value_and_grad(lf, p, data)
 
 
@@ -33,20 +45,35 @@ def test_wrong_params_structure_and_shapes(small):
         landscape.evaluate(lf, {"layers": {0: m.params["layers"][0]}}, data)
     other = landscape.make_model("mlp", input_shape=(4,), num_outputs=3, hidden=(6,))
     with pytest.raises(ValueError, match="could not be evaluated"):
-        landscape.evaluate(lf, {**m.params, "layers": {0: other.params["layers"][0], 1: m.params["layers"][1]}}, data)
+        landscape.evaluate(
+            lf,
+            {**m.params, "layers": {0: other.params["layers"][0], 1: m.params["layers"][1]}},
+            data,
+        )
 
 
 def test_model_data_shape_mismatch(small):
     m, lf, _ = small
-    with pytest.raises(ValueError, match=r"landscape.evaluate: loss_fn could not be evaluated on data \(per-example shapes \{'x': \(7,\)"):
-        landscape.evaluate(lf, m.params, {"x": np.ones((10, 7), np.float32), "y": np.zeros(10, np.int32)})
+    with pytest.raises(
+        ValueError,
+        match=r"landscape.evaluate: loss_fn could not be evaluated on data \(per-example shapes \{'x': \(7,\)",
+    ):
+        landscape.evaluate(
+            lf, m.params, {"x": np.ones((10, 7), np.float32), "y": np.zeros(10, np.int32)}
+        )
 
 
 @pytest.mark.parametrize(
     "data,match",
     [
-        ({"x": np.ones((0, 4), np.float32), "y": np.zeros((0,), np.int32)}, "is empty \\(0 examples\\)"),
-        ({"x": np.ones((10, 4), np.float32), "y": np.zeros((9,), np.int32)}, "same number of examples"),
+        (
+            {"x": np.ones((0, 4), np.float32), "y": np.zeros((0,), np.int32)},
+            "is empty \\(0 examples\\)",
+        ),
+        (
+            {"x": np.ones((10, 4), np.float32), "y": np.zeros((9,), np.int32)},
+            "same number of examples",
+        ),
         ([np.ones((10, 4))], "must be a dict of arrays"),
         ({}, "is empty \\(no arrays\\)"),
         ({"x": np.float32(1.0)}, "is a scalar"),
@@ -58,10 +85,15 @@ def test_malformed_data(small, data, match):
         landscape.evaluate(lf, m.params, data)
 
 
-@pytest.mark.parametrize("bs,err,match", [(0, ValueError, "batch_size must be positive; got 0"),
-                                          (-3, ValueError, "must be positive"),
-                                          (11, ValueError, "batch_size=11 is larger than the data set \\(10 examples\\)"),
-                                          (2.5, TypeError, "batch_size must be a positive int")])
+@pytest.mark.parametrize(
+    "bs,err,match",
+    [
+        (0, ValueError, "batch_size must be positive; got 0"),
+        (-3, ValueError, "must be positive"),
+        (11, ValueError, "batch_size=11 is larger than the data set \\(10 examples\\)"),
+        (2.5, TypeError, "batch_size must be a positive int"),
+    ],
+)
 def test_batch_size(small, bs, err, match):
     m, lf, data = small
     with pytest.raises(err, match=match):
@@ -70,11 +102,17 @@ def test_batch_size(small, bs, err, match):
 
 def test_engine_points_and_store_errors(tmp_path):
     with pytest.raises(ValueError, match="coords must have a non-empty leading axis"):
-        engine.evaluate_points(lambda p, b: {"v": p}, lambda c: c, np.zeros((0, 2)), {"x": np.ones(3)})
+        engine.evaluate_points(
+            lambda p, b: {"v": p}, lambda c: c, np.zeros((0, 2)), {"x": np.ones(3)}
+        )
     with pytest.raises(ValueError, match="coords must be finite"):
-        engine.evaluate_points(lambda p, b: {"v": p}, lambda c: c, np.array([[np.nan]]), {"x": np.ones(3)})
+        engine.evaluate_points(
+            lambda p, b: {"v": p}, lambda c: c, np.array([[np.nan]]), {"x": np.ones(3)}
+        )
     with pytest.raises(ValueError, match="strategy must be one of"):
-        engine.evaluate_points(lambda p, b: {"v": p}, lambda c: c, np.ones((2, 1)), {"x": np.ones(3)}, strategy="pmap")
+        engine.evaluate_points(
+            lambda p, b: {"v": p}, lambda c: c, np.ones((2, 1)), {"x": np.ones(3)}, strategy="pmap"
+        )
     with pytest.raises(TypeError, match="loss_fn must be callable"):
         landscape.evaluate(3, {"w": np.ones(2)}, {"x": np.ones(3)})
     with pytest.raises(ValueError, match="params must be a non-empty pytree"):
