@@ -106,9 +106,10 @@ def gauss_hermite(fn, dfn, deg: int):
         dtype = jnp.result_type(c)
         z = jnp.asarray(z_np, dtype)
         w = jnp.asarray(w_np, dtype)
+        c, v1, v2 = jnp.broadcast_arrays(c, v1, v2)
         s1, s2 = safe_sqrt(v1), safe_sqrt(v2)
-        rho = jnp.clip(c / jnp.where(s1 * s2 > 0, s1 * s2, 1.0), -1.0, 1.0)
-        rho = jnp.where(s1 * s2 > 0, rho, 0.0)
+        pos = s1 * s2 > 0
+        rho = jnp.where(pos, jnp.clip(c / jnp.where(pos, s1 * s2, 1.0), -1.0, 1.0), 0.0)
         perp = safe_sqrt(1 - rho * rho)
         zz = z.reshape((deg,) + (1,) * c.ndim)
         ww = w.reshape((deg,) + (1,) * c.ndim)
@@ -116,7 +117,7 @@ def gauss_hermite(fn, dfn, deg: int):
         def body(carry, zi_wi):
             zi, wi = zi_wi
             u = s1 * zi
-            v = s2 * (rho * zi + perp * zz)  # (deg, ...)
+            v = s2[None] * (rho[None] * zi + perp[None] * zz)  # (deg, ...)
             k = carry[0] + wi * fn(u) * jnp.sum(ww * fn(v), axis=0)
             kd = carry[1] + wi * dfn(u) * jnp.sum(ww * dfn(v), axis=0)
             return (k, kd), None

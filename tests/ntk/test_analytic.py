@@ -1,0 +1,231 @@
+"""Analytic NNGP/NTK: neural-tangents fixtures, closed forms, quadrature, blocking, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntk
+from ntk import _blocks, _kmath
+from tests.ntk import _specs
+
+FIX, SPECS = _specs.load("ntk_analytic.npz")
+
+
+def rel(a, b):
+    return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s[0] for s in SPECS])
+def test_matches_neural_tangents(spec):
+    # neural-tangents 0.6.5, float64 (tests/data/README_ntk.md). Issue tolerance: 1e-6
+    # relative; measured 1e-15 off the diagonal and <= 2e-9 on the ReLU-family diagonal
+    # (correlation exactly 1, where arccos amplifies rounding).
+    name, _, layers = spec
+    arch = _specs.arch(layers)
+    with jax.enable_x64(True):
+        x1, x2 = FIX[f"{name}/x1"], FIX[f"{name}/x2"]
+        # one compiled call: K([x1; x2]) holds both K(x1, x1) and K(x1, x2)
+        k = ntk.kernel(arch, np.concatenate([x1, x2]))
+    n = len(x1)
+    assert k.nngp.dtype == np.float64
+    got = {"nngp12": k.nngp[:n, n:], "ntk12": k.ntk[:n, n:], "nngp11": k.nngp[:n, :n], "ntk11": k.ntk[:n, :n]}
+    for key, val in got.items():
+        assert rel(val, FIX[f"{name}/{key}"]) < 1e-6, key
+
+
+def _relu_closed(x1, x2, w=1.0):
+    """One hidden ReLU layer, no bias, NTK parameterisation, by hand (Cho & Saul 2009)."""
+    d = x1.shape[1]
+    s12, s11, s22 = x1 @ x2.T / d, (x1**2).sum(1) / d, (x2**2).sum(1) / d
+    s12, s11, s22 = w * w * s12, w * w * s11[:, None], w * w * s22[None]
+    th = np.arccos(np.clip(s12 / np.sqrt(s11 * s22), -1, 1))
+    k = np.sqrt(s11 * s22) * (np.sin(th) + (np.pi - th) * np.cos(th)) / (2 * np.pi)
+    kd = (np.pi - th) / (2 * np.pi)
+    return k, k + s12 * kd  # readout Dense(W_std=1): Sigma = K, Theta = K + Theta_h
+
+
+def test_relu_arc_cosine_closed_form():
+    # x = (1, 0), x' = (1, 1)/sqrt(2): angle pi/4; checked by hand: K = (sin + (pi - t) cos)/(2pi)/2
+    x1 = np.array([[1.0, 0.0], [0.0, 2.0]])
+    x2 = np.array([[1.0, 1.0]]) / np.sqrt(2)
+    arch = ntk.serial(ntk.Dense(3), ntk.Relu(), ntk.Dense(1))
+    with jax.enable_x64(True):
+        k = ntk.kernel(arch, x1, x2)
+    t = np.pi / 4
+    assert abs(k.nngp[0, 0] - 0.5 * (np.sin(t) + (np.pi - t) * np.cos(t)) / (2 * np.pi)) < 1e-14
+    nngp, ntkm = _relu_closed(x1, x2)
+    np.testing.assert_allclose(k.nngp, nngp, rtol=1e-13)
+    np.testing.assert_allclose(k.ntk, ntkm, rtol=1e-13)
+
+
+def test_erf_arcsine_closed_form():
+    x1 = np.array([[1.0, 0.5], [0.2, -1.0]])
+    arch = ntk.serial(ntk.Dense(3, W_std=1.3), ntk.Erf(), ntk.Dense(1))
+    with jax.enable_x64(True):
+        k = ntk.kernel(arch, x1)
+    s = 1.69 * x1 @ x1.T / 2
+    d = 1 + 2 * np.diag(s)
+    expect = 2 / np.pi * np.arcsin(2 * s / np.sqrt(np.outer(d, d)))
+    np.testing.assert_allclose(k.nngp, expect, rtol=1e-13)
+
+
+def _quad(fn, deg=128, **kw):
+    return ntk.Elementwise(fn, deg=deg, **kw)
+
+
+@pytest.mark.parametrize(
+    ("closed", "numeric", "tol"),
+    [
+        # smooth activations: Gauss-Hermite (degree 128) matches the closed forms to 1e-6
+        # (measured 2e-9 for erf at pre-activation variance ~2.5, where erf is nearly a step;
+        # degree 64 reaches only 4e-5 there, 9e-9 at variance ~1)
+        (ntk.Erf(), _quad(jax.scipy.special.erf), 1e-6),
+        (ntk.Gelu(), _quad(lambda x: jax.nn.gelu(x, approximate=False)), 1e-6),
+        # ReLU's kink limits quadrature: about 1e-3 at degree 200 (measured: NNGP 5e-4,
+        # NTK 2.3e-3, the NTK needing the step function relu')
+        (ntk.Relu(), _quad(jax.nn.relu, deg=200), 5e-3),
+    ],
+    ids=["erf", "gelu", "relu"],
+)
+def test_quadrature_vs_closed_form(closed, numeric, tol, vec_inputs):
+    x1, _ = vec_inputs
+    mk = lambda act: ntk.serial(ntk.Dense(8, W_std=1.4, b_std=0.1), act, ntk.Dense(1))  # noqa: E731
+    with jax.enable_x64(True):
+        a, b = ntk.kernel(mk(closed), x1), ntk.kernel(mk(numeric), x1)
+    assert rel(b.nngp, a.nngp) < tol
+    assert rel(b.ntk, a.ntk) < tol
+
+
+def test_elementwise_closed_form_nngp_fn(vec_inputs):
+    # Kdot from autodiff of the given closed form equals the hand-written derivative.
+    x1, x2 = vec_inputs
+    nngp_fn = lambda c, v1, v2: _kmath.erf(c, v1, v2)[0]  # noqa: E731
+    mk = lambda act: ntk.serial(ntk.Dense(8, b_std=0.2), act, ntk.Dense(1))  # noqa: E731
+    with jax.enable_x64(True):
+        a = ntk.kernel(mk(ntk.Erf()), x1, x2)
+        b = ntk.kernel(mk(ntk.Elementwise(jax.scipy.special.erf, nngp_fn=nngp_fn)), x1, x2)
+    np.testing.assert_allclose(b.ntk, a.ntk, rtol=1e-12)
+
+
+def test_float32_close_to_float64(img_inputs):
+    arch = ntk.serial(ntk.Conv(4, (3, 3), padding="SAME", b_std=0.1), ntk.Erf(), ntk.GlobalAvgPool(), ntk.Dense(1))
+    x1, x2 = img_inputs
+    k32 = ntk.kernel(arch, x1.astype(np.float32), x2.astype(np.float32))
+    with jax.enable_x64(True):
+        k64 = ntk.kernel(arch, x1, x2)
+    assert k32.ntk.dtype == np.float32
+    # float32 round-off through ~10 operations per entry: 1e-5 relative
+    assert rel(k32.ntk, k64.ntk) < 1e-5
+
+
+def test_blocks_symmetry_and_store(tmp_path, vec_inputs, monkeypatch):
+    arch = ntk.serial(ntk.Dense(8, W_std=1.5, b_std=0.1), ntk.Relu(), ntk.Dense(1))
+    x1, x2 = vec_inputs
+    with jax.enable_x64(True):
+        full = ntk.kernel(arch, x1)
+        blocked = ntk.kernel(arch, x1, block_size=2, store=tmp_path / "k")
+        cross = ntk.kernel(arch, x1, x1, block_size=4)
+        # off the diagonal the blocks agree to round-off; the ReLU diagonal (correlation 1)
+        # only to ~1e-8 (sqrt of float64 round-off), as in neural-tangents
+        np.testing.assert_allclose(blocked.ntk, full.ntk, rtol=1e-8)
+        np.testing.assert_allclose(cross.ntk, full.ntk, rtol=1e-8)
+        off = ~np.eye(len(x1), dtype=bool)
+        np.testing.assert_allclose(cross.ntk[off], full.ntk[off], rtol=1e-12)
+        np.testing.assert_array_equal(blocked.ntk, blocked.ntk.T)
+        # every block is on disk: a rerun computes nothing
+        monkeypatch.setattr(_blocks, "_wave", None)
+        again = ntk.kernel(arch, x1, block_size=2, store=tmp_path / "k")
+    np.testing.assert_array_equal(again.ntk, blocked.ntk)
+
+
+def test_no_recompilation(vec_inputs):
+    arch = ntk.serial(ntk.Dense(8), ntk.Relu(), ntk.Dense(1))
+    x1, x2 = vec_inputs
+    ntk.kernel(arch, x1, x2)
+    before = _blocks._wave._cache_size()
+    ntk.kernel(arch, x1 + 1.0, x2)
+    ntk.kernel(ntk.serial(ntk.Dense(8), ntk.Relu(), ntk.Dense(1)), x1, x2)  # equal description
+    assert _blocks._wave._cache_size() == before
+
+
+def test_kernel_fn_is_jittable(vec_inputs):
+    arch = ntk.serial(ntk.Dense(8), ntk.Gelu(), ntk.Dense(1))
+    x1, x2 = vec_inputs
+    f = ntk.kernel_fn(arch)
+    nngp, ntkm = f(jnp.asarray(x1, jnp.float32), jnp.asarray(x2, jnp.float32))
+    k = ntk.kernel(arch, x1.astype(np.float32), x2.astype(np.float32))
+    np.testing.assert_allclose(ntkm, k.ntk, rtol=1e-6)
+
+
+def test_residual_and_layernorm_run(vec_inputs):
+    arch = ntk.serial(ntk.Dense(8, b_std=0.1), ntk.LayerNorm(), ntk.residual(ntk.Relu(), ntk.Dense(8)), ntk.Relu(), ntk.Dense(2))
+    k = ntk.kernel(arch, vec_inputs[0])
+    assert np.all(np.isfinite(k.ntk)) and k.ntk.shape == (9, 9)
+
+
+def test_result_save_load(tmp_path, vec_inputs):
+    k = ntk.kernel(ntk.serial(ntk.Dense(4), ntk.Relu(), ntk.Dense(1)), vec_inputs[0])
+    k.save(tmp_path / "k.npz")
+    k2 = ntk.Kernel.load(tmp_path / "k.npz")
+    np.testing.assert_array_equal(k2.ntk, k.ntk)
+
+
+# ---------------------------------------------------------------------------- bad input
+MLP = ntk.serial(ntk.Dense(8), ntk.Relu(), ntk.Dense(1))
+CNN = ntk.serial(ntk.Conv(4, (3, 3)), ntk.Relu(), ntk.Flatten(), ntk.Dense(1))
+
+
+@pytest.mark.parametrize(
+    ("arch", "x1", "x2", "err", "match"),
+    [
+        (MLP, np.ones((3, 4, 4, 1)), None, ValueError, r"ntk.kernel: x1 must have shape \(n, features\)"),
+        (CNN, np.ones((3, 5)), None, ValueError, r"ntk.kernel: x1 must have shape \(n, \*spatial, channels\)"),
+        (CNN, np.ones((3, 2, 5, 1)), None, ValueError, "smaller than the filter"),
+        (MLP, np.ones((3, 5)), np.ones((2, 4)), ValueError, "x2 must have the same example shape"),
+        (MLP, np.array([[1.0, np.nan]]), None, ValueError, "x1 must be finite"),
+        (MLP, np.ones((3,)), None, ValueError, r"x1 must have shape \(n, ...\)"),
+        (MLP, {"x": 1}, None, TypeError, "not a data dict"),
+        ("mlp", np.ones((3, 5)), None, TypeError, "arch must be an ntk.Architecture"),
+    ],
+)
+def test_bad_inputs(arch, x1, x2, err, match):
+    with pytest.raises(err, match=match):
+        ntk.kernel(arch, x1, x2)
+
+
+@pytest.mark.parametrize(
+    ("layers", "match"),
+    [
+        ((ntk.Dense(4), ntk.Relu(), ntk.Relu(), ntk.Dense(1)), r"Relu\(\) needs a Gaussian input"),
+        ((ntk.Dense(4), ntk.Relu(), ntk.LayerNorm(), ntk.Dense(1)), "LayerNorm.*only for Gaussian inputs"),
+        ((ntk.Conv(4, (3, 3)), ntk.Relu(), ntk.Dense(1)), "still has spatial axes"),
+    ],
+)
+def test_unsupported_architectures(layers, match):
+    x = np.ones((2, 5, 5, 1)) if isinstance(layers[0], ntk.Conv) else np.ones((2, 3))
+    with pytest.raises(ntk.ArchitectureError, match=match):
+        ntk.kernel(ntk.serial(*layers), x)
+
+
+def test_bad_layer_arguments():
+    with pytest.raises(ValueError, match="ntk.Dense: width"):
+        ntk.Dense(0)
+    with pytest.raises(ValueError, match="ntk.Conv: padding"):
+        ntk.Conv(4, (3, 3), padding="FULL")
+    with pytest.raises(ValueError, match="parameterization"):
+        ntk.Dense(3, parameterization="mup")
+    with pytest.raises(ntk.ArchitectureError, match="only axis=-1"):
+        ntk.LayerNorm(axis=1)
+    with pytest.raises(ntk.ArchitectureError, match="do not end in a Dense or Conv"):
+        ntk.parallel([ntk.Dense(3), ntk.Relu()], ntk.Identity())
+    with pytest.raises(TypeError, match="forget the parentheses"):
+        ntk.serial(ntk.Dense(3), ntk.Relu)
+
+
+def test_block_size_that_cannot_fit(vec_inputs, monkeypatch):
+    monkeypatch.setenv("NTK_MEMORY_LIMIT", "1000")
+    with pytest.raises(ValueError, match="block_size=9 cannot fit"):
+        ntk.kernel(MLP, vec_inputs[0], block_size=9)
+    with pytest.raises(ValueError, match="block_size must be positive"):
+        ntk.kernel(MLP, vec_inputs[0], block_size=0)
