@@ -312,7 +312,11 @@ def batched_mean(fn: Callable, point: PyTree, batched: Batched, *args) -> tuple[
             v = cast_like(fn(point, b, *args), init)
             return jax.tree.map(jnp.add, acc, v), _all_finite(v)
 
-        acc, ok = jax.lax.scan(body, init, batched.full)
+        if batched.num_batches == 1:  # no loop for a single full batch
+            acc, ok = body(init, first)
+            ok = ok[None]
+        else:
+            acc, ok = jax.lax.scan(body, init, batched.full)
         total = jax.tree.map(lambda a: a * jnp.asarray(bs, a.dtype), acc)
         flags.append(ok)
     if batched.rest is not None:
