@@ -8,6 +8,7 @@ One description gives (a) a Flax NNX model at its finite widths (``arch.module``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import ClassVar
 
@@ -282,7 +283,7 @@ class Architecture:
     def init_params(self, key, input_shape, *, dtype=jnp.float32) -> dict:
         """Random parameters for one example of shape ``input_shape`` (no batch axis)."""
         self.check_input_shape(input_shape, fn="ntk.Architecture.init_params", name="input_shape")
-        return self.net.init(key, tuple(input_shape), dtype)
+        return _init_jit(self.net, key, tuple(int(s) for s in input_shape), jnp.dtype(dtype))
 
     def module(self, key, input_shape, *, dtype=jnp.float32) -> nnx.Module:
         """The finite network as a Flax NNX module (parameters as ``nnx.Param``)."""
@@ -331,6 +332,11 @@ class Architecture:
         from ntk._analytic import kernel
 
         return kernel(self, x1, x2, **kwargs)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _init_jit(net, key, input_shape, dtype):
+    return net.init(key, input_shape, dtype)
 
 
 def input_state(arch: Architecture, x1, x2, same: bool, fn: str) -> KState:

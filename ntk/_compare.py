@@ -3,6 +3,7 @@ drift during training, finite versus infinite-width predictions, eigenvalue spec
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,11 +60,13 @@ class MonteCarloKernel(landscape.Result):
 
 
 def monte_carlo(
-    arch: Architecture, x1, x2=None, *, key, num_samples: int = 8, dtype=None, method: str = "auto"
+    arch: Architecture, x1, x2=None, *, key, num_samples: int = 8, dtype=None
 ) -> MonteCarloKernel:
     """Empirical NNGP (``f f^T / O``) and NTK of ``num_samples`` random networks of ``arch``
     at its finite widths: unbiased estimates of the analytic NNGP (and, up to ``O(1/width)``,
-    the NTK). Cost: ``num_samples`` empirical kernels."""
+    the NTK). One compiled program maps over the samples (initialisation, outputs and the
+    structured empirical NTK of each), so memory is that of one sample; the seeds match
+    ``arch.init(k)`` for ``k in jax.random.split(key, num_samples)``."""
     fn = "ntk.monte_carlo"
     if not isinstance(arch, Architecture):
         raise TypeError(f"{fn}: arch must be an ntk.Architecture; got {type(arch).__name__}.")
@@ -71,12 +74,11 @@ def monte_carlo(
     num_samples = _validate.check_positive_int(num_samples, fn=fn, name="num_samples")
     x1 = _checks.as_inputs(x1, fn=fn, name="x1", dtype=dtype)
     x2 = None if x2 is None else _checks.as_inputs(x2, fn=fn, name="x2", dtype=x1.dtype)
-    ns, ts = [], []
-    for k in jax.random.split(key, num_samples):
-        m = arch.init(k, x1.shape[1:], dtype=x1.dtype)
-        ns.append(empirical_nngp(m, x1, x2))
-        ts.append(empirical_ntk(m, x1, x2, method=method))
-    ns, ts = np.stack(ns), np.stack(ts)
+    keys = jax.random.split(key, num_samples)
+    ns, ts = _mc_jit(
+        arch, keys, jax.numpy.asarray(x1), None if x2 is None else jax.numpy.asarray(x2)
+    )
+    ns, ts = np.asarray(ns), np.asarray(ts)
     sem = lambda a: a.std(0, ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.zeros_like(a[0])  # noqa: E731
     return MonteCarloKernel(
         nngp=ns.mean(0),
@@ -86,6 +88,20 @@ def monte_carlo(
         num_samples=num_samples,
         provenance=landscape.provenance(dtype=x1.dtype, settings=dict(arch=repr(arch))),
     )
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _mc_jit(arch, keys, x1, x2):
+    from ntk._empirical import _outputs_2d, ntk_structured
+
+    def one(k):
+        p = arch.net.init(k, tuple(x1.shape[1:]), x1.dtype)
+        o1 = _outputs_2d(arch.apply(p, x1))
+        o2 = o1 if x2 is None else _outputs_2d(arch.apply(p, x2))
+        nngp = jax.numpy.matmul(o1, o2.T, precision=jax.lax.Precision.HIGHEST) / o1.shape[1]
+        return nngp, ntk_structured(arch, p, x1, x2)
+
+    return jax.lax.map(one, keys)
 
 
 @landscape.result

@@ -198,7 +198,7 @@ class _Affine(Layer):
         if wc != 1.0:
             z = z * jnp.asarray(wc, z.dtype)
         if self.b_std is not None:
-            b = params["bias"]
+            b = params["bias"].reshape((1,) * (z.ndim - 1) + (-1,))
             z = z + (b * jnp.asarray(bc, z.dtype) if bc != 1.0 else b)
         if ctx is not None:
             z = ctx.record(path, self, x, z)

@@ -29,7 +29,12 @@ def test_matches_neural_tangents(spec):
         k = ntk.kernel(arch, np.concatenate([x1, x2]))
     n = len(x1)
     assert k.nngp.dtype == np.float64
-    got = {"nngp12": k.nngp[:n, n:], "ntk12": k.ntk[:n, n:], "nngp11": k.nngp[:n, :n], "ntk11": k.ntk[:n, :n]}
+    got = {
+        "nngp12": k.nngp[:n, n:],
+        "ntk12": k.ntk[:n, n:],
+        "nngp11": k.nngp[:n, :n],
+        "ntk11": k.ntk[:n, :n],
+    }
     for key, val in got.items():
         assert rel(val, FIX[f"{name}/{key}"]) < 1e-6, key
 
@@ -109,7 +114,12 @@ def test_elementwise_closed_form_nngp_fn(vec_inputs):
 
 
 def test_float32_close_to_float64(img_inputs):
-    arch = ntk.serial(ntk.Conv(4, (3, 3), padding="SAME", b_std=0.1), ntk.Erf(), ntk.GlobalAvgPool(), ntk.Dense(1))
+    arch = ntk.serial(
+        ntk.Conv(4, (3, 3), padding="SAME", b_std=0.1),
+        ntk.Erf(),
+        ntk.GlobalAvgPool(),
+        ntk.Dense(1),
+    )
     x1, x2 = img_inputs
     k32 = ntk.kernel(arch, x1.astype(np.float32), x2.astype(np.float32))
     with jax.enable_x64(True):
@@ -159,7 +169,13 @@ def test_kernel_fn_is_jittable(vec_inputs):
 
 
 def test_residual_and_layernorm_run(vec_inputs):
-    arch = ntk.serial(ntk.Dense(8, b_std=0.1), ntk.LayerNorm(), ntk.residual(ntk.Relu(), ntk.Dense(8)), ntk.Relu(), ntk.Dense(2))
+    arch = ntk.serial(
+        ntk.Dense(8, b_std=0.1),
+        ntk.LayerNorm(),
+        ntk.residual(ntk.Relu(), ntk.Dense(8)),
+        ntk.Relu(),
+        ntk.Dense(2),
+    )
     k = ntk.kernel(arch, vec_inputs[0])
     assert np.all(np.isfinite(k.ntk)) and k.ntk.shape == (9, 9)
 
@@ -179,8 +195,20 @@ CNN = ntk.serial(ntk.Conv(4, (3, 3)), ntk.Relu(), ntk.Flatten(), ntk.Dense(1))
 @pytest.mark.parametrize(
     ("arch", "x1", "x2", "err", "match"),
     [
-        (MLP, np.ones((3, 4, 4, 1)), None, ValueError, r"ntk.kernel: x1 must have shape \(n, features\)"),
-        (CNN, np.ones((3, 5)), None, ValueError, r"ntk.kernel: x1 must have shape \(n, \*spatial, channels\)"),
+        (
+            MLP,
+            np.ones((3, 4, 4, 1)),
+            None,
+            ValueError,
+            r"ntk.kernel: x1 must have shape \(n, features\)",
+        ),
+        (
+            CNN,
+            np.ones((3, 5)),
+            None,
+            ValueError,
+            r"ntk.kernel: x1 must have shape \(n, \*spatial, channels\)",
+        ),
         (CNN, np.ones((3, 2, 5, 1)), None, ValueError, "smaller than the filter"),
         (MLP, np.ones((3, 5)), np.ones((2, 4)), ValueError, "x2 must have the same example shape"),
         (MLP, np.array([[1.0, np.nan]]), None, ValueError, "x1 must be finite"),
@@ -198,7 +226,10 @@ def test_bad_inputs(arch, x1, x2, err, match):
     ("layers", "match"),
     [
         ((ntk.Dense(4), ntk.Relu(), ntk.Relu(), ntk.Dense(1)), r"Relu\(\) needs a Gaussian input"),
-        ((ntk.Dense(4), ntk.Relu(), ntk.LayerNorm(), ntk.Dense(1)), "LayerNorm.*only for Gaussian inputs"),
+        (
+            (ntk.Dense(4), ntk.Relu(), ntk.LayerNorm(), ntk.Dense(1)),
+            "LayerNorm.*only for Gaussian inputs",
+        ),
         ((ntk.Conv(4, (3, 3)), ntk.Relu(), ntk.Dense(1)), "still has spatial axes"),
     ],
 )
