@@ -27,6 +27,7 @@ al.'s code, offered to reproduce their figures).
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -223,6 +224,50 @@ def _safe_ratio(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
 
 
+def _draw(key, params, rules):
+    """The Gaussian: for each dtype (in order of first appearance among the leaves), one
+    vector ``normal(fold_in(key, i), (total size,))`` cut into the leaves in leaf order. Every
+    leaf draws (also those a policy sets to zero), so the kernels' part of a direction does not
+    depend on the 1-D leaf policy. (One draw per dtype compiles about 4x faster than one draw
+    per leaf.)"""
+    del rules
+    leaves, treedef = jax.tree.flatten(params)
+    need = list(range(len(leaves)))
+    dtypes: list = []
+    for i in need:
+        dt = jnp.result_type(leaves[i])
+        if dt not in dtypes:
+            dtypes.append(dt)
+    out = [jnp.zeros_like(x) for x in leaves]
+    for j, dt in enumerate(dtypes):
+        idx = [i for i in need if jnp.result_type(leaves[i]) == dt]
+        total = sum(int(np.prod(np.shape(leaves[i]))) for i in idx)
+        v = jax.random.normal(jax.random.fold_in(key, j), (total,), dt)
+        o = 0
+        for i in idx:
+            size = int(np.prod(np.shape(leaves[i])))
+            out[i] = v[o : o + size].reshape(np.shape(leaves[i]))
+            o += size
+    return jax.tree.unflatten(treedef, out)
+
+
+@functools.partial(jax.jit, static_argnames=("rules",))
+def _normal_and_apply(key, params, rules, other):
+    """Draw the Gaussian and normalise it in one compiled program (one compilation per
+    parameter shapes instead of one per elementwise operation)."""
+    raw = _draw(key, params, rules)
+    plain = _apply_rules(raw, params, rules)
+    if other is None:
+        return plain, plain
+    return plain, _apply_rules(raw, params, rules, other=other)
+
+
+_apply_jit = jax.jit(
+    lambda raw, params, rules, other: _apply_rules(raw, params, rules, other=other),
+    static_argnames=("rules",),
+)
+
+
 def _apply_rules(raw, params, rules, *, other=None):
     """Normalise ``raw`` leaf by leaf; with ``other`` (a direction), first make each
     normalisation group of ``raw`` orthogonal to the same group of ``other``."""
@@ -402,7 +447,7 @@ def normalize_direction(
     rules, _ = _resolve_rules(
         params, norm=norm, bias_bn=bias_bn, filter_axis=filter_axis, overrides=overrides, fn=fn
     )
-    return _apply_rules(vec, params, rules, other=other)
+    return _apply_jit(vec, params, tuple(rules), other)
 
 
 def random_direction(
@@ -417,8 +462,10 @@ def random_direction(
 ) -> Direction:
     """A Gaussian direction, normalised as Li et al. (2018).
 
-    ``d ~ N(0, I)`` shaped like ``params`` (one independent key per leaf, in the parameters'
-    dtypes), then normalised group by group (see :func:`normalize_direction`).
+    ``d ~ N(0, I)`` shaped like ``params`` (in the parameters' dtypes: one draw per dtype from
+    ``fold_in(key, i)``, cut into the leaves in leaf order, so the kernels' part does not depend
+    on ``bias_bn``), then normalised group by group (see
+    :func:`normalize_direction`). Drawing and normalising are one compiled program.
 
     Args:
       key: a JAX PRNG key (stored in the spec, so the direction is reproducible).
@@ -456,7 +503,6 @@ def random_direction(
     rules, ov = _resolve_rules(
         params, norm=norm, bias_bn=bias_bn, filter_axis=filter_axis, overrides=overrides, fn=fn
     )
-    raw = _tree.normal_like(key, params)
     spec: dict = {
         "kind": "random",
         **_key_spec(key),
@@ -466,10 +512,9 @@ def random_direction(
         "overrides": ov or None,
     }
     if orthogonal_to is None:
-        return Direction(_apply_rules(raw, params, rules), spec)
+        return Direction(_normal_and_apply(key, params, tuple(rules), None)[0], spec)
     other_d = as_direction(orthogonal_to, params, fn=fn, name="orthogonal_to")
-    plain = _apply_rules(raw, params, rules)
-    vec = _apply_rules(raw, params, rules, other=other_d.vector)
+    plain, vec = _normal_and_apply(key, params, tuple(rules), other_d.vector)
     spec["orthogonal_to"] = dict(other_d.spec)
     spec["cosine_before"] = _cosine(plain, other_d.vector)
     spec["cosine"] = _cosine(vec, other_d.vector)

@@ -128,7 +128,7 @@ def _features(fl: AffineFirstLayer, x, basis):
         w, b = _first(p, fl)
         z = jnp.dot(x.astype(w.dtype), w)
         if b is not None:
-            z = z + b
+            z = z + b[None]
         zs.append(z)
     return jnp.stack(zs, axis=1)
 
@@ -153,7 +153,7 @@ def loss_dict(loss_fn, fl: AffineFirstLayer, point, batch):
         layer = params["layers"][i]
         h = jnp.dot(act(h), layer["kernel"])
         if fl.use_bias:
-            h = h + layer["bias"]
+            h = h + layer["bias"][None]
     out = h
 
     def fake_loss(p, b):  # the Loss's own output loss, penalty and metrics

@@ -170,7 +170,8 @@ def pca_directions(
     dtype = _tree.dtype_of(final)
 
     def diffs(t, f):
-        return (jnp.asarray(t).astype(jnp.result_type(f)) - f).reshape(t.shape[0], -1)
+        f = jnp.asarray(f)
+        return (jnp.asarray(t).astype(f.dtype) - f[None]).reshape(t.shape[0], -1)
 
     gram = np.zeros((k, k))
     for t, f, a in zip(t_leaves, f_leaves, active):

@@ -452,9 +452,11 @@ def _evaluate(
 
     num_points = coords.shape[0]
     placement = "replicate" if jax.device_count() > 1 else "shard"
-    batched = {
-        name: engine.batch(d, batch_size, placement=placement, fn=fn_name) for name, d in splits
-    }
+    batched = {}
+    for name, d in splits:
+        n = _validate.num_examples(d, fn=fn_name, name=name)
+        bs = None if batch_size is None else min(batch_size, n)  # capped per data set
+        batched[name] = engine.batch(d, bs, placement=placement, fn=fn_name)
     per_point = _bytes_per_point(
         fn, point_fn, point_args, jnp.asarray(coords[0]), batched["train"]
     )
@@ -690,7 +692,8 @@ _DOC_REST = """
         that is sorted by class.
       first_layer: :func:`affine_first_layer` of the model (foundation MLPs): the first layer's
         pre-activations are precomputed for the basis points (faster, same values).
-      batch_size: examples per batch of the full-data-set mean (default: the engine's).
+      batch_size: examples per batch of the full-data-set mean (default: the engine's),
+        capped at each data set's size.
       chunk_size: points per compiled call (default: 64 with ``"map"``, from the memory estimate
         with ``"vmap"``), rounded up to a multiple of the device count.
       strategy: ``"auto"`` (= ``"map"``, chosen by measurement), ``"map"`` or ``"vmap"``.
