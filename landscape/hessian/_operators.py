@@ -455,6 +455,13 @@ class CurvatureOperator:
             raise_nonfinite(ok, self, fn=fn)
         return self.subset.embed(out, self.params)
 
+    def replace_method(self, method: str) -> CurvatureOperator:
+        """The same operator applied with another ``method``."""
+        return CurvatureOperator(
+            self.loss_fn, self.params, self.batched, self.pieces, self.scale,
+            curvature=self.curvature, subset=self.subset, method=method,
+        )
+
     def host_prepared(self) -> _Prepared:
         """The prepared operator as concrete arrays (linearised once, cached on this object)."""
         if self._prepared is None:
@@ -547,44 +554,33 @@ def check_vector(v, params, *, fn: str, name: str, allow_zero: bool = True) -> N
 
 
 def _residual_bytes(op: CurvatureOperator) -> int:
+    """Bytes of the residuals ``jax.linearize`` would keep for ``op`` (traced, not run)."""
     s, d = engine.split_fn(op.replace_method("linearize"))
-    shapes = jax.eval_shape(lambda dd: _prepare_jit.__wrapped__(s, dd), d)
+    shapes = jax.eval_shape(lambda dd: engine.merge_fn(s, dd).prepared(), d)
     return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes.lin)))
 
 
-def _with_method(self, method):
-    return CurvatureOperator(
-        self.loss_fn, self.params, self.batched, self.pieces, self.scale,
-        curvature=self.curvature, subset=self.subset, method=method,
-    )
-
-
-CurvatureOperator.replace_method = _with_method
-
-
-@functools.lru_cache(maxsize=64)
-def _auto_method(static, shapes) -> str:  # cached per (static parts, shapes)
-    op = _AUTO_PENDING.pop((static, shapes))
-    try:
-        nbytes = _residual_bytes(op)
-    except Exception:  # pragma: no cover - linearisation not traceable: fall back
-        return "forward_over_reverse"
-    return "linearize" if nbytes <= LINEARIZE_MAX_BYTES else "forward_over_reverse"
-
-
-_AUTO_PENDING: dict = {}
+_AUTO_CACHE: dict = {}
 
 
 def _resolve_method(op: CurvatureOperator, method: str) -> str:
+    """``"auto"``: linearise when the residuals fit in :data:`LINEARIZE_MAX_BYTES` (decided by
+    tracing once per loss function, shapes and settings; cached)."""
     if method != "auto":
         return method
     s, d = engine.split_fn(op)
-    shapes = tuple((tuple(np.shape(x)), str(jnp.result_type(x))) if x is not None else None for x in d)
-    _AUTO_PENDING[(s, shapes)] = op
-    try:
-        return _auto_method(s, shapes)
-    finally:
-        _AUTO_PENDING.pop((s, shapes), None)
+    shapes = tuple(None if x is None else (tuple(np.shape(x)), str(jnp.result_type(x))) for x in d)
+    key = (s, shapes)
+    if key not in _AUTO_CACHE:
+        try:
+            nbytes = _residual_bytes(op)
+            choice = "linearize" if nbytes <= LINEARIZE_MAX_BYTES else "forward_over_reverse"
+        except Exception:  # pragma: no cover - not linearisable: fall back
+            choice = "forward_over_reverse"
+        if len(_AUTO_CACHE) > 256:
+            _AUTO_CACHE.clear()
+        _AUTO_CACHE[key] = choice
+    return _AUTO_CACHE[key]
 
 
 def make_hvp(

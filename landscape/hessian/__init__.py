@@ -1,0 +1,61 @@
+"""Hessian spectra of the full-data-set loss: exact curvature products, Lanczos, top-k
+eigenpairs, trace, spectral density (SLQ), sharpness.
+
+Every quantity is computed from exact products over the whole data set (the foundation engine
+accumulates the batches in one compiled program). Factories for scripts (:func:`make_hvp`,
+:func:`lanczos`) sit under one-shot functions for notebooks (:func:`eigenvalues`,
+:func:`trace`, :func:`spectral_density`, ...). Plots live in :mod:`landscape.plot`
+(:func:`~landscape.plot.plot_density`, :func:`~landscape.plot.plot_sharpness`, ...).
+"""
+
+from landscape.hessian._analysis import DecompositionResult as DecompositionResult
+from landscape.hessian._analysis import OverlapResult as OverlapResult
+from landscape.hessian._analysis import SharpnessResult as SharpnessResult
+from landscape.hessian._analysis import adaptive_sharpness as adaptive_sharpness
+from landscape.hessian._analysis import epsilon_sharpness as epsilon_sharpness
+from landscape.hessian._analysis import ggn_decomposition as ggn_decomposition
+from landscape.hessian._analysis import gradient_overlap as gradient_overlap
+from landscape.hessian._analysis import sharpness as sharpness
+from landscape.hessian._density import DensityResult as DensityResult
+from landscape.hessian._density import smooth_density as smooth_density
+from landscape.hessian._density import spectral_density as spectral_density
+from landscape.hessian._eigen import EigenResult as EigenResult
+from landscape.hessian._eigen import eigenvalues as eigenvalues
+from landscape.hessian._lanczos import LanczosResult as LanczosResult
+from landscape.hessian._lanczos import lanczos as lanczos
+from landscape.hessian._lanczos import tridiagonal_eigh as tridiagonal_eigh
+from landscape.hessian._operators import CurvatureOperator as CurvatureOperator
+from landscape.hessian._operators import hvp as hvp
+from landscape.hessian._operators import make_hvp as make_hvp
+from landscape.hessian._trace import TraceResult as TraceResult
+from landscape.hessian._trace import trace as trace
+from landscape.hessian._tracking import adam_preconditioner as adam_preconditioner
+from landscape.hessian._tracking import sharpness_callback as sharpness_callback
+from landscape.hessian._tracking import stability_threshold as stability_threshold
+
+__all__ = [
+    "CurvatureOperator",
+    "DecompositionResult",
+    "DensityResult",
+    "EigenResult",
+    "LanczosResult",
+    "OverlapResult",
+    "SharpnessResult",
+    "TraceResult",
+    "adam_preconditioner",
+    "adaptive_sharpness",
+    "eigenvalues",
+    "epsilon_sharpness",
+    "ggn_decomposition",
+    "gradient_overlap",
+    "hvp",
+    "lanczos",
+    "make_hvp",
+    "sharpness",
+    "sharpness_callback",
+    "smooth_density",
+    "spectral_density",
+    "stability_threshold",
+    "trace",
+    "tridiagonal_eigh",
+]

@@ -1,0 +1,335 @@
+"""Spectral density by stochastic Lanczos quadrature (SLQ)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from landscape import _provenance, _tree, _validate, engine
+from landscape._result import Meta, Result, result, static_field
+from landscape.hessian import _eigen, _random
+from landscape.hessian import _lanczos as lz
+from landscape.hessian import _operators as ops
+
+PyTree = Any
+
+BASIS_MAX_BYTES = 2 << 30
+"""``reorthogonalize="auto"`` stores the basis (full reorthogonalisation) up to this size."""
+
+__all__ = ["DensityResult", "smooth_density", "spectral_density"]
+
+
+def smooth_density(nodes, weights, grid, sigma) -> np.ndarray:
+    """Gaussian-smoothed spectral density on ``grid``: the average over probes of
+    ``sum_i w_i N(t; theta_i, sigma^2)`` (float64, host; integrates to one over the real line).
+
+    Args:
+      nodes, weights: arrays ``(num_probes, m)`` (or ``(m,)``) of Gauss nodes and weights.
+      grid: points ``t``.
+      sigma: the Gaussian width (> 0).
+    """
+    nodes = np.atleast_2d(np.asarray(nodes, np.float64))
+    weights = np.atleast_2d(np.asarray(weights, np.float64))
+    grid = np.asarray(grid, np.float64)
+    out = np.zeros(grid.shape)
+    for th, w in zip(nodes, weights):
+        keep = w > 0
+        z = (grid[:, None] - th[keep][None, :]) / sigma
+        out += (np.exp(-0.5 * z * z) * w[keep][None, :]).sum(axis=1)
+    return out / (len(nodes) * sigma * math.sqrt(2 * math.pi))
+
+
+@result
+class DensityResult(Result):
+    """A spectral density estimate (stochastic Lanczos quadrature).
+
+    Attributes:
+      nodes, weights: the raw Gauss quadrature of every probe, ``(num_probes, num_steps)``
+        (float64; each row of weights sums to one). The spectral measure of the operator is
+        approximated by their average.
+      grid, density: the smoothed density on a grid (``scale="log"``: the grid is
+        ``log10(lambda)`` and the density is per unit of ``log10(lambda)``).
+      sigma: the Gaussian width used (in grid units).
+      scale: ``"linear"`` or ``"log"``.
+      mass_excluded: (log scale) the weight of nodes at or below ``log_floor`` (zero and
+        negative curvature), not shown in the log density.
+      checks: consistency checks: ``weight_sum_error`` (max |sum w - 1|),
+        ``slq_trace`` (``P * mean_p sum_i w_i theta_i``) and ``hutchinson_trace`` (``P * mean_p
+        q0^T A q0``, the same probes' Hutchinson estimate, computed from the products) with
+        ``trace_std_error``; ``top_node`` (largest node), ``top_eigenvalue`` (an independent
+        Lanczos solve warm-started from the top Ritz vector) and ``top_relative_difference``;
+        ``reference_trace`` and ``trace_z_score`` when a reference trace was given.
+      num_hvps: products used (probes plus checks).
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    grid: np.ndarray
+    density: np.ndarray
+    sigma: float = static_field(default=0.0)
+    scale: str = static_field(default="linear")
+    log_floor: float | None = static_field(default=None)
+    mass_excluded: float = static_field(default=0.0)
+    checks: dict = static_field(default_factory=dict)
+    num_params: int = static_field(default=0)
+    num_probes: int = static_field(default=0)
+    num_steps: int = static_field(default=0)
+    num_hvps: int = static_field(default=0)
+    reorthogonalize: bool = static_field(default=True)
+    curvature: str = static_field(default="hessian")
+    provenance: dict = static_field(default_factory=dict)
+
+    @property
+    def trace_estimate(self) -> float:
+        """``P * mean_p sum_i w_i theta_i`` (the SLQ trace)."""
+        return float(self.num_params * np.mean(np.sum(self.weights * self.nodes, axis=1)))
+
+    @property
+    def top_node(self) -> float:
+        return float(np.max(np.where(self.weights > 0, self.nodes, -np.inf)))
+
+    def smoothed(self, sigma: float | None = None, grid=None, *, num_points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        """``(grid, density)`` on the linear scale at another width (host, no products)."""
+        lo, hi = _node_range(self.nodes, self.weights)
+        sigma = float(sigma) if sigma is not None else default_sigma(lo, hi, self.num_steps)
+        if grid is None:
+            grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, num_points)
+        return np.asarray(grid, np.float64), smooth_density(self.nodes, self.weights, grid, sigma)
+
+    def moment(self, j: int) -> float:
+        """Quadrature estimate of ``tr(A^j) / P``."""
+        return float(np.mean(np.sum(self.weights * self.nodes**j, axis=1)))
+
+    def __repr__(self):
+        return (
+            f"DensityResult({self.num_probes} probes x {self.num_steps} steps, scale={self.scale}, "
+            f"sigma={self.sigma:.3g}, top_node={self.top_node:.6g}, trace={self.trace_estimate:.6g}, "
+            f"num_hvps={self.num_hvps})"
+        )
+
+
+def _node_range(nodes, weights):
+    live = np.asarray(weights) > 0
+    th = np.asarray(nodes)[live] if live.any() else np.asarray(nodes).ravel()
+    return float(th.min()), float(th.max())
+
+
+def default_sigma(lo: float, hi: float, num_steps: int) -> float:
+    """The default width: the node range over the number of steps (the quadrature's
+    resolution; Gauss nodes of ``m`` steps resolve features about ``range / m`` wide)."""
+    width = (hi - lo) / max(num_steps, 1)
+    return width if width > 0 else max(abs(hi), 1.0) * 1e-3
+
+
+@functools.partial(jax.jit, static_argnames=("stack",))
+def _probe_vector(zeros, seed, counter, stack):
+    v = _random.rademacher_like(zeros, seed, counter)
+    v, _ = _tree.normalize(v)
+    return jax.tree.map(lambda x: x[None], v) if stack else v
+
+
+def _one_probe(op, prepared, zeros, seed, p, num_steps, reorth, key, fn):
+    """Nodes, weights, q0^T A q0 and (full mode) the top Ritz vector of probe ``p``."""
+    if reorth:
+        v = _probe_vector(zeros, jnp.asarray(seed, jnp.uint32), jnp.asarray(p), True)
+        st = lz.new_state(prepared, v, 1, num_steps + 1, num_steps, key=jax.random.fold_in(key, p), dtype=op.dtype)
+        st.expand(num_steps)
+        if not st.ok:
+            ops.raise_nonfinite(st.ok_flags, op if op.method == "forward_over_reverse" else None, fn=fn,
+                                what=f"curvature-vector product (probe {p}, Lanczos step {st.first_bad})")
+        H = st.H64()
+        alphas = np.diag(H[:num_steps, :num_steps]).copy()
+        betas = np.array([H[j + 1, j] for j in range(num_steps)])
+        theta, Y = lz.tridiagonal_eigh(alphas, betas)
+        top = lz.combine_rows(st, Y[:, -1:])
+        return theta, Y[0] ** 2, alphas[0], top
+    v = _probe_vector(zeros, jnp.asarray(seed, jnp.uint32), jnp.asarray(p), False)
+    alphas, betas, ok, first_bad = lz.stream(prepared, v, num_steps)
+    if not ok.all():
+        ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None, fn=fn,
+                            what=f"curvature-vector product (probe {p}, Lanczos step {first_bad})")
+    # after a breakdown the rest of T is zero: the trailing nodes get zero weight
+    theta, Y = lz.tridiagonal_eigh(alphas, betas)
+    return theta, Y[0] ** 2, alphas[0], None
+
+
+def spectral_density(
+    loss_fn,
+    params: PyTree,
+    data: PyTree,
+    *,
+    key,
+    num_probes: int = 10,
+    num_steps: int = 90,
+    reorthogonalize: bool | str = "auto",
+    sigma: float | None = None,
+    num_points: int = 1000,
+    grid=None,
+    scale: str = "linear",
+    log_floor: float | None = None,
+    check: bool = True,
+    reference_trace: float | None = None,
+    store=None,
+    curvature: str = "hessian",
+    model=None,
+    output_loss=None,
+    params_filter=None,
+    preconditioner: PyTree | None = None,
+    batch_size: int | None = None,
+    method: str = "auto",
+) -> DensityResult:
+    """Spectral density of the Hessian (or GGN / Fisher) by stochastic Lanczos quadrature.
+
+    For each of ``num_probes`` Rademacher probes ``z/||z||``, ``num_steps`` Lanczos steps give a
+    tridiagonal ``T``; its eigenvalues (nodes) and squared first eigenvector components
+    (weights) are a Gauss quadrature of the probe's spectral measure, exact for polynomials of
+    degree ``< 2 num_steps``. The density is their average, smoothed by a Gaussian of width
+    ``sigma`` (Lin, Saad, Yang 2016; Ghorbani, Krishnan, Xiao 2019; Papyan 2020).
+
+    Args:
+      loss_fn, params, data: see :func:`make_hvp`.
+      key: PRNG key (required): seeds the probes.
+      num_probes: probes (default 10); the probe noise of the density falls as
+        ``1/sqrt(num_probes)``.
+      num_steps: Lanczos steps per probe (default 90).
+      reorthogonalize: ``True`` (store the basis, full reorthogonalisation; memory
+        ``(num_steps + 1) x P``, nodes free of spurious copies), ``False`` (streaming three-term
+        recurrence, memory ``O(P)``: for large models; converged outliers may appear as
+        several nearby nodes sharing their weight, which leaves the smoothed density and the
+        moments unchanged) or ``"auto"`` (store when the basis fits in
+        :data:`BASIS_MAX_BYTES`).
+      sigma: Gaussian width in grid units; default: node range / ``num_steps`` (the quadrature's
+        resolution) on the linear scale, log-range / ``num_steps`` on the log scale.
+      num_points, grid: the evaluation grid (default: ``num_points`` points covering the nodes
+        with a margin of 5 sigma).
+      scale: ``"linear"``, or ``"log"`` (density of ``log10(lambda)`` over the nodes above
+        ``log_floor``, as in Papyan 2020's log spectra; default floor ``1e-6 x`` top node).
+      check: run the consistency checks that cost products (an independent top eigenvalue).
+      reference_trace: an independent trace (e.g. ``trace(...).estimate``) to compare with the
+        SLQ trace (reported as a z-score against the SLQ standard error).
+      store: a directory: every probe's quadrature is saved atomically as it finishes
+        (:class:`landscape.engine.ChunkStore`) and a rerun with the same settings resumes.
+      curvature, model, output_loss, params_filter, preconditioner, batch_size, method: see
+        :func:`make_hvp`.
+
+    Returns:
+      :class:`DensityResult` with raw ``nodes``/``weights``, ``grid``/``density`` and ``checks``.
+
+    Cost:
+      ``num_probes x num_steps`` products (plus about 5 to 20 for ``check``); with
+      reorthogonalisation two passes over the stored basis per step.
+
+    Raises:
+      ValueError, TypeError: invalid settings (e.g. ``num_steps`` above the dimension).
+      FloatingPointError: a product was not finite (names the batch).
+
+    References:
+      Golub and Meurant 2010; Lin, Saad, Yang 2016; Ghorbani, Krishnan, Xiao 2019; Papyan 2020.
+    """
+    fn = "landscape.hessian.spectral_density"
+    key = _validate.check_key(key, fn=fn)
+    num_probes = _validate.check_positive_int(num_probes, fn=fn, name="num_probes")
+    num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
+    num_points = _validate.check_positive_int(num_points, fn=fn, name="num_points")
+    _validate.check_choice(scale, ("linear", "log"), fn=fn, name="scale")
+    _validate.check_choice(reorthogonalize, (True, False, "auto"), fn=fn, name="reorthogonalize")
+    if sigma is not None:
+        sigma = _validate.check_finite_scalar(sigma, fn=fn, name="sigma")
+        if sigma <= 0:
+            raise ValueError(f"{fn}: sigma must be > 0; got {sigma}.")
+    op = ops.make_hvp(
+        loss_fn, params, data, curvature=curvature, model=model, output_loss=output_loss,
+        params_filter=params_filter, preconditioner=preconditioner, batch_size=batch_size,
+        method=method, fn=fn,
+    )
+    n = op.num_params
+    if num_steps > n:
+        raise ValueError(f"{fn}: num_steps={num_steps} exceeds the number of parameters ({n}).")
+    if reorthogonalize == "auto":
+        itemsize = np.dtype(op.dtype).itemsize
+        reorthogonalize = (num_steps + 1) * n * itemsize <= BASIS_MAX_BYTES
+    settings = {
+        "num_probes": num_probes, "num_steps": num_steps, "reorthogonalize": bool(reorthogonalize),
+        "curvature": curvature, "method": op.method, "batch_size": op.batched.batch_size,
+        "num_examples": op.batched.num_examples,
+        "params_filter": None if op.subset.is_all else list(op.subset.selected_paths),
+        "key": _eigen._key_desc(key), "dtype": str(np.dtype(op.dtype)),
+    }
+    chunks = None
+    if store is not None:
+        chunks = engine.ChunkStore(store, {"kind": "landscape.hessian.spectral_density", **settings})
+    prepared = op.host_prepared()
+    zeros = op.zeros()
+    seed = _random.key_seed(key)
+    nodes = np.zeros((num_probes, num_steps))
+    weights = np.zeros((num_probes, num_steps))
+    first = np.zeros(num_probes)
+    top_vec = None
+    hvps = 0
+    for p in range(num_probes):
+        if chunks is not None and chunks.has(p):
+            saved = chunks.load(p)
+            nodes[p], weights[p], first[p] = saved["nodes"], saved["weights"], float(saved["q0Aq0"])
+            continue
+        th, w, a0, top = _one_probe(op, prepared, zeros, seed, p, num_steps, reorthogonalize, key, fn)
+        hvps += num_steps
+        nodes[p], weights[p], first[p] = th, w, a0
+        if top_vec is None and top is not None:
+            top_vec = top
+        if chunks is not None:
+            chunks.save(p, {"nodes": th, "weights": w, "q0Aq0": np.float64(a0)})
+
+    checks: dict[str, Any] = {}
+    checks["weight_sum_error"] = float(np.max(np.abs(weights.sum(axis=1) - 1.0)))
+    per_probe = n * np.sum(weights * nodes, axis=1)
+    checks["slq_trace"] = float(per_probe.mean())
+    checks["hutchinson_trace"] = float(n * first.mean())
+    checks["trace_std_error"] = float(per_probe.std(ddof=1) / np.sqrt(num_probes)) if num_probes > 1 else float("nan")
+    top_node = float(np.max(np.where(weights > 0, nodes, -np.inf)))
+    checks["top_node"] = top_node
+    if reference_trace is not None:
+        ref = _validate.check_finite_scalar(reference_trace, fn=fn, name="reference_trace")
+        checks["reference_trace"] = ref
+        se = checks["trace_std_error"]
+        checks["trace_z_score"] = float((checks["slq_trace"] - ref) / se) if se and np.isfinite(se) else float("nan")
+    if check:
+        v0 = None if top_vec is None else op.subset.embed(top_vec, op.params, leading=(1,))
+        eig = _eigen.solve(op, k=1, which="largest", tol=1e-4, key=jax.random.fold_in(key, 7777), v0=v0,
+                           check_multiplicity=False, fn=fn)
+        hvps += eig.num_hvps
+        lam = float(eig.values[0])
+        checks["top_eigenvalue"] = lam
+        checks["top_eigenvalue_residual"] = float(eig.residuals[0])
+        checks["top_relative_difference"] = float((top_node - lam) / max(abs(lam), 1e-300))
+
+    lo, hi = _node_range(nodes, weights)
+    mass_excluded = 0.0
+    floor = None
+    if scale == "linear":
+        sig = float(sigma) if sigma is not None else default_sigma(lo, hi, num_steps)
+        g = np.linspace(lo - 5 * sig, hi + 5 * sig, num_points) if grid is None else np.asarray(grid, np.float64)
+        dens = smooth_density(nodes, weights, g, sig)
+    else:
+        floor = float(log_floor) if log_floor is not None else (abs(hi) * 1e-6 if hi > 0 else 1e-12)
+        if floor <= 0:
+            raise ValueError(f"{fn}: log_floor must be > 0; got {floor}.")
+        above = nodes > floor
+        mass_excluded = float(np.mean(np.sum(np.where(above, 0.0, weights), axis=1)))
+        u = np.log10(np.where(above, nodes, floor))
+        wl = np.where(above, weights, 0.0)
+        ulo, uhi = math.log10(floor), math.log10(max(hi, floor * 10))
+        sig = float(sigma) if sigma is not None else (uhi - ulo) / num_steps
+        g = np.linspace(ulo, uhi + 5 * sig, num_points) if grid is None else np.asarray(grid, np.float64)
+        dens = smooth_density(u, wl, g, sig)
+    prov = _provenance.provenance(dtype=op.dtype, seeds=_eigen._key_desc(key), settings=settings)
+    return DensityResult(
+        nodes=nodes, weights=weights, grid=g, density=dens, sigma=float(sig), scale=scale, log_floor=floor,
+        mass_excluded=mass_excluded, checks=Meta(checks), num_params=int(n), num_probes=num_probes,
+        num_steps=num_steps, num_hvps=int(hvps), reorthogonalize=bool(reorthogonalize),
+        curvature=op.curvature, provenance=prov,
+    )

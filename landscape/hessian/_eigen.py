@@ -1,0 +1,499 @@
+"""Extreme eigenpairs by thick-restart Lanczos with multiplicity checks and true residuals."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from landscape import _provenance, _tree, _validate, engine
+from landscape._result import Result, result, static_field
+from landscape.hessian import _lanczos as lz
+from landscape.hessian import _operators as ops
+from landscape.hessian import _random
+
+PyTree = Any
+
+DEFAULT_TOL = 1e-6
+"""Default relative residual tolerance of :func:`eigenvalues`."""
+
+TOL_FLOOR = 64.0
+"""``tol`` is floored at ``TOL_FLOOR * eps(dtype)`` (7.6e-6 in float32, 1.4e-14 in float64):
+float32 products carry relative errors of that order, so a smaller target cannot be met."""
+
+CHECK_EVERY = 5
+"""Host convergence checks every this many products inside a restart cycle."""
+
+MAX_CHECKS = 3
+"""At most this many fresh-vector multiplicity checks per solve."""
+
+__all__ = ["EigenResult", "eigenvalues"]
+
+
+@result
+class EigenResult(Result):
+    """Extreme eigenpairs of a curvature operator.
+
+    Attributes:
+      values: eigenvalues (float64): descending for ``which="largest"``, ascending for
+        ``"smallest"``; for ``"both"`` the ``k`` largest (descending) then the ``k`` smallest
+        (ascending); see :attr:`largest`, :attr:`smallest` and :attr:`ends`.
+      vectors: unit eigenvectors as ONE params-shaped pytree with a leading axis of size
+        ``len(values)`` (zeros outside ``params_filter``). ``landscape.surface`` uses them as
+        slice directions.
+      residuals: true residual norms ``||A v - lambda v||`` recomputed with one product per pair
+        at the end (float64).
+      converged: ``residuals <= tol_used * norm_estimate``.
+      norm_estimate: the estimate of ``||A||`` (largest |Ritz value| seen) the tolerance scales.
+      num_hvps: products used, the final residual checks included.
+      num_restarts, num_checks: restart cycles and multiplicity checks (fresh-vector cycles).
+      which, k, tol, tol_used, curvature, params_filter, dtype: settings.
+    """
+
+    values: np.ndarray
+    vectors: PyTree
+    residuals: np.ndarray
+    converged: np.ndarray
+    norm_estimate: float = static_field(default=0.0)
+    num_hvps: int = static_field(default=0)
+    num_restarts: int = static_field(default=0)
+    num_checks: int = static_field(default=0)
+    which: str = static_field(default="largest")
+    k: int = static_field(default=1)
+    tol: float = static_field(default=DEFAULT_TOL)
+    tol_used: float = static_field(default=DEFAULT_TOL)
+    curvature: str = static_field(default="hessian")
+    params_filter: Any = static_field(default=None)
+    dtype: str = static_field(default="float32")
+    provenance: dict = static_field(default_factory=dict)
+
+    @property
+    def ends(self) -> tuple[str, ...]:
+        """``"largest"``/``"smallest"`` label of every value."""
+        if self.which == "both":
+            return ("largest",) * self.k + ("smallest",) * self.k
+        return (self.which,) * len(self.values)
+
+    @property
+    def largest(self) -> np.ndarray:
+        """The values from the top of the spectrum (descending)."""
+        if self.which == "smallest":
+            return np.asarray(self.values)[:0]
+        return np.asarray(self.values)[: self.k]
+
+    @property
+    def smallest(self) -> np.ndarray:
+        """The values from the bottom of the spectrum (ascending)."""
+        if self.which == "largest":
+            return np.asarray(self.values)[:0]
+        return np.asarray(self.values)[-self.k:] if self.which == "both" else np.asarray(self.values)
+
+    def vector(self, i: int) -> PyTree:
+        """The ``i``-th eigenvector (params-shaped)."""
+        return _tree.index(self.vectors, i)
+
+    def __repr__(self):
+        vals = np.array2string(np.asarray(self.values), precision=6, separator=", ")
+        return (
+            f"EigenResult({self.which}, values={vals}, max_residual={float(np.max(self.residuals)):.2e}, "
+            f"converged={int(np.sum(self.converged))}/{len(self.values)}, num_hvps={self.num_hvps})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("mv_static",))
+def _true_residuals_jit(mv_static, mv_dyn, X, theta):
+    mv = engine.merge_fn(mv_static, mv_dyn)
+    k = theta.shape[0]
+    x0 = _tree.index(X, 0)
+    flags_shape = jax.eval_shape(lambda v: mv(v)[1], x0)
+
+    def body(i, carry):
+        res, ok = carry
+        x = _tree.index(X, i)
+        ax, flags = mv(x)
+        r = _tree.axpy(-theta[i], x, _tree.cast(ax, _tree.dtype_of(x)))
+        return res.at[i].set(_tree.norm(r)), ok & flags
+
+    return jax.lax.fori_loop(0, k, body, (jnp.zeros((k,), theta.dtype), jnp.ones(flags_shape.shape, bool)))
+
+
+def _orthonormal_rows(V: PyTree, *, fn: str, name: str) -> tuple[PyTree, int]:
+    """Orthonormalise the rows of a stacked pytree (two passes of Gram-eigh, float64 host)."""
+    b = jax.tree.leaves(V)[0].shape[0]
+    dtype = _tree.dtype_of(V)
+    norms = np.sqrt(np.maximum(np.diag(np.asarray(_gram_jit(V), np.float64)), 0))
+    if np.any(norms == 0):
+        raise ValueError(f"{fn}: {name} contains a zero vector (row {int(np.argmin(norms))}); starting vectors must be nonzero.")
+    V = jax.tree.map(lambda x: x / jnp.asarray(norms, x.dtype).reshape((b,) + (1,) * (x.ndim - 1)), V)
+    rank = b
+    for _ in range(2):
+        G = np.asarray(_gram_jit(V), np.float64)
+        d, U = np.linalg.eigh(0.5 * (G + G.T))
+        keep = d > max(d.max(), 0) * 1e3 * float(jnp.finfo(dtype).eps) * b
+        U, d = U[:, keep][:, ::-1], d[keep][::-1]
+        W = U / np.sqrt(d)
+        V = _rows_combine(V, jnp.asarray(W, dtype))
+        rank = int(keep.sum())
+    return V, rank
+
+
+@jax.jit
+def _random_start(zeros, seed):
+    return jax.tree.map(lambda x: x[None], _random.normal_like(zeros, seed, 0))
+
+
+@jax.jit
+def _rows_combine(V, W):
+    return jax.tree.map(lambda x: jnp.tensordot(W.T.astype(x.dtype), x, axes=1, precision=jax.lax.Precision.HIGHEST), V)
+
+
+@jax.jit
+def _gram_jit(V):
+    leaves = jax.tree.leaves(V)
+    return functools.reduce(
+        jnp.add,
+        [jnp.tensordot(x, x, axes=(tuple(range(1, x.ndim)), tuple(range(1, x.ndim))), precision=jax.lax.Precision.HIGHEST) for x in leaves],
+    )
+
+
+def start_block(op: ops.CurvatureOperator, v0, key, *, fn: str) -> tuple[PyTree, int]:
+    """Orthonormal starting rows in the operator's subset space (random if ``v0`` is None).
+
+    ``v0`` may be one params-shaped vector or a stack of them (leading axis).
+    """
+    if v0 is None:
+        V = _random_start(op.zeros(), jnp.asarray(_random.key_seed(key), jnp.uint32))
+        return _orthonormal_rows(V, fn=fn, name="v0")
+    p_leaves = jax.tree.leaves(op.params)
+    if jax.tree.structure(v0) != jax.tree.structure(op.params):
+        _validate.check_same_structure(v0, op.params, fn=fn, name="v0")
+    v_leaves = jax.tree.leaves(v0)
+    if all(np.shape(a) == np.shape(b) for a, b in zip(v_leaves, p_leaves)):
+        ops.check_vector(v0, op.params, fn=fn, name="v0", allow_zero=False)
+        V = jax.tree.map(lambda x: jnp.asarray(x)[None], v0)
+    else:
+        lead = {np.shape(a)[:1] for a in v_leaves}
+        ok = len(lead) == 1 and all(np.shape(a)[1:] == np.shape(b) for a, b in zip(v_leaves, p_leaves))
+        if not ok:
+            raise ValueError(
+                f"{fn}: v0 must be params-shaped or a stack of params-shaped vectors (leading axis); "
+                f"got {_validate.describe(v0)}, expected {_validate.describe(op.params)}."
+            )
+        _validate.check_finite(v0, fn=fn, name="v0")
+        V = v0
+    V = op.subset.restrict(_tree.cast(V, op.dtype))
+    return _orthonormal_rows(V, fn=fn, name="v0")
+
+
+def _order(theta: np.ndarray, which: str, count: int) -> np.ndarray:
+    """Indices of ``count`` Ritz values from the wanted end(s), most wanted first."""
+    asc = np.argsort(theta, kind="stable")
+    if which == "largest":
+        return asc[::-1][:count]
+    if which == "smallest":
+        return asc[:count]
+    top, bot = asc[::-1], asc
+    out, seen = [], set()
+    for a, b in zip(top, bot):
+        for i in (a, b):
+            if i not in seen and len(out) < count:
+                out.append(int(i))
+                seen.add(int(i))
+    return np.asarray(out, int)
+
+
+def _wanted(theta: np.ndarray, which: str, k: int) -> np.ndarray:
+    """Indices of the wanted values in output order."""
+    asc = np.argsort(theta, kind="stable")
+    if which == "largest":
+        return asc[::-1][:k]
+    if which == "smallest":
+        return asc[:k]
+    return np.concatenate([asc[::-1][:k], asc[:k]])
+
+
+class _Ritz:
+    def __init__(self, state: lz.KrylovState, which: str, k: int, tol: float):
+        e, F = state.expanded, state.filled
+        H = state.H64()
+        self.e, self.F = e, F
+        self.theta, self.Y = lz.projected_eigh(H, e)
+        self.C = H[e:F, :e]
+        self.resid = np.linalg.norm(self.C @ self.Y, axis=0) if e < F else np.zeros(e)
+        self.anorm = max(float(np.max(np.abs(self.theta))) if e else 0.0, float(state.anorm))
+        ktot = 2 * k if which == "both" else k
+        self.enough = e >= ktot
+        self.wanted = _wanted(self.theta, which, k) if self.enough else np.zeros(0, int)
+        self.tol_abs = tol * max(self.anorm, np.finfo(np.float64).tiny)
+        self.converged = self.resid[self.wanted] <= self.tol_abs if self.enough else np.zeros(0, bool)
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.enough and self.converged.all())
+
+
+def solve(
+    op: ops.CurvatureOperator,
+    *,
+    k: int,
+    which: str,
+    tol: float,
+    key,
+    v0=None,
+    krylov_dim: int | None = None,
+    max_restarts: int = 100,
+    check_multiplicity: bool = True,
+    num_check_steps: int | None = None,
+    fn: str,
+) -> EigenResult:
+    """Thick-restart Lanczos on an operator (see :func:`eigenvalues`)."""
+    n = op.num_params
+    ktot = 2 * k if which == "both" else k
+    if ktot > n:
+        raise ValueError(
+            f"{fn}: k={k} asks for {ktot} eigenpairs but the operator has only {n} parameters "
+            f"({'all' if op.subset.is_all else 'params_filter'}); use k <= {n // (2 if which == 'both' else 1)}."
+        )
+    dtype = op.dtype
+    tol_used = max(float(tol), TOL_FLOOR * float(jnp.finfo(dtype).eps))
+    if krylov_dim is None:
+        m = min(n, max(20, 2 * ktot + 10))
+    else:
+        m = _validate.check_positive_int(krylov_dim, fn=fn, name="krylov_dim")
+        if m < ktot + 1 and m < n:
+            raise ValueError(f"{fn}: krylov_dim={m} must exceed the number of wanted pairs ({ktot}).")
+        m = min(m, n)
+    key = _validate.check_key(key, fn=fn)
+    k_start, k_run = jax.random.split(key)
+    V, b = start_block(op, v0, k_start, fn=fn)
+    rows = m + max(b, 1) + 1
+    prepared = op.host_prepared()
+    st = lz.new_state(prepared, V, b, rows, m, key=k_run, dtype=dtype)
+    s_check = num_check_steps if num_check_steps is not None else max(4, min(8, m - ktot))
+    num_keep_default = min(m - 2, ktot + max(ktot, (m - ktot) // 2)) if m > ktot + 2 else ktot
+
+    def fail_nonfinite():
+        if st.first_bad is not None and not st.ok:
+            raise_op = op if op.method == "forward_over_reverse" else None
+            ops.raise_nonfinite(st.ok_flags, raise_op, fn=fn,
+                                what=f"curvature-vector product (Lanczos step {st.first_bad})")
+
+    restarts = checks = 0
+    verifying = False
+    num_locked = 0
+    while True:
+        target = m if not verifying else min(m, st.expanded + s_check)
+        while st.expanded < target:
+            before = st.expanded
+            st.expand(min(CHECK_EVERY, target - st.expanded))
+            fail_nonfinite()
+            if st.expanded == before or st.expanded >= n:
+                break
+            if not verifying and _Ritz(st, which, k, tol_used).all_converged:
+                break
+        ritz = _Ritz(st, which, k, tol_used)
+        complete = ritz.e >= n  # the basis spans the whole space: exact
+        if verifying:
+            verifying = False
+            if complete or _verified(ritz, which, k, num_locked):
+                break
+            # the fresh vector found something that may belong to the wanted set: go on
+        elif ritz.all_converged or complete:
+            if complete or not check_multiplicity or checks >= MAX_CHECKS or ritz.e >= n - 1:
+                break
+            checks += 1
+            verifying = True
+            wv = ritz.wanted
+            num_locked = len(wv)
+            S = np.zeros((st.rows, st.rows))
+            S[: ritz.e, :num_locked] = ritz.Y[:, wv]
+            lz.restart(st, S, ritz.theta[wv], np.zeros((0, num_locked)), num_locked, 0, inject=1)
+            continue
+        if restarts >= max_restarts:
+            break
+        restarts += 1
+        nk = max(min(num_keep_default, ritz.e - 1), min(ktot, ritz.e))
+        keep = _order(ritz.theta, which, nk)
+        nc = ritz.F - ritz.e
+        S = np.zeros((st.rows, st.rows))
+        S[: ritz.e, :nk] = ritz.Y[:, keep]
+        for r in range(nc):
+            S[ritz.e + r, nk + r] = 1.0
+        coupling = ritz.C @ ritz.Y[:, keep] if nc else np.zeros((0, nk))
+        lz.restart(st, S, ritz.theta[keep], coupling, nk, nc)
+
+    w = ritz.wanted
+    values = ritz.theta[w]
+    X = lz.combine_rows(st, ritz.Y[:, w])
+    s, d = engine.split_fn(prepared)
+    res, ok = _true_residuals_jit(s, d, X, jnp.asarray(values, dtype))
+    ok = np.asarray(ok)
+    if not ok.all():
+        ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None, fn=fn,
+                            what="curvature-vector product (final residual check)")
+    residuals = np.asarray(res, np.float64)
+    converged = residuals <= tol_used * ritz.anorm * (1 + 1e-6)
+    vectors = op.subset.embed(X, op.params, leading=(len(w),))
+    num_hvps = st.num_matvecs + len(w)
+    if not converged.all():
+        warnings.warn(
+            f"{fn}: {int((~converged).sum())} of {len(w)} eigenpairs did not reach the residual tolerance "
+            f"{tol_used:.1e} x ||A|| ({num_hvps} products, {restarts} restarts); largest residual "
+            f"{residuals.max():.2e}. Increase max_restarts or krylov_dim, or loosen tol.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return EigenResult(
+        values=np.asarray(values, np.float64),
+        vectors=vectors,
+        residuals=residuals,
+        converged=converged,
+        norm_estimate=float(ritz.anorm),
+        num_hvps=int(num_hvps),
+        num_restarts=int(restarts),
+        num_checks=int(checks),
+        which=which,
+        k=int(k),
+        tol=float(tol),
+        tol_used=float(tol_used),
+        curvature=op.curvature,
+        params_filter=None if op.subset.is_all else tuple(op.subset.selected_paths),
+        dtype=str(np.dtype(dtype)),
+    )
+
+
+def _verified(ritz: _Ritz, which: str, k: int, num_locked: int) -> bool:
+    """True when no Ritz value of the fresh-vector block can belong to the wanted set.
+
+    After a check the projected matrix is block diagonal: the locked pairs (exact diagonal
+    entries, no coupling) and the fresh Krylov block. Ritz vectors are told apart by their mass
+    on the locked rows; a fresh value that could reach past the k-th locked value (value plus its
+    residual estimate) means the check found something.
+    """
+    theta, resid, Y = ritz.theta, ritz.resid, ritz.Y
+    locked = np.sum(Y[:num_locked] ** 2, axis=0) >= 0.5
+    fresh = ~locked
+    if not fresh.any() or not locked.any():
+        return bool(not fresh.any())
+    lv = theta[locked]
+    ok = True
+    if which in ("largest", "both"):
+        kth = np.sort(lv)[::-1][min(k, len(lv)) - 1]
+        ok &= bool(np.all(theta[fresh] + resid[fresh] < kth))
+    if which in ("smallest", "both"):
+        kth = np.sort(lv)[min(k, len(lv)) - 1]
+        ok &= bool(np.all(theta[fresh] - resid[fresh] > kth))
+    return ok
+
+
+def eigenvalues(
+    loss_fn,
+    params: PyTree,
+    data: PyTree,
+    *,
+    k: int = 5,
+    which: str = "largest",
+    tol: float = DEFAULT_TOL,
+    key=None,
+    v0: PyTree | None = None,
+    krylov_dim: int | None = None,
+    max_restarts: int = 100,
+    check_multiplicity: bool = True,
+    curvature: str = "hessian",
+    model=None,
+    output_loss=None,
+    params_filter=None,
+    preconditioner: PyTree | None = None,
+    batch_size: int | None = None,
+    method: str = "auto",
+) -> EigenResult:
+    """Extreme eigenpairs of the Hessian (or GGN / Fisher) of the full-data-set mean loss.
+
+    Thick-restart Lanczos with full reorthogonalisation: Krylov cycles of ``krylov_dim``
+    products, convergence checked on the host every few products (float64 Rayleigh-Ritz of the
+    projected matrix), the best Ritz vectors kept at each restart (Wu and Simon 2000). A single
+    Krylov vector cannot see the second copy of a repeated eigenvalue, so once all wanted pairs
+    have converged they are locked and a fresh random vector orthogonal to them is expanded for
+    a few products (``check_multiplicity``); any value it finds that belongs to the wanted set
+    sends the iteration on from the enlarged basis. Finally each pair's true residual
+    ``||A v - lambda v||`` is recomputed with one product.
+
+    Args:
+      loss_fn, params, data: the loss ``loss_fn(params, batch)``, the point and the data set (dict
+        of arrays or a :class:`landscape.engine.Batched`); see :func:`make_hvp`.
+      k: number of eigenpairs (from each end for ``which="both"``); ``k <= num_params``.
+      which: ``"largest"`` (algebraically largest, e.g. the sharpness), ``"smallest"`` (most
+        negative curvature) or ``"both"``.
+      tol: relative residual tolerance: a pair is converged when ``||A v - lambda v|| <= tol *
+        ||A||`` (``||A||`` estimated by the largest |Ritz value|). **Default 1e-6.** It is floored
+        at ``64 * eps(dtype)`` (7.6e-6 in float32, 1.4e-14 in float64; see ``tol_used``). The
+        eigenvalue error is at most the residual, and typically residual^2 / gap.
+      key: PRNG key for the start vector and restarts (required unless ``v0`` is given).
+      v0: warm start: one params-shaped vector or a stack of them (e.g. the previous result's
+        ``vectors``); nonzero and finite.
+      krylov_dim: products per restart cycle (default ``max(20, 2 k_total + 10)``, capped at the
+        dimension).
+      max_restarts: restart cycles before giving up (unconverged pairs are flagged and a
+        ``RuntimeWarning`` is issued).
+      check_multiplicity: run the fresh-vector check (a few extra products, default on).
+      curvature, model, output_loss, params_filter, preconditioner, batch_size, method: see
+        :func:`make_hvp`.
+
+    Returns:
+      :class:`EigenResult` (values, params-shaped ``vectors`` with a leading axis, true
+      ``residuals``, ``converged``, ``num_hvps``).
+
+    Cost:
+      Typically ``2k + 10`` to ``4k + 20`` products for well-separated outliers, plus ``k`` for
+      the final residuals; memory ``(krylov_dim + 2) x P`` for the basis.
+
+    Raises:
+      ValueError, TypeError: ``k`` larger than the number of parameters, a zero/non-finite or
+        mismatched ``v0``, invalid settings.
+      FloatingPointError: a product was not finite (names the batch).
+
+    Example:
+      >>> res = landscape.hessian.eigenvalues(loss_fn, params, data, k=5, key=jax.random.key(0))
+      >>> res.values, res.residuals
+
+    References:
+      Lanczos 1950; Wu and Simon 2000 (thick restart); Ghorbani, Krishnan, Xiao 2019; Yao et al.
+      2020 (PyHessian).
+    """
+    fn = "landscape.hessian.eigenvalues"
+    _validate.check_choice(which, ("largest", "smallest", "both"), fn=fn, name="which")
+    k = _validate.check_positive_int(k, fn=fn, name="k")
+    tol = _validate.check_finite_scalar(tol, fn=fn, name="tol")
+    if tol <= 0:
+        raise ValueError(f"{fn}: tol must be > 0; got {tol}.")
+    max_restarts = _validate.check_positive_int(max_restarts, fn=fn, name="max_restarts", allow_zero=True)
+    if key is None:
+        if v0 is None:
+            raise TypeError(f"{fn}: key is required (randomness is explicit); pass jax.random.key(0) or a warm start v0.")
+        key = jax.random.key(0)
+    op = ops.make_hvp(
+        loss_fn, params, data, curvature=curvature, model=model, output_loss=output_loss,
+        params_filter=params_filter, preconditioner=preconditioner, batch_size=batch_size,
+        method=method, fn=fn,
+    )
+    res = solve(op, k=k, which=which, tol=tol, key=key, v0=v0, krylov_dim=krylov_dim,
+                max_restarts=max_restarts, check_multiplicity=check_multiplicity, fn=fn)
+    prov = _provenance.provenance(
+        dtype=op.dtype, seeds=_key_desc(key), data=None,
+        settings={"k": k, "which": which, "tol": tol, "curvature": curvature, "method": op.method,
+                  "krylov_dim": krylov_dim, "batch_size": op.batched.batch_size,
+                  "num_examples": op.batched.num_examples, "params_filter": res.params_filter},
+    )
+    return res.replace(provenance=prov)
+
+
+def _key_desc(key) -> Any:
+    try:
+        return np.asarray(jax.random.key_data(key)).tolist()
+    except Exception:  # pragma: no cover
+        return repr(key)

@@ -1,0 +1,462 @@
+"""Lanczos on pytrees: one compiled loop, full reorthogonalisation as matmuls, streaming mode.
+
+Two loops, each one ``jax.jit``-compiled program whose compile time does not depend on the
+number of steps (``lax.fori_loop`` with traced bounds):
+
+* :func:`_expand` (full reorthogonalisation): the basis is stored as one params-shaped pytree
+  with a leading row axis. Each step applies the operator, removes the local three-term part
+  (``alpha q_j`` and the coupling to the row ``q_j`` came from), then projects the remainder
+  against the whole basis in one matmul per leaf (classical Gram-Schmidt), with a second pass
+  when the norm dropped by more than ``1/sqrt(2)`` (Daniel-Gragg-Kaufman-Stewart). The
+  projection coefficients are recorded, so the loop also serves thick restarts and block starts
+  (rows are expanded in queue order; the projected matrix includes every coupling). A tiny
+  remainder (breakdown: the Krylov space is invariant) is replaced by a random vector
+  orthogonal to the basis, with zero coupling.
+* :func:`_stream` (no reorthogonalisation): the three-term recurrence with three vectors; memory
+  ``O(P)``. On breakdown it stops (the remaining coefficients are zero, so the Gauss quadrature of
+  the invariant subspace is exact and the extra nodes carry zero weight).
+
+The recurrence runs in the operator's dtype; tridiagonal and projected eigenproblems are solved
+on the host in float64 (NumPy/SciPy), whatever the dtype and the x64 flag.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+from jax import lax
+
+from landscape import _provenance, _tree, _validate, engine
+from landscape._result import Result, result, static_field
+from landscape.hessian import _operators as ops
+from landscape.hessian import _random
+
+PyTree = Any
+_HI = lax.Precision.HIGHEST
+
+DGKS_ETA = 0.7071067811865476
+"""Second Gram-Schmidt pass when the remainder's norm dropped below this fraction."""
+
+BREAKDOWN_FACTOR = 100.0
+"""Breakdown when the remainder's norm is below ``BREAKDOWN_FACTOR * eps(dtype) * ||A||``."""
+
+__all__ = ["LanczosResult", "lanczos", "tridiagonal_eigh"]
+
+
+# --------------------------------------------------------------------------------------------
+# Stacked-basis algebra (leading row axis on every leaf)
+# --------------------------------------------------------------------------------------------
+def basis_dot(Q: PyTree, w: PyTree) -> jax.Array:
+    """``Q^T w``: inner products of every row of ``Q`` with ``w`` (one matmul per leaf)."""
+    parts = [
+        jnp.tensordot(q, x, axes=x.ndim, precision=_HI) for q, x in zip(jax.tree.leaves(Q), jax.tree.leaves(w))
+    ]
+    return functools.reduce(jnp.add, parts)
+
+
+def basis_combine(c: jax.Array, Q: PyTree) -> PyTree:
+    """``sum_r c[r] Q[r]``."""
+    return jax.tree.map(lambda q: jnp.tensordot(c.astype(q.dtype), q, axes=1, precision=_HI), Q)
+
+
+def basis_row(Q: PyTree, r) -> PyTree:
+    return jax.tree.map(lambda q: lax.dynamic_index_in_dim(q, r, 0, keepdims=False), Q)
+
+
+def basis_set_row(Q: PyTree, r, v: PyTree) -> PyTree:
+    return jax.tree.map(lambda q, x: lax.dynamic_update_index_in_dim(q, x.astype(q.dtype), r, 0), Q, v)
+
+
+def basis_zeros(like: PyTree, rows: int) -> PyTree:
+    return jax.tree.map(lambda x: jnp.zeros((rows,) + tuple(np.shape(x)), jnp.result_type(x)), like)
+
+
+def _eps(dtype) -> float:
+    return float(jnp.finfo(dtype).eps)
+
+
+# --------------------------------------------------------------------------------------------
+# The compiled loop with full reorthogonalisation
+# --------------------------------------------------------------------------------------------
+def _orthogonalize(Q, w, mask):
+    """Two classical Gram-Schmidt passes of ``w`` against the rows of ``Q`` selected by mask."""
+    for _ in range(2):
+        c = jnp.where(mask, basis_dot(Q, w), 0)
+        w = _tree.sub(w, basis_combine(c, Q))
+    return w
+
+
+def _project(Q, w, mask, dtype):
+    """One classical Gram-Schmidt pass: ``(w - Q c, c)`` with ``c = Q^T w`` on masked rows."""
+    c = jnp.where(mask, basis_dot(Q, w), 0).astype(dtype)
+    return _tree.sub(w, basis_combine(c, Q)), c
+
+
+def _expand_body(mv, seed, tol_break, j, carry):
+    Q, H, parent, filled, ok, first_bad, anorm, nbreak, ndgks = carry
+    rows = H.shape[0]
+    dtype = H.dtype
+    q = basis_row(Q, j)
+    w, flags = mv(q)
+    w = _tree.cast(w, dtype)
+    ok = ok & flags
+    first_bad = jnp.where((first_bad < 0) & ~jnp.all(flags), j, first_bad)
+    anorm = jnp.maximum(anorm, _tree.norm(w))
+    # local three-term part: alpha q_j and the coupling to the row q_j was made from
+    alpha = _tree.vdot(q, w)
+    p = parent[j]
+    pp = jnp.maximum(p, 0)
+    pc = jnp.where(p >= 0, H[j, pp], jnp.zeros((), dtype))
+    w = jax.tree.map(lambda a, b, c: a - alpha.astype(a.dtype) * b - pc.astype(a.dtype) * c, w, q, basis_row(Q, pp))
+    n0 = _tree.norm(w)
+    mask = jnp.arange(rows) < filled
+    w, c = _project(Q, w, mask, dtype)
+    n1 = _tree.norm(w)
+    # breakdown: the remainder is rounding noise; a generic vector takes over (zero coupling)
+    broke = n1 <= tol_break * anorm
+    w = jax.tree.map(lambda a, r: jnp.where(broke, r, a), w, _random.uniform_like(w, seed, j))
+    # second pass when the norm dropped (DGKS); two for the fresh vector
+    again = n1 < DGKS_ETA * n0
+    extra = jnp.where(broke, 2, again.astype(jnp.int32))
+
+    def more(_, wc):
+        w, c = wc
+        w, c2 = _project(Q, w, mask, dtype)
+        return w, c + jnp.where(broke, 0, c2).astype(dtype)
+
+    w, c = lax.fori_loop(0, extra, more, (w, c))
+    ndgks = ndgks + (again & ~broke).astype(ndgks.dtype)
+    n2 = _tree.norm(w)
+    beta = jnp.where(broke, jnp.zeros((), dtype), n2)
+    qn = _tree.scale(1.0 / n2, w)
+    col = c.at[j].add(alpha).at[pp].add(pc)
+    Q = basis_set_row(Q, filled, qn)
+    H = H.at[:, j].set(jnp.where(mask, col, 0))
+    H = H.at[filled, j].set(beta)
+    parent = parent.at[filled].set(jnp.where(broke, -1, j))
+    nbreak = nbreak + broke.astype(nbreak.dtype)
+    return Q, H, parent, filled + 1, ok, first_bad, anorm, nbreak, ndgks
+
+
+@functools.partial(jax.jit, static_argnames=("mv_static",), donate_argnames=("Q", "H"))
+def _expand_jit(mv_static, mv_dyn, Q, H, parent, filled, anorm, start, stop, seed, tol_break):
+    mv = engine.merge_fn(mv_static, mv_dyn)
+    q0 = basis_row(Q, 0)
+    flags_shape = jax.eval_shape(lambda v: mv(v)[1], q0)
+    ok = jnp.ones(flags_shape.shape, bool)
+    carry = (Q, H, parent, filled, ok, jnp.asarray(-1), anorm, jnp.asarray(0), jnp.asarray(0))
+    body = functools.partial(_expand_body, mv, seed, tol_break)
+    return lax.fori_loop(start, stop, body, carry)
+
+
+class KrylovState:
+    """Host handle of a Krylov basis being expanded (device arrays plus host bookkeeping).
+
+    ``Q`` has ``rows`` rows; ``H[:, j]`` holds the projections of ``A q_j`` on the rows that
+    existed when row ``j`` was expanded, and ``H[filled_j, j]`` the norm of the remainder.
+    ``expanded`` rows have been multiplied by ``A``; ``filled`` rows exist.
+    """
+
+    def __init__(self, prepared, Q, H, parent, filled: int, expanded: int, *, key, dtype):
+        self.prepared = prepared
+        self.Q, self.H, self.parent = Q, H, parent
+        self.filled, self.expanded = int(filled), int(expanded)
+        self.key = key
+        self.dtype = dtype
+        self.anorm = jnp.zeros((), dtype)
+        self.num_matvecs = 0
+        self.num_breakdowns = 0
+        self.num_second_passes = 0
+        self.ok = True
+        self.first_bad: int | None = None
+        self.ok_flags = None
+        self._calls = 0
+
+    @property
+    def rows(self) -> int:
+        return int(self.H.shape[0])
+
+    @property
+    def max_expand(self) -> int:
+        return int(self.H.shape[1])
+
+    def expand(self, num: int) -> None:
+        """Expand the next ``num`` rows (one compiled call)."""
+        num = min(num, self.max_expand - self.expanded, self.rows - self.filled)
+        if num <= 0:
+            return
+        s, d = engine.split_fn(self.prepared)
+        seed = jnp.asarray((_random.key_seed(self.key) + 7919 * self._calls) & 0xFFFFFFFF, jnp.uint32)
+        self._calls += 1
+        tol_break = jnp.asarray(BREAKDOWN_FACTOR * _eps(self.dtype), self.dtype)
+        out = _expand_jit(
+            s, d, self.Q, self.H, self.parent, jnp.asarray(self.filled), self.anorm,
+            jnp.asarray(self.expanded), jnp.asarray(self.expanded + num), seed, tol_break,
+        )
+        self.Q, self.H, self.parent, _filled, ok, first_bad, self.anorm, nbreak, ndgks = out
+        self.filled += num
+        self.expanded += num
+        self.num_matvecs += num
+        self.num_breakdowns += int(nbreak)
+        self.num_second_passes += int(ndgks)
+        ok = np.asarray(ok)
+        self.ok_flags = ok if self.ok_flags is None else (self.ok_flags & ok)
+        if not ok.all():
+            self.ok = False
+            if self.first_bad is None:
+                self.first_bad = int(first_bad)
+
+    def H64(self) -> np.ndarray:
+        return np.asarray(self.H, dtype=np.float64)
+
+
+def new_state(prepared, start_rows: PyTree, num_start: int, rows: int, max_expand: int, *, key, dtype) -> KrylovState:
+    """A Krylov state whose first ``num_start`` rows are the (orthonormal) ``start_rows``."""
+    Q = basis_zeros(jax.tree.map(lambda x: x[0], start_rows), rows)
+    Q = jax.tree.map(lambda q, s: q.at[:num_start].set(s[:num_start].astype(q.dtype)), Q, start_rows)
+    H = jnp.zeros((rows, max_expand), dtype)
+    parent = -jnp.ones((rows,), jnp.int32)
+    return KrylovState(prepared, Q, H, parent, num_start, 0, key=key, dtype=dtype)
+
+
+@functools.partial(jax.jit, donate_argnames=("Q",))
+def _recombine_jit(Q, S):
+    """New basis rows ``S^T Q`` (``S`` is rows x rows)."""
+    return jax.tree.map(lambda q: jnp.tensordot(S.T.astype(q.dtype), q, axes=1, precision=_HI), Q)
+
+
+@jax.jit
+def _inject_jit(Q, filled, seed):
+    rows = jax.tree.leaves(Q)[0].shape[0]
+    mask = jnp.arange(rows) < filled
+    r = _random.normal_like(basis_row(Q, 0), seed, 1_000_003)
+    r = _orthogonalize(Q, r, mask)
+    r, n = _tree.normalize(r)
+    return basis_set_row(Q, filled, r), n
+
+
+def restart(state: KrylovState, S: np.ndarray, diag: np.ndarray, coupling: np.ndarray, num_keep: int,
+            num_carry: int, *, inject: int = 0) -> None:
+    """Thick restart in place.
+
+    The new basis is ``[Q_e Y_keep (num_keep rows), carried unexpanded rows (num_carry),
+    injected fresh random rows (inject)]``, with ``S`` (rows x rows) mapping old rows to new
+    ones, ``diag`` the kept Ritz values and ``coupling`` (num_carry x num_keep) the projections
+    of ``A`` times the kept Ritz vectors on the carried rows.
+    """
+    rows = state.rows
+    Q = _recombine_jit(state.Q, jnp.asarray(S, state.dtype))
+    H = np.zeros((rows, state.max_expand))
+    H[np.arange(num_keep), np.arange(num_keep)] = diag
+    if num_carry:
+        H[num_keep:num_keep + num_carry, :num_keep] = coupling
+    filled = num_keep + num_carry
+    for i in range(inject):
+        seed = (_random.key_seed(state.key) + 104729 * (state._calls + i + 1)) & 0xFFFFFFFF
+        Q, _ = _inject_jit(Q, jnp.asarray(filled), jnp.asarray(seed, jnp.uint32))
+        filled += 1
+    state._calls += 1
+    state.Q = Q
+    state.H = jnp.asarray(H, state.dtype)
+    state.parent = -jnp.ones((rows,), jnp.int32)
+    state.filled = filled
+    state.expanded = num_keep
+
+
+@jax.jit
+def _rows_combine_jit(Q, Y):
+    """``Y^T Q``: combinations of basis rows (``Y`` is rows x k)."""
+    return jax.tree.map(lambda q: jnp.tensordot(Y.T.astype(q.dtype), q, axes=1, precision=_HI), Q)
+
+
+def combine_rows(state: KrylovState, Y: np.ndarray) -> PyTree:
+    """Vectors ``sum_r Y[r, i] q_r`` for every column of ``Y`` (rows beyond ``Y`` are zero)."""
+    full = np.zeros((state.rows, Y.shape[1]))
+    full[: Y.shape[0]] = Y
+    return _rows_combine_jit(state.Q, jnp.asarray(full, state.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming loop (no basis)
+# --------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("mv_static", "num_steps"))
+def _stream_jit(mv_static, mv_dyn, v0, num_steps, tol_break):
+    mv = engine.merge_fn(mv_static, mv_dyn)
+    dtype = _tree.dtype_of(v0)
+    flags_shape = jax.eval_shape(lambda v: mv(v)[1], v0)
+
+    def body(j, carry):
+        q_prev, q, beta_prev, alphas, betas, frozen, ok, first_bad, anorm = carry
+
+        def active(_):
+            w, flags = mv(q)
+            w = _tree.cast(w, dtype)
+            an = jnp.maximum(anorm, _tree.norm(w))
+            w = _tree.axpy(-beta_prev, q_prev, w)
+            alpha = _tree.vdot(q, w)
+            w = _tree.axpy(-alpha, q, w)
+            beta = _tree.norm(w)
+            broke = beta <= tol_break * an
+            qn = jax.tree.map(lambda a, b: jnp.where(broke, b, a / jnp.where(broke, 1, beta).astype(a.dtype)), w, q)
+            return q, qn, jnp.where(broke, 0, beta).astype(dtype), alpha.astype(dtype), broke, flags, an
+
+        def idle(_):
+            return q_prev, q, beta_prev, jnp.zeros((), dtype), jnp.asarray(True), jnp.ones(flags_shape.shape, bool), anorm
+
+        qp, qn, beta, alpha, broke, flags, an = lax.cond(frozen, idle, active, None)
+        alphas = alphas.at[j].set(alpha)
+        betas = betas.at[j].set(jnp.where(frozen, 0, beta))
+        ok = ok & flags
+        first_bad = jnp.where((first_bad < 0) & ~jnp.all(flags), j, first_bad)
+        return qp, qn, beta, alphas, betas, frozen | broke, ok, first_bad, an
+
+    init = (
+        _tree.zeros_like(v0), v0, jnp.zeros((), dtype), jnp.zeros((num_steps,), dtype),
+        jnp.zeros((num_steps,), dtype), jnp.asarray(False), jnp.ones(flags_shape.shape, bool),
+        jnp.asarray(-1), jnp.zeros((), dtype),
+    )
+    out = lax.fori_loop(0, num_steps, body, init)
+    _, _, _, alphas, betas, frozen, ok, first_bad, anorm = out
+    return alphas, betas, ok, first_bad, anorm
+
+
+def stream(prepared, v0: PyTree, num_steps: int):
+    """Streaming Lanczos from the unit vector ``v0``: ``(alphas, betas, ok_flags, first_bad)``.
+
+    ``betas[j]`` couples steps ``j`` and ``j + 1`` (the last one is the final remainder norm);
+    after a breakdown the remaining coefficients are zero.
+    """
+    s, d = engine.split_fn(prepared)
+    dtype = _tree.dtype_of(v0)
+    tol_break = jnp.asarray(BREAKDOWN_FACTOR * _eps(dtype), dtype)
+    alphas, betas, ok, first_bad, _ = _stream_jit(s, d, v0, num_steps, tol_break)
+    return np.asarray(alphas, np.float64), np.asarray(betas, np.float64), np.asarray(ok), int(first_bad)
+
+
+# --------------------------------------------------------------------------------------------
+# Host float64 eigenproblems
+# --------------------------------------------------------------------------------------------
+def tridiagonal_eigh(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal matrix with
+    diagonal ``alphas`` (m) and off-diagonal ``betas`` (the first m - 1 are used), in float64
+    on the host (LAPACK ``stemr`` through SciPy)."""
+    a = np.asarray(alphas, np.float64)
+    b = np.asarray(betas, np.float64)[: max(len(a) - 1, 0)]
+    if len(a) == 1:
+        return a.copy(), np.ones((1, 1))
+    try:
+        return scipy.linalg.eigh_tridiagonal(a, b)
+    except (np.linalg.LinAlgError, ValueError):  # pragma: no cover - fall back to dense
+        T = np.diag(a) + np.diag(b, 1) + np.diag(b, -1)
+        return np.linalg.eigh(T)
+
+
+def projected_eigh(H: np.ndarray, e: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs (ascending) of the symmetrised projected matrix ``H[:e, :e]`` (float64)."""
+    T = np.asarray(H[:e, :e], np.float64)
+    T = 0.5 * (T + T.T)
+    return np.linalg.eigh(T)
+
+
+# --------------------------------------------------------------------------------------------
+# Public Lanczos
+# --------------------------------------------------------------------------------------------
+@result
+class LanczosResult(Result):
+    """Outcome of :func:`lanczos`.
+
+    Attributes:
+      alphas: diagonal of the tridiagonal matrix ``T`` (``num_steps``), float64.
+      betas: ``betas[j]`` couples steps ``j`` and ``j + 1``; ``betas[-1]`` is the norm of the
+        final remainder (``A Q = Q T + betas[-1] q_next e_m^T``). Zero after a breakdown.
+      basis: the Lanczos vectors, one pytree shaped like ``v0`` with a leading axis of
+        ``num_steps`` (``None`` in streaming mode).
+      num_matvecs: number of operator applications.
+      num_breakdowns: breakdowns handled (a random vector orthogonal to the basis took over).
+      reorthogonalize: whether the basis was fully reorthogonalised.
+    """
+
+    alphas: np.ndarray
+    betas: np.ndarray
+    basis: PyTree
+    num_matvecs: int = static_field(default=0)
+    num_breakdowns: int = static_field(default=0)
+    reorthogonalize: bool = static_field(default=True)
+    provenance: dict = static_field(default_factory=dict)
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ritz values (ascending) and the eigenvectors of ``T`` (float64, host)."""
+        return tridiagonal_eigh(self.alphas, self.betas)
+
+
+def lanczos(matvec, v0: PyTree, num_steps: int, *, reorthogonalize: bool = True, key=None) -> LanczosResult:
+    """Lanczos tridiagonalisation of a symmetric operator, in one compiled loop.
+
+    Args:
+      matvec: a :class:`CurvatureOperator` (from :func:`make_hvp`; ``v0`` is then params-shaped)
+        or a hashable function ``v -> A v`` on pytrees (a module-level function or a
+        ``jax.tree_util.Partial`` whose array arguments stay dynamic). It is a static argument
+        of the compiled loop: reuse the same object.
+      v0: starting vector (nonzero, finite); normalised here.
+      num_steps: Krylov dimension ``m`` (number of products).
+      reorthogonalize: ``True``: full reorthogonalisation against the stored basis (memory
+        ``(m + 1) x P``, per step two matmul passes over the basis); ``False``: streaming
+        three-term recurrence, memory ``O(P)``, no basis returned (enough for quadrature; Ritz
+        values may show spurious copies once some have converged).
+      key: PRNG key for the random vector that takes over on breakdown (default key 0).
+
+    Returns:
+      :class:`LanczosResult` with ``alphas``/``betas`` in float64.
+
+    Cost:
+      ``num_steps`` products; with reorthogonalisation ``2 (m + 1) P`` extra memory reads per
+      step.
+
+    Raises:
+      ValueError: ``num_steps`` out of range, ``v0`` zero/non-finite/mismatched.
+      FloatingPointError: a product was not finite (names the batch for data-set operators).
+
+    References:
+      Lanczos 1950; Paige 1972 (loss of orthogonality); Daniel, Gragg, Kaufman, Stewart 1976
+      (reorthogonalisation criterion).
+    """
+    fn = "landscape.hessian.lanczos"
+    prepared, op = ops.as_prepared(matvec, fn=fn)
+    if op is not None:
+        ops.check_vector(v0, op.params, fn=fn, name="v0", allow_zero=False)
+        v = op.subset.restrict(_tree.cast(v0, op.dtype))
+    else:
+        _validate.check_finite(v0, fn=fn, name="v0")
+        if not jax.tree.leaves(v0):
+            raise ValueError(f"{fn}: v0 must be a non-empty pytree of arrays.")
+        v = v0
+        if float(_tree.norm(_tree.cast(v, jnp.float32))) == 0.0:
+            raise ValueError(f"{fn}: v0 is the zero vector; a starting vector must be nonzero.")
+    n = _tree.size(v)
+    num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
+    if num_steps > n:
+        raise ValueError(f"{fn}: num_steps={num_steps} exceeds the dimension of the operator ({n}).")
+    dtype = _tree.dtype_of(v)
+    v, _ = _tree.normalize(_tree.cast(v, dtype))
+    key = jax.random.key(0) if key is None else _validate.check_key(key, fn=fn)
+    if not reorthogonalize:
+        alphas, betas, ok, first_bad = stream(prepared, v, num_steps)
+        ops.raise_nonfinite(ok, op, fn=fn)
+        return LanczosResult(alphas, betas, None, num_steps, int(np.sum(betas[:-1] == 0)), False,
+                             _provenance.provenance(dtype=dtype, settings={"num_steps": num_steps}))
+    st = new_state(prepared, jax.tree.map(lambda x: x[None], v), 1, num_steps + 1, num_steps, key=key, dtype=dtype)
+    st.expand(num_steps)
+    ops.raise_nonfinite(st.ok_flags, op, fn=fn)
+    H = st.H64()
+    alphas = np.diag(H[:num_steps, :num_steps]).copy()
+    betas = np.array([H[j + 1, j] for j in range(num_steps)])
+    basis = jax.tree.map(lambda q: q[:num_steps], st.Q)
+    if op is not None:
+        basis = op.subset.embed(basis, op.params, leading=(num_steps,))
+    return LanczosResult(alphas, betas, basis, num_steps, st.num_breakdowns, True,
+                         _provenance.provenance(dtype=dtype, settings={"num_steps": num_steps}))
