@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -48,6 +49,28 @@ def _bytes_per_pair(arch: Architecture, x) -> float:
     P = math.prod(x.shape[1:-1]) if d > 0 else 1
     pos = P * P if d > 0 and arch.net.needs_full() else P
     return 12.0 * pos * np.dtype(x.dtype).itemsize
+
+
+@functools.lru_cache(maxsize=256)
+def _check_arch(arch, shape, dtype):
+    """Trace-only check of the whole layer stack (architecture errors name the layer)."""
+    jax.eval_shape(
+        lambda a: arch.kernel_fn(a, fn="ntk.kernel"), jax.ShapeDtypeStruct((1,) + shape, dtype)
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _base_provenance():
+    return landscape.provenance()
+
+
+def provenance(dtype, **settings) -> dict:
+    """The foundation's provenance record (versions, devices, git commit: computed once per
+    process) with this call's dtype and settings."""
+    out = dict(_base_provenance())
+    out["dtype"] = str(np.dtype(dtype))
+    out["settings"] = settings
+    return out
 
 
 def kernel(
@@ -111,16 +134,18 @@ def kernel(
     _checks.check_pair(x1, x2, fn=fn)
     arch.check_input_shape(x1.shape[1:], fn=fn, name="x1")
     # trace-only check of the whole layer stack (architecture errors name the layer)
-    jax.eval_shape(
-        lambda a: arch.kernel_fn(a, fn=fn), jax.ShapeDtypeStruct((1,) + x1.shape[1:], x1.dtype)
-    )
+    _check_arch(arch, tuple(x1.shape[1:]), np.dtype(x1.dtype))
     n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
     bs = _blocks.choose_block_size(block_size, n, _bytes_per_pair(arch, x1), fn=fn)
-    meta = dict(
-        kind="analytic",
-        arch=repr(arch),
-        dtype=str(x1.dtype),
-        data=landscape.data_hash({"x1": x1, "x2": x2}),
+    meta = (
+        None
+        if store is None
+        else dict(
+            kind="analytic",
+            arch=repr(arch),
+            dtype=str(x1.dtype),
+            data=landscape.data_hash({"x1": x1, "x2": x2}),
+        )
     )
     nngp, ntkm = _blocks.blocked(
         _AnalyticBlock(arch),
@@ -133,14 +158,12 @@ def kernel(
         store_meta=meta,
         progress=progress,
     )
-    prov = landscape.provenance(
-        dtype=x1.dtype,
-        settings=dict(
-            arch=repr(arch),
-            block_size=bs,
-            n1=int(x1.shape[0]),
-            n2=int((x1 if x2 is None else x2).shape[0]),
-        ),
+    prov = provenance(
+        x1.dtype,
+        arch=repr(arch),
+        block_size=bs,
+        n1=int(x1.shape[0]),
+        n2=int((x1 if x2 is None else x2).shape[0]),
     )
     return Kernel(nngp=nngp, ntk=ntkm, provenance=prov)
 

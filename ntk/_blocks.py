@@ -98,6 +98,25 @@ def _wave(fs, fd, args, x1s, x2s, same, sharded):
     )(args, x1s, x2s)
 
 
+_SPEC_CACHE: dict = {}
+
+
+def _out_spec(block_fn, args_spec, u, v):
+    """Output shapes of one block (cached: tracing costs milliseconds per call)."""
+    leaves, treedef = jax.tree.flatten(args_spec)
+    key = (block_fn, treedef, tuple((l.shape, l.dtype) for l in leaves), u, v)
+    try:
+        hit = _SPEC_CACHE.get(key)
+    except TypeError:  # unhashable block function: no caching
+        return jax.eval_shape(lambda a, x, y: block_fn(a, x, y, False), args_spec, u, v)
+    if hit is None:
+        hit = jax.eval_shape(lambda a, x, y: block_fn(a, x, y, False), args_spec, u, v)
+        if len(_SPEC_CACHE) > 256:
+            _SPEC_CACHE.clear()
+        _SPEC_CACHE[key] = hit
+    return hit
+
+
 def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
     if x.shape[0] == n:
         return x
@@ -160,9 +179,9 @@ def blocked(
     in_sh = NamedSharding(engine.mesh(), P(engine.DATA_AXIS)) if sharded else None
 
     # shapes of one block's outputs
-    spec = jax.eval_shape(
-        lambda a, u, v: block_fn(a, u, v, False),
-        args,
+    spec = _out_spec(
+        block_fn,
+        jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), args),
         jax.ShapeDtypeStruct((b1,) + x1.shape[1:], x1.dtype),
         jax.ShapeDtypeStruct((b2,) + x2.shape[1:], x2.dtype),
     )

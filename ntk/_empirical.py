@@ -388,13 +388,17 @@ def empirical_ntk(
     block = _EmpiricalBlock(
         fs, method, bool(trace_outputs), arch if method == "structured" else None
     )
-    meta = dict(
-        kind="empirical_ntk",
-        method=method,
-        trace=bool(trace_outputs),
-        dtype=str(pdtype),
-        data=landscape.data_hash({"x1": x1, "x2": x2}),
-        params=landscape.data_hash(params),
+    meta = (
+        None
+        if store is None
+        else dict(
+            kind="empirical_ntk",
+            method=method,
+            trace=bool(trace_outputs),
+            dtype=str(pdtype),
+            data=landscape.data_hash({"x1": x1, "x2": x2}),
+            params=landscape.data_hash(params),
+        )
     )
     return _blocks.blocked(
         block,
