@@ -3,8 +3,9 @@
 #
 # neural-tangents 0.6.5 (the last release; the project is archived) does not import on JAX >= 0.6,
 # so it lives in its own virtual environment, used only by tests/data/make_ntk_fixtures.py and
-# benchmarks/ntk/*_nt.py. TensorFlow (imported by neural_tangents.experimental) is not installed:
-# the scripts pre-seed sys.modules['neural_tangents.experimental'] with an empty module.
+# benchmarks/ntk/worker.py. pip installs TensorFlow and tf2jax as neural-tangents' declared
+# dependencies, but they are never imported: the scripts pre-seed
+# sys.modules['neural_tangents.experimental'] (the only module importing them) with an empty module.
 #
 # Usage: bash benchmarks/envs/make_nt_env.sh   (from anywhere; about 1-2 minutes)
 set -euo pipefail
