@@ -32,9 +32,12 @@ def test_convergence_rate(key):
 def test_kernel_drift_and_finite_vs_infinite(key, digits_data):
     tr = {"x": digits_data.train["x"][:48], "y": digits_data.train["y"][:48]}
     te = {"x": digits_data.test["x"][:32], "y": digits_data.test["y"][:32]}
-    small = lambda n: ntk.serial(
-        ntk.Dense(n, W_std=1.5, b_std=0.05), ntk.Relu(), ntk.Dense(10, W_std=1.5, b_std=0.05)
-    )  # noqa: E731
+
+    def small(n):
+        return ntk.serial(
+            ntk.Dense(n, W_std=1.5, b_std=0.05), ntk.Relu(), ntk.Dense(10, W_std=1.5, b_std=0.05)
+        )  # noqa: E731
+
     dr = ntk.kernel_drift(
         small, [32, 256], tr, key=key, num_steps=10, learning_rate=1.0, num_snapshots=2
     )
