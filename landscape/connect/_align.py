@@ -279,7 +279,7 @@ def align(
                 f"{fn}: give example_input (a batch of inputs) or data so the model can be traced."
             )
     spec = permutation_spec(model.replace(params=pa, state=state_a), example_input,
-                            on_unsupported=on_unsupported)
+                            on_unsupported=on_unsupported, _fn=fn)
     if method == "weights":
         perms, history, iters, converged = _weight_matching(spec, pa, pb, max_iter=max_iter, seed=seed)
     else:

@@ -158,6 +158,19 @@ def _curve_block(loss_static, loss_dyn, bends, opt_state, ends, data, idx, key, 
     return bs, o, bad, vals
 
 
+def initial_bends(params_a: PyTree, params_b: PyTree, num_bends: int) -> PyTree:
+    """``num_bends`` points evenly spaced on the segment (at ``k / (num_bends + 1)``), stacked on
+    a leading axis: with them a Bezier curve or a chain is exactly the straight line."""
+    dtype = _tree.dtype_of(params_a)
+    fr = jnp.arange(1, num_bends + 1, dtype=dtype) / (num_bends + 1)
+
+    def leaf(x, y):
+        f = fr.reshape((-1,) + (1,) * jnp.ndim(x)).astype(jnp.result_type(x))
+        return (1 - f) * jnp.asarray(x)[None] + f * jnp.asarray(y)[None]
+
+    return jax.tree.map(leaf, params_a, params_b)
+
+
 def _block_length(num_steps: int, every: int | None, cap: int) -> int:
     g = num_steps if every is None else math.gcd(num_steps, every)
     for d in range(min(g, cap), 0, -1):
@@ -281,10 +294,7 @@ def fit_curve(
     a = jax.tree.map(jnp.asarray, params_a)
     b = jax.tree.map(jnp.asarray, params_b)
     if init is None:
-        fr = jnp.arange(1, num_bends + 1, dtype=dtype) / (num_bends + 1)
-        bends = jax.tree.map(
-            lambda x, y: (1 - fr.reshape((-1,) + (1,) * x.ndim)) * x[None]
-            + fr.reshape((-1,) + (1,) * x.ndim) * y[None], a, b)
+        bends = initial_bends(a, b, num_bends)
     else:
         bl = _as_bends(init, params_a, fn=fn, name="init")
         if len(bl) != num_bends:

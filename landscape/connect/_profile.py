@@ -372,7 +372,9 @@ def profile(
         bn_batch_size=bn_batch_size, fn=fn,
     )
     if chunk_size is None:
-        chunk_size = REFINE_POINTS
+        # one chunk shape serves the grid and the refinement rounds; without refinement a short
+        # grid is not padded
+        chunk_size = REFINE_POINTS if rounds else min(REFINE_POINTS, grid_ts.size)
     chunk_size = _validate.check_positive_int(chunk_size, fn=fn, name="chunk_size")
     chunk_size = int(math.ceil(chunk_size / ndev) * ndev)
     evfn, point_fn, point_args = make_point(

@@ -174,6 +174,7 @@ class _Tracer:
         self.L = labels
         self.records: list[tuple] = []  # (position, var labels, nonlinear)
         self.capturable = True  # False inside calls whose values capture_activations cannot see
+        self.locations: list[str] = []  # source locations of the enclosing calls
 
     # -- helpers --------------------------------------------------------------------------
     def _spoil_all(self, labs, reason):
@@ -224,7 +225,12 @@ class _Tracer:
         p = eqn.params
         outs_shapes = [_shape(v) for v in eqn.outvars]
         in_shapes = [_shape(v) for v in eqn.invars]
-        why = f"`{name}` at {_where(eqn)}"
+        loc = _where(eqn)
+        if not loc.strip() or loc == "unknown location":
+            # equations inside library calls (jnp.cumsum is a nested jit) carry no user
+            # location: report the enclosing call's
+            loc = next((x for x in reversed(self.locations) if x.strip()), "unknown location")
+        why = f"`{name}` at {loc}"
 
         if name in _UNARY and len(labs) == 1:
             return [labs[0]]
@@ -449,10 +455,12 @@ class _Tracer:
             if sub is not None and len(sub.jaxpr.invars) == len(labs):
                 old = self.capturable
                 self.capturable = old and name in _INLINE
+                self.locations.append(loc)
                 try:
                     return self.run(sub, labs, datas, pos)
                 finally:
                     self.capturable = old
+                    self.locations.pop()
 
         # anything else: not known to be permutation-equivariant
         for lab in labs:
@@ -564,6 +572,7 @@ def permutation_spec(
     example_input,
     *,
     on_unsupported: str = "raise",
+    _fn: str = "landscape.connect.permutation_spec",
 ) -> PermutationSpec:
     """Derive the permutation groups of a model by tracing ``apply_fn`` on ``example_input``.
 
@@ -593,7 +602,7 @@ def permutation_spec(
     References:
       Ainsworth et al. 2022, "Git Re-Basin: merging models modulo permutation symmetries".
     """
-    fn = "landscape.connect.permutation_spec"
+    fn = _fn
     model = as_model(model, fn=fn)
     _validate.check_choice(on_unsupported, ("raise", "fix"), fn=fn, name="on_unsupported")
     x = jnp.asarray(example_input)

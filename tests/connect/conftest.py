@@ -57,16 +57,27 @@ def small_train(digits_data):
 
 
 @pytest.fixture(scope="session")
-def bn_pair(trained_resnet, digits_images):
-    """A trained batch-norm ResNet (A) and a permuted copy of it (B: the same function, far
-    away in parameter space), with their states."""
-    import jax.numpy as jnp
+def bn_trained(digits_data):
+    """A 64-32-32-10 MLP with batch norm after each hidden layer, 150 Adam steps on digits."""
+    from flax import nnx
 
+    import landscape
+    from tests.connect._helpers import BNNet
+
+    model = landscape.from_nnx(BNNet(nnx.Rngs(0), hidden=(32, 32)))
+    return landscape.train(model, digits_data.train, optimizer=optax.adam(3e-3), num_steps=150,
+                           batch_size=64, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def bn_pair(bn_trained, digits_data):
+    """The trained batch-norm network (A) and a permuted copy of it (B: the same function, far
+    away in parameter space), with their states."""
     import landscape
     import landscape.connect as lc
 
-    m = trained_resnet.model
-    spec = lc.permutation_spec(m, jnp.asarray(digits_images.train["x"][:2]))
+    m = bn_trained.model
+    spec = lc.permutation_spec(m, digits_data.train["x"][:2])
     rng = np.random.default_rng(7)
     perms = {g: rng.permutation(n) for g, n in spec.groups.items()}
     pb, sb = lc.permute(spec, m.params, perms, m.state)

@@ -15,25 +15,21 @@ import landscape
 import landscape.connect as lc
 from landscape.connect._trace import UnsupportedModelError
 from tests._util import assert_trees_close
+from tests.connect._helpers import fast_model
 
+# registry architectures with host-drawn random parameters and statistics (fast_model)
 ARCHS = {
-    "mlp": ("mlp", dict(hidden=(16, 12)), (64,)),
-    "cnn": ("cnn", dict(channels=(4, 6), pool=True), (8, 8, 1)),
-    "resnet_bn_skip": ("resnet", dict(widths=(4, 6)), (8, 8, 1)),
-    "resnet_noskip_nobn": ("resnet", dict(widths=(4, 6), skip=False, batch_norm=False), (8, 8, 1)),
-    "resnet_skip_nobn_2blocks": ("resnet", dict(widths=(4, 6), blocks=2, batch_norm=False), (8, 8, 1)),
+    "mlp": ("mlp", dict(hidden=(32, 32)), (64,)),
+    "cnn": ("cnn", dict(channels=(4, 4), pool=True), (8, 8, 1)),
+    "resnet_bn_skip": ("resnet", dict(widths=(4, 4)), (8, 8, 1)),
+    "resnet_noskip_nobn": ("resnet", dict(widths=(4, 4), skip=False, batch_norm=False), (8, 8, 1)),
+    "resnet_skip_nobn_2blocks": ("resnet", dict(widths=(4, 4), blocks=2, batch_norm=False), (8, 8, 1)),
 }
 
 
-_MODELS: dict = {}
-
-
 def _model(arch):
-    # built once per module (NNX initialisation runs op by op: slow the first time)
-    if arch not in _MODELS:
-        name, kw, shape = ARCHS[arch]
-        _MODELS[arch] = landscape.make_model(name, input_shape=shape, num_outputs=10, seed=0, **kw), shape
-    return _MODELS[arch]
+    name, kw, shape = ARCHS[arch]
+    return fast_model(name, input_shape=shape, **kw), shape
 
 
 def _random_state(m, seed):
@@ -45,7 +41,7 @@ def _random_state(m, seed):
 def test_traced_groups():
     m, shape = _model("mlp")
     spec = lc.permutation_spec(m, np.zeros((2, *shape), np.float32))
-    assert spec.groups == {"layers/0/kernel[1]": 16, "layers/1/kernel[1]": 12}
+    assert spec.groups == {"layers/0/kernel[1]": 32, "layers/1/kernel[1]": 32}
     assert spec.param_axes["layers/0/kernel"] == (None, "layers/0/kernel[1]")
     assert spec.param_axes["layers/1/kernel"] == ("layers/0/kernel[1]", "layers/1/kernel[1]")
     assert spec.param_axes["layers/2/kernel"] == ("layers/1/kernel[1]", None)
@@ -81,7 +77,7 @@ def test_permuted_network_computes_the_same_function(arch, digits_images, digits
     for x64 in (True, False):
         with jax.enable_x64(x64):
             dtype = jnp.float64 if x64 else jnp.float32
-            params, state = (jax.tree.map(lambda v: jnp.asarray(v, dtype), t) for t in (m.params, m.state))
+            params, state = (jax.tree.map(lambda v, d=dtype: jnp.asarray(v, d), t) for t in (m.params, m.state))
             x = jnp.asarray(data.train["x"][:64], dtype)
             pp, ps = lc.permute(spec, params, perms, state)
             assert not all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in
@@ -171,12 +167,12 @@ class _SliceNet(nnx.Module):
 
 
 def test_unsupported_models_raise_naming_the_operation():
-    m, shape = landscape.make_model("cnn", input_shape=(8, 8, 1), num_outputs=10, channels=(4, 6),
-                                    readout="flatten", seed=0), (8, 8, 1)
+    shape = (8, 8, 1)
+    m = fast_model("cnn", input_shape=shape, channels=(4, 4), readout="flatten")
     with pytest.raises(UnsupportedModelError, match=r"convs/1/kernel\[3\].*`reshape` at .*models\.py.*flatten"):
         lc.permutation_spec(m, np.zeros((2, *shape), np.float32))
     with pytest.raises(UnsupportedModelError, match="align"):
-        lc.align(m, m.params, m.params)
+        lc.align(m, m.params, m.params, example_input=np.zeros((2, *shape), np.float32))
     spec = lc.permutation_spec(m, np.zeros((2, *shape), np.float32), on_unsupported="fix")
     assert list(spec.groups) == ["convs/0/kernel[3]"] and "convs/1/kernel[3]" in spec.unsupported
     cum = landscape.from_nnx(_CumsumNet(nnx.Rngs(0)))

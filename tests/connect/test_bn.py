@@ -13,6 +13,7 @@ from flax import nnx
 
 import landscape
 import landscape.connect as lc
+from landscape.connect._profile import resolve_bn
 
 
 def _reference_stats(model, x, batch_size):
@@ -32,10 +33,10 @@ def _reference_stats(model, x, batch_size):
     return jax.tree.map(lambda v: v / n, acc)
 
 
-def test_reestimate_bn_matches_nnx(trained_resnet, digits_images):
-    m = trained_resnet.model
-    x = digits_images.train["x"][:700]
-    got = lc.reestimate_bn(m, m.params, {"x": x, "y": digits_images.train["y"][:700]}, batch_size=128)
+def test_reestimate_bn_matches_nnx(bn_trained, digits_data):
+    m = bn_trained.model
+    x = digits_data.train["x"][:700]
+    got = lc.reestimate_bn(m, m.params, {"x": x, "y": digits_data.train["y"][:700]}, batch_size=128)
     want = _reference_stats(m, x, 128)
     # float32 statistics; the momentum is recovered from two float32 training steps, which
     # costs ~1e-6 relative (see landscape.connect._bn)
@@ -46,9 +47,9 @@ def test_reestimate_bn_matches_nnx(trained_resnet, digits_images):
                            rtol=1e-4)
 
 
-def test_bn_curve_reproduces_endpoint_losses_with_reestimated_statistics(bn_pair, digits_images):
+def test_bn_curve_reproduces_endpoint_losses_with_reestimated_statistics(bn_pair, digits_data):
     a, b = bn_pair
-    train = digits_images.train
+    train = digits_data.train
     loss_fn = landscape.make_loss_fn(a)
     curve = lc.fit_curve(loss_fn, a.params, b.params, train, num_steps=20, batch_size=64, num_t=2,
                          optimizer=optax.adam(1e-3), progress=False)
@@ -67,13 +68,8 @@ def test_bn_curve_reproduces_endpoint_losses_with_reestimated_statistics(bn_pair
     # without re-estimation (A's statistics everywhere) the curve misses endpoint B entirely
     fixed = lc.profile(loss_fn, curve.path, train, ts=ts, refine=False, bn="fixed")
     assert fixed.train["loss"][-1] > 2 * ends[1]
-    # interpolated statistics reproduce both endpoints with their own running averages
-    interp = lc.profile(loss_fn, curve.path, train, ts=ts, refine=False, bn="interpolate",
-                        bn_states=(a.state, b.state))
-    own = float(landscape.evaluate(loss_fn, a.params, train)["loss"])
-    np.testing.assert_allclose(interp.train["loss"][[0, -1]], [own, own], rtol=1e-5)
     # "auto" means "reestimate" for batch-norm models
-    assert lc.profile(loss_fn, curve.path, train, ts=ts, refine=False).bn == "reestimate"
+    assert resolve_bn("auto", loss_fn, bn_states=None, fn="test") == "reestimate"
 
 
 def _counter_apply(params, state, x, *, train=False):
@@ -81,6 +77,27 @@ def _counter_apply(params, state, x, *, train=False):
     if train:
         return out, {"s": state["s"] ** 2 + jnp.mean(out)}
     return out, state
+
+
+def _scaled_apply(params, state, x, *, train=False):
+    return (x @ params["w"]) * state["s"][None, :], state
+
+
+def test_interpolated_statistics():
+    # outputs scaled by a state leaf: with (1 - t) s_a + t s_b the ends see their own state
+    sa, sb = {"s": jnp.asarray([1.0, 2.0])}, {"s": jnp.asarray([3.0, 0.5])}
+    pa, pb = {"w": jnp.ones((3, 2))}, {"w": jnp.full((3, 2), -1.0)}
+    m = landscape.Model(_scaled_apply, pa, sa)
+    loss_fn = landscape.make_loss_fn(m)
+    data = {"x": np.linspace(-1, 1, 24, dtype=np.float32).reshape(8, 3), "y": np.arange(8) % 2}
+    pr = lc.profile(loss_fn, lc.linear_path(pa, pb), data, ts=5, refine=False, bn="interpolate",
+                    bn_states=(sa, sb))
+    want = [float(landscape.evaluate(loss_fn.with_state(s), p, data)["loss"]) for p, s in ((pa, sa), (pb, sb))]
+    np.testing.assert_allclose(pr.train["loss"][[0, -1]], want, rtol=1e-6)
+    mid = {"s": 0.5 * (sa["s"] + sb["s"])}
+    pm = {"w": jnp.zeros((3, 2))}
+    np.testing.assert_allclose(pr.train["loss"][2], float(landscape.evaluate(loss_fn.with_state(mid), pm, data)["loss"]),
+                               rtol=1e-6)
 
 
 def test_state_that_is_not_a_running_average_is_rejected():

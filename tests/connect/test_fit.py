@@ -12,7 +12,7 @@ import pytest
 
 import landscape
 import landscape.connect as lc
-from landscape.connect._fit import sample_ts
+from landscape.connect._fit import _controls, initial_bends, sample_ts
 from tests._util import assert_trees_close
 
 
@@ -34,14 +34,15 @@ def test_bezier_curve_barrier_is_close_to_endpoints(bezier_curve, pair_loss, pai
     assert bezier_curve.num_steps == 300 and bezier_curve.history["batch_loss"].shape == (300,)
 
 
-def test_polychain_init_on_segment(pair_loss, pair_params, small_train):
+@pytest.mark.parametrize("kind", ["bezier", "polychain"])
+@pytest.mark.parametrize("num_bends", [1, 3])
+def test_init_on_segment(kind, num_bends, pair_params):
     a, b = pair_params
-    res = lc.fit_curve(pair_loss, a, b, small_train, kind="polychain", num_bends=2, num_steps=1,
-                       optimizer=optax.sgd(0.0), batch_size=32, progress=False)
+    # bends at t = k / (num_bends + 1) of the segment: both kinds are the straight line
+    path = lc.Path(_controls((a, b), initial_bends(a, b, num_bends)), kind)
     lin = lc.linear_path(a, b)
     for t in (0.1, 0.5, 0.9):
-        # bends at t = 1/3, 2/3 of the segment: the chain is the straight line
-        assert_trees_close(res.path(t), lin(t), rtol=1e-5, atol=1e-6)
+        assert_trees_close(path(t), lin(t), rtol=1e-5, atol=1e-6)
 
 
 def test_objective_is_mean_over_t_with_weight_decay_at_curve_point(pair_loss, pair_params, small_train):

@@ -32,10 +32,10 @@ def test_bezier_matches_formula(x64):
         quad = lc.bezier(a, th, b)
         cubic = lc.bezier(a, th, th2, b)
         for t in (0.0, 0.13, 0.5, 0.77, 1.0):
-            want = jax.tree.map(lambda x, y, z: (1 - t) ** 2 * x + 2 * t * (1 - t) * y + t**2 * z, a, th, b)
+            want = jax.tree.map(lambda x, y, z, t=t: (1 - t) ** 2 * x + 2 * t * (1 - t) * y + t**2 * z, a, th, b)
             assert_trees_close(quad(t), want, rtol=tol, atol=tol)
             want3 = jax.tree.map(
-                lambda x, y, z, w: (1 - t) ** 3 * x + 3 * t * (1 - t) ** 2 * y + 3 * t**2 * (1 - t) * z + t**3 * w,
+                lambda x, y, z, w, t=t: (1 - t) ** 3 * x + 3 * t * (1 - t) ** 2 * y + 3 * t**2 * (1 - t) * z + t**3 * w,
                 a, th, th2, b)
             assert_trees_close(cubic(t), want3, rtol=tol, atol=tol)
             assert quad(t)["w"].dtype == dtype
@@ -52,7 +52,7 @@ def test_endpoints_exact_and_linear_reproduction():
                 np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     lin = lc.linear_path(a, b)
     for t in (0.25, 0.6):
-        assert_trees_close(lin(t), jax.tree.map(lambda x, y: (1 - t) * x + t * y, a, b))
+        assert_trees_close(lin(t), jax.tree.map(lambda x, y, t=t: (1 - t) * x + t * y, a, b))
 
 
 def test_polychain_segments():

@@ -43,7 +43,7 @@ def test_plane_geometry_and_values(plane, bezier_curve, pair_loss, digits_data):
     assert plane.alphas[0] < 0 < length < plane.alphas[-1]
     assert plane.betas[0] < 0 and plane.betas[-1] > plane.points[1, 1]
     for i, j in ((0, 0), (4, 3), (8, 6)):
-        p = jax.tree.map(lambda a, b, c: a + plane.alphas[i] * b + plane.betas[j] * c, w0, u, v)
+        p = _tree.add(w0, _tree.add(_tree.scale(plane.alphas[i], u), _tree.scale(plane.betas[j], v)))
         want = landscape.evaluate(pair_loss, p, digits_data.test)
         # float32: the plane point is built in a different order of operations (1e-4 relative)
         np.testing.assert_allclose(plane.values("loss", "test")[i, j], float(want["loss"]), rtol=1e-4)

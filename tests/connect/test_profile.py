@@ -174,5 +174,5 @@ def _blowup_loss(params, batch):
 def test_profile_nonfinite_is_named():
     data = {"x": np.zeros((2, 1), np.float32)}
     path = lc.linear_path({"w": jnp.zeros(1)}, {"w": jnp.ones(1)})
-    with pytest.raises(FloatingPointError, match=r"non-finite train 'loss' .* first at t=0.8"):
+    with pytest.raises(FloatingPointError, match=r"non-finite train 'loss' .*first at t=0.8"):
         lc.profile(_blowup_loss, path, data, ts=11)

@@ -1,0 +1,93 @@
+"""Test helpers: models built without eager initialisation, a small batch-norm network, and the
+multi-device workload of test_multidevice (the same computations on 1 and 4 devices)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+
+def fast_model(name: str, *, input_shape, num_outputs: int = 10, seed: int = 0, **kwargs):
+    """A registry model (``landscape.make_model``'s architectures) with random parameters and
+    batch-norm statistics drawn on the host: NNX's own initialisation runs op by op and
+    compiles a truncated normal per kernel shape (seconds each on a busy CPU), which the tests
+    do not need. Kernels ~ N(0, 2 / fan_in), vectors ~ N(0, 0.1^2), scales and variances in
+    [0.5, 1.5]."""
+    from landscape import models
+
+    builder = models._MODELS[name]
+    return fast_nnx(lambda: builder(tuple(input_shape), num_outputs, nnx.Rngs(0), **kwargs), seed)
+
+
+def fast_nnx(make_module, seed: int = 0):
+    """``landscape.from_nnx(make_module())`` with host-drawn values (see :func:`fast_model`)."""
+    import math
+
+    import landscape
+
+    abstract = nnx.eval_shape(make_module)
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, x):
+        name_ = str(path[-1]) if path else ""
+        if len(x.shape) >= 2:
+            v = rng.normal(size=x.shape) * math.sqrt(2.0 / math.prod(x.shape[:-1]))
+        elif any(k in name_ for k in ("scale", "var")):
+            v = rng.uniform(0.5, 1.5, size=x.shape)
+        else:
+            v = rng.normal(size=x.shape) * 0.1
+        return np.asarray(v, x.dtype)
+
+    pd = jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(params))
+    rd = jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(rest))
+    nnx.replace_by_pure_dict(params, pd)
+    nnx.replace_by_pure_dict(rest, rd)
+    module = nnx.merge(graphdef, params, rest)
+    return landscape.from_nnx(module)
+
+
+class BNNet(nnx.Module):
+    """Dense -> BatchNorm -> ReLU, twice, then Dense: a small batch-norm model on digits."""
+
+    def __init__(self, rngs, hidden=(32,)):
+        widths = (64, *hidden)
+        self.dense = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.bns = nnx.List([nnx.BatchNorm(b, rngs=rngs) for b in widths[1:]])
+        self.head = nnx.Linear(widths[-1], 10, rngs=rngs)
+
+    def __call__(self, x):
+        for dense, bn in zip(self.dense, self.bns):
+            x = jax.nn.relu(bn(dense(x)))
+        return self.head(x)
+
+
+def workload() -> dict:
+    import landscape
+    import landscape.connect as lc
+
+    d = landscape.load_data("digits")
+    train = {k: np.asarray(v[:300]) for k, v in d.train.items()}
+    ms = [fast_model("mlp", input_shape=(64,), hidden=(32,), seed=s) for s in (0, 1)]
+    loss_fn = landscape.make_loss_fn(ms[0])
+    a, b = (m.params for m in ms)
+    out = {}
+    pr = lc.profile(loss_fn, lc.linear_path(a, b), train, ts=9, refine=1)
+    out["linear_ts"] = pr.ts
+    out["linear_train"] = pr.train["loss"]
+    out["linear_train_err"] = pr.train["error"]
+    out["barrier"] = np.asarray(lc.barrier(pr).get("loss", "train", "max_excess"))
+    # num_t = 4: the values of t are sharded over the 4 devices
+    cr = lc.fit_curve(loss_fn, a, b, train, num_steps=8, batch_size=60, num_t=4,
+                      optimizer=optax.adam(1e-2), progress=False)
+    out["curve_bend"] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(cr.bends)])
+    out["curve_hist"] = cr.history["batch_loss"]
+    bn = fast_nnx(lambda: BNNet(nnx.Rngs(0)), seed=0)
+    bn2 = fast_nnx(lambda: BNNet(nnx.Rngs(0)), seed=1)
+    bl = landscape.make_loss_fn(bn)
+    pb = lc.profile(bl, lc.linear_path(bn.params, bn2.params), train, ts=5, refine=False,
+                    bn="reestimate", bn_batch_size=64)
+    out["bn_profile"] = pb.train["loss"]
+    return {k: np.asarray(v).tolist() for k, v in out.items()}
