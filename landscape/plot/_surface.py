@@ -227,6 +227,7 @@ def plot_slice(
       splits: which of ``"train"``/``"test"`` to draw (missing ones are skipped).
       log: logarithmic scale for the left axis.
       ax: axes (default: a new figure).
+      **kwargs: passed to ``ax.plot`` (``label=`` prefixes the curves' labels).
 
     Returns:
       The left axes (the twin axis, if any, is ``ax.right_ax``).
@@ -247,6 +248,7 @@ def plot_slice(
         axes.append(right)
         ax.right_ax = right
     colors = ["C0", "C3", "C2", "C1"]
+    prefix = kwargs.pop("label", None)
     handles = []
     for i, (a, metric) in enumerate(zip(axes, metrics)):
         for split in splits:
@@ -254,12 +256,13 @@ def plot_slice(
             if src is None or metric not in src:
                 continue
             y = np.asarray(src[metric], dtype=float)
+            name = f"{split} {metric}"
             (h,) = a.plot(
                 x,
                 y,
                 _SPLIT_STYLE.get(split, "-"),
                 color=colors[i % 4],
-                label=f"{split} {metric}",
+                label=name if prefix is None else f"{prefix} ({name})",
                 **kwargs,
             )
             handles.append(h)

@@ -224,25 +224,39 @@ def _safe_ratio(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
 
 
-def _draw(key, params, rules):
-    """The Gaussian: for each dtype (in order of first appearance among the leaves), one
-    vector ``normal(fold_in(key, i), (total size,))`` cut into the leaves in leaf order. Every
-    leaf draws (also those a policy sets to zero), so the kernels' part of a direction does not
-    depend on the 1-D leaf policy. (One draw per dtype compiles about 4x faster than one draw
-    per leaf.)"""
-    del rules
-    leaves, treedef = jax.tree.flatten(params)
-    need = list(range(len(leaves)))
+def _dtype_groups(params):
+    leaves = jax.tree.leaves(params)
     dtypes: list = []
-    for i in need:
-        dt = jnp.result_type(leaves[i])
+    for x in leaves:
+        dt = jnp.result_type(x)
         if dt not in dtypes:
             dtypes.append(dt)
-    out = [jnp.zeros_like(x) for x in leaves]
-    for j, dt in enumerate(dtypes):
-        idx = [i for i in need if jnp.result_type(leaves[i]) == dt]
-        total = sum(int(np.prod(np.shape(leaves[i]))) for i in idx)
-        v = jax.random.normal(jax.random.fold_in(key, j), (total,), dt)
+    return leaves, [[i for i, x in enumerate(leaves) if jnp.result_type(x) == dt] for dt in dtypes]
+
+
+def _flat_normals(key, params) -> list:
+    """The Gaussian, one flat vector per dtype (in order of first appearance among the leaves):
+    ``normal(fold_in(key, i), (total size of that dtype's leaves,))``. Drawn outside the
+    normalisation program, so its compilation is shared by every setting with the same sizes."""
+    leaves, groups = _dtype_groups(params)
+    return [
+        jax.random.normal(
+            jax.random.fold_in(key, j),
+            (sum(int(np.prod(np.shape(leaves[i]))) for i in idx),),
+            jnp.result_type(leaves[idx[0]]),
+        )
+        for j, idx in enumerate(groups)
+    ]
+
+
+def _split_flat(flats, params):
+    """Cut the flat vectors into leaves in leaf order (traceable). Every leaf takes its part,
+    also those a policy sets to zero, so the kernels' part of a direction does not depend on
+    the 1-D leaf policy."""
+    leaves, groups = _dtype_groups(params)
+    treedef = jax.tree.structure(params)
+    out: list = [None] * len(leaves)
+    for v, idx in zip(flats, groups):
         o = 0
         for i in idx:
             size = int(np.prod(np.shape(leaves[i])))
@@ -251,15 +265,24 @@ def _draw(key, params, rules):
     return jax.tree.unflatten(treedef, out)
 
 
+def _draw(key, params):
+    """The Gaussian that :func:`random_direction` normalises (eager; for tests and users)."""
+    return _split_flat(_flat_normals(key, params), params)
+
+
 @functools.partial(jax.jit, static_argnames=("rules",))
-def _normal_and_apply(key, params, rules, other):
-    """Draw the Gaussian and normalise it in one compiled program (one compilation per
-    parameter shapes instead of one per elementwise operation)."""
-    raw = _draw(key, params, rules)
+def _normalise_flat(flats, params, rules, other):
+    raw = _split_flat(flats, params)
     plain = _apply_rules(raw, params, rules)
     if other is None:
         return plain, plain
     return plain, _apply_rules(raw, params, rules, other=other)
+
+
+def _normal_and_apply(key, params, rules, other):
+    """Draw the Gaussian, then normalise it in one compiled program (one compilation per
+    parameter shapes and settings, instead of one per elementwise operation)."""
+    return _normalise_flat(_flat_normals(key, params), params, rules, other)
 
 
 _apply_jit = jax.jit(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -23,7 +26,16 @@ def as_dtype(data, dtype):
 
 
 def tiny_mlp(dtype, *, hidden=(12, 10), seed=0, activation="relu"):
-    """A 64-12-10-10 MLP in ``dtype`` (float64: call inside ``jax.enable_x64``)."""
+    """A 64-12-10-10 MLP in ``dtype`` (float64: call inside ``jax.enable_x64``), built once per
+    setting and shared by the tests (model initialisation compiles per shape)."""
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        raise RuntimeError("tiny_mlp(float64) must be called inside jax.enable_x64(True)")
+    return _tiny_mlp(dtype.name, tuple(hidden), seed, activation)
+
+
+@functools.cache
+def _tiny_mlp(dtype, hidden, seed, activation):
     import landscape
 
     return landscape.make_model(

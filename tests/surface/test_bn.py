@@ -30,8 +30,12 @@ def _model(seed, dtype):
     m = landscape.from_nnx(_BNNet(rngs=nnx.Rngs(seed), dtype=dtype))
     # non-trivial stored statistics, different per model
     rng = np.random.default_rng(seed)
-    state = {"bn": {"mean": jnp.asarray(rng.normal(size=6), dtype),
-                    "var": jnp.asarray(rng.uniform(0.5, 2, size=6), dtype)}}
+    state = {
+        "bn": {
+            "mean": jnp.asarray(rng.normal(size=6), dtype),
+            "var": jnp.asarray(rng.uniform(0.5, 2, size=6), dtype),
+        }
+    }
     return m.replace(state=state)
 
 
@@ -55,11 +59,22 @@ def test_bn_policies_float64(small_digits):
         r = slice_1d(loss_fn, a.params, train, d, alphas=alphas, test_data=test)
         for i, al in enumerate(alphas):
             p = jax.tree.map(lambda x, v, al=al: x + al * v, a.params, d.vector)
-            assert r.loss[i] == pytest.approx(float(landscape.evaluate(loss_fn, p, train)["loss"]), abs=1e-10)
+            assert r.loss[i] == pytest.approx(
+                float(landscape.evaluate(loss_fn, p, train)["loss"]), abs=1e-10
+            )
 
         # recompute: statistics of the point, from 4 training batches of 50, by hand
-        rr = slice_1d(loss_fn, a.params, train, d, alphas=alphas, test_data=test, bn="recompute",
-                      bn_batch_size=50, bn_num_batches=4)
+        rr = slice_1d(
+            loss_fn,
+            a.params,
+            train,
+            d,
+            alphas=alphas,
+            test_data=test,
+            bn="recompute",
+            bn_batch_size=50,
+            bn_num_batches=4,
+        )
         assert rr.settings["bn_leaves"] == ("bn/mean", "bn/var")
         assert rr.settings["bn_batch_size"] == 50 and rr.settings["bn_num_batches"] == 4
         for i, al in enumerate(alphas):
@@ -85,10 +100,19 @@ def test_bn_policies_float64(small_digits):
         assert ri.loss[-1] == pytest.approx(float(end), abs=1e-12)
 
         # recompute along an interpolation too (both ends re-estimated)
-        rir = interpolate(loss_fn, a.params, b.params, train, ts=[0.0, 1.0], bn="recompute",
-                          bn_batch_size=100, bn_num_batches=3)
-        ref = landscape.evaluate(loss_fn.with_state(_stats_by_hand(b.params, train, 100, 3)),
-                                 b.params, train)
+        rir = interpolate(
+            loss_fn,
+            a.params,
+            b.params,
+            train,
+            ts=[0.0, 1.0],
+            bn="recompute",
+            bn_batch_size=100,
+            bn_num_batches=3,
+        )
+        ref = landscape.evaluate(
+            loss_fn.with_state(_stats_by_hand(b.params, train, 100, 3)), b.params, train
+        )
         assert rir.loss[1] == pytest.approx(float(ref["loss"]), abs=1e-9)
 
 
@@ -97,11 +121,15 @@ def test_bn_recompute_float32_and_bad_inputs(small_digits):
     a = _model(0, jnp.float32)
     loss_fn = landscape.make_loss_fn(a)
     d = random_direction(jax.random.key(0), a.params)
-    r = slice_1d(loss_fn, a.params, train, d, alphas=[0.0, 0.5], bn="recompute",
-                 bn_batch_size=100)
+    r = slice_1d(loss_fn, a.params, train, d, alphas=[0.0, 0.5], bn="recompute", bn_batch_size=100)
     p = jax.tree.map(lambda x, v: x + 0.5 * v, a.params, d.vector)
-    ref = landscape.evaluate(loss_fn.with_state(jax.tree.map(
-        lambda x: jnp.asarray(x, jnp.float32), _stats_by_hand(p, train, 100, 3))), p, train)
+    ref = landscape.evaluate(
+        loss_fn.with_state(
+            jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _stats_by_hand(p, train, 100, 3))
+        ),
+        p,
+        train,
+    )
     # float32: the probed momentum carries ~1e-5 relative error into the statistics (1 - m is
     # 0.01, differences of O(1) numbers); 1e-4 relative on the loss
     assert r.loss[1] == pytest.approx(float(ref["loss"]), rel=1e-4)

@@ -22,10 +22,13 @@ from landscape.surface import (
     random_directions,
 )
 from landscape.surface._directions import _draw
+from tests.surface.conftest import tiny_mlp
 
 
 def _params(rng, shapes):
-    return {f"l{i}": {"kernel": rng.normal(size=s).astype(np.float32)} for i, s in enumerate(shapes)}
+    return {
+        f"l{i}": {"kernel": rng.normal(size=s).astype(np.float32)} for i, s in enumerate(shapes)
+    }
 
 
 def _per_filter(x, axis=-1):
@@ -84,7 +87,7 @@ def test_layer_model_weight_and_none_normalisations():
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     key = jax.random.key(7)
     # the Gaussian random_direction draws (every leaf takes part here)
-    raw = _draw(key, params, (("layer", None),) * 2)
+    raw = _draw(key, params)
     lay = random_direction(key, params, norm="layer").vector
     for k in params:
         np.testing.assert_allclose(
@@ -107,7 +110,7 @@ def _assert_close(a, b, rtol=1e-6):
 
 
 def test_one_dimensional_leaf_policies():
-    m = landscape.make_model("mlp", input_shape=(6,), num_outputs=3, hidden=(5,), seed=1)
+    m = tiny_mlp(jnp.float32)
     p = jax.tree.map(lambda x: x + 0.3, m.params)  # non-zero biases
     key = jax.random.key(2)
     zero = random_direction(key, p, bias_bn="zero").vector
@@ -163,7 +166,10 @@ def test_zero_norm_filters_give_zero_not_nan():
     rng = np.random.default_rng(2)
     k = rng.normal(size=(6, 4)).astype(np.float32)
     k[:, 1] = 0.0  # a dead neuron
-    params = {"d": {"kernel": jnp.asarray(k), "bias": jnp.zeros(4, jnp.float32)}, "z": jnp.zeros((3, 2))}
+    params = {
+        "d": {"kernel": jnp.asarray(k), "bias": jnp.zeros(4, jnp.float32)},
+        "z": jnp.zeros((3, 2)),
+    }
     for norm in ("filter", "layer", "model", "weight"):
         d = random_direction(jax.random.key(1), params, norm=norm, bias_bn="filter").vector
         for leaf in jax.tree.leaves(d):
@@ -184,8 +190,7 @@ def test_zero_norm_filters_give_zero_not_nan():
 
 @pytest.mark.parametrize("norm", ["filter", "layer", "model", "weight", None])
 def test_orthogonalisation_is_exact_and_keeps_the_normalisation(norm):
-    m = landscape.make_model("mlp", input_shape=(8,), num_outputs=4, hidden=(6,), seed=0)
-    p = m.params
+    p = tiny_mlp(jnp.float32).params
     d1, d2 = random_directions(jax.random.key(5), p, 2, orthogonalize=True, norm=norm)
     plain = random_direction(jax.random.split(jax.random.key(5), 2)[1], p, norm=norm)
     cos = float(_tree.vdot(d1.vector, d2.vector) / (_tree.norm(d1.vector) * _tree.norm(d2.vector)))
@@ -209,7 +214,7 @@ def test_orthogonalisation_is_exact_and_keeps_the_normalisation(norm):
 
 
 def test_reproducible_from_spec_and_saved_file(tmp_path):
-    m = landscape.make_model("mlp", input_shape=(8,), num_outputs=4, hidden=(6,), seed=0)
+    m = tiny_mlp(jnp.float32)
     d1 = random_direction(jax.random.key(11), m.params, norm="layer", bias_bn="filter")
     d2 = random_direction(jax.random.key(12), m.params, orthogonal_to=d1)
     for d in (d1, d2):
@@ -224,8 +229,8 @@ def test_reproducible_from_spec_and_saved_file(tmp_path):
 
 
 def test_direction_between_and_normalize_direction():
-    a = landscape.make_model("mlp", input_shape=(8,), num_outputs=4, hidden=(6,), seed=0).params
-    b = landscape.make_model("mlp", input_shape=(8,), num_outputs=4, hidden=(6,), seed=1).params
+    a = tiny_mlp(jnp.float32, seed=0).params
+    b = tiny_mlp(jnp.float32, seed=1).params
     d = direction_between(a, b)
     _assert_close(jax.tree.map(jnp.add, a, d.vector), b)
     assert d.spec["kind"] == "between" and d.spec["distance"] == pytest.approx(d.norm())
@@ -236,7 +241,7 @@ def test_direction_between_and_normalize_direction():
 
 
 def test_bad_inputs():
-    p = landscape.make_model("mlp", input_shape=(8,), num_outputs=4, hidden=(6,), seed=0).params
+    p = tiny_mlp(jnp.float32).params
     key = jax.random.key(0)
     with pytest.raises(TypeError, match="random_direction: key is required"):
         random_direction(None, p)

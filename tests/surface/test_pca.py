@@ -23,7 +23,9 @@ def _trajectory(dtype, k=7, seed=0):
     p = flat.size
     e1, e2 = rng.normal(size=p), rng.normal(size=p)
     s = np.linspace(1, 0, k)
-    rows = [np.asarray(flat) + 3 * t * e1 + np.sin(3 * t) * e2 + 0.05 * rng.normal(size=p) for t in s]
+    rows = [
+        np.asarray(flat) + 3 * t * e1 + np.sin(3 * t) * e2 + 0.05 * rng.normal(size=p) for t in s
+    ]
     snaps = [unravel(jnp.asarray(r, dtype)) for r in rows]
     return snaps, snaps[-1], unravel  # the final point is the last snapshot
 
@@ -48,7 +50,9 @@ def test_pca_matches_svd_of_the_trajectory_matrix_float64(center):
         # 1e-10 is the stated bound
         np.testing.assert_allclose(got, vt, atol=1e-10)
         np.testing.assert_allclose(res.singular_values, sv[:2], rtol=1e-10)
-        np.testing.assert_allclose(res.explained_variance_ratio, sv[:2] ** 2 / np.sum(sv**2), rtol=1e-10)
+        np.testing.assert_allclose(
+            res.explained_variance_ratio, sv[:2] ** 2 / np.sum(sv**2), rtol=1e-10
+        )
         k = len(snaps)
         ev = sv[:2] ** 2 / ((k - 1) if center else k)
         np.testing.assert_allclose(res.explained_variance, ev, rtol=1e-10)
@@ -67,7 +71,9 @@ def test_pca_matches_svd_of_the_trajectory_matrix_float64(center):
 def test_pca_float32_and_bias_bn_zero():
     snaps, final, _ = _trajectory(jnp.float32)
     res = pca_directions(snaps, final)
-    m = np.stack([np.asarray(ravel_pytree(s)[0] - ravel_pytree(final)[0], np.float64) for s in snaps])
+    m = np.stack(
+        [np.asarray(ravel_pytree(s)[0] - ravel_pytree(final)[0], np.float64) for s in snaps]
+    )
     vt = _sign_flip(np.linalg.svd(m - m.mean(0), full_matrices=False)[2][:2])
     got = np.stack([np.asarray(ravel_pytree(res.direction(i).vector)[0]) for i in range(2)])
     # float32 Gram accumulation: 1e-4 absolute on unit vectors of ~40 entries
@@ -80,7 +86,10 @@ def test_pca_float32_and_bias_bn_zero():
 def test_pca_from_train_result_snapshots_format(tmp_path):
     # TrainResult.snapshots is {"step": (k,), "params": params with a leading axis k}
     snaps, final, _ = _trajectory(jnp.float32, k=5)
-    stacked = {"step": np.arange(0, 50, 10), "params": jax.tree.map(lambda *xs: jnp.stack(xs), *snaps)}
+    stacked = {
+        "step": np.arange(0, 50, 10),
+        "params": jax.tree.map(lambda *xs: jnp.stack(xs), *snaps),
+    }
     res = pca_directions(stacked, final)
     ref = pca_directions(snaps, final)
     np.testing.assert_array_equal(res.steps, stacked["step"])

@@ -19,17 +19,27 @@ def _result_2d():
     z = 0.5 + a[:, None] ** 2 + 2 * b[None, :] ** 2
     z[0, 0] = np.nan  # a non-finite point is masked, not fatal
     acc = 1 - z / 10
-    return SliceResult(alphas=a, betas=b, train={"loss": z, "accuracy": acc},
-                       test={"loss": z + 0.1, "accuracy": acc - 0.05},
-                       finite=np.isfinite(z), kind="slice_2d")
+    return SliceResult(
+        alphas=a,
+        betas=b,
+        train={"loss": z, "accuracy": acc},
+        test={"loss": z + 0.1, "accuracy": acc - 0.05},
+        finite=np.isfinite(z),
+        kind="slice_2d",
+    )
 
 
 def _result_1d(kind="slice_1d"):
     t = np.linspace(-0.5, 1.5, 21)
     loss = 0.1 + (t - 0.5) ** 2
-    return SliceResult(alphas=t, betas=None, train={"loss": loss, "accuracy": 1 - loss / 3},
-                       test={"loss": loss * 1.2, "accuracy": 1 - loss / 2.5},
-                       finite=np.ones_like(t, bool), kind=kind)
+    return SliceResult(
+        alphas=t,
+        betas=None,
+        train={"loss": loss, "accuracy": 1 - loss / 3},
+        test={"loss": loss * 1.2, "accuracy": 1 - loss / 2.5},
+        finite=np.ones_like(t, bool),
+        kind=kind,
+    )
 
 
 def test_plot_slice_curves_and_log():
@@ -73,9 +83,14 @@ def test_contours_labelled_filled_3d_and_extra_paths():
 def test_trajectory_over_contour():
     r = _result_2d()
     coords = np.stack([np.linspace(0.8, 0, 6), np.sin(np.linspace(0, 3, 6)) * 0.3], axis=1)
-    pca = PCAResult(vectors={"w": np.zeros((2, 3))}, explained_variance=np.array([2.0, 0.5]),
-                    explained_variance_ratio=np.array([0.8, 0.2]),
-                    singular_values=np.array([1.0, 0.5]), coords=coords, steps=np.arange(6))
+    pca = PCAResult(
+        vectors={"w": np.zeros((2, 3))},
+        explained_variance=np.array([2.0, 0.5]),
+        explained_variance_ratio=np.array([0.8, 0.2]),
+        singular_values=np.array([1.0, 0.5]),
+        coords=coords,
+        steps=np.arange(6),
+    )
     ax = plot.plot_trajectory(pca, r)
     path = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == 6]
     assert path and np.allclose(path[0].get_xdata(), coords[:, 0])

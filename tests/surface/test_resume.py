@@ -21,8 +21,9 @@ def test_interrupted_grid_resumes_without_recomputing(tmp_path, small_digits, mo
     m = tiny_mlp(jnp.float32)
     loss_fn = landscape.make_loss_fn(m)
     d1, d2 = random_directions(jax.random.key(0), m.params, 2)
-    kw = dict(alphas=np.linspace(-1, 1, 5), betas=np.linspace(-1, 1, 5), chunk_size=4,
-              test_data=test)  # 25 points: 7 chunks per split
+    kw = dict(
+        alphas=np.linspace(-1, 1, 5), betas=np.linspace(-1, 1, 5), chunk_size=4, test_data=test
+    )  # 25 points: 7 chunks per split
     full = slice_2d(loss_fn, m.params, train, (d1, d2), **kw)
 
     run = tmp_path / "run"
@@ -40,7 +41,10 @@ def test_interrupted_grid_resumes_without_recomputing(tmp_path, small_digits, mo
         slice_2d(loss_fn, m.params, train, (d1, d2), run_dir=run, **kw)
     monkeypatch.setattr(engine.ChunkStore, "save", real_save)
     assert sorted(p.name for p in (run / "train").glob("chunk-*.npz")) == [
-        "chunk-000000.npz", "chunk-000001.npz", "chunk-000002.npz"]
+        "chunk-000000.npz",
+        "chunk-000001.npz",
+        "chunk-000002.npz",
+    ]
     assert not (run / "result.npz").exists()
 
     # the settings are stored with the chunks
@@ -75,8 +79,14 @@ def test_interrupted_grid_resumes_without_recomputing(tmp_path, small_digits, mo
 
     # other settings in the same directory: refused, naming the difference
     with pytest.raises(ValueError, match="holds results of different settings"):
-        slice_2d(loss_fn, m.params, train, (d1, d2), run_dir=run,
-                 **{**kw, "alphas": np.linspace(-2, 2, 5)})
+        slice_2d(
+            loss_fn,
+            m.params,
+            train,
+            (d1, d2),
+            run_dir=run,
+            **{**kw, "alphas": np.linspace(-2, 2, 5)},
+        )
     e1, _ = random_directions(jax.random.key(9), m.params, 2)
     with pytest.raises(ValueError, match="directions"):
         slice_2d(loss_fn, m.params, train, (e1, d2), run_dir=run, **kw)

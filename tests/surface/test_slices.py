@@ -32,7 +32,9 @@ def _at(params, ds, cs):
 
 
 def _lerp(a, b, t):
-    return jax.tree.map(lambda x, y: (1 - jnp.asarray(t, x.dtype)) * x + jnp.asarray(t, x.dtype) * y, a, b)
+    return jax.tree.map(
+        lambda x, y: (1 - jnp.asarray(t, x.dtype)) * x + jnp.asarray(t, x.dtype) * y, a, b
+    )
 
 
 def test_slice_2d_equals_direct_evaluation_float64(small_digits):
@@ -42,8 +44,17 @@ def test_slice_2d_equals_direct_evaluation_float64(small_digits):
         loss_fn = landscape.make_loss_fn(m)
         d1, d2 = random_directions(jax.random.key(0), m.params, 2)
         alphas, betas = np.linspace(-1, 1, 5), np.linspace(-0.5, 1.0, 4)
-        r = slice_2d(loss_fn, m.params, train, (d1, d2), alphas=alphas, betas=betas,
-                     test_data=test, chunk_size=6, batch_size=128)
+        r = slice_2d(
+            loss_fn,
+            m.params,
+            train,
+            (d1, d2),
+            alphas=alphas,
+            betas=betas,
+            test_data=test,
+            chunk_size=6,
+            batch_size=128,
+        )
         assert r.shape == (5, 4) and r.train["loss"].dtype == np.float64
         # the origin is the loss at params; 1e-12: same formula, reassociated sums only
         ref0 = landscape.evaluate(loss_fn, m.params, train)
@@ -89,13 +100,20 @@ def test_slice_1d_and_interpolate_float64(small_digits):
             assert s.train["accuracy"][i] == pytest.approx(float(ref["accuracy"]), abs=1e-12)
 
 
-def test_float32_slice_matches_direct_evaluation(small_digits, trained_mlp):
+def test_float32_slice_matches_direct_evaluation(small_digits):
     train, test = small_digits
-    model = trained_mlp.model
+    model = tiny_mlp(jnp.float32)
     loss_fn = landscape.make_loss_fn(model)
     d1, d2 = random_directions(jax.random.key(1), model.params, 2)
-    r = slice_2d(loss_fn, model.params, train, (d1, d2), alphas=np.linspace(-1, 1, 4),
-                 betas=np.linspace(-1, 1, 3), test_data=test)
+    r = slice_2d(
+        loss_fn,
+        model.params,
+        train,
+        (d1, d2),
+        alphas=np.linspace(-1, 1, 4),
+        betas=np.linspace(-1, 1, 3),
+        test_data=test,
+    )
     for i, j in [(0, 0), (1, 2), (3, 1)]:
         p = _at(model.params, (d1, d2), (np.float32(r.alphas[i]), np.float32(r.betas[j])))
         ref = landscape.evaluate(loss_fn, p, test)
@@ -116,7 +134,10 @@ def test_relu_rescaling_invariance(norm, small_digits):
         p = jax.tree.map(lambda x: x + 0.05, m.params)  # non-zero biases
         c = 3.7
         q = jax.tree.map(lambda x: x, p)
-        q["layers"][0] = {"kernel": c * p["layers"][0]["kernel"], "bias": c * p["layers"][0]["bias"]}
+        q["layers"][0] = {
+            "kernel": c * p["layers"][0]["kernel"],
+            "bias": c * p["layers"][0]["bias"],
+        }
         q["layers"][1] = {"kernel": p["layers"][1]["kernel"] / c, "bias": p["layers"][1]["bias"]}
         alphas = np.linspace(-1, 1, 7)
         out = {}
@@ -127,9 +148,16 @@ def test_relu_rescaling_invariance(norm, small_digits):
             np.testing.assert_allclose(out["q", bias_bn], out["p", bias_bn], rtol=1e-10, atol=0)
         assert np.ptp(out["p", "zero"]) > 1e-2  # the slice is not flat
         # and the invariance is a property of the normalisation: without it the slices differ
-        raw = {n: slice_1d(loss_fn, params, train,
-                           random_direction(jax.random.key(4), params, norm=None), alphas=alphas).loss
-               for n, params in (("p", p), ("q", q))}
+        raw = {
+            n: slice_1d(
+                loss_fn,
+                params,
+                train,
+                random_direction(jax.random.key(4), params, norm=None),
+                alphas=alphas,
+            ).loss
+            for n, params in (("p", p), ("q", q))
+        }
         assert np.max(np.abs(raw["p"] - raw["q"])) > 1e-3
 
 
@@ -147,8 +175,9 @@ def test_first_layer_trick_equals_plain_evaluation_float64(small_digits):
         for split in ("train", "test"):
             for k in plain.train:
                 # reassociated first-layer sums: 1e-12 in float64
-                np.testing.assert_allclose(getattr(fast, split)[k], getattr(plain, split)[k],
-                                           rtol=1e-12, atol=1e-12)
+                np.testing.assert_allclose(
+                    getattr(fast, split)[k], getattr(plain, split)[k], rtol=1e-12, atol=1e-12
+                )
         b = tiny_mlp(jnp.float64, seed=1)
         ts = np.linspace(-0.5, 1.5, 5)
         pi = interpolate(loss_fn, m.params, b.params, train, ts=ts)
@@ -156,7 +185,7 @@ def test_first_layer_trick_equals_plain_evaluation_float64(small_digits):
         np.testing.assert_allclose(fi.loss, pi.loss, rtol=1e-12)
         with pytest.raises(ValueError, match="another model"):
             slice_1d(landscape.make_loss_fn(b), m.params, train, d1, first_layer=fl)
-        cnn = landscape.make_model("cnn", input_shape=(8, 8, 1), num_outputs=10, channels=(2,))
+        cnn = landscape.make_model("cnn", input_shape=(8, 8, 1), num_outputs=10, channels=(4, 6))
         with pytest.raises(ValueError, match="only the foundation's MLP"):
             affine_first_layer(cnn)
 
@@ -180,8 +209,15 @@ def test_result_save_load_roundtrip(tmp_path, small_digits):
     m = tiny_mlp(jnp.float32)
     loss_fn = landscape.make_loss_fn(m)
     d1, d2 = random_directions(jax.random.key(0), m.params, 2)
-    r = slice_2d(loss_fn, m.params, train, (d1, d2), alphas=np.linspace(-1, 1, 3),
-                 betas=np.linspace(-1, 1, 2), test_data=test)
+    r = slice_2d(
+        loss_fn,
+        m.params,
+        train,
+        (d1, d2),
+        alphas=np.linspace(-1, 1, 3),
+        betas=np.linspace(-1, 1, 2),
+        test_data=test,
+    )
     r.save(tmp_path / "r.npz")
     back = SliceResult.load(tmp_path / "r.npz")
     assert back.kind == "slice_2d" and back.shape == (3, 2)
@@ -190,7 +226,9 @@ def test_result_save_load_roundtrip(tmp_path, small_digits):
         np.testing.assert_array_equal(back.test[k], r.test[k])
     np.testing.assert_array_equal(back.betas, r.betas)
     assert back.directions[0]["key_data"] == tuple(d1.spec["key_data"])
-    assert back.settings["bn"] == "centre" and back.settings["data_hash"] == r.settings["data_hash"]
+    assert (
+        back.settings["bn"] == "centre" and back.settings["data_hash"] == r.settings["data_hash"]
+    )
     assert "SliceResult(slice_2d, grid 3x2" in repr(back)
     r1 = slice_1d(loss_fn, m.params, train, d1, alphas=[-1.0, 1.0])
     r1.save(tmp_path / "r1.npz")
@@ -233,7 +271,9 @@ def test_bad_inputs(small_digits):
     with pytest.raises(ValueError, match="ts must be finite"):
         interpolate(loss_fn, m.params, m.params, train, ts=[0.0, np.nan])
     bad = {"layers": {0: m.params["layers"][0]}}
-    with pytest.raises(ValueError, match=r"directions\[1\] must have the same tree structure as params"):
+    with pytest.raises(
+        ValueError, match=r"directions\[1\] must have the same tree structure as params"
+    ):
         slice_2d(loss_fn, m.params, train, (d1, bad))
     shape = jax.tree.map(lambda x: x, m.params)
     shape["layers"][2]["kernel"] = jnp.ones((10, 3))
@@ -255,7 +295,9 @@ def test_bad_inputs(small_digits):
         slice_1d(loss_fn, m.params, train, d1, strategy="pmap")
     with pytest.raises(TypeError, match="data must be a dict"):
         slice_1d(loss_fn, m.params, [1, 2], d1)
-    with pytest.raises(ValueError, match="interpolate: bn='interpolate' needs the second model's state"):
+    with pytest.raises(
+        ValueError, match="interpolate: bn='interpolate' needs the second model's state"
+    ):
         interpolate(loss_fn, m.params, m.params, train, bn="interpolate")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a valid call warns about nothing
