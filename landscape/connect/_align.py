@@ -14,15 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
-from scipy.optimize import linear_sum_assignment
 
 from landscape import _provenance, _tree, _validate, engine
 from landscape._model import Model, as_model
 from landscape._result import Result, result, static_field
 from landscape.connect._trace import (
     PermutationSpec,
+    _group_of,
     _permute_tree,
     capture_activations,
+    expand_perm,
     permutation_spec,
 )
 
@@ -66,11 +67,11 @@ class Alignment(Result):
     def apply(self, params: PyTree, state: PyTree = None):
         """Permute another pytree of B's structure (a snapshot of B, its optimiser moments)
         with these permutations; returns ``params`` or ``(params, state)``."""
-        axes = {k: tuple(v) for k, v in self.param_axes.items()}
+        axes = {k: tuple(_entry(e) for e in v) for k, v in self.param_axes.items()}
         out = _permute_tree(params, axes, self.perms)
         if state is None:
             return out
-        saxes = {k: tuple(v) for k, v in self.state_axes.items()}
+        saxes = {k: tuple(_entry(e) for e in v) for k, v in self.state_axes.items()}
         return out, _permute_tree(state, saxes, self.perms)
 
     def __repr__(self):
@@ -82,12 +83,18 @@ class Alignment(Result):
         )
 
 
+def _entry(e):
+    return tuple(e) if isinstance(e, (list, tuple)) else e
+
+
 # --------------------------------------------------------------------------------------------
 def _np_leaves(tree) -> dict[str, np.ndarray]:
     return {p: np.asarray(x, np.float64) for p, x in zip(_tree.leaf_paths(tree), jax.tree.leaves(tree))}
 
 
 def _weight_matching(spec: PermutationSpec, pa, pb, *, max_iter: int, seed: int):
+    from scipy.optimize import linear_sum_assignment
+
     A, B = _np_leaves(pa), _np_leaves(pb)
     axes = spec.param_axes
     members = {g: spec.axes_of(g) for g in spec.groups}
@@ -96,10 +103,21 @@ def _weight_matching(spec: PermutationSpec, pa, pb, *, max_iter: int, seed: int)
 
     def permuted(path, except_ax=None):
         x = B[path]
-        for ax, g in enumerate(axes[path]):
-            if g is not None and ax != except_ax:
-                x = np.take(x, perms[g], axis=ax)
+        for ax, e in enumerate(axes[path]):
+            if e is not None and ax != except_ax:
+                x = np.take(x, expand_perm(e, perms[_group_of(e)]), axis=ax)
         return x
+
+    def units_first(x, path, ax, n):
+        """The axis ``ax`` as ``(n units, everything else)`` (a flattened block's middle
+        factor for a derived axis)."""
+        e = axes[path][ax]
+        x = np.moveaxis(x, ax, 0)
+        if isinstance(e, str):
+            return x.reshape(n, -1)
+        _, outer, inner = e
+        x = x.reshape(outer, n, inner, -1)
+        return np.moveaxis(x, 1, 0).reshape(n, -1)
 
     def total():
         return float(sum(np.vdot(A[p], permuted(p)) for p in A))
@@ -115,8 +133,8 @@ def _weight_matching(spec: PermutationSpec, pa, pb, *, max_iter: int, seed: int)
             n = spec.groups[g]
             C = np.zeros((n, n))
             for path, ax in members[g]:
-                a = np.moveaxis(A[path], ax, 0).reshape(n, -1)
-                b = np.moveaxis(permuted(path, ax), ax, 0).reshape(n, -1)
+                a = units_first(A[path], path, ax, n)
+                b = units_first(permuted(path, ax), path, ax, n)
                 C += a @ b.T
             _, cols = linear_sum_assignment(C, maximize=True)
             rows = np.arange(n)
@@ -164,6 +182,8 @@ def _activation_matching(apply_fn, spec, pa, sa, pb, sb, data, *, batch_size, in
         check_finite=True,
         fn_name=fn,
     )
+    from scipy.optimize import linear_sum_assignment
+
     perms = {}
     total = 0.0
     for g in spec.groups:

@@ -94,6 +94,9 @@ class _Labels:
         self.fixed: list[bool] = []
         self.poison: list[list[str]] = []
         self.origin: list[tuple[str, int]] = []
+        # alias[m] = (n, outer, inner): axis m is a flattened (outer, n, inner) block whose units
+        # are permuted by n's permutation (a flatten readout after convolutions)
+        self.alias: dict[int, tuple[int, int, int]] = {}
 
     def new(self, size: int, origin) -> int:
         i = len(self.parent)
@@ -268,12 +271,10 @@ class _Tracer:
                 reason = why + " (grouped convolution: units are permuted within groups only)"
                 for lab in (lhs[ls[1]], rhs[rs[0]], rhs[rs[1]]):
                     L.spoil(lab, reason)
-                    L.fix(lab)
             else:
                 L.unify(lhs[ls[1]], rhs[rs[1]])
             for d in ls[2:]:
                 L.spoil(lhs[d], why + " (convolution over a permuted axis)")
-                L.fix(lhs[d])
             for d in rs[2:]:
                 L.fix(rhs[d])
             out = [FIXED] * len(outs_shapes[0])
@@ -361,7 +362,6 @@ class _Tracer:
                 for ax in range(r):
                     if ax == d:
                         L.spoil(lab[ax], why + " (concatenation along permuted units)")
-                        L.fix(lab[ax])
                     else:
                         out[ax] = L.unify(out[ax], lab[ax])
             out[d] = FIXED
@@ -497,9 +497,26 @@ class _Tracer:
             i += 1
             j += 1
             labs = [lab[k] for k in gi if ishape[k] != 1]
-            if len(labs) == 1 and len([k for k in gj if oshape[k] != 1]) == 1:
+            outs_ = [k for k in gj if oshape[k] != 1]
+            if len(labs) == 1 and len(outs_) == 1:
                 for k in gj:
                     out[k] = labs[0] if oshape[k] != 1 else WILD
+                continue
+            real = [k for k in gi if ishape[k] != 1]
+            nodes = [k for k in real if L.norm(lab[k]) >= 0]
+            if len(outs_) == 1 and len(nodes) == 1 and all(L.norm(lab[k]) != WILD or k in nodes for k in real):
+                # a flatten of one permuted axis with unpermuted ones: the merged axis is the
+                # block (outer, units, inner), permuted by the units' permutation
+                k0 = nodes[0]
+                outer = int(np.prod([ishape[k] for k in real if k < k0], dtype=np.int64))
+                inner = int(np.prod([ishape[k] for k in real if k > k0], dtype=np.int64))
+                m = L.new(oshape[outs_[0]], None)
+                L.alias[m] = (L.norm(lab[k0]), outer, inner)
+                for k in real:
+                    if k != k0:
+                        L.fix(lab[k])
+                for k in gj:
+                    out[k] = m if oshape[k] != 1 else WILD
                 continue
             for x in labs:
                 L.spoil(x, why + " (reshape merging or splitting permuted units with other "
@@ -517,7 +534,10 @@ class PermutationSpec:
     Attributes:
       groups: ``{name: size}``; a group is named after the parameter axis that produces its
         units (e.g. ``"layers/0/kernel[1]"``: the output units of the first dense layer).
-      param_axes: ``{leaf path: (group name or None per axis)}`` for every parameter leaf.
+      param_axes: ``{leaf path: (entry per axis)}`` for every parameter leaf; an entry is
+        ``None`` (not permuted), a group name, or ``(group, outer, inner)`` for an axis that
+        flattens ``outer`` x units x ``inner`` (e.g. the dense layer after a flatten readout:
+        its input axis is ``height * width * channels``).
       state_axes: the same for the model state (batch-norm statistics).
       unsupported: ``{group name: reasons}`` for groups left unpermuted because of an
         operation the analysis cannot handle (only with ``on_unsupported="fix"``).
@@ -531,16 +551,23 @@ class PermutationSpec:
     _num_eqns: int = 0
 
     def axes_of(self, group: str, *, include_state: bool = False) -> list[tuple[str, int]]:
-        """``(leaf path, axis)`` of every parameter axis in ``group``."""
+        """``(leaf path, axis)`` of every parameter axis permuted by ``group`` (flattened
+        blocks included)."""
         items = list(self.param_axes.items())
         if include_state:
             items += [("state:" + k, v) for k, v in self.state_axes.items()]
-        return [(k, ax) for k, labs in items for ax, g in enumerate(labs) if g == group]
+        return [(k, ax) for k, labs in items for ax, g in enumerate(labs) if _group_of(g) == group]
 
     def __repr__(self):
         lines = [f"PermutationSpec({len(self.groups)} groups)"]
+        entries = {**self.param_axes, **{"state:" + k: v for k, v in self.state_axes.items()}}
+
+        def show(k, a):
+            e = entries[k][a]
+            return f"{k}[{a}]" + (f" (flattened {e[1]} x units x {e[2]})" if isinstance(e, tuple) else "")
+
         for g, n in self.groups.items():
-            members = ", ".join(f"{k}[{a}]" for k, a in self.axes_of(g, include_state=True))
+            members = ", ".join(show(k, a) for k, a in self.axes_of(g, include_state=True))
             lines.append(f"  {g} (size {n}): {members}")
         for g, why in self.unsupported.items():
             lines.append(f"  unsupported {g}: {why[0]}")
@@ -629,12 +656,58 @@ def permutation_spec(
         for x_ in lab:
             L.fix(x_)
 
+    # flattened blocks (derived axes) follow their base group: a fixed block fixes its base,
+    # two blocks tied together tie their bases, a poisoned block poisons its base
+    for _ in range(len(L.alias) + 1):
+        changed = False
+        for m, (n, _o, _i) in L.alias.items():
+            r = L.find(m)
+            if L.fixed[r] and L.norm(n) >= 0:
+                L.fix(n)
+                changed = True
+            if L.poison[r] and L.norm(n) >= 0:
+                L.poison[L.find(n)].extend(L.poison[r])
+                L.poison[r] = []
+                changed = True
+        by_root: dict = {}
+        for m, (n, o, i) in L.alias.items():
+            by_root.setdefault(L.find(m), []).append((n, o, i))
+        for lst in by_root.values():
+            n0, o0, i0 = lst[0]
+            for n, o, i in lst[1:]:
+                if L.norm(n) == L.norm(n0):
+                    continue
+                if (o, i) == (o0, i0):
+                    L.unify(n, n0)
+                else:
+                    reason = "two different flattens added together"
+                    L.spoil(n, reason)
+                    L.spoil(n0, reason)
+                changed = True
+        if not changed:
+            break
+    derived_roots = {L.find(m): (n, o, i) for m, (n, o, i) in L.alias.items()}
+
+    def resolve(lab):
+        """``(base group root, outer, inner)`` of a label, or None when it is not permuted."""
+        r = L.norm(lab)
+        if r < 0:
+            return None
+        if r not in derived_roots:
+            return r, 1, 1
+        n, o, i = derived_roots[r]
+        sub = resolve(n)
+        if sub is None:
+            return None
+        b, o2, i2 = sub
+        return b, o * o2, i2 * i
+
     # groups: roots not fixed, of size > 1
     roots = {}
     for labs in plabs + slabs:
         for lab in labs:
             r = L.norm(lab)
-            if r >= 0:
+            if r >= 0 and r not in derived_roots:
                 roots.setdefault(r, []).append(L.origin[lab])
     # names: the output axis of a kernel (last axis of a leaf with ndim >= 2), the first such
     # kernel the program uses
@@ -680,17 +753,25 @@ def permutation_spec(
         if L.norm(r) >= 0:
             groups[names[r]] = L.size[r]
 
+    def entry(lab):
+        res = resolve(lab)
+        if res is None or L.norm(res[0]) < 0:
+            return None
+        b, o, i = res
+        return names[L.norm(b)] if (o, i) == (1, 1) else (names[L.norm(b)], o, i)
+
     def axes_of(labs_list, tree):
-        out = {}
-        for path, labs in zip(_tree.leaf_paths(tree), labs_list):
-            out[path] = tuple(names[L.norm(lab)] if L.norm(lab) >= 0 else None for lab in labs)
-        return out
+        return {path: tuple(entry(lab) for lab in labs)
+                for path, labs in zip(_tree.leaf_paths(tree), labs_list)}
 
     # activations for activation matching: data-dependent values carrying exactly one group
     acts: dict[str, list] = {}
     acts_all: dict[str, list] = {}
     for pos, labs, nonlinear in tracer.records:
-        gs = [(ax, names[L.norm(lab)]) for ax, lab in enumerate(labs) if L.norm(lab) >= 0]
+        es = [(ax, entry(lab)) for ax, lab in enumerate(labs)]
+        if any(isinstance(e, tuple) for _, e in es):
+            continue  # flattened blocks: their units are matched where they are produced
+        gs = [(ax, e) for ax, e in es if e is not None]
         if len(gs) != 1:
             continue
         ax, g = gs[0]
@@ -708,12 +789,35 @@ def permutation_spec(
     )
 
 
+def _group_of(entry):
+    """The group name of an axis entry (a name, or ``(name, outer, inner)``), or None."""
+    if entry is None or isinstance(entry, str):
+        return entry
+    return entry[0]
+
+
+def expand_perm(entry, perm) -> np.ndarray:
+    """The index permutation of an axis entry: ``perm`` itself, or for a flattened block
+    ``(group, outer, inner)`` the permutation of the middle factor of ``(outer, units, inner)``."""
+    perm = np.asarray(perm)
+    if isinstance(entry, str):
+        return perm
+    _, outer, inner = entry
+    c = perm.size
+    idx = (np.arange(outer)[:, None, None] * (c * inner) + perm[None, :, None] * inner
+           + np.arange(inner)[None, None, :])
+    return idx.reshape(-1)
+
+
 def _permute_tree(tree, axes: dict, perms: dict):
     def f(path, x):
         labs = axes.get(path, ())
-        for ax, g in enumerate(labs):
+        for ax, e in enumerate(labs):
+            if isinstance(e, list):
+                e = tuple(e)
+            g = _group_of(e)
             if g is not None and g in perms:
-                x = jnp.take(x, jnp.asarray(perms[g]), axis=ax)
+                x = jnp.take(x, jnp.asarray(expand_perm(e, perms[g])), axis=ax)
         return x
 
     return _tree.map_with_path(f, tree)

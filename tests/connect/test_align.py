@@ -21,6 +21,7 @@ from tests.connect._helpers import fast_model
 ARCHS = {
     "mlp": ("mlp", dict(hidden=(32, 32)), (64,)),
     "cnn": ("cnn", dict(channels=(4, 4), pool=True), (8, 8, 1)),
+    "cnn_flatten": ("cnn", dict(channels=(4, 4), readout="flatten"), (8, 8, 1)),
     "resnet_bn_skip": ("resnet", dict(widths=(4, 4)), (8, 8, 1)),
     "resnet_noskip_nobn": ("resnet", dict(widths=(4, 4), skip=False, batch_norm=False), (8, 8, 1)),
     "resnet_skip_nobn_2blocks": ("resnet", dict(widths=(4, 4), blocks=2, batch_norm=False), (8, 8, 1)),
@@ -166,21 +167,39 @@ class _SliceNet(nnx.Module):
         return self.l2(jax.nn.relu(self.l1(x))[:, :3])
 
 
+def test_flatten_readout_permutes_blocks():
+    m, shape = _model("cnn_flatten")
+    spec = lc.permutation_spec(m, np.zeros((2, *shape), np.float32))
+    # the dense head's input axis is (8 * 8 positions) x (4 channels): a flattened block
+    assert spec.param_axes["head/kernel"] == (("convs/1/kernel[3]", 64, 1), None)
+    assert "flattened 64 x units x 1" in repr(spec)
+
+
 def test_unsupported_models_raise_naming_the_operation():
-    shape = (8, 8, 1)
-    m = fast_model("cnn", input_shape=shape, channels=(4, 4), readout="flatten")
-    with pytest.raises(UnsupportedModelError, match=r"convs/1/kernel\[3\].*`reshape` at .*models\.py.*flatten"):
-        lc.permutation_spec(m, np.zeros((2, *shape), np.float32))
-    with pytest.raises(UnsupportedModelError, match="align"):
-        lc.align(m, m.params, m.params, example_input=np.zeros((2, *shape), np.float32))
-    spec = lc.permutation_spec(m, np.zeros((2, *shape), np.float32), on_unsupported="fix")
-    assert list(spec.groups) == ["convs/0/kernel[3]"] and "convs/1/kernel[3]" in spec.unsupported
+    shape = (4,)
     cum = landscape.from_nnx(_CumsumNet(nnx.Rngs(0)))
     with pytest.raises(UnsupportedModelError, match=r"l1/kernel\[1\].*`cumsum`.*test_align\.py"):
-        lc.permutation_spec(cum, np.zeros((2, 4), np.float32))
+        lc.permutation_spec(cum, np.zeros((2, *shape), np.float32))
+    with pytest.raises(UnsupportedModelError, match="align: cannot derive"):
+        lc.align(cum, cum.params, cum.params, example_input=np.zeros((2, *shape), np.float32))
     sl = landscape.from_nnx(_SliceNet(nnx.Rngs(0)))
     with pytest.raises(UnsupportedModelError, match="slicing along permuted units"):
-        lc.permutation_spec(sl, np.zeros((2, 4), np.float32))
+        lc.permutation_spec(sl, np.zeros((2, *shape), np.float32))
+    spec = lc.permutation_spec(sl, np.zeros((2, *shape), np.float32), on_unsupported="fix")
+    assert spec.groups == {} and "l1/kernel[1]" in spec.unsupported
+    grouped = landscape.from_nnx(_GroupedConvNet(nnx.Rngs(0)))
+    with pytest.raises(UnsupportedModelError, match="grouped convolution"):
+        lc.permutation_spec(grouped, np.zeros((2, 6, 6, 2), np.float32))
+
+
+class _GroupedConvNet(nnx.Module):
+    def __init__(self, rngs):
+        self.c1 = nnx.Conv(2, 4, (3, 3), rngs=rngs)
+        self.c2 = nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=rngs)
+        self.head = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(jax.nn.relu(self.c2(jax.nn.relu(self.c1(x)))).mean(axis=(1, 2)))
 
 
 def test_align_bad_input(trained_pair, pair_params):
