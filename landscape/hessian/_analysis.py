@@ -13,7 +13,7 @@ from jax import lax
 
 from landscape import _provenance, _tree, _validate, engine
 from landscape._result import Meta, Result, result, static_field
-from landscape.hessian import _density, _eigen, _trace
+from landscape.hessian import _density, _eigen, _random, _trace
 from landscape.hessian import _lanczos as lz
 
 PyTree = Any
@@ -223,7 +223,7 @@ def ggn_decomposition(
         if k:
             e = _eigen.eigenvalues(
                 loss_fn, params, data, k=k, which="both", key=jax.random.fold_in(key, 1), tol=1e-4,
-                curvature=part, model=model, output_loss=output_loss, params_filter=params_filter,
+                krylov_dim=max(num_steps - 2 * k, 2 * k + 1), curvature=part,  # the density's basis shape model=model, output_loss=output_loss, params_filter=params_filter,
                 batch_size=batch_size, method=method,
             )
             hvps += e.num_hvps * (2 if part == "residual" else 1)
@@ -257,10 +257,13 @@ def _full_value_and_grad(loss_fn, point, batched):
 
 
 @functools.partial(jax.jit, static_argnames=("loss_static", "num_steps"))
-def _eps_sharp_jit(loss_static, loss_dyn, params, batched, epsilon, num_steps):
+def _eps_sharp_jit(loss_static, loss_dyn, params, batched, epsilon, num_steps, seed):
     loss_fn = engine.merge_fn(loss_static, loss_dyn)
     box = jax.tree.map(lambda x: epsilon.astype(x.dtype) * (jnp.abs(x) + 1), params)
     (f0, _), _ = _full_value_and_grad(loss_fn, params, batched)
+    # start at a random point of the box: at a minimum the gradient vanishes and a sign step
+    # from z = 0 would not move
+    z0 = jax.tree.map(lambda b, u: b * 2 * u, box, _random.uniform_like(params, seed, 0))
 
     def body(t, carry):
         z, best, ok = carry
@@ -269,22 +272,23 @@ def _eps_sharp_jit(loss_static, loss_dyn, params, batched, epsilon, num_steps):
         z = jax.tree.map(lambda zi, gi, bi: jnp.clip(zi + step * bi * jnp.sign(gi), -bi, bi), z, g, box)
         return z, jnp.maximum(best, f), ok & jnp.all(flags)
 
-    z, best, ok = lax.fori_loop(0, num_steps, body, (_tree.zeros_like(params), f0, jnp.asarray(True)))
+    z, best, ok = lax.fori_loop(0, num_steps, body, (z0, f0, jnp.asarray(True)))
     (f_last, _), flags = _full_value_and_grad(loss_fn, _tree.add(params, z), batched)
     return f0, jnp.maximum(best, f_last), ok & jnp.all(flags)
 
 
 def epsilon_sharpness(
-    loss_fn, params: PyTree, data: PyTree, *, epsilon: float = 1e-3, num_steps: int = 20,
+    loss_fn, params: PyTree, data: PyTree, *, epsilon: float = 1e-3, num_steps: int = 20, key=None,
     batch_size: int | None = None,
 ) -> dict[str, float]:
     """Keskar et al. (2017)'s epsilon-sharpness in the full parameter space.
 
     ``100 * (max_{z in C} L(theta + z) - L(theta)) / (1 + L(theta))`` over the box
     ``C = {|z_i| <= epsilon (|theta_i| + 1)}``. The maximisation runs ``num_steps`` projected
-    sign-gradient ascent steps (step ``2 epsilon (|theta| + 1) / num_steps``, the largest loss
-    seen is kept) on the exact full-data-set loss, in one compiled loop, instead of the paper's
-    L-BFGS-B: a lower bound of the true maximum, like the paper's.
+    sign-gradient ascent steps from a random point of the box (step ``2 epsilon (|theta| + 1) /
+    num_steps``, the largest loss seen is kept) on the exact full-data-set loss, in one compiled
+    loop, instead of the paper's L-BFGS-B: a lower bound of the true maximum, like the paper's.
+    ``key`` seeds the start (default key 0).
 
     Returns:
       ``{"sharpness": percent, "loss": L(theta), "max_loss": ...}``.
@@ -305,7 +309,9 @@ def epsilon_sharpness(
     batched = engine.batch(data, batch_size, fn=fn)
     engine.check_loss(loss_fn, params, batched, fn=fn)
     s, d = engine.split_fn(loss_fn)
-    f0, fmax, ok = _eps_sharp_jit(s, d, params, batched, jnp.asarray(epsilon, _tree.dtype_of(params)), num_steps)
+    seed = np.uint32(_random.key_seed(jax.random.key(0) if key is None else _validate.check_key(key, fn=fn)))
+    f0, fmax, ok = _eps_sharp_jit(s, d, params, batched, np.asarray(epsilon, np.dtype(_tree.dtype_of(params))),
+                                  num_steps, seed)
     if not bool(ok):
         raise FloatingPointError(f"{fn}: non-finite loss or gradient inside the epsilon box.")
     f0, fmax = float(f0), float(fmax)
@@ -382,7 +388,7 @@ def adaptive_sharpness(
     engine.check_loss(loss_fn, params, batched, fn=fn)
     s, d = engine.split_fn(loss_fn)
     dt = _tree.dtype_of(params)
-    f0, fmax, ok = _adaptive_jit(s, d, params, batched, jnp.asarray(rho, dt), jnp.asarray(eta, dt), num_steps,
+    f0, fmax, ok = _adaptive_jit(s, d, params, batched, np.asarray(rho, np.dtype(dt)), np.asarray(eta, np.dtype(dt)), num_steps,
                                  p == float("inf"))
     if not bool(ok):
         raise FloatingPointError(f"{fn}: non-finite loss or gradient inside the perturbation ball.")
@@ -451,7 +457,7 @@ def sharpness(
     eig = _eigen.eigenvalues(loss_fn, params, data, k=1, key=k1, tol=tol, batch_size=batch_size, method=method,
                              check_multiplicity=False)
     tr = _trace.trace(loss_fn, params, data, key=k2, max_hvps=trace_hvps, batch_size=batch_size, method=method)
-    es = epsilon_sharpness(loss_fn, params, data, epsilon=epsilon, num_steps=num_steps, batch_size=batch_size)
+    es = epsilon_sharpness(loss_fn, params, data, epsilon=epsilon, num_steps=num_steps, key=k2, batch_size=batch_size)
     ad = adaptive_sharpness(loss_fn, params, data, rho=rho, eta=eta, num_steps=num_steps, batch_size=batch_size)
     details = Meta(
         epsilon=epsilon, rho=rho, eta=eta, num_steps=num_steps, eigen_residual=float(eig.residuals[0]),

@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from landscape import _provenance, _tree, _validate, engine
@@ -136,7 +135,7 @@ def _probe_vector(zeros, seed, counter, stack):
 def _one_probe(op, prepared, zeros, seed, p, num_steps, reorth, key, fn):
     """Nodes, weights, q0^T A q0 and (full mode) the top Ritz vector of probe ``p``."""
     if reorth:
-        v = _probe_vector(zeros, jnp.asarray(seed, jnp.uint32), jnp.asarray(p), True)
+        v = _probe_vector(zeros, np.uint32(seed), np.int32(p), True)
         st = lz.new_state(prepared, v, 1, num_steps + 1, num_steps, key=jax.random.fold_in(key, p), dtype=op.dtype)
         st.expand(num_steps)
         if not st.ok:
@@ -148,7 +147,7 @@ def _one_probe(op, prepared, zeros, seed, p, num_steps, reorth, key, fn):
         theta, Y = lz.tridiagonal_eigh(alphas, betas)
         top = lz.combine_rows(st, Y[:, -1:])
         return theta, Y[0] ** 2, alphas[0], top
-    v = _probe_vector(zeros, jnp.asarray(seed, jnp.uint32), jnp.asarray(p), False)
+    v = _probe_vector(zeros, np.uint32(seed), np.int32(p), False)
     alphas, betas, ok, first_bad = lz.stream(prepared, v, num_steps)
     if not ok.all():
         ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None, fn=fn,
@@ -299,8 +298,9 @@ def spectral_density(
         checks["trace_z_score"] = float((checks["slq_trace"] - ref) / se) if se and np.isfinite(se) else float("nan")
     if check:
         v0 = None if top_vec is None else op.subset.embed(top_vec, op.params, leading=(1,))
+        # krylov_dim = num_steps - 1 gives the same basis shape as the probes: same program
         eig = _eigen.solve(op, k=1, which="largest", tol=1e-4, key=jax.random.fold_in(key, 7777), v0=v0,
-                           check_multiplicity=False, fn=fn)
+                           krylov_dim=max(num_steps - 1, 2), check_multiplicity=False, fn=fn)
         hvps += eig.num_hvps
         lam = float(eig.values[0])
         checks["top_eigenvalue"] = lam

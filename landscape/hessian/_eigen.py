@@ -129,7 +129,7 @@ def _orthonormal_rows(V: PyTree, *, fn: str, name: str) -> tuple[PyTree, int]:
     norms = np.sqrt(np.maximum(np.diag(np.asarray(_gram_jit(V), np.float64)), 0))
     if np.any(norms == 0):
         raise ValueError(f"{fn}: {name} contains a zero vector (row {int(np.argmin(norms))}); starting vectors must be nonzero.")
-    V = jax.tree.map(lambda x: x / jnp.asarray(norms, x.dtype).reshape((b,) + (1,) * (x.ndim - 1)), V)
+    V = _rows_combine(V, np.diag(1.0 / norms).astype(np.dtype(dtype)))
     rank = b
     for _ in range(2):
         G = np.asarray(_gram_jit(V), np.float64)
@@ -137,9 +137,14 @@ def _orthonormal_rows(V: PyTree, *, fn: str, name: str) -> tuple[PyTree, int]:
         keep = d > max(d.max(), 0) * 1e3 * float(jnp.finfo(dtype).eps) * b
         U, d = U[:, keep][:, ::-1], d[keep][::-1]
         W = U / np.sqrt(d)
-        V = _rows_combine(V, jnp.asarray(W, dtype))
+        V = _rows_combine(V, W.astype(np.dtype(dtype)))
         rank = int(keep.sum())
     return V, rank
+
+
+@jax.jit
+def _stack1(v):
+    return jax.tree.map(lambda x: jnp.asarray(x)[None], v)
 
 
 @jax.jit
@@ -167,7 +172,7 @@ def start_block(op: ops.CurvatureOperator, v0, key, *, fn: str) -> tuple[PyTree,
     ``v0`` may be one params-shaped vector or a stack of them (leading axis).
     """
     if v0 is None:
-        V = _random_start(op.zeros(), jnp.asarray(_random.key_seed(key), jnp.uint32))
+        V = _random_start(op.zeros(), np.uint32(_random.key_seed(key)))
         return _orthonormal_rows(V, fn=fn, name="v0")
     p_leaves = jax.tree.leaves(op.params)
     if jax.tree.structure(v0) != jax.tree.structure(op.params):
@@ -175,7 +180,7 @@ def start_block(op: ops.CurvatureOperator, v0, key, *, fn: str) -> tuple[PyTree,
     v_leaves = jax.tree.leaves(v0)
     if all(np.shape(a) == np.shape(b) for a, b in zip(v_leaves, p_leaves)):
         ops.check_vector(v0, op.params, fn=fn, name="v0", allow_zero=False)
-        V = jax.tree.map(lambda x: jnp.asarray(x)[None], v0)
+        V = _stack1(v0)
     else:
         lead = {np.shape(a)[:1] for a in v_leaves}
         ok = len(lead) == 1 and all(np.shape(a)[1:] == np.shape(b) for a, b in zip(v_leaves, p_leaves))
@@ -262,7 +267,7 @@ def solve(
     dtype = op.dtype
     tol_used = max(float(tol), TOL_FLOOR * float(jnp.finfo(dtype).eps))
     if krylov_dim is None:
-        m = min(n, max(20, 2 * ktot + 10))
+        m = min(n, max(20, 2 * ktot + 1))
     else:
         m = _validate.check_positive_int(krylov_dim, fn=fn, name="krylov_dim")
         if m < ktot + 1 and m < n:
@@ -271,7 +276,7 @@ def solve(
     key = _validate.check_key(key, fn=fn)
     k_start, k_run = jax.random.split(key)
     V, b = start_block(op, v0, k_start, fn=fn)
-    rows = m + max(b, 1) + 1
+    rows = m + max(b, ktot) + 1  # independent of the start block up to k_total vectors
     prepared = op.host_prepared()
     st = lz.new_state(prepared, V, b, rows, m, key=k_run, dtype=dtype)
     s_check = num_check_steps if num_check_steps is not None else max(4, min(8, m - ktot))
@@ -331,7 +336,7 @@ def solve(
     values = ritz.theta[w]
     X = lz.combine_rows(st, ritz.Y[:, w])
     s, d = engine.split_fn(prepared)
-    res, ok = _true_residuals_jit(s, d, X, jnp.asarray(values, dtype))
+    res, ok = _true_residuals_jit(s, d, X, values.astype(np.dtype(dtype)))
     ok = np.asarray(ok)
     if not ok.all():
         ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None, fn=fn,
@@ -436,8 +441,8 @@ def eigenvalues(
       key: PRNG key for the start vector and restarts (required unless ``v0`` is given).
       v0: warm start: one params-shaped vector or a stack of them (e.g. the previous result's
         ``vectors``); nonzero and finite.
-      krylov_dim: products per restart cycle (default ``max(20, 2 k_total + 10)``, capped at the
-        dimension).
+      krylov_dim: basis size of a restart cycle (default ``max(20, 2 k_total + 1)``, ARPACK's
+        choice, capped at the dimension).
       max_restarts: restart cycles before giving up (unconverged pairs are flagged and a
         ``RuntimeWarning`` is issued).
       check_multiplicity: run the fresh-vector check (a few extra products, default on).

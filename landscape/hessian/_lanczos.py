@@ -168,7 +168,7 @@ class KrylovState:
         self.filled, self.expanded = int(filled), int(expanded)
         self.key = key
         self.dtype = dtype
-        self.anorm = jnp.zeros((), dtype)
+        self.anorm = np.zeros((), np.dtype(dtype))
         self.num_matvecs = 0
         self.num_breakdowns = 0
         self.num_second_passes = 0
@@ -191,12 +191,12 @@ class KrylovState:
         if num <= 0:
             return
         s, d = engine.split_fn(self.prepared)
-        seed = jnp.asarray((_random.key_seed(self.key) + 7919 * self._calls) & 0xFFFFFFFF, jnp.uint32)
+        seed = np.uint32((_random.key_seed(self.key) + 7919 * self._calls) & 0xFFFFFFFF)
         self._calls += 1
-        tol_break = jnp.asarray(BREAKDOWN_FACTOR * _eps(self.dtype), self.dtype)
+        tol_break = np.asarray(BREAKDOWN_FACTOR * _eps(self.dtype), np.dtype(self.dtype))
         out = _expand_jit(
-            s, d, self.Q, self.H, self.parent, jnp.asarray(self.filled), self.anorm,
-            jnp.asarray(self.expanded), jnp.asarray(self.expanded + num), seed, tol_break,
+            s, d, self.Q, self.H, self.parent, np.int32(self.filled), self.anorm,
+            np.int32(self.expanded), np.int32(self.expanded + num), seed, tol_break,
         )
         self.Q, self.H, self.parent, _filled, ok, first_bad, self.anorm, nbreak, ndgks = out
         self.filled += num
@@ -215,12 +215,18 @@ class KrylovState:
         return np.asarray(self.H, dtype=np.float64)
 
 
+@functools.partial(jax.jit, static_argnames=("rows",))
+def _init_basis(start_rows, rows):
+    return jax.tree.map(
+        lambda s: jnp.zeros((rows,) + s.shape[1:], s.dtype).at[: s.shape[0]].set(s), start_rows
+    )
+
+
 def new_state(prepared, start_rows: PyTree, num_start: int, rows: int, max_expand: int, *, key, dtype) -> KrylovState:
     """A Krylov state whose first ``num_start`` rows are the (orthonormal) ``start_rows``."""
-    Q = basis_zeros(jax.tree.map(lambda x: x[0], start_rows), rows)
-    Q = jax.tree.map(lambda q, s: q.at[:num_start].set(s[:num_start].astype(q.dtype)), Q, start_rows)
-    H = jnp.zeros((rows, max_expand), dtype)
-    parent = -jnp.ones((rows,), jnp.int32)
+    Q = _init_basis(_tree.cast(start_rows, dtype), rows)
+    H = jax.device_put(np.zeros((rows, max_expand), np.dtype(dtype)))
+    parent = jax.device_put(-np.ones((rows,), np.int32))
     return KrylovState(prepared, Q, H, parent, num_start, 0, key=key, dtype=dtype)
 
 
@@ -250,7 +256,7 @@ def restart(state: KrylovState, S: np.ndarray, diag: np.ndarray, coupling: np.nd
     of ``A`` times the kept Ritz vectors on the carried rows.
     """
     rows = state.rows
-    Q = _recombine_jit(state.Q, jnp.asarray(S, state.dtype))
+    Q = _recombine_jit(state.Q, S.astype(np.dtype(state.dtype)))
     H = np.zeros((rows, state.max_expand))
     H[np.arange(num_keep), np.arange(num_keep)] = diag
     if num_carry:
@@ -258,12 +264,12 @@ def restart(state: KrylovState, S: np.ndarray, diag: np.ndarray, coupling: np.nd
     filled = num_keep + num_carry
     for i in range(inject):
         seed = (_random.key_seed(state.key) + 104729 * (state._calls + i + 1)) & 0xFFFFFFFF
-        Q, _ = _inject_jit(Q, jnp.asarray(filled), jnp.asarray(seed, jnp.uint32))
+        Q, _ = _inject_jit(Q, np.int32(filled), np.uint32(seed))
         filled += 1
     state._calls += 1
     state.Q = Q
-    state.H = jnp.asarray(H, state.dtype)
-    state.parent = -jnp.ones((rows,), jnp.int32)
+    state.H = jax.device_put(H.astype(np.dtype(state.dtype)))
+    state.parent = jax.device_put(-np.ones((rows,), np.int32))
     state.filled = filled
     state.expanded = num_keep
 
@@ -278,7 +284,7 @@ def combine_rows(state: KrylovState, Y: np.ndarray) -> PyTree:
     """Vectors ``sum_r Y[r, i] q_r`` for every column of ``Y`` (rows beyond ``Y`` are zero)."""
     full = np.zeros((state.rows, Y.shape[1]))
     full[: Y.shape[0]] = Y
-    return _rows_combine_jit(state.Q, jnp.asarray(full, state.dtype))
+    return _rows_combine_jit(state.Q, full.astype(np.dtype(state.dtype)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,7 +339,7 @@ def stream(prepared, v0: PyTree, num_steps: int):
     """
     s, d = engine.split_fn(prepared)
     dtype = _tree.dtype_of(v0)
-    tol_break = jnp.asarray(BREAKDOWN_FACTOR * _eps(dtype), dtype)
+    tol_break = np.asarray(BREAKDOWN_FACTOR * _eps(dtype), np.dtype(dtype))
     alphas, betas, ok, first_bad, _ = _stream_jit(s, d, v0, num_steps, tol_break)
     return np.asarray(alphas, np.float64), np.asarray(betas, np.float64), np.asarray(ok), int(first_bad)
 
@@ -366,6 +372,11 @@ def projected_eigh(H: np.ndarray, e: int) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # Public Lanczos
 # --------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("num",))
+def _take_rows(Q, num):
+    return jax.tree.map(lambda q: q[:num], Q)
+
+
 @result
 class LanczosResult(Result):
     """Outcome of :func:`lanczos`.
@@ -392,6 +403,13 @@ class LanczosResult(Result):
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Ritz values (ascending) and the eigenvectors of ``T`` (float64, host)."""
         return tridiagonal_eigh(self.alphas, self.betas)
+
+
+@jax.jit
+def _unit_rows(v):
+    """``v / ||v||`` with a leading axis of one."""
+    v, _ = _tree.normalize(v)
+    return jax.tree.map(lambda x: x[None], v)
 
 
 def lanczos(matvec, v0: PyTree, num_steps: int, *, reorthogonalize: bool = True, key=None) -> LanczosResult:
@@ -442,20 +460,20 @@ def lanczos(matvec, v0: PyTree, num_steps: int, *, reorthogonalize: bool = True,
     if num_steps > n:
         raise ValueError(f"{fn}: num_steps={num_steps} exceeds the dimension of the operator ({n}).")
     dtype = _tree.dtype_of(v)
-    v, _ = _tree.normalize(_tree.cast(v, dtype))
+    v = _unit_rows(v)
     key = jax.random.key(0) if key is None else _validate.check_key(key, fn=fn)
     if not reorthogonalize:
-        alphas, betas, ok, first_bad = stream(prepared, v, num_steps)
+        alphas, betas, ok, first_bad = stream(prepared, _tree.index(v, 0), num_steps)
         ops.raise_nonfinite(ok, op, fn=fn)
         return LanczosResult(alphas, betas, None, num_steps, int(np.sum(betas[:-1] == 0)), False,
                              _provenance.provenance(dtype=dtype, settings={"num_steps": num_steps}))
-    st = new_state(prepared, jax.tree.map(lambda x: x[None], v), 1, num_steps + 1, num_steps, key=key, dtype=dtype)
+    st = new_state(prepared, v, 1, num_steps + 1, num_steps, key=key, dtype=dtype)
     st.expand(num_steps)
     ops.raise_nonfinite(st.ok_flags, op, fn=fn)
     H = st.H64()
     alphas = np.diag(H[:num_steps, :num_steps]).copy()
     betas = np.array([H[j + 1, j] for j in range(num_steps)])
-    basis = jax.tree.map(lambda q: q[:num_steps], st.Q)
+    basis = _take_rows(st.Q, num_steps)
     if op is not None:
         basis = op.subset.embed(basis, op.params, leading=(num_steps,))
     return LanczosResult(alphas, betas, basis, num_steps, st.num_breakdowns, True,

@@ -409,7 +409,7 @@ class CurvatureOperator:
 
     def zeros(self) -> PyTree:
         """A zero vector of the operator's (subset) shape."""
-        return _tree.zeros_like(self.subset.restrict(self.params))
+        return _zeros_jit(self.subset.restrict(self.params))
 
     # traceable products --------------------------------------------------------------------
     def matvec_with_flags(self, v: PyTree) -> tuple[PyTree, jax.Array]:
@@ -545,11 +545,31 @@ def raise_nonfinite(ok, op: CurvatureOperator | None, *, fn: str, what: str = "c
 # --------------------------------------------------------------------------------------------
 # Building operators
 # --------------------------------------------------------------------------------------------
+@jax.jit
+def _zeros_jit(tree):
+    return _tree.zeros_like(tree)
+
+
+@jax.jit
+def _norm_jit(v):
+    return _tree.norm(v)
+
+
+@jax.jit
+def _min_jit(tree):
+    return jnp.min(jnp.stack([jnp.min(x) for x in jax.tree.leaves(tree)]))
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _rsqrt_jit(tree, dtype):
+    return jax.tree.map(lambda x: jax.lax.rsqrt(x.astype(dtype)), tree)
+
+
 def check_vector(v, params, *, fn: str, name: str, allow_zero: bool = True) -> None:
     """A params-shaped, finite (and, unless ``allow_zero``, nonzero) vector."""
     _validate.check_same_structure(v, params, fn=fn, name=name)
     _validate.check_finite(v, fn=fn, name=name)
-    if not allow_zero and float(_tree.norm(_tree.cast(v, jnp.float32))) == 0.0:
+    if not allow_zero and float(_norm_jit(v)) == 0.0:
         raise ValueError(f"{fn}: {name} is the zero vector; a starting/probe vector must be nonzero.")
 
 
@@ -675,10 +695,9 @@ def make_hvp(
     if preconditioner is not None:
         _validate.check_same_structure(preconditioner, params, fn=fn, name="preconditioner")
         _validate.check_finite(preconditioner, fn=fn, name="preconditioner")
-        if any(float(jnp.min(x)) <= 0 for x in jax.tree.leaves(preconditioner)):
+        if float(_min_jit(preconditioner)) <= 0:
             raise ValueError(f"{fn}: preconditioner must be strictly positive (a diagonal P > 0).")
-        dt = _tree.dtype_of(params)
-        scale = subset.restrict(jax.tree.map(lambda x: jax.lax.rsqrt(jnp.asarray(x, dt)), preconditioner))
+        scale = subset.restrict(_rsqrt_jit(preconditioner, _tree.dtype_of(params)))
     op = CurvatureOperator(
         loss_fn, params, batched, pieces, scale, curvature=curvature, subset=subset, method="forward_over_reverse"
     )

@@ -157,7 +157,7 @@ def estimate_trace(
     if estimator == "hutch++":
         s_size = sketch_size if sketch_size is not None else max(1, max_hvps // 3)
         s_size = min(s_size, n, max(1, (max_hvps - min(min_probes, max_hvps)) // 2))
-        Y, ok = _sketch_jit(s, d, zeros, jnp.asarray(seed ^ 0x5A5A5A5A, jnp.uint32), s_size)
+        Y, ok = _sketch_jit(s, d, zeros, np.uint32(seed ^ 0x5A5A5A5A), s_size)
         _check_ok(ok, op, fn)
         used += s_size
         Q, rank = _eigen._orthonormal_rows(Y, fn=fn, name="the sketch")
@@ -171,7 +171,7 @@ def estimate_trace(
     counter = 0
     while used < max_hvps:
         num = min(chunk_size, max_hvps - used)
-        vals, ok = _probes_jit(s, d, zeros, Q, jnp.asarray(seed, jnp.uint32), jnp.asarray(counter), num)
+        vals, ok = _probes_jit(s, d, zeros, Q, np.uint32(seed), np.int32(counter), num)
         _check_ok(ok, op, fn)
         counter += num
         used += num

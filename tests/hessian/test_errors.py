@@ -1,0 +1,103 @@
+"""Bad inputs: clear errors naming the function and the argument."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from landscape import hessian
+
+
+def test_k_larger_than_parameter_count(planted):
+    loss, params, _ = planted.make(np.ones(planted.n))
+    with jax.enable_x64(True):
+        with pytest.raises(ValueError, match=r"eigenvalues: k=61 .* only 60 parameters"):
+            hessian.eigenvalues(loss, params, planted.data, k=61, key=jax.random.key(0))
+        with pytest.raises(ValueError, match=r"k=31 asks for 62 eigenpairs"):
+            hessian.eigenvalues(loss, params, planted.data, k=31, which="both", key=jax.random.key(0))
+        with pytest.raises(ValueError, match="num_steps=61 exceeds"):
+            hessian.spectral_density(loss, params, planted.data, key=jax.random.key(0), num_steps=61)
+
+
+def test_zero_and_nonfinite_vectors(planted):
+    loss, params, _ = planted.make(np.ones(planted.n))
+    with jax.enable_x64(True):
+        zero = {"w": jnp.zeros(planted.n)}
+        with pytest.raises(ValueError, match="v0 contains a zero vector|v0 is the zero vector"):
+            hessian.eigenvalues(loss, params, planted.data, k=1, v0=zero)
+        op = hessian.make_hvp(loss, params, planted.data)
+        with pytest.raises(ValueError, match="lanczos: v0 is the zero vector"):
+            hessian.lanczos(op, zero, 5)
+        bad = {"w": jnp.full(planted.n, jnp.nan)}
+        with pytest.raises(ValueError, match="v0 must be finite"):
+            hessian.eigenvalues(loss, params, planted.data, k=1, v0=bad)
+        with pytest.raises(ValueError, match="hvp: v must be finite"):
+            hessian.hvp(loss, params, planted.data, bad)
+        stack = {"w": jnp.stack([jnp.ones(planted.n), jnp.zeros(planted.n)])}
+        with pytest.raises(ValueError, match=r"zero vector \(row 1\)"):
+            hessian.eigenvalues(loss, params, planted.data, k=2, v0=stack)
+
+
+def test_mismatched_structures(planted):
+    loss, params, _ = planted.make(np.ones(planted.n))
+    with jax.enable_x64(True):
+        with pytest.raises(ValueError, match="hvp: v must have the same tree structure as params"):
+            hessian.hvp(loss, params, planted.data, {"u": jnp.ones(planted.n)})
+        with pytest.raises(ValueError, match="leaf 'w' has shape"):
+            hessian.hvp(loss, params, planted.data, {"w": jnp.ones(3)})
+        with pytest.raises(ValueError, match="v0 must have the same tree structure"):
+            hessian.eigenvalues(loss, params, planted.data, k=1, v0=[jnp.ones(planted.n)])
+        with pytest.raises(ValueError, match="v0 must be params-shaped or a stack"):
+            hessian.eigenvalues(loss, params, planted.data, k=1, v0={"w": jnp.ones((2, 3))})
+        with pytest.raises(ValueError, match="preconditioner must have the same tree structure"):
+            hessian.make_hvp(loss, params, planted.data, preconditioner={"u": 1.0})
+        with pytest.raises(ValueError, match="preconditioner must be strictly positive"):
+            hessian.make_hvp(loss, params, planted.data, preconditioner={"w": -jnp.ones(planted.n)})
+
+
+def test_settings(planted):
+    loss, params, _ = planted.make(np.ones(planted.n))
+    with jax.enable_x64(True):
+        with pytest.raises(ValueError, match="curvature must be one of"):
+            hessian.make_hvp(loss, params, planted.data, curvature="hess")
+        with pytest.raises(ValueError, match="curvature='ggn' needs the model's outputs"):
+            hessian.make_hvp(loss, params, planted.data, curvature="ggn")
+        with pytest.raises(ValueError, match="which must be one of"):
+            hessian.eigenvalues(loss, params, planted.data, k=1, which="top", key=jax.random.key(0))
+        with pytest.raises(ValueError, match="tol must be > 0"):
+            hessian.eigenvalues(loss, params, planted.data, k=1, tol=0.0, key=jax.random.key(0))
+        with pytest.raises(TypeError, match="key is required"):
+            hessian.eigenvalues(loss, params, planted.data, k=1)
+        with pytest.raises(TypeError, match="key is required"):
+            hessian.trace(loss, params, planted.data, key=None)
+        with pytest.raises(ValueError, match="estimator must be one of"):
+            hessian.trace(loss, params, planted.data, key=jax.random.key(0), estimator="exact")
+        with pytest.raises(ValueError, match="sigma must be > 0"):
+            hessian.spectral_density(loss, params, planted.data, key=jax.random.key(0), sigma=-1.0)
+        with pytest.raises(ValueError, match="params_filter .* matches no parameter"):
+            hessian.trace(loss, params, planted.data, key=jax.random.key(0), params_filter="layers/*")
+
+
+def _sqrt_loss(params, batch):
+    # d/dz sqrt(|z|) is infinite at z = 0: examples with x = 0 give a non-finite Hessian
+    z = batch["x"] @ params["w"]
+    return jnp.mean(jnp.sqrt(jnp.abs(z) + 0.0))
+
+
+def test_nonfinite_product_names_the_batch():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(40, 3))
+        x[25] = 0.0  # in batch 2 (examples 20..29) with batch_size=10
+        data = {"x": x}
+        params = {"w": jnp.asarray(rng.normal(size=3))}
+        v = {"w": jnp.ones(3)}
+        with pytest.raises(FloatingPointError, match=r"batch 2 \(examples 20\.\.29\)"):
+            hessian.hvp(_sqrt_loss, params, data, v, batch_size=10)
+        with pytest.raises(FloatingPointError, match=r"batch 2 \(examples 20\.\.29\)"):
+            hessian.eigenvalues(_sqrt_loss, params, data, k=1, key=jax.random.key(0), batch_size=10,
+                                method="forward_over_reverse")
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            hessian.trace(_sqrt_loss, params, data, key=jax.random.key(0), batch_size=10, max_hvps=6)
