@@ -98,15 +98,19 @@ def interpolated_state(t, state_a: PyTree, state_b: PyTree) -> PyTree:
     return jax.tree.map(f, state_a, state_b)
 
 
+@jax.jit
+def _probe(loss_fn, params, batch):
+    """Training-mode states from the state filled with 0, 1 and 2 (one compiled program)."""
+    return tuple(_train_state(loss_fn, params, _fill(loss_fn.state, v), batch) for v in (0.0, 1.0, 2.0))
+
+
 def check_reestimable(loss_fn: Loss, params: PyTree, data, *, fn: str) -> None:
     """Check concretely (on a few examples) that the training step updates every floating
     state leaf as a running average, so :func:`reestimated_state` is exact."""
     small = first_examples(data, 8)
     base = loss_fn.state
     try:
-        n0, n1, n2 = (
-            _train_state(loss_fn, params, _fill(base, v), small) for v in (0.0, 1.0, 2.0)
-        )
+        n0, n1, n2 = _probe(loss_fn, params, small)
     except Exception as e:  # noqa: BLE001 - reported with context
         raise ValueError(
             f"{fn}: bn='reestimate' runs the model in training mode (apply_fn(..., train=True)) "

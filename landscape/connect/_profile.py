@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path as _FsPath
 from typing import Any
@@ -207,28 +206,33 @@ def make_point(bn: str, base, alpha, base_args: tuple, loss_fn, *, bn_states=Non
     return fn, Partial(_pt_reestimate, base), (base_args, loss_fn, bn_batched)
 
 
-@functools.partial(jax.jit)
-def _segment_lengths(path, t0, t1):
-    def one(pair):
-        return _tree.norm(_tree.sub(path(pair[1]), path(pair[0])))
-
-    return jax.lax.map(one, jnp.stack([t0, t1], axis=1))
+@jax.jit
+def _difference_gram(controls):
+    """``G[i, j] = <c_{i+1} - c_0, c_{j+1} - c_0>`` over all leaves (float32 leaves: HIGHEST
+    precision products)."""
+    g = None
+    for x in jax.tree.leaves(controls):
+        d = (x[1:] - x[:1]).reshape(x.shape[0] - 1, -1)
+        gi = jnp.matmul(d, d.T, precision=jax.lax.Precision.HIGHEST)
+        g = gi if g is None else g + gi
+    return g
 
 
 def path_distances(path: Path, ts: np.ndarray) -> np.ndarray:
-    """Cumulative Euclidean length of the polygon through ``path(ts)`` (padded to a multiple of
-    64 segments so the compiled program is reused)."""
-    ts = np.asarray(ts)
+    """Cumulative Euclidean length of the polygon through ``path(ts)``.
+
+    ``phi(t) - phi(s) = sum_k (w_k(t) - w_k(s)) (c_k - c_0)`` (the weights sum to one), so every
+    segment length follows from the small Gram matrix of the control points' differences:
+    ``K^2`` inner products once, then host arithmetic in float64 for any number of points.
+    """
+    ts = np.asarray(ts, np.float64)
     if ts.size < 2:
         return np.zeros_like(ts)
-    t0, t1 = ts[:-1], ts[1:]
-    m = t0.size
-    pad = (-m) % 64
-    dt = _tree.dtype_of(path.controls)
-    t0p = np.concatenate([t0, np.zeros(pad)]).astype(dt)
-    t1p = np.concatenate([t1, np.zeros(pad)]).astype(dt)
-    seg = np.asarray(_segment_lengths(path, jnp.asarray(t0p), jnp.asarray(t1p)))[:m]
-    return np.concatenate([[0.0], np.cumsum(seg.astype(np.float64))])
+    G = np.asarray(_difference_gram(path.controls), np.float64)
+    W = np.asarray(jax.vmap(path.weights)(jnp.asarray(ts, _tree.dtype_of(path.controls))), np.float64)
+    dW = np.diff(W[:, 1:], axis=0)
+    seg = np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", dW, G, dW), 0.0))
+    return np.concatenate([[0.0], np.cumsum(seg)])
 
 
 # --------------------------------------------------------------------------------------------

@@ -215,6 +215,9 @@ def test_align_bad_input(trained_pair, pair_params):
         lc.align(m, a, jax.tree.map(lambda x: x[..., :2] if x.ndim == 2 else x, b))
     with pytest.raises(TypeError, match="align: model must be a landscape.Model"):
         lc.align("mlp", a, b)
+    bare = landscape.Model(m.apply_fn, m.params, m.state)  # no spec: no known input shape
+    with pytest.raises(ValueError, match="give example_input"):
+        lc.align(bare, a, b)
     spec = lc.permutation_spec(m, np.zeros((2, 64), np.float32))
     with pytest.raises(ValueError, match="must be a permutation of range"):
         lc.permute(spec, a, {"layers/0/kernel[1]": np.zeros(32, int)})

@@ -12,8 +12,12 @@ import pytest
 
 import landscape
 import landscape.connect as lc
-from landscape.connect._fit import _controls, initial_bends, sample_ts
+from landscape.connect._fit import _controls, _curve_block, initial_bends, sample_ts
 from tests._util import assert_trees_close
+
+# one optimizer object: optax transformations are static arguments of the compiled step (a new
+# object compiles again)
+ADAM = optax.adam(1e-3)
 
 
 def test_bezier_curve_barrier_is_close_to_endpoints(bezier_curve, pair_loss, pair_params,
@@ -70,13 +74,16 @@ def test_objective_is_mean_over_t_with_weight_decay_at_curve_point(pair_loss, pa
 
 def test_checkpoint_resume_equals_uninterrupted(pair_loss, pair_params, small_train, tmp_path):
     a, b = pair_params
-    kw = dict(num_t=2, batch_size=32, optimizer=optax.adam(1e-3), seed=1, progress=False)
+    kw = dict(num_t=2, batch_size=32, optimizer=ADAM, seed=1, progress=False)
     full = lc.fit_curve(pair_loss, a, b, small_train, num_steps=12, checkpoint_every=6, **kw)
+    n_programs = _curve_block._cache_size()
     lc.fit_curve(pair_loss, a, b, small_train, num_steps=6, checkpoint_dir=tmp_path,
                  checkpoint_every=6, **kw)
     assert (tmp_path / "curve.npz").exists()
     resumed = lc.fit_curve(pair_loss, a, b, small_train, num_steps=12, checkpoint_dir=tmp_path,
                            checkpoint_every=6, **kw)
+    # same shapes, same optimizer object: the compiled block is reused
+    assert _curve_block._cache_size() == n_programs
     assert resumed.num_steps == 12
     # the same steps, batches and values of t: equal up to float32 rounding of the compiled
     # blocks (1e-6)

@@ -19,9 +19,19 @@ def _tiny(dtype, seed):
                                 param_dtype=dtype)
 
 
+def _numpy_mlp_loss(params, x, y):
+    """Cross-entropy and error of a one-hidden-layer ReLU MLP in NumPy float64."""
+    p = jax.tree.map(lambda v: np.asarray(v, np.float64), params)["layers"]
+    h = np.maximum(x @ p[0]["kernel"] + p[0]["bias"], 0.0)
+    z = h @ p[1]["kernel"] + p[1]["bias"]
+    zmax = z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z - zmax).sum(axis=1)) + zmax[:, 0]
+    return np.mean(lse - z[np.arange(len(y)), y]), np.mean(np.argmax(z, axis=1) != y)
+
+
 def test_profile_equals_direct_evaluation_float64(small_train):
-    # float64: the engine's batched means and the direct evaluation sum the same numbers in
-    # different orders (1e-12 relative).
+    # float64: the engine's batched means against a NumPy float64 forward pass at path(t)
+    # (1e-12 relative: summation order only)
     with jax.enable_x64(True):
         data = {"x": jnp.asarray(small_train["x"], jnp.float64), "y": jnp.asarray(small_train["y"])}
         ma, mb, mc = (_tiny(jnp.float64, s) for s in (0, 1, 2))
@@ -29,11 +39,15 @@ def test_profile_equals_direct_evaluation_float64(small_train):
         path = lc.bezier(ma.params, mc.params, mb.params)
         ts = np.array([0.0, 0.1, 0.45, 0.8, 1.0])
         pr = lc.profile(loss_fn, path, data, ts=ts, refine=False, batch_size=100)
+        x, y = np.asarray(small_train["x"], np.float64), np.asarray(small_train["y"])
         for i, t in enumerate(ts):
-            want = landscape.evaluate(loss_fn, path(t), data)
-            np.testing.assert_allclose(pr.train["loss"][i], float(want["loss"]), rtol=1e-12)
-            np.testing.assert_allclose(pr.train["error"][i], float(want["error"]), rtol=1e-12, atol=1e-15)
-        assert pr.ts.dtype == np.float64 and pr.test is None
+            w = (1 - t) ** 2, 2 * t * (1 - t), t**2
+            point = jax.tree.map(lambda u, v, z, w=w: w[0] * np.asarray(u) + w[1] * np.asarray(v) + w[2] * np.asarray(z),
+                                 ma.params, mc.params, mb.params)
+            loss, err = _numpy_mlp_loss(point, x, y)
+            np.testing.assert_allclose(pr.train["loss"][i], loss, rtol=1e-12)
+            np.testing.assert_allclose(pr.train["error"][i], err, rtol=1e-12, atol=1e-15)
+        assert pr.ts.dtype == np.float64 and pr.test is None and pr.train["loss"].dtype == np.float64
 
 
 def test_profile_float32_and_defaults(linear_profile, pair_loss, pair_params, digits_data):
