@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import landscape
-from ntk import _blocks, _checks
+from ntk import _arch, _blocks, _checks, _layers
 from ntk._arch import Architecture
 
 
@@ -49,6 +49,39 @@ def _bytes_per_pair(arch: Architecture, x) -> float:
     P = math.prod(x.shape[1:-1]) if d > 0 else 1
     pos = P * P if d > 0 and arch.net.needs_full() else P
     return 12.0 * pos * np.dtype(x.dtype).itemsize
+
+
+def _all_layers(layer):
+    for sub in getattr(layer, "layers", ()) + getattr(layer, "branches", ()):
+        yield from _all_layers(sub)
+    yield layer
+
+
+def _width_free(layer):
+    """``layer`` with every Dense width and Conv channel count set to 1."""
+    if isinstance(layer, _arch.Serial):
+        return _arch.Serial(tuple(_width_free(l) for l in layer.layers))
+    if isinstance(layer, _arch.Parallel):
+        return _arch.Parallel(tuple(_width_free(b) for b in layer.branches))
+    if isinstance(layer, _layers.Dense):
+        return dataclasses.replace(layer, width=1)
+    if isinstance(layer, _layers.Conv):
+        return dataclasses.replace(layer, channels=1)
+    return layer
+
+
+@functools.lru_cache(maxsize=256)
+def kernel_equivalent(arch: Architecture) -> Architecture:
+    """An architecture with the same analytic kernel, used as the compiled programs' static
+    key: with only NTK-parameterised layers the kernel does not depend on the widths (they
+    only enter the standard parameterisation's NTK through the fan-in), so every width of a
+    sweep shares one compiled program."""
+    if any(
+        isinstance(l, _layers._Affine) and l.parameterization == "standard"
+        for l in _all_layers(arch.net)
+    ):
+        return arch
+    return Architecture(_width_free(arch.net))
 
 
 @functools.lru_cache(maxsize=256)
@@ -148,7 +181,7 @@ def kernel(
         )
     )
     nngp, ntkm = _blocks.blocked(
-        _AnalyticBlock(arch),
+        _AnalyticBlock(kernel_equivalent(arch)),
         (),
         x1,
         x2,

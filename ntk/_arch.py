@@ -14,8 +14,10 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from landscape._model import _NNXApply
 from ntk import _layers
 from ntk._layers import ArchitectureError, KState, Layer
 
@@ -67,15 +69,20 @@ class Serial(Layer):
             s = l.out_shape(s, fn)
         return s
 
-    def init(self, key, in_shape, dtype):
-        params = {}
+    def param_specs(self, in_shape):
+        specs = {}
         s = tuple(in_shape)
-        keys = jax.random.split(key, max(len(self.layers), 1))
-        for i, (l, k) in enumerate(zip(self.layers, keys)):
+        for i, l in enumerate(self.layers):
             if l.has_params:
-                params[_child_name(l, i)] = l.init(k, s, dtype)
+                specs[_child_name(l, i)] = l.param_specs(s)
             s = l.out_shape(s)
-        return params
+        return specs
+
+    def init(self, key, in_shape, dtype):
+        """Parameters drawn inside compiled code (equal to :meth:`Architecture.init_params`)."""
+        specs = self.param_specs(tuple(in_shape))
+        flat = jax.random.normal(key, (_draw_size(specs),), dtype)
+        return _unflatten_draw(specs, flat, jnp)
 
     def apply(self, params, x, ctx=None, path=""):
         for i, l in enumerate(self.layers):
@@ -164,11 +171,10 @@ class Parallel(Layer):
             )
         return shapes[0]
 
-    def init(self, key, in_shape, dtype):
-        keys = jax.random.split(key, len(self.branches))
+    def param_specs(self, in_shape):
         return {
-            f"branch_{i}": b.init(k, in_shape, dtype)
-            for i, (b, k) in enumerate(zip(self.branches, keys))
+            f"branch_{i}": b.param_specs(in_shape)
+            for i, b in enumerate(self.branches)
             if b.has_params
         }
 
@@ -281,9 +287,19 @@ class Architecture:
         return self.net.affine_layers("")
 
     def init_params(self, key, input_shape, *, dtype=jnp.float32) -> dict:
-        """Random parameters for one example of shape ``input_shape`` (no batch axis)."""
+        """Random parameters for one example of shape ``input_shape`` (no batch axis).
+
+        Every parameter is a slice of ONE standard normal draw ``jax.random.normal(key,
+        (m,))`` (``m``: the parameter count rounded up to a power of two), scaled per layer
+        (standard parameterisation: ``W_std / sqrt(fan_in)``, ``b_std``). One draw compiles
+        once per size class instead of once per layer and architecture; the same values are
+        produced inside compiled code (``arch.net.init``, used by :func:`ntk.monte_carlo`).
+        """
         self.check_input_shape(input_shape, fn="ntk.Architecture.init_params", name="input_shape")
-        return _init_jit(self.net, key, tuple(int(s) for s in input_shape), jnp.dtype(dtype))
+        dtype = jax.dtypes.canonicalize_dtype(dtype)
+        specs = self.net.param_specs(tuple(int(s) for s in input_shape))
+        flat = np.asarray(_flat_normal(key, _draw_size(specs), dtype))
+        return jax.device_put(_unflatten_draw(specs, flat, np))
 
     def module(self, key, input_shape, *, dtype=jnp.float32) -> nnx.Module:
         """The finite network as a Flax NNX module (parameters as ``nnx.Param``)."""
@@ -307,7 +323,11 @@ class Architecture:
 
         if key is None:
             raise TypeError("ntk.Architecture.init: key is required; pass jax.random.key(0).")
-        return landscape.from_nnx(self.module(key, input_shape, dtype=dtype))
+        module = self.module(key, input_shape, dtype=dtype)
+        m = landscape.from_nnx(module)
+        a = m.apply_fn
+        apply_fn = _ArchApply(a.graphdef_eval, a.graphdef_train, a.__name__, self, module.input_shape)
+        return m.replace(apply_fn=apply_fn)
 
     # ---------------------------------------------------------------------------------
     def kernel_fn(self, x1, x2=None, *, fn: str = "ntk.Architecture.kernel_fn"):
@@ -334,9 +354,46 @@ class Architecture:
         return kernel(self, x1, x2, **kwargs)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3))
-def _init_jit(net, key, input_shape, dtype):
-    return net.init(key, input_shape, dtype)
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _flat_normal(key, size, dtype):
+    return jax.random.normal(key, (size,), dtype)
+
+
+def _spec_leaves(specs):
+    """``(shape, scale)`` leaves of a parameter-spec tree, in insertion order."""
+    for v in specs.values():
+        if isinstance(v, dict):
+            yield from _spec_leaves(v)
+        else:
+            yield v
+
+
+def _draw_size(specs) -> int:
+    n = sum(math.prod(shape) for shape, _ in _spec_leaves(specs))
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _unflatten_draw(specs, flat, xp):
+    """Slice the parameters out of one flat standard normal draw (``xp``: numpy or jnp)."""
+    pos = 0
+
+    def build(node):
+        nonlocal pos
+        out = {}
+        for k, v in node.items():
+            if isinstance(v, dict):
+                out[k] = build(v)
+                continue
+            shape, scale = v
+            size = math.prod(shape)
+            leaf = flat[pos : pos + size].reshape(shape)
+            pos += size
+            if scale != 1.0:
+                leaf = leaf * xp.asarray(scale, leaf.dtype)
+            out[k] = leaf
+        return out
+
+    return build(specs)
 
 
 def input_state(arch: Architecture, x1, x2, same: bool, fn: str) -> KState:
@@ -474,10 +531,38 @@ class ArchModule(_Group):
         return self.arch.apply(self.values(), x)
 
 
+class _ArchApply(_NNXApply):
+    """``apply_fn`` of the models built by :meth:`Architecture.init`.
+
+    It keeps the NNX graph definitions of :class:`ArchModule` (``nnx.merge`` rebuilds the
+    module) but compares equal for equal architectures and input shapes, so compiled
+    programs taking it as a static argument (``landscape.train``, the engine, the ``ntk``
+    drivers) are shared between models of the same architecture (seeds, snapshots); calling
+    it runs ``arch.apply`` directly (the module's ``__call__``, without rebuilding it).
+    """
+
+    def __init__(self, graphdef_eval, graphdef_train, name, arch, input_shape):
+        super().__init__(graphdef_eval, graphdef_train, name)
+        self.arch = arch
+        self.input_shape = tuple(input_shape)
+
+    def _key(self):
+        return (self.arch, self.input_shape, self.graphdef_eval, self.graphdef_train)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __call__(self, params, state, x, *, train: bool = False):
+        return self.arch.apply(params, x), state
+
+
 def arch_of_model(apply_fn, params=None, state=None):
     """The :class:`Architecture` behind a model triple built by ``arch.init`` (else ``None``)."""
-    from landscape._model import _NNXApply
-
+    if isinstance(apply_fn, _ArchApply):
+        return apply_fn.arch, apply_fn.input_shape
     if isinstance(apply_fn, _NNXApply):
         cached = _ARCH_CACHE.get(id(apply_fn))
         if cached is not None and cached[0] is apply_fn:

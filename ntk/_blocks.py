@@ -44,9 +44,16 @@ def memory_limit() -> int:
 
 
 def choose_block_size(
-    block_size, n: int, bytes_per_pair: float, *, fn: str, bytes_per_row: float = 0.0
+    block_size,
+    n: int,
+    bytes_per_pair: float,
+    *,
+    fn: str,
+    bytes_per_row: float = 0.0,
+    budget: float | None = None,
 ) -> int:
-    """Validate ``block_size`` or pick the largest one within :data:`BLOCK_BUDGET_BYTES`.
+    """Validate ``block_size`` or pick the largest one within ``budget`` bytes (default
+    :data:`BLOCK_BUDGET_BYTES`).
 
     Raises:
       TypeError: not an int.
@@ -57,8 +64,9 @@ def choose_block_size(
         return b * b * bytes_per_pair + 2 * b * bytes_per_row
 
     if block_size is None:
+        budget = BLOCK_BUDGET_BYTES if budget is None else budget
         b = max(n, 1)
-        while b > 1 and need(b) > BLOCK_BUDGET_BYTES:
+        while b > 1 and need(b) > budget:
             b = max(1, int(b / 1.5))
         return int(b)
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):

@@ -15,7 +15,7 @@ from landscape import _validate
 from ntk import _checks
 from ntk._analytic import kernel as analytic_kernel
 from ntk._arch import Architecture
-from ntk._empirical import empirical_nngp, empirical_ntk
+from ntk._empirical import _empirical_pair
 
 
 def relative_distance(a, b) -> float:
@@ -185,9 +185,10 @@ def convergence(
         ref = analytic_kernel(arch, x)
         nt, ng = [], []
         for s in range(num_seeds):
-            m = arch.init(jax.random.fold_in(key, s), x.shape[1:], dtype=x.dtype)
-            nt.append(empirical_ntk(m, x))
-            ng.append(empirical_nngp(m, x))
+            params = arch.init_params(jax.random.fold_in(key, s), x.shape[1:], dtype=x.dtype)
+            k, g = _empirical_pair(arch, params, x)
+            nt.append(k)
+            ng.append(g)
         nt, ng = np.stack(nt), np.stack(ng)
         out["nd"].append([relative_distance(k, ref.ntk) for k in nt])
         out["gd"].append([relative_distance(k, ref.nngp) for k in ng])
@@ -249,10 +250,10 @@ def kernel_drift(
     learning_rate: float = 1.0,
     num_snapshots: int = 5,
     loss: str = "mse",
-    batch_size: int | None = None,
 ) -> Drift:
-    """Train networks of growing width (full-batch SGD on ``loss``) and measure how far the
-    empirical NTK on ``x_probe`` moves from its initial value (Lee et al. 2019, Fig. 2).
+    """Train networks of growing width (full-batch gradient descent on ``loss``) and measure
+    how far the empirical NTK on ``x_probe`` moves from its initial value (Lee et al. 2019,
+    Fig. 2).
 
     Args:
       make_arch: ``width -> Architecture``.
@@ -260,14 +261,16 @@ def kernel_drift(
       data: ``{"x", "y"}`` training set (``landscape.load_data(...).train``).
       key: initialisation key (the same for every width).
       x_probe: inputs on which the kernel is compared (default: the first 64 training inputs).
-      num_steps, learning_rate, batch_size: plain SGD (``optax.sgd``); default full batch.
+      num_steps, learning_rate: plain full-batch gradient descent.
       num_snapshots: kernels computed along the way (including step 0 and the end).
+      loss: ``"mse"`` (``landscape.losses.mse``, integer labels one-hot encoded) or
+        ``"cross_entropy"``.
 
     Returns:
-      :class:`ntk.Drift`.
+      :class:`ntk.Drift`. Cost per width: one compiled training program (``num_steps``
+      full-batch forward/backward passes, parameters kept at the snapshots) and
+      ``num_snapshots`` structured empirical kernels on ``x_probe``.
     """
-    import optax
-
     fn = "ntk.kernel_drift"
     _check_arch_fn(make_arch, fn)
     ws = _widths(widths, fn)
@@ -275,34 +278,35 @@ def kernel_drift(
     n = _validate.check_data(data, fn=fn)
     num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
     num_snapshots = _validate.check_positive_int(num_snapshots, fn=fn, name="num_snapshots")
-    xp = data["x"][: min(n, 64)] if x_probe is None else x_probe
-    xp = _checks.as_inputs(xp, fn=fn, name="x_probe", dtype=np.asarray(data["x"]).dtype)
+    _validate.check_choice(loss, ("mse", "cross_entropy"), fn=fn, name="loss")
+    x = _checks.as_inputs(data["x"], fn=fn, name="data['x']")
+    xp = x[: min(n, 64)] if x_probe is None else x_probe
+    xp = _checks.as_inputs(xp, fn=fn, name="x_probe", dtype=x.dtype)
+    y = np.asarray(data["y"])
+    if not np.issubdtype(y.dtype, np.integer):
+        y = y.astype(x.dtype)
     steps = sorted({int(round(s)) for s in np.linspace(0, num_steps, max(num_snapshots, 2))})
+    segments = tuple(int(b - a) for a, b in zip(steps[:-1], steps[1:]))
     drifts, losses = [], []
     for w in ws:
         arch = make_arch(w)
-        model = arch.init(key, np.shape(data["x"])[1:], dtype=xp.dtype)
-        res = landscape.train(
-            model,
-            data,
-            loss=loss,
-            optimizer=optax.sgd(learning_rate),
-            num_steps=num_steps,
-            batch_size=batch_size or n,
-            seed=0,
-            snapshot_steps=steps,
-            progress=False,
-            eval_every=num_steps,
+        if not isinstance(arch, Architecture):
+            raise TypeError(
+                f"{fn}: make_arch({w}) must return an ntk.Architecture; got {type(arch).__name__}."
+            )
+        params = arch.init_params(key, x.shape[1:], dtype=x.dtype)
+        snaps, final_loss = _gd_snapshots(
+            arch, params, x, y, np.asarray(learning_rate, x.dtype), segments, loss
         )
+        snaps = jax.tree.map(np.asarray, snaps)
         k0 = None
         row = []
-        for i, _s in enumerate(np.asarray(res.snapshots["step"])):
-            m = landscape.Model(model.apply_fn, res.snapshot(i), model.state)
-            k = empirical_ntk(m, xp)
+        for i in range(len(steps)):
+            k = _empirical_pair(arch, jax.tree.map(lambda a, i=i: a[i], snaps), xp)[0]
             k0 = k if k0 is None else k0
             row.append(relative_distance(k, k0) if i else 0.0)
         drifts.append(row)
-        losses.append(float(np.asarray(res.history["train_loss"])[-1]))
+        losses.append(float(final_loss))
     d = np.asarray(drifts)
     fin = d[:, -1]
     slope = (
@@ -381,15 +385,28 @@ def finite_vs_infinite(
     predictions at the same training time (Lee et al. 2019, Sec. 2.3-2.4).
 
     ``learning_rate`` defaults to half the maximum stable one of the analytic NTK
-    (:func:`ntk.max_learning_rate`).
-    """
-    import optax
+    (:func:`ntk.max_learning_rate`). The network and its linearisation (first-order Taylor
+    model at the initial parameters, :func:`ntk.linearize`) are trained by plain gradient
+    descent on ``landscape.losses.mse`` (``||f - Y||^2 / (2 |Y|)``, the loss of the closed
+    forms) in one compiled program per width.
 
+    Args:
+      make_arch: ``width -> Architecture``.
+      widths: hidden widths.
+      train, test: ``{"x", "y"}`` data (integer labels are one-hot encoded).
+      key: initialisation key (the same for every width).
+      num_steps: gradient-descent steps (the time ``t`` of the closed forms).
+      learning_rate: step size; default half :func:`ntk.max_learning_rate`.
+      diag_reg: ridge of the closed forms.
+
+    Returns:
+      :class:`ntk.FiniteVsInfinite`. Cost per width: two analytic kernels and ``num_steps``
+      full-batch forward/backward passes of the network and of its linearisation.
+    """
     from ntk._predict import (
         gradient_descent_mse,
         gradient_descent_mse_ensemble,
         kernel_regression,
-        linearize_model,
         max_learning_rate,
     )
 
@@ -425,24 +442,14 @@ def finite_vs_infinite(
         arch = make_arch(w)
         kd = analytic_kernel(arch, xtr) if w != ws[0] else k_dd
         kt = analytic_kernel(arch, xte, xtr) if w != ws[0] else k_td
-        model = arch.init(key, xtr.shape[1:], dtype=xtr.dtype)
-        f0_tr, f0_te = np.asarray(model(xtr), np.float64), np.asarray(model(xte), np.float64)
+        params = arch.init_params(key, xtr.shape[1:], dtype=xtr.dtype)
+        outs = _train_pair(
+            arch, params, xtr, y1.astype(xtr.dtype), xte, np.asarray(lr, xtr.dtype), num_steps
+        )
+        f0_tr, f0_te, f_te, l_te = (np.asarray(o, np.float64) for o in outs)
         _, inf_te = gradient_descent_mse(kd.ntk, y1, learning_rate=lr, diag_reg=diag_reg)(
             num_steps, f0_tr, f0_te, kt.ntk
         )
-        data = {"x": xtr, "y": y1.astype(xtr.dtype)}
-        kw = dict(
-            loss="mse",
-            optimizer=optax.sgd(lr),
-            num_steps=num_steps,
-            batch_size=n,
-            seed=0,
-            progress=False,
-            eval_every=num_steps,
-        )
-        fin = landscape.train(model, data, **kw).model
-        lin = landscape.train(linearize_model(model), data, **kw).model
-        f_te, l_te = np.asarray(fin(xte), np.float64), np.asarray(lin(xte), np.float64)
         fo.append(f_te)
         lo.append(l_te)
         io.append(inf_te)
@@ -466,6 +473,51 @@ def finite_vs_infinite(
         provenance=landscape.provenance(
             dtype=xtr.dtype, settings=dict(widths=ws, num_steps=num_steps, learning_rate=lr)
         ),
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _gd_snapshots(arch, params, x, y, lr, segments, loss):
+    """Full-batch gradient descent; the parameters at step 0 and after each segment
+    (stacked) and the final training loss."""
+    from landscape.losses import cross_entropy, mse
+
+    loss_fn = mse if loss == "mse" else cross_entropy
+
+    def step(_, p):
+        g = jax.grad(lambda q: loss_fn(arch.apply(q, x), y))(p)
+        return jax.tree.map(lambda a, b: a - lr * b, p, g)
+
+    snaps = [params]
+    for n in segments:
+        snaps.append(jax.lax.fori_loop(0, n, step, snaps[-1]))
+    stacked = jax.tree.map(lambda *a: jax.numpy.stack(a), *snaps)
+    return stacked, loss_fn(arch.apply(snaps[-1], x), y)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _train_pair(arch, params, x, y, x_test, lr, num_steps):
+    """Full-batch gradient descent on the MSE (``landscape.losses.mse``: ``||f - Y||^2 /
+    (2 |Y|)``) of the network and of its linearisation at the initial parameters, in one
+    compiled program. Returns the initial train and test outputs and the final test outputs
+    of both."""
+    from landscape.losses import mse
+
+    def lin_apply(p, xx):
+        dp = jax.tree.map(jax.numpy.subtract, p, params)
+        y0, dy = jax.jvp(lambda q: arch.apply(q, xx), (params,), (dp,))
+        return y0 + dy
+
+    def step(_, ps):
+        pf, pl = ps
+        gf = jax.grad(lambda p: mse(arch.apply(p, x), y))(pf)
+        gl = jax.grad(lambda p: mse(lin_apply(p, x), y))(pl)
+        upd = lambda p, g: p - lr * g  # noqa: E731
+        return jax.tree.map(upd, pf, gf), jax.tree.map(upd, pl, gl)
+
+    pf, pl = jax.lax.fori_loop(0, num_steps, step, (params, params))
+    return arch.apply(params, x), arch.apply(params, x_test), arch.apply(pf, x_test), lin_apply(
+        pl, x_test
     )
 
 

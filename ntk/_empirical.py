@@ -258,15 +258,27 @@ class _EmpiricalBlock:
     method: str
     trace: bool
     arch: Architecture | None
+    with_nngp: bool = False
 
     def __call__(self, args, x1, x2, same):
         f_dyn, params = args
         x2 = None if same else x2
         if self.method == "structured":
-            return ntk_structured(self.arch, params, x1, x2, trace_outputs=self.trace)
-        f = engine.merge_fn(self.f_static, f_dyn)
-        impl = ntk_jacobian if self.method == "jacobian" else ntk_ntvp
-        return impl(f, params, x1, x2, trace_outputs=self.trace)
+            k = ntk_structured(self.arch, params, x1, x2, trace_outputs=self.trace)
+            f = self.arch.apply
+        else:
+            f = engine.merge_fn(self.f_static, f_dyn)
+            impl = ntk_jacobian if self.method == "jacobian" else ntk_ntvp
+            k = impl(f, params, x1, x2, trace_outputs=self.trace)
+        if not self.with_nngp:
+            return k
+        o1 = _outputs_2d(f(params, x1))
+        o2 = o1 if x2 is None else _outputs_2d(f(params, x2))
+        if self.trace:
+            g = jnp.matmul(o1, o2.T, precision=_HI) / o1.shape[1]
+        else:
+            g = jnp.einsum("io,jr->ijor", o1, o2, precision=_HI)
+        return k, g
 
 
 def empirical_ntk_fn(f, *, method: str = "jacobian", trace_outputs: bool = True, arch=None):
@@ -350,7 +362,6 @@ def empirical_ntk(
     fn = "ntk.empirical_ntk"
     f, params, x1, x2, arch = resolve(f, params, x1, x2, fn=fn)
     _validate.check_choice(method, METHODS, fn=fn, name="method")
-    pdtype = _tree.dtype_of(params)
     x1 = _checks.as_inputs(x1, fn=fn, name="x1")
     x2 = None if x2 is None else _checks.as_inputs(x2, fn=fn, name="x2", dtype=x1.dtype)
     _checks.check_pair(x1, x2, fn=fn)
@@ -358,14 +369,12 @@ def empirical_ntk(
         arch.check_input_shape(x1.shape[1:], fn=fn, name="x1")
     O = _out_dim(f, params, x1, fn=fn)
     P = _tree.size(params)
-    item = np.dtype(pdtype).itemsize
     n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
     if method == "structured" and arch is None:
         raise ValueError(
             f"{fn}: method='structured' needs a model built by an ntk architecture "
             "(arch.init(...) or f=arch.apply); use 'jacobian' or 'ntvp' for other models."
         )
-    oo = O if trace_outputs else O * O
     if method == "auto":
         if arch is not None:
             method = "structured"
@@ -373,20 +382,50 @@ def empirical_ntk(
             b = min(n, 64)
             costs = method_costs(forward_flops(f, params, x1), P, b, b, O, trace_outputs)
             method = min(costs, key=costs.get)
+    return _run(
+        f, params, x1, x2, arch, method, bool(trace_outputs), O, block_size, store, progress
+    )
+
+
+def _empirical_pair(arch: Architecture, params, x1, x2=None):
+    """``(ntk, nngp)`` of the finite network ``arch`` with ``params`` (traced over outputs,
+    structured method, blocked; one compiled program per architecture and input shape).
+    Internal: no validation (the callers drew ``params`` and checked ``x``)."""
+    O = int(np.prod(arch.out_shape(x1.shape[1:])))
+    return _run(arch.apply, params, x1, x2, arch, "structured", True, O, None, None, False, True)
+
+
+def _run(
+    f, params, x1, x2, arch, method, trace_outputs, O, block_size, store, progress, nngp=False
+):
+    """The blocked evaluation behind :func:`empirical_ntk` (inputs already validated)."""
+    fn = "ntk.empirical_ntk"
+    pdtype = _tree.dtype_of(params)
+    P = _tree.size(params)
+    item = np.dtype(pdtype).itemsize
+    n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
+    oo = O if trace_outputs else O * O
     if method == "structured":
         feat = _feature_size(arch, params, x1, O)
         per_pair, per_row = 8.0 * oo * item * feat[1], float(feat[0]) * item * 3
     else:
         per_pair, per_row = 4.0 * oo * item, 2.0 * O * P * item
-    old_budget = _blocks.BLOCK_BUDGET_BYTES
-    _blocks.BLOCK_BUDGET_BYTES = 4 * old_budget
-    try:
-        bs = _blocks.choose_block_size(block_size, n, per_pair, fn=fn, bytes_per_row=per_row)
-    finally:
-        _blocks.BLOCK_BUDGET_BYTES = old_budget
-    fs, fd = engine.split_fn(f)
+    bs = _blocks.choose_block_size(
+        block_size,
+        n,
+        per_pair,
+        fn=fn,
+        bytes_per_row=per_row,
+        budget=4 * _blocks.BLOCK_BUDGET_BYTES,
+    )
+    if method == "structured":
+        # the structured block needs only the architecture: models of equal architectures
+        # (seeds, snapshots, f=arch.apply) share one compiled program
+        fs, fd = None, []
+    else:
+        fs, fd = engine.split_fn(f)
     block = _EmpiricalBlock(
-        fs, method, bool(trace_outputs), arch if method == "structured" else None
+        fs, method, bool(trace_outputs), arch if method == "structured" else None, nngp
     )
     meta = (
         None

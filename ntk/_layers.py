@@ -4,7 +4,8 @@ infinite-width kernel transform (the neural-tangents ``stax`` design, in plain d
 Every layer is a frozen (hashable) dataclass with
 
 * ``out_shape(in_shape)``: the shape of one example after the layer (no batch axis),
-* ``init(key, in_shape, dtype)``: its parameters (a dict, empty for parameter-free layers),
+* ``param_specs(in_shape)``: its parameters' shapes and scales (empty for parameter-free
+  layers; :meth:`ntk.Architecture.init_params` draws all of them at once),
 * ``apply(params, x, ctx, path)``: the finite forward pass on a batch ``x`` (NHWC images),
 * ``kernel(ks)``: the analytic NNGP/NTK transform of a :class:`KState`.
 
@@ -134,7 +135,9 @@ class Layer:
     def out_shape(self, in_shape: tuple, fn: str = "ntk") -> tuple:
         return in_shape
 
-    def init(self, key, in_shape: tuple, dtype) -> dict:
+    def param_specs(self, in_shape: tuple) -> dict:
+        """``{name: (shape, scale)}`` of the parameters: each is ``scale`` times a standard
+        normal draw (empty for parameter-free layers)."""
         return {}
 
     def apply(self, params, x, ctx=None, path: str = ""):
@@ -180,17 +183,11 @@ class _Affine(Layer):
             return self.W_std / math.sqrt(fan_in), (self.b_std or 0.0)
         return 1.0, 1.0
 
-    def _init_wb(self, key, wshape, fan_in, dtype):
-        kw, kb = jax.random.split(key)
-        w = jax.random.normal(kw, wshape, dtype)
-        if self.parameterization == "standard":
-            w = w * jnp.asarray(self.W_std / math.sqrt(fan_in), dtype)
-        p = {"kernel": w}
+    def _specs_wb(self, wshape, fan_in):
+        std = self.parameterization == "standard"
+        p = {"kernel": (tuple(wshape), self.W_std / math.sqrt(fan_in) if std else 1.0)}
         if self.b_std is not None:
-            b = jax.random.normal(kb, wshape[-1:], dtype)
-            if self.parameterization == "standard":
-                b = b * jnp.asarray(self.b_std, dtype)
-            p["bias"] = b
+            p["bias"] = (tuple(wshape[-1:]), float(self.b_std) if std else 1.0)
         return p
 
     def _finish(self, params, z, x, ctx, path, fan_in):
@@ -260,8 +257,8 @@ class Dense(_Affine):
     def out_shape(self, in_shape, fn="ntk"):
         return tuple(in_shape[:-1]) + (self.width,)
 
-    def init(self, key, in_shape, dtype):
-        return self._init_wb(key, (in_shape[-1], self.width), in_shape[-1], dtype)
+    def param_specs(self, in_shape):
+        return self._specs_wb((in_shape[-1], self.width), in_shape[-1])
 
     def apply(self, params, x, ctx=None, path=""):
         z = jnp.matmul(x, params["kernel"], precision=_HIGHEST)
@@ -368,9 +365,9 @@ class Conv(_Affine):
             out.append(o)
         return tuple(out) + (self.channels,)
 
-    def init(self, key, in_shape, dtype):
+    def param_specs(self, in_shape):
         fan_in = in_shape[-1] * self._filter_size()
-        return self._init_wb(key, self.filter_shape + (in_shape[-1], self.channels), fan_in, dtype)
+        return self._specs_wb(self.filter_shape + (in_shape[-1], self.channels), fan_in)
 
     def apply(self, params, x, ctx=None, path=""):
         w = params["kernel"]
