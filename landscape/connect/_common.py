@@ -45,21 +45,9 @@ def first_examples(data, k: int = 2):
 
 
 def check_loss(loss_fn, params, data, *, fn: str, name: str = "data") -> None:
-    """Trace ``loss_fn`` on two examples (no compilation); a failure becomes a ValueError that
-    names the data's leaf shapes instead of an error deep inside a compiled scan."""
-    small = first_examples(data)
-    try:
-        jax.eval_shape(lambda p, b: engine.loss_and_aux(loss_fn, p, b), params, small)
-    except (TypeError, ValueError) as e:
-        if str(e).startswith("landscape"):
-            raise
-        shapes = jax.tree.map(lambda x: tuple(np.shape(x)), small)
-        raise ValueError(
-            f"{fn}: loss_fn could not be evaluated on {name} (leaf shapes {shapes}, first two "
-            f"examples) with these parameters: {type(e).__name__}: "
-            f"{str(e).splitlines()[0][:300]}. Check that the data's input shape and target "
-            "format match the model."
-        ) from e
+    """The engine's boundary check: trace ``loss_fn`` on two examples (no compilation, cached)
+    and turn a model/data mismatch into a ValueError naming the shapes."""
+    engine.check_loss(loss_fn, params, data, fn=fn, name=name)
 
 
 def check_ts(ts, *, fn: str, name: str = "ts") -> np.ndarray:
