@@ -12,7 +12,7 @@ import numpy as np
 
 from landscape import _provenance, _tree, _validate, engine
 from landscape._result import Result, result, static_field
-from landscape.connect._common import check_loss, check_ts
+from landscape.connect._common import as_loss, check_loss, check_ts
 from landscape.connect._fit import CurveResult
 from landscape.connect._paths import check_path
 from landscape.connect._profile import REFINE_POINTS, make_point, prepare_bn
@@ -135,7 +135,8 @@ def curve_plane(
     policies as :func:`profile`).
 
     Args:
-      loss_fn: ``loss_fn(params, batch)`` (a :class:`landscape.Loss` reports the error too).
+      loss_fn: ``loss_fn(params, batch)`` (a :class:`landscape.Loss` reports the error too; a
+        :class:`landscape.Model` means ``make_loss_fn(model)``).
       curve: a :class:`Path` (or :class:`CurveResult`); a linear path needs ``through``.
       data: training data.
       through: the third point (default: the bend, or ``phi(0.5)``).
@@ -160,7 +161,7 @@ def curve_plane(
       Garipov et al. 2018 (``plane.py``, Figs. 1, 3).
     """
     fn = "landscape.connect.curve_plane"
-    _validate.check_callable(loss_fn, fn=fn, name="loss_fn")
+    loss_fn = as_loss(loss_fn, fn=fn, name="loss_fn")
     if isinstance(curve, CurveResult):
         curve = curve.path
     curve = check_path(curve, fn=fn, name="curve")

@@ -14,7 +14,7 @@ from jax.tree_util import Partial
 from landscape import _provenance, _tree, _validate, engine
 from landscape._result import Result, result, static_field
 from landscape.connect import _bn
-from landscape.connect._common import check_loss, check_ts, float_state
+from landscape.connect._common import as_loss, check_loss, check_ts, float_state
 from landscape.connect._paths import Path, check_path
 from landscape.losses import Loss
 
@@ -313,7 +313,8 @@ def profile(
 
     Args:
       loss_fn: ``loss_fn(params, batch)`` returning the batch mean, or ``(loss, aux)`` with
-        metrics (a :class:`landscape.Loss` reports ``accuracy`` and ``error``).
+        metrics (a :class:`landscape.Loss` reports ``accuracy`` and ``error``); a
+        :class:`landscape.Model` means its cross-entropy loss (``make_loss_fn(model)``).
       path: a :class:`Path` (:func:`linear_path`, :func:`bezier`, :func:`polychain`,
         ``fit_curve(...).path``).
       data: training data ``{"x", "y"}`` (or a prepared :class:`landscape.engine.Batched`).
@@ -354,7 +355,7 @@ def profile(
       Ainsworth et al. 2022; Entezari et al. 2022.
     """
     fn = "landscape.connect.profile"
-    _validate.check_callable(loss_fn, fn=fn, name="loss_fn")
+    loss_fn = as_loss(loss_fn, fn=fn, name="loss_fn")
     path = check_path(path, fn=fn)
     grid_ts = check_ts(ts, fn=fn)
     if isinstance(refine, bool):

@@ -126,13 +126,16 @@ def test_barrier_conventions_by_hand():
         b.get(convention="nope")
 
 
-def test_no_recompilation_and_save_load(pair_loss, pair_params, digits_data, tmp_path):
+def test_no_recompilation_and_save_load(pair_loss, pair_params, trained_pair, digits_data, tmp_path):
     path = lc.bezier(pair_params[0], pair_params[1], pair_params[0])
     lc.profile(pair_loss, path, digits_data.test, ts=9, refine=1)
     n = engine._points_jit._cache_size()
     path2 = lc.bezier(pair_params[1], pair_params[0], pair_params[1])
     pr = lc.profile(pair_loss, path2, digits_data.test, ts=9, refine=1)
+    # a Model means make_loss_fn(model): an equal loss, so the same compiled programs
+    pr2 = lc.profile(trained_pair[0].model, path2, digits_data.test, ts=9, refine=1)
     assert engine._points_jit._cache_size() == n
+    np.testing.assert_array_equal(pr2.train["loss"], pr.train["loss"])
     pr.save(tmp_path / "p.npz")
     back = lc.Profile.load(tmp_path / "p.npz")
     np.testing.assert_array_equal(back.ts, pr.ts)
@@ -173,6 +176,8 @@ def test_profile_bad_input(pair_loss, pair_params, digits_data):
         lc.profile(pair_loss, path, {"x": np.zeros((5, 7), np.float32), "y": np.zeros(5, np.int32)})
     with pytest.raises(ValueError, match="data must be finite"):
         lc.profile(pair_loss, path, {"x": np.full((5, 64), np.nan, np.float32), "y": np.zeros(5, np.int32)})
+    with pytest.raises(TypeError, match="profile: loss_fn must be callable"):
+        lc.profile("cross_entropy", path, data)
     pr = lc.profile(pair_loss, path, data, ts=np.linspace(0.2, 0.8, 5), refine=False)
     with pytest.raises(ValueError, match="must include t = 0 and t = 1"):
         lc.barrier(pr)
