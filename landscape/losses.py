@@ -55,6 +55,13 @@ def accuracy(outputs, targets):
     return jnp.mean((jnp.argmax(outputs, axis=-1) == targets).astype(outputs.dtype))
 
 
+def error(outputs, targets):
+    """Fraction of misclassified examples (computed directly, so it is never negative)."""
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        targets = jnp.argmax(targets, axis=-1)
+    return jnp.mean((jnp.argmax(outputs, axis=-1) != targets).astype(outputs.dtype))
+
+
 @dataclasses.dataclass(frozen=True)
 class _LossSpec:
     apply_fn: Callable
@@ -128,8 +135,8 @@ class Loss:
         if cls is None:
             cls = self._spec.kind == "cross_entropy" or jnp.issubdtype(t.dtype, jnp.integer)
         if cls:
-            aux["accuracy"] = accuracy(outputs, batch[self._spec.target_key])
-            aux["error"] = 1.0 - aux["accuracy"]
+            aux["accuracy"] = accuracy(outputs, t)
+            aux["error"] = error(outputs, t)
         return aux
 
     def with_state(self, state) -> Loss:
