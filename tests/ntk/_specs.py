@@ -41,3 +41,16 @@ def nt_params(arch_, z, name):
             entry["bias"] = np.asarray(z[f"{name}/b{i}"]).reshape(-1)
         node[parts[-1]] = entry
     return params
+
+
+def run_once(fn, *args):
+    """Run a test-only program compiled at XLA backend optimisation level 0.
+
+    Reference programs of the tests run once on tiny inputs, so LLVM's optimisations only
+    cost compile time (2-3x shorter without them); results agree with the optimised build
+    to round-off.
+    """
+    import jax
+
+    compiled = jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})
+    return jax.tree.map(np.asarray, compiled(*args))

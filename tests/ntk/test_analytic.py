@@ -16,24 +16,31 @@ def rel(a, b):
     return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
 
 
+@pytest.fixture(scope="module")
+def nt_kernels():
+    """Our analytic kernels of every fixture architecture, all in ONE compiled float64
+    program (``arch.kernel_fn``, the traceable kernel behind ``ntk.kernel``); K([x1; x2])
+    holds both K(x1, x1) and K(x1, x2)."""
+    archs = {name: _specs.arch(layers) for name, _, layers in SPECS}
+    with jax.enable_x64(True):
+        xs = {n: np.concatenate([FIX[f"{n}/x1"], FIX[f"{n}/x2"]]) for n in archs}
+        return _specs.run_once(lambda xs: {n: archs[n].kernel_fn(xs[n]) for n in archs}, xs)
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=[s[0] for s in SPECS])
-def test_matches_neural_tangents(spec):
+def test_matches_neural_tangents(spec, nt_kernels):
     # neural-tangents 0.6.5, float64 (tests/data/README_ntk.md). Issue tolerance: 1e-6
     # relative; measured 1e-15 off the diagonal and <= 2e-9 on the ReLU-family diagonal
     # (correlation exactly 1, where arccos amplifies rounding).
-    name, _, layers = spec
-    arch = _specs.arch(layers)
-    with jax.enable_x64(True):
-        x1, x2 = FIX[f"{name}/x1"], FIX[f"{name}/x2"]
-        # one compiled call: K([x1; x2]) holds both K(x1, x1) and K(x1, x2)
-        k = ntk.kernel(arch, np.concatenate([x1, x2]))
-    n = len(x1)
-    assert k.nngp.dtype == np.float64
+    name = spec[0]
+    nngp, ntkm = nt_kernels[name]
+    n = len(FIX[f"{name}/x1"])
+    assert nngp.dtype == np.float64
     got = {
-        "nngp12": k.nngp[:n, n:],
-        "ntk12": k.ntk[:n, n:],
-        "nngp11": k.nngp[:n, :n],
-        "ntk11": k.ntk[:n, :n],
+        "nngp12": nngp[:n, n:],
+        "ntk12": ntkm[:n, n:],
+        "nngp11": nngp[:n, :n],
+        "ntk11": ntkm[:n, :n],
     }
     for key, val in got.items():
         assert rel(val, FIX[f"{name}/{key}"]) < 1e-6, key
@@ -79,54 +86,55 @@ def _quad(fn, deg=128, **kw):
     return ntk.Elementwise(fn, deg=deg, **kw)
 
 
-@pytest.mark.parametrize(
-    ("closed", "numeric", "tol"),
-    [
-        # smooth activations: Gauss-Hermite (degree 128) matches the closed forms to 1e-6
-        # (measured 2e-9 for erf at pre-activation variance ~2.5, where erf is nearly a step;
-        # degree 64 reaches only 4e-5 there, 9e-9 at variance ~1)
-        (ntk.Erf(), _quad(jax.scipy.special.erf), 1e-6),
-        (ntk.Gelu(), _quad(lambda x: jax.nn.gelu(x, approximate=False)), 1e-6),
-        # ReLU's kink limits quadrature: about 1e-3 at degree 200 (measured: NNGP 5e-4,
-        # NTK 2.3e-3, the NTK needing the step function relu')
-        (ntk.Relu(), _quad(jax.nn.relu, deg=200), 5e-3),
-    ],
-    ids=["erf", "gelu", "relu"],
-)
-def test_quadrature_vs_closed_form(closed, numeric, tol, vec_inputs):
-    x1, _ = vec_inputs
+def _erf_nngp(c, v1, v2):
+    return _kmath.erf(c, v1, v2)[0]
+
+
+# (closed form, numeric, tolerance)
+QUAD = {
+    # smooth activations: Gauss-Hermite (degree 128) matches the closed forms to 1e-6
+    # (measured 2e-9 for erf at pre-activation variance ~2.5, where erf is nearly a step;
+    # degree 64 reaches only 4e-5 there, 9e-9 at variance ~1)
+    "erf": (ntk.Erf(), _quad(jax.scipy.special.erf), 1e-6),
+    "gelu": (ntk.Gelu(), _quad(lambda x: jax.nn.gelu(x, approximate=False)), 1e-6),
+    # ReLU's kink limits quadrature: about 1e-3 at degree 200 (measured: NNGP 5e-4,
+    # NTK 2.3e-3, the NTK needing the step function relu')
+    "relu": (ntk.Relu(), _quad(jax.nn.relu, deg=200), 5e-3),
+    # a closed-form nngp_fn: Kdot by autodiff equals the hand-written derivative (float64
+    # round-off)
+    "nngp_fn": (ntk.Erf(), ntk.Elementwise(jax.scipy.special.erf, nngp_fn=_erf_nngp), 1e-12),
+}
+
+
+@pytest.fixture(scope="module")
+def quad_kernels(vec_inputs_module):
+    """Closed-form and numeric kernels of every QUAD case in one compiled float64 program."""
+    x1 = vec_inputs_module[0]
     mk = lambda act: ntk.serial(ntk.Dense(8, W_std=1.4, b_std=0.1), act, ntk.Dense(1))  # noqa: E731
+    archs = {(k, i): mk(v[i]) for k, v in QUAD.items() for i in (0, 1)}
     with jax.enable_x64(True):
-        a, b = ntk.kernel(mk(closed), x1), ntk.kernel(mk(numeric), x1)
-    assert rel(b.nngp, a.nngp) < tol
-    assert rel(b.ntk, a.ntk) < tol
+        return _specs.run_once(lambda a: {k: f.kernel_fn(a) for k, f in archs.items()}, x1)
 
 
-def test_elementwise_closed_form_nngp_fn(vec_inputs):
-    # Kdot from autodiff of the given closed form equals the hand-written derivative.
-    x1, x2 = vec_inputs
-    nngp_fn = lambda c, v1, v2: _kmath.erf(c, v1, v2)[0]  # noqa: E731
-    mk = lambda act: ntk.serial(ntk.Dense(8, b_std=0.2), act, ntk.Dense(1))  # noqa: E731
-    with jax.enable_x64(True):
-        a = ntk.kernel(mk(ntk.Erf()), x1, x2)
-        b = ntk.kernel(mk(ntk.Elementwise(jax.scipy.special.erf, nngp_fn=nngp_fn)), x1, x2)
-    np.testing.assert_allclose(b.ntk, a.ntk, rtol=1e-12)
+@pytest.mark.parametrize("case", list(QUAD))
+def test_quadrature_vs_closed_form(case, quad_kernels):
+    tol = QUAD[case][2]
+    (a_nngp, a_ntk), (b_nngp, b_ntk) = quad_kernels[case, 0], quad_kernels[case, 1]
+    assert rel(b_nngp, a_nngp) < tol
+    assert rel(b_ntk, a_ntk) < tol
 
 
-def test_float32_close_to_float64(img_inputs):
-    arch = ntk.serial(
-        ntk.Conv(4, (3, 3), padding="SAME", b_std=0.1),
-        ntk.Erf(),
-        ntk.GlobalAvgPool(),
-        ntk.Dense(1),
-    )
-    x1, x2 = img_inputs
-    k32 = ntk.kernel(arch, x1.astype(np.float32), x2.astype(np.float32))
-    with jax.enable_x64(True):
-        k64 = ntk.kernel(arch, x1, x2)
+def test_float32_close_to_float64():
+    # the public blocked driver in float32 on a CNN with GlobalAvgPool (full position
+    # covariance) against neural-tangents' float64 kernel
+    name = "cnn_gap_std"
+    arch = _specs.arch(dict((s[0], s[2]) for s in SPECS)[name])
+    x1, x2 = (FIX[f"{name}/{k}"].astype(np.float32) for k in ("x1", "x2"))
+    k32 = ntk.kernel(arch, x1, x2)
     assert k32.ntk.dtype == np.float32
     # float32 round-off through ~10 operations per entry: 1e-5 relative
-    assert rel(k32.ntk, k64.ntk) < 1e-5
+    assert rel(k32.ntk, FIX[f"{name}/ntk12"]) < 1e-5
+    assert rel(k32.nngp, FIX[f"{name}/nngp12"]) < 1e-5
 
 
 def test_blocks_symmetry_and_store(tmp_path, vec_inputs, monkeypatch):
