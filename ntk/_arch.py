@@ -8,7 +8,6 @@ One description gives (a) a Flax NNX model at its finite widths (``arch.module``
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import ClassVar
 
@@ -81,7 +80,8 @@ class Serial(Layer):
     def init(self, key, in_shape, dtype):
         """Parameters drawn inside compiled code (equal to :meth:`Architecture.init_params`)."""
         specs = self.param_specs(tuple(in_shape))
-        flat = jax.random.normal(key, (_draw_size(specs),), dtype)
+        chunks = jnp.arange(_num_chunks(specs), dtype=jnp.uint32)
+        flat = jax.vmap(lambda i: _normal_chunk(key, i, dtype))(chunks).reshape(-1)
         return _unflatten_draw(specs, flat, jnp)
 
     def apply(self, params, x, ctx=None, path=""):
@@ -289,16 +289,18 @@ class Architecture:
     def init_params(self, key, input_shape, *, dtype=jnp.float32) -> dict:
         """Random parameters for one example of shape ``input_shape`` (no batch axis).
 
-        Every parameter is a slice of ONE standard normal draw ``jax.random.normal(key,
-        (m,))`` (``m``: the parameter count rounded up to a power of two), scaled per layer
-        (standard parameterisation: ``W_std / sqrt(fan_in)``, ``b_std``). One draw compiles
-        once per size class instead of once per layer and architecture; the same values are
-        produced inside compiled code (``arch.net.init``, used by :func:`ntk.monte_carlo`).
+        All parameters are consecutive slices of one stream of standard normals, drawn in
+        chunks of 65536 (chunk ``i``: ``jax.random.normal(jax.random.fold_in(key, i),
+        (65536,))``) and scaled per layer (standard parameterisation: ``W_std / sqrt(fan_in)``
+        and ``b_std``). One small program per dtype serves every architecture and width (no
+        compilation per layer or per model); the same values are produced inside compiled
+        code (``arch.net.init``, used by :func:`ntk.monte_carlo`).
         """
         self.check_input_shape(input_shape, fn="ntk.Architecture.init_params", name="input_shape")
         dtype = jax.dtypes.canonicalize_dtype(dtype)
         specs = self.net.param_specs(tuple(int(s) for s in input_shape))
-        flat = np.asarray(_flat_normal(key, _draw_size(specs), dtype))
+        flat = [_normal_chunk_jit(key, np.uint32(i), dtype) for i in range(_num_chunks(specs))]
+        flat = np.concatenate([np.asarray(c) for c in flat])
         return jax.device_put(_unflatten_draw(specs, flat, np))
 
     def module(self, key, input_shape, *, dtype=jnp.float32) -> nnx.Module:
@@ -326,7 +328,9 @@ class Architecture:
         module = self.module(key, input_shape, dtype=dtype)
         m = landscape.from_nnx(module)
         a = m.apply_fn
-        apply_fn = _ArchApply(a.graphdef_eval, a.graphdef_train, a.__name__, self, module.input_shape)
+        apply_fn = _ArchApply(
+            a.graphdef_eval, a.graphdef_train, a.__name__, self, module.input_shape
+        )
         return m.replace(apply_fn=apply_fn)
 
     # ---------------------------------------------------------------------------------
@@ -354,9 +358,14 @@ class Architecture:
         return kernel(self, x1, x2, **kwargs)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _flat_normal(key, size, dtype):
-    return jax.random.normal(key, (size,), dtype)
+_CHUNK = 1 << 16
+
+
+def _normal_chunk(key, i, dtype):
+    return jax.random.normal(jax.random.fold_in(key, i), (_CHUNK,), dtype)
+
+
+_normal_chunk_jit = jax.jit(_normal_chunk, static_argnums=(2,))
 
 
 def _spec_leaves(specs):
@@ -368,9 +377,9 @@ def _spec_leaves(specs):
             yield v
 
 
-def _draw_size(specs) -> int:
+def _num_chunks(specs) -> int:
     n = sum(math.prod(shape) for shape, _ in _spec_leaves(specs))
-    return 1 << max(n - 1, 0).bit_length()
+    return max(1, -(-n // _CHUNK))
 
 
 def _unflatten_draw(specs, flat, xp):

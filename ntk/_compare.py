@@ -516,8 +516,11 @@ def _train_pair(arch, params, x, y, x_test, lr, num_steps):
         return jax.tree.map(upd, pf, gf), jax.tree.map(upd, pl, gl)
 
     pf, pl = jax.lax.fori_loop(0, num_steps, step, (params, params))
-    return arch.apply(params, x), arch.apply(params, x_test), arch.apply(pf, x_test), lin_apply(
-        pl, x_test
+    return (
+        arch.apply(params, x),
+        arch.apply(params, x_test),
+        arch.apply(pf, x_test),
+        lin_apply(pl, x_test),
     )
 
 
