@@ -57,6 +57,11 @@ class OverlapResult(Result):
         return f"OverlapResult(k={self.k}, fraction={float(self.fraction):.4f}, grad_norm={float(self.grad_norm):.4g})"
 
 
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _project_jit(layout, vectors, g):
+    return jnp.dot(layout.ravel_rows(vectors), layout.ravel(g), precision=lax.Precision.HIGHEST)
+
+
 def gradient_overlap(
     loss_fn,
     params: PyTree,
@@ -103,7 +108,8 @@ def gradient_overlap(
     stacked = jax.tree.map(lambda x: x[0], eigen.vectors)
     _validate.check_same_structure(stacked, params, fn=fn, name="eigen.vectors (one row)")
     vals, grad = engine.value_and_grad(loss_fn, params, data, batch_size=batch_size)
-    c = np.asarray(lz.basis_dot(eigen.vectors, _tree.cast(grad, _tree.dtype_of(eigen.vectors))), np.float64)
+    layout = lz.Layout(params)
+    c = np.asarray(_project_jit(layout, eigen.vectors, grad), np.float64)
     gn = float(_tree.norm(grad))
     cos2 = c**2 / max(gn**2, np.finfo(np.float64).tiny)
     return OverlapResult(

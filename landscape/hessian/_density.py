@@ -7,9 +7,10 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from landscape import _provenance, _tree, _validate, engine
+from landscape import _provenance, _validate, engine
 from landscape._result import Meta, Result, result, static_field
 from landscape.hessian import _eigen, _random
 from landscape.hessian import _lanczos as lz
@@ -125,18 +126,20 @@ def default_sigma(lo: float, hi: float, num_steps: int) -> float:
     return width if width > 0 else max(abs(hi), 1.0) * 1e-3
 
 
-@functools.partial(jax.jit, static_argnames=("stack",))
-def _probe_vector(zeros, seed, counter, stack):
-    v = _random.rademacher_like(zeros, seed, counter)
-    v, _ = _tree.normalize(v)
-    return jax.tree.map(lambda x: x[None], v) if stack else v
+@functools.partial(jax.jit, static_argnames=("layout", "flat"))
+def _probe_vector(layout, seed, counter, flat):
+    """The unit Rademacher probe: a flat row ``(1, P)`` or a pytree."""
+    z = _random.rademacher_like(jnp.zeros((layout.size,), layout.dtype), seed, counter)
+    z = z / jnp.sqrt(jnp.asarray(layout.size, layout.dtype))
+    return z[None] if flat else layout.unravel(z)
 
 
-def _one_probe(op, prepared, zeros, seed, p, num_steps, reorth, key, fn):
+def _one_probe(op, prepared, layout, seed, p, num_steps, reorth, key, fn):
     """Nodes, weights, q0^T A q0 and (full mode) the top Ritz vector of probe ``p``."""
     if reorth:
-        v = _probe_vector(zeros, np.uint32(seed), np.int32(p), True)
-        st = lz.new_state(prepared, v, 1, num_steps + 1, num_steps, key=jax.random.fold_in(key, p), dtype=op.dtype)
+        v = _probe_vector(layout, np.uint32(seed), np.int32(p), True)
+        st = lz.new_state(prepared, layout, v, 1, num_steps + 1, num_steps, key=jax.random.fold_in(key, p),
+                          dtype=op.dtype)
         st.expand(num_steps)
         if not st.ok:
             ops.raise_nonfinite(st.ok_flags, op if op.method == "forward_over_reverse" else None, fn=fn,
@@ -147,7 +150,7 @@ def _one_probe(op, prepared, zeros, seed, p, num_steps, reorth, key, fn):
         theta, Y = lz.tridiagonal_eigh(alphas, betas)
         top = lz.combine_rows(st, Y[:, -1:])
         return theta, Y[0] ** 2, alphas[0], top
-    v = _probe_vector(zeros, np.uint32(seed), np.int32(p), False)
+    v = _probe_vector(layout, np.uint32(seed), np.int32(p), False)
     alphas, betas, ok, first_bad = lz.stream(prepared, v, num_steps)
     if not ok.all():
         ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None, fn=fn,
@@ -263,7 +266,7 @@ def spectral_density(
     if store is not None:
         chunks = engine.ChunkStore(store, {"kind": "landscape.hessian.spectral_density", **settings})
     prepared = op.host_prepared()
-    zeros = op.zeros()
+    layout = lz.Layout(op.subset.restrict(op.params))
     seed = _random.key_seed(key)
     nodes = np.zeros((num_probes, num_steps))
     weights = np.zeros((num_probes, num_steps))
@@ -275,7 +278,7 @@ def spectral_density(
             saved = chunks.load(p)
             nodes[p], weights[p], first[p] = saved["nodes"], saved["weights"], float(saved["q0Aq0"])
             continue
-        th, w, a0, top = _one_probe(op, prepared, zeros, seed, p, num_steps, reorthogonalize, key, fn)
+        th, w, a0, top = _one_probe(op, prepared, layout, seed, p, num_steps, reorthogonalize, key, fn)
         hvps += num_steps
         nodes[p], weights[p], first[p] = th, w, a0
         if top_vec is None and top is not None:

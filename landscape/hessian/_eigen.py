@@ -105,41 +105,63 @@ class EigenResult(Result):
 
 
 # --------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("mv_static",))
-def _true_residuals_jit(mv_static, mv_dyn, X, theta):
+@functools.partial(jax.jit, static_argnames=("mv_static", "layout"))
+def _true_residuals_jit(mv_static, mv_dyn, layout, Q, Y, theta, k):
+    """``||A x_i - theta_i x_i||`` for the first ``k`` vectors ``x_i = Y[:, i]^T Q``.
+
+    ``Y`` is padded to the basis' row count and ``k`` is dynamic, so one program serves every
+    ``k`` for a given operator and basis shape.
+    """
     mv = engine.merge_fn(mv_static, mv_dyn)
-    k = theta.shape[0]
-    x0 = _tree.index(X, 0)
-    flags_shape = jax.eval_shape(lambda v: mv(v)[1], x0)
+    rows = Y.shape[1]
+    X = jnp.dot(Y.T.astype(Q.dtype), Q, precision=jax.lax.Precision.HIGHEST)
+    flags_shape = jax.eval_shape(lambda v: mv(v)[1], layout.unravel(X[0]))
 
     def body(i, carry):
         res, ok = carry
-        x = _tree.index(X, i)
-        ax, flags = mv(x)
-        r = _tree.axpy(-theta[i], x, _tree.cast(ax, _tree.dtype_of(x)))
-        return res.at[i].set(_tree.norm(r)), ok & flags
+        x = X[i]
+        ax, flags = mv(layout.unravel(x))
+        r = layout.ravel(ax).astype(x.dtype) - theta[i] * x
+        return res.at[i].set(jnp.sqrt(jnp.dot(r, r))), ok & flags
 
-    return jax.lax.fori_loop(0, k, body, (jnp.zeros((k,), theta.dtype), jnp.ones(flags_shape.shape, bool)))
+    init = (jnp.zeros((rows,), theta.dtype), jnp.ones(flags_shape.shape, bool))
+    return jax.lax.fori_loop(0, k, body, init)
 
 
-def _orthonormal_rows(V: PyTree, *, fn: str, name: str) -> tuple[PyTree, int]:
-    """Orthonormalise the rows of a stacked pytree (two passes of Gram-eigh, float64 host)."""
-    b = jax.tree.leaves(V)[0].shape[0]
-    dtype = _tree.dtype_of(V)
-    norms = np.sqrt(np.maximum(np.diag(np.asarray(_gram_jit(V), np.float64)), 0))
+def orthonormal_rows(F, *, fn: str, name: str) -> tuple[jax.Array, int]:
+    """Orthonormalise the rows of a flat ``(b, P)`` array: two passes of a Gram-matrix
+    eigendecomposition in float64 on the host; rank-deficient directions are dropped.
+
+    Raises:
+      ValueError: a zero row.
+    """
+    b = F.shape[0]
+    dtype = np.dtype(F.dtype)
+    norms = np.sqrt(np.maximum(np.diag(np.asarray(_gram_jit(F), np.float64)), 0))
     if np.any(norms == 0):
         raise ValueError(f"{fn}: {name} contains a zero vector (row {int(np.argmin(norms))}); starting vectors must be nonzero.")
-    V = _rows_combine(V, np.diag(1.0 / norms).astype(np.dtype(dtype)))
+    F = _combine_jit(F, np.diag(1.0 / norms).astype(dtype))
     rank = b
     for _ in range(2):
-        G = np.asarray(_gram_jit(V), np.float64)
+        G = np.asarray(_gram_jit(F), np.float64)
         d, U = np.linalg.eigh(0.5 * (G + G.T))
-        keep = d > max(d.max(), 0) * 1e3 * float(jnp.finfo(dtype).eps) * b
+        keep = d > max(d.max(), 0) * 1e3 * float(np.finfo(dtype).eps) * b
         U, d = U[:, keep][:, ::-1], d[keep][::-1]
         W = U / np.sqrt(d)
-        V = _rows_combine(V, W.astype(np.dtype(dtype)))
+        F = _combine_jit(F, W.astype(dtype))
         rank = int(keep.sum())
-    return V, rank
+    return F, rank
+
+
+@jax.jit
+def _combine_jit(F, W):
+    """``W^T F``."""
+    return jnp.dot(W.T.astype(F.dtype), F, precision=jax.lax.Precision.HIGHEST)
+
+
+@jax.jit
+def _gram_jit(F):
+    return jnp.dot(F, F.T, precision=jax.lax.Precision.HIGHEST)
 
 
 @jax.jit
@@ -147,33 +169,17 @@ def _stack1(v):
     return jax.tree.map(lambda x: jnp.asarray(x)[None], v)
 
 
-@jax.jit
-def _random_start(zeros, seed):
-    return jax.tree.map(lambda x: x[None], _random.normal_like(zeros, seed, 0))
+@functools.partial(jax.jit, static_argnames=("size", "dtype"))
+def _random_row(seed, size, dtype):
+    return _random.normal_like(jnp.zeros((1, size), dtype), seed, 0)
 
 
-@jax.jit
-def _rows_combine(V, W):
-    return jax.tree.map(lambda x: jnp.tensordot(W.T.astype(x.dtype), x, axes=1, precision=jax.lax.Precision.HIGHEST), V)
-
-
-@jax.jit
-def _gram_jit(V):
-    leaves = jax.tree.leaves(V)
-    return functools.reduce(
-        jnp.add,
-        [jnp.tensordot(x, x, axes=(tuple(range(1, x.ndim)), tuple(range(1, x.ndim))), precision=jax.lax.Precision.HIGHEST) for x in leaves],
-    )
-
-
-def start_block(op: ops.CurvatureOperator, v0, key, *, fn: str) -> tuple[PyTree, int]:
-    """Orthonormal starting rows in the operator's subset space (random if ``v0`` is None).
-
-    ``v0`` may be one params-shaped vector or a stack of them (leading axis).
-    """
+def start_block(op: ops.CurvatureOperator, layout: lz.Layout, v0, key, *, fn: str) -> tuple[jax.Array, int]:
+    """Orthonormal flat starting rows ``(b, P)`` in the operator's subset space (random if ``v0``
+    is None). ``v0`` may be one params-shaped vector or a stack of them (leading axis)."""
     if v0 is None:
-        V = _random_start(op.zeros(), np.uint32(_random.key_seed(key)))
-        return _orthonormal_rows(V, fn=fn, name="v0")
+        F = _random_row(np.uint32(_random.key_seed(key)), layout.size, layout.dtype)
+        return orthonormal_rows(F, fn=fn, name="v0")
     p_leaves = jax.tree.leaves(op.params)
     if jax.tree.structure(v0) != jax.tree.structure(op.params):
         _validate.check_same_structure(v0, op.params, fn=fn, name="v0")
@@ -191,8 +197,8 @@ def start_block(op: ops.CurvatureOperator, v0, key, *, fn: str) -> tuple[PyTree,
             )
         _validate.check_finite(v0, fn=fn, name="v0")
         V = v0
-    V = op.subset.restrict(_tree.cast(V, op.dtype))
-    return _orthonormal_rows(V, fn=fn, name="v0")
+    F = lz.ravel_rows(layout, op.subset.restrict(V))
+    return orthonormal_rows(F, fn=fn, name="v0")
 
 
 def _order(theta: np.ndarray, which: str, count: int) -> np.ndarray:
@@ -275,10 +281,11 @@ def solve(
         m = min(m, n)
     key = _validate.check_key(key, fn=fn)
     k_start, k_run = jax.random.split(key)
-    V, b = start_block(op, v0, k_start, fn=fn)
+    layout = lz.Layout(op.subset.restrict(op.params))
+    V, b = start_block(op, layout, v0, k_start, fn=fn)
     rows = m + max(b, ktot) + 1  # independent of the start block up to k_total vectors
     prepared = op.host_prepared()
-    st = lz.new_state(prepared, V, b, rows, m, key=k_run, dtype=dtype)
+    st = lz.new_state(prepared, layout, V, b, rows, m, key=k_run, dtype=dtype)
     s_check = num_check_steps if num_check_steps is not None else max(4, min(8, m - ktot))
     num_keep_default = min(m - 2, ktot + max(ktot, (m - ktot) // 2)) if m > ktot + 2 else ktot
 
@@ -336,12 +343,17 @@ def solve(
     values = ritz.theta[w]
     X = lz.combine_rows(st, ritz.Y[:, w])
     s, d = engine.split_fn(prepared)
-    res, ok = _true_residuals_jit(s, d, X, values.astype(np.dtype(dtype)))
+    Ypad = np.zeros((st.rows, st.rows))
+    Ypad[: ritz.e, : len(w)] = ritz.Y[:, w]
+    theta = np.zeros(st.rows)
+    theta[: len(w)] = values
+    res, ok = _true_residuals_jit(s, d, st.layout, st.Q, Ypad.astype(np.dtype(dtype)), theta.astype(np.dtype(dtype)),
+                                  np.int32(len(w)))
     ok = np.asarray(ok)
     if not ok.all():
         ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None, fn=fn,
                             what="curvature-vector product (final residual check)")
-    residuals = np.asarray(res, np.float64)
+    residuals = np.asarray(res, np.float64)[: len(w)]
     converged = residuals <= tol_used * ritz.anorm * (1 + 1e-6)
     vectors = op.subset.embed(X, op.params, leading=(len(w),))
     num_hvps = st.num_matvecs + len(w)

@@ -22,7 +22,8 @@ Two ways to apply it:
   batches; each later product only runs the tangent computations. This is how PyHessian's
   single-batch mode gets its speed (it keeps the gradient's graph). Memory: the residuals of all
   batches (roughly activations x data-set size). ``"auto"`` (the default) linearises when the
-  residuals take at most :data:`LINEARIZE_MAX_BYTES`.
+  residuals take between :data:`LINEARIZE_MIN_BYTES` (4 MiB: smaller problems gain nothing and pay
+  one more compilation) and :data:`LINEARIZE_MAX_BYTES` (1 GiB).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ METHODS = ("auto", "forward_over_reverse", "linearize")
 
 LINEARIZE_MAX_BYTES = 1 << 30
 """``method="auto"`` linearises once when the kept residuals take at most this many bytes."""
+
+LINEARIZE_MIN_BYTES = 4 << 20
+"""...and at least this many: below it a product takes well under a millisecond, the saved
+forward pass is negligible and the extra compiled program costs more than it saves."""
 
 __all__ = [
     "CURVATURES",
@@ -584,8 +589,9 @@ _AUTO_CACHE: dict = {}
 
 
 def _resolve_method(op: CurvatureOperator, method: str) -> str:
-    """``"auto"``: linearise when the residuals fit in :data:`LINEARIZE_MAX_BYTES` (decided by
-    tracing once per loss function, shapes and settings; cached)."""
+    """``"auto"``: linearise when the residuals take between :data:`LINEARIZE_MIN_BYTES` and
+    :data:`LINEARIZE_MAX_BYTES` (decided by tracing once per loss function, shapes and settings;
+    cached)."""
     if method != "auto":
         return method
     s, d = engine.split_fn(op)
@@ -594,7 +600,7 @@ def _resolve_method(op: CurvatureOperator, method: str) -> str:
     if key not in _AUTO_CACHE:
         try:
             nbytes = _residual_bytes(op)
-            choice = "linearize" if nbytes <= LINEARIZE_MAX_BYTES else "forward_over_reverse"
+            choice = "linearize" if LINEARIZE_MIN_BYTES <= nbytes <= LINEARIZE_MAX_BYTES else "forward_over_reverse"
         except Exception:  # pragma: no cover - not linearisable: fall back
             choice = "forward_over_reverse"
         if len(_AUTO_CACHE) > 256:
@@ -647,8 +653,8 @@ def make_hvp(
         symmetric ``P^{-1/2} A P^{-1/2}`` (same eigenvalues as ``P^{-1} A``).
       batch_size: examples per batch of the data-set reduction (default: the engine's).
       method: ``"forward_over_reverse"``, ``"linearize"`` (keep the residuals of all batches,
-        faster products) or ``"auto"`` (linearise when the residuals fit in
-        :data:`LINEARIZE_MAX_BYTES`, decided by tracing once).
+        faster products) or ``"auto"`` (linearise when the residuals take 4 MiB to 1 GiB,
+        decided by tracing once).
 
     Returns:
       A :class:`CurvatureOperator`.

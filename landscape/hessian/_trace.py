@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from landscape import _provenance, _tree, _validate, engine
+from landscape import _provenance, _validate, engine
 from landscape._result import Result, result, static_field
 from landscape.hessian import _eigen, _random
+from landscape.hessian import _lanczos as lz
 from landscape.hessian import _operators as ops
 
 PyTree = Any
@@ -67,67 +68,58 @@ class TraceResult(Result):
         )
 
 
-def _leaf_dots(a: PyTree, b: PyTree) -> jax.Array:
-    return jnp.stack([jnp.vdot(x.ravel(), y.ravel(), precision=_HI) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))])
-
-
-@functools.partial(jax.jit, static_argnames=("mv_static", "num"))
-def _sketch_jit(mv_static, mv_dyn, zeros, seed, num):
-    """``A S`` for ``num`` Rademacher columns ``S`` (stacked rows)."""
+@functools.partial(jax.jit, static_argnames=("mv_static", "layout", "num"))
+def _sketch_jit(mv_static, mv_dyn, layout, seed, num):
+    """``A S`` for ``num`` Rademacher columns ``S``, as flat rows ``(num, P)``."""
     mv = engine.merge_fn(mv_static, mv_dyn)
-    out = jax.tree.map(lambda x: jnp.zeros((num,) + x.shape, x.dtype), zeros)
-    flags = jax.eval_shape(lambda v: mv(v)[1], zeros)
+    zero = jnp.zeros((layout.size,), layout.dtype)
+    flags = jax.eval_shape(lambda v: mv(v)[1], layout.unravel(zero))
 
     def body(i, carry):
         out, ok = carry
-        z = _random.rademacher_like(zeros, seed, i)
-        y, f = mv(z)
-        out = jax.tree.map(lambda o, x: lax.dynamic_update_index_in_dim(o, x.astype(o.dtype), i, 0), out, y)
-        return out, ok & f
+        z = _random.rademacher_like(zero, seed, i)
+        y, f = mv(layout.unravel(z))
+        return lax.dynamic_update_index_in_dim(out, layout.ravel(y), i, 0), ok & f
 
-    return lax.fori_loop(0, num, body, (out, jnp.ones(flags.shape, bool)))
+    init = (jnp.zeros((num, layout.size), layout.dtype), jnp.ones(flags.shape, bool))
+    return lax.fori_loop(0, num, body, init)
 
 
-@functools.partial(jax.jit, static_argnames=("mv_static",))
-def _quad_rows_jit(mv_static, mv_dyn, Q):
-    """Per-leaf ``q_i^T (A q_i)`` for every row of ``Q``."""
+@functools.partial(jax.jit, static_argnames=("mv_static", "layout"))
+def _quad_rows_jit(mv_static, mv_dyn, layout, Q):
+    """Per-leaf ``q_i^T (A q_i)`` for every flat row ``q_i`` of ``Q``."""
     mv = engine.merge_fn(mv_static, mv_dyn)
-    num = jax.tree.leaves(Q)[0].shape[0]
-    q0 = _tree.index(Q, 0)
-    nl = len(jax.tree.leaves(q0))
-    flags = jax.eval_shape(lambda v: mv(v)[1], q0)
+    num = Q.shape[0]
+    nl = len(layout.sizes)
+    flags = jax.eval_shape(lambda v: mv(v)[1], layout.unravel(Q[0]))
 
     def body(i, carry):
         vals, ok = carry
-        q = _tree.index(Q, i)
-        y, f = mv(q)
-        return vals.at[i].set(_leaf_dots(q, y).astype(vals.dtype)), ok & f
+        q = Q[i]
+        y, f = mv(layout.unravel(q))
+        return vals.at[i].set(layout.leaf_sums(q * layout.ravel(y))), ok & f
 
-    dt = _tree.dtype_of(q0)
-    return lax.fori_loop(0, num, body, (jnp.zeros((num, nl), dt), jnp.ones(flags.shape, bool)))
+    return lax.fori_loop(0, num, body, (jnp.zeros((num, nl), layout.dtype), jnp.ones(flags.shape, bool)))
 
 
-@functools.partial(jax.jit, static_argnames=("mv_static", "num"))
-def _probes_jit(mv_static, mv_dyn, zeros, Q, seed, start, num):
-    """Per-leaf ``u^T (A u)`` for ``num`` Rademacher probes ``z`` (``u = z - Q Q^T z`` when a
-    deflation basis ``Q`` is given, else ``u = z``), probe counters ``start, start + 1, ...``."""
+@functools.partial(jax.jit, static_argnames=("mv_static", "layout", "num"))
+def _probes_jit(mv_static, mv_dyn, layout, Q, seed, start, num):
+    """Per-leaf ``u^T (A u)`` for ``num`` Rademacher probes ``z`` (``u = z - Q^T Q z`` when a
+    flat deflation basis ``Q`` is given, else ``u = z``), probe counters ``start, start+1, ...``."""
     mv = engine.merge_fn(mv_static, mv_dyn)
-    nl = len(jax.tree.leaves(zeros))
-    flags = jax.eval_shape(lambda v: mv(v)[1], zeros)
-    dt = _tree.dtype_of(zeros)
+    nl = len(layout.sizes)
+    zero = jnp.zeros((layout.size,), layout.dtype)
+    flags = jax.eval_shape(lambda v: mv(v)[1], layout.unravel(zero))
 
     def body(i, carry):
         vals, ok = carry
-        u = _random.rademacher_like(zeros, seed, start + i)
+        u = _random.rademacher_like(zero, seed, start + i)
         if Q is not None:
-            c = functools.reduce(jnp.add, [
-                jnp.tensordot(q, x, axes=x.ndim, precision=_HI) for q, x in zip(jax.tree.leaves(Q), jax.tree.leaves(u))
-            ])
-            u = jax.tree.map(lambda x, q: x - jnp.tensordot(c.astype(q.dtype), q, axes=1, precision=_HI), u, Q)
-        y, f = mv(u)
-        return vals.at[i].set(_leaf_dots(u, y).astype(dt)), ok & f
+            u = u - jnp.dot(jnp.dot(Q, u, precision=_HI), Q, precision=_HI)
+        y, f = mv(layout.unravel(u))
+        return vals.at[i].set(layout.leaf_sums(u * layout.ravel(y))), ok & f
 
-    return lax.fori_loop(0, num, body, (jnp.zeros((num, nl), dt), jnp.ones(flags.shape, bool)))
+    return lax.fori_loop(0, num, body, (jnp.zeros((num, nl), layout.dtype), jnp.ones(flags.shape, bool)))
 
 
 def estimate_trace(
@@ -146,7 +138,7 @@ def estimate_trace(
     """Trace of an operator (see :func:`trace`)."""
     prepared = op.host_prepared()
     s, d = engine.split_fn(prepared)
-    zeros = op.zeros()
+    layout = lz.Layout(op.subset.restrict(op.params))
     n = op.num_params
     paths = list(op.subset.selected_paths) if not op.subset.is_all else list(op.subset.paths)
     seed = _random.key_seed(key)
@@ -157,11 +149,11 @@ def estimate_trace(
     if estimator == "hutch++":
         s_size = sketch_size if sketch_size is not None else max(1, max_hvps // 3)
         s_size = min(s_size, n, max(1, (max_hvps - min(min_probes, max_hvps)) // 2))
-        Y, ok = _sketch_jit(s, d, zeros, np.uint32(seed ^ 0x5A5A5A5A), s_size)
+        Y, ok = _sketch_jit(s, d, layout, np.uint32(seed ^ 0x5A5A5A5A), s_size)
         _check_ok(ok, op, fn)
         used += s_size
-        Q, rank = _eigen._orthonormal_rows(Y, fn=fn, name="the sketch")
-        vals, ok = _quad_rows_jit(s, d, Q)
+        Q, rank = _eigen.orthonormal_rows(Y, fn=fn, name="the sketch")
+        vals, ok = _quad_rows_jit(s, d, layout, Q)
         _check_ok(ok, op, fn)
         used += rank
         s_used = rank
@@ -171,7 +163,7 @@ def estimate_trace(
     counter = 0
     while used < max_hvps:
         num = min(chunk_size, max_hvps - used)
-        vals, ok = _probes_jit(s, d, zeros, Q, np.uint32(seed), np.int32(counter), num)
+        vals, ok = _probes_jit(s, d, layout, Q, np.uint32(seed), np.int32(counter), num)
         _check_ok(ok, op, fn)
         counter += num
         used += num

@@ -54,8 +54,8 @@ def plot_density(
       ax: axes to draw on (a new figure if ``None``).
       yscale: ``"linear"`` or ``"log"`` (densities floored at ``floor``, as PyHessian's
         plots; the outliers' small mass is visible only there).
-      eigen: an :class:`~landscape.hessian.EigenResult` (or a dict with the same keys as
-        ``density``): its values are marked by vertical dashed lines.
+      eigen: an :class:`~landscape.hessian.EigenResult` or eigenvalues (a number or an array),
+        or a dict of those with the same keys as ``density``: marked by vertical dashed lines.
       show_nodes: also draw the raw Gauss nodes (weights as stems, first probe).
     """
     ax = _ax(ax)
@@ -73,7 +73,10 @@ def plot_density(
                       color=kw["color"], alpha=0.4, lw=0.8)
         e = eig_map.get(name)
         if e is not None:
-            marks = np.asarray(e.largest) if len(e.largest) else np.asarray(e.values)
+            if hasattr(e, "largest"):
+                marks = np.asarray(e.largest) if len(e.largest) else np.asarray(e.values)
+            else:
+                marks = np.atleast_1d(np.asarray(e, np.float64))
             if d.scale == "log":
                 marks = np.log10(marks[marks > 0])
             for j, x in enumerate(marks):

@@ -140,13 +140,13 @@ def test_no_recompilation_and_compiled_loop(small):
 
     A = jnp.diag(jnp.arange(1.0, 7.0))
     mv = hessian._operators.FunctionMatvec(Partial(_apply, A))
+    layout = _lanczos.Layout({"w": jnp.zeros(6)})
+    s, d = hessian._operators.engine.split_fn(mv)
     sizes = []
     for n_rows in (4, 7):
-        Q = {"w": jnp.zeros((n_rows, 6))}
-        H = jnp.zeros((n_rows, n_rows - 1))
-        s, d = hessian._operators.engine.split_fn(mv)
-        jaxpr = jax.make_jaxpr(_lanczos._expand_jit.__wrapped__, static_argnums=(0,))(
-            s, d, Q, H, -jnp.ones(n_rows, jnp.int32), 1, jnp.zeros(()), 0, n_rows - 1, jnp.uint32(0), jnp.zeros(()))
+        jaxpr = jax.make_jaxpr(_lanczos._expand_jit.__wrapped__, static_argnums=(0, 2))(
+            s, d, layout, jnp.zeros((n_rows, 6)), jnp.zeros((n_rows, n_rows - 1)), -jnp.ones(n_rows, jnp.int32), 1,
+            jnp.zeros(()), 0, n_rows - 1, jnp.uint32(0), jnp.zeros(()))
         sizes.append(len(jaxpr.eqns))
     assert sizes[0] == sizes[1]
 
