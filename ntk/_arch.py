@@ -22,18 +22,21 @@ from ntk._layers import ArchitectureError, KState, Layer
 
 
 class _Ctx:
-    """Records the inputs of every affine layer and adds probes to their outputs (used by the
-    structured empirical NTK: the probes' cotangents are the back-propagated signals)."""
+    """Records the input and output (pre-activation) of every affine layer and adds zero
+    probes to the outputs of the layers in ``probes`` (used by the structured empirical NTK:
+    the probes' cotangents are the back-propagated signals)."""
 
     def __init__(self, probes=None):
         self.probes = probes
         self.inputs: dict = {}
+        self.outputs: dict = {}
         self.zshapes: dict = {}
 
     def record(self, path, layer, x, z):
         self.inputs[path] = x
+        self.outputs[path] = z
         self.zshapes[path] = jax.ShapeDtypeStruct(z.shape, z.dtype)
-        if self.probes is not None:
+        if self.probes is not None and path in self.probes:
             z = z + self.probes[path]
         return z
 

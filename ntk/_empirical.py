@@ -13,10 +13,18 @@ parameters and ``FP`` the cost of one example's forward pass:
 * Structured (``"structured"``, our architectures only): the Jacobian of a Dense or Conv layer
   is the outer product of its input (per patch) and the back-propagated signal, so
   ``Theta = sum_layers c_w^2 sum_{p,p'} G_l[p, p'] S_l[p, p'] + c_b^2 sum S_l`` with the
-  input (patch) Gram ``G_l`` and signal Gram ``S_l``: one forward and ``O`` backward passes
-  per example plus Gram products of cost ``N^2 P_l^2 (fan_in + O C_out)`` per layer, or, when
-  cheaper for a convolution, the per-layer Jacobian ``N O P_l fan_in C_out`` and its
-  contraction ``N^2 O fan_in C_out``; chosen per layer from these formulas.
+  input (patch) Gram ``G_l`` and signal Gram ``S_l``. Signals cost one batched backward pass
+  over the ``O`` outputs (``N O FP``), except where they are known in closed form: the
+  readout's signal is the identity (traced term ``c_w^2 H H^T + c_b^2``), and for the traced
+  kernel the layer feeding the readout through an elementwise activation and average pooling
+  has signals ``c_R u[p] W_R[c, o] act'(z)[p, c]`` whose mean over outputs collapses to ONE
+  signal (so a two-layer network needs no backward pass at all). Each layer's products are
+  plain matrix products over one contiguous axis: for ``N`` examples, ``P_l`` positions and
+  ``M`` signals (``O`` or 1) either the Grams, ``N^2 P_l^2 (fan_in + M C_out)``, or the
+  per-example layer Jacobian ``N M P_l fan_in C_out`` and its contraction
+  ``N^2 M fan_in C_out``, whichever is cheaper (chosen per layer from these formulas); patches
+  are gathered by strided slices (no arithmetic). Timings against neural-tangents:
+  benchmarks/ntk/RESULTS.md.
 
 ``method="auto"`` picks ``"structured"`` for our architectures and otherwise the cheaper of
 the other two (forward-pass flops from XLA's cost analysis).
@@ -25,6 +33,7 @@ the other two (forward-pass flops from XLA's cost analysis).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -154,74 +163,249 @@ def ntk_ntvp(f, params, x1, x2=None, *, trace_outputs: bool = True):
 # --------------------------------------------------------------------------------------------
 # Structured products (our architectures)
 # --------------------------------------------------------------------------------------------
-def _features(arch: Architecture, params, x):
-    """Inputs of every affine layer and the back-propagated signals ``(O, b, *z)``."""
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How each affine layer's back-propagated signal is obtained (static per architecture).
+
+    * ``readout``: the last layer, a Dense whose output is the network output: its signal is
+      the identity, so its traced term is ``c_w^2 H H^T + c_b^2`` (no backward pass).
+    * ``head``: the affine layer feeding the readout through an optional elementwise
+      activation (``act``) and channel-wise average pooling (``tail``: AvgPool,
+      GlobalAvgPool): its signal for output ``o`` is ``c_R u[p] W_R[c, o] act'(z)[p, c]``, so
+      the mean over outputs of the signal products collapses to ONE virtual signal
+      ``c_R u[p] sqrt(mean_o W_R[c, o]^2) act'(z)[p, c]`` (traced kernels only).
+    * every other affine layer: ``O`` back-propagated signals (one batched backward pass).
+    """
+
+    readout: str | None
+    head: str | None
+    act: Any
+    tail: tuple
+
+
+def _flat_layers(layer, path=""):
+    """``[(path, layer)]`` of a serial chain, nested serials flattened (parallel blocks are
+    single entries)."""
+    from ntk._arch import Serial, _child_name
+
+    out = []
+    for i, l in enumerate(layer.layers):
+        name = _child_name(l, i)
+        p = f"{path}/{name}" if path else name
+        out += _flat_layers(l, p) if isinstance(l, Serial) else [(p, l)]
+    return out
+
+
+_PLANS: dict = {}
+
+
+def _plan(arch: Architecture) -> _Plan:
+    hit = _PLANS.get(arch)
+    if hit is not None:
+        return hit
+    from ntk import _layers
+
+    flat = _flat_layers(arch.net)
+    readout = head = act = None
+    tail: list = []
+    if flat and isinstance(flat[-1][1], _layers.Dense):
+        readout = flat[-1][0]
+        i = len(flat) - 2
+        while i >= 0 and isinstance(
+            flat[i][1], (_layers.AvgPool, _layers.GlobalAvgPool, _layers.Identity)
+        ):
+            tail.insert(0, flat[i][1])
+            i -= 1
+        if i >= 0 and isinstance(flat[i][1], _layers._Activation):
+            act = flat[i][1]
+            i -= 1
+        if i >= 0 and isinstance(flat[i][1], _layers._Affine):
+            head = flat[i][0]
+    plan = _Plan(readout, head, act, tuple(tail))
+    if len(_PLANS) > 256:
+        _PLANS.clear()
+    _PLANS[arch] = plan
+    return plan
+
+
+def _features(arch: Architecture, params, x, general: tuple):
+    """Inputs and outputs of every affine layer and the back-propagated signals ``(O, b,
+    *z)`` of the layers in ``general`` (one batched backward pass over the ``O`` outputs;
+    none when ``general`` is empty)."""
+    if not general:
+        ctx = _Ctx()
+        out = _outputs_2d(arch.apply(params, x, ctx))
+        return ctx.inputs, ctx.outputs, {}, out.shape[1]
     probe = _Ctx()
     jax.eval_shape(lambda p, xx: arch.apply(p, xx, probe), params, x)
-    eps0 = {k: jnp.zeros(s.shape, s.dtype) for k, s in probe.zshapes.items()}
+    eps0 = {k: jnp.zeros(probe.zshapes[k].shape, probe.zshapes[k].dtype) for k in general}
 
     def g(eps):
         ctx = _Ctx(eps)
         out = _outputs_2d(arch.apply(params, x, ctx))
-        return out, ctx.inputs
+        return out, (ctx.inputs, ctx.outputs)
 
-    out, vjp_fn, inputs = jax.vjp(g, eps0, has_aux=True)
+    out, vjp_fn, (inputs, outputs) = jax.vjp(g, eps0, has_aux=True)
     b, O = out.shape
     cts = jnp.broadcast_to(jnp.eye(O, dtype=out.dtype)[:, None, :], (O, b, O))
     (signals,) = jax.vmap(vjp_fn)(cts)
-    return inputs, signals, O
+    return inputs, outputs, signals, O
 
 
-def structured_costs(b1, b2, npos, fan_in, cout, O, trace):
-    """(gram, jacobian) flop estimates of one affine layer's block contribution."""
-    oo = O if trace else O * O
-    gram = b1 * b2 * npos * npos * (fan_in + oo * cout) + (
-        0 if trace else b1 * b2 * oo * npos * npos
-    )
-    jac = (b1 + b2) * O * npos * fan_in * cout + b1 * b2 * oo * fan_in * cout
+def _head_signal(plan: _Plan, arch: Architecture, params, z):
+    """The virtual signal ``(1, b, *z)`` of the head layer (see :class:`_Plan`)."""
+    node = params
+    for part in plan.readout.split("/"):
+        node = node[part]
+    w = node["kernel"]  # (C, O)
+    layer = dict(arch.affine_layers())[plan.readout]
+    wc, _ = layer.coefs(w.shape[0])
+    r = jnp.mean(w * w, axis=1)  # (C,)
+    d = z.ndim - 2
+    if plan.tail:
+
+        def pool(a):
+            for l in plan.tail:
+                a = l.apply(None, a)
+            return a
+
+        ones = jnp.ones((1,) + z.shape[1:-1] + (1,), z.dtype)
+        _, vjp = jax.vjp(pool, ones)
+        (u,) = vjp(jnp.ones(jax.eval_shape(pool, ones).shape, z.dtype))
+        u = u[0, ..., 0]  # (*positions,)
+    else:
+        u = jnp.ones(z.shape[1 : 1 + d], z.dtype)
+    if plan.act is not None:
+        dact = jax.jvp(plan.act.act, (z,), (jnp.ones_like(z),))[1]
+    else:
+        dact = jnp.ones_like(z)
+    scale = jnp.asarray(wc, z.dtype) * jnp.sqrt(r)  # (C,)
+    v = dact * scale.reshape((1,) * (d + 1) + (-1,)) * u.reshape((1,) + u.shape + (1,))
+    return v[None]
+
+
+def structured_costs(b1, b2, npos, fan_in, cout, M, trace):
+    """(gram, jacobian) multiply-add estimates of one affine layer's block contribution with
+    ``M`` signals per example (``M = O`` outputs, or 1 for a collapsed signal)."""
+    mm = M if trace else M * M
+    gram = b1 * b2 * npos * npos * (fan_in + mm * cout + mm)
+    jac = (b1 + b2) * M * npos * fan_in * cout + b1 * b2 * mm * fan_in * cout
     return gram, jac
+
+
+def _mm(a, b):
+    """``a @ b.T`` for 2-D ``a (n1, K)``, ``b (n2, K)``: every contraction below is reduced to
+    such a matrix product over one contiguous axis (XLA's CPU dot with several or
+    non-contiguous contracting axes is several times slower)."""
+    return jnp.matmul(a, b.T, precision=_HI)
+
+
+def _pair(a1, a2, sym):
+    """``_mm`` of per-example rows flattened from ``(b, ...)``."""
+    f1 = a1.reshape(a1.shape[0], -1)
+    return _mm(f1, f1 if sym else a2.reshape(a2.shape[0], -1))
+
+
+def _pair_per_output(a1, a2, sym):
+    """``t[i, j, o, r] = sum_k a1[i, o, k] a2[j, r, k]`` for ``a (b, O, K)``."""
+    b1, O = a1.shape[:2]
+    b2 = a2.shape[0]
+    f1 = a1.reshape(b1 * O, -1)
+    t = _mm(f1, f1 if sym else a2.reshape(b2 * O, -1))
+    return t.reshape(b1, O, b2, O).transpose(0, 2, 1, 3)
+
+
+def _layer_term(layer, p1, p2, d1, d2, sym, trace, norm):
+    """One affine layer's weight and bias contributions from its patches ``p (b, P, k)`` and
+    signals ``d (b, P, M, C)`` (``norm``: the factor of the mean over outputs)."""
+    b1, npos, fan_in = p1.shape
+    b2 = p2.shape[0]
+    M, cout = d1.shape[2], d1.shape[3]
+    wc, bc = layer.coefs(fan_in)
+    dt = d1.dtype
+    bias = layer.b_std is not None and bc != 0.0
+    if npos == 1:
+        g = _pair(p1, p2, sym)
+        if trace:
+            s = _pair(d1, d2, sym)
+        else:
+            s = _pair_per_output(d1[:, 0], d2[:, 0], sym)
+            g = g[:, :, None, None]
+        coef = jnp.asarray(wc * wc, dt) * g
+        if bias:
+            coef = coef + jnp.asarray(bc * bc, dt)
+        return coef * s * jnp.asarray(norm, dt)
+    gram, jac = structured_costs(b1, b2, npos, fan_in, cout, M, trace)
+    if gram <= jac:
+        g = _mm(p1.reshape(b1 * npos, -1), p2.reshape(b2 * npos, -1)).reshape(b1, npos, b2, npos)
+        if trace:
+            s = _mm(d1.reshape(b1 * npos, -1), d2.reshape(b2 * npos, -1))
+            t = jnp.sum(g * s.reshape(b1, npos, b2, npos), axis=(1, 3))
+        else:
+            s = _mm(d1.reshape(b1 * npos * M, -1), d2.reshape(b2 * npos * M, -1))
+            s = s.reshape(b1, npos, M, b2, npos, M)
+            t = jnp.einsum("ipjq,iporjqr->ijor", g, s, precision=_HI)
+    else:
+        # per-example Jacobian of the layer: J[i, k, (m, c)] = sum_p patch[i, p, k] d[i, p, m, c]
+        def jac_of(p, d):
+            return jnp.matmul(p.transpose(0, 2, 1), d.reshape(d.shape[:2] + (-1,)), precision=_HI)
+
+        j1 = jac_of(p1, d1)
+        j2 = j1 if sym else jac_of(p2, d2)
+        if trace:
+            t = _pair(j1, j2, sym)
+        else:
+
+            def per_output(j):  # (b, k, M C) -> (b, M, k C)
+                return j.reshape(j.shape[0], fan_in, M, cout).transpose(0, 2, 1, 3)
+
+            t = _pair_per_output(per_output(j1), per_output(j2), sym)
+    t = t * jnp.asarray(wc * wc, dt)
+    if bias:
+        s1 = jnp.sum(d1, axis=1)  # (b, M, C)
+        s2 = s1 if sym else jnp.sum(d2, axis=1)
+        tb = _pair(s1, s2, sym) if trace else _pair_per_output(s1, s2, sym)
+        t = t + tb * jnp.asarray(bc * bc, dt)
+    return t * jnp.asarray(norm, dt)
 
 
 def ntk_structured(arch: Architecture, params, x1, x2=None, *, trace_outputs: bool = True):
     """Empirical NTK block of an :class:`Architecture` model by per-layer products
-    (traceable)."""
-    in1, sig1, O = _features(arch, params, x1)
-    in2, sig2, _ = (in1, sig1, O) if x2 is None else _features(arch, params, x2)
+    (traceable). See :class:`_Plan` for the signals that need no backward pass."""
+    plan = _plan(arch)
+    layers = arch.affine_layers()
+    special = {plan.readout} | ({plan.head} if trace_outputs else set())
+    general = tuple(path for path, _ in layers if path not in special)
+    sym = x2 is None
+    in1, z1, sig1, O = _features(arch, params, x1, general)
+    in2, z2, sig2 = (in1, z1, sig1) if sym else _features(arch, params, x2, general)[:3]
     total = None
-    for path, layer in arch.affine_layers():
+    for path, layer in layers:
         p1 = layer.patches(in1[path])
-        p2 = p1 if x2 is None else layer.patches(in2[path])
-        b1, npos, fan_in = p1.shape
-        b2 = p2.shape[0]
-        d1 = sig1[path].reshape(O, b1, npos, -1)
-        d2 = d1 if x2 is None else sig2[path].reshape(O, b2, npos, -1)
-        cout = d1.shape[-1]
-        wc, bc = layer.coefs(fan_in)
-        gram, jac = structured_costs(b1, b2, npos, fan_in, cout, O, trace_outputs)
-        if npos == 1 or gram <= jac:
-            g = jnp.einsum("ipk,jqk->ijpq", p1, p2, precision=_HI)
-            if trace_outputs:
-                s = jnp.einsum("oipc,ojqc->ijpq", d1, d2, precision=_HI) / O
-                t = jnp.sum(g * s, axis=(2, 3))
-            else:
-                s = jnp.einsum("oipc,rjqc->ijorpq", d1, d2, precision=_HI)
-                t = jnp.einsum("ijpq,ijorpq->ijor", g, s, precision=_HI)
+        p2 = p1 if sym else layer.patches(in2[path])
+        if path == plan.readout:
+            # the output itself (outputs are (n, O), so a vector input): signal = identity,
+            # S = 1 (traced) or I_O (full)
+            wc, bc = layer.coefs(p1.shape[-1])
+            g = jnp.matmul(p1[:, 0], p2[:, 0].T, precision=_HI) * jnp.asarray(wc * wc, p1.dtype)
+            if layer.b_std is not None and bc != 0.0:
+                g = g + jnp.asarray(bc * bc, g.dtype)
+            t = g if trace_outputs else g[:, :, None, None] * jnp.eye(O, dtype=g.dtype)[None, None]
         else:
-            j1 = jnp.einsum("oipc,ipk->oikc", d1, p1, precision=_HI)
-            j2 = j1 if x2 is None else jnp.einsum("oipc,ipk->oikc", d2, p2, precision=_HI)
-            if trace_outputs:
-                t = jnp.einsum("oikc,ojkc->ij", j1, j2, precision=_HI) / O
+            if path == plan.head and trace_outputs:
+                d1 = _head_signal(plan, arch, params, z1[path])
+                d2 = d1 if sym else _head_signal(plan, arch, params, z2[path])
+                norm = 1.0
             else:
-                t = jnp.einsum("oikc,rjkc->ijor", j1, j2, precision=_HI)
-        t = t * jnp.asarray(wc * wc, t.dtype)
-        if layer.b_std is not None and bc != 0.0:
-            s1 = jnp.sum(d1, axis=2)
-            s2 = s1 if x2 is None else jnp.sum(d2, axis=2)
-            if trace_outputs:
-                tb = jnp.einsum("oic,ojc->ij", s1, s2, precision=_HI) / O
-            else:
-                tb = jnp.einsum("oic,rjc->ijor", s1, s2, precision=_HI)
-            t = t + tb * jnp.asarray(bc * bc, tb.dtype)
+                d1, d2 = sig1[path], (sig1 if sym else sig2)[path]
+                norm = 1.0 / O if trace_outputs else 1.0
+
+            def layout(d, p):  # (M, b, *z) -> (b, P, M, C)
+                return d.reshape(d.shape[:2] + (p.shape[1], -1)).transpose(1, 2, 0, 3)
+
+            d1 = layout(d1, p1)
+            d2 = d1 if sym else layout(d2, p2)
+            t = _layer_term(layer, p1, p2, d1, d2, sym, trace_outputs, norm)
         total = t if total is None else total + t
     return total
 
@@ -366,8 +550,17 @@ def empirical_ntk(
     x2 = None if x2 is None else _checks.as_inputs(x2, fn=fn, name="x2", dtype=x1.dtype)
     _checks.check_pair(x1, x2, fn=fn)
     if arch is not None:
-        arch.check_input_shape(x1.shape[1:], fn=fn, name="x1")
-    O = _out_dim(f, params, x1, fn=fn)
+        out_shape = arch.check_input_shape(x1.shape[1:], fn=fn, name="x1")
+        if len(out_shape) != 1:
+            raise ValueError(
+                f"{fn}: the architecture's outputs must be (n, num_outputs); got examples of "
+                f"shape {out_shape} (end it with ntk.Flatten() or ntk.GlobalAvgPool() and a "
+                "Dense readout)."
+            )
+        O = out_shape[0]
+        _check_param_shapes(arch, params, x1, fn=fn)
+    else:
+        O = _out_dim(f, params, x1, fn=fn)
     P = _tree.size(params)
     n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
     if method == "structured" and arch is None:
@@ -454,11 +647,16 @@ def _run(
 
 def _feature_size(arch, params, x, O) -> tuple[int, int]:
     """(floats per example of the structured features, largest positions^2 of a layer)."""
+    return _feature_size_cached(arch, tuple(x.shape[1:]), np.dtype(x.dtype), O)
+
+
+@functools.lru_cache(maxsize=256)
+def _feature_size_cached(arch, shape, dtype, O) -> tuple[int, int]:
     probe = _Ctx()
     jax.eval_shape(
         lambda p, xx: arch.apply(p, xx, probe),
-        params,
-        jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype),
+        _param_shapes(arch, shape, dtype),
+        jax.ShapeDtypeStruct((1,) + shape, dtype),
     )
     per_row, pos2 = 0, 1
     for path, s in probe.zshapes.items():
@@ -468,6 +666,42 @@ def _feature_size(arch, params, x, O) -> tuple[int, int]:
         npos = math.prod(s.shape[1:-1]) if len(s.shape) > 2 else 1
         pos2 = max(pos2, npos * npos)
     return per_row, pos2
+
+
+def _check_param_shapes(arch, params, x, *, fn):
+    """The parameters must be the architecture's for examples shaped like ``x``."""
+    want = _param_shape_tuple(arch, tuple(x.shape[1:]))
+    try:
+        got = jax.tree.map(lambda a: tuple(np.shape(a)), params)
+        ok = jax.tree.structure(got) == jax.tree.structure(want) and jax.tree.leaves(
+            got
+        ) == jax.tree.leaves(want)
+    except Exception:  # noqa: BLE001 - any mismatch is reported below
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{fn}: the model could not be applied to x1 examples of shape "
+            f"{tuple(x.shape[1:])}: its parameters do not match the architecture for such "
+            f"inputs (expected parameter shapes {want})."
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _param_shape_tuple(arch, shape):
+    def build(node):
+        return {k: build(v) if isinstance(v, dict) else tuple(v[0]) for k, v in node.items()}
+
+    return build(arch.net.param_specs(shape))
+
+
+def _param_shapes(arch, shape, dtype):
+    def build(node):
+        return {
+            k: build(v) if isinstance(v, dict) else jax.ShapeDtypeStruct(v[0], dtype)
+            for k, v in node.items()
+        }
+
+    return build(arch.net.param_specs(shape))
 
 
 def empirical_nngp(f, params, x1=None, x2=None, *, trace_outputs: bool = True) -> np.ndarray:

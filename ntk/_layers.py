@@ -23,6 +23,7 @@ channels times filter size):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -382,15 +383,29 @@ class Conv(_Affine):
         return self._finish(params, z, x, ctx, path, x.shape[-1] * self._filter_size())
 
     def patches(self, h):
-        p = jax.lax.conv_general_dilated_patches(
-            h,
-            self.filter_shape,
-            self.strides,
-            self.padding,
-            dimension_numbers=_dim_numbers(self.d),
-            precision=_HIGHEST,
-        )
-        return p.reshape(p.shape[0], -1, p.shape[-1])
+        """Inputs seen by each output position, ``(b, positions, fan_in)``, gathered by strided
+        slices of the zero-padded input (a copy, no arithmetic: XLA's
+        ``conv_general_dilated_patches`` is a convolution with a one-hot filter costing
+        ``fan_in^2`` multiply-adds per position). The fan-in order (filter offset, then input
+        channel) is the HWIO kernel's, though only inner products of patches are used."""
+        d = self.d
+        cfg = [(0, 0)]
+        outs = []
+        for k in range(d):
+            o, lo, hi = _kmath.window_geometry(
+                h.shape[1 + k], self.filter_shape[k], self.strides[k], self.padding
+            )
+            cfg.append((lo, hi))
+            outs.append(o)
+        hp = jnp.pad(h, cfg + [(0, 0)]) if any(c != (0, 0) for c in cfg) else h
+        cols = []
+        for offset in itertools.product(*(range(q) for q in self.filter_shape)):
+            sl = hp
+            for k in range(d):
+                sl = _kmath._slice(sl, 1 + k, offset[k], outs[k], self.strides[k])
+            cols.append(sl)
+        p = jnp.stack(cols, axis=-2)  # (b, *out, offsets, C)
+        return p.reshape(p.shape[0], math.prod(outs), -1)
 
     def kernel(self, ks):
         if ks.mode == "none" or ks.d != self.d:

@@ -59,11 +59,15 @@ def stop(p):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", default="", help="comma-separated workload:method filters, e.g. empirical_cnn:structured")
     args = ap.parse_args()
+    only = [o.split(":") for o in args.only.split(",") if o]
     print("| workload | ours (method) | ours median s | neural-tangents (impl) | NT median s | NT / ours | peak RSS ours / NT (MB) |")
     print("|---|---|---|---|---|---|---|")
     names = {"1": "Jacobian contraction", "2": "NTK-vector products", "3": "structured derivatives", "0": "kernel_fn"}
     for label, wl, ours_m, nt_i in CASES:
+        if only and not any(wl == o[0] and (len(o) == 1 or ours_m == o[1]) for o in only):
+            continue
         a = start(sys.executable, "ours", wl, ours_m)
         b = start(NT_PY, "nt", wl, nt_i)
         ta, tb = [], []

@@ -20,12 +20,16 @@ MLP = ntk.serial(
     ntk.Erf(),
     ntk.Dense(3, b_std=0.2),
 )
+# one hidden layer without activation: no layer needs a backward pass (readout and head only)
+MLP1 = ntk.serial(ntk.Dense(6, W_std=1.3, b_std=0.1), ntk.Dense(2, b_std=0.3))
 CNN = ntk.serial(
     ntk.Conv(3, (3, 3), padding="SAME", b_std=0.1),
     ntk.Relu(),
     ntk.AvgPool((2, 1), (2, 1)),
     ntk.Conv(3, (2, 2), strides=(1, 2), parameterization="standard", b_std=0.1),
     ntk.Gelu(),
+    # SAME average pooling before GlobalAvgPool: unequal position weights in the head signal
+    ntk.AvgPool((2, 2), (1, 1), "SAME"),
     ntk.GlobalAvgPool(),
     ntk.Dense(2, b_std=0.2),
 )
@@ -48,33 +52,37 @@ def outputs(model, x):
     return np.asarray(jax.jit(model.apply_fn)(model.params, model.state, x)[0])
 
 
-def _all_methods(arch, params, x, n):
-    """Dense J J^T and every method's kernel (public traceable factory
-    ``ntk.empirical_ntk_fn``): full per-output kernels of K(x, x) and traced kernels of
-    K(x[:n], x[n:]), in one program."""
-    out = {"explicit": _dense_jjt(lambda p, s, xx: (arch.apply(p, xx), s), params, {}, x)}
-    for m in ("structured", "jacobian", "ntvp"):
-        full = ntk.empirical_ntk_fn(arch.apply, method=m, trace_outputs=False, arch=arch)
-        traced = ntk.empirical_ntk_fn(arch.apply, method=m, trace_outputs=True, arch=arch)
-        out[m] = (full(params, x), traced(params, x[:n], x[n:]))
+def _all_methods(archs, params, x, n):
+    """For each architecture: dense J J^T and every method's kernel (public traceable
+    factory ``ntk.empirical_ntk_fn``): full per-output kernels of K(x, x) and traced kernels
+    of K(x[:n], x[n:]); all in one program."""
+    out = []
+    for arch, p in zip(archs, params):
+        res = {"explicit": _dense_jjt(lambda q, s, xx, a=arch: (a.apply(q, xx), s), p, {}, x)}
+        for m in ("structured", "jacobian", "ntvp"):
+            full = ntk.empirical_ntk_fn(arch.apply, method=m, trace_outputs=False, arch=arch)
+            traced = ntk.empirical_ntk_fn(arch.apply, method=m, trace_outputs=True, arch=arch)
+            res[m] = (full(p, x), traced(p, x[:n], x[n:]))
+        out.append(res)
     return out
 
 
 @pytest.mark.parametrize("which", ["mlp", "cnn"])
 def test_methods_match_explicit_jacobian(which, vec_inputs, img_inputs, key):
-    arch, (x1, x2) = (MLP, vec_inputs) if which == "mlp" else (CNN, img_inputs)
+    archs, (x1, x2) = ((MLP, MLP1), vec_inputs) if which == "mlp" else ((CNN,), img_inputs)
     x = np.concatenate([x1, x2])
     n = len(x1)
     with jax.enable_x64(True):
-        params = arch.init_params(key, x1.shape[1:], dtype=np.float64)
-        res = _specs.run_once(functools.partial(_all_methods, arch, n=n), params, x)
-    full = res.pop("explicit")
-    traced = np.einsum("ijoo->ij", full) / full.shape[-1]
-    assert full.dtype == np.float64
-    # float64: every method is exact up to round-off (measured <= 4e-16 relative)
-    for method, (kf, kt) in res.items():
-        np.testing.assert_allclose(kf, full, rtol=1e-10, atol=1e-12, err_msg=method)
-        np.testing.assert_allclose(kt, traced[:n, n:], rtol=1e-10, atol=1e-12, err_msg=method)
+        params = [a.init_params(key, x1.shape[1:], dtype=np.float64) for a in archs]
+        results = _specs.run_once(functools.partial(_all_methods, archs, n=n), params, x)
+    for res in results:
+        full = res.pop("explicit")
+        traced = np.einsum("ijoo->ij", full) / full.shape[-1]
+        assert full.dtype == np.float64
+        # float64: every method is exact up to round-off (measured <= 4e-16 relative)
+        for method, (kf, kt) in res.items():
+            np.testing.assert_allclose(kf, full, rtol=1e-10, atol=1e-12, err_msg=method)
+            np.testing.assert_allclose(kt, traced[:n, n:], rtol=1e-10, atol=1e-12, err_msg=method)
 
 
 def test_float32_blocked_driver(vec_inputs, key):
