@@ -86,7 +86,7 @@ def plot_contour(
     metric: str = "loss",
     split: str = "train",
     levels=None,
-    log: bool = False,
+    log: bool | str = "auto",
     vmin: float | None = None,
     vmax: float | None = None,
     filled: bool = False,
@@ -104,7 +104,9 @@ def plot_contour(
         ``betas`` and ``values(metric, split)``, or an ``(x, y, Z)`` tuple.
       metric, split: what to draw (``"loss"``/``"accuracy"``/...; ``"train"``/``"test"``).
       levels: number of levels (default 20) or explicit level values.
-      log: logarithmically spaced levels (and colour scale).
+      log: logarithmically spaced levels (and colour scale); ``"auto"`` (default): when the
+        values are positive and span more than two decades (typical of losses around a
+        minimum; linear levels would put the whole basin inside the first level).
       vmin, vmax: clip the level range (e.g. ``vmax=5`` to hide the rim of a wide plane).
       filled: ``contourf`` instead of ``contour``.
       labels: label the contour lines with their values (``clabel``).
@@ -121,6 +123,10 @@ def plot_contour(
     )
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4.2))
+    if log == "auto":
+        fin = z[np.isfinite(z)]
+        top = float(vmax) if vmax is not None else (float(fin.max()) if fin.size else 0.0)
+        log = bool(fin.size) and fin.min() > 0 and top / fin.min() > 100
     lv, lo, hi = _levels(z, levels, log, vmin, vmax)
     zz = np.ma.masked_invalid(np.minimum(z, hi) if vmax is not None else z)
     norm = mcolors.LogNorm(vmin=lv[0], vmax=lv[-1]) if log else None

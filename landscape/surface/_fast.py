@@ -121,7 +121,7 @@ def _first(params, fl: AffineFirstLayer):
 
 @functools.partial(jax.jit, static_argnames=("fl",))
 def _features(fl: AffineFirstLayer, x, basis):
-    """``z[:, k] = x W_k + b_k`` for each basis point ``k`` (one jitted program)."""
+    """``z_k = x W_k + b_k`` for each basis point ``k`` (one jitted program)."""
     x = x.reshape(x.shape[0], -1)
     zs = []
     for p in basis:
@@ -130,24 +130,25 @@ def _features(fl: AffineFirstLayer, x, basis):
         if b is not None:
             z = z + b[None]
         zs.append(z)
-    return jnp.stack(zs, axis=1)
+    return tuple(zs)
 
 
 def make_data(fl: AffineFirstLayer, data: dict, basis: list, *, input_key: str) -> dict:
-    """The data set the engine scans: the targets and other entries, plus ``z`` in place of the
-    inputs."""
+    """The data set the engine scans: the targets and other entries, plus ``z_k`` (one
+    contiguous ``(n, width)`` array per basis point) in place of the inputs."""
     out = {k: v for k, v in data.items() if k != input_key}
-    out[Z_KEY] = _features(fl, jnp.asarray(data[input_key]), tuple(basis))
+    for k, z in enumerate(_features(fl, jnp.asarray(data[input_key]), tuple(basis))):
+        out[f"{Z_KEY}{k}"] = z
     return out
 
 
 def loss_dict(loss_fn, fl: AffineFirstLayer, point, batch):
-    """``{"loss", aux...}`` at ``point = (weights, params)`` from the precomputed ``z``."""
+    """``{"loss", aux...}`` at ``point = (weights, params)`` from the precomputed ``z_k``."""
     w, params = point
-    z = batch[Z_KEY]
-    h = z[:, 0] * w[0].astype(z.dtype)
-    for k in range(1, z.shape[1]):
-        h = h + z[:, k] * w[k].astype(z.dtype)
+    zs = [batch[f"{Z_KEY}{k}"] for k in range(w.shape[0])]
+    h = zs[0] * w[0].astype(zs[0].dtype)
+    for k in range(1, len(zs)):
+        h = h + zs[k] * w[k].astype(zs[k].dtype)
     act = ACTIVATIONS[fl.activation]
     for i in range(1, fl.num_layers):
         layer = params["layers"][i]

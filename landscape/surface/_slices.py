@@ -544,13 +544,24 @@ def _finish(
     return res
 
 
+def _default_memory_budget() -> int:
+    """A quarter of the first device's memory limit where the backend reports one (GPUs),
+    else :data:`DEFAULT_MEMORY_BUDGET`."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # backends without memory statistics
+        stats = {}
+    limit = stats.get("bytes_limit")
+    return int(limit // 4) if limit else DEFAULT_MEMORY_BUDGET
+
+
 def _common_checks(fn, loss_fn, params, data, test_data, bn, strategy, memory_budget, run_dir):
     _validate.check_callable(loss_fn, fn=fn, name="loss_fn")
     _validate.check_params(params, fn=fn)
     _validate.check_choice(bn, BN_POLICIES, fn=fn, name="bn")
     _validate.check_choice(strategy, STRATEGIES, fn=fn, name="strategy")
     if memory_budget is None:
-        memory_budget = DEFAULT_MEMORY_BUDGET
+        memory_budget = _default_memory_budget()
     memory_budget = _validate.check_positive_int(memory_budget, fn=fn, name="memory_budget")
     _validate.check_data(data, fn=fn, name="data")
     _check_loss(loss_fn, params, data, fn=fn, name="data")
@@ -698,7 +709,8 @@ _DOC_REST = """
         with ``"vmap"``), rounded up to a multiple of the device count.
       strategy: ``"auto"`` (= ``"map"``, chosen by measurement), ``"map"`` or ``"vmap"``.
       map_batch: with ``"map"``, points vectorised together inside the map.
-      memory_budget: bytes a chunk may use (sets the ``"vmap"`` chunk size; default 2 GiB).
+      memory_budget: bytes a chunk may use (sets the ``"vmap"`` chunk size; default a quarter
+        of the device's memory where reported, else 2 GiB).
       run_dir: directory for resumable results: finished chunks are saved atomically with all
         settings (directions' key and spec, normalisation, data hash, batch-norm policy); a
         restarted call continues where it stopped; the final result is saved as

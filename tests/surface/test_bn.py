@@ -56,7 +56,7 @@ def test_bn_policies_float64(small_digits):
         alphas = np.array([-0.5, 0.0, 0.75])
 
         # centre: the stored statistics everywhere (1e-10: direct evaluation, same formula)
-        r = slice_1d(loss_fn, a.params, train, d, alphas=alphas, test_data=test)
+        r = slice_1d(loss_fn, a.params, train, d, alphas=alphas)
         for i, al in enumerate(alphas):
             p = jax.tree.map(lambda x, v, al=al: x + al * v, a.params, d.vector)
             assert r.loss[i] == pytest.approx(

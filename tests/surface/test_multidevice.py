@@ -34,8 +34,8 @@ def compute():
     bl = landscape.make_loss_fn(bn)
     d = random_direction(jax.random.key(1), bn.params)
     rb = slice_1d(bl, bn.params, train, d, alphas=np.linspace(-1, 1, 6), bn="recompute",
-                  bn_batch_size=100, test_data=test)
-    out["bn_train"], out["bn_test"] = rb.loss, rb.test["loss"]
+                  bn_batch_size=100)
+    out["bn_train"] = rb.loss
     return out
 """
 
