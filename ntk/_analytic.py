@@ -47,7 +47,8 @@ class _AnalyticBlock:
 def _bytes_per_pair(arch: Architecture, x) -> float:
     d = x.ndim - 2
     P = math.prod(x.shape[1:-1]) if d > 0 else 1
-    pos = P * P if d > 0 and arch.net.needs_full() else P
+    mode, radius = _arch.position_layout(arch, tuple(x.shape[1:-1]))
+    pos = P * P if mode == "full" else P * math.prod(2 * r + 1 for r in radius)
     return 12.0 * pos * np.dtype(x.dtype).itemsize
 
 
@@ -119,12 +120,18 @@ def kernel(
 
     Recursions of Jacot et al. (2018), Lee et al. (2019) and Arora et al. (2019) (CNTK), in
     neural-tangents' conventions (input kernel ``x . x' / channels``; outputs per output
-    channel). Convolutional kernels keep only the spatial covariance the layer stack needs:
-    with a Flatten readout only the position diagonal (time and memory linear in the number
-    of positions P per pair); with GlobalAvgPool or AvgPool anywhere the full P x P
-    position covariance (quadratic).
+    channel). Convolutional kernels keep only the spatial covariance the layer stack needs
+    (:func:`ntk._arch.position_layout`):
 
-    Cost: ``n1 n2`` pairs times (P or P^2) times the depth, in blocks of
+    * Flatten readout, no pooling: only the position diagonal ``p == p'`` (time and memory
+      linear in the number of positions P per pair);
+    * AvgPool layers and a Flatten readout: only the pairs within the band ``|p'_k - p_k| <=
+      r_k`` that the pooling windows need (``r = 0`` after the last AvgPool, ``s r + q - 1``
+      before an AvgPool of window ``q`` and stride ``s``, ``s r`` before a strided Conv): P
+      times ``prod_k (2 r_k + 1)`` entries;
+    * GlobalAvgPool anywhere: the full P x P position covariance (quadratic).
+
+    Cost: ``n1 n2`` pairs times (P, P times the band, or P^2) times the depth, in blocks of
     ``block_size x block_size`` pairs (symmetric case: upper-triangle blocks only), one block
     per device at a time; memory about 12 arrays of one block. Float32 or float64 follows the
     inputs' dtype (float64 needs ``jax.enable_x64``).

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from landscape._model import _NNXApply
-from ntk import _layers
+from ntk import _kmath, _layers
 from ntk._layers import ArchitectureError, KState, Layer
 
 
@@ -61,6 +61,14 @@ class Serial(Layer):
 
     def needs_full(self):
         return any(l.needs_full() for l in self.layers)
+
+    def needs_band(self):
+        return any(l.needs_band() for l in self.layers)
+
+    def band_need(self, r):
+        for l in reversed(self.layers):
+            r = l.band_need(r)
+        return r
 
     def uses_spatial(self) -> bool:
         return any(_uses_spatial(l) for l in self.layers)
@@ -162,6 +170,18 @@ class Parallel(Layer):
     def needs_full(self):
         return any(b.needs_full() for b in self.branches)
 
+    def needs_band(self):
+        return any(b.needs_band() for b in self.branches)
+
+    def band_need(self, r):
+        rs = [b.band_need(r) for b in self.branches]
+        tup = [x for x in rs if not isinstance(x, int)]
+        if not tup:
+            return max(rs)
+        d = len(tup[0])
+        rs = [(x,) * d if isinstance(x, int) else x for x in rs]
+        return tuple(max(x[k] for x in rs) for k in range(d))
+
     def uses_spatial(self) -> bool:
         return any(_uses_spatial(b) for b in self.branches)
 
@@ -196,6 +216,9 @@ class Parallel(Layer):
 
     def kernel(self, ks):
         outs = [b.kernel(ks) for b in self.branches]
+        if outs[0].mode == "band":  # keep the offsets every branch has
+            radius = tuple(min(o.radius[k] for o in outs) for k in range(outs[0].d))
+            outs = [_band_truncate(o, radius) for o in outs]
         first = outs[0]
         for o in outs[1:]:
             if (o.mode, o.shape, o.width) != (first.mode, first.shape, first.width):
@@ -224,6 +247,20 @@ class Parallel(Layer):
             name = f"branch_{i}"
             out += b.affine_layers(f"{path}/{name}" if path else name)
         return out
+
+
+def _band_truncate(ks: KState, radius: tuple) -> KState:
+    if ks.radius == radius:
+        return ks
+    d = ks.d
+
+    def cut(a, nb):
+        for k in range(d):
+            r0, r = ks.radius[k], radius[k]
+            a = jax.lax.slice_in_dim(a, r0 - r, r0 + r + 1, axis=nb + d + k)
+        return a
+
+    return ks.map(cut).replace(radius=radius)
 
 
 def _as_layer(l, fn: str):
@@ -409,10 +446,11 @@ def _unflatten_draw(specs, flat, xp):
 
 
 def input_state(arch: Architecture, x1, x2, same: bool, fn: str) -> KState:
-    """The kernel of the inputs: ``K0[p, p'] = x_p . x'_p' / channels`` (neural-tangents)."""
+    """The kernel of the inputs: ``K0[p, p'] = x_p . x'_p' / channels`` (neural-tangents), in
+    the position layout the layer stack needs (see :func:`position_layout`)."""
     d = x1.ndim - 2
     C = x1.shape[-1]
-    mode = "none" if d == 0 else "full" if arch.net.needs_full() else "diag"
+    mode, radius = position_layout(arch, tuple(x1.shape[1:-1]))
     L = "abcdefghijklmnopqrstuvwxyz"
     hi = jax.lax.Precision.HIGHEST
     if mode == "none":
@@ -426,11 +464,22 @@ def input_state(arch: Architecture, x1, x2, same: bool, fn: str) -> KState:
         if mode == "full":
             nngp = jnp.einsum(f"a{p1}z,b{p2}z->ab{p1}{p2}", x1, x2, precision=hi) / C
             selfk = lambda x: jnp.einsum(f"a{p1}z,a{p2}z->a{p1}{p2}", x, x, precision=hi) / C  # noqa: E731
+        elif mode == "band":
+
+            def band(u, v, pair):
+                vs = _kmath.band_shift(v, 1, d, radius)  # (b, *P, C, *W)
+                spec = (
+                    f"a{p1}z,b{p1}z{p2}->ab{p1}{p2}" if pair else f"a{p1}z,a{p1}z{p2}->a{p1}{p2}"
+                )
+                return jnp.einsum(spec, u, vs, precision=hi) / C
+
+            nngp = band(x1, x2, True)
+            selfk = lambda x: band(x, x, False)  # noqa: E731
         else:
             nngp = jnp.einsum(f"a{p1}z,b{p1}z->ab{p1}", x1, x2, precision=hi) / C
             selfk = lambda x: jnp.sum(x * x, axis=-1) / C  # noqa: E731
         if same:
-            b = "a" + p1 + (p2 if mode == "full" else "")
+            b = "a" + p1 + (p2 if mode in ("full", "band") else "")
             s1 = jnp.einsum(f"a{b[1:]}".replace("a", "aa", 1) + f"->{b}", nngp)
         else:
             s1 = selfk(x1)
@@ -447,7 +496,24 @@ def input_state(arch: Architecture, x1, x2, same: bool, fn: str) -> KState:
         gaussian=False,
         last="the input",
         fn=fn,
+        radius=radius,
     )
+
+
+def position_layout(arch: Architecture, spatial: tuple) -> tuple[str, tuple]:
+    """``(mode, radius)`` of the input covariance: ``"none"`` for vectors; ``"full"`` (all
+    position pairs) with a GlobalAvgPool anywhere; ``"band"`` (pairs up to ``radius[k]``
+    apart along axis ``k``, as needed by the AvgPool layers) with AvgPool but no
+    GlobalAvgPool; otherwise ``"diag"`` (``p == p'`` only, Flatten readouts)."""
+    if not spatial:
+        return "none", ()
+    if arch.net.needs_full():
+        return "full", ()
+    if arch.net.needs_band():
+        need = arch.net.band_need(0)
+        need = (need,) * len(spatial) if isinstance(need, int) else need
+        return "band", tuple(min(r, n - 1) for r, n in zip(need, spatial))
+    return "diag", ()
 
 
 def serial(*layers) -> Architecture:

@@ -122,14 +122,14 @@ def _jacobians(f, params, x):
 
 
 def _contract(j1, j2, trace: bool):
+    """Sum over parameter leaves of ``J1 J2^T`` (leaves ``(b, O, *leaf)``), each as one matrix
+    product over a contiguous axis."""
+    sym = j1 is j2
     out = None
     for a, b in zip(jax.tree.leaves(j1), jax.tree.leaves(j2)):
         a = a.reshape(a.shape[:2] + (-1,))
-        b = b.reshape(b.shape[:2] + (-1,))
-        if trace:
-            t = jnp.einsum("iok,jok->ij", a, b, precision=_HI) / a.shape[1]
-        else:
-            t = jnp.einsum("iok,jrk->ijor", a, b, precision=_HI)
+        b = a if sym else b.reshape(b.shape[:2] + (-1,))
+        t = _pair(a, b, sym) / a.shape[1] if trace else _pair_per_output(a, b, sym)
         out = t if out is None else out + t
     return out
 

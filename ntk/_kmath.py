@@ -194,3 +194,70 @@ def expand(x, before: int, after: int):
     """Insert ``before`` singleton axes after the first axis and ``after`` at the end."""
     shape = x.shape[:1] + (1,) * before + x.shape[1:] + (1,) * after
     return x.reshape(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Band layout: K[p, p + delta] for |delta_k| <= r_k only (AvgPool without GlobalAvgPool)
+# --------------------------------------------------------------------------------------------
+def band_shift(v, nb: int, d: int, radius: tuple):
+    """``v[..., p + delta, ...]`` for every offset: position axes ``nb .. nb + d - 1`` of
+    ``v``; one offset axis of size ``2 r_k + 1`` per position axis is appended at the end
+    (zero where ``p + delta`` is outside the input)."""
+    for k in range(d):
+        ax, r = nb + k, radius[k]
+        length = v.shape[ax]
+        vp = _pad_axis(v, ax, r, r)
+        v = jnp.stack(
+            [jax.lax.slice_in_dim(vp, w, w + length, axis=ax) for w in range(2 * r + 1)], -1
+        )
+    return v
+
+
+def band_mask(shape: tuple, radius: tuple):
+    """``(*positions, *offsets)`` booleans: the partner position ``p + delta`` exists."""
+    d = len(shape)
+    mask = None
+    for k, (length, r) in enumerate(zip(shape, radius)):
+        p = np.arange(length)[:, None]
+        w = np.arange(2 * r + 1)[None, :] - r
+        m = (p + w >= 0) & (p + w < length)
+        m = m.reshape(
+            (1,) * k
+            + (length,)
+            + (1,) * (d - 1 - k)
+            + (1,) * k
+            + (2 * r + 1,)
+            + (1,) * (d - 1 - k)
+        )
+        mask = m if mask is None else mask & m
+    return mask
+
+
+def band_center(x, radius: tuple):
+    """The ``delta = 0`` entries (``p == p'``) of a band-layout array."""
+    return x[(Ellipsis,) + tuple(radius)]
+
+
+def band_conv(x, nb: int, d: int, k: int, q: int, s: int, padding: str, r_in: int, r_out: int):
+    """Shared-offset window mean along position axis ``k`` of a band array:
+    ``K'[p, delta'] = mean_e K[s p + e, s delta']`` (offsets ``s delta'`` kept)."""
+    wax = nb + d + k
+    start = r_in - s * r_out
+    x = jax.lax.slice_in_dim(x, start, start + 2 * s * r_out + 1, s, axis=wax)
+    return window_mean(x, nb + k, q, s, padding)
+
+
+def band_pool(x, nb: int, d: int, k: int, q: int, s: int, padding: str, r_in: int, r_out: int):
+    """Independent-offset window mean along position axis ``k`` of a band array:
+    ``K'[p, delta'] = mean_{e, e'} K[s p + e, s delta' + e' - e]``."""
+    pax, wax = nb + k, nb + d + k
+    out, lo, hi = window_geometry(x.shape[pax], q, s, padding)
+    xp = _pad_axis(x, pax, lo, hi)
+    acc = None
+    for e in range(q):
+        xe = _slice(xp, pax, e, out, s)
+        for e2 in range(q):
+            start = r_in - s * r_out + e2 - e
+            t = jax.lax.slice_in_dim(xe, start, start + 2 * s * r_out + 1, s, axis=wax)
+            acc = t if acc is None else acc + t
+    return acc / (q * q)

@@ -54,7 +54,9 @@ class KState:
       s1, s2: ``(b, *positions)`` NNGP of each input with itself (``s2 is None``: the two
         blocks are the same inputs).
       d: number of spatial axes of the activations (0 for vectors).
-      mode: ``"none"`` (no positions), ``"diag"`` (``p == p'`` only) or ``"full"``.
+      mode: ``"none"`` (no positions), ``"diag"`` (``p == p'`` only), ``"band"`` (``p' = p +
+        delta`` for ``|delta_k| <= radius[k]``: ``(b1, b2, *positions, *offsets)``) or
+        ``"full"`` (``(b1, b2, *positions, *positions)``).
       shape: spatial shape of the activations; width: channels (the fan-in of a Dense layer).
       gaussian: whether the activations are Gaussian (an affine layer was the last to act).
       last: description of the layer that produced this state (for error messages).
@@ -72,6 +74,7 @@ class KState:
     gaussian: bool
     last: str
     fn: str
+    radius: tuple = ()
 
     def replace(self, **kw) -> KState:
         return dataclasses.replace(self, **kw)
@@ -88,11 +91,20 @@ class KState:
 
     # variances broadcast against the pair and self arrays -------------------------------
     def _var(self, s):
-        return _kmath.spatial_diagonal(s, 1, self.d) if self.mode == "full" else s
+        if self.mode == "full":
+            return _kmath.spatial_diagonal(s, 1, self.d)
+        if self.mode == "band":
+            return _kmath.band_center(s, self.radius)
+        return s
 
     def pair_vars(self):
         v1 = self._var(self.s1)
         v2 = v1 if self.s2 is None else self._var(self.s2)
+        if self.mode == "band":
+            d = self.d
+            v1 = v1.reshape(v1.shape[:1] + (1,) + v1.shape[1:] + (1,) * d)
+            v2 = _kmath.band_shift(v2, 1, d, self.radius)  # the partner's variance
+            return v1, v2[None]
         if self.mode == "full":
             d = self.d
             v1 = v1.reshape(v1.shape[:1] + (1,) + v1.shape[1:] + (1,) * d)
@@ -104,6 +116,8 @@ class KState:
 
     def self_vars(self, s):
         v = self._var(s)
+        if self.mode == "band":
+            return v.reshape(v.shape + (1,) * self.d), _kmath.band_shift(v, 1, self.d, self.radius)
         if self.mode == "full":
             d = self.d
             return v.reshape(v.shape + (1,) * d), v.reshape(v.shape[:1] + (1,) * d + v.shape[1:])
@@ -150,8 +164,22 @@ class Layer:
     def needs_full(self) -> bool:
         return False
 
+    def needs_band(self) -> bool:
+        return False
+
+    def band_need(self, r):
+        """Offset radius needed at this layer's input for radius ``r`` at its output (``r``:
+        per-axis tuple, or ``0`` for no positions kept beyond ``p == p'``)."""
+        return r
+
     def affine_layers(self, path: str):
         return []
+
+    def masked(self, ks, a, nb):
+        """A band array with the entries whose partner position does not exist set to zero
+        (they hold unused values; ``where``, not a product, so infinities cannot leak)."""
+        m = _kmath.band_mask(ks.shape, ks.radius)
+        return jnp.where(m.reshape((1,) * nb + m.shape), a, jnp.zeros((), a.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,19 +441,31 @@ class Conv(_Affine):
                 ks, f"{self.describe()} needs {self.d} spatial axes; got {ks.d} after {ks.last}."
             )
         d = ks.d
+        shape = self.out_shape(ks.shape + (ks.width,), ks.fn)
+        r_out = ()
+        if ks.mode == "band":
+            r_out = tuple(
+                min(r // s, o - 1) for r, s, o in zip(ks.radius, self.strides, shape[:-1])
+            )
 
         def window(a, nb):
+            if ks.mode == "band":
+                a = self.masked(ks, a, nb)
             for k in range(d):
                 q, s = self.filter_shape[k], self.strides[k]
                 if ks.mode == "full":
                     a = _kmath.diag_window_mean(a, nb + k, nb + d + k, q, s, self.padding)
+                elif ks.mode == "band":
+                    a = _kmath.band_conv(a, nb, d, k, q, s, self.padding, ks.radius[k], r_out[k])
                 else:
                     a = _kmath.window_mean(a, nb + k, q, s, self.padding)
             return a
 
         out = self._affine_kernel(ks, window)
-        shape = self.out_shape(ks.shape + (ks.width,), ks.fn)
-        return out.replace(shape=shape[:-1], width=self.channels)
+        return out.replace(shape=shape[:-1], width=self.channels, radius=r_out)
+
+    def band_need(self, r):
+        return tuple(s * (r if isinstance(r, int) else r[k]) for k, s in enumerate(self.strides))
 
 
 # patch the Dense kernel to update width (kept separate for readability)
@@ -609,8 +649,13 @@ class AvgPool(Layer):
     neural-tangents' ``normalize_edges=False``).
 
     Kernel: ``K'[p, p'] = mean_{d, d'} K[s p + d, s p' + d']`` (independent offsets), so it
-    needs position pairs inside a window of each other; this implementation keeps the full
-    position-position covariance whenever an AvgPool is present (cost quadratic in positions).
+    needs the position pairs up to a window apart: with a Flatten readout (no GlobalAvgPool
+    anywhere) the analytic kernel keeps only the band of pairs ``p' = p + delta`` with
+    ``|delta_k| <= r_k`` that the layers after it need (``r = 0`` after the last pooling,
+    ``s r + q - 1`` before an AvgPool of window ``q`` and stride ``s``, ``s r`` before a
+    strided Conv), so the cost is the number of positions times ``prod_k (2 r_k + 1)``
+    instead of positions squared. With a GlobalAvgPool anywhere the full position-position
+    covariance is kept (cost quadratic in positions).
     """
 
     window: tuple = (2, 2)
@@ -631,8 +676,14 @@ class AvgPool(Layer):
                 f"ntk.AvgPool: padding must be 'SAME' or 'VALID'; got {self.padding!r}."
             )
 
-    def needs_full(self):
+    def needs_band(self):
         return True
+
+    def band_need(self, r):
+        return tuple(
+            s * (r if isinstance(r, int) else r[k]) + q - 1
+            for k, (q, s) in enumerate(zip(self.window, self.strides))
+        )
 
     def out_shape(self, in_shape, fn="ntk"):
         sp = in_shape[:-1]
@@ -658,13 +709,32 @@ class AvgPool(Layer):
         return x
 
     def kernel(self, ks):
-        if ks.mode != "full" or ks.d != len(self.window):
+        if ks.mode not in ("full", "band") or ks.d != len(self.window):
             raise _err(
                 ks,
                 f"{self.describe()} needs {len(self.window)} spatial axes; "
                 f"got {ks.d} after {ks.last}.",
             )
         d = ks.d
+        shape = self.out_shape(ks.shape + (ks.width,), ks.fn)[:-1]
+        if ks.mode == "band":
+            r_out = []
+            for r, q, s, o in zip(ks.radius, self.window, self.strides, shape):
+                if r < q - 1 and o > 1:  # pragma: no cover - guarded by band_need
+                    raise _err(
+                        ks, f"{self.describe()}: internal error, band radius {r} < {q - 1}."
+                    )
+                r_out.append(min(max(r - (q - 1), 0) // s, o - 1))
+            r_out = tuple(r_out)
+
+            def pool(a, nb):
+                a = self.masked(ks, a, nb)
+                for k in range(d):
+                    q, s = self.window[k], self.strides[k]
+                    a = _kmath.band_pool(a, nb, d, k, q, s, self.padding, ks.radius[k], r_out[k])
+                return a
+
+            return ks.map(pool).replace(shape=shape, radius=r_out, last=self.describe())
 
         def pool(a, nb):
             for ax in range(2 * d):
@@ -672,7 +742,6 @@ class AvgPool(Layer):
                 a = _kmath.window_mean(a, nb + ax, self.window[k], self.strides[k], self.padding)
             return a
 
-        shape = self.out_shape(ks.shape + (ks.width,), ks.fn)[:-1]
         return ks.map(pool).replace(shape=shape, last=self.describe())
 
 
@@ -732,11 +801,21 @@ class Flatten(Layer):
         def flat(a, nb):
             if ks.mode == "full":
                 a = _kmath.spatial_diagonal(a, nb, d)
+            elif ks.mode == "band":
+                a = _kmath.band_center(a, ks.radius)
             return jnp.mean(a, axis=tuple(range(nb, nb + d)))
 
         return ks.map(flat).replace(
-            mode="none", d=0, shape=(), width=ks.width * math.prod(ks.shape), last="Flatten()"
+            mode="none",
+            d=0,
+            shape=(),
+            radius=(),
+            width=ks.width * math.prod(ks.shape),
+            last="Flatten()",
         )
+
+    def band_need(self, r):
+        return 0
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

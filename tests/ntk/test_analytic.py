@@ -124,6 +124,75 @@ def test_quadrature_vs_closed_form(case, quad_kernels):
     assert rel(b_ntk, a_ntk) < tol
 
 
+BAND_ARCHS = {
+    "erf_shift_same_pool_strided": [
+        ntk.Conv(3, (3, 3), padding="SAME", b_std=0.1),
+        ntk.Erf(a=1.3, b=0.7, c=0.2),
+        ntk.AvgPool((3, 3), (1, 1), "SAME"),
+        ntk.Conv(4, (2, 2), strides=(2, 1), parameterization="standard", b_std=0.1),
+        ntk.Relu(),
+        ntk.Flatten(),
+        ntk.Dense(2),
+    ],
+    "layernorm_two_pools": [
+        ntk.Conv(4, (2, 2), padding="SAME", W_std=1.4),
+        ntk.LayerNorm(),
+        ntk.Relu(),
+        ntk.AvgPool((2, 2), (1, 1), "SAME"),
+        ntk.AvgPool((2, 1), (2, 1)),
+        ntk.Flatten(),
+        ntk.Dense(1),
+    ],
+    # radius > 0 between two pooling stages: SAME convolutions read entries whose partner is
+    # zero padding (they must count as zero)
+    "two_pool_stages": [
+        ntk.Conv(3, (3, 3), padding="SAME", b_std=0.1),
+        ntk.Erf(c=0.3),
+        ntk.AvgPool((2, 2), (2, 2)),
+        ntk.Conv(3, (3, 3), padding="SAME", b_std=0.1),
+        ntk.Relu(),
+        ntk.AvgPool((2, 2), (2, 2)),
+        ntk.Flatten(),
+        ntk.Dense(1),
+    ],
+    "pool_inside_residual": [
+        ntk.Conv(3, (3, 3), padding="SAME", b_std=0.2),
+        ntk.parallel(
+            [ntk.Gelu(), ntk.AvgPool((3, 3), (1, 1), "SAME"), ntk.Conv(3, (3, 3), padding="SAME")],
+            ntk.Identity(),
+        ),
+        ntk.Relu(),
+        ntk.Flatten(),
+        ntk.Dense(1),
+    ],
+}
+
+
+def test_avgpool_band_equals_full_covariance(img_inputs, monkeypatch):
+    # AvgPool with a Flatten readout keeps only the band of position pairs the stack needs;
+    # the same kernels from the full position-position covariance (float64, one program)
+    from ntk import _arch
+
+    archs = {k: ntk.serial(*v) for k, v in BAND_ARCHS.items()}
+    x1, x2 = img_inputs
+    for a in archs.values():
+        assert _arch.position_layout(a, x1.shape[1:-1])[0] == "band"
+    layout = _arch.position_layout
+
+    def run(u, v):
+        band = {k: a.kernel_fn(u, v) for k, a in archs.items()}
+        monkeypatch.setattr(_arch, "position_layout", lambda a, sp: ("full", ()))
+        full = {k: a.kernel_fn(u, v) for k, a in archs.items()}
+        monkeypatch.setattr(_arch, "position_layout", layout)
+        return band, full
+
+    with jax.enable_x64(True):
+        band, full = _specs.run_once(run, x1, x2)
+    for k in archs:
+        for i in (0, 1):  # nngp, ntk: equal to float64 round-off
+            assert rel(band[k][i], full[k][i]) < 1e-12, (k, i)
+
+
 def test_float32_close_to_float64():
     # the public blocked driver in float32 on a CNN with GlobalAvgPool (full position
     # covariance) against neural-tangents' float64 kernel
