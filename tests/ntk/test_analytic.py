@@ -124,73 +124,20 @@ def test_quadrature_vs_closed_form(case, quad_kernels):
     assert rel(b_ntk, a_ntk) < tol
 
 
-BAND_ARCHS = {
-    "erf_shift_same_pool_strided": [
-        ntk.Conv(3, (3, 3), padding="SAME", b_std=0.1),
-        ntk.Erf(a=1.3, b=0.7, c=0.2),
-        ntk.AvgPool((3, 3), (1, 1), "SAME"),
-        ntk.Conv(4, (2, 2), strides=(2, 1), parameterization="standard", b_std=0.1),
-        ntk.Relu(),
-        ntk.Flatten(),
-        ntk.Dense(2),
-    ],
-    "layernorm_two_pools": [
-        ntk.Conv(4, (2, 2), padding="SAME", W_std=1.4),
-        ntk.LayerNorm(),
-        ntk.Relu(),
-        ntk.AvgPool((2, 2), (1, 1), "SAME"),
-        ntk.AvgPool((2, 1), (2, 1)),
-        ntk.Flatten(),
-        ntk.Dense(1),
-    ],
-    # radius > 0 between two pooling stages: SAME convolutions read entries whose partner is
-    # zero padding (they must count as zero)
-    "two_pool_stages": [
-        ntk.Conv(3, (3, 3), padding="SAME", b_std=0.1),
-        ntk.Erf(c=0.3),
-        ntk.AvgPool((2, 2), (2, 2)),
-        ntk.Conv(3, (3, 3), padding="SAME", b_std=0.1),
-        ntk.Relu(),
-        ntk.AvgPool((2, 2), (2, 2)),
-        ntk.Flatten(),
-        ntk.Dense(1),
-    ],
-    "pool_inside_residual": [
-        ntk.Conv(3, (3, 3), padding="SAME", b_std=0.2),
-        ntk.parallel(
-            [ntk.Gelu(), ntk.AvgPool((3, 3), (1, 1), "SAME"), ntk.Conv(3, (3, 3), padding="SAME")],
-            ntk.Identity(),
-        ),
-        ntk.Relu(),
-        ntk.Flatten(),
-        ntk.Dense(1),
-    ],
-}
-
-
-def test_avgpool_band_equals_full_covariance(img_inputs, monkeypatch):
-    # AvgPool with a Flatten readout keeps only the band of position pairs the stack needs;
-    # the same kernels from the full position-position covariance (float64, one program)
+def test_avgpool_keeps_only_the_band_it_needs():
+    # the fixture cnn_band_residual_layernorm (AvgPool stages, a pool inside a residual
+    # branch, LayerNorm, a strided SAME convolution between pools, Flatten readout) is
+    # computed in band layout and matches neural-tangents (test_matches_neural_tangents);
+    # its radius at the input: 5 x 3 offsets (capped at the 6 x 5 image: 5 x 3)
     from ntk import _arch
 
-    archs = {k: ntk.serial(*v) for k, v in BAND_ARCHS.items()}
-    x1, x2 = img_inputs
-    for a in archs.values():
-        assert _arch.position_layout(a, x1.shape[1:-1])[0] == "band"
-    layout = _arch.position_layout
-
-    def run(u, v):
-        band = {k: a.kernel_fn(u, v) for k, a in archs.items()}
-        monkeypatch.setattr(_arch, "position_layout", lambda a, sp: ("full", ()))
-        full = {k: a.kernel_fn(u, v) for k, a in archs.items()}
-        monkeypatch.setattr(_arch, "position_layout", layout)
-        return band, full
-
-    with jax.enable_x64(True):
-        band, full = _specs.run_once(run, x1, x2)
-    for k in archs:
-        for i in (0, 1):  # nngp, ntk: equal to float64 round-off
-            assert rel(band[k][i], full[k][i]) < 1e-12, (k, i)
+    specs = dict((s[0], s[2]) for s in SPECS)
+    band = _specs.arch(specs["cnn_band_residual_layernorm"])
+    assert _arch.position_layout(band, (6, 5)) == ("band", (5, 3))
+    assert _arch.position_layout(band, (40, 40)) == ("band", (5, 3))  # not 39 x 39
+    # Flatten only: the position diagonal; GlobalAvgPool anywhere: the full covariance
+    assert _arch.position_layout(_specs.arch(specs["cnn_same_flatten"]), (6, 5))[0] == "diag"
+    assert _arch.position_layout(_specs.arch(specs["cnn_avgpool_same_gap"]), (6, 5))[0] == "full"
 
 
 def test_float32_close_to_float64():
