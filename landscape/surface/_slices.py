@@ -306,7 +306,9 @@ def _plan_chunks(strategy, chunk_size, map_batch, num_points, per_point, memory_
     measured on CPU it matches one jitted loss per point, while ``vmap`` over 16-64 points was
     2-3x slower per point (benchmarks/surface/RESULTS.md), so ``"auto"`` is ``"map"``. With
     ``"map"`` the chunk size only sets the saving/progress granularity (default 64); with
-    ``"vmap"`` (or ``map_batch``) it is bounded by ``memory_budget / bytes_per_point``.
+    ``"vmap"`` the chunk size (and with ``"map"`` the ``map_batch``) is bounded by
+    ``memory_budget / bytes_per_point``, ``bytes_per_point`` being the sum of the sizes of all
+    intermediates of one point on one batch (an upper bound: XLA reuses buffers).
     """
     if strategy == "auto":
         strategy = "map"
@@ -322,6 +324,7 @@ def _plan_chunks(strategy, chunk_size, map_batch, num_points, per_point, memory_
             raise ValueError(
                 f"{fn}: map_batch applies to strategy='map' only; got strategy={strategy!r}."
             )
+        map_batch = min(map_batch, cap)  # points vectorised together must fit the budget
     return strategy, _device_chunk(chunk_size), map_batch
 
 
@@ -457,9 +460,11 @@ def _evaluate(
         n = _validate.num_examples(d, fn=fn_name, name=name)
         bs = None if batch_size is None else min(batch_size, n)  # capped per data set
         batched[name] = engine.batch(d, bs, placement=placement, fn=fn_name)
-    per_point = _bytes_per_point(
-        fn, point_fn, point_args, jnp.asarray(coords[0]), batched["train"]
-    )
+    per_point = 0  # only needed where memory grows with the points held at once
+    if strategy == "vmap" or map_batch is not None:
+        per_point = _bytes_per_point(
+            fn, point_fn, point_args, jnp.asarray(coords[0]), batched["train"]
+        )
     strat, cs, mb = _plan_chunks(
         strategy, chunk_size, map_batch, num_points, per_point, memory_budget, fn=fn_name
     )
@@ -472,7 +477,7 @@ def _evaluate(
         "chunk_size": cs,
         "map_batch": mb,
         "batch_size": batched["train"].batch_size,
-        "bytes_per_point": int(per_point),
+        "bytes_per_point": int(per_point) or None,
         "num_points": int(num_points),
         "coords_hash": _hash_array(coords),
     }

@@ -227,6 +227,9 @@ def test_result_save_load_roundtrip(tmp_path, small_digits):
         back.settings["bn"] == "centre" and back.settings["data_hash"] == r.settings["data_hash"]
     )
     assert "SliceResult(slice_2d, grid 3x2" in repr(back)
+    # defaults: lax.map over one chunk holding the whole (small) grid, no memory estimate needed
+    assert back.settings["strategy"] == "map" and back.settings["chunk_size"] == 6
+    assert back.settings["bytes_per_point"] is None
     r1 = slice_1d(loss_fn, m.params, train, d1, alphas=[-1.0, 1.0])
     r1.save(tmp_path / "r1.npz")
     b1 = SliceResult.load(tmp_path / "r1.npz")
@@ -299,3 +302,22 @@ def test_bad_inputs(small_digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a valid call warns about nothing
         slice_1d(loss_fn, m.params, train, d1, alphas=[0.0])
+
+
+def test_chunks_sized_from_the_memory_estimate(small_digits):
+    train, _ = small_digits
+    m = tiny_mlp(jnp.float32)
+    loss_fn = landscape.make_loss_fn(m)
+    d = random_direction(jax.random.key(0), m.params)
+    a = np.linspace(-1, 1, 9)
+    big = slice_1d(loss_fn, m.params, train, d, alphas=a, strategy="vmap")
+    per_point = big.settings["bytes_per_point"]
+    # one batch of 300 examples through a 64-12-10-10 MLP: at least the first layer's
+    # activations (300 x 12 floats), far below the default budget: the whole grid in one chunk
+    assert per_point >= 300 * 12 * 4 and big.settings["chunk_size"] == 9
+    small = slice_1d(
+        loss_fn, m.params, train, d, alphas=a, strategy="vmap", memory_budget=3 * per_point
+    )
+    assert small.settings["chunk_size"] == 3
+    # float32, the same points vectorised in chunks of 3 or 9: rtol 1e-6
+    np.testing.assert_allclose(small.loss, big.loss, rtol=1e-6)
