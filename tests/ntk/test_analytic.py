@@ -180,7 +180,15 @@ def test_no_recompilation(vec_inputs):
     before = _blocks._wave._cache_size()
     ntk.kernel(arch, x1 + 1.0, x2)
     ntk.kernel(ntk.serial(ntk.Dense(8), ntk.Relu(), ntk.Dense(1)), x1, x2)  # equal description
+    # NTK parameterisation: the kernel does not depend on the widths, one program per sweep
+    wide = ntk.kernel(ntk.serial(ntk.Dense(512), ntk.Relu(), ntk.Dense(3)), x1, x2)
     assert _blocks._wave._cache_size() == before
+    np.testing.assert_array_equal(wide.ntk, ntk.kernel(arch, x1, x2).ntk)
+    # standard parameterisation: the fan-in enters the NTK, a new program and a new kernel
+    std = lambda n: ntk.serial(  # noqa: E731
+        ntk.Dense(n), ntk.Relu(), ntk.Dense(1, parameterization="standard")
+    )
+    assert not np.allclose(ntk.kernel(std(8), x1, x2).ntk, ntk.kernel(std(16), x1, x2).ntk)
 
 
 def test_kernel_fn_is_jittable(vec_inputs):

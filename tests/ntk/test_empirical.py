@@ -57,9 +57,10 @@ def _all_methods(archs, params, x, n):
     factory ``ntk.empirical_ntk_fn``): full per-output kernels of K(x, x) and traced kernels
     of K(x[:n], x[n:]); all in one program."""
     out = []
-    for arch, p in zip(archs, params):
+    for i, (arch, p) in enumerate(zip(archs, params)):
         res = {"explicit": _dense_jjt(lambda q, s, xx, a=arch: (a.apply(q, xx), s), p, {}, x)}
-        for m in ("structured", "jacobian", "ntvp"):
+        # the generic methods once per input kind; structured for every architecture
+        for m in ("structured", "jacobian", "ntvp") if i == 0 else ("structured",):
             full = ntk.empirical_ntk_fn(arch.apply, method=m, trace_outputs=False, arch=arch)
             traced = ntk.empirical_ntk_fn(arch.apply, method=m, trace_outputs=True, arch=arch)
             res[m] = (full(p, x), traced(p, x[:n], x[n:]))
@@ -190,6 +191,11 @@ def test_no_recompilation(vec_inputs, key):
     before = _blocks._wave._cache_size()
     ntk.empirical_ntk(model, x1 * 2, x2)
     ntk.empirical_ntk(model.replace(params=jax.tree.map(lambda p: p + 1, model.params)), x1, x2)
+    # another seed, the same architecture rebuilt, and f = arch.apply: the same program
+    ntk.empirical_ntk(MLP.init(jax.random.key(7), (5,)), x1, x2)
+    rebuilt = ntk.serial(*MLP.layers)
+    ntk.empirical_ntk(rebuilt.init(key, (5,)), x1, x2)
+    ntk.empirical_ntk(rebuilt.apply, model.params, x1, x2)
     assert _blocks._wave._cache_size() == before
 
 
