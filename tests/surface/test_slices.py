@@ -295,6 +295,8 @@ def test_bad_inputs(small_digits):
         slice_1d(loss_fn, m.params, train, d1, strategy="pmap")
     with pytest.raises(TypeError, match="data must be a dict"):
         slice_1d(loss_fn, m.params, [1, 2], d1)
+    with pytest.raises(ValueError, match="slice_1d: loss_fn could not be evaluated on test_data"):
+        slice_1d(loss_fn, m.params, train, d1, test_data={"x": np.ones((4, 7)), "y": np.zeros(4)})
     with pytest.raises(
         ValueError, match="interpolate: bn='interpolate' needs the second model's state"
     ):
