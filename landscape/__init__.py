@@ -6,6 +6,7 @@ The foundation: the model triple (:class:`Model`, :func:`from_nnx`, :func:`from_
 (:func:`evaluate`, :func:`value_and_grad`, :mod:`landscape.engine`).
 """
 
+from landscape import batchnorm as batchnorm
 from landscape import engine as engine
 from landscape._model import Model as Model
 from landscape._model import from_linen as from_linen
@@ -15,6 +16,7 @@ from landscape._provenance import provenance as provenance
 from landscape._result import Result as Result
 from landscape._result import result as result
 from landscape._result import static_field as static_field
+from landscape.batchnorm import reestimate_bn as reestimate_bn
 from landscape.data import Dataset as Dataset
 from landscape.data import load_data as load_data
 from landscape.engine import evaluate as evaluate
@@ -35,6 +37,7 @@ __all__ = [
     "Loss",
     "Model",
     "Result",
+    "batchnorm",
     "data_hash",
     "engine",
     "evaluate",
@@ -47,6 +50,7 @@ __all__ = [
     "make_loss_fn",
     "make_model",
     "provenance",
+    "reestimate_bn",
     "result",
     "save_run",
     "static_field",

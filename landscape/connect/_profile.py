@@ -12,6 +12,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from landscape import _provenance, _tree, _validate, engine
+from landscape import batchnorm as _batchnorm
 from landscape._result import Result, result, static_field
 from landscape.connect import _bn
 from landscape.connect._common import as_loss, check_loss, check_ts, float_state
@@ -166,12 +167,13 @@ def _pt_plain(base, c, base_args):
 
 
 def _pt_interp(base, alpha, c, base_args, state_a, state_b):
-    return base(c, *base_args), _bn.interpolated_state(alpha(c, *base_args), state_a, state_b)
+    return base(c, *base_args), _batchnorm.interpolated_state(alpha(c, *base_args), state_a, state_b)
 
 
-def _pt_reestimate(base, c, base_args, loss_fn, bn_batched):
+def _pt_reestimate(base, c, base_args, loss_fn, bn):
+    form, bn_batched = bn
     params = base(c, *base_args)
-    return params, _bn.reestimated_state(loss_fn, params, bn_batched)
+    return params, _batchnorm.reestimated_state(loss_fn, form, params, bn_batched)
 
 
 def _path_base(t, path):
@@ -183,15 +185,16 @@ def _path_alpha(t, path):
 
 
 def prepare_bn(bn, loss_fn, params, bn_data, *, bn_states, bn_batch_size, fn: str):
-    """Resolve the batch-norm policy and lay out the re-estimation data (checked once)."""
+    """Resolve the batch-norm policy; for ``"reestimate"`` lay out the re-estimation data and
+    probe the state's update form once. Returns ``(policy, (form, batched) or None)``."""
     policy = resolve_bn(bn, loss_fn, bn_states=bn_states, fn=fn)
-    bn_batched = None
+    prepared = None
     if policy == "reestimate":
         if isinstance(bn_data, engine.Batched):
             raise TypeError(f"{fn}: bn_data must be a dict of arrays (training data), not a Batched.")
-        bn_batched = engine.batch(bn_data, bn_batch_size, placement="replicate", fn=fn)
-        _bn.check_reestimable(loss_fn, params, bn_batched, fn=fn)
-    return policy, bn_batched
+        bn_batched = _batchnorm.bn_batches(bn_data, bn_batch_size, fn=fn)
+        prepared = (_batchnorm.probe_state(loss_fn, params, bn_batched, fn=fn), bn_batched)
+    return policy, prepared
 
 
 def make_point(bn: str, base, alpha, base_args: tuple, loss_fn, *, bn_states=None, bn_batched=None):
@@ -203,7 +206,7 @@ def make_point(bn: str, base, alpha, base_args: tuple, loss_fn, *, bn_states=Non
     if bn == "interpolate":
         sa, sb = bn_states
         return fn, Partial(_pt_interp, base, alpha), (base_args, sa, sb)
-    return fn, Partial(_pt_reestimate, base), (base_args, loss_fn, bn_batched)
+    return fn, Partial(_pt_reestimate, base), (base_args, loss_fn, bn_batched)  # (form, batched)
 
 
 @jax.jit
@@ -445,7 +448,7 @@ def profile(
     settings = {
         "num_grid": int(grid_ts.size), "refine_rounds": rounds, "refine_points": REFINE_POINTS,
         "batch_size": train_b.batch_size, "chunk_size": chunk_size, "bn": policy,
-        "bn_batch_size": None if bn_batched is None else bn_batched.batch_size,
+        "bn_batch_size": None if bn_batched is None else bn_batched[1].batch_size,
         "num_train": train_b.num_examples,
         "num_test": None if test_b is None else test_b.num_examples,
         "path_hash": _provenance.data_hash(path.controls),

@@ -13,7 +13,7 @@ Batch norm (``bn=``):
 * ``"centre"``: the statistics stored in ``loss_fn`` (the centre model's) at every point.
 * ``"interpolate"`` (:func:`interpolate` only): ``(1 - t) s_a + t s_b``, Li et al.'s
   ``--dir_type states``.
-* ``"recompute"``: re-estimated at every point from training batches in training mode (the
+* ``"reestimate"``: re-estimated at every point from training batches in training mode (the
   mean over batches of each batch's statistics, as ``update_bn`` of Garipov et al. and
   PyTorch's cumulative moving average), inside the compiled program, vectorised like the
   points of the chunk. Costs one training-mode forward pass over ``bn_data`` per point (and per
@@ -37,6 +37,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from landscape import _provenance, _tree, _validate, engine
+from landscape import batchnorm as _batchnorm
 from landscape._model import Model
 from landscape._result import Result, _freeze, result, static_field
 from landscape.losses import Loss
@@ -46,7 +47,7 @@ from landscape.surface._pca import PCAResult
 
 PyTree = Any
 
-BN_POLICIES = ("centre", "interpolate", "recompute")
+BN_POLICIES = ("centre", "interpolate", "reestimate")
 STRATEGIES = ("auto", "map", "vmap")
 DEFAULT_CHUNK = 64
 DEFAULT_MEMORY_BUDGET = 2 << 30
@@ -180,30 +181,12 @@ def _pt_with_weights(base, mode, c, *args):
     return _weights(mode, c), base(c, *args)
 
 
-def _bn_stats(loss_fn, mask, params, batch, zero_state):
-    """The updatable state leaves after one training-mode step from a zeroed state:
-    ``(1 - momentum) * batch statistic``."""
-    _, new_state = loss_fn.train_loss(params, zero_state, batch)
-    return [x for x, m in zip(jax.tree.leaves(new_state), mask) if m]
-
-
-def _pt_recompute(base, num_base, loss_fn, mask, c, *args):
-    """Params at ``c`` and batch-norm statistics re-estimated there from training batches."""
-    base_args, (zero_state, bn_batched, inv_scale) = args[:num_base], args[num_base:]
+def _pt_reestimate(base, num_base, loss_fn, c, *args):
+    """Params at ``c`` and batch-norm statistics re-estimated there from training batches
+    (:func:`landscape.batchnorm.reestimated_state`)."""
+    base_args, (form, bn_batched) = args[:num_base], args[num_base:]
     params = base(c, *base_args)
-    stats, _ = engine.batched_mean(
-        Partial(_bn_stats, loss_fn, mask), params, bn_batched, zero_state
-    )
-    leaves, treedef = jax.tree.flatten(loss_fn.state)
-    it = iter(zip(stats, inv_scale))
-    new = []
-    for x, m in zip(leaves, mask):
-        if m:
-            s, inv = next(it)
-            new.append((s * inv).astype(x.dtype))
-        else:
-            new.append(x)
-    return params, jax.tree.unflatten(treedef, new)
+    return params, _batchnorm.reestimated_state(loss_fn, form, params, bn_batched)
 
 
 def _loss_dict(loss_fn, params, batch):
@@ -214,11 +197,6 @@ def _loss_dict(loss_fn, params, batch):
 def _loss_dict_state(loss_fn, point, batch):
     params, state = point
     return _loss_dict(loss_fn.with_state(state), params, batch)
-
-
-@jax.jit
-def _train_state(loss_fn, params, state, batch):
-    return loss_fn.train_loss(params, state, batch)[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,74 +310,23 @@ def _plan_chunks(strategy, chunk_size, map_batch, num_points, per_point, memory_
 # The shared evaluation
 # --------------------------------------------------------------------------------------------
 def _bn_setup(loss_fn, params, bn_data, bn_batch_size, bn_num_batches, *, fn):
-    """Probe which state leaves batch norm updates, and their momentum ``m``:
-    ``new = m * old + (1 - m) * stat`` is affine in ``old``, so three training-mode passes on one
-    batch (old = 0, 1, 2) give ``m`` per leaf and check the affine form."""
+    """Lay out the re-estimation batches and probe the state's update form once
+    (:mod:`landscape.batchnorm`)."""
     if not isinstance(loss_fn, Loss):
         raise TypeError(
-            f"{fn}: bn='recompute' needs a landscape.Loss (make_loss_fn(model)) whose model runs "
+            f"{fn}: bn='reestimate' needs a landscape.Loss (make_loss_fn(model)) whose model runs "
             f"in training mode; got {type(loss_fn).__name__}."
         )
-    leaves = jax.tree.leaves(loss_fn.state)
-    if not leaves:
-        raise ValueError(f"{fn}: bn='recompute' but the model has no state (no batch norm).")
-    n = _validate.check_data(bn_data, fn=fn, name="bn_data")
-    bs = min(128, n) if bn_batch_size is None else bn_batch_size
-    bs = _validate.check_batch_size(bs, n, fn=fn, name="bn_batch_size")
-    nb = n // bs
-    if bn_num_batches is not None:
-        bn_num_batches = _validate.check_positive_int(bn_num_batches, fn=fn, name="bn_num_batches")
-        if bn_num_batches > nb:
-            raise ValueError(
-                f"{fn}: bn_num_batches={bn_num_batches} but bn_data holds only {nb} full batches "
-                f"of {bs}."
-            )
-        nb = bn_num_batches
-    used = {k: np.asarray(v)[: nb * bs] for k, v in bn_data.items()}
-    first = {k: v[:bs] for k, v in used.items()}
-
-    def probe(val):
-        st = jax.tree.map(
-            lambda x: (
-                jnp.full_like(x, val) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x
-            ),
-            loss_fn.state,
-        )
-        return jax.tree.leaves(_train_state(loss_fn, params, st, first))
-
-    n0, n1, n2 = probe(0.0), probe(1.0), probe(2.0)
-    mask, inv, names = [], [], []
-    paths = _tree.leaf_paths(loss_fn.state)
-    for path, x, a, b, c in zip(paths, leaves, n0, n1, n2):
-        ok = jnp.issubdtype(jnp.result_type(x), jnp.floating)
-        if ok:
-            a, b, c = (np.asarray(v, np.float64) for v in (a, b, c))
-            slope, slope2 = b - a, c - b
-            m = float(np.median(slope)) if slope.size else 1.0
-            tol = 1e-3
-            ok = (
-                np.all(np.isfinite(slope))
-                and np.all(np.abs(slope - m) <= tol)
-                and np.all(np.abs(slope2 - slope) <= tol)
-                and abs(1.0 - m) > 1e-6
-            )
-        mask.append(bool(ok))
-        if ok:
-            inv.append(jnp.asarray(1.0 / (1.0 - m), jnp.result_type(x)))
-            names.append(path)
-    if not names:
-        raise ValueError(
-            f"{fn}: bn='recompute' found no state leaf that a training-mode pass updates as a "
-            "moving average; the model has no batch statistics to re-estimate."
-        )
-    zero_state = jax.tree.map(
-        lambda x: jnp.zeros_like(x) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x,
-        loss_fn.state,
-    )
-    placement = "replicate" if jax.device_count() > 1 else "shard"
-    bn_batched = engine.batch(used, bs, placement=placement, fn=fn)
-    info = {"bn_batch_size": bs, "bn_num_batches": nb, "bn_leaves": names}
-    return tuple(mask), zero_state, bn_batched, tuple(inv), info
+    if not jax.tree.leaves(loss_fn.state):
+        raise ValueError(f"{fn}: bn='reestimate' but the model has no state (no batch norm).")
+    bn_batched = _batchnorm.bn_batches(bn_data, bn_batch_size, bn_num_batches, fn=fn)
+    form = _batchnorm.probe_state(loss_fn, params, bn_batched, fn=fn)
+    info = {
+        "bn_batch_size": bn_batched.batch_size,
+        "bn_num_batches": bn_batched.num_batches + (1 if bn_batched.rest_size else 0),
+        "bn_leaves": form.names,
+    }
+    return form, bn_batched, info
 
 
 def _evaluate(
@@ -446,10 +373,9 @@ def _evaluate(
         point_fn, point_args = _pt_lerp_state, (*base_args, *bn_extra)
         fn = Partial(_loss_dict_state, loss_fn)
         evaluator = "engine"
-    else:  # recompute
-        mask, zero_state, bn_batched, inv = bn_extra
-        point_fn = Partial(_pt_recompute, base, len(base_args), loss_fn, mask)
-        point_args = (*base_args, zero_state, bn_batched, inv)
+    else:  # reestimate
+        point_fn = Partial(_pt_reestimate, base, len(base_args), loss_fn)
+        point_args = (*base_args, *bn_extra)
         fn = Partial(_loss_dict_state, loss_fn)
         evaluator = "engine"
 
@@ -624,11 +550,11 @@ def _slice(
     if bn == "interpolate":
         raise ValueError(
             f"{fn_name}: bn='interpolate' applies to landscape.surface.interpolate (between two "
-            "models' statistics); use 'centre' or 'recompute' for slices."
+            "models' statistics); use 'centre' or 'reestimate' for slices."
         )
     dtype = _tree.dtype_of(params)
     bn_extra = bn_setup = None
-    if bn == "recompute":
+    if bn == "reestimate":
         *bn_extra, bn_setup = _bn_setup(
             loss_fn,
             params,
@@ -699,11 +625,12 @@ _DOC_TEST = """
       test_data: optional test set (dict of arrays), evaluated at the same points."""
 _DOC_BN = """
       bn: batch-norm statistics at each point: ``"centre"`` (the ones stored in ``loss_fn``),
-        ``"recompute"`` (re-estimated at every point from ``bn_data`` in training mode)."""
+        ``"reestimate"`` (re-estimated at every point from ``bn_data`` in training mode)."""
 _DOC_REST = """
-      bn_data: training data for ``bn="recompute"`` (default: ``data``), cut into full batches
-        of ``bn_batch_size`` (default ``min(128, n)``, the training loader batch of Garipov et
-        al.'s ``update_bn``); ``bn_num_batches`` limits the number of batches (default all).
+      bn_data: training data for ``bn="reestimate"`` (default: ``data``), in batches of
+        ``bn_batch_size`` (default ``min(128, n)``, the training loader batch of Garipov et
+        al.'s ``update_bn``; a last smaller batch is weighted by its size);
+        ``bn_num_batches`` uses only that many full batches (default: all the data).
         The statistics are the mean over batches of each batch's statistics, so shuffle data
         that is sorted by class.
       first_layer: :func:`affine_first_layer` of the model (foundation MLPs): the first layer's
@@ -911,7 +838,7 @@ def interpolate(
       ts: coordinates, strictly increasing (default ``linspace(-0.5, 1.5, 401)``).
       bn: ``"centre"`` (``loss_fn``'s stored statistics everywhere), ``"interpolate"``
         (``(1 - t) state_a + t state_b``: Li et al.'s ``states`` directions) or
-        ``"recompute"``.
+        ``"reestimate"``.
       state_a, state_b: the end points' model states for ``bn="interpolate"`` (default
         ``state_a``: ``loss_fn.state``)."""
     fn = "landscape.surface.interpolate"
@@ -948,7 +875,7 @@ def interpolate(
         _validate.check_finite(sb, fn=fn, name="state_b")
         bn_extra = (sa, sb)
         bn_setup = {"state_a_hash": _hash_tree(sa), "state_b_hash": _hash_tree(sb)}
-    elif bn == "recompute":
+    elif bn == "reestimate":
         *bn_extra, bn_setup = _bn_setup(
             loss_fn, pa, data if bn_data is None else bn_data, bn_batch_size, bn_num_batches, fn=fn
         )
@@ -1025,7 +952,7 @@ for _f in (slice_1d, slice_2d):
         coordinates, invalid data or settings, a ``run_dir`` holding other settings.
 
     Cost: one full-data-set forward pass per point and split (plus one training-mode pass per
-    point with ``bn="recompute"``); memory: one point's intermediates (``"map"``) per device,
+    point with ``bn="reestimate"``); memory: one point's intermediates (``"map"``) per device,
     never the whole grid's parameters.
 
     References:

@@ -63,7 +63,7 @@ def test_bn_policies_float64(small_digits):
                 float(landscape.evaluate(loss_fn, p, train)["loss"]), abs=1e-10
             )
 
-        # recompute: statistics of the point, from 4 training batches of 50, by hand
+        # reestimate: statistics of the point, from 4 training batches of 50, by hand
         rr = slice_1d(
             loss_fn,
             a.params,
@@ -71,7 +71,7 @@ def test_bn_policies_float64(small_digits):
             d,
             alphas=alphas,
             test_data=test,
-            bn="recompute",
+            bn="reestimate",
             bn_batch_size=50,
             bn_num_batches=4,
         )
@@ -99,14 +99,14 @@ def test_bn_policies_float64(small_digits):
         end = landscape.evaluate(landscape.make_loss_fn(b), b.params, train)["loss"]
         assert ri.loss[-1] == pytest.approx(float(end), abs=1e-12)
 
-        # recompute along an interpolation too (both ends re-estimated)
+        # reestimate along an interpolation too (both ends re-estimated)
         rir = interpolate(
             loss_fn,
             a.params,
             b.params,
             train,
             ts=[0.0, 1.0],
-            bn="recompute",
+            bn="reestimate",
             bn_batch_size=100,
             bn_num_batches=3,
         )
@@ -116,12 +116,12 @@ def test_bn_policies_float64(small_digits):
         assert rir.loss[1] == pytest.approx(float(ref["loss"]), abs=1e-9)
 
 
-def test_bn_recompute_float32_and_bad_inputs(small_digits):
+def test_bn_reestimate_float32_and_bad_inputs(small_digits):
     train, _ = small_digits
     a = _model(0, jnp.float32)
     loss_fn = landscape.make_loss_fn(a)
     d = random_direction(jax.random.key(0), a.params)
-    r = slice_1d(loss_fn, a.params, train, d, alphas=[0.0, 0.5], bn="recompute", bn_batch_size=100)
+    r = slice_1d(loss_fn, a.params, train, d, alphas=[0.0, 0.5], bn="reestimate", bn_batch_size=100)
     p = jax.tree.map(lambda x, v: x + 0.5 * v, a.params, d.vector)
     ref = landscape.evaluate(
         loss_fn.with_state(
@@ -134,8 +134,8 @@ def test_bn_recompute_float32_and_bad_inputs(small_digits):
     # 0.01, differences of O(1) numbers); 1e-4 relative on the loss
     assert r.loss[1] == pytest.approx(float(ref["loss"]), rel=1e-4)
     with pytest.raises(ValueError, match="bn_num_batches=9 but bn_data holds only 3 full batches"):
-        slice_1d(loss_fn, a.params, train, d, bn="recompute", bn_batch_size=100, bn_num_batches=9)
+        slice_1d(loss_fn, a.params, train, d, bn="reestimate", bn_batch_size=100, bn_num_batches=9)
     with pytest.raises(ValueError, match="bn_batch_size=500 is larger than the data set"):
-        slice_1d(loss_fn, a.params, train, d, bn="recompute", bn_batch_size=500)
+        slice_1d(loss_fn, a.params, train, d, bn="reestimate", bn_batch_size=500)
     with pytest.raises(TypeError, match="needs a landscape.Loss"):
-        slice_1d(lambda p, b: loss_fn(p, b), a.params, train, d, bn="recompute")
+        slice_1d(lambda p, b: loss_fn(p, b), a.params, train, d, bn="reestimate")

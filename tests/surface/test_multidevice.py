@@ -33,7 +33,7 @@ def compute():
     bn = bn_model(0, jnp.float32)
     bl = landscape.make_loss_fn(bn)
     d = random_direction(jax.random.key(1), bn.params)
-    rb = slice_1d(bl, bn.params, train, d, alphas=np.linspace(-1, 1, 6), bn="recompute",
+    rb = slice_1d(bl, bn.params, train, d, alphas=np.linspace(-1, 1, 6), bn="reestimate",
                   bn_batch_size=100)
     out["bn_train"] = rb.loss
     return out

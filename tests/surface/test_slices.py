@@ -289,8 +289,8 @@ def test_bad_inputs(small_digits):
         slice_1d(loss_fn, m.params, train, d1, bn="running")
     with pytest.raises(ValueError, match="bn='interpolate' applies to"):
         slice_1d(loss_fn, m.params, train, d1, bn="interpolate")
-    with pytest.raises(ValueError, match="bn='recompute' but the model has no state"):
-        slice_1d(loss_fn, m.params, train, d1, bn="recompute")
+    with pytest.raises(ValueError, match="bn='reestimate' but the model has no state"):
+        slice_1d(loss_fn, m.params, train, d1, bn="reestimate")
     with pytest.raises(ValueError, match="strategy must be one of"):
         slice_1d(loss_fn, m.params, train, d1, strategy="pmap")
     with pytest.raises(TypeError, match="data must be a dict"):
