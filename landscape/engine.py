@@ -599,6 +599,17 @@ def evaluate_points(
     ps, pd = split_fn(point_fn)
     coord_sharding = NamedSharding(mesh(), P(DATA_AXIS)) if sharded else None
 
+    if store is not None:  # chunks of another layout must never be mixed in
+        store.bind_layout(
+            {
+                "num_points": int(num_points),
+                "chunk_size": int(chunk_size),
+                "coords_hash": hashlib.sha256(np.ascontiguousarray(coords).tobytes()).hexdigest()[
+                    :16
+                ],
+                "coords_dtype": str(coords.dtype),
+            }
+        )
     results: list[Any] = [None] * num_chunks
     todo = []
     for ci in range(num_chunks):
@@ -677,8 +688,29 @@ class ChunkStore:
                     )
                 for f in self.directory.glob("chunk-*.npz"):
                     f.unlink()
+                (self.directory / "layout.json").unlink(missing_ok=True)
         _serialize.save_json(manifest, {"digest": digest, "meta": self.meta})
         self.digest = digest
+
+    def bind_layout(self, layout: dict) -> None:
+        """Record how points are split into chunks (number of points, chunk size, a hash of the
+        coordinates); a store holding chunks of another layout raises ``ValueError``."""
+        layout = _serialize.to_jsonable(layout)
+        path = self.directory / "layout.json"
+        if path.exists():
+            old = _serialize.load_json(path)
+            if old != layout:
+                raise ValueError(
+                    f"landscape.ChunkStore: {self.directory} holds chunks of another layout "
+                    f"({_diff(old, layout)}); use another directory or overwrite=True."
+                )
+            return
+        if self.done():
+            raise ValueError(
+                f"landscape.ChunkStore: {self.directory} holds chunks without a recorded layout; "
+                "use another directory or overwrite=True."
+            )
+        _serialize.save_json(path, layout)
 
     def _path(self, i: int) -> Path:
         return self.directory / f"chunk-{i:06d}.npz"

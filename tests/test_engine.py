@@ -176,6 +176,10 @@ def test_chunk_store_resumes(tmp_path):
     np.testing.assert_array_equal(again["v"], full["v"])
     with pytest.raises(ValueError, match="different settings"):
         engine.ChunkStore(tmp_path / "job", {"what": "test", "n": 8})
+    # same settings, another chunking of the points: refused instead of mixing chunks
+    store3 = engine.ChunkStore(tmp_path / "job", {"what": "test", "n": 7})
+    with pytest.raises(ValueError, match="another layout.*chunk_size"):
+        engine.evaluate_points(fn, point_fn, coords, data, chunk_size=3, store=store3)
 
 
 def test_evaluate_points_records_nonfinite():
