@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 import landscape
@@ -133,7 +134,9 @@ def nt_models():
                 k = ntk.empirical_ntk_fn(m.apply_fn, method="structured", arch=arch)
                 x1, x2 = xs[name]
                 y1 = m.apply_fn(params[name], m.state, x1)[0]
-                out[name] = (y1, k(params[name], x1, x2), k(params[name], x1))
+                # the same outputs through the NNX module itself (nnx.merge of the graph)
+                module = nnx.merge(m.apply_fn.graphdef_eval, params[name], m.state)
+                out[name] = (y1, module(x1), k(params[name], x1, x2), k(params[name], x1))
             return out
 
         return _specs.run_once(run, {n: m.params for n, m in models.items()}, xs)
@@ -145,8 +148,9 @@ def test_flax_model_matches_neural_tangents_stax(spec, nt_models):
     # parameterisations): outputs and empirical NTK equal to float64 round-off (measured
     # <= 1e-15 relative)
     name = spec[0]
-    y1, k12, k11 = nt_models[name]
+    y1, y1_nnx, k12, k11 = nt_models[name]
     np.testing.assert_allclose(y1, FIX[f"{name}/out1"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(y1_nnx, FIX[f"{name}/out1"], rtol=1e-10, atol=1e-12)
     for got, key in ((k12, "ntk12"), (k11, "ntk11")):
         ref = FIX[f"{name}/{key}"]
         assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 1e-10, key
