@@ -94,6 +94,10 @@ def gradient_overlap(
     Cost:
       One gradient plus the eigensolver's products (none with ``eigen``).
 
+    Example:
+      >>> top = landscape.hessian.eigenvalues(loss_fn, params, data, k=10, key=key)
+      >>> landscape.hessian.gradient_overlap(loss_fn, params, data, eigen=top).fraction
+
     References:
       Gur-Ari, Roberts, Dyer 2018, "Gradient descent happens in a tiny subspace".
     """
@@ -206,6 +210,10 @@ def ggn_decomposition(
     Cost:
       ``num_probes x num_steps`` products per part (a residual product is a Hessian plus a GGN
       product), plus the eigensolvers'.
+
+    Example:
+      >>> dec = landscape.hessian.ggn_decomposition(loss_fn, params, data, key=key)
+      >>> landscape.plot.plot_decomposition(dec)
 
     References:
       Sagun et al. 2017; Papyan 2019 ("Measurements of three-level hierarchical structure in the
@@ -452,6 +460,9 @@ def sharpness(
 
     Cost:
       About ``20 + trace_hvps`` products and ``2 num_steps + 4`` gradients.
+
+    Example:
+      >>> landscape.hessian.sharpness(loss_fn, params, data, key=jax.random.key(0))
 
     References:
       Keskar et al. 2017; Dinh et al. 2017; Kwon et al. 2021; Jiang et al. 2020 ("Fantastic

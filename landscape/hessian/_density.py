@@ -230,6 +230,10 @@ def spectral_density(
       ValueError, TypeError: invalid settings (e.g. ``num_steps`` above the dimension).
       FloatingPointError: a product was not finite (names the batch).
 
+    Example:
+      >>> d = landscape.hessian.spectral_density(loss_fn, params, data, key=jax.random.key(0))
+      >>> landscape.plot.plot_density(d, yscale="log")
+
     References:
       Golub and Meurant 2010; Lin, Saad, Yang 2016; Ghorbani, Krishnan, Xiao 2019; Papyan 2020.
     """

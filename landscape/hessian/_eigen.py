@@ -26,7 +26,8 @@ TOL_FLOOR = 64.0
 float32 products carry relative errors of that order, so a smaller target cannot be met."""
 
 CHECK_EVERY = 5
-"""Host convergence checks every this many products inside a restart cycle."""
+"""Host convergence checks at most every this many products inside a restart cycle (every
+``max(2, k_total)`` for fewer wanted pairs: a check costs a fraction of a millisecond)."""
 
 MAX_CHECKS = 3
 """At most this many fresh-vector multiplicity checks per solve."""
@@ -258,7 +259,7 @@ def solve(
     v0=None,
     krylov_dim: int | None = None,
     max_restarts: int = 100,
-    check_multiplicity: bool = True,
+    check_multiplicity: bool | None = None,
     num_check_steps: int | None = None,
     fn: str,
 ) -> EigenResult:
@@ -287,6 +288,9 @@ def solve(
     prepared = op.host_prepared()
     st = lz.new_state(prepared, layout, V, b, rows, m, key=k_run, dtype=dtype)
     s_check = num_check_steps if num_check_steps is not None else max(4, min(8, m - ktot))
+    if check_multiplicity is None:  # a second copy of the top value is the second eigenvalue
+        check_multiplicity = ktot > 1
+    chunk = min(CHECK_EVERY, max(2, ktot))
     num_keep_default = min(m - 2, ktot + max(ktot, (m - ktot) // 2)) if m > ktot + 2 else ktot
 
     def fail_nonfinite():
@@ -302,7 +306,7 @@ def solve(
         target = m if not verifying else min(m, st.expanded + s_check)
         while st.expanded < target:
             before = st.expanded
-            st.expand(min(CHECK_EVERY, target - st.expanded))
+            st.expand(min(chunk, target - st.expanded))
             fail_nonfinite()
             if st.expanded == before or st.expanded >= n:
                 break
@@ -420,7 +424,7 @@ def eigenvalues(
     v0: PyTree | None = None,
     krylov_dim: int | None = None,
     max_restarts: int = 100,
-    check_multiplicity: bool = True,
+    check_multiplicity: bool | None = None,
     curvature: str = "hessian",
     model=None,
     output_loss=None,
@@ -457,7 +461,9 @@ def eigenvalues(
         choice, capped at the dimension).
       max_restarts: restart cycles before giving up (unconverged pairs are flagged and a
         ``RuntimeWarning`` is issued).
-      check_multiplicity: run the fresh-vector check (a few extra products, default on).
+      check_multiplicity: run the fresh-vector check (about 8 extra products). Default: on when
+        more than one pair is wanted (for ``k=1`` a second copy of the top value would be the
+        second eigenvalue, so the answer cannot change).
       curvature, model, output_loss, params_filter, preconditioner, batch_size, method: see
         :func:`make_hvp`.
 

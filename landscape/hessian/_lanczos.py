@@ -492,6 +492,11 @@ def lanczos(matvec, v0: PyTree, num_steps: int, *, reorthogonalize: bool = True,
       ValueError: ``num_steps`` out of range, ``v0`` zero/non-finite/mismatched.
       FloatingPointError: a product was not finite (names the batch for data-set operators).
 
+    Example:
+      >>> op = landscape.hessian.make_hvp(loss_fn, params, data)
+      >>> res = landscape.hessian.lanczos(op, v0, 30)
+      >>> ritz_values, _ = res.ritz()
+
     References:
       Lanczos 1950; Paige 1972 (loss of orthogonality); Daniel, Gragg, Kaufman, Stewart 1976
       (reorthogonalisation criterion).

@@ -31,7 +31,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -695,8 +695,6 @@ def make_hvp(
                 "(landscape.make_loss_fn(model, ...)) as loss_fn, or model=(apply_fn, params, state) "
                 "and output_loss=..."
             )
-    elif model is not None or output_loss is not None:
-        pieces = None  # not needed for the Hessian
     scale = None
     if preconditioner is not None:
         _validate.check_same_structure(preconditioner, params, fn=fn, name="preconditioner")
@@ -776,6 +774,3 @@ def _is_hashable(x) -> bool:
         return False
     return True
 
-
-def as_sequence(x) -> Sequence:
-    return x if isinstance(x, (list, tuple)) else [x]

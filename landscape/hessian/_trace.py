@@ -282,6 +282,10 @@ def trace(
       ValueError, TypeError: invalid settings.
       FloatingPointError: a product was not finite (names the batch).
 
+    Example:
+      >>> t = landscape.hessian.trace(loss_fn, params, data, key=jax.random.key(0), max_hvps=60)
+      >>> t.estimate, t.std_error, t.per_layer
+
     References:
       Hutchinson 1989; Meyer, Musco, Musco, Woodruff 2021 (Hutch++); Yao et al. 2020 (PyHessian).
     """

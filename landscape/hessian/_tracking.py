@@ -130,6 +130,12 @@ def sharpness_callback(
     Returns:
       A :class:`landscape.train.Callback`.
 
+    Example:
+      >>> cb = landscape.hessian.sharpness_callback(every=20, learning_rate=0.1)
+      >>> run = landscape.train(model, data, optimizer=optax.sgd(0.1), num_steps=1000,
+      ...                       batch_size=len(data["y"]), callbacks=[cb])
+      >>> landscape.plot.plot_sharpness(run)
+
     References:
       Cohen, Kaur, Li, Kolter, Talwalkar 2021 ("Gradient descent on neural networks typically
       occurs at the edge of stability"); Cohen et al. 2022 ("Adaptive gradient methods at the

@@ -13,7 +13,7 @@ from landscape import hessian
 from tests.hessian.conftest import flat
 
 
-def test_gradient_overlap_matches_dense(small):
+def test_gradient_overlap_matches_dense(small, tmp_path):
     with jax.enable_x64(True):
         eig = hessian.eigenvalues(small.relu_loss, small.relu_params, small.data, k=5, key=jax.random.key(0),
                                   tol=1e-10, batch_size=small.batch)
@@ -25,9 +25,11 @@ def test_gradient_overlap_matches_dense(small):
         # float64: the fraction agrees with the exact eigenvectors to 1e-8
         np.testing.assert_allclose(float(o.fraction), ref, atol=1e-8)
         np.testing.assert_allclose(np.sum(o.cos2), float(o.fraction), rtol=1e-12)
+        o.save(tmp_path / "o.npz")
+        np.testing.assert_array_equal(hessian.OverlapResult.load(tmp_path / "o.npz").cos2, o.cos2)
 
 
-def test_ggn_decomposition(small):
+def test_ggn_decomposition(small, tmp_path):
     with jax.enable_x64(True):
         dec = hessian.ggn_decomposition(small.relu_loss, small.relu_params, small.data, key=jax.random.key(0), k=0,
                                         num_probes=2, num_steps=12, batch_size=small.batch)
@@ -41,6 +43,9 @@ def test_ggn_decomposition(small):
         assert dec.nodes["hessian"].max() <= small.relu_evals.max() * (1 + 1e-10)
         np.testing.assert_allclose(np.mean(dec.weights["ggn"].sum(axis=1)), 1.0, rtol=1e-12)
         assert dec.part("ggn").num_steps == 12 and dec.top_values["ggn"].size == 0
+        dec.save(tmp_path / "dec.npz")
+        back = hessian.DecompositionResult.load(tmp_path / "dec.npz")
+        np.testing.assert_array_equal(back.nodes["residual"], dec.nodes["residual"])
 
 
 def test_epsilon_sharpness_on_a_quadratic(planted):
