@@ -20,7 +20,6 @@ sys.modules["neural_tangents.experimental"] = types.ModuleType("neural_tangents.
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
 import neural_tangents as nt  # noqa: E402
 import numpy as np  # noqa: E402
 from neural_tangents import stax  # noqa: E402
