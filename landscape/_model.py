@@ -108,6 +108,18 @@ class _NNXApply:
         _, _, new_state = nnx.split(module, nnx.Param, ...)
         return out, nnx.to_pure_dict(new_state)
 
+    # Graph definitions compare by value: two models of the same architecture share one apply_fn
+    # identity for compilation caches (engine, training), whatever their parameters.
+    def __eq__(self, other):
+        return (
+            isinstance(other, _NNXApply)
+            and self.graphdef_eval == other.graphdef_eval
+            and self.graphdef_train == other.graphdef_train
+        )
+
+    def __hash__(self):
+        return hash((_NNXApply, self.graphdef_eval, self.graphdef_train))
+
     def __repr__(self):
         return f"<apply_fn of {self.__name__}>"
 

@@ -131,3 +131,17 @@ def test_model_triple_acceptance():
     assert lf.kind == "cross_entropy"
     with pytest.raises(TypeError, match="model must be a landscape.Model"):
         landscape.make_loss_fn(lambda x: x)
+
+
+def test_same_architecture_shares_compiled_programs(digits_data):
+    from landscape import engine
+
+    a = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(13,), seed=0)
+    b = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(13,), seed=1)
+    c = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(14,), seed=1)
+    assert a.apply_fn == b.apply_fn and hash(a.apply_fn) == hash(b.apply_fn)
+    assert a.apply_fn != c.apply_fn
+    landscape.evaluate(landscape.make_loss_fn(a), a.params, digits_data.test)
+    n = engine._mean_jit._cache_size()
+    landscape.evaluate(landscape.make_loss_fn(b), b.params, digits_data.test)
+    assert engine._mean_jit._cache_size() == n  # another seed: no new compilation
