@@ -1,5 +1,9 @@
 """landscape-ntk: loss-landscape geometry for JAX/Flax models.
 
+Analyses: :mod:`landscape.hessian` (curvature spectra), :mod:`landscape.surface` (loss-surface
+slices), :mod:`landscape.connect` (mode connectivity); plots in :mod:`landscape.plot` (imported
+explicitly: it needs matplotlib). Kernels: the sibling package :mod:`ntk`.
+
 The foundation: the model triple (:class:`Model`, :func:`from_nnx`, :func:`from_linen`), losses
 (:func:`make_loss_fn`), embedded data (:func:`load_data`), models (:func:`make_model`), training
 (:func:`train`), runs on disk (:func:`save_run`, :func:`load_run`) and the exact batched engine
@@ -7,7 +11,10 @@ The foundation: the model triple (:class:`Model`, :func:`from_nnx`, :func:`from_
 """
 
 from landscape import batchnorm as batchnorm
+from landscape import connect as connect
 from landscape import engine as engine
+from landscape import hessian as hessian
+from landscape import surface as surface
 from landscape._model import Model as Model
 from landscape._model import from_linen as from_linen
 from landscape._model import from_nnx as from_nnx
@@ -38,11 +45,13 @@ __all__ = [
     "Model",
     "Result",
     "batchnorm",
+    "connect",
     "data_hash",
     "engine",
     "evaluate",
     "from_linen",
     "from_nnx",
+    "hessian",
     "TrainingDivergedError",
     "callback",
     "load_data",
@@ -54,6 +63,7 @@ __all__ = [
     "result",
     "save_run",
     "static_field",
+    "surface",
     "train",
     "value_and_grad",
 ]
