@@ -87,7 +87,11 @@ def run_notebook(path, *, timeout: int = 600, quick: bool = True):
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     old = os.environ.get("LANDSCAPE_QUICK")
+    old_path = os.environ.get("PYTHONPATH")
     os.environ["LANDSCAPE_QUICK"] = "1" if quick else "0"
+    # the kernel imports this checkout even where the package is not (or elsewhere) installed
+    root = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, old_path) if p)
     try:
         client = NotebookClient(
             nb,
@@ -101,4 +105,8 @@ def run_notebook(path, *, timeout: int = 600, quick: bool = True):
             os.environ.pop("LANDSCAPE_QUICK", None)
         else:
             os.environ["LANDSCAPE_QUICK"] = old
+        if old_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_path
     return nb

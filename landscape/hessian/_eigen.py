@@ -32,6 +32,13 @@ CHECK_EVERY = 5
 MAX_CHECKS = 3
 """At most this many fresh-vector multiplicity checks per solve."""
 
+NOISE_FACTOR = 10.0
+"""The absolute tolerance is also floored at this multiple of the products' rounding noise,
+measured as the largest asymmetry ``|q_i^T A q_j - q_j^T A q_i|`` of the projected matrix (zero
+in exact arithmetic). True residuals sit at 3-4 times that level once Lanczos has converged;
+flat minima (small ||A|| from large cancelling per-example terms) and differences of operators
+(the GGN residual) have a noise floor far above ``eps * ||A||``."""
+
 __all__ = ["EigenResult", "eigenvalues"]
 
 
@@ -49,10 +56,13 @@ class EigenResult(Result):
       residuals: true residual norms ``||A v - lambda v||`` recomputed with one product per pair
         at the end (float64).
       converged: ``residuals <= tol_used * norm_estimate``.
+      noise: the products' rounding noise (largest asymmetry of the projected matrix).
       norm_estimate: the estimate of ``||A||`` (largest |Ritz value| seen) the tolerance scales.
       num_hvps: products used, the final residual checks included.
       num_restarts, num_checks: restart cycles and multiplicity checks (fresh-vector cycles).
-      which, k, tol, tol_used, curvature, params_filter, dtype: settings.
+      which, k, tol, curvature, params_filter, dtype: settings. ``tol_used`` is the relative
+        tolerance actually applied: ``tol`` floored at ``64 eps(dtype)`` and at ``10 x noise /
+        norm_estimate``.
     """
 
     values: np.ndarray
@@ -67,6 +77,7 @@ class EigenResult(Result):
     k: int = static_field(default=1)
     tol: float = static_field(default=DEFAULT_TOL)
     tol_used: float = static_field(default=DEFAULT_TOL)
+    noise: float = static_field(default=0.0)
     curvature: str = static_field(default="hessian")
     params_filter: Any = static_field(default=None)
     dtype: str = static_field(default="float32")
@@ -230,10 +241,11 @@ def _wanted(theta: np.ndarray, which: str, k: int) -> np.ndarray:
 
 
 class _Ritz:
-    def __init__(self, state: lz.KrylovState, which: str, k: int, tol: float):
+    def __init__(self, state: lz.KrylovState, which: str, k: int, tol: float, noise: float = 0.0):
         e, F = state.expanded, state.filled
         H = state.H64()
         self.e, self.F = e, F
+        self.noise = max(float(noise), float(np.max(np.abs(H[:e, :e] - H[:e, :e].T))) if e else 0.0)
         self.theta, self.Y = lz.projected_eigh(H, e)
         self.C = H[e:F, :e]
         self.resid = np.linalg.norm(self.C @ self.Y, axis=0) if e < F else np.zeros(e)
@@ -241,7 +253,7 @@ class _Ritz:
         ktot = 2 * k if which == "both" else k
         self.enough = e >= ktot
         self.wanted = _wanted(self.theta, which, k) if self.enough else np.zeros(0, int)
-        self.tol_abs = tol * max(self.anorm, np.finfo(np.float64).tiny)
+        self.tol_abs = max(tol * max(self.anorm, np.finfo(np.float64).tiny), NOISE_FACTOR * self.noise)
         self.converged = self.resid[self.wanted] <= self.tol_abs if self.enough else np.zeros(0, bool)
 
     @property
@@ -302,6 +314,7 @@ def solve(
     restarts = checks = 0
     verifying = False
     num_locked = 0
+    noise = 0.0
     while True:
         target = m if not verifying else min(m, st.expanded + s_check)
         while st.expanded < target:
@@ -310,9 +323,13 @@ def solve(
             fail_nonfinite()
             if st.expanded == before or st.expanded >= n:
                 break
-            if not verifying and _Ritz(st, which, k, tol_used).all_converged:
-                break
-        ritz = _Ritz(st, which, k, tol_used)
+            if not verifying:
+                probe = _Ritz(st, which, k, tol_used, noise)
+                noise = probe.noise
+                if probe.all_converged:
+                    break
+        ritz = _Ritz(st, which, k, tol_used, noise)
+        noise = ritz.noise
         complete = ritz.e >= n  # the basis spans the whole space: exact
         if verifying:
             verifying = False
@@ -358,14 +375,15 @@ def solve(
         ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None, fn=fn,
                             what="curvature-vector product (final residual check)")
     residuals = np.asarray(res, np.float64)[: len(w)]
-    converged = residuals <= tol_used * ritz.anorm * (1 + 1e-6)
+    converged = residuals <= ritz.tol_abs * (1 + 1e-6)
     vectors = op.subset.embed(X, op.params, leading=(len(w),))
     num_hvps = st.num_matvecs + len(w)
     if not converged.all():
         warnings.warn(
             f"{fn}: {int((~converged).sum())} of {len(w)} eigenpairs did not reach the residual tolerance "
-            f"{tol_used:.1e} x ||A|| ({num_hvps} products, {restarts} restarts); largest residual "
-            f"{residuals.max():.2e}. Increase max_restarts or krylov_dim, or loosen tol.",
+            f"{ritz.tol_abs:.2e} (= max({tol_used:.1e} x ||A||, {NOISE_FACTOR:g} x product noise "
+            f"{ritz.noise:.1e}); ||A|| ~ {ritz.anorm:.3e}) after {num_hvps} products and {restarts} restarts; "
+            f"largest residual {residuals.max():.2e}. Increase max_restarts or krylov_dim, or loosen tol.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -381,7 +399,8 @@ def solve(
         which=which,
         k=int(k),
         tol=float(tol),
-        tol_used=float(tol_used),
+        tol_used=float(ritz.tol_abs / max(ritz.anorm, np.finfo(np.float64).tiny)),
+        noise=float(ritz.noise),
         curvature=op.curvature,
         params_filter=None if op.subset.is_all else tuple(op.subset.selected_paths),
         dtype=str(np.dtype(dtype)),
@@ -452,8 +471,10 @@ def eigenvalues(
         negative curvature) or ``"both"``.
       tol: relative residual tolerance: a pair is converged when ``||A v - lambda v|| <= tol *
         ||A||`` (``||A||`` estimated by the largest |Ritz value|). **Default 1e-6.** It is floored
-        at ``64 * eps(dtype)`` (7.6e-6 in float32, 1.4e-14 in float64; see ``tol_used``). The
-        eigenvalue error is at most the residual, and typically residual^2 / gap.
+        at ``64 * eps(dtype)`` (7.6e-6 in float32, 1.4e-14 in float64) and at 10 times the
+        products' measured rounding noise (see ``tol_used`` and ``noise``), so float32 runs do not
+        chase an unreachable target. The eigenvalue error is at most the residual, and typically
+        residual^2 / gap.
       key: PRNG key for the start vector and restarts (required unless ``v0`` is given).
       v0: warm start: one params-shaped vector or a stack of them (e.g. the previous result's
         ``vectors``); nonzero and finite.
