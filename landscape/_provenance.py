@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import importlib.metadata as _md
 import platform
@@ -18,20 +19,52 @@ from landscape import _serialize
 _PACKAGES = ("landscape-ntk", "jax", "jaxlib", "flax", "optax", "numpy", "scipy")
 
 
-def package_versions() -> dict[str, str]:
-    out = {}
+@functools.lru_cache(maxsize=None)
+def _package_versions() -> tuple[tuple[str, str], ...]:
+    out = []
     for name in _PACKAGES:
         try:
-            out[name] = _md.version(name)
+            out.append((name, _md.version(name)))
         except _md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+            out.append((name, "not installed"))
+    return tuple(out)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a result depends on (read once per process)."""
+    return dict(_package_versions())
+
+
+def _read_head(git: Path) -> str | None:
+    """The commit of HEAD read from the files of a plain ``.git`` directory (no subprocess)."""
+    head = (git / "HEAD").read_text().strip()
+    if not head.startswith("ref:"):
+        return head or None
+    ref = head[4:].strip()
+    loose = git / ref
+    if loose.is_file():
+        return loose.read_text().strip() or None
+    packed = git / "packed-refs"
+    if packed.is_file():
+        for line in packed.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == ref:
+                return parts[0]
+    return None
 
 
 def _git_commit() -> str | None:
     here = Path(__file__).resolve().parent.parent
-    if not (here / ".git").exists():
+    git = here / ".git"
+    if not git.exists():
         return None
+    if git.is_dir():
+        try:
+            commit = _read_head(git)
+        except OSError:
+            commit = None
+        if commit:
+            return commit
     try:
         out = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"],

@@ -107,3 +107,20 @@ def test_result_pytree_save_load(tmp_path):
     assert "values=" in repr(r) and "provenance" not in repr(r)
     with pytest.raises(ValueError, match="holds a '_Toy'"):
         TrainResult.load(tmp_path / "toy.npz")
+
+
+def test_provenance_reads_the_checkout_commit_without_git(tmp_path):
+    """The commit is read from .git's files (a loose ref, then packed-refs, then a detached HEAD)."""
+    from landscape import _provenance
+
+    git = tmp_path / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "refs" / "heads" / "main").write_text("a" * 40 + "\n")
+    assert _provenance._read_head(git) == "a" * 40
+    (git / "refs" / "heads" / "main").unlink()
+    (git / "packed-refs").write_text("# pack-refs with: peeled\n" + "b" * 40 + " refs/heads/main\n")
+    assert _provenance._read_head(git) == "b" * 40
+    (git / "HEAD").write_text("c" * 40 + "\n")
+    assert _provenance._read_head(git) == "c" * 40
+    assert _provenance.package_versions()["jax"] == jax.__version__
