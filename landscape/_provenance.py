@@ -19,7 +19,7 @@ from landscape import _serialize
 _PACKAGES = ("landscape-ntk", "jax", "jaxlib", "flax", "optax", "numpy", "scipy")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _package_versions() -> tuple[tuple[str, str], ...]:
     out = []
     for name in _PACKAGES:
