@@ -1,8 +1,12 @@
 """The ``landscape`` command.
 
 ``landscape demo``: train the default model (MLP 64-256-256-10, ReLU, Adam) on the embedded
-digits data, print a summary and write the run directory. ``--quick`` runs a few steps only
-(for tests). Analyses added by later issues extend the demo into a full report.
+digits data, print a summary, write the run directory, then analyse the trained network with
+every part of the toolkit (:mod:`landscape.report`: Hessian eigenvalues, trace and density, a
+loss-surface slice and the interpolation from initialisation, the barrier between two seeds
+before and after weight matching, the empirical NTK before and after training) and write
+``report.json`` and ``report.png`` next to the run. ``--quick`` runs a few steps and tiny
+analyses (for tests); ``--no-report`` stops after training.
 """
 
 from __future__ import annotations
@@ -38,17 +42,23 @@ def _demo(args) -> int:
         f"model: MLP {ds.input_shape[0]}-256-256-{ds.num_outputs} (ReLU), {model.num_params} parameters, "
         f"devices: {jax.device_count()} x {jax.default_backend()}"
     )
-    result = train(
-        model,
-        ds.train,
-        test_data=ds.test,
-        optimizer=optax.adam(args.lr),
-        num_epochs=num_epochs,
-        batch_size=64,
-        seed=args.seed,
-        progress=not args.no_progress,
-        snapshot_steps=None,
-    )
+    def fit(seed, progress):
+        m = model if seed == args.seed else landscape.make_model(
+            "mlp", input_shape=ds.input_shape, num_outputs=ds.num_outputs, hidden=(256, 256), seed=seed
+        )
+        return train(
+            m,
+            ds.train,
+            test_data=ds.test,
+            optimizer=optax.adam(args.lr),
+            num_epochs=num_epochs,
+            batch_size=64,
+            seed=seed,
+            progress=progress,
+            snapshot_steps=None,
+        )
+
+    result = fit(args.seed, not args.no_progress)
     h = result.history
     out = save_run(args.out, result, config={"data": ds.spec, "command": "landscape demo"})
     elapsed = time.perf_counter() - t0
@@ -66,6 +76,20 @@ def _demo(args) -> int:
         f"  training time    {result.elapsed:.1f} s (total {elapsed:.1f} s incl. start-up and compilation)"
     )
     print(f"  run directory    {Path(out).resolve()}")
+    if not args.no_report:
+        from landscape.report import ReportSizes, analysis_report
+
+        t1 = time.perf_counter()
+        analysis_report(
+            out,
+            result,
+            ds,
+            init_params=model.params,
+            train_other=lambda seed: fit(seed, False),
+            sizes=ReportSizes.quick() if args.quick else ReportSizes(),
+            seed=args.seed,
+        )
+        print(f"  report time      {time.perf_counter() - t1:.1f} s -> {Path(out).resolve() / 'report.json'}")
     return 0
 
 
@@ -82,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     demo.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--no-report", action="store_true", help="train only, no analyses")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)

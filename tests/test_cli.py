@@ -10,17 +10,83 @@ from tests._util import REPO
 
 
 def test_demo_quick(tmp_path, capsys):
-    assert cli.main(["demo", "--quick", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    """The quick demo trains, writes its run, and writes the report of every analysis.
+
+    The report's sections are checked against each other: they come from different modules
+    (hessian, surface, connect, the training loop) and must agree where they measure the same
+    quantity.
+    """
+    import json
+
+    import numpy as np
+
+    from landscape import connect, hessian, surface
+
+    run_dir = tmp_path / "run"
+    assert cli.main(["demo", "--quick", "--out", str(run_dir), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    for word in ("train loss", "test accuracy", "parameters       85002", "run directory"):
+    for word in ("train loss", "test accuracy", "parameters       85002", "run directory",
+                 "eigenvalues", "connectivity", "ntk", "report time"):
         assert word in out
-    run = landscape.load_run(tmp_path / "run")
+    run = landscape.load_run(run_dir)
     assert run.config["command"] == "landscape demo" and run.model.num_params == 85002
+
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["sections"]) == {"eigenvalues", "trace", "density", "slice", "interpolation",
+                                       "connectivity", "ntk"}
+    assert (run_dir / "report.png").stat().st_size > 10_000
+    sec = run_dir / "report"
+    eig = hessian.EigenResult.load(sec / "eigenvalues.npz")
+    dens = hessian.DensityResult.load(sec / "density.npz")
+    line = surface.SliceResult.load(sec / "slice.npz")
+    interp = surface.SliceResult.load(sec / "interpolation.npz")
+    linear = connect.Profile.load(sec / "profile_linear.npz")
+    assert eig.converged.all() and eig.values[0] >= eig.values[1] > 0
+    # the largest Gauss node of a Krylov space never exceeds lambda_max (float32 products)
+    assert dens.top_node <= eig.values[0] * (1 + 1e-4)
+    # the slice's centre, the interpolation's t = 1 and the profile's t = 0 are all the
+    # exact training loss at the trained parameters, which training logged last (float32 sums
+    # in different orders: 1e-5 relative)
+    exact = float(run.history["train_loss"][-1])
+    centre = float(np.asarray(line.train["loss"])[len(line.alphas) // 2])
+    t1 = float(np.asarray(interp.train["loss"])[np.argmin(abs(np.asarray(interp.alphas) - 1))])
+    np.testing.assert_allclose([centre, t1, float(np.asarray(linear.train["loss"])[0])], exact, rtol=1e-5)
+    assert report["sections"]["interpolation"]["loss_init"] > 5 * exact
+    k = report["sections"]["connectivity"]
+    assert k["barrier_linear"] > 0 and k["barrier_aligned"] < k["barrier_linear"]
+
+    # a second report of the same run resumes: every section is loaded, none recomputed
+    from landscape.report import ReportSizes, analysis_report
+
+    ds = landscape.load_data("digits")
+    init = landscape.make_model("mlp", input_shape=ds.input_shape, num_outputs=10, hidden=(256, 256), seed=0)
+    summary = analysis_report(run_dir, run, ds, init_params=init.params, train_other=None,
+                              sizes=ReportSizes.quick(), figure=False, log=lambda *a: None)
+    assert all(s["loaded"] for s in summary["sections"].values())
+
+
+def test_report_sections_belong_to_one_run(tmp_path):
+    """A report directory of other parameters or settings is cleared, the same one is kept."""
+    from landscape import report
+
+    root = tmp_path / "report"
+    report._claim(root, {"params": "a", "seed": 0}, print)
+    (root / "trace.npz").write_bytes(b"x")
+    report._claim(root, {"params": "a", "seed": 0}, print)
+    assert (root / "trace.npz").exists()
+    msgs = []
+    report._claim(root, {"params": "b", "seed": 0}, msgs.append)
+    assert not (root / "trace.npz").exists() and "removing" in msgs[0]
+    stray = tmp_path / "other"
+    stray.mkdir()
+    (stray / "eigenvalues.npz").write_bytes(b"x")
+    report._claim(stray, {"params": "a"}, print)  # no fingerprint: nothing is trusted
+    assert not (stray / "eigenvalues.npz").exists()
 
 
 def test_full_demo_reaches_95_percent(tmp_path, capsys):
     # The done-when criterion of the foundation: >= 95% test accuracy on digits, default MLP.
-    assert cli.main(["demo", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert cli.main(["demo", "--out", str(tmp_path / "run"), "--no-progress", "--no-report"]) == 0
     out = capsys.readouterr().out
     acc = float(re.search(r"test accuracy\s+([0-9.]+)", out).group(1))
     assert acc >= 0.95

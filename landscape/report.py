@@ -1,0 +1,327 @@
+"""The demo's analysis report: one trained network seen through every part of the toolkit.
+
+``landscape demo`` trains the default model and then calls :func:`analysis_report`, which
+computes, on the exact full training set (and the test set where it applies):
+
+* **curvature** (``landscape.hessian``): the top-5 Hessian eigenvalues with true residuals, a
+  Hutch++ trace with its standard error, and a stochastic Lanczos quadrature density;
+* **shape** (``landscape.surface``): a 1-D slice along a filter-normalised random direction and
+  the interpolation from the initialisation to the solution (Goodfellow et al. 2015);
+* **connectivity** (``landscape.connect``): a second network trained from another seed, the
+  linear barrier between the two and the barrier after weight matching (Ainsworth et al. 2022);
+* **tangent kernel** (``ntk``): the empirical NTK of the network at initialisation and after
+  training on a fixed probe set, and their relative distance (how far training moved the
+  network from the lazy regime).
+
+Each section's result is saved atomically as ``<run_dir>/report/<section>.npz`` as soon as it is
+computed, the summary ``report.json`` is rewritten after every section, and an existing
+section is loaded instead of recomputed (so an interrupted report resumes). The figure
+``report.png`` comes last. The report lives at the top floor of the architecture: it uses the
+public functions of every analysis and of ``ntk``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from landscape import _provenance, _serialize
+
+__all__ = ["ReportSizes", "analysis_report"]
+
+
+@dataclass(frozen=True)
+class ReportSizes:
+    """Sizes of the report's computations (``quick`` shrinks every one for tests)."""
+
+    k: int = 5
+    trace_hvps: int = 60
+    density_probes: int = 5
+    density_steps: int = 60
+    slice_points: int = 41
+    interp_points: int = 41
+    profile_points: int = 25
+    ntk_examples: int = 64
+
+    @classmethod
+    def quick(cls) -> ReportSizes:
+        return cls(
+            k=2,
+            trace_hvps=10,
+            density_probes=1,
+            density_steps=12,
+            slice_points=9,
+            interp_points=9,
+            profile_points=7,
+            ntk_examples=16,
+        )
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _serialize.save_json(path, obj)
+
+
+def _claim(root: Path, fingerprint: dict, log) -> None:
+    """Make ``root`` hold sections of this report only.
+
+    Sections saved by an earlier report of the same trained parameters, data, sizes and seed are
+    reused (the report resumes); sections of a different run (the demo overwrites its run
+    directory) are removed.
+    """
+    path = root / "fingerprint.json"
+    fingerprint = _serialize.to_jsonable(fingerprint)
+    if path.exists():
+        if _serialize.load_json(path) == fingerprint:
+            return
+        log(f"  (removing the previous report in {root}: it belongs to other parameters or settings)")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.iterdir():  # a directory without fingerprint: not ours to trust
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+    _serialize.save_json(path, fingerprint)
+
+
+def _section(root: Path, name: str, compute, cls):
+    """Load ``root/name.npz`` if a previous report saved it, else compute and save it atomically.
+
+    Files are only ever complete (``Result.save`` writes a temporary file and renames it), so a
+    file that exists is a finished section.
+    """
+    path = root / f"{name}.npz"
+    if path.exists():
+        return cls.load(path), True
+    res = compute()
+    res.save(path)
+    return res, False
+
+
+def analysis_report(
+    run_dir: str | Path,
+    result,
+    data,
+    *,
+    init_params,
+    train_other,
+    sizes: ReportSizes | None = None,
+    seed: int = 0,
+    figure: bool = True,
+    log=print,
+) -> dict:
+    """Analyse a trained run with every part of the toolkit and write the report.
+
+    Args:
+      run_dir: the run directory (the report goes to ``run_dir/report`` and
+        ``run_dir/report.json``; ``run_dir/report.png`` when ``figure``).
+      result: the :class:`landscape.TrainResult` of the run (``result.model`` is analysed).
+      data: the :class:`landscape.data.Dataset` it was trained on (``.train``, ``.test``).
+      init_params: the parameters at initialisation (the interpolation's start).
+      train_other: a function ``seed -> TrainResult`` training the same architecture from another
+        seed (the connectivity section's second endpoint).
+      sizes: :class:`ReportSizes` (defaults: top-5, 60-product trace, 5 x 60 density, 41-point
+        slices, 64 NTK examples).
+      seed: the seed of every random choice in the report (directions, probes).
+      figure: draw ``report.png`` (matplotlib).
+      log: where progress lines go.
+
+    Returns:
+      The summary dict written to ``report.json`` (scalars per section, timings, whether a
+      section was loaded from a previous report).
+    """
+    import jax
+
+    import landscape
+    import ntk
+    from landscape import connect, hessian, surface
+
+    sizes = sizes or ReportSizes()
+    run_dir = Path(run_dir)
+    root = run_dir / "report"
+    model = result.model
+    log("\nreport (exact full-data quantities; training set unless marked test)")
+    _claim(root, {
+        "params": _provenance.data_hash(model.params),
+        "init_params": _provenance.data_hash(init_params),
+        "data": _provenance.data_hash(data.train),
+        "sizes": sizes.__dict__,
+        "seed": seed,
+    }, log)
+    loss_fn = landscape.make_loss_fn(model)
+    train, test = data.train, data.test
+    key = jax.random.key(seed)
+    k_eig, k_tr, k_dens, k_dir = jax.random.split(key, 4)
+    summary: dict = {"sizes": sizes.__dict__, "sections": {}}
+    out: dict = {}
+
+    def done(name, res, loaded, t0, **scalars):
+        out[name] = res
+        entry = {"seconds": round(time.perf_counter() - t0, 3), "loaded": loaded, **scalars}
+        summary["sections"][name] = entry
+        _write_json(run_dir / "report.json", summary)
+        shown = ", ".join(f"{k} {v}" for k, v in scalars.items())
+        log(f"  {name:14s} {shown}{'  (loaded)' if loaded else ''}  [{entry['seconds']:.1f} s]")
+
+    # -- curvature -------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    eig, loaded = _section(
+        root, "eigenvalues",
+        lambda: hessian.eigenvalues(loss_fn, model.params, train, k=sizes.k, key=k_eig),
+        hessian.EigenResult,
+    )
+    done("eigenvalues", eig, loaded, t0, top=[float(f"{v:.5g}") for v in np.asarray(eig.values)],
+         max_rel_residual=float(f"{np.max(eig.residuals) / abs(eig.values[0]):.2e}"),
+         products=int(eig.num_hvps))
+    t0 = time.perf_counter()
+    tr, loaded = _section(
+        root, "trace",
+        lambda: hessian.trace(loss_fn, model.params, train, key=k_tr, max_hvps=sizes.trace_hvps),
+        hessian.TraceResult,
+    )
+    done("trace", tr, loaded, t0, trace=float(f"{float(tr.estimate):.5g}"),
+         std_error=float(f"{float(tr.std_error):.2g}"), products=int(tr.num_hvps))
+    t0 = time.perf_counter()
+    dens, loaded = _section(
+        root, "density",
+        lambda: hessian.spectral_density(loss_fn, model.params, train, key=k_dens,
+                                         num_probes=sizes.density_probes,
+                                         num_steps=sizes.density_steps),
+        hessian.DensityResult,
+    )
+    done("density", dens, loaded, t0, top_node=float(f"{float(dens.top_node):.5g}"),
+         slq_trace=float(f"{float(dens.trace_estimate):.5g}"),
+         slq_trace_se=float(f"{float(dens.checks.get('trace_std_error', np.nan)):.2g}"),
+         products=int(dens.num_hvps))
+
+    # -- shape -----------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    (direction,) = surface.random_directions(k_dir, model.params, 1)
+    alphas = np.linspace(-1.0, 1.0, 2 * (sizes.slice_points // 2) + 1)  # odd: 0 is a point
+    line, loaded = _section(
+        root, "slice",
+        lambda: surface.slice_1d(loss_fn, model.params, train, direction, alphas=alphas,
+                                 test_data=test),
+        surface.SliceResult,
+    )
+    lt = np.asarray(line.train["loss"])
+    done("slice", line, loaded, t0, loss_at_centre=float(f"{lt[len(lt) // 2]:.4g}"),
+         loss_at_ends=[float(f"{lt[0]:.4g}"), float(f"{lt[-1]:.4g}")])
+    t0 = time.perf_counter()
+    # 4m + 1 points on [-0.5, 1.5]: t = 0 and t = 1 are grid points
+    ts = np.linspace(-0.5, 1.5, 4 * max(1, (sizes.interp_points - 1) // 4) + 1)
+    interp, loaded = _section(
+        root, "interpolation",
+        lambda: surface.interpolate(loss_fn, init_params, model.params, train, ts=ts,
+                                    test_data=test),
+        surface.SliceResult,
+    )
+    li = np.asarray(interp.train["loss"])
+    inside = (ts >= 0) & (ts <= 1)
+    monotone = bool(np.all(np.diff(li[inside]) <= 1e-6 * max(1.0, float(np.max(li)))))
+    done("interpolation", interp, loaded, t0, loss_init=float(f"{li[np.argmin(abs(ts))]:.4g}"),
+         loss_final=float(f"{li[np.argmin(abs(ts - 1))]:.4g}"), monotone_on_0_1=monotone)
+
+    # -- connectivity ----------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    other_path = root / "other_run"
+    if (other_path / "params.npz").exists():
+        other_model = landscape.load_run(other_path).model
+    else:
+        other = train_other(seed + 1)
+        landscape.save_run(other_path, other)
+        other_model = other.model
+    a, b = model.params, other_model.params
+    aligned_b = connect.align(model, a, b).params
+    prof, loaded_all = {}, True
+    for name, pb in (("linear", b), ("aligned", aligned_b)):
+        prof[name], loaded = _section(
+            root, f"profile_{name}",
+            lambda pb=pb: connect.profile(loss_fn, connect.linear_path(a, pb), train,
+                                          ts=sizes.profile_points, test_data=test),
+            connect.Profile,
+        )
+        loaded_all &= loaded
+    bar = {n: connect.barrier(p).values for n, p in prof.items()}
+    done("connectivity", prof, loaded_all, t0,
+         barrier_linear=float(f"{bar['linear']['train/loss']['max_minus_mean']:.4g}"),
+         barrier_aligned=float(f"{bar['aligned']['train/loss']['max_minus_mean']:.4g}"),
+         error_barrier_linear=float(f"{bar['linear']['test/error']['max_minus_mean']:.4g}"),
+         error_barrier_aligned=float(f"{bar['aligned']['test/error']['max_minus_mean']:.4g}"))
+
+    # -- tangent kernel --------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    x = np.asarray(test["x"][: sizes.ntk_examples])
+    kpath = root / "ntk.npz"
+    if kpath.exists():
+        with np.load(kpath) as z:
+            k0, k1 = z["k0"], z["k1"]
+        loaded = True
+    else:
+        k0 = np.asarray(ntk.empirical_ntk(model.replace(params=init_params), x))
+        k1 = np.asarray(ntk.empirical_ntk(model, x))
+        with _serialize.atomic_path(kpath) as f:
+            np.savez(f, k0=k0, k1=k1)
+        loaded = False
+    out["ntk"] = (k0, k1)
+    done("ntk", (k0, k1), loaded, t0, examples=int(x.shape[0]),
+         relative_change=float(f"{ntk.relative_distance(k1, k0):.4g}"),
+         trace_ratio=float(f"{np.trace(k1) / np.trace(k0):.4g}"))
+
+    if figure:
+        t0 = time.perf_counter()
+        path = _figure(run_dir / "report.png", result, out)
+        summary["figure"] = str(path)
+        _write_json(run_dir / "report.json", summary)
+        log(f"  {'figure':14s} {path}  [{time.perf_counter() - t0:.1f} s]")
+    return summary
+
+
+def _figure(path: Path, result, out: dict) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from landscape import plot
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    h = result.history
+    ax = axes[0, 0]
+    ax.plot(h["step"], h["batch_loss"], color="0.75", lw=0.8, label="mini-batch")
+    steps = h.get("eval_step", h["step"])
+    ax.plot(steps, h["train_loss"], label="train (exact)")
+    if "test_loss" in h:
+        ax.plot(steps, h["test_loss"], label="test (exact)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training")
+    ax.legend()
+    plot.plot_density(out["density"], ax=axes[0, 1], yscale="log", eigen=out["eigenvalues"])
+    axes[0, 1].set_title("Hessian spectral density (SLQ)")
+    plot.plot_slice(out["slice"], metrics="loss", ax=axes[0, 2])
+    axes[0, 2].set_title("1-D slice, filter-normalised direction")
+    plot.plot_slice(out["interpolation"], metrics="loss", ax=axes[1, 0])
+    axes[1, 0].set_title("initialisation (t=0) to solution (t=1)")
+    plot.plot_profiles(out["connectivity"], metrics="loss", ax=axes[1, 1])
+    axes[1, 1].set_title("linear paths between two seeds")
+    k0, k1 = out["ntk"]
+    ax = axes[1, 2]
+    ax.plot(np.linalg.eigvalsh(k0)[::-1], label="initialisation")
+    ax.plot(np.linalg.eigvalsh(k1)[::-1], label="trained")
+    ax.set_yscale("log")
+    ax.set_xlabel("index")
+    ax.set_title("empirical NTK eigenvalues (test inputs)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
