@@ -286,16 +286,42 @@ def _all_finite(tree) -> jax.Array:
     return functools.reduce(jnp.logical_and, flags, jnp.asarray(True))
 
 
+ANALYSIS_PRECISION = "highest"
+"""Matmul and convolution precision of everything the engine evaluates (losses, gradients,
+curvature products, grid points, batch-norm statistics). ``"highest"``: float32 products are
+computed in float32 on every backend (GPUs otherwise default to TF32, whose 10-bit mantissa
+limits eigenvalues and barriers to about 1e-3 relative). Training (``landscape.train``) keeps
+the backend's default. On CPU both are the same."""
+
+
+def at_analysis_precision(fn: Callable) -> Callable:
+    """Decorator: trace ``fn`` at :data:`ANALYSIS_PRECISION` (for analysis code outside
+    :func:`batched_mean`, e.g. kernel computations)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with jax.default_matmul_precision(ANALYSIS_PRECISION):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def batched_mean(fn: Callable, point: PyTree, batched: Batched, *args) -> tuple[PyTree, jax.Array]:
     """Exact data-set mean of ``fn(point, batch, *args)`` (traceable; use inside ``jit``).
 
     ``fn`` must return batch means (any pytree of arrays). Full batches are summed in a
-    ``lax.scan`` and weighted by the batch size; the remainder is weighted by its size.
+    ``lax.scan`` and weighted by the batch size; the remainder is weighted by its size. Traced at
+    :data:`ANALYSIS_PRECISION` (float32 products in full float32 on GPUs too).
 
     Returns:
       ``(mean, finite)`` where ``finite`` is a bool vector with one flag per batch (full batches
       in order, then the remainder) telling whether that batch's values were all finite.
     """
+    with jax.default_matmul_precision(ANALYSIS_PRECISION):
+        return _batched_mean(fn, point, batched, *args)
+
+
+def _batched_mean(fn: Callable, point: PyTree, batched: Batched, *args) -> tuple[PyTree, jax.Array]:
     n, bs = batched.num_examples, batched.batch_size
     total = None
     flags = []

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from landscape import engine
 from landscape._model import _NNXApply
 from ntk import _kmath, _layers
 from ntk._layers import ArchitectureError, KState, Layer
@@ -382,8 +383,9 @@ class Architecture:
         """
         same = x2 is None
         x2 = x1 if same else x2
-        ks = input_state(self, x1, x2, same, fn)
-        ks = self.net.kernel(ks)
+        with jax.default_matmul_precision(engine.ANALYSIS_PRECISION):  # no TF32 on GPUs
+            ks = input_state(self, x1, x2, same, fn)
+            ks = self.net.kernel(ks)
         if ks.mode != "none":
             raise ArchitectureError(
                 f"{fn}: the architecture's output still has spatial axes {ks.shape}; end it with "

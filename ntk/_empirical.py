@@ -134,6 +134,7 @@ def _contract(j1, j2, trace: bool):
     return out
 
 
+@engine.at_analysis_precision
 def ntk_jacobian(f, params, x1, x2=None, *, trace_outputs: bool = True):
     """Empirical NTK block by Jacobian contraction (traceable)."""
     j1 = _jacobians(f, params, x1)
@@ -141,6 +142,7 @@ def ntk_jacobian(f, params, x1, x2=None, *, trace_outputs: bool = True):
     return _contract(j1, j2, trace_outputs)
 
 
+@engine.at_analysis_precision
 def ntk_ntvp(f, params, x1, x2=None, *, trace_outputs: bool = True):
     """Empirical NTK block by NTK-vector products (traceable)."""
     x2 = x1 if x2 is None else x2
@@ -369,6 +371,7 @@ def _layer_term(layer, p1, p2, d1, d2, sym, trace, norm):
     return t * jnp.asarray(norm, dt)
 
 
+@engine.at_analysis_precision
 def ntk_structured(arch: Architecture, params, x1, x2=None, *, trace_outputs: bool = True):
     """Empirical NTK block of an :class:`Architecture` model by per-layer products
     (traceable). See :class:`_Plan` for the signals that need no backward pass."""
@@ -728,6 +731,7 @@ def _dummy():  # pragma: no cover - keeps jax import used in type checkers
     return None
 
 
+@engine.at_analysis_precision
 def _apply(fs, fd, params, x):
     return _outputs_2d(engine.merge_fn(fs, fd)(params, x))
 
