@@ -161,6 +161,8 @@ def analysis_report(
     out: dict = {}
 
     def done(name, res, loaded, t0, **scalars):
+        # NaN (e.g. a standard error from one probe) is not JSON: recorded as null
+        scalars = {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in scalars.items()}
         out[name] = res
         entry = {"seconds": round(time.perf_counter() - t0, 3), "loaded": loaded, **scalars}
         summary["sections"][name] = entry
