@@ -141,7 +141,25 @@ def analysis_report(
     import ntk
     from landscape import connect, hessian, surface
 
-    sizes = sizes or ReportSizes()
+    fn = "landscape.report.analysis_report"
+    from landscape import _validate
+    from landscape._model import Model
+
+    if not isinstance(getattr(result, "model", None), Model):
+        raise TypeError(f"{fn}: result must be a TrainResult (or a loaded run) with a .model; "
+                        f"got {type(result).__name__}.")
+    if not (hasattr(data, "train") and hasattr(data, "test")):
+        raise TypeError(f"{fn}: data must be a landscape Dataset with .train and .test; "
+                        f"got {type(data).__name__}.")
+    sizes = ReportSizes() if sizes is None else sizes
+    if not isinstance(sizes, ReportSizes):
+        raise TypeError(f"{fn}: sizes must be a ReportSizes; got {type(sizes).__name__}.")
+    for name, value in sizes.__dict__.items():
+        _validate.check_positive_int(value, fn=fn, name=f"sizes.{name}")
+    _validate.check_params(result.model.params, fn=fn, name="result.model.params")
+    _validate.check_same_structure(init_params, result.model.params, fn=fn, name="init_params",
+                                   ref_name="result.model.params")
+    _validate.check_finite(init_params, fn=fn, name="init_params")
     run_dir = Path(run_dir)
     root = run_dir / "report"
     model = result.model

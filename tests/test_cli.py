@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import jax
+
 import landscape
 from landscape import cli
 from tests._util import REPO
@@ -138,3 +140,26 @@ def test_readme_examples_name_only_existing_api():
                     seen.add(f"{root}.{node.attr}")
     for name in ("hessian.eigenvalues", "surface.slice_2d", "connect.fit_curve", "ntk.empirical_ntk"):
         assert name in seen
+
+
+def test_report_rejects_bad_input(tmp_path, trained_mlp, digits_data):
+    import jax.numpy as jnp
+    import pytest
+
+    from landscape.report import ReportSizes, analysis_report
+
+    run = trained_mlp
+    kw = dict(init_params=run.model.params, train_other=None, figure=False, log=lambda *a: None)
+    with pytest.raises(TypeError, match="result must be a TrainResult"):
+        analysis_report(tmp_path, run.model, digits_data, **kw)
+    with pytest.raises(TypeError, match="data must be a landscape Dataset"):
+        analysis_report(tmp_path, run, digits_data.train, **kw)
+    with pytest.raises(ValueError, match="sizes.k"):
+        analysis_report(tmp_path, run, digits_data, sizes=ReportSizes(k=0), **{**kw})
+    bad = {k: v for k, v in kw.items() if k != "init_params"}
+    with pytest.raises(ValueError, match="init_params"):
+        analysis_report(tmp_path, run, digits_data, init_params={"w": jnp.ones(3)}, **bad)
+    nan = jax.tree.map(lambda a: a * jnp.nan, run.model.params)
+    with pytest.raises(ValueError, match="init_params"):
+        analysis_report(tmp_path, run, digits_data, init_params=nan, **bad)
+    assert not (tmp_path / "report").exists()  # nothing written before the inputs are checked
