@@ -205,6 +205,7 @@ def fit_curve(
     overwrite: bool = False,
     progress: bool = True,
     max_block: int = 50,
+    steps: int | None = None,
 ) -> CurveResult:
     """Train a curve between two solutions (Garipov et al. 2018).
 
@@ -233,6 +234,7 @@ def fit_curve(
       optimizer: an Optax transformation (default ``optax.adam(1e-3)``); any schedule inside
         it counts steps from 0 of this run's first call.
       num_steps: total steps (a resumed run continues up to this count).
+      steps: the issue's name for ``num_steps`` (an alias; give one of the two).
       batch_size: examples per step.
       num_t: values of ``t`` per step.
       t_sampling: ``"stratified"`` or ``"uniform"`` (i.i.d., as Garipov et al.).
@@ -269,6 +271,10 @@ def fit_curve(
     _validate.check_choice(kind, CURVE_KINDS, fn=fn, name="kind")
     _validate.check_choice(t_sampling, T_SAMPLING, fn=fn, name="t_sampling")
     num_bends = _validate.check_positive_int(num_bends, fn=fn, name="num_bends")
+    if steps is not None:
+        if num_steps != 1000 and num_steps != steps:
+            raise ValueError(f"{fn}: steps={steps!r} and num_steps={num_steps!r} disagree; give one.")
+        num_steps = _validate.check_positive_int(steps, fn=fn, name="steps")
     num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
     num_t = _validate.check_positive_int(num_t, fn=fn, name="num_t")
     max_block = _validate.check_positive_int(max_block, fn=fn, name="max_block")

@@ -52,8 +52,10 @@ def test_init_on_segment(kind, num_bends, pair_params):
 def test_objective_is_mean_over_t_with_weight_decay_at_curve_point(pair_loss, pair_params, small_train):
     a, b = pair_params
     wd, seed, bs, num_t = 1e-3, 3, 32, 5
-    res = lc.fit_curve(pair_loss, a, b, small_train, num_steps=1, optimizer=optax.sgd(0.0),
+    # `steps` is the name for num_steps (an alias)
+    res = lc.fit_curve(pair_loss, a, b, small_train, steps=1, optimizer=optax.sgd(0.0),
                        batch_size=bs, num_t=num_t, weight_decay=wd, seed=seed, progress=False)
+    assert res.num_steps == 1 and len(res.history["batch_loss"]) == 1
     # the first step's batch and values of t, rebuilt from the documented seeding
     idx = np.random.default_rng([seed, 0]).permutation(256)[:bs]
     batch = {k: jnp.asarray(v[idx]) for k, v in small_train.items()}
@@ -136,6 +138,8 @@ def test_fit_curve_bad_input(pair_loss, pair_params, small_train):
         lc.fit_curve(pair_loss, a, {"x": 1.0}, small_train)
     with pytest.raises(ValueError, match="num_steps must be > 0"):
         lc.fit_curve(pair_loss, a, b, small_train, num_steps=0)
+    with pytest.raises(ValueError, match="steps=5 and num_steps=7 disagree"):
+        lc.fit_curve(pair_loss, a, b, small_train, steps=5, num_steps=7)
     with pytest.raises(ValueError, match="batch_size=1000 is larger than the data set"):
         lc.fit_curve(pair_loss, a, b, small_train, batch_size=1000)
     with pytest.raises(ValueError, match="init holds 1 bends but num_bends=2"):
