@@ -39,6 +39,10 @@ in exact arithmetic). True residuals sit at 3-4 times that level once Lanczos ha
 flat minima (small ||A|| from large cancelling per-example terms) and differences of operators
 (the GGN residual) have a noise floor far above ``eps * ||A||``."""
 
+ASYMMETRY_WARN = 1e-3
+"""Warn when the measured asymmetry of the products exceeds this fraction of ||A||: float32
+rounding stays near 1e-5 even on flat minima; more means the operator is not symmetric."""
+
 __all__ = ["EigenResult", "eigenvalues"]
 
 
@@ -384,6 +388,15 @@ def solve(
             f"{ritz.tol_abs:.2e} (= max({tol_used:.1e} x ||A||, {NOISE_FACTOR:g} x product noise "
             f"{ritz.noise:.1e}); ||A|| ~ {ritz.anorm:.3e}) after {num_hvps} products and {restarts} restarts; "
             f"largest residual {residuals.max():.2e}. Increase max_restarts or krylov_dim, or loosen tol.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if ritz.noise > ASYMMETRY_WARN * max(ritz.anorm, np.finfo(np.float64).tiny):
+        warnings.warn(
+            f"{fn}: the products are not symmetric: |q_i^T A q_j - q_j^T A q_i| reaches "
+            f"{ritz.noise:.2e} = {ritz.noise / max(ritz.anorm, np.finfo(np.float64).tiny):.1e} x ||A||, far "
+            "above rounding. Is the loss deterministic (no dropout or batch statistics in training "
+            "mode) and the matvec a symmetric operator? The tolerance was floored at 10x this level.",
             RuntimeWarning,
             stacklevel=3,
         )

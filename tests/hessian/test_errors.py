@@ -101,3 +101,44 @@ def test_nonfinite_product_names_the_batch():
                                 method="forward_over_reverse")
         with pytest.raises(FloatingPointError, match="non-finite"):
             hessian.trace(_sqrt_loss, params, data, key=jax.random.key(0), batch_size=10, max_hvps=6)
+
+
+def test_asymmetric_products_warn(planted):
+    """A 'Hessian' product that is not symmetric (here an inconsistent custom_jvp rule, as a
+    buggy custom gradient or a stochastic loss would give) is reported, not silently used."""
+    from jax.tree_util import Partial
+
+    n = planted.n
+    rng = np.random.default_rng(1)
+    A = (planted.Q * np.linspace(1.0, 5.0, n)) @ planted.Q.T
+    N = rng.normal(size=(n, n))
+    B = 0.5 * (A + A.T) + 0.05 * (N - N.T)  # grad = B w: Hessian products B v, not symmetric
+    with jax.enable_x64(True):
+        loss = Partial(_skew_loss, jnp.asarray(B))
+        params = {"w": jnp.asarray(rng.normal(size=n))}
+        with pytest.warns(RuntimeWarning, match="products are not symmetric"):
+            hessian.eigenvalues(loss, params, planted.data, k=2, key=jax.random.key(0), max_restarts=2)
+        # a symmetric operator does not warn
+        sym = Partial(_skew_loss, jnp.asarray(0.5 * (A + A.T)))
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            hessian.eigenvalues(sym, params, planted.data, k=2, key=jax.random.key(0))
+
+
+@jax.custom_jvp
+def _quadratic(B, w):
+    return 0.5 * w @ (B @ w)
+
+
+@_quadratic.defjvp
+def _quadratic_jvp(primals, tangents):
+    B, w = primals
+    _, dw = tangents
+    return _quadratic(B, w), (B @ w) @ dw
+
+
+def _skew_loss(B, params, batch):
+    del batch
+    return _quadratic(B, params["w"])
