@@ -127,6 +127,38 @@ def test_asymmetric_products_warn(planted):
             hessian.eigenvalues(sym, params, planted.data, k=2, key=jax.random.key(0))
 
 
+def test_mild_asymmetry_loosens_tolerance_with_a_warning(planted):
+    """Asymmetry below the 'not symmetric' level still warns when it loosens tol > 10x."""
+    from jax.tree_util import Partial
+
+    n = planted.n
+    rng = np.random.default_rng(2)
+    A = (planted.Q * np.linspace(1.0, 5.0, n)) @ planted.Q.T
+    N = rng.normal(size=(n, n))
+    S = (N - N.T) / np.linalg.norm(N - N.T, 2)
+    with jax.enable_x64(True):
+        loss = Partial(_skew_loss, jnp.asarray(0.5 * (A + A.T) + 5 * 1e-4 * S))
+        params = {"w": jnp.asarray(rng.normal(size=n))}
+        with pytest.warns(RuntimeWarning, match="loosened the residual tolerance"):
+            res = hessian.eigenvalues(loss, params, planted.data, k=1, key=jax.random.key(0))
+        assert res.tol_used > 10 * 1e-6 and res.tol_used < 1e-2
+
+
+def test_noise_floor_stays_at_rounding_after_multiplicity_checks(planted):
+    """Symmetric float64 operator, k = 3 with multiplicity checks: the measured noise is
+    rounding (~1e-16 ||A||), the requested tol is the tol used, and every pair called converged
+    meets it (the verification restart's locked couplings are not mistaken for noise)."""
+    lams = np.concatenate([[10.0, 9.99, 9.98, 9.97], np.linspace(0.0, 9.9, planted.n - 4)])
+    loss, params, _ = planted.make(lams)
+    with jax.enable_x64(True):
+        res = hessian.eigenvalues(loss, params, planted.data, k=3, key=jax.random.key(1), tol=1e-8)
+    assert res.num_checks >= 1
+    assert res.noise < 1e-13 * res.norm_estimate
+    assert res.tol_used == pytest.approx(1e-8)
+    assert np.all(res.residuals[res.converged] <= 1e-8 * res.norm_estimate * (1 + 1e-6))
+    np.testing.assert_allclose(res.values, [10.0, 9.99, 9.98], atol=1e-10)
+
+
 @jax.custom_jvp
 def _quadratic(B, w):
     return 0.5 * w @ (B @ w)
