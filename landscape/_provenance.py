@@ -61,10 +61,10 @@ def _git_commit() -> str | None:
     if git.is_dir():
         try:
             commit = _read_head(git)
-        except OSError:
+        except (OSError, ValueError):  # unreadable, or not text
             commit = None
-        if commit:
-            return commit
+        if commit and len(commit) in (40, 64) and all(c in "0123456789abcdef" for c in commit):
+            return commit  # a SHA-1 or SHA-256 object name; anything else asks git itself
     try:
         out = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"],

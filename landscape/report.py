@@ -22,6 +22,7 @@ public functions of every analysis and of ``ntk``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -66,26 +67,44 @@ def _write_json(path: Path, obj: Any) -> None:
     _serialize.save_json(path, obj)
 
 
-def _claim(root: Path, fingerprint: dict, log) -> None:
+REPORT_VERSION = 1
+"""Bumped when a section's meaning changes: sections of another version are recomputed."""
+
+SECTIONS = ("eigenvalues", "trace", "density", "slice", "interpolation", "profile_linear",
+            "profile_aligned")
+"""Section files ``<name>.npz`` in the report directory (plus ``ntk.npz`` and ``other_run/``)."""
+
+
+def _own_entries(root: Path) -> list[Path]:
+    names = {f"{n}.npz" for n in SECTIONS} | {"ntk.npz", "other_run", "fingerprint.json"}
+    return [p for p in root.iterdir() if p.name in names or p.name.startswith(".other_run.")]
+
+
+def _claim(root: Path, fingerprint: dict, log, *, fn: str) -> None:
     """Make ``root`` hold sections of this report only.
 
-    Sections saved by an earlier report of the same trained parameters, data, sizes and seed are
-    reused (the report resumes); sections of a different run (the demo overwrites its run
-    directory) are removed.
+    Sections saved by an earlier report of the same trained parameters, data, state, sizes, seed
+    and report version are reused (the report resumes); the report's own files from a different
+    run (the demo overwrites its run directory) are removed. Nothing else is ever deleted: a
+    non-empty directory without the report's fingerprint is refused.
     """
     path = root / "fingerprint.json"
     fingerprint = _serialize.to_jsonable(fingerprint)
+    if root.exists() and not path.exists() and any(root.iterdir()):
+        raise ValueError(
+            f"{fn}: {root} exists and was not written by landscape.report (no fingerprint.json); "
+            "choose another run_dir or move that directory away. Nothing was deleted."
+        )
     if path.exists():
         if _serialize.load_json(path) == fingerprint:
             return
-        log(f"  (removing the previous report in {root}: it belongs to other parameters or settings)")
-        shutil.rmtree(root)
+        log(f"  (replacing the previous report in {root}: it belongs to other parameters or settings)")
+        for entry in _own_entries(root):
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.iterdir():  # a directory without fingerprint: not ours to trust
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink()
     _serialize.save_json(path, fingerprint)
 
 
@@ -127,7 +146,8 @@ def analysis_report(
         seed (the connectivity section's second endpoint).
       sizes: :class:`ReportSizes` (defaults: top-5, 60-product trace, 5 x 60 density, 41-point
         slices, 64 NTK examples).
-      seed: the seed of every random choice in the report (directions, probes).
+      seed: the seed of every random choice in the report (directions, probes); pass the main
+        run's seed: the second network is trained with ``train_other(seed + 1)``.
       figure: draw ``report.png`` (matplotlib).
       log: where progress lines go.
 
@@ -164,8 +184,15 @@ def analysis_report(
     sizes = ReportSizes() if sizes is None else sizes
     if not isinstance(sizes, ReportSizes):
         raise TypeError(f"{fn}: sizes must be a ReportSizes; got {type(sizes).__name__}.")
+    minimum = {"trace_hvps": 3, "slice_points": 3, "interp_points": 5, "profile_points": 3,
+               "density_steps": 2}
     for name, value in sizes.__dict__.items():
         _validate.check_positive_int(value, fn=fn, name=f"sizes.{name}")
+        if value < minimum.get(name, 1):
+            raise ValueError(f"{fn}: sizes.{name} must be >= {minimum[name]}; got {value}.")
+    if getattr(data, "task", "classification") != "classification":
+        raise ValueError(f"{fn}: the report analyses the cross-entropy of a classifier; the data "
+                         f"set's task is {data.task!r}.")
     _validate.check_params(result.model.params, fn=fn, name="result.model.params")
     _validate.check_same_structure(init_params, result.model.params, fn=fn, name="init_params",
                                    ref_name="result.model.params")
@@ -175,12 +202,16 @@ def analysis_report(
     model = result.model
     log("\nreport (exact full-data quantities; training set unless marked test)")
     _claim(root, {
+        "version": REPORT_VERSION,
         "params": _provenance.data_hash(model.params),
+        "state": _provenance.data_hash(model.state),
         "init_params": _provenance.data_hash(init_params),
-        "data": _provenance.data_hash(data.train),
+        "train": _provenance.data_hash(data.train),
+        "test": _provenance.data_hash(data.test),
+        "spec": model.spec,
         "sizes": sizes.__dict__,
         "seed": seed,
-    }, log)
+    }, log, fn=fn)
     loss_fn = landscape.make_loss_fn(model)
     train, test = data.train, data.test
     key = jax.random.key(seed)
@@ -253,21 +284,25 @@ def analysis_report(
     )
     li = np.asarray(interp.train["loss"])
     inside = (ts >= 0) & (ts <= 1)
-    monotone = bool(np.all(np.diff(li[inside]) <= 1e-6 * max(1.0, float(np.max(li)))))
+    monotone = bool(np.all(np.diff(li[inside]) <= 1e-6 * max(1.0, float(np.nanmax(li[inside])))))
     done("interpolation", interp, loaded, t0, loss_init=float(f"{li[np.argmin(abs(ts))]:.4g}"),
          loss_final=float(f"{li[np.argmin(abs(ts - 1))]:.4g}"), monotone_on_0_1=monotone)
 
     # -- connectivity ----------------------------------------------------------------------------
     t0 = time.perf_counter()
     other_path = root / "other_run"
-    if (other_path / "params.npz").exists():
-        other_model = landscape.load_run(other_path).model
+    if other_path.is_dir():  # complete: written to a temporary directory and renamed
+        other_model = landscape.load_run(other_path, model=model).model
     else:
         if not callable(train_other):
             raise TypeError(f"{fn}: train_other must be a function seed -> TrainResult (the "
                             f"second network of the connectivity section); got {train_other!r}.")
         other = train_other(seed + 1)
-        landscape.save_run(other_path, other)
+        tmp = root / f".other_run.{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        landscape.save_run(tmp, other)
+        os.replace(tmp, other_path)
         other_model = other.model
     a, b = model.params, other_model.params
     aligned_b = connect.align(model, a, b).params
@@ -316,14 +351,14 @@ def analysis_report(
 
 
 def _figure(path: Path, result, out: dict) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     from landscape import plot
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig = Figure(figsize=(15, 8.5))  # no pyplot: the process's backend is left alone
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
     h = result.history
     ax = axes[0, 0]
     ax.plot(h["step"], h["batch_loss"], color="0.75", lw=0.8, label="mini-batch")
@@ -355,6 +390,5 @@ def _figure(path: Path, result, out: dict) -> Path:
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     tmp.replace(path)
     return path

@@ -97,6 +97,12 @@ def save_run(
     return run_dir
 
 
+def _architecture(spec: dict) -> dict:
+    """A registry spec without its initialisation seed: what must match to load parameters."""
+    spec = _serialize.to_jsonable(spec)
+    return {k: v for k, v in spec.items() if k != "seed"} if isinstance(spec, dict) else spec
+
+
 def load_run(run_dir: str | os.PathLike, *, model: Model | None = None) -> Run:
     """Load a run saved by :func:`save_run`.
 
@@ -142,7 +148,7 @@ def load_run(run_dir: str | os.PathLike, *, model: Model | None = None) -> Run:
         template = model_from_spec(spec)
     else:
         template = as_model(model, fn=fn)
-        if spec and template.spec and template.spec != spec:
+        if spec and template.spec and _architecture(template.spec) != _architecture(spec):
             raise ValueError(
                 f"{fn}: the run in {run_dir} was saved from model {spec}, but the template is "
                 f"{template.spec}."

@@ -68,22 +68,33 @@ def test_demo_quick(tmp_path, capsys):
 
 
 def test_report_sections_belong_to_one_run(tmp_path):
-    """A report directory of other parameters or settings is cleared, the same one is kept."""
+    """The report's own files of other parameters or settings are replaced, the same ones are
+    kept, and nothing the report did not write is ever deleted."""
+    import pytest
+
     from landscape import report
 
     root = tmp_path / "report"
-    report._claim(root, {"params": "a", "seed": 0}, print)
+    fn = "test"
+    report._claim(root, {"params": "a", "seed": 0}, print, fn=fn)
     (root / "trace.npz").write_bytes(b"x")
-    report._claim(root, {"params": "a", "seed": 0}, print)
-    assert (root / "trace.npz").exists()
+    (root / "other_run").mkdir()
+    (root / "notes.txt").write_text("mine")
+    report._claim(root, {"params": "a", "seed": 0}, print, fn=fn)
+    assert (root / "trace.npz").exists() and (root / "other_run").exists()
     msgs = []
-    report._claim(root, {"params": "b", "seed": 0}, msgs.append)
-    assert not (root / "trace.npz").exists() and "removing" in msgs[0]
-    stray = tmp_path / "other"
-    stray.mkdir()
-    (stray / "eigenvalues.npz").write_bytes(b"x")
-    report._claim(stray, {"params": "a"}, print)  # no fingerprint: nothing is trusted
-    assert not (stray / "eigenvalues.npz").exists()
+    report._claim(root, {"params": "b", "seed": 0}, msgs.append, fn=fn)
+    assert "replacing" in msgs[0]
+    assert not (root / "trace.npz").exists() and not (root / "other_run").exists()
+    assert (root / "notes.txt").read_text() == "mine"  # not the report's: kept
+    # a directory the report did not write is refused, untouched
+    foreign = tmp_path / "paper" / "report"
+    foreign.mkdir(parents=True)
+    (foreign / "eigenvalues.npz").write_bytes(b"x")
+    with pytest.raises(ValueError, match="was not written by landscape.report"):
+        report._claim(foreign, {"params": "a"}, print, fn=fn)
+    assert (foreign / "eigenvalues.npz").exists()
+    report._claim(tmp_path / "empty", {"params": "a"}, print, fn=fn)  # new or empty: fine
 
 
 def test_full_demo_reaches_95_percent(tmp_path, capsys):
@@ -128,6 +139,8 @@ def test_readme_examples_name_only_existing_api():
         "plot": "landscape.plot",
         "ntk": "ntk",
     }
+    import inspect
+
     seen = set()
     for block in blocks:
         tree = ast.parse(block)
@@ -138,6 +151,20 @@ def test_readme_examples_name_only_existing_api():
                     mod = importlib.import_module(roots[root])
                     assert hasattr(mod, node.attr), f"README uses {root}.{node.attr}, which does not exist"
                     seen.add(f"{root}.{node.attr}")
+            # calls bind to the real signatures (argument count and keyword names)
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in roots
+                    and not any(isinstance(a, ast.Starred) for a in node.args)
+                    and all(k.arg is not None for k in node.keywords)):
+                obj = getattr(importlib.import_module(roots[node.func.value.id]), node.func.attr)
+                try:
+                    sig = inspect.signature(obj)
+                except (TypeError, ValueError):
+                    continue
+                try:
+                    sig.bind(*[None] * len(node.args), **{k.arg: None for k in node.keywords})
+                except TypeError as e:
+                    raise AssertionError(f"README call {ast.unparse(node)[:80]}: {e}") from None
     for name in ("hessian.eigenvalues", "surface.slice_2d", "connect.fit_curve", "ntk.empirical_ntk"):
         assert name in seen
 

@@ -68,9 +68,18 @@ def test_engine_curvature_and_ntk_programs_use_highest_precision():
     x = jnp.asarray(data["x"][:8])
     from ntk import _empirical
 
+    def f(p, xx):
+        return net.apply_fn(p, net.state, xx)[0]
+
     for impl in (_empirical.ntk_jacobian, _empirical.ntk_ntvp):
-        f = lambda p, xx: net.apply_fn(p, net.state, xx)[0]  # noqa: E731
-        _all_highest(_precisions(jax.make_jaxpr(lambda p: impl(f, p, x))(net.params)))
+        _all_highest(_precisions(jax.make_jaxpr(lambda p, impl=impl: impl(f, p, x))(net.params)))
+    # the surface module's first-layer trick (features computed outside the engine)
+    from landscape.surface import _fast
+
+    fl = _fast.affine_first_layer(model)
+    basis = (model.params, model.params)
+    _all_highest(_precisions(jax.make_jaxpr(
+        lambda xx: _fast._features(fl, xx, basis))(jnp.asarray(data["x"]))))
     _all_highest(_precisions(jax.make_jaxpr(
         lambda p: _empirical.ntk_structured(arch, p, x))(net.params)))
     _all_highest(_precisions(jax.make_jaxpr(lambda xx: arch.kernel_fn(xx))(x)))

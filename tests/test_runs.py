@@ -44,6 +44,13 @@ def test_load_run_other_architecture_fails(tmp_path, trained_mlp):
         landscape.load_run(out, model=other)
     with pytest.raises(FileNotFoundError, match="no run in"):
         landscape.load_run(tmp_path / "nothing")
+    # a template of the same architecture from another seed is fine: the seed is not architecture
+    spec = trained_mlp.model.spec
+    same = landscape.make_model(spec["name"], input_shape=tuple(spec["input_shape"]),
+                                num_outputs=spec["num_outputs"], seed=spec["seed"] + 7, **spec["kwargs"])
+    run = landscape.load_run(out, model=same)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(run.model.params),
+                                                    jax.tree.leaves(trained_mlp.params)))
 
 
 def test_snapshots_saved(tmp_path, digits_data):

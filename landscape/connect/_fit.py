@@ -193,7 +193,7 @@ def fit_curve(
     kind: str = "bezier",
     num_bends: int = 1,
     optimizer: optax.GradientTransformation | None = None,
-    num_steps: int = 1000,
+    num_steps: int | None = None,
     batch_size: int = 128,
     num_t: int = 4,
     t_sampling: str = "stratified",
@@ -233,7 +233,7 @@ def fit_curve(
         their code).
       optimizer: an Optax transformation (default ``optax.adam(1e-3)``); any schedule inside
         it counts steps from 0 of this run's first call.
-      num_steps: total steps (a resumed run continues up to this count).
+      num_steps: total steps (a resumed run continues up to this count); default 1000.
       steps: the issue's name for ``num_steps`` (an alias; give one of the two).
       batch_size: examples per step.
       num_t: values of ``t`` per step.
@@ -272,10 +272,11 @@ def fit_curve(
     _validate.check_choice(t_sampling, T_SAMPLING, fn=fn, name="t_sampling")
     num_bends = _validate.check_positive_int(num_bends, fn=fn, name="num_bends")
     if steps is not None:
-        if num_steps != 1000 and num_steps != steps:
+        if num_steps is not None and num_steps != steps:
             raise ValueError(f"{fn}: steps={steps!r} and num_steps={num_steps!r} disagree; give one.")
         num_steps = _validate.check_positive_int(steps, fn=fn, name="steps")
-    num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
+    num_steps = _validate.check_positive_int(1000 if num_steps is None else num_steps, fn=fn,
+                                             name="num_steps")
     num_t = _validate.check_positive_int(num_t, fn=fn, name="num_t")
     max_block = _validate.check_positive_int(max_block, fn=fn, name="max_block")
     weight_decay = _validate.check_finite_scalar(weight_decay, fn=fn, name="weight_decay")

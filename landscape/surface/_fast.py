@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from landscape import _validate
 from landscape._model import Model
@@ -126,7 +127,7 @@ def _features(fl: AffineFirstLayer, x, basis):
     zs = []
     for p in basis:
         w, b = _first(p, fl)
-        z = jnp.dot(x.astype(w.dtype), w)
+        z = jnp.dot(x.astype(w.dtype), w, precision=lax.Precision.HIGHEST)  # no TF32 on GPUs
         if b is not None:
             z = z + b[None]
         zs.append(z)

@@ -140,6 +140,8 @@ def test_fit_curve_bad_input(pair_loss, pair_params, small_train):
         lc.fit_curve(pair_loss, a, b, small_train, num_steps=0)
     with pytest.raises(ValueError, match="steps=5 and num_steps=7 disagree"):
         lc.fit_curve(pair_loss, a, b, small_train, steps=5, num_steps=7)
+    with pytest.raises(ValueError, match="steps=5 and num_steps=1000 disagree"):
+        lc.fit_curve(pair_loss, a, b, small_train, steps=5, num_steps=1000)
     with pytest.raises(ValueError, match="batch_size=1000 is larger than the data set"):
         lc.fit_curve(pair_loss, a, b, small_train, batch_size=1000)
     with pytest.raises(ValueError, match="init holds 1 bends but num_bends=2"):
