@@ -247,9 +247,10 @@ def _run_block(loss_static, loss_dyn, params, state, opt_state, data, idx, opt, 
             return l, ns
 
         (l, ns), g = jax.value_and_grad(f, has_aux=True)(p)
-        ok = jnp.isfinite(l) & _finite(g)
         upd, no = opt.update(g, o, p)
         np_ = optax.apply_updates(p, upd)
+        # an update that overflows counts as a bad step too: the kept parameters stay finite
+        ok = jnp.isfinite(l) & _finite(g) & _finite(np_)
         # a non-finite step leaves everything as it was and is remembered (first bad step)
         keep = ok & (bad < 0)
         p2 = jax.tree.map(lambda a, b: jnp.where(keep, a, b), np_, p)
@@ -472,11 +473,12 @@ def train(
                 history.setdefault(f"{split}_{k}", []).append(float(v))
 
     def do_callbacks(step, p, st, o, at_start=False):
-        for cb in callbacks:
-            if at_start and not cb.at_start:
-                continue
-            if step % cb.every and not at_start:
-                continue
+        due = [cb for cb in callbacks
+               if not (at_start and not cb.at_start) and not (step % cb.every and not at_start)]
+        if due:
+            # the step blocks donate their buffers: callbacks get copies they may keep
+            p, st, o = jax.tree.map(jnp.copy, (p, st, o))
+        for cb in due:
             info = TrainInfo(
                 step,
                 p,
@@ -552,7 +554,7 @@ def train(
                 history["batch_loss"].extend(losses[:good].tolist())
                 res = finish(params, state, opt_state, time.perf_counter() - t0)
                 raise TrainingDivergedError(
-                    f"{fn}: non-finite loss or gradient at step {bad} (batch loss {losses[good]}); "
+                    f"{fn}: non-finite loss, gradient or update at step {bad} (batch loss {losses[good]}); "
                     f"training stopped and the parameters after step {bad - 1} are kept in err.result.",
                     bad,
                     res,

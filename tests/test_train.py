@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -90,7 +91,7 @@ def test_divergence_names_step_and_keeps_last_finite(digits_data):
         "mlp", input_shape=(64,), num_outputs=10, hidden=(16,), activation="linear"
     )
     with pytest.raises(
-        landscape.TrainingDivergedError, match=r"non-finite loss or gradient at step \d+"
+        landscape.TrainingDivergedError, match=r"non-finite loss, gradient or update at step \d+"
     ) as ei:
         landscape.train(
             m,
@@ -105,6 +106,38 @@ def test_divergence_names_step_and_keeps_last_finite(digits_data):
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(err.result.params))
     assert len(err.result.history["batch_loss"]) == err.step - 1
     assert np.isfinite(err.result.history["batch_loss"]).all()
+
+
+def test_overflowing_update_keeps_finite_parameters(digits_data):
+    """A finite loss and gradient whose update overflows is a bad step too."""
+    m = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(8,))
+    data = {k: v[:64] for k, v in digits_data.train.items()}
+    lf = landscape.make_loss_fn(m, has_aux=False)
+
+    def loss(p, b):  # gradient 10 on every first-layer weight: a 1e39 step overflows float32
+        return lf(p, b) + 10.0 * jnp.sum(p["layers"][0]["kernel"])
+
+    with pytest.raises(landscape.TrainingDivergedError) as ei:
+        landscape.train(m, data, loss=loss, optimizer=optax.sgd(1e38), num_steps=5, batch_size=32,
+                        progress=False)
+    assert ei.value.step == 1
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(ei.value.result.params))
+
+
+def test_callbacks_may_keep_the_arrays_they_get(digits_data):
+    """Step blocks donate their buffers; callbacks get copies, so a kept trajectory stays
+    readable (the last one equals the final parameters)."""
+    m = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(8,))
+    data = {k: v[:128] for k, v in digits_data.train.items()}
+    traj = []
+    r = landscape.train(m, data, num_steps=20, batch_size=16, progress=False, snapshot_steps=[5, 10, 15],
+                        callbacks=[landscape.callback(lambda info: traj.append((info.step, info.params)), every=5)])
+    assert [s for s, _ in traj] == [0, 5, 10, 15, 20]
+    for _step, p in traj:
+        leaves = [np.asarray(x) for x in jax.tree.leaves(p)]  # raises if the buffers were donated
+        assert all(np.isfinite(x).all() for x in leaves)
+    final = [np.asarray(x) for x in jax.tree.leaves(r.params)]
+    assert all(np.array_equal(a, b) for a, b in zip(leaves, final))
 
 
 def test_train_bad_inputs(digits_data):
