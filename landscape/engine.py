@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -625,7 +626,9 @@ def evaluate_points(
     ps, pd = split_fn(point_fn)
     coord_sharding = NamedSharding(mesh(), P(DATA_AXIS)) if sharded else None
 
-    if store is not None:  # chunks of another layout must never be mixed in
+    if store is not None:  # chunks of another layout or another job must never be mixed in
+        from landscape import _provenance
+
         store.bind_layout(
             {
                 "num_points": int(num_points),
@@ -634,6 +637,13 @@ def evaluate_points(
                     :16
                 ],
                 "coords_dtype": str(coords.dtype),
+                # what is evaluated, on what: the function (its static description and its
+                # arrays, e.g. a Loss's model state), the point builder and its arguments, data
+                "fn": _stable_repr(fs),
+                "fn_arrays": _provenance.data_hash(fd),
+                "point_fn": _stable_repr(ps),
+                "point_arrays": _provenance.data_hash((pd, point_args)),
+                "data": _provenance.data_hash((batched.full, batched.rest)),
             }
         )
     results: list[Any] = [None] * num_chunks
@@ -698,7 +708,8 @@ class ChunkStore:
 
     def __init__(self, directory: str | os.PathLike, meta: dict, *, overwrite: bool = False):
         self.directory = Path(directory)
-        self.meta = _serialize.to_jsonable(meta)
+        self.overwrite = bool(overwrite)
+        self.meta = _strip_addresses(_serialize.to_jsonable(meta))
         self.directory.mkdir(parents=True, exist_ok=True)
         manifest = self.directory / "manifest.json"
         digest = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()[:16]
@@ -726,17 +737,26 @@ class ChunkStore:
         if path.exists():
             old = _serialize.load_json(path)
             if old != layout:
-                raise ValueError(
-                    f"landscape.ChunkStore: {self.directory} holds chunks of another layout "
-                    f"({_diff(old, layout)}); use another directory or overwrite=True."
-                )
+                if not self.overwrite:
+                    raise ValueError(
+                        f"landscape.ChunkStore: {self.directory} holds chunks of another layout "
+                        f"({_diff(old, layout)}); use another directory or overwrite=True."
+                    )
+                self._clear()
+                _serialize.save_json(path, layout)
             return
         if self.done():
-            raise ValueError(
-                f"landscape.ChunkStore: {self.directory} holds chunks without a recorded layout; "
-                "use another directory or overwrite=True."
-            )
+            if not self.overwrite:
+                raise ValueError(
+                    f"landscape.ChunkStore: {self.directory} holds chunks without a recorded layout; "
+                    "use another directory or overwrite=True."
+                )
+            self._clear()
         _serialize.save_json(path, layout)
+
+    def _clear(self) -> None:
+        for f in self.directory.glob("chunk-*.npz"):
+            f.unlink()
 
     def _path(self, i: int) -> Path:
         return self.directory / f"chunk-{i:06d}.npz"
@@ -752,6 +772,26 @@ class ChunkStore:
 
     def load(self, i: int) -> PyTree:
         return _serialize.load_tree(self._path(i))
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _strip_addresses(obj):
+    """JSON-able settings without memory addresses (``<function f at 0x7f..>`` differs in every
+    process, so a digest containing it would never match on resume)."""
+    if isinstance(obj, str):
+        return _ADDRESS.sub("", obj)
+    if isinstance(obj, dict):
+        return {k: _strip_addresses(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strip_addresses(v) for v in obj]
+    return obj
+
+
+def _stable_repr(static) -> str:
+    """A description of a static (hashable) function part that is the same in every process."""
+    return _ADDRESS.sub("", repr(static))[:2000]
 
 
 def _diff(a: dict, b: dict) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -205,3 +207,42 @@ def test_ravel_reference_matches_pytree_inner_products():
     assert float(_tree.vdot(a, b)) == pytest.approx(float(fa @ fb), rel=1e-6)
     assert float(_tree.norm(a)) == pytest.approx(float(jnp.linalg.norm(fa)), rel=1e-6)
     assert _tree.size(a) == fa.size
+
+
+def _store_f(p, b):
+    return {"m": jnp.mean(b["x"] @ p)}
+
+
+def _store_pf(c, base):
+    return base * c[0]
+
+
+def test_chunk_store_never_reuses_chunks_of_another_job(tmp_path):
+    """Chunks are bound to what was evaluated (function, point arguments, data), not only to the
+    caller's meta; overwrite=True really starts over; meta holding a function repr (with a memory
+    address that differs per process) still resumes."""
+    x = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+    coords = np.linspace(0, 1, 10)[:, None]
+    base = jnp.ones(3)
+    d = tmp_path / "cs"
+
+    def run(store, data=x, arg=base, chunk=4):
+        return engine.evaluate_points(_store_f, _store_pf, coords, {"x": data}, point_args=(arg,),
+                                      chunk_size=chunk, store=store)
+
+    a = run(engine.ChunkStore(d, {"job": 1}))
+    again = run(engine.ChunkStore(d, {"job": 1}))  # resumes: same job
+    np.testing.assert_array_equal(a["m"], again["m"])
+    with pytest.raises(ValueError, match="point_arrays"):
+        run(engine.ChunkStore(d, {"job": 1}), arg=base * 2)
+    with pytest.raises(ValueError, match="data"):
+        run(engine.ChunkStore(d, {"job": 1}), data=x * 0)
+    fresh = run(engine.ChunkStore(d, {"job": 1}, overwrite=True), arg=base * 2, chunk=5)
+    np.testing.assert_allclose(fresh["m"], 2 * a["m"], rtol=1e-6)
+    meta = {"loss": repr(_store_f)}
+    assert " at 0x" in meta["loss"]
+    s1 = engine.ChunkStore(tmp_path / "m", meta)
+    other_process = {"loss": re.sub(r"0x[0-9a-fA-F]+", "0x1234abcd", meta["loss"])}
+    assert other_process != meta
+    s2 = engine.ChunkStore(tmp_path / "m", other_process)
+    assert s1.digest == s2.digest
