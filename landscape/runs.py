@@ -171,16 +171,11 @@ def load_run(run_dir: str | os.PathLike, *, model: Model | None = None) -> Run:
         )
     except ValueError as e:
         raise ValueError(f"{e} The run belongs to another architecture.") from None
-    # restore dtypes of the template (npz keeps them; this only converts NumPy -> JAX)
-    params = jax.tree.map(
-        lambda a, t: jnp.asarray(a, dtype=jnp.result_type(t)), params, template.params
-    )
+    # the saved dtypes are kept (a float64 run loads as float64 when x64 is on), whatever the
+    # template's; NumPy arrays become JAX arrays, PRNG keys stay as restored
+    params = jax.tree.map(jnp.asarray, params)
     state = jax.tree.map(
-        lambda a, t: (
-            a
-            if jnp.issubdtype(jnp.result_type(t), jax.dtypes.prng_key)
-            else jnp.asarray(a, dtype=jnp.result_type(t))
-        ),
+        lambda a, t: a if jnp.issubdtype(jnp.result_type(t), jax.dtypes.prng_key) else jnp.asarray(a),
         state,
         template.state,
     )

@@ -246,3 +246,15 @@ def test_chunk_store_never_reuses_chunks_of_another_job(tmp_path):
     assert other_process != meta
     s2 = engine.ChunkStore(tmp_path / "m", other_process)
     assert s1.digest == s2.digest
+
+
+def test_low_precision_means_accumulate_in_float32():
+    """bf16/float16 batch means are summed in float32: a bf16 running sum saturates."""
+    data = {"x": np.ones((4096, 1), np.float32)}
+
+    def f(p, b):
+        return {"m": jnp.mean(b["x"].astype(jnp.bfloat16)) * p}
+
+    for bs in (1, 8):  # 4096 and 512 batches: a bf16 sum stops growing at 256 (8-bit mantissa)
+        out = engine.mean(f, jnp.asarray(1.0, jnp.bfloat16), data, batch_size=bs)
+        assert float(out["m"]) == 1.0

@@ -131,3 +131,14 @@ def test_provenance_reads_the_checkout_commit_without_git(tmp_path):
     (git / "HEAD").write_text("c" * 40 + "\n")
     assert _provenance._read_head(git) == "c" * 40
     assert _provenance.package_versions()["jax"] == jax.__version__
+
+
+def test_float64_run_loads_as_float64(tmp_path):
+    """load_run keeps the saved dtypes instead of casting to the rebuilt template's float32."""
+    with jax.enable_x64(True):
+        m = landscape.make_model("mlp", input_shape=(4,), num_outputs=2, hidden=(3,), seed=0)
+        m64 = m.replace(params=jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) / 3, m.params))
+        landscape.save_run(tmp_path / "r", m64)
+        run = landscape.load_run(tmp_path / "r")
+        for a, b in zip(jax.tree.leaves(run.model.params), jax.tree.leaves(m64.params)):
+            assert a.dtype == jnp.float64 and np.array_equal(np.asarray(a), np.asarray(b))
