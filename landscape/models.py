@@ -435,11 +435,20 @@ def model_names() -> list[str]:
     return sorted(_MODELS)
 
 
+class _NotRebuildable(Exception):
+    pass
+
+
 def _jsonable_kwargs(kwargs: dict) -> dict:
     out = {}
     for k, v in kwargs.items():
         if callable(v):
-            out[k] = getattr(v, "__name__", repr(v))
+            # a callable is recorded by name only when the registry maps that name back to the
+            # same object (jax.nn.gelu is the tanh approximation, the registry's "gelu" is not)
+            name = next((n for reg in (ACTIVATIONS, INITS) for n, f in reg.items() if f is v), None)
+            if name is None:
+                raise _NotRebuildable(k)
+            out[k] = name
         elif isinstance(v, (tuple, list)):
             out[k] = list(v)
         elif k == "param_dtype":
@@ -481,13 +490,16 @@ def make_model(
         module = _MODELS[name](tuple(input_shape), int(num_outputs), nnx.Rngs(int(seed)), **kwargs)
     except TypeError as e:
         raise TypeError(f"landscape.make_model({name!r}): {e}") from e
-    spec = {
-        "name": name,
-        "input_shape": [int(s) for s in input_shape],
-        "num_outputs": int(num_outputs),
-        "seed": int(seed),
-        "kwargs": _jsonable_kwargs(kwargs),
-    }
+    try:
+        spec = {
+            "name": name,
+            "input_shape": [int(s) for s in input_shape],
+            "num_outputs": int(num_outputs),
+            "seed": int(seed),
+            "kwargs": _jsonable_kwargs(kwargs),
+        }
+    except _NotRebuildable:  # a custom callable: load_run then needs a template model
+        spec = None
     return from_nnx(module, spec=spec)
 
 

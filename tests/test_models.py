@@ -145,3 +145,21 @@ def test_same_architecture_shares_compiled_programs(digits_data):
     n = engine._mean_jit._cache_size()
     landscape.evaluate(landscape.make_loss_fn(b), b.params, digits_data.test)
     assert engine._mean_jit._cache_size() == n  # another seed: no new compilation
+
+
+def test_spec_records_callables_only_when_the_registry_rebuilds_them():
+    """jax.nn.gelu (tanh approximation) is not the registry's exact "gelu": recording it by name
+    would silently change the architecture on load, so such a model has no spec (load_run then
+    asks for a template); the registry's own objects and names are recorded."""
+    from landscape import models
+
+    m = landscape.make_model("mlp", input_shape=(4,), num_outputs=2, hidden=(3,), activation=jax.nn.gelu)
+    assert m.spec is None
+    m = landscape.make_model("mlp", input_shape=(4,), num_outputs=2, hidden=(3,),
+                             activation=models.ACTIVATIONS["gelu"])
+    assert m.spec["kwargs"]["activation"] == "gelu"
+    m = landscape.make_model("mlp", input_shape=(4,), num_outputs=2, hidden=(3,), activation="tanh")
+    assert m.spec["kwargs"]["activation"] == "tanh"
+    rebuilt = models.model_from_spec(m.spec)
+    x = jnp.ones((1, 4))
+    np.testing.assert_array_equal(np.asarray(rebuilt(x)), np.asarray(m(x)))
