@@ -103,6 +103,9 @@ _OPTIMIZERS = {
 }
 
 
+_NAMED_OPT_CACHE: dict = {}
+
+
 def make_optimizer(
     name: str, learning_rate: float | Callable, **kwargs
 ) -> optax.GradientTransformation:
@@ -375,14 +378,25 @@ def train(
     lr_fn = None
     if isinstance(optimizer, str):
         lr = learning_rate
-        if schedule is not None:
-            if callable(learning_rate):
-                raise ValueError(
-                    f"{fn}: give either a schedule name or a callable learning_rate, not both."
-                )
-            lr = make_schedule(schedule, learning_rate, num_steps=num_steps)
+        if schedule is not None and callable(learning_rate):
+            raise ValueError(
+                f"{fn}: give either a schedule name or a callable learning_rate, not both."
+            )
+        # the optimizer is a static argument of the compiled step block: the same named
+        # settings must give the same object, or every call compiles again
+        cache_key = None if callable(learning_rate) else (
+            optimizer, float(learning_rate), schedule, int(num_steps) if schedule else None)
+        if cache_key is not None and cache_key in _NAMED_OPT_CACHE:
+            opt, lr = _NAMED_OPT_CACHE[cache_key]
+        else:
+            if schedule is not None:
+                lr = make_schedule(schedule, learning_rate, num_steps=num_steps)
+            opt = make_optimizer(optimizer, lr)
+            if cache_key is not None:
+                if len(_NAMED_OPT_CACHE) > 64:
+                    _NAMED_OPT_CACHE.clear()
+                _NAMED_OPT_CACHE[cache_key] = (opt, lr)
         lr_fn = lr if callable(lr) else (lambda s, _lr=float(lr): _lr)
-        opt = make_optimizer(optimizer, lr)
         opt_desc = {
             "name": optimizer,
             "learning_rate": None if callable(learning_rate) else float(learning_rate),

@@ -157,3 +157,18 @@ def test_train_bad_inputs(digits_data):
     wrong = landscape.make_model("mlp", input_shape=(10,), num_outputs=10, hidden=(8,))
     with pytest.raises(ValueError, match="could not be evaluated on data"):
         landscape.train(wrong, digits_data.train, num_steps=1, progress=False)
+
+
+def test_named_optimizer_does_not_recompile(digits_data):
+    """Named optimizers with the same settings are the same static object: no recompilation."""
+    import sys
+
+    tr = sys.modules["landscape.train"]  # the module (landscape.train is the function)
+    m = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(8,))
+    data = {k: v[:64] for k, v in digits_data.train.items()}
+    landscape.train(m, data, optimizer="adam", learning_rate=2e-3, num_steps=4, batch_size=16, progress=False)
+    before = tr._run_block._cache_size()
+    for seed in (1, 2):
+        landscape.train(m, data, optimizer="adam", learning_rate=2e-3, num_steps=4, batch_size=16,
+                        seed=seed, progress=False)
+    assert tr._run_block._cache_size() == before
