@@ -442,6 +442,36 @@ def make_mean_fn(
 _CHECKED: set = set()
 
 
+def _check_labels(loss_fn, params, data, small, *, fn: str, name: str) -> None:
+    """Integer class labels of a toolkit ``Loss`` must lie in ``[0, num_outputs)``: out of range,
+    cross-entropy silently takes another class (-1 is the last) or NaN, and MSE a zero target.
+    Labels are small: device labels are copied to the host for the check (no compilation)."""
+    from landscape.losses import Loss
+
+    if not isinstance(loss_fn, Loss):
+        return
+    spec = loss_fn._spec
+    parts = [data] if isinstance(data, dict) else (
+        [p for p in (data.full, data.rest) if p is not None] if isinstance(data, Batched) else [])
+    ys = [p.get(spec.target_key) for p in parts if isinstance(p, dict)]
+    ys = [y for y in ys if y is not None and getattr(y, "is_fully_addressable", True)
+          and np.issubdtype(np.dtype(y.dtype), np.integer) and np.size(y)]
+    if not ys:
+        return
+    y = np.concatenate([np.asarray(v).ravel() for v in ys])
+    try:
+        out = jax.eval_shape(lambda p, b: loss_fn.outputs(p, b), params, small)
+    except Exception:  # noqa: BLE001 - shape problems are reported by check_loss itself
+        return
+    num = int(out.shape[-1]) if getattr(out, "ndim", 0) else 0
+    lo, hi = int(y.min()), int(y.max())
+    if num and (lo < 0 or hi >= num):
+        raise ValueError(
+            f"{fn}: {name}['{spec.target_key}'] holds class labels in [{lo}, {hi}], but the model has "
+            f"{num} outputs; labels must lie in [0, {num})."
+        )
+
+
 def check_loss(
     loss_fn: Callable, params: PyTree, data: PyTree, *, fn: str, name: str = "data"
 ) -> None:
@@ -465,6 +495,7 @@ def check_loss(
         hash(cache_key)
     except TypeError:
         cache_key = None
+    _check_labels(loss_fn, params, data, small, fn=fn, name=name)
     if cache_key is not None and cache_key in _CHECKED:
         return
     try:

@@ -182,7 +182,9 @@ def make_loss_fn(
       kind: ``"cross_entropy"`` (softmax cross-entropy on integer labels) or ``"mse"``
         (``0.5 * mean((f - y)^2)`` over examples and outputs; integer labels are one-hot).
       weight_decay: adds ``0.5 * weight_decay * ||params||^2`` to the loss, so Hessians, slices
-        and curves see the regularised objective. ``aux["loss"]`` stays the data term.
+        and curves see the regularised objective. The loss function's own ``aux["loss"]`` is
+        the data term, but the engine's results (``landscape.evaluate``, training histories,
+        slices) report the regularised objective as ``"loss"``.
       has_aux: return ``(loss, aux)`` with ``aux = {"loss", "accuracy", "error"}``
         (accuracy and error for classification only) instead of the scalar alone.
       input_key, target_key: the batch's input and target entries.

@@ -117,3 +117,16 @@ def test_engine_points_and_store_errors(tmp_path):
         landscape.evaluate(3, {"w": np.ones(2)}, {"x": np.ones(3)})
     with pytest.raises(ValueError, match="params must be a non-empty pytree"):
         landscape.evaluate(lambda p, b: 0.0, {}, {"x": np.ones(3)})
+
+
+def test_class_labels_out_of_range_are_refused(digits_data):
+    """Cross-entropy would silently read label -1 as the last class and give NaN for 10; MSE
+    would use an all-zero target. Both are refused at the boundary, naming the range."""
+    m = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(8,))
+    x = digits_data.train["x"][:32]
+    for y in (np.full(32, 10), np.full(32, -1)):
+        for kind in ("cross_entropy", "mse"):
+            with pytest.raises(ValueError, match=r"class labels in \[-?\d+, -?\d+\].*10 outputs"):
+                landscape.evaluate(landscape.make_loss_fn(m, kind), m.params, {"x": x, "y": y})
+    ok = landscape.evaluate(landscape.make_loss_fn(m), m.params, {"x": x, "y": np.arange(32) % 10})
+    assert np.isfinite(float(ok["loss"]))
