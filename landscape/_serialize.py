@@ -46,6 +46,11 @@ def _encode(tree: PyTree, prefix: str, arrays: dict[str, np.ndarray]):
         return {"t": "py", "v": tree}
     # arrays and numpy scalars
     name = prefix.lstrip("/") or "_root"
+    if name in arrays:  # e.g. {"a/b": x, "a": {"b": y}} or {0: x, "0": y}: one file name
+        raise ValueError(
+            f"cannot save two leaves under one name {name!r}: dict keys must not contain '/' or "
+            "repeat as int and str"
+        )
     if hasattr(tree, "dtype") and jnp.issubdtype(tree.dtype, jax.dtypes.prng_key):
         impl = str(jax.random.key_impl(tree))
         arrays[name] = np.asarray(jax.random.key_data(tree))

@@ -142,3 +142,12 @@ def test_float64_run_loads_as_float64(tmp_path):
         run = landscape.load_run(tmp_path / "r")
         for a, b in zip(jax.tree.leaves(run.model.params), jax.tree.leaves(m64.params)):
             assert a.dtype == jnp.float64 and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_save_tree_refuses_colliding_leaf_names(tmp_path):
+    from landscape import _serialize
+
+    for tree in ({"a/b": np.ones(1), "a": {"b": np.zeros(1)}}, {0: np.ones(1), "0": np.zeros(1)}):
+        with pytest.raises(ValueError, match="two leaves under one name"):
+            _serialize.save_tree(tmp_path / "t.npz", tree)
+    assert not (tmp_path / "t.npz").exists()
