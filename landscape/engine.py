@@ -442,6 +442,9 @@ def make_mean_fn(
 _CHECKED: set = set()
 
 
+_NUM_OUTPUTS: dict = {}
+
+
 def _check_labels(loss_fn, params, data, small, *, fn: str, name: str) -> None:
     """Integer class labels of a toolkit ``Loss`` must lie in ``[0, num_outputs)``: out of range,
     cross-entropy silently takes another class (-1 is the last) or NaN, and MSE a zero target.
@@ -459,11 +462,19 @@ def _check_labels(loss_fn, params, data, small, *, fn: str, name: str) -> None:
     if not ys:
         return
     y = np.concatenate([np.asarray(v).ravel() for v in ys])
-    try:
-        out = jax.eval_shape(lambda p, b: loss_fn.outputs(p, b), params, small)
-    except Exception:  # noqa: BLE001 - shape problems are reported by check_loss itself
-        return
-    num = int(out.shape[-1]) if getattr(out, "ndim", 0) else 0
+    key = (loss_fn._spec, jax.tree.structure(params),
+           tuple((np.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(params)),
+           tuple((np.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(small)))
+    num = _NUM_OUTPUTS.get(key)
+    if num is None:  # traced once per model and shapes, not at every call
+        try:
+            out = jax.eval_shape(lambda p, b: loss_fn.outputs(p, b), params, small)
+        except Exception:  # noqa: BLE001 - shape problems are reported by check_loss itself
+            return
+        num = int(out.shape[-1]) if getattr(out, "ndim", 0) else 0
+        if len(_NUM_OUTPUTS) > 256:
+            _NUM_OUTPUTS.clear()
+        _NUM_OUTPUTS[key] = num
     lo, hi = int(y.min()), int(y.max())
     if num and (lo < 0 or hi >= num):
         raise ValueError(
