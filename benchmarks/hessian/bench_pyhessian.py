@@ -108,6 +108,20 @@ class Torch:
         self.p.wait(timeout=60)
 
 
+def workload(epochs: int = 20):
+    """The issue's workload, shared by every script here: digits (all 1797 examples), MLP
+    64-256-256-10 trained with Adam (seeded); returns ``(data, run, loss_fn)`` with the plain
+    mean cross-entropy (= torch CrossEntropyLoss)."""
+    ds = landscape.load_data("digits")
+    x = np.concatenate([ds.train["x"], ds.test["x"]]).astype(np.float32)
+    y = np.concatenate([ds.train["y"], ds.test["y"]]).astype(np.int32)
+    data = {"x": x, "y": y}
+    model = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(256, 256), seed=0)
+    run = landscape.train(model, data, optimizer=optax.adam(1e-3), num_epochs=epochs, batch_size=64, seed=0,
+                          progress=False)
+    return data, run, landscape.make_loss_fn(run.model, has_aux=False)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
@@ -119,15 +133,9 @@ def main():
     args = ap.parse_args()
     info = machine()
 
-    ds = landscape.load_data("digits")
-    x = np.concatenate([ds.train["x"], ds.test["x"]]).astype(np.float32)
-    y = np.concatenate([ds.train["y"], ds.test["y"]]).astype(np.int32)
-    data = {"x": x, "y": y}
-    model = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(256, 256), seed=0)
-    run = landscape.train(model, data, optimizer=optax.adam(1e-3), num_epochs=args.epochs, batch_size=64, seed=0,
-                          progress=False)
+    data, run, loss_fn = workload(args.epochs)
+    x, y = data["x"], data["y"]
     params = run.params
-    loss_fn = landscape.make_loss_fn(run.model, has_aux=False)  # mean cross-entropy = torch CrossEntropyLoss
     n_params = landscape._tree.size(params)
     print(run, "parameters", n_params, flush=True)
     tmp = tempfile.mkdtemp()

@@ -15,8 +15,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from bench_pyhessian import Torch, exact_trace_relu  # noqa: E402
+from bench_pyhessian import Torch, exact_trace_relu, workload  # noqa: E402
 
 import landscape
 from landscape import engine, hessian
@@ -27,14 +26,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=20)
     args = ap.parse_args()
-    ds = landscape.load_data("digits")
-    x = np.concatenate([ds.train["x"], ds.test["x"]]).astype(np.float32)
-    y = np.concatenate([ds.train["y"], ds.test["y"]]).astype(np.int32)
-    data = {"x": x, "y": y}
-    model = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(256, 256), seed=0)
-    run = landscape.train(model, data, optimizer=optax.adam(1e-3), num_epochs=args.epochs, batch_size=64, seed=0,
-                          progress=False)
-    loss_fn = landscape.make_loss_fn(run.model, has_aux=False)
+    data, run, loss_fn = workload(args.epochs)
+    x, y = data["x"], data["y"]
     batched = engine.batch(data, 1797)
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), run.params)

@@ -18,11 +18,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from bench_pyhessian import workload  # this directory is on sys.path
 from jax import lax
 from jax.tree_util import Partial
 
-import landscape
 from landscape import engine, hessian
 
 
@@ -30,13 +29,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args()
-    ds = landscape.load_data("digits")
-    x = np.concatenate([ds.train["x"], ds.test["x"]]).astype(np.float32)
-    y = np.concatenate([ds.train["y"], ds.test["y"]]).astype(np.int32)
-    data = {"x": x, "y": y}
-    model = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(256, 256), seed=0)
-    run = landscape.train(model, data, optimizer=optax.adam(1e-3), num_epochs=20, batch_size=64, seed=0, progress=False)
-    loss_fn = landscape.make_loss_fn(run.model, has_aux=False)
+    data, run, loss_fn = workload(20)
     params = run.params
     batched = engine.batch(data, 1797)
     op = hessian.make_hvp(loss_fn, params, batched, method="linearize")
