@@ -19,7 +19,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from landscape import _validate
+from landscape import validate as _validate
 
 PyTree = Any
 
@@ -68,7 +68,7 @@ class Model:
 
     @property
     def num_params(self) -> int:
-        from landscape import _tree
+        from landscape import tree as _tree
 
         return _tree.size(self.params)
 
@@ -77,7 +77,7 @@ class Model:
         return f"Model({name}, num_params={self.num_params}, state_leaves={len(jax.tree.leaves(self.state))})"
 
 
-def as_model(model, *, fn: str) -> Model:
+def as_model(model) -> Model:
     """Accept a :class:`Model` or any ``(apply_fn, params, state)`` triple."""
     if isinstance(model, Model):
         return model
@@ -86,7 +86,7 @@ def as_model(model, *, fn: str) -> Model:
     if isinstance(model, tuple) and len(model) == 3 and callable(model[0]):
         return Model(model[0], model[1], model[2])
     raise TypeError(
-        f"{fn}: model must be a landscape.Model or an (apply_fn, params, state) triple "
+        f"{_validate.where()}: model must be a landscape.Model or an (apply_fn, params, state) triple "
         f"(use landscape.from_nnx(module) for a Flax NNX module); got {type(model).__name__}."
     )
 
@@ -124,6 +124,7 @@ class _NNXApply:
         return f"<apply_fn of {self.__name__}>"
 
 
+@_validate.public("landscape.from_nnx")
 def from_nnx(module: nnx.Module, *, spec: dict | None = None) -> Model:
     """Build the model triple from a Flax NNX module.
 
@@ -196,6 +197,7 @@ class _LinenApply:
         return out, state
 
 
+@_validate.public("landscape.from_linen")
 def from_linen(
     module,
     variables: dict,
@@ -216,10 +218,9 @@ def from_linen(
       dropout_key: PRNG key for dropout in training mode (stored in ``state["rng"]``).
       rng_name: the RNG stream name the module uses for dropout.
     """
-    fn = "landscape.from_linen"
     if not isinstance(variables, dict) or "params" not in variables:
         raise TypeError(
-            f"{fn}: variables must be a dict with a 'params' collection; got {type(variables).__name__}."
+            f"{_validate.where()}: variables must be a dict with a 'params' collection; got {type(variables).__name__}."
         )
     if train_arg == "auto":
         try:
@@ -230,7 +231,7 @@ def from_linen(
             (a for a in ("train", "deterministic", "use_running_average") if a in sig), None
         )
     _validate.check_choice(
-        train_arg, (None, "train", "deterministic", "use_running_average"), fn=fn, name="train_arg"
+        train_arg, (None, "train", "deterministic", "use_running_average"), name="train_arg"
     )
     params = variables["params"]
     state = {k: v for k, v in variables.items() if k != "params"}

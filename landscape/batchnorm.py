@@ -30,7 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from landscape import _tree, _validate, engine
+from landscape import engine
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._model import Model, as_model
 from landscape.losses import Loss, make_loss_fn
 
@@ -95,7 +97,8 @@ def _probe(loss_fn, params, batch):
     return tuple(_train_state(loss_fn, params, _fill(loss_fn.state, v), batch) for v in (0.0, 1.0, 2.0))
 
 
-def probe_state(loss_fn: Loss, params: PyTree, data, *, fn: str, num_examples: int = 128) -> BNForm:
+@_validate.public("landscape.batchnorm.probe_state")
+def probe_state(loss_fn: Loss, params: PyTree, data, *, num_examples: int = 128) -> BNForm:
     """Measure which state leaves the training step updates as running averages, and how.
 
     Three training-mode passes on the first ``num_examples`` examples of ``data``, from the
@@ -110,7 +113,7 @@ def probe_state(loss_fn: Loss, params: PyTree, data, *, fn: str, num_examples: i
     """
     if not has_float_state(loss_fn):
         raise TypeError(
-            f"{fn}: re-estimating batch-norm statistics needs a landscape.Loss "
+            f"{_validate.where()}: re-estimating batch-norm statistics needs a landscape.Loss "
             "(landscape.make_loss_fn(model)) whose model state has floating leaves (batch-norm "
             f"statistics); got {type(loss_fn).__name__}"
             + (" without such state." if isinstance(loss_fn, Loss) else ".")
@@ -118,7 +121,7 @@ def probe_state(loss_fn: Loss, params: PyTree, data, *, fn: str, num_examples: i
     if isinstance(data, engine.Batched):
         small = jax.tree.map(lambda x: x[0], data.full) if data.full is not None else data.rest
     else:
-        _validate.num_examples(data, fn=fn, name="bn_data")
+        _validate.num_examples(data, name="bn_data")
         small = data
     small = jax.tree.map(lambda x: jnp.asarray(x[:num_examples]), small)
     base = loss_fn.state
@@ -126,13 +129,13 @@ def probe_state(loss_fn: Loss, params: PyTree, data, *, fn: str, num_examples: i
         n0, n1, n2 = _probe(loss_fn, params, small)
     except Exception as e:  # reported with context
         raise ValueError(
-            f"{fn}: re-estimating batch-norm statistics runs the model in training mode "
+            f"{_validate.where()}: re-estimating batch-norm statistics runs the model in training mode "
             f"(apply_fn(..., train=True)) and that failed: {type(e).__name__}: "
             f"{str(e).splitlines()[0][:300]}"
         ) from e
     if jax.tree.structure(n0) != jax.tree.structure(base):
         raise ValueError(
-            f"{fn}: apply_fn(..., train=True) must return a state with the structure of the "
+            f"{_validate.where()}: apply_fn(..., train=True) must return a state with the structure of the "
             f"model's state; got {_validate.describe(n0)}, expected {_validate.describe(base)}."
         )
     mask, names, inv = [], [], []
@@ -146,7 +149,7 @@ def probe_state(loss_fn: Loss, params: PyTree, data, *, fn: str, num_examples: i
         scale = 1.0 + np.max(np.abs(a)) if a.size else 1.0
         if not np.allclose(c - a, 2.0 * (b - a), rtol=1e-3, atol=1e-4 * scale):
             raise ValueError(
-                f"{fn}: re-estimation needs every floating state leaf to be a running average "
+                f"{_validate.where()}: re-estimation needs every floating state leaf to be a running average "
                 "(new = m * old + (1 - m) * batch_statistic, as in Flax BatchNorm); leaf "
                 f"'{path}' is updated differently. Use the stored or interpolated statistics."
             )
@@ -159,33 +162,34 @@ def probe_state(loss_fn: Loss, params: PyTree, data, *, fn: str, num_examples: i
         inv.append(jnp.asarray(1.0 / (1.0 - m), jnp.result_type(x)))
     if not names:
         raise ValueError(
-            f"{fn}: no state leaf is updated by a training-mode pass; the model has no batch "
+            f"{_validate.where()}: no state leaf is updated by a training-mode pass; the model has no batch "
             "statistics to re-estimate."
         )
     return BNForm(tuple(inv), _fill(base, 0.0), tuple(mask), tuple(names))
 
 
+@_validate.public("landscape.batchnorm.bn_batches")
 def bn_batches(
-    data, batch_size: int | None = None, num_batches: int | None = None, *, fn: str
+    data, batch_size: int | None = None, num_batches: int | None = None
 ) -> engine.Batched:
     """Lay out the re-estimation data: all of ``data`` in batches of ``batch_size`` (default
     ``min(128, n)``; the remainder weighted by its size), or only the first ``num_batches`` full
     batches. Replicated over devices when the points are sharded."""
     if isinstance(data, engine.Batched):
         return data
-    n = _validate.check_data(data, fn=fn, name="bn_data")
+    n = _validate.check_data(data, name="bn_data")
     bs = min(DEFAULT_BN_BATCH_SIZE, n) if batch_size is None else batch_size
-    bs = _validate.check_batch_size(bs, n, fn=fn, name="bn_batch_size")
+    bs = _validate.check_batch_size(bs, n, name="bn_batch_size")
     if num_batches is not None:
-        num_batches = _validate.check_positive_int(num_batches, fn=fn, name="bn_num_batches")
+        num_batches = _validate.check_positive_int(num_batches, name="bn_num_batches")
         if num_batches > n // bs:
             raise ValueError(
-                f"{fn}: bn_num_batches={num_batches} but bn_data holds only {n // bs} full "
+                f"{_validate.where()}: bn_num_batches={num_batches} but bn_data holds only {n // bs} full "
                 f"batches of {bs}."
             )
         data = {k: np.asarray(v)[: num_batches * bs] for k, v in data.items()}
     placement = "replicate" if jax.device_count() > 1 else "shard"
-    return engine.batch(data, bs, placement=placement, fn=fn, check_finite=False)
+    return engine.batch(data, bs, placement=placement, check_finite=False)
 
 
 def _stats(loss_fn, mask, params, batch, zero_state):
@@ -227,6 +231,7 @@ def _reestimate_jit(loss_fn, form, params, batched):
     return reestimated_state(loss_fn, form, params, batched)
 
 
+@_validate.public("landscape.reestimate_bn")
 def reestimate_bn(
     model_or_loss: Model | Loss,
     params: PyTree,
@@ -264,18 +269,17 @@ def reestimate_bn(
       Garipov et al. 2018, "Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs"
       (``utils.update_bn``); Ioffe and Szegedy 2015.
     """
-    fn = "landscape.reestimate_bn"
     if isinstance(model_or_loss, Loss):
         loss_fn = model_or_loss
     else:
         try:
-            loss_fn = make_loss_fn(as_model(model_or_loss, fn=fn))
+            loss_fn = make_loss_fn(as_model(model_or_loss))
         except TypeError as e:
             raise TypeError(
-                f"{fn}: model_or_loss must be a landscape.Model or landscape.Loss whose state has "
+                f"{_validate.where()}: model_or_loss must be a landscape.Model or landscape.Loss whose state has "
                 f"floating leaves (batch-norm statistics); got {type(model_or_loss).__name__}."
             ) from e
-    _validate.check_params(params, fn=fn)
-    batched = bn_batches(data, batch_size, num_batches, fn=fn)
-    form = probe_state(loss_fn, params, batched, fn=fn)
+    _validate.check_params(params)
+    batched = bn_batches(data, batch_size, num_batches)
+    form = probe_state(loss_fn, params, batched)
     return _reestimate_jit(loss_fn, form, params, batched)

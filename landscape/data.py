@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from landscape import _provenance, _serialize
+from landscape import validate as _validate
 
 __all__ = ["Dataset", "load_data", "data_names", "register_data", "cache_dir"]
 
@@ -80,6 +81,7 @@ def data_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+@_validate.public("landscape.load_data")
 def load_data(name: str, **kwargs) -> Dataset:
     """Load a registered data set by name (``"digits"``, ``"mnist1d"``, ``"teacher"``).
 

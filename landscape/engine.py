@@ -48,7 +48,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
 
-from landscape import _serialize, _validate
+from landscape import _serialize
+from landscape import validate as _validate
 
 PyTree = Any
 
@@ -211,12 +212,12 @@ jax.tree_util.register_dataclass(
 )
 
 
+@_validate.public("landscape.engine.batch")
 def batch(
     data: PyTree,
     batch_size: int | None = None,
     *,
     placement: str = "shard",
-    fn: str = "landscape.engine.batch",
     check_finite: bool = True,
 ) -> Batched:
     """Validate ``data`` and lay it out on the devices for exact batched reductions.
@@ -240,13 +241,13 @@ def batch(
     """
     if isinstance(data, Batched):
         return data
-    _validate.check_choice(placement, ("shard", "replicate"), fn=fn, name="placement")
-    n = _validate.num_examples(data, fn=fn)
+    _validate.check_choice(placement, ("shard", "replicate"), name="placement")
+    n = _validate.num_examples(data)
     if check_finite:
-        _validate.check_finite(data, fn=fn, name="data")
+        _validate.check_finite(data, name="data")
     if batch_size is None:
         batch_size = min(n, DEFAULT_BATCH_SIZE)
-    batch_size = _validate.check_batch_size(batch_size, n, fn=fn)
+    batch_size = _validate.check_batch_size(batch_size, n)
     ndev = jax.device_count()
     full_sh = rest_sh = None
     if ndev > 1:
@@ -366,7 +367,7 @@ def _mean_jit(fn_static, fn_dyn, point, batched, args):
     return batched_mean(merge_fn(fn_static, fn_dyn), point, batched, *args)
 
 
-def _raise_nonfinite(ok, batched: Batched, *, fn: str, what: str):
+def _raise_nonfinite(ok, batched: Batched, *, what: str):
     ok = np.asarray(ok)
     if ok.all():
         return
@@ -381,10 +382,11 @@ def _raise_nonfinite(ok, batched: Batched, *, fn: str, what: str):
                 f"the remainder batch (examples {batched.num_batches * bs}..{batched.num_examples - 1})"
             )
     raise FloatingPointError(
-        f"{fn}: non-finite {what} in {len(bad)} of {len(ok)} batches: " + ", ".join(names) + "."
+        f"{_validate.where()}: non-finite {what} in {len(bad)} of {len(ok)} batches: " + ", ".join(names) + "."
     )
 
 
+@_validate.public("landscape.engine.mean")
 def mean(
     fn: Callable,
     point: PyTree,
@@ -392,7 +394,6 @@ def mean(
     *args,
     batch_size: int | None = None,
     check_finite: bool = False,
-    fn_name: str = "landscape.engine.mean",
 ) -> PyTree:
     """Exact data-set mean of ``fn(point, batch, *args)`` in one compiled program.
 
@@ -405,21 +406,21 @@ def mean(
       check_finite: raise ``FloatingPointError`` naming the batches whose values were not
         finite (costs one device-to-host copy of the flags).
     """
-    batched = batch(data, batch_size, fn=fn_name)
+    batched = batch(data, batch_size)
     static, dyn = split_fn(fn)
     out, ok = _mean_jit(static, dyn, point, batched, args)
     if check_finite:
-        _raise_nonfinite(ok, batched, fn=fn_name, what="values")
+        _raise_nonfinite(ok, batched, what="values")
     return out
 
 
+@_validate.public("landscape.engine.make_mean_fn")
 def make_mean_fn(
     fn: Callable,
     data: PyTree,
     *,
     batch_size: int | None = None,
     with_finite: bool = False,
-    fn_name: str = "landscape.engine.make_mean_fn",
 ) -> Callable:
     """Factory: ``f(point, *args) -> mean`` with the data laid out once.
 
@@ -428,7 +429,7 @@ def make_mean_fn(
     callbacks) neither recompile nor copy the data. With ``with_finite=True`` it returns
     ``(mean, finite_flags_per_batch)``.
     """
-    batched = batch(data, batch_size, fn=fn_name)
+    batched = batch(data, batch_size)
     static, dyn = split_fn(fn)
 
     def f(point, *args):
@@ -445,7 +446,7 @@ _CHECKED: set = set()
 _NUM_OUTPUTS: dict = {}
 
 
-def _check_labels(loss_fn, params, data, small, *, fn: str, name: str) -> None:
+def _check_labels(loss_fn, params, data, small, *, name: str) -> None:
     """Integer class labels of a toolkit ``Loss`` must lie in ``[0, num_outputs)``: out of range,
     cross-entropy silently takes another class (-1 is the last) or NaN, and MSE a zero target.
     Labels are small: device labels are copied to the host for the check (no compilation)."""
@@ -478,13 +479,14 @@ def _check_labels(loss_fn, params, data, small, *, fn: str, name: str) -> None:
     lo, hi = int(y.min()), int(y.max())
     if num and (lo < 0 or hi >= num):
         raise ValueError(
-            f"{fn}: {name}['{spec.target_key}'] holds class labels in [{lo}, {hi}], but the model has "
+            f"{_validate.where()}: {name}['{spec.target_key}'] holds class labels in [{lo}, {hi}], but the model has "
             f"{num} outputs; labels must lie in [0, {num})."
         )
 
 
+@_validate.public("landscape.engine.check_loss")
 def check_loss(
-    loss_fn: Callable, params: PyTree, data: PyTree, *, fn: str, name: str = "data"
+    loss_fn: Callable, params: PyTree, data: PyTree, *, name: str = "data"
 ) -> None:
     """Trace ``loss_fn`` on two examples of ``data`` (no compilation) and turn a failure into a
     ``ValueError`` that names the data's shapes: model/data mismatches surface at the boundary
@@ -506,7 +508,7 @@ def check_loss(
         hash(cache_key)
     except TypeError:
         cache_key = None
-    _check_labels(loss_fn, params, data, small, fn=fn, name=name)
+    _check_labels(loss_fn, params, data, small, name=name)
     if cache_key is not None and cache_key in _CHECKED:
         return
     try:
@@ -520,12 +522,13 @@ def check_loss(
             raise
         shapes = jax.tree.map(lambda x: tuple(np.shape(x))[1:], small)
         raise ValueError(
-            f"{fn}: loss_fn could not be evaluated on {name} (per-example shapes {shapes}) with these "
+            f"{_validate.where()}: loss_fn could not be evaluated on {name} (per-example shapes {shapes}) with these "
             f"params: {type(e).__name__}: {str(e).splitlines()[0][:300]}. Check that the data's "
             "input shape and target format match the model."
         ) from e
 
 
+@_validate.public("landscape.evaluate")
 def evaluate(
     loss_fn: Callable,
     params: PyTree,
@@ -537,14 +540,14 @@ def evaluate(
 
     One compiled program (scan over full batches + weighted remainder); see :func:`mean`.
     """
-    fn = "landscape.evaluate"
-    _validate.check_callable(loss_fn, fn=fn, name="loss_fn")
-    _validate.check_params(params, fn=fn)
-    data = batch(data, batch_size, fn=fn)
-    check_loss(loss_fn, params, data, fn=fn)
-    return mean(Partial(_loss_dict, loss_fn), params, data, batch_size=batch_size, fn_name=fn)
+    _validate.check_callable(loss_fn, name="loss_fn")
+    _validate.check_params(params)
+    data = batch(data, batch_size)
+    check_loss(loss_fn, params, data)
+    return mean(Partial(_loss_dict, loss_fn), params, data, batch_size=batch_size)
 
 
+@_validate.public("landscape.value_and_grad")
 def value_and_grad(
     loss_fn: Callable,
     params: PyTree,
@@ -559,18 +562,16 @@ def value_and_grad(
       FloatingPointError: (with ``check_finite``) naming the batches whose loss or gradient
         was not finite.
     """
-    fn = "landscape.value_and_grad"
-    _validate.check_callable(loss_fn, fn=fn, name="loss_fn")
-    _validate.check_params(params, fn=fn)
-    data = batch(data, batch_size, fn=fn)
-    check_loss(loss_fn, params, data, fn=fn)
+    _validate.check_callable(loss_fn, name="loss_fn")
+    _validate.check_params(params)
+    data = batch(data, batch_size)
+    check_loss(loss_fn, params, data)
     return mean(
         Partial(_value_and_grad, loss_fn),
         params,
         data,
         batch_size=batch_size,
         check_finite=check_finite,
-        fn_name=fn,
     )
 
 
@@ -606,6 +607,7 @@ def _points_jit(
     )(coords, point_args, batched)
 
 
+@_validate.public("landscape.engine.evaluate_points")
 def evaluate_points(
     fn: Callable,
     point_fn: Callable,
@@ -620,7 +622,6 @@ def evaluate_points(
     store: ChunkStore | None = None,
     progress: bool = False,
     desc: str = "points",
-    fn_name: str = "landscape.engine.evaluate_points",
 ) -> dict[str, np.ndarray] | PyTree:
     """Exact data-set means of ``fn(point, batch)`` at many points, in compiled chunks.
 
@@ -645,26 +646,26 @@ def evaluate_points(
     Returns:
       The pytree returned by ``fn`` with a leading ``num_points`` axis, as NumPy arrays.
     """
-    _validate.check_choice(strategy, ("map", "vmap"), fn=fn_name, name="strategy")
+    _validate.check_choice(strategy, ("map", "vmap"), name="strategy")
     coords = np.asarray(coords)
     if coords.ndim == 0 or coords.shape[0] == 0:
         raise ValueError(
-            f"{fn_name}: coords must have a non-empty leading axis of points; got shape {coords.shape}."
+            f"{_validate.where()}: coords must have a non-empty leading axis of points; got shape {coords.shape}."
         )
     if not np.all(np.isfinite(coords)):
-        raise ValueError(f"{fn_name}: coords must be finite.")
+        raise ValueError(f"{_validate.where()}: coords must be finite.")
     num_points = coords.shape[0]
     ndev = jax.device_count()
     sharded = ndev > 1
-    batched = batch(data, batch_size, placement="replicate" if sharded else "shard", fn=fn_name)
+    batched = batch(data, batch_size, placement="replicate" if sharded else "shard")
     if sharded and batched.placement != "replicate":
         raise ValueError(
-            f"{fn_name}: with {ndev} devices the points are sharded, so data must be laid out with "
+            f"{_validate.where()}: with {ndev} devices the points are sharded, so data must be laid out with "
             "placement='replicate' (pass the raw data or engine.batch(data, placement='replicate'))."
         )
     if chunk_size is None:
         chunk_size = min(num_points, 64)
-    chunk_size = _validate.check_positive_int(chunk_size, fn=fn_name, name="chunk_size")
+    chunk_size = _validate.check_positive_int(chunk_size, name="chunk_size")
     if sharded:
         chunk_size = int(math.ceil(chunk_size / ndev) * ndev)
     num_chunks = int(math.ceil(num_points / chunk_size))

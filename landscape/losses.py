@@ -17,7 +17,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from landscape import _tree, _validate
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._model import Model, as_model
 
 PyTree = Any
@@ -165,6 +166,7 @@ class Loss:
         return res, new_state
 
 
+@_validate.public("landscape.make_loss_fn")
 def make_loss_fn(
     model: Model,
     kind: str = "cross_entropy",
@@ -200,12 +202,11 @@ def make_loss_fn(
       avoid recompiling, and keep large arrays in ``params``/``batch``/the state, not in
       closures.
     """
-    fn = "landscape.make_loss_fn"
-    model = as_model(model, fn=fn)
-    _validate.check_choice(kind, LOSS_KINDS, fn=fn, name="kind")
-    weight_decay = _validate.check_finite_scalar(weight_decay, fn=fn, name="weight_decay")
+    model = as_model(model)
+    _validate.check_choice(kind, LOSS_KINDS, name="kind")
+    weight_decay = _validate.check_finite_scalar(weight_decay, name="weight_decay")
     if weight_decay < 0:
-        raise ValueError(f"{fn}: weight_decay must be >= 0; got {weight_decay}.")
+        raise ValueError(f"{_validate.where()}: weight_decay must be >= 0; got {weight_decay}.")
     spec = _LossSpec(
         model.apply_fn,
         kind,

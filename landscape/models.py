@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from landscape import validate as _validate
 from landscape._model import Model, from_nnx
 
 __all__ = [
@@ -458,6 +459,7 @@ def _jsonable_kwargs(kwargs: dict) -> dict:
     return out
 
 
+@_validate.public("landscape.make_model")
 def make_model(
     name: str,
     *,

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from landscape import _provenance, _serialize
+from landscape import validate as _validate
 
 __all__ = ["ReportSizes", "analysis_report"]
 
@@ -80,7 +81,7 @@ def _own_entries(root: Path) -> list[Path]:
     return [p for p in root.iterdir() if p.name in names or p.name.startswith(".other_run.")]
 
 
-def _claim(root: Path, fingerprint: dict, log, *, fn: str) -> None:
+def _claim(root: Path, fingerprint: dict, log) -> None:
     """Make ``root`` hold sections of this report only.
 
     Sections saved by an earlier report of the same trained parameters, data, state, sizes, seed
@@ -92,7 +93,7 @@ def _claim(root: Path, fingerprint: dict, log, *, fn: str) -> None:
     fingerprint = _serialize.to_jsonable(fingerprint)
     if root.exists() and not path.exists() and any(root.iterdir()):
         raise ValueError(
-            f"{fn}: {root} exists and was not written by landscape.report (no fingerprint.json); "
+            f"{_validate.where()}: {root} exists and was not written by landscape.report (no fingerprint.json); "
             "choose another run_dir or move that directory away. Nothing was deleted."
         )
     if path.exists():
@@ -122,6 +123,7 @@ def _section(root: Path, name: str, compute, cls):
     return res, False
 
 
+@_validate.public("landscape.report.analysis_report")
 def analysis_report(
     run_dir: str | Path,
     result,
@@ -170,33 +172,31 @@ def analysis_report(
     import landscape
     import ntk
     from landscape import connect, hessian, surface
-
-    fn = "landscape.report.analysis_report"
-    from landscape import _validate
+    from landscape import validate as _validate
     from landscape._model import Model
 
     if not isinstance(getattr(result, "model", None), Model):
-        raise TypeError(f"{fn}: result must be a TrainResult (or a loaded run) with a .model; "
+        raise TypeError(f"{_validate.where()}: result must be a TrainResult (or a loaded run) with a .model; "
                         f"got {type(result).__name__}.")
     if not (hasattr(data, "train") and hasattr(data, "test")):
-        raise TypeError(f"{fn}: data must be a landscape Dataset with .train and .test; "
+        raise TypeError(f"{_validate.where()}: data must be a landscape Dataset with .train and .test; "
                         f"got {type(data).__name__}.")
     sizes = ReportSizes() if sizes is None else sizes
     if not isinstance(sizes, ReportSizes):
-        raise TypeError(f"{fn}: sizes must be a ReportSizes; got {type(sizes).__name__}.")
+        raise TypeError(f"{_validate.where()}: sizes must be a ReportSizes; got {type(sizes).__name__}.")
     minimum = {"trace_hvps": 3, "slice_points": 3, "interp_points": 5, "profile_points": 3,
                "density_steps": 2}
     for name, value in sizes.__dict__.items():
-        _validate.check_positive_int(value, fn=fn, name=f"sizes.{name}")
+        _validate.check_positive_int(value, name=f"sizes.{name}")
         if value < minimum.get(name, 1):
-            raise ValueError(f"{fn}: sizes.{name} must be >= {minimum[name]}; got {value}.")
+            raise ValueError(f"{_validate.where()}: sizes.{name} must be >= {minimum[name]}; got {value}.")
     if getattr(data, "task", "classification") != "classification":
-        raise ValueError(f"{fn}: the report analyses the cross-entropy of a classifier; the data "
+        raise ValueError(f"{_validate.where()}: the report analyses the cross-entropy of a classifier; the data "
                          f"set's task is {data.task!r}.")
-    _validate.check_params(result.model.params, fn=fn, name="result.model.params")
-    _validate.check_same_structure(init_params, result.model.params, fn=fn, name="init_params",
+    _validate.check_params(result.model.params, name="result.model.params")
+    _validate.check_same_structure(init_params, result.model.params, name="init_params",
                                    ref_name="result.model.params")
-    _validate.check_finite(init_params, fn=fn, name="init_params")
+    _validate.check_finite(init_params, name="init_params")
     run_dir = Path(run_dir)
     root = run_dir / "report"
     model = result.model
@@ -211,7 +211,7 @@ def analysis_report(
         "spec": model.spec,
         "sizes": sizes.__dict__,
         "seed": seed,
-    }, log, fn=fn)
+    }, log)
     loss_fn = landscape.make_loss_fn(model)
     train, test = data.train, data.test
     key = jax.random.key(seed)
@@ -295,7 +295,7 @@ def analysis_report(
         other_model = landscape.load_run(other_path, model=model).model
     else:
         if not callable(train_other):
-            raise TypeError(f"{fn}: train_other must be a function seed -> TrainResult (the "
+            raise TypeError(f"{_validate.where()}: train_other must be a function seed -> TrainResult (the "
                             f"second network of the connectivity section); got {train_other!r}.")
         other = train_other(seed + 1)
         tmp = root / f".other_run.{os.getpid()}"

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape import _serialize, _validate
+from landscape import _serialize
+from landscape import validate as _validate
 from landscape._model import Model, as_model
 from landscape.models import model_from_spec
 
@@ -48,6 +49,7 @@ class Run:
         return f"Run({self.path}, {self.model!r})"
 
 
+@_validate.public("landscape.save_run")
 def save_run(
     run_dir: str | os.PathLike,
     result_or_model: Any,
@@ -80,7 +82,7 @@ def save_run(
         prov = {**r.provenance, **(provenance or {})}
         snaps = r.snapshots
     else:
-        model = as_model(result_or_model, fn="landscape.save_run")
+        model = as_model(result_or_model)
         cfg = dict(config or {})
         hist = dict(history or {})
         prov = dict(provenance or {})
@@ -103,6 +105,7 @@ def _architecture(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if k != "seed"} if isinstance(spec, dict) else spec
 
 
+@_validate.public("landscape.load_run")
 def load_run(run_dir: str | os.PathLike, *, model: Model | None = None) -> Run:
     """Load a run saved by :func:`save_run`.
 
@@ -116,10 +119,9 @@ def load_run(run_dir: str | os.PathLike, *, model: Model | None = None) -> Run:
       ValueError: the saved parameters do not fit the architecture (another model, another
         width, ...); the message shows both structures.
     """
-    fn = "landscape.load_run"
     run_dir = Path(run_dir)
     if not (run_dir / "params.npz").exists():
-        raise FileNotFoundError(f"{fn}: no run in {run_dir} (params.npz missing).")
+        raise FileNotFoundError(f"{_validate.where()}: no run in {run_dir} (params.npz missing).")
     params = _serialize.load_tree(run_dir / "params.npz")
     state = _serialize.load_tree(run_dir / "state.npz") if (run_dir / "state.npz").exists() else {}
     cfg = (
@@ -142,15 +144,15 @@ def load_run(run_dir: str | os.PathLike, *, model: Model | None = None) -> Run:
     if model is None:
         if not spec:
             raise ValueError(
-                f"{fn}: {run_dir} does not record a registry model spec; pass model= a template "
+                f"{_validate.where()}: {run_dir} does not record a registry model spec; pass model= a template "
                 "of the same architecture."
             )
         template = model_from_spec(spec)
     else:
-        template = as_model(model, fn=fn)
+        template = as_model(model)
         if spec and template.spec and _architecture(template.spec) != _architecture(spec):
             raise ValueError(
-                f"{fn}: the run in {run_dir} was saved from model {spec}, but the template is "
+                f"{_validate.where()}: the run in {run_dir} was saved from model {spec}, but the template is "
                 f"{template.spec}."
             )
     what = f"the parameters saved in {run_dir}"
@@ -158,14 +160,12 @@ def load_run(run_dir: str | os.PathLike, *, model: Model | None = None) -> Run:
         _validate.check_same_structure(
             params,
             template.params,
-            fn=fn,
             name=what,
             ref_name=f"the architecture's parameters ({(spec or {}).get('name', 'template')})",
         )
         _validate.check_same_structure(
             state,
             template.state,
-            fn=fn,
             name=f"the state saved in {run_dir}",
             ref_name="the architecture's state",
         )

@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from landscape import _provenance, _serialize, _tree, _validate, engine
+from landscape import _provenance, _serialize, engine
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._model import Model, as_model
 from landscape._result import Result, result, static_field
 from landscape.losses import Loss, make_loss_fn
@@ -45,6 +47,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Schedules and optimisers by name
 # --------------------------------------------------------------------------------------------
+@_validate.public("landscape.make_schedule")
 def make_schedule(
     name: str = "constant",
     learning_rate: float = 1e-3,
@@ -65,9 +68,8 @@ def make_schedule(
         ``"exponential"`` (``decay_rate`` per ``num_steps``).
       learning_rate: peak learning rate.
     """
-    fn = "landscape.make_schedule"
     _validate.check_choice(
-        name, ("constant", "cosine", "warmup_cosine", "step", "exponential"), fn=fn, name="name"
+        name, ("constant", "cosine", "warmup_cosine", "step", "exponential"), name="name"
     )
     lr = float(learning_rate)
     if name == "constant":
@@ -106,12 +108,13 @@ _OPTIMIZERS = {
 _NAMED_OPT_CACHE: dict = {}
 
 
+@_validate.public("landscape.make_optimizer")
 def make_optimizer(
     name: str, learning_rate: float | Callable, **kwargs
 ) -> optax.GradientTransformation:
     """An Optax optimiser by name (``sgd``, ``momentum``, ``nesterov``, ``adam``, ``adamw``,
     ``rmsprop``) with a float or schedule learning rate."""
-    _validate.check_choice(name, tuple(_OPTIMIZERS), fn="landscape.make_optimizer", name="name")
+    _validate.check_choice(name, tuple(_OPTIMIZERS), name="name")
     return _OPTIMIZERS[name](learning_rate, **kwargs)
 
 
@@ -145,10 +148,11 @@ class Callback:
     name: str | None = None
 
 
+@_validate.public("landscape.callback")
 def callback(
     fn: Callable, *, every: int, at_start: bool = True, name: str | None = None
 ) -> Callback:
-    _validate.check_positive_int(every, fn="landscape.callback", name="every")
+    _validate.check_positive_int(every, name="every")
     return Callback(int(every), fn, at_start, name)
 
 
@@ -288,6 +292,7 @@ def _host(tree):
 
 
 # --------------------------------------------------------------------------------------------
+@_validate.public("landscape.train")
 def train(
     model: Model,
     data: dict,
@@ -346,31 +351,30 @@ def train(
       ValueError, TypeError: invalid inputs (non-finite data or parameters, batch size out of
         range, both or neither of num_steps/num_epochs, ...).
     """
-    fn = "landscape.train"
-    model = as_model(model, fn=fn)
-    n = _validate.check_data(data, fn=fn)
+    model = as_model(model)
+    n = _validate.check_data(data)
     if test_data is not None:
-        _validate.check_data(test_data, fn=fn, name="test_data")
-    _validate.check_params(model.params, fn=fn, name="model.params")
-    batch_size = _validate.check_batch_size(batch_size, n, fn=fn)
+        _validate.check_data(test_data, name="test_data")
+    _validate.check_params(model.params, name="model.params")
+    batch_size = _validate.check_batch_size(batch_size, n)
     steps_per_epoch = n // batch_size
     if (num_steps is None) == (num_epochs is None):
         raise ValueError(
-            f"{fn}: give exactly one of num_steps and num_epochs; got {num_steps=}, {num_epochs=}."
+            f"{_validate.where()}: give exactly one of num_steps and num_epochs; got {num_steps=}, {num_epochs=}."
         )
     if num_epochs is not None:
-        num_epochs = _validate.check_positive_int(num_epochs, fn=fn, name="num_epochs")
+        num_epochs = _validate.check_positive_int(num_epochs, name="num_epochs")
         num_steps = num_epochs * steps_per_epoch
-    num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
+    num_steps = _validate.check_positive_int(num_steps, name="num_steps")
 
     # loss
     if isinstance(loss, str):
         loss_fn = make_loss_fn(model, loss, weight_decay=weight_decay)
     else:
-        _validate.check_callable(loss, fn=fn, name="loss")
+        _validate.check_callable(loss, name="loss")
         if weight_decay:
             raise ValueError(
-                f"{fn}: weight_decay applies to named losses; include it in your loss_fn instead."
+                f"{_validate.where()}: weight_decay applies to named losses; include it in your loss_fn instead."
             )
         loss_fn = loss
 
@@ -380,7 +384,7 @@ def train(
         lr = learning_rate
         if schedule is not None and callable(learning_rate):
             raise ValueError(
-                f"{fn}: give either a schedule name or a callable learning_rate, not both."
+                f"{_validate.where()}: give either a schedule name or a callable learning_rate, not both."
             )
         # the optimizer is a static argument of the compiled step block: the same named
         # settings must give the same object, or every call compiles again
@@ -407,46 +411,46 @@ def train(
         opt_desc = {"name": "custom", "repr": repr(optimizer)[:200]}
         if schedule is not None:
             raise ValueError(
-                f"{fn}: schedule applies to a named optimizer; put the schedule inside your optax transformation."
+                f"{_validate.where()}: schedule applies to a named optimizer; put the schedule inside your optax transformation."
             )
     else:
         raise TypeError(
-            f"{fn}: optimizer must be an optax.GradientTransformation or a name; got {type(optimizer).__name__}."
+            f"{_validate.where()}: optimizer must be an optax.GradientTransformation or a name; got {type(optimizer).__name__}."
         )
 
     if eval_every is None:
         eval_every = max(1, num_steps // 10)
-    eval_every = _validate.check_positive_int(eval_every, fn=fn, name="eval_every")
+    eval_every = _validate.check_positive_int(eval_every, name="eval_every")
     callbacks = list(callbacks)
     for cb in callbacks:
         if not isinstance(cb, Callback):
             raise TypeError(
-                f"{fn}: callbacks must be landscape.callback(fn, every=N) objects; got {type(cb).__name__}."
+                f"{_validate.where()}: callbacks must be landscape.callback(fn, every=N) objects; got {type(cb).__name__}."
             )
     if snapshot_steps is None:
         snap = set()
     elif isinstance(snapshot_steps, (int, np.integer)):
-        k = _validate.check_positive_int(int(snapshot_steps), fn=fn, name="snapshot_steps")
+        k = _validate.check_positive_int(int(snapshot_steps), name="snapshot_steps")
         snap = set(range(0, num_steps + 1, k)) | {num_steps}
     else:
         snap = {int(s) for s in snapshot_steps}
         bad = [s for s in snap if s < 0 or s > num_steps]
         if bad:
             raise ValueError(
-                f"{fn}: snapshot_steps must lie in [0, num_steps={num_steps}]; got {sorted(bad)}."
+                f"{_validate.where()}: snapshot_steps must lie in [0, num_steps={num_steps}]; got {sorted(bad)}."
             )
 
-    engine.check_loss(loss_fn, model.params, data, fn=fn)
+    engine.check_loss(loss_fn, model.params, data)
     if test_data is not None:
-        engine.check_loss(loss_fn, model.params, test_data, fn=fn, name="test_data")
+        engine.check_loss(loss_fn, model.params, test_data, name="test_data")
 
     periods = [eval_every, *[cb.every for cb in callbacks], *[s for s in snap if s > 0]]
     block = _block_length(num_steps, periods, max_block)
 
     # device-resident data and evaluation layouts (prepared once)
     ddata = jax.tree.map(jnp.asarray, data)
-    ev_train = engine.batch(data, eval_batch_size, fn=fn)
-    ev_test = engine.batch(test_data, eval_batch_size, fn=fn) if test_data is not None else None
+    ev_train = engine.batch(data, eval_batch_size)
+    ev_test = engine.batch(test_data, eval_batch_size) if test_data is not None else None
 
     rng = np.random.default_rng(seed)
     order: list[np.ndarray] = []
@@ -568,7 +572,7 @@ def train(
                 history["batch_loss"].extend(losses[:good].tolist())
                 res = finish(params, state, opt_state, time.perf_counter() - t0)
                 raise TrainingDivergedError(
-                    f"{fn}: non-finite loss, gradient or update at step {bad} (batch loss {losses[good]}); "
+                    f"{_validate.where()}: non-finite loss, gradient or update at step {bad} (batch loss {losses[good]}); "
                     f"training stopped and the parameters after step {bad - 1} are kept in err.result.",
                     bad,
                     res,

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import landscape
+from landscape import validate as _validate
 from ntk import _arch, _blocks, _checks, _layers
 from ntk._arch import Architecture
 
@@ -41,7 +42,7 @@ class _AnalyticBlock:
     arch: Architecture
 
     def __call__(self, args, x1, x2, same):
-        return self.arch.kernel_fn(x1, None if same else x2, fn="ntk.kernel")
+        return self.arch.kernel_fn(x1, None if same else x2)
 
 
 def _bytes_per_pair(arch: Architecture, x) -> float:
@@ -89,7 +90,7 @@ def kernel_equivalent(arch: Architecture) -> Architecture:
 def _check_arch(arch, shape, dtype):
     """Trace-only check of the whole layer stack (architecture errors name the layer)."""
     jax.eval_shape(
-        lambda a: arch.kernel_fn(a, fn="ntk.kernel"), jax.ShapeDtypeStruct((1,) + shape, dtype)
+        lambda a: arch.kernel_fn(a), jax.ShapeDtypeStruct((1,) + shape, dtype)
     )
 
 
@@ -107,6 +108,7 @@ def provenance(dtype, **settings) -> dict:
     return out
 
 
+@_validate.public("ntk.kernel")
 def kernel(
     arch: Architecture,
     x1,
@@ -164,19 +166,18 @@ def kernel(
       networks of any depth evolve as linear models. Arora et al. (2019), On exact computation
       with an infinitely wide neural net. Novak et al. (2020), Neural Tangents.
     """
-    fn = "ntk.kernel"
     if not isinstance(arch, Architecture):
         raise TypeError(
-            f"{fn}: arch must be an ntk.Architecture (from ntk.serial); got {type(arch).__name__}."
+            f"{_validate.where('ntk')}: arch must be an ntk.Architecture (from ntk.serial); got {type(arch).__name__}."
         )
-    x1 = _checks.as_inputs(x1, fn=fn, name="x1")
-    x2 = None if x2 is None else _checks.as_inputs(x2, fn=fn, name="x2", dtype=x1.dtype)
-    _checks.check_pair(x1, x2, fn=fn)
-    arch.check_input_shape(x1.shape[1:], fn=fn, name="x1")
+    x1 = _checks.as_inputs(x1, name="x1")
+    x2 = None if x2 is None else _checks.as_inputs(x2, name="x2", dtype=x1.dtype)
+    _checks.check_pair(x1, x2)
+    arch.check_input_shape(x1.shape[1:], name="x1")
     # trace-only check of the whole layer stack (architecture errors name the layer)
     _check_arch(arch, tuple(x1.shape[1:]), np.dtype(x1.dtype))
     n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
-    bs = _blocks.choose_block_size(block_size, n, _bytes_per_pair(arch, x1), fn=fn)
+    bs = _blocks.choose_block_size(block_size, n, _bytes_per_pair(arch, x1))
     meta = (
         None
         if store is None
@@ -193,7 +194,6 @@ def kernel(
         x1,
         x2,
         block_size=bs,
-        fn=fn,
         store=store,
         store_meta=meta,
         progress=progress,

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from landscape import engine
+from landscape import validate as _validate
 from landscape._model import _NNXApply
 from ntk import _kmath, _layers
 from ntk._layers import ArchitectureError, KState, Layer
@@ -74,10 +75,10 @@ class Serial(Layer):
     def uses_spatial(self) -> bool:
         return any(_uses_spatial(l) for l in self.layers)
 
-    def out_shape(self, in_shape, fn="ntk"):
+    def out_shape(self, in_shape):
         s = tuple(in_shape)
         for l in self.layers:
-            s = l.out_shape(s, fn)
+            s = l.out_shape(s)
         return s
 
     def param_specs(self, in_shape):
@@ -186,11 +187,11 @@ class Parallel(Layer):
     def uses_spatial(self) -> bool:
         return any(_uses_spatial(b) for b in self.branches)
 
-    def out_shape(self, in_shape, fn="ntk"):
-        shapes = [b.out_shape(in_shape, fn) for b in self.branches]
+    def out_shape(self, in_shape):
+        shapes = [b.out_shape(in_shape) for b in self.branches]
         if len(set(shapes)) != 1:
             raise ArchitectureError(
-                f"{fn}: the branches of {self.describe()} give different output shapes {shapes}; "
+                f"{_validate.where('ntk')}: the branches of {self.describe()} give different output shapes {shapes}; "
                 "a sum needs equal shapes."
             )
         return shapes[0]
@@ -224,7 +225,7 @@ class Parallel(Layer):
         for o in outs[1:]:
             if (o.mode, o.shape, o.width) != (first.mode, first.shape, first.width):
                 raise ArchitectureError(
-                    f"{ks.fn}: the branches of {self.describe()} give different output shapes."
+                    f"{_validate.where('ntk')}: the branches of {self.describe()} give different output shapes."
                 )
 
         def add(attr):
@@ -264,13 +265,13 @@ def _band_truncate(ks: KState, radius: tuple) -> KState:
     return ks.map(cut).replace(radius=radius)
 
 
-def _as_layer(l, fn: str):
+def _as_layer(l):
     if isinstance(l, Layer):
         return l
     if isinstance(l, (list, tuple)):
-        return Serial(tuple(_as_layer(x, fn) for x in l))
+        return Serial(tuple(_as_layer(x) for x in l))
     raise TypeError(
-        f"{fn}: every layer must be an ntk layer (ntk.Dense(...), ntk.Relu(), ...); "
+        f"{_validate.where('ntk')}: every layer must be an ntk layer (ntk.Dense(...), ntk.Relu(), ...); "
         f"got {type(l).__name__}. Did you forget the parentheses (ntk.Relu())?"
     )
 
@@ -295,28 +296,29 @@ class Architecture:
         return self.net.layers
 
     # ---------------------------------------------------------------------------------
-    def check_input_shape(self, shape: tuple, *, fn: str, name: str) -> tuple:
+    def check_input_shape(self, shape: tuple, *, name: str) -> tuple:
         """Validate one example's shape; return the output shape."""
         shape = tuple(int(s) for s in shape)
         spatial = self.net.uses_spatial()
         if not spatial and len(shape) != 1:
             raise ValueError(
-                f"{fn}: {name} must have shape (n, features) for an architecture without Conv "
+                f"{_validate.where('ntk')}: {name} must have shape (n, features) for an architecture without Conv "
                 f"or pooling layers; got examples of shape {shape} (add ntk.Flatten() first to "
                 "use images)."
             )
         if spatial and len(shape) < 2:
             raise ValueError(
-                f"{fn}: {name} must have shape (n, *spatial, channels) (images are NHWC) for an "
+                f"{_validate.where('ntk')}: {name} must have shape (n, *spatial, channels) (images are NHWC) for an "
                 f"architecture with Conv or pooling layers; got examples of shape {shape}."
             )
         if any(s <= 0 for s in shape):
-            raise ValueError(f"{fn}: {name} has an empty axis: examples of shape {shape}.")
-        return self.net.out_shape(shape, fn)
+            raise ValueError(f"{_validate.where('ntk')}: {name} has an empty axis: examples of shape {shape}.")
+        return self.net.out_shape(shape)
 
+    @_validate.public("ntk.Architecture.out_shape")
     def out_shape(self, input_shape) -> tuple:
         return self.check_input_shape(
-            input_shape, fn="ntk.Architecture.out_shape", name="input_shape"
+            input_shape, name="input_shape"
         )
 
     def apply(self, params, x, ctx=None):
@@ -327,6 +329,7 @@ class Architecture:
         """``[(path, layer)]`` of the Dense and Conv layers, in order."""
         return self.net.affine_layers("")
 
+    @_validate.public("ntk.Architecture.init_params")
     def init_params(self, key, input_shape, *, dtype=jnp.float32) -> dict:
         """Random parameters for one example of shape ``input_shape`` (no batch axis).
 
@@ -337,7 +340,7 @@ class Architecture:
         compilation per layer or per model); the same values are produced inside compiled
         code (``arch.net.init``, used by :func:`ntk.monte_carlo`).
         """
-        self.check_input_shape(input_shape, fn="ntk.Architecture.init_params", name="input_shape")
+        self.check_input_shape(input_shape, name="input_shape")
         dtype = jax.dtypes.canonicalize_dtype(dtype)
         specs = self.net.param_specs(tuple(int(s) for s in input_shape))
         flat = [_normal_chunk_jit(key, np.uint32(i), dtype) for i in range(_num_chunks(specs))]
@@ -375,7 +378,8 @@ class Architecture:
         return m.replace(apply_fn=apply_fn)
 
     # ---------------------------------------------------------------------------------
-    def kernel_fn(self, x1, x2=None, *, fn: str = "ntk.Architecture.kernel_fn"):
+    @_validate.public("ntk.Architecture.kernel_fn")
+    def kernel_fn(self, x1, x2=None):
         """Analytic ``(nngp, ntk)`` of two input blocks, ``(n1, n2)`` each (traceable).
 
         No blocking: memory is ``n1 n2`` times the positions kept per pair (see
@@ -384,11 +388,11 @@ class Architecture:
         same = x2 is None
         x2 = x1 if same else x2
         with jax.default_matmul_precision(engine.ANALYSIS_PRECISION):  # no TF32 on GPUs
-            ks = input_state(self, x1, x2, same, fn)
+            ks = input_state(self, x1, x2, same)
             ks = self.net.kernel(ks)
         if ks.mode != "none":
             raise ArchitectureError(
-                f"{fn}: the architecture's output still has spatial axes {ks.shape}; end it with "
+                f"{_validate.where('ntk')}: the architecture's output still has spatial axes {ks.shape}; end it with "
                 "ntk.Flatten() or ntk.GlobalAvgPool() (and a Dense readout)."
             )
         return ks.nngp, ks.ntk
@@ -447,7 +451,7 @@ def _unflatten_draw(specs, flat, xp):
     return build(specs)
 
 
-def input_state(arch: Architecture, x1, x2, same: bool, fn: str) -> KState:
+def input_state(arch: Architecture, x1, x2, same: bool) -> KState:
     """The kernel of the inputs: ``K0[p, p'] = x_p . x'_p' / channels`` (neural-tangents), in
     the position layout the layer stack needs (see :func:`position_layout`)."""
     d = x1.ndim - 2
@@ -497,7 +501,6 @@ def input_state(arch: Architecture, x1, x2, same: bool, fn: str) -> KState:
         width=C,
         gaussian=False,
         last="the input",
-        fn=fn,
         radius=radius,
     )
 
@@ -518,6 +521,7 @@ def position_layout(arch: Architecture, spatial: tuple) -> tuple[str, tuple]:
     return "diag", ()
 
 
+@_validate.public("ntk.serial")
 def serial(*layers) -> Architecture:
     """Compose layers into an architecture (neural-tangents' ``stax.serial``).
 
@@ -540,27 +544,29 @@ def serial(*layers) -> Architecture:
     for l in layers:
         if isinstance(l, Architecture):
             l = l.net
-        flat.append(_as_layer(l, "ntk.serial"))
+        flat.append(_as_layer(l))
     return Architecture(Serial(tuple(flat)))
 
 
-def _sub(l, fn):
+def _sub(l):
     if isinstance(l, Architecture):
         return l.net
-    return _as_layer(l, fn)
+    return _as_layer(l)
 
 
+@_validate.public("ntk.parallel")
 def parallel(*branches) -> Layer:
     """Branches on the same input whose outputs are summed (neural-tangents'
     ``FanOut`` + ``parallel`` + ``FanInSum``). Each branch is a layer, a list of layers or an
     architecture. Every branch but one must end in a Dense or Conv layer (see
     :class:`Parallel`)."""
-    return Parallel(tuple(_sub(b, "ntk.parallel") for b in branches))
+    return Parallel(tuple(_sub(b) for b in branches))
 
 
+@_validate.public("ntk.residual")
 def residual(*layers) -> Layer:
     """``x + f(x)`` with ``f = serial(*layers)``; ``f`` must end in a Dense or Conv layer."""
-    return Parallel((Serial(tuple(_sub(l, "ntk.residual") for l in layers)), _layers.Identity()))
+    return Parallel((Serial(tuple(_sub(l) for l in layers)), _layers.Identity()))
 
 
 # --------------------------------------------------------------------------------------------

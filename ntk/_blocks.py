@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from landscape import engine
+from landscape import validate as _validate
 
 BLOCK_BUDGET_BYTES = 256 * 2**20
 """Default memory budget of one block's intermediates (per device)."""
@@ -47,9 +48,7 @@ def choose_block_size(
     block_size,
     n: int,
     bytes_per_pair: float,
-    *,
-    fn: str,
-    bytes_per_row: float = 0.0,
+    *, bytes_per_row: float = 0.0,
     budget: float | None = None,
 ) -> int:
     """Validate ``block_size`` or pick the largest one within ``budget`` bytes (default
@@ -70,9 +69,9 @@ def choose_block_size(
             b = max(1, int(b / 1.5))
         return int(b)
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
-        raise TypeError(f"{fn}: block_size must be a positive int or None; got {block_size!r}.")
+        raise TypeError(f"{_validate.where('ntk')}: block_size must be a positive int or None; got {block_size!r}.")
     if block_size <= 0:
-        raise ValueError(f"{fn}: block_size must be positive; got {block_size}.")
+        raise ValueError(f"{_validate.where('ntk')}: block_size must be positive; got {block_size}.")
     b = int(min(block_size, max(n, 1)))
     lim = memory_limit()
     if need(b) > lim:
@@ -80,7 +79,7 @@ def choose_block_size(
         while fit > 1 and need(fit) > lim:
             fit = max(1, int(fit / 1.5))
         raise ValueError(
-            f"{fn}: block_size={block_size} cannot fit: one block needs about "
+            f"{_validate.where('ntk')}: block_size={block_size} cannot fit: one block needs about "
             f"{need(b) / 2**30:.1f} GiB, more than the limit {lim / 2**30:.1f} GiB "
             f"(half the memory; set NTK_MEMORY_LIMIT to change it); use block_size <= {fit}."
         )
@@ -146,7 +145,6 @@ def blocked(
     x2,
     *,
     block_size: int,
-    fn: str,
     store=None,
     store_meta: dict | None = None,
     progress: bool = False,
@@ -220,7 +218,7 @@ def blocked(
     if progress and todo_waves:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo_waves), desc=fn, unit="wave")
+        bar = tqdm(total=len(todo_waves), desc=_validate.where('ntk'), unit="wave")
     try:
         for wave, same in todo_waves:
             padded = wave + [wave[-1]] * (ndev - len(wave))

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 import landscape
-from landscape import _validate
+from landscape import validate as _validate
 from ntk import _checks
 from ntk._analytic import kernel as analytic_kernel
 from ntk._arch import Architecture
@@ -29,15 +29,15 @@ def relative_distance(a, b) -> float:
     return float(np.linalg.norm(a - b) / nb)
 
 
-def _check_arch_fn(make_arch, fn):
-    _validate.check_callable(make_arch, fn=fn, name="make_arch")
+def _check_arch_fn(make_arch):
+    _validate.check_callable(make_arch, name="make_arch")
 
 
-def _widths(widths, fn):
+def _widths(widths):
     ws = [int(w) for w in widths]
     if not ws or any(w <= 0 for w in ws):
         raise ValueError(
-            f"{fn}: widths must be a non-empty list of positive ints; got {widths!r}."
+            f"{_validate.where('ntk')}: widths must be a non-empty list of positive ints; got {widths!r}."
         )
     return ws
 
@@ -59,6 +59,7 @@ class MonteCarloKernel(landscape.Result):
     provenance: dict = landscape.static_field(default_factory=dict)
 
 
+@_validate.public("ntk.monte_carlo")
 def monte_carlo(
     arch: Architecture, x1, x2=None, *, key, num_samples: int = 8, dtype=None
 ) -> MonteCarloKernel:
@@ -67,13 +68,12 @@ def monte_carlo(
     the NTK). One compiled program maps over the samples (initialisation, outputs and the
     structured empirical NTK of each), so memory is that of one sample; the seeds match
     ``arch.init(k)`` for ``k in jax.random.split(key, num_samples)``."""
-    fn = "ntk.monte_carlo"
     if not isinstance(arch, Architecture):
-        raise TypeError(f"{fn}: arch must be an ntk.Architecture; got {type(arch).__name__}.")
-    _validate.check_key(key, fn=fn)
-    num_samples = _validate.check_positive_int(num_samples, fn=fn, name="num_samples")
-    x1 = _checks.as_inputs(x1, fn=fn, name="x1", dtype=dtype)
-    x2 = None if x2 is None else _checks.as_inputs(x2, fn=fn, name="x2", dtype=x1.dtype)
+        raise TypeError(f"{_validate.where('ntk')}: arch must be an ntk.Architecture; got {type(arch).__name__}.")
+    _validate.check_key(key)
+    num_samples = _validate.check_positive_int(num_samples, name="num_samples")
+    x1 = _checks.as_inputs(x1, name="x1", dtype=dtype)
+    x2 = None if x2 is None else _checks.as_inputs(x2, name="x2", dtype=x1.dtype)
     keys = jax.random.split(key, num_samples)
     ns, ts = _mc_jit(
         arch, keys, jax.numpy.asarray(x1), None if x2 is None else jax.numpy.asarray(x2)
@@ -141,6 +141,7 @@ def _bootstrap(stack, ref, rng, num=100):
     return float(np.std(vals))
 
 
+@_validate.public("ntk.convergence")
 def convergence(
     make_arch: Callable[[int], Architecture],
     widths: Sequence[int],
@@ -168,19 +169,18 @@ def convergence(
     References:
       Jacot et al. (2018); Lee et al. (2019), Sec. 2 and Fig. 1 (``O(1/sqrt(width))``).
     """
-    fn = "ntk.convergence"
-    _check_arch_fn(make_arch, fn)
-    ws = _widths(widths, fn)
-    _validate.check_key(key, fn=fn)
-    num_seeds = _validate.check_positive_int(num_seeds, fn=fn, name="num_seeds")
-    x = _checks.as_inputs(x, fn=fn, name="x", dtype=dtype)
+    _check_arch_fn(make_arch)
+    ws = _widths(widths)
+    _validate.check_key(key)
+    num_seeds = _validate.check_positive_int(num_seeds, name="num_seeds")
+    x = _checks.as_inputs(x, name="x", dtype=dtype)
     rng = np.random.default_rng(0)
     out = {k: [] for k in ("nd", "gd", "na", "ns", "ga", "gs")}
     for w in ws:
         arch = make_arch(w)
         if not isinstance(arch, Architecture):
             raise TypeError(
-                f"{fn}: make_arch({w}) must return an ntk.Architecture; got {type(arch).__name__}."
+                f"{_validate.where('ntk')}: make_arch({w}) must return an ntk.Architecture; got {type(arch).__name__}."
             )
         ref = analytic_kernel(arch, x)
         nt, ng = [], []
@@ -241,6 +241,7 @@ class Drift(landscape.Result):
     provenance: dict = landscape.static_field(default_factory=dict)
 
 
+@_validate.public("ntk.kernel_drift")
 def kernel_drift(
     make_arch: Callable[[int], Architecture],
     widths: Sequence[int],
@@ -273,17 +274,16 @@ def kernel_drift(
       full-batch forward/backward passes, parameters kept at the snapshots) and
       ``num_snapshots`` structured empirical kernels on ``x_probe``.
     """
-    fn = "ntk.kernel_drift"
-    _check_arch_fn(make_arch, fn)
-    ws = _widths(widths, fn)
-    _validate.check_key(key, fn=fn)
-    n = _validate.check_data(data, fn=fn)
-    num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
-    num_snapshots = _validate.check_positive_int(num_snapshots, fn=fn, name="num_snapshots")
-    _validate.check_choice(loss, ("mse", "cross_entropy"), fn=fn, name="loss")
-    x = _checks.as_inputs(data["x"], fn=fn, name="data['x']")
+    _check_arch_fn(make_arch)
+    ws = _widths(widths)
+    _validate.check_key(key)
+    n = _validate.check_data(data)
+    num_steps = _validate.check_positive_int(num_steps, name="num_steps")
+    num_snapshots = _validate.check_positive_int(num_snapshots, name="num_snapshots")
+    _validate.check_choice(loss, ("mse", "cross_entropy"), name="loss")
+    x = _checks.as_inputs(data["x"], name="data['x']")
     xp = x[: min(n, 64)] if x_probe is None else x_probe
-    xp = _checks.as_inputs(xp, fn=fn, name="x_probe", dtype=x.dtype)
+    xp = _checks.as_inputs(xp, name="x_probe", dtype=x.dtype)
     y = np.asarray(data["y"])
     if not np.issubdtype(y.dtype, np.integer):
         y = y.astype(x.dtype)
@@ -294,7 +294,7 @@ def kernel_drift(
         arch = make_arch(w)
         if not isinstance(arch, Architecture):
             raise TypeError(
-                f"{fn}: make_arch({w}) must return an ntk.Architecture; got {type(arch).__name__}."
+                f"{_validate.where('ntk')}: make_arch({w}) must return an ntk.Architecture; got {type(arch).__name__}."
             )
         params = arch.init_params(key, x.shape[1:], dtype=x.dtype)
         snaps, final_loss = _gd_snapshots(
@@ -371,6 +371,7 @@ def _accuracy(out, y):
     return float(np.mean(np.argmax(out, -1) == np.argmax(y, -1)))
 
 
+@_validate.public("ntk.finite_vs_infinite")
 def finite_vs_infinite(
     make_arch: Callable[[int], Architecture],
     widths: Sequence[int],
@@ -412,13 +413,12 @@ def finite_vs_infinite(
         max_learning_rate,
     )
 
-    fn = "ntk.finite_vs_infinite"
-    _check_arch_fn(make_arch, fn)
-    ws = _widths(widths, fn)
-    _validate.check_key(key, fn=fn)
-    n = _validate.check_data(train, fn=fn, name="train")
-    _validate.check_data(test, fn=fn, name="test")
-    num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
+    _check_arch_fn(make_arch)
+    ws = _widths(widths)
+    _validate.check_key(key)
+    n = _validate.check_data(train, name="train")
+    _validate.check_data(test, name="test")
+    num_steps = _validate.check_positive_int(num_steps, name="num_steps")
     xtr, xte = np.asarray(train["x"]), np.asarray(test["x"])
     ytr = np.asarray(train["y"])
     y1 = (
@@ -534,18 +534,18 @@ class Spectra(landscape.Result):
     provenance: dict = landscape.static_field(default_factory=dict)
 
 
+@_validate.public("ntk.spectra")
 def spectra(**kernels: Any) -> Spectra:
     """Eigenvalues (float64, descending) of symmetric kernel matrices given by keyword, e.g.
     ``ntk.spectra(empirical=k_emp, analytic=k.ntk)``."""
-    fn = "ntk.spectra"
     if not kernels:
-        raise ValueError(f"{fn}: give at least one kernel matrix by keyword.")
+        raise ValueError(f"{_validate.where('ntk')}: give at least one kernel matrix by keyword.")
     out = {}
     for name, k in kernels.items():
         a = np.asarray(k, np.float64)
         if a.ndim != 2 or a.shape[0] != a.shape[1]:
-            raise ValueError(f"{fn}: {name} must be a square kernel matrix; got shape {a.shape}.")
+            raise ValueError(f"{_validate.where('ntk')}: {name} must be a square kernel matrix; got shape {a.shape}.")
         if not np.all(np.isfinite(a)):
-            raise ValueError(f"{fn}: {name} must be finite.")
+            raise ValueError(f"{_validate.where('ntk')}: {name} must be finite.")
         out[name] = np.linalg.eigvalsh((a + a.T) / 2)[::-1].copy()
     return Spectra(eigenvalues=out)

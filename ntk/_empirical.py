@@ -43,7 +43,9 @@ import numpy as np
 from jax.tree_util import Partial
 
 import landscape
-from landscape import _tree, _validate, engine
+from landscape import engine
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._model import Model
 from ntk import _blocks, _checks
 from ntk._arch import Architecture, _Ctx, arch_of_model
@@ -63,7 +65,7 @@ def _is_triple(f) -> bool:
     return isinstance(f, Model) or (isinstance(f, tuple) and len(f) == 3 and callable(f[0]))
 
 
-def resolve(f, params, x1, x2, *, fn: str):
+def resolve(f, params, x1, x2):
     """``(f(params, x), params, x1, x2, arch)`` from either calling convention."""
     arch = None
     if _is_triple(f):
@@ -76,30 +78,30 @@ def resolve(f, params, x1, x2, *, fn: str):
         f = Partial(_call_model, apply_fn, state)
     elif isinstance(f, Architecture):
         raise TypeError(
-            f"{fn}: pass the model (arch.init(key, input_shape)) or arch.apply with its "
+            f"{_validate.where('ntk')}: pass the model (arch.init(key, input_shape)) or arch.apply with its "
             "params, not the architecture itself; the architecture's analytic "
             "kernel is ntk.kernel(arch, x1, x2)."
         )
     else:
-        _validate.check_callable(f, fn=fn, name="f")
+        _validate.check_callable(f, name="f")
         owner = getattr(f, "__self__", None)
         if isinstance(owner, Architecture) and getattr(f, "__name__", "") == "apply":
             arch = owner
-    _validate.check_params(params, fn=fn)
+    _validate.check_params(params)
     return f, params, x1, x2, arch
 
 
-def _out_dim(f, params, x, *, fn: str) -> int:
+def _out_dim(f, params, x) -> int:
     try:
         out = jax.eval_shape(f, params, jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype))
     except Exception as e:  # the model rejects these inputs
         raise ValueError(
-            f"{fn}: the model could not be applied to x1 examples of shape {tuple(x.shape[1:])}: "
+            f"{_validate.where('ntk')}: the model could not be applied to x1 examples of shape {tuple(x.shape[1:])}: "
             f"{type(e).__name__}: {str(e)[:300]}"
         ) from e
     if not hasattr(out, "shape") or out.ndim not in (1, 2) or out.shape[0] != 1:
         raise ValueError(
-            f"{fn}: f(params, x) must return outputs of shape (n,) or (n, num_outputs); got "
+            f"{_validate.where('ntk')}: f(params, x) must return outputs of shape (n,) or (n, num_outputs); got "
             f"{getattr(out, 'shape', type(out).__name__)} for one example."
         )
     return 1 if out.ndim == 1 else int(out.shape[1])
@@ -468,6 +470,7 @@ class _EmpiricalBlock:
         return k, g
 
 
+@_validate.public("ntk.empirical_ntk_fn")
 def empirical_ntk_fn(f, *, method: str = "jacobian", trace_outputs: bool = True, arch=None):
     """Factory: a traceable ``k(params, x1, x2=None)`` for one block (no blocking).
 
@@ -480,10 +483,9 @@ def empirical_ntk_fn(f, *, method: str = "jacobian", trace_outputs: bool = True,
     Returns:
       A jitted function; reuse it to avoid recompiling.
     """
-    fn = "ntk.empirical_ntk_fn"
-    _validate.check_choice(method, METHODS[1:], fn=fn, name="method")
+    _validate.check_choice(method, METHODS[1:], name="method")
     if method == "structured" and not isinstance(arch, Architecture):
-        raise ValueError(f"{fn}: method='structured' needs arch=<the ntk.Architecture of f>.")
+        raise ValueError(f"{_validate.where('ntk')}: method='structured' needs arch=<the ntk.Architecture of f>.")
     if method == "structured":
         return jax.jit(
             lambda params, x1, x2=None: ntk_structured(
@@ -496,6 +498,7 @@ def empirical_ntk_fn(f, *, method: str = "jacobian", trace_outputs: bool = True,
     )
 
 
+@_validate.public("ntk.empirical_ntk")
 def empirical_ntk(
     f,
     params,
@@ -546,29 +549,28 @@ def empirical_ntk(
     References:
       Novak, Sohl-Dickstein, Schoenholz (2022), Fast finite width neural tangent kernel.
     """
-    fn = "ntk.empirical_ntk"
-    f, params, x1, x2, arch = resolve(f, params, x1, x2, fn=fn)
-    _validate.check_choice(method, METHODS, fn=fn, name="method")
-    x1 = _checks.as_inputs(x1, fn=fn, name="x1")
-    x2 = None if x2 is None else _checks.as_inputs(x2, fn=fn, name="x2", dtype=x1.dtype)
-    _checks.check_pair(x1, x2, fn=fn)
+    f, params, x1, x2, arch = resolve(f, params, x1, x2)
+    _validate.check_choice(method, METHODS, name="method")
+    x1 = _checks.as_inputs(x1, name="x1")
+    x2 = None if x2 is None else _checks.as_inputs(x2, name="x2", dtype=x1.dtype)
+    _checks.check_pair(x1, x2)
     if arch is not None:
-        out_shape = arch.check_input_shape(x1.shape[1:], fn=fn, name="x1")
+        out_shape = arch.check_input_shape(x1.shape[1:], name="x1")
         if len(out_shape) != 1:
             raise ValueError(
-                f"{fn}: the architecture's outputs must be (n, num_outputs); got examples of "
+                f"{_validate.where('ntk')}: the architecture's outputs must be (n, num_outputs); got examples of "
                 f"shape {out_shape} (end it with ntk.Flatten() or ntk.GlobalAvgPool() and a "
                 "Dense readout)."
             )
         O = out_shape[0]
-        _check_param_shapes(arch, params, x1, fn=fn)
+        _check_param_shapes(arch, params, x1)
     else:
-        O = _out_dim(f, params, x1, fn=fn)
+        O = _out_dim(f, params, x1)
     P = _tree.size(params)
     n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
     if method == "structured" and arch is None:
         raise ValueError(
-            f"{fn}: method='structured' needs a model built by an ntk architecture "
+            f"{_validate.where('ntk')}: method='structured' needs a model built by an ntk architecture "
             "(arch.init(...) or f=arch.apply); use 'jacobian' or 'ntvp' for other models."
         )
     if method == "auto":
@@ -591,11 +593,11 @@ def _empirical_pair(arch: Architecture, params, x1, x2=None):
     return _run(arch.apply, params, x1, x2, arch, "structured", True, O, None, None, False, True)
 
 
+@_validate.public("ntk.empirical_ntk")
 def _run(
     f, params, x1, x2, arch, method, trace_outputs, O, block_size, store, progress, nngp=False
 ):
     """The blocked evaluation behind :func:`empirical_ntk` (inputs already validated)."""
-    fn = "ntk.empirical_ntk"
     pdtype = _tree.dtype_of(params)
     P = _tree.size(params)
     item = np.dtype(pdtype).itemsize
@@ -610,7 +612,6 @@ def _run(
         block_size,
         n,
         per_pair,
-        fn=fn,
         bytes_per_row=per_row,
         budget=4 * _blocks.BLOCK_BUDGET_BYTES,
     )
@@ -641,7 +642,6 @@ def _run(
         x1,
         x2,
         block_size=bs,
-        fn=fn,
         store=store,
         store_meta=meta,
         progress=progress,
@@ -671,7 +671,7 @@ def _feature_size_cached(arch, shape, dtype, O) -> tuple[int, int]:
     return per_row, pos2
 
 
-def _check_param_shapes(arch, params, x, *, fn):
+def _check_param_shapes(arch, params, x):
     """The parameters must be the architecture's for examples shaped like ``x``."""
     want = _param_shape_tuple(arch, tuple(x.shape[1:]))
     try:
@@ -683,7 +683,7 @@ def _check_param_shapes(arch, params, x, *, fn):
         ok = False
     if not ok:
         raise ValueError(
-            f"{fn}: the model could not be applied to x1 examples of shape "
+            f"{_validate.where('ntk')}: the model could not be applied to x1 examples of shape "
             f"{tuple(x.shape[1:])}: its parameters do not match the architecture for such "
             f"inputs (expected parameter shapes {want})."
         )
@@ -707,17 +707,17 @@ def _param_shapes(arch, shape, dtype):
     return build(arch.net.param_specs(shape))
 
 
+@_validate.public("ntk.empirical_nngp")
 def empirical_nngp(f, params, x1=None, x2=None, *, trace_outputs: bool = True) -> np.ndarray:
     """Empirical NNGP ``f(x1) f(x2)^T / O`` (mean over outputs) of one network, or the full
     ``(n1, n2, O, O)`` outer product with ``trace_outputs=False``. Same calling conventions as
     :func:`empirical_ntk`. Averaged over random initialisations it estimates the analytic NNGP
     (see :func:`ntk.monte_carlo`)."""
-    fn = "ntk.empirical_nngp"
-    f, params, x1, x2, _ = resolve(f, params, x1, x2, fn=fn)
-    x1 = _checks.as_inputs(x1, fn=fn, name="x1")
-    x2 = None if x2 is None else _checks.as_inputs(x2, fn=fn, name="x2", dtype=x1.dtype)
-    _checks.check_pair(x1, x2, fn=fn)
-    _out_dim(f, params, x1, fn=fn)
+    f, params, x1, x2, _ = resolve(f, params, x1, x2)
+    x1 = _checks.as_inputs(x1, name="x1")
+    x2 = None if x2 is None else _checks.as_inputs(x2, name="x2", dtype=x1.dtype)
+    _checks.check_pair(x1, x2)
+    _out_dim(f, params, x1)
     fs, fd = engine.split_fn(f)
     o1 = np.asarray(_apply_jit(fs, fd, params, jnp.asarray(x1)))
     o2 = o1 if x2 is None else np.asarray(_apply_jit(fs, fd, params, jnp.asarray(x2)))

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from landscape import validate as _validate
 from ntk import _kmath
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -60,7 +61,6 @@ class KState:
       shape: spatial shape of the activations; width: channels (the fan-in of a Dense layer).
       gaussian: whether the activations are Gaussian (an affine layer was the last to act).
       last: description of the layer that produced this state (for error messages).
-      fn: the public function name, for error messages.
     """
 
     nngp: Any
@@ -73,7 +73,6 @@ class KState:
     width: int
     gaussian: bool
     last: str
-    fn: str
     radius: tuple = ()
 
     def replace(self, **kw) -> KState:
@@ -124,9 +123,8 @@ class KState:
         return v, v
 
 
-def _err(ks_or_fn, msg: str):
-    fn = ks_or_fn.fn if isinstance(ks_or_fn, KState) else ks_or_fn
-    return ArchitectureError(f"{fn}: {msg}")
+def _err(msg: str):
+    return ArchitectureError(f"{_validate.where('ntk')}: {msg}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,7 +145,7 @@ class Layer:
     def __repr__(self):
         return self.describe()
 
-    def out_shape(self, in_shape: tuple, fn: str = "ntk") -> tuple:
+    def out_shape(self, in_shape: tuple) -> tuple:
         return in_shape
 
     def param_specs(self, in_shape: tuple) -> dict:
@@ -283,7 +281,7 @@ class Dense(_Affine):
             raise ValueError(f"ntk.Dense: width must be a positive int; got {self.width!r}.")
         _check_param("Dense", self.parameterization, self.W_std, self.b_std)
 
-    def out_shape(self, in_shape, fn="ntk"):
+    def out_shape(self, in_shape):
         return tuple(in_shape[:-1]) + (self.width,)
 
     def param_specs(self, in_shape):
@@ -374,21 +372,17 @@ class Conv(_Affine):
     def _filter_size(self):
         return math.prod(self.filter_shape)
 
-    def out_shape(self, in_shape, fn="ntk"):
+    def out_shape(self, in_shape):
         sp = in_shape[:-1]
         if len(sp) != self.d:
-            raise _err(
-                fn,
-                f"{self.describe()} needs inputs with {self.d} spatial axes "
+            raise _err(f"{self.describe()} needs inputs with {self.d} spatial axes "
                 f"(NHWC for 2-D filters); got examples of shape {tuple(in_shape)}.",
             )
         out = []
         for L, q, s in zip(sp, self.filter_shape, self.strides):
             o, _, _ = _kmath.window_geometry(L, q, s, self.padding)
             if o <= 0:
-                raise _err(
-                    fn,
-                    f"{self.describe()}: spatial size {L} is smaller than the filter "
+                raise _err(f"{self.describe()}: spatial size {L} is smaller than the filter "
                     f"{q} with VALID padding; use padding='SAME' or larger inputs.",
                 )
             out.append(o)
@@ -437,11 +431,10 @@ class Conv(_Affine):
 
     def kernel(self, ks):
         if ks.mode == "none" or ks.d != self.d:
-            raise _err(
-                ks, f"{self.describe()} needs {self.d} spatial axes; got {ks.d} after {ks.last}."
+            raise _err(f"{self.describe()} needs {self.d} spatial axes; got {ks.d} after {ks.last}."
             )
         d = ks.d
-        shape = self.out_shape(ks.shape + (ks.width,), ks.fn)
+        shape = self.out_shape(ks.shape + (ks.width,))
         r_out = ()
         if ks.mode == "band":
             r_out = tuple(
@@ -494,9 +487,7 @@ class _Activation(Layer):
 
     def kernel(self, ks):
         if not ks.gaussian:
-            raise _err(
-                ks,
-                f"{self.describe()} needs a Gaussian input for its analytic kernel "
+            raise _err(f"{self.describe()} needs a Gaussian input for its analytic kernel "
                 f"(a Dense or Conv layer right before it); got the output of {ks.last}.",
             )
         f = self.transform()
@@ -685,20 +676,17 @@ class AvgPool(Layer):
             for k, (q, s) in enumerate(zip(self.window, self.strides))
         )
 
-    def out_shape(self, in_shape, fn="ntk"):
+    def out_shape(self, in_shape):
         sp = in_shape[:-1]
         if len(sp) != len(self.window):
-            raise _err(
-                fn,
-                f"{self.describe()} needs inputs with {len(self.window)} spatial axes; "
+            raise _err(f"{self.describe()} needs inputs with {len(self.window)} spatial axes; "
                 f"got examples of shape {tuple(in_shape)}.",
             )
         out = []
         for L, q, s in zip(sp, self.window, self.strides):
             o, _, _ = _kmath.window_geometry(L, q, s, self.padding)
             if o <= 0:
-                raise _err(
-                    fn, f"{self.describe()}: spatial size {L} is smaller than the window {q}."
+                raise _err(f"{self.describe()}: spatial size {L} is smaller than the window {q}."
                 )
             out.append(o)
         return tuple(out) + (in_shape[-1],)
@@ -710,19 +698,16 @@ class AvgPool(Layer):
 
     def kernel(self, ks):
         if ks.mode not in ("full", "band") or ks.d != len(self.window):
-            raise _err(
-                ks,
-                f"{self.describe()} needs {len(self.window)} spatial axes; "
+            raise _err(f"{self.describe()} needs {len(self.window)} spatial axes; "
                 f"got {ks.d} after {ks.last}.",
             )
         d = ks.d
-        shape = self.out_shape(ks.shape + (ks.width,), ks.fn)[:-1]
+        shape = self.out_shape(ks.shape + (ks.width,))[:-1]
         if ks.mode == "band":
             r_out = []
             for r, q, s, o in zip(ks.radius, self.window, self.strides, shape):
                 if r < q - 1 and o > 1:  # pragma: no cover - guarded by band_need
-                    raise _err(
-                        ks, f"{self.describe()}: internal error, band radius {r} < {q - 1}."
+                    raise _err(f"{self.describe()}: internal error, band radius {r} < {q - 1}."
                     )
                 r_out.append(min(max(r - (q - 1), 0) // s, o - 1))
             r_out = tuple(r_out)
@@ -756,11 +741,9 @@ class GlobalAvgPool(Layer):
     def needs_full(self):
         return True
 
-    def out_shape(self, in_shape, fn="ntk"):
+    def out_shape(self, in_shape):
         if len(in_shape) < 2:
-            raise _err(
-                fn,
-                "GlobalAvgPool() needs inputs with spatial axes; "
+            raise _err("GlobalAvgPool() needs inputs with spatial axes; "
                 f"got examples of shape {tuple(in_shape)}.",
             )
         return (in_shape[-1],)
@@ -770,7 +753,7 @@ class GlobalAvgPool(Layer):
 
     def kernel(self, ks):
         if ks.mode != "full":
-            raise _err(ks, f"GlobalAvgPool() needs spatial axes; got none after {ks.last}.")
+            raise _err(f"GlobalAvgPool() needs spatial axes; got none after {ks.last}.")
         d = ks.d
 
         def gap(a, nb):
@@ -787,7 +770,7 @@ class Flatten(Layer):
 
     kind: ClassVar[str] = "flatten"
 
-    def out_shape(self, in_shape, fn="ntk"):
+    def out_shape(self, in_shape):
         return (math.prod(in_shape),)
 
     def apply(self, params, x, ctx=None, path=""):
@@ -852,9 +835,7 @@ class LayerNorm(Layer):
 
     def kernel(self, ks):
         if not ks.gaussian:
-            raise _err(
-                ks,
-                f"{self.describe()} has an analytic kernel only for Gaussian inputs "
+            raise _err(f"{self.describe()} has an analytic kernel only for Gaussian inputs "
                 f"(a Dense or Conv layer right before it); got the output of {ks.last}.",
             )
         eps = float(self.eps)

@@ -20,26 +20,27 @@ import numpy as np
 import scipy.linalg
 
 import landscape
-from landscape import _tree, _validate
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._model import Model, as_model
 
 
-def _mat(k, *, fn, name, square=False):
+def _mat(k, *, name, square=False):
     from ntk._analytic import Kernel
 
     if isinstance(k, Kernel):
-        raise TypeError(f"{fn}: {name} must be a matrix; pass kernel.ntk or kernel.nngp.")
+        raise TypeError(f"{_validate.where('ntk')}: {name} must be a matrix; pass kernel.ntk or kernel.nngp.")
     a = np.asarray(k, dtype=np.float64)
     if a.ndim != 2:
-        raise ValueError(f"{fn}: {name} must be a 2-D (n, m) kernel matrix; got shape {a.shape}.")
+        raise ValueError(f"{_validate.where('ntk')}: {name} must be a 2-D (n, m) kernel matrix; got shape {a.shape}.")
     if square and a.shape[0] != a.shape[1]:
-        raise ValueError(f"{fn}: {name} must be square (train x train); got shape {a.shape}.")
+        raise ValueError(f"{_validate.where('ntk')}: {name} must be square (train x train); got shape {a.shape}.")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{fn}: {name} must be finite.")
+        raise ValueError(f"{_validate.where('ntk')}: {name} must be finite.")
     return a
 
 
-def _targets(y, n, *, fn):
+def _targets(y, n):
     y = np.asarray(y)
     if y.ndim == 1 and jnp.issubdtype(y.dtype, jnp.integer):
         y = np.eye(int(y.max()) + 1)[y]
@@ -48,11 +49,11 @@ def _targets(y, n, *, fn):
         y = y[:, None]
     if y.ndim != 2 or y.shape[0] != n:
         raise ValueError(
-            f"{fn}: y_train must have shape ({n},) or ({n}, num_outputs) matching the kernel's "
+            f"{_validate.where('ntk')}: y_train must have shape ({n},) or ({n}, num_outputs) matching the kernel's "
             f"{n} training examples; got shape {np.shape(y)}."
         )
     if not np.all(np.isfinite(y)):
-        raise ValueError(f"{fn}: y_train must be finite.")
+        raise ValueError(f"{_validate.where('ntk')}: y_train must be finite.")
     return y
 
 
@@ -65,6 +66,7 @@ def _reg(k, diag_reg, absolute):
     return k + diag_reg * scale * np.eye(k.shape[0])
 
 
+@_validate.public("ntk.kernel_regression")
 def kernel_regression(
     k_train_train,
     k_test_train,
@@ -79,15 +81,14 @@ def kernel_regression(
     gives the mean of infinitely wide networks trained to convergence (t = inf), the NNGP the
     Bayesian posterior mean.
     """
-    fn = "ntk.kernel_regression"
-    kdd = _mat(k_train_train, fn=fn, name="k_train_train", square=True)
-    ktd = _mat(k_test_train, fn=fn, name="k_test_train")
+    kdd = _mat(k_train_train, name="k_train_train", square=True)
+    ktd = _mat(k_test_train, name="k_test_train")
     if ktd.shape[1] != kdd.shape[0]:
         raise ValueError(
-            f"{fn}: k_test_train must have {kdd.shape[0]} columns (training examples); "
+            f"{_validate.where('ntk')}: k_test_train must have {kdd.shape[0]} columns (training examples); "
             f"got shape {ktd.shape}."
         )
-    y = _targets(y_train, kdd.shape[0], fn=fn)
+    y = _targets(y_train, kdd.shape[0])
     kdd = _reg(kdd, float(diag_reg), diag_reg_absolute_scale)
     try:
         c = scipy.linalg.cho_factor(kdd, lower=True)
@@ -96,22 +97,22 @@ def kernel_regression(
         return ktd @ np.linalg.lstsq(kdd, y, rcond=None)[0]
 
 
+@_validate.public("ntk.max_learning_rate")
 def max_learning_rate(
     ntk_train_train, *, y_train_size: int | None = None, momentum: float = 0.0
 ) -> float:
     """Largest stable learning rate of full-batch gradient descent on the MSE loss:
     ``2 (1 + momentum) |Y| / lambda_max(Theta)`` (``|Y|`` defaults to the number of training
     examples: a per-output kernel and one output; pass ``y_train.size``)."""
-    fn = "ntk.max_learning_rate"
-    k = _mat(ntk_train_train, fn=fn, name="ntk_train_train", square=True)
+    k = _mat(ntk_train_train, name="ntk_train_train", square=True)
     size = (
         k.shape[0]
         if y_train_size is None
-        else _validate.check_positive_int(y_train_size, fn=fn, name="y_train_size")
+        else _validate.check_positive_int(y_train_size, name="y_train_size")
     )
     lmax = float(scipy.linalg.eigvalsh(k, subset_by_index=[k.shape[0] - 1, k.shape[0] - 1])[0])
     if lmax <= 0:
-        raise ValueError(f"{fn}: the kernel's largest eigenvalue is {lmax}; no finite bound.")
+        raise ValueError(f"{_validate.where('ntk')}: the kernel's largest eigenvalue is {lmax}; no finite bound.")
     return 2.0 * (1.0 + float(momentum)) * size / lmax
 
 
@@ -142,6 +143,7 @@ def _rate(t, learning_rate, size):
     return learning_rate * t / size
 
 
+@_validate.public("ntk.gradient_descent_mse")
 def gradient_descent_mse(
     k_train_train,
     y_train,
@@ -160,13 +162,12 @@ def gradient_descent_mse(
       (fx_train_t, fx_test_t)`` (``fx_test_t`` is ``None`` without ``k_test_train``);
       ``t=None`` is ``t = inf``. The eigendecomposition is computed once.
     """
-    fn = "ntk.gradient_descent_mse"
     kdd = _reg(
-        _mat(k_train_train, fn=fn, name="k_train_train", square=True),
+        _mat(k_train_train, name="k_train_train", square=True),
         float(diag_reg),
         diag_reg_absolute_scale,
     )
-    y = _targets(y_train, kdd.shape[0], fn=fn)
+    y = _targets(y_train, kdd.shape[0])
     eig = _Eig(kdd)
     size = y.size
 
@@ -180,7 +181,7 @@ def gradient_descent_mse(
         f_train = y + decay
         f_test = None
         if k_test_train is not None:
-            ktd = _mat(k_test_train, fn=fn, name="k_test_train")
+            ktd = _mat(k_test_train, name="k_test_train")
             g0 = 0.0 if fx_test_0 is None else np.asarray(fx_test_0, np.float64)
             # K^{-1} (I - e^{-rate K}) = V (1 - e^{-rate l}) / l V^T
             f_test = g0 - ktd @ eig.fn(lambda l: _one_minus_exp_over_l(l, rate), r0)
@@ -209,6 +210,7 @@ class Prediction(landscape.Result):
     t: Any = landscape.static_field(default=None)
 
 
+@_validate.public("ntk.gradient_descent_mse_ensemble")
 def gradient_descent_mse_ensemble(
     kernel_train_train,
     y_train,
@@ -233,23 +235,22 @@ def gradient_descent_mse_ensemble(
       ``predict_fn(t=None, kernel_test_train=None, kernel_test_test=None, get="ntk",
       compute_cov=False) -> ntk.Prediction``.
     """
-    fn = "ntk.gradient_descent_mse_ensemble"
     from ntk._analytic import Kernel
 
     if not isinstance(kernel_train_train, Kernel):
         raise TypeError(
-            f"{fn}: kernel_train_train must be an ntk.Kernel (ntk.kernel(arch, x_train)); "
+            f"{_validate.where('ntk')}: kernel_train_train must be an ntk.Kernel (ntk.kernel(arch, x_train)); "
             f"got {type(kernel_train_train).__name__}."
         )
     kdd = {
         g: _reg(
-            _mat(kernel_train_train.get(g), fn=fn, name=f"kernel_train_train.{g}", square=True),
+            _mat(kernel_train_train.get(g), name=f"kernel_train_train.{g}", square=True),
             float(diag_reg),
             diag_reg_absolute_scale,
         )
         for g in ("nngp", "ntk")
     }
-    y = _targets(y_train, kdd["ntk"].shape[0], fn=fn)
+    y = _targets(y_train, kdd["ntk"].shape[0])
     size = y.size
     eigs: dict = {}
 
@@ -265,7 +266,7 @@ def gradient_descent_mse_ensemble(
         get: str = "ntk",
         compute_cov: bool = False,
     ):
-        _validate.check_choice(get, ("nngp", "ntk"), fn=fn, name="get")
+        _validate.check_choice(get, ("nngp", "ntk"), name="get")
         rate = _rate(t, learning_rate, size)
         e = eig(get)
         train_mean = y - e.fn(
@@ -273,18 +274,18 @@ def gradient_descent_mse_ensemble(
         )
         mean = cov = None
         if kernel_test_train is not None:
-            ktd = _mat(kernel_test_train.get(get), fn=fn, name="kernel_test_train")
+            ktd = _mat(kernel_test_train.get(get), name="kernel_test_train")
             mean = ktd @ e.fn(lambda l: _one_minus_exp_over_l(l, rate), y)
             if compute_cov:
                 if kernel_test_test is None:
-                    raise ValueError(f"{fn}: compute_cov=True needs kernel_test_test.")
-                ktt = _mat(kernel_test_test.nngp, fn=fn, name="kernel_test_test.nngp", square=True)
-                kn_td = _mat(kernel_test_train.nngp, fn=fn, name="kernel_test_train.nngp")
+                    raise ValueError(f"{_validate.where('ntk')}: compute_cov=True needs kernel_test_test.")
+                ktt = _mat(kernel_test_test.nngp, name="kernel_test_test.nngp", square=True)
+                kn_td = _mat(kernel_test_train.nngp, name="kernel_test_train.nngp")
                 if get == "nngp":
                     cov = ktt - kn_td @ e.fn(lambda l: _one_minus_exp_over_l(l, 2 * rate), kn_td.T)
                 else:
                     a = (e.fn(lambda l: _one_minus_exp_over_l(l, rate), ktd.T)).T  # A_t
-                    knn = _mat(kernel_train_train.nngp, fn=fn, name="kernel_train_train.nngp")
+                    knn = _mat(kernel_train_train.nngp, name="kernel_train_train.nngp")
                     cov = ktt + a @ knn @ a.T - (a @ kn_td.T + kn_td @ a.T)
         return Prediction(
             mean=mean,
@@ -300,13 +301,13 @@ def gradient_descent_mse_ensemble(
 # --------------------------------------------------------------------------------------------
 # Linearised networks
 # --------------------------------------------------------------------------------------------
+@_validate.public("ntk.linearize")
 def linearize(f, params0):
     """First-order Taylor model ``f_lin(params, x) = f(params0, x) + J(params0) (params -
     params0)`` (one forward-mode JVP per call). ``params0`` is closed over: for compiled
     training prefer :func:`linearize_model`, which passes it as an argument."""
-    fn = "ntk.linearize"
-    _validate.check_callable(f, fn=fn, name="f")
-    _validate.check_params(params0, fn=fn, name="params0")
+    _validate.check_callable(f, name="f")
+    _validate.check_params(params0, name="params0")
 
     def f_lin(params, x):
         dp = _tree.sub(params, params0)
@@ -331,12 +332,13 @@ class _LinearizedApply:
         return y0 + dy, state
 
 
+@_validate.public("ntk.linearize_model")
 def linearize_model(model) -> Model:
     """The linearised network of a model triple, as a model triple: same parameters (starting
     at the current ones), ``state = {"params0": ..., "state": ...}`` holding the expansion
     point; train it with ``landscape.train`` like the network itself (Lee et al. 2019)."""
-    model = as_model(model, fn="ntk.linearize_model")
-    _validate.check_params(model.params, fn="ntk.linearize_model", name="model.params")
+    model = as_model(model)
+    _validate.check_params(model.params, name="model.params")
     p0 = jax.tree.map(jnp.array, model.params)
     return Model(
         _LinearizedApply(model.apply_fn), model.params, {"params0": p0, "state": model.state}, None

@@ -75,15 +75,14 @@ def test_report_sections_belong_to_one_run(tmp_path):
     from landscape import report
 
     root = tmp_path / "report"
-    fn = "test"
-    report._claim(root, {"params": "a", "seed": 0}, print, fn=fn)
+    report._claim(root, {"params": "a", "seed": 0}, print)
     (root / "trace.npz").write_bytes(b"x")
     (root / "other_run").mkdir()
     (root / "notes.txt").write_text("mine")
-    report._claim(root, {"params": "a", "seed": 0}, print, fn=fn)
+    report._claim(root, {"params": "a", "seed": 0}, print)
     assert (root / "trace.npz").exists() and (root / "other_run").exists()
     msgs = []
-    report._claim(root, {"params": "b", "seed": 0}, msgs.append, fn=fn)
+    report._claim(root, {"params": "b", "seed": 0}, msgs.append)
     assert "replacing" in msgs[0]
     assert not (root / "trace.npz").exists() and not (root / "other_run").exists()
     assert (root / "notes.txt").read_text() == "mine"  # not the report's: kept
@@ -92,9 +91,9 @@ def test_report_sections_belong_to_one_run(tmp_path):
     foreign.mkdir(parents=True)
     (foreign / "eigenvalues.npz").write_bytes(b"x")
     with pytest.raises(ValueError, match="was not written by landscape.report"):
-        report._claim(foreign, {"params": "a"}, print, fn=fn)
+        report._claim(foreign, {"params": "a"}, print)
     assert (foreign / "eigenvalues.npz").exists()
-    report._claim(tmp_path / "empty", {"params": "a"}, print, fn=fn)  # new or empty: fine
+    report._claim(tmp_path / "empty", {"params": "a"}, print)  # new or empty: fine
 
 
 def test_full_demo_reaches_95_percent(tmp_path, capsys):

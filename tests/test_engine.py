@@ -12,7 +12,8 @@ from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
 import landscape
-from landscape import _tree, engine
+from landscape import engine
+from landscape import tree as _tree
 from tests._util import max_abs, max_abs_diff
 
 

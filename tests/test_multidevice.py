@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from landscape import _tree, engine
+from landscape import engine
+from landscape import tree as _tree
 from tests._util import REPO, max_abs, max_abs_diff, run_python
 
 SETUP = """
 import jax, jax.numpy as jnp, numpy as np
 import landscape
-from landscape import engine, _tree
+from landscape import engine, tree as _tree
 ds = landscape.load_data("digits", dtype=np.float64)
 model = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(24,), activation="tanh",
                              param_dtype=jnp.float64, seed=3)

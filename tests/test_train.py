@@ -45,7 +45,7 @@ def test_callbacks_snapshots_and_schedules(digits_data):
 
     def cb(info):
         seen.append((info.step, info.learning_rate))
-        return {"param_norm": float(landscape._tree.norm(info.params))}
+        return {"param_norm": float(landscape.tree.norm(info.params))}
 
     m = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(16,))
     r = landscape.train(

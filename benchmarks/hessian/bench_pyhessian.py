@@ -136,11 +136,11 @@ def main():
     data, run, loss_fn = workload(args.epochs)
     x, y = data["x"], data["y"]
     params = run.params
-    n_params = landscape._tree.size(params)
+    n_params = landscape.tree.size(params)
     print(run, "parameters", n_params, flush=True)
     tmp = tempfile.mkdtemp()
     npz = os.path.join(tmp, "weights.npz")
-    np.savez(npz, x=x, y=y, **{k: np.asarray(v) for k, v in landscape._tree.flatten_dict_paths(params).items()})
+    np.savez(npz, x=x, y=y, **{k: np.asarray(v) for k, v in landscape.tree.flatten_dict_paths(params).items()})
     batched = engine.batch(data, 1797)
 
     # ---------------- float64 references ----------------

@@ -47,7 +47,7 @@ def main():
             print(est, budget, out[f"{est}/{budget}"], flush=True)
     tmp = tempfile.mkdtemp()
     npz = os.path.join(tmp, "w.npz")
-    np.savez(npz, x=x, y=y, **{k: np.asarray(v) for k, v in landscape._tree.flatten_dict_paths(run.params).items()})
+    np.savez(npz, x=x, y=y, **{k: np.asarray(v) for k, v in landscape.tree.flatten_dict_paths(run.params).items()})
     t = Torch(npz)
     errs, probes = [], []
     for s in range(args.seeds):

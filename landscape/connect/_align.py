@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from landscape import _provenance, _tree, _validate, engine
+from landscape import _provenance, engine
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._model import Model, as_model
 from landscape._result import Result, result, static_field
 from landscape.connect._trace import (
@@ -166,12 +168,12 @@ def _activation_costs(apply_fn, acts, point, batch, input_key):
     return out
 
 
-def _activation_matching(apply_fn, spec, pa, sa, pb, sb, data, *, batch_size, input_key, fn):
+def _activation_matching(apply_fn, spec, pa, sa, pb, sb, data, *, batch_size, input_key):
     acts = tuple((g, spec._activations.get(g, ())) for g in spec.groups)
     for g, items in acts:
         if not items:
             raise ValueError(
-                f"{fn}: no activation carries the units of group {g!r}, so activation matching "
+                f"{_validate.where()}: no activation carries the units of group {g!r}, so activation matching "
                 "cannot align it; use method='weights'."
             )
     costs = engine.mean(
@@ -180,7 +182,6 @@ def _activation_matching(apply_fn, spec, pa, sa, pb, sb, data, *, batch_size, in
         data,
         batch_size=batch_size,
         check_finite=True,
-        fn_name=fn,
     )
     from scipy.optimize import linear_sum_assignment
 
@@ -194,12 +195,13 @@ def _activation_matching(apply_fn, spec, pa, sa, pb, sb, data, *, batch_size, in
     return perms, np.asarray([total])
 
 
-def _split_model_arg(x, name, *, fn):
+def _split_model_arg(x, name):
     if isinstance(x, Model):
         return x.params, x.state
     return x, None
 
 
+@_validate.public("landscape.connect.align")
 def align(
     model,
     params_a,
@@ -267,28 +269,27 @@ def align(
       Ainsworth, Hayase and Srinivasa 2022, "Git Re-Basin"; Entezari et al. 2022; Li et al.
       2015, "Convergent learning".
     """
-    fn = "landscape.connect.align"
-    model = as_model(model, fn=fn)
-    _validate.check_choice(method, ALIGN_METHODS, fn=fn, name="method")
-    max_iter = _validate.check_positive_int(max_iter, fn=fn, name="max_iter")
-    pa, sa0 = _split_model_arg(params_a, "params_a", fn=fn)
-    pb, sb0 = _split_model_arg(params_b, "params_b", fn=fn)
+    model = as_model(model)
+    _validate.check_choice(method, ALIGN_METHODS, name="method")
+    max_iter = _validate.check_positive_int(max_iter, name="max_iter")
+    pa, sa0 = _split_model_arg(params_a, "params_a")
+    pb, sb0 = _split_model_arg(params_b, "params_b")
     state_a = sa0 if state_a is None else state_a
     state_b = sb0 if state_b is None else state_b
     state_a = model.state if state_a is None else state_a
     state_b = model.state if state_b is None else state_b
-    _validate.check_params(pa, fn=fn, name="params_a")
-    _validate.check_params(pb, fn=fn, name="params_b")
-    _validate.check_same_structure(pa, model.params, fn=fn, name="params_a", ref_name="model.params")
-    _validate.check_same_structure(pb, model.params, fn=fn, name="params_b", ref_name="model.params")
-    _validate.check_same_structure(state_a, model.state, fn=fn, name="state_a", ref_name="model.state")
-    _validate.check_same_structure(state_b, model.state, fn=fn, name="state_b", ref_name="model.state")
+    _validate.check_params(pa, name="params_a")
+    _validate.check_params(pb, name="params_b")
+    _validate.check_same_structure(pa, model.params, name="params_a", ref_name="model.params")
+    _validate.check_same_structure(pb, model.params, name="params_b", ref_name="model.params")
+    _validate.check_same_structure(state_a, model.state, name="state_a", ref_name="model.state")
+    _validate.check_same_structure(state_b, model.state, name="state_b", ref_name="model.state")
     if method == "activations" and data is None:
-        raise ValueError(f"{fn}: method='activations' needs data (training inputs).")
+        raise ValueError(f"{_validate.where()}: method='activations' needs data (training inputs).")
     if data is not None:
-        _validate.check_data(data, fn=fn)
+        _validate.check_data(data)
         if input_key not in data:
-            raise ValueError(f"{fn}: data has no {input_key!r} entry; keys {sorted(data)}.")
+            raise ValueError(f"{_validate.where()}: data has no {input_key!r} entry; keys {sorted(data)}.")
     if example_input is None:
         if data is not None:
             example_input = np.asarray(data[input_key][:2])
@@ -296,16 +297,16 @@ def align(
             example_input = np.zeros((2, *model.spec["input_shape"]), _tree.dtype_of(model.params))
         else:
             raise ValueError(
-                f"{fn}: give example_input (a batch of inputs) or data so the model can be traced."
+                f"{_validate.where()}: give example_input (a batch of inputs) or data so the model can be traced."
             )
     spec = permutation_spec(model.replace(params=pa, state=state_a), example_input,
-                            on_unsupported=on_unsupported, _fn=fn)
+                            on_unsupported=on_unsupported)
     if method == "weights":
         perms, history, iters, converged = _weight_matching(spec, pa, pb, max_iter=max_iter, seed=seed)
     else:
         perms, history = _activation_matching(
             model.apply_fn, spec, pa, state_a, pb, state_b, data, batch_size=batch_size,
-            input_key=input_key, fn=fn,
+            input_key=input_key,
         )
         iters, converged = 1, True
     perms = {g: np.asarray(p, np.int32) for g, p in perms.items()}

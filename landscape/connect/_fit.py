@@ -18,7 +18,9 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from landscape import _provenance, _serialize, _tree, _validate, engine
+from landscape import _provenance, _serialize, engine
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._result import Result, result, static_field
 from landscape.connect._common import as_loss, check_loss
 from landscape.connect._paths import Path, _as_bends
@@ -184,6 +186,7 @@ def _digest(obj) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+@_validate.public("landscape.connect.fit_curve")
 def fit_curve(
     model_or_loss,
     params_a: PyTree,
@@ -266,36 +269,35 @@ def fit_curve(
       Garipov, Izmailov, Podoprikhin, Vetrov and Wilson 2018, "Loss surfaces, mode
       connectivity, and fast ensembling of DNNs"; Draxler et al. 2018.
     """
-    fn = "landscape.connect.fit_curve"
-    loss_fn = as_loss(model_or_loss, fn=fn)
-    _validate.check_choice(kind, CURVE_KINDS, fn=fn, name="kind")
-    _validate.check_choice(t_sampling, T_SAMPLING, fn=fn, name="t_sampling")
-    num_bends = _validate.check_positive_int(num_bends, fn=fn, name="num_bends")
+    loss_fn = as_loss(model_or_loss)
+    _validate.check_choice(kind, CURVE_KINDS, name="kind")
+    _validate.check_choice(t_sampling, T_SAMPLING, name="t_sampling")
+    num_bends = _validate.check_positive_int(num_bends, name="num_bends")
     if steps is not None:
         if num_steps is not None and num_steps != steps:
-            raise ValueError(f"{fn}: steps={steps!r} and num_steps={num_steps!r} disagree; give one.")
-        num_steps = _validate.check_positive_int(steps, fn=fn, name="steps")
-    num_steps = _validate.check_positive_int(1000 if num_steps is None else num_steps, fn=fn,
+            raise ValueError(f"{_validate.where()}: steps={steps!r} and num_steps={num_steps!r} disagree; give one.")
+        num_steps = _validate.check_positive_int(steps, name="steps")
+    num_steps = _validate.check_positive_int(1000 if num_steps is None else num_steps,
                                              name="num_steps")
-    num_t = _validate.check_positive_int(num_t, fn=fn, name="num_t")
-    max_block = _validate.check_positive_int(max_block, fn=fn, name="max_block")
-    weight_decay = _validate.check_finite_scalar(weight_decay, fn=fn, name="weight_decay")
+    num_t = _validate.check_positive_int(num_t, name="num_t")
+    max_block = _validate.check_positive_int(max_block, name="max_block")
+    weight_decay = _validate.check_finite_scalar(weight_decay, name="weight_decay")
     if weight_decay < 0:
-        raise ValueError(f"{fn}: weight_decay must be >= 0; got {weight_decay}.")
-    _validate.check_params(params_a, fn=fn, name="params_a")
-    _validate.check_params(params_b, fn=fn, name="params_b")
-    _validate.check_same_structure(params_b, params_a, fn=fn, name="params_b",
+        raise ValueError(f"{_validate.where()}: weight_decay must be >= 0; got {weight_decay}.")
+    _validate.check_params(params_a, name="params_a")
+    _validate.check_params(params_b, name="params_b")
+    _validate.check_same_structure(params_b, params_a, name="params_b",
                                    ref_name="params_a", check_dtypes=True)
-    n = _validate.check_data(data, fn=fn)
-    batch_size = _validate.check_batch_size(batch_size, n, fn=fn)
-    check_loss(loss_fn, params_a, data, fn=fn)
+    n = _validate.check_data(data)
+    batch_size = _validate.check_batch_size(batch_size, n)
+    check_loss(loss_fn, params_a, data)
     if optimizer is None:
         optimizer = optax.adam(1e-3)
     if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"{fn}: optimizer must be an optax.GradientTransformation; got {type(optimizer).__name__}.")
+        raise TypeError(f"{_validate.where()}: optimizer must be an optax.GradientTransformation; got {type(optimizer).__name__}.")
     if checkpoint_every is None:
         checkpoint_every = max(1, num_steps // 10)
-    checkpoint_every = _validate.check_positive_int(checkpoint_every, fn=fn, name="checkpoint_every")
+    checkpoint_every = _validate.check_positive_int(checkpoint_every, name="checkpoint_every")
 
     dtype = _tree.dtype_of(params_a)
     a = jax.tree.map(jnp.asarray, params_a)
@@ -303,9 +305,9 @@ def fit_curve(
     if init is None:
         bends = initial_bends(a, b, num_bends)
     else:
-        bl = _as_bends(init, params_a, fn=fn, name="init")
+        bl = _as_bends(init, params_a, name="init")
         if len(bl) != num_bends:
-            raise ValueError(f"{fn}: init holds {len(bl)} bends but num_bends={num_bends}.")
+            raise ValueError(f"{_validate.where()}: init holds {len(bl)} bends but num_bends={num_bends}.")
         bends = _tree.stack([jax.tree.map(jnp.asarray, x) for x in bl])
 
     config = {
@@ -329,7 +331,7 @@ def fit_curve(
                     old = meta.get("config", {})
                     diff = {k: (old.get(k), config[k]) for k in config if old.get(k) != config[k]}
                     raise ValueError(
-                        f"{fn}: {ckpt} holds a curve trained with other settings "
+                        f"{_validate.where()}: {ckpt} holds a curve trained with other settings "
                         f"(differences {diff}); use another checkpoint_dir or overwrite=True."
                     )
             else:
@@ -407,7 +409,7 @@ def fit_curve(
                 res = make_result(bends, time.perf_counter() - t0)
                 where = f" (last finite curve saved to {ckpt})" if ckpt is not None else ""
                 raise CurveTrainingError(
-                    f"{fn}: non-finite loss or gradient at step {bad} (batch loss "
+                    f"{_validate.where()}: non-finite loss or gradient at step {bad} (batch loss "
                     f"{vals[good]}); training stopped and the curve after step {bad - 1} is kept "
                     f"in err.result{where}. Lower the learning rate or check the endpoints.",
                     bad,

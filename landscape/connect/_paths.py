@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape import _tree, _validate
+from landscape import tree as _tree
+from landscape import validate as _validate
 
 PyTree = Any
 
@@ -127,54 +128,55 @@ jax.tree_util.register_dataclass(Path, data_fields=["controls"], meta_fields=["k
 # --------------------------------------------------------------------------------------------
 # Constructors
 # --------------------------------------------------------------------------------------------
-def _check_point(p, ref, *, fn: str, name: str) -> None:
-    _validate.check_params(p, fn=fn, name=name)
+def _check_point(p, ref, *, name: str) -> None:
+    _validate.check_params(p, name=name)
     _validate.check_same_structure(
-        p, ref, fn=fn, name=name, ref_name="params_a", check_shapes=True, check_dtypes=True
+        p, ref, name=name, ref_name="params_a", check_shapes=True, check_dtypes=True
     )
 
 
-def _as_bends(bend, ref, *, fn: str, name: str) -> list[PyTree]:
+def _as_bends(bend, ref, *, name: str) -> list[PyTree]:
     """One bend (shaped like ``ref``) or several stacked on a leading axis."""
-    _validate.check_params(bend, fn=fn, name=name)
+    _validate.check_params(bend, name=name)
     s1, s2 = jax.tree.structure(bend), jax.tree.structure(ref)
     if s1 != s2:
         raise ValueError(
-            f"{fn}: {name} must have the same tree structure as params_a; got "
+            f"{_validate.where()}: {name} must have the same tree structure as params_a; got "
             f"{_validate.describe(bend)}, expected {_validate.describe(ref)}."
         )
     leaves, refs = jax.tree.leaves(bend), jax.tree.leaves(ref)
     paths = _tree.leaf_paths(ref)
     if all(np.shape(b) == np.shape(r) for b, r in zip(leaves, refs)):
-        _check_point(bend, ref, fn=fn, name=name)
+        _check_point(bend, ref, name=name)
         return [bend]
     ks = {np.shape(b)[0] if np.ndim(b) == np.ndim(r) + 1 else None for b, r in zip(leaves, refs)}
     for path, b, r in zip(paths, leaves, refs):
         if np.shape(b)[1:] != np.shape(r) or np.ndim(b) != np.ndim(r) + 1 or len(ks) != 1:
             raise ValueError(
-                f"{fn}: {name} must be shaped like params_a (one bend) or stacked on a leading "
+                f"{_validate.where()}: {name} must be shaped like params_a (one bend) or stacked on a leading "
                 f"axis (several bends); leaf '{path}' has shape {np.shape(b)}, params_a's has "
                 f"{np.shape(r)}."
             )
         if jnp.result_type(b) != jnp.result_type(r):
             raise TypeError(
-                f"{fn}: {name} leaf '{path}' has dtype {jnp.result_type(b)}, expected "
+                f"{_validate.where()}: {name} leaf '{path}' has dtype {jnp.result_type(b)}, expected "
                 f"{jnp.result_type(r)} (params_a's)."
             )
     return _tree.unstack(bend)
 
 
-def _make(kind: str, params_a, middle, params_b, *, fn: str) -> Path:
-    _validate.check_params(params_a, fn=fn, name="params_a")
-    _check_point(params_b, params_a, fn=fn, name="params_b")
+def _make(kind: str, params_a, middle, params_b) -> Path:
+    _validate.check_params(params_a, name="params_a")
+    _check_point(params_b, params_a, name="params_b")
     bends: list[PyTree] = []
     for i, m in enumerate(middle):
-        bends.extend(_as_bends(m, params_a, fn=fn, name=f"bend {i}"))
+        bends.extend(_as_bends(m, params_a, name=f"bend {i}"))
     points = [params_a, *bends, params_b]
     controls = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *points)
     return Path(controls, kind)
 
 
+@_validate.public("landscape.connect.linear_path")
 def linear_path(params_a: PyTree, params_b: PyTree) -> Path:
     """The straight line ``phi(t) = (1 - t) a + t b``.
 
@@ -193,9 +195,10 @@ def linear_path(params_a: PyTree, params_b: PyTree) -> Path:
       problems"; Frankle et al. 2020, "Linear mode connectivity and the lottery ticket
       hypothesis".
     """
-    return _make("linear", params_a, (), params_b, fn="landscape.connect.linear_path")
+    return _make("linear", params_a, (), params_b)
 
 
+@_validate.public("landscape.connect.bezier")
 def bezier(params_a: PyTree, *points: PyTree) -> Path:
     """A Bezier curve ``bezier(params_a, bend, params_b)`` (quadratic), or with more bends.
 
@@ -217,12 +220,12 @@ def bezier(params_a: PyTree, *points: PyTree) -> Path:
     References:
       Garipov et al. 2018, "Loss surfaces, mode connectivity, and fast ensembling of DNNs".
     """
-    fn = "landscape.connect.bezier"
     if not points:
-        raise TypeError(f"{fn}: give the end point: bezier(params_a, bend, params_b).")
-    return _make("bezier", params_a, points[:-1], points[-1], fn=fn)
+        raise TypeError(f"{_validate.where()}: give the end point: bezier(params_a, bend, params_b).")
+    return _make("bezier", params_a, points[:-1], points[-1])
 
 
+@_validate.public("landscape.connect.polychain")
 def polychain(params_a: PyTree, *points: PyTree) -> Path:
     """A polygonal chain ``a -> bend_1 -> ... -> b`` (Garipov et al.'s PolyChain).
 
@@ -244,28 +247,27 @@ def polychain(params_a: PyTree, *points: PyTree) -> Path:
       Garipov et al. 2018; Draxler et al. 2018, "Essentially no barriers in neural network
       energy landscape".
     """
-    fn = "landscape.connect.polychain"
     if not points:
-        raise TypeError(f"{fn}: give the end point: polychain(params_a, bend, params_b).")
-    return _make("polychain", params_a, points[:-1], points[-1], fn=fn)
+        raise TypeError(f"{_validate.where()}: give the end point: polychain(params_a, bend, params_b).")
+    return _make("polychain", params_a, points[:-1], points[-1])
 
 
-def check_path(path, *, fn: str, name: str = "path") -> Path:
+def check_path(path, *, name: str = "path") -> Path:
     """Validate a :class:`Path` at a public boundary."""
     if not isinstance(path, Path):
         raise TypeError(
-            f"{fn}: {name} must be a landscape.connect.Path (from linear_path, bezier, polychain "
+            f"{_validate.where()}: {name} must be a landscape.connect.Path (from linear_path, bezier, polychain "
             f"or fit_curve(...).path); got {type(path).__name__}."
         )
-    _validate.check_choice(path.kind, PATH_KINDS, fn=fn, name=f"{name}.kind")
+    _validate.check_choice(path.kind, PATH_KINDS, name=f"{name}.kind")
     leaves = jax.tree.leaves(path.controls)
     if not leaves:
-        raise ValueError(f"{fn}: {name} has no control points.")
+        raise ValueError(f"{_validate.where()}: {name} has no control points.")
     ks = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
     if len(ks) != 1 or None in ks or ks.pop() < 2:
         raise ValueError(
-            f"{fn}: {name}.controls must have one leading axis of length >= 2 on every leaf; "
+            f"{_validate.where()}: {name}.controls must have one leading axis of length >= 2 on every leaf; "
             f"got {_validate.describe(path.controls)}."
         )
-    _validate.check_finite(path.controls, fn=fn, name=f"{name}.controls")
+    _validate.check_finite(path.controls, name=f"{name}.controls")
     return path

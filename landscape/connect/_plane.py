@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape import _provenance, _tree, _validate, engine
+from landscape import _provenance, engine
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._result import Result, result, static_field
 from landscape.connect._common import as_loss, check_loss, check_ts
 from landscape.connect._fit import CurveResult
@@ -105,6 +107,7 @@ def _project(path, w0, u, v, ts):
     return jax.lax.map(one, ts)
 
 
+@_validate.public("landscape.connect.curve_plane")
 def curve_plane(
     loss_fn,
     curve,
@@ -160,28 +163,27 @@ def curve_plane(
     References:
       Garipov et al. 2018 (``plane.py``, Figs. 1, 3).
     """
-    fn = "landscape.connect.curve_plane"
-    loss_fn = as_loss(loss_fn, fn=fn, name="loss_fn")
+    loss_fn = as_loss(loss_fn, name="loss_fn")
     if isinstance(curve, CurveResult):
         curve = curve.path
-    curve = check_path(curve, fn=fn, name="curve")
+    curve = check_path(curve, name="curve")
     if isinstance(resolution, (int, np.integer)) and not isinstance(resolution, bool):
-        nx = ny = _validate.check_positive_int(resolution, fn=fn, name="resolution")
+        nx = ny = _validate.check_positive_int(resolution, name="resolution")
     else:
         try:
             nx, ny = (int(r) for r in resolution)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"{fn}: resolution must be an int or (nx, ny); got {resolution!r}.") from e
+            raise TypeError(f"{_validate.where()}: resolution must be an int or (nx, ny); got {resolution!r}.") from e
     if nx < 2 or ny < 2:
-        raise ValueError(f"{fn}: resolution must be >= 2 per axis; got {(nx, ny)}.")
-    margin = _validate.check_finite_scalar(margin, fn=fn, name="margin")
+        raise ValueError(f"{_validate.where()}: resolution must be >= 2 per axis; got {(nx, ny)}.")
+    margin = _validate.check_finite_scalar(margin, name="margin")
     if margin < 0:
-        raise ValueError(f"{fn}: margin must be >= 0; got {margin}.")
-    cts = check_ts(curve_ts, fn=fn, name="curve_ts")
+        raise ValueError(f"{_validate.where()}: margin must be >= 0; got {margin}.")
+    cts = check_ts(curve_ts, name="curve_ts")
     w0, w2 = curve.start, curve.end
     if through is not None:
-        _validate.check_params(through, fn=fn, name="through")
-        _validate.check_same_structure(through, w0, fn=fn, name="through", ref_name="the curve's points",
+        _validate.check_params(through, name="through")
+        _validate.check_same_structure(through, w0, name="through", ref_name="the curve's points",
                                        check_dtypes=True)
         w1 = jax.tree.map(jnp.asarray, through)
         third = "through"
@@ -190,11 +192,11 @@ def curve_plane(
     elif curve.num_bends > 1:
         w1, third = curve(0.5), "midpoint"
     else:
-        raise ValueError(f"{fn}: a linear path spans no plane; pass through=<a third point>.")
+        raise ValueError(f"{_validate.where()}: a linear path spans no plane; pass through=<a third point>.")
     e = _tree.sub(w2, w0)
     length = float(_tree.norm(e))
     if length == 0.0:
-        raise ValueError(f"{fn}: the curve's endpoints coincide; no plane is defined.")
+        raise ValueError(f"{_validate.where()}: the curve's endpoints coincide; no plane is defined.")
     u = _tree.scale(1.0 / length, e)
     d1 = _tree.sub(w1, w0)
     xb = float(_tree.vdot(d1, u))
@@ -202,7 +204,7 @@ def curve_plane(
     height = float(_tree.norm(r))
     if height <= 1e-7 * max(length, float(_tree.norm(d1))):
         raise ValueError(
-            f"{fn}: the third point ({third}) lies on the line through the endpoints, so the three "
+            f"{_validate.where()}: the third point ({third}) lies on the line through the endpoints, so the three "
             "points span no plane."
         )
     v = _tree.scale(1.0 / height, r)
@@ -216,18 +218,18 @@ def curve_plane(
 
     ndev = jax.device_count()
     placement = "replicate" if ndev > 1 else "shard"
-    train_b = engine.batch(data, batch_size, placement=placement, fn=fn)
-    test_b = engine.batch(test_data, batch_size, placement=placement, fn=fn) if test_data is not None else None
-    check_loss(loss_fn, w0, train_b, fn=fn)
+    train_b = engine.batch(data, batch_size, placement=placement)
+    test_b = engine.batch(test_data, batch_size, placement=placement) if test_data is not None else None
+    check_loss(loss_fn, w0, train_b)
     if test_b is not None:
-        check_loss(loss_fn, w0, test_b, fn=fn, name="test_data")
+        check_loss(loss_fn, w0, test_b, name="test_data")
     policy, bn_batched = prepare_bn(
         bn, loss_fn, w0, data if bn_data is None else bn_data, bn_states=bn_states,
-        bn_batch_size=bn_batch_size, fn=fn,
+        bn_batch_size=bn_batch_size,
     )
     if chunk_size is None:
         chunk_size = 4 * REFINE_POINTS
-    chunk_size = _validate.check_positive_int(chunk_size, fn=fn, name="chunk_size")
+    chunk_size = _validate.check_positive_int(chunk_size, name="chunk_size")
     chunk_size = int(math.ceil(chunk_size / ndev) * ndev)
     base_args = (w0, u, v, jnp.asarray(length, dt))
     evfn, point_fn, point_args = make_point(
@@ -247,7 +249,7 @@ def curve_plane(
             store = engine.ChunkStore(_FsPath(checkpoint_dir) / name, meta)
         out = engine.evaluate_points(
             evfn, point_fn, coords, batched, point_args=point_args, chunk_size=chunk_size,
-            store=store, progress=progress, desc=f"curve_plane ({name})", fn_name=fn,
+            store=store, progress=progress, desc=f"curve_plane ({name})",
         )
         out = {k: np.asarray(val).reshape(nx, ny) for k, val in out.items()}
         for k, val in out.items():
@@ -255,7 +257,7 @@ def curve_plane(
             if bad.any():
                 i, j = np.argwhere(bad)[0]
                 raise FloatingPointError(
-                    f"{fn}: non-finite {name} {k!r} at {int(bad.sum())} of {val.size} grid points "
+                    f"{_validate.where()}: non-finite {name} {k!r} at {int(bad.sum())} of {val.size} grid points "
                     f"(first at x={xs[i]:.4g}, y={ys[j]:.4g}); reduce margin."
                 )
         return out

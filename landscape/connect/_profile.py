@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from landscape import _provenance, _tree, _validate, engine
+from landscape import _provenance, engine
 from landscape import batchnorm as _batchnorm
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._result import Result, result, static_field
 from landscape.connect import _bn
 from landscape.connect._common import as_loss, check_loss, check_ts, float_state
@@ -184,16 +186,16 @@ def _path_alpha(t, path):
     return t
 
 
-def prepare_bn(bn, loss_fn, params, bn_data, *, bn_states, bn_batch_size, fn: str):
+def prepare_bn(bn, loss_fn, params, bn_data, *, bn_states, bn_batch_size):
     """Resolve the batch-norm policy; for ``"reestimate"`` lay out the re-estimation data and
     probe the state's update form once. Returns ``(policy, (form, batched) or None)``."""
-    policy = resolve_bn(bn, loss_fn, bn_states=bn_states, fn=fn)
+    policy = resolve_bn(bn, loss_fn, bn_states=bn_states)
     prepared = None
     if policy == "reestimate":
         if isinstance(bn_data, engine.Batched):
-            raise TypeError(f"{fn}: bn_data must be a dict of arrays (training data), not a Batched.")
-        bn_batched = _batchnorm.bn_batches(bn_data, bn_batch_size, fn=fn)
-        prepared = (_batchnorm.probe_state(loss_fn, params, bn_batched, fn=fn), bn_batched)
+            raise TypeError(f"{_validate.where()}: bn_data must be a dict of arrays (training data), not a Batched.")
+        bn_batched = _batchnorm.bn_batches(bn_data, bn_batch_size)
+        prepared = (_batchnorm.probe_state(loss_fn, params, bn_batched), bn_batched)
     return policy, prepared
 
 
@@ -239,35 +241,35 @@ def path_distances(path: Path, ts: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-def resolve_bn(bn, loss_fn, *, bn_states, fn: str) -> str:
-    _validate.check_choice(bn, _bn.BN_POLICIES, fn=fn, name="bn")
+def resolve_bn(bn, loss_fn, *, bn_states) -> str:
+    _validate.check_choice(bn, _bn.BN_POLICIES, name="bn")
     has_state = float_state(loss_fn)
     if bn == "auto":
         return "reestimate" if has_state else "none"
     if bn == "none":
         if has_state:
             raise ValueError(
-                f"{fn}: bn='none' but the model has batch-norm state; choose 'reestimate' "
+                f"{_validate.where()}: bn='none' but the model has batch-norm state; choose 'reestimate' "
                 "(Garipov et al.), 'interpolate' or 'fixed'."
             )
         return "none"
     if bn in ("reestimate", "interpolate") and not isinstance(loss_fn, Loss):
         raise TypeError(
-            f"{fn}: bn={bn!r} needs the model triple: pass a landscape.Loss "
+            f"{_validate.where()}: bn={bn!r} needs the model triple: pass a landscape.Loss "
             f"(landscape.make_loss_fn(model)) rather than a plain function; got "
             f"{type(loss_fn).__name__}."
         )
     if bn in ("reestimate", "interpolate") and not has_state:
-        raise ValueError(f"{fn}: bn={bn!r} but the model has no floating state (batch norm).")
+        raise ValueError(f"{_validate.where()}: bn={bn!r} but the model has no floating state (batch norm).")
     if bn == "interpolate":
         if bn_states is None or not isinstance(bn_states, (tuple, list)) or len(bn_states) != 2:
             raise ValueError(
-                f"{fn}: bn='interpolate' needs bn_states=(state_a, state_b), the endpoints' "
+                f"{_validate.where()}: bn='interpolate' needs bn_states=(state_a, state_b), the endpoints' "
                 "model states."
             )
         for i, s in enumerate(bn_states):
             _validate.check_same_structure(
-                s, loss_fn.state, fn=fn, name=f"bn_states[{i}]", ref_name="the model's state"
+                s, loss_fn.state, name=f"bn_states[{i}]", ref_name="the model's state"
             )
     return bn
 
@@ -286,6 +288,7 @@ def _brackets(ts: np.ndarray, vals: np.ndarray) -> list[tuple[float, float]]:
     return out
 
 
+@_validate.public("landscape.connect.profile")
 def profile(
     loss_fn,
     path: Path,
@@ -357,33 +360,32 @@ def profile(
       Garipov et al. 2018 (61-point evaluation, ``update_bn``); Frankle et al. 2020;
       Ainsworth et al. 2022; Entezari et al. 2022.
     """
-    fn = "landscape.connect.profile"
-    loss_fn = as_loss(loss_fn, fn=fn, name="loss_fn")
-    path = check_path(path, fn=fn)
-    grid_ts = check_ts(ts, fn=fn)
+    loss_fn = as_loss(loss_fn, name="loss_fn")
+    path = check_path(path)
+    grid_ts = check_ts(ts)
     if isinstance(refine, bool):
         rounds = 3 if refine else 0
     else:
-        rounds = _validate.check_positive_int(refine, fn=fn, name="refine", allow_zero=True)
+        rounds = _validate.check_positive_int(refine, name="refine", allow_zero=True)
     ndev = jax.device_count()
     placement = "replicate" if ndev > 1 else "shard"
-    train_b = engine.batch(data, batch_size, placement=placement, fn=fn)
+    train_b = engine.batch(data, batch_size, placement=placement)
     test_b = None
     if test_data is not None:
-        test_b = engine.batch(test_data, batch_size, placement=placement, fn=fn)
+        test_b = engine.batch(test_data, batch_size, placement=placement)
     start = path.start
-    check_loss(loss_fn, start, train_b, fn=fn)
+    check_loss(loss_fn, start, train_b)
     if test_b is not None:
-        check_loss(loss_fn, start, test_b, fn=fn, name="test_data")
+        check_loss(loss_fn, start, test_b, name="test_data")
     policy, bn_batched = prepare_bn(
         bn, loss_fn, start, data if bn_data is None else bn_data, bn_states=bn_states,
-        bn_batch_size=bn_batch_size, fn=fn,
+        bn_batch_size=bn_batch_size,
     )
     if chunk_size is None:
         # one chunk shape serves the grid and the refinement rounds; without refinement a short
         # grid is not padded
         chunk_size = REFINE_POINTS if rounds else min(REFINE_POINTS, grid_ts.size)
-    chunk_size = _validate.check_positive_int(chunk_size, fn=fn, name="chunk_size")
+    chunk_size = _validate.check_positive_int(chunk_size, name="chunk_size")
     chunk_size = int(math.ceil(chunk_size / ndev) * ndev)
     evfn, point_fn, point_args = make_point(
         policy, _path_base, _path_alpha, (path,), loss_fn, bn_states=bn_states,
@@ -404,7 +406,6 @@ def profile(
         out = engine.evaluate_points(
             evfn, point_fn, np.asarray(ts_arr, dt), batched, point_args=point_args,
             chunk_size=chunk_size, store=store, progress=progress, desc=f"profile ({name})",
-            fn_name=fn,
         )
         out = {k: np.asarray(v) for k, v in out.items()}
         for k, v in out.items():
@@ -412,7 +413,7 @@ def profile(
             if bad.any():
                 tb = np.asarray(ts_arr)[bad]
                 raise FloatingPointError(
-                    f"{fn}: non-finite {name} {k!r} at {int(bad.sum())} of {v.size} values of t "
+                    f"{_validate.where()}: non-finite {name} {k!r} at {int(bad.sum())} of {v.size} values of t "
                     f"(first at t={float(tb[0]):.6g}); the parameters along the path (or bn "
                     "statistics) overflow there."
                 )
@@ -494,6 +495,7 @@ def _barrier_of(ts, v, dist) -> dict:
     }
 
 
+@_validate.public("landscape.connect.barrier")
 def barrier(profile: Profile, *, metrics=("loss", "error")) -> Barrier:
     """Barrier heights of a :class:`Profile` in every convention, labelled.
 
@@ -520,13 +522,12 @@ def barrier(profile: Profile, *, metrics=("loss", "error")) -> Barrier:
       TypeError: ``profile`` is not a :class:`Profile`.
       ValueError: the profile lacks ``t = 0`` or ``t = 1``.
     """
-    fn = "landscape.connect.barrier"
     if not isinstance(profile, Profile):
-        raise TypeError(f"{fn}: profile must be a landscape.connect.Profile; got {type(profile).__name__}.")
+        raise TypeError(f"{_validate.where()}: profile must be a landscape.connect.Profile; got {type(profile).__name__}.")
     ts = np.asarray(profile.ts, np.float64)
     if not (np.any(ts == 0.0) and np.any(ts == 1.0)):
         raise ValueError(
-            f"{fn}: the profile must include t = 0 and t = 1 (the endpoints); got t in "
+            f"{_validate.where()}: the profile must include t = 0 and t = 1 (the endpoints); got t in "
             f"[{ts.min():.4g}, {ts.max():.4g}] without one of them."
         )
     values = {}
@@ -539,5 +540,5 @@ def barrier(profile: Profile, *, metrics=("loss", "error")) -> Barrier:
                     k: np.asarray(x) for k, x in _barrier_of(ts, d[m], profile.distance).items()
                 }
     if not values:
-        raise ValueError(f"{fn}: none of the metrics {list(metrics)} is in the profile ({profile.metrics}).")
+        raise ValueError(f"{_validate.where()}: none of the metrics {list(metrics)} is in the profile ({profile.metrics}).")
     return Barrier(values=values, kind=profile.kind, bn=profile.bn, provenance=profile.provenance)

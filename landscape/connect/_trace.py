@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from landscape import _tree, _validate
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._model import as_model
 
 PyTree = Any
@@ -594,12 +595,12 @@ def _trace(apply_fn, params, state, x):
     return jax.make_jaxpr(f)(params, state, x)
 
 
+@_validate.public
 def permutation_spec(
     model,
     example_input,
     *,
     on_unsupported: str = "raise",
-    _fn: str = "landscape.connect.permutation_spec",
 ) -> PermutationSpec:
     """Derive the permutation groups of a model by tracing ``apply_fn`` on ``example_input``.
 
@@ -629,17 +630,16 @@ def permutation_spec(
     References:
       Ainsworth et al. 2022, "Git Re-Basin: merging models modulo permutation symmetries".
     """
-    fn = _fn
-    model = as_model(model, fn=fn)
-    _validate.check_choice(on_unsupported, ("raise", "fix"), fn=fn, name="on_unsupported")
+    model = as_model(model)
+    _validate.check_choice(on_unsupported, ("raise", "fix"), name="on_unsupported")
     x = jnp.asarray(example_input)
     if x.ndim == 0:
-        raise ValueError(f"{fn}: example_input must have a leading example axis; got a scalar.")
+        raise ValueError(f"{_validate.where()}: example_input must have a leading example axis; got a scalar.")
     try:
         closed = _trace(model.apply_fn, model.params, model.state, x)
     except Exception as e:  # noqa: BLE001 - reported with context
         raise ValueError(
-            f"{fn}: could not trace the model on example_input of shape {x.shape}: "
+            f"{_validate.where()}: could not trace the model on example_input of shape {x.shape}: "
             f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         ) from e
     L = _Labels()
@@ -650,7 +650,7 @@ def permutation_spec(
     in_labels = plabs + slabs + xlabs
     in_data = [False] * (len(plabs) + len(slabs)) + [True]
     if len(in_labels) != len(closed.jaxpr.invars):  # pragma: no cover - defensive
-        raise ValueError(f"{fn}: unexpected trace (inputs {len(closed.jaxpr.invars)}, expected {len(in_labels)}).")
+        raise ValueError(f"{_validate.where()}: unexpected trace (inputs {len(closed.jaxpr.invars)}, expected {len(in_labels)}).")
     outs = tracer.run(closed, in_labels, in_data)
     for lab in outs:
         for x_ in lab:
@@ -740,7 +740,7 @@ def permutation_spec(
         if on_unsupported == "raise":
             who = ", ".join(f"{p}[{a}]" for p, a in members[:6])
             raise UnsupportedModelError(
-                f"{fn}: cannot derive a permutation for the units of {names[r]} (parameter axes "
+                f"{_validate.where()}: cannot derive a permutation for the units of {names[r]} (parameter axes "
                 f"{who}): they reach {uniq[0]}, which is not permutation-equivariant along "
                 "those units, so permuting them would change the function. Pass "
                 "on_unsupported='fix' to leave this group unpermuted."
@@ -823,6 +823,7 @@ def _permute_tree(tree, axes: dict, perms: dict):
     return _tree.map_with_path(f, tree)
 
 
+@_validate.public("landscape.connect.permute")
 def permute(spec: PermutationSpec, params: PyTree, perms: dict, state: PyTree = None):
     """Apply permutations: unit ``i`` of the result is unit ``perms[g][i]`` of the input.
 
@@ -839,22 +840,21 @@ def permute(spec: PermutationSpec, params: PyTree, perms: dict, state: PyTree = 
     Raises:
       ValueError: unknown group names or arrays that are not permutations of the right size.
     """
-    fn = "landscape.connect.permute"
     if not isinstance(spec, PermutationSpec):
-        raise TypeError(f"{fn}: spec must be a PermutationSpec; got {type(spec).__name__}.")
+        raise TypeError(f"{_validate.where()}: spec must be a PermutationSpec; got {type(spec).__name__}.")
     for g, p in perms.items():
         if g not in spec.groups:
-            raise ValueError(f"{fn}: unknown group {g!r}; groups: {sorted(spec.groups)}.")
+            raise ValueError(f"{_validate.where()}: unknown group {g!r}; groups: {sorted(spec.groups)}.")
         arr = np.asarray(p)
         if arr.shape != (spec.groups[g],) or not np.array_equal(np.sort(arr), np.arange(spec.groups[g])):
             raise ValueError(
-                f"{fn}: perms[{g!r}] must be a permutation of range({spec.groups[g]}); got shape "
+                f"{_validate.where()}: perms[{g!r}] must be a permutation of range({spec.groups[g]}); got shape "
                 f"{arr.shape}."
             )
     missing = set(_tree.leaf_paths(params)) ^ set(spec.param_axes)
     if missing:
         raise ValueError(
-            f"{fn}: params do not match the traced model (leaves {sorted(missing)[:5]} differ)."
+            f"{_validate.where()}: params do not match the traced model (leaves {sorted(missing)[:5]} differ)."
         )
     out = _permute_tree(params, spec.param_axes, perms)
     if state is None:

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from landscape import _provenance, _tree, _validate, engine
+from landscape import _provenance, engine
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._result import Meta, Result, result, static_field
 from landscape.hessian import _density, _eigen, _random, _trace
 from landscape.hessian import _lanczos as lz
@@ -62,6 +64,7 @@ def _project_jit(layout, vectors, g):
     return jnp.dot(layout.ravel_rows(vectors), layout.ravel(g), precision=lax.Precision.HIGHEST)
 
 
+@_validate.public("landscape.hessian.gradient_overlap")
 def gradient_overlap(
     loss_fn,
     params: PyTree,
@@ -101,16 +104,15 @@ def gradient_overlap(
     References:
       Gur-Ari, Roberts, Dyer 2018, "Gradient descent happens in a tiny subspace".
     """
-    fn = "landscape.hessian.gradient_overlap"
     if eigen is None:
         if key is None:
-            raise TypeError(f"{fn}: key is required to compute the eigenvectors (or pass eigen=...).")
+            raise TypeError(f"{_validate.where()}: key is required to compute the eigenvectors (or pass eigen=...).")
         eigen = _eigen.eigenvalues(loss_fn, params, data, k=k, key=key, tol=tol, params_filter=params_filter,
                                    batch_size=batch_size, method=method)
     elif not isinstance(eigen, _eigen.EigenResult):
-        raise TypeError(f"{fn}: eigen must be an EigenResult; got {type(eigen).__name__}.")
+        raise TypeError(f"{_validate.where()}: eigen must be an EigenResult; got {type(eigen).__name__}.")
     stacked = jax.tree.map(lambda x: x[0], eigen.vectors)
-    _validate.check_same_structure(stacked, params, fn=fn, name="eigen.vectors (one row)")
+    _validate.check_same_structure(stacked, params, name="eigen.vectors (one row)")
     vals, grad = engine.value_and_grad(loss_fn, params, data, batch_size=batch_size)
     layout = lz.Layout(params)
     c = np.asarray(_project_jit(layout, eigen.vectors, grad), np.float64)
@@ -158,9 +160,10 @@ class DecompositionResult(Result):
     num_hvps: int = static_field(default=0)
     provenance: dict = static_field(default_factory=dict)
 
+    @_validate.public("landscape.hessian.DecompositionResult.part")
     def part(self, name: str) -> _density.DensityResult:
         """One part as a :class:`DensityResult` (for :func:`landscape.plot.plot_density`)."""
-        _validate.check_choice(name, PARTS, fn="DecompositionResult.part", name="name")
+        _validate.check_choice(name, PARTS, name="name")
         return _density.DensityResult(
             nodes=self.nodes[name], weights=self.weights[name], grid=self.grid, density=self.density[name],
             sigma=self.sigma, num_params=self.num_params, num_probes=self.num_probes, num_steps=self.num_steps,
@@ -172,6 +175,7 @@ class DecompositionResult(Result):
         return f"DecompositionResult(traces: {tr}; num_hvps={self.num_hvps})"
 
 
+@_validate.public("landscape.hessian.ggn_decomposition")
 def ggn_decomposition(
     loss_fn,
     params: PyTree,
@@ -220,9 +224,8 @@ def ggn_decomposition(
       outliers in the spectrum of deepnet Hessians"); Papyan 2020 ("Traces of class/cross-class
       structure pervade deep learning spectra").
     """
-    fn = "landscape.hessian.ggn_decomposition"
-    key = _validate.check_key(key, fn=fn)
-    k = _validate.check_positive_int(k, fn=fn, name="k", allow_zero=True)
+    key = _validate.check_key(key)
+    k = _validate.check_positive_int(k, name="k", allow_zero=True)
     out: dict[str, _density.DensityResult] = {}
     tops, bots = {}, {}
     hvps = 0
@@ -291,6 +294,7 @@ def _eps_sharp_jit(loss_static, loss_dyn, params, batched, epsilon, num_steps, s
     return f0, jnp.maximum(best, f_last), ok & jnp.all(flags)
 
 
+@_validate.public("landscape.hessian.epsilon_sharpness")
 def epsilon_sharpness(
     loss_fn, params: PyTree, data: PyTree, *, epsilon: float = 1e-3, num_steps: int = 20, key=None,
     batch_size: int | None = None,
@@ -314,20 +318,19 @@ def epsilon_sharpness(
       Keskar, Mudigere, Nocedal, Smelyanskiy, Tang 2017, "On large-batch training for deep
       learning: generalization gap and sharp minima" (Metric 2.1).
     """
-    fn = "landscape.hessian.epsilon_sharpness"
-    _validate.check_params(params, fn=fn)
-    epsilon = _validate.check_finite_scalar(epsilon, fn=fn, name="epsilon")
+    _validate.check_params(params)
+    epsilon = _validate.check_finite_scalar(epsilon, name="epsilon")
     if epsilon <= 0:
-        raise ValueError(f"{fn}: epsilon must be > 0; got {epsilon}.")
-    num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
-    batched = engine.batch(data, batch_size, fn=fn)
-    engine.check_loss(loss_fn, params, batched, fn=fn)
+        raise ValueError(f"{_validate.where()}: epsilon must be > 0; got {epsilon}.")
+    num_steps = _validate.check_positive_int(num_steps, name="num_steps")
+    batched = engine.batch(data, batch_size)
+    engine.check_loss(loss_fn, params, batched)
     s, d = engine.split_fn(loss_fn)
-    seed = np.uint32(_random.key_seed(jax.random.key(0) if key is None else _validate.check_key(key, fn=fn)))
+    seed = np.uint32(_random.key_seed(jax.random.key(0) if key is None else _validate.check_key(key)))
     f0, fmax, ok = _eps_sharp_jit(s, d, params, batched, np.asarray(epsilon, np.dtype(_tree.dtype_of(params))),
                                   num_steps, seed)
     if not bool(ok):
-        raise FloatingPointError(f"{fn}: non-finite loss or gradient inside the epsilon box.")
+        raise FloatingPointError(f"{_validate.where()}: non-finite loss or gradient inside the epsilon box.")
     f0, fmax = float(f0), float(fmax)
     return {"sharpness": 100.0 * (fmax - f0) / (1.0 + f0), "loss": f0, "max_loss": fmax}
 
@@ -361,6 +364,7 @@ def _adaptive_jit(loss_static, loss_dyn, params, batched, rho, eta, num_steps, p
     return f0, jnp.maximum(best, f_last), ok & jnp.all(flags)
 
 
+@_validate.public("landscape.hessian.adaptive_sharpness")
 def adaptive_sharpness(
     loss_fn, params: PyTree, data: PyTree, *, rho: float = 0.05, eta: float = 0.0, p: float = 2,
     num_steps: int = 20, batch_size: int | None = None,
@@ -389,23 +393,22 @@ def adaptive_sharpness(
       Kwon, Kim, Park, Choi 2021 (ASAM); Andriushchenko et al. 2023 ("A modern look at the
       relationship between sharpness and generalization").
     """
-    fn = "landscape.hessian.adaptive_sharpness"
-    _validate.check_params(params, fn=fn)
-    rho = _validate.check_finite_scalar(rho, fn=fn, name="rho")
-    eta = _validate.check_finite_scalar(eta, fn=fn, name="eta")
+    _validate.check_params(params)
+    rho = _validate.check_finite_scalar(rho, name="rho")
+    eta = _validate.check_finite_scalar(eta, name="eta")
     if rho <= 0 or eta < 0:
-        raise ValueError(f"{fn}: need rho > 0 and eta >= 0; got rho={rho}, eta={eta}.")
+        raise ValueError(f"{_validate.where()}: need rho > 0 and eta >= 0; got rho={rho}, eta={eta}.")
     if p not in (2, float("inf")):
-        raise ValueError(f"{fn}: p must be 2 or float('inf'); got {p!r}.")
-    num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
-    batched = engine.batch(data, batch_size, fn=fn)
-    engine.check_loss(loss_fn, params, batched, fn=fn)
+        raise ValueError(f"{_validate.where()}: p must be 2 or float('inf'); got {p!r}.")
+    num_steps = _validate.check_positive_int(num_steps, name="num_steps")
+    batched = engine.batch(data, batch_size)
+    engine.check_loss(loss_fn, params, batched)
     s, d = engine.split_fn(loss_fn)
     dt = _tree.dtype_of(params)
     f0, fmax, ok = _adaptive_jit(s, d, params, batched, np.asarray(rho, np.dtype(dt)), np.asarray(eta, np.dtype(dt)), num_steps,
                                  p == float("inf"))
     if not bool(ok):
-        raise FloatingPointError(f"{fn}: non-finite loss or gradient inside the perturbation ball.")
+        raise FloatingPointError(f"{_validate.where()}: non-finite loss or gradient inside the perturbation ball.")
     f0, fmax = float(f0), float(fmax)
     return {"sharpness": fmax - f0, "loss": f0, "max_loss": fmax}
 
@@ -440,6 +443,7 @@ class SharpnessResult(Result):
         )
 
 
+@_validate.public("landscape.hessian.sharpness")
 def sharpness(
     loss_fn, params: PyTree, data: PyTree, *, key, epsilon: float = 1e-3, rho: float = 0.05, eta: float = 0.0,
     num_steps: int = 20, trace_hvps: int = 60, tol: float = 1e-4, batch_size: int | None = None,
@@ -468,8 +472,7 @@ def sharpness(
       Keskar et al. 2017; Dinh et al. 2017; Kwon et al. 2021; Jiang et al. 2020 ("Fantastic
       generalization measures").
     """
-    fn = "landscape.hessian.sharpness"
-    key = _validate.check_key(key, fn=fn)
+    key = _validate.check_key(key)
     k1, k2 = jax.random.split(key)
     eig = _eigen.eigenvalues(loss_fn, params, data, k=1, key=k1, tol=tol, batch_size=batch_size, method=method,
                              check_multiplicity=False)

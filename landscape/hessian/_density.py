@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape import _provenance, _validate, engine
+from landscape import _provenance, engine
+from landscape import validate as _validate
 from landscape._result import Meta, Result, result, static_field
 from landscape.hessian import _eigen, _random
 from landscape.hessian import _lanczos as lz
@@ -24,6 +25,7 @@ BASIS_MAX_BYTES = 2 << 30
 __all__ = ["DensityResult", "smooth_density", "spectral_density"]
 
 
+@_validate.public("landscape.hessian.smooth_density")
 def smooth_density(nodes, weights, grid, sigma) -> np.ndarray:
     """Gaussian-smoothed spectral density on ``grid``: the average over probes of
     ``sum_i w_i N(t; theta_i, sigma^2)`` (float64, host; integrates to one over the real line).
@@ -134,7 +136,7 @@ def _probe_vector(layout, seed, counter, flat):
     return z[None] if flat else layout.unravel(z)
 
 
-def _one_probe(op, prepared, layout, seed, p, num_steps, reorth, key, fn):
+def _one_probe(op, prepared, layout, seed, p, num_steps, reorth, key):
     """Nodes, weights, q0^T A q0 and (full mode) the top Ritz vector of probe ``p``."""
     if reorth:
         v = _probe_vector(layout, np.uint32(seed), np.int32(p), True)
@@ -142,7 +144,7 @@ def _one_probe(op, prepared, layout, seed, p, num_steps, reorth, key, fn):
                           dtype=op.dtype)
         st.expand(num_steps)
         if not st.ok:
-            ops.raise_nonfinite(st.ok_flags, op if op.method == "forward_over_reverse" else None, fn=fn,
+            ops.raise_nonfinite(st.ok_flags, op if op.method == "forward_over_reverse" else None,
                                 what=f"curvature-vector product (probe {p}, Lanczos step {st.first_bad})")
         H = st.H64()
         alphas = np.diag(H[:num_steps, :num_steps]).copy()
@@ -153,13 +155,14 @@ def _one_probe(op, prepared, layout, seed, p, num_steps, reorth, key, fn):
     v = _probe_vector(layout, np.uint32(seed), np.int32(p), False)
     alphas, betas, ok, first_bad = lz.stream(prepared, v, num_steps)
     if not ok.all():
-        ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None, fn=fn,
+        ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None,
                             what=f"curvature-vector product (probe {p}, Lanczos step {first_bad})")
     # after a breakdown the rest of T is zero: the trailing nodes get zero weight
     theta, Y = lz.tridiagonal_eigh(alphas, betas)
     return theta, Y[0] ** 2, alphas[0], None
 
 
+@_validate.public("landscape.hessian.spectral_density")
 def spectral_density(
     loss_fn,
     params: PyTree,
@@ -237,25 +240,24 @@ def spectral_density(
     References:
       Golub and Meurant 2010; Lin, Saad, Yang 2016; Ghorbani, Krishnan, Xiao 2019; Papyan 2020.
     """
-    fn = "landscape.hessian.spectral_density"
-    key = _validate.check_key(key, fn=fn)
-    num_probes = _validate.check_positive_int(num_probes, fn=fn, name="num_probes")
-    num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
-    num_points = _validate.check_positive_int(num_points, fn=fn, name="num_points")
-    _validate.check_choice(scale, ("linear", "log"), fn=fn, name="scale")
-    _validate.check_choice(reorthogonalize, (True, False, "auto"), fn=fn, name="reorthogonalize")
+    key = _validate.check_key(key)
+    num_probes = _validate.check_positive_int(num_probes, name="num_probes")
+    num_steps = _validate.check_positive_int(num_steps, name="num_steps")
+    num_points = _validate.check_positive_int(num_points, name="num_points")
+    _validate.check_choice(scale, ("linear", "log"), name="scale")
+    _validate.check_choice(reorthogonalize, (True, False, "auto"), name="reorthogonalize")
     if sigma is not None:
-        sigma = _validate.check_finite_scalar(sigma, fn=fn, name="sigma")
+        sigma = _validate.check_finite_scalar(sigma, name="sigma")
         if sigma <= 0:
-            raise ValueError(f"{fn}: sigma must be > 0; got {sigma}.")
+            raise ValueError(f"{_validate.where()}: sigma must be > 0; got {sigma}.")
     op = ops.make_hvp(
         loss_fn, params, data, curvature=curvature, model=model, output_loss=output_loss,
         params_filter=params_filter, preconditioner=preconditioner, batch_size=batch_size,
-        method=method, fn=fn,
+        method=method,
     )
     n = op.num_params
     if num_steps > n:
-        raise ValueError(f"{fn}: num_steps={num_steps} exceeds the number of parameters ({n}).")
+        raise ValueError(f"{_validate.where()}: num_steps={num_steps} exceeds the number of parameters ({n}).")
     if reorthogonalize == "auto":
         itemsize = np.dtype(op.dtype).itemsize
         reorthogonalize = (num_steps + 1) * n * itemsize <= BASIS_MAX_BYTES
@@ -282,7 +284,7 @@ def spectral_density(
             saved = chunks.load(p)
             nodes[p], weights[p], first[p] = saved["nodes"], saved["weights"], float(saved["q0Aq0"])
             continue
-        th, w, a0, top = _one_probe(op, prepared, layout, seed, p, num_steps, reorthogonalize, key, fn)
+        th, w, a0, top = _one_probe(op, prepared, layout, seed, p, num_steps, reorthogonalize, key)
         hvps += num_steps
         nodes[p], weights[p], first[p] = th, w, a0
         if top_vec is None and top is not None:
@@ -299,7 +301,7 @@ def spectral_density(
     top_node = float(np.max(np.where(weights > 0, nodes, -np.inf)))
     checks["top_node"] = top_node
     if reference_trace is not None:
-        ref = _validate.check_finite_scalar(reference_trace, fn=fn, name="reference_trace")
+        ref = _validate.check_finite_scalar(reference_trace, name="reference_trace")
         checks["reference_trace"] = ref
         se = checks["trace_std_error"]
         checks["trace_z_score"] = float((checks["slq_trace"] - ref) / se) if se and np.isfinite(se) else float("nan")
@@ -307,7 +309,7 @@ def spectral_density(
         v0 = None if top_vec is None else op.subset.embed(top_vec, op.params, leading=(1,))
         # krylov_dim = num_steps - 1 gives the same basis shape as the probes: same program
         eig = _eigen.solve(op, k=1, which="largest", tol=1e-4, key=jax.random.fold_in(key, 7777), v0=v0,
-                           krylov_dim=max(num_steps - 1, 2), check_multiplicity=False, fn=fn)
+                           krylov_dim=max(num_steps - 1, 2), check_multiplicity=False)
         hvps += eig.num_hvps
         lam = float(eig.values[0])
         checks["top_eigenvalue"] = lam
@@ -324,7 +326,7 @@ def spectral_density(
     else:
         floor = float(log_floor) if log_floor is not None else (abs(hi) * 1e-6 if hi > 0 else 1e-12)
         if floor <= 0:
-            raise ValueError(f"{fn}: log_floor must be > 0; got {floor}.")
+            raise ValueError(f"{_validate.where()}: log_floor must be > 0; got {floor}.")
         above = nodes > floor
         mass_excluded = float(np.mean(np.sum(np.where(above, 0.0, weights), axis=1)))
         u = np.log10(np.where(above, nodes, floor))

@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape import _provenance, _tree, _validate, engine
+from landscape import _provenance, engine
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._result import Result, result, static_field
 from landscape.hessian import _lanczos as lz
 from landscape.hessian import _operators as ops
@@ -150,7 +152,7 @@ def _true_residuals_jit(mv_static, mv_dyn, layout, Q, Y, theta, k):
     return jax.lax.fori_loop(0, k, body, init)
 
 
-def orthonormal_rows(F, *, fn: str, name: str) -> tuple[jax.Array, int]:
+def orthonormal_rows(F, *, name: str) -> tuple[jax.Array, int]:
     """Orthonormalise the rows of a flat ``(b, P)`` array: two passes of a Gram-matrix
     eigendecomposition in float64 on the host; rank-deficient directions are dropped.
 
@@ -161,7 +163,7 @@ def orthonormal_rows(F, *, fn: str, name: str) -> tuple[jax.Array, int]:
     dtype = np.dtype(F.dtype)
     norms = np.sqrt(np.maximum(np.diag(np.asarray(_gram_jit(F), np.float64)), 0))
     if np.any(norms == 0):
-        raise ValueError(f"{fn}: {name} contains a zero vector (row {int(np.argmin(norms))}); starting vectors must be nonzero.")
+        raise ValueError(f"{_validate.where()}: {name} contains a zero vector (row {int(np.argmin(norms))}); starting vectors must be nonzero.")
     F = _combine_jit(F, np.diag(1.0 / norms).astype(dtype))
     rank = b
     for _ in range(2):
@@ -196,31 +198,31 @@ def _random_row(seed, size, dtype):
     return _random.normal_like(jnp.zeros((1, size), dtype), seed, 0)
 
 
-def start_block(op: ops.CurvatureOperator, layout: lz.Layout, v0, key, *, fn: str) -> tuple[jax.Array, int]:
+def start_block(op: ops.CurvatureOperator, layout: lz.Layout, v0, key) -> tuple[jax.Array, int]:
     """Orthonormal flat starting rows ``(b, P)`` in the operator's subset space (random if ``v0``
     is None). ``v0`` may be one params-shaped vector or a stack of them (leading axis)."""
     if v0 is None:
         F = _random_row(np.uint32(_random.key_seed(key)), layout.size, layout.dtype)
-        return orthonormal_rows(F, fn=fn, name="v0")
+        return orthonormal_rows(F, name="v0")
     p_leaves = jax.tree.leaves(op.params)
     if jax.tree.structure(v0) != jax.tree.structure(op.params):
-        _validate.check_same_structure(v0, op.params, fn=fn, name="v0")
+        _validate.check_same_structure(v0, op.params, name="v0")
     v_leaves = jax.tree.leaves(v0)
     if all(np.shape(a) == np.shape(b) for a, b in zip(v_leaves, p_leaves)):
-        ops.check_vector(v0, op.params, fn=fn, name="v0", allow_zero=False)
+        ops.check_vector(v0, op.params, name="v0", allow_zero=False)
         V = _stack1(v0)
     else:
         lead = {np.shape(a)[:1] for a in v_leaves}
         ok = len(lead) == 1 and all(np.shape(a)[1:] == np.shape(b) for a, b in zip(v_leaves, p_leaves))
         if not ok:
             raise ValueError(
-                f"{fn}: v0 must be params-shaped or a stack of params-shaped vectors (leading axis); "
+                f"{_validate.where()}: v0 must be params-shaped or a stack of params-shaped vectors (leading axis); "
                 f"got {_validate.describe(v0)}, expected {_validate.describe(op.params)}."
             )
-        _validate.check_finite(v0, fn=fn, name="v0")
+        _validate.check_finite(v0, name="v0")
         V = v0
     F = lz.ravel_rows(layout, op.subset.restrict(V))
-    return orthonormal_rows(F, fn=fn, name="v0")
+    return orthonormal_rows(F, name="v0")
 
 
 def _order(theta: np.ndarray, which: str, count: int) -> np.ndarray:
@@ -288,14 +290,13 @@ def solve(
     max_restarts: int = 100,
     check_multiplicity: bool | None = None,
     num_check_steps: int | None = None,
-    fn: str,
 ) -> EigenResult:
     """Thick-restart Lanczos on an operator (see :func:`eigenvalues`)."""
     n = op.num_params
     ktot = 2 * k if which == "both" else k
     if ktot > n:
         raise ValueError(
-            f"{fn}: k={k} asks for {ktot} eigenpairs but the operator has only {n} parameters "
+            f"{_validate.where()}: k={k} asks for {ktot} eigenpairs but the operator has only {n} parameters "
             f"({'all' if op.subset.is_all else 'params_filter'}); use k <= {n // (2 if which == 'both' else 1)}."
         )
     dtype = op.dtype
@@ -303,14 +304,14 @@ def solve(
     if krylov_dim is None:
         m = min(n, max(20, 2 * ktot + 1))
     else:
-        m = _validate.check_positive_int(krylov_dim, fn=fn, name="krylov_dim")
+        m = _validate.check_positive_int(krylov_dim, name="krylov_dim")
         if m < ktot + 1 and m < n:
-            raise ValueError(f"{fn}: krylov_dim={m} must exceed the number of wanted pairs ({ktot}).")
+            raise ValueError(f"{_validate.where()}: krylov_dim={m} must exceed the number of wanted pairs ({ktot}).")
         m = min(m, n)
-    key = _validate.check_key(key, fn=fn)
+    key = _validate.check_key(key)
     k_start, k_run = jax.random.split(key)
     layout = lz.Layout(op.subset.restrict(op.params))
-    V, b = start_block(op, layout, v0, k_start, fn=fn)
+    V, b = start_block(op, layout, v0, k_start)
     rows = m + max(b, ktot) + 1  # independent of the start block up to k_total vectors
     prepared = op.host_prepared()
     st = lz.new_state(prepared, layout, V, b, rows, m, key=k_run, dtype=dtype)
@@ -323,7 +324,7 @@ def solve(
     def fail_nonfinite():
         if st.first_bad is not None and not st.ok:
             raise_op = op if op.method == "forward_over_reverse" else None
-            ops.raise_nonfinite(st.ok_flags, raise_op, fn=fn,
+            ops.raise_nonfinite(st.ok_flags, raise_op,
                                 what=f"curvature-vector product (Lanczos step {st.first_bad})")
 
     restarts = checks = 0
@@ -387,7 +388,7 @@ def solve(
                                   np.int32(len(w)))
     ok = np.asarray(ok)
     if not ok.all():
-        ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None, fn=fn,
+        ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None,
                             what="curvature-vector product (final residual check)")
     residuals = np.asarray(res, np.float64)[: len(w)]
     converged = residuals <= ritz.tol_abs * (1 + 1e-6)
@@ -395,7 +396,7 @@ def solve(
     num_hvps = st.num_matvecs + len(w)
     if not converged.all():
         warnings.warn(
-            f"{fn}: {int((~converged).sum())} of {len(w)} eigenpairs did not reach the residual tolerance "
+            f"{_validate.where()}: {int((~converged).sum())} of {len(w)} eigenpairs did not reach the residual tolerance "
             f"{ritz.tol_abs:.2e} (= max({tol_used:.1e} x ||A||, {NOISE_FACTOR:g} x product noise "
             f"{ritz.noise:.1e}); ||A|| ~ {ritz.anorm:.3e}) after {num_hvps} products and {restarts} restarts; "
             f"largest residual {residuals.max():.2e}. Increase max_restarts or krylov_dim, or loosen tol.",
@@ -405,7 +406,7 @@ def solve(
     anorm = max(ritz.anorm, np.finfo(np.float64).tiny)
     if ritz.noise > ASYMMETRY_WARN * anorm:
         warnings.warn(
-            f"{fn}: the products are not symmetric: |q_i^T A q_j - q_j^T A q_i| reaches "
+            f"{_validate.where()}: the products are not symmetric: |q_i^T A q_j - q_j^T A q_i| reaches "
             f"{ritz.noise:.2e} = {ritz.noise / anorm:.1e} x ||A||, far above rounding. Is the loss "
             "deterministic (no dropout or batch statistics in training mode) and the matvec a "
             f"symmetric operator? The residual tolerance was loosened to {ritz.tol_abs / anorm:.1e} x ||A||.",
@@ -414,7 +415,7 @@ def solve(
         )
     elif ritz.tol_abs > LOOSEN_WARN * tol_used * anorm:
         warnings.warn(
-            f"{fn}: the products' rounding noise ({ritz.noise / anorm:.1e} x ||A||, measured as the "
+            f"{_validate.where()}: the products' rounding noise ({ritz.noise / anorm:.1e} x ||A||, measured as the "
             f"asymmetry of the projected matrix) loosened the residual tolerance from {tol_used:.1e} to "
             f"{ritz.tol_abs / anorm:.1e} x ||A||: the eigenvalues are not more accurate than that. Run in "
             "float64 for more.",
@@ -465,6 +466,7 @@ def _verified(ritz: _Ritz, which: str, k: int, num_locked: int) -> bool:
     return ok
 
 
+@_validate.public("landscape.hessian.eigenvalues")
 def eigenvalues(
     loss_fn,
     params: PyTree,
@@ -543,24 +545,23 @@ def eigenvalues(
       Lanczos 1950; Wu and Simon 2000 (thick restart); Ghorbani, Krishnan, Xiao 2019; Yao et al.
       2020 (PyHessian).
     """
-    fn = "landscape.hessian.eigenvalues"
-    _validate.check_choice(which, ("largest", "smallest", "both"), fn=fn, name="which")
-    k = _validate.check_positive_int(k, fn=fn, name="k")
-    tol = _validate.check_finite_scalar(tol, fn=fn, name="tol")
+    _validate.check_choice(which, ("largest", "smallest", "both"), name="which")
+    k = _validate.check_positive_int(k, name="k")
+    tol = _validate.check_finite_scalar(tol, name="tol")
     if tol <= 0:
-        raise ValueError(f"{fn}: tol must be > 0; got {tol}.")
-    max_restarts = _validate.check_positive_int(max_restarts, fn=fn, name="max_restarts", allow_zero=True)
+        raise ValueError(f"{_validate.where()}: tol must be > 0; got {tol}.")
+    max_restarts = _validate.check_positive_int(max_restarts, name="max_restarts", allow_zero=True)
     if key is None:
         if v0 is None:
-            raise TypeError(f"{fn}: key is required (randomness is explicit); pass jax.random.key(0) or a warm start v0.")
+            raise TypeError(f"{_validate.where()}: key is required (randomness is explicit); pass jax.random.key(0) or a warm start v0.")
         key = jax.random.key(0)
     op = ops.make_hvp(
         loss_fn, params, data, curvature=curvature, model=model, output_loss=output_loss,
         params_filter=params_filter, preconditioner=preconditioner, batch_size=batch_size,
-        method=method, fn=fn,
+        method=method,
     )
     res = solve(op, k=k, which=which, tol=tol, key=key, v0=v0, krylov_dim=krylov_dim,
-                max_restarts=max_restarts, check_multiplicity=check_multiplicity, fn=fn)
+                max_restarts=max_restarts, check_multiplicity=check_multiplicity)
     prov = _provenance.provenance(
         dtype=op.dtype, seeds=_key_desc(key), data=None,
         settings={"k": k, "which": which, "tol": tol, "curvature": curvature, "method": op.method,

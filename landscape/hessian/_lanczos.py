@@ -32,7 +32,9 @@ import numpy as np
 import scipy.linalg
 from jax import lax
 
-from landscape import _provenance, _tree, _validate, engine
+from landscape import _provenance, engine
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._result import Result, result, static_field
 from landscape.hessian import _operators as ops
 from landscape.hessian import _random
@@ -405,6 +407,7 @@ def stream(prepared, v0: PyTree, num_steps: int, *, stacked: bool = False):
 # --------------------------------------------------------------------------------------------
 # Host float64 eigenproblems
 # --------------------------------------------------------------------------------------------
+@_validate.public("landscape.hessian.tridiagonal_eigh")
 def tridiagonal_eigh(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal matrix with
     diagonal ``alphas`` (m) and off-diagonal ``betas`` (the first m - 1 are used), in float64
@@ -465,6 +468,7 @@ def _unit_row(layout, v):
     return (f / jnp.sqrt(_dot(f, f)))[None]
 
 
+@_validate.public("landscape.hessian.lanczos")
 def lanczos(matvec, v0: PyTree, num_steps: int, *, reorthogonalize: bool = True, key=None) -> LanczosResult:
     """Lanczos tridiagonalisation of a symmetric operator, in one compiled loop.
 
@@ -501,34 +505,33 @@ def lanczos(matvec, v0: PyTree, num_steps: int, *, reorthogonalize: bool = True,
       Lanczos 1950; Paige 1972 (loss of orthogonality); Daniel, Gragg, Kaufman, Stewart 1976
       (reorthogonalisation criterion).
     """
-    fn = "landscape.hessian.lanczos"
-    prepared, op = ops.as_prepared(matvec, fn=fn)
+    prepared, op = ops.as_prepared(matvec)
     if op is not None:
-        ops.check_vector(v0, op.params, fn=fn, name="v0", allow_zero=False)
+        ops.check_vector(v0, op.params, name="v0", allow_zero=False)
         v = op.subset.restrict(_tree.cast(v0, op.dtype))
     else:
-        _validate.check_finite(v0, fn=fn, name="v0")
+        _validate.check_finite(v0, name="v0")
         if not jax.tree.leaves(v0):
-            raise ValueError(f"{fn}: v0 must be a non-empty pytree of arrays.")
+            raise ValueError(f"{_validate.where()}: v0 must be a non-empty pytree of arrays.")
         v = v0
         if float(_tree.norm(_tree.cast(v, jnp.float32))) == 0.0:
-            raise ValueError(f"{fn}: v0 is the zero vector; a starting vector must be nonzero.")
+            raise ValueError(f"{_validate.where()}: v0 is the zero vector; a starting vector must be nonzero.")
     n = _tree.size(v)
-    num_steps = _validate.check_positive_int(num_steps, fn=fn, name="num_steps")
+    num_steps = _validate.check_positive_int(num_steps, name="num_steps")
     if num_steps > n:
-        raise ValueError(f"{fn}: num_steps={num_steps} exceeds the dimension of the operator ({n}).")
+        raise ValueError(f"{_validate.where()}: num_steps={num_steps} exceeds the dimension of the operator ({n}).")
     dtype = _tree.dtype_of(v)
     layout = Layout(v)
     row = _unit_row(layout, v)
-    key = jax.random.key(0) if key is None else _validate.check_key(key, fn=fn)
+    key = jax.random.key(0) if key is None else _validate.check_key(key)
     if not reorthogonalize:
         alphas, betas, ok, first_bad = stream(prepared, unravel_rows(layout, row), num_steps, stacked=True)
-        ops.raise_nonfinite(ok, op, fn=fn)
+        ops.raise_nonfinite(ok, op)
         return LanczosResult(alphas, betas, None, num_steps, int(np.sum(betas[:-1] == 0)), False,
                              _provenance.provenance(dtype=dtype, settings={"num_steps": num_steps}))
     st = new_state(prepared, layout, row, 1, num_steps + 1, num_steps, key=key, dtype=dtype)
     st.expand(num_steps)
-    ops.raise_nonfinite(st.ok_flags, op, fn=fn)
+    ops.raise_nonfinite(st.ok_flags, op)
     H = st.H64()
     alphas = np.diag(H[:num_steps, :num_steps]).copy()
     betas = np.array([H[j + 1, j] for j in range(num_steps)])

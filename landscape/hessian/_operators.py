@@ -39,7 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial, register_pytree_node_class
 
-from landscape import _tree, _validate, engine
+from landscape import engine
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape.losses import Loss, cross_entropy, mse
 
 PyTree = Any
@@ -135,7 +137,7 @@ class Subset:
         return path.rsplit("/", 1)[0] if "/" in path else path
 
 
-def make_subset(params: PyTree, params_filter, *, fn: str) -> Subset:
+def make_subset(params: PyTree, params_filter) -> Subset:
     """Resolve ``params_filter`` (glob pattern(s), or a predicate on leaf paths) to a
     :class:`Subset`.
 
@@ -152,7 +154,7 @@ def make_subset(params: PyTree, params_filter, *, fn: str) -> Subset:
         pats = [params_filter] if isinstance(params_filter, str) else list(params_filter)
         if not pats or not all(isinstance(p, str) for p in pats):
             raise TypeError(
-                f"{fn}: params_filter must be a glob pattern, a sequence of patterns or a "
+                f"{_validate.where()}: params_filter must be a glob pattern, a sequence of patterns or a "
                 f"callable(path) -> bool; got {params_filter!r}."
             )
 
@@ -166,7 +168,7 @@ def make_subset(params: PyTree, params_filter, *, fn: str) -> Subset:
     selected = tuple(i for i, p in enumerate(paths) if pred(p))
     if not selected:
         raise ValueError(
-            f"{fn}: params_filter {params_filter!r} matches no parameter; the leaf paths are "
+            f"{_validate.where()}: params_filter {params_filter!r} matches no parameter; the leaf paths are "
             f"{list(paths)}."
         )
     if len(selected) == len(paths):
@@ -259,26 +261,26 @@ class _Pieces:
         return jax.vmap(one)(outputs, batch)
 
 
-def _pieces_for(loss_fn, model, output_loss, *, fn: str) -> _Pieces | None:
+def _pieces_for(loss_fn, model, output_loss) -> _Pieces | None:
     if isinstance(loss_fn, Loss) and model is None:
         return _Pieces(loss_fn, None, None, None, loss_fn.kind, loss_fn.input_key, loss_fn.target_key)
     if model is None:
         return None
     from landscape._model import as_model
 
-    m = as_model(model, fn=fn)
+    m = as_model(model)
     if output_loss is None:
         if isinstance(loss_fn, Loss):
             output_loss = loss_fn.kind
         else:
             raise ValueError(
-                f"{fn}: with a plain loss_fn and model=..., pass output_loss='cross_entropy', "
+                f"{_validate.where()}: with a plain loss_fn and model=..., pass output_loss='cross_entropy', "
                 "'mse' or a callable(outputs, batch) -> scalar batch mean."
             )
     if isinstance(output_loss, str):
-        _validate.check_choice(output_loss, ("cross_entropy", "mse"), fn=fn, name="output_loss")
+        _validate.check_choice(output_loss, ("cross_entropy", "mse"), name="output_loss")
         return _Pieces(None, m.apply_fn, m.state, None, output_loss, "x", "y")
-    _validate.check_callable(output_loss, fn=fn, name="output_loss")
+    _validate.check_callable(output_loss, name="output_loss")
     return _Pieces(None, m.apply_fn, m.state, output_loss, None, "x", "y")
 
 
@@ -445,9 +447,9 @@ class CurvatureOperator:
         return _Prepared(self, None)
 
     # host convenience ------------------------------------------------------------------------
+    @_validate.public("landscape.hessian.CurvatureOperator")
     def __call__(self, v: PyTree, *, check_finite: bool = True) -> PyTree:
-        fn = "landscape.hessian.CurvatureOperator"
-        check_vector(v, self.params, fn=fn, name="v")
+        check_vector(v, self.params, name="v")
         sub = self.subset.restrict(_tree.cast(v, self.dtype))
         if self.method == "linearize":
             prep = self.host_prepared()
@@ -457,7 +459,7 @@ class CurvatureOperator:
             s, d = engine.split_fn(self)
             out, ok = _apply_jit(s, d, sub)
         if check_finite:
-            raise_nonfinite(ok, self, fn=fn)
+            raise_nonfinite(ok, self)
         return self.subset.embed(out, self.params)
 
     def replace_method(self, method: str) -> CurvatureOperator:
@@ -537,14 +539,14 @@ def _apply_prepared_jit(s, d, v):
     return engine.merge_fn(s, d)(v)
 
 
-def raise_nonfinite(ok, op: CurvatureOperator | None, *, fn: str, what: str = "curvature-vector product"):
+def raise_nonfinite(ok, op: CurvatureOperator | None, *, what: str = "curvature-vector product"):
     """Raise ``FloatingPointError`` naming the batches whose product was not finite."""
     ok = np.asarray(ok)
     if ok.all():
         return
     if op is not None and ok.shape[0] == (op.batched.num_batches + (1 if op.batched.rest_size else 0)):
-        engine._raise_nonfinite(ok, op.batched, fn=fn, what=what)
-    raise FloatingPointError(f"{fn}: non-finite {what}.")
+        engine._raise_nonfinite(ok, op.batched, what=what)
+    raise FloatingPointError(f"{_validate.where()}: non-finite {what}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -570,12 +572,12 @@ def _rsqrt_jit(tree, dtype):
     return jax.tree.map(lambda x: jax.lax.rsqrt(x.astype(dtype)), tree)
 
 
-def check_vector(v, params, *, fn: str, name: str, allow_zero: bool = True) -> None:
+def check_vector(v, params, *, name: str, allow_zero: bool = True) -> None:
     """A params-shaped, finite (and, unless ``allow_zero``, nonzero) vector."""
-    _validate.check_same_structure(v, params, fn=fn, name=name)
-    _validate.check_finite(v, fn=fn, name=name)
+    _validate.check_same_structure(v, params, name=name)
+    _validate.check_finite(v, name=name)
     if not allow_zero and float(_norm_jit(v)) == 0.0:
-        raise ValueError(f"{fn}: {name} is the zero vector; a starting/probe vector must be nonzero.")
+        raise ValueError(f"{_validate.where()}: {name} is the zero vector; a starting/probe vector must be nonzero.")
 
 
 def _residual_bytes(op: CurvatureOperator) -> int:
@@ -609,6 +611,7 @@ def _resolve_method(op: CurvatureOperator, method: str) -> str:
     return _AUTO_CACHE[key]
 
 
+@_validate.public("landscape.hessian.make_hvp")
 def make_hvp(
     loss_fn: Callable,
     params: PyTree,
@@ -621,7 +624,6 @@ def make_hvp(
     preconditioner: PyTree | None = None,
     batch_size: int | None = None,
     method: str = "auto",
-    fn: str = "landscape.hessian.make_hvp",
 ) -> CurvatureOperator:
     """Factory: the curvature operator of the full-data-set mean loss, ready for many products.
 
@@ -676,31 +678,31 @@ def make_hvp(
       Pearlmutter 1994 (fast exact Hessian-vector products); Schraudolph 2002 (Gauss-Newton
       products); Martens 2020 (GGN, empirical Fisher); Papyan 2019 (Hessian = GGN + residual).
     """
-    _validate.check_callable(loss_fn, fn=fn, name="loss_fn")
-    _validate.check_params(params, fn=fn)
+    _validate.check_callable(loss_fn, name="loss_fn")
+    _validate.check_params(params)
     for path, x in zip(_tree.leaf_paths(params), jax.tree.leaves(params)):
         if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-            raise TypeError(f"{fn}: params leaf '{path}' must be a float array; got dtype {jnp.result_type(x)}.")
-    _validate.check_choice(curvature, CURVATURES, fn=fn, name="curvature")
-    _validate.check_choice(method, METHODS, fn=fn, name="method")
-    batched = engine.batch(data, batch_size, fn=fn)
-    engine.check_loss(loss_fn, params, batched, fn=fn)
-    subset = make_subset(params, params_filter, fn=fn)
+            raise TypeError(f"{_validate.where()}: params leaf '{path}' must be a float array; got dtype {jnp.result_type(x)}.")
+    _validate.check_choice(curvature, CURVATURES, name="curvature")
+    _validate.check_choice(method, METHODS, name="method")
+    batched = engine.batch(data, batch_size)
+    engine.check_loss(loss_fn, params, batched)
+    subset = make_subset(params, params_filter)
     pieces = None
     if curvature in ("ggn", "residual") or (curvature == "fisher" and (model is not None or isinstance(loss_fn, Loss))):
-        pieces = _pieces_for(loss_fn, model, output_loss, fn=fn)
+        pieces = _pieces_for(loss_fn, model, output_loss)
         if pieces is None and curvature != "fisher":
             raise ValueError(
-                f"{fn}: curvature={curvature!r} needs the model's outputs: pass a landscape.Loss "
+                f"{_validate.where()}: curvature={curvature!r} needs the model's outputs: pass a landscape.Loss "
                 "(landscape.make_loss_fn(model, ...)) as loss_fn, or model=(apply_fn, params, state) "
                 "and output_loss=..."
             )
     scale = None
     if preconditioner is not None:
-        _validate.check_same_structure(preconditioner, params, fn=fn, name="preconditioner")
-        _validate.check_finite(preconditioner, fn=fn, name="preconditioner")
+        _validate.check_same_structure(preconditioner, params, name="preconditioner")
+        _validate.check_finite(preconditioner, name="preconditioner")
         if float(_min_jit(preconditioner)) <= 0:
-            raise ValueError(f"{fn}: preconditioner must be strictly positive (a diagonal P > 0).")
+            raise ValueError(f"{_validate.where()}: preconditioner must be strictly positive (a diagonal P > 0).")
         scale = subset.restrict(_rsqrt_jit(preconditioner, _tree.dtype_of(params)))
     op = CurvatureOperator(
         loss_fn, params, batched, pieces, scale, curvature=curvature, subset=subset, method="forward_over_reverse"
@@ -708,6 +710,7 @@ def make_hvp(
     return op.replace_method(_resolve_method(op, method))
 
 
+@_validate.public("landscape.hessian.hvp")
 def hvp(
     loss_fn: Callable,
     params: PyTree,
@@ -741,29 +744,28 @@ def hvp(
       ValueError: ``v`` does not match ``params`` or is not finite.
       FloatingPointError: (with ``check_finite``) the product was not finite; names the batches.
     """
-    fn = "landscape.hessian.hvp"
     op = make_hvp(
         loss_fn, params, data, curvature=curvature, model=model, output_loss=output_loss,
-        params_filter=params_filter, batch_size=batch_size, method="forward_over_reverse", fn=fn,
+        params_filter=params_filter, batch_size=batch_size, method="forward_over_reverse",
     )
-    check_vector(v, params, fn=fn, name="v")
+    check_vector(v, params, name="v")
     sub = op.subset.restrict(_tree.cast(v, op.dtype))
     s, d = engine.split_fn(op)
     out, ok = _apply_jit(s, d, sub)
     if check_finite:
-        raise_nonfinite(ok, op, fn=fn)
+        raise_nonfinite(ok, op)
     return op.subset.embed(out, params)
 
 
-def as_prepared(matvec, *, fn: str):
+def as_prepared(matvec):
     """A prepared (pytree) matvec from a :class:`CurvatureOperator` or a plain function."""
     if isinstance(matvec, CurvatureOperator):
         return matvec.host_prepared(), matvec
     if isinstance(matvec, _Prepared):
         return matvec, matvec.op
-    _validate.check_callable(matvec, fn=fn, name="matvec")
+    _validate.check_callable(matvec, name="matvec")
     if not isinstance(matvec, Partial) and not _is_hashable(matvec):
-        raise TypeError(f"{fn}: matvec must be hashable (a module-level function or jax.tree_util.Partial).")
+        raise TypeError(f"{_validate.where()}: matvec must be hashable (a module-level function or jax.tree_util.Partial).")
     return FunctionMatvec(matvec), None
 
 

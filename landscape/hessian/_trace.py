@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from landscape import _provenance, _validate, engine
+from landscape import _provenance, engine
+from landscape import validate as _validate
 from landscape._result import Result, result, static_field
 from landscape.hessian import _eigen, _random
 from landscape.hessian import _lanczos as lz
@@ -133,7 +134,6 @@ def estimate_trace(
     atol: float,
     min_probes: int,
     chunk_size: int,
-    fn: str,
 ) -> TraceResult:
     """Trace of an operator (see :func:`trace`)."""
     prepared = op.host_prepared()
@@ -150,11 +150,11 @@ def estimate_trace(
         s_size = sketch_size if sketch_size is not None else max(1, max_hvps // 3)
         s_size = min(s_size, n, max(1, (max_hvps - min(min_probes, max_hvps)) // 2))
         Y, ok = _sketch_jit(s, d, layout, np.uint32(seed ^ 0x5A5A5A5A), s_size)
-        _check_ok(ok, op, fn)
+        _check_ok(ok, op)
         used += s_size
-        Q, rank = _eigen.orthonormal_rows(Y, fn=fn, name="the sketch")
+        Q, rank = _eigen.orthonormal_rows(Y, name="the sketch")
         vals, ok = _quad_rows_jit(s, d, layout, Q)
-        _check_ok(ok, op, fn)
+        _check_ok(ok, op)
         used += rank
         s_used = rank
         exact_leaf = np.asarray(vals, np.float64).sum(axis=0)
@@ -164,7 +164,7 @@ def estimate_trace(
     while used < max_hvps:
         num = min(chunk_size, max_hvps - used)
         vals, ok = _probes_jit(s, d, layout, Q, np.uint32(seed), np.int32(counter), num)
-        _check_ok(ok, op, fn)
+        _check_ok(ok, op)
         counter += num
         used += num
         rows.append(np.asarray(vals, np.float64))
@@ -216,12 +216,13 @@ def estimate_trace(
     )
 
 
-def _check_ok(ok, op, fn):
+def _check_ok(ok, op):
     ok = np.asarray(ok)
     if not ok.all():
-        ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None, fn=fn)
+        ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None)
 
 
+@_validate.public("landscape.hessian.trace")
 def trace(
     loss_fn,
     params: PyTree,
@@ -289,27 +290,26 @@ def trace(
     References:
       Hutchinson 1989; Meyer, Musco, Musco, Woodruff 2021 (Hutch++); Yao et al. 2020 (PyHessian).
     """
-    fn = "landscape.hessian.trace"
-    key = _validate.check_key(key, fn=fn)
-    _validate.check_choice(estimator, ("hutch++", "hutchinson"), fn=fn, name="estimator")
-    max_hvps = _validate.check_positive_int(max_hvps, fn=fn, name="max_hvps")
-    min_probes = _validate.check_positive_int(min_probes, fn=fn, name="min_probes")
-    chunk_size = _validate.check_positive_int(chunk_size, fn=fn, name="chunk_size")
+    key = _validate.check_key(key)
+    _validate.check_choice(estimator, ("hutch++", "hutchinson"), name="estimator")
+    max_hvps = _validate.check_positive_int(max_hvps, name="max_hvps")
+    min_probes = _validate.check_positive_int(min_probes, name="min_probes")
+    chunk_size = _validate.check_positive_int(chunk_size, name="chunk_size")
     if sketch_size is not None:
-        sketch_size = _validate.check_positive_int(sketch_size, fn=fn, name="sketch_size")
-    rtol = _validate.check_finite_scalar(rtol, fn=fn, name="rtol")
-    atol = _validate.check_finite_scalar(atol, fn=fn, name="atol")
+        sketch_size = _validate.check_positive_int(sketch_size, name="sketch_size")
+    rtol = _validate.check_finite_scalar(rtol, name="rtol")
+    atol = _validate.check_finite_scalar(atol, name="atol")
     if rtol < 0 or atol < 0:
-        raise ValueError(f"{fn}: rtol and atol must be >= 0; got rtol={rtol}, atol={atol}.")
+        raise ValueError(f"{_validate.where()}: rtol and atol must be >= 0; got rtol={rtol}, atol={atol}.")
     if estimator == "hutch++" and max_hvps < 3:
-        raise ValueError(f"{fn}: hutch++ needs max_hvps >= 3 (sketch, its product, probes); got {max_hvps}.")
+        raise ValueError(f"{_validate.where()}: hutch++ needs max_hvps >= 3 (sketch, its product, probes); got {max_hvps}.")
     op = ops.make_hvp(
         loss_fn, params, data, curvature=curvature, model=model, output_loss=output_loss,
         params_filter=params_filter, preconditioner=preconditioner, batch_size=batch_size,
-        method=method, fn=fn,
+        method=method,
     )
     res = estimate_trace(op, key=key, estimator=estimator, max_hvps=max_hvps, sketch_size=sketch_size,
-                         rtol=rtol, atol=atol, min_probes=min_probes, chunk_size=chunk_size, fn=fn)
+                         rtol=rtol, atol=atol, min_probes=min_probes, chunk_size=chunk_size)
     prov = _provenance.provenance(
         dtype=op.dtype, seeds=_eigen._key_desc(key),
         settings={"estimator": estimator, "max_hvps": max_hvps, "sketch_size": sketch_size, "rtol": rtol,

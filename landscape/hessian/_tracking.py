@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape import _validate, engine
+from landscape import engine
+from landscape import validate as _validate
 from landscape.hessian import _eigen
 from landscape.hessian import _operators as ops
 from landscape.train import Callback, TrainInfo, callback
@@ -19,6 +20,7 @@ PyTree = Any
 __all__ = ["adam_preconditioner", "sharpness_callback", "stability_threshold"]
 
 
+@_validate.public("landscape.hessian.stability_threshold")
 def stability_threshold(learning_rate: float, *, optimizer: str = "gd", beta1: float = 0.9, momentum: float = 0.0) -> float:
     """The sharpness above which the optimiser's quadratic model diverges.
 
@@ -26,11 +28,10 @@ def stability_threshold(learning_rate: float, *, optimizer: str = "gd", beta1: f
     2021). ``"adam"``: ``(2 + 2 beta1) / ((1 - beta1) lr)`` for the preconditioned sharpness
     (38/lr at ``beta1 = 0.9``; Cohen et al. 2022).
     """
-    fn = "landscape.hessian.stability_threshold"
-    lr = _validate.check_finite_scalar(learning_rate, fn=fn, name="learning_rate")
+    lr = _validate.check_finite_scalar(learning_rate, name="learning_rate")
     if lr <= 0:
-        raise ValueError(f"{fn}: learning_rate must be > 0; got {lr}.")
-    _validate.check_choice(optimizer, ("gd", "adam"), fn=fn, name="optimizer")
+        raise ValueError(f"{_validate.where()}: learning_rate must be > 0; got {lr}.")
+    _validate.check_choice(optimizer, ("gd", "adam"), name="optimizer")
     if optimizer == "adam":
         return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
     return (2.0 + 2.0 * momentum) / lr
@@ -55,6 +56,7 @@ def _find_adam_state(opt_state):
     return None
 
 
+@_validate.public("landscape.hessian.adam_preconditioner")
 def adam_preconditioner(opt_state, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> PyTree | None:
     """Adam's diagonal preconditioner from an Optax state: ``P = (1 - b1^t) (sqrt(nu_hat) + eps)``.
 
@@ -80,6 +82,7 @@ def adam_preconditioner(opt_state, *, b1: float = 0.9, b2: float = 0.999, eps: f
     return jax.tree.map(lambda v: bc1 * (jnp.sqrt(v / bc2) + eps), st.nu)
 
 
+@_validate.public("landscape.hessian.sharpness_callback")
 def sharpness_callback(
     *,
     every: int,
@@ -141,12 +144,11 @@ def sharpness_callback(
       occurs at the edge of stability"); Cohen et al. 2022 ("Adaptive gradient methods at the
       edge of stability").
     """
-    fn = "landscape.hessian.sharpness_callback"
-    every = _validate.check_positive_int(every, fn=fn, name="every")
-    k = _validate.check_positive_int(k, fn=fn, name="k")
+    every = _validate.check_positive_int(every, name="every")
+    k = _validate.check_positive_int(k, name="k")
     if preconditioner_fn is not None:
-        _validate.check_callable(preconditioner_fn, fn=fn, name="preconditioner_fn")
-    key = jax.random.key(0) if key is None else _validate.check_key(key, fn=fn)
+        _validate.check_callable(preconditioner_fn, name="preconditioner_fn")
+    key = jax.random.key(0) if key is None else _validate.check_key(key)
     state: dict[str, Any] = {"v": None, "batched": None, "data_id": None, "calls": 0}
 
     def lr_at(info: TrainInfo):
@@ -157,16 +159,16 @@ def sharpness_callback(
     def measure(info: TrainInfo):
         d = data if data is not None else info.train_data
         if state["data_id"] is not id(d):  # lay the data out once
-            state["batched"] = engine.batch(d, batch_size, fn=fn)
+            state["batched"] = engine.batch(d, batch_size)
             state["data_id"] = id(d)
         precond = None
         if preconditioner_fn is not None:
             precond = preconditioner_fn(info.opt_state)
             if precond is None:
                 return None  # no preconditioner yet (Adam before its first step)
-        op = ops.make_hvp(info.loss_fn, info.params, state["batched"], preconditioner=precond, method=method, fn=fn)
+        op = ops.make_hvp(info.loss_fn, info.params, state["batched"], preconditioner=precond, method=method)
         res = _eigen.solve(op, k=k, which="largest", tol=tol, key=jax.random.fold_in(key, state["calls"]),
-                           v0=state["v"], check_multiplicity=False, fn=fn)
+                           v0=state["v"], check_multiplicity=False)
         state["calls"] += 1
         state["v"] = res.vectors
         lr = lr_at(info)

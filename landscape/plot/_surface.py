@@ -16,6 +16,8 @@ import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib import ticker
 
+from landscape import validate as _validate
+
 __all__ = [
     "plot_contour",
     "plot_contourf",
@@ -27,14 +29,14 @@ __all__ = [
 _SPLIT_STYLE = {"train": "-", "test": "--"}
 
 
-def _grid(result, metric, split, *, fn):
+def _grid(result, metric, split):
     if isinstance(result, tuple) and len(result) == 3:
         x, y, z = (np.asarray(v, dtype=float) for v in result)
         label = metric
     else:
         if getattr(result, "betas", None) is None:
             raise ValueError(
-                f"landscape.plot.{fn}: needs a 2-D result (slice_2d) or an (x, y, Z) tuple; got "
+                f"landscape.plot.{_validate.where()}: needs a 2-D result (slice_2d) or an (x, y, Z) tuple; got "
                 f"{type(result).__name__}{' of a 1-D slice' if hasattr(result, 'alphas') else ''}."
             )
         x = np.asarray(result.alphas, dtype=float)
@@ -43,7 +45,7 @@ def _grid(result, metric, split, *, fn):
         label = f"{split} {metric}"
     if z.shape != (x.size, y.size):
         raise ValueError(
-            f"landscape.plot.{fn}: Z must have shape (len(x), len(y)) = {(x.size, y.size)}; got "
+            f"landscape.plot.{_validate.where()}: Z must have shape (len(x), len(y)) = {(x.size, y.size)}; got "
             f"{z.shape}."
         )
     return x, y, z, label
@@ -80,6 +82,7 @@ def _levels(z, levels, log, vmin, vmax):
     return np.linspace(lo, hi, n), lo, hi
 
 
+@_validate.public("landscape.plot.plot_contour")
 def plot_contour(
     result,
     *,
@@ -118,9 +121,7 @@ def plot_contour(
     Returns:
       The axes (data coordinates are the grid's, so extra points and paths can be drawn on it).
     """
-    x, y, z, label = _grid(
-        result, metric, split, fn="plot_filled_contour" if filled else "plot_contour"
-    )
+    x, y, z, label = _grid(result, metric, split)
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4.2))
     if log == "auto":
@@ -160,6 +161,7 @@ def plot_contour(
     return ax
 
 
+@_validate.public("landscape.plot.plot_contourf")
 def plot_contourf(result, **kwargs):
     """Filled contour plot of a 2-D slice (see :func:`plot_contour`; colour bar by default)."""
     kwargs.setdefault("labels", False)
@@ -170,6 +172,7 @@ def _fmt(v):
     return f"{v:.3g}"
 
 
+@_validate.public("landscape.plot.plot_surface3d")
 def plot_surface3d(
     result,
     *,
@@ -192,7 +195,7 @@ def plot_surface3d(
     Returns:
       The 3-D axes.
     """
-    x, y, z, label = _grid(result, metric, split, fn="plot_surface3d")
+    x, y, z, label = _grid(result, metric, split)
     if ax is None:
         fig = plt.figure(figsize=(6, 4.5))
         ax = fig.add_subplot(projection="3d")

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape import _tree, _validate
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._result import Result, _freeze, result, static_field
 
 PyTree = Any
@@ -91,7 +92,8 @@ class Direction(Result):
         return f"Direction({s}, size={_tree.size(self.vector)})"
 
 
-def as_direction(d, params, *, fn: str, name: str = "direction") -> Direction:
+@_validate.public("landscape.surface.as_direction")
+def as_direction(d, params, *, name: str = "direction") -> Direction:
     """Validate ``d`` (a :class:`Direction` or a pytree) against ``params`` and cast it to the
     parameters' dtypes. Raises ``ValueError`` on structure/shape mismatch, non-finite or zero
     directions."""
@@ -100,13 +102,13 @@ def as_direction(d, params, *, fn: str, name: str = "direction") -> Direction:
     else:
         vec, spec = d, {"kind": "user"}
     if vec is None:
-        raise TypeError(f"{fn}: {name} must be a pytree shaped like params; got None.")
-    _validate.check_same_structure(vec, params, fn=fn, name=name)
+        raise TypeError(f"{_validate.where()}: {name} must be a pytree shaped like params; got None.")
+    _validate.check_same_structure(vec, params, name=name)
     vec = jax.tree.map(lambda v, p: jnp.asarray(v).astype(jnp.result_type(p)), vec, params)
-    _validate.check_finite(vec, fn=fn, name=name)
+    _validate.check_finite(vec, name=name)
     if float(_tree.norm(vec)) == 0.0:
         raise ValueError(
-            f"{fn}: {name} is zero (every entry is 0), so the slice would be constant; check the "
+            f"{_validate.where()}: {name} is zero (every entry is 0), so the slice would be constant; check the "
             "normalisation (a 'filter' direction of all-zero weights is zero) or bias_bn policy."
         )
     return Direction(vec, spec)
@@ -115,48 +117,48 @@ def as_direction(d, params, *, fn: str, name: str = "direction") -> Direction:
 # --------------------------------------------------------------------------------------------
 # Normalisation rules
 # --------------------------------------------------------------------------------------------
-def _check_norm(norm, *, fn, name="norm", allowed=NORMS):
+def _check_norm(norm, *, name="norm", allowed=NORMS):
     if norm not in allowed:
-        raise ValueError(f"{fn}: {name} must be one of {[n for n in allowed]}; got {norm!r}.")
+        raise ValueError(f"{_validate.where()}: {name} must be one of {[n for n in allowed]}; got {norm!r}.")
     return norm
 
 
-def _resolve_rules(params, *, norm, bias_bn, filter_axis, overrides, fn):
+def _resolve_rules(params, *, norm, bias_bn, filter_axis, overrides):
     """Per-leaf ``(rule, axis)`` in leaf order, plus the JSON-able overrides."""
-    _check_norm(norm, fn=fn)
-    _validate.check_choice(bias_bn, BIAS_BN, fn=fn, name="bias_bn")
+    _check_norm(norm)
+    _validate.check_choice(bias_bn, BIAS_BN, name="bias_bn")
     if isinstance(filter_axis, bool) or not isinstance(filter_axis, (int, np.integer)):
         raise TypeError(
-            f"{fn}: filter_axis must be an int (Flax: -1, the last axis); got {filter_axis!r}."
+            f"{_validate.where()}: filter_axis must be an int (Flax: -1, the last axis); got {filter_axis!r}."
         )
     ov: dict[str, dict] = {}
     if overrides is not None:
         if not isinstance(overrides, Mapping):
             raise TypeError(
-                f"{fn}: overrides must be a dict {{path pattern: norm or {{'norm': ..., "
+                f"{_validate.where()}: overrides must be a dict {{path pattern: norm or {{'norm': ..., "
                 f"'filter_axis': ...}}}}; got {type(overrides).__name__}."
             )
         for pat, val in overrides.items():
             if not isinstance(pat, str):
-                raise TypeError(f"{fn}: overrides keys must be path patterns (str); got {pat!r}.")
+                raise TypeError(f"{_validate.where()}: overrides keys must be path patterns (str); got {pat!r}.")
             if isinstance(val, Mapping):
                 bad = set(val) - {"norm", "filter_axis"}
                 if bad:
                     raise ValueError(
-                        f"{fn}: overrides[{pat!r}] may set 'norm' and 'filter_axis'; got keys "
+                        f"{_validate.where()}: overrides[{pat!r}] may set 'norm' and 'filter_axis'; got keys "
                         f"{sorted(bad)}."
                     )
                 entry = dict(val)
             else:
                 entry = {"norm": val}
             if "norm" in entry:
-                _check_norm(entry["norm"], fn=fn, name=f"overrides[{pat!r}]", allowed=_RULES)
+                _check_norm(entry["norm"], name=f"overrides[{pat!r}]", allowed=_RULES)
             if "filter_axis" in entry and (
                 isinstance(entry["filter_axis"], bool)
                 or not isinstance(entry["filter_axis"], (int, np.integer))
             ):
                 raise TypeError(
-                    f"{fn}: overrides[{pat!r}]['filter_axis'] must be an int; got "
+                    f"{_validate.where()}: overrides[{pat!r}]['filter_axis'] must be an int; got "
                     f"{entry['filter_axis']!r}."
                 )
             ov[pat] = entry
@@ -188,7 +190,7 @@ def _resolve_rules(params, *, norm, bias_bn, filter_axis, overrides, fn):
             else:
                 if not -ndim <= axis < ndim:
                     raise ValueError(
-                        f"{fn}: filter_axis {axis} is out of range for leaf '{path}' of shape "
+                        f"{_validate.where()}: filter_axis {axis} is out of range for leaf '{path}' of shape "
                         f"{np.shape(leaf)}; use a per-path override."
                     )
                 axis = axis % ndim
@@ -196,7 +198,7 @@ def _resolve_rules(params, *, norm, bias_bn, filter_axis, overrides, fn):
     unused = [p for p, u in used.items() if not u]
     if unused:
         raise ValueError(
-            f"{fn}: overrides patterns {unused} match no parameter path; the paths are "
+            f"{_validate.where()}: overrides patterns {unused} match no parameter path; the paths are "
             f"{paths[:20]}{' ...' if len(paths) > 20 else ''}."
         )
     return rules, ov
@@ -367,6 +369,7 @@ def _cosine(a, b) -> float:
     return float(_tree.vdot(a, b)) / (na * nb)
 
 
+@_validate.public("landscape.surface.filter_norms")
 def filter_norms(
     tree: PyTree, *, filter_axis: int = -1, overrides: Mapping | None = None
 ) -> PyTree:
@@ -381,7 +384,6 @@ def filter_norms(
       A pytree with, for each leaf, the norms over all axes but the filter axis (shape
       ``(num_filters,)``), or a scalar for 1-D leaves.
     """
-    fn = "landscape.surface.filter_norms"
     ov = {
         k: (
             {"filter_axis": v["filter_axis"]}
@@ -392,7 +394,7 @@ def filter_norms(
     }
     ov = {k: v for k, v in ov.items() if v}
     rules, _ = _resolve_rules(
-        tree, norm="filter", bias_bn="filter", filter_axis=filter_axis, overrides=ov or None, fn=fn
+        tree, norm="filter", bias_bn="filter", filter_axis=filter_axis, overrides=ov or None
     )
     leaves, treedef = jax.tree.flatten(tree)
     out = []
@@ -425,6 +427,7 @@ def _key_from_spec(spec):
     return jax.random.wrap_key_data(data, impl=spec["key_impl"])
 
 
+@_validate.public("landscape.surface.normalize_direction")
 def normalize_direction(
     direction: PyTree,
     params: PyTree,
@@ -459,20 +462,20 @@ def normalize_direction(
 
     Cost: a few elementwise passes over the parameters.
     """
-    fn = "landscape.surface.normalize_direction"
-    _validate.check_params(params, fn=fn)
+    _validate.check_params(params)
     vec = direction.vector if isinstance(direction, Direction) else direction
-    _validate.check_same_structure(vec, params, fn=fn, name="direction")
+    _validate.check_same_structure(vec, params, name="direction")
     vec = jax.tree.map(lambda v, p: jnp.asarray(v).astype(jnp.result_type(p)), vec, params)
     other = None
     if orthogonal_to is not None:
-        other = as_direction(orthogonal_to, params, fn=fn, name="orthogonal_to").vector
+        other = as_direction(orthogonal_to, params, name="orthogonal_to").vector
     rules, _ = _resolve_rules(
-        params, norm=norm, bias_bn=bias_bn, filter_axis=filter_axis, overrides=overrides, fn=fn
+        params, norm=norm, bias_bn=bias_bn, filter_axis=filter_axis, overrides=overrides
     )
     return _apply_jit(vec, params, tuple(rules), other)
 
 
+@_validate.public("landscape.surface.random_direction")
 def random_direction(
     key,
     params: PyTree,
@@ -520,11 +523,10 @@ def random_direction(
       Li, Xu, Taylor, Studer, Goldstein (2018), Visualizing the Loss Landscape of Neural Nets,
       section 4 (filter normalisation).
     """
-    fn = "landscape.surface.random_direction"
-    _validate.check_key(key, fn=fn)
-    _validate.check_params(params, fn=fn)
+    _validate.check_key(key)
+    _validate.check_params(params)
     rules, ov = _resolve_rules(
-        params, norm=norm, bias_bn=bias_bn, filter_axis=filter_axis, overrides=overrides, fn=fn
+        params, norm=norm, bias_bn=bias_bn, filter_axis=filter_axis, overrides=overrides
     )
     spec: dict = {
         "kind": "random",
@@ -536,7 +538,7 @@ def random_direction(
     }
     if orthogonal_to is None:
         return Direction(_normal_and_apply(key, params, tuple(rules), None)[0], spec)
-    other_d = as_direction(orthogonal_to, params, fn=fn, name="orthogonal_to")
+    other_d = as_direction(orthogonal_to, params, name="orthogonal_to")
     plain, vec = _normal_and_apply(key, params, tuple(rules), other_d.vector)
     spec["orthogonal_to"] = dict(other_d.spec)
     spec["cosine_before"] = _cosine(plain, other_d.vector)
@@ -544,6 +546,7 @@ def random_direction(
     return Direction(vec, spec)
 
 
+@_validate.public("landscape.surface.random_directions")
 def random_directions(
     key,
     params: PyTree,
@@ -559,11 +562,10 @@ def random_directions(
     exact, so only ``num == 2`` is accepted then. The cosine between the two is in
     ``spec["cosine"]`` of the second (also without orthogonalisation).
     """
-    fn = "landscape.surface.random_directions"
-    num = _validate.check_positive_int(num, fn=fn, name="num")
-    _validate.check_key(key, fn=fn)
+    num = _validate.check_positive_int(num, name="num")
+    _validate.check_key(key)
     if orthogonalize and num != 2:
-        raise ValueError(f"{fn}: orthogonalize=True needs num=2; got num={num}.")
+        raise ValueError(f"{_validate.where()}: orthogonalize=True needs num=2; got num={num}.")
     keys = jax.random.split(key, num)
     first = random_direction(keys[0], params, **kwargs)
     out = [first]
@@ -578,6 +580,7 @@ def random_directions(
     return tuple(out)
 
 
+@_validate.public("landscape.surface.direction_from_spec")
 def direction_from_spec(spec: Mapping, params: PyTree) -> Direction:
     """Regenerate a random direction from its stored ``spec`` (and the same ``params``).
 
@@ -585,11 +588,10 @@ def direction_from_spec(spec: Mapping, params: PyTree) -> Direction:
       ValueError: the spec is not of a random direction (PCA, Hessian and user directions are
         data, not recipes: save them with :meth:`Direction.save`).
     """
-    fn = "landscape.surface.direction_from_spec"
     if not isinstance(spec, Mapping) or spec.get("kind") != "random":
         kind = spec.get("kind") if isinstance(spec, Mapping) else type(spec).__name__
         raise ValueError(
-            f"{fn}: only random directions are regenerated from a spec; got kind {kind!r} "
+            f"{_validate.where()}: only random directions are regenerated from a spec; got kind {kind!r} "
             "(save such directions with Direction.save and load them with Direction.load)."
         )
     key = _key_from_spec(spec)
@@ -609,22 +611,23 @@ def direction_from_spec(spec: Mapping, params: PyTree) -> Direction:
     )
 
 
+@_validate.public("landscape.surface.direction_between")
 def direction_between(params_a: PyTree, params_b: PyTree) -> Direction:
     """The direction from one solution to another, ``params_b - params_a``.
 
     ``params_a + 1 * d`` is ``params_b`` (up to rounding). :func:`interpolate` evaluates
     ``(1 - t) a + t b`` directly, which is exact at both ends.
     """
-    fn = "landscape.surface.direction_between"
-    _validate.check_params(params_a, fn=fn, name="params_a")
-    _validate.check_params(params_b, fn=fn, name="params_b")
-    _validate.check_same_structure(params_b, params_a, fn=fn, name="params_b", ref_name="params_a")
+    _validate.check_params(params_a, name="params_a")
+    _validate.check_params(params_b, name="params_b")
+    _validate.check_same_structure(params_b, params_a, name="params_b", ref_name="params_a")
     vec = jax.tree.map(
         lambda b, a: jnp.asarray(b).astype(jnp.result_type(a)) - a, params_b, params_a
     )
     return Direction(vec, {"kind": "between", "distance": float(_tree.norm(vec))})
 
 
+@_validate.public("landscape.surface.hessian_directions")
 def hessian_directions(
     loss_fn,
     params: PyTree,
@@ -647,12 +650,11 @@ def hessian_directions(
     References:
       Ghorbani, Krishnan, Xiao (2019); Yao et al. (2020), PyHessian (eigenvector slices).
     """
-    fn = "landscape.surface.hessian_directions"
-    k = _validate.check_positive_int(k, fn=fn, name="k")
+    k = _validate.check_positive_int(k, name="k")
     try:
         from landscape import hessian as _hessian
     except ImportError as e:  # pragma: no cover - depends on the hessian package landing
-        raise ImportError(f"{fn}: needs landscape.hessian, which is not available ({e}).") from e
+        raise ImportError(f"{_validate.where()}: needs landscape.hessian, which is not available ({e}).") from e
     res = _hessian.eigenvalues(loss_fn, params, data, k=k, which=which, key=key, **kwargs)
     vectors = res.vectors
     values = np.asarray(res.values).reshape(-1)

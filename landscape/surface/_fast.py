@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from landscape import _validate
+from landscape import validate as _validate
 from landscape._model import Model
 from landscape.engine import loss_and_aux
 from landscape.models import ACTIVATIONS
@@ -56,6 +56,7 @@ class AffineFirstLayer:
         )
 
 
+@_validate.public("landscape.surface.affine_first_layer")
 def affine_first_layer(model: Model) -> AffineFirstLayer:
     """The first-layer trick for a model built by :func:`landscape.make_model` (``"mlp"``).
 
@@ -68,16 +69,15 @@ def affine_first_layer(model: Model) -> AffineFirstLayer:
       TypeError, ValueError: not a foundation MLP (other architectures: not supported, use
         the plain evaluation), a custom activation callable, or a model with state.
     """
-    fn = "landscape.surface.affine_first_layer"
     if not isinstance(model, Model):
         raise TypeError(
-            f"{fn}: model must be a landscape.Model from landscape.make_model('mlp', ...); got "
+            f"{_validate.where()}: model must be a landscape.Model from landscape.make_model('mlp', ...); got "
             f"{type(model).__name__}."
         )
     spec = model.spec or {}
     if spec.get("name") != "mlp":
         raise ValueError(
-            f"{fn}: only the foundation's MLP (landscape.make_model('mlp', ...)) is supported; "
+            f"{_validate.where()}: only the foundation's MLP (landscape.make_model('mlp', ...)) is supported; "
             f"got a model with spec name {spec.get('name')!r}. Use the plain evaluation "
             "(first_layer=None)."
         )
@@ -85,34 +85,34 @@ def affine_first_layer(model: Model) -> AffineFirstLayer:
     act = kw.get("activation", "relu")
     if not isinstance(act, str) or act not in ACTIVATIONS:
         raise ValueError(
-            f"{fn}: the model's activation {act!r} is not a registered name; the trick needs one "
+            f"{_validate.where()}: the model's activation {act!r} is not a registered name; the trick needs one "
             f"of {sorted(ACTIVATIONS)}."
         )
     if jax.tree.leaves(model.state):
         raise ValueError(
-            f"{fn}: the model has non-trainable state; the trick supports stateless MLPs only."
+            f"{_validate.where()}: the model has non-trainable state; the trick supports stateless MLPs only."
         )
     layers = model.params.get("layers") if isinstance(model.params, dict) else None
     if not isinstance(layers, dict) or sorted(layers) != list(range(len(layers))):
-        raise ValueError(f"{fn}: unexpected parameter layout {_validate.describe(model.params)}.")
+        raise ValueError(f"{_validate.where()}: unexpected parameter layout {_validate.describe(model.params)}.")
     use_bias = bool(kw.get("use_bias", True))
     return AffineFirstLayer(model.apply_fn, len(layers), act, use_bias)
 
 
-def check_compatible(first_layer, loss_fn, params, *, fn: str) -> None:
+def check_compatible(first_layer, loss_fn, params) -> None:
     if not isinstance(first_layer, AffineFirstLayer):
         raise TypeError(
-            f"{fn}: first_layer must come from landscape.surface.affine_first_layer(model); got "
+            f"{_validate.where()}: first_layer must come from landscape.surface.affine_first_layer(model); got "
             f"{type(first_layer).__name__}."
         )
     if getattr(loss_fn, "apply_fn", None) is not first_layer.apply_fn:
         raise ValueError(
-            f"{fn}: first_layer was built for another model than loss_fn's; build both from the "
+            f"{_validate.where()}: first_layer was built for another model than loss_fn's; build both from the "
             "same landscape.Model."
         )
     layers = params.get("layers") if isinstance(params, dict) else None
     if not isinstance(layers, dict) or len(layers) != first_layer.num_layers:
-        raise ValueError(f"{fn}: params do not have the layout of the first_layer's MLP.")
+        raise ValueError(f"{_validate.where()}: params do not have the layout of the first_layer's MLP.")
 
 
 def _first(params, fl: AffineFirstLayer):

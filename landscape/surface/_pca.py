@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape import _provenance, _tree, _validate
+from landscape import _provenance
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._result import Result, result, static_field
 from landscape.surface._directions import Direction
 
@@ -78,7 +80,7 @@ class PCAResult(Result):
         return tuple(self.direction(i) for i in range(self.num_components))
 
 
-def _stack_trajectory(trajectory, final, fn):
+def _stack_trajectory(trajectory, final):
     steps = None
     if (
         isinstance(trajectory, Mapping)
@@ -89,17 +91,17 @@ def _stack_trajectory(trajectory, final, fn):
         trajectory = trajectory["params"]
     if isinstance(trajectory, Sequence) and not isinstance(trajectory, (str, bytes)):
         if len(trajectory) == 0:
-            raise ValueError(f"{fn}: trajectory is empty; pass at least 2 snapshots.")
+            raise ValueError(f"{_validate.where()}: trajectory is empty; pass at least 2 snapshots.")
         for i, t in enumerate(trajectory):
             _validate.check_same_structure(
-                t, final, fn=fn, name=f"trajectory[{i}]", ref_name="final"
+                t, final, name=f"trajectory[{i}]", ref_name="final"
             )
         trajectory = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trajectory)
     else:
         s1, s2 = jax.tree.structure(trajectory), jax.tree.structure(final)
         if s1 != s2:
             raise ValueError(
-                f"{fn}: trajectory must be a list of params-shaped pytrees, or one pytree with a "
+                f"{_validate.where()}: trajectory must be a list of params-shaped pytrees, or one pytree with a "
                 f"leading snapshot axis, or TrainResult.snapshots; got structure "
                 f"{_validate.describe(trajectory)}, expected leaves shaped like "
                 f"{_validate.describe(final)}."
@@ -110,18 +112,19 @@ def _stack_trajectory(trajectory, final, fn):
         ):
             if np.ndim(t) != np.ndim(f) + 1 or np.shape(t)[1:] != np.shape(f):
                 raise ValueError(
-                    f"{fn}: trajectory leaf '{path}' has shape {np.shape(t)}, expected "
+                    f"{_validate.where()}: trajectory leaf '{path}' has shape {np.shape(t)}, expected "
                     f"(num_snapshots, *{np.shape(f)})."
                 )
             ks.add(np.shape(t)[0])
         if len(ks) != 1:
             raise ValueError(
-                f"{fn}: trajectory leaves disagree on the number of snapshots: {sorted(ks)}."
+                f"{_validate.where()}: trajectory leaves disagree on the number of snapshots: {sorted(ks)}."
             )
     k = jax.tree.leaves(trajectory)[0].shape[0]
     return trajectory, k, steps
 
 
+@_validate.public("landscape.surface.pca_directions")
 def pca_directions(
     trajectory,
     final: PyTree,
@@ -154,16 +157,15 @@ def pca_directions(
     References:
       Li et al. (2018), Visualizing the Loss Landscape of Neural Nets, section 7.
     """
-    fn = "landscape.surface.pca_directions"
-    _validate.check_params(final, fn=fn, name="final")
-    num = _validate.check_positive_int(num, fn=fn, name="num")
-    _validate.check_choice(bias_bn, ("keep", "zero"), fn=fn, name="bias_bn")
+    _validate.check_params(final, name="final")
+    num = _validate.check_positive_int(num, name="num")
+    _validate.check_choice(bias_bn, ("keep", "zero"), name="bias_bn")
     if not isinstance(center, bool):
-        raise TypeError(f"{fn}: center must be a bool; got {center!r}.")
-    traj, k, steps = _stack_trajectory(trajectory, final, fn)
-    _validate.check_finite(traj, fn=fn, name="trajectory")
+        raise TypeError(f"{_validate.where()}: center must be a bool; got {center!r}.")
+    traj, k, steps = _stack_trajectory(trajectory, final)
+    _validate.check_finite(traj, name="trajectory")
     if k < 2:
-        raise ValueError(f"{fn}: trajectory needs at least 2 snapshots; got {k}.")
+        raise ValueError(f"{_validate.where()}: trajectory needs at least 2 snapshots; got {k}.")
     t_leaves = jax.tree.leaves(traj)
     f_leaves, treedef = jax.tree.flatten(final)
     active = [not (bias_bn == "zero" and np.ndim(f) <= 1) for f in f_leaves]
@@ -191,7 +193,7 @@ def pca_directions(
     rank = int(np.sum(lam > tol))
     if num > rank:
         raise ValueError(
-            f"{fn}: num={num} but the trajectory spans only {rank} non-zero principal "
+            f"{_validate.where()}: num={num} but the trajectory spans only {rank} non-zero principal "
             f"direction(s) ({k} snapshots{', centred' if center else ''}); use num <= {rank}."
         )
     lam, u = lam[:num], u[:, :num]
@@ -237,11 +239,11 @@ def pca_directions(
         np.asarray(steps, dtype=np.int64) if steps is not None else np.full(k, -1, np.int64)
     )
     if steps_arr.shape != (k,):
-        raise ValueError(f"{fn}: snapshot steps have shape {steps_arr.shape}, expected ({k},).")
+        raise ValueError(f"{_validate.where()}: snapshot steps have shape {steps_arr.shape}, expected ({k},).")
     prov = _provenance.provenance(
         dtype=dtype,
         settings={
-            "function": fn,
+            "function": _validate.where(),
             "center": center,
             "num": num,
             "bias_bn": bias_bn,

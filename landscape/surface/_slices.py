@@ -36,8 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from landscape import _provenance, _tree, _validate, engine
+from landscape import _provenance, engine
 from landscape import batchnorm as _batchnorm
+from landscape import tree as _tree
+from landscape import validate as _validate
 from landscape._model import Model
 from landscape._result import Result, _freeze, result, static_field
 from landscape.losses import Loss
@@ -202,25 +204,25 @@ def _loss_dict_state(loss_fn, point, batch):
 # --------------------------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------------------------
-def _coords(x, default, *, fn, name):
+def _coords(x, default, *, name):
     if x is None:
         x = default
     try:
         a = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise TypeError(
-            f"{fn}: {name} must be a 1-D array of numbers; got {type(x).__name__}."
+            f"{_validate.where()}: {name} must be a 1-D array of numbers; got {type(x).__name__}."
         ) from e
     if a.ndim != 1:
-        raise ValueError(f"{fn}: {name} must be 1-D; got shape {a.shape}.")
+        raise ValueError(f"{_validate.where()}: {name} must be 1-D; got shape {a.shape}.")
     if a.size == 0:
-        raise ValueError(f"{fn}: {name} is empty; pass at least one coordinate.")
+        raise ValueError(f"{_validate.where()}: {name} is empty; pass at least one coordinate.")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{fn}: {name} must be finite; got {a[~np.isfinite(a)][:3]}.")
+        raise ValueError(f"{_validate.where()}: {name} must be finite; got {a[~np.isfinite(a)][:3]}.")
     if a.size > 1 and not np.all(np.diff(a) > 0):
         i = int(np.flatnonzero(np.diff(a) <= 0)[0])
         raise ValueError(
-            f"{fn}: {name} must be strictly increasing; got {name}[{i}]={a[i]} followed by "
+            f"{_validate.where()}: {name} must be strictly increasing; got {name}[{i}]={a[i]} followed by "
             f"{name}[{i + 1}]={a[i + 1]} (use np.linspace(lo, hi, n))."
         )
     return a
@@ -234,10 +236,10 @@ def _hash_array(a) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
 
 
-def _check_loss(loss_fn, params, data, *, fn, name):
+def _check_loss(loss_fn, params, data, *, name):
     """Trace the loss on two examples (no compilation): model/data mismatches raise a clear
     ValueError at the boundary instead of deep inside a compiled scan."""
-    engine.check_loss(loss_fn, params, data, fn=fn, name=name)
+    engine.check_loss(loss_fn, params, data, name=name)
 
 
 def _unpack_model(x):
@@ -277,7 +279,7 @@ def _bytes_per_point(fn, point_fn, point_args, c0, batched) -> int:
     return _jaxpr_bytes(jaxpr.jaxpr)
 
 
-def _plan_chunks(strategy, chunk_size, map_batch, num_points, per_point, memory_budget, *, fn):
+def _plan_chunks(strategy, chunk_size, map_batch, num_points, per_point, memory_budget):
     """Chunking and strategy, from measurements and a memory estimate.
 
     ``"map"`` (lax.map over the points of a chunk) holds one point's intermediates at a time;
@@ -295,12 +297,12 @@ def _plan_chunks(strategy, chunk_size, map_batch, num_points, per_point, memory_
         chunk_size = (
             min(num_points, DEFAULT_CHUNK) if strategy == "map" else min(num_points, cap, 256)
         )
-    chunk_size = _validate.check_positive_int(chunk_size, fn=fn, name="chunk_size")
+    chunk_size = _validate.check_positive_int(chunk_size, name="chunk_size")
     if map_batch is not None:
-        map_batch = _validate.check_positive_int(map_batch, fn=fn, name="map_batch")
+        map_batch = _validate.check_positive_int(map_batch, name="map_batch")
         if strategy != "map":
             raise ValueError(
-                f"{fn}: map_batch applies to strategy='map' only; got strategy={strategy!r}."
+                f"{_validate.where()}: map_batch applies to strategy='map' only; got strategy={strategy!r}."
             )
         map_batch = min(map_batch, cap)  # points vectorised together must fit the budget
     return strategy, _device_chunk(chunk_size), map_batch
@@ -309,18 +311,18 @@ def _plan_chunks(strategy, chunk_size, map_batch, num_points, per_point, memory_
 # --------------------------------------------------------------------------------------------
 # The shared evaluation
 # --------------------------------------------------------------------------------------------
-def _bn_setup(loss_fn, params, bn_data, bn_batch_size, bn_num_batches, *, fn):
+def _bn_setup(loss_fn, params, bn_data, bn_batch_size, bn_num_batches):
     """Lay out the re-estimation batches and probe the state's update form once
     (:mod:`landscape.batchnorm`)."""
     if not isinstance(loss_fn, Loss):
         raise TypeError(
-            f"{fn}: bn='reestimate' needs a landscape.Loss (make_loss_fn(model)) whose model runs "
+            f"{_validate.where()}: bn='reestimate' needs a landscape.Loss (make_loss_fn(model)) whose model runs "
             f"in training mode; got {type(loss_fn).__name__}."
         )
     if not jax.tree.leaves(loss_fn.state):
-        raise ValueError(f"{fn}: bn='reestimate' but the model has no state (no batch norm).")
-    bn_batched = _batchnorm.bn_batches(bn_data, bn_batch_size, bn_num_batches, fn=fn)
-    form = _batchnorm.probe_state(loss_fn, params, bn_batched, fn=fn)
+        raise ValueError(f"{_validate.where()}: bn='reestimate' but the model has no state (no batch norm).")
+    bn_batched = _batchnorm.bn_batches(bn_data, bn_batch_size, bn_num_batches)
+    form = _batchnorm.probe_state(loss_fn, params, bn_batched)
     info = {
         "bn_batch_size": bn_batched.batch_size,
         "bn_num_batches": bn_batched.num_batches + (1 if bn_batched.rest_size else 0),
@@ -330,7 +332,6 @@ def _bn_setup(loss_fn, params, bn_data, bn_batch_size, bn_num_batches, *, fn):
 
 
 def _evaluate(
-    fn_name: str,
     *,
     loss_fn,
     mode: str,
@@ -383,16 +384,16 @@ def _evaluate(
     placement = "replicate" if jax.device_count() > 1 else "shard"
     batched = {}
     for name, d in splits:
-        n = _validate.num_examples(d, fn=fn_name, name=name)
+        n = _validate.num_examples(d, name=name)
         bs = None if batch_size is None else min(batch_size, n)  # capped per data set
-        batched[name] = engine.batch(d, bs, placement=placement, fn=fn_name)
+        batched[name] = engine.batch(d, bs, placement=placement)
     per_point = 0  # only needed where memory grows with the points held at once
     if strategy == "vmap" or map_batch is not None:
         per_point = _bytes_per_point(
             fn, point_fn, point_args, jnp.asarray(coords[0]), batched["train"]
         )
     strat, cs, mb = _plan_chunks(
-        strategy, chunk_size, map_batch, num_points, per_point, memory_budget, fn=fn_name
+        strategy, chunk_size, map_batch, num_points, per_point, memory_budget
     )
     settings = {
         **meta,
@@ -424,14 +425,13 @@ def _evaluate(
             map_batch=mb,
             store=store,
             progress=progress,
-            desc=f"{fn_name.rsplit('.', 1)[-1]} ({name})",
-            fn_name=fn_name,
+            desc=f"{_validate.where().rsplit('.', 1)[-1]} ({name})",
         )
     return out["train"], out.get("test"), settings
 
 
 def _finish(
-    fn_name, *, kind, alphas, betas, train, test, settings, dir_specs, dtype, seeds, run_dir
+    *, kind, alphas, betas, train, test, settings, dir_specs, dtype, seeds, run_dir
 ):
     shape = (alphas.size,) if betas is None else (alphas.size, betas.size)
     train = {k: np.asarray(v).reshape(shape) for k, v in train.items()}
@@ -465,7 +465,7 @@ def _finish(
             f", beta={betas[idx[1]]:.4g}" if betas is not None else ""
         )
         warnings.warn(
-            f"{fn_name}: {bad} of {finite.size} grid points have non-finite loss or metrics "
+            f"{_validate.where()}: {bad} of {finite.size} grid points have non-finite loss or metrics "
             f"(first at {where}); they are recorded as NaN/Inf and flagged in result.finite.",
             RuntimeWarning,
             stacklevel=3,
@@ -486,24 +486,24 @@ def _default_memory_budget() -> int:
     return int(limit // 4) if limit else DEFAULT_MEMORY_BUDGET
 
 
-def _common_checks(fn, loss_fn, params, data, test_data, bn, strategy, memory_budget, run_dir):
-    _validate.check_callable(loss_fn, fn=fn, name="loss_fn")
-    _validate.check_params(params, fn=fn)
-    _validate.check_choice(bn, BN_POLICIES, fn=fn, name="bn")
-    _validate.check_choice(strategy, STRATEGIES, fn=fn, name="strategy")
+def _common_checks(loss_fn, params, data, test_data, bn, strategy, memory_budget, run_dir):
+    _validate.check_callable(loss_fn, name="loss_fn")
+    _validate.check_params(params)
+    _validate.check_choice(bn, BN_POLICIES, name="bn")
+    _validate.check_choice(strategy, STRATEGIES, name="strategy")
     if memory_budget is None:
         memory_budget = _default_memory_budget()
-    memory_budget = _validate.check_positive_int(memory_budget, fn=fn, name="memory_budget")
-    _validate.check_data(data, fn=fn, name="data")
-    _check_loss(loss_fn, params, data, fn=fn, name="data")
+    memory_budget = _validate.check_positive_int(memory_budget, name="memory_budget")
+    _validate.check_data(data, name="data")
+    _check_loss(loss_fn, params, data, name="data")
     if test_data is not None:
-        _validate.check_data(test_data, fn=fn, name="test_data")
-        _check_loss(loss_fn, params, test_data, fn=fn, name="test_data")
+        _validate.check_data(test_data, name="test_data")
+        _check_loss(loss_fn, params, test_data, name="test_data")
     if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
-        raise TypeError(f"{fn}: run_dir must be a path; got {type(run_dir).__name__}.")
+        raise TypeError(f"{_validate.where()}: run_dir must be a path; got {type(run_dir).__name__}.")
     if bn != "centre" and not isinstance(loss_fn, Loss):
         raise TypeError(
-            f"{fn}: bn={bn!r} needs a landscape.Loss (from landscape.make_loss_fn(model)) that "
+            f"{_validate.where()}: bn={bn!r} needs a landscape.Loss (from landscape.make_loss_fn(model)) that "
             f"carries the model state; got {type(loss_fn).__name__}."
         )
     return memory_budget
@@ -521,7 +521,6 @@ def _seeds(specs):
 
 
 def _slice(
-    fn_name,
     loss_fn,
     params,
     data,
@@ -544,12 +543,11 @@ def _slice(
     overwrite,
     progress,
 ):
-    memory_budget = _common_checks(
-        fn_name, loss_fn, params, data, test_data, bn, strategy, memory_budget, run_dir
+    memory_budget = _common_checks(loss_fn, params, data, test_data, bn, strategy, memory_budget, run_dir
     )
     if bn == "interpolate":
         raise ValueError(
-            f"{fn_name}: bn='interpolate' applies to landscape.surface.interpolate (between two "
+            f"{_validate.where()}: bn='interpolate' applies to landscape.surface.interpolate (between two "
             "models' statistics); use 'centre' or 'reestimate' for slices."
         )
     dtype = _tree.dtype_of(params)
@@ -561,18 +559,17 @@ def _slice(
             data if bn_data is None else bn_data,
             bn_batch_size,
             bn_num_batches,
-            fn=fn_name,
         )
         bn_extra = tuple(bn_extra)
     if first_layer is not None:
-        _fast.check_compatible(first_layer, loss_fn, params, fn=fn_name)
+        _fast.check_compatible(first_layer, loss_fn, params)
         if bn != "centre":
-            raise ValueError(f"{fn_name}: first_layer needs bn='centre'; got bn={bn!r}.")
+            raise ValueError(f"{_validate.where()}: first_layer needs bn='centre'; got bn={bn!r}.")
     grids = np.meshgrid(*axes, indexing="ij")
     coords = np.stack([g.ravel() for g in grids], axis=1).astype(np.dtype(dtype))
     specs = [_dir_meta(d) for d in dirs]
     meta = {
-        "function": fn_name,
+        "function": _validate.where(),
         "loss": repr(loss_fn),
         "dtype": str(np.dtype(dtype)),
         "params_hash": _hash_tree(params),
@@ -585,7 +582,6 @@ def _slice(
             specs[0]["norm_value"] * specs[1]["norm_value"]
         )
     train, test, settings = _evaluate(
-        fn_name,
         loss_fn=loss_fn,
         mode="affine",
         base_args=(params, tuple(d.vector for d in dirs)),
@@ -607,7 +603,6 @@ def _slice(
         meta=meta,
     )
     return _finish(
-        fn_name,
         kind=kind,
         alphas=axes[0],
         betas=axes[1] if len(axes) > 1 else None,
@@ -651,6 +646,7 @@ _DOC_REST = """
       progress: show a progress bar over chunks."""
 
 
+@_validate.public("landscape.surface.slice_1d")
 def slice_1d(
     loss_fn: Callable,
     params: PyTree,
@@ -682,12 +678,10 @@ def slice_1d(
       direction: a :class:`Direction` or a params-shaped pytree (e.g.
         :func:`random_direction`).
       alphas: coordinates, strictly increasing (default ``linspace(-1, 1, 51)``, Li et al.)."""
-    fn = "landscape.surface.slice_1d"
-    _validate.check_params(params, fn=fn)
-    d = as_direction(direction, params, fn=fn, name="direction")
-    a = _coords(alphas, np.linspace(-1, 1, 51), fn=fn, name="alphas")
+    _validate.check_params(params)
+    d = as_direction(direction, params, name="direction")
+    a = _coords(alphas, np.linspace(-1, 1, 51), name="alphas")
     return _slice(
-        fn,
         loss_fn,
         params,
         data,
@@ -711,33 +705,34 @@ def slice_1d(
     )
 
 
-def _two_directions(directions, params, *, fn):
+def _two_directions(directions, params):
     if isinstance(directions, PCAResult):
         if directions.num_components < 2:
             raise ValueError(
-                f"{fn}: the PCA result has {directions.num_components} component; need 2."
+                f"{_validate.where()}: the PCA result has {directions.num_components} component; need 2."
             )
         directions = directions.as_directions()[:2]
     if isinstance(directions, (Direction, Mapping)) or not isinstance(directions, Sequence):
         raise TypeError(
-            f"{fn}: directions must be a pair (d1, d2) of Directions or params-shaped pytrees "
+            f"{_validate.where()}: directions must be a pair (d1, d2) of Directions or params-shaped pytrees "
             f"(or a PCAResult); got {type(directions).__name__}."
         )
     if len(directions) != 2:
         raise ValueError(
-            f"{fn}: directions must hold exactly 2 directions; got {len(directions)}."
+            f"{_validate.where()}: directions must hold exactly 2 directions; got {len(directions)}."
         )
-    d1 = as_direction(directions[0], params, fn=fn, name="directions[0]")
-    d2 = as_direction(directions[1], params, fn=fn, name="directions[1]")
+    d1 = as_direction(directions[0], params, name="directions[0]")
+    d2 = as_direction(directions[1], params, name="directions[1]")
     cos = float(_tree.vdot(d1.vector, d2.vector)) / (d1.norm() * d2.norm())
     if abs(cos) > 1 - 1e-6:
         raise ValueError(
-            f"{fn}: the two directions are parallel (cosine {cos:.8f}); the plane is degenerate. "
+            f"{_validate.where()}: the two directions are parallel (cosine {cos:.8f}); the plane is degenerate. "
             "Draw the second with another key or orthogonal_to=d1."
         )
     return d1, d2
 
 
+@_validate.public("landscape.surface.slice_2d")
 def slice_2d(
     loss_fn: Callable,
     params: PyTree,
@@ -771,13 +766,11 @@ def slice_2d(
         :class:`PCAResult` (its first two components).
       alphas, betas: coordinates, strictly increasing (default ``linspace(-1, 1, 51)`` each,
         the 51 x 51 grid of Li et al.)."""
-    fn = "landscape.surface.slice_2d"
-    _validate.check_params(params, fn=fn)
-    d1, d2 = _two_directions(directions, params, fn=fn)
-    a = _coords(alphas, np.linspace(-1, 1, 51), fn=fn, name="alphas")
-    b = _coords(betas, np.linspace(-1, 1, 51), fn=fn, name="betas")
+    _validate.check_params(params)
+    d1, d2 = _two_directions(directions, params)
+    a = _coords(alphas, np.linspace(-1, 1, 51), name="alphas")
+    b = _coords(betas, np.linspace(-1, 1, 51), name="betas")
     return _slice(
-        fn,
         loss_fn,
         params,
         data,
@@ -801,6 +794,7 @@ def slice_2d(
     )
 
 
+@_validate.public("landscape.surface.interpolate")
 def interpolate(
     loss_fn: Callable,
     params_a,
@@ -841,16 +835,14 @@ def interpolate(
         ``"reestimate"``.
       state_a, state_b: the end points' model states for ``bn="interpolate"`` (default
         ``state_a``: ``loss_fn.state``)."""
-    fn = "landscape.surface.interpolate"
     pa, sa_model = _unpack_model(params_a)
     pb, sb_model = _unpack_model(params_b)
-    _validate.check_params(pa, fn=fn, name="params_a")
-    _validate.check_params(pb, fn=fn, name="params_b")
-    _validate.check_same_structure(pb, pa, fn=fn, name="params_b", ref_name="params_a")
+    _validate.check_params(pa, name="params_a")
+    _validate.check_params(pb, name="params_b")
+    _validate.check_same_structure(pb, pa, name="params_b", ref_name="params_a")
     pb = jax.tree.map(lambda b, a: jnp.asarray(b).astype(jnp.result_type(a)), pb, pa)
-    t = _coords(ts, np.linspace(-0.5, 1.5, 401), fn=fn, name="ts")
-    memory_budget = _common_checks(
-        fn, loss_fn, pa, data, test_data, bn, strategy, memory_budget, run_dir
+    t = _coords(ts, np.linspace(-0.5, 1.5, 401), name="ts")
+    memory_budget = _common_checks(loss_fn, pa, data, test_data, bn, strategy, memory_budget, run_dir
     )
     dtype = _tree.dtype_of(pa)
     bn_extra = bn_setup = None
@@ -863,32 +855,32 @@ def interpolate(
         sb = state_b if state_b is not None else sb_model
         if sb is None:
             raise ValueError(
-                f"{fn}: bn='interpolate' needs the second model's state: pass state_b=... or "
+                f"{_validate.where()}: bn='interpolate' needs the second model's state: pass state_b=... or "
                 "params_b as a landscape.Model."
             )
         _validate.check_same_structure(
-            sa, loss_fn.state, fn=fn, name="state_a", ref_name="loss_fn.state"
+            sa, loss_fn.state, name="state_a", ref_name="loss_fn.state"
         )
         _validate.check_same_structure(
-            sb, loss_fn.state, fn=fn, name="state_b", ref_name="loss_fn.state"
+            sb, loss_fn.state, name="state_b", ref_name="loss_fn.state"
         )
-        _validate.check_finite(sb, fn=fn, name="state_b")
+        _validate.check_finite(sb, name="state_b")
         bn_extra = (sa, sb)
         bn_setup = {"state_a_hash": _hash_tree(sa), "state_b_hash": _hash_tree(sb)}
     elif bn == "reestimate":
         *bn_extra, bn_setup = _bn_setup(
-            loss_fn, pa, data if bn_data is None else bn_data, bn_batch_size, bn_num_batches, fn=fn
+            loss_fn, pa, data if bn_data is None else bn_data, bn_batch_size, bn_num_batches
         )
         bn_extra = tuple(bn_extra)
     if first_layer is not None:
-        _fast.check_compatible(first_layer, loss_fn, pa, fn=fn)
+        _fast.check_compatible(first_layer, loss_fn, pa)
         if bn != "centre":
-            raise ValueError(f"{fn}: first_layer needs bn='centre'; got bn={bn!r}.")
+            raise ValueError(f"{_validate.where()}: first_layer needs bn='centre'; got bn={bn!r}.")
     between = Direction(jax.tree.map(jnp.subtract, pb, pa), {"kind": "between"})
     spec = _dir_meta(between)
     spec["distance"] = spec["norm_value"]
     meta = {
-        "function": fn,
+        "function": _validate.where(),
         "loss": repr(loss_fn),
         "dtype": str(np.dtype(dtype)),
         "params_hash": _hash_tree(pa),
@@ -899,7 +891,6 @@ def interpolate(
     }
     coords = t.astype(np.dtype(dtype))[:, None]
     train, test, settings = _evaluate(
-        fn,
         loss_fn=loss_fn,
         mode="lerp",
         base_args=(pa, pb),
@@ -921,7 +912,6 @@ def interpolate(
         meta=meta,
     )
     return _finish(
-        fn,
         kind="interpolate",
         alphas=t,
         betas=None,

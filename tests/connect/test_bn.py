@@ -69,7 +69,7 @@ def test_bn_curve_reproduces_endpoint_losses_with_reestimated_statistics(bn_pair
     fixed = lc.profile(loss_fn, curve.path, train, ts=ts, refine=False, bn="fixed")
     assert fixed.train["loss"][-1] > 2 * ends[1]
     # "auto" means "reestimate" for batch-norm models
-    assert resolve_bn("auto", loss_fn, bn_states=None, fn="test") == "reestimate"
+    assert resolve_bn("auto", loss_fn, bn_states=None) == "reestimate"
 
 
 def _counter_apply(params, state, x, *, train=False):

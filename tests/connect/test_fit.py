@@ -65,7 +65,7 @@ def test_objective_is_mean_over_t_with_weight_decay_at_curve_point(pair_loss, pa
     for t in np.asarray(ts):
         p = res.path(t)
         loss, _ = pair_loss(p, batch)
-        vals.append(float(loss) + 0.5 * wd * float(landscape._tree.vdot(p, p)))
+        vals.append(float(loss) + 0.5 * wd * float(landscape.tree.vdot(p, p)))
     # float32: vmapped against one-by-one evaluation (1e-5 relative)
     np.testing.assert_allclose(res.history["batch_loss"][0], np.mean(vals), rtol=1e-5)
     # the bend starts at the segment's midpoint: the quadratic curve is the straight line

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 
 import landscape  # noqa: E402
 import landscape.connect as lc  # noqa: E402
-from landscape import _tree  # noqa: E402
+from landscape import tree as _tree  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -64,8 +64,8 @@ def test_profile_float32_and_defaults(linear_profile, pair_loss, pair_params, di
         # float32 sums over 360 test examples in a different order: 1e-5 relative
         np.testing.assert_allclose(pr.test["loss"][i], float(want["loss"]), rtol=1e-5)
     # path length: the distance between the endpoints
-    np.testing.assert_allclose(pr.distance[-1], float(landscape._tree.norm(
-        landscape._tree.sub(pair_params[1], pair_params[0]))), rtol=1e-5)
+    np.testing.assert_allclose(pr.distance[-1], float(landscape.tree.norm(
+        landscape.tree.sub(pair_params[1], pair_params[0]))), rtol=1e-5)
 
 
 def test_linear_barrier_between_independent_solutions_is_clearly_positive(linear_profile):

@@ -73,7 +73,7 @@ def test_weight_decay_filter_model_triple_preconditioner(small):
         # a parameter subset: the diagonal block (zeros elsewhere)
         out = flat(hessian.hvp(small.relu_loss, small.relu_params, small.data, v, params_filter="layers/1",
                                batch_size=small.batch))
-        paths = landscape._tree.leaf_paths(small.relu_params)
+        paths = landscape.tree.leaf_paths(small.relu_params)
         sizes = [x.size for x in jax.tree.leaves(small.relu_params)]
         sel = np.concatenate([np.full(s, p.startswith("layers/1/")) for p, s in zip(paths, sizes)])
         _close(out, (small.relu_H @ (flat(v) * sel)) * sel)

@@ -47,7 +47,7 @@ z = np.load(sys.argv[1])
 data = {"x": z["x"], "y": z["y"]}
 model = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(16,), seed=0)
 params = jax.tree.map(lambda a, path: z[path], model.params,
-                      jax.tree.unflatten(jax.tree.structure(model.params), landscape._tree.leaf_paths(model.params)))
+                      jax.tree.unflatten(jax.tree.structure(model.params), landscape.tree.leaf_paths(model.params)))
 loss = landscape.make_loss_fn(model)
 e = hessian.eigenvalues(loss, params, data, k=3, key=jax.random.key(3), batch_size=128)
 t = hessian.trace(loss, params, data, key=jax.random.key(0), max_hvps=12, batch_size=128)
@@ -57,7 +57,7 @@ print(json.dumps({"devices": jax.device_count(), "eig": list(map(float, e.values
 
 def test_four_devices_equal_one_device(small, tmp_path):
     # the same computations as test_plots_return_axes (compiled there) on 4 virtual devices
-    flat = landscape._tree.flatten_dict_paths(small.relu_params32)
+    flat = landscape.tree.flatten_dict_paths(small.relu_params32)
     np.savez(tmp_path / "p.npz", x=small.data32["x"], y=small.data32["y"], **{k: np.asarray(v) for k, v in flat.items()})
     code = _CODE.replace("sys.argv[1]", repr(str(tmp_path / "p.npz")))
     out = json.loads(run_python(code, devices=4).strip().splitlines()[-1])

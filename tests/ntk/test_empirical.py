@@ -121,8 +121,8 @@ def nt_models():
             x1 = FIX[f"{name}/x1"]
             model = arch.init(jax.random.key(0), x1.shape[1:], dtype=np.float64)
             params = _specs.nt_params(arch, FIX, name)
-            landscape._validate.check_same_structure(
-                params, model.params, fn="test", name="params"
+            landscape.validate.check_same_structure(
+                params, model.params, name="params"
             )
             models[name] = model.replace(params=params)
             xs[name] = (x1, FIX[f"{name}/x2"])

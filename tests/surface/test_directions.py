@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import landscape
-from landscape import _tree
+from landscape import tree as _tree
 from landscape.surface import (
     Direction,
     direction_between,

@@ -98,8 +98,8 @@ def test_pca_from_train_result_snapshots_format(tmp_path):
     assert 0 < res.explained_variance_ratio[1] <= res.explained_variance_ratio[0] <= 1
     d1, d2 = res.as_directions()
     assert d1.spec["kind"] == "pca" and d2.spec["component"] == 1
-    assert abs(float(landscape._tree.vdot(d1.vector, d2.vector))) < 1e-5  # orthonormal
-    assert float(landscape._tree.norm(d1.vector)) == pytest.approx(1.0, abs=1e-5)
+    assert abs(float(landscape.tree.vdot(d1.vector, d2.vector))) < 1e-5  # orthonormal
+    assert float(landscape.tree.norm(d1.vector)) == pytest.approx(1.0, abs=1e-5)
     res.save(tmp_path / "pca.npz")
     back = PCAResult.load(tmp_path / "pca.npz")
     np.testing.assert_array_equal(back.coords, res.coords)
