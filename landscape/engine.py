@@ -1,30 +1,31 @@
-"""Exact full-data-set reductions and many-point evaluation: the engine every analysis reuses.
-
-Two entries:
+"""Exact full-data-set reductions and data placement: the engine every analysis reuses.
 
 * :func:`mean` (and the factory :func:`make_mean_fn`): the exact data-set mean of anything
   built on ``loss_fn`` -- loss and aux metrics, gradients, Hessian-vector products. Full
   batches run in one ``lax.scan`` inside one compiled program; the remainder batch (when the
   batch size does not divide the data size) runs in the same program and is weighted by its
   size, so the result is the mean over all examples whatever the batch size. One compilation
-  per (function, shapes); no per-batch Python loop.
-* :func:`evaluate_points`: the same mean at many parameter points (grid points of a slice,
-  points along a path). Points are generated inside the compiled program from coordinates by a
-  ``point_fn`` (so a 51 x 51 grid never materialises 2601 parameter copies), evaluated in chunks
-  (one compiled program per chunk size), and the chunk loop runs on the host so callers can show
-  progress and save finished chunks (:class:`ChunkStore` makes long grids resumable).
+  per (function, shapes); no per-batch Python loop. :func:`batched_mean` is the traceable
+  reduction itself, for use inside other compiled programs (curvature products, grid points,
+  batch-norm statistics).
+* :func:`evaluate` and :func:`value_and_grad`: the one-shot loss (with aux metrics) and
+  gradient over a whole data set; :func:`check_loss` is the boundary check every analysis runs
+  first (the loss traced on two examples, no compilation).
 
-Functions handed to the engine (``fn``, ``point_fn``) are split into a static part (the Python
-callable, part of the compilation cache key) and a dynamic part (any array leaves of a callable
-pytree such as :class:`landscape.Loss`, whose batch-norm state is an argument, not a constant).
-A new lambda per call recompiles: build functions once and reuse them.
+Evaluation at many parameter points (grids, paths) is :mod:`landscape.grid`; resumable storage
+and the chunk driver are :mod:`landscape.store`.
+
+Functions handed to the engine (``fn``) are split into a static part (the Python callable, part
+of the compilation cache key) and a dynamic part (any array leaves of a callable pytree such as
+:class:`landscape.Loss`, whose batch-norm state is an argument, not a constant):
+:func:`split_fn` / :func:`merge_fn`. A new lambda per call recompiles: build functions once and
+reuse them.
 
 Multi-device: with more than one device, :func:`batch` shards full batches over a 1-D mesh of
 all devices (``jax.sharding.NamedSharding``, axis ``"data"``; the batch size is rounded down to
 a multiple of the device count) and replicates the remainder; the compiler inserts the
-reductions. :func:`evaluate_points` instead replicates the data and shards the points of each
-chunk (``jax.shard_map``). Global arrays are built with ``jax.make_array_from_callback`` from the
-host copy every process holds, so the same code runs multi-host after
+reductions. Global arrays are built with :func:`place` (``jax.make_array_from_callback`` from
+the host copy every process holds), so the same code runs multi-host after
 ``jax.distributed.initialize()``.
 """
 
@@ -32,13 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
-import math
-import os
-import re
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -48,7 +43,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
 
-from landscape import _serialize
 from landscape import validate as _validate
 
 PyTree = Any
@@ -59,19 +53,23 @@ DEFAULT_BATCH_SIZE = 1024
 DATA_AXIS = "data"
 
 __all__ = [
+    "ANALYSIS_PRECISION",
     "Batched",
-    "ChunkStore",
+    "all_finite",
+    "at_analysis_precision",
     "batch",
     "batched_mean",
     "check_loss",
     "evaluate",
-    "evaluate_points",
     "loss_and_aux",
+    "loss_dict",
     "make_mean_fn",
     "mean",
-    "mesh",
-    "split_fn",
     "merge_fn",
+    "mesh",
+    "place",
+    "raise_nonfinite",
+    "split_fn",
     "value_and_grad",
 ]
 
@@ -140,7 +138,9 @@ def loss_and_aux(loss_fn: Callable, params, batch) -> tuple[jax.Array, dict]:
     return loss, aux
 
 
-def _loss_dict(loss_fn, params, batch):
+def loss_dict(loss_fn, params, batch):
+    """``{"loss": loss, **aux}`` of one batch (traceable; the function every grid point and
+    :func:`evaluate` reduces)."""
     loss, aux = loss_and_aux(loss_fn, params, batch)
     return {**aux, "loss": loss}
 
@@ -167,7 +167,9 @@ def mesh() -> jax.sharding.Mesh:
     return _mesh_for(tuple(jax.devices()))
 
 
-def _place(x, sharding) -> jax.Array:
+def place(x, sharding) -> jax.Array:
+    """A global array from the host copy ``x`` that every process holds, laid out with
+    ``sharding`` (``None``: on the default device). Works multi-host."""
     if sharding is None:
         return jnp.asarray(x)
     x = np.asarray(x)
@@ -265,12 +267,12 @@ def batch(
     full = None
     if nb > 0:
         full = jax.tree.map(
-            lambda x: _place(
+            lambda x: place(
                 x[: nb * batch_size].reshape((nb, batch_size) + x.shape[1:]), full_sh
             ),
             src,
         )
-    rest = jax.tree.map(lambda x: _place(x[nb * batch_size :], rest_sh), src) if r else None
+    rest = jax.tree.map(lambda x: place(x[nb * batch_size :], rest_sh), src) if r else None
     return Batched(full, rest, n, batch_size, placement)
 
 
@@ -287,7 +289,8 @@ def _acc_dtype(dtype):
     return jnp.result_type(float)
 
 
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
+    """Traceable: one boolean, whether every leaf of ``tree`` is finite."""
     flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return functools.reduce(jnp.logical_and, flags, jnp.asarray(True))
 
@@ -342,7 +345,7 @@ def _batched_mean(fn: Callable, point: PyTree, batched: Batched, *args) -> tuple
 
         def body(acc, b):
             v = cast_like(fn(point, b, *args), init)
-            return jax.tree.map(jnp.add, acc, v), _all_finite(v)
+            return jax.tree.map(jnp.add, acc, v), all_finite(v)
 
         if batched.num_batches == 1:  # no loop for a single full batch
             acc, ok = body(init, first)
@@ -357,7 +360,7 @@ def _batched_mean(fn: Callable, point: PyTree, batched: Batched, *args) -> tuple
         v = jax.tree.map(lambda x: jnp.asarray(x).astype(_acc_dtype(jnp.result_type(x))), v)
         vr = jax.tree.map(lambda x: x * jnp.asarray(r, x.dtype), v)
         total = vr if total is None else jax.tree.map(jnp.add, total, cast_like(vr, total))
-        flags.append(_all_finite(v)[None])
+        flags.append(all_finite(v)[None])
     mean_ = jax.tree.map(lambda t: t / jnp.asarray(n, t.dtype), total)
     return mean_, jnp.concatenate(flags)
 
@@ -367,7 +370,9 @@ def _mean_jit(fn_static, fn_dyn, point, batched, args):
     return batched_mean(merge_fn(fn_static, fn_dyn), point, batched, *args)
 
 
-def _raise_nonfinite(ok, batched: Batched, *, what: str):
+def raise_nonfinite(ok, batched: Batched, *, what: str):
+    """Raise ``FloatingPointError`` naming the batches whose finite flag (from
+    :func:`batched_mean`) is False; nothing when all are finite."""
     ok = np.asarray(ok)
     if ok.all():
         return
@@ -410,7 +415,7 @@ def mean(
     static, dyn = split_fn(fn)
     out, ok = _mean_jit(static, dyn, point, batched, args)
     if check_finite:
-        _raise_nonfinite(ok, batched, what="values")
+        raise_nonfinite(ok, batched, what="values")
     return out
 
 
@@ -544,7 +549,7 @@ def evaluate(
     _validate.check_params(params)
     data = batch(data, batch_size)
     check_loss(loss_fn, params, data)
-    return mean(Partial(_loss_dict, loss_fn), params, data, batch_size=batch_size)
+    return mean(Partial(loss_dict, loss_fn), params, data, batch_size=batch_size)
 
 
 @_validate.public("landscape.value_and_grad")
@@ -573,280 +578,3 @@ def value_and_grad(
         batch_size=batch_size,
         check_finite=check_finite,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Many points
-# --------------------------------------------------------------------------------------------
-def _points_core(fn, point_fn, point_args, coords, batched, strategy, map_batch):
-    def one(c):
-        return batched_mean(fn, point_fn(c, *point_args), batched)[0]
-
-    if strategy == "vmap":
-        return jax.vmap(one)(coords)
-    return jax.lax.map(one, coords, batch_size=map_batch)
-
-
-@functools.partial(
-    jax.jit, static_argnames=("fn_static", "pf_static", "strategy", "map_batch", "sharded")
-)
-def _points_jit(
-    fn_static, fn_dyn, pf_static, pf_dyn, point_args, coords, batched, strategy, map_batch, sharded
-):
-    fn = merge_fn(fn_static, fn_dyn)
-    point_fn = merge_fn(pf_static, pf_dyn)
-    if not sharded:
-        return _points_core(fn, point_fn, point_args, coords, batched, strategy, map_batch)
-    m = mesh()
-
-    def local(c, pa, b):
-        return _points_core(fn, point_fn, pa, c, b, strategy, map_batch)
-
-    return jax.shard_map(
-        local, mesh=m, in_specs=(P(DATA_AXIS), P(), P()), out_specs=P(DATA_AXIS), check_vma=False
-    )(coords, point_args, batched)
-
-
-@_validate.public("landscape.engine.evaluate_points")
-def evaluate_points(
-    fn: Callable,
-    point_fn: Callable,
-    coords,
-    data: PyTree,
-    *,
-    point_args: tuple = (),
-    batch_size: int | None = None,
-    chunk_size: int | None = None,
-    strategy: str = "map",
-    map_batch: int | None = None,
-    store: ChunkStore | None = None,
-    progress: bool = False,
-    desc: str = "points",
-) -> dict[str, np.ndarray] | PyTree:
-    """Exact data-set means of ``fn(point, batch)`` at many points, in compiled chunks.
-
-    Args:
-      fn: ``fn(point, batch) -> pytree of batch means`` (e.g. ``Partial(_loss_dict, loss_fn)``;
-        use :func:`loss_points` for the common loss-and-metrics case).
-      point_fn: ``point_fn(coord, *point_args) -> point``; builds each point inside the compiled
-        program (e.g. ``params + a d1 + b d2``), so points are never materialised on the host.
-      coords: array ``(num_points, ...)`` of coordinates.
-      data: dict of arrays or a :class:`Batched` (laid out with ``placement="replicate"`` when
-        several devices share the points).
-      point_args: dynamic arguments of ``point_fn`` (centre parameters, directions).
-      chunk_size: points per compiled call (default: up to 64, a multiple of the device count).
-        Each chunk is one program; the last chunk is padded, so one compilation serves all.
-      strategy: ``"map"`` (``lax.map`` over the points of a chunk, memory of one point at a time;
-        the default, measured fastest on CPU) or ``"vmap"`` (all points of a chunk at once).
-      map_batch: with ``"map"``, vectorise this many points inside the map
-        (``lax.map(batch_size=...)``).
-      store: a :class:`ChunkStore`; finished chunks are saved atomically and skipped on restart.
-      progress: show a tqdm progress bar over chunks.
-
-    Returns:
-      The pytree returned by ``fn`` with a leading ``num_points`` axis, as NumPy arrays.
-    """
-    _validate.check_choice(strategy, ("map", "vmap"), name="strategy")
-    coords = np.asarray(coords)
-    if coords.ndim == 0 or coords.shape[0] == 0:
-        raise ValueError(
-            f"{_validate.where()}: coords must have a non-empty leading axis of points; got shape {coords.shape}."
-        )
-    if not np.all(np.isfinite(coords)):
-        raise ValueError(f"{_validate.where()}: coords must be finite.")
-    num_points = coords.shape[0]
-    ndev = jax.device_count()
-    sharded = ndev > 1
-    batched = batch(data, batch_size, placement="replicate" if sharded else "shard")
-    if sharded and batched.placement != "replicate":
-        raise ValueError(
-            f"{_validate.where()}: with {ndev} devices the points are sharded, so data must be laid out with "
-            "placement='replicate' (pass the raw data or engine.batch(data, placement='replicate'))."
-        )
-    if chunk_size is None:
-        chunk_size = min(num_points, 64)
-    chunk_size = _validate.check_positive_int(chunk_size, name="chunk_size")
-    if sharded:
-        chunk_size = int(math.ceil(chunk_size / ndev) * ndev)
-    num_chunks = int(math.ceil(num_points / chunk_size))
-    fs, fd = split_fn(fn)
-    ps, pd = split_fn(point_fn)
-    coord_sharding = NamedSharding(mesh(), P(DATA_AXIS)) if sharded else None
-
-    if store is not None:  # chunks of another layout or another job must never be mixed in
-        from landscape import _provenance
-
-        store.bind_layout(
-            {
-                "num_points": int(num_points),
-                "chunk_size": int(chunk_size),
-                "coords_hash": hashlib.sha256(np.ascontiguousarray(coords).tobytes()).hexdigest()[
-                    :16
-                ],
-                "coords_dtype": str(coords.dtype),
-                # what is evaluated, on what: the function (its static description and its
-                # arrays, e.g. a Loss's model state), the point builder and its arguments, data
-                "fn": _stable_repr(fs),
-                "fn_arrays": _provenance.data_hash(fd),
-                "point_fn": _stable_repr(ps),
-                "point_arrays": _provenance.data_hash((pd, point_args)),
-                "data": _provenance.data_hash((batched.full, batched.rest)),
-            }
-        )
-    results: list[Any] = [None] * num_chunks
-    todo = []
-    for ci in range(num_chunks):
-        if store is not None and store.has(ci):
-            results[ci] = store.load(ci)
-        else:
-            todo.append(ci)
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc=desc, unit="chunk")
-    try:
-        for ci in todo:
-            start, stop = ci * chunk_size, min((ci + 1) * chunk_size, num_points)
-            c = coords[start:stop]
-            if c.shape[0] < chunk_size:  # pad so every chunk has one shape
-                pad = np.repeat(c[-1:], chunk_size - c.shape[0], axis=0)
-                c = np.concatenate([c, pad], axis=0)
-            c = _place(c, coord_sharding) if sharded else jnp.asarray(c)
-            out = _points_jit(fs, fd, ps, pd, point_args, c, batched, strategy, map_batch, sharded)
-            out = jax.tree.map(lambda x, k=stop - start: np.asarray(x)[:k], out)
-            results[ci] = out
-            if store is not None:
-                store.save(ci, out)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *results)
-
-
-def loss_points(
-    loss_fn: Callable,
-    point_fn: Callable,
-    coords,
-    data: PyTree,
-    **kwargs,
-) -> dict[str, np.ndarray]:
-    """:func:`evaluate_points` of ``{"loss": ..., aux...}`` for a ``loss_fn(params, batch)``."""
-    return evaluate_points(Partial(_loss_dict, loss_fn), point_fn, coords, data, **kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-# Resumable chunk storage
-# --------------------------------------------------------------------------------------------
-class ChunkStore:
-    """Finished chunks of a long job, saved atomically in a directory, resumable.
-
-    ``meta`` (JSON-able settings: directions' key and spec, data hash, grid, ...) is written to
-    ``manifest.json``; reopening a directory whose manifest differs raises ``ValueError``
-    instead of silently mixing results of different settings.
-
-    Args:
-      directory: where chunks go (created if missing).
-      meta: the settings that define the job.
-      overwrite: discard existing chunks of a different job instead of raising.
-    """
-
-    def __init__(self, directory: str | os.PathLike, meta: dict, *, overwrite: bool = False):
-        self.directory = Path(directory)
-        self.overwrite = bool(overwrite)
-        self.meta = _strip_addresses(_serialize.to_jsonable(meta))
-        self.directory.mkdir(parents=True, exist_ok=True)
-        manifest = self.directory / "manifest.json"
-        digest = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()[:16]
-        if manifest.exists():
-            old = _serialize.load_json(manifest)
-            if old.get("digest") != digest:
-                if not overwrite:
-                    raise ValueError(
-                        f"landscape.ChunkStore: {self.directory} holds results of different "
-                        f"settings (stored digest {old.get('digest')}, now {digest}); use another "
-                        "directory or overwrite=True. Differences: "
-                        + _diff(old.get("meta", {}), self.meta)
-                    )
-                for f in self.directory.glob("chunk-*.npz"):
-                    f.unlink()
-                (self.directory / "layout.json").unlink(missing_ok=True)
-        _serialize.save_json(manifest, {"digest": digest, "meta": self.meta})
-        self.digest = digest
-
-    def bind_layout(self, layout: dict) -> None:
-        """Record how points are split into chunks (number of points, chunk size, a hash of the
-        coordinates); a store holding chunks of another layout raises ``ValueError``."""
-        layout = _serialize.to_jsonable(layout)
-        path = self.directory / "layout.json"
-        if path.exists():
-            old = _serialize.load_json(path)
-            if old != layout:
-                if not self.overwrite:
-                    raise ValueError(
-                        f"landscape.ChunkStore: {self.directory} holds chunks of another layout "
-                        f"({_diff(old, layout)}); use another directory or overwrite=True."
-                    )
-                self._clear()
-                _serialize.save_json(path, layout)
-            return
-        if self.done():
-            if not self.overwrite:
-                raise ValueError(
-                    f"landscape.ChunkStore: {self.directory} holds chunks without a recorded layout; "
-                    "use another directory or overwrite=True."
-                )
-            self._clear()
-        _serialize.save_json(path, layout)
-
-    def _clear(self) -> None:
-        for f in self.directory.glob("chunk-*.npz"):
-            f.unlink()
-
-    def _path(self, i: int) -> Path:
-        return self.directory / f"chunk-{i:06d}.npz"
-
-    def has(self, i: int) -> bool:
-        return self._path(i).exists()
-
-    def done(self) -> list[int]:
-        return sorted(int(p.stem.split("-")[1]) for p in self.directory.glob("chunk-*.npz"))
-
-    def save(self, i: int, value: PyTree) -> None:
-        _serialize.save_tree(self._path(i), _serialize.to_host(value))
-
-    def load(self, i: int) -> PyTree:
-        return _serialize.load_tree(self._path(i))
-
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _strip_addresses(obj):
-    """JSON-able settings without memory addresses (``<function f at 0x7f..>`` differs in every
-    process, so a digest containing it would never match on resume)."""
-    if isinstance(obj, str):
-        return _ADDRESS.sub("", obj)
-    if isinstance(obj, dict):
-        return {k: _strip_addresses(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_strip_addresses(v) for v in obj]
-    return obj
-
-
-def _stable_repr(static) -> str:
-    """A description of a static (hashable) function part that is the same in every process."""
-    return _ADDRESS.sub("", repr(static))[:2000]
-
-
-def _diff(a: dict, b: dict) -> str:
-    keys = sorted(set(a) | set(b))
-    out = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
-    text = "; ".join(out)
-    return text if len(text) < 500 else text[:500] + "..."
-
-
-def as_iterable(x) -> Iterable:
-    return x if isinstance(x, (list, tuple)) else (x,)

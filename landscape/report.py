@@ -13,17 +13,16 @@ computes, on the exact full training set (and the test set where it applies):
   training on a fixed probe set, and their relative distance (how far training moved the
   network from the lazy regime).
 
-Each section's result is saved atomically as ``<run_dir>/report/<section>.npz`` as soon as it is
-computed, the summary ``report.json`` is rewritten after every section, and an existing
-section is loaded instead of recomputed (so an interrupted report resumes). The figure
+Each section's result is saved atomically in the report's :class:`landscape.Store`
+(``<run_dir>/report``, bound to a fingerprint of the trained parameters, data, sizes and seed)
+as soon as it is computed, the summary ``report.json`` is rewritten after every section, and an
+existing section is loaded instead of recomputed (so an interrupted report resumes). The figure
 ``report.png`` comes last. The report lives at the top floor of the architecture: it uses the
 public functions of every analysis and of ``ntk``.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from landscape import _provenance, _serialize
+from landscape import store as _store
 from landscape import validate as _validate
 
 __all__ = ["ReportSizes", "analysis_report"]
@@ -42,7 +42,7 @@ class ReportSizes:
     """Sizes of the report's computations (``quick`` shrinks every one for tests)."""
 
     k: int = 5
-    trace_hvps: int = 60
+    max_hvps: int = 60
     density_probes: int = 5
     density_steps: int = 60
     slice_points: int = 41
@@ -54,7 +54,7 @@ class ReportSizes:
     def quick(cls) -> ReportSizes:
         return cls(
             k=2,
-            trace_hvps=10,
+            max_hvps=10,
             density_probes=1,
             density_steps=12,
             slice_points=9,
@@ -68,58 +68,36 @@ def _write_json(path: Path, obj: Any) -> None:
     _serialize.save_json(path, obj)
 
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 """Bumped when a section's meaning changes: sections of another version are recomputed."""
 
-SECTIONS = ("eigenvalues", "trace", "density", "slice", "interpolation", "profile_linear",
-            "profile_aligned")
-"""Section files ``<name>.npz`` in the report directory (plus ``ntk.npz`` and ``other_run/``)."""
 
-
-def _own_entries(root: Path) -> list[Path]:
-    names = {f"{n}.npz" for n in SECTIONS} | {"ntk.npz", "other_run", "fingerprint.json"}
-    return [p for p in root.iterdir() if p.name in names or p.name.startswith(".other_run.")]
-
-
-def _claim(root: Path, fingerprint: dict, log) -> None:
-    """Make ``root`` hold sections of this report only.
+def _open_store(root: Path, fingerprint: dict, log) -> _store.Store:
+    """The report's store in ``root``, bound to ``fingerprint``.
 
     Sections saved by an earlier report of the same trained parameters, data, state, sizes, seed
-    and report version are reused (the report resumes); the report's own files from a different
-    run (the demo overwrites its run directory) are removed. Nothing else is ever deleted: a
-    non-empty directory without the report's fingerprint is refused.
+    and report version are reused (the report resumes); the report's own entries from a
+    different run (the demo overwrites its run directory) are replaced. Nothing else is ever
+    deleted: a non-empty directory that no store wrote is refused.
     """
-    path = root / "fingerprint.json"
-    fingerprint = _serialize.to_jsonable(fingerprint)
-    if root.exists() and not path.exists() and any(root.iterdir()):
-        raise ValueError(
-            f"{_validate.where()}: {root} exists and was not written by landscape.report (no fingerprint.json); "
-            "choose another run_dir or move that directory away. Nothing was deleted."
-        )
-    if path.exists():
-        if _serialize.load_json(path) == fingerprint:
-            return
-        log(f"  (replacing the previous report in {root}: it belongs to other parameters or settings)")
-        for entry in _own_entries(root):
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    root.mkdir(parents=True, exist_ok=True)
-    _serialize.save_json(path, fingerprint)
+    store = _store.Store(root, overwrite=True)
+    manifest = root / _store.MANIFEST
+    if manifest.exists():
+        old = _serialize.load_json(manifest).get("meta", {})
+        new = _serialize.to_jsonable({"store_version": _store.STORE_VERSION, **fingerprint})
+        if old != new:
+            log(f"  (replacing the previous report in {root}: it belongs to other parameters or "
+                "settings)")
+    return store.bind(fingerprint)
 
 
-def _section(root: Path, name: str, compute, cls):
-    """Load ``root/name.npz`` if a previous report saved it, else compute and save it atomically.
-
-    Files are only ever complete (``Result.save`` writes a temporary file and renames it), so a
-    file that exists is a finished section.
-    """
-    path = root / f"{name}.npz"
-    if path.exists():
-        return cls.load(path), True
+def _section(store: _store.Store, name: str, compute, cls):
+    """Load the entry ``name`` if a previous report saved it, else compute and save it
+    atomically (an entry that exists is a finished section)."""
+    if store.has(name):
+        return store.load(name, cls), True
     res = compute()
-    res.save(path)
+    store.save(name, res)
     return res, False
 
 
@@ -167,12 +145,7 @@ def analysis_report(
       The summary dict written to ``report.json`` (scalars per section, timings, whether a
       section was loaded from a previous report).
     """
-    import jax
 
-    import landscape
-    import ntk
-    from landscape import connect, hessian, surface
-    from landscape import validate as _validate
     from landscape._model import Model
 
     if not isinstance(getattr(result, "model", None), Model):
@@ -184,7 +157,7 @@ def analysis_report(
     sizes = ReportSizes() if sizes is None else sizes
     if not isinstance(sizes, ReportSizes):
         raise TypeError(f"{_validate.where()}: sizes must be a ReportSizes; got {type(sizes).__name__}.")
-    minimum = {"trace_hvps": 3, "slice_points": 3, "interp_points": 5, "profile_points": 3,
+    minimum = {"max_hvps": 3, "slice_points": 3, "interp_points": 5, "profile_points": 3,
                "density_steps": 2}
     for name, value in sizes.__dict__.items():
         _validate.check_positive_int(value, name=f"sizes.{name}")
@@ -201,7 +174,8 @@ def analysis_report(
     root = run_dir / "report"
     model = result.model
     log("\nreport (exact full-data quantities; training set unless marked test)")
-    _claim(root, {
+    store = _open_store(root, {
+        "job": "landscape.report.analysis_report",
         "version": REPORT_VERSION,
         "params": _provenance.data_hash(model.params),
         "state": _provenance.data_hash(model.state),
@@ -212,6 +186,19 @@ def analysis_report(
         "sizes": sizes.__dict__,
         "seed": seed,
     }, log)
+    with _validate.boundary(None):  # the analyses below are called as a user would: they name errors
+        return _sections(store, run_dir, result, data, init_params=init_params,
+                         train_other=train_other, sizes=sizes, seed=seed, figure=figure, log=log)
+
+
+def _sections(store, run_dir, result, data, *, init_params, train_other, sizes, seed, figure, log):
+    import jax
+
+    import landscape
+    import ntk
+    from landscape import connect, hessian, surface
+
+    model = result.model
     loss_fn = landscape.make_loss_fn(model)
     train, test = data.train, data.test
     key = jax.random.key(seed)
@@ -232,7 +219,7 @@ def analysis_report(
     # -- curvature -------------------------------------------------------------------------------
     t0 = time.perf_counter()
     eig, loaded = _section(
-        root, "eigenvalues",
+        store, "eigenvalues",
         lambda: hessian.eigenvalues(loss_fn, model.params, train, k=sizes.k, key=k_eig),
         hessian.EigenResult,
     )
@@ -241,15 +228,15 @@ def analysis_report(
          products=int(eig.num_hvps))
     t0 = time.perf_counter()
     tr, loaded = _section(
-        root, "trace",
-        lambda: hessian.trace(loss_fn, model.params, train, key=k_tr, max_hvps=sizes.trace_hvps),
+        store, "trace",
+        lambda: hessian.trace(loss_fn, model.params, train, key=k_tr, max_hvps=sizes.max_hvps),
         hessian.TraceResult,
     )
     done("trace", tr, loaded, t0, trace=float(f"{float(tr.estimate):.5g}"),
          std_error=float(f"{float(tr.std_error):.2g}"), products=int(tr.num_hvps))
     t0 = time.perf_counter()
     dens, loaded = _section(
-        root, "density",
+        store, "density",
         lambda: hessian.spectral_density(loss_fn, model.params, train, key=k_dens,
                                          num_probes=sizes.density_probes,
                                          num_steps=sizes.density_steps),
@@ -265,7 +252,7 @@ def analysis_report(
     (direction,) = surface.random_directions(k_dir, model.params, 1)
     alphas = np.linspace(-1.0, 1.0, 2 * (sizes.slice_points // 2) + 1)  # odd: 0 is a point
     line, loaded = _section(
-        root, "slice",
+        store, "slice",
         lambda: surface.slice_1d(loss_fn, model.params, train, direction, alphas=alphas,
                                  test_data=test),
         surface.SliceResult,
@@ -277,7 +264,7 @@ def analysis_report(
     # 4m + 1 points on [-0.5, 1.5]: t = 0 and t = 1 are grid points
     ts = np.linspace(-0.5, 1.5, 4 * max(1, (sizes.interp_points - 1) // 4) + 1)
     interp, loaded = _section(
-        root, "interpolation",
+        store, "interpolation",
         lambda: surface.interpolate(loss_fn, init_params, model.params, train, ts=ts,
                                     test_data=test),
         surface.SliceResult,
@@ -290,28 +277,23 @@ def analysis_report(
 
     # -- connectivity ----------------------------------------------------------------------------
     t0 = time.perf_counter()
-    other_path = root / "other_run"
-    if other_path.is_dir():  # complete: written to a temporary directory and renamed
-        other_model = landscape.load_run(other_path, model=model).model
+    if store.has_dir("other_run"):  # complete: written to a temporary directory and renamed
+        other_model = landscape.load_run(store.path / "other_run", model=model).model
     else:
         if not callable(train_other):
-            raise TypeError(f"{_validate.where()}: train_other must be a function seed -> TrainResult (the "
+            raise TypeError("landscape.report.analysis_report: train_other must be a function seed -> TrainResult (the "
                             f"second network of the connectivity section); got {train_other!r}.")
         other = train_other(seed + 1)
-        tmp = root / f".other_run.{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        landscape.save_run(tmp, other)
-        os.replace(tmp, other_path)
+        store.save_dir("other_run", lambda tmp: landscape.save_run(tmp, other))
         other_model = other.model
     a, b = model.params, other_model.params
     aligned_b = connect.align(model, a, b).params
     prof, loaded_all = {}, True
     for name, pb in (("linear", b), ("aligned", aligned_b)):
         prof[name], loaded = _section(
-            root, f"profile_{name}",
+            store, f"profile_{name}",
             lambda pb=pb: connect.profile(loss_fn, connect.linear_path(a, pb), train,
-                                          ts=sizes.profile_points, test_data=test),
+                                          num_ts=sizes.profile_points, test_data=test),
             connect.Profile,
         )
         loaded_all &= loaded
@@ -325,16 +307,14 @@ def analysis_report(
     # -- tangent kernel --------------------------------------------------------------------------
     t0 = time.perf_counter()
     x = np.asarray(test["x"][: sizes.ntk_examples])
-    kpath = root / "ntk.npz"
-    if kpath.exists():
-        with np.load(kpath) as z:
-            k0, k1 = z["k0"], z["k1"]
+    if store.has("ntk"):
+        saved = store.load("ntk")
+        k0, k1 = np.asarray(saved["k0"]), np.asarray(saved["k1"])
         loaded = True
     else:
         k0 = np.asarray(ntk.empirical_ntk(model.replace(params=init_params), x))
         k1 = np.asarray(ntk.empirical_ntk(model, x))
-        with _serialize.atomic_path(kpath) as f:
-            np.savez(f, k0=k0, k1=k1)
+        store.save("ntk", {"k0": k0, "k1": k1})
         loaded = False
     out["ntk"] = (k0, k1)
     done("ntk", (k0, k1), loaded, t0, examples=int(x.shape[0]),

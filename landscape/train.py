@@ -237,7 +237,7 @@ def _train_loss(loss_fn, params, state, batch):
 
 
 def _finite(tree):
-    return engine._all_finite(tree)
+    return engine.all_finite(tree)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_static", "opt"), donate_argnums=(2, 3, 4))
@@ -597,4 +597,4 @@ def train(
 
 def _evaluate(loss_fn, params, batched):
     # the loss's state is a dynamic leaf: a new state reuses the compiled program
-    return engine.mean(jax.tree_util.Partial(engine._loss_dict, loss_fn), params, batched)
+    return engine.mean(jax.tree_util.Partial(engine.loss_dict, loss_fn), params, batched)

@@ -143,7 +143,7 @@ def kernel(
       x1: inputs ``(n1, features)`` or NHWC images ``(n1, H, W, C)``.
       x2: second inputs (same example shape) or ``None`` for ``K(x1, x1)``.
       block_size: rows (and columns) per block; default: the largest within 256 MiB.
-      store: a directory (or :class:`landscape.engine.ChunkStore`): finished blocks are saved
+      store: a directory (or :class:`landscape.Store`): finished blocks are saved
         atomically and skipped when the same call is repeated after an interruption.
       progress: show a progress bar over waves of blocks.
 

@@ -6,8 +6,9 @@ one is filled by symmetry). Blocks are evaluated in waves of one block per devic
 inputs of a wave are sharded over a 1-D mesh of ``jax.devices()`` (``jax.shard_map``), every
 device computes its block, nothing is communicated. One compiled program serves every wave
 (the last rows and columns are padded by repeating the last example; padded entries are
-discarded). Finished blocks can be saved atomically in a :class:`landscape.engine.ChunkStore`
-and are skipped when the job is restarted.
+discarded). The loop over waves is the foundation's chunk driver
+(:func:`landscape.store.run_chunks`): finished blocks are saved atomically in a
+:class:`landscape.Store` and loaded when the job is restarted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import functools
 import math
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from landscape import engine
+from landscape import store as _store
 from landscape import validate as _validate
 
 BLOCK_BUDGET_BYTES = 256 * 2**20
@@ -155,7 +156,8 @@ def blocked(
 
     ``block_fn`` is a static argument of the compiled wave (hashable; reuse the same object);
     ``args`` are its dynamic arguments (parameters). ``store`` is a directory or a
-    :class:`landscape.engine.ChunkStore`; one chunk per block pair.
+    :class:`landscape.Store` (bound to ``store_meta`` and the blocking); one entry per block
+    pair.
     """
     sym = x2 is None
     x1 = np.asarray(x1)
@@ -174,10 +176,10 @@ def blocked(
     else:
         groups = [([(i, j) for i in range(nb1) for j in range(nb2)], False)]
 
-    if store is not None and not isinstance(store, engine.ChunkStore):
+    if store is not None:
         meta = dict(store_meta or {})
         meta.update(n1=n1, n2=n2, symmetric=sym, block_rows=b1, block_cols=b2)
-        store = engine.ChunkStore(Path(store), meta)
+        store = _store.as_store(store, meta)
 
     fs, fd = engine.split_fn(block_fn)
     ndev = jax.device_count()
@@ -200,47 +202,40 @@ def blocked(
             if sym and i != j:
                 o[j * b1 : (j + 1) * b1, i * b1 : (i + 1) * b1] = transpose(blk)
 
-    def cid(i, j):
-        return i * nb2 + j
-
-    todo_waves = []
+    pair_of, same_of, order = {}, {}, []
     for pairs, same in groups:
-        pending = []
         for i, j in pairs:
-            if store is not None and store.has(cid(i, j)):
-                put(i, j, jax.tree.leaves(store.load(cid(i, j))))
-            else:
-                pending.append((i, j))
-        for k in range(0, len(pending), ndev):
-            todo_waves.append((pending[k : k + ndev], same))
+            c = i * nb2 + j
+            pair_of[c], same_of[c] = (i, j), same
+            order.append(c)
 
-    bar = None
-    if progress and todo_waves:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo_waves), desc=_validate.where('ntk'), unit="wave")
-    try:
-        for wave, same in todo_waves:
-            padded = wave + [wave[-1]] * (ndev - len(wave))
+    def wave(ids):
+        """One compiled call per group of blocks of one kind (at most one block per device)."""
+        out = {}
+        for same in (True, False):
+            part = [c for c in ids if same_of[c] == same]
+            if not part:
+                continue
+            pairs = [pair_of[c] for c in part]
+            padded = pairs + [pairs[-1]] * (ndev - len(pairs))
             u = np.stack([x1p[i * b1 : (i + 1) * b1] for i, _ in padded])
             v = u if same else np.stack([x2p[j * b2 : (j + 1) * b2] for _, j in padded])
             if sharded:
-                u = engine._place(u, in_sh)
-                v = u if same else engine._place(v, in_sh)
+                u = engine.place(u, in_sh)
+                v = u if same else engine.place(v, in_sh)
             else:
                 u = jnp.asarray(u)
                 v = u if same else jnp.asarray(v)
-            res = _wave(fs, fd, args, u, v, same, sharded)
-            res = [np.asarray(r) for r in jax.tree.leaves(res)]
-            for k, (i, j) in enumerate(wave):
-                leaves = [r[k] for r in res]
-                put(i, j, leaves)
-                if store is not None:
-                    store.save(cid(i, j), jax.tree.unflatten(treedef, leaves))
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            res = [np.asarray(r) for r in jax.tree.leaves(_wave(fs, fd, args, u, v, same, sharded))]
+            for k, c in enumerate(part):
+                out[c] = jax.tree.unflatten(treedef, [r[k] for r in res])
+        return [out[c] for c in ids]
+
+    blocks = _store.run_chunks(
+        wave, order, store=store, group=ndev, progress=progress,
+        desc=_validate.where("ntk"), unit="block",
+    )
+    for c, blk in zip(order, blocks):
+        put(*pair_of[c], jax.tree.leaves(blk))
     outs = [o[:n1, :n2] for o in outs]
     return jax.tree.unflatten(treedef, outs)

@@ -531,7 +531,7 @@ def empirical_ntk(
         ``(n1, n2)``, comparable with the analytic per-output NTK (neural-tangents'
         ``trace_axes=(-1,)``); ``False``: the full ``(n1, n2, O, O)`` kernel.
       block_size: examples per block (default: the largest within a 1 GiB budget).
-      store: directory or :class:`landscape.engine.ChunkStore` for resumable blocks.
+      store: directory or :class:`landscape.Store` for resumable blocks.
       progress: progress bar over waves of blocks.
 
     Returns:

@@ -106,7 +106,7 @@ def test_nonfinite_batches_are_named():
     x[13] = -5.0  # log of a negative number inside batch 1 (examples 10..19)
     with pytest.raises(FloatingPointError, match="batch 1 \\(examples 10..19\\)"):
         engine.mean(
-            Partial(engine._loss_dict, loss_fn), params, {"x": x}, batch_size=10, check_finite=True
+            Partial(engine.loss_dict, loss_fn), params, {"x": x}, batch_size=10, check_finite=True
         )
 
 

@@ -33,7 +33,7 @@ def main(repeats: int = 100):
         "plain jit value_and_grad": lambda: plain_grad(p, dd),
     }
     for bs in (1797, 512, 128):
-        loss_mean = engine.make_mean_fn(Partial(engine._loss_dict, lf), data, batch_size=bs)
+        loss_mean = engine.make_mean_fn(Partial(engine.loss_dict, lf), data, batch_size=bs)
         grad_mean = engine.make_mean_fn(Partial(engine._value_and_grad, lf), data, batch_size=bs)
         fns[f"engine loss+acc, batch {bs}"] = lambda f=loss_mean: f(p)
         fns[f"engine value_and_grad, batch {bs}"] = lambda f=grad_mean: f(p)

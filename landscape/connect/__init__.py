@@ -1,11 +1,12 @@
 """Mode connectivity: paths between trained solutions, barriers, curves, alignment, planes.
 
-* Paths (:func:`linear_path`, :func:`bezier`, :func:`polychain`): pytrees whose control points
-  are one parameter pytree with a leading axis; ``path(t)`` works inside compiled code, so a
-  path is a ``point_fn`` of the engine.
-* :func:`profile`: loss and metrics along a path over whole data sets (the engine's
-  many-point evaluation; 61 points by default, refined around the maximum), with batch-norm
-  policies; :func:`barrier`: every barrier convention, labelled.
+* Paths (:func:`linear_path`, :func:`bezier`, :func:`polychain`, re-exported from the
+  foundation's :mod:`landscape.paths`): pytrees whose control points are one parameter pytree
+  with a leading axis; ``path(t)`` works inside compiled code.
+* :func:`profile`: loss and metrics along a path over whole data sets (the foundation's grid
+  evaluator, :mod:`landscape.grid`; 61 points by default, refined around the maximum), with
+  the grid's batch-norm policies (default ``"auto"``: re-estimated for batch-norm models);
+  :func:`barrier`: every barrier convention, labelled.
 * :func:`fit_curve`: Garipov et al.'s curve finding (Bezier or PolyChain) with Optax.
 * :func:`align`: permutation alignment (weight or activation matching) with permutation groups
   derived by tracing the model (:func:`permutation_spec`).
@@ -14,16 +15,9 @@
 
 from landscape.connect._align import Alignment as Alignment
 from landscape.connect._align import align as align
-from landscape.connect._bn import BN_POLICIES as BN_POLICIES
-from landscape.connect._bn import reestimate_bn as reestimate_bn
 from landscape.connect._fit import CurveResult as CurveResult
 from landscape.connect._fit import CurveTrainingError as CurveTrainingError
 from landscape.connect._fit import fit_curve as fit_curve
-from landscape.connect._paths import PATH_KINDS as PATH_KINDS
-from landscape.connect._paths import Path as Path
-from landscape.connect._paths import bezier as bezier
-from landscape.connect._paths import linear_path as linear_path
-from landscape.connect._paths import polychain as polychain
 from landscape.connect._plane import PlaneResult as PlaneResult
 from landscape.connect._plane import curve_plane as curve_plane
 from landscape.connect._profile import CONVENTIONS as CONVENTIONS
@@ -34,9 +28,13 @@ from landscape.connect._profile import profile as profile
 from landscape.connect._trace import PermutationSpec as PermutationSpec
 from landscape.connect._trace import permutation_spec as permutation_spec
 from landscape.connect._trace import permute as permute
+from landscape.paths import PATH_KINDS as PATH_KINDS
+from landscape.paths import Path as Path
+from landscape.paths import bezier as bezier
+from landscape.paths import linear_path as linear_path
+from landscape.paths import polychain as polychain
 
 __all__ = [
-    "BN_POLICIES",
     "CONVENTIONS",
     "PATH_KINDS",
     "Alignment",
@@ -57,5 +55,4 @@ __all__ = [
     "permute",
     "polychain",
     "profile",
-    "reestimate_bn",
 ]

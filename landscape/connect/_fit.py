@@ -4,11 +4,8 @@ that the expected loss along the curve is low, with the endpoints fixed."""
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import time
-from pathlib import Path as _FsPath
 from typing import Any
 
 import jax
@@ -18,19 +15,21 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from landscape import _provenance, _serialize, engine
+from landscape import _provenance, engine
+from landscape import store as _store
 from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._result import Result, result, static_field
-from landscape.connect._common import as_loss, check_loss
-from landscape.connect._paths import Path, _as_bends
+from landscape.connect._common import as_loss
 from landscape.losses import Loss
+from landscape.paths import Path, as_bends
 
 PyTree = Any
 
 CURVE_KINDS = ("bezier", "polychain")
 T_SAMPLING = ("stratified", "uniform")
-CHECKPOINT_FILE = "curve.npz"
+CHECKPOINT_ENTRY = "curve"
+"""The store entry holding the bends, optimiser state, step and history."""
 
 __all__ = ["CURVE_KINDS", "CurveResult", "CurveTrainingError", "fit_curve"]
 
@@ -108,22 +107,22 @@ def _controls(ends, bends):
     )
 
 
-def sample_ts(key, num_t: int, t_sampling: str, dtype):
-    """``num_t`` values of ``t``: i.i.d. uniform, or one uniform draw per stratum
-    ``[j / num_t, (j + 1) / num_t)`` (unbiased for ``E_t``, lower variance)."""
-    u = jax.random.uniform(key, (num_t,), dtype)
+def sample_ts(key, num_ts: int, t_sampling: str, dtype):
+    """``num_ts`` values of ``t``: i.i.d. uniform, or one uniform draw per stratum
+    ``[j / num_ts, (j + 1) / num_ts)`` (unbiased for ``E_t``, lower variance)."""
+    u = jax.random.uniform(key, (num_ts,), dtype)
     if t_sampling == "uniform":
         return u
-    return (jnp.arange(num_t, dtype=dtype) + u) / num_t
+    return (jnp.arange(num_ts, dtype=dtype) + u) / num_ts
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("loss_static", "opt", "kind", "num_t", "t_sampling", "shard_t"),
+    static_argnames=("loss_static", "opt", "kind", "num_ts", "t_sampling", "shard_t"),
     donate_argnums=(2, 3),
 )
 def _curve_block(loss_static, loss_dyn, bends, opt_state, ends, data, idx, key, step0, wd,
-                 opt, kind, num_t, t_sampling, shard_t):
+                 opt, kind, num_ts, t_sampling, shard_t):
     loss_fn = engine.merge_fn(loss_static, loss_dyn)
     dtype = _tree.dtype_of(bends)
 
@@ -142,11 +141,11 @@ def _curve_block(loss_static, loss_dyn, bends, opt_state, ends, data, idx, key, 
         bs, o, bad = carry
         i, ix = inp
         batch = jax.tree.map(lambda x: jnp.take(x, ix, axis=0), data)
-        ts = sample_ts(jax.random.fold_in(key, step0 + i), num_t, t_sampling, dtype)
+        ts = sample_ts(jax.random.fold_in(key, step0 + i), num_ts, t_sampling, dtype)
         if shard_t:
             ts = jax.lax.with_sharding_constraint(ts, NamedSharding(engine.mesh(), P(engine.DATA_AXIS)))
         val, g = jax.value_and_grad(objective)(bs, batch, ts)
-        ok = jnp.isfinite(val) & engine._all_finite(g)
+        ok = jnp.isfinite(val) & engine.all_finite(g)
         upd, no = opt.update(g, o, bs)
         nb = optax.apply_updates(bs, upd)
         keep = ok & (bad < 0)
@@ -181,8 +180,15 @@ def _block_length(num_steps: int, every: int | None, cap: int) -> int:
     return 1
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(_serialize.to_jsonable(obj), sort_keys=True).encode()).hexdigest()[:16]
+def key_words(key) -> list[int]:
+    """The words of a PRNG key's data with leading zeros removed (at least one word): the
+    entropy of NumPy generators derived from a JAX key. For ``jax.random.key(s)`` with
+    ``s < 2**32`` this is ``[s]``, so ``default_rng([*key_words(key), e])`` is
+    ``default_rng([s, e])``."""
+    words = [int(w) for w in np.asarray(jax.random.key_data(key)).ravel()]
+    while len(words) > 1 and words[0] == 0:
+        words = words[1:]
+    return words
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,93 +199,89 @@ def fit_curve(
     params_b: PyTree,
     data: dict,
     *,
+    key,
     kind: str = "bezier",
     num_bends: int = 1,
     optimizer: optax.GradientTransformation | None = None,
-    num_steps: int | None = None,
+    num_steps: int = 1000,
     batch_size: int = 128,
-    num_t: int = 4,
+    num_ts: int = 4,
     t_sampling: str = "stratified",
     weight_decay: float = 0.0,
     init: PyTree | None = None,
-    seed: int = 0,
-    checkpoint_dir=None,
+    store=None,
     checkpoint_every: int | None = None,
-    overwrite: bool = False,
     progress: bool = True,
     max_block: int = 50,
-    steps: int | None = None,
 ) -> CurveResult:
     """Train a curve between two solutions (Garipov et al. 2018).
 
     Minimises ``E_{t ~ U[0, 1]} [L(phi(t)) + (weight_decay / 2) ||phi(t)||^2]`` over the bends
-    of the curve ``phi`` with the endpoints fixed. Each step draws ``num_t`` values of ``t``
+    of the curve ``phi`` with the endpoints fixed. Each step draws ``num_ts`` values of ``t``
     (stratified by default) and evaluates them on the same mini-batch, vectorised with
     ``vmap`` (Garipov et al. draw one ``t`` per mini-batch; more values cut the gradient's
     variance at the same number of steps). Batch-norm models are trained in training mode
     (batch statistics at each curve point); evaluate them with ``profile(...,
     bn="reestimate")``.
 
-    Steps run in compiled blocks (``lax.scan``; one compilation); the mini-batch order comes
-    from ``numpy.random.default_rng([seed, epoch])`` and the values of ``t`` from
-    ``jax.random.fold_in(key(seed), step)``, so a run resumed from a checkpoint continues
-    exactly as if it had not stopped. With several devices and ``num_t`` a multiple of their
-    count, the values of ``t`` are sharded across devices.
+    Steps run in compiled blocks (``lax.scan``; one compilation); the values of ``t`` come from
+    ``jax.random.fold_in(key, step)`` and the mini-batch order from NumPy's ``default_rng``
+    seeded with the key's data and the epoch (for ``key = jax.random.key(s)``:
+    ``default_rng([s, epoch])``), so a run resumed from its store continues exactly as if it
+    had not stopped. With several devices and ``num_ts`` a multiple of their count, the values
+    of ``t`` are sharded across devices.
 
     Args:
       model_or_loss: a :class:`landscape.Model` (cross-entropy), a :class:`landscape.Loss`, or
         a ``loss_fn(params, batch)``.
       params_a, params_b: the endpoints (fixed).
       data: training data ``{"x", "y"}`` (kept on the device).
+      key: a JAX PRNG key (required): the values of ``t`` and the mini-batch order.
       kind: ``"bezier"`` or ``"polychain"``.
       num_bends: number of bends (Garipov et al.: 1, i.e. ``num_bends=3`` control points in
         their code).
       optimizer: an Optax transformation (default ``optax.adam(1e-3)``); any schedule inside
         it counts steps from 0 of this run's first call.
       num_steps: total steps (a resumed run continues up to this count); default 1000.
-      steps: the issue's name for ``num_steps`` (an alias; give one of the two).
       batch_size: examples per step.
-      num_t: values of ``t`` per step.
+      num_ts: values of ``t`` per step.
       t_sampling: ``"stratified"`` or ``"uniform"`` (i.i.d., as Garipov et al.).
       weight_decay: L2 coefficient applied at the curve point.
       init: the starting bends (one bend shaped like the parameters, or stacked on a leading
         axis); default: evenly spaced on the segment ``a -> b`` (the curve starts as the
         straight line, exactly, for both kinds).
-      seed: seeds the mini-batch order and the values of ``t``.
-      checkpoint_dir: write ``curve.npz`` there every ``checkpoint_every`` steps (atomically)
-        and resume from it when called again with the same settings.
-      checkpoint_every: steps between checkpoints (default: about 10 per run).
-      overwrite: replace a checkpoint of different settings instead of raising.
+      store: a directory (or :class:`landscape.Store`): the bends, optimiser state, step and
+        history are saved atomically every ``checkpoint_every`` steps (entry ``curve``) and a
+        call with the same settings resumes from them; a store of other settings raises
+        ``ValueError`` listing the differences (``landscape.Store(path, overwrite=True)``
+        replaces it).
+      checkpoint_every: steps between saves (default: about 10 per run).
       progress: tqdm progress bar.
       max_block: at most this many steps per compiled call.
 
     Returns:
-      :class:`CurveResult`; ``result.path`` is the trained :class:`Path`.
+      :class:`CurveResult`; ``result.path`` is the trained :class:`landscape.paths.Path`.
 
     Raises:
       CurveTrainingError: a non-finite loss or gradient; ``err.step`` names the step and
-        ``err.result`` keeps the last finite curve.
-      ValueError, TypeError: mismatched endpoints, bad data or settings, or a checkpoint of
-        different settings in ``checkpoint_dir``.
+        ``err.result`` keeps the last finite curve (also saved in the store).
+      ValueError, TypeError: mismatched endpoints, bad data or settings, a missing key, or a
+        store of different settings.
 
-    Cost: per step ``num_t`` forward and backward passes on one mini-batch; memory
-    ``num_t`` parameter copies plus their activations.
+    Cost: per step ``num_ts`` forward and backward passes on one mini-batch; memory
+    ``num_ts`` parameter copies plus their activations.
 
     References:
       Garipov, Izmailov, Podoprikhin, Vetrov and Wilson 2018, "Loss surfaces, mode
       connectivity, and fast ensembling of DNNs"; Draxler et al. 2018.
     """
     loss_fn = as_loss(model_or_loss)
+    key = _validate.check_key(key)
     _validate.check_choice(kind, CURVE_KINDS, name="kind")
     _validate.check_choice(t_sampling, T_SAMPLING, name="t_sampling")
     num_bends = _validate.check_positive_int(num_bends, name="num_bends")
-    if steps is not None:
-        if num_steps is not None and num_steps != steps:
-            raise ValueError(f"{_validate.where()}: steps={steps!r} and num_steps={num_steps!r} disagree; give one.")
-        num_steps = _validate.check_positive_int(steps, name="steps")
-    num_steps = _validate.check_positive_int(1000 if num_steps is None else num_steps,
-                                             name="num_steps")
-    num_t = _validate.check_positive_int(num_t, name="num_t")
+    num_steps = _validate.check_positive_int(num_steps, name="num_steps")
+    num_ts = _validate.check_positive_int(num_ts, name="num_ts")
     max_block = _validate.check_positive_int(max_block, name="max_block")
     weight_decay = _validate.check_finite_scalar(weight_decay, name="weight_decay")
     if weight_decay < 0:
@@ -290,7 +292,7 @@ def fit_curve(
                                    ref_name="params_a", check_dtypes=True)
     n = _validate.check_data(data)
     batch_size = _validate.check_batch_size(batch_size, n)
-    check_loss(loss_fn, params_a, data)
+    engine.check_loss(loss_fn, params_a, data)
     if optimizer is None:
         optimizer = optax.adam(1e-3)
     if not isinstance(optimizer, optax.GradientTransformation):
@@ -305,60 +307,48 @@ def fit_curve(
     if init is None:
         bends = initial_bends(a, b, num_bends)
     else:
-        bl = _as_bends(init, params_a, name="init")
+        bl = as_bends(init, params_a, name="init")
         if len(bl) != num_bends:
             raise ValueError(f"{_validate.where()}: init holds {len(bl)} bends but num_bends={num_bends}.")
         bends = _tree.stack([jax.tree.map(jnp.asarray, x) for x in bl])
 
+    words = key_words(key)
     config = {
-        "kind": kind, "num_bends": num_bends, "batch_size": batch_size, "num_t": num_t,
-        "t_sampling": t_sampling, "weight_decay": weight_decay, "seed": seed,
+        "kind": kind, "num_bends": num_bends, "batch_size": batch_size, "num_ts": num_ts,
+        "t_sampling": t_sampling, "weight_decay": weight_decay, "key": words,
         "endpoints": _provenance.data_hash({"a": params_a, "b": params_b}),
         "init": None if init is None else _provenance.data_hash(init),
         "data": _provenance.data_hash(data), "loss": repr(loss_fn)[:200],
+        "optimizer": _store.stable_text(optimizer)[:200],
     }
-    digest = _digest(config)
+    store = _store.as_store(store, {"job": _validate.where(), **config})
     opt_state = optimizer.init(bends)
     step = 0
     history: dict[str, list] = {"step": [], "batch_loss": []}
-    ckpt = None
-    if checkpoint_dir is not None:
-        ckpt = _FsPath(checkpoint_dir) / CHECKPOINT_FILE
-        if ckpt.exists():
-            saved, meta = _serialize.load_tree(ckpt, with_meta=True)
-            if meta.get("digest") != digest:
-                if not overwrite:
-                    old = meta.get("config", {})
-                    diff = {k: (old.get(k), config[k]) for k in config if old.get(k) != config[k]}
-                    raise ValueError(
-                        f"{_validate.where()}: {ckpt} holds a curve trained with other settings "
-                        f"(differences {diff}); use another checkpoint_dir or overwrite=True."
-                    )
-            else:
-                bends = jax.tree.map(jnp.asarray, saved["bends"])
-                leaves, treedef = jax.tree.flatten(opt_state)
-                opt_state = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in saved["opt_state"]])
-                step = int(saved["step"])
-                history = {k: list(np.asarray(v)) for k, v in saved["history"].items()}
+    if store is not None and store.has(CHECKPOINT_ENTRY):
+        saved = store.load(CHECKPOINT_ENTRY)
+        bends = jax.tree.map(jnp.asarray, saved["bends"])
+        _, treedef = jax.tree.flatten(opt_state)
+        opt_state = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in saved["opt_state"]])
+        step = int(saved["step"])
+        history = {k: list(np.asarray(v)) for k, v in saved["history"].items()}
 
     def make_result(bs, elapsed):
         hist = {k: np.asarray(v) for k, v in history.items()}
-        prov = _provenance.provenance(dtype=dtype, seeds={"seed": seed}, data=config["data"],
+        prov = _provenance.provenance(dtype=dtype, seeds={"key": words}, data=config["data"],
                                       settings=config)
         return CurveResult(
             controls=_controls((a, b), bs), history=hist, kind=kind, num_steps=step,
-            config={**config, "num_steps": num_steps, "optimizer": repr(optimizer)[:200]},
-            provenance=prov, elapsed=elapsed,
+            config={**config, "num_steps": num_steps}, provenance=prov, elapsed=elapsed,
         )
 
     def save(bs, o):
-        if ckpt is None:
+        if store is None:
             return
-        _serialize.save_tree(
-            ckpt,
+        store.save(
+            CHECKPOINT_ENTRY,
             {"bends": jax.tree.map(np.asarray, bs), "opt_state": [np.asarray(x) for x in jax.tree.leaves(o)],
              "step": np.asarray(step), "history": {k: np.asarray(v) for k, v in history.items()}},
-            meta={"digest": digest, "config": config},
         )
 
     ddata = jax.tree.map(jnp.asarray, data)
@@ -370,7 +360,7 @@ def fit_curve(
         for s in range(start, start + count):
             e, r = divmod(s, steps_per_epoch)
             if e not in epochs:
-                order = np.random.default_rng([seed, e]).permutation(n)
+                order = np.random.default_rng([*words, e]).permutation(n)
                 epochs[e] = order[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
                 for old in [k for k in epochs if k < e - 1]:
                     del epochs[old]
@@ -378,9 +368,8 @@ def fit_curve(
         return np.stack(rows).astype(np.int32)
 
     ndev = jax.device_count()
-    shard_t = ndev > 1 and num_t % ndev == 0
+    shard_t = ndev > 1 and num_ts % ndev == 0
     loss_static, loss_dyn = engine.split_fn(loss_fn)
-    key = jax.random.key(seed)
     wd = jnp.asarray(weight_decay, dtype)
     block = _block_length(num_steps, checkpoint_every, max_block)
     t0 = time.perf_counter()
@@ -395,7 +384,7 @@ def fit_curve(
             idx = jnp.asarray(indices(step, count))
             bends, opt_state, bad, vals = _curve_block(
                 loss_static, loss_dyn, bends, opt_state, (a, b), ddata, idx, key,
-                jnp.asarray(step), wd, optimizer, kind, num_t, t_sampling, shard_t,
+                jnp.asarray(step), wd, optimizer, kind, num_ts, t_sampling, shard_t,
             )
             bad = int(bad)
             vals = np.asarray(vals)
@@ -407,7 +396,7 @@ def fit_curve(
                 # non-finite steps are not applied: bends/opt_state hold the last finite values
                 save(bends, opt_state)
                 res = make_result(bends, time.perf_counter() - t0)
-                where = f" (last finite curve saved to {ckpt})" if ckpt is not None else ""
+                where = f" (last finite curve saved in {store.path})" if store is not None else ""
                 raise CurveTrainingError(
                     f"{_validate.where()}: non-finite loss or gradient at step {bad} (batch loss "
                     f"{vals[good]}); training stopped and the curve after step {bad - 1} is kept "
@@ -423,6 +412,15 @@ def fit_curve(
                 bar.set_postfix(loss=f"{vals[-1]:.4f}")
             if step % checkpoint_every == 0 or step == num_steps:
                 save(bends, opt_state)
+    except KeyboardInterrupt:
+        if store is not None:  # the last save is consistent; the interrupted block is not saved
+            import sys
+
+            last = int(store.load(CHECKPOINT_ENTRY)["step"]) if store.has(CHECKPOINT_ENTRY) else 0
+            print(f"\nfit_curve: interrupted; the curve after step {last} is saved in "
+                  f"{store.path}. Call again with the same arguments and store to resume.",
+                  file=sys.stderr)
+        raise
     finally:
         if bar is not None:
             bar.close()

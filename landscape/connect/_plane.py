@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape import _provenance, engine
+from landscape import _provenance, grid
+from landscape import store as _store
 from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._result import Result, result, static_field
-from landscape.connect._common import as_loss, check_loss, check_ts
+from landscape.connect._common import as_loss
 from landscape.connect._fit import CurveResult
-from landscape.connect._paths import check_path
-from landscape.connect._profile import REFINE_POINTS, make_point, prepare_bn
+from landscape.connect._profile import REFINE_POINTS, _grid_ts
+from landscape.paths import check_path
 
 PyTree = Any
 
@@ -56,7 +56,7 @@ class PlaneResult(Result):
     curve_ts: Any
     curve_offset: Any
     kind: str = static_field(default="bezier")
-    bn: str = static_field(default="none")
+    bn: str = static_field(default="fixed")
     settings: dict = static_field(default_factory=dict)
     provenance: dict = static_field(default_factory=dict)
 
@@ -82,20 +82,6 @@ class PlaneResult(Result):
         )
 
 
-def _plane_base(c, w0, u, v):
-    return jax.tree.map(
-        lambda x, a, b: x + c[0].astype(x.dtype) * a + c[1].astype(x.dtype) * b, w0, u, v
-    )
-
-
-def _plane_alpha(c, w0, u, v, length):
-    return c[0] / length
-
-
-def _plane_base_l(c, w0, u, v, length):
-    return _plane_base(c, w0, u, v)
-
-
 @functools.partial(jax.jit)
 def _project(path, w0, u, v, ts):
     def one(t):
@@ -114,18 +100,16 @@ def curve_plane(
     data,
     *,
     through: PyTree | None = None,
-    resolution: int | tuple[int, int] = 21,
+    num_points: int | tuple[int, int] = 21,
     margin: float = 0.2,
     test_data=None,
-    curve_ts=61,
-    batch_size: int | None = None,
-    chunk_size: int | None = None,
+    curve_ts=None,
+    num_curve_ts: int | None = None,
     bn: str = "auto",
     bn_data=None,
     bn_states=None,
-    bn_batch_size: int | None = None,
-    progress: bool = False,
-    checkpoint_dir=None,
+    settings: grid.GridSettings | None = None,
+    store=None,
 ) -> PlaneResult:
     """Loss on the plane through a curve's endpoints and its bend, with the curve on it.
 
@@ -133,23 +117,24 @@ def curve_plane(
     of a one-bend curve, the curve's midpoint ``phi(0.5)`` when it has several bends, or any
     point you pass as ``through`` (e.g. a third trained network). The grid covers the three
     points with ``margin`` (a fraction of the plane's extent) on every side, Garipov et al.'s
-    21 x 21 grid with 0.2 margins by default, and is evaluated through the engine
-    (:func:`landscape.engine.evaluate_points`, exact over the data, with the same batch-norm
-    policies as :func:`profile`).
+    21 x 21 grid with 0.2 margins by default, and is evaluated by the grid evaluator
+    (:mod:`landscape.grid`: the affine family ``w_0 + x u + y v``, exact over the data, with the
+    same batch-norm policies as :func:`profile`).
 
     Args:
       loss_fn: ``loss_fn(params, batch)`` (a :class:`landscape.Loss` reports the error too; a
         :class:`landscape.Model` means ``make_loss_fn(model)``).
-      curve: a :class:`Path` (or :class:`CurveResult`); a linear path needs ``through``.
+      curve: a :class:`landscape.paths.Path` (or :class:`CurveResult`); a linear path needs
+        ``through``.
       data: training data.
       through: the third point (default: the bend, or ``phi(0.5)``).
-      resolution: grid points per axis (an int or ``(nx, ny)``).
+      num_points: grid points per axis (an int or ``(nx, ny)``).
       margin: extra extent on each side, as a fraction of the plane's width and height.
       test_data: also evaluated on the grid.
-      curve_ts: values of ``t`` at which the curve is projected on the plane.
-      batch_size, chunk_size, bn, bn_data, bn_states, bn_batch_size, progress,
-        checkpoint_dir: as :func:`profile` (with ``bn="interpolate"``, the weight of B's
-        statistics at ``(x, y)`` is ``x / |w_2 - w_0|``).
+      curve_ts, num_curve_ts: the values of ``t`` at which the curve is projected on the plane,
+        or how many equally spaced (default 61).
+      bn, bn_data, bn_states, settings, store: as :func:`profile` (default chunk size 32; with
+        ``bn="interpolate"``, the weight of B's statistics at ``(x, y)`` is ``x / |w_2 - w_0|``).
 
     Returns:
       :class:`PlaneResult`.
@@ -167,19 +152,21 @@ def curve_plane(
     if isinstance(curve, CurveResult):
         curve = curve.path
     curve = check_path(curve, name="curve")
-    if isinstance(resolution, (int, np.integer)) and not isinstance(resolution, bool):
-        nx = ny = _validate.check_positive_int(resolution, name="resolution")
+    if isinstance(num_points, (int, np.integer)) and not isinstance(num_points, bool):
+        nx = ny = _validate.check_positive_int(num_points, name="num_points")
     else:
         try:
-            nx, ny = (int(r) for r in resolution)
+            nx, ny = (int(r) for r in num_points)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"{_validate.where()}: resolution must be an int or (nx, ny); got {resolution!r}.") from e
+            raise TypeError(
+                f"{_validate.where()}: num_points must be an int or (nx, ny); got {num_points!r}."
+            ) from e
     if nx < 2 or ny < 2:
-        raise ValueError(f"{_validate.where()}: resolution must be >= 2 per axis; got {(nx, ny)}.")
+        raise ValueError(f"{_validate.where()}: num_points must be >= 2 per axis; got {(nx, ny)}.")
     margin = _validate.check_finite_scalar(margin, name="margin")
     if margin < 0:
         raise ValueError(f"{_validate.where()}: margin must be >= 0; got {margin}.")
-    cts = check_ts(curve_ts, name="curve_ts")
+    cts = _grid_ts(curve_ts, num_curve_ts)
     w0, w2 = curve.start, curve.end
     if through is not None:
         _validate.check_params(through, name="through")
@@ -204,8 +191,8 @@ def curve_plane(
     height = float(_tree.norm(r))
     if height <= 1e-7 * max(length, float(_tree.norm(d1))):
         raise ValueError(
-            f"{_validate.where()}: the third point ({third}) lies on the line through the endpoints, so the three "
-            "points span no plane."
+            f"{_validate.where()}: the third point ({third}) lies on the line through the endpoints, so the "
+            "three points span no plane."
         )
     v = _tree.scale(1.0 / height, r)
 
@@ -215,67 +202,45 @@ def curve_plane(
     ys = np.linspace(-margin * height, (1 + margin) * height, ny)
     dt = _tree.dtype_of(w0)
     coords = np.stack(np.meshgrid(xs, ys, indexing="ij"), axis=-1).reshape(-1, 2).astype(dt)
-
-    ndev = jax.device_count()
-    placement = "replicate" if ndev > 1 else "shard"
-    train_b = engine.batch(data, batch_size, placement=placement)
-    test_b = engine.batch(test_data, batch_size, placement=placement) if test_data is not None else None
-    check_loss(loss_fn, w0, train_b)
-    if test_b is not None:
-        check_loss(loss_fn, w0, test_b, name="test_data")
-    policy, bn_batched = prepare_bn(
-        bn, loss_fn, w0, data if bn_data is None else bn_data, bn_states=bn_states,
-        bn_batch_size=bn_batch_size,
+    family = grid.Affine(w0, (u, v), jnp.asarray(length, dt))
+    plan = grid.prepare(
+        loss_fn, family, data, test_data=test_data, bn=bn, bn_data=bn_data, bn_states=bn_states,
+        settings=settings, default_chunk=4 * REFINE_POINTS, fit_chunk=False, desc="curve_plane",
     )
-    if chunk_size is None:
-        chunk_size = 4 * REFINE_POINTS
-    chunk_size = _validate.check_positive_int(chunk_size, name="chunk_size")
-    chunk_size = int(math.ceil(chunk_size / ndev) * ndev)
-    base_args = (w0, u, v, jnp.asarray(length, dt))
-    evfn, point_fn, point_args = make_point(
-        policy, _plane_base_l, _plane_alpha, base_args, loss_fn, bn_states=bn_states,
-        bn_batched=bn_batched,
-    )
-
-    def run(batched, name):
-        store = None
-        if checkpoint_dir is not None:
-            from pathlib import Path as _FsPath
-
-            meta = {"what": "landscape.connect.curve_plane", "split": name, "xs": xs.tolist(),
-                    "ys": ys.tolist(), "path_hash": _provenance.data_hash(curve.controls),
-                    "third": third, "bn": policy, "chunk_size": chunk_size,
-                    "batch_size": batched.batch_size, "num_examples": batched.num_examples}
-            store = engine.ChunkStore(_FsPath(checkpoint_dir) / name, meta)
-        out = engine.evaluate_points(
-            evfn, point_fn, coords, batched, point_args=point_args, chunk_size=chunk_size,
-            store=store, progress=progress, desc=f"curve_plane ({name})",
+    policy = plan.settings["bn"]
+    meta = {"job": _validate.where(), "xs": xs.tolist(), "ys": ys.tolist(),
+            "path_hash": _provenance.data_hash(curve.controls), "third": third}
+    store = _store.as_store(store, meta)
+    values = plan.evaluate(coords, store=store, job=meta)
+    bad = values.first_nonfinite()
+    if bad is not None:
+        i, split, k = bad
+        vals = (values.train if split == "train" else values.test)[k]
+        raise FloatingPointError(
+            f"{_validate.where()}: non-finite {split} {k!r} at {int((~np.isfinite(vals)).sum())} "
+            f"of {vals.size} grid points (first at x={xs[i // ny]:.4g}, y={ys[i % ny]:.4g}); "
+            "reduce margin."
         )
-        out = {k: np.asarray(val).reshape(nx, ny) for k, val in out.items()}
-        for k, val in out.items():
-            bad = ~np.isfinite(val)
-            if bad.any():
-                i, j = np.argwhere(bad)[0]
-                raise FloatingPointError(
-                    f"{_validate.where()}: non-finite {name} {k!r} at {int(bad.sum())} of {val.size} grid points "
-                    f"(first at x={xs[i]:.4g}, y={ys[j]:.4g}); reduce margin."
-                )
-        return out
-
-    train = run(train_b, "train")
-    test = run(test_b, "test") if test_b is not None else None
+    train = {k: np.asarray(val).reshape(nx, ny) for k, val in values.train.items()}
+    test = None
+    if values.test is not None:
+        test = {k: np.asarray(val).reshape(nx, ny) for k, val in values.test.items()}
     proj = np.asarray(_project(curve, w0, u, v, jnp.asarray(cts, dt)), np.float64)
     points = np.array([[0.0, 0.0], [xb, height], [length, 0.0]])
-    settings = {
-        "resolution": [nx, ny], "margin": margin, "third": third, "bn": policy,
-        "length": length, "height": height, "batch_size": train_b.batch_size,
-        "chunk_size": chunk_size, "path_hash": _provenance.data_hash(curve.controls),
+    settings_out = {
+        "num_points": [nx, ny], "margin": margin, "third": third, "bn": policy,
+        "length": length, "height": height, "batch_size": plan.settings["batch_size"],
+        "chunk_size": plan.chunk_for(coords.shape[0]), "path_hash": meta["path_hash"],
     }
     prov = _provenance.provenance(
-        dtype=dt, data=_provenance.data_hash({"train": data, "test": test_data}), settings=settings
+        dtype=dt, data=_provenance.data_hash({"train": data, "test": test_data}),
+        settings=settings_out,
     )
-    return PlaneResult(
+    res = PlaneResult(
         alphas=xs, betas=ys, train=train, test=test, points=points, curve=proj[:, :2],
-        curve_ts=cts, curve_offset=proj[:, 2], kind=curve.kind, bn=policy, settings=settings,
-        provenance=prov,
+        curve_ts=cts, curve_offset=proj[:, 2], kind=curve.kind, bn=policy,
+        settings=settings_out, provenance=prov,
     )
+    if store is not None:
+        store.save("result", res)
+    return res

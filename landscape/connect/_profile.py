@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import math
-from pathlib import Path as _FsPath
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import Partial
 
-from landscape import _provenance, engine
-from landscape import batchnorm as _batchnorm
+from landscape import _provenance, engine, grid
+from landscape import store as _store
 from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._result import Result, result, static_field
-from landscape.connect import _bn
-from landscape.connect._common import as_loss, check_loss, check_ts, float_state
-from landscape.connect._paths import Path, check_path
-from landscape.losses import Loss
+from landscape.connect._common import as_loss, check_ts
+from landscape.paths import Path, check_path, path_distances
 
 PyTree = Any
 
@@ -56,8 +49,7 @@ class Profile(Result):
       distance: ``(n,)`` Euclidean length of the path from ``t = ts[0]`` to each ``t``,
         accumulated over the evaluated points (a polygonal approximation of arc length).
       kind, num_bends: the path's kind and number of bends.
-      bn: the batch-norm policy used (``"none"``, ``"fixed"``, ``"interpolate"``,
-        ``"reestimate"``).
+      bn: the batch-norm policy used (``"fixed"``, ``"interpolate"`` or ``"reestimate"``).
       settings, provenance: what produced it.
     """
 
@@ -68,7 +60,7 @@ class Profile(Result):
     distance: Any
     kind: str = static_field(default="linear")
     num_bends: int = static_field(default=0)
-    bn: str = static_field(default="none")
+    bn: str = static_field(default="fixed")
     settings: dict = static_field(default_factory=dict)
     provenance: dict = static_field(default_factory=dict)
 
@@ -119,7 +111,7 @@ class Barrier(Result):
     values: dict
     conventions: dict = static_field(default_factory=lambda: dict(CONVENTIONS))
     kind: str = static_field(default="linear")
-    bn: str = static_field(default="none")
+    bn: str = static_field(default="fixed")
     provenance: dict = static_field(default_factory=dict)
 
     def get(self, metric: str = "loss", split: str = "train", convention: str = "max_minus_mean"):
@@ -154,126 +146,6 @@ class Barrier(Result):
         return f"Barrier({self.kind}, bn={self.bn}; " + "; ".join(parts) + ")"
 
 
-# --------------------------------------------------------------------------------------------
-# Point functions (module level, so they hash stably: one compilation per shape). ``base``
-# builds the parameters from a coordinate (a path's t, a plane's (x, y)); ``alpha`` gives the
-# interpolation weight of endpoint B's statistics there.
-# --------------------------------------------------------------------------------------------
-def _state_loss_dict(loss_fn, point, batch):
-    params, state = point
-    return engine._loss_dict(loss_fn.with_state(state), params, batch)
-
-
-def _pt_plain(base, c, base_args):
-    return base(c, *base_args)
-
-
-def _pt_interp(base, alpha, c, base_args, state_a, state_b):
-    return base(c, *base_args), _batchnorm.interpolated_state(alpha(c, *base_args), state_a, state_b)
-
-
-def _pt_reestimate(base, c, base_args, loss_fn, bn):
-    form, bn_batched = bn
-    params = base(c, *base_args)
-    return params, _batchnorm.reestimated_state(loss_fn, form, params, bn_batched)
-
-
-def _path_base(t, path):
-    return path(t)
-
-
-def _path_alpha(t, path):
-    return t
-
-
-def prepare_bn(bn, loss_fn, params, bn_data, *, bn_states, bn_batch_size):
-    """Resolve the batch-norm policy; for ``"reestimate"`` lay out the re-estimation data and
-    probe the state's update form once. Returns ``(policy, (form, batched) or None)``."""
-    policy = resolve_bn(bn, loss_fn, bn_states=bn_states)
-    prepared = None
-    if policy == "reestimate":
-        if isinstance(bn_data, engine.Batched):
-            raise TypeError(f"{_validate.where()}: bn_data must be a dict of arrays (training data), not a Batched.")
-        bn_batched = _batchnorm.bn_batches(bn_data, bn_batch_size)
-        prepared = (_batchnorm.probe_state(loss_fn, params, bn_batched), bn_batched)
-    return policy, prepared
-
-
-def make_point(bn: str, base, alpha, base_args: tuple, loss_fn, *, bn_states=None, bn_batched=None):
-    """``(fn, point_fn, point_args)`` for :func:`landscape.engine.evaluate_points` under a
-    batch-norm policy; ``base(c, *base_args)`` builds the parameters at coordinate ``c``."""
-    if bn in ("none", "fixed"):
-        return Partial(engine._loss_dict, loss_fn), Partial(_pt_plain, base), (base_args,)
-    fn = Partial(_state_loss_dict, loss_fn)
-    if bn == "interpolate":
-        sa, sb = bn_states
-        return fn, Partial(_pt_interp, base, alpha), (base_args, sa, sb)
-    return fn, Partial(_pt_reestimate, base), (base_args, loss_fn, bn_batched)  # (form, batched)
-
-
-@jax.jit
-def _difference_gram(controls):
-    """``G[i, j] = <c_{i+1} - c_0, c_{j+1} - c_0>`` over all leaves (float32 leaves: HIGHEST
-    precision products)."""
-    g = None
-    for x in jax.tree.leaves(controls):
-        d = (x[1:] - x[:1]).reshape(x.shape[0] - 1, -1)
-        gi = jnp.matmul(d, d.T, precision=jax.lax.Precision.HIGHEST)
-        g = gi if g is None else g + gi
-    return g
-
-
-def path_distances(path: Path, ts: np.ndarray) -> np.ndarray:
-    """Cumulative Euclidean length of the polygon through ``path(ts)``.
-
-    ``phi(t) - phi(s) = sum_k (w_k(t) - w_k(s)) (c_k - c_0)`` (the weights sum to one), so every
-    segment length follows from the small Gram matrix of the control points' differences:
-    ``K^2`` inner products once, then host arithmetic in float64 for any number of points.
-    """
-    ts = np.asarray(ts, np.float64)
-    if ts.size < 2:
-        return np.zeros_like(ts)
-    G = np.asarray(_difference_gram(path.controls), np.float64)
-    W = np.asarray(jax.vmap(path.weights)(jnp.asarray(ts, _tree.dtype_of(path.controls))), np.float64)
-    dW = np.diff(W[:, 1:], axis=0)
-    seg = np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", dW, G, dW), 0.0))
-    return np.concatenate([[0.0], np.cumsum(seg)])
-
-
-# --------------------------------------------------------------------------------------------
-def resolve_bn(bn, loss_fn, *, bn_states) -> str:
-    _validate.check_choice(bn, _bn.BN_POLICIES, name="bn")
-    has_state = float_state(loss_fn)
-    if bn == "auto":
-        return "reestimate" if has_state else "none"
-    if bn == "none":
-        if has_state:
-            raise ValueError(
-                f"{_validate.where()}: bn='none' but the model has batch-norm state; choose 'reestimate' "
-                "(Garipov et al.), 'interpolate' or 'fixed'."
-            )
-        return "none"
-    if bn in ("reestimate", "interpolate") and not isinstance(loss_fn, Loss):
-        raise TypeError(
-            f"{_validate.where()}: bn={bn!r} needs the model triple: pass a landscape.Loss "
-            f"(landscape.make_loss_fn(model)) rather than a plain function; got "
-            f"{type(loss_fn).__name__}."
-        )
-    if bn in ("reestimate", "interpolate") and not has_state:
-        raise ValueError(f"{_validate.where()}: bn={bn!r} but the model has no floating state (batch norm).")
-    if bn == "interpolate":
-        if bn_states is None or not isinstance(bn_states, (tuple, list)) or len(bn_states) != 2:
-            raise ValueError(
-                f"{_validate.where()}: bn='interpolate' needs bn_states=(state_a, state_b), the endpoints' "
-                "model states."
-            )
-        for i, s in enumerate(bn_states):
-            _validate.check_same_structure(
-                s, loss_fn.state, name=f"bn_states[{i}]", ref_name="the model's state"
-            )
-    return bn
-
-
 def _brackets(ts: np.ndarray, vals: np.ndarray) -> list[tuple[float, float]]:
     out = []
     n = ts.size
@@ -288,60 +160,86 @@ def _brackets(ts: np.ndarray, vals: np.ndarray) -> list[tuple[float, float]]:
     return out
 
 
-@_validate.public("landscape.connect.profile")
+def _check_finite(values: grid.GridValues, ts: np.ndarray) -> None:
+    """Paths raise on a non-finite value (a barrier of a diverged point is meaningless)."""
+    for split, vals in (("train", values.train), ("test", values.test or {})):
+        for k, v in vals.items():
+            bad = ~np.isfinite(v)
+            if bad.any():
+                raise FloatingPointError(
+                    f"{_validate.where()}: non-finite {split} {k!r} at {int(bad.sum())} of {v.size} "
+                    f"values of t (first at t={float(ts[bad][0]):.6g}); the parameters along the "
+                    "path (or bn statistics) overflow there."
+                )
+
+
+def _grid_ts(ts, num_ts) -> np.ndarray:
+    if ts is not None and num_ts is not None:
+        raise ValueError(
+            f"{_validate.where()}: give ts (the values of t) or num_ts (how many, equally spaced "
+            "on [0, 1]), not both."
+        )
+    if ts is None:
+        return check_ts(DEFAULT_NUM_TS if num_ts is None else num_ts, name="num_ts")
+    if isinstance(ts, (int, np.integer)) and not isinstance(ts, bool):
+        raise TypeError(
+            f"{_validate.where()}: ts are the values of t (an array); for {ts} equally spaced "
+            f"values pass num_ts={ts}."
+        )
+    return check_ts(ts)
+
+
+@_validate.public
 def profile(
     loss_fn,
     path: Path,
     data,
     *,
-    ts=DEFAULT_NUM_TS,
+    ts=None,
+    num_ts: int | None = None,
     test_data=None,
     refine: bool | int = True,
-    batch_size: int | None = None,
-    chunk_size: int | None = None,
     bn: str = "auto",
     bn_data=None,
     bn_states=None,
-    bn_batch_size: int | None = None,
-    progress: bool = False,
-    checkpoint_dir=None,
+    settings: grid.GridSettings | None = None,
+    store=None,
 ) -> Profile:
     """Loss and aux metrics along a path, over the whole training (and test) set.
 
-    The values of ``t`` are evaluated through the engine
-    (:func:`landscape.engine.evaluate_points`): the path builds each point inside one compiled
-    program, points are evaluated in chunks, every data set mean is exact. With ``refine``,
-    local searches around the maxima then add points so a coarse grid does not hide the peak:
-    each round evaluates ``8`` new points inside the bracket ``[t_{i-1}, t_{i+1}]`` around the
-    current maximum of the training loss and around the maximum of its excess over the straight
-    line between the endpoint values (and the same on the test loss), shrinking the bracket
-    4.5-fold per round.
+    The values of ``t`` are evaluated by the grid evaluator (:mod:`landscape.grid`): the path
+    builds each point inside one compiled program, points are evaluated in chunks, every data
+    set mean is exact. With ``refine``, local searches around the maxima then add points so a
+    coarse grid does not hide the peak: each round evaluates ``8`` new points inside the bracket
+    ``[t_{i-1}, t_{i+1}]`` around the current maximum of the training loss and around the
+    maximum of its excess over the straight line between the endpoint values (and the same on
+    the test loss), shrinking the bracket 4.5-fold per round.
 
     Args:
       loss_fn: ``loss_fn(params, batch)`` returning the batch mean, or ``(loss, aux)`` with
         metrics (a :class:`landscape.Loss` reports ``accuracy`` and ``error``); a
         :class:`landscape.Model` means its cross-entropy loss (``make_loss_fn(model)``).
-      path: a :class:`Path` (:func:`linear_path`, :func:`bezier`, :func:`polychain`,
-        ``fit_curve(...).path``).
+      path: a :class:`landscape.paths.Path` (:func:`linear_path`, :func:`bezier`,
+        :func:`polychain`, ``fit_curve(...).path``).
       data: training data ``{"x", "y"}`` (or a prepared :class:`landscape.engine.Batched`).
-      ts: number of equally spaced ``t`` in ``[0, 1]`` (default 61, Garipov et al.'s grid) or
-        the values themselves (any finite values; the barrier needs ``0`` and ``1``).
+      ts: the values of ``t`` (any finite values; the barrier needs ``0`` and ``1``).
+      num_ts: or how many equally spaced ``t`` in ``[0, 1]`` (default 61, Garipov et al.'s
+        grid).
       test_data: also evaluated at every ``t``.
       refine: ``True`` (3 rounds), an int (that many rounds), or ``False``.
-      batch_size: examples per batch of the data means (default: the engine's).
-      chunk_size: points per compiled call (default 8, rounded up to a multiple of the device
-        count; refinement rounds use the same size, so one program serves both).
-      bn: batch-norm policy: ``"auto"`` (``"reestimate"`` if the model has floating state,
-        else ``"none"``), ``"reestimate"`` (statistics recomputed at each ``t`` from
-        ``bn_data``, Garipov et al.), ``"interpolate"`` (``(1 - t) s_a + t s_b`` from
-        ``bn_states``), ``"fixed"`` (the loss's own state everywhere), ``"none"``.
+      bn: batch-norm policy (:mod:`landscape.grid`): ``"auto"`` (the default: ``"reestimate"``
+        if the model has floating state, else ``"fixed"``), ``"reestimate"`` (statistics
+        recomputed at each ``t`` from ``bn_data``, Garipov et al.), ``"interpolate"``
+        (``(1 - t) s_a + t s_b`` from ``bn_states``), ``"fixed"`` (the loss's own state
+        everywhere).
       bn_data: the data statistics are re-estimated from (default: ``data``; it should be
         training data even when profiling test data).
       bn_states: ``(state_a, state_b)`` for ``bn="interpolate"``.
-      bn_batch_size: batch size of the re-estimation (default: the engine's).
-      progress: progress bar over chunks.
-      checkpoint_dir: save finished chunks of the grid there (atomically) and resume from them
-        (:class:`landscape.engine.ChunkStore`; a directory holding another job's chunks raises).
+      settings: a :class:`landscape.GridSettings` (batch size, chunk size (default 8, rounded up
+        to a multiple of the device count; refinement rounds use the same size, so one program
+        serves both), progress bar, re-estimation batch size).
+      store: a directory (or :class:`landscape.Store`): the grid's chunks are saved atomically
+        and reused when called again; the profile is saved as the entry ``result``.
 
     Returns:
       :class:`Profile`; pass it to :func:`barrier` and ``landscape.plot.plot_profiles``.
@@ -362,66 +260,25 @@ def profile(
     """
     loss_fn = as_loss(loss_fn, name="loss_fn")
     path = check_path(path)
-    grid_ts = check_ts(ts)
+    grid_ts = _grid_ts(ts, num_ts)
     if isinstance(refine, bool):
         rounds = 3 if refine else 0
     else:
         rounds = _validate.check_positive_int(refine, name="refine", allow_zero=True)
-    ndev = jax.device_count()
-    placement = "replicate" if ndev > 1 else "shard"
-    train_b = engine.batch(data, batch_size, placement=placement)
-    test_b = None
-    if test_data is not None:
-        test_b = engine.batch(test_data, batch_size, placement=placement)
-    start = path.start
-    check_loss(loss_fn, start, train_b)
-    if test_b is not None:
-        check_loss(loss_fn, start, test_b, name="test_data")
-    policy, bn_batched = prepare_bn(
-        bn, loss_fn, start, data if bn_data is None else bn_data, bn_states=bn_states,
-        bn_batch_size=bn_batch_size,
+    plan = grid.prepare(
+        loss_fn, path, data, test_data=test_data, bn=bn, bn_data=bn_data, bn_states=bn_states,
+        settings=settings, default_chunk=REFINE_POINTS, fit_chunk=rounds == 0, desc="profile",
     )
-    if chunk_size is None:
-        # one chunk shape serves the grid and the refinement rounds; without refinement a short
-        # grid is not padded
-        chunk_size = REFINE_POINTS if rounds else min(REFINE_POINTS, grid_ts.size)
-    chunk_size = _validate.check_positive_int(chunk_size, name="chunk_size")
-    chunk_size = int(math.ceil(chunk_size / ndev) * ndev)
-    evfn, point_fn, point_args = make_point(
-        policy, _path_base, _path_alpha, (path,), loss_fn, bn_states=bn_states,
-        bn_batched=bn_batched,
-    )
-    dt = _tree.dtype_of(path.controls)
-
-    def run(ts_arr, batched, name, store_name=None):
-        store = None
-        if checkpoint_dir is not None and store_name is not None:
-            meta = {
-                "what": "landscape.connect.profile", "split": store_name,
-                "ts": np.asarray(ts_arr).tolist(), "path_hash": _provenance.data_hash(path.controls),
-                "kind": path.kind, "bn": policy, "chunk_size": chunk_size,
-                "batch_size": batched.batch_size, "num_examples": batched.num_examples,
-            }
-            store = engine.ChunkStore(_FsPath(checkpoint_dir) / store_name, meta)
-        out = engine.evaluate_points(
-            evfn, point_fn, np.asarray(ts_arr, dt), batched, point_args=point_args,
-            chunk_size=chunk_size, store=store, progress=progress, desc=f"profile ({name})",
-        )
-        out = {k: np.asarray(v) for k, v in out.items()}
-        for k, v in out.items():
-            bad = ~np.isfinite(v)
-            if bad.any():
-                tb = np.asarray(ts_arr)[bad]
-                raise FloatingPointError(
-                    f"{_validate.where()}: non-finite {name} {k!r} at {int(bad.sum())} of {v.size} values of t "
-                    f"(first at t={float(tb[0]):.6g}); the parameters along the path (or bn "
-                    "statistics) overflow there."
-                )
-        return out
-
+    policy = plan.settings["bn"]
+    meta = {
+        "job": _validate.where(), "path_hash": _provenance.data_hash(path.controls),
+        "kind": path.kind, "ts": grid_ts.tolist(), "refine_rounds": rounds,
+    }
+    store = _store.as_store(store, meta)
+    values = plan.evaluate(grid_ts, store=store, job=meta)
+    _check_finite(values, grid_ts)
+    train, test = values.train, values.test
     all_ts = grid_ts
-    train = run(grid_ts, train_b, "train", "train")
-    test = run(grid_ts, test_b, "test", "test") if test_b is not None else None
     is_grid = np.ones(grid_ts.size, bool)
     for _ in range(rounds):
         brackets = _brackets(all_ts, train["loss"])
@@ -436,32 +293,37 @@ def profile(
         new = np.unique(np.asarray(new, np.float64))
         if new.size == 0:
             break
-        tr = run(new, train_b, "train")
-        te = run(new, test_b, "test") if test_b is not None else None
+        more = plan.evaluate(new)
+        _check_finite(more, new)
         all_ts = np.concatenate([all_ts, new])
         order = np.argsort(all_ts, kind="stable")
         all_ts = all_ts[order]
         is_grid = np.concatenate([is_grid, np.zeros(new.size, bool)])[order]
-        train = {k: np.concatenate([train[k], tr[k]])[order] for k in train}
+        train = {k: np.concatenate([train[k], more.train[k]])[order] for k in train}
         if test is not None:
-            test = {k: np.concatenate([test[k], te[k]])[order] for k in test}
+            test = {k: np.concatenate([test[k], more.test[k]])[order] for k in test}
     distance = path_distances(path, all_ts)
-    settings = {
+    info = plan.settings
+    out_settings = {
         "num_grid": int(grid_ts.size), "refine_rounds": rounds, "refine_points": REFINE_POINTS,
-        "batch_size": train_b.batch_size, "chunk_size": chunk_size, "bn": policy,
-        "bn_batch_size": None if bn_batched is None else bn_batched[1].batch_size,
-        "num_train": train_b.num_examples,
-        "num_test": None if test_b is None else test_b.num_examples,
-        "path_hash": _provenance.data_hash(path.controls),
+        "batch_size": info["batch_size"], "chunk_size": plan.chunk_for(grid_ts.size),
+        "bn": policy, "bn_batch_size": info.get("bn_batch_size"),
+        "num_train": info["num_train"], "num_test": info["num_test"],
+        "path_hash": meta["path_hash"],
     }
     prov = _provenance.provenance(
-        dtype=dt, data=_provenance.data_hash({"train": data, "test": test_data})
-        if not isinstance(data, engine.Batched) else None, settings=settings,
+        dtype=_tree.dtype_of(path.controls),
+        data=_provenance.data_hash({"train": data, "test": test_data})
+        if not isinstance(data, engine.Batched) else None,
+        settings=out_settings,
     )
-    return Profile(
+    res = Profile(
         ts=all_ts, train=train, test=test, grid=is_grid, distance=distance, kind=path.kind,
-        num_bends=path.num_bends, bn=policy, settings=settings, provenance=prov,
+        num_bends=path.num_bends, bn=policy, settings=out_settings, provenance=prov,
     )
+    if store is not None:
+        store.save("result", res)
+    return res
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape import _provenance, engine
+from landscape import _provenance
+from landscape import store as _store
 from landscape import validate as _validate
 from landscape._result import Meta, Result, result, static_field
 from landscape.hessian import _eigen, _random
@@ -218,7 +219,7 @@ def spectral_density(
       reference_trace: an independent trace (e.g. ``trace(...).estimate``) to compare with the
         SLQ trace (reported as a z-score against the SLQ standard error).
       store: a directory: every probe's quadrature is saved atomically as it finishes
-        (:class:`landscape.engine.ChunkStore`) and a rerun with the same settings resumes.
+        (:class:`landscape.Store`) and a rerun with the same settings resumes.
       curvature, model, output_loss, params_filter, preconditioner, batch_size, method: see
         :func:`make_hvp`.
 
@@ -268,29 +269,26 @@ def spectral_density(
         "params_filter": None if op.subset.is_all else list(op.subset.selected_paths),
         "key": _eigen._key_desc(key), "dtype": str(np.dtype(op.dtype)),
     }
-    chunks = None
-    if store is not None:
-        chunks = engine.ChunkStore(store, {"kind": "landscape.hessian.spectral_density", **settings})
+    store = _store.as_store(store, {"job": "landscape.hessian.spectral_density", **settings})
     prepared = op.host_prepared()
     layout = lz.Layout(op.subset.restrict(op.params))
     seed = _random.key_seed(key)
-    nodes = np.zeros((num_probes, num_steps))
-    weights = np.zeros((num_probes, num_steps))
-    first = np.zeros(num_probes)
     top_vec = None
     hvps = 0
-    for p in range(num_probes):
-        if chunks is not None and chunks.has(p):
-            saved = chunks.load(p)
-            nodes[p], weights[p], first[p] = saved["nodes"], saved["weights"], float(saved["q0Aq0"])
-            continue
+
+    def compute(ids):
+        nonlocal top_vec, hvps
+        (p,) = ids
         th, w, a0, top = _one_probe(op, prepared, layout, seed, p, num_steps, reorthogonalize, key)
         hvps += num_steps
-        nodes[p], weights[p], first[p] = th, w, a0
         if top_vec is None and top is not None:
             top_vec = top
-        if chunks is not None:
-            chunks.save(p, {"nodes": th, "weights": w, "q0Aq0": np.float64(a0)})
+        return [{"nodes": np.asarray(th), "weights": np.asarray(w), "q0Aq0": np.float64(a0)}]
+
+    probes = _store.run_chunks(compute, num_probes, store=store, desc="spectral_density", unit="probe")
+    nodes = np.stack([np.asarray(r["nodes"], np.float64) for r in probes])
+    weights = np.stack([np.asarray(r["weights"], np.float64) for r in probes])
+    first = np.array([float(r["q0Aq0"]) for r in probes])
 
     checks: dict[str, Any] = {}
     checks["weight_sum_error"] = float(np.max(np.abs(weights.sum(axis=1) - 1.0)))

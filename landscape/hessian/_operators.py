@@ -500,7 +500,7 @@ class _Prepared:
         total for the linearised map."""
         if self.lin is not None:
             out = self.lin(v)
-            return out, engine._all_finite(out)[None]
+            return out, engine.all_finite(out)[None]
         return self.op.matvec_with_flags(v)
 
 
@@ -520,7 +520,7 @@ class FunctionMatvec:
 
     def __call__(self, v):
         out = self.fn(v)
-        return out, engine._all_finite(out)[None]
+        return out, engine.all_finite(out)[None]
 
 
 @functools.partial(jax.jit, static_argnames=("s",))
@@ -545,7 +545,7 @@ def raise_nonfinite(ok, op: CurvatureOperator | None, *, what: str = "curvature-
     if ok.all():
         return
     if op is not None and ok.shape[0] == (op.batched.num_batches + (1 if op.batched.rest_size else 0)):
-        engine._raise_nonfinite(ok, op.batched, what=what)
+        engine.raise_nonfinite(ok, op.batched, what=what)
     raise FloatingPointError(f"{_validate.where()}: non-finite {what}.")
 
 

@@ -1,6 +1,6 @@
 """Loss-surface slices (Li et al. 2018; Goodfellow et al. 2015): directions, 1-D and 2-D
 slices, interpolation, trajectory PCA, all exact over the whole data set and evaluated by the
-foundation's many-point engine (:func:`landscape.engine.evaluate_points`).
+foundation's grid evaluator (:mod:`landscape.grid`).
 
 Plots are in :mod:`landscape.plot` (``plot_slice``, ``plot_contour``, ``plot_contourf``,
 ``plot_surface3d``, ``plot_trajectory``).

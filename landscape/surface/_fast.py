@@ -6,8 +6,11 @@ directions with ``c_0 = 1``, or ``b_0, b_1`` the two ends of an interpolation wi
 ``x W(theta) + b(theta) = sum_k c_k (x W_k + b_k)``. The ``K`` products ``z_k = x W_k + b_k``
 are computed ONCE for the whole data set; each point then needs a ``K``-term linear
 combination instead of a matrix product, and the rest of the network runs as usual. The
-evaluation still goes through :func:`landscape.engine.evaluate_points` (the data it scans are
-the precomputed ``z_k`` and the targets), so chunking, sharding and resuming are unchanged.
+evaluation still goes through the grid evaluator (:mod:`landscape.grid`; the data it scans are
+the precomputed ``z_k`` and the targets), so chunking, sharding and resuming are unchanged. The
+grid calls the three methods of :class:`AffineFirstLayer` (``check_compatible``, ``make_data``,
+``loss_dict``) and works for any family whose points are linear combinations of basis points
+(slices, planes, paths).
 
 Supported: the foundation's MLP (:func:`landscape.make_model` ``"mlp"``). Exact up to
 floating-point reassociation (checked against the plain evaluation in float64).
@@ -55,13 +58,29 @@ class AffineFirstLayer:
             f"activation={self.activation})"
         )
 
+    # -- the grid evaluator's protocol ---------------------------------------------------------
+    def check_compatible(self, loss_fn, params) -> None:
+        """Raise unless ``loss_fn`` is this model's :class:`landscape.Loss` and ``params`` has
+        its layout."""
+        check_compatible(self, loss_fn, params)
+
+    def make_data(self, data: dict, basis: list, *, input_key: str) -> dict:
+        """The data set the grid scans: the targets plus ``z_k`` for every basis point."""
+        return make_data(self, data, [{"layers": {0: p["layers"][0]}} for p in basis],
+                         input_key=input_key)
+
+    @staticmethod
+    def loss_dict(loss_fn, fl, point, batch):
+        """``{"loss", aux...}`` at ``point = (basis weights, params)`` from the ``z_k``."""
+        return loss_dict(loss_fn, fl, point, batch)
+
 
 @_validate.public("landscape.surface.affine_first_layer")
 def affine_first_layer(model: Model) -> AffineFirstLayer:
     """The first-layer trick for a model built by :func:`landscape.make_model` (``"mlp"``).
 
     Pass the result as ``first_layer=`` to :func:`slice_1d`, :func:`slice_2d` or
-    :func:`interpolate`: the first layer's pre-activations of every grid point are then a linear
+    :func:`interpolate` (or :func:`landscape.grid.evaluate`): the first layer's pre-activations of every grid point are then a linear
     combination of ``K`` (= number of directions + 1) products computed once, which removes the
     first layer's matrix product from the per-point cost.
 

@@ -1,10 +1,14 @@
 """Paths between two parameter points: the straight line, Bezier curves and polygonal chains.
 
+A foundation module beside :mod:`landscape.grid`: the surface analysis interpolates along a
+linear path, the connectivity analysis profiles and trains curves, both through the same grid
+evaluator.
+
 A path is a pytree: its control points are ONE pytree shaped like the parameters with a
 leading axis of length ``K`` (start, bends..., end), and its kind is static. ``path(t)`` builds
-the parameters at ``t`` inside any compiled program, so a path is directly a ``point_fn`` of
-:func:`landscape.engine.evaluate_points` (its control points travel as dynamic arguments; the
-kind is part of the compilation key).
+the parameters at ``t`` inside any compiled program, so a path is a family of points for
+:func:`landscape.grid.evaluate` (its control points travel as dynamic arguments; the kind is
+part of the compilation key).
 """
 
 from __future__ import annotations
@@ -24,7 +28,16 @@ PyTree = Any
 
 PATH_KINDS = ("linear", "bezier", "polychain")
 
-__all__ = ["PATH_KINDS", "Path", "bezier", "linear_path", "polychain"]
+__all__ = [
+    "PATH_KINDS",
+    "Path",
+    "as_bends",
+    "bezier",
+    "check_path",
+    "linear_path",
+    "path_distances",
+    "polychain",
+]
 
 
 def _basis(kind: str, num_controls: int, t, dtype):
@@ -54,13 +67,13 @@ class Path:
         ``t = k / (K - 1)``).
 
     A path is a pytree (``controls`` dynamic, ``kind`` static): pass it to ``jax.jit`` or to
-    :func:`landscape.engine.evaluate_points` as the ``point_fn`` (``path(t)`` builds the point
-    inside the compiled program).
+    :func:`landscape.grid.evaluate` as the family of points (``path(t)`` builds the point inside
+    the compiled program).
 
     Example:
-      >>> path = landscape.connect.bezier(params_a, bend, params_b)
+      >>> path = landscape.paths.bezier(params_a, bend, params_b)
       >>> mid = path(0.5)                         # parameters at t = 0.5
-      >>> out = landscape.engine.loss_points(loss_fn, path, np.linspace(0, 1, 61), data)
+      >>> vals = landscape.grid.evaluate(loss_fn, path, np.linspace(0, 1, 61)[:, None], data)
     """
 
     controls: PyTree
@@ -121,6 +134,31 @@ class Path:
             f"num_params={_tree.size(self.start)})"
         )
 
+    # ---- a family of points for landscape.grid (coordinates ``c = (t,)``) ------------------
+    def point(self, c) -> PyTree:
+        """The parameters at coordinate ``c = (t,)`` (traceable)."""
+        return self(c[0])
+
+    def alpha(self, c):
+        """The weight of the end point's batch-norm statistics at ``c`` (``t``)."""
+        return c[0]
+
+    def basis(self) -> list[PyTree]:
+        """The control points; ``point(c) = sum_k basis_weights(c)[k] basis()[k]``."""
+        return _tree.unstack(self.controls)
+
+    def basis_weights(self, c) -> jax.Array:
+        return self.weights(c[0])
+
+    @property
+    def origin(self) -> PyTree:
+        """A representative point (the start), for checks and dtypes."""
+        return self.start
+
+    def describe(self) -> dict:
+        """Static description for stores and provenance (the arrays are hashed separately)."""
+        return {"family": "path", "kind": self.kind, "num_bends": self.num_bends}
+
 
 jax.tree_util.register_dataclass(Path, data_fields=["controls"], meta_fields=["kind"])
 
@@ -135,7 +173,7 @@ def _check_point(p, ref, *, name: str) -> None:
     )
 
 
-def _as_bends(bend, ref, *, name: str) -> list[PyTree]:
+def as_bends(bend, ref, *, name: str) -> list[PyTree]:
     """One bend (shaped like ``ref``) or several stacked on a leading axis."""
     _validate.check_params(bend, name=name)
     s1, s2 = jax.tree.structure(bend), jax.tree.structure(ref)
@@ -170,13 +208,13 @@ def _make(kind: str, params_a, middle, params_b) -> Path:
     _check_point(params_b, params_a, name="params_b")
     bends: list[PyTree] = []
     for i, m in enumerate(middle):
-        bends.extend(_as_bends(m, params_a, name=f"bend {i}"))
+        bends.extend(as_bends(m, params_a, name=f"bend {i}"))
     points = [params_a, *bends, params_b]
     controls = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *points)
     return Path(controls, kind)
 
 
-@_validate.public("landscape.connect.linear_path")
+@_validate.public("landscape.paths.linear_path")
 def linear_path(params_a: PyTree, params_b: PyTree) -> Path:
     """The straight line ``phi(t) = (1 - t) a + t b``.
 
@@ -198,7 +236,7 @@ def linear_path(params_a: PyTree, params_b: PyTree) -> Path:
     return _make("linear", params_a, (), params_b)
 
 
-@_validate.public("landscape.connect.bezier")
+@_validate.public("landscape.paths.bezier")
 def bezier(params_a: PyTree, *points: PyTree) -> Path:
     """A Bezier curve ``bezier(params_a, bend, params_b)`` (quadratic), or with more bends.
 
@@ -225,7 +263,7 @@ def bezier(params_a: PyTree, *points: PyTree) -> Path:
     return _make("bezier", params_a, points[:-1], points[-1])
 
 
-@_validate.public("landscape.connect.polychain")
+@_validate.public("landscape.paths.polychain")
 def polychain(params_a: PyTree, *points: PyTree) -> Path:
     """A polygonal chain ``a -> bend_1 -> ... -> b`` (Garipov et al.'s PolyChain).
 
@@ -256,7 +294,7 @@ def check_path(path, *, name: str = "path") -> Path:
     """Validate a :class:`Path` at a public boundary."""
     if not isinstance(path, Path):
         raise TypeError(
-            f"{_validate.where()}: {name} must be a landscape.connect.Path (from linear_path, bezier, polychain "
+            f"{_validate.where()}: {name} must be a landscape.paths.Path (from linear_path, bezier, polychain "
             f"or fit_curve(...).path); got {type(path).__name__}."
         )
     _validate.check_choice(path.kind, PATH_KINDS, name=f"{name}.kind")
@@ -271,3 +309,32 @@ def check_path(path, *, name: str = "path") -> Path:
         )
     _validate.check_finite(path.controls, name=f"{name}.controls")
     return path
+
+
+@jax.jit
+def _difference_gram(controls):
+    """``G[i, j] = <c_{i+1} - c_0, c_{j+1} - c_0>`` over all leaves (float32 leaves: HIGHEST
+    precision products)."""
+    g = None
+    for x in jax.tree.leaves(controls):
+        d = (x[1:] - x[:1]).reshape(x.shape[0] - 1, -1)
+        gi = jnp.matmul(d, d.T, precision=jax.lax.Precision.HIGHEST)
+        g = gi if g is None else g + gi
+    return g
+
+
+def path_distances(path: Path, ts) -> np.ndarray:
+    """Cumulative Euclidean length of the polygon through ``path(ts)``.
+
+    ``phi(t) - phi(s) = sum_k (w_k(t) - w_k(s)) (c_k - c_0)`` (the weights sum to one), so every
+    segment length follows from the small Gram matrix of the control points' differences:
+    ``K^2`` inner products once, then host arithmetic in float64 for any number of points.
+    """
+    ts = np.asarray(ts, np.float64)
+    if ts.size < 2:
+        return np.zeros_like(ts)
+    G = np.asarray(_difference_gram(path.controls), np.float64)
+    W = np.asarray(jax.vmap(path.weights)(jnp.asarray(ts, _tree.dtype_of(path.controls))), np.float64)
+    dW = np.diff(W[:, 1:], axis=0)
+    seg = np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", dW, G, dW), 0.0))
+    return np.concatenate([[0.0], np.cumsum(seg)])

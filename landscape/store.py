@@ -1,0 +1,353 @@
+"""One store for every resumable job, and the chunk driver that fills it.
+
+A :class:`Store` is a directory that holds the finished parts of long jobs: the chunks of a grid
+of loss values, the blocks of a kernel matrix, the probes of a spectral density, the state of a
+curve being trained, the sections of a report. Everything it writes is atomic (a temporary file
+in the same directory, then ``os.replace``), so an interrupted job never leaves a half-written
+entry: an entry that exists is finished.
+
+A store is *bound* to a description of what is computed (:meth:`Store.bind`: the function, its
+settings, hashes of its inputs, how the work is split into chunks). Reopening it for the same
+job resumes; reopening it for another job raises a ``ValueError`` that lists the differences,
+unless the store was opened with ``overwrite=True``, in which case its own entries are deleted
+(never anything it did not write). A directory that is not empty and was not written by a store
+is refused, untouched.
+
+:func:`run_chunks` is the chunk driver every chunked analysis uses (grid evaluation, kernel
+blocks, density probes): it loads the chunks a store already holds, computes the others in
+groups (one group per compiled call, e.g. one block per device), saves each as it finishes,
+shows progress (``"131/229 loaded, 0/98 computed"``) and, on Ctrl-C, says what was saved.
+
+Every resumable public function takes ``store=``: a path (a new :class:`Store`) or a
+:class:`Store` (to set ``overwrite=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from landscape import _serialize
+from landscape import validate as _validate
+
+PyTree = Any
+
+__all__ = ["Store", "as_store", "progress_bar", "run_chunks"]
+
+STORE_VERSION = 1
+"""Bumped when the layout of stored entries changes; stores of another version are refused."""
+
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def stable_text(obj) -> str:
+    """``repr``-like text of a static description that is the same in every process (memory
+    addresses such as ``<function f at 0x7f..>`` removed), capped at 2000 characters."""
+    return _ADDRESS.sub("", repr(obj))[:2000]
+
+
+def _strip_addresses(obj):
+    if isinstance(obj, str):
+        return _ADDRESS.sub("", obj)
+    if isinstance(obj, dict):
+        return {k: _strip_addresses(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strip_addresses(v) for v in obj]
+    return obj
+
+
+def _digest(meta) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        x, y = a.get(k), b.get(k)
+        if x == y:
+            continue
+        if isinstance(x, dict) and isinstance(y, dict):
+            out.extend(_diff(x, y, f"{prefix}{k}."))
+        else:
+            out.append(f"{prefix}{k}: {x!r} -> {y!r}")
+    return out
+
+
+def describe_differences(old: dict, new: dict, limit: int = 600) -> str:
+    """``key: old -> new`` for every differing (nested) key, shortened to ``limit`` characters."""
+    text = "; ".join(_diff(old, new)) or "none"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class Store:
+    """A directory of finished results of resumable jobs (atomic entries, bound to the job).
+
+    Args:
+      path: the directory (created when the store is bound).
+      overwrite: when the directory holds another job's entries, delete them (only the
+        store's own: ``.npz`` entries, the directories it wrote and its sub-stores) instead of
+        raising.
+
+    Example:
+      >>> store = landscape.Store("runs/plane")          # or store="runs/plane"
+      >>> res = landscape.surface.slice_2d(loss_fn, params, data, dirs, store=store)
+      >>> # interrupted? call again with the same arguments: finished chunks are loaded
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(
+                f"{_validate.where()}: store must be a path or a landscape.Store; got "
+                f"{type(path).__name__}."
+            )
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"{_validate.where()}: overwrite must be a bool; got {overwrite!r}.")
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.meta: dict | None = None
+
+    def __repr__(self):
+        state = "unbound" if self.meta is None else f"bound to {self.meta.get('job', '?')}"
+        return f"Store({str(self.path)!r}, {state}, entries={len(self.entries())})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # -- binding -------------------------------------------------------------------------------
+    def bind(self, meta: dict) -> Store:
+        """Bind the store to the job described by ``meta`` (JSON-able; conventionally with a
+        ``"job"`` key naming the public function). Returns ``self``.
+
+        Raises:
+          ValueError: the directory holds another job's entries (the message lists the
+            differences) and ``overwrite`` is False, or it is a non-empty directory that no
+            store wrote.
+        """
+        meta = _strip_addresses(_serialize.to_jsonable({"store_version": STORE_VERSION, **meta}))
+        digest = _digest(meta)
+        manifest = self.path / MANIFEST
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"{_validate.where()}: store {self.path} exists and is not a directory.")
+        if manifest.exists():
+            old = _serialize.load_json(manifest)
+            if old.get("digest") != digest:
+                if not self.overwrite:
+                    raise ValueError(
+                        f"{_validate.where()}: the store {self.path} holds results of another job "
+                        f"(differences: {describe_differences(old.get('meta', {}), meta)}); use "
+                        "another directory, or landscape.Store(path, overwrite=True) to replace "
+                        "them."
+                    )
+                self.clear()
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise ValueError(
+                f"{_validate.where()}: {self.path} is not empty and was not written by a "
+                "landscape store (no manifest.json); choose a new or empty directory. Nothing "
+                "was deleted."
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        dirs = [] if not manifest.exists() else _serialize.load_json(manifest).get("dirs", [])
+        _serialize.save_json(manifest, {"digest": digest, "meta": meta, "dirs": dirs})
+        self.meta = meta
+        return self
+
+    def child(self, name: str) -> Store:
+        """A sub-store in ``path/name`` (bind it separately), with the same ``overwrite``."""
+        return Store(self.path / _check_name(name), overwrite=self.overwrite)
+
+    # -- entries -------------------------------------------------------------------------------
+    def _entry(self, name: str) -> Path:
+        return self.path / f"{_check_name(name)}.npz"
+
+    def _require_bound(self):
+        if self.meta is None:
+            raise RuntimeError("landscape.Store: bind(meta) the store before using its entries.")
+
+    def has(self, name: str) -> bool:
+        """Whether a finished entry ``name`` exists."""
+        return self._entry(name).exists()
+
+    def save(self, name: str, value: PyTree, *, meta: dict | None = None) -> Path:
+        """Atomically write a pytree of arrays, or a :class:`landscape.Result`, as ``name``."""
+        self._require_bound()
+        if hasattr(value, "save") and hasattr(type(value), "load"):
+            return value.save(self._entry(name))
+        return _serialize.save_tree(self._entry(name), _serialize.to_host(value), meta=meta)
+
+    def load(self, name: str, cls=None):
+        """The entry ``name``: a pytree, or an instance of the :class:`landscape.Result` class
+        ``cls`` it was saved from."""
+        if cls is not None:
+            return cls.load(self._entry(name))
+        return _serialize.load_tree(self._entry(name))
+
+    def load_with_meta(self, name: str):
+        """``(tree, meta)`` of an entry saved with ``meta=``."""
+        return _serialize.load_tree(self._entry(name), with_meta=True)
+
+    def entries(self) -> list[str]:
+        """Names of the finished ``.npz`` entries."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.stem for p in self.path.glob("*.npz") if not p.name.startswith("."))
+
+    def save_dir(self, name: str, write: Callable[[Path], Any]) -> Path:
+        """Atomically create the directory entry ``name``: ``write(tmp_dir)`` fills a temporary
+        directory, which is then renamed (e.g. a run saved with :func:`landscape.save_run`)."""
+        self._require_bound()
+        final = self.path / _check_name(name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.path))
+        try:
+            write(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        manifest = self.path / MANIFEST
+        info = _serialize.load_json(manifest)
+        if name not in info.get("dirs", []):
+            info["dirs"] = [*info.get("dirs", []), name]
+            _serialize.save_json(manifest, info)
+        return final
+
+    def has_dir(self, name: str) -> bool:
+        return (self.path / _check_name(name)).is_dir()
+
+    def clear(self) -> None:
+        """Delete the store's own entries (``.npz`` files, directories written by
+        :meth:`save_dir`, sub-stores, temporary files); other files are kept."""
+        if not self.path.is_dir():
+            return
+        manifest = self.path / MANIFEST
+        dirs = _serialize.load_json(manifest).get("dirs", []) if manifest.exists() else []
+        for p in self.path.iterdir():
+            if p.is_file() and (p.suffix == ".npz" or p.name.endswith(".tmp")):
+                p.unlink()
+            elif p.is_dir() and (p.name in dirs or (p / MANIFEST).exists() or p.name.startswith(".")):
+                shutil.rmtree(p)
+        if manifest.exists():
+            info = _serialize.load_json(manifest)
+            info["dirs"] = []
+            _serialize.save_json(manifest, info)
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"landscape.Store: entry names are letters, digits, '_', '.', '-' (not starting with "
+            f"'.' or '-'); got {name!r}."
+        )
+    return name
+
+
+def as_store(store, meta: dict | None = None) -> Store | None:
+    """``store=`` argument of a public function: ``None``, a path or a :class:`Store`; bound to
+    ``meta`` when given."""
+    if store is None:
+        return None
+    if not isinstance(store, Store):
+        store = Store(store)
+    if meta is not None:
+        store.bind(meta)
+    return store
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress and the chunk driver
+# ---------------------------------------------------------------------------------------------
+def progress_bar(total: int, *, desc: str, unit: str = "chunk", loaded: int = 0, enabled: bool = True):
+    """A tqdm bar over the ``total`` chunks still to compute, or ``None`` when disabled or
+    nothing is left; with ``loaded`` chunks restored from a store the bar says so
+    (``"slice_2d (train): 131/229 loaded, 0/98 computed"``)."""
+    if not enabled or total <= 0:
+        return None
+    from tqdm.auto import tqdm
+
+    if loaded:
+        fmt = (
+            f"{{desc}}: {loaded}/{loaded + total} loaded, {{n_fmt}}/{{total_fmt}} computed "
+            "[{elapsed}<{remaining}]"
+        )
+        return tqdm(total=total, desc=desc, unit=unit, bar_format=fmt)
+    return tqdm(total=total, desc=desc, unit=unit)
+
+
+def chunk_name(i: int) -> str:
+    return f"chunk-{i:06d}"
+
+
+def run_chunks(
+    compute: Callable[[Sequence[int]], Sequence[PyTree]],
+    chunks: int | Sequence[int],
+    *,
+    store: Store | None = None,
+    group: int = 1,
+    progress: bool = False,
+    desc: str = "chunks",
+    unit: str = "chunk",
+) -> list[PyTree]:
+    """Compute chunks, resuming from ``store``.
+
+    Args:
+      compute: ``compute(ids) -> outputs`` for up to ``group`` chunk ids at once (one compiled
+        call, e.g. one kernel block per device); outputs are host pytrees.
+      chunks: how many chunks (ids ``0 .. chunks - 1``), or the chunk ids in the order to
+        compute them (each id names one store entry).
+      store: a bound :class:`Store`: chunks it holds are loaded, new ones saved as they finish.
+      group: chunks per call of ``compute``.
+      progress: show a progress bar over the chunks to compute.
+      desc, unit: the bar's label and unit.
+
+    Returns:
+      The outputs, in the order of the ids.
+
+    On ``KeyboardInterrupt`` the chunks finished so far are already saved; a message says how
+    many and where, and the interrupt propagates.
+    """
+    ids_all = list(range(chunks)) if isinstance(chunks, int) else [int(i) for i in chunks]
+    num_chunks = len(ids_all)
+    results: dict[int, Any] = {}
+    todo = []
+    for i in ids_all:
+        if store is not None and store.has(chunk_name(i)):
+            results[i] = store.load(chunk_name(i))
+        else:
+            todo.append(i)
+    bar = progress_bar(len(todo), desc=desc, unit=unit, loaded=num_chunks - len(todo), enabled=progress)
+    done = 0
+    try:
+        for k in range(0, len(todo), group):
+            ids = todo[k : k + group]
+            outs = compute(ids)
+            for i, out in zip(ids, outs):
+                results[i] = out
+                if store is not None:
+                    store.save(chunk_name(i), out)
+            done += len(ids)
+            if bar is not None:
+                bar.update(len(ids))
+    except KeyboardInterrupt:
+        if store is not None:
+            saved = num_chunks - len(todo) + done
+            print(
+                f"\n{desc}: interrupted; {saved}/{num_chunks} chunks are saved in {store.path}. "
+                "Call again with the same arguments and store to resume.",
+                file=sys.stderr,
+            )
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return [results[i] for i in ids_all]
