@@ -293,13 +293,14 @@ def resolve_bn(bn, loss_fn, *, bn_states=None, interpolates: bool = True) -> str
     if bn in ("reestimate", "interpolate"):
         if not isinstance(loss_fn, Loss):
             raise TypeError(
-                f"{_validate.where()}: bn={bn!r} needs the model: pass a landscape.Loss "
-                "(landscape.make_loss_fn(model)) rather than a plain function; got "
-                f"{type(loss_fn).__name__}."
+                f"{_validate.where()}: bn={bn!r} needs a landscape.Loss "
+                "(landscape.make_loss_fn(model)) that carries the model, not a plain function; "
+                f"got {type(loss_fn).__name__}."
             )
         if not has_state:
             raise ValueError(
-                f"{_validate.where()}: bn={bn!r} but the model has no floating state (batch norm)."
+                f"{_validate.where()}: bn={bn!r} but the model has no state (no floating "
+                "batch-norm statistics)."
             )
     if bn == "interpolate":
         if not interpolates:

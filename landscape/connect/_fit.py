@@ -199,7 +199,7 @@ def fit_curve(
     params_b: PyTree,
     data: dict,
     *,
-    key,
+    key=None,
     kind: str = "bezier",
     num_bends: int = 1,
     optimizer: optax.GradientTransformation | None = None,

@@ -188,6 +188,7 @@ def _run(loss_fn, family, coords, data, *, test_data, bn, bn_data, bn_states, fi
         loss_fn, family, data, test_data=test_data, bn=bn, bn_data=bn_data, bn_states=bn_states,
         first_layer=first_layer, settings=settings, default_chunk=DEFAULT_CHUNK, desc=kind,
     )
+    meta = {**meta, "coords_hash": grid._hash_array(coords)}
     store = _store.as_store(store, meta)
     values = plan.evaluate(coords, store=store, job=meta)
     info = {
@@ -195,7 +196,6 @@ def _run(loss_fn, family, coords, data, *, test_data, bn, bn_data, bn_states, fi
         **plan.settings,
         "chunk_size": plan.chunk_for(coords.shape[0]),
         "num_points": int(coords.shape[0]),
-        "coords_hash": grid._hash_array(coords),
     }
     return values, info, store
 

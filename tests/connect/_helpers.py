@@ -77,17 +77,17 @@ def workload() -> dict:
     b = fast_nnx(lambda: BNNet(nnx.Rngs(0)), seed=1)
     loss_fn = landscape.make_loss_fn(a)
     out = {}
-    pr = lc.profile(loss_fn, lc.linear_path(a.params, b.params), train, ts=9, refine=1,
-                    bn="reestimate", bn_batch_size=64)
+    pr = lc.profile(loss_fn, lc.linear_path(a.params, b.params), train, num_ts=9, refine=1,
+                    bn="reestimate", settings=landscape.GridSettings(bn_batch_size=64))
     out["ts"] = pr.ts
     out["loss"] = pr.train["loss"]
     out["error"] = pr.train["error"]
     out["barrier"] = np.asarray(lc.barrier(pr).get("loss", "train", "max_excess"))
-    # num_t = 4: the values of t are sharded over the 4 devices. SGD, not Adam: the dense
+    # num_ts = 4: the values of t are sharded over the 4 devices. SGD, not Adam: the dense
     # biases before batch norm have zero gradient up to rounding, which Adam would blow up to
     # full-size steps of either sign
-    cr = lc.fit_curve(loss_fn, a.params, b.params, train, num_steps=8, batch_size=60, num_t=4,
-                      optimizer=optax.sgd(0.1), progress=False)
+    cr = lc.fit_curve(loss_fn, a.params, b.params, train, num_steps=8, batch_size=60, num_ts=4,
+                      optimizer=optax.sgd(0.1), progress=False, key=jax.random.key(0))
     out["curve_bend"] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(cr.bends)])
     out["curve_hist"] = cr.history["batch_loss"]
     return {k: np.asarray(v).tolist() for k, v in out.items()}

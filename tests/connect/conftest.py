@@ -4,6 +4,7 @@ batch-norm pair."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -46,7 +47,7 @@ def bezier_curve(pair_loss, pair_params, digits_data):
     a, b = pair_params
     return lc.fit_curve(
         pair_loss, a, b, digits_data.train, num_steps=300, optimizer=optax.adam(3e-3),
-        batch_size=128, num_t=4, seed=0, progress=False,
+        batch_size=128, num_ts=4, key=jax.random.key(0), progress=False,
     )
 
 

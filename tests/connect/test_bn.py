@@ -13,7 +13,7 @@ from flax import nnx
 
 import landscape
 import landscape.connect as lc
-from landscape.connect._profile import resolve_bn
+from landscape.grid import resolve_bn
 
 
 def _reference_stats(model, x, batch_size):
@@ -36,10 +36,10 @@ def _reference_stats(model, x, batch_size):
 def test_reestimate_bn_matches_nnx(bn_trained, digits_data):
     m = bn_trained.model
     x = digits_data.train["x"][:700]
-    got = lc.reestimate_bn(m, m.params, {"x": x, "y": digits_data.train["y"][:700]}, batch_size=128)
+    got = landscape.reestimate_bn(m, m.params, {"x": x, "y": digits_data.train["y"][:700]}, batch_size=128)
     want = _reference_stats(m, x, 128)
     # float32 statistics; the momentum is recovered from two float32 training steps, which
-    # costs ~1e-6 relative (see landscape.connect._bn)
+    # costs ~1e-6 relative (see landscape.batchnorm)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(g), w, rtol=2e-5, atol=1e-6)
     # stored running averages differ from the re-estimated statistics
@@ -51,14 +51,14 @@ def test_bn_curve_reproduces_endpoint_losses_with_reestimated_statistics(bn_pair
     a, b = bn_pair
     train = digits_data.train
     loss_fn = landscape.make_loss_fn(a)
-    curve = lc.fit_curve(loss_fn, a.params, b.params, train, num_steps=20, batch_size=64, num_t=2,
-                         optimizer=optax.adam(1e-3), progress=False)
+    curve = lc.fit_curve(loss_fn, a.params, b.params, train, num_steps=20, batch_size=64, num_ts=2,
+                         optimizer=optax.adam(1e-3), progress=False, key=jax.random.key(0))
     ts = np.array([0.0, 0.5, 1.0])
     pr = lc.profile(loss_fn, curve.path, train, ts=ts, refine=False, bn="reestimate")
     assert pr.bn == "reestimate"
     ends = []
     for m in (a, b):
-        st = lc.reestimate_bn(loss_fn, m.params, train)
+        st = landscape.reestimate_bn(loss_fn, m.params, train)
         ends.append(float(landscape.evaluate(loss_fn.with_state(st), m.params, train)["loss"]))
     # the check: within 1e-5 relative at t = 0 and t = 1
     np.testing.assert_allclose(pr.train["loss"][0], ends[0], rtol=1e-5)
@@ -90,7 +90,7 @@ def test_interpolated_statistics():
     m = landscape.Model(_scaled_apply, pa, sa)
     loss_fn = landscape.make_loss_fn(m)
     data = {"x": np.linspace(-1, 1, 24, dtype=np.float32).reshape(8, 3), "y": np.arange(8) % 2}
-    pr = lc.profile(loss_fn, lc.linear_path(pa, pb), data, ts=5, refine=False, bn="interpolate",
+    pr = lc.profile(loss_fn, lc.linear_path(pa, pb), data, num_ts=5, refine=False, bn="interpolate",
                     bn_states=(sa, sb))
     want = [float(landscape.evaluate(loss_fn.with_state(s), p, data)["loss"]) for p, s in ((pa, sa), (pb, sb))]
     np.testing.assert_allclose(pr.train["loss"][[0, -1]], want, rtol=1e-6)
@@ -109,7 +109,7 @@ def test_state_that_is_not_a_running_average_is_rejected():
         lc.profile(loss_fn, path, data, bn="reestimate")
     with pytest.raises(ValueError, match="needs bn_states"):
         lc.profile(loss_fn, path, data, bn="interpolate")
-    with pytest.raises(ValueError, match="bn='none' but the model has batch-norm state"):
+    with pytest.raises(ValueError, match="bn must be one of"):  # one vocabulary: no "none"
         lc.profile(loss_fn, path, data, bn="none")
     with pytest.raises(TypeError, match="reestimate_bn: model_or_loss must be"):
-        lc.reestimate_bn(lambda p, b: 0.0, m.params, data)
+        landscape.reestimate_bn(lambda p, b: 0.0, m.params, data)

@@ -51,16 +51,17 @@ def test_init_on_segment(kind, num_bends, pair_params):
 
 def test_objective_is_mean_over_t_with_weight_decay_at_curve_point(pair_loss, pair_params, small_train):
     a, b = pair_params
-    wd, seed, bs, num_t = 1e-3, 3, 32, 5
-    # `steps` is the name for num_steps (an alias)
-    res = lc.fit_curve(pair_loss, a, b, small_train, steps=1, optimizer=optax.sgd(0.0),
-                       batch_size=bs, num_t=num_t, weight_decay=wd, seed=seed, progress=False)
+    wd, seed, bs, num_ts = 1e-3, 3, 32, 5
+    res = lc.fit_curve(pair_loss, a, b, small_train, num_steps=1, optimizer=optax.sgd(0.0),
+                       batch_size=bs, num_ts=num_ts, weight_decay=wd, key=jax.random.key(seed),
+                       progress=False)
     assert res.num_steps == 1 and len(res.history["batch_loss"]) == 1
-    # the first step's batch and values of t, rebuilt from the documented seeding
+    # the first step's batch and values of t, rebuilt from the documented seeding (for
+    # key(s): default_rng([s, epoch]) and fold_in(key, step))
     idx = np.random.default_rng([seed, 0]).permutation(256)[:bs]
     batch = {k: jnp.asarray(v[idx]) for k, v in small_train.items()}
-    ts = sample_ts(jax.random.fold_in(jax.random.key(seed), 0), num_t, "stratified", jnp.float32)
-    assert np.all((np.asarray(ts) >= np.arange(num_t) / num_t) & (np.asarray(ts) < np.arange(1, num_t + 1) / num_t))
+    ts = sample_ts(jax.random.fold_in(jax.random.key(seed), 0), num_ts, "stratified", jnp.float32)
+    assert np.all((np.asarray(ts) >= np.arange(num_ts) / num_ts) & (np.asarray(ts) < np.arange(1, num_ts + 1) / num_ts))
     vals = []
     for t in np.asarray(ts):
         p = res.path(t)
@@ -76,13 +77,13 @@ def test_objective_is_mean_over_t_with_weight_decay_at_curve_point(pair_loss, pa
 
 def test_checkpoint_resume_equals_uninterrupted(pair_loss, pair_params, small_train, tmp_path):
     a, b = pair_params
-    kw = dict(num_t=2, batch_size=32, optimizer=ADAM, seed=1, progress=False)
+    kw = dict(num_ts=2, batch_size=32, optimizer=ADAM, key=jax.random.key(1), progress=False)
     full = lc.fit_curve(pair_loss, a, b, small_train, num_steps=12, checkpoint_every=6, **kw)
     n_programs = _curve_block._cache_size()
-    lc.fit_curve(pair_loss, a, b, small_train, num_steps=6, checkpoint_dir=tmp_path,
+    lc.fit_curve(pair_loss, a, b, small_train, num_steps=6, store=tmp_path,
                  checkpoint_every=6, **kw)
     assert (tmp_path / "curve.npz").exists()
-    resumed = lc.fit_curve(pair_loss, a, b, small_train, num_steps=12, checkpoint_dir=tmp_path,
+    resumed = lc.fit_curve(pair_loss, a, b, small_train, num_steps=12, store=tmp_path,
                            checkpoint_every=6, **kw)
     # same shapes, same optimizer object: the compiled block is reused
     assert _curve_block._cache_size() == n_programs
@@ -92,11 +93,12 @@ def test_checkpoint_resume_equals_uninterrupted(pair_loss, pair_params, small_tr
     assert_trees_close(resumed.controls, full.controls, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(resumed.history["batch_loss"], full.history["batch_loss"], rtol=1e-6)
     np.testing.assert_array_equal(resumed.history["step"], np.arange(1, 13))
-    with pytest.raises(ValueError, match="holds a curve trained with other settings"):
-        lc.fit_curve(pair_loss, a, b, small_train, num_steps=12, checkpoint_dir=tmp_path,
-                     checkpoint_every=6, **{**kw, "seed": 2})
-    res = lc.fit_curve(pair_loss, a, b, small_train, num_steps=6, checkpoint_dir=tmp_path,
-                       checkpoint_every=6, overwrite=True, **{**kw, "seed": 2})
+    with pytest.raises(ValueError, match=r"holds results of another job \(differences: key"):
+        lc.fit_curve(pair_loss, a, b, small_train, num_steps=12, store=tmp_path,
+                     checkpoint_every=6, **{**kw, "key": jax.random.key(2)})
+    res = lc.fit_curve(pair_loss, a, b, small_train, num_steps=6,
+                       store=landscape.Store(tmp_path, overwrite=True),
+                       checkpoint_every=6, **{**kw, "key": jax.random.key(2)})
     assert res.num_steps == 6
     res.save(tmp_path / "curve_result.npz")
     back = lc.CurveResult.load(tmp_path / "curve_result.npz")
@@ -118,35 +120,37 @@ def test_nonfinite_loss_stops_with_step_and_last_finite_curve(tmp_path):
     # gradient ascent (negative learning rate) drives the bend outwards until the loss is inf
     with pytest.raises(lc.CurveTrainingError, match="non-finite loss or gradient at step") as err:
         lc.fit_curve(_fragile_loss, a, b, data, num_steps=200, optimizer=optax.sgd(-0.5),
-                     batch_size=16, checkpoint_dir=tmp_path, checkpoint_every=10, progress=False)
+                     batch_size=16, store=tmp_path, checkpoint_every=10, progress=False,
+                     key=jax.random.key(0))
     e = err.value
     assert e.step > 1
     res = e.result
     assert res.num_steps == e.step - 1 and res.history["batch_loss"].shape == (e.step - 1,)
     assert np.all(np.isfinite(res.history["batch_loss"]))
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(res.controls))
-    saved = landscape._serialize.load_tree(tmp_path / "curve.npz")
+    saved = landscape.Store(tmp_path).load("curve")
     assert int(saved["step"]) == e.step - 1
     np.testing.assert_array_equal(saved["bends"]["w"], np.asarray(res.bends["w"]))
 
 
 def test_fit_curve_bad_input(pair_loss, pair_params, small_train):
     a, b = pair_params
+    key = jax.random.key(0)
+    with pytest.raises(TypeError, match="fit_curve: key is required"):
+        lc.fit_curve(pair_loss, a, b, small_train)
     with pytest.raises(ValueError, match="kind must be one of"):
-        lc.fit_curve(pair_loss, a, b, small_train, kind="spline")
+        lc.fit_curve(pair_loss, a, b, small_train, key=key, kind="spline")
     with pytest.raises(ValueError, match="params_b must have the same tree structure"):
-        lc.fit_curve(pair_loss, a, {"x": 1.0}, small_train)
+        lc.fit_curve(pair_loss, a, {"x": 1.0}, small_train, key=key)
     with pytest.raises(ValueError, match="num_steps must be > 0"):
-        lc.fit_curve(pair_loss, a, b, small_train, num_steps=0)
-    with pytest.raises(ValueError, match="steps=5 and num_steps=7 disagree"):
-        lc.fit_curve(pair_loss, a, b, small_train, steps=5, num_steps=7)
-    with pytest.raises(ValueError, match="steps=5 and num_steps=1000 disagree"):
-        lc.fit_curve(pair_loss, a, b, small_train, steps=5, num_steps=1000)
+        lc.fit_curve(pair_loss, a, b, small_train, key=key, num_steps=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'steps'"):  # no alias
+        lc.fit_curve(pair_loss, a, b, small_train, key=key, steps=5)
     with pytest.raises(ValueError, match="batch_size=1000 is larger than the data set"):
-        lc.fit_curve(pair_loss, a, b, small_train, batch_size=1000)
+        lc.fit_curve(pair_loss, a, b, small_train, key=key, batch_size=1000)
     with pytest.raises(ValueError, match="init holds 1 bends but num_bends=2"):
-        lc.fit_curve(pair_loss, a, b, small_train, num_bends=2, init=a)
+        lc.fit_curve(pair_loss, a, b, small_train, key=key, num_bends=2, init=a)
     with pytest.raises(TypeError, match="optimizer must be an optax.GradientTransformation"):
-        lc.fit_curve(pair_loss, a, b, small_train, optimizer="adam")
+        lc.fit_curve(pair_loss, a, b, small_train, key=key, optimizer="adam")
     with pytest.raises(ValueError, match="weight_decay must be >= 0"):
-        lc.fit_curve(pair_loss, a, b, small_train, weight_decay=-1.0)
+        lc.fit_curve(pair_loss, a, b, small_train, key=key, weight_decay=-1.0)

@@ -20,7 +20,7 @@ from landscape import tree as _tree  # noqa: E402
 @pytest.fixture(scope="module")
 def plane(bezier_curve, pair_loss, digits_data):
     return lc.curve_plane(pair_loss, bezier_curve, digits_data.train, test_data=digits_data.test,
-                          resolution=(9, 7))
+                          num_points=(9, 7))
 
 
 def test_plane_geometry_and_values(plane, bezier_curve, pair_loss, digits_data):
@@ -81,8 +81,8 @@ def test_plane_bad_input(pair_loss, pair_params, digits_data, bezier_curve):
     with pytest.raises(ValueError, match="lies on the line through the endpoints"):
         lc.curve_plane(pair_loss, lc.linear_path(a, b), data,
                        through=jax.tree.map(lambda x, y: 0.5 * (x + y), a, b))
-    with pytest.raises(ValueError, match="resolution must be >= 2"):
-        lc.curve_plane(pair_loss, bezier_curve, data, resolution=1)
+    with pytest.raises(ValueError, match="num_points must be >= 2"):
+        lc.curve_plane(pair_loss, bezier_curve, data, num_points=1)
     with pytest.raises(ValueError, match="through must have the same tree structure"):
         lc.curve_plane(pair_loss, bezier_curve, data, through={"w": jnp.zeros(2)})
     with pytest.raises(ValueError, match="margin must be >= 0"):

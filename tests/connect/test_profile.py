@@ -11,7 +11,7 @@ import pytest
 
 import landscape
 import landscape.connect as lc
-from landscape import engine
+from landscape import grid
 
 
 def _tiny(dtype, seed):
@@ -38,7 +38,8 @@ def test_profile_equals_direct_evaluation_float64(small_train):
         loss_fn = landscape.make_loss_fn(ma)
         path = lc.bezier(ma.params, mc.params, mb.params)
         ts = np.array([0.0, 0.1, 0.45, 0.8, 1.0])
-        pr = lc.profile(loss_fn, path, data, ts=ts, refine=False, batch_size=100)
+        pr = lc.profile(loss_fn, path, data, ts=ts, refine=False,
+                        settings=landscape.GridSettings(batch_size=100))
         x, y = np.asarray(small_train["x"], np.float64), np.asarray(small_train["y"])
         for i, t in enumerate(ts):
             w = (1 - t) ** 2, 2 * t * (1 - t), t**2
@@ -128,13 +129,13 @@ def test_barrier_conventions_by_hand():
 
 def test_no_recompilation_and_save_load(pair_loss, pair_params, trained_pair, digits_data, tmp_path):
     path = lc.bezier(pair_params[0], pair_params[1], pair_params[0])
-    lc.profile(pair_loss, path, digits_data.test, ts=9, refine=1)
-    n = engine._points_jit._cache_size()
+    lc.profile(pair_loss, path, digits_data.test, num_ts=9, refine=1)
+    n = grid._points_jit._cache_size()
     path2 = lc.bezier(pair_params[1], pair_params[0], pair_params[1])
-    pr = lc.profile(pair_loss, path2, digits_data.test, ts=9, refine=1)
+    pr = lc.profile(pair_loss, path2, digits_data.test, num_ts=9, refine=1)
     # a Model means make_loss_fn(model): an equal loss, so the same compiled programs
-    pr2 = lc.profile(trained_pair[0].model, path2, digits_data.test, ts=9, refine=1)
-    assert engine._points_jit._cache_size() == n
+    pr2 = lc.profile(trained_pair[0].model, path2, digits_data.test, num_ts=9, refine=1)
+    assert grid._points_jit._cache_size() == n
     np.testing.assert_array_equal(pr2.train["loss"], pr.train["loss"])
     pr.save(tmp_path / "p.npz")
     back = lc.Profile.load(tmp_path / "p.npz")
@@ -149,28 +150,32 @@ def test_no_recompilation_and_save_load(pair_loss, pair_params, trained_pair, di
 
 def test_profile_resumes_from_checkpoint_dir(pair_loss, pair_params, digits_data, tmp_path):
     path = lc.linear_path(*pair_params)
-    a = lc.profile(pair_loss, path, digits_data.test, ts=17, refine=False, checkpoint_dir=tmp_path)
+    a = lc.profile(pair_loss, path, digits_data.test, num_ts=17, refine=False, store=tmp_path)
     assert len(list((tmp_path / "train").glob("chunk-*.npz"))) == 3
-    b = lc.profile(pair_loss, path, digits_data.test, ts=17, refine=False, checkpoint_dir=tmp_path)
+    b = lc.profile(pair_loss, path, digits_data.test, num_ts=17, refine=False, store=tmp_path)
     np.testing.assert_array_equal(a.train["loss"], b.train["loss"])
-    with pytest.raises(ValueError, match="different settings"):
-        lc.profile(pair_loss, path, digits_data.test, ts=18, refine=False, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="holds results of another job"):
+        lc.profile(pair_loss, path, digits_data.test, num_ts=18, refine=False, store=tmp_path)
 
 
 def test_profile_bad_input(pair_loss, pair_params, digits_data):
     path = lc.linear_path(*pair_params)
     data = digits_data.test
-    with pytest.raises(TypeError, match="profile: path must be a landscape.connect.Path"):
+    with pytest.raises(TypeError, match="profile: path must be a landscape.paths.Path"):
         lc.profile(pair_loss, pair_params[0], data)
-    with pytest.raises(ValueError, match="ts must be >= 2"):
-        lc.profile(pair_loss, path, data, ts=1)
+    with pytest.raises(ValueError, match="num_ts must be >= 2"):
+        lc.profile(pair_loss, path, data, num_ts=1)
+    with pytest.raises(TypeError, match="for 5 equally spaced values pass num_ts=5"):
+        lc.profile(pair_loss, path, data, ts=5)
+    with pytest.raises(ValueError, match="not both"):
+        lc.profile(pair_loss, path, data, ts=[0.0, 1.0], num_ts=5)
     with pytest.raises(ValueError, match="ts must be finite"):
         lc.profile(pair_loss, path, data, ts=[0.0, np.nan])
     with pytest.raises(ValueError, match="bn must be one of"):
         lc.profile(pair_loss, path, data, bn="magic")
-    with pytest.raises(ValueError, match="has no floating state"):
+    with pytest.raises(ValueError, match="has no state"):
         lc.profile(pair_loss, path, data, bn="reestimate")
-    with pytest.raises(TypeError, match="needs the model triple"):
+    with pytest.raises(TypeError, match="needs a landscape.Loss"):
         lc.profile(lambda p, b: pair_loss(p, b), path, data, bn="reestimate")
     with pytest.raises(ValueError, match="loss_fn could not be evaluated on data"):
         lc.profile(pair_loss, path, {"x": np.zeros((5, 7), np.float32), "y": np.zeros(5, np.int32)})
@@ -194,4 +199,4 @@ def test_profile_nonfinite_is_named():
     data = {"x": np.zeros((2, 1), np.float32)}
     path = lc.linear_path({"w": jnp.zeros(1)}, {"w": jnp.ones(1)})
     with pytest.raises(FloatingPointError, match=r"non-finite train 'loss' .*first at t=0.8"):
-        lc.profile(_blowup_loss, path, data, ts=11)
+        lc.profile(_blowup_loss, path, data, num_ts=11)

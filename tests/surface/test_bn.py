@@ -72,8 +72,7 @@ def test_bn_policies_float64(small_digits):
             alphas=alphas,
             test_data=test,
             bn="reestimate",
-            bn_batch_size=50,
-            bn_num_batches=4,
+            settings=landscape.GridSettings(bn_batch_size=50, bn_num_batches=4),
         )
         assert rr.settings["bn_leaves"] == ("bn/mean", "bn/var")
         assert rr.settings["bn_batch_size"] == 50 and rr.settings["bn_num_batches"] == 4
@@ -107,8 +106,7 @@ def test_bn_policies_float64(small_digits):
             train,
             ts=[0.0, 1.0],
             bn="reestimate",
-            bn_batch_size=100,
-            bn_num_batches=3,
+            settings=landscape.GridSettings(bn_batch_size=100, bn_num_batches=3),
         )
         ref = landscape.evaluate(
             loss_fn.with_state(_stats_by_hand(b.params, train, 100, 3)), b.params, train
@@ -121,7 +119,7 @@ def test_bn_reestimate_float32_and_bad_inputs(small_digits):
     a = _model(0, jnp.float32)
     loss_fn = landscape.make_loss_fn(a)
     d = random_direction(jax.random.key(0), a.params)
-    r = slice_1d(loss_fn, a.params, train, d, alphas=[0.0, 0.5], bn="reestimate", bn_batch_size=100)
+    r = slice_1d(loss_fn, a.params, train, d, alphas=[0.0, 0.5], bn="reestimate", settings=landscape.GridSettings(bn_batch_size=100))
     p = jax.tree.map(lambda x, v: x + 0.5 * v, a.params, d.vector)
     ref = landscape.evaluate(
         loss_fn.with_state(
@@ -134,8 +132,8 @@ def test_bn_reestimate_float32_and_bad_inputs(small_digits):
     # 0.01, differences of O(1) numbers); 1e-4 relative on the loss
     assert r.loss[1] == pytest.approx(float(ref["loss"]), rel=1e-4)
     with pytest.raises(ValueError, match="bn_num_batches=9 but bn_data holds only 3 full batches"):
-        slice_1d(loss_fn, a.params, train, d, bn="reestimate", bn_batch_size=100, bn_num_batches=9)
+        slice_1d(loss_fn, a.params, train, d, bn="reestimate", settings=landscape.GridSettings(bn_batch_size=100, bn_num_batches=9))
     with pytest.raises(ValueError, match="bn_batch_size=500 is larger than the data set"):
-        slice_1d(loss_fn, a.params, train, d, bn="reestimate", bn_batch_size=500)
+        slice_1d(loss_fn, a.params, train, d, bn="reestimate", settings=landscape.GridSettings(bn_batch_size=500))
     with pytest.raises(TypeError, match="needs a landscape.Loss"):
         slice_1d(lambda p, b: loss_fn(p, b), a.params, train, d, bn="reestimate")

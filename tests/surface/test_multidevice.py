@@ -24,7 +24,8 @@ def compute():
     d1, d2 = random_directions(jax.random.key(0), m.params, 2)
     out = {}
     r = slice_2d(loss_fn, m.params, train, (d1, d2), alphas=np.linspace(-1, 1, 5),
-                 betas=np.linspace(-1, 1, 3), test_data=test, chunk_size=6)
+                 betas=np.linspace(-1, 1, 3), test_data=test,
+                 settings=landscape.GridSettings(chunk_size=6))
     out["plane_train"], out["plane_test_acc"] = r.loss, r.test["accuracy"]
     out["chunk_size"] = r.settings["chunk_size"]
     ri = interpolate(loss_fn, m.params, b.params, train, ts=np.linspace(-0.5, 1.5, 7),
@@ -34,7 +35,7 @@ def compute():
     bl = landscape.make_loss_fn(bn)
     d = random_direction(jax.random.key(1), bn.params)
     rb = slice_1d(bl, bn.params, train, d, alphas=np.linspace(-1, 1, 6), bn="reestimate",
-                  bn_batch_size=100)
+                  settings=landscape.GridSettings(bn_batch_size=100))
     out["bn_train"] = rb.loss
     return out
 """

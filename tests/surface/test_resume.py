@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import landscape
-from landscape import engine
+from landscape import grid
 from landscape.surface import SliceResult, random_directions, slice_2d
 from tests.surface.conftest import tiny_mlp
 
@@ -22,24 +22,25 @@ def test_interrupted_grid_resumes_without_recomputing(tmp_path, small_digits, mo
     loss_fn = landscape.make_loss_fn(m)
     d1, d2 = random_directions(jax.random.key(0), m.params, 2)
     kw = dict(
-        alphas=np.linspace(-1, 1, 5), betas=np.linspace(-1, 1, 5), chunk_size=4, test_data=test
+        alphas=np.linspace(-1, 1, 5), betas=np.linspace(-1, 1, 5), test_data=test,
+        settings=landscape.GridSettings(chunk_size=4),
     )  # 25 points: 7 chunks per split
     full = slice_2d(loss_fn, m.params, train, (d1, d2), **kw)
 
     run = tmp_path / "run"
-    real_save = engine.ChunkStore.save
+    real_save = landscape.Store.save
     saved = []
 
-    def save_then_interrupt(self, i, value):
-        real_save(self, i, value)
-        saved.append(i)
+    def save_then_interrupt(self, name, value, **kw):
+        real_save(self, name, value, **kw)
+        saved.append(name)
         if len(saved) == 3:
             raise KeyboardInterrupt  # the user stops the job after 3 finished chunks
 
-    monkeypatch.setattr(engine.ChunkStore, "save", save_then_interrupt)
+    monkeypatch.setattr(landscape.Store, "save", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        slice_2d(loss_fn, m.params, train, (d1, d2), run_dir=run, **kw)
-    monkeypatch.setattr(engine.ChunkStore, "save", real_save)
+        slice_2d(loss_fn, m.params, train, (d1, d2), store=run, **kw)
+    monkeypatch.setattr(landscape.Store, "save", real_save)
     assert sorted(p.name for p in (run / "train").glob("chunk-*.npz")) == [
         "chunk-000000.npz",
         "chunk-000001.npz",
@@ -53,40 +54,40 @@ def test_interrupted_grid_resumes_without_recomputing(tmp_path, small_digits, mo
     assert manifest["directions"][0]["norm"] == "filter"
     assert manifest["directions"][1]["bias_bn"] == "zero"
     assert manifest["data_hash"] == landscape.data_hash(train)
-    assert manifest["bn"] == "centre" and manifest["chunk_size"] == 4
-    assert manifest["split"] == "train"
+    assert manifest["settings"]["bn"] == "fixed" and manifest["chunk_size"] == 4
+    assert manifest["split"] == "train" and manifest["job"] == "landscape.surface.slice_2d"
 
     calls = []
-    real_jit = engine._points_jit
+    real_jit = grid._points_jit
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real_jit(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_points_jit", counting)
-    resumed = slice_2d(loss_fn, m.params, train, (d1, d2), run_dir=run, **kw)
+    monkeypatch.setattr(grid, "_points_jit", counting)
+    resumed = slice_2d(loss_fn, m.params, train, (d1, d2), store=run, **kw)
     assert len(calls) == (7 - 3) + 7  # train: 4 chunks left; test: all 7
     for split in ("train", "test"):
         for k in full.train:
             np.testing.assert_array_equal(getattr(resumed, split)[k], getattr(full, split)[k])
-    saved_result = SliceResult.load(run / "result.npz")
+    saved_result = landscape.Store(run).load("result", SliceResult)
     np.testing.assert_array_equal(saved_result.loss, full.loss)
 
     calls.clear()  # a finished run is read back, nothing recomputed
-    again = slice_2d(loss_fn, m.params, train, (d1, d2), run_dir=run, **kw)
+    again = slice_2d(loss_fn, m.params, train, (d1, d2), store=run, **kw)
     assert not calls
     np.testing.assert_array_equal(again.test["accuracy"], full.test["accuracy"])
 
     # other settings in the same directory: refused, naming the difference
-    with pytest.raises(ValueError, match="holds results of different settings"):
+    with pytest.raises(ValueError, match="holds results of another job"):
         slice_2d(
             loss_fn,
             m.params,
             train,
             (d1, d2),
-            run_dir=run,
+            store=run,
             **{**kw, "alphas": np.linspace(-2, 2, 5)},
         )
     e1, _ = random_directions(jax.random.key(9), m.params, 2)
     with pytest.raises(ValueError, match="directions"):
-        slice_2d(loss_fn, m.params, train, (e1, d2), run_dir=run, **kw)
+        slice_2d(loss_fn, m.params, train, (e1, d2), store=run, **kw)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import landscape
-from landscape import engine
+from landscape import grid
 from landscape.surface import (
     SliceResult,
     affine_first_layer,
@@ -52,8 +52,7 @@ def test_slice_2d_equals_direct_evaluation_float64(small_digits):
             alphas=alphas,
             betas=betas,
             test_data=test,
-            chunk_size=6,
-            batch_size=128,
+            settings=landscape.GridSettings(chunk_size=6, batch_size=128),
         )
         assert r.shape == (5, 4) and r.train["loss"].dtype == np.float64
         # the origin is the loss at params; 1e-12: same formula, reassociated sums only
@@ -194,11 +193,11 @@ def test_no_recompilation_on_second_call(small_digits):
     d1, d2 = random_directions(jax.random.key(0), m.params, 2)
     kw = dict(alphas=np.linspace(-1, 1, 3), betas=np.linspace(-1, 1, 3))
     slice_2d(loss_fn, m.params, train, (d1, d2), **kw)
-    before = engine._points_jit._cache_size()
+    before = grid._points_jit._cache_size()
     e1, e2 = random_directions(jax.random.key(1), m.params, 2)  # new directions, same shapes
     slice_2d(loss_fn, m.params, train, (e1, e2), **kw)
     slice_2d(loss_fn, jax.tree.map(lambda x: 0.9 * x, m.params), train, (d1, d2), **kw)
-    assert engine._points_jit._cache_size() == before
+    assert grid._points_jit._cache_size() == before
 
 
 def test_result_save_load_roundtrip(tmp_path, small_digits):
@@ -224,7 +223,7 @@ def test_result_save_load_roundtrip(tmp_path, small_digits):
     np.testing.assert_array_equal(back.betas, r.betas)
     assert back.directions[0]["key_data"] == tuple(d1.spec["key_data"])
     assert (
-        back.settings["bn"] == "centre" and back.settings["data_hash"] == r.settings["data_hash"]
+        back.settings["bn"] == "fixed" and back.settings["data_hash"] == r.settings["data_hash"]
     )
     assert "SliceResult(slice_2d, grid 3x2" in repr(back)
     # defaults: lax.map over one chunk holding the whole (small) grid, no memory estimate needed
@@ -292,7 +291,7 @@ def test_bad_inputs(small_digits):
     with pytest.raises(ValueError, match="bn='reestimate' but the model has no state"):
         slice_1d(loss_fn, m.params, train, d1, bn="reestimate")
     with pytest.raises(ValueError, match="strategy must be one of"):
-        slice_1d(loss_fn, m.params, train, d1, strategy="pmap")
+        slice_1d(loss_fn, m.params, train, d1, settings=landscape.GridSettings(strategy="pmap"))
     with pytest.raises(TypeError, match="data must be a dict"):
         slice_1d(loss_fn, m.params, [1, 2], d1)
     with pytest.raises(ValueError, match="slice_1d: loss_fn could not be evaluated on test_data"):
@@ -312,13 +311,14 @@ def test_chunks_sized_from_the_memory_estimate(small_digits):
     loss_fn = landscape.make_loss_fn(m)
     d = random_direction(jax.random.key(0), m.params)
     a = np.linspace(-1, 1, 9)
-    big = slice_1d(loss_fn, m.params, train, d, alphas=a, strategy="vmap")
+    big = slice_1d(loss_fn, m.params, train, d, alphas=a, settings=landscape.GridSettings(strategy="vmap"))
     per_point = big.settings["bytes_per_point"]
     # one batch of 300 examples through a 64-12-10-10 MLP: at least the first layer's
     # activations (300 x 12 floats), far below the default budget: the whole grid in one chunk
     assert per_point >= 300 * 12 * 4 and big.settings["chunk_size"] == 9
     small = slice_1d(
-        loss_fn, m.params, train, d, alphas=a, strategy="vmap", memory_budget=3 * per_point
+        loss_fn, m.params, train, d, alphas=a,
+        settings=landscape.GridSettings(strategy="vmap", memory_budget=3 * per_point),
     )
     assert small.settings["chunk_size"] == 3
     # float32, the same points vectorised in chunks of 3 or 9: rtol 1e-6
