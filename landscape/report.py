@@ -287,7 +287,8 @@ def _sections(store, run_dir, result, data, *, init_params, train_other, sizes, 
         store.save_dir("other_run", lambda tmp: landscape.save_run(tmp, other))
         other_model = other.model
     a, b = model.params, other_model.params
-    aligned_b = connect.align(model, a, b).params
+    # B as a Model: its own batch-norm statistics (when it has any) go with it
+    aligned_b = connect.align(model, a, other_model, key=jax.random.fold_in(key, 7)).params
     prof, loaded_all = {}, True
     for name, pb in (("linear", b), ("aligned", aligned_b)):
         prof[name], loaded = _section(

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from landscape import _compat
 from landscape import tree as _tree
 
 PyTree = Any
@@ -90,8 +91,15 @@ def boundary(name: str | None) -> Iterator[None]:
         _WHERE.reset(token)
 
 
+def is_tracer(x) -> bool:
+    """Whether ``x`` is a JAX tracer (a value inside ``jit``/``grad``/``vmap``, which cannot be
+    inspected), not a concrete array. The one public test for it (wraps :mod:`landscape._compat`,
+    the module that isolates JAX internals)."""
+    return _compat.is_tracer(x)
+
+
 def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    return not is_tracer(x)
 
 
 @jax.jit

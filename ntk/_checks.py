@@ -17,7 +17,7 @@ def as_inputs(x, *, name: str, dtype=None) -> np.ndarray | jax.Array:
         raise TypeError(
             f"{_validate.where('ntk')}: {name} must be an array of inputs (n, ...), not a data dict; pass data['x']."
         )
-    if isinstance(x, jax.core.Tracer):
+    if _validate.is_tracer(x):
         raise TypeError(
             f"{_validate.where('ntk')}: {name} must be a concrete array (this driver is not traceable; "
             "use the *_fn factories inside jit)."

@@ -94,14 +94,21 @@ def _np_leaves(tree) -> dict[str, np.ndarray]:
     return {p: np.asarray(x, np.float64) for p, x in zip(_tree.leaf_paths(tree), jax.tree.leaves(tree))}
 
 
-def _weight_matching(spec: PermutationSpec, pa, pb, *, max_iter: int, seed: int):
+def _key_data(key) -> list[int]:
+    """A PRNG key's data as integers (typed keys and raw ``uint32`` keys): the seed of the
+    sweeps' order and the provenance record."""
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return np.asarray(data).tolist()
+
+
+def _weight_matching(spec: PermutationSpec, pa, pb, *, max_iter: int, key):
     from scipy.optimize import linear_sum_assignment
 
     A, B = _np_leaves(pa), _np_leaves(pb)
     axes = spec.param_axes
     members = {g: spec.axes_of(g) for g in spec.groups}
     perms = {g: np.arange(n) for g, n in spec.groups.items()}
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_key_data(key))  # the order of the groups in each sweep
 
     def permuted(path, except_ax=None):
         x = B[path]
@@ -201,6 +208,33 @@ def _split_model_arg(x, name):
     return x, None
 
 
+def _has_floating_state(state) -> bool:
+    return any(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in jax.tree.leaves(state))
+
+
+def _network_state(model: Model, arg, state, *, which: str, needed: bool):
+    """Network ``which``'s (``"a"`` or ``"b"``) model state: ``state``, else the state of a
+    Model passed as its parameters, else ``model.state`` when its parameters are
+    ``model.params`` (the model is that network). A model with floating state (batch-norm
+    statistics) refuses to guess when the state is ``needed``; otherwise ``model.state`` stands
+    in (only its structure is used)."""
+    if state is not None:
+        return state
+    if isinstance(arg, Model):
+        return arg.state
+    if arg is model.params or not needed or not _has_floating_state(model.state):
+        return model.state
+    role = ("B is permuted with its own statistics" if which == "b"
+            else "activation matching runs A with its own statistics")
+    raise ValueError(
+        f"{_validate.where()}: the model has floating state (batch-norm statistics) but network "
+        f"{which.upper()}'s is not given: pass state_{which}=<{which.upper()}'s state> or "
+        f"params_{which} as a landscape.Model (e.g. the TrainResult's .model); {role}, and "
+        "model.state belongs to another network (the aligned network would not compute "
+        f"{which.upper()}'s function)."
+    )
+
+
 @_validate.public("landscape.connect.align")
 def align(
     model,
@@ -215,7 +249,7 @@ def align(
     batch_size: int | None = None,
     input_key: str = "x",
     max_iter: int = 100,
-    seed: int = 0,
+    key=None,
     on_unsupported: str = "raise",
 ) -> Alignment:
     """Permute network B's hidden units to match network A's (Git Re-Basin).
@@ -228,7 +262,7 @@ def align(
     * ``method="weights"`` (weight matching; Ainsworth et al. 2022, Algorithm 1): coordinate
       ascent of ``sum_l <W_A^l, P_l W_B^l P_{l-1}^T>``: for each group in a random order, one
       linear assignment problem with every other group held fixed; sweeps repeat until no
-      group improves (at most ``max_iter``). Data-free.
+      group improves (at most ``max_iter``). Data-free; needs ``key``.
     * ``method="activations"`` (activation matching): for each group, the inner products of
       A's and B's unit activations summed over ``data`` (post-nonlinearity values carrying the
       group, e.g. hidden ReLU outputs and the residual stream), then one assignment problem
@@ -237,18 +271,25 @@ def align(
     Args:
       model: the architecture: a :class:`landscape.Model` (or triple).
       params_a, params_b: the two networks' parameters, or :class:`landscape.Model` objects
-        (then their states are used as ``state_a``/``state_b``).
+        (then their states are used as ``state_a``/``state_b``); a model with batch-norm
+        statistics needs B's state this way or as ``state_b``.
       method: ``"weights"`` or ``"activations"``.
       data: ``{"x": ...}`` (training data) for activation matching; its first examples also
         serve as the example input.
       example_input: inputs to trace the model with (default: ``data["x"][:2]``, else zeros of
         ``model.spec["input_shape"]``).
       state_a, state_b: the networks' model states (batch-norm statistics); ``state_b`` is
-        permuted with B. Default: from Model arguments, else ``model.state``.
+        permuted with B. Default: the state of a Model passed as ``params_a``/``params_b``,
+        else ``model.state`` when those parameters are ``model.params`` (``model`` is that
+        network). A model with floating state needs B's state, and for activation matching
+        A's, from one of these (``ValueError`` otherwise: ``model.state`` is another network's
+        statistics).
       batch_size: batches for activation matching.
       input_key: the data's input entry.
       max_iter: weight-matching sweeps.
-      seed: order of the groups in the sweeps (NumPy ``default_rng``).
+      key: a JAX PRNG key (``jax.random.key(0)``); required for weight matching: the random
+        order of the groups in each sweep (a NumPy generator seeded with the key's data).
+        Activation matching is deterministic and accepts ``None``.
       on_unsupported: see :func:`permutation_spec`.
 
     Returns:
@@ -258,6 +299,9 @@ def align(
     Raises:
       UnsupportedModelError: the model has an operation that breaks a group's symmetry; the
         message names it and its source line.
+      TypeError: weight matching without ``key``.
+      ValueError: a model with batch-norm statistics without B's (or, for activation
+        matching, A's) state.
       ValueError, TypeError: mismatched structures or shapes, missing data for activation
         matching, bad settings.
 
@@ -272,12 +316,12 @@ def align(
     model = as_model(model)
     _validate.check_choice(method, ALIGN_METHODS, name="method")
     max_iter = _validate.check_positive_int(max_iter, name="max_iter")
-    pa, sa0 = _split_model_arg(params_a, "params_a")
-    pb, sb0 = _split_model_arg(params_b, "params_b")
-    state_a = sa0 if state_a is None else state_a
-    state_b = sb0 if state_b is None else state_b
-    state_a = model.state if state_a is None else state_a
-    state_b = model.state if state_b is None else state_b
+    if method == "weights" or key is not None:
+        _validate.check_key(key)
+    pa, _ = _split_model_arg(params_a, "params_a")
+    pb, _ = _split_model_arg(params_b, "params_b")
+    state_a = _network_state(model, params_a, state_a, which="a", needed=method == "activations")
+    state_b = _network_state(model, params_b, state_b, which="b", needed=True)
     _validate.check_params(pa, name="params_a")
     _validate.check_params(pb, name="params_b")
     _validate.check_same_structure(pa, model.params, name="params_a", ref_name="model.params")
@@ -302,7 +346,7 @@ def align(
     spec = permutation_spec(model.replace(params=pa, state=state_a), example_input,
                             on_unsupported=on_unsupported)
     if method == "weights":
-        perms, history, iters, converged = _weight_matching(spec, pa, pb, max_iter=max_iter, seed=seed)
+        perms, history, iters, converged = _weight_matching(spec, pa, pb, max_iter=max_iter, key=key)
     else:
         perms, history = _activation_matching(
             model.apply_fn, spec, pa, state_a, pb, state_b, data, batch_size=batch_size,
@@ -312,10 +356,10 @@ def align(
     perms = {g: np.asarray(p, np.int32) for g, p in perms.items()}
     new_p = _permute_tree(pb, spec.param_axes, perms)
     new_s = _permute_tree(state_b, spec.state_axes, perms) if jax.tree.leaves(state_b) else None
-    settings = {"method": method, "max_iter": max_iter, "seed": seed, "groups": spec.groups,
+    settings = {"method": method, "max_iter": max_iter, "groups": spec.groups,
                 "batch_size": batch_size}
     prov = _provenance.provenance(
-        dtype=_tree.dtype_of(pa), seeds={"order": seed},
+        dtype=_tree.dtype_of(pa), seeds=None if key is None else _key_data(key),
         data=None if data is None else _provenance.data_hash(data), settings=settings,
     )
     return Alignment(

@@ -14,9 +14,18 @@ label that is propagated through the equations:
   layer's output units), elementwise operations (bias additions, batch-norm arithmetic,
   activations, residual additions) tie the axes they combine, reductions and broadcasts
   carry labels through;
-* an equation that is not equivariant along a labelled axis (a reshape that flattens units
-  together with spatial positions, slicing, concatenation, grouped convolutions, sorting,
+* a reshape that flattens one permuted axis with unpermuted ones (the flatten readout after
+  convolutions) gives a *flattened block* axis, permuted by that axis's permutation;
+* an equation that is not equivariant along a labelled axis (a reshape that splits units or
+  merges them with other permuted axes, slicing, concatenation, grouped convolutions, sorting,
   cumulative sums, unknown primitives) poisons that group.
+
+Each primitive's behaviour is one small rule in a table (``_RULES``: primitive name -> rule,
+as neural-tangents' ``STRUCTURE_RULES``): elementwise unary and n-ary operations, reductions,
+broadcasts, reshapes, transposes, ``dot_general``, convolutions, pooling windows, slicing,
+padding, concatenation, indexing, ``cond`` and calls (``jit``, ``custom_jvp_call``, ...), whose
+programs are followed recursively. A primitive without a rule is treated as not equivariant:
+it poisons every group it touches.
 
 Candidate groups tied to a fixed axis are fixed. The others are the permutation groups; a
 poisoned group that is not fixed makes :func:`permutation_spec` raise, naming the operation,
@@ -25,7 +34,9 @@ its source line and the parameters involved, rather than return a wrong permutat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from landscape import _compat
 from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._model import as_model
@@ -75,15 +87,6 @@ _INLINE = {"jit", "pjit", "closed_call", "core_call"}
 # outputs of these equations count as "activations" for activation matching
 _NONLINEAR = {"custom_jvp_call", "tanh", "logistic", "erf", "exp", "max", "min", "abs",
               "integer_pow", "square", "sin", "cos", "log1p", "expm1"}
-
-
-def _where(eqn) -> str:
-    try:
-        from jax._src import source_info_util
-
-        return source_info_util.summarize(eqn.source_info)
-    except Exception:  # noqa: BLE001 - best effort
-        return "unknown location"
 
 
 class _Labels:
@@ -172,7 +175,8 @@ def _sub_jaxpr(eqn):
 
 
 class _Tracer:
-    """Propagates axis labels through a jaxpr (recursively through calls)."""
+    """Propagates axis labels through a jaxpr (recursively through calls), each equation by the
+    rule registered for its primitive in ``_RULES``."""
 
     def __init__(self, labels: _Labels):
         self.L = labels
@@ -180,351 +184,514 @@ class _Tracer:
         self.capturable = True  # False inside calls whose values capture_activations cannot see
         self.locations: list[str] = []  # source locations of the enclosing calls
 
-    # -- helpers --------------------------------------------------------------------------
-    def _spoil_all(self, labs, reason):
-        for lab in labs:
-            self.L.spoil(lab, reason)
-
-    def _fixed_like(self, v):
-        return tuple(WILD if s == 1 else FIXED for s in _shape(v))
-
     def run(self, closed, in_labels, in_data, prefix=()):
+        """Labels of ``closed``'s outputs from its inputs' labels and data dependence; records
+        the data-dependent values on the way (candidate activations for activation matching)."""
         jaxpr = closed.jaxpr
-        env: dict = {}
-        denv: dict = {}
-        for v in jaxpr.constvars:
-            env[v] = self._fixed_like(v)
-            denv[v] = False
-        for v, lab, d in zip(jaxpr.invars, in_labels, in_data):
-            env[v] = tuple(lab)
-            denv[v] = d
+        env = {v: (_fixed_like(v), False) for v in jaxpr.constvars}
+        env.update((v, (tuple(lab), d)) for v, lab, d in zip(jaxpr.invars, in_labels, in_data))
 
         def read(v):
-            if isinstance(v, jcore.Literal):
-                return self._fixed_like(v), False
-            return env[v], denv[v]
+            return (_fixed_like(v), False) if isinstance(v, jcore.Literal) else env[v]
 
         for i, eqn in enumerate(jaxpr.eqns):
             ins = [read(v) for v in eqn.invars]
-            labs = [x[0] for x in ins]
-            data_dep = any(x[1] for x in ins)
-            outs = self.eqn(eqn, labs, [d for _, d in ins], prefix + (i,))
-            name = eqn.primitive.name
-            nonlinear = name in _NONLINEAR and not (
-                name in ("max", "min") and not any(isinstance(v, jcore.Literal) for v in eqn.invars)
-            )
+            data_dep = any(d for _, d in ins)
+            outs = self.eqn(eqn, [lab for lab, _ in ins], [d for _, d in ins], prefix + (i,))
+            record = data_dep and self.capturable and eqn.primitive.name not in _INLINE
+            nonlinear = _is_nonlinear(eqn)
             for k, (v, lab) in enumerate(zip(eqn.outvars, outs)):
                 if isinstance(v, jcore.DropVar):
                     continue
-                env[v] = tuple(lab)
-                denv[v] = data_dep
-                if data_dep and self.capturable and name not in _INLINE:
+                env[v] = (tuple(lab), data_dep)
+                if record:
                     self.records.append((prefix + (i, k), tuple(lab), nonlinear))
         return [read(v)[0] for v in jaxpr.outvars]
 
-    # -- one equation ---------------------------------------------------------------------
     def eqn(self, eqn, labs, datas, pos):
-        L = self.L
-        name = eqn.primitive.name
-        p = eqn.params
-        outs_shapes = [_shape(v) for v in eqn.outvars]
-        in_shapes = [_shape(v) for v in eqn.invars]
-        loc = _where(eqn)
-        if not loc.strip() or loc == "unknown location":
-            # equations inside library calls (jnp.cumsum is a nested jit) carry no user
-            # location: report the enclosing call's
-            loc = next((x for x in reversed(self.locations) if x.strip()), "unknown location")
-        why = f"`{name}` at {loc}"
+        """Output labels of one equation, by its primitive's rule (``_unknown`` if none)."""
+        e = _Eqn(eqn, labs, datas, pos, self._location(eqn))
+        return _RULES.get(e.name, _unknown)(self, e)
 
-        if name in _UNARY and len(labs) == 1:
-            return [labs[0]]
+    def _location(self, eqn) -> str:
+        """The equation's source line; equations inside library calls (``jnp.cumsum`` is a
+        nested jit) carry no user location, so they report the enclosing call's."""
+        loc = _compat.source_summary(getattr(eqn, "source_info", None))
+        if loc.strip() and loc != _compat.UNKNOWN_LOCATION:
+            return loc
+        return next((x for x in reversed(self.locations) if x.strip()), _compat.UNKNOWN_LOCATION)
 
-        if name in _NARY:
-            r = len(outs_shapes[0])
-            out = [WILD] * r
-            for lab, shp in zip(labs, in_shapes):
-                if len(shp) == 0:
-                    continue
-                if len(shp) != r:
-                    self._spoil_all(lab, why + " (rank-changing broadcast)")
-                    continue
-                for ax in range(r):
-                    lab_ax = WILD if shp[ax] == 1 else lab[ax]
-                    out[ax] = L.unify(out[ax], lab_ax)
-            return [tuple(L.norm(x) for x in out)]
-
-        if name == "dot_general":
-            (lc, rc), (lb, rb) = p["dimension_numbers"]
-            a, b = labs
-            for i, j in zip(lc, rc):
-                L.unify(a[i], b[j])
-            batch = [L.unify(a[i], b[j]) for i, j in zip(lb, rb)]
-            free_a = [a[i] for i in range(len(a)) if i not in lc and i not in lb]
-            free_b = [b[j] for j in range(len(b)) if j not in rc and j not in rb]
-            return [tuple(L.norm(x) for x in batch + free_a + free_b)]
-
-        if name == "conv_general_dilated":
-            dn = p["dimension_numbers"]
-            lhs, rhs = labs
-            ls, rs, os_ = dn.lhs_spec, dn.rhs_spec, dn.out_spec
-            groups = p.get("feature_group_count", 1) * p.get("batch_group_count", 1)
-            if groups != 1:
-                reason = why + " (grouped convolution: units are permuted within groups only)"
-                for lab in (lhs[ls[1]], rhs[rs[0]], rhs[rs[1]]):
-                    L.spoil(lab, reason)
-            else:
-                L.unify(lhs[ls[1]], rhs[rs[1]])
-            for d in ls[2:]:
-                L.spoil(lhs[d], why + " (convolution over a permuted axis)")
-            for d in rs[2:]:
-                L.fix(rhs[d])
-            out = [FIXED] * len(outs_shapes[0])
-            out[os_[0]] = L.norm(lhs[ls[0]])
-            out[os_[1]] = L.norm(rhs[rs[0]])
-            return [tuple(out)]
-
-        if name in _REDUCE:
-            axes = set(p["axes"])
-            return [tuple(lab for i, lab in enumerate(labs[0]) if i not in axes)]
-
-        if name in _ARG_REDUCE:
-            axes = set(p["axes"])
-            for ax in axes:
-                L.spoil(labs[0][ax], why + " (index of a maximum over permuted units)")
-            return [tuple(lab for i, lab in enumerate(labs[0]) if i not in axes)]
-
-        if name == "broadcast_in_dim":
-            shape = p["shape"]
-            out = [WILD if s == 1 else WILD for s in shape]
-            for i, d in enumerate(p["broadcast_dimensions"]):
-                out[d] = labs[0][i] if in_shapes[0][i] == shape[d] else WILD
-            return [tuple(out)]
-
-        if name == "reshape":
-            if p.get("dimensions") is not None:
-                self._spoil_all(labs[0], why + " (reshape with a transposition)")
-                return [self._fixed_like(eqn.outvars[0])]
-            return [self._reshape(labs[0], in_shapes[0], outs_shapes[0], why)]
-
-        if name == "squeeze":
-            dims = {d % len(in_shapes[0]) for d in p["dimensions"]}
-            return [tuple(lab for i, lab in enumerate(labs[0]) if i not in dims)]
-
-        if name == "expand_dims":
-            out = list(labs[0])
-            for d in sorted(p["dimensions"]):
-                out.insert(d, WILD)
-            return [tuple(out)]
-
-        if name == "transpose":
-            return [tuple(labs[0][i] for i in p["permutation"])]
-
-        if name in _WINDOW:
-            n_ops = len(labs) if name != "reduce_window" else len(labs) // 2
-            wd, ws = p["window_dimensions"], p["window_strides"]
-            pad = p["padding"]
-            bd = p.get("base_dilation", (1,) * len(wd))
-            wdl = p.get("window_dilation", (1,) * len(wd))
-            outs = []
-            for lab in labs[:n_ops]:
-                out = []
-                for ax, x in enumerate(lab):
-                    plain = wd[ax] == 1 and ws[ax] == 1 and tuple(pad[ax]) == (0, 0) and bd[ax] == 1 and wdl[ax] == 1
-                    if plain:
-                        out.append(x)
-                    else:
-                        L.spoil(x, why + " (pooling window across permuted units)")
-                        out.append(FIXED)
-                outs.append(tuple(out))
-            return outs
-
-        if name in _CUMULATIVE:
-            ax = p["axis"]
-            L.spoil(labs[0][ax], why + " (cumulative operation along permuted units)")
-            out = list(labs[0])
-            out[ax] = FIXED
-            return [tuple(out)]
-
-        if name == "sort":
-            d = p["dimension"]
-            outs = []
-            for lab in labs:
-                L.spoil(lab[d], why + " (sorting along permuted units)")
-                o = list(lab)
-                o[d] = FIXED
-                outs.append(tuple(o))
-            return outs[: len(eqn.outvars)]
-
-        if name == "concatenate":
-            d = p["dimension"]
-            r = len(outs_shapes[0])
-            out = [WILD] * r
-            for lab in labs:
-                for ax in range(r):
-                    if ax == d:
-                        L.spoil(lab[ax], why + " (concatenation along permuted units)")
-                    else:
-                        out[ax] = L.unify(out[ax], lab[ax])
-            out[d] = FIXED
-            return [tuple(L.norm(x) for x in out)]
-
-        if name == "pad":
-            cfg = p["padding_config"]
-            out = []
-            for ax, (lo, hi, interior) in enumerate(cfg):
-                if (lo, hi, interior) == (0, 0, 0):
-                    out.append(labs[0][ax])
-                else:
-                    L.spoil(labs[0][ax], why + " (padding along permuted units)")
-                    out.append(FIXED)
-            return [tuple(out)]
-
-        if name in ("slice", "dynamic_slice"):
-            out = []
-            full = in_shapes[0]
-            outs_ = outs_shapes[0]
-            for ax, lab in enumerate(labs[0]):
-                if outs_[ax] == full[ax] and (name == "dynamic_slice" or
-                                              p["start_indices"][ax] == 0 and
-                                              (p["strides"] is None or p["strides"][ax] == 1)):
-                    out.append(lab)
-                else:
-                    L.spoil(lab, why + " (slicing along permuted units)")
-                    out.append(FIXED)
-            for lab in labs[1:]:
-                self._spoil_all(lab, why)
-            return [tuple(out)]
-
-        if name == "dynamic_update_slice":
-            op, upd = labs[0], labs[1]
-            out = []
-            for ax in range(len(op)):
-                if in_shapes[1][ax] == in_shapes[0][ax]:
-                    out.append(L.unify(op[ax], upd[ax]))
-                else:
-                    L.spoil(op[ax], why + " (partial update along permuted units)")
-                    L.spoil(upd[ax], why)
-                    out.append(FIXED)
-            return [tuple(L.norm(x) for x in out)]
-
-        if name == "gather":
-            dn = p["dimension_numbers"]
-            op = labs[0]
-            ss = p["slice_sizes"]
-            collapsed = set(dn.collapsed_slice_dims) | set(getattr(dn, "operand_batching_dims", ()))
-            indexed = set(dn.start_index_map)
-            out = [FIXED] * len(outs_shapes[0])
-            kept = [ax for ax in range(len(op)) if ax not in collapsed]
-            for ax, od in zip(kept, dn.offset_dims):
-                if ax in indexed or ss[ax] != in_shapes[0][ax]:
-                    L.spoil(op[ax], why + " (indexing along permuted units)")
-                else:
-                    out[od] = op[ax]
-            for ax in collapsed | indexed:
-                L.spoil(op[ax], why + " (indexing along permuted units)")
-            self._spoil_all(labs[1], why)
-            return [tuple(out)]
-
-        if name == "iota":
-            return [self._fixed_like(eqn.outvars[0])]
-
-        if name == "split":
-            ax = p["axis"]
-            L.spoil(labs[0][ax], why + " (splitting permuted units)")
-            outs = []
-            for _ in eqn.outvars:
-                o = list(labs[0])
-                o[ax] = FIXED
-                outs.append(tuple(o))
-            return outs
-
-        if name == "cond":
-            branches = p["branches"]
-            self._spoil_all(labs[0], why)
-            res = None
-            old, self.capturable = self.capturable, False
-            for br in branches:
-                o = self.run(br, labs[1:], datas[1:], pos)
-                res = o if res is None else [
-                    tuple(L.unify(x, y) for x, y in zip(a, b)) for a, b in zip(res, o)
-                ]
+    @contextlib.contextmanager
+    def nested(self, *, capturable: bool, location: str | None = None):
+        """Inside a nested program (a call's or a branch's): ``capturable`` in force and, for a
+        call, ``location`` the enclosing source line."""
+        old = self.capturable
+        self.capturable = capturable
+        if location is not None:
+            self.locations.append(location)
+        try:
+            yield
+        finally:
             self.capturable = old
-            return [tuple(L.norm(x) for x in r) for r in res]
+            if location is not None:
+                self.locations.pop()
 
-        if name in _CALLS:
-            sub = _sub_jaxpr(eqn)
-            if sub is not None and len(sub.jaxpr.invars) == len(labs):
-                old = self.capturable
-                self.capturable = old and name in _INLINE
-                self.locations.append(loc)
-                try:
-                    return self.run(sub, labs, datas, pos)
-                finally:
-                    self.capturable = old
-                    self.locations.pop()
 
-        # anything else: not known to be permutation-equivariant
-        for lab in labs:
-            self._spoil_all(lab, why + " (operation not known to be permutation-equivariant)")
-        return [self._fixed_like(v) for v in eqn.outvars]
+def _is_nonlinear(eqn) -> bool:
+    """Whether an equation's outputs count as activations for activation matching (``max`` and
+    ``min`` only against a constant: ReLU, clipping)."""
+    name = eqn.primitive.name
+    if name in ("max", "min"):
+        return any(isinstance(v, jcore.Literal) for v in eqn.invars)
+    return name in _NONLINEAR
 
-    def _reshape(self, lab, ishape, oshape, why):
-        L = self.L
-        out = [WILD] * len(oshape)
-        i = j = 0
-        ni, no = len(ishape), len(oshape)
-        while i < ni or j < no:
-            # skip size-1 axes (they carry no permutation)
-            if i < ni and ishape[i] == 1:
-                i += 1
-                continue
-            if j < no and oshape[j] == 1:
-                out[j] = WILD
-                j += 1
-                continue
-            if i >= ni or j >= no:  # pragma: no cover - sizes always match
-                break
-            gi, gj = [i], [j]
-            pi, pj = ishape[i], oshape[j]
-            while pi != pj:
-                if pi < pj:
-                    i += 1
-                    gi.append(i)
-                    pi *= ishape[i]
-                else:
-                    j += 1
-                    gj.append(j)
-                    pj *= oshape[j]
+
+@dataclasses.dataclass(frozen=True)
+class _Eqn:
+    """One equation as a rule sees it."""
+
+    eqn: Any
+    labs: list  # per input: one label per axis
+    datas: list  # per input: whether it depends on the data
+    pos: tuple  # position in the (nested) program
+    loc: str  # source line, for error messages
+
+    @property
+    def name(self) -> str:
+        return self.eqn.primitive.name
+
+    @property
+    def params(self) -> dict:
+        return self.eqn.params
+
+    @property
+    def why(self) -> str:
+        return f"`{self.name}` at {self.loc}"
+
+    @property
+    def in_shapes(self) -> list[tuple]:
+        return [_shape(v) for v in self.eqn.invars]
+
+    @property
+    def out_shapes(self) -> list[tuple]:
+        return [_shape(v) for v in self.eqn.outvars]
+
+
+# -- label-propagation rules -------------------------------------------------------------------
+# A rule maps one equation (``_Eqn``) to its outputs' labels, tying (``unify``), fixing or
+# poisoning (``spoil``) candidate groups on the way. ``_RULES`` maps primitive names to rules
+# (as neural-tangents' ``STRUCTURE_RULES``); a primitive without one goes to ``_unknown``.
+Rule = Callable[[_Tracer, _Eqn], list]
+_RULES: dict[str, Rule] = {}
+
+
+def _rule(*names: str):
+    """Decorator: ``f`` is the rule of primitives ``names`` (each has at most one)."""
+
+    def register(f: Rule) -> Rule:
+        for name in names:
+            if name in _RULES:  # pragma: no cover - a programming error caught at import
+                raise RuntimeError(f"two label rules for primitive {name!r}")
+            _RULES[name] = f
+        return f
+
+    return register
+
+
+def _fixed_like(v) -> tuple:
+    """Labels of a value no permutation reaches (constants, literals): every axis fixed
+    (size-1 axes wild)."""
+    return tuple(WILD if s == 1 else FIXED for s in _shape(v))
+
+
+def _normed(L: _Labels, lab) -> tuple:
+    return tuple(L.norm(x) for x in lab)
+
+
+def _spoil_all(L: _Labels, lab, reason: str) -> None:
+    for x in lab:
+        L.spoil(x, reason)
+
+
+def _drop_axes(lab, axes) -> tuple:
+    return tuple(x for i, x in enumerate(lab) if i not in axes)
+
+
+def _break_axis(L: _Labels, lab, ax: int, reason: str) -> tuple:
+    """Poison the group on axis ``ax`` of ``lab``; returns ``lab`` with that axis fixed."""
+    L.spoil(lab[ax], reason)
+    out = list(lab)
+    out[ax] = FIXED
+    return tuple(out)
+
+
+def _keep_axes(L: _Labels, lab, keep, reason: str) -> tuple:
+    """``lab`` where ``keep`` holds; the other axes poisoned and fixed (an operation that is
+    equivariant along the kept axes only)."""
+    out = []
+    for x, k in zip(lab, keep):
+        if not k:
+            L.spoil(x, reason)
+        out.append(x if k else FIXED)
+    return tuple(out)
+
+
+def _unknown(t: _Tracer, e: _Eqn) -> list:
+    """Default rule: not known to be permutation-equivariant, so every input group poisons."""
+    for lab in e.labs:
+        _spoil_all(t.L, lab, e.why + " (operation not known to be permutation-equivariant)")
+    return [_fixed_like(v) for v in e.eqn.outvars]
+
+
+@_rule(*_UNARY)
+def _unary(t: _Tracer, e: _Eqn) -> list:
+    """Elementwise on one operand (activations, casts): labels pass through."""
+    return [e.labs[0]] if len(e.labs) == 1 else _unknown(t, e)
+
+
+@_rule(*_NARY)
+def _elementwise(t: _Tracer, e: _Eqn) -> list:
+    """Elementwise on several operands (bias and residual additions, batch-norm arithmetic,
+    ``select_n``): ties the operands' labels axis by axis (size-1 axes and scalars broadcast);
+    a broadcast that changes rank poisons."""
+    L = t.L
+    out = [WILD] * len(e.out_shapes[0])
+    for lab, shp in zip(e.labs, e.in_shapes):
+        if len(shp) == 0:
+            continue
+        if len(shp) != len(out):
+            _spoil_all(L, lab, e.why + " (rank-changing broadcast)")
+            continue
+        for ax in range(len(out)):
+            out[ax] = L.unify(out[ax], WILD if shp[ax] == 1 else lab[ax])
+    return [_normed(L, out)]
+
+
+@_rule("dot_general")
+def _dot_general(t: _Tracer, e: _Eqn) -> list:
+    """Ties contracted axes (a layer's inputs to the previous layer's units) and batch axes;
+    the free axes keep their labels (output order: batch, lhs free, rhs free)."""
+    L = t.L
+    (lc, rc), (lb, rb) = e.params["dimension_numbers"]
+    a, b = e.labs
+    for i, j in zip(lc, rc):
+        L.unify(a[i], b[j])
+    batch = [L.unify(a[i], b[j]) for i, j in zip(lb, rb)]
+    free_a = [a[i] for i in range(len(a)) if i not in lc and i not in lb]
+    free_b = [b[j] for j in range(len(b)) if j not in rc and j not in rb]
+    return [_normed(L, batch + free_a + free_b)]
+
+
+@_rule("conv_general_dilated")
+def _conv(t: _Tracer, e: _Eqn) -> list:
+    """Ties the input's channels to the kernel's input axis; the output's channels are the
+    kernel's output axis, its batch the input's. Grouped convolutions (units permute within
+    groups only) and convolutions over permuted axes poison; kernel spatial axes are fixed."""
+    L = t.L
+    dn = e.params["dimension_numbers"]
+    lhs, rhs = e.labs
+    ls, rs, os_ = dn.lhs_spec, dn.rhs_spec, dn.out_spec
+    groups = e.params.get("feature_group_count", 1) * e.params.get("batch_group_count", 1)
+    if groups != 1:
+        reason = e.why + " (grouped convolution: units are permuted within groups only)"
+        for lab in (lhs[ls[1]], rhs[rs[0]], rhs[rs[1]]):
+            L.spoil(lab, reason)
+    else:
+        L.unify(lhs[ls[1]], rhs[rs[1]])
+    for d in ls[2:]:
+        L.spoil(lhs[d], e.why + " (convolution over a permuted axis)")
+    for d in rs[2:]:
+        L.fix(rhs[d])
+    out = [FIXED] * len(e.out_shapes[0])
+    out[os_[0]] = L.norm(lhs[ls[0]])
+    out[os_[1]] = L.norm(rhs[rs[0]])
+    return [tuple(out)]
+
+
+@_rule(*_REDUCE)
+def _reduce(t: _Tracer, e: _Eqn) -> list:
+    """Reductions (sums, maxima): the reduced axes' labels are dropped."""
+    return [_drop_axes(e.labs[0], set(e.params["axes"]))]
+
+
+@_rule(*_ARG_REDUCE)
+def _arg_reduce(t: _Tracer, e: _Eqn) -> list:
+    """``argmax``/``argmin``: an index over permuted units depends on their order: poisons."""
+    axes = set(e.params["axes"])
+    for ax in axes:
+        t.L.spoil(e.labs[0][ax], e.why + " (index of a maximum over permuted units)")
+    return [_drop_axes(e.labs[0], axes)]
+
+
+@_rule(*_CUMULATIVE)
+def _cumulative(t: _Tracer, e: _Eqn) -> list:
+    """Cumulative sums and products along an axis depend on the units' order: poison it."""
+    reason = e.why + " (cumulative operation along permuted units)"
+    return [_break_axis(t.L, e.labs[0], e.params["axis"], reason)]
+
+
+@_rule("sort")
+def _sort(t: _Tracer, e: _Eqn) -> list:
+    """Sorting along permuted units poisons them (every operand, sorted together)."""
+    reason = e.why + " (sorting along permuted units)"
+    outs = [_break_axis(t.L, lab, e.params["dimension"], reason) for lab in e.labs]
+    return outs[: len(e.eqn.outvars)]
+
+
+def _plain_window_axis(p: dict, ax: int) -> bool:
+    """Whether a pooling window leaves axis ``ax`` alone (size and stride 1, no padding or
+    dilation)."""
+    ones = (1,) * len(p["window_dimensions"])
+    return (
+        p["window_dimensions"][ax] == 1
+        and p["window_strides"][ax] == 1
+        and tuple(p["padding"][ax]) == (0, 0)
+        and p.get("base_dilation", ones)[ax] == 1
+        and p.get("window_dilation", ones)[ax] == 1
+    )
+
+
+@_rule(*_WINDOW)
+def _window(t: _Tracer, e: _Eqn) -> list:
+    """Pooling: axes the window leaves alone keep their labels, a window across permuted
+    units poisons (the generic ``reduce_window`` has one init value per operand)."""
+    n_ops = len(e.labs) // 2 if e.name == "reduce_window" else len(e.labs)
+    reason = e.why + " (pooling window across permuted units)"
+    return [
+        _keep_axes(t.L, lab, [_plain_window_axis(e.params, ax) for ax in range(len(lab))], reason)
+        for lab in e.labs[:n_ops]
+    ]
+
+
+@_rule("broadcast_in_dim")
+def _broadcast_in_dim(t: _Tracer, e: _Eqn) -> list:
+    """The operand's axes keep their labels at their new positions (unless broadcast from
+    size 1); new axes are wild."""
+    shape = e.params["shape"]
+    out = [WILD] * len(shape)
+    for i, d in enumerate(e.params["broadcast_dimensions"]):
+        out[d] = e.labs[0][i] if e.in_shapes[0][i] == shape[d] else WILD
+    return [tuple(out)]
+
+
+@_rule("squeeze")
+def _squeeze(t: _Tracer, e: _Eqn) -> list:
+    dims = {d % len(e.in_shapes[0]) for d in e.params["dimensions"]}
+    return [_drop_axes(e.labs[0], dims)]
+
+
+@_rule("expand_dims")
+def _expand_dims(t: _Tracer, e: _Eqn) -> list:
+    out = list(e.labs[0])
+    for d in sorted(e.params["dimensions"]):
+        out.insert(d, WILD)
+    return [tuple(out)]
+
+
+@_rule("transpose")
+def _transpose(t: _Tracer, e: _Eqn) -> list:
+    return [tuple(e.labs[0][i] for i in e.params["permutation"])]
+
+
+@_rule("reshape")
+def _reshape(t: _Tracer, e: _Eqn) -> list:
+    """Reshapes keep the label of an axis that stays whole; a flatten of one permuted axis with
+    unpermuted ones gives a flattened block (``_Labels.alias``); anything else poisons."""
+    if e.params.get("dimensions") is not None:
+        _spoil_all(t.L, e.labs[0], e.why + " (reshape with a transposition)")
+        return [_fixed_like(e.eqn.outvars[0])]
+    return [_reshape_labels(t.L, e.labs[0], e.in_shapes[0], e.out_shapes[0], e.why)]
+
+
+def _reshape_labels(L: _Labels, lab, ishape, oshape, why: str) -> tuple:
+    out = [WILD] * len(oshape)
+    for gi, gj in _reshape_blocks(ishape, oshape):
+        for k, x in zip(gj, _reshape_block(L, lab, ishape, oshape, gi, gj, why)):
+            out[k] = x
+    return tuple(out)
+
+
+def _reshape_blocks(ishape, oshape):
+    """Yields ``(input axes, output axes)``: the shortest runs of axes with equal total size,
+    left to right (size-1 axes between runs are skipped: they carry no permutation)."""
+    i = j = 0
+    ni, no = len(ishape), len(oshape)
+    while i < ni or j < no:
+        if i < ni and ishape[i] == 1:
             i += 1
+            continue
+        if j < no and oshape[j] == 1:
             j += 1
-            labs = [lab[k] for k in gi if ishape[k] != 1]
-            outs_ = [k for k in gj if oshape[k] != 1]
-            if len(labs) == 1 and len(outs_) == 1:
-                for k in gj:
-                    out[k] = labs[0] if oshape[k] != 1 else WILD
-                continue
-            real = [k for k in gi if ishape[k] != 1]
-            nodes = [k for k in real if L.norm(lab[k]) >= 0]
-            if len(outs_) == 1 and len(nodes) == 1 and all(L.norm(lab[k]) != WILD or k in nodes for k in real):
-                # a flatten of one permuted axis with unpermuted ones: the merged axis is the
-                # block (outer, units, inner), permuted by the units' permutation
-                k0 = nodes[0]
-                outer = int(np.prod([ishape[k] for k in real if k < k0], dtype=np.int64))
-                inner = int(np.prod([ishape[k] for k in real if k > k0], dtype=np.int64))
-                m = L.new(oshape[outs_[0]], None)
-                L.alias[m] = (L.norm(lab[k0]), outer, inner)
-                for k in real:
-                    if k != k0:
-                        L.fix(lab[k])
-                for k in gj:
-                    out[k] = m if oshape[k] != 1 else WILD
-                continue
-            for x in labs:
-                L.spoil(x, why + " (reshape merging or splitting permuted units with other "
-                        "axes, e.g. a flatten readout)")
-            for k in gj:
-                out[k] = WILD if oshape[k] == 1 else FIXED
-        return tuple(out)
+            continue
+        if i >= ni or j >= no:  # pragma: no cover - sizes always match
+            return
+        gi, gj = [i], [j]
+        pi, pj = ishape[i], oshape[j]
+        while pi != pj:
+            if pi < pj:
+                i += 1
+                gi.append(i)
+                pi *= ishape[i]
+            else:
+                j += 1
+                gj.append(j)
+                pj *= oshape[j]
+        yield gi, gj
+        i += 1
+        j += 1
+
+
+def _reshape_block(L: _Labels, lab, ishape, oshape, gi, gj, why: str) -> list:
+    """Labels of output axes ``gj``, the reshape of input axes ``gi``."""
+    real = [k for k in gi if ishape[k] != 1]
+    outs = [k for k in gj if oshape[k] != 1]
+    if len(real) == 1 and len(outs) == 1:  # one axis, with size-1 axes around it
+        return [lab[real[0]] if oshape[k] != 1 else WILD for k in gj]
+    nodes = [k for k in real if L.norm(lab[k]) >= 0]
+    if (len(outs) == 1 and len(nodes) == 1
+            and all(L.norm(lab[k]) != WILD or k in nodes for k in real)):
+        m = _flattened_block(L, lab, ishape, real, nodes[0], oshape[outs[0]])
+        return [m if oshape[k] != 1 else WILD for k in gj]
+    for k in real:
+        L.spoil(lab[k], why + " (reshape merging or splitting permuted units with other "
+                "axes, e.g. a flatten readout)")
+    return [WILD if oshape[k] == 1 else FIXED for k in gj]
+
+
+def _flattened_block(L: _Labels, lab, ishape, real, k0: int, size: int) -> int:
+    """A new label for an axis flattening permuted axis ``k0`` with unpermuted ones: the block
+    ``(outer, units, inner)``, permuted by ``k0``'s permutation; the other axes are fixed."""
+    outer = int(np.prod([ishape[k] for k in real if k < k0], dtype=np.int64))
+    inner = int(np.prod([ishape[k] for k in real if k > k0], dtype=np.int64))
+    m = L.new(size, None)
+    L.alias[m] = (L.norm(lab[k0]), outer, inner)
+    for k in real:
+        if k != k0:
+            L.fix(lab[k])
+    return m
+
+
+@_rule("concatenate")
+def _concatenate(t: _Tracer, e: _Eqn) -> list:
+    """Ties the operands' labels on every axis but the concatenated one, which poisons."""
+    L = t.L
+    d = e.params["dimension"]
+    out = [WILD] * len(e.out_shapes[0])
+    for lab in e.labs:
+        for ax in range(len(out)):
+            if ax == d:
+                L.spoil(lab[ax], e.why + " (concatenation along permuted units)")
+            else:
+                out[ax] = L.unify(out[ax], lab[ax])
+    out[d] = FIXED
+    return [_normed(L, out)]
+
+
+@_rule("pad")
+def _pad(t: _Tracer, e: _Eqn) -> list:
+    """Padding poisons the axes it pads."""
+    keep = [tuple(c) == (0, 0, 0) for c in e.params["padding_config"]]
+    return [_keep_axes(t.L, e.labs[0], keep, e.why + " (padding along permuted units)")]
+
+
+def _whole_static_slice(p: dict, ax: int) -> bool:
+    return p["start_indices"][ax] == 0 and (p["strides"] is None or p["strides"][ax] == 1)
+
+
+@_rule("slice", "dynamic_slice")
+def _slice(t: _Tracer, e: _Eqn) -> list:
+    """Slices keep the labels of axes taken whole and poison the others (and the indices)."""
+    full, part = e.in_shapes[0], e.out_shapes[0]
+    keep = [
+        part[ax] == full[ax] and (e.name == "dynamic_slice" or _whole_static_slice(e.params, ax))
+        for ax in range(len(e.labs[0]))
+    ]
+    out = _keep_axes(t.L, e.labs[0], keep, e.why + " (slicing along permuted units)")
+    for lab in e.labs[1:]:
+        _spoil_all(t.L, lab, e.why)
+    return [out]
+
+
+@_rule("dynamic_update_slice")
+def _dynamic_update_slice(t: _Tracer, e: _Eqn) -> list:
+    """Ties operand and update on axes the update covers whole; a partial update along
+    permuted units poisons both."""
+    L = t.L
+    op, upd = e.labs[0], e.labs[1]
+    shp_op, shp_upd = e.in_shapes[0], e.in_shapes[1]
+    out = []
+    for ax in range(len(op)):
+        if shp_upd[ax] == shp_op[ax]:
+            out.append(L.unify(op[ax], upd[ax]))
+        else:
+            L.spoil(op[ax], e.why + " (partial update along permuted units)")
+            L.spoil(upd[ax], e.why)
+            out.append(FIXED)
+    return [_normed(L, out)]
+
+
+@_rule("gather")
+def _gather(t: _Tracer, e: _Eqn) -> list:
+    """Indexing (``x[idx]``, ``jnp.take``): axes taken whole keep their labels (at their offset
+    dimensions); indexed or collapsed axes poison, and so do the indices."""
+    L = t.L
+    dn = e.params["dimension_numbers"]
+    op, ss = e.labs[0], e.params["slice_sizes"]
+    collapsed = set(dn.collapsed_slice_dims) | set(getattr(dn, "operand_batching_dims", ()))
+    indexed = set(dn.start_index_map)
+    reason = e.why + " (indexing along permuted units)"
+    out = [FIXED] * len(e.out_shapes[0])
+    kept = [ax for ax in range(len(op)) if ax not in collapsed]
+    for ax, od in zip(kept, dn.offset_dims):
+        if ax in indexed or ss[ax] != e.in_shapes[0][ax]:
+            L.spoil(op[ax], reason)
+        else:
+            out[od] = op[ax]
+    for ax in collapsed | indexed:
+        L.spoil(op[ax], reason)
+    _spoil_all(L, e.labs[1], e.why)
+    return [tuple(out)]
+
+
+@_rule("split")
+def _split(t: _Tracer, e: _Eqn) -> list:
+    """Splitting permuted units into pieces poisons them."""
+    out = _break_axis(t.L, e.labs[0], e.params["axis"], e.why + " (splitting permuted units)")
+    return [out] * len(e.eqn.outvars)
+
+
+@_rule("iota")
+def _iota(t: _Tracer, e: _Eqn) -> list:
+    return [_fixed_like(e.eqn.outvars[0])]
+
+
+@_rule("cond")
+def _cond(t: _Tracer, e: _Eqn) -> list:
+    """Branches: the predicate's groups poison; every branch runs on the operands and their
+    outputs' labels are tied (values inside are not captured as activations)."""
+    L = t.L
+    _spoil_all(L, e.labs[0], e.why)
+    res = None
+    with t.nested(capturable=False):
+        for branch in e.params["branches"]:
+            o = t.run(branch, e.labs[1:], e.datas[1:], e.pos)
+            res = o if res is None else [
+                tuple(L.unify(x, y) for x, y in zip(a, b)) for a, b in zip(res, o)
+            ]
+    return [_normed(L, r) for r in res]
+
+
+@_rule(*_CALLS)
+def _call(t: _Tracer, e: _Eqn) -> list:
+    """Calls (jit, custom_jvp/vjp, remat, shard_map): labels flow through the called program;
+    only inlined calls' values can be captured as activations. A call whose program cannot be
+    read is an unknown primitive."""
+    sub = _sub_jaxpr(e.eqn)
+    if sub is None or len(sub.jaxpr.invars) != len(e.labs):
+        return _unknown(t, e)
+    with t.nested(capturable=t.capturable and e.name in _INLINE, location=e.loc):
+        return t.run(sub, e.labs, e.datas, e.pos)
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -889,11 +1056,7 @@ def capture_activations(apply_fn, acts: tuple, params, state, x) -> dict:
             if sub is not None and len(sub.jaxpr.invars) == len(vals):
                 outs = run(sub, vals, prefix + (i,))
             else:
-                bp = eqn.primitive.get_bind_params(eqn.params)
-                subfuns, bp = bp if isinstance(bp, tuple) else ((), bp)  # older JAX: a pair
-                outs = eqn.primitive.bind(*subfuns, *vals, **bp)
-                if not eqn.primitive.multiple_results:
-                    outs = [outs]
+                outs = _compat.bind_equation(eqn, vals)
             for v, val in zip(eqn.outvars, outs):
                 if not isinstance(v, jcore.DropVar):
                     env[v] = val

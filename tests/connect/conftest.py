@@ -33,10 +33,12 @@ def linear_profile(pair_loss, pair_params, digits_data):
 
 @pytest.fixture(scope="session")
 def weight_alignment(trained_pair, pair_params):
+    import jax
+
     import landscape.connect as lc
 
     a, b = pair_params
-    return lc.align(trained_pair[0].model, a, b, method="weights")
+    return lc.align(trained_pair[0].model, a, b, method="weights", key=jax.random.key(0))
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.extend import core as jcore
 
 import landscape
 import landscape.connect as lc
-from landscape.connect._trace import UnsupportedModelError
+from landscape.connect._trace import _RULES, UnsupportedModelError
 from tests._util import assert_trees_close
 from tests.connect._helpers import fast_model
 
@@ -94,7 +95,7 @@ def test_permuted_network_computes_the_same_function(arch, digits_images, digits
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("method", ["weights", "activations"])
-def test_planted_permutation_recovered_exactly(arch, method, digits_images, digits_data):
+def test_planted_permutation_recovered_exactly(arch, method, digits_images, digits_data, key):
     m, shape = _model(arch)
     m = m.replace(state=_random_state(m, 2))
     data = digits_data if len(shape) == 1 else digits_images
@@ -103,7 +104,7 @@ def test_planted_permutation_recovered_exactly(arch, method, digits_images, digi
     rng = np.random.default_rng(3)
     planted = {g: rng.permutation(n) for g, n in spec.groups.items()}
     pb, sb = lc.permute(spec, m.params, planted, m.state)
-    al = lc.align(m, m, landscape.Model(m.apply_fn, pb, sb), method=method, data=sub)
+    al = lc.align(m, m, landscape.Model(m.apply_fn, pb, sb), method=method, data=sub, key=key)
     for g, n in spec.groups.items():
         # aligned unit i is B's unit perms[g][i], which is A's unit planted[g][perms[g][i]]
         np.testing.assert_array_equal(planted[g][al.perms[g]], np.arange(n), err_msg=g)
@@ -175,13 +176,13 @@ def test_flatten_readout_permutes_blocks():
     assert "flattened 64 x units x 1" in repr(spec)
 
 
-def test_unsupported_models_raise_naming_the_operation():
+def test_unsupported_models_raise_naming_the_operation(key):
     shape = (4,)
     cum = landscape.from_nnx(_CumsumNet(nnx.Rngs(0)))
     with pytest.raises(UnsupportedModelError, match=r"l1/kernel\[1\].*`cumsum`.*test_align\.py"):
         lc.permutation_spec(cum, np.zeros((2, *shape), np.float32))
     with pytest.raises(UnsupportedModelError, match="align: cannot derive"):
-        lc.align(cum, cum.params, cum.params, example_input=np.zeros((2, *shape), np.float32))
+        lc.align(cum, cum.params, cum.params, example_input=np.zeros((2, *shape), np.float32), key=key)
     sl = landscape.from_nnx(_SliceNet(nnx.Rngs(0)))
     with pytest.raises(UnsupportedModelError, match="slicing along permuted units"):
         lc.permutation_spec(sl, np.zeros((2, *shape), np.float32))
@@ -190,6 +191,35 @@ def test_unsupported_models_raise_naming_the_operation():
     grouped = landscape.from_nnx(_GroupedConvNet(nnx.Rngs(0)))
     with pytest.raises(UnsupportedModelError, match="grouped convolution"):
         lc.permutation_spec(grouped, np.zeros((2, 6, 6, 2), np.float32))
+
+
+# a primitive no rule knows (neither elementwise nor a call): the default rule must poison
+_opaque_p = jcore.Primitive("opaque_test_op")
+_opaque_p.def_impl(lambda x: 2 * x)
+_opaque_p.def_abstract_eval(lambda x: x)
+
+
+def test_unknown_primitives_poison_the_groups_they_touch():
+    assert "opaque_test_op" not in _RULES and _RULES["dot_general"] is not _RULES["add"]
+
+    def f(p, x):
+        h1 = jax.nn.relu(x @ p["w1"])
+        h2 = _opaque_p.bind(jax.nn.relu(h1 @ p["w2"]))
+        return h2 @ p["w3"]
+
+    rng = np.random.default_rng(0)
+    params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
+              for k, s in {"w1": (4, 5), "w2": (5, 6), "w3": (6, 3)}.items()}
+    m = landscape.Model(lambda p, s, x, *, train=False: (f(p, x), s), params, {})
+    x = np.zeros((2, 4), np.float32)
+    with pytest.raises(UnsupportedModelError,
+                       match=r"w2\[1\].*`opaque_test_op` at .*test_align\.py.*not known to be "
+                             r"permutation-equivariant"):
+        lc.permutation_spec(m, x)
+    spec = lc.permutation_spec(m, x, on_unsupported="fix")
+    # the group before the unknown operation is untouched, the one it reaches is left unpermuted
+    assert spec.groups == {"w1[1]": 5} and list(spec.unsupported) == ["w2[1]"]
+    assert spec.param_axes["w2"] == ("w1[1]", None) and spec.param_axes["w3"] == (None, None)
 
 
 class _GroupedConvNet(nnx.Module):
@@ -202,24 +232,70 @@ class _GroupedConvNet(nnx.Module):
         return self.head(jax.nn.relu(self.c2(jax.nn.relu(self.c1(x)))).mean(axis=(1, 2)))
 
 
-def test_align_bad_input(trained_pair, pair_params):
+def test_align_bad_input(trained_pair, pair_params, key):
     m = trained_pair[0].model
     a, b = pair_params
     with pytest.raises(ValueError, match="method must be one of"):
-        lc.align(m, a, b, method="sinkhorn")
+        lc.align(m, a, b, method="sinkhorn", key=key)
     with pytest.raises(ValueError, match="method='activations' needs data"):
         lc.align(m, a, b, method="activations")
     with pytest.raises(ValueError, match="params_b must have the same tree structure as model.params"):
-        lc.align(m, a, {"w": jnp.zeros(3)})
+        lc.align(m, a, {"w": jnp.zeros(3)}, key=key)
     with pytest.raises(ValueError, match=r"params_b leaf 'layers/0/kernel' has shape"):
-        lc.align(m, a, jax.tree.map(lambda x: x[..., :2] if x.ndim == 2 else x, b))
+        lc.align(m, a, jax.tree.map(lambda x: x[..., :2] if x.ndim == 2 else x, b), key=key)
     with pytest.raises(TypeError, match="align: model must be a landscape.Model"):
-        lc.align("mlp", a, b)
+        lc.align("mlp", a, b, key=key)
     bare = landscape.Model(m.apply_fn, m.params, m.state)  # no spec: no known input shape
     with pytest.raises(ValueError, match="give example_input"):
-        lc.align(bare, a, b)
+        lc.align(bare, a, b, key=key)
     spec = lc.permutation_spec(m, np.zeros((2, 64), np.float32))
     with pytest.raises(ValueError, match="must be a permutation of range"):
         lc.permute(spec, a, {"layers/0/kernel[1]": np.zeros(32, int)})
     with pytest.raises(ValueError, match="unknown group"):
         lc.permute(spec, a, {"nope": np.arange(3)})
+
+
+def test_weight_matching_needs_a_key(key):
+    m, shape = _model("mlp")
+    m2 = fast_model("mlp", input_shape=shape, seed=5, hidden=(32, 32))
+    ex = {"example_input": np.zeros((2, *shape), np.float32)}
+    with pytest.raises(TypeError, match=r"landscape.connect.align: key is required"):
+        lc.align(m, m, m2, **ex)
+    with pytest.raises(TypeError, match=r"align: key must be a JAX PRNG key"):
+        lc.align(m, m, m2, key=0, **ex)
+    al = lc.align(m, m, m2, key=key, **ex)
+    again = lc.align(m, m, m2, key=jax.random.key(0), **ex)
+    assert all(np.array_equal(al.perms[g], again.perms[g]) for g in al.perms)
+    assert al.provenance["seeds"] == np.asarray(jax.random.key_data(key)).tolist()
+    assert "seed" not in al.provenance["settings"]
+    # activation matching is deterministic: no key needed
+    sub = {"x": np.random.default_rng(0).normal(size=(16, *shape)).astype(np.float32)}
+    act = lc.align(m, m, m2, method="activations", data=sub)
+    assert act.provenance["seeds"] is None
+
+
+def test_batch_norm_state_of_b_is_required(key, digits_images):
+    # A and B: the same batch-norm ResNet with different weights and different statistics
+    m, shape = _model("resnet_bn_skip")
+    a = m.replace(state=_random_state(m, 1))
+    b = fast_model("resnet", input_shape=shape, seed=5, widths=(4, 4))
+    b = b.replace(state=_random_state(b, 2))
+    x = jnp.asarray(digits_images.train["x"][:32])
+    ex = {"example_input": np.asarray(x[:2])}
+    # before: A's statistics (model.state) were silently permuted as B's
+    with pytest.raises(ValueError, match=r"align: the model has floating state .* pass state_b="):
+        lc.align(a, a.params, b.params, key=key, **ex)
+    for al in (lc.align(a, a.params, b.params, state_b=b.state, key=key, **ex),
+               lc.align(a, a.params, b, key=key, **ex)):
+        y_aligned, _ = a.apply_fn(al.params, al.state, x)
+        np.testing.assert_allclose(y_aligned, b(x), rtol=1e-5, atol=1e-5)  # B's function
+    # activation matching runs A too: A's statistics must be known as well
+    sub = {"x": np.asarray(digits_images.train["x"][:64])}
+    copy_a = jax.tree.map(jnp.array, a.params)  # not model.params: model.state is not known A's
+    with pytest.raises(ValueError, match=r"network A's is not given: pass state_a="):
+        lc.align(a, copy_a, b, method="activations", data=sub)
+    al = lc.align(a, copy_a, b, state_a=a.state, method="activations", data=sub)
+    y_aligned, _ = a.apply_fn(al.params, al.state, x)
+    np.testing.assert_allclose(y_aligned, b(x), rtol=1e-5, atol=1e-5)
+    # weight matching needs only B's state; A's parameters need not be model.params
+    lc.align(a, copy_a, b, key=key, **ex)
