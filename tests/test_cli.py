@@ -68,21 +68,22 @@ def test_demo_quick(tmp_path, capsys):
 
 
 def test_report_sections_belong_to_one_run(tmp_path):
-    """The report's own files of other parameters or settings are replaced, the same ones are
+    """The report's own entries of other parameters or settings are replaced, the same ones are
     kept, and nothing the report did not write is ever deleted."""
+    import numpy as np
     import pytest
 
     from landscape import report
 
     root = tmp_path / "report"
-    report._claim(root, {"params": "a", "seed": 0}, print)
-    (root / "trace.npz").write_bytes(b"x")
-    (root / "other_run").mkdir()
+    store = report._open_store(root, {"params": "a", "seed": 0}, print)
+    store.save("trace", {"v": np.ones(1)})
+    store.save_dir("other_run", lambda d: (d / "params.npz").write_bytes(b"x"))
     (root / "notes.txt").write_text("mine")
-    report._claim(root, {"params": "a", "seed": 0}, print)
-    assert (root / "trace.npz").exists() and (root / "other_run").exists()
+    store = report._open_store(root, {"params": "a", "seed": 0}, print)
+    assert store.has("trace") and (root / "other_run").exists()
     msgs = []
-    report._claim(root, {"params": "b", "seed": 0}, msgs.append)
+    report._open_store(root, {"params": "b", "seed": 0}, msgs.append)
     assert "replacing" in msgs[0]
     assert not (root / "trace.npz").exists() and not (root / "other_run").exists()
     assert (root / "notes.txt").read_text() == "mine"  # not the report's: kept
@@ -90,10 +91,10 @@ def test_report_sections_belong_to_one_run(tmp_path):
     foreign = tmp_path / "paper" / "report"
     foreign.mkdir(parents=True)
     (foreign / "eigenvalues.npz").write_bytes(b"x")
-    with pytest.raises(ValueError, match="was not written by landscape.report"):
-        report._claim(foreign, {"params": "a"}, print)
+    with pytest.raises(ValueError, match="was not written by a landscape store"):
+        report._open_store(foreign, {"params": "a"}, print)
     assert (foreign / "eigenvalues.npz").exists()
-    report._claim(tmp_path / "empty", {"params": "a"}, print)  # new or empty: fine
+    report._open_store(tmp_path / "empty", {"params": "a"}, print)  # new or empty: fine
 
 
 def test_full_demo_reaches_95_percent(tmp_path, capsys):

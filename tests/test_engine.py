@@ -1,8 +1,7 @@
-"""The exact batched engine: full-data means, gradients, many points, resumable chunks."""
+"""The exact batched engine: full-data means and gradients (grids: tests/test_grid.py; stores:
+tests/test_store.py)."""
 
 from __future__ import annotations
-
-import re
 
 import jax
 import jax.numpy as jnp
@@ -123,81 +122,6 @@ def test_loss_state_is_an_argument_not_a_constant(trained_resnet):
     assert float(a["loss"]) != float(b["loss"])
 
 
-# ---------------------------------------------------------------------------------------------
-def _plane_point(coord, center, d1, d2):
-    return _tree.axpy(coord[1], d2, _tree.axpy(coord[0], d1, center))
-
-
-@pytest.mark.parametrize("strategy", ["map", "vmap"])
-def test_evaluate_points_equals_direct(strategy):
-    with jax.enable_x64(True):
-        model, loss_fn, data = _setup64(333)
-        key = jax.random.key(1)
-        k1, k2 = jax.random.split(key)
-        d1 = _tree.normal_like(k1, model.params)
-        d2 = _tree.normal_like(k2, model.params)
-        coords = np.stack(
-            np.meshgrid(np.linspace(-0.1, 0.1, 3), np.linspace(-0.2, 0.2, 4)), -1
-        ).reshape(-1, 2)
-        out = engine.loss_points(
-            loss_fn,
-            _plane_point,
-            coords,
-            data,
-            point_args=(model.params, d1, d2),
-            batch_size=100,
-            chunk_size=5,
-            strategy=strategy,
-        )
-        assert out["loss"].shape == (12,)
-        for i in (0, 5, 11):
-            p = _plane_point(coords[i], model.params, d1, d2)
-            direct = float(loss_fn(p, jax.tree.map(jnp.asarray, data))[0])
-            assert abs(out["loss"][i] - direct) <= 1e-10 * abs(direct)
-
-
-def test_chunk_store_resumes(tmp_path):
-    calls = []
-
-    def fn(point, batch):
-        return {"v": jnp.mean(batch["x"]) * point}
-
-    def point_fn(c):
-        calls.append(1)  # traced once per compilation
-        return c[0]
-
-    data = {"x": np.arange(10, dtype=np.float32)}
-    coords = np.arange(7, dtype=np.float32)[:, None]
-    store = engine.ChunkStore(tmp_path / "job", {"what": "test", "n": 7})
-    full = engine.evaluate_points(fn, point_fn, coords, data, chunk_size=2, store=store)
-    np.testing.assert_allclose(full["v"], 4.5 * np.arange(7))
-    assert store.done() == [0, 1, 2, 3]
-    # remove one chunk: only it is recomputed, the rest are loaded
-    (tmp_path / "job" / "chunk-000002.npz").unlink()
-    store2 = engine.ChunkStore(tmp_path / "job", {"what": "test", "n": 7})
-    again = engine.evaluate_points(fn, point_fn, coords, data, chunk_size=2, store=store2)
-    np.testing.assert_array_equal(again["v"], full["v"])
-    with pytest.raises(ValueError, match="different settings"):
-        engine.ChunkStore(tmp_path / "job", {"what": "test", "n": 8})
-    # same settings, another chunking of the points: refused instead of mixing chunks
-    store3 = engine.ChunkStore(tmp_path / "job", {"what": "test", "n": 7})
-    with pytest.raises(ValueError, match="another layout.*chunk_size"):
-        engine.evaluate_points(fn, point_fn, coords, data, chunk_size=3, store=store3)
-
-
-def test_evaluate_points_records_nonfinite():
-    def fn(point, batch):
-        return {"v": jnp.log(point) + 0 * jnp.mean(batch["x"])}
-
-    out = engine.evaluate_points(
-        fn,
-        lambda c: c[0],
-        np.array([[1.0], [-1.0], [2.0]], np.float32),
-        {"x": np.ones((4,), np.float32)},
-    )
-    assert np.isnan(out["v"][1]) and np.isfinite(out["v"][[0, 2]]).all()
-
-
 def test_ravel_reference_matches_pytree_inner_products():
     # _tree algebra equals the flat reference
     k1, k2 = jax.random.split(jax.random.key(3))
@@ -208,45 +132,6 @@ def test_ravel_reference_matches_pytree_inner_products():
     assert float(_tree.vdot(a, b)) == pytest.approx(float(fa @ fb), rel=1e-6)
     assert float(_tree.norm(a)) == pytest.approx(float(jnp.linalg.norm(fa)), rel=1e-6)
     assert _tree.size(a) == fa.size
-
-
-def _store_f(p, b):
-    return {"m": jnp.mean(b["x"] @ p)}
-
-
-def _store_pf(c, base):
-    return base * c[0]
-
-
-def test_chunk_store_never_reuses_chunks_of_another_job(tmp_path):
-    """Chunks are bound to what was evaluated (function, point arguments, data), not only to the
-    caller's meta; overwrite=True really starts over; meta holding a function repr (with a memory
-    address that differs per process) still resumes."""
-    x = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
-    coords = np.linspace(0, 1, 10)[:, None]
-    base = jnp.ones(3)
-    d = tmp_path / "cs"
-
-    def run(store, data=x, arg=base, chunk=4):
-        return engine.evaluate_points(_store_f, _store_pf, coords, {"x": data}, point_args=(arg,),
-                                      chunk_size=chunk, store=store)
-
-    a = run(engine.ChunkStore(d, {"job": 1}))
-    again = run(engine.ChunkStore(d, {"job": 1}))  # resumes: same job
-    np.testing.assert_array_equal(a["m"], again["m"])
-    with pytest.raises(ValueError, match="point_arrays"):
-        run(engine.ChunkStore(d, {"job": 1}), arg=base * 2)
-    with pytest.raises(ValueError, match="data"):
-        run(engine.ChunkStore(d, {"job": 1}), data=x * 0)
-    fresh = run(engine.ChunkStore(d, {"job": 1}, overwrite=True), arg=base * 2, chunk=5)
-    np.testing.assert_allclose(fresh["m"], 2 * a["m"], rtol=1e-6)
-    meta = {"loss": repr(_store_f)}
-    assert " at 0x" in meta["loss"]
-    s1 = engine.ChunkStore(tmp_path / "m", meta)
-    other_process = {"loss": re.sub(r"0x[0-9a-fA-F]+", "0x1234abcd", meta["loss"])}
-    assert other_process != meta
-    s2 = engine.ChunkStore(tmp_path / "m", other_process)
-    assert s1.digest == s2.digest
 
 
 def test_low_precision_means_accumulate_in_float32():

@@ -21,7 +21,7 @@ from tests._util import REPO, max_abs, max_abs_diff, run_python
 SETUP = """
 import jax, jax.numpy as jnp, numpy as np
 import landscape
-from landscape import engine, tree as _tree
+from landscape import engine, grid, tree as _tree
 ds = landscape.load_data("digits", dtype=np.float64)
 model = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(24,), activation="tanh",
                              param_dtype=jnp.float64, seed=3)
@@ -35,8 +35,8 @@ def point(c, center, d1, d2):
 
 COMPUTE = """
 vals, grad = landscape.value_and_grad(loss_fn, model.params, ds.train, batch_size=100)
-pts = engine.loss_points(loss_fn, point, coords, ds.train, point_args=(model.params, d1, d2),
-                         batch_size=100, chunk_size=8)
+pts = grid.loss_points(loss_fn, point, coords, ds.train, point_args=(model.params, d1, d2),
+                       batch_size=100, chunk_size=8)
 """
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import landscape
-from landscape import engine
+from landscape import grid
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +102,15 @@ def test_batch_size(small, bs, err, match):
 
 def test_engine_points_and_store_errors(tmp_path):
     with pytest.raises(ValueError, match="coords must have a non-empty leading axis"):
-        engine.evaluate_points(
+        grid.evaluate_points(
             lambda p, b: {"v": p}, lambda c: c, np.zeros((0, 2)), {"x": np.ones(3)}
         )
     with pytest.raises(ValueError, match="coords must be finite"):
-        engine.evaluate_points(
+        grid.evaluate_points(
             lambda p, b: {"v": p}, lambda c: c, np.array([[np.nan]]), {"x": np.ones(3)}
         )
     with pytest.raises(ValueError, match="strategy must be one of"):
-        engine.evaluate_points(
+        grid.evaluate_points(
             lambda p, b: {"v": p}, lambda c: c, np.ones((2, 1)), {"x": np.ones(3)}, strategy="pmap"
         )
     with pytest.raises(TypeError, match="loss_fn must be callable"):
