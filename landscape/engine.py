@@ -83,17 +83,17 @@ def _is_array(x) -> bool:
     )
 
 
-def split_fn(fn: Callable) -> tuple[Any, list]:
+def split_fn(target_fn: Callable) -> tuple[Any, list]:
     """Split a callable (possibly a pytree such as ``jax.tree_util.Partial``) into a hashable
     static part and a list of array leaves (``None`` where the leaf is static)."""
-    leaves, treedef = jax.tree.flatten(fn)
+    leaves, treedef = jax.tree.flatten(target_fn)
     dynamic = [x if _is_array(x) else None for x in leaves]
     static = tuple(None if _is_array(x) else x for x in leaves)
     try:
         hash((treedef, static))
     except TypeError as e:
         raise TypeError(
-            f"landscape.engine: the function {fn!r} has unhashable static parts; functions passed "
+            f"landscape.engine: the function {target_fn!r} has unhashable static parts; functions passed "
             "to compiled code must be hashable (module-level functions, jax.tree_util.Partial, "
             "or landscape.Loss objects)."
         ) from e
@@ -303,22 +303,22 @@ limits eigenvalues and barriers to about 1e-3 relative). Training (``landscape.t
 the backend's default. On CPU both are the same."""
 
 
-def at_analysis_precision(fn: Callable) -> Callable:
-    """Decorator: trace ``fn`` at :data:`ANALYSIS_PRECISION` (for analysis code outside
+def at_analysis_precision(wrapped_fn: Callable) -> Callable:
+    """Decorator: trace ``wrapped_fn`` at :data:`ANALYSIS_PRECISION` (for analysis code outside
     :func:`batched_mean`, e.g. kernel computations)."""
 
-    @functools.wraps(fn)
+    @functools.wraps(wrapped_fn)
     def wrapper(*args, **kwargs):
         with jax.default_matmul_precision(ANALYSIS_PRECISION):
-            return fn(*args, **kwargs)
+            return wrapped_fn(*args, **kwargs)
 
     return wrapper
 
 
-def batched_mean(fn: Callable, point: PyTree, batched: Batched, *args) -> tuple[PyTree, jax.Array]:
-    """Exact data-set mean of ``fn(point, batch, *args)`` (traceable; use inside ``jit``).
+def batched_mean(value_fn: Callable, point: PyTree, batched: Batched, *args) -> tuple[PyTree, jax.Array]:
+    """Exact data-set mean of ``value_fn(point, batch, *args)`` (traceable; use inside ``jit``).
 
-    ``fn`` must return batch means (any pytree of arrays). Full batches are summed in a
+    ``value_fn`` must return batch means (any pytree of arrays). Full batches are summed in a
     ``lax.scan`` and weighted by the batch size; the remainder is weighted by its size. Traced at
     :data:`ANALYSIS_PRECISION` (float32 products in full float32 on GPUs too).
 
@@ -327,10 +327,10 @@ def batched_mean(fn: Callable, point: PyTree, batched: Batched, *args) -> tuple[
       in order, then the remainder) telling whether that batch's values were all finite.
     """
     with jax.default_matmul_precision(ANALYSIS_PRECISION):
-        return _batched_mean(fn, point, batched, *args)
+        return _batched_mean(value_fn, point, batched, *args)
 
 
-def _batched_mean(fn: Callable, point: PyTree, batched: Batched, *args) -> tuple[PyTree, jax.Array]:
+def _batched_mean(value_fn: Callable, point: PyTree, batched: Batched, *args) -> tuple[PyTree, jax.Array]:
     n, bs = batched.num_examples, batched.batch_size
     total = None
     flags = []
@@ -340,11 +340,11 @@ def _batched_mean(fn: Callable, point: PyTree, batched: Batched, *args) -> tuple
 
     if batched.full is not None:
         first = jax.tree.map(lambda x: x[0], batched.full)
-        shape = jax.eval_shape(lambda b: fn(point, b, *args), first)
+        shape = jax.eval_shape(lambda b: value_fn(point, b, *args), first)
         init = jax.tree.map(lambda s: jnp.zeros(s.shape, _acc_dtype(s.dtype)), shape)
 
         def body(acc, b):
-            v = cast_like(fn(point, b, *args), init)
+            v = cast_like(value_fn(point, b, *args), init)
             return jax.tree.map(jnp.add, acc, v), all_finite(v)
 
         if batched.num_batches == 1:  # no loop for a single full batch
@@ -356,7 +356,7 @@ def _batched_mean(fn: Callable, point: PyTree, batched: Batched, *args) -> tuple
         flags.append(ok)
     if batched.rest is not None:
         r = n - (n // bs) * bs
-        v = fn(point, batched.rest, *args)
+        v = value_fn(point, batched.rest, *args)
         v = jax.tree.map(lambda x: jnp.asarray(x).astype(_acc_dtype(jnp.result_type(x))), v)
         vr = jax.tree.map(lambda x: x * jnp.asarray(r, x.dtype), v)
         total = vr if total is None else jax.tree.map(jnp.add, total, cast_like(vr, total))
@@ -393,26 +393,26 @@ def raise_nonfinite(ok, batched: Batched, *, what: str):
 
 @_validate.public("landscape.engine.mean")
 def mean(
-    fn: Callable,
+    value_fn: Callable,
     point: PyTree,
     data: PyTree,
     *args,
     batch_size: int | None = None,
     check_finite: bool = False,
 ) -> PyTree:
-    """Exact data-set mean of ``fn(point, batch, *args)`` in one compiled program.
+    """Exact data-set mean of ``value_fn(point, batch, *args)`` in one compiled program.
 
     Args:
-      fn: ``fn(point, batch, *args) -> pytree of batch means``; static (reuse the same object).
+      value_fn: ``value_fn(point, batch, *args) -> pytree of batch means``; static (reuse the same object).
       point: usually the parameters (any pytree of arrays).
       data: dict of arrays (leading example axis) or a prepared :class:`Batched`.
-      *args: further dynamic arguments of ``fn`` (e.g. the vector of an HVP).
+      *args: further dynamic arguments of ``value_fn`` (e.g. the vector of an HVP).
       batch_size: see :func:`batch`.
       check_finite: raise ``FloatingPointError`` naming the batches whose values were not
         finite (costs one device-to-host copy of the flags).
     """
     batched = batch(data, batch_size)
-    static, dyn = split_fn(fn)
+    static, dyn = split_fn(value_fn)
     out, ok = _mean_jit(static, dyn, point, batched, args)
     if check_finite:
         raise_nonfinite(ok, batched, what="values")
@@ -421,7 +421,7 @@ def mean(
 
 @_validate.public("landscape.engine.make_mean_fn")
 def make_mean_fn(
-    fn: Callable,
+    value_fn: Callable,
     data: PyTree,
     *,
     batch_size: int | None = None,
@@ -435,7 +435,7 @@ def make_mean_fn(
     ``(mean, finite_flags_per_batch)``.
     """
     batched = batch(data, batch_size)
-    static, dyn = split_fn(fn)
+    static, dyn = split_fn(value_fn)
 
     def f(point, *args):
         out, ok = _mean_jit(static, dyn, point, batched, args)

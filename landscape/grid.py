@@ -354,12 +354,12 @@ def _jaxpr_bytes(jaxpr) -> int:
     return total
 
 
-def _bytes_per_point(fn, point_fn, point_args, c0, batched) -> int:
+def _bytes_per_point(value_fn, point_fn, point_args, c0, batched) -> int:
     """Upper bound of one point's working memory: the sum of the sizes of every intermediate
-    of ``fn(point_fn(c), batch)`` on one batch (XLA reuses buffers, so the truth is lower)."""
+    of ``value_fn(point_fn(c), batch)`` on one batch (XLA reuses buffers, so the truth is lower)."""
     b0 = jax.tree.map(lambda x: x[0], batched.full) if batched.full is not None else batched.rest
     try:
-        jaxpr = jax.make_jaxpr(lambda c, a, b: fn(point_fn(c, *a), b))(c0, point_args, b0)
+        jaxpr = jax.make_jaxpr(lambda c, a, b: value_fn(point_fn(c, *a), b))(c0, point_args, b0)
     except Exception:  # pragma: no cover - estimation must never break an evaluation
         return 0
     return _jaxpr_bytes(jaxpr.jaxpr)
@@ -373,9 +373,9 @@ def _device_multiple(n: int) -> int:
 # --------------------------------------------------------------------------------------------
 # The chunked evaluation at many points
 # --------------------------------------------------------------------------------------------
-def _points_core(fn, point_fn, point_args, coords, batched, strategy, map_batch):
+def _points_core(value_fn, point_fn, point_args, coords, batched, strategy, map_batch):
     def one(c):
-        return engine.batched_mean(fn, point_fn(c, *point_args), batched)[0]
+        return engine.batched_mean(value_fn, point_fn(c, *point_args), batched)[0]
 
     if strategy == "vmap":
         return jax.vmap(one)(coords)
@@ -409,10 +409,10 @@ def _hash_array(a) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
 
 
-def layout(fn, point_fn, point_args, coords, batched, chunk_size) -> dict:
+def layout(value_fn, point_fn, point_args, coords, batched, chunk_size) -> dict:
     """What a chunked evaluation computes, on what, split how: the description a store is
     bound to (chunks of another job or layout are never mixed in)."""
-    fs, fd = engine.split_fn(fn)
+    fs, fd = engine.split_fn(value_fn)
     ps, pd = engine.split_fn(point_fn)
     return {
         "num_points": int(coords.shape[0]),
@@ -421,7 +421,7 @@ def layout(fn, point_fn, point_args, coords, batched, chunk_size) -> dict:
         "coords_dtype": str(coords.dtype),
         # the function (static description and arrays, e.g. a Loss's model state), the point
         # builder and its arguments, the data
-        "fn": _store.stable_text(fs),
+        "value_fn": _store.stable_text(fs),
         "fn_arrays": _provenance.data_hash(fd),
         "point_fn": _store.stable_text(ps),
         "point_arrays": _provenance.data_hash((pd, point_args)),
@@ -433,7 +433,7 @@ def layout(fn, point_fn, point_args, coords, batched, chunk_size) -> dict:
 
 @_validate.public("landscape.grid.evaluate_points")
 def evaluate_points(
-    fn: Callable,
+    value_fn: Callable,
     point_fn: Callable,
     coords,
     data: PyTree,
@@ -448,11 +448,11 @@ def evaluate_points(
     progress: bool = False,
     desc: str = "points",
 ) -> PyTree:
-    """Exact data-set means of ``fn(point, batch)`` at many points, in compiled chunks (the
+    """Exact data-set means of ``value_fn(point, batch)`` at many points, in compiled chunks (the
     low-level driver under :func:`evaluate`; use that for losses).
 
     Args:
-      fn: ``fn(point, batch) -> pytree of batch means`` (e.g.
+      value_fn: ``value_fn(point, batch) -> pytree of batch means`` (e.g.
         ``Partial(landscape.engine.loss_dict, loss_fn)``).
       point_fn: ``point_fn(coord, *point_args) -> point``; builds each point inside the compiled
         program (e.g. ``params + a d1 + b d2``), so points are never materialised on the host.
@@ -473,7 +473,7 @@ def evaluate_points(
       desc: the progress bar's label.
 
     Returns:
-      The pytree returned by ``fn`` with a leading ``num_points`` axis, as NumPy arrays.
+      The pytree returned by ``value_fn`` with a leading ``num_points`` axis, as NumPy arrays.
     """
     _validate.check_choice(strategy, ("map", "vmap"), name="strategy")
     coords = np.asarray(coords)
@@ -496,12 +496,12 @@ def evaluate_points(
     chunk_size = min(num_points, 64) if chunk_size is None else chunk_size
     chunk_size = _device_multiple(_validate.check_positive_int(chunk_size, name="chunk_size"))
     num_chunks = int(math.ceil(num_points / chunk_size))
-    fs, fd = engine.split_fn(fn)
+    fs, fd = engine.split_fn(value_fn)
     ps, pd = engine.split_fn(point_fn)
     coord_sharding = NamedSharding(engine.mesh(), P(engine.DATA_AXIS)) if sharded else None
     if store is not None:
         store = _store.as_store(store)
-        store.bind({**(job or {}), **layout(fn, point_fn, point_args, coords, batched, chunk_size)})
+        store.bind({**(job or {}), **layout(value_fn, point_fn, point_args, coords, batched, chunk_size)})
 
     def compute(ids):
         (ci,) = ids
@@ -554,7 +554,7 @@ class Plan:
     """A prepared grid evaluation (from :func:`prepare`): call :meth:`evaluate` with any
     coordinates. ``settings`` records what was chosen (policy, chunking, batch sizes)."""
 
-    fn: Callable
+    value_fn: Callable
     point_fn: Callable
     point_args: tuple
     splits: tuple  # ((name, Batched), ...)
@@ -596,7 +596,7 @@ class Plan:
             if store is not None:
                 sub = store.child(name)
             out[name] = evaluate_points(
-                self.fn,
+                self.value_fn,
                 self.point_fn,
                 coords,
                 batched,
@@ -724,7 +724,7 @@ def prepare(
         num_test=None if test_data is None else splits[1][1].num_examples,
     )
     return Plan(
-        fn=fn,
+        value_fn=fn,
         point_fn=point_fn,
         point_args=point_args,
         splits=tuple(splits),

@@ -138,22 +138,26 @@ class TrainInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Callback:
-    """Call ``fn(info: TrainInfo) -> dict | None`` every ``every`` steps (and at step 0 if
+    """Call ``callback_fn(info: TrainInfo) -> dict | None`` every ``every`` steps (and at step 0 if
     ``at_start``). A returned dict of scalars is logged to ``history`` under its keys (with the
     steps under ``"<name>_step"``, ``name`` defaulting to the function's name)."""
 
     every: int
-    fn: Callable
+    callback_fn: Callable
     at_start: bool = True
     name: str | None = None
 
 
 @_validate.public("landscape.callback")
 def callback(
-    fn: Callable, *, every: int, at_start: bool = True, name: str | None = None
+    callback_fn: Callable, *, every: int, at_start: bool = True, name: str | None = None
 ) -> Callback:
+    """A :class:`Callback`: ``callback_fn(info) -> dict | None`` (``info`` a ``TrainInfo``:
+    step, params, state, ...) called every ``every`` steps of :func:`train` (and at step 0 with
+    ``at_start``); returned scalars go into the history."""
+    _validate.check_callable(callback_fn, name="callback_fn")
     _validate.check_positive_int(every, name="every")
-    return Callback(int(every), fn, at_start, name)
+    return Callback(int(every), callback_fn, at_start, name)
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -508,9 +512,9 @@ def train(
                 None if lr_fn is None else float(lr_fn(step)),
                 history,
             )
-            out = cb.fn(info)
+            out = cb.callback_fn(info)
             if out:
-                nm = cb.name or getattr(cb.fn, "__name__", "callback")
+                nm = cb.name or getattr(cb.callback_fn, "__name__", "callback")
                 history.setdefault(f"{nm}_step", []).append(step)
                 for k, v in out.items():
                     history.setdefault(k, []).append(v)

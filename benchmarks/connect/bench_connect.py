@@ -48,17 +48,18 @@ def main(repeats: int = 5):
     loss_fn = landscape.make_loss_fn(runs[0].model)
     a, b = runs[0].params, runs[1].params
     rows = []
-    for num_t in (1, 4):
+    for num_ts in (1, 4):
         opt = optax.adam(1e-3)
         steps = 200
 
-        def fit(num_t=num_t, opt=opt, steps=steps):
+        def fit(num_ts=num_ts, opt=opt, steps=steps):
             return lc.fit_curve(loss_fn, a, b, d.train, num_steps=steps, optimizer=opt,
-                                batch_size=128, num_t=num_t, progress=False).controls
+                                batch_size=128, num_ts=num_ts, key=jax.random.key(0),
+                                progress=False).controls
 
         fit()  # compile
         med, best = _median_time(fit, repeats)
-        rows.append((f"fit_curve, Bezier, batch 128, {num_t} t per step", f"{steps / med:.0f} steps/s",
+        rows.append((f"fit_curve, Bezier, batch 128, {num_ts} t per step", f"{steps / med:.0f} steps/s",
                      f"{med:.3f} s per {steps} steps (best {best:.3f})"))
     path = lc.linear_path(a, b)
 

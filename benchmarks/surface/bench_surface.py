@@ -103,8 +103,10 @@ def main():
     )
     np.savez(tmp / "d.npz", x=np.asarray(train["x"], np.float32), y=np.asarray(train["y"]))
 
-    def sl(**kw):
-        return lambda: surface.slice_2d(loss_fn, p, train, (d1, d2), **ab, **kw)
+    def sl(first_layer=None, **settings):
+        gs = landscape.GridSettings(**settings)
+        return lambda: surface.slice_2d(loss_fn, p, train, (d1, d2), **ab, first_layer=first_layer,
+                                        settings=gs)
 
     variants = {
         "slice_2d default (map, chunk 64, batch 1024)": sl(),

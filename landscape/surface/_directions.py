@@ -550,22 +550,30 @@ def random_direction(
 def random_directions(
     key,
     params: PyTree,
-    num: int = 2,
+    num_directions: int = 2,
     *,
     orthogonalize: bool = False,
-    **kwargs,
+    norm: str | None = "filter",
+    bias_bn: str = "zero",
+    filter_axis: int = -1,
+    overrides: Mapping | None = None,
 ) -> tuple[Direction, ...]:
-    """``num`` independent random directions (keys ``jax.random.split(key, num)``).
+    """``num_directions`` independent random directions (keys
+    ``jax.random.split(key, num_directions)``), each as :func:`random_direction` with the same
+    ``norm``, ``bias_bn``, ``filter_axis`` and ``overrides``.
 
     With ``orthogonalize=True`` each direction is orthogonalised (group-wise) against the
-    previous one only when ``num == 2``; for more, against all previous ones in turn is not
-    exact, so only ``num == 2`` is accepted then. The cosine between the two is in
-    ``spec["cosine"]`` of the second (also without orthogonalisation).
+    previous one only when ``num_directions == 2``; for more, against all previous ones in turn
+    is not exact, so only ``num_directions == 2`` is accepted then. The cosine between the two
+    is in ``spec["cosine"]`` of the second (also without orthogonalisation).
     """
-    num = _validate.check_positive_int(num, name="num")
+    num = _validate.check_positive_int(num_directions, name="num_directions")
     _validate.check_key(key)
     if orthogonalize and num != 2:
-        raise ValueError(f"{_validate.where()}: orthogonalize=True needs num=2; got num={num}.")
+        raise ValueError(
+            f"{_validate.where()}: orthogonalize=True needs num_directions=2; got {num}."
+        )
+    kwargs = dict(norm=norm, bias_bn=bias_bn, filter_axis=filter_axis, overrides=overrides)
     keys = jax.random.split(key, num)
     first = random_direction(keys[0], params, **kwargs)
     out = [first]

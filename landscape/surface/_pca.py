@@ -130,7 +130,7 @@ def pca_directions(
     final: PyTree,
     *,
     center: bool = True,
-    num: int = 2,
+    num_components: int = 2,
     bias_bn: str = "keep",
 ) -> PCAResult:
     """Top principal directions of a training trajectory, relative to the final point.
@@ -140,7 +140,7 @@ def pca_directions(
         params-shaped pytree with a leading snapshot axis, or a list of params pytrees.
       final: the final parameters (the centre of the plot).
       center: centre the rows as Li et al. and scikit-learn do (default), or not.
-      num: number of components (at most the rank of the trajectory matrix).
+      num_components: number of components (at most the rank of the trajectory matrix).
       bias_bn: ``"keep"`` (default, as Li et al.'s default) or ``"zero"`` (their
         ``--ignore biasbn``: 1-D leaves do not take part and the directions are zero there).
 
@@ -149,7 +149,7 @@ def pca_directions(
 
     Raises:
       ValueError: fewer than 2 snapshots, mismatched structures or shapes, non-finite
-        snapshots, ``num`` larger than the number of non-zero components.
+        snapshots, ``num_components`` larger than the number of non-zero components.
 
     Cost: memory ``k^2`` for the Gram matrix plus one leaf of differences at a time (never
     ``P^2``); time ``O(k^2 P)`` for the Gram matrix and ``O(k P)`` per component.
@@ -158,7 +158,7 @@ def pca_directions(
       Li et al. (2018), Visualizing the Loss Landscape of Neural Nets, section 7.
     """
     _validate.check_params(final, name="final")
-    num = _validate.check_positive_int(num, name="num")
+    num = _validate.check_positive_int(num_components, name="num_components")
     _validate.check_choice(bias_bn, ("keep", "zero"), name="bias_bn")
     if not isinstance(center, bool):
         raise TypeError(f"{_validate.where()}: center must be a bool; got {center!r}.")
@@ -193,8 +193,9 @@ def pca_directions(
     rank = int(np.sum(lam > tol))
     if num > rank:
         raise ValueError(
-            f"{_validate.where()}: num={num} but the trajectory spans only {rank} non-zero principal "
-            f"direction(s) ({k} snapshots{', centred' if center else ''}); use num <= {rank}."
+            f"{_validate.where()}: num_components={num} but the trajectory spans only {rank} "
+            f"non-zero principal direction(s) ({k} snapshots{', centred' if center else ''}); use "
+            f"num_components <= {rank}."
         )
     lam, u = lam[:num], u[:, :num]
     sv = np.sqrt(lam)
@@ -245,7 +246,7 @@ def pca_directions(
         settings={
             "function": _validate.where(),
             "center": center,
-            "num": num,
+            "num_components": num,
             "bias_bn": bias_bn,
             "num_snapshots": int(k),
         },

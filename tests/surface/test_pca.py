@@ -40,7 +40,7 @@ def _sign_flip(vt):
 def test_pca_matches_svd_of_the_trajectory_matrix_float64(center):
     with jax.enable_x64(True):
         snaps, final, _ = _trajectory(jnp.float64)
-        res = pca_directions(snaps, final, center=center, num=2)
+        res = pca_directions(snaps, final, center=center, num_components=2)
         m = np.stack([np.asarray(ravel_pytree(s)[0] - ravel_pytree(final)[0]) for s in snaps])
         mc = m - m.mean(axis=0) if center else m
         _, sv, vt = np.linalg.svd(mc, full_matrices=False)
@@ -114,7 +114,7 @@ def test_pca_bad_inputs():
     with pytest.raises(ValueError, match="empty"):
         pca_directions([], final)
     with pytest.raises(ValueError, match="spans only 2"):  # 3 centred rows have rank 2
-        pca_directions(snaps, final, num=3)
+        pca_directions(snaps, final, num_components=3)
     bad = dict(snaps[0])
     bad["b"] = jnp.ones((3, 2))
     with pytest.raises(ValueError, match=r"trajectory\[1\] leaf 'b' has shape"):
