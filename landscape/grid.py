@@ -78,6 +78,7 @@ __all__ = [
     "GridSettings",
     "GridValues",
     "Plan",
+    "SplitValues",
     "evaluate",
     "evaluate_points",
     "loss_points",
@@ -523,6 +524,30 @@ def loss_points(loss_fn: Callable, point_fn: Callable, coords, data: PyTree, **k
 
 
 # --------------------------------------------------------------------------------------------
+# What every grid result shares
+# --------------------------------------------------------------------------------------------
+class SplitValues:
+    """Mixin of results holding ``train`` and ``test`` dicts of metric arrays (slices, profiles,
+    planes): one accessor for all of them."""
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics evaluated (``"loss"``, and the loss's aux metrics)."""
+        return sorted(self.train)
+
+    def values(self, metric: str = "loss", split: str = "train") -> np.ndarray:
+        """The values of one metric on one split (``"train"`` or ``"test"``)."""
+        name = f"{type(self).__name__}.values"
+        src = {"train": self.train, "test": self.test}.get(split)
+        if src is None:
+            allowed = ["train"] + (["test"] if self.test is not None else [])
+            raise ValueError(f"{name}: split must be one of {allowed}; got {split!r}.")
+        if metric not in src:
+            raise ValueError(f"{name}: metric must be one of {sorted(src)}; got {metric!r}.")
+        return np.asarray(src[metric])
+
+
+# --------------------------------------------------------------------------------------------
 # The plan: everything validated once, then any coordinates
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -741,39 +766,25 @@ def prepare(
 
 
 @_validate.public("landscape.grid.evaluate")
-def evaluate(
-    loss_fn: Callable,
-    family,
-    coords,
-    data: dict,
-    *,
-    test_data: dict | None = None,
-    bn: str = "fixed",
-    bn_data: dict | None = None,
-    bn_states=None,
-    first_layer=None,
-    settings: GridSettings | None = None,
-    store=None,
-    job: dict | None = None,
-) -> GridValues:
+def evaluate(loss_fn: Callable, family, coords, data: dict, *, store=None, job: dict | None = None,
+             **options) -> GridValues:
     """The exact loss and aux metrics at the points ``family.point(c)`` for every ``c`` in
-    ``coords``, on the training data and, if given, the test data.
+    ``coords``, on the training data and, if given, the test data: ``prepare(loss_fn, family,
+    data, **options).evaluate(coords, store=store, job=job)``.
 
     Args:
       loss_fn: ``loss_fn(params, batch)`` (a :class:`landscape.Loss` gives accuracy and error).
       family: an :class:`Affine` family or a :class:`landscape.paths.Path`.
       coords: ``(n, k)`` coordinates (``(n,)`` for a path's ``t``).
-      data, test_data: dicts of arrays with a leading example axis.
-      bn: ``"fixed"`` (default), ``"interpolate"``, ``"reestimate"`` or ``"auto"`` (module
-        docstring).
-      bn_data: training data of the re-estimation (default ``data``).
-      bn_states: ``(state_a, state_b)`` for ``"interpolate"``.
-      first_layer: an evaluator that precomputes the first layer of the family's basis points
-        (:func:`landscape.surface.affine_first_layer`).
-      settings: a :class:`GridSettings`.
+      data: dict of arrays with a leading example axis (training data).
       store: a path or :class:`landscape.Store` (bound to ``job`` and the evaluation): finished
         chunks are saved and reused.
       job: a description of the job for the store (e.g. directions' specs).
+      **options: the keyword arguments of :func:`prepare`: ``test_data``, ``bn`` (``"fixed"``
+        by default, ``"interpolate"``, ``"reestimate"``, ``"auto"``), ``bn_data`` (default
+        ``data``), ``bn_states`` (``(state_a, state_b)`` for ``"interpolate"``),
+        ``first_layer`` (:func:`landscape.surface.affine_first_layer`), ``settings`` (a
+        :class:`GridSettings`), ``default_chunk``, ``fit_chunk``.
 
     Returns:
       :class:`GridValues`.
@@ -782,9 +793,19 @@ def evaluate(
     ``bn_data`` per point and split with ``"reestimate"``); memory: one point's intermediates
     per device with the default strategy.
     """
-    plan = prepare(
-        loss_fn, family, data, test_data=test_data, bn=bn, bn_data=bn_data, bn_states=bn_states,
-        first_layer=first_layer, settings=settings,
-    )
+    plan = prepare(loss_fn, family, data, **options)
     store = _store.as_store(store, {"job": "landscape.grid.evaluate", **(job or {})})
     return plan.evaluate(coords, store=store, job=job)
+
+
+def _evaluate_signature():
+    import inspect
+
+    base = inspect.signature(evaluate)
+    params = [p for p in base.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    extra = [p for n, p in inspect.signature(prepare).parameters.items()
+             if p.kind == inspect.Parameter.KEYWORD_ONLY and n != "desc"]
+    return base.replace(parameters=params + extra)
+
+
+evaluate.__signature__ = _evaluate_signature()

@@ -25,7 +25,7 @@ __all__ = ["PlaneResult", "curve_plane"]
 
 
 @result
-class PlaneResult(Result):
+class PlaneResult(grid.SplitValues, Result):
     """Loss and metrics on the plane through ``w_0`` (start), ``w_1`` (bend) and ``w_2``
     (end), with the curve drawn on it.
 
@@ -59,19 +59,6 @@ class PlaneResult(Result):
     bn: str = static_field(default="fixed")
     settings: dict = static_field(default_factory=dict)
     provenance: dict = static_field(default_factory=dict)
-
-    def values(self, metric: str = "loss", split: str = "train") -> np.ndarray:
-        """The ``(nx, ny)`` grid of one metric (``split``: ``"train"`` or ``"test"``)."""
-        src = {"train": self.train, "test": self.test}.get(split)
-        if src is None:
-            raise ValueError(f"PlaneResult.values: no {split!r} values.")
-        if metric not in src:
-            raise ValueError(f"PlaneResult.values: metric must be one of {sorted(src)}; got {metric!r}.")
-        return np.asarray(src[metric])
-
-    @property
-    def metrics(self) -> list[str]:
-        return sorted(self.train)
 
     def __repr__(self):
         z = self.values()

@@ -37,7 +37,7 @@ __all__ = ["CONVENTIONS", "Barrier", "Profile", "barrier", "profile"]
 # Result objects
 # --------------------------------------------------------------------------------------------
 @result
-class Profile(Result):
+class Profile(grid.SplitValues, Result):
     """Loss and metrics along a path, over whole data sets.
 
     Attributes:
@@ -63,19 +63,6 @@ class Profile(Result):
     bn: str = static_field(default="fixed")
     settings: dict = static_field(default_factory=dict)
     provenance: dict = static_field(default_factory=dict)
-
-    def values(self, metric: str = "loss", split: str = "train") -> np.ndarray:
-        """The metric along the path (``split`` is ``"train"`` or ``"test"``)."""
-        d = self.train if split == "train" else self.test
-        if d is None:
-            raise ValueError(f"Profile.values: this profile has no {split!r} values.")
-        if metric not in d:
-            raise ValueError(f"Profile.values: no metric {metric!r}; available: {sorted(d)}.")
-        return np.asarray(d[metric])
-
-    @property
-    def metrics(self) -> list[str]:
-        return sorted(self.train)
 
     def __repr__(self):
         v = self.values()

@@ -46,7 +46,7 @@ __all__ = ["SliceResult", "interpolate", "slice_1d", "slice_2d"]
 # Result
 # --------------------------------------------------------------------------------------------
 @result
-class SliceResult(Result):
+class SliceResult(grid.SplitValues, Result):
     """Values of the loss and its metrics on a 1-D or 2-D grid.
 
     Attributes:
@@ -95,22 +95,6 @@ class SliceResult(Result):
     @property
     def num_nonfinite(self) -> int:
         return int(np.size(self.finite) - np.count_nonzero(self.finite))
-
-    @property
-    def metrics(self) -> list[str]:
-        return sorted(self.train)
-
-    def values(self, metric: str = "loss", split: str = "train") -> np.ndarray:
-        """The grid of one metric (``split`` is ``"train"`` or ``"test"``)."""
-        src = {"train": self.train, "test": self.test}.get(split)
-        if src is None:
-            allowed = ["train"] + (["test"] if self.test is not None else [])
-            raise ValueError(f"SliceResult.values: split must be one of {allowed}; got {split!r}.")
-        if metric not in src:
-            raise ValueError(
-                f"SliceResult.values: metric must be one of {sorted(src)}; got {metric!r}."
-            )
-        return np.asarray(src[metric])
 
     def __repr__(self):
         grid = "x".join(str(s) for s in self.shape)
