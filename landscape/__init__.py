@@ -9,8 +9,10 @@ The foundation: the model triple (:class:`Model`, :func:`from_nnx`, :func:`from_
 (:func:`train`), runs on disk (:func:`save_run`, :func:`load_run`), the exact batched engine
 (:func:`evaluate`, :func:`value_and_grad`, :mod:`landscape.engine`), the grid evaluator
 (:mod:`landscape.grid`, :class:`GridSettings`), paths (:mod:`landscape.paths`), the store of
-resumable jobs (:class:`Store`), pytree algebra (:mod:`landscape.tree`) and boundary checks
-(:mod:`landscape.validate`).
+resumable jobs (:class:`Store`), pytree algebra (:mod:`landscape.tree`), boundary checks
+(:mod:`landscape.validate`), and the primitives several analyses share: Gaussian expectations
+of elementwise functions (:mod:`landscape.expectations`) and per-example Jacobians with their
+Gram matrices (:mod:`landscape.jacobians`).
 
 Importing ``landscape`` (or any foundation module, e.g. ``from landscape import engine``) loads
 only the foundation; the analyses load on first use (``landscape.hessian``, or ``from landscape
@@ -24,12 +26,15 @@ from typing import TYPE_CHECKING
 
 from landscape import batchnorm as batchnorm
 from landscape import engine as engine
+from landscape import expectations as expectations
 from landscape import grid as grid
+from landscape import jacobians as jacobians
 from landscape import paths as paths
 from landscape import store as store
 from landscape import tree as tree
 from landscape import validate as validate
 from landscape._model import Model as Model
+from landscape._model import NNXApply as NNXApply
 from landscape._model import as_model as as_model
 from landscape._model import from_linen as from_linen
 from landscape._model import from_nnx as from_nnx
@@ -79,6 +84,7 @@ __all__ = [
     "GridSettings",
     "Loss",
     "Model",
+    "NNXApply",
     "Result",
     "Store",
     "TrainingDivergedError",
@@ -88,10 +94,12 @@ __all__ = [
     "connect",
     "data_hash",
     "engine",
+    "expectations",
     "evaluate",
     "from_linen",
     "from_nnx",
     "grid",
+    "jacobians",
     "hessian",
     "load_data",
     "load_run",

@@ -91,8 +91,19 @@ def as_model(model) -> Model:
     )
 
 
-class _NNXApply:
-    """``apply_fn`` of an NNX module: static graph definitions, arrays as arguments."""
+class NNXApply:
+    """``apply_fn`` of an NNX module (built by :func:`from_nnx`): static graph definitions,
+    arrays as arguments.
+
+    Attributes:
+      graphdef_eval, graphdef_train: the module's ``nnx`` graph definitions in evaluation and
+        training mode (``nnx.merge(graphdef_eval, params, state)`` rebuilds the module).
+
+    Equal graph definitions compare equal, so models of one architecture share compiled
+    programs. Subclass it to run the module another way while keeping the graph definitions
+    (as :mod:`ntk` does for its architectures: ``super().__init__(graphdef_eval,
+    graphdef_train, name)``, then override ``__call__``, ``__eq__`` and ``__hash__``).
+    """
 
     def __init__(self, graphdef_eval, graphdef_train, name: str):
         self.graphdef_eval = graphdef_eval
@@ -112,13 +123,13 @@ class _NNXApply:
     # identity for compilation caches (engine, training), whatever their parameters.
     def __eq__(self, other):
         return (
-            isinstance(other, _NNXApply)
+            isinstance(other, NNXApply)
             and self.graphdef_eval == other.graphdef_eval
             and self.graphdef_train == other.graphdef_train
         )
 
     def __hash__(self):
-        return hash((_NNXApply, self.graphdef_eval, self.graphdef_train))
+        return hash((NNXApply, self.graphdef_eval, self.graphdef_train))
 
     def __repr__(self):
         return f"<apply_fn of {self.__name__}>"
@@ -157,7 +168,7 @@ def from_nnx(module: nnx.Module, *, spec: dict | None = None) -> Model:
     train_module.train()
     graphdef_eval, params, state = nnx.split(eval_module, nnx.Param, ...)
     graphdef_train, _, _ = nnx.split(train_module, nnx.Param, ...)
-    apply_fn = _NNXApply(graphdef_eval, graphdef_train, type(module).__name__)
+    apply_fn = NNXApply(graphdef_eval, graphdef_train, type(module).__name__)
     return Model(apply_fn, nnx.to_pure_dict(params), nnx.to_pure_dict(state), spec)
 
 

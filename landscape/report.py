@@ -315,15 +315,12 @@ def _sections(store, out_dir, result, data, *, init_params, train_other, sizes, 
     # -- tangent kernel --------------------------------------------------------------------------
     t0 = time.perf_counter()
     x = np.asarray(test["x"][: sizes.ntk_examples])
-    if store.has("ntk"):
-        saved = store.load("ntk")
-        k0, k1 = np.asarray(saved["k0"]), np.asarray(saved["k1"])
-        loaded = True
-    else:
-        k0 = np.asarray(ntk.empirical_ntk(model.replace(params=init_params), x))
-        k1 = np.asarray(ntk.empirical_ntk(model, x))
-        store.save("ntk", {"k0": k0, "k1": k1})
-        loaded = False
+    res0, loaded0 = _section(store, "ntk_init",
+                             lambda: ntk.empirical_ntk(model.replace(params=init_params), x),
+                             ntk.EmpiricalKernel)
+    res1, loaded1 = _section(store, "ntk_trained", lambda: ntk.empirical_ntk(model, x),
+                             ntk.EmpiricalKernel)
+    k0, k1, loaded = res0.matrix, res1.matrix, loaded0 and loaded1
     out["ntk"] = (k0, k1)
     done("ntk", (k0, k1), loaded, t0, examples=int(x.shape[0]),
          relative_change=float(f"{ntk.relative_distance(k1, k0):.4g}"),

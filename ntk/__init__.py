@@ -18,6 +18,7 @@ from ntk._compare import kernel_drift as kernel_drift
 from ntk._compare import monte_carlo as monte_carlo
 from ntk._compare import relative_distance as relative_distance
 from ntk._compare import spectra as spectra
+from ntk._empirical import EmpiricalKernel as EmpiricalKernel
 from ntk._empirical import empirical_nngp as empirical_nngp
 from ntk._empirical import empirical_ntk as empirical_ntk
 from ntk._empirical import empirical_ntk_fn as empirical_ntk_fn

@@ -10,14 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import landscape
+from landscape import Result, data_hash, result, static_field
 from landscape import validate as _validate
 from ntk import _arch, _blocks, _checks, _layers
 from ntk._arch import Architecture
 
 
-@landscape.result
-class Kernel(landscape.Result):
+@result
+class Kernel(Result):
     """NNGP and NTK matrices (per output: independent of the readout width).
 
     Attributes:
@@ -28,7 +28,7 @@ class Kernel(landscape.Result):
 
     nngp: np.ndarray
     ntk: np.ndarray
-    provenance: dict = landscape.static_field(default_factory=dict)
+    provenance: dict = static_field(default_factory=dict)
 
     def get(self, name: str) -> np.ndarray:
         """``"nngp"`` or ``"ntk"``."""
@@ -94,20 +94,6 @@ def _check_arch(arch, shape, dtype):
     )
 
 
-@functools.lru_cache(maxsize=1)
-def _base_provenance():
-    return landscape.provenance()
-
-
-def provenance(dtype, **settings) -> dict:
-    """The foundation's provenance record (versions, devices, git commit: computed once per
-    process) with this call's dtype and settings."""
-    out = dict(_base_provenance())
-    out["dtype"] = str(np.dtype(dtype))
-    out["settings"] = settings
-    return out
-
-
 @_validate.public("ntk.kernel")
 def kernel(
     arch: Architecture,
@@ -143,8 +129,11 @@ def kernel(
       x1: inputs ``(n1, features)`` or NHWC images ``(n1, H, W, C)``.
       x2: second inputs (same example shape) or ``None`` for ``K(x1, x1)``.
       block_size: rows (and columns) per block; default: the largest within 256 MiB.
-      store: a directory (or :class:`landscape.Store`): finished blocks are saved
-        atomically and skipped when the same call is repeated after an interruption.
+      store: a directory or a :class:`landscape.Store`: finished blocks are saved
+        atomically and loaded when the same call is repeated after an interruption (the
+        store is bound to this call: architecture, inputs, dtype, blocking; a store of
+        another job is refused with the differences listed, unless opened with
+        ``landscape.Store(path, overwrite=True)``).
       progress: show a progress bar over waves of blocks.
 
     Returns:
@@ -182,10 +171,10 @@ def kernel(
         None
         if store is None
         else dict(
-            kind="analytic",
+            job="ntk.kernel",
             arch=repr(arch),
             dtype=str(x1.dtype),
-            data=landscape.data_hash({"x1": x1, "x2": x2}),
+            data=data_hash({"x1": x1, "x2": x2}),
         )
     )
     nngp, ntkm = _blocks.blocked(
@@ -198,7 +187,7 @@ def kernel(
         store_meta=meta,
         progress=progress,
     )
-    prov = provenance(
+    prov = _blocks.provenance(
         x1.dtype,
         arch=repr(arch),
         block_size=bs,

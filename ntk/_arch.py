@@ -2,7 +2,8 @@
 
 One description gives (a) a Flax NNX model at its finite widths (``arch.module``,
 ``arch.init`` -> the foundation's model triple) and (b) its infinite-width NNGP and NTK
-(``arch.kernel_fn``, blocked and sharded by :func:`ntk.kernel`).
+(``arch.kernel_fn``: the whole recursion, traceable). Blocking, sharding and resumption sit
+above it in :func:`ntk.kernel` (``ntk/_analytic.py``), which this module does not import.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from landscape import engine
+from landscape import NNXApply, engine, from_nnx
 from landscape import validate as _validate
-from landscape._model import _NNXApply
 from ntk import _kmath, _layers
 from ntk._layers import ArchitectureError, KState, Layer
 
@@ -353,7 +353,7 @@ class Architecture:
         return ArchModule(self, params, tuple(int(s) for s in input_shape))
 
     def init(self, key, input_shape, *, dtype=jnp.float32):
-        """The finite network as the foundation's model triple (``landscape.from_nnx``).
+        """The finite network as the foundation's model triple (:func:`landscape.from_nnx`).
 
         Args:
           key: PRNG key of the initialisation.
@@ -365,12 +365,10 @@ class Architecture:
           ``landscape`` analysis and :func:`ntk.empirical_ntk` (which recognises it and uses
           the per-layer structured method) work on it.
         """
-        import landscape
-
         if key is None:
             raise TypeError("ntk.Architecture.init: key is required; pass jax.random.key(0).")
         module = self.module(key, input_shape, dtype=dtype)
-        m = landscape.from_nnx(module)
+        m = from_nnx(module)
         a = m.apply_fn
         apply_fn = _ArchApply(
             a.graphdef_eval, a.graphdef_train, a.__name__, self, module.input_shape
@@ -382,8 +380,11 @@ class Architecture:
     def kernel_fn(self, x1, x2=None):
         """Analytic ``(nngp, ntk)`` of two input blocks, ``(n1, n2)`` each (traceable).
 
-        No blocking: memory is ``n1 n2`` times the positions kept per pair (see
-        :func:`ntk.kernel` for blocked, sharded, resumable evaluation).
+        The one place of the analytic recursion: the input covariance in the position layout
+        the stack needs (:func:`input_state`), every layer's kernel transform, the check that
+        the output has no spatial axes left. No blocking: memory is ``n1 n2`` times the
+        positions kept per pair (:func:`ntk.kernel` evaluates it in blocks, sharded and
+        resumable).
         """
         same = x2 is None
         x2 = x1 if same else x2
@@ -396,12 +397,6 @@ class Architecture:
                 "ntk.Flatten() or ntk.GlobalAvgPool() (and a Dense readout)."
             )
         return ks.nngp, ks.ntk
-
-    def kernel(self, x1, x2=None, **kwargs):
-        """Blocked analytic kernels; see :func:`ntk.kernel`."""
-        from ntk._analytic import kernel
-
-        return kernel(self, x1, x2, **kwargs)
 
 
 _CHUNK = 1 << 16
@@ -528,7 +523,7 @@ def serial(*layers) -> Architecture:
     Example:
       >>> arch = ntk.serial(ntk.Dense(512, W_std=1.5, b_std=0.05), ntk.Relu(),
       ...                   ntk.Dense(10, W_std=1.5, b_std=0.05))
-      >>> k = arch.kernel(x)          # .nngp, .ntk: (n, n) per-output kernels
+      >>> k = ntk.kernel(arch, x)     # .nngp, .ntk: (n, n) per-output kernels
       >>> model = arch.init(jax.random.key(0), x.shape[1:])   # landscape.Model
 
     Args:
@@ -617,7 +612,7 @@ class ArchModule(_Group):
         return self.arch.apply(self.values(), x)
 
 
-class _ArchApply(_NNXApply):
+class _ArchApply(NNXApply):
     """``apply_fn`` of the models built by :meth:`Architecture.init`.
 
     It keeps the NNX graph definitions of :class:`ArchModule` (``nnx.merge`` rebuilds the
@@ -649,7 +644,7 @@ def arch_of_model(apply_fn, params=None, state=None):
     """The :class:`Architecture` behind a model triple built by ``arch.init`` (else ``None``)."""
     if isinstance(apply_fn, _ArchApply):
         return apply_fn.arch, apply_fn.input_shape
-    if isinstance(apply_fn, _NNXApply):
+    if isinstance(apply_fn, NNXApply):
         cached = _ARCH_CACHE.get(id(apply_fn))
         if cached is not None and cached[0] is apply_fn:
             return cached[1], cached[2]

@@ -26,11 +26,26 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from landscape import engine
+from landscape import provenance as _foundation_provenance
 from landscape import store as _store
 from landscape import validate as _validate
 
 BLOCK_BUDGET_BYTES = 256 * 2**20
 """Default memory budget of one block's intermediates (per device)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _base_provenance():
+    return _foundation_provenance()
+
+
+def provenance(dtype, **settings) -> dict:
+    """The foundation's provenance record (versions, devices, git commit: computed once per
+    process) with this call's dtype and settings (the kernel results' ``provenance``)."""
+    out = dict(_base_provenance())
+    out["dtype"] = str(np.dtype(dtype))
+    out["settings"] = settings
+    return out
 
 
 def memory_limit() -> int:

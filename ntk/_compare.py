@@ -10,12 +10,19 @@ from typing import Any
 import jax
 import numpy as np
 
-import landscape
+from landscape import Result, provenance, result, static_field
 from landscape import validate as _validate
+from landscape.losses import cross_entropy, mse
 from ntk import _checks
 from ntk._analytic import kernel as analytic_kernel
 from ntk._arch import Architecture
-from ntk._empirical import _empirical_pair
+from ntk._empirical import _empirical_pair, _outputs_2d, ntk_structured
+from ntk._predict import (
+    gradient_descent_mse,
+    gradient_descent_mse_ensemble,
+    kernel_regression,
+    max_learning_rate,
+)
 
 
 def relative_distance(a, b) -> float:
@@ -42,8 +49,8 @@ def _widths(widths):
     return ws
 
 
-@landscape.result
-class MonteCarloKernel(landscape.Result):
+@result
+class MonteCarloKernel(Result):
     """Mean of empirical kernels over random initialisations, with standard errors.
 
     Attributes:
@@ -55,8 +62,8 @@ class MonteCarloKernel(landscape.Result):
     ntk: np.ndarray
     nngp_sem: np.ndarray
     ntk_sem: np.ndarray
-    num_samples: int = landscape.static_field(default=0)
-    provenance: dict = landscape.static_field(default_factory=dict)
+    num_samples: int = static_field(default=0)
+    provenance: dict = static_field(default_factory=dict)
 
 
 @_validate.public("ntk.monte_carlo")
@@ -86,14 +93,12 @@ def monte_carlo(
         nngp_sem=sem(ns),
         ntk_sem=sem(ts),
         num_samples=num_samples,
-        provenance=landscape.provenance(dtype=x1.dtype, settings=dict(arch=repr(arch))),
+        provenance=provenance(dtype=x1.dtype, settings=dict(arch=repr(arch))),
     )
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _mc_jit(arch, keys, x1, x2):
-    from ntk._empirical import _outputs_2d, ntk_structured
-
     def one(k):
         p = arch.net.init(k, tuple(x1.shape[1:]), x1.dtype)
         o1 = _outputs_2d(arch.apply(p, x1))
@@ -104,8 +109,8 @@ def _mc_jit(arch, keys, x1, x2):
     return jax.lax.map(one, keys)
 
 
-@landscape.result
-class Convergence(landscape.Result):
+@result
+class Convergence(Result):
     """Distance between empirical kernels at initialisation and the analytic kernel.
 
     Attributes:
@@ -130,9 +135,9 @@ class Convergence(landscape.Result):
     ntk_avg_spread: np.ndarray
     nngp_avg_distance: np.ndarray
     nngp_avg_spread: np.ndarray
-    slope: float = landscape.static_field(default=float("nan"))
-    label: str = landscape.static_field(default="")
-    provenance: dict = landscape.static_field(default_factory=dict)
+    slope: float = static_field(default=float("nan"))
+    label: str = static_field(default="")
+    provenance: dict = static_field(default_factory=dict)
 
 
 def _bootstrap(stack, ref, rng, num=100):
@@ -215,12 +220,12 @@ def convergence(
         nngp_avg_spread=np.asarray(out["gs"]),
         slope=slope,
         label=label,
-        provenance=landscape.provenance(dtype=x.dtype, seeds=num_seeds, settings=dict(widths=ws)),
+        provenance=provenance(dtype=x.dtype, seeds=num_seeds, settings=dict(widths=ws)),
     )
 
 
-@landscape.result
-class Drift(landscape.Result):
+@result
+class Drift(Result):
     """Relative change of the empirical NTK during training, ``||K_t - K_0||_F / ||K_0||_F``.
 
     Attributes:
@@ -237,8 +242,8 @@ class Drift(landscape.Result):
     drift: np.ndarray
     final_drift: np.ndarray
     train_loss: np.ndarray
-    slope: float = landscape.static_field(default=float("nan"))
-    provenance: dict = landscape.static_field(default_factory=dict)
+    slope: float = static_field(default=float("nan"))
+    provenance: dict = static_field(default_factory=dict)
 
 
 @_validate.public("ntk.kernel_drift")
@@ -323,15 +328,15 @@ def kernel_drift(
         final_drift=fin,
         train_loss=np.asarray(losses),
         slope=slope,
-        provenance=landscape.provenance(
+        provenance=provenance(
             dtype=xp.dtype,
             settings=dict(widths=ws, num_steps=num_steps, learning_rate=learning_rate),
         ),
     )
 
 
-@landscape.result
-class FiniteVsInfinite(landscape.Result):
+@result
+class FiniteVsInfinite(Result):
     """Test outputs and accuracy of trained finite networks, their linearisations and the
     infinite-width predictions on the same task.
 
@@ -356,10 +361,10 @@ class FiniteVsInfinite(landscape.Result):
     linear_accuracy: np.ndarray
     rmse_finite_infinite: np.ndarray
     rmse_finite_linear: np.ndarray
-    infinite_accuracy: float = landscape.static_field(default=float("nan"))
-    infinite_converged_accuracy: float = landscape.static_field(default=float("nan"))
-    nngp_accuracy: float = landscape.static_field(default=float("nan"))
-    provenance: dict = landscape.static_field(default_factory=dict)
+    infinite_accuracy: float = static_field(default=float("nan"))
+    infinite_converged_accuracy: float = static_field(default=float("nan"))
+    nngp_accuracy: float = static_field(default=float("nan"))
+    provenance: dict = static_field(default_factory=dict)
 
 
 def _accuracy(out, y):
@@ -406,13 +411,6 @@ def finite_vs_infinite(
       :class:`ntk.FiniteVsInfinite`. Cost per width: two analytic kernels and ``num_steps``
       full-batch forward/backward passes of the network and of its linearisation.
     """
-    from ntk._predict import (
-        gradient_descent_mse,
-        gradient_descent_mse_ensemble,
-        kernel_regression,
-        max_learning_rate,
-    )
-
     _check_arch_fn(make_arch)
     ws = _widths(widths)
     _validate.check_key(key)
@@ -472,7 +470,7 @@ def finite_vs_infinite(
         infinite_accuracy=inf_acc,
         infinite_converged_accuracy=conv_acc,
         nngp_accuracy=nngp_acc,
-        provenance=landscape.provenance(
+        provenance=provenance(
             dtype=xtr.dtype, settings=dict(widths=ws, num_steps=num_steps, learning_rate=lr)
         ),
     )
@@ -482,8 +480,6 @@ def finite_vs_infinite(
 def _gd_snapshots(arch, params, x, y, lr, segments, loss):
     """Full-batch gradient descent; the parameters at step 0 and after each segment
     (stacked) and the final training loss."""
-    from landscape.losses import cross_entropy, mse
-
     loss_fn = mse if loss == "mse" else cross_entropy
 
     def step(_, p):
@@ -503,7 +499,6 @@ def _train_pair(arch, params, x, y, x_test, lr, num_steps):
     (2 |Y|)``) of the network and of its linearisation at the initial parameters, in one
     compiled program. Returns the initial train and test outputs and the final test outputs
     of both."""
-    from landscape.losses import mse
 
     def lin_apply(p, xx):
         dp = jax.tree.map(jax.numpy.subtract, p, params)
@@ -526,12 +521,12 @@ def _train_pair(arch, params, x, y, x_test, lr, num_steps):
     )
 
 
-@landscape.result
-class Spectra(landscape.Result):
+@result
+class Spectra(Result):
     """Eigenvalues (descending) of kernel matrices, by name."""
 
     eigenvalues: dict
-    provenance: dict = landscape.static_field(default_factory=dict)
+    provenance: dict = static_field(default_factory=dict)
 
 
 @_validate.public("ntk.spectra")

@@ -27,7 +27,9 @@ parameters and ``FP`` the cost of one example's forward pass:
   benchmarks/ntk/RESULTS.md.
 
 ``method="auto"`` picks ``"structured"`` for our architectures and otherwise the cheaper of
-the other two (forward-pass flops from XLA's cost analysis).
+the other two (forward-pass flops from XLA's cost analysis). The per-example Jacobians and
+row Grams are the foundation's (:mod:`landscape.jacobians`); :func:`empirical_ntk` and
+:func:`empirical_nngp` return :class:`EmpiricalKernel` results.
 """
 
 from __future__ import annotations
@@ -42,16 +44,51 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-import landscape
-from landscape import engine
+from landscape import Model, Result, data_hash, engine, jacobians, result, static_field
+from landscape import store as _store
 from landscape import tree as _tree
 from landscape import validate as _validate
-from landscape._model import Model
-from ntk import _blocks, _checks
-from ntk._arch import Architecture, _Ctx, arch_of_model
+from ntk import _blocks, _checks, _layers
+from ntk._arch import Architecture, Serial, _child_name, _Ctx, arch_of_model
 
 _HI = jax.lax.Precision.HIGHEST
 METHODS = ("auto", "jacobian", "ntvp", "structured")
+
+
+# --------------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------------
+@result
+class EmpiricalKernel(Result):
+    """An empirical (finite-width) kernel matrix: :func:`ntk.empirical_ntk` or
+    :func:`ntk.empirical_nngp`.
+
+    The matrix is ``.matrix``; the result also converts to it wherever an array is expected
+    (``np.asarray(k)``, ``ntk.relative_distance(k, ...)``, ``ntk.spectra(empirical=k)``,
+    ``ntk.kernel_regression(k, ...)``, ``ntk.plot.plot_kernel(k)``).
+
+    Attributes:
+      matrix: ``(n1, n2)`` (the mean over outputs) or ``(n1, n2, O, O)`` (per output pair,
+        ``trace_outputs=False``), NumPy, in the parameters' dtype.
+      kind: ``"ntk"`` (``J(x1) J(x2)^T``) or ``"nngp"`` (``f(x1) f(x2)^T``).
+      method: ``"jacobian"``, ``"ntvp"`` or ``"structured"`` (``None`` for the NNGP).
+      trace_outputs: whether ``matrix`` is the mean over outputs.
+      block_size: examples per block of the blocked evaluation (``None`` for the NNGP).
+      provenance: versions, dtype and settings (numbers of examples and outputs, model).
+    """
+
+    matrix: np.ndarray
+    kind: str = static_field(default="ntk")
+    method: str | None = static_field(default=None)
+    trace_outputs: bool = static_field(default=True)
+    block_size: int | None = static_field(default=None)
+    provenance: dict = static_field(default_factory=dict)
+
+    def __array__(self, dtype=None, copy=None):
+        a = np.asarray(self.matrix)
+        if dtype is not None and np.dtype(dtype) != a.dtype:
+            return a.astype(dtype)
+        return a.copy() if copy else a
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,41 +151,20 @@ def _outputs_2d(out):
 # --------------------------------------------------------------------------------------------
 # Jacobian contraction and NTK-vector products (any f)
 # --------------------------------------------------------------------------------------------
-def _jacobians(f, params, x):
-    """Per-example Jacobians: leaves ``(b, O, *leaf)``."""
-
-    def f1(p, xi):
-        return _outputs_2d(f(p, xi[None]))[0]
-
-    return jax.vmap(jax.jacrev(f1), in_axes=(None, 0))(params, x)
-
-
-def _contract(j1, j2, trace: bool):
-    """Sum over parameter leaves of ``J1 J2^T`` (leaves ``(b, O, *leaf)``), each as one matrix
-    product over a contiguous axis."""
-    sym = j1 is j2
-    out = None
-    for a, b in zip(jax.tree.leaves(j1), jax.tree.leaves(j2)):
-        a = a.reshape(a.shape[:2] + (-1,))
-        b = a if sym else b.reshape(b.shape[:2] + (-1,))
-        t = _pair(a, b, sym) / a.shape[1] if trace else _pair_per_output(a, b, sym)
-        out = t if out is None else out + t
-    return out
-
-
 @engine.at_analysis_precision
 def ntk_jacobian(f, params, x1, x2=None, *, trace_outputs: bool = True):
-    """Empirical NTK block by Jacobian contraction (traceable)."""
-    j1 = _jacobians(f, params, x1)
-    j2 = j1 if x2 is None else _jacobians(f, params, x2)
-    return _contract(j1, j2, trace_outputs)
+    """Empirical NTK block by Jacobian contraction (traceable): the Gram of the foundation's
+    per-example Jacobians (:mod:`landscape.jacobians`)."""
+    j1 = jacobians.per_example(f, params, x1)
+    j2 = None if x2 is None else jacobians.per_example(f, params, x2)
+    return jacobians.gram(j1, j2, trace_outputs=trace_outputs)
 
 
 @engine.at_analysis_precision
 def ntk_ntvp(f, params, x1, x2=None, *, trace_outputs: bool = True):
     """Empirical NTK block by NTK-vector products (traceable)."""
     x2 = x1 if x2 is None else x2
-    j2 = _jacobians(f, params, x2)  # the vector-Jacobian products of every output of x2
+    j2 = jacobians.per_example(f, params, x2)  # the VJPs of every output of x2
     leaves = jax.tree.leaves(j2)
     b2, O = leaves[0].shape[:2]
     tangents = jax.tree.map(lambda l: l.reshape((b2 * O,) + l.shape[2:]), j2)
@@ -190,8 +206,6 @@ class _Plan:
 def _flat_layers(layer, path=""):
     """``[(path, layer)]`` of a serial chain, nested serials flattened (parallel blocks are
     single entries)."""
-    from ntk._arch import Serial, _child_name
-
     out = []
     for i, l in enumerate(layer.layers):
         name = _child_name(l, i)
@@ -207,8 +221,6 @@ def _plan(arch: Architecture) -> _Plan:
     hit = _PLANS.get(arch)
     if hit is not None:
         return hit
-    from ntk import _layers
-
     flat = _flat_layers(arch.net)
     readout = head = act = None
     tail: list = []
@@ -297,31 +309,14 @@ def structured_costs(b1, b2, npos, fan_in, cout, M, trace):
     return gram, jac
 
 
-def _mm(a, b):
-    """``a @ b.T`` for 2-D ``a (n1, K)``, ``b (n2, K)``: every contraction below is reduced to
-    such a matrix product over one contiguous axis (XLA's CPU dot with several or
-    non-contiguous contracting axes is several times slower)."""
-    return jnp.matmul(a, b.T, precision=_HI)
-
-
-def _pair(a1, a2, sym):
-    """``_mm`` of per-example rows flattened from ``(b, ...)``."""
-    f1 = a1.reshape(a1.shape[0], -1)
-    return _mm(f1, f1 if sym else a2.reshape(a2.shape[0], -1))
-
-
-def _pair_per_output(a1, a2, sym):
-    """``t[i, j, o, r] = sum_k a1[i, o, k] a2[j, r, k]`` for ``a (b, O, K)``."""
-    b1, O = a1.shape[:2]
-    b2 = a2.shape[0]
-    f1 = a1.reshape(b1 * O, -1)
-    t = _mm(f1, f1 if sym else a2.reshape(b2 * O, -1))
-    return t.reshape(b1, O, b2, O).transpose(0, 2, 1, 3)
-
-
 def _layer_term(layer, p1, p2, d1, d2, sym, trace, norm):
     """One affine layer's weight and bias contributions from its patches ``p (b, P, k)`` and
-    signals ``d (b, P, M, C)`` (``norm``: the factor of the mean over outputs)."""
+    signals ``d (b, P, M, C)`` (``norm``: the factor of the mean over outputs).
+
+    Every contraction is a matrix product over one contiguous axis (the foundation's row
+    Grams, :func:`landscape.jacobians.row_gram`; ``None`` as the second operand: the
+    symmetric Gram)."""
+    gram, gram_po = jacobians.row_gram, jacobians.row_gram_per_output
     b1, npos, fan_in = p1.shape
     b2 = p2.shape[0]
     M, cout = d1.shape[2], d1.shape[3]
@@ -329,24 +324,24 @@ def _layer_term(layer, p1, p2, d1, d2, sym, trace, norm):
     dt = d1.dtype
     bias = layer.b_std is not None and bc != 0.0
     if npos == 1:
-        g = _pair(p1, p2, sym)
+        g = gram(p1, None if sym else p2)
         if trace:
-            s = _pair(d1, d2, sym)
+            s = gram(d1, None if sym else d2)
         else:
-            s = _pair_per_output(d1[:, 0], d2[:, 0], sym)
+            s = gram_po(d1[:, 0], None if sym else d2[:, 0])
             g = g[:, :, None, None]
         coef = jnp.asarray(wc * wc, dt) * g
         if bias:
             coef = coef + jnp.asarray(bc * bc, dt)
         return coef * s * jnp.asarray(norm, dt)
-    gram, jac = structured_costs(b1, b2, npos, fan_in, cout, M, trace)
-    if gram <= jac:
-        g = _mm(p1.reshape(b1 * npos, -1), p2.reshape(b2 * npos, -1)).reshape(b1, npos, b2, npos)
+    cost_gram, cost_jac = structured_costs(b1, b2, npos, fan_in, cout, M, trace)
+    if cost_gram <= cost_jac:
+        g = gram(p1.reshape(b1 * npos, -1), p2.reshape(b2 * npos, -1)).reshape(b1, npos, b2, npos)
         if trace:
-            s = _mm(d1.reshape(b1 * npos, -1), d2.reshape(b2 * npos, -1))
+            s = gram(d1.reshape(b1 * npos, -1), d2.reshape(b2 * npos, -1))
             t = jnp.sum(g * s.reshape(b1, npos, b2, npos), axis=(1, 3))
         else:
-            s = _mm(d1.reshape(b1 * npos * M, -1), d2.reshape(b2 * npos * M, -1))
+            s = gram(d1.reshape(b1 * npos * M, -1), d2.reshape(b2 * npos * M, -1))
             s = s.reshape(b1, npos, M, b2, npos, M)
             t = jnp.einsum("ipjq,iporjqr->ijor", g, s, precision=_HI)
     else:
@@ -357,18 +352,18 @@ def _layer_term(layer, p1, p2, d1, d2, sym, trace, norm):
         j1 = jac_of(p1, d1)
         j2 = j1 if sym else jac_of(p2, d2)
         if trace:
-            t = _pair(j1, j2, sym)
+            t = gram(j1, None if sym else j2)
         else:
 
             def per_output(j):  # (b, k, M C) -> (b, M, k C)
                 return j.reshape(j.shape[0], fan_in, M, cout).transpose(0, 2, 1, 3)
 
-            t = _pair_per_output(per_output(j1), per_output(j2), sym)
+            t = gram_po(per_output(j1), None if sym else per_output(j2))
     t = t * jnp.asarray(wc * wc, dt)
     if bias:
         s1 = jnp.sum(d1, axis=1)  # (b, M, C)
         s2 = s1 if sym else jnp.sum(d2, axis=1)
-        tb = _pair(s1, s2, sym) if trace else _pair_per_output(s1, s2, sym)
+        tb = gram(s1, None if sym else s2) if trace else gram_po(s1, None if sym else s2)
         t = t + tb * jnp.asarray(bc * bc, dt)
     return t * jnp.asarray(norm, dt)
 
@@ -510,7 +505,7 @@ def empirical_ntk(
     block_size: int | None = None,
     store=None,
     progress: bool = False,
-) -> np.ndarray:
+) -> EmpiricalKernel:
     """Empirical NTK ``Theta(x1, x2) = J(x1) J(x2)^T`` of a finite network.
 
     Two calling conventions: ``empirical_ntk(f, params, x1, x2)`` with ``f(params, x) ->
@@ -531,11 +526,17 @@ def empirical_ntk(
         ``(n1, n2)``, comparable with the analytic per-output NTK (neural-tangents'
         ``trace_axes=(-1,)``); ``False``: the full ``(n1, n2, O, O)`` kernel.
       block_size: examples per block (default: the largest within a 1 GiB budget).
-      store: directory or :class:`landscape.Store` for resumable blocks.
+      store: a directory or a :class:`landscape.Store`: finished blocks are saved
+        atomically and loaded when the same call is repeated after an interruption (the
+        store is bound to this call: model, parameters, inputs, method, blocking; a store of
+        another job is refused with the differences listed, unless opened with
+        ``landscape.Store(path, overwrite=True)``).
       progress: progress bar over waves of blocks.
 
     Returns:
-      NumPy array ``(n1, n2)`` or ``(n1, n2, O, O)`` in the parameters' dtype.
+      :class:`ntk.EmpiricalKernel`: ``.matrix`` ``(n1, n2)`` or ``(n1, n2, O, O)`` (NumPy,
+      the parameters' dtype; ``np.asarray(result)`` gives it too), with the method, block
+      size and provenance.
 
     Raises:
       TypeError, ValueError: bad model, parameters or inputs (shape mismatch, NaN/Inf, a
@@ -544,6 +545,7 @@ def empirical_ntk(
     Example:
       >>> model = arch.init(jax.random.key(0), (64,))
       >>> theta = ntk.empirical_ntk(model, x)                      # structured
+      >>> theta.matrix                                             # (n, n) NumPy
       >>> theta = ntk.empirical_ntk(f, params, x, method="ntvp")   # any f(params, x)
 
     References:
@@ -580,24 +582,54 @@ def empirical_ntk(
             b = min(n, 64)
             costs = method_costs(forward_flops(f, params, x1), P, b, b, O, trace_outputs)
             method = min(costs, key=costs.get)
-    return _run(
+    matrix, bs = _run(
         f, params, x1, x2, arch, method, bool(trace_outputs), O, block_size, store, progress
+    )
+    return EmpiricalKernel(
+        matrix=matrix,
+        kind="ntk",
+        method=method,
+        trace_outputs=bool(trace_outputs),
+        block_size=bs,
+        provenance=_blocks.provenance(
+            _tree.dtype_of(params),
+            kind="ntk",
+            method=method,
+            trace_outputs=bool(trace_outputs),
+            block_size=bs,
+            n1=int(x1.shape[0]),
+            n2=int((x1 if x2 is None else x2).shape[0]),
+            num_outputs=int(O),
+            num_params=int(P),
+            model=_describe(f, arch),
+        ),
     )
 
 
+def _describe(f, arch) -> str:
+    """A process-independent description of the model (the store's binding, provenance)."""
+    if arch is not None:
+        return repr(arch)
+    return _store.stable_text(engine.split_fn(f)[0])
+
+
 def _empirical_pair(arch: Architecture, params, x1, x2=None):
-    """``(ntk, nngp)`` of the finite network ``arch`` with ``params`` (traced over outputs,
-    structured method, blocked; one compiled program per architecture and input shape).
-    Internal: no validation (the callers drew ``params`` and checked ``x``)."""
+    """``(ntk, nngp)`` arrays of the finite network ``arch`` with ``params`` (traced over
+    outputs, structured method, blocked; one compiled program per architecture and input
+    shape). Internal: no validation (the callers drew ``params`` and checked ``x``)."""
     O = int(np.prod(arch.out_shape(x1.shape[1:])))
-    return _run(arch.apply, params, x1, x2, arch, "structured", True, O, None, None, False, True)
+    out, _ = _run(
+        arch.apply, params, x1, x2, arch, "structured", True, O, None, None, False, True
+    )
+    return out
 
 
 @_validate.public("ntk.empirical_ntk")
 def _run(
     f, params, x1, x2, arch, method, trace_outputs, O, block_size, store, progress, nngp=False
 ):
-    """The blocked evaluation behind :func:`empirical_ntk` (inputs already validated)."""
+    """The blocked evaluation behind :func:`empirical_ntk` (inputs already validated):
+    ``(kernel arrays, block size)``."""
     pdtype = _tree.dtype_of(params)
     P = _tree.size(params)
     item = np.dtype(pdtype).itemsize
@@ -628,15 +660,18 @@ def _run(
         None
         if store is None
         else dict(
-            kind="empirical_ntk",
+            job="ntk.empirical_ntk",
+            model=_describe(f, arch),
             method=method,
             trace=bool(trace_outputs),
+            nngp=bool(nngp),
             dtype=str(pdtype),
-            data=landscape.data_hash({"x1": x1, "x2": x2}),
-            params=landscape.data_hash(params),
+            data=data_hash({"x1": x1, "x2": x2}),
+            params=data_hash(params),
+            model_arrays=data_hash(fd),
         )
     )
-    return _blocks.blocked(
+    out = _blocks.blocked(
         block,
         (fd, params),
         x1,
@@ -646,6 +681,7 @@ def _run(
         store_meta=meta,
         progress=progress,
     )
+    return out, bs
 
 
 def _feature_size(arch, params, x, O) -> tuple[int, int]:
@@ -708,22 +744,43 @@ def _param_shapes(arch, shape, dtype):
 
 
 @_validate.public("ntk.empirical_nngp")
-def empirical_nngp(f, params, x1=None, x2=None, *, trace_outputs: bool = True) -> np.ndarray:
+def empirical_nngp(
+    f, params, x1=None, x2=None, *, trace_outputs: bool = True
+) -> EmpiricalKernel:
     """Empirical NNGP ``f(x1) f(x2)^T / O`` (mean over outputs) of one network, or the full
     ``(n1, n2, O, O)`` outer product with ``trace_outputs=False``. Same calling conventions as
     :func:`empirical_ntk`. Averaged over random initialisations it estimates the analytic NNGP
-    (see :func:`ntk.monte_carlo`)."""
-    f, params, x1, x2, _ = resolve(f, params, x1, x2)
+    (see :func:`ntk.monte_carlo`).
+
+    Returns:
+      :class:`ntk.EmpiricalKernel` with ``kind="nngp"``; ``.matrix`` (NumPy, the outputs'
+      dtype) is ``(n1, n2)`` or ``(n1, n2, O, O)``.
+
+    Cost: one forward pass over ``x1`` and ``x2`` and an ``n1 x n2 x O`` product on the host.
+    """
+    f, params, x1, x2, arch = resolve(f, params, x1, x2)
     x1 = _checks.as_inputs(x1, name="x1")
     x2 = None if x2 is None else _checks.as_inputs(x2, name="x2", dtype=x1.dtype)
     _checks.check_pair(x1, x2)
-    _out_dim(f, params, x1)
+    O = _out_dim(f, params, x1)
     fs, fd = engine.split_fn(f)
     o1 = np.asarray(_apply_jit(fs, fd, params, jnp.asarray(x1)))
     o2 = o1 if x2 is None else np.asarray(_apply_jit(fs, fd, params, jnp.asarray(x2)))
-    if trace_outputs:
-        return o1 @ o2.T / o1.shape[1]
-    return np.einsum("io,jr->ijor", o1, o2)
+    matrix = o1 @ o2.T / o1.shape[1] if trace_outputs else np.einsum("io,jr->ijor", o1, o2)
+    return EmpiricalKernel(
+        matrix=matrix,
+        kind="nngp",
+        trace_outputs=bool(trace_outputs),
+        provenance=_blocks.provenance(
+            matrix.dtype,
+            kind="nngp",
+            trace_outputs=bool(trace_outputs),
+            n1=int(x1.shape[0]),
+            n2=int((x1 if x2 is None else x2).shape[0]),
+            num_outputs=int(O),
+            model=_describe(f, arch),
+        ),
+    )
 
 
 @jax.jit

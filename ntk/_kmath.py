@@ -1,5 +1,8 @@
 """Kernel maths shared by the analytic layers: activation transforms and position operations.
 
+Closed-form activation kernels live here; activations without one use the foundation's
+Gaussian quadrature (:func:`landscape.expectations.pair_expectations`).
+
 Conventions (neural-tangents'): a covariance array has ``nb`` leading batch axes (2 for a
 pair kernel ``(b1, b2, ...)``, 1 for the self-covariance ``(b, ...)``) followed by position
 axes: none (vectors), ``d`` axes (``"diag"``: only ``p == p'`` kept) or ``2 d`` axes
@@ -8,29 +11,15 @@ axes: none (vectors), ``d`` axes (``"diag"``: only ``p == p'`` kept) or ``2 d`` 
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from landscape.expectations import safe_sqrt
+
 _PI = math.pi
-
-
-# --------------------------------------------------------------------------------------------
-# Safe elementary functions (as in neural-tangents: finite derivatives at the kinks)
-# --------------------------------------------------------------------------------------------
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def safe_sqrt(x, tol=0.0):
-    return jnp.sqrt(jnp.maximum(x, tol))
-
-
-@safe_sqrt.defjvp
-def _safe_sqrt_jvp(tol, primals, tangents):
-    (x,), (dx,) = primals, tangents
-    root = safe_sqrt(x, max(tol, 1e-30))
-    return safe_sqrt(x, tol), jnp.where(x > max(tol, 1e-30), dx / (2 * root), 0.0)
 
 
 def _arctan2_fill(y, x, fill):
@@ -81,51 +70,6 @@ def from_nngp_fn(nngp_fn):
     def f(c, v1, v2):
         k, kdot = jax.jvp(lambda cc: nngp_fn(cc, v1, v2), (c,), (jnp.ones_like(c),))
         return k, kdot
-
-    return f
-
-
-@functools.lru_cache(maxsize=32)
-def hermite_nodes(deg: int):
-    """Probabilists' Gauss-Hermite nodes and weights normalised to a probability measure."""
-    z, w = np.polynomial.hermite_e.hermegauss(deg)
-    return z, w / np.sqrt(2 * np.pi)
-
-
-def gauss_hermite(fn, dfn, deg: int):
-    """``E[fn(u) fn(v)]`` and ``E[dfn(u) dfn(v)]`` for ``(u, v) ~ N(0, [[v1, c], [c, v2]])``.
-
-    Two-dimensional Gauss-Hermite quadrature of degree ``deg`` (``deg^2`` evaluations):
-    ``u = sqrt(v1) z1``, ``v = sqrt(v2) (rho z1 + sqrt(1 - rho^2) z2)``. A scan over the
-    first node keeps memory at ``deg`` times the array size. Exact for polynomials of
-    degree ``< 2 deg``; slow for kinks (about 1e-3 relative error for ReLU at ``deg=200``).
-    """
-    z_np, w_np = hermite_nodes(deg)
-
-    def f(c, v1, v2):
-        dtype = jnp.result_type(c)
-        z = jnp.asarray(z_np, dtype)
-        w = jnp.asarray(w_np, dtype)
-        c, v1, v2 = jnp.broadcast_arrays(c, v1, v2)
-        s1, s2 = safe_sqrt(v1), safe_sqrt(v2)
-        pos = s1 * s2 > 0
-        rho = jnp.where(pos, jnp.clip(c / jnp.where(pos, s1 * s2, 1.0), -1.0, 1.0), 0.0)
-        perp = safe_sqrt(1 - rho * rho)
-        zz = z.reshape((deg,) + (1,) * c.ndim)
-        ww = w.reshape((deg,) + (1,) * c.ndim)
-
-        def body(carry, zi_wi):
-            zi, wi = zi_wi
-            u = s1 * zi
-            v = s2[None] * (rho[None] * zi + perp[None] * zz)  # (deg, ...)
-            k = carry[0] + wi * fn(u) * jnp.sum(ww * fn(v), axis=0)
-            kd = carry[1] + wi * dfn(u) * jnp.sum(ww * dfn(v), axis=0)
-            return (k, kd), None
-
-        shape = jnp.broadcast_shapes(c.shape, v1.shape, v2.shape)
-        init = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-        (k, kd), _ = jax.lax.scan(body, init, (z, w))
-        return k, kd
 
     return f
 

@@ -19,15 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-import landscape
+from landscape import Model, Result, as_model, result, static_field
 from landscape import tree as _tree
 from landscape import validate as _validate
-from landscape._model import Model, as_model
+from ntk._analytic import Kernel
 
 
 def _mat(k, *, name, square=False):
-    from ntk._analytic import Kernel
-
+    """A float64 host matrix from an array or an :class:`ntk.EmpiricalKernel` (which converts
+    to its matrix); an analytic :class:`ntk.Kernel` holds two, so it is refused."""
     if isinstance(k, Kernel):
         raise TypeError(f"{_validate.where('ntk')}: {name} must be a matrix; pass kernel.ntk or kernel.nngp.")
     a = np.asarray(k, dtype=np.float64)
@@ -190,8 +190,8 @@ def gradient_descent_mse(
     return predict_fn
 
 
-@landscape.result
-class Prediction(landscape.Result):
+@result
+class Prediction(Result):
     """Mean (and covariance) of the outputs of an ensemble of infinitely wide networks.
 
     Attributes:
@@ -206,8 +206,8 @@ class Prediction(landscape.Result):
     mean: np.ndarray
     cov: Any
     train_mean: np.ndarray
-    get: str = landscape.static_field(default="ntk")
-    t: Any = landscape.static_field(default=None)
+    get: str = static_field(default="ntk")
+    t: Any = static_field(default=None)
 
 
 @_validate.public("ntk.gradient_descent_mse_ensemble")
@@ -235,8 +235,6 @@ def gradient_descent_mse_ensemble(
       ``predict_fn(t=None, kernel_test_train=None, kernel_test_test=None, get="ntk",
       compute_cov=False) -> ntk.Prediction``.
     """
-    from ntk._analytic import Kernel
-
     if not isinstance(kernel_train_train, Kernel):
         raise TypeError(
             f"{_validate.where('ntk')}: kernel_train_train must be an ntk.Kernel (ntk.kernel(arch, x_train)); "

@@ -71,10 +71,12 @@ def plot_spectra(result, *, ax=None, **style):
     return ax
 
 
-def plot_kernel(matrix, *, ax=None, title: str | None = None, **style):
-    """A kernel matrix as an image."""
+def plot_kernel(kernel, *, ax=None, title: str | None = None, **style):
+    """A kernel matrix as an image: an :class:`ntk.EmpiricalKernel` (from
+    :func:`ntk.empirical_ntk` or :func:`ntk.empirical_nngp`), or a matrix such as
+    ``ntk.kernel(...).ntk``."""
     ax = _ax(ax)
-    im = ax.imshow(np.asarray(matrix), cmap=style.pop("cmap", "viridis"), **style)
+    im = ax.imshow(np.asarray(kernel), cmap=style.pop("cmap", "viridis"), **style)
     ax.figure.colorbar(im, ax=ax, fraction=0.046)
     if title:
         ax.set_title(title)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import landscape
 import ntk
 from ntk import _blocks, _kmath
 from tests.ntk import _specs
@@ -171,6 +172,36 @@ def test_blocks_symmetry_and_store(tmp_path, vec_inputs, monkeypatch):
         monkeypatch.setattr(_blocks, "_wave", None)
         again = ntk.kernel(arch, x1, block_size=2, store=tmp_path / "k")
     np.testing.assert_array_equal(again.ntk, blocked.ntk)
+
+
+def test_store_resumes_after_interrupt_and_refuses_another_job(
+    tmp_path, vec_inputs, monkeypatch, interrupt_after
+):
+    # K(x1, x2) of 9 x 4 inputs in blocks of 3: 3 x 2 = 6 blocks; interrupted after 2, the
+    # rerun computes the other 4 and equals the uninterrupted kernel
+    arch = ntk.serial(ntk.Dense(8, W_std=1.5, b_std=0.1), ntk.Erf(), ntk.Dense(1))
+    x1, x2 = vec_inputs
+    ref = ntk.kernel(arch, x1, x2, block_size=3)
+    store = landscape.Store(tmp_path / "k")
+    with monkeypatch.context() as m:
+        made = interrupt_after(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            ntk.kernel(arch, x1, x2, block_size=3, store=store)
+    assert len(made) == 2 and len(store.entries()) == 2
+    with monkeypatch.context() as m:
+        made = interrupt_after(m, 100)
+        again = ntk.kernel(arch, x1, x2, block_size=3, store=tmp_path / "k")
+    assert len(made) == 4
+    np.testing.assert_array_equal(again.ntk, ref.ntk)
+    np.testing.assert_array_equal(again.nngp, ref.nngp)
+    # another architecture or other inputs in the same directory: refused, differences listed
+    other = ntk.serial(ntk.Dense(8, W_std=1.5, b_std=0.1), ntk.Relu(), ntk.Dense(1))
+    with pytest.raises(ValueError, match=r"another job \(differences: arch: .*Erf.* -> .*Relu\(\)"):
+        ntk.kernel(other, x1, x2, block_size=3, store=tmp_path / "k")
+    with pytest.raises(ValueError, match=r"differences: data: "):
+        ntk.kernel(arch, x1 + 1, x2, block_size=3, store=tmp_path / "k")
+    with pytest.raises(TypeError, match="store must be a path or a landscape.Store"):
+        ntk.kernel(arch, x1, store=3)
 
 
 def test_no_recompilation(vec_inputs):

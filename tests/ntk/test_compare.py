@@ -57,13 +57,14 @@ def test_spectra_and_plots(key, tmp_path):
     x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
     model = mlp(32).init(key, (4,))
     k = ntk.kernel(mlp(32), x)
-    sp = ntk.spectra(empirical=ntk.empirical_ntk(model, x), analytic=k.ntk)
+    sp = ntk.spectra(empirical=ntk.empirical_ntk(model, x).matrix, analytic=k.ntk)
     ev = sp.eigenvalues["analytic"]
     np.testing.assert_allclose(np.sort(ev)[::-1], ev)
     np.testing.assert_allclose(ev.sum(), np.trace(k.ntk), rtol=1e-5)
     fig, axes = plt.subplots(1, 2)
     assert plot.plot_spectra(sp, ax=axes[0]) is axes[0]
     assert plot.plot_kernel(k.ntk, ax=axes[1], title="NTK") is axes[1]
+    assert plot.plot_kernel(ntk.empirical_ntk(model, x), ax=axes[1]) is axes[1]
     plt.close(fig)
     with pytest.raises(ValueError, match="must be a square kernel matrix"):
         ntk.spectra(a=np.ones((2, 3)))
@@ -104,7 +105,7 @@ def test_one_vs_four_devices(tmp_path):
     # the same quantities on one device, unblocked (plain jit on device 0)
     nngp1, ntk1 = jax.jit(arch.kernel_fn)(x, x[:6])
     e1 = ntk.empirical_ntk_fn(arch.apply, method="structured", arch=arch)(model.params, x)
-    np.savez("{tmp_path}/out.npz", k=k.ntk, kg=k.nngp, e=e, k1=ntk1, kg1=nngp1, e1=e1)
+    np.savez("{tmp_path}/out.npz", k=k.ntk, kg=k.nngp, e=e.matrix, k1=ntk1, kg1=nngp1, e1=e1)
     """
     flags = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
     run_python(code, devices=4, env={"XLA_FLAGS": flags})

@@ -99,10 +99,11 @@ def test_float32_blocked_driver(vec_inputs, key):
     ref = np.einsum("ijoo->ij", full) / 3
     for method, bs in (("structured", 2), ("jacobian", None), ("ntvp", None)):
         k = ntk.empirical_ntk(model, x1.astype(np.float32), method=method, block_size=bs)
-        assert k.dtype == np.float32
+        assert isinstance(k, ntk.EmpiricalKernel) and k.method == method
+        assert k.matrix.dtype == np.float32
         # float32 round-off of O(1) sums over ~300 parameters: 1e-5 of the largest entry
         np.testing.assert_allclose(
-            k, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=method
+            k.matrix, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=method
         )
 
 
@@ -174,8 +175,9 @@ def test_any_model_and_auto(vec_inputs):
     x = vec_inputs[0].astype(np.float32)
     ref = np.einsum("ijoo->ij", explicit(model, x)) / 3
     a = ntk.empirical_ntk(model, x, method="auto")
+    assert a.method in ("jacobian", "ntvp")
     # float32, summation order differs: 1e-5 relative to the largest entry
-    np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(a.matrix, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     with pytest.raises(ValueError, match="method='structured' needs a model built by an ntk"):
         ntk.empirical_ntk(model, x, method="structured")
 
@@ -185,7 +187,7 @@ def test_f_params_convention_equals_model(vec_inputs, key):
     model = MLP.init(key, (5,))
     a = ntk.empirical_ntk(model, x1, x2)
     b = ntk.empirical_ntk(MLP.apply, model.params, x1, x2)
-    np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(a.matrix, b.matrix, rtol=1e-6)
 
 
 def test_no_recompilation(vec_inputs, key):
@@ -210,9 +212,12 @@ def test_empirical_nngp(vec_inputs, key):
     ref = out1.astype(np.float64) @ out2.T.astype(np.float64) / 3
     # float32 products of O(1) outputs: 1e-6 of the largest entry
     atol = 1e-6 * np.abs(ref).max()
-    np.testing.assert_allclose(ntk.empirical_nngp(model, x1, x2), ref, rtol=1e-5, atol=atol)
+    nngp = ntk.empirical_nngp(model, x1, x2)
+    assert isinstance(nngp, ntk.EmpiricalKernel) and nngp.kind == "nngp"
+    np.testing.assert_allclose(nngp.matrix, ref, rtol=1e-5, atol=atol)
     full = ntk.empirical_nngp(model, x1, x2, trace_outputs=False)
-    np.testing.assert_allclose(np.einsum("ijoo->ij", full) / 3, ref, rtol=1e-5, atol=atol)
+    assert full.matrix.shape == (9, 4, 3, 3) and not full.trace_outputs
+    np.testing.assert_allclose(np.einsum("ijoo->ij", full.matrix) / 3, ref, rtol=1e-5, atol=atol)
 
 
 def test_monte_carlo_nngp_within_four_standard_errors(vec_inputs, key):
@@ -251,3 +256,68 @@ def test_bad_inputs(vec_inputs, img_inputs, key, monkeypatch):
     monkeypatch.setenv("NTK_MEMORY_LIMIT", "1000")
     with pytest.raises(ValueError, match="cannot fit"):
         ntk.empirical_ntk(model, x1, block_size=9)
+
+
+def test_result_object(tmp_path, vec_inputs, key):
+    # the empirical kernels are result objects: the matrix, the settings, provenance, a short
+    # repr, an array view, and a save/load round trip
+    model = MLP.init(key, (5,))
+    x1, x2 = vec_inputs
+    k = ntk.empirical_ntk(model, x1, x2, block_size=3)
+    assert (k.kind, k.method, k.trace_outputs, k.block_size) == ("ntk", "structured", True, 3)
+    assert k.matrix.shape == (9, 4) and isinstance(k.matrix, np.ndarray)
+    np.testing.assert_array_equal(np.asarray(k), k.matrix)
+    assert np.asarray(k, np.float64).dtype == np.float64
+    assert k.provenance["settings"]["num_outputs"] == 3 and k.provenance["dtype"] == "float32"
+    text = repr(k)
+    assert text.startswith("EmpiricalKernel(matrix=float32[9, 4], kind='ntk'") and len(text) < 200
+    k.save(tmp_path / "k.npz")
+    back = ntk.EmpiricalKernel.load(tmp_path / "k.npz")
+    np.testing.assert_array_equal(back.matrix, k.matrix)
+    assert (back.kind, back.method, back.block_size) == ("ntk", "structured", 3)
+    # (the foundation's load freezes lists to tuples, e.g. the device list)
+    assert back.provenance["settings"] == k.provenance["settings"]
+    assert back.provenance["packages"] == k.provenance["packages"]
+    g = ntk.empirical_nngp(model, x1)
+    g.save(tmp_path / "g.npz")
+    back = ntk.EmpiricalKernel.load(tmp_path / "g.npz")
+    assert back.kind == "nngp" and back.method is None and back.block_size is None
+    np.testing.assert_array_equal(back.matrix, g.matrix)
+    # array consumers take the result itself
+    sp = ntk.spectra(empirical=ntk.empirical_ntk(model, x1))
+    assert sp.eigenvalues["empirical"].shape == (9,)
+
+
+def test_store_resumes_after_interrupt_and_refuses_another_job(
+    tmp_path, vec_inputs, key, monkeypatch, capsys, interrupt_after
+):
+    # blocks of 2 rows: 5 x 5 upper-triangle blocks of a symmetric 9 x 9 kernel = 15 blocks;
+    # interrupted after 4, the rerun computes the other 11 and equals the uninterrupted kernel
+    model = MLP.init(key, (5,))
+    x1, _ = vec_inputs
+    ref = ntk.empirical_ntk(model, x1, block_size=2)
+    store = tmp_path / "theta"
+    with monkeypatch.context() as m:
+        made = interrupt_after(m, 4)
+        with pytest.raises(KeyboardInterrupt):
+            ntk.empirical_ntk(model, x1, block_size=2, store=store)
+    assert len(made) == 4
+    assert "4/15 chunks are saved" in capsys.readouterr().err
+    with monkeypatch.context() as m:
+        made = interrupt_after(m, 100)
+        again = ntk.empirical_ntk(model, x1, block_size=2, store=landscape.Store(store))
+    assert len(made) == 11
+    np.testing.assert_array_equal(again.matrix, ref.matrix)
+    # the same directory for another job (other parameters, other method): refused, with
+    # the differences listed; overwrite=True replaces it
+    other = model.replace(params=jax.tree.map(lambda p: p * 2, model.params))
+    with pytest.raises(ValueError, match=r"holds results of another job \(differences: .*params"):
+        ntk.empirical_ntk(other, x1, block_size=2, store=store)
+    with pytest.raises(ValueError, match=r"differences: .*method: 'structured' -> 'jacobian'"):
+        ntk.empirical_ntk(model, x1, block_size=2, method="jacobian", store=store)
+    with pytest.raises(ValueError, match=r"differences: .*block_rows: 2 -> 3"):
+        ntk.empirical_ntk(model, x1, block_size=3, store=store)
+    fresh = ntk.empirical_ntk(other, x1, block_size=2, store=landscape.Store(store, overwrite=True))
+    np.testing.assert_allclose(
+        fresh.matrix, ntk.empirical_ntk(other, x1, block_size=2).matrix, rtol=0, atol=0
+    )
