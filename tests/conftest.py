@@ -1,6 +1,12 @@
 """Shared test settings and fixtures.
 
 * strict rank promotion (``jax_numpy_rank_promotion="raise"``) for every test;
+* one persistent XLA compilation cache for the whole run, shared by this process, pytest-xdist
+  workers, the subprocesses of the multi-device tests and the notebook kernels (through the
+  environment, set before JAX is imported): a program compiled by one of them is loaded, not
+  compiled again, by the others. It starts empty in every run (as CI's does) and is removed at
+  the end, so timings are those of a fresh machine; ``LANDSCAPE_TEST_CACHE=<dir>`` keeps one
+  across runs instead;
 * ``key``: a fresh PRNG key;
 * session-scoped trained models (``digits_data``, ``trained_mlp``, ...) computed once per session
   and reused by every module (they are small: seconds to train).
@@ -9,8 +15,20 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("LANDSCAPE_QUICK", "1")
+
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+_OWN_CACHE = "LANDSCAPE_TEST_CACHE" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+_CACHE = os.environ.get("LANDSCAPE_TEST_CACHE") or os.path.join(
+    tempfile.gettempdir(), f"landscape-test-xla-{_RUN}"
+)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+# cache every program (JAX's default skips those that compile in under a second: most of ours)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -121,4 +139,11 @@ def trained_resnet(digits_images):
 
 
 def pytest_report_header(config):
-    return f"jax {jax.__version__}, devices {jax.devices()}, numpy {np.__version__}"
+    return (f"jax {jax.__version__}, devices {jax.devices()}, numpy {np.__version__}, "
+            f"compilation cache {os.environ['JAX_COMPILATION_CACHE_DIR']}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # the controller (or a plain run) removes the run's cache; xdist workers leave it
+    if _OWN_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(_CACHE, ignore_errors=True)
