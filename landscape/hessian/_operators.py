@@ -715,6 +715,9 @@ def make_hvp(
 ) -> CurvatureOperator:
     """Factory: the curvature operator of the full-data-set mean loss, ready for many products.
 
+    Its keyword-only parameters are the operator settings, declared here once: the one-shots
+    (``eigenvalues(loss_fn, params, data, **settings)``, ...) accept exactly these.
+
     Returns a :class:`CurvatureOperator` ``op``; ``op(v)`` is one exact product over the whole
     data set in one compiled program (compiled once per loss function, shapes and settings:
     reuse ``op``, or call ``make_hvp`` again with the same ``loss_fn`` object, and nothing
@@ -761,6 +764,8 @@ def make_hvp(
     Example:
       >>> op = landscape.hessian.make_hvp(loss_fn, params, data)
       >>> hv = op(v)          # params-shaped
+      >>> top = landscape.hessian.eigenvalues(op, k=5, key=key)  # every estimator takes it
+      >>> tr = landscape.hessian.trace(op, key=key)
 
     References:
       Pearlmutter 1994 (fast exact Hessian-vector products); Schraudolph 2002 (Gauss-Newton
