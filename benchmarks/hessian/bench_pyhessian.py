@@ -261,9 +261,9 @@ def main():
         cost.setdefault("hvp_fwd_over_rev", []).append(timeit(lambda: op_fr(v)))
         cost.setdefault("hvp_linearized", []).append(timeit(lambda: op_li(v)))
         cost.setdefault("hvp_loop100", []).append(timeit(lambda: hvp_loop(pd, sub), n=3))
-        cost.setdefault("lanczos100_full", []).append(timeit(lambda: hessian.lanczos(op_li, v, 100), n=3))
+        cost.setdefault("lanczos100_full", []).append(timeit(lambda: hessian.lanczos(op_li, v, 100, key=jax.random.key(0)), n=3))
         cost.setdefault("lanczos100_stream", []).append(
-            timeit(lambda: hessian.lanczos(op_li, v, 100, reorthogonalize=False), n=3))
+            timeit(lambda: hessian.lanczos(op_li, v, 100, key=jax.random.key(0), reorthogonalize=False), n=3))
         cost.setdefault("pyhessian", []).append(torch_side(task="hvp", n=20))
     torch_side.close()
     cost_med = {k: float(np.median(vs)) for k, vs in cost.items() if k != "pyhessian"}

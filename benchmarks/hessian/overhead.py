@@ -54,8 +54,8 @@ def main():
         "hvp_linearized": lambda: op(v),
         "hvp_fwd_over_rev": lambda: op_fr(v),
         "products100": lambda: products(pd, v, 100),
-        "lanczos100_full": lambda: hessian.lanczos(op, v, 100).alphas,
-        "lanczos100_stream": lambda: hessian.lanczos(op, v, 100, reorthogonalize=False).alphas,
+        "lanczos100_full": lambda: hessian.lanczos(op, v, 100, key=jax.random.key(0)).alphas,
+        "lanczos100_stream": lambda: hessian.lanczos(op, v, 100, key=jax.random.key(0), reorthogonalize=False).alphas,
         "top5": lambda: hessian.eigenvalues(loss_fn, params, batched, k=5, key=jax.random.key(0)).values,
     }
     for f in tasks.values():  # warm up

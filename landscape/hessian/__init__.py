@@ -2,10 +2,24 @@
 eigenpairs, trace, spectral density (SLQ), sharpness.
 
 Every quantity is computed from exact products over the whole data set (the foundation engine
-accumulates the batches in one compiled program). Factories for scripts (:func:`make_hvp`,
-:func:`lanczos`) sit under one-shot functions for notebooks (:func:`eigenvalues`,
-:func:`trace`, :func:`spectral_density`, ...). Plots live in :mod:`landscape.plot`
+accumulates the batches in one compiled program). Plots live in :mod:`landscape.plot`
 (:func:`~landscape.plot.plot_density`, :func:`~landscape.plot.plot_sharpness`, ...).
+
+Operators are first-class inputs. The estimators :func:`eigenvalues`, :func:`trace` and
+:func:`spectral_density` (and :func:`lanczos`) take an operator, through one driver:
+
+* a :class:`CurvatureOperator` from the factory :func:`make_hvp` (build it once, use it for
+  several analyses: ``op = make_hvp(loss_fn, params, data, curvature="ggn")``, then
+  ``eigenvalues(op, k=5, key=key)``, ``trace(op, key=key)``);
+* any matvec ``v -> A v`` on pytrees, with ``like=`` a template of its vectors (arrays or
+  ``jax.ShapeDtypeStruct``): it must be traceable, symmetric and hashable (a module-level
+  function or a ``jax.tree_util.Partial`` carrying its arrays; a new lambda per call
+  recompiles);
+* or, as a one-shot for notebooks, ``loss_fn, params, data`` with the operator settings of
+  :func:`make_hvp` as keywords (``curvature``, ``model``, ``output_loss``, ``params_filter``,
+  ``preconditioner``, ``batch_size``, ``method``: declared once, in :func:`make_hvp`).
+
+Randomness is explicit: every function that draws random vectors takes a required ``key``.
 """
 
 from landscape.hessian._analysis import DecompositionResult as DecompositionResult

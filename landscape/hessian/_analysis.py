@@ -15,8 +15,9 @@ from landscape import _provenance, engine
 from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._result import Meta, Result, result, static_field
-from landscape.hessian import _density, _eigen, _random, _trace
+from landscape.hessian import _density, _driver, _eigen, _random, _trace
 from landscape.hessian import _lanczos as lz
+from landscape.hessian import _operators as ops
 
 PyTree = Any
 
@@ -65,6 +66,7 @@ def _project_jit(layout, vectors, g):
 
 
 @_validate.public("landscape.hessian.gradient_overlap")
+@ops.curvature_keywords()
 def gradient_overlap(
     loss_fn,
     params: PyTree,
@@ -74,9 +76,7 @@ def gradient_overlap(
     eigen: _eigen.EigenResult | None = None,
     key=None,
     tol: float = _eigen.DEFAULT_TOL,
-    params_filter=None,
-    batch_size: int | None = None,
-    method: str = "auto",
+    **curvature,
 ) -> OverlapResult:
     """Overlap of the full-data-set gradient with the top-k Hessian eigenspace.
 
@@ -89,7 +89,9 @@ def gradient_overlap(
       k: eigenvectors (ignored when ``eigen`` is given).
       eigen: an :class:`EigenResult` at the same ``params`` (its ``vectors`` are used).
       key: PRNG key for the eigensolver (required unless ``eigen`` is given).
-      tol, params_filter, batch_size, method: passed to :func:`eigenvalues`.
+      tol: passed to :func:`eigenvalues`.
+      **curvature: the operator settings of :func:`make_hvp`, passed to :func:`eigenvalues`
+        (``batch_size`` also sets the gradient's batches).
 
     Returns:
       :class:`OverlapResult`.
@@ -107,13 +109,12 @@ def gradient_overlap(
     if eigen is None:
         if key is None:
             raise TypeError(f"{_validate.where()}: key is required to compute the eigenvectors (or pass eigen=...).")
-        eigen = _eigen.eigenvalues(loss_fn, params, data, k=k, key=key, tol=tol, params_filter=params_filter,
-                                   batch_size=batch_size, method=method)
+        eigen = _eigen.eigenvalues(loss_fn, params, data, k=k, key=key, tol=tol, **curvature)
     elif not isinstance(eigen, _eigen.EigenResult):
         raise TypeError(f"{_validate.where()}: eigen must be an EigenResult; got {type(eigen).__name__}.")
     stacked = jax.tree.map(lambda x: x[0], eigen.vectors)
     _validate.check_same_structure(stacked, params, name="eigen.vectors (one row)")
-    vals, grad = engine.value_and_grad(loss_fn, params, data, batch_size=batch_size)
+    vals, grad = engine.value_and_grad(loss_fn, params, data, batch_size=curvature.get("batch_size"))
     layout = lz.Layout(params)
     c = np.asarray(_project_jit(layout, eigen.vectors, grad), np.float64)
     gn = float(_tree.norm(grad))
@@ -176,6 +177,7 @@ class DecompositionResult(Result):
 
 
 @_validate.public("landscape.hessian.ggn_decomposition")
+@ops.curvature_keywords(exclude=("curvature",))
 def ggn_decomposition(
     loss_fn,
     params: PyTree,
@@ -187,11 +189,7 @@ def ggn_decomposition(
     num_steps: int = 60,
     sigma: float | None = None,
     num_points: int = 1000,
-    model=None,
-    output_loss=None,
-    params_filter=None,
-    batch_size: int | None = None,
-    method: str = "auto",
+    **curvature,
 ) -> DecompositionResult:
     """Split the Hessian into its Gauss-Newton part and the residual, with both spectra.
 
@@ -202,11 +200,14 @@ def ggn_decomposition(
     thick-restart solver.
 
     Args:
-      loss_fn, params, data, model, output_loss, params_filter, batch_size, method: see
-        :func:`make_hvp` (the GGN needs a :class:`landscape.Loss` or ``model``).
+      loss_fn, params, data: see :func:`make_hvp` (the GGN needs a :class:`landscape.Loss`, or
+        ``model`` and ``output_loss``).
       key: PRNG key (required).
       k: top and bottom eigenvalues per part (0 to skip).
       num_probes, num_steps, sigma, num_points: SLQ settings (see :func:`spectral_density`).
+      **curvature: the operator settings of :func:`make_hvp` but ``curvature`` (every part is
+        computed): ``model``, ``output_loss``, ``params_filter``, ``preconditioner``,
+        ``batch_size``, ``method``.
 
     Returns:
       :class:`DecompositionResult`.
@@ -230,18 +231,15 @@ def ggn_decomposition(
     tops, bots = {}, {}
     hvps = 0
     for part in PARTS:
-        d = _density.spectral_density(
-            loss_fn, params, data, key=key, num_probes=num_probes, num_steps=num_steps, sigma=sigma,
-            num_points=num_points, check=False, curvature=part, model=model, output_loss=output_loss,
-            params_filter=params_filter, batch_size=batch_size, method=method,
-        )
+        op = ops.make_hvp(loss_fn, params, data, curvature=part, **curvature)  # one per part
+        d = _density.spectral_density(op, key=key, num_probes=num_probes, num_steps=num_steps, sigma=sigma,
+                                      num_points=num_points, check=False)
         out[part] = d
         hvps += d.num_hvps * (2 if part == "residual" else 1)
         if k:
-            e = _eigen.eigenvalues(
-                loss_fn, params, data, k=k, which="both", key=jax.random.fold_in(key, 1), tol=1e-4,
-                krylov_dim=max(num_steps - 2 * k, 2 * k + 1), curvature=part,  # the density's basis shape model=model, output_loss=output_loss, params_filter=params_filter,
-                batch_size=batch_size, method=method,
+            e = _eigen.eigenvalues(  # krylov_dim: the density's basis shape (same program)
+                op, k=k, which="both", key=jax.random.fold_in(key, 1), tol=1e-4,
+                krylov_dim=max(num_steps - 2 * k, 2 * k + 1),
             )
             hvps += e.num_hvps * (2 if part == "residual" else 1)
             tops[part], bots[part] = e.largest, e.smallest
@@ -258,7 +256,7 @@ def ggn_decomposition(
         sigma=sig, num_params=out["hessian"].num_params, num_probes=num_probes, num_steps=num_steps,
         num_hvps=int(hvps),
         provenance=_provenance.provenance(
-            dtype=_tree.dtype_of(params), seeds=_eigen._key_desc(key),
+            dtype=_tree.dtype_of(params), seeds=_driver.key_desc(key),
             settings={"k": k, "num_probes": num_probes, "num_steps": num_steps}),
     )
 
@@ -296,7 +294,7 @@ def _eps_sharp_jit(loss_static, loss_dyn, params, batched, epsilon, num_steps, s
 
 @_validate.public("landscape.hessian.epsilon_sharpness")
 def epsilon_sharpness(
-    loss_fn, params: PyTree, data: PyTree, *, epsilon: float = 1e-3, num_steps: int = 20, key=None,
+    loss_fn, params: PyTree, data: PyTree, *, key, epsilon: float = 1e-3, num_steps: int = 20,
     batch_size: int | None = None,
 ) -> dict[str, float]:
     """Keskar et al. (2017)'s epsilon-sharpness in the full parameter space.
@@ -306,7 +304,11 @@ def epsilon_sharpness(
     sign-gradient ascent steps from a random point of the box (step ``2 epsilon (|theta| + 1) /
     num_steps``, the largest loss seen is kept) on the exact full-data-set loss, in one compiled
     loop, instead of the paper's L-BFGS-B: a lower bound of the true maximum, like the paper's.
-    ``key`` seeds the start (default key 0).
+
+    Args:
+      key: PRNG key (required: randomness is explicit): seeds the random start in the box.
+      epsilon: the box's relative size; num_steps: ascent steps.
+      batch_size: examples per batch of the full-data-set loss.
 
     Returns:
       ``{"sharpness": percent, "loss": L(theta), "max_loss": ...}``.
@@ -326,7 +328,7 @@ def epsilon_sharpness(
     batched = engine.batch(data, batch_size)
     engine.check_loss(loss_fn, params, batched)
     s, d = engine.split_fn(loss_fn)
-    seed = np.uint32(_random.key_seed(jax.random.key(0) if key is None else _validate.check_key(key)))
+    seed = np.uint32(_random.key_seed(_validate.check_key(key)))
     f0, fmax, ok = _eps_sharp_jit(s, d, params, batched, np.asarray(epsilon, np.dtype(_tree.dtype_of(params))),
                                   num_steps, seed)
     if not bool(ok):
@@ -444,10 +446,10 @@ class SharpnessResult(Result):
 
 
 @_validate.public("landscape.hessian.sharpness")
+@ops.curvature_keywords()
 def sharpness(
     loss_fn, params: PyTree, data: PyTree, *, key, epsilon: float = 1e-3, rho: float = 0.05, eta: float = 0.0,
-    num_steps: int = 20, trace_hvps: int = 60, tol: float = 1e-4, batch_size: int | None = None,
-    method: str = "auto",
+    num_steps: int = 20, max_hvps: int = 60, tol: float = 1e-4, **curvature,
 ) -> SharpnessResult:
     """Flat versus sharp: the top eigenvalue, the trace, epsilon-sharpness and adaptive
     sharpness of the full-data-set loss at ``params``.
@@ -456,14 +458,16 @@ def sharpness(
       key: PRNG key (required).
       epsilon: box size of :func:`epsilon_sharpness`; rho, eta: of :func:`adaptive_sharpness`.
       num_steps: ascent steps of both worst-case measures.
-      trace_hvps: product budget of the Hutch++ trace.
+      max_hvps: product budget of the Hutch++ trace.
       tol: residual tolerance of the top eigenvalue.
+      **curvature: the operator settings of :func:`make_hvp` for the eigenvalue and the trace
+        (``batch_size`` also sets the batches of the worst-case measures).
 
     Returns:
       :class:`SharpnessResult`.
 
     Cost:
-      About ``20 + trace_hvps`` products and ``2 num_steps + 4`` gradients.
+      About ``20 + max_hvps`` products and ``2 num_steps + 4`` gradients.
 
     Example:
       >>> landscape.hessian.sharpness(loss_fn, params, data, key=jax.random.key(0))
@@ -474,21 +478,22 @@ def sharpness(
     """
     key = _validate.check_key(key)
     k1, k2 = jax.random.split(key)
-    eig = _eigen.eigenvalues(loss_fn, params, data, k=1, key=k1, tol=tol, batch_size=batch_size, method=method,
-                             check_multiplicity=False)
-    tr = _trace.trace(loss_fn, params, data, key=k2, max_hvps=trace_hvps, batch_size=batch_size, method=method)
+    batch_size = curvature.get("batch_size")
+    op = ops.make_hvp(loss_fn, params, data, **curvature)  # one operator for both estimates
+    eig = _eigen.eigenvalues(op, k=1, key=k1, tol=tol, check_multiplicity=False)
+    tr = _trace.trace(op, key=k2, max_hvps=max_hvps)
     es = epsilon_sharpness(loss_fn, params, data, epsilon=epsilon, num_steps=num_steps, key=k2, batch_size=batch_size)
     ad = adaptive_sharpness(loss_fn, params, data, rho=rho, eta=eta, num_steps=num_steps, batch_size=batch_size)
     details = Meta(
-        epsilon=epsilon, rho=rho, eta=eta, num_steps=num_steps, eigen_residual=float(eig.residuals[0]),
-        eigen_hvps=eig.num_hvps, trace_hvps=tr.num_hvps, epsilon_max_loss=es["max_loss"],
-        adaptive_max_loss=ad["max_loss"],
+        epsilon=epsilon, rho=rho, eta=eta, num_steps=num_steps, max_hvps=max_hvps,
+        eigen_residual=float(eig.residuals[0]), eigen_num_hvps=eig.num_hvps, trace_num_hvps=tr.num_hvps,
+        epsilon_max_loss=es["max_loss"], adaptive_max_loss=ad["max_loss"],
     )
     return SharpnessResult(
         max_eigenvalue=np.float64(eig.values[0]), trace=np.float64(tr.estimate),
         trace_std_error=np.float64(tr.std_error), epsilon_sharpness=np.float64(es["sharpness"]),
         adaptive_sharpness=np.float64(ad["sharpness"]), loss=np.float64(es["loss"]), details=details,
-        provenance=_provenance.provenance(dtype=_tree.dtype_of(params), seeds=_eigen._key_desc(key),
+        provenance=_provenance.provenance(dtype=_tree.dtype_of(params), seeds=_driver.key_desc(key),
                                           settings=dict(details)),
     )
 

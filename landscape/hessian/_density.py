@@ -10,11 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape import _provenance
 from landscape import store as _store
 from landscape import validate as _validate
 from landscape._result import Meta, Result, result, static_field
-from landscape.hessian import _eigen, _random
+from landscape.hessian import _driver, _eigen, _random
 from landscape.hessian import _lanczos as lz
 from landscape.hessian import _operators as ops
 
@@ -145,8 +144,7 @@ def _one_probe(op, prepared, layout, seed, p, num_steps, reorth, key):
                           dtype=op.dtype)
         st.expand(num_steps)
         if not st.ok:
-            ops.raise_nonfinite(st.ok_flags, op if op.method == "forward_over_reverse" else None,
-                                what=f"curvature-vector product (probe {p}, Lanczos step {st.first_bad})")
+            op.check_flags(st.ok_flags, f"probe {p}, Lanczos step {st.first_bad}")
         H = st.H64()
         alphas = np.diag(H[:num_steps, :num_steps]).copy()
         betas = np.array([H[j + 1, j] for j in range(num_steps)])
@@ -156,18 +154,19 @@ def _one_probe(op, prepared, layout, seed, p, num_steps, reorth, key):
     v = _probe_vector(layout, np.uint32(seed), np.int32(p), False)
     alphas, betas, ok, first_bad = lz.stream(prepared, v, num_steps)
     if not ok.all():
-        ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None,
-                            what=f"curvature-vector product (probe {p}, Lanczos step {first_bad})")
+        op.check_flags(ok, f"probe {p}, Lanczos step {first_bad}")
     # after a breakdown the rest of T is zero: the trailing nodes get zero weight
     theta, Y = lz.tridiagonal_eigh(alphas, betas)
     return theta, Y[0] ** 2, alphas[0], None
 
 
 @_validate.public("landscape.hessian.spectral_density")
+@ops.curvature_keywords()
 def spectral_density(
-    loss_fn,
-    params: PyTree,
-    data: PyTree,
+    operator,
+    params: PyTree = None,
+    data: PyTree = None,
+    /,
     *,
     key,
     num_probes: int = 10,
@@ -181,15 +180,15 @@ def spectral_density(
     check: bool = True,
     reference_trace: float | None = None,
     store=None,
-    curvature: str = "hessian",
-    model=None,
-    output_loss=None,
-    params_filter=None,
-    preconditioner: PyTree | None = None,
-    batch_size: int | None = None,
-    method: str = "auto",
+    like: PyTree | None = None,
+    **curvature,
 ) -> DensityResult:
-    """Spectral density of the Hessian (or GGN / Fisher) by stochastic Lanczos quadrature.
+    """Spectral density of a symmetric operator (the Hessian, GGN or Fisher of the
+    full-data-set mean loss, or any matvec) by stochastic Lanczos quadrature.
+
+    Called like :func:`eigenvalues`: ``spectral_density(op, key=...)`` on a
+    :class:`CurvatureOperator`, ``spectral_density(matvec, like=template, key=...)``, or the
+    one-shot ``spectral_density(loss_fn, params, data, key=..., **curvature)``.
 
     For each of ``num_probes`` Rademacher probes ``z/||z||``, ``num_steps`` Lanczos steps give a
     tridiagonal ``T``; its eigenvalues (nodes) and squared first eigenvector components
@@ -198,7 +197,7 @@ def spectral_density(
     ``sigma`` (Lin, Saad, Yang 2016; Ghorbani, Krishnan, Xiao 2019; Papyan 2020).
 
     Args:
-      loss_fn, params, data: see :func:`make_hvp`.
+      operator, params, data, like: what to estimate on, as in :func:`eigenvalues`.
       key: PRNG key (required): seeds the probes.
       num_probes: probes (default 10); the probe noise of the density falls as
         ``1/sqrt(num_probes)``.
@@ -215,13 +214,14 @@ def spectral_density(
         with a margin of 5 sigma).
       scale: ``"linear"``, or ``"log"`` (density of ``log10(lambda)`` over the nodes above
         ``log_floor``, as in Papyan 2020's log spectra; default floor ``1e-6 x`` top node).
-      check: run the consistency checks that cost products (an independent top eigenvalue).
+      check: run the consistency checks that cost products (an independent top eigenvalue,
+        warm-started from probe 0's top Ritz vector).
       reference_trace: an independent trace (e.g. ``trace(...).estimate``) to compare with the
         SLQ trace (reported as a z-score against the SLQ standard error).
       store: a directory: every probe's quadrature is saved atomically as it finishes
-        (:class:`landscape.Store`) and a rerun with the same settings resumes.
-      curvature, model, output_loss, params_filter, preconditioner, batch_size, method: see
-        :func:`make_hvp`.
+        (:class:`landscape.Store`) and a rerun with the same settings resumes; the resumed
+        result equals an uninterrupted one (``num_hvps`` counts the products of this run only).
+      **curvature: with a ``loss_fn``: the operator settings of :func:`make_hvp`.
 
     Returns:
       :class:`DensityResult` with raw ``nodes``/``weights``, ``grid``/``density`` and ``checks``.
@@ -231,7 +231,8 @@ def spectral_density(
       reorthogonalisation two passes over the stored basis per step.
 
     Raises:
-      ValueError, TypeError: invalid settings (e.g. ``num_steps`` above the dimension).
+      ValueError, TypeError: invalid settings (e.g. ``num_steps`` above the dimension) or inputs
+        (see :func:`eigenvalues`).
       FloatingPointError: a product was not finite (names the batch).
 
     Example:
@@ -251,11 +252,21 @@ def spectral_density(
         sigma = _validate.check_finite_scalar(sigma, name="sigma")
         if sigma <= 0:
             raise ValueError(f"{_validate.where()}: sigma must be > 0; got {sigma}.")
-    op = ops.make_hvp(
-        loss_fn, params, data, curvature=curvature, model=model, output_loss=output_loss,
-        params_filter=params_filter, preconditioner=preconditioner, batch_size=batch_size,
-        method=method,
+    if reference_trace is not None:
+        reference_trace = _validate.check_finite_scalar(reference_trace, name="reference_trace")
+    if log_floor is not None and _validate.check_finite_scalar(log_floor, name="log_floor") <= 0:
+        raise ValueError(f"{_validate.where()}: log_floor must be > 0; got {log_floor}.")
+    return _driver.drive(
+        estimate_density, operator, params, data, like=like, curvature=curvature, key=key, record={},
+        num_probes=num_probes, num_steps=num_steps, reorthogonalize=reorthogonalize, sigma=sigma,
+        num_points=num_points, grid=grid, scale=scale, log_floor=log_floor, check=check,
+        reference_trace=reference_trace, store=store,
     )
+
+
+def estimate_density(op, *, key, num_probes, num_steps, reorthogonalize, sigma, num_points, grid, scale,
+                     log_floor, check, reference_trace, store) -> DensityResult:
+    """SLQ density of an operator (see :func:`spectral_density`): the solver behind it."""
     n = op.num_params
     if num_steps > n:
         raise ValueError(f"{_validate.where()}: num_steps={num_steps} exceeds the number of parameters ({n}).")
@@ -264,16 +275,13 @@ def spectral_density(
         reorthogonalize = (num_steps + 1) * n * itemsize <= BASIS_MAX_BYTES
     settings = {
         "num_probes": num_probes, "num_steps": num_steps, "reorthogonalize": bool(reorthogonalize),
-        "curvature": curvature, "method": op.method, "batch_size": op.batched.batch_size,
-        "num_examples": op.batched.num_examples,
-        "params_filter": None if op.subset.is_all else list(op.subset.selected_paths),
-        "key": _eigen._key_desc(key), "dtype": str(np.dtype(op.dtype)),
+        **op.describe(), "key": _driver.key_desc(key), "dtype": str(np.dtype(op.dtype)),
     }
     store = _store.as_store(store, {"job": "landscape.hessian.spectral_density", **settings})
     prepared = op.host_prepared()
-    layout = lz.Layout(op.subset.restrict(op.params))
+    layout = lz.Layout(op.subset.restrict(op.template))
     seed = _random.key_seed(key)
-    top_vec = None
+    top_vec = None  # probe 0's top Ritz vector: the warm start of the check
     hvps = 0
 
     def compute(ids):
@@ -281,11 +289,16 @@ def spectral_density(
         (p,) = ids
         th, w, a0, top = _one_probe(op, prepared, layout, seed, p, num_steps, reorthogonalize, key)
         hvps += num_steps
-        if top_vec is None and top is not None:
+        out = {"nodes": np.asarray(th), "weights": np.asarray(w), "q0Aq0": np.float64(a0)}
+        if p == 0 and top is not None:
             top_vec = top
-        return [{"nodes": np.asarray(th), "weights": np.asarray(w), "q0Aq0": np.float64(a0)}]
+            if store is not None:  # so that a resumed run warm-starts the check alike
+                out["top"] = np.asarray(lz.ravel_rows(layout, top))
+        return [out]
 
     probes = _store.run_chunks(compute, num_probes, store=store, desc="spectral_density", unit="probe")
+    if check and top_vec is None and "top" in probes[0]:  # probe 0 came from the store
+        top_vec = lz.unravel_rows(layout, probes[0]["top"])
     nodes = np.stack([np.asarray(r["nodes"], np.float64) for r in probes])
     weights = np.stack([np.asarray(r["weights"], np.float64) for r in probes])
     first = np.array([float(r["q0Aq0"]) for r in probes])
@@ -299,12 +312,12 @@ def spectral_density(
     top_node = float(np.max(np.where(weights > 0, nodes, -np.inf)))
     checks["top_node"] = top_node
     if reference_trace is not None:
-        ref = _validate.check_finite_scalar(reference_trace, name="reference_trace")
+        ref = float(reference_trace)
         checks["reference_trace"] = ref
         se = checks["trace_std_error"]
         checks["trace_z_score"] = float((checks["slq_trace"] - ref) / se) if se and np.isfinite(se) else float("nan")
     if check:
-        v0 = None if top_vec is None else op.subset.embed(top_vec, op.params, leading=(1,))
+        v0 = None if top_vec is None else op.subset.embed(top_vec, op.template, leading=(1,))
         # krylov_dim = num_steps - 1 gives the same basis shape as the probes: same program
         eig = _eigen.solve(op, k=1, which="largest", tol=1e-4, key=jax.random.fold_in(key, 7777), v0=v0,
                            krylov_dim=max(num_steps - 1, 2), check_multiplicity=False)
@@ -333,7 +346,7 @@ def spectral_density(
         sig = float(sigma) if sigma is not None else (uhi - ulo) / num_steps
         g = np.linspace(ulo, uhi + 5 * sig, num_points) if grid is None else np.asarray(grid, np.float64)
         dens = smooth_density(u, wl, g, sig)
-    prov = _provenance.provenance(dtype=op.dtype, seeds=_eigen._key_desc(key), settings=settings)
+    prov = _driver.provenance(op, key, settings)
     return DensityResult(
         nodes=nodes, weights=weights, grid=g, density=dens, sigma=float(sig), scale=scale, log_floor=floor,
         mass_excluded=mass_excluded, checks=Meta(checks), num_params=int(n), num_probes=num_probes,

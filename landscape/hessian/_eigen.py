@@ -10,13 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape import _provenance, engine
+from landscape import engine
 from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._result import Result, result, static_field
+from landscape.hessian import _driver, _random
 from landscape.hessian import _lanczos as lz
 from landscape.hessian import _operators as ops
-from landscape.hessian import _random
 
 PyTree = Any
 
@@ -198,26 +198,27 @@ def _random_row(seed, size, dtype):
     return _random.normal_like(jnp.zeros((1, size), dtype), seed, 0)
 
 
-def start_block(op: ops.CurvatureOperator, layout: lz.Layout, v0, key) -> tuple[jax.Array, int]:
+def start_block(op, layout: lz.Layout, v0, key) -> tuple[jax.Array, int]:
     """Orthonormal flat starting rows ``(b, P)`` in the operator's subset space (random if ``v0``
-    is None). ``v0`` may be one params-shaped vector or a stack of them (leading axis)."""
+    is None). ``v0`` may be one template-shaped vector or a stack of them (leading axis)."""
     if v0 is None:
         F = _random_row(np.uint32(_random.key_seed(key)), layout.size, layout.dtype)
         return orthonormal_rows(F, name="v0")
-    p_leaves = jax.tree.leaves(op.params)
-    if jax.tree.structure(v0) != jax.tree.structure(op.params):
-        _validate.check_same_structure(v0, op.params, name="v0")
+    ref = op.template_name
+    p_leaves = jax.tree.leaves(op.template)
+    if jax.tree.structure(v0) != jax.tree.structure(op.template):
+        _validate.check_same_structure(v0, op.template, name="v0", ref_name=ref)
     v_leaves = jax.tree.leaves(v0)
     if all(np.shape(a) == np.shape(b) for a, b in zip(v_leaves, p_leaves)):
-        ops.check_vector(v0, op.params, name="v0", allow_zero=False)
+        ops.check_vector(v0, op.template, name="v0", allow_zero=False, ref_name=ref)
         V = _stack1(v0)
     else:
         lead = {np.shape(a)[:1] for a in v_leaves}
         ok = len(lead) == 1 and all(np.shape(a)[1:] == np.shape(b) for a, b in zip(v_leaves, p_leaves))
         if not ok:
             raise ValueError(
-                f"{_validate.where()}: v0 must be params-shaped or a stack of params-shaped vectors (leading axis); "
-                f"got {_validate.describe(v0)}, expected {_validate.describe(op.params)}."
+                f"{_validate.where()}: v0 must be {ref}-shaped or a stack of {ref}-shaped vectors (leading axis); "
+                f"got {_validate.describe(v0)}, expected {_validate.describe(op.template)}."
             )
         _validate.check_finite(v0, name="v0")
         V = v0
@@ -279,7 +280,7 @@ class _Ritz:
 
 
 def solve(
-    op: ops.CurvatureOperator,
+    op,
     *,
     k: int,
     which: str,
@@ -291,7 +292,8 @@ def solve(
     check_multiplicity: bool | None = None,
     num_check_steps: int | None = None,
 ) -> EigenResult:
-    """Thick-restart Lanczos on an operator (see :func:`eigenvalues`)."""
+    """Thick-restart Lanczos on an operator (see :func:`eigenvalues`): the solver behind it,
+    also used by the density's check and the sharpness callback."""
     n = op.num_params
     ktot = 2 * k if which == "both" else k
     if ktot > n:
@@ -310,7 +312,7 @@ def solve(
         m = min(m, n)
     key = _validate.check_key(key)
     k_start, k_run = jax.random.split(key)
-    layout = lz.Layout(op.subset.restrict(op.params))
+    layout = lz.Layout(op.subset.restrict(op.template))
     V, b = start_block(op, layout, v0, k_start)
     rows = m + max(b, ktot) + 1  # independent of the start block up to k_total vectors
     prepared = op.host_prepared()
@@ -322,10 +324,8 @@ def solve(
     num_keep_default = min(m - 2, ktot + max(ktot, (m - ktot) // 2)) if m > ktot + 2 else ktot
 
     def fail_nonfinite():
-        if st.first_bad is not None and not st.ok:
-            raise_op = op if op.method == "forward_over_reverse" else None
-            ops.raise_nonfinite(st.ok_flags, raise_op,
-                                what=f"curvature-vector product (Lanczos step {st.first_bad})")
+        if not st.ok:
+            op.check_flags(st.ok_flags, f"Lanczos step {st.first_bad}")
 
     restarts = checks = 0
     verifying = False
@@ -386,13 +386,10 @@ def solve(
     theta[: len(w)] = values
     res, ok = _true_residuals_jit(s, d, st.layout, st.Q, Ypad.astype(np.dtype(dtype)), theta.astype(np.dtype(dtype)),
                                   np.int32(len(w)))
-    ok = np.asarray(ok)
-    if not ok.all():
-        ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None,
-                            what="curvature-vector product (final residual check)")
+    op.check_flags(ok, "final residual check")
     residuals = np.asarray(res, np.float64)[: len(w)]
     converged = residuals <= ritz.tol_abs * (1 + 1e-6)
-    vectors = op.subset.embed(X, op.params, leading=(len(w),))
+    vectors = op.subset.embed(X, op.template, leading=(len(w),))
     num_hvps = st.num_matvecs + len(w)
     if not converged.all():
         warnings.warn(
@@ -467,28 +464,35 @@ def _verified(ritz: _Ritz, which: str, k: int, num_locked: int) -> bool:
 
 
 @_validate.public("landscape.hessian.eigenvalues")
+@ops.curvature_keywords()
 def eigenvalues(
-    loss_fn,
-    params: PyTree,
-    data: PyTree,
+    operator,
+    params: PyTree = None,
+    data: PyTree = None,
+    /,
     *,
     k: int = 5,
     which: str = "largest",
     tol: float = DEFAULT_TOL,
-    key=None,
+    key,
     v0: PyTree | None = None,
     krylov_dim: int | None = None,
     max_restarts: int = 100,
     check_multiplicity: bool | None = None,
-    curvature: str = "hessian",
-    model=None,
-    output_loss=None,
-    params_filter=None,
-    preconditioner: PyTree | None = None,
-    batch_size: int | None = None,
-    method: str = "auto",
+    like: PyTree | None = None,
+    **curvature,
 ) -> EigenResult:
-    """Extreme eigenpairs of the Hessian (or GGN / Fisher) of the full-data-set mean loss.
+    """Extreme eigenpairs of a symmetric operator: the Hessian (or GGN / Fisher) of the
+    full-data-set mean loss, or any matvec.
+
+    Three ways to call it (one driver; the first argument decides):
+
+    * ``eigenvalues(op, k=..., key=...)`` with ``op = make_hvp(loss_fn, params, data, ...)``:
+      reuse one operator for several analyses;
+    * ``eigenvalues(matvec, like=template, k=..., key=...)`` with a matvec ``v -> A v`` on
+      pytrees shaped like ``template`` (arrays or ``jax.ShapeDtypeStruct``);
+    * ``eigenvalues(loss_fn, params, data, k=..., key=..., curvature="ggn", ...)``: the one-shot,
+      which builds ``make_hvp(loss_fn, params, data, **curvature)`` and solves on it.
 
     Thick-restart Lanczos with full reorthogonalisation: Krylov cycles of ``krylov_dim``
     products, convergence checked on the host every few products (float64 Rayleigh-Ritz of the
@@ -500,8 +504,12 @@ def eigenvalues(
     ``||A v - lambda v||`` is recomputed with one product.
 
     Args:
-      loss_fn, params, data: the loss ``loss_fn(params, batch)``, the point and the data set (dict
-        of arrays or a :class:`landscape.engine.Batched`); see :func:`make_hvp`.
+      operator: a :class:`CurvatureOperator` (from :func:`make_hvp`); or a matvec ``v -> A v``
+        (with ``like``): traceable, symmetric, and hashable (a module-level function or a
+        ``jax.tree_util.Partial`` whose array arguments stay arguments; a new lambda per call
+        recompiles); or the ``loss_fn`` of a one-shot (with ``params`` and ``data``).
+      params, data: with a ``loss_fn``: the point and the data set (dict of arrays or a
+        :class:`landscape.engine.Batched`); see :func:`make_hvp`. Not with an operator.
       k: number of eigenpairs (from each end for ``which="both"``); ``k <= num_params``.
       which: ``"largest"`` (algebraically largest, e.g. the sharpness), ``"smallest"`` (most
         negative curvature) or ``"both"``.
@@ -511,9 +519,10 @@ def eigenvalues(
         products' measured rounding noise (see ``tol_used`` and ``noise``), so float32 runs do not
         chase an unreachable target. The eigenvalue error is at most the residual, and typically
         residual^2 / gap.
-      key: PRNG key for the start vector and restarts (required unless ``v0`` is given).
-      v0: warm start: one params-shaped vector or a stack of them (e.g. the previous result's
-        ``vectors``); nonzero and finite.
+      key: PRNG key (required, also with ``v0``: randomness is explicit): the random start
+        vector, the multiplicity checks' fresh vectors and breakdown replacements.
+      v0: warm start: one params-shaped (``like``-shaped) vector or a stack of them (e.g. the
+        previous result's ``vectors``); nonzero and finite.
       krylov_dim: basis size of a restart cycle (default ``max(20, 2 k_total + 1)``, ARPACK's
         choice, capped at the dimension).
       max_restarts: restart cycles before giving up (unconverged pairs are flagged and a
@@ -521,8 +530,11 @@ def eigenvalues(
       check_multiplicity: run the fresh-vector check (about 8 extra products). Default: on when
         more than one pair is wanted (for ``k=1`` a second copy of the top value would be the
         second eigenvalue, so the answer cannot change).
-      curvature, model, output_loss, params_filter, preconditioner, batch_size, method: see
-        :func:`make_hvp`.
+      like: with a plain matvec: a params-shaped pytree (arrays or ``jax.ShapeDtypeStruct``) its
+        vectors are shaped like (the dimension and dtype of the problem).
+      **curvature: with a ``loss_fn``: the operator settings of :func:`make_hvp`
+        (``curvature``, ``model``, ``output_loss``, ``params_filter``, ``preconditioner``,
+        ``batch_size``, ``method``).
 
     Returns:
       :class:`EigenResult` (values, params-shaped ``vectors`` with a leading axis, true
@@ -534,11 +546,14 @@ def eigenvalues(
 
     Raises:
       ValueError, TypeError: ``k`` larger than the number of parameters, a zero/non-finite or
-        mismatched ``v0``, invalid settings.
+        mismatched ``v0``, invalid settings, a missing ``key``; params/data or curvature settings
+        given with an operator; a matvec without ``like``; an unknown keyword.
       FloatingPointError: a product was not finite (names the batch).
 
     Example:
       >>> res = landscape.hessian.eigenvalues(loss_fn, params, data, k=5, key=jax.random.key(0))
+      >>> op = landscape.hessian.make_hvp(loss_fn, params, data, curvature="ggn")
+      >>> ggn = landscape.hessian.eigenvalues(op, k=5, key=jax.random.key(0))
       >>> res.values, res.residuals
 
     References:
@@ -551,28 +566,10 @@ def eigenvalues(
     if tol <= 0:
         raise ValueError(f"{_validate.where()}: tol must be > 0; got {tol}.")
     max_restarts = _validate.check_positive_int(max_restarts, name="max_restarts", allow_zero=True)
-    if key is None:
-        if v0 is None:
-            raise TypeError(f"{_validate.where()}: key is required (randomness is explicit); pass jax.random.key(0) or a warm start v0.")
-        key = jax.random.key(0)
-    op = ops.make_hvp(
-        loss_fn, params, data, curvature=curvature, model=model, output_loss=output_loss,
-        params_filter=params_filter, preconditioner=preconditioner, batch_size=batch_size,
-        method=method,
+    key = _validate.check_key(key)
+    return _driver.drive(
+        solve, operator, params, data, like=like, curvature=curvature, key=key,
+        record={"k": k, "which": which, "tol": tol, "krylov_dim": krylov_dim},
+        k=k, which=which, tol=tol, v0=v0, krylov_dim=krylov_dim, max_restarts=max_restarts,
+        check_multiplicity=check_multiplicity,
     )
-    res = solve(op, k=k, which=which, tol=tol, key=key, v0=v0, krylov_dim=krylov_dim,
-                max_restarts=max_restarts, check_multiplicity=check_multiplicity)
-    prov = _provenance.provenance(
-        dtype=op.dtype, seeds=_key_desc(key), data=None,
-        settings={"k": k, "which": which, "tol": tol, "curvature": curvature, "method": op.method,
-                  "krylov_dim": krylov_dim, "batch_size": op.batched.batch_size,
-                  "num_examples": op.batched.num_examples, "params_filter": res.params_filter},
-    )
-    return res.replace(provenance=prov)
-
-
-def _key_desc(key) -> Any:
-    try:
-        return np.asarray(jax.random.key_data(key)).tolist()
-    except Exception:  # pragma: no cover
-        return repr(key)

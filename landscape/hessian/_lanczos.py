@@ -469,21 +469,23 @@ def _unit_row(layout, v):
 
 
 @_validate.public("landscape.hessian.lanczos")
-def lanczos(matvec, v0: PyTree, num_steps: int, *, reorthogonalize: bool = True, key=None) -> LanczosResult:
+def lanczos(operator, v0: PyTree, num_steps: int, *, key, reorthogonalize: bool = True) -> LanczosResult:
     """Lanczos tridiagonalisation of a symmetric operator, in one compiled loop.
 
     Args:
-      matvec: a :class:`CurvatureOperator` (from :func:`make_hvp`; ``v0`` is then params-shaped)
-        or a hashable function ``v -> A v`` on pytrees (a module-level function or a
+      operator: a :class:`CurvatureOperator` (from :func:`make_hvp`; ``v0`` is then
+        params-shaped) or a matvec ``v -> A v`` on pytrees shaped like ``v0`` (``v0`` is its
+        template): traceable, symmetric and hashable (a module-level function or a
         ``jax.tree_util.Partial`` whose array arguments stay dynamic). It is a static argument
-        of the compiled loop: reuse the same object.
+        of the compiled loop: reuse the same object (a new lambda per call recompiles).
       v0: starting vector (nonzero, finite); normalised here.
       num_steps: Krylov dimension ``m`` (number of products).
+      key: PRNG key (required: randomness is explicit): the random vector that takes over on
+        breakdown (unused by the streaming recurrence, which stops there).
       reorthogonalize: ``True``: full reorthogonalisation against the stored basis (memory
         ``(m + 1) x P``, per step two matmul passes over the basis); ``False``: streaming
         three-term recurrence, memory ``O(P)``, no basis returned (enough for quadrature; Ritz
         values may show spurious copies once some have converged).
-      key: PRNG key for the random vector that takes over on breakdown (default key 0).
 
     Returns:
       :class:`LanczosResult` with ``alphas``/``betas`` in float64.
@@ -494,49 +496,41 @@ def lanczos(matvec, v0: PyTree, num_steps: int, *, reorthogonalize: bool = True,
 
     Raises:
       ValueError: ``num_steps`` out of range, ``v0`` zero/non-finite/mismatched.
+      TypeError: a missing ``key``, an operator that is not callable or not hashable.
       FloatingPointError: a product was not finite (names the batch for data-set operators).
 
     Example:
       >>> op = landscape.hessian.make_hvp(loss_fn, params, data)
-      >>> res = landscape.hessian.lanczos(op, v0, 30)
+      >>> res = landscape.hessian.lanczos(op, v0, 30, key=jax.random.key(0))
       >>> ritz_values, _ = res.ritz()
 
     References:
       Lanczos 1950; Paige 1972 (loss of orthogonality); Daniel, Gragg, Kaufman, Stewart 1976
       (reorthogonalisation criterion).
     """
-    prepared, op = ops.as_prepared(matvec)
-    if op is not None:
-        ops.check_vector(v0, op.params, name="v0", allow_zero=False)
-        v = op.subset.restrict(_tree.cast(v0, op.dtype))
-    else:
-        _validate.check_finite(v0, name="v0")
-        if not jax.tree.leaves(v0):
-            raise ValueError(f"{_validate.where()}: v0 must be a non-empty pytree of arrays.")
-        v = v0
-        if float(_tree.norm(_tree.cast(v, jnp.float32))) == 0.0:
-            raise ValueError(f"{_validate.where()}: v0 is the zero vector; a starting vector must be nonzero.")
+    key = _validate.check_key(key)
+    op = ops.as_operator(operator, like=v0)
+    ops.check_vector(v0, op.template, name="v0", allow_zero=False, ref_name=op.template_name)
+    v = op.restrict(v0)
     n = _tree.size(v)
     num_steps = _validate.check_positive_int(num_steps, name="num_steps")
     if num_steps > n:
         raise ValueError(f"{_validate.where()}: num_steps={num_steps} exceeds the dimension of the operator ({n}).")
+    prepared = op.host_prepared()
     dtype = _tree.dtype_of(v)
     layout = Layout(v)
     row = _unit_row(layout, v)
-    key = jax.random.key(0) if key is None else _validate.check_key(key)
     if not reorthogonalize:
         alphas, betas, ok, first_bad = stream(prepared, unravel_rows(layout, row), num_steps, stacked=True)
-        ops.raise_nonfinite(ok, op)
+        op.check_flags(ok)
         return LanczosResult(alphas, betas, None, num_steps, int(np.sum(betas[:-1] == 0)), False,
                              _provenance.provenance(dtype=dtype, settings={"num_steps": num_steps}))
     st = new_state(prepared, layout, row, 1, num_steps + 1, num_steps, key=key, dtype=dtype)
     st.expand(num_steps)
-    ops.raise_nonfinite(st.ok_flags, op)
+    op.check_flags(st.ok_flags)
     H = st.H64()
     alphas = np.diag(H[:num_steps, :num_steps]).copy()
     betas = np.array([H[j + 1, j] for j in range(num_steps)])
-    basis = unravel_rows(layout, st.Q[:num_steps])
-    if op is not None:
-        basis = op.subset.embed(basis, op.params, leading=(num_steps,))
+    basis = op.subset.embed(unravel_rows(layout, st.Q[:num_steps]), op.template, leading=(num_steps,))
     return LanczosResult(alphas, betas, basis, num_steps, st.num_breakdowns, True,
                          _provenance.provenance(dtype=dtype, settings={"num_steps": num_steps}))

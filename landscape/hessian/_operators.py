@@ -11,7 +11,21 @@ preconditioner, and whose static part is the loss function and the settings. It 
 be passed to compiled code as an argument (the Lanczos loop takes it that way), and a new
 parameter point or new batch statistics do not recompile anything.
 
-Two ways to apply it:
+Every estimator (:func:`~landscape.hessian.eigenvalues`, :func:`~landscape.hessian.trace`,
+:func:`~landscape.hessian.spectral_density`, :func:`~landscape.hessian.lanczos`) takes an
+*operator*: a :class:`CurvatureOperator`, or a plain matvec ``v -> A v`` on pytrees, wrapped once
+at the public boundary by :func:`as_operator` into a :class:`MatvecOperator`. Both follow one
+protocol:
+
+* ``template``: a params-shaped pytree (arrays or ``jax.ShapeDtypeStruct``) the vectors the user
+  sees are shaped like; ``subset``: the :class:`Subset` of its leaves the operator acts on;
+  ``num_params``, ``dtype``, ``curvature``;
+* ``prepared()`` (traceable) and ``host_prepared()`` (concrete, cached): a :class:`Prepared`,
+  the pytree callable ``v -> (A v, finite_flags)`` every compiled loop applies;
+* ``check_flags(ok, context)``: turn the flags into a ``FloatingPointError`` naming the batch
+  where it can; ``describe()``: the settings recorded in provenance and store manifests.
+
+Two ways to apply a :class:`CurvatureOperator`:
 
 * ``"forward_over_reverse"``: ``jax.jvp`` of ``jax.grad`` per batch (for the Hessian), or the
   ``jvp -> output-space Hessian -> vjp`` chain (GGN) and ``jvp -> vjp`` of the per-example loss
@@ -28,8 +42,10 @@ Two ways to apply it:
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +76,9 @@ __all__ = [
     "CURVATURES",
     "CurvatureOperator",
     "LINEARIZE_MAX_BYTES",
+    "MatvecOperator",
+    "Prepared",
+    "as_operator",
     "hvp",
     "make_hvp",
 ]
@@ -418,6 +437,35 @@ class CurvatureOperator:
         """A zero vector of the operator's (subset) shape."""
         return _zeros_jit(self.subset.restrict(self.params))
 
+    # the operator protocol ---------------------------------------------------------------------
+    template_name = "params"
+
+    @property
+    def template(self) -> PyTree:
+        """The params-shaped pytree the user's vectors are shaped like (the parameters)."""
+        return self.params
+
+    def restrict(self, v: PyTree) -> PyTree:
+        """A params-shaped vector's subset part, in the operator's dtype."""
+        return self.subset.restrict(_tree.cast(v, self.dtype))
+
+    def check_flags(self, ok, context: str | None = None) -> None:
+        """Raise ``FloatingPointError`` unless every finite flag of a product is set; names the
+        batch for forward-over-reverse products (one flag per batch)."""
+        ok = np.asarray(ok)
+        if ok.all():
+            return
+        what = "curvature-vector product" + (f" ({context})" if context else "")
+        raise_nonfinite(ok, self if self.method == "forward_over_reverse" else None, what=what)
+
+    def describe(self) -> dict:
+        """Settings recorded in provenance (and in a store's manifest)."""
+        return {
+            "curvature": self.curvature, "method": self.method, "batch_size": self.batched.batch_size,
+            "num_examples": self.batched.num_examples,
+            "params_filter": None if self.subset.is_all else list(self.subset.selected_paths),
+        }
+
     # traceable products --------------------------------------------------------------------
     def matvec_with_flags(self, v: PyTree) -> tuple[PyTree, jax.Array]:
         """Traceable product on a subset vector; also returns one finite flag per batch."""
@@ -438,13 +486,13 @@ class CurvatureOperator:
         """Traceable product on a subset vector (``{path: leaf}`` dict with a filter)."""
         return self.matvec_with_flags(v)[0]
 
-    def prepared(self) -> _Prepared:
+    def prepared(self) -> Prepared:
         """Traceable: the operator ready for many products (linearised once if ``method`` says
         so). Call inside compiled code before a loop of products."""
         if self.method == "linearize":
             _, lin = jax.linearize(self.matvec, self.zeros())
-            return _Prepared(None, lin)
-        return _Prepared(self, None)
+            return Prepared(fn=lin)
+        return Prepared(op=self)
 
     # host convenience ------------------------------------------------------------------------
     @_validate.public("landscape.hessian.CurvatureOperator")
@@ -469,58 +517,98 @@ class CurvatureOperator:
             curvature=self.curvature, subset=self.subset, method=method,
         )
 
-    def host_prepared(self) -> _Prepared:
+    def host_prepared(self) -> Prepared:
         """The prepared operator as concrete arrays (linearised once, cached on this object)."""
         if self._prepared is None:
             if self.method == "linearize":
                 s, d = engine.split_fn(self)
                 self._prepared = _prepare_jit(s, d)
             else:
-                self._prepared = _Prepared(self, None)
+                self._prepared = Prepared(op=self)
         return self._prepared
 
 
 @register_pytree_node_class
-class _Prepared:
-    """An operator ready for repeated products: the operator itself, or its linearisation."""
+class Prepared:
+    """An operator ready for repeated products: the one callable ``v -> (A v, finite_flags)``
+    every compiled loop applies (Lanczos steps, trace probes, residual checks).
 
-    def __init__(self, op, lin):
+    It holds either a :class:`CurvatureOperator` applied forward-over-reverse (one finite flag
+    per batch) or a function ``v -> A v`` (a linearised operator, or a user matvec; one flag in
+    total). A pytree: its arrays are arguments of the compiled loops, its functions static.
+    """
+
+    def __init__(self, op: CurvatureOperator | None = None, fn=None):
         self.op = op
-        self.lin = lin
+        self.fn = fn
 
     def tree_flatten(self):
-        return (self.op, self.lin), None
+        return (self.op, self.fn), None
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         return cls(*children)
 
     def __call__(self, v):
-        """``(product, finite_flags)``: one flag per batch for forward-over-reverse, one in
-        total for the linearised map."""
-        if self.lin is not None:
-            out = self.lin(v)
+        if self.fn is not None:
+            out = self.fn(v)
             return out, engine.all_finite(out)[None]
         return self.op.matvec_with_flags(v)
 
 
-@register_pytree_node_class
-class FunctionMatvec:
-    """Wrap a user matvec ``f(v) -> Av`` (pytree in and out) for the Lanczos machinery."""
+class MatvecOperator:
+    """A user matvec ``v -> A v`` behind the operator protocol (built by :func:`as_operator`).
 
-    def __init__(self, fn):
+    ``fn`` maps pytrees shaped like ``template`` to pytrees of the same structure and shapes; it
+    must be traceable by JAX (it runs inside compiled loops), symmetric (``<u, A v> = <A u, v>``,
+    what Lanczos assumes) and hashable: a module-level function, or a
+    ``jax.tree_util.Partial`` whose array arguments travel as arguments of the compiled programs
+    (not baked in as constants). It is a static argument of those programs: pass the same
+    function again and nothing recompiles; a new lambda or closure per call recompiles.
+    """
+
+    template_name = "like"
+    curvature = "matvec"
+
+    def __init__(self, fn, template: PyTree):
         self.fn = fn
+        self.template = template
+        self.subset = make_subset(template, None)
 
-    def tree_flatten(self):
-        return (self.fn,), None
+    @property
+    def num_params(self) -> int:
+        return int(sum(math.prod(np.shape(x)) for x in jax.tree.leaves(self.template)))
 
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        return cls(children[0])
+    @property
+    def dtype(self):
+        return _tree.dtype_of(self.template)
 
-    def __call__(self, v):
-        out = self.fn(v)
-        return out, engine.all_finite(out)[None]
+    def __repr__(self):
+        return f"MatvecOperator({_fn_name(self.fn)}, num_params={self.num_params}, dtype={np.dtype(self.dtype)})"
+
+    def restrict(self, v: PyTree) -> PyTree:
+        """Vectors reach a matvec as given (the whole template, its own dtypes)."""
+        return v
+
+    def prepared(self) -> Prepared:
+        return Prepared(fn=self.fn)
+
+    host_prepared = prepared
+
+    def check_flags(self, ok, context: str | None = None) -> None:
+        ok = np.asarray(ok)
+        if not ok.all():
+            at = f" ({context})" if context else ""
+            raise FloatingPointError(f"{_validate.where()}: non-finite matvec product{at}.")
+
+    def describe(self) -> dict:
+        return {"operator": "matvec", "matvec": _fn_name(self.fn)}
+
+
+def _fn_name(fn) -> str:
+    f = fn.func if isinstance(fn, Partial) else fn
+    name = f"{getattr(f, '__module__', None) or ''}.{getattr(f, '__qualname__', type(f).__name__)}"
+    return f"Partial({name})" if isinstance(fn, Partial) else name
 
 
 @functools.partial(jax.jit, static_argnames=("s",))
@@ -572,9 +660,9 @@ def _rsqrt_jit(tree, dtype):
     return jax.tree.map(lambda x: jax.lax.rsqrt(x.astype(dtype)), tree)
 
 
-def check_vector(v, params, *, name: str, allow_zero: bool = True) -> None:
+def check_vector(v, params, *, name: str, allow_zero: bool = True, ref_name: str = "params") -> None:
     """A params-shaped, finite (and, unless ``allow_zero``, nonzero) vector."""
-    _validate.check_same_structure(v, params, name=name)
+    _validate.check_same_structure(v, params, name=name, ref_name=ref_name)
     _validate.check_finite(v, name=name)
     if not allow_zero and float(_norm_jit(v)) == 0.0:
         raise ValueError(f"{_validate.where()}: {name} is the zero vector; a starting/probe vector must be nonzero.")
@@ -584,7 +672,7 @@ def _residual_bytes(op: CurvatureOperator) -> int:
     """Bytes of the residuals ``jax.linearize`` would keep for ``op`` (traced, not run)."""
     s, d = engine.split_fn(op.replace_method("linearize"))
     shapes = jax.eval_shape(lambda dd: engine.merge_fn(s, dd).prepared(), d)
-    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes.lin)))
+    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes.fn)))
 
 
 _AUTO_CACHE: dict = {}
@@ -626,6 +714,9 @@ def make_hvp(
     method: str = "auto",
 ) -> CurvatureOperator:
     """Factory: the curvature operator of the full-data-set mean loss, ready for many products.
+
+    Its keyword-only parameters are the operator settings, declared here once: the one-shots
+    (``eigenvalues(loss_fn, params, data, **settings)``, ...) accept exactly these.
 
     Returns a :class:`CurvatureOperator` ``op``; ``op(v)`` is one exact product over the whole
     data set in one compiled program (compiled once per loss function, shapes and settings:
@@ -673,6 +764,8 @@ def make_hvp(
     Example:
       >>> op = landscape.hessian.make_hvp(loss_fn, params, data)
       >>> hv = op(v)          # params-shaped
+      >>> top = landscape.hessian.eigenvalues(op, k=5, key=key)  # every estimator takes it
+      >>> tr = landscape.hessian.trace(op, key=key)
 
     References:
       Pearlmutter 1994 (fast exact Hessian-vector products); Schraudolph 2002 (Gauss-Newton
@@ -710,29 +803,90 @@ def make_hvp(
     return op.replace_method(_resolve_method(op, method))
 
 
+# --------------------------------------------------------------------------------------------
+# The curvature settings: declared once (make_hvp's keyword-only parameters)
+# --------------------------------------------------------------------------------------------
+CURVATURE_SETTINGS: tuple[inspect.Parameter, ...] = tuple(
+    p for p in inspect.signature(make_hvp).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
+)
+"""The settings of an operator built from ``loss_fn, params, data``: ``curvature``, ``model``,
+``output_loss``, ``params_filter``, ``preconditioner``, ``batch_size``, ``method`` (from
+:func:`make_hvp`'s signature, so they are declared in one place)."""
+
+
+def curvature_keywords(*, exclude: tuple[str, ...] = (), defaults: dict | None = None):
+    """Decorator for a public function ``f(..., *, <own settings>, **curvature)`` whose
+    ``**curvature`` goes to :func:`make_hvp`.
+
+    The wrapper checks the keyword names once per call (a ``TypeError`` naming the public
+    function, the bad keyword and the allowed ones; a required keyword-only ``key`` that is
+    missing gets the house message) and exposes the full ``__signature__``: the function's own
+    parameters followed by :data:`CURVATURE_SETTINGS` (less ``exclude``, with ``defaults``
+    overriding make_hvp's), so ``inspect.signature(f).bind(...)`` accepts exactly what a call
+    accepts. Apply it beneath :func:`landscape.validate.public`.
+    """
+    defaults = defaults or {}
+
+    def decorate(f):
+        sig = inspect.signature(f)
+        own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        curv = [p.replace(default=defaults.get(p.name, p.default)) for p in CURVATURE_SETTINGS
+                if p.name not in exclude]
+        own_kw = tuple(p.name for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        by_name = {p.name for p in own if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                      inspect.Parameter.KEYWORD_ONLY)}
+        allowed = frozenset(by_name) | {p.name for p in curv}
+        needs_key = "key" in sig.parameters and sig.parameters["key"].default is inspect.Parameter.empty
+
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            bad = [k for k in kwargs if k not in allowed]
+            if bad:
+                raise TypeError(_bad_keyword_message(f.__name__, bad[0], own_kw, curv, exclude))
+            if needs_key and "key" not in kwargs:
+                _validate.check_key(None)
+            return f(*args, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=own + curv)
+        wrapper.curvature_settings = tuple(p.name for p in curv)
+        return wrapper
+
+    return decorate
+
+
+def _bad_keyword_message(fname, bad, own_kw, curv, exclude) -> str:
+    names = [p.name for p in curv]
+    close = difflib.get_close_matches(bad, list(own_kw) + names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    if bad in exclude:
+        return (
+            f"{_validate.where()}: {bad}= is not a setting here ({fname} sets it itself); its operator "
+            f"settings are {', '.join(names)}."
+        )
+    return (
+        f"{_validate.where()}: unexpected keyword argument {bad!r}{hint}; {fname} takes "
+        f"{', '.join(own_kw)}, and the operator settings of landscape.hessian.make_hvp: {', '.join(names)}."
+    )
+
+
 @_validate.public("landscape.hessian.hvp")
-def hvp(
-    loss_fn: Callable,
-    params: PyTree,
-    data: PyTree,
-    v: PyTree,
-    *,
-    curvature: str = "hessian",
-    model=None,
-    output_loss=None,
-    params_filter=None,
-    batch_size: int | None = None,
-    check_finite: bool = True,
-) -> PyTree:
+@curvature_keywords(exclude=(), defaults={"method": "forward_over_reverse"})
+def hvp(loss_fn: Callable, params: PyTree, data: PyTree, v: PyTree, *, check_finite: bool = True,
+        **curvature) -> PyTree:
     """One exact curvature-vector product ``A v`` over the whole data set.
 
     ``A`` is the Hessian of the data-set mean loss (forward-over-reverse, per batch, accumulated
-    by the engine in one compiled call), or the GGN / empirical Fisher / residual (see
-    :func:`make_hvp` for every argument). For many products build the operator once with
-    :func:`make_hvp`.
+    by the engine in one compiled call), or the GGN / empirical Fisher / residual. For many
+    products build the operator once with :func:`make_hvp`.
 
     Args:
+      loss_fn, params, data: see :func:`make_hvp`.
       v: params-shaped vector (same tree structure and leaf shapes as ``params``).
+      check_finite: raise when the product is not finite.
+      **curvature: the operator settings of :func:`make_hvp` (``curvature``, ``model``,
+        ``output_loss``, ``params_filter``, ``preconditioner``, ``batch_size``, ``method``;
+        here ``method`` defaults to ``"forward_over_reverse"``: one product gains nothing from
+        linearising).
 
     Returns:
       ``A v``, params-shaped (zeros outside ``params_filter``).
@@ -743,30 +897,77 @@ def hvp(
     Raises:
       ValueError: ``v`` does not match ``params`` or is not finite.
       FloatingPointError: (with ``check_finite``) the product was not finite; names the batches.
+      TypeError: a keyword that is neither ``check_finite`` nor a setting of :func:`make_hvp`.
     """
-    op = make_hvp(
-        loss_fn, params, data, curvature=curvature, model=model, output_loss=output_loss,
-        params_filter=params_filter, batch_size=batch_size, method="forward_over_reverse",
-    )
-    check_vector(v, params, name="v")
-    sub = op.subset.restrict(_tree.cast(v, op.dtype))
-    s, d = engine.split_fn(op)
-    out, ok = _apply_jit(s, d, sub)
-    if check_finite:
-        raise_nonfinite(ok, op)
-    return op.subset.embed(out, params)
+    op = make_hvp(loss_fn, params, data, **{"method": "forward_over_reverse", **curvature})
+    return op(v, check_finite=check_finite)
 
 
-def as_prepared(matvec):
-    """A prepared (pytree) matvec from a :class:`CurvatureOperator` or a plain function."""
-    if isinstance(matvec, CurvatureOperator):
-        return matvec.host_prepared(), matvec
-    if isinstance(matvec, _Prepared):
-        return matvec, matvec.op
-    _validate.check_callable(matvec, name="matvec")
-    if not isinstance(matvec, Partial) and not _is_hashable(matvec):
-        raise TypeError(f"{_validate.where()}: matvec must be hashable (a module-level function or jax.tree_util.Partial).")
-    return FunctionMatvec(matvec), None
+def as_operator(operator, *, like: PyTree | None = None):
+    """The operator protocol for ``operator``: a :class:`CurvatureOperator` or
+    :class:`MatvecOperator` as is; a plain matvec ``v -> A v`` wrapped (once) with ``like`` as
+    the template of its vectors.
+
+    Raises:
+      TypeError: not callable, unhashable, or a plain matvec without ``like``.
+      ValueError: ``like`` is not a pytree of float arrays, or the matvec's output is not shaped
+        like its input.
+    """
+    if isinstance(operator, (CurvatureOperator, MatvecOperator)):
+        return operator
+    _validate.check_callable(operator, name="operator")
+    if not isinstance(operator, Partial) and not _is_hashable(operator):
+        raise TypeError(
+            f"{_validate.where()}: a matvec must be hashable (a module-level function or "
+            f"jax.tree_util.Partial); got {type(operator).__name__}."
+        )
+    if like is None:
+        raise TypeError(
+            f"{_validate.where()}: a plain matvec needs like=, a params-shaped pytree (arrays or "
+            "jax.ShapeDtypeStruct) its vectors are shaped like."
+        )
+    template = _template(like)
+    _check_matvec_shapes(operator, template)
+    return MatvecOperator(operator, template)
+
+
+def _template(like: PyTree) -> PyTree:
+    leaves = jax.tree.leaves(like)
+    if not leaves:
+        raise ValueError(f"{_validate.where()}: like must be a non-empty pytree of arrays; got {like!r}.")
+    for path, x in zip(_tree.leaf_paths(like), leaves):
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(
+                f"{_validate.where()}: like leaf '{path}' must be an array or jax.ShapeDtypeStruct; "
+                f"got {type(x).__name__}."
+            )
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{_validate.where()}: like leaf '{path}' must be floating; got dtype {x.dtype}.")
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(tuple(np.shape(x)), x.dtype), like)
+
+
+_MATVEC_CHECKED: dict = {}
+
+
+def _check_matvec_shapes(fn, template) -> None:
+    """The matvec maps template-shaped vectors to template-shaped vectors (traced once per
+    function, argument shapes and template; cached)."""
+    s, d = engine.split_fn(fn)
+    key = (s, tuple(None if x is None else (np.shape(x), str(x.dtype)) for x in d), jax.tree.structure(template),
+           tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(template)))
+    if key in _MATVEC_CHECKED:
+        return
+    out = jax.eval_shape(fn, template)
+    if jax.tree.structure(out) != jax.tree.structure(template) or any(
+        np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(template))
+    ):
+        raise ValueError(
+            f"{_validate.where()}: the matvec must return a vector shaped like its input (like); "
+            f"got {_validate.describe(out)} from {_validate.describe(template)}."
+        )
+    if len(_MATVEC_CHECKED) > 256:
+        _MATVEC_CHECKED.clear()
+    _MATVEC_CHECKED[key] = True
 
 
 def _is_hashable(x) -> bool:
@@ -775,4 +976,3 @@ def _is_hashable(x) -> bool:
     except TypeError:
         return False
     return True
-

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from landscape import _provenance, engine
+from landscape import engine
 from landscape import validate as _validate
 from landscape._result import Result, result, static_field
-from landscape.hessian import _eigen, _random
+from landscape.hessian import _driver, _eigen, _random
 from landscape.hessian import _lanczos as lz
 from landscape.hessian import _operators as ops
 
@@ -124,7 +124,7 @@ def _probes_jit(mv_static, mv_dyn, layout, Q, seed, start, num):
 
 
 def estimate_trace(
-    op: ops.CurvatureOperator,
+    op,
     *,
     key,
     estimator: str,
@@ -135,12 +135,12 @@ def estimate_trace(
     min_probes: int,
     chunk_size: int,
 ) -> TraceResult:
-    """Trace of an operator (see :func:`trace`)."""
+    """Trace of an operator (see :func:`trace`): the solver behind it."""
     prepared = op.host_prepared()
     s, d = engine.split_fn(prepared)
-    layout = lz.Layout(op.subset.restrict(op.params))
+    layout = lz.Layout(op.subset.restrict(op.template))
     n = op.num_params
-    paths = list(op.subset.selected_paths) if not op.subset.is_all else list(op.subset.paths)
+    paths = list(op.subset.selected_paths)
     seed = _random.key_seed(key)
     used = 0
     exact_leaf = np.zeros(len(paths))
@@ -150,11 +150,11 @@ def estimate_trace(
         s_size = sketch_size if sketch_size is not None else max(1, max_hvps // 3)
         s_size = min(s_size, n, max(1, (max_hvps - min(min_probes, max_hvps)) // 2))
         Y, ok = _sketch_jit(s, d, layout, np.uint32(seed ^ 0x5A5A5A5A), s_size)
-        _check_ok(ok, op)
+        op.check_flags(ok)
         used += s_size
         Q, rank = _eigen.orthonormal_rows(Y, name="the sketch")
         vals, ok = _quad_rows_jit(s, d, layout, Q)
-        _check_ok(ok, op)
+        op.check_flags(ok)
         used += rank
         s_used = rank
         exact_leaf = np.asarray(vals, np.float64).sum(axis=0)
@@ -164,7 +164,7 @@ def estimate_trace(
     while used < max_hvps:
         num = min(chunk_size, max_hvps - used)
         vals, ok = _probes_jit(s, d, layout, Q, np.uint32(seed), np.int32(counter), num)
-        _check_ok(ok, op)
+        op.check_flags(ok)
         counter += num
         used += num
         rows.append(np.asarray(vals, np.float64))
@@ -216,17 +216,13 @@ def estimate_trace(
     )
 
 
-def _check_ok(ok, op):
-    ok = np.asarray(ok)
-    if not ok.all():
-        ops.raise_nonfinite(ok, op if op.method == "forward_over_reverse" else None)
-
-
 @_validate.public("landscape.hessian.trace")
+@ops.curvature_keywords()
 def trace(
-    loss_fn,
-    params: PyTree,
-    data: PyTree,
+    operator,
+    params: PyTree = None,
+    data: PyTree = None,
+    /,
     *,
     key,
     estimator: str = "hutch++",
@@ -236,16 +232,15 @@ def trace(
     atol: float = 0.0,
     min_probes: int = 10,
     chunk_size: int = 10,
-    curvature: str = "hessian",
-    model=None,
-    output_loss=None,
-    params_filter=None,
-    preconditioner: PyTree | None = None,
-    batch_size: int | None = None,
-    method: str = "auto",
+    like: PyTree | None = None,
+    **curvature,
 ) -> TraceResult:
-    """Trace of the Hessian (or GGN / Fisher) of the full-data-set mean loss, with a standard
-    error and per-layer traces.
+    """Trace of a symmetric operator (the Hessian, GGN or Fisher of the full-data-set mean
+    loss, or any matvec), with a standard error and per-layer traces.
+
+    Called like :func:`eigenvalues`: ``trace(op, key=...)`` on a :class:`CurvatureOperator`,
+    ``trace(matvec, like=template, key=...)``, or the one-shot ``trace(loss_fn, params, data,
+    key=..., **curvature)``.
 
     ``"hutchinson"``: the mean of ``z^T A z`` over Rademacher probes ``z`` (Hutchinson 1989).
     ``"hutch++"`` (default): sketch ``Y = A S`` with ``sketch_size`` Rademacher columns,
@@ -262,7 +257,7 @@ def trace(
     traces sum the leaves of a layer.
 
     Args:
-      loss_fn, params, data: see :func:`make_hvp`.
+      operator, params, data, like: what to estimate on, as in :func:`eigenvalues`.
       key: PRNG key (required): seeds the counter-based probe generator.
       estimator: ``"hutch++"`` or ``"hutchinson"``.
       max_hvps: product budget (sketch, its product and the probes together).
@@ -270,8 +265,7 @@ def trace(
       rtol, atol: standard-error target.
       min_probes: probes before the target is checked.
       chunk_size: probes per compiled call.
-      curvature, model, output_loss, params_filter, preconditioner, batch_size, method: see
-        :func:`make_hvp`.
+      **curvature: with a ``loss_fn``: the operator settings of :func:`make_hvp`.
 
     Returns:
       :class:`TraceResult`.
@@ -280,7 +274,7 @@ def trace(
       At most ``max_hvps`` products; memory ``sketch_size x P`` for Hutch++.
 
     Raises:
-      ValueError, TypeError: invalid settings.
+      ValueError, TypeError: invalid settings or inputs (see :func:`eigenvalues`).
       FloatingPointError: a product was not finite (names the batch).
 
     Example:
@@ -303,17 +297,7 @@ def trace(
         raise ValueError(f"{_validate.where()}: rtol and atol must be >= 0; got rtol={rtol}, atol={atol}.")
     if estimator == "hutch++" and max_hvps < 3:
         raise ValueError(f"{_validate.where()}: hutch++ needs max_hvps >= 3 (sketch, its product, probes); got {max_hvps}.")
-    op = ops.make_hvp(
-        loss_fn, params, data, curvature=curvature, model=model, output_loss=output_loss,
-        params_filter=params_filter, preconditioner=preconditioner, batch_size=batch_size,
-        method=method,
-    )
-    res = estimate_trace(op, key=key, estimator=estimator, max_hvps=max_hvps, sketch_size=sketch_size,
-                         rtol=rtol, atol=atol, min_probes=min_probes, chunk_size=chunk_size)
-    prov = _provenance.provenance(
-        dtype=op.dtype, seeds=_eigen._key_desc(key),
-        settings={"estimator": estimator, "max_hvps": max_hvps, "sketch_size": sketch_size, "rtol": rtol,
-                  "atol": atol, "curvature": curvature, "method": op.method,
-                  "batch_size": op.batched.batch_size, "num_examples": op.batched.num_examples},
-    )
-    return res.replace(provenance=prov)
+    settings = {"estimator": estimator, "max_hvps": max_hvps, "sketch_size": sketch_size, "rtol": rtol,
+                "atol": atol, "min_probes": min_probes, "chunk_size": chunk_size}
+    return _driver.drive(estimate_trace, operator, params, data, like=like, curvature=curvature, key=key,
+                         record=settings, **settings)

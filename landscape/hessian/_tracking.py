@@ -83,21 +83,21 @@ def adam_preconditioner(opt_state, *, b1: float = 0.9, b2: float = 0.999, eps: f
 
 
 @_validate.public("landscape.hessian.sharpness_callback")
+@ops.curvature_keywords(exclude=("preconditioner",))
 def sharpness_callback(
     *,
     every: int,
+    key,
     data: PyTree | None = None,
     k: int = 1,
     tol: float = 1e-4,
-    key=None,
     learning_rate: float | Callable | None = None,
     momentum: float = 0.0,
     preconditioner_fn: Callable | None = None,
     beta1: float = 0.9,
-    batch_size: int | None = None,
-    method: str = "auto",
     name: str = "sharpness",
     at_start: bool = True,
+    **curvature,
 ) -> Callback:
     """A :func:`landscape.train` callback recording the top Hessian eigenvalue every ``every``
     steps, warm-started from the previous eigenvector (edge-of-stability plots).
@@ -121,20 +121,23 @@ def sharpness_callback(
       k: eigenvalues per measurement.
       tol: relative residual tolerance of the eigensolver (default 1e-4: sharpness plots need
         3 to 4 digits; warm starts then take a handful of products).
-      key: PRNG key for the first (cold) start (default key 0).
+      key: PRNG key (required: randomness is explicit): the cold start of each measurement
+        without a previous eigenvector (``jax.random.fold_in(key, i)`` for the ``i``-th).
       learning_rate: float or ``step -> lr`` (default: the learning rate ``train`` reports for a
         named optimiser; needed for the threshold with a custom Optax optimiser).
       momentum: heavy-ball momentum of the GD threshold.
       preconditioner_fn: ``opt_state -> P`` (params-shaped, positive) for adaptive optimisers.
       beta1: Adam's first-moment decay for the threshold.
-      batch_size, method: see :func:`make_hvp`.
       name: history prefix.
+      **curvature: the operator settings of :func:`make_hvp` but ``preconditioner`` (that is
+        ``preconditioner_fn``'s): ``batch_size`` (of the Hessian's data), ``method``,
+        ``curvature``, ``params_filter``, ...
 
     Returns:
       A :class:`landscape.train.Callback`.
 
     Example:
-      >>> cb = landscape.hessian.sharpness_callback(every=20, learning_rate=0.1)
+      >>> cb = landscape.hessian.sharpness_callback(every=20, key=jax.random.key(0), learning_rate=0.1)
       >>> run = landscape.train(model, data, optimizer=optax.sgd(0.1), num_steps=1000,
       ...                       batch_size=len(data["y"]), callbacks=[cb])
       >>> landscape.plot.plot_sharpness(run)
@@ -148,7 +151,8 @@ def sharpness_callback(
     k = _validate.check_positive_int(k, name="k")
     if preconditioner_fn is not None:
         _validate.check_callable(preconditioner_fn, name="preconditioner_fn")
-    key = jax.random.key(0) if key is None else _validate.check_key(key)
+    key = _validate.check_key(key)
+    batch_size = curvature.pop("batch_size", None)
     state: dict[str, Any] = {"v": None, "batched": None, "data_id": None, "calls": 0}
 
     def lr_at(info: TrainInfo):
@@ -166,7 +170,7 @@ def sharpness_callback(
             precond = preconditioner_fn(info.opt_state)
             if precond is None:
                 return None  # no preconditioner yet (Adam before its first step)
-        op = ops.make_hvp(info.loss_fn, info.params, state["batched"], preconditioner=precond, method=method)
+        op = ops.make_hvp(info.loss_fn, info.params, state["batched"], preconditioner=precond, **curvature)
         res = _eigen.solve(op, k=k, which="largest", tol=tol, key=jax.random.fold_in(key, state["calls"]),
                            v0=state["v"], check_multiplicity=False)
         state["calls"] += 1

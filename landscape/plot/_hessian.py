@@ -141,7 +141,7 @@ def plot_sharpness(train_result, ax=None, *, name: str = "sharpness", threshold:
     if name not in h:
         raise ValueError(
             f"landscape.plot.plot_sharpness: no '{name}' in the history (keys: {sorted(h)}); train with "
-            f"callbacks=[landscape.hessian.sharpness_callback(every=...)]."
+            f"callbacks=[landscape.hessian.sharpness_callback(every=..., key=...)]."
         )
     steps = np.asarray(h[f"{name}_step"])
     kw = dict(style)

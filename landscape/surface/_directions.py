@@ -642,15 +642,16 @@ def hessian_directions(
     data,
     *,
     k: int = 2,
-    key=None,
+    key,
     which: str = "largest",
     **kwargs,
 ) -> tuple[Direction, ...]:
     """Top-``k`` Hessian eigenvectors as unit-norm directions (via ``landscape.hessian``).
 
     Calls ``landscape.hessian.eigenvalues(loss_fn, params, data, k=k, which=which, key=key,
-    **kwargs)`` and splits its ``vectors`` (a params-shaped pytree with a leading axis of size
-    ``k``). The eigenvalue of each direction is in ``spec["eigenvalue"]``. To filter-normalise
+    **kwargs)`` (``key`` is required; ``kwargs`` are its settings, e.g. ``tol``, ``v0``, and the
+    operator settings of ``make_hvp`` such as ``curvature="ggn"``) and splits its ``vectors`` (a
+    params-shaped pytree with a leading axis of size ``k``). The eigenvalue of each direction is in ``spec["eigenvalue"]``. To filter-normalise
     an eigenvector (which then is no longer an eigenvector), use :func:`normalize_direction`.
 
     Cost: that of the eigensolver (HVPs over the full data set; see ``landscape.hessian``).

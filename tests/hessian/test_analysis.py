@@ -62,7 +62,8 @@ def test_epsilon_sharpness_on_a_quadratic(planted):
         # sign-gradient ascent from any start reaches it
         shifted = Partial(_shifted, loss, w0)
         eps = 1e-2
-        r = hessian.epsilon_sharpness(shifted, {"w": w0}, planted.data, epsilon=eps, num_steps=10)
+        r = hessian.epsilon_sharpness(shifted, {"w": w0}, planted.data, key=jax.random.key(0), epsilon=eps,
+                                      num_steps=10)
         b = eps * (np.abs(np.asarray(w0)) + 1)
         exact = 0.5 * np.sum(lams * b**2)
         np.testing.assert_allclose(r["max_loss"], exact, rtol=1e-12)
@@ -89,7 +90,7 @@ def test_adaptive_sharpness_is_rescaling_invariant(small):
 
 def test_sharpness_summary_float32(small, tmp_path):
     s = hessian.sharpness(small.relu_loss, small.relu_params32, small.data32, key=jax.random.key(0), num_steps=3,
-                          trace_hvps=12, batch_size=small.batch)  # k=1, trace budget 12: shared programs
+                          max_hvps=12, batch_size=small.batch)  # k=1, trace budget 12: shared programs
     np.testing.assert_allclose(float(s.max_eigenvalue), small.relu_evals.max(), rtol=1e-4)
     assert float(s.epsilon_sharpness) > 0 and float(s.adaptive_sharpness) > 0
     s.save(tmp_path / "s.npz")
@@ -98,7 +99,7 @@ def test_sharpness_summary_float32(small, tmp_path):
 
 def test_sharpness_callback_gd_and_adam(small):
     lr = 0.5
-    cb = hessian.sharpness_callback(every=10, batch_size=small.batch, learning_rate=lr)
+    cb = hessian.sharpness_callback(every=10, key=jax.random.key(0), batch_size=small.batch, learning_rate=lr)
     model = small.relu_model32
     res = landscape.train(model, small.data32, optimizer=optax.sgd(lr), num_steps=20, batch_size=len(small.data32["y"]),
                           callbacks=[cb], progress=False)
@@ -109,7 +110,7 @@ def test_sharpness_callback_gd_and_adam(small):
     # warm starts from the previous eigenvector: later measurements need fewer products
     assert max(h["sharpness_hvps"][1:]) < h["sharpness_hvps"][0]
 
-    cb = hessian.sharpness_callback(every=10, batch_size=small.batch, learning_rate=1e-3,
+    cb = hessian.sharpness_callback(every=10, key=jax.random.key(0), batch_size=small.batch, learning_rate=1e-3,
                                     preconditioner_fn=hessian.adam_preconditioner)
     res = landscape.train(model, small.data32, optimizer=optax.adam(1e-3), num_steps=10, batch_size=64,
                           callbacks=[cb], progress=False)

@@ -49,7 +49,7 @@ def test_top5_trained_relu_float64(small, tmp_path):
         assert back.num_hvps == res.num_hvps and back.which == "largest"
         # warm start from the result: converges with fewer products
         warm = hessian.eigenvalues(small.relu_loss, small.relu_params, small.data, k=5, v0=res.vectors,
-                                   tol=1e-10, batch_size=small.batch)
+                                   key=jax.random.key(0), tol=1e-10, batch_size=small.batch)
         assert np.all(np.abs(warm.values - res.values) <= 1e-8 * scale)
         assert warm.num_hvps < res.num_hvps
 
@@ -108,7 +108,7 @@ def test_low_rank_breakdown_and_negative_curvature(planted):
         # carries on with a fresh orthogonal vector; T is block diagonal and the first block's
         # Ritz values are exact (the four eigenvalues and 0)
         op = hessian.make_hvp(loss, params, planted.data)
-        L = hessian.lanczos(op, {"w": jnp.ones(planted.n)}, 8)
+        L = hessian.lanczos(op, {"w": jnp.ones(planted.n)}, 8, key=jax.random.key(0))
         assert L.num_breakdowns >= 1 and L.betas[4] == 0 and np.all(L.betas[:4] > 0.1)
         theta = np.sort(_lanczos.tridiagonal_eigh(L.alphas[:5], L.betas[:5])[0])
         np.testing.assert_allclose(theta, [-1.0, 0.0, 0.5, 2.0, 4.0], atol=1e-12 * 4)
@@ -143,7 +143,7 @@ def test_no_recompilation_and_compiled_loop(small):
     from jax.tree_util import Partial
 
     A = jnp.diag(jnp.arange(1.0, 7.0))
-    mv = hessian._operators.FunctionMatvec(Partial(_apply, A))
+    mv = hessian._operators.Prepared(fn=Partial(_apply, A))
     layout = _lanczos.Layout({"w": jnp.zeros(6)})
     s, d = hessian._operators.engine.split_fn(mv)
     sizes = []

@@ -26,18 +26,18 @@ def test_zero_and_nonfinite_vectors(planted):
     with jax.enable_x64(True):
         zero = {"w": jnp.zeros(planted.n)}
         with pytest.raises(ValueError, match="v0 contains a zero vector|v0 is the zero vector"):
-            hessian.eigenvalues(loss, params, planted.data, k=1, v0=zero)
+            hessian.eigenvalues(loss, params, planted.data, k=1, v0=zero, key=jax.random.key(0))
         op = hessian.make_hvp(loss, params, planted.data)
         with pytest.raises(ValueError, match="lanczos: v0 is the zero vector"):
-            hessian.lanczos(op, zero, 5)
+            hessian.lanczos(op, zero, 5, key=jax.random.key(0))
         bad = {"w": jnp.full(planted.n, jnp.nan)}
         with pytest.raises(ValueError, match="v0 must be finite"):
-            hessian.eigenvalues(loss, params, planted.data, k=1, v0=bad)
+            hessian.eigenvalues(loss, params, planted.data, k=1, v0=bad, key=jax.random.key(0))
         with pytest.raises(ValueError, match="hvp: v must be finite"):
             hessian.hvp(loss, params, planted.data, bad)
         stack = {"w": jnp.stack([jnp.ones(planted.n), jnp.zeros(planted.n)])}
         with pytest.raises(ValueError, match=r"zero vector \(row 1\)"):
-            hessian.eigenvalues(loss, params, planted.data, k=2, v0=stack)
+            hessian.eigenvalues(loss, params, planted.data, k=2, v0=stack, key=jax.random.key(0))
 
 
 def test_mismatched_structures(planted):
@@ -48,9 +48,9 @@ def test_mismatched_structures(planted):
         with pytest.raises(ValueError, match="leaf 'w' has shape"):
             hessian.hvp(loss, params, planted.data, {"w": jnp.ones(3)})
         with pytest.raises(ValueError, match="v0 must have the same tree structure"):
-            hessian.eigenvalues(loss, params, planted.data, k=1, v0=[jnp.ones(planted.n)])
+            hessian.eigenvalues(loss, params, planted.data, k=1, v0=[jnp.ones(planted.n)], key=jax.random.key(0))
         with pytest.raises(ValueError, match="v0 must be params-shaped or a stack"):
-            hessian.eigenvalues(loss, params, planted.data, k=1, v0={"w": jnp.ones((2, 3))})
+            hessian.eigenvalues(loss, params, planted.data, k=1, v0={"w": jnp.ones((2, 3))}, key=jax.random.key(0))
         with pytest.raises(ValueError, match="preconditioner must have the same tree structure"):
             hessian.make_hvp(loss, params, planted.data, preconditioner={"u": 1.0})
         with pytest.raises(ValueError, match="preconditioner must be strictly positive"):

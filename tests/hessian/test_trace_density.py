@@ -74,7 +74,7 @@ def test_slq_identities(planted, tmp_path):
     with jax.enable_x64(True):
         v = planted.rng.choice([-1.0, 1.0], planted.n)
         op = hessian.make_hvp(loss, params, planted.data)
-        L = hessian.lanczos(op, {"w": jnp.asarray(v)}, m)
+        L = hessian.lanczos(op, {"w": jnp.asarray(v)}, m, key=jax.random.key(0))
         theta, Y = _lanczos.tridiagonal_eigh(L.alphas, L.betas)
         w = Y[0] ** 2
         q = v / np.linalg.norm(v)
@@ -95,7 +95,7 @@ def test_slq_identities(planted, tmp_path):
         np.testing.assert_array_equal(back.basis["w"], L.basis["w"])
         np.testing.assert_array_equal(back.betas, L.betas)
         # streaming mode: the same tridiagonal without a basis (up to rounding)
-        S = hessian.lanczos(op, {"w": jnp.asarray(v)}, m, reorthogonalize=False)
+        S = hessian.lanczos(op, {"w": jnp.asarray(v)}, m, key=jax.random.key(0), reorthogonalize=False)
         assert S.basis is None
         np.testing.assert_allclose(S.alphas, L.alphas, atol=1e-10)
         np.testing.assert_allclose(S.betas, L.betas, atol=1e-10)
