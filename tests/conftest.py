@@ -30,11 +30,27 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# XLA:CPU compiles the suite's ~2900 small programs at LLVM optimisation level 1 without the
+# expensive passes: compilation is 69% of the suite's time, and this cuts it by ~15% without
+# slowing execution (level 0 compiles faster still but runs convolutions 3.5x slower). Results
+# are the same programs' (the HLO passes are unchanged); benchmarks never use these flags.
+_FLAGS = ("--xla_backend_optimization_level=1", "--xla_llvm_disable_expensive_passes=true")
+_xla = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = " ".join(
+    [f for f in _FLAGS if f.split("=")[0] not in _xla] + ([_xla] if _xla else [])
+)
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# also through the config, in case a plugin imported JAX before this file set the environment
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                  int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 try:  # deterministic hypothesis profile (as in JAX's own tests)
     from hypothesis import settings
