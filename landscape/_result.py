@@ -40,11 +40,13 @@ def static_field(**kwargs):
     return dataclasses.field(metadata=md, **kwargs)
 
 
-def _freeze(v):
+def freeze(v):
+    """Dicts become hashable :class:`Meta`, lists tuples (recursively): values fit for a static
+    pytree field. :func:`result` applies it to every static field of a result."""
     if isinstance(v, dict) and not isinstance(v, Meta):
-        return Meta({k: _freeze(x) for k, x in v.items()})
+        return Meta({k: freeze(x) for k, x in v.items()})
     if isinstance(v, list):
-        return tuple(_freeze(x) for x in v)
+        return tuple(freeze(x) for x in v)
     return v
 
 
@@ -79,7 +81,7 @@ class Result:
                 f"{cls.__name__}.load: {path} holds a {header.get('class')!r}, not a "
                 f"{cls.__name__}."
             )
-        static = {k: _freeze(v) for k, v in header["static"].items()}
+        static = {k: freeze(v) for k, v in header["static"].items()}
         return cls(**data, **static)
 
     def __repr__(self):
@@ -109,8 +111,17 @@ def _short(v) -> str:
     return text if len(text) < 80 else text[:77] + "..."
 
 
+def _freeze_static(self):
+    for f in dataclasses.fields(self):
+        if f.metadata.get("static"):
+            object.__setattr__(self, f.name, freeze(getattr(self, f.name)))
+
+
 def result(cls):
-    """Class decorator: frozen dataclass + pytree registration (static fields as metadata)."""
+    """Class decorator: frozen dataclass + pytree registration (static fields as metadata, frozen
+    with :func:`freeze` on construction so they are hashable)."""
+    if "__post_init__" not in cls.__dict__:
+        cls.__post_init__ = _freeze_static
     cls = dataclasses.dataclass(frozen=True, repr=False, eq=False)(cls)
     data_fields, meta_fields = [], []
     for f in dataclasses.fields(cls):

@@ -61,6 +61,7 @@ from landscape import store as _store
 from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape.losses import Loss
+from landscape.paths import Path
 
 PyTree = Any
 
@@ -233,8 +234,6 @@ jax.tree_util.register_dataclass(Affine, data_fields=["centre", "directions", "l
 
 def _family_info(family):
     """``(num_coords, interpolates)`` of a family (Affine or Path)."""
-    from landscape.paths import Path
-
     if isinstance(family, Path):
         return 1, True
     if isinstance(family, Affine):

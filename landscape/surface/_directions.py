@@ -37,7 +37,7 @@ import numpy as np
 
 from landscape import tree as _tree
 from landscape import validate as _validate
-from landscape._result import Result, _freeze, result, static_field
+from landscape._result import Result, freeze, result, static_field
 
 PyTree = Any
 
@@ -76,7 +76,7 @@ class Direction(Result):
     spec: dict = static_field(default_factory=dict)
 
     def __post_init__(self):
-        object.__setattr__(self, "spec", _freeze(dict(self.spec)))
+        object.__setattr__(self, "spec", freeze(dict(self.spec)))
 
     @property
     def kind(self) -> str:

@@ -30,7 +30,7 @@ from landscape import store as _store
 from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._model import Model
-from landscape._result import Result, _freeze, result, static_field
+from landscape._result import Result, result, static_field
 from landscape.surface._directions import Direction, as_direction
 from landscape.surface._pca import PCAResult
 
@@ -204,9 +204,9 @@ def _finish(*, kind, alphas, betas, values, settings, dir_specs, dtype, seeds, s
         test=test,
         finite=finite,
         kind=kind,
-        directions=_freeze(list(dir_specs)),
-        settings=_freeze(settings),
-        provenance=_freeze(prov),
+        directions=list(dir_specs),
+        settings=settings,
+        provenance=prov,
     )
     bad = int(finite.size - finite.sum())
     if bad:
