@@ -77,6 +77,7 @@ class Model:
         return f"Model({name}, num_params={self.num_params}, state_leaves={len(jax.tree.leaves(self.state))})"
 
 
+@_validate.public("landscape.as_model")
 def as_model(model) -> Model:
     """Accept a :class:`Model` or any ``(apply_fn, params, state)`` triple."""
     if isinstance(model, Model):
@@ -132,7 +133,17 @@ class NNXApply:
         return hash((NNXApply, self.graphdef_eval, self.graphdef_train))
 
     def __repr__(self):
-        return f"<apply_fn of {self.__name__}>"
+        # the digest of the graph definitions (memory addresses removed) tells architectures
+        # apart in stores and provenance (a ReLU and a tanh MLP have equal parameters)
+        return f"<apply_fn of {self.__name__} {_graph_digest(self.graphdef_eval, self.graphdef_train)}>"
+
+
+def _graph_digest(*graphdefs) -> str:
+    import hashlib
+    import re
+
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", "".join(repr(g) for g in graphdefs))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @_validate.public("landscape.from_nnx")

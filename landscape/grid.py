@@ -276,6 +276,7 @@ def _has_float_state(loss_fn) -> bool:
     return _batchnorm.has_float_state(loss_fn)
 
 
+@_validate.public("landscape.grid.resolve_bn")
 def resolve_bn(bn, loss_fn, *, bn_states=None, interpolates: bool = True) -> str:
     """The batch-norm policy to use (``"auto"`` resolved), after checking that it applies.
 
@@ -425,6 +426,8 @@ def layout(value_fn, point_fn, point_args, coords, batched, chunk_size) -> dict:
         "fn_arrays": _provenance.data_hash(fd),
         "point_fn": _store.stable_text(ps),
         "point_arrays": _provenance.data_hash((pd, point_args)),
+        # static parts of the point arguments (a path's kind, the family's structure)
+        "point_structure": _store.stable_text(jax.tree.structure(point_args)),
         "data": _provenance.data_hash((batched.full, batched.rest)),
         "num_examples": int(batched.num_examples),
         "batch_size": int(batched.batch_size),
@@ -604,6 +607,8 @@ class Plan:
         ``store`` (a bound :class:`landscape.Store` or ``None``): each split is saved in its own
         sub-store (``train``, ``test``), bound to ``job`` and to the evaluation's layout.
         """
+        if store is not None and (not isinstance(store, _store.Store) or store.meta is None):
+            store = _store.as_store(store, {"job": "landscape.grid.Plan.evaluate", **(job or {})})
         coords = np.asarray(coords)
         if coords.ndim == 1:
             coords = coords[:, None]
@@ -735,8 +740,8 @@ def prepare(
     map_batch = None if settings.map_batch is None else min(settings.map_batch, cap)
     chunk_size = None if settings.chunk_size is None else _device_multiple(settings.chunk_size)
     fit = default_chunk if strategy == "map" else min(cap, 256)
-    if chunk_size is None and not fit_chunk:
-        chunk_size = _device_multiple(fit)
+    if chunk_size is None and not fit_chunk:  # one shape for every evaluation of the plan
+        chunk_size = _device_multiple(default_chunk if strategy == "map" else min(cap, default_chunk))
     info.update(
         evaluator=evaluator,
         strategy=strategy,

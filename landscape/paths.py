@@ -86,7 +86,15 @@ class Path:
 
     def __call__(self, t) -> PyTree:
         """The parameters at ``t`` (a scalar; traceable). Cost: one weighted sum of ``K``
-        parameter vectors."""
+        parameter vectors (for a linear path the elementwise ``(1 - t) a + t b``, exact at both
+        ends, in the leaves' dtypes)."""
+        if self.kind == "linear":
+
+            def lerp(x):
+                tt = jnp.asarray(t).astype(x.dtype)
+                return (1 - tt) * x[0] + tt * x[1]
+
+            return jax.tree.map(lerp, self.controls)
         return _tree.lincomb(self.weights(t), self.controls)
 
     def points(self, ts) -> PyTree:
@@ -173,6 +181,7 @@ def _check_point(p, ref, *, name: str) -> None:
     )
 
 
+@_validate.public("landscape.paths.as_bends")
 def as_bends(bend, ref, *, name: str) -> list[PyTree]:
     """One bend (shaped like ``ref``) or several stacked on a leading axis."""
     _validate.check_params(bend, name=name)
@@ -290,6 +299,7 @@ def polychain(params_a: PyTree, *points: PyTree) -> Path:
     return _make("polychain", params_a, points[:-1], points[-1])
 
 
+@_validate.public("landscape.paths.check_path")
 def check_path(path, *, name: str = "path") -> Path:
     """Validate a :class:`Path` at a public boundary."""
     if not isinstance(path, Path):

@@ -23,6 +23,7 @@ public functions of every analysis and of ``ntk``.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,11 @@ REPORT_VERSION = 2
 """Bumped when a section's meaning changes: sections of another version are recomputed."""
 
 
+_OLD_SECTIONS = ("eigenvalues", "trace", "density", "slice", "interpolation", "profile_linear",
+                 "profile_aligned")
+"""Section files of reports written before the store (``<name>.npz`` beside fingerprint.json)."""
+
+
 def _open_store(root: Path, fingerprint: dict, log) -> _store.Store:
     """The report's store in ``root``, bound to ``fingerprint``.
 
@@ -82,6 +88,21 @@ def _open_store(root: Path, fingerprint: dict, log) -> _store.Store:
     """
     store = _store.Store(root, overwrite=True)
     manifest = root / _store.MANIFEST
+    if (root / "fingerprint.json").exists() and not manifest.exists():
+        # a report written before the store existed (fingerprint.json and section files): its
+        # own files, by their names, are replaced; anything else in the directory is kept
+        log(f"  (replacing the previous report in {root}: written by an earlier version)")
+        for name in (*_OLD_SECTIONS, "ntk", "fingerprint"):
+            for suffix in (".npz", ".json"):
+                (root / f"{name}{suffix}").unlink(missing_ok=True)
+        if (root / "other_run").is_dir():
+            shutil.rmtree(root / "other_run")
+        if any(root.iterdir()):
+            raise ValueError(
+                f"landscape.report.analysis_report: {root} holds files the report did not write "
+                f"({sorted(p.name for p in root.iterdir())[:5]}); move them away. Only the "
+                "report's own files were removed."
+            )
     if manifest.exists():
         old = _serialize.load_json(manifest).get("meta", {})
         new = _serialize.to_jsonable({"store_version": _store.STORE_VERSION, **fingerprint})
@@ -295,7 +316,7 @@ def _sections(store, out_dir, result, data, *, init_params, train_other, sizes, 
         other_model = other.model
     a, b = model.params, other_model.params
     # B as a Model: its own batch-norm statistics (when it has any) go with it
-    aligned_b = connect.align(model, a, other_model, key=jax.random.fold_in(key, 7)).params
+    aligned_b = connect.align(model, a, other_model, key=key).params  # key(seed): seed's order
     prof, loaded_all = {}, True
     for name, pb in (("linear", b), ("aligned", aligned_b)):
         prof[name], loaded = _section(

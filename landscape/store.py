@@ -52,8 +52,12 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 def stable_text(obj) -> str:
     """``repr``-like text of a static description that is the same in every process (memory
-    addresses such as ``<function f at 0x7f..>`` removed), capped at 2000 characters."""
-    return _ADDRESS.sub("", repr(obj))[:2000]
+    addresses such as ``<function f at 0x7f..>`` removed); texts over 2000 characters keep
+    their first 1000 and a digest of the whole, so long descriptions never collide."""
+    text = _ADDRESS.sub("", repr(obj))
+    if len(text) <= 2000:
+        return text
+    return text[:1000] + " ...sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _strip_addresses(obj):
@@ -104,6 +108,7 @@ class Store:
       >>> # interrupted? call again with the same arguments: finished chunks are loaded
     """
 
+    @_validate.public("landscape.Store")
     def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(
@@ -124,6 +129,7 @@ class Store:
         return str(self.path)
 
     # -- binding -------------------------------------------------------------------------------
+    @_validate.public("landscape.Store.bind")
     def bind(self, meta: dict) -> Store:
         """Bind the store to the job described by ``meta`` (JSON-able; conventionally with a
         ``"job"`` key naming the public function). Returns ``self``.
@@ -138,6 +144,7 @@ class Store:
         manifest = self.path / MANIFEST
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"{_validate.where()}: store {self.path} exists and is not a directory.")
+        own: dict = {"entries": [], "dirs": [], "children": []}
         if manifest.exists():
             old = _serialize.load_json(manifest)
             if old.get("digest") != digest:
@@ -149,6 +156,8 @@ class Store:
                         "them."
                     )
                 self.clear()
+            else:
+                own = {k: list(old.get(k, [])) for k in own}
         elif self.path.exists() and any(self.path.iterdir()):
             raise ValueError(
                 f"{_validate.where()}: {self.path} is not empty and was not written by a "
@@ -156,14 +165,26 @@ class Store:
                 "was deleted."
             )
         self.path.mkdir(parents=True, exist_ok=True)
-        dirs = [] if not manifest.exists() else _serialize.load_json(manifest).get("dirs", [])
-        _serialize.save_json(manifest, {"digest": digest, "meta": meta, "dirs": dirs})
+        _serialize.save_json(manifest, {"digest": digest, "meta": meta, **own})
         self.meta = meta
         return self
 
+    def _record(self, kind: str, name: str) -> None:
+        """Note ``name`` in the manifest (before it is written: a store only ever deletes what
+        its manifest names)."""
+        manifest = self.path / MANIFEST
+        info = _serialize.load_json(manifest)
+        names = info.setdefault(kind, [])
+        if name not in names:
+            names.append(name)
+            _serialize.save_json(manifest, info)
+
     def child(self, name: str) -> Store:
         """A sub-store in ``path/name`` (bind it separately), with the same ``overwrite``."""
-        return Store(self.path / _check_name(name), overwrite=self.overwrite)
+        _check_name(name)
+        if self.meta is not None:
+            self._record("children", name)
+        return Store(self.path / name, overwrite=self.overwrite)
 
     # -- entries -------------------------------------------------------------------------------
     def _entry(self, name: str) -> Path:
@@ -180,9 +201,11 @@ class Store:
     def save(self, name: str, value: PyTree, *, meta: dict | None = None) -> Path:
         """Atomically write a pytree of arrays, or a :class:`landscape.Result`, as ``name``."""
         self._require_bound()
+        path = self._entry(name)
+        self._record("entries", name)
         if hasattr(value, "save") and hasattr(type(value), "load"):
-            return value.save(self._entry(name))
-        return _serialize.save_tree(self._entry(name), _serialize.to_host(value), meta=meta)
+            return value.save(path)
+        return _serialize.save_tree(path, _serialize.to_host(value), meta=meta)
 
     def load(self, name: str, cls=None):
         """The entry ``name``: a pytree, or an instance of the :class:`landscape.Result` class
@@ -206,6 +229,7 @@ class Store:
         directory, which is then renamed (e.g. a run saved with :func:`landscape.save_run`)."""
         self._require_bound()
         final = self.path / _check_name(name)
+        self._record("dirs", name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.path))
         try:
             write(tmp)
@@ -215,32 +239,30 @@ class Store:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        manifest = self.path / MANIFEST
-        info = _serialize.load_json(manifest)
-        if name not in info.get("dirs", []):
-            info["dirs"] = [*info.get("dirs", []), name]
-            _serialize.save_json(manifest, info)
         return final
 
     def has_dir(self, name: str) -> bool:
         return (self.path / _check_name(name)).is_dir()
 
     def clear(self) -> None:
-        """Delete the store's own entries (``.npz`` files, directories written by
-        :meth:`save_dir`, sub-stores, temporary files); other files are kept."""
-        if not self.path.is_dir():
-            return
+        """Delete the store's own entries: the ``.npz`` entries, directories and sub-stores its
+        manifest names, and its temporary files; nothing else is touched."""
         manifest = self.path / MANIFEST
-        dirs = _serialize.load_json(manifest).get("dirs", []) if manifest.exists() else []
-        for p in self.path.iterdir():
-            if p.is_file() and (p.suffix == ".npz" or p.name.endswith(".tmp")):
-                p.unlink()
-            elif p.is_dir() and (p.name in dirs or (p / MANIFEST).exists() or p.name.startswith(".")):
-                shutil.rmtree(p)
-        if manifest.exists():
-            info = _serialize.load_json(manifest)
-            info["dirs"] = []
-            _serialize.save_json(manifest, info)
+        if not manifest.exists():
+            return
+        info = _serialize.load_json(manifest)
+        for name in info.get("entries", []):
+            (self.path / f"{name}.npz").unlink(missing_ok=True)
+        for name in info.get("dirs", []) + info.get("children", []):
+            if (self.path / name).is_dir():
+                shutil.rmtree(self.path / name)
+        own = set(info.get("entries", []) + info.get("dirs", []))
+        for p in self.path.iterdir():  # interrupted atomic writes: ".<name>.<random>[.tmp]"
+            if p.name.startswith(".") and p.name[1:].split(".", 1)[0] in own:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        for k in ("entries", "dirs", "children"):
+            info[k] = []
+        _serialize.save_json(manifest, info)
 
 
 def _check_name(name: str) -> str:
@@ -325,6 +347,9 @@ def run_chunks(
             results[i] = store.load(chunk_name(i))
         else:
             todo.append(i)
+    if progress and not todo and num_chunks:
+        print(f"{desc}: {num_chunks}/{num_chunks} loaded from {store.path}, nothing to compute",
+              file=sys.stderr)
     bar = progress_bar(len(todo), desc=desc, unit=unit, loaded=num_chunks - len(todo), enabled=progress)
     done = 0
     try:
@@ -335,7 +360,7 @@ def run_chunks(
                 results[i] = out
                 if store is not None:
                     store.save(chunk_name(i), out)
-            done += len(ids)
+                done += 1
             if bar is not None:
                 bar.update(len(ids))
     except KeyboardInterrupt:

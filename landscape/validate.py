@@ -98,6 +98,26 @@ def is_tracer(x) -> bool:
     return _compat.is_tracer(x)
 
 
+_PACKAGE_DIRS = None
+
+
+def warn(message: str, category=UserWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside landscape and ntk (the user's
+    line), whatever the depth of the call inside the toolkit."""
+    import os
+    import sys
+    import warnings
+
+    global _PACKAGE_DIRS
+    if _PACKAGE_DIRS is None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        _PACKAGE_DIRS = (here + os.sep, os.path.join(os.path.dirname(here), "ntk") + os.sep)
+    level, frame = 2, sys._getframe(1)  # stacklevel 2: the caller of warn()
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIRS):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level)
+
+
 def _is_concrete(x) -> bool:
     return not is_tracer(x)
 
@@ -276,6 +296,11 @@ def check_key(key, *, name: str = "key"):
     except AttributeError as e:
         raise TypeError(f"{where()}: {name} must be a JAX PRNG key; got {type(key).__name__}.") from e
     if jnp.issubdtype(arr.dtype, jax.dtypes.prng_key):
+        if arr.shape != ():
+            raise TypeError(
+                f"{where()}: {name} must be one PRNG key; got a batch of keys of shape "
+                f"{arr.shape} (pass keys[0], or split inside your own loop)."
+            )
         return key
     if arr.shape == (2,) and arr.dtype == jnp.uint32:
         return key
@@ -283,6 +308,18 @@ def check_key(key, *, name: str = "key"):
         f"{where()}: {name} must be a JAX PRNG key (jax.random.key(seed)); got an array of shape "
         f"{arr.shape} and dtype {arr.dtype}."
     )
+
+
+def key_words(key) -> list[int]:
+    """The words of a PRNG key's data with leading zeros removed (at least one word): the entropy
+    of NumPy generators derived from a JAX key (``np.random.default_rng([*key_words(key), ...])``).
+    For ``jax.random.key(s)`` with ``s < 2**32`` this is ``[s]``, so the generator is the one an
+    integer seed ``s`` gave."""
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    words = [int(w) for w in np.asarray(data).ravel()]
+    while len(words) > 1 and words[0] == 0:
+        words = words[1:]
+    return words
 
 
 def check_callable(f, *, name: str):

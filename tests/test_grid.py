@@ -180,3 +180,29 @@ def test_engine_is_reductions_and_placement_only():
         assert name in engine.__all__
     f = Partial(engine.loss_dict, lambda p, b: (jnp.sum(p), {"a": jnp.ones(())}))
     assert set(f(jnp.ones(2), {})) == {"loss", "a"}
+
+
+def test_store_binds_the_family_structure_and_plans_take_paths(tmp_path):
+    """A Bezier curve and a polygonal chain through the same points are different families:
+    their values are never mixed in one store (the path's kind is static, not an array)."""
+    model, loss_fn, data = _setup64(50, dtype=jnp.float32)
+    a = model.params
+    m = jax.tree.map(lambda x: 0.5 * x, a)
+    b = jax.tree.map(lambda x: -x, a)
+    ts = np.linspace(0, 1, 5)
+    grid.evaluate(loss_fn, paths.bezier(a, m, b), ts, data, store=tmp_path / "g")
+    with pytest.raises(ValueError, match="point_structure"):
+        grid.evaluate(loss_fn, paths.polychain(a, m, b), ts, data, store=tmp_path / "g")
+    plan = grid.prepare(loss_fn, paths.linear_path(a, b), data)
+    v1 = plan.evaluate(ts, store=tmp_path / "p")  # a path, bound on the fly
+    v2 = plan.evaluate(ts, store=tmp_path / "p")
+    np.testing.assert_array_equal(v1.train["loss"], v2.train["loss"])
+
+
+def test_linear_paths_are_exact_elementwise_interpolation():
+    a = {"w": jnp.asarray([0.1, 3.0, -2.5], jnp.float32)}
+    b = {"w": jnp.asarray([7.0, -1.0, 0.3], jnp.float32)}
+    path = paths.linear_path(a, b)
+    for t in (0.0, 0.37, 1.0, 1.5):
+        want = (1 - np.float32(t)) * a["w"] + np.float32(t) * b["w"]
+        np.testing.assert_array_equal(np.asarray(path(t)["w"]), np.asarray(want))

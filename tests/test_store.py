@@ -90,3 +90,74 @@ def test_run_chunks_resumes_and_reports(tmp_path, capsys):
     out = st.run_chunks(lambda ids: groups.append(list(ids)) or [{"v": np.ones(1)} for _ in ids],
                         [7, 3, 9], group=2)
     assert groups == [[7, 3], [9]] and len(out) == 3
+
+
+def test_clear_deletes_only_what_the_manifest_names(tmp_path):
+    root = tmp_path / "s"
+    s = landscape.Store(root).bind({"job": 1})
+    s.save("a", {"v": np.ones(1)})
+    np.savez(root / "notes.npz", x=np.ones(1))  # the user's own file, in the store's directory
+    (root / "nested").mkdir()
+    landscape.Store(root / "nested").bind({"job": "another store"})  # not this store's child
+    landscape.Store(root, overwrite=True).bind({"job": 2})
+    assert not (root / "a.npz").exists()
+    assert (root / "notes.npz").exists() and (root / "nested" / "manifest.json").exists()
+
+
+def test_stores_tell_architectures_apart(tmp_path):
+    """A ReLU and a tanh MLP of one seed have equal parameters; the apply_fn's description
+    (a digest of the graph definition) differs, so a store of one refuses the other."""
+    import jax
+
+    from landscape import surface
+
+    data = {"x": np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32),
+            "y": np.arange(20) % 3}
+    relu, tanh = (landscape.make_model("mlp", input_shape=(4,), num_outputs=3, hidden=(5,),
+                                       activation=a) for a in ("relu", "tanh"))
+    assert landscape.data_hash(relu.params) == landscape.data_hash(tanh.params)
+    assert repr(relu.apply_fn) != repr(tanh.apply_fn)
+    d = surface.random_direction(jax.random.key(0), relu.params)
+    surface.slice_1d(landscape.make_loss_fn(relu), relu.params, data, d, alphas=[0.0, 1.0],
+                     store=tmp_path / "s")
+    with pytest.raises(ValueError, match="holds results of another job"):
+        surface.slice_1d(landscape.make_loss_fn(tanh), tanh.params, data, d, alphas=[0.0, 1.0],
+                         store=tmp_path / "s")
+
+
+def test_density_store_is_bound_to_the_operator(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    from jax.tree_util import Partial
+
+    from landscape import hessian
+
+    d = {"w": jnp.linspace(1.0, 20.0, 30)}
+    like = jax.tree.map(jnp.zeros_like, d)
+    kw = dict(like=like, key=jax.random.key(0), num_probes=2, num_steps=5, check=False,
+              store=tmp_path / "slq")
+    a = hessian.spectral_density(Partial(_diag_mv, d), **kw)
+    b = hessian.spectral_density(Partial(_diag_mv, d), **kw)  # resumed: equal
+    assert a.top_node == b.top_node
+    with pytest.raises(ValueError, match="operator_arrays"):
+        hessian.spectral_density(Partial(_diag_mv, jax.tree.map(lambda x: 100 * x, d)), **kw)
+
+
+def _diag_mv(d, v):
+    import jax
+
+    return jax.tree.map(lambda a, x: a * x, d, v)
+
+
+def test_a_report_of_an_earlier_version_is_replaced(tmp_path):
+    from landscape import report
+
+    root = tmp_path / "report"
+    root.mkdir()
+    (root / "fingerprint.json").write_text("{}")
+    (root / "trace.npz").write_bytes(b"x")
+    (root / "other_run").mkdir()
+    msgs = []
+    store = report._open_store(root, {"params": "a"}, msgs.append)
+    assert "earlier version" in msgs[0] and store.entries() == []
+    assert not (root / "other_run").exists() and not (root / "fingerprint.json").exists()

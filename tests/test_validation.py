@@ -130,3 +130,19 @@ def test_class_labels_out_of_range_are_refused(digits_data):
                 landscape.evaluate(landscape.make_loss_fn(m, kind), m.params, {"x": x, "y": y})
     ok = landscape.evaluate(landscape.make_loss_fn(m), m.params, {"x": x, "y": np.arange(32) % 10})
     assert np.isfinite(float(ok["loss"]))
+
+
+def test_keys_and_curve_values_are_checked(digits_data):
+    import jax
+
+    import landscape.connect as lc
+
+    with pytest.raises(TypeError, match="must be one PRNG key; got a batch of keys"):
+        landscape.surface.random_direction(jax.random.split(jax.random.key(0), 3),
+                                           {"w": np.ones(2, np.float32)})
+    a = {"w": np.zeros(2, np.float32)}
+    curve = lc.bezier(a, {"w": np.ones(2, np.float32)}, {"w": np.full(2, 2.0, np.float32)})
+    with pytest.raises(TypeError, match="pass num_curve_ts=61"):
+        lc.curve_plane(lambda p, b: 0.0, curve, {"x": np.ones((2, 1))}, curve_ts=61)
+    with pytest.raises(TypeError, match="num_ts must be an int"):
+        lc.profile(lambda p, b: 0.0, curve, {"x": np.ones((2, 1))}, num_ts=6.0)

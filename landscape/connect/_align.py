@@ -108,7 +108,8 @@ def _weight_matching(spec: PermutationSpec, pa, pb, *, max_iter: int, key):
     axes = spec.param_axes
     members = {g: spec.axes_of(g) for g in spec.groups}
     perms = {g: np.arange(n) for g, n in spec.groups.items()}
-    rng = np.random.default_rng(_key_data(key))  # the order of the groups in each sweep
+    # the order of the groups in each sweep (for key(s): the generator of the integer seed s)
+    rng = np.random.default_rng(_validate.key_words(key))
 
     def permuted(path, except_ax=None):
         x = B[path]
@@ -228,7 +229,7 @@ def _network_state(model: Model, arg, state, *, which: str, needed: bool):
             else "activation matching runs A with its own statistics")
     raise ValueError(
         f"{_validate.where()}: the model has floating state (batch-norm statistics) but network "
-        f"{which.upper()}'s is not given: pass state_{which}=<{which.upper()}'s state> or "
+        f"{which.upper()}'s state is not given: pass state_{which}=<{which.upper()}'s state> or "
         f"params_{which} as a landscape.Model (e.g. the TrainResult's .model); {role}, and "
         "model.state belongs to another network (the aligned network would not compute "
         f"{which.upper()}'s function)."

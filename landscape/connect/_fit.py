@@ -180,17 +180,6 @@ def _block_length(num_steps: int, every: int | None, cap: int) -> int:
     return 1
 
 
-def key_words(key) -> list[int]:
-    """The words of a PRNG key's data with leading zeros removed (at least one word): the
-    entropy of NumPy generators derived from a JAX key. For ``jax.random.key(s)`` with
-    ``s < 2**32`` this is ``[s]``, so ``default_rng([*key_words(key), e])`` is
-    ``default_rng([s, e])``."""
-    words = [int(w) for w in np.asarray(jax.random.key_data(key)).ravel()]
-    while len(words) > 1 and words[0] == 0:
-        words = words[1:]
-    return words
-
-
 # --------------------------------------------------------------------------------------------
 @_validate.public("landscape.connect.fit_curve")
 def fit_curve(
@@ -254,7 +243,9 @@ def fit_curve(
         history are saved atomically every ``checkpoint_every`` steps (entry ``curve``) and a
         call with the same settings resumes from them; a store of other settings raises
         ``ValueError`` listing the differences (``landscape.Store(path, overwrite=True)``
-        replaces it).
+        replaces it). The store is bound to the endpoints, data, loss, key, sizes and the
+        optimiser's type, but NOT to its hyperparameters (optax transformations do not expose
+        them): use a new store when you change the learning rate or schedule.
       checkpoint_every: steps between saves (default: about 10 per run).
       progress: tqdm progress bar.
       max_block: at most this many steps per compiled call.
@@ -312,7 +303,7 @@ def fit_curve(
             raise ValueError(f"{_validate.where()}: init holds {len(bl)} bends but num_bends={num_bends}.")
         bends = _tree.stack([jax.tree.map(jnp.asarray, x) for x in bl])
 
-    words = key_words(key)
+    words = _validate.key_words(key)
     config = {
         "kind": kind, "num_bends": num_bends, "batch_size": batch_size, "num_ts": num_ts,
         "t_sampling": t_sampling, "weight_decay": weight_decay, "key": words,

@@ -153,7 +153,7 @@ def curve_plane(
     margin = _validate.check_finite_scalar(margin, name="margin")
     if margin < 0:
         raise ValueError(f"{_validate.where()}: margin must be >= 0; got {margin}.")
-    cts = _grid_ts(curve_ts, num_curve_ts)
+    cts = _grid_ts(curve_ts, num_curve_ts, names=("curve_ts", "num_curve_ts"))
     w0, w2 = curve.start, curve.end
     if through is not None:
         _validate.check_params(through, name="through")

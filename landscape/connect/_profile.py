@@ -160,20 +160,26 @@ def _check_finite(values: grid.GridValues, ts: np.ndarray) -> None:
                 )
 
 
-def _grid_ts(ts, num_ts) -> np.ndarray:
+def _grid_ts(ts, num_ts, names=("ts", "num_ts")) -> np.ndarray:
+    """Values of ``t`` from ``ts`` (the values) or ``num_ts`` (how many, equally spaced on
+    ``[0, 1]``; default 61); ``names`` are the public arguments' names for the messages."""
+    vname, nname = names
     if ts is not None and num_ts is not None:
         raise ValueError(
-            f"{_validate.where()}: give ts (the values of t) or num_ts (how many, equally spaced "
-            "on [0, 1]), not both."
+            f"{_validate.where()}: give {vname} (the values of t) or {nname} (how many, equally "
+            "spaced on [0, 1]), not both."
         )
     if ts is None:
-        return check_ts(DEFAULT_NUM_TS if num_ts is None else num_ts, name="num_ts")
+        n = DEFAULT_NUM_TS if num_ts is None else num_ts
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"{_validate.where()}: {nname} must be an int >= 2; got {n!r}.")
+        return check_ts(int(n), name=nname)
     if isinstance(ts, (int, np.integer)) and not isinstance(ts, bool):
         raise TypeError(
-            f"{_validate.where()}: ts are the values of t (an array); for {ts} equally spaced "
-            f"values pass num_ts={ts}."
+            f"{_validate.where()}: {vname} are the values of t (an array); for {ts} equally spaced "
+            f"values pass {nname}={ts}."
         )
-    return check_ts(ts)
+    return check_ts(ts, name=vname)
 
 
 @_validate.public

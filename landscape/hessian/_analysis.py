@@ -461,7 +461,8 @@ def sharpness(
       max_hvps: product budget of the Hutch++ trace.
       tol: residual tolerance of the top eigenvalue.
       **curvature: the operator settings of :func:`make_hvp` for the eigenvalue and the trace
-        (``batch_size`` also sets the batches of the worst-case measures).
+        only (recorded in ``details["operator"]``); epsilon- and adaptive sharpness always
+        perturb every parameter of the loss itself (``batch_size`` also sets their batches).
 
     Returns:
       :class:`SharpnessResult`.
@@ -488,6 +489,7 @@ def sharpness(
         epsilon=epsilon, rho=rho, eta=eta, num_steps=num_steps, max_hvps=max_hvps,
         eigen_residual=float(eig.residuals[0]), eigen_num_hvps=eig.num_hvps, trace_num_hvps=tr.num_hvps,
         epsilon_max_loss=es["max_loss"], adaptive_max_loss=ad["max_loss"],
+        operator=op.describe(),
     )
     return SharpnessResult(
         max_eigenvalue=np.float64(eig.values[0]), trace=np.float64(tr.estimate),

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from landscape import _provenance, engine
 from landscape import store as _store
 from landscape import validate as _validate
 from landscape._result import Meta, Result, result, static_field
@@ -277,7 +278,13 @@ def estimate_density(op, *, key, num_probes, num_steps, reorthogonalize, sigma, 
         "num_probes": num_probes, "num_steps": num_steps, "reorthogonalize": bool(reorthogonalize),
         **op.describe(), "key": _driver.key_desc(key), "dtype": str(np.dtype(op.dtype)),
     }
-    store = _store.as_store(store, {"job": "landscape.hessian.spectral_density", **settings})
+    if store is not None:  # bound to the operator itself: its static description and its arrays
+        # a curvature operator's params, data, model state and preconditioner; a matvec's arrays
+        static, arrays = engine.split_fn(op.fn if isinstance(op, ops.MatvecOperator) else op)
+        store = _store.as_store(store, {
+            "job": "landscape.hessian.spectral_density", **settings,
+            "operator": _store.stable_text(static), "operator_arrays": _provenance.data_hash(arrays),
+        })
     prepared = op.host_prepared()
     layout = lz.Layout(op.subset.restrict(op.template))
     seed = _random.key_seed(key)

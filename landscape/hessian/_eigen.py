@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 import jax
@@ -392,32 +391,29 @@ def solve(
     vectors = op.subset.embed(X, op.template, leading=(len(w),))
     num_hvps = st.num_matvecs + len(w)
     if not converged.all():
-        warnings.warn(
+        _validate.warn(
             f"{_validate.where()}: {int((~converged).sum())} of {len(w)} eigenpairs did not reach the residual tolerance "
             f"{ritz.tol_abs:.2e} (= max({tol_used:.1e} x ||A||, {NOISE_FACTOR:g} x product noise "
             f"{ritz.noise:.1e}); ||A|| ~ {ritz.anorm:.3e}) after {num_hvps} products and {restarts} restarts; "
             f"largest residual {residuals.max():.2e}. Increase max_restarts or krylov_dim, or loosen tol.",
             RuntimeWarning,
-            stacklevel=3,
         )
     anorm = max(ritz.anorm, np.finfo(np.float64).tiny)
     if ritz.noise > ASYMMETRY_WARN * anorm:
-        warnings.warn(
+        _validate.warn(
             f"{_validate.where()}: the products are not symmetric: |q_i^T A q_j - q_j^T A q_i| reaches "
             f"{ritz.noise:.2e} = {ritz.noise / anorm:.1e} x ||A||, far above rounding. Is the loss "
             "deterministic (no dropout or batch statistics in training mode) and the matvec a "
             f"symmetric operator? The residual tolerance was loosened to {ritz.tol_abs / anorm:.1e} x ||A||.",
             RuntimeWarning,
-            stacklevel=3,
         )
     elif ritz.tol_abs > LOOSEN_WARN * tol_used * anorm:
-        warnings.warn(
+        _validate.warn(
             f"{_validate.where()}: the products' rounding noise ({ritz.noise / anorm:.1e} x ||A||, measured as the "
             f"asymmetry of the projected matrix) loosened the residual tolerance from {tol_used:.1e} to "
             f"{ritz.tol_abs / anorm:.1e} x ||A||: the eigenvalues are not more accurate than that. Run in "
             "float64 for more.",
             RuntimeWarning,
-            stacklevel=3,
         )
     return EigenResult(
         values=np.asarray(values, np.float64),

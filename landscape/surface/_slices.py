@@ -16,7 +16,6 @@ states``). Non-finite points are recorded (``result.finite``) and warned about, 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -214,12 +213,11 @@ def _finish(*, kind, alphas, betas, values, settings, dir_specs, dtype, seeds, s
         where = f"alpha={alphas[idx[0]]:.4g}" + (
             f", beta={betas[idx[1]]:.4g}" if betas is not None else ""
         )
-        warnings.warn(
+        _validate.warn(
             f"{_validate.where()}: {bad} of {finite.size} grid points have non-finite loss or "
             f"metrics (first at {where}); they are recorded as NaN/Inf and flagged in "
             "result.finite.",
             RuntimeWarning,
-            stacklevel=3,
         )
     if store is not None:
         store.save("result", res)
