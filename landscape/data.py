@@ -119,6 +119,39 @@ def _float(dtype):
 
 
 # --------------------------------------------------------------------------------------------
+def _digits_split(test_fraction: float, seed: int) -> dict:
+    """The raw digits (pixel values 0-16) and scikit-learn's stratified split of their indices.
+
+    Cached as ``.npz`` under :func:`cache_dir`, keyed by the split and scikit-learn's version:
+    importing scikit-learn costs about a second per process, more than the rest of a data load.
+    A missing or unreadable cache is rebuilt from scikit-learn.
+    """
+    from importlib import metadata
+
+    try:
+        version = metadata.version("scikit-learn")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a dependency
+        version = "unknown"
+    key = dict(test_fraction=test_fraction, seed=seed, sklearn=version, v=1)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir() / f"digits-{digest}.npz"
+    with contextlib.suppress(Exception):  # corrupt or foreign cache: rebuilt below
+        arrays = _serialize.load_tree(path)
+        if set(arrays) == {"x", "y", "train", "test"} and arrays["x"].shape == (1797, 64):
+            return arrays
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    y = d.target.astype(np.int32)
+    tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=y, random_state=seed)
+    arrays = {"x": d.data.astype(np.uint8), "y": y, "train": np.sort(tr), "test": np.sort(te)}
+    with contextlib.suppress(OSError):
+        _serialize.save_tree(path, arrays, meta=key)
+    return arrays
+
+
+# --------------------------------------------------------------------------------------------
 def digits(
     *,
     flat: bool = True,
@@ -137,20 +170,15 @@ def digits(
         per pixel (constant pixels are left centred).
       dtype: floating dtype of the inputs (float64 needs ``jax_enable_x64`` to stay float64).
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     dt = _float(dtype)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(
             f"landscape.load_data('digits'): test_fraction must be in (0, 1); got {test_fraction}."
         )
-    d = load_digits()
-    x = d.data.astype(np.float64)
-    y = d.target.astype(np.int32)
-    idx = np.arange(len(y))
-    tr, te = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
-    tr, te = np.sort(tr), np.sort(te)
+    raw = _digits_split(float(test_fraction), int(seed))
+    x = raw["x"].astype(np.float64)
+    y = raw["y"].astype(np.int32)
+    tr, te = raw["train"], raw["test"]
     xtr, xte = x[tr], x[te]
     if standardize:
         xtr, xte = _standardise(xtr, xte)

@@ -79,6 +79,75 @@ def run_python(code: str, *, devices: int = 1, timeout: int = 600, env: dict | N
     return proc.stdout
 
 
+_SERVER = r"""
+import contextlib, io, json, sys, textwrap, traceback
+import jax
+out = sys.stdout
+for line in sys.stdin:
+    req = json.loads(line)
+    buf, error = io.StringIO(), ""
+    try:
+        with contextlib.redirect_stdout(buf), jax.enable_x64(req["x64"]):
+            exec(compile(textwrap.dedent(req["code"]), "<snippet>", "exec"), {"__name__": "__snippet__"})
+    except BaseException:
+        error = traceback.format_exc()
+    out.write("@@RESULT " + json.dumps({"stdout": buf.getvalue(), "error": error}) + "\n")
+    out.flush()
+"""
+
+
+class DeviceWorker:
+    """One long-lived interpreter with ``devices`` virtual CPU devices that runs test snippets.
+
+    Starting an interpreter and importing JAX and the packages costs seconds; the suite's
+    multi-device checks share one per pytest worker (the ``four_devices`` fixture) instead of
+    starting one each. Every snippet runs in a fresh namespace (its imports are cached by the
+    interpreter), under ``jax.enable_x64(x64)``; ``run`` returns what it printed and fails the
+    test with the snippet's traceback if it raised.
+    """
+
+    def __init__(self, devices: int):
+        import tempfile
+
+        e = dict(os.environ)
+        e["XLA_FLAGS"] = (
+            e.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+        ).strip()
+        e["JAX_PLATFORMS"] = "cpu"
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.stderr, text=True, env=e, cwd=str(REPO),
+        )
+
+    def run(self, code: str, *, x64: bool = False, timeout: float = 600) -> str:
+        import json
+        import select
+
+        self.proc.stdin.write(json.dumps({"code": code, "x64": x64}) + "\n")
+        self.proc.stdin.flush()
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            line = self.proc.stdout.readline() if ready else ""
+            if not line:
+                self.stderr.seek(0)
+                raise AssertionError(
+                    f"device worker {'timed out' if not ready else 'died'}:\n{self.stderr.read()[-4000:]}"
+                )
+            if line.startswith("@@RESULT "):
+                res = json.loads(line[len("@@RESULT "):])
+                assert not res["error"], f"snippet failed:\n{res['error'][-4000:]}"
+                return res["stdout"]
+
+    def close(self):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.stderr.close()
+
+
 def run_notebook(path, *, timeout: int = 600, quick: bool = True):
     """Execute a notebook top to bottom (``LANDSCAPE_QUICK=1`` unless ``quick=False``)."""
     import nbformat

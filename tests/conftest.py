@@ -69,6 +69,17 @@ def key():
 
 
 @pytest.fixture(scope="session")
+def four_devices():
+    """A long-lived interpreter with 4 virtual CPU devices for the multi-device checks
+    (``tests._util.DeviceWorker``): one per pytest worker, not one per test."""
+    from tests._util import DeviceWorker
+
+    worker = DeviceWorker(4)
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="session")
 def digits_data():
     import landscape
 

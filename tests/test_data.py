@@ -32,6 +32,27 @@ def test_digits_split_and_standardisation():
     assert ds.hash == landscape.load_data("digits").hash
 
 
+
+def test_digits_cache_equals_scikit_learn(tmp_path, monkeypatch):
+    """The cached split is scikit-learn's (built fresh, then read back), and a corrupt cache
+    file is rebuilt, not trusted."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    monkeypatch.setenv("LANDSCAPE_CACHE_DIR", str(tmp_path))
+    fresh = landscape.load_data("digits", seed=3, standardize=False)
+    (cached,) = tmp_path.glob("digits-*.npz")
+    again = landscape.load_data("digits", seed=3, standardize=False)
+    d = load_digits()
+    tr, te = train_test_split(np.arange(1797), test_size=0.2, stratify=d.target, random_state=3)
+    for ds in (fresh, again):
+        np.testing.assert_array_equal(ds.train["x"], d.data[np.sort(tr)].astype(np.float32))
+        np.testing.assert_array_equal(ds.test["y"], d.target[np.sort(te)])
+    cached.write_bytes(b"not an npz")
+    rebuilt = landscape.load_data("digits", seed=3, standardize=False)
+    np.testing.assert_array_equal(rebuilt.train["x"], fresh.train["x"])
+    assert landscape.load_data("digits", seed=3).hash != fresh.hash  # standardised differs
+
 def test_mnist1d_offline_cached_and_restores_global_rng(tmp_path, monkeypatch):
     monkeypatch.setenv("LANDSCAPE_CACHE_DIR", str(tmp_path))
     random.seed(123)

@@ -16,7 +16,7 @@ import pytest
 
 from landscape import engine
 from landscape import tree as _tree
-from tests._util import REPO, max_abs, max_abs_diff, run_python
+from tests._util import REPO, max_abs, max_abs_diff
 
 SETUP = """
 import jax, jax.numpy as jnp, numpy as np
@@ -52,11 +52,10 @@ def reference():
         return _single_device()
 
 
-def test_four_virtual_devices_equal_one(tmp_path, reference):
+def test_four_virtual_devices_equal_one(tmp_path, reference, four_devices):
     out = tmp_path / "sharded.npz"
     code = (
-        "import jax\njax.config.update('jax_enable_x64', True)\n"
-        + SETUP
+        SETUP
         + COMPUTE
         + f"""
 b = engine.batch(ds.train, 100)
@@ -66,7 +65,7 @@ flat.update({{"g" + str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(
 np.savez({str(out)!r}, **flat)
 """
     )
-    stdout = run_python(code, devices=4)
+    stdout = four_devices.run(code, x64=True)
     # 100 is a multiple of 4: batches of 100 split 25 per device along the batch axis
     assert "devices 4 batch 100 spec P(None, 'data')" in stdout
     z = np.load(out)

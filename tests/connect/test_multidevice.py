@@ -8,24 +8,21 @@ import json
 
 import numpy as np
 
-from tests._util import run_python
 
-
-def test_one_and_four_devices_agree():
+def test_one_and_four_devices_agree(four_devices):
     import jax
 
     from tests.connect._helpers import workload
 
     assert jax.device_count() == 1
     one = workload()
-    out = run_python(
+    out = four_devices.run(
         """
         import json, jax
         assert jax.device_count() == 4
         from tests.connect._helpers import workload
         print("RESULT" + json.dumps(workload()))
-        """,
-        devices=4,
+        """
     )
     four = json.loads(out.split("RESULT", 1)[1])
     assert set(one) == set(four)

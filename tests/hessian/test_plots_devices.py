@@ -9,7 +9,6 @@ import numpy as np
 
 import landscape
 from landscape import hessian
-from tests._util import run_python
 
 
 def test_plots_return_axes(small):
@@ -55,12 +54,12 @@ print(json.dumps({"devices": jax.device_count(), "eig": list(map(float, e.values
 """
 
 
-def test_four_devices_equal_one_device(small, tmp_path):
+def test_four_devices_equal_one_device(small, tmp_path, four_devices):
     # the same computations as test_plots_return_axes (compiled there) on 4 virtual devices
     flat = landscape.tree.flatten_dict_paths(small.relu_params32)
     np.savez(tmp_path / "p.npz", x=small.data32["x"], y=small.data32["y"], **{k: np.asarray(v) for k, v in flat.items()})
     code = _CODE.replace("sys.argv[1]", repr(str(tmp_path / "p.npz")))
-    out = json.loads(run_python(code, devices=4).strip().splitlines()[-1])
+    out = json.loads(four_devices.run(code).strip().splitlines()[-1])
     assert out["devices"] == 4
     e = hessian.eigenvalues(small.relu_loss, small.relu_params32, small.data32, k=3, key=jax.random.key(3),
                             batch_size=small.batch)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import ntk
-from tests._util import run_python
 
 
 def mlp(n):
@@ -82,11 +81,10 @@ def test_bad_inputs(key):
         ntk.monte_carlo(mlp(8), x, key=key, num_samples=0)
 
 
-def test_one_vs_four_devices(tmp_path):
+def test_one_vs_four_devices(tmp_path, four_devices):
     """Analytic and empirical kernels, blocked and sharded over 4 virtual CPU devices (waves
     of 4 blocks, the last one padded), equal the unsharded single-device computation; and
-    importing ntk does not import matplotlib. One subprocess for the module, compiled at XLA
-    backend optimisation level 0 (tiny programs: compile time dominates)."""
+    importing ntk does not import matplotlib. Runs in the suite's 4-device worker."""
     code = f"""
     import sys
     import jax, numpy as np, ntk
@@ -107,8 +105,7 @@ def test_one_vs_four_devices(tmp_path):
     e1 = ntk.empirical_ntk_fn(arch.apply, method="structured", arch=arch)(model.params, x)
     np.savez("{tmp_path}/out.npz", k=k.ntk, kg=k.nngp, e=e.matrix, k1=ntk1, kg1=nngp1, e1=e1)
     """
-    flags = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
-    run_python(code, devices=4, env={"XLA_FLAGS": flags})
+    four_devices.run(code)
     out = np.load(tmp_path / "out.npz")
     # the same per-block computations: float32 round-off
     for name in ("k", "kg", "e"):

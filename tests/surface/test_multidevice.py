@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests._util import run_python
-
 _COMPUTE = """
 import jax, jax.numpy as jnp, numpy as np
 import landscape
@@ -41,7 +39,7 @@ def compute():
 """
 
 
-def test_one_and_four_devices_agree(tmp_path, small_digits):
+def test_one_and_four_devices_agree(tmp_path, small_digits, four_devices):
     path = tmp_path / "four.npz"
     code = (
         _COMPUTE
@@ -53,7 +51,7 @@ assert "matplotlib" not in sys.modules, "importing/using landscape.surface impor
 np.savez({str(path)!r}, **out)
 """
     )
-    run_python(code, devices=4)
+    four_devices.run(code)
     four = dict(np.load(path))
     ns: dict = {}
     exec(_COMPUTE, ns)  # the same computation on this process's single device
