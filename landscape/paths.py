@@ -128,7 +128,15 @@ class Path:
         return dataclasses.replace(self, **changes)
 
     def with_bends(self, bends: PyTree) -> Path:
-        """The same path with new bends (leading axis ``K - 2``); the ends are kept."""
+        """The same path with new bends (leading axis ``K - 2``); the ends are kept. A linear
+        path has no bends (use :func:`polychain` for a piecewise-linear path through bends)."""
+        nb = {np.shape(x)[0] for x in jax.tree.leaves(bends)}
+        if self.kind == "linear" and nb - {0}:
+            raise ValueError(
+                "landscape.paths.Path.with_bends: a linear path has no bends (exactly two control "
+                f"points); got {nb.pop()} bends. Use landscape.paths.polychain for a piecewise-linear "
+                "path through them."
+            )
         controls = jax.tree.map(
             lambda c, b: jnp.concatenate([c[:1], jnp.asarray(b, c.dtype), c[-1:]], axis=0),
             self.controls,
@@ -316,6 +324,13 @@ def check_path(path, *, name: str = "path") -> Path:
         raise ValueError(
             f"{_validate.where()}: {name}.controls must have one leading axis of length >= 2 on every leaf; "
             f"got {_validate.describe(path.controls)}."
+        )
+    k = int(np.shape(leaves[0])[0])
+    if path.kind == "linear" and k != 2:
+        raise ValueError(
+            f"{_validate.where()}: {name} is linear, so it has exactly two control points (its "
+            f"ends); got {k}. Use landscape.paths.polychain for a piecewise-linear path through "
+            "bends."
         )
     _validate.check_finite(path.controls, name=f"{name}.controls")
     return path

@@ -24,6 +24,8 @@ Every resumable public function takes ``store=``: a path (a new :class:`Store`) 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -31,9 +33,12 @@ import re
 import shutil
 import sys
 import tempfile
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from landscape import _serialize
 from landscape import validate as _validate
@@ -42,7 +47,7 @@ PyTree = Any
 
 __all__ = ["Store", "as_store", "progress_bar", "run_chunks"]
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: the manifest lists every entry (a store only reads and deletes those)
 """Bumped when the layout of stored entries changes; stores of another version are refused."""
 
 MANIFEST = "manifest.json"
@@ -53,11 +58,82 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 def stable_text(obj) -> str:
     """``repr``-like text of a static description that is the same in every process (memory
     addresses such as ``<function f at 0x7f..>`` removed); texts over 2000 characters keep
-    their first 1000 and a digest of the whole, so long descriptions never collide."""
+    their first 1000 and a digest of the whole, so long descriptions never collide.
+
+    Python functions inside ``obj`` (as leaves, in ``functools.partial`` objects, or in a
+    pytree definition such as ``jax.tree_util.Partial``'s) are described by their code, their
+    defaults and the values they close over, not by their name alone: two closures
+    ``make(1.0)`` and ``make(100.0)`` differ. Module globals a function reads are not part of
+    the description.
+    """
     text = _ADDRESS.sub("", repr(obj))
+    fns: list = []
+    _functions_in(obj, fns, set())
+    if fns:
+        h = hashlib.sha256()
+        for f in fns:
+            h.update(_function_text(f, set()).encode())
+        text += f" code:{h.hexdigest()[:16]}"
     if len(text) <= 2000:
         return text
     return text[:1000] + " ...sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _functions_in(obj, out: list, seen: set, depth: int = 0) -> None:
+    if depth > 8 or id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, types.FunctionType):
+        out.append(obj)
+    elif isinstance(obj, types.MethodType):
+        _functions_in(obj.__func__, out, seen, depth + 1)
+    elif isinstance(obj, functools.partial):
+        for x in (obj.func, *obj.args, *obj.keywords.values()):
+            _functions_in(x, out, seen, depth + 1)
+    elif isinstance(obj, (tuple, list)):
+        for x in obj:
+            _functions_in(x, out, seen, depth + 1)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            _functions_in(x, out, seen, depth + 1)
+    elif type(obj).__name__ == "PyTreeDef":
+        with contextlib.suppress(Exception):  # the node's static data, then its children
+            node = obj.node_data()
+            if node is not None:
+                _functions_in(node[1], out, seen, depth + 1)
+            for c in obj.children():
+                _functions_in(c, out, seen, depth + 1)
+
+
+def _code_text(code) -> str:
+    consts = [_code_text(c) if isinstance(c, types.CodeType) else _ADDRESS.sub("", repr(c))
+              for c in code.co_consts]
+    return f"{code.co_code.hex()}|{code.co_names}|{code.co_varnames}|{consts}"
+
+
+def _value_text(v, seen: set) -> str:
+    if isinstance(v, types.FunctionType):
+        return _function_text(v, seen)
+    if hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, type):
+        with contextlib.suppress(Exception):
+            a = np.asarray(v)
+            return f"array{a.shape}{a.dtype}:" + hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    return stable_text(v)
+
+
+def _function_text(f, seen: set) -> str:
+    if id(f) in seen:
+        return f"<recursive {f.__qualname__}>"
+    seen = seen | {id(f)}
+    cells = []
+    for c in f.__closure__ or ():
+        try:
+            cells.append(_value_text(c.cell_contents, seen))
+        except ValueError:  # an empty cell
+            cells.append("<empty>")
+    return (f"{f.__module__}.{f.__qualname__}|{_code_text(f.__code__)}|"
+            f"{[_value_text(d, seen) for d in (f.__defaults__ or ())]}|"
+            f"{sorted((k, _value_text(v, seen)) for k, v in (f.__kwdefaults__ or {}).items())}|{cells}")
 
 
 def _strip_addresses(obj):
@@ -120,6 +196,8 @@ class Store:
         self.path = Path(path)
         self.overwrite = overwrite
         self.meta: dict | None = None
+        self._digest: str | None = None
+        self._own: dict = {"entries": [], "dirs": [], "children": []}
 
     def __repr__(self):
         state = "unbound" if self.meta is None else f"bound to {self.meta.get('job', '?')}"
@@ -166,18 +244,27 @@ class Store:
             )
         self.path.mkdir(parents=True, exist_ok=True)
         _serialize.save_json(manifest, {"digest": digest, "meta": meta, **own})
-        self.meta = meta
+        self.meta, self._digest, self._own = meta, digest, own
         return self
 
     def _record(self, kind: str, name: str) -> None:
-        """Note ``name`` in the manifest (before it is written: a store only ever deletes what
-        its manifest names)."""
+        """Note ``name`` in the manifest (before it is written: a store only ever reads and
+        deletes what its manifest names). Refuses when another job has re-bound the directory
+        since this store was bound (its entries would be mixed with that job's)."""
         manifest = self.path / MANIFEST
-        info = _serialize.load_json(manifest)
+        info = _serialize.load_json(manifest) if manifest.exists() else {}
+        if info.get("digest") != self._digest:
+            raise RuntimeError(
+                f"landscape.Store: {self.path} was re-bound to another job (or its manifest "
+                "removed) after this store was bound; nothing was written. Bind a store to one "
+                "job at a time."
+            )
         names = info.setdefault(kind, [])
         if name not in names:
             names.append(name)
             _serialize.save_json(manifest, info)
+        if name not in self._own[kind]:
+            self._own[kind].append(name)
 
     def child(self, name: str) -> Store:
         """A sub-store in ``path/name`` (bind it separately), with the same ``overwrite``."""
@@ -195,8 +282,9 @@ class Store:
             raise RuntimeError("landscape.Store: bind(meta) the store before using its entries.")
 
     def has(self, name: str) -> bool:
-        """Whether a finished entry ``name`` exists."""
-        return self._entry(name).exists()
+        """Whether a finished entry ``name`` of this job exists (a file the manifest does not
+        name, e.g. left by an older layout, is not one)."""
+        return name in self._own["entries"] and self._entry(name).exists()
 
     def save(self, name: str, value: PyTree, *, meta: dict | None = None) -> Path:
         """Atomically write a pytree of arrays, or a :class:`landscape.Result`, as ``name``."""
@@ -242,7 +330,7 @@ class Store:
         return final
 
     def has_dir(self, name: str) -> bool:
-        return (self.path / _check_name(name)).is_dir()
+        return name in self._own["dirs"] and (self.path / _check_name(name)).is_dir()
 
     def clear(self) -> None:
         """Delete the store's own entries: the ``.npz`` entries, directories and sub-stores its
@@ -251,18 +339,30 @@ class Store:
         if not manifest.exists():
             return
         info = _serialize.load_json(manifest)
-        for name in info.get("entries", []):
+        entries, dirs = info.get("entries", []), info.get("dirs", [])
+        for name in entries:
             (self.path / f"{name}.npz").unlink(missing_ok=True)
-        for name in info.get("dirs", []) + info.get("children", []):
+        for name in dirs:  # directory entries: written whole by save_dir (atomic rename)
             if (self.path / name).is_dir():
                 shutil.rmtree(self.path / name)
-        own = set(info.get("entries", []) + info.get("dirs", []))
-        for p in self.path.iterdir():  # interrupted atomic writes: ".<name>.<random>[.tmp]"
-            if p.name.startswith(".") and p.name[1:].split(".", 1)[0] in own:
+        for name in info.get("children", []):  # sub-stores: their own entries only
+            sub = self.path / name
+            if (sub / MANIFEST).exists():
+                Store(sub).clear()
+                (sub / MANIFEST).unlink()
+                with contextlib.suppress(OSError):
+                    sub.rmdir()  # only if nothing else is left in it
+        # interrupted atomic writes of the store's own entries, by their exact temporary names
+        temp = [re.compile(rf"\.{re.escape(n)}\.npz\.[^/]+\.tmp") for n in entries]
+        temp += [re.compile(rf"\.{re.escape(n)}\.[A-Za-z0-9_]{{8}}") for n in dirs]
+        for p in self.path.iterdir():
+            if p.name.startswith(".") and any(r.fullmatch(p.name) for r in temp):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         for k in ("entries", "dirs", "children"):
             info[k] = []
         _serialize.save_json(manifest, info)
+        if self._digest is not None and info.get("digest") == self._digest:
+            self._own = {"entries": [], "dirs": [], "children": []}
 
 
 def _check_name(name: str) -> str:

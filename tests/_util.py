@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -80,9 +81,9 @@ def run_python(code: str, *, devices: int = 1, timeout: int = 600, env: dict | N
 
 
 _SERVER = r"""
-import contextlib, io, json, sys, textwrap, traceback
+import contextlib, io, json, os, sys, textwrap, traceback
 import jax
-out = sys.stdout
+results = os.fdopen(int(sys.argv[1]), "w")  # a private pipe: nothing else writes to it
 for line in sys.stdin:
     req = json.loads(line)
     buf, error = io.StringIO(), ""
@@ -91,8 +92,8 @@ for line in sys.stdin:
             exec(compile(textwrap.dedent(req["code"]), "<snippet>", "exec"), {"__name__": "__snippet__"})
     except BaseException:
         error = traceback.format_exc()
-    out.write("@@RESULT " + json.dumps({"stdout": buf.getvalue(), "error": error}) + "\n")
-    out.flush()
+    results.write(json.dumps({"id": req["id"], "stdout": buf.getvalue(), "error": error}) + "\n")
+    results.flush()
 """
 
 
@@ -103,49 +104,93 @@ class DeviceWorker:
     multi-device checks share one per pytest worker (the ``four_devices`` fixture) instead of
     starting one each. Every snippet runs in a fresh namespace (its imports are cached by the
     interpreter), under ``jax.enable_x64(x64)``; ``run`` returns what it printed and fails the
-    test with the snippet's traceback if it raised.
+    test with the snippet's traceback if it raised. Results come back on a private pipe, tagged
+    with the request's id, so output a snippet writes to the process's own stdout or stderr
+    (C libraries, subprocesses) cannot be mistaken for a result. A snippet that times out or
+    kills the interpreter fails its test; the interpreter is then replaced, so the next test
+    starts clean. Snippets share ``sys.modules``: a check such as "matplotlib was not imported"
+    covers every snippet run before it (none of them plots).
     """
 
     def __init__(self, devices: int):
+        self.devices = devices
+        self.proc = None
+        self._next = 0
+
+    def _start(self):
         import tempfile
 
         e = dict(os.environ)
         e["XLA_FLAGS"] = (
-            e.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+            e.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={self.devices}"
         ).strip()
         e["JAX_PLATFORMS"] = "cpu"
-        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in _stop())
+        r, w = os.pipe()
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self.stderr, text=True, env=e, cwd=str(REPO),
+            [sys.executable, "-u", "-c", _SERVER, str(w)], stdin=subprocess.PIPE,
+            stdout=self.stderr, stderr=self.stderr, text=True, env=e, cwd=str(REPO),
+            pass_fds=(w,),
         )
+        os.close(w)
+        self.results, self.buffer = r, b""
 
-    def run(self, code: str, *, x64: bool = False, timeout: float = 600) -> str:
-        import json
-        import select
-
-        self.proc.stdin.write(json.dumps({"code": code, "x64": x64}) + "\n")
-        self.proc.stdin.flush()
-        while True:
-            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-            line = self.proc.stdout.readline() if ready else ""
-            if not line:
-                self.stderr.seek(0)
-                raise AssertionError(
-                    f"device worker {'timed out' if not ready else 'died'}:\n{self.stderr.read()[-4000:]}"
-                )
-            if line.startswith("@@RESULT "):
-                res = json.loads(line[len("@@RESULT "):])
-                assert not res["error"], f"snippet failed:\n{res['error'][-4000:]}"
-                return res["stdout"]
-
-    def close(self):
-        self.proc.stdin.close()
+    def _stop(self):
+        if self.proc is None:
+            return
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+        os.close(self.results)
         self.stderr.close()
+        self.proc = None
+
+    def _fail(self, what: str):
+        self.stderr.seek(0)
+        tail = self.stderr.read()[-4000:]
+        self.proc.kill()
+        self._stop()
+        raise AssertionError(f"device worker {what}:\n{tail}")
+
+    def run(self, code: str, *, x64: bool = False, timeout: float = 600) -> str:
+        import json
+        import select
+        import time
+
+        if self.proc is None or self.proc.poll() is not None:
+            self._stop()
+            self._start()
+        self._next += 1
+        rid = self._next
+        try:
+            self.proc.stdin.write(json.dumps({"id": rid, "code": code, "x64": x64}) + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            self._fail("died before the snippet was sent")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                res = json.loads(line)
+                if res["id"] == rid:
+                    assert not res["error"], f"snippet failed:\n{res['error'][-4000:]}"
+                    return res["stdout"]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fail(f"timed out after {timeout} s")
+            ready, _, _ = select.select([self.results], [], [], left)
+            if ready:
+                chunk = os.read(self.results, 1 << 16)
+                if not chunk:
+                    self._fail(f"died (exit code {self.proc.wait()})")
+                self.buffer += chunk
+
+    def close(self):
+        self._stop()
 
 
 def run_notebook(path, *, timeout: int = 600, quick: bool = True):

@@ -161,3 +161,53 @@ def test_a_report_of_an_earlier_version_is_replaced(tmp_path):
     store = report._open_store(root, {"params": "a"}, msgs.append)
     assert "earlier version" in msgs[0] and store.entries() == []
     assert not (root / "other_run").exists() and not (root / "fingerprint.json").exists()
+
+
+def test_a_rebound_directory_is_never_mixed(tmp_path):
+    """A store whose directory another job re-bound refuses to write; files its manifest does
+    not name (another job's, an older layout's) are never loaded as finished."""
+    a = landscape.Store(tmp_path / "s").bind({"job": "a"})
+    b = landscape.Store(tmp_path / "s", overwrite=True).bind({"job": "b"})
+    with pytest.raises(RuntimeError, match="re-bound to another job"):
+        a.save("chunk0", {"v": np.full(2, 111.0)})
+    assert not b.has("chunk0") and b.entries() == []
+    # a file with an entry's name that the manifest does not list is not a finished entry
+    np.savez(tmp_path / "s" / f"{st.chunk_name(1)}.npz", v=np.ones(1))
+    assert not b.has(st.chunk_name(1))
+    out = st.run_chunks(lambda ids: [{"v": np.full(1, 5.0 + i)} for i in ids], 2, store=b)
+    assert [float(x["v"][0]) for x in out] == [5.0, 6.0]
+
+
+def test_clear_keeps_user_files_in_sub_stores_and_look_alike_hidden_files(tmp_path):
+    root = landscape.Store(tmp_path / "r").bind({"job": "r"})
+    sub = root.child("train").bind({"job": "sub"})
+    sub.save("c0", {"v": np.ones(1)})
+    (tmp_path / "r" / "train" / "notes.txt").write_text("mine")
+    root.save("report", {"v": np.ones(1)})
+    (tmp_path / "r" / ".report.json.swp").write_text("editor")  # not a temporary file of ours
+    (tmp_path / "r" / ".report.npz.abcd1234.tmp").write_text("")  # an interrupted write of ours
+    landscape.Store(tmp_path / "r", overwrite=True).bind({"job": "other"})
+    left = sorted(p.relative_to(tmp_path / "r").as_posix() for p in (tmp_path / "r").rglob("*"))
+    assert left == [".report.json.swp", "manifest.json", "train", "train/notes.txt"]
+
+
+def test_closures_are_told_apart_by_what_they_close_over(tmp_path):
+    """Two closures of one factory have the same name; a store must not give one's results
+    to the other."""
+    import jax.numpy as jnp
+
+    from landscape import surface
+
+    def make(scale):
+        def loss_fn(p, b):
+            return scale * jnp.mean((b["x"] @ p["w"]) ** 2)
+
+        return loss_fn
+
+    assert st.stable_text(make(1.0)) == st.stable_text(make(1.0))
+    assert st.stable_text(make(1.0)) != st.stable_text(make(100.0))
+    params, d = {"w": jnp.ones(2)}, {"w": jnp.array([1.0, 0.0])}
+    data = {"x": np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]}
+    surface.slice_1d(make(1.0), params, data, d, alphas=np.linspace(-1, 1, 3), store=tmp_path / "s")
+    with pytest.raises(ValueError, match="holds results of another job"):
+        surface.slice_1d(make(100.0), params, data, d, alphas=np.linspace(-1, 1, 3), store=tmp_path / "s")

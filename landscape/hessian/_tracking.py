@@ -152,8 +152,16 @@ def sharpness_callback(
     if preconditioner_fn is not None:
         _validate.check_callable(preconditioner_fn, name="preconditioner_fn")
     key = _validate.check_key(key)
+    # the settings make_hvp checks at every measurement, checked now as well: a bad value is
+    # reported here, not steps into training under landscape.train's name
+    if "curvature" in curvature:
+        _validate.check_choice(curvature["curvature"], ops.CURVATURES, name="curvature")
+    if "method" in curvature:
+        _validate.check_choice(curvature["method"], ops.METHODS, name="method")
+    if "batch_size" in curvature and curvature["batch_size"] is not None:
+        _validate.check_positive_int(curvature["batch_size"], name="batch_size")
     batch_size = curvature.pop("batch_size", None)
-    state: dict[str, Any] = {"v": None, "batched": None, "data_id": None, "calls": 0}
+    state: dict[str, Any] = {"v": None, "batched": None, "data": None, "calls": 0}
 
     def lr_at(info: TrainInfo):
         if learning_rate is None:
@@ -161,10 +169,14 @@ def sharpness_callback(
         return float(learning_rate(info.step)) if callable(learning_rate) else float(learning_rate)
 
     def measure(info: TrainInfo):
+        with _validate.boundary("landscape.hessian.sharpness_callback"):
+            return _measure(info)
+
+    def _measure(info: TrainInfo):
         d = data if data is not None else info.train_data
-        if state["data_id"] is not id(d):  # lay the data out once
+        if state["data"] is not d:  # lay the data out once (a reference, not an id: ids are reused)
             state["batched"] = engine.batch(d, batch_size)
-            state["data_id"] = id(d)
+            state["data"] = d
         precond = None
         if preconditioner_fn is not None:
             precond = preconditioner_fn(info.opt_state)

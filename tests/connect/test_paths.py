@@ -100,3 +100,19 @@ def test_path_bad_input():
         lc.bezier(a, {"w": jnp.zeros((2, 3, 5)), "b": jnp.zeros((2, 4))}, b)
     with pytest.raises(ValueError, match="polychain: bend 0 must have the same tree structure"):
         lc.polychain(a, {"w": th["w"]}, b)
+
+
+def test_a_linear_path_has_exactly_two_control_points():
+    import jax.numpy as jnp
+    import pytest
+
+    from landscape import paths
+
+    a, b = {"w": jnp.zeros(2)}, {"w": jnp.ones(2)}
+    line = paths.linear_path(a, b)
+    with pytest.raises(ValueError, match="linear path has no bends"):
+        line.with_bends({"w": jnp.full((1, 2), 5.0)})
+    three = paths.Path({"w": jnp.stack([a["w"], b["w"], b["w"]])}, "linear")
+    with pytest.raises(ValueError, match="exactly two control points"):
+        paths.check_path(three)
+    assert line.with_bends({"w": jnp.zeros((0, 2))}).num_controls == 2

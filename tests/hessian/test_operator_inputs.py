@@ -269,6 +269,11 @@ def test_bad_combinations_raise_clear_errors(planted):
             TypeError, match=r"sharpness_callback: preconditioner= is not a setting here"
         ):
             hessian.sharpness_callback(every=5, key=key, preconditioner=params)
+        # the values are checked when the callback is made, under its name, not during training
+        with pytest.raises(ValueError, match=r"sharpness_callback: method must be one of"):
+            hessian.sharpness_callback(every=5, key=key, method="bogus")
+        with pytest.raises(ValueError, match=r"sharpness_callback: curvature must be one of"):
+            hessian.sharpness_callback(every=5, key=key, curvature="hesian")
         with pytest.raises(
             TypeError,
             match=r"sharpness: unexpected keyword argument 'trace_hvps' "
