@@ -82,13 +82,13 @@ def hermite_nodes(deg: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @_validate.public
-def gaussian_expectation(fn: Callable, var, *, deg: int = 64):
-    """``E[fn(u)]`` for ``u ~ N(0, var)``, elementwise over the array ``var``.
+def gaussian_expectation(elementwise_fn: Callable, var, *, deg: int = 64):
+    """``E[elementwise_fn(u)]`` for ``u ~ N(0, var)``, elementwise over the array ``var``.
 
-    Cost: ``deg`` evaluations of ``fn`` per entry; memory ``deg`` times the array.
+    Cost: ``deg`` evaluations of ``elementwise_fn`` per entry; memory ``deg`` times the array.
 
     Args:
-      fn: elementwise ``jax.numpy`` function.
+      elementwise_fn: elementwise ``jax.numpy`` function.
       var: variances (array, ``>= 0``).
       deg: quadrature degree (exact for polynomials of degree below ``2 deg``).
 
@@ -104,7 +104,7 @@ def gaussian_expectation(fn: Callable, var, *, deg: int = 64):
     var = var.astype(dtype)
     z = jnp.asarray(z_np, dtype).reshape((deg,) + (1,) * var.ndim)
     w = jnp.asarray(w_np, dtype).reshape((deg,) + (1,) * var.ndim)
-    return jnp.sum(w * fn(safe_sqrt(var)[None] * z), axis=0)
+    return jnp.sum(w * elementwise_fn(safe_sqrt(var)[None] * z), axis=0)
 
 
 @_validate.public

@@ -181,9 +181,9 @@ def _path_str(path) -> str:
     return "/".join(parts)
 
 
-def map_with_path(fn: Callable[[str, Any], Any], tree: PyTree, *rest: PyTree) -> PyTree:
-    """``jax.tree.map`` where ``fn`` also receives the slash-separated leaf path."""
-    return jax.tree_util.tree_map_with_path(lambda p, *xs: fn(_path_str(p), *xs), tree, *rest)
+def map_with_path(map_fn: Callable[[str, Any], Any], tree: PyTree, *rest: PyTree) -> PyTree:
+    """``jax.tree.map`` where ``map_fn`` also receives the slash-separated leaf path."""
+    return jax.tree_util.tree_map_with_path(lambda p, *xs: map_fn(_path_str(p), *xs), tree, *rest)
 
 
 def flatten_dict_paths(tree: PyTree) -> dict[str, Any]:

@@ -174,3 +174,28 @@ def pytest_sessionfinish(session, exitstatus):
     # the controller (or a plain run) removes the run's cache; xdist workers leave it
     if _OWN_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
         shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+# The longest modules (measured: a notebook kernel, the demo, subprocesses) are collected
+# first, so pytest-xdist hands them out at the start and the workers finish together instead
+# of one of them running the longest notebook alone at the end.
+_FIRST = (
+    "tests/hessian/test_notebook.py",
+    "tests/test_cli.py",
+    "tests/surface/test_notebook.py",
+    "tests/test_multidevice.py",
+    "tests/ntk/test_notebook.py",
+    "tests/hessian/test_analysis.py",
+    "tests/connect/test_notebook.py",
+    "tests/test_engine.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(_FIRST)}
+
+    def key(item):
+        path = os.path.relpath(str(item.path), str(config.rootpath)).replace(os.sep, "/")
+        return rank.get(path, len(_FIRST))
+
+    items.sort(key=key)  # stable: the order within and after the listed modules is kept

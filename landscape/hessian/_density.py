@@ -280,7 +280,7 @@ def estimate_density(op, *, key, num_probes, num_steps, reorthogonalize, sigma, 
     }
     if store is not None:  # bound to the operator itself: its static description and its arrays
         # a curvature operator's params, data, model state and preconditioner; a matvec's arrays
-        static, arrays = engine.split_fn(op.fn if isinstance(op, ops.MatvecOperator) else op)
+        static, arrays = engine.split_fn(op.matvec_fn if isinstance(op, ops.MatvecOperator) else op)
         store = _store.as_store(store, {
             "job": "landscape.hessian.spectral_density", **settings,
             "operator": _store.stable_text(static), "operator_arrays": _provenance.data_hash(arrays),

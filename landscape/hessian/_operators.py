@@ -491,7 +491,7 @@ class CurvatureOperator:
         so). Call inside compiled code before a loop of products."""
         if self.method == "linearize":
             _, lin = jax.linearize(self.matvec, self.zeros())
-            return Prepared(fn=lin)
+            return Prepared(matvec_fn=lin)
         return Prepared(op=self)
 
     # host convenience ------------------------------------------------------------------------
@@ -538,20 +538,20 @@ class Prepared:
     total). A pytree: its arrays are arguments of the compiled loops, its functions static.
     """
 
-    def __init__(self, op: CurvatureOperator | None = None, fn=None):
+    def __init__(self, op: CurvatureOperator | None = None, matvec_fn=None):
         self.op = op
-        self.fn = fn
+        self.matvec_fn = matvec_fn
 
     def tree_flatten(self):
-        return (self.op, self.fn), None
+        return (self.op, self.matvec_fn), None
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         return cls(*children)
 
     def __call__(self, v):
-        if self.fn is not None:
-            out = self.fn(v)
+        if self.matvec_fn is not None:
+            out = self.matvec_fn(v)
             return out, engine.all_finite(out)[None]
         return self.op.matvec_with_flags(v)
 
@@ -559,7 +559,7 @@ class Prepared:
 class MatvecOperator:
     """A user matvec ``v -> A v`` behind the operator protocol (built by :func:`as_operator`).
 
-    ``fn`` maps pytrees shaped like ``template`` to pytrees of the same structure and shapes; it
+    ``matvec_fn`` maps pytrees shaped like ``template`` to pytrees of the same structure and shapes; it
     must be traceable by JAX (it runs inside compiled loops), symmetric (``<u, A v> = <A u, v>``,
     what Lanczos assumes) and hashable: a module-level function, or a
     ``jax.tree_util.Partial`` whose array arguments travel as arguments of the compiled programs
@@ -570,8 +570,8 @@ class MatvecOperator:
     template_name = "like"
     curvature = "matvec"
 
-    def __init__(self, fn, template: PyTree):
-        self.fn = fn
+    def __init__(self, matvec_fn, template: PyTree):
+        self.matvec_fn = matvec_fn
         self.template = template
         self.subset = make_subset(template, None)
 
@@ -584,14 +584,14 @@ class MatvecOperator:
         return _tree.dtype_of(self.template)
 
     def __repr__(self):
-        return f"MatvecOperator({_fn_name(self.fn)}, num_params={self.num_params}, dtype={np.dtype(self.dtype)})"
+        return f"MatvecOperator({_fn_name(self.matvec_fn)}, num_params={self.num_params}, dtype={np.dtype(self.dtype)})"
 
     def restrict(self, v: PyTree) -> PyTree:
         """Vectors reach a matvec as given (the whole template, its own dtypes)."""
         return v
 
     def prepared(self) -> Prepared:
-        return Prepared(fn=self.fn)
+        return Prepared(matvec_fn=self.matvec_fn)
 
     host_prepared = prepared
 
@@ -602,13 +602,13 @@ class MatvecOperator:
             raise FloatingPointError(f"{_validate.where()}: non-finite matvec product{at}.")
 
     def describe(self) -> dict:
-        return {"operator": "matvec", "matvec": _fn_name(self.fn)}
+        return {"operator": "matvec", "matvec": _fn_name(self.matvec_fn)}
 
 
-def _fn_name(fn) -> str:
-    f = fn.func if isinstance(fn, Partial) else fn
+def _fn_name(matvec_fn) -> str:
+    f = matvec_fn.func if isinstance(matvec_fn, Partial) else matvec_fn
     name = f"{getattr(f, '__module__', None) or ''}.{getattr(f, '__qualname__', type(f).__name__)}"
-    return f"Partial({name})" if isinstance(fn, Partial) else name
+    return f"Partial({name})" if isinstance(matvec_fn, Partial) else name
 
 
 @functools.partial(jax.jit, static_argnames=("s",))
@@ -672,7 +672,7 @@ def _residual_bytes(op: CurvatureOperator) -> int:
     """Bytes of the residuals ``jax.linearize`` would keep for ``op`` (traced, not run)."""
     s, d = engine.split_fn(op.replace_method("linearize"))
     shapes = jax.eval_shape(lambda dd: engine.merge_fn(s, dd).prepared(), d)
-    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes.fn)))
+    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes.matvec_fn)))
 
 
 _AUTO_CACHE: dict = {}

@@ -143,7 +143,7 @@ def test_no_recompilation_and_compiled_loop(small):
     from jax.tree_util import Partial
 
     A = jnp.diag(jnp.arange(1.0, 7.0))
-    mv = hessian._operators.Prepared(fn=Partial(_apply, A))
+    mv = hessian._operators.Prepared(matvec_fn=Partial(_apply, A))
     layout = _lanczos.Layout({"w": jnp.zeros(6)})
     s, d = hessian._operators.engine.split_fn(mv)
     sizes = []
