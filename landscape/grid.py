@@ -520,9 +520,30 @@ def evaluate_points(
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *results)
 
 
-def loss_points(loss_fn: Callable, point_fn: Callable, coords, data: PyTree, **kwargs) -> dict:
-    """:func:`evaluate_points` of ``{"loss": ..., aux...}`` for a ``loss_fn(params, batch)``."""
-    return evaluate_points(Partial(engine.loss_dict, loss_fn), point_fn, coords, data, **kwargs)
+@_validate.public("landscape.grid.loss_points")
+def loss_points(
+    loss_fn: Callable,
+    point_fn: Callable,
+    coords,
+    data: PyTree,
+    *,
+    point_args: tuple = (),
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    strategy: str = "map",
+    map_batch: int | None = None,
+    store=None,
+    job: dict | None = None,
+    progress: bool = False,
+    desc: str = "points",
+) -> dict:
+    """:func:`evaluate_points` of ``{"loss": ..., aux...}`` for a ``loss_fn(params, batch)``
+    (the same settings)."""
+    return evaluate_points(
+        Partial(engine.loss_dict, loss_fn), point_fn, coords, data, point_args=point_args,
+        batch_size=batch_size, chunk_size=chunk_size, strategy=strategy, map_batch=map_batch,
+        store=store, job=job, progress=progress, desc=desc,
+    )
 
 
 # --------------------------------------------------------------------------------------------
