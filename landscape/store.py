@@ -70,9 +70,10 @@ def stable_text(obj) -> str:
     fns: list = []
     _functions_in(obj, fns, set())
     if fns:
+        memo: dict = {}
         h = hashlib.sha256()
         for f in fns:
-            h.update(_function_text(f, set()).encode())
+            h.update(_function_digest(f, memo).encode())
         text += f" code:{h.hexdigest()[:16]}"
     if len(text) <= 2000:
         return text
@@ -90,7 +91,7 @@ def _functions_in(obj, out: list, seen: set, depth: int = 0) -> None:
     elif isinstance(obj, functools.partial):
         for x in (obj.func, *obj.args, *obj.keywords.values()):
             _functions_in(x, out, seen, depth + 1)
-    elif isinstance(obj, (tuple, list)):
+    elif isinstance(obj, (tuple, list, set, frozenset)):
         for x in obj:
             _functions_in(x, out, seen, depth + 1)
     elif isinstance(obj, dict):
@@ -105,35 +106,58 @@ def _functions_in(obj, out: list, seen: set, depth: int = 0) -> None:
                 _functions_in(c, out, seen, depth + 1)
 
 
-def _code_text(code) -> str:
-    consts = [_code_text(c) if isinstance(c, types.CodeType) else _ADDRESS.sub("", repr(c))
-              for c in code.co_consts]
-    return f"{code.co_code.hex()}|{code.co_names}|{code.co_varnames}|{consts}"
-
-
-def _value_text(v, seen: set) -> str:
+def _value_text(v, memo: dict, depth: int = 0) -> str:
+    """Text of a constant, default or closed-over value that is the same in every process:
+    sets in sorted order (their iteration order follows the per-process string hash seed),
+    arrays by a digest of their bytes, functions by :func:`_function_digest`."""
+    if depth > 8:
+        return "<deep>"
     if isinstance(v, types.FunctionType):
-        return _function_text(v, seen)
+        return _function_digest(v, memo)
+    if isinstance(v, types.CodeType):
+        return _code_text(v, memo, depth + 1)
+    if isinstance(v, types.MethodType):
+        return f"method({_function_digest(v.__func__, memo)}, {type(v.__self__).__qualname__})"
+    if isinstance(v, functools.partial):
+        return (f"partial({_value_text(v.func, memo, depth + 1)}, "
+                f"{_value_text(v.args, memo, depth + 1)}, {_value_text(v.keywords, memo, depth + 1)})")
+    if isinstance(v, (tuple, list)):
+        inner = ", ".join(_value_text(x, memo, depth + 1) for x in v)
+        return f"{type(v).__name__}({inner})"
+    if isinstance(v, (set, frozenset)):
+        return f"{type(v).__name__}({sorted(_value_text(x, memo, depth + 1) for x in v)})"
+    if isinstance(v, dict):
+        items = sorted((_value_text(k, memo, depth + 1), _value_text(x, memo, depth + 1)) for k, x in v.items())
+        return f"dict({items})"
     if hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, type):
         with contextlib.suppress(Exception):
             a = np.asarray(v)
-            return f"array{a.shape}{a.dtype}:" + hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-    return stable_text(v)
+            return f"array{a.shape}{a.dtype}:" + hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+    return _ADDRESS.sub("", repr(v))
 
 
-def _function_text(f, seen: set) -> str:
-    if id(f) in seen:
-        return f"<recursive {f.__qualname__}>"
-    seen = seen | {id(f)}
+def _code_text(code, memo: dict, depth: int = 0) -> str:
+    consts = [_value_text(c, memo, depth + 1) for c in code.co_consts]
+    return f"{code.co_code.hex()}|{code.co_names}|{code.co_varnames}|{consts}"
+
+
+def _function_digest(f, memo: dict) -> str:
+    """``module.qualname:digest`` of a function's code, defaults and closed-over values (each
+    function described once per call: shared and recursive references cost nothing more)."""
+    key = id(f)
+    if key in memo:
+        return memo[key]
+    memo[key] = f"<recursive {f.__qualname__}>"
     cells = []
     for c in f.__closure__ or ():
         try:
-            cells.append(_value_text(c.cell_contents, seen))
+            cells.append(_value_text(c.cell_contents, memo))
         except ValueError:  # an empty cell
             cells.append("<empty>")
-    return (f"{f.__module__}.{f.__qualname__}|{_code_text(f.__code__)}|"
-            f"{[_value_text(d, seen) for d in (f.__defaults__ or ())]}|"
-            f"{sorted((k, _value_text(v, seen)) for k, v in (f.__kwdefaults__ or {}).items())}|{cells}")
+    body = (f"{_code_text(f.__code__, memo)}|{_value_text(f.__defaults__ or (), memo)}|"
+            f"{_value_text(f.__kwdefaults__ or {}, memo)}|{cells}")
+    memo[key] = f"{f.__module__}.{f.__qualname__}:{hashlib.sha256(body.encode()).hexdigest()[:16]}"
+    return memo[key]
 
 
 def _strip_addresses(obj):
@@ -349,9 +373,10 @@ class Store:
             sub = self.path / name
             if (sub / MANIFEST).exists():
                 Store(sub).clear()
-                (sub / MANIFEST).unlink()
-                with contextlib.suppress(OSError):
-                    sub.rmdir()  # only if nothing else is left in it
+                if [q.name for q in sub.iterdir()] == [MANIFEST]:  # nothing else left in it
+                    (sub / MANIFEST).unlink()
+                    sub.rmdir()
+                # else its emptied manifest stays: the directory is still a store's
         # interrupted atomic writes of the store's own entries, by their exact temporary names
         temp = [re.compile(rf"\.{re.escape(n)}\.npz\.[^/]+\.tmp") for n in entries]
         temp += [re.compile(rf"\.{re.escape(n)}\.[A-Za-z0-9_]{{8}}") for n in dirs]

@@ -182,7 +182,11 @@ class DeviceWorker:
             left = deadline - time.monotonic()
             if left <= 0:
                 self._fail(f"timed out after {timeout} s")
-            ready, _, _ = select.select([self.results], [], [], left)
+            # short waits: a snippet's own child process may hold the pipe open after the
+            # interpreter died, so also ask the process itself
+            ready, _, _ = select.select([self.results], [], [], min(left, 1.0))
+            if not ready and self.proc.poll() is not None:
+                self._fail(f"died (exit code {self.proc.returncode})")
             if ready:
                 chunk = os.read(self.results, 1 << 16)
                 if not chunk:

@@ -188,7 +188,12 @@ def test_clear_keeps_user_files_in_sub_stores_and_look_alike_hidden_files(tmp_pa
     (tmp_path / "r" / ".report.npz.abcd1234.tmp").write_text("")  # an interrupted write of ours
     landscape.Store(tmp_path / "r", overwrite=True).bind({"job": "other"})
     left = sorted(p.relative_to(tmp_path / "r").as_posix() for p in (tmp_path / "r").rglob("*"))
-    assert left == [".report.json.swp", "manifest.json", "train", "train/notes.txt"]
+    # the sub-store keeps its (emptied) manifest beside the user's file: still a store's
+    # directory, so the next job binds it instead of refusing a "foreign" directory
+    assert left == [".report.json.swp", "manifest.json", "train", "train/manifest.json", "train/notes.txt"]
+    assert json.loads((tmp_path / "r" / "train" / "manifest.json").read_text())["entries"] == []
+    root2 = landscape.Store(tmp_path / "r", overwrite=True).bind({"job": "third"})
+    root2.child("train").bind({"job": "sub2"}).save("c0", {"v": np.zeros(1)})
 
 
 def test_closures_are_told_apart_by_what_they_close_over(tmp_path):
@@ -211,3 +216,39 @@ def test_closures_are_told_apart_by_what_they_close_over(tmp_path):
     surface.slice_1d(make(1.0), params, data, d, alphas=np.linspace(-1, 1, 3), store=tmp_path / "s")
     with pytest.raises(ValueError, match="holds results of another job"):
         surface.slice_1d(make(100.0), params, data, d, alphas=np.linspace(-1, 1, 3), store=tmp_path / "s")
+
+
+def test_function_descriptions_are_the_same_in_every_process_and_cheap():
+    """Set constants print in hash-seed order; the description sorts them. Recursive and
+    shared references are described once (no recursion error, no exponential blow-up)."""
+    import functools
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from landscape import store\n"
+        "def loss_fn(p, b):\n    return sum(1 for k in b if k in {'x', 'inputs', 'images', 'y'})\n"
+        "print(store.stable_text(loss_fn))"
+    )
+    outs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env=dict(os.environ, PYTHONHASHSEED=str(seed))).stdout
+        for seed in (1, 2, 3)
+    }
+    assert len(outs) == 1, outs
+
+    def f(x):
+        return table["f"](x)
+
+    table = {"f": f}
+    g = functools.partial(f, 1)
+    assert "code:" in st.stable_text(f) and "code:" in st.stable_text(g)
+
+    def compose(a, b):
+        return lambda x: a(b(x))
+
+    h = lambda x: x  # noqa: E731
+    for _ in range(40):
+        h = compose(h, h)
+    assert "code:" in st.stable_text(h)  # 2**40 paths, each function described once
