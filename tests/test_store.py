@@ -228,13 +228,13 @@ def test_function_descriptions_are_the_same_in_every_process_and_cheap():
 
     code = (
         "from landscape import store\n"
-        "def loss_fn(p, b):\n    return sum(1 for k in b if k in {'x', 'inputs', 'images', 'y'})\n"
+        "def loss_fn(p, b):\n    return sum(1 for k in b if k in {'x', 'inputs', 'images'})\n"
         "print(store.stable_text(loss_fn))"
     )
     outs = {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env=dict(os.environ, PYTHONHASHSEED=str(seed))).stdout
-        for seed in (1, 2, 3)
+        for seed in (1, 2)  # these two seeds print the set in different orders
     }
     assert len(outs) == 1, outs
 
