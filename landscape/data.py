@@ -118,6 +118,25 @@ def _float(dtype):
     return dt
 
 
+def _cached_arrays(name: str, key: dict, build: Callable[[], dict], *, cache: bool = True,
+                   valid: Callable[[dict], bool] = lambda a: True) -> dict:
+    """Arrays cached as ``.npz`` (no pickle) under :func:`cache_dir`, named by a digest of
+    ``key``; a missing, unreadable or invalid file is rebuilt with ``build()`` (and saved when
+    ``cache``; a read-only cache directory only costs the rebuild)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir() / f"{name}-{digest}.npz"
+    if cache:
+        with contextlib.suppress(Exception):  # corrupt or foreign file: rebuilt below
+            arrays = _serialize.load_tree(path)
+            if valid(arrays):
+                return arrays
+    arrays = build()
+    if cache:
+        with contextlib.suppress(OSError):
+            _serialize.save_tree(path, arrays, meta=key)
+    return arrays
+
+
 # --------------------------------------------------------------------------------------------
 def _digits_split(test_fraction: float, seed: int) -> dict:
     """The raw digits (pixel values 0-16) and scikit-learn's stratified split of their indices.
@@ -133,22 +152,21 @@ def _digits_split(test_fraction: float, seed: int) -> dict:
     except metadata.PackageNotFoundError:  # pragma: no cover - a dependency
         version = "unknown"
     key = dict(test_fraction=test_fraction, seed=seed, sklearn=version, v=1)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir() / f"digits-{digest}.npz"
-    with contextlib.suppress(Exception):  # corrupt or foreign cache: rebuilt below
-        arrays = _serialize.load_tree(path)
-        if set(arrays) == {"x", "y", "train", "test"} and arrays["x"].shape == (1797, 64):
-            return arrays
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
-    d = load_digits()
-    y = d.target.astype(np.int32)
-    tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=y, random_state=seed)
-    arrays = {"x": d.data.astype(np.uint8), "y": y, "train": np.sort(tr), "test": np.sort(te)}
-    with contextlib.suppress(OSError):
-        _serialize.save_tree(path, arrays, meta=key)
-    return arrays
+    def build():
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        d = load_digits()
+        y = d.target.astype(np.int32)
+        tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=y,
+                                  random_state=seed)
+        return {"x": d.data.astype(np.uint8), "y": y, "train": np.sort(tr), "test": np.sort(te)}
+
+    return _cached_arrays(
+        "digits", key, build,
+        valid=lambda a: set(a) == {"x", "y", "train", "test"} and a["x"].shape == (1797, 64),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,19 +235,9 @@ def mnist1d(
     """
     dt = _float(dtype)
     key = dict(num_samples=int(num_samples), train_split=float(train_split), seed=int(seed), v=1)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir() / f"mnist1d-{digest}.npz"
-    arrays = None
-    if cache and path.exists():
-        try:
-            arrays = _serialize.load_tree(path)
-        except Exception:  # corrupt cache: regenerate
-            arrays = None
-    if arrays is None:
-        arrays = _generate_mnist1d(num_samples, train_split, seed)
-        if cache:
-            with contextlib.suppress(OSError):
-                _serialize.save_tree(path, arrays, meta=key)
+    arrays = _cached_arrays(
+        "mnist1d", key, lambda: _generate_mnist1d(num_samples, train_split, seed), cache=cache
+    )
     spec = dict(
         name="mnist1d", num_samples=num_samples, train_split=train_split, seed=seed, dtype=str(dt)
     )

@@ -44,6 +44,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -521,29 +522,18 @@ def evaluate_points(
 
 
 @_validate.public("landscape.grid.loss_points")
-def loss_points(
-    loss_fn: Callable,
-    point_fn: Callable,
-    coords,
-    data: PyTree,
-    *,
-    point_args: tuple = (),
-    batch_size: int | None = None,
-    chunk_size: int | None = None,
-    strategy: str = "map",
-    map_batch: int | None = None,
-    store=None,
-    job: dict | None = None,
-    progress: bool = False,
-    desc: str = "points",
-) -> dict:
+def loss_points(loss_fn: Callable, point_fn: Callable, coords, data: PyTree, **settings) -> dict:
     """:func:`evaluate_points` of ``{"loss": ..., aux...}`` for a ``loss_fn(params, batch)``
-    (the same settings)."""
-    return evaluate_points(
-        Partial(engine.loss_dict, loss_fn), point_fn, coords, data, point_args=point_args,
-        batch_size=batch_size, chunk_size=chunk_size, strategy=strategy, map_batch=map_batch,
-        store=store, job=job, progress=progress, desc=desc,
-    )
+    (the same keyword-only settings; the signature shows them)."""
+    return evaluate_points(Partial(engine.loss_dict, loss_fn), point_fn, coords, data, **settings)
+
+
+_ep = inspect.signature(evaluate_points)
+loss_points.__signature__ = _ep.replace(parameters=[
+    inspect.Parameter("loss_fn", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Callable),
+    *list(_ep.parameters.values())[1:],
+])
+del _ep
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,9 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from landscape import _serialize
+from landscape import _provenance, _serialize
 from landscape import validate as _validate
 
 PyTree = Any
@@ -131,8 +129,7 @@ def _value_text(v, memo: dict, depth: int = 0) -> str:
         return f"dict({items})"
     if hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, type):
         with contextlib.suppress(Exception):
-            a = np.asarray(v)
-            return f"array{a.shape}{a.dtype}:" + hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+            return f"array:{_provenance.data_hash(v)}"  # shape, dtype and bytes
     return _ADDRESS.sub("", repr(v))
 
 
