@@ -105,7 +105,10 @@ print("RESULT", jax.process_count(), jax.device_count(), repr(float(vals["loss"]
 def test_two_processes_jax_distributed(reference):
     code = textwrap.dedent(WORKER.format(port=_free_port()))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    # one CPU device per process (no virtual devices), the suite's compile-speed flags kept
+    env["XLA_FLAGS"] = " ".join(
+        f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f
+    )
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, str(i)],
