@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from landscape import tree as _tree
 from landscape import validate as _validate
@@ -72,6 +73,12 @@ class _LossSpec:
     input_key: str
     target_key: str
     classification: bool | None
+    # the model's parameter leaves: (path, shape) in leaf order, checked when the loss is traced
+    param_signature: tuple | None = None
+
+
+def _signature(params) -> tuple:
+    return tuple(zip(_tree.leaf_paths(params), (tuple(jnp.shape(x)) for x in jax.tree.leaves(params))))
 
 
 @jax.tree_util.register_pytree_node_class
@@ -108,19 +115,89 @@ class Loss:
         )
 
     # --- pieces other analyses need (GGN products, batch-norm re-estimation) -------------
+    def _entry(self, batch, role: str):
+        """``batch[input_key]`` / ``batch[target_key]``, or an error that says which keys the
+        loss reads and how to rename (a bare ``KeyError: 'x'`` otherwise)."""
+        s = self._spec
+        key = s.input_key if role == "inputs" else s.target_key
+        if isinstance(batch, dict) and key in batch:
+            return batch[key]
+        have = sorted(map(str, batch)) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(
+            f"{_validate.where()}: the data has keys {have}, but this loss reads its inputs from "
+            f"'{s.input_key}' and its targets from '{s.target_key}' (missing: '{key}'). Rename the "
+            f"entries (e.g. {{'{s.input_key}': data['inputs'], '{s.target_key}': data['labels']}}) or "
+            "build the loss with landscape.make_loss_fn(model, input_key=..., target_key=...)."
+        )
+
+    def _check_params(self, params) -> None:
+        expected = self._spec.param_signature
+        if expected is None:
+            return
+        got = _signature(params)
+        if got == expected:
+            return
+        exp, have = dict(expected), dict(got)
+        missing = [p for p in exp if p not in have]
+        extra = [p for p in have if p not in exp]
+        shapes = [f"'{p}': {have[p]} (the model's is {exp[p]})" for p in exp if p in have and have[p] != exp[p]]
+        parts = ([f"missing leaves {missing[:4]}"] if missing else []) + (
+            [f"unexpected leaves {extra[:4]}"] if extra else []) + (
+            [f"other shapes: {', '.join(shapes[:4])}"] if shapes else [])
+        raise ValueError(
+            f"{_validate.where()}: params do not match the model this loss was built from "
+            f"({'; '.join(parts) or 'another leaf order'}). Pass that model's parameters (e.g. "
+            "a TrainResult's .model.params), or build the loss from the model they belong to "
+            "with landscape.make_loss_fn(model)."
+        )
+
+    def _check_targets(self, outputs, t) -> None:
+        """Targets whose shape or dtype does not fit the outputs (JAX would report a
+        broadcasting or indexing error from deep inside the loss, or broadcast silently)."""
+        s = self._spec
+        out, ts, key = tuple(outputs.shape), tuple(t.shape), s.target_key
+        labels_shape = out[:-1]
+        if jnp.issubdtype(t.dtype, jnp.integer):
+            if ts == labels_shape:
+                return
+            hint = (" (a trailing axis of length 1: use y[..., 0] or y.reshape(-1))"
+                    if ts == labels_shape + (1,) else "")
+            raise ValueError(
+                f"{_validate.where()}: integer class labels '{key}' have shape {ts}, but the model's "
+                f"outputs have shape {out} (on a batch of {out[0] if out else 1}): labels need shape "
+                f"{labels_shape}{hint}."
+            )
+        if s.kind == "cross_entropy":
+            if ts == out:
+                return  # one-hot or soft labels
+            hint = (f"; these look like class indices stored as {t.dtype}: convert them with "
+                    "y.astype(np.int32) (or use kind='mse' for regression targets)"
+                    if ts in (labels_shape, labels_shape + (1,)) else "")
+            raise ValueError(
+                f"{_validate.where()}: cross-entropy needs integer class labels of shape {labels_shape} "
+                f"or one-hot/soft labels of shape {out}; '{key}' has dtype {t.dtype} and shape {ts}{hint}."
+            )
+        if int(np.prod(ts)) != int(np.prod(out)) or ts[:1] != out[:1]:
+            raise ValueError(
+                f"{_validate.where()}: regression targets '{key}' have shape {ts}, but the model's "
+                f"outputs have shape {out}: give targets of shape {out}."
+            )
+
     def outputs(self, params, batch, *, state=None):
         """Model outputs on ``batch`` in evaluation mode."""
+        self._check_params(params)
         out, _ = self._spec.apply_fn(
             params,
             self.state if state is None else state,
-            batch[self._spec.input_key],
+            self._entry(batch, "inputs"),
             train=False,
         )
         return out
 
     def output_loss(self, outputs, batch):
         """The data term of the loss from precomputed outputs (batch mean)."""
-        t = batch[self._spec.target_key]
+        t = self._entry(batch, "targets")
+        self._check_targets(outputs, t)
         return cross_entropy(outputs, t) if self._spec.kind == "cross_entropy" else mse(outputs, t)
 
     def penalty(self, params):
@@ -131,7 +208,7 @@ class Loss:
 
     def metrics(self, outputs, batch, loss):
         aux = {"loss": loss}
-        t = batch[self._spec.target_key]
+        t = self._entry(batch, "targets")
         cls = self._spec.classification
         if cls is None:
             cls = self._spec.kind == "cross_entropy" or jnp.issubdtype(t.dtype, jnp.integer)
@@ -157,8 +234,9 @@ class Loss:
 
     def train_loss(self, params, state, batch):
         """Training-mode loss: ``((loss, aux), new_state)`` (batch statistics, dropout)."""
+        self._check_params(params)
         out, new_state = self._spec.apply_fn(
-            params, state, batch[self._spec.input_key], train=True
+            params, state, self._entry(batch, "inputs"), train=True
         )
         res = self._finish(params, out, batch)
         if not self._spec.has_aux:
@@ -215,5 +293,6 @@ def make_loss_fn(
         input_key,
         target_key,
         None if classification is None else bool(classification),
+        _signature(model.params),
     )
     return Loss(spec, model.state)

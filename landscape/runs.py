@@ -72,6 +72,13 @@ def save_run(
     """
     from landscape.train import TrainResult
 
+    if isinstance(run_dir, TrainResult) or not isinstance(run_dir, (str, os.PathLike)):
+        hint = (" (the arguments are in the other order: save_run(run_dir, result))"
+                if isinstance(run_dir, TrainResult) else "")
+        raise TypeError(
+            f"{_validate.where()}: run_dir must be a path (str or os.PathLike); got "
+            f"{type(run_dir).__name__}{hint}."
+        )
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(result_or_model, TrainResult):
@@ -88,6 +95,15 @@ def save_run(
         prov = dict(provenance or {})
         snaps = None
     cfg["model"] = model.spec
+    opt = cfg.get("optimizer")
+    if isinstance(opt, dict) and opt.get("name") == "custom" and not (
+        opt.get("hyperparameters") or opt.get("config")
+    ):
+        _validate.warn(
+            f"{_validate.where()}: the run was trained with an optax object whose hyperparameters cannot be read back: "
+            "the saved config records only its repr. Pass optimizer_config={...} to landscape.train, "
+            "or build the optimizer with optax.inject_hyperparams, to record them."
+        )
     host = _serialize.to_host
     _serialize.save_tree(run_dir / "params.npz", host(model.params), meta={"model": model.spec})
     _serialize.save_tree(run_dir / "state.npz", host(model.state))

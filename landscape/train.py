@@ -296,6 +296,52 @@ def _host(tree):
 
 
 # --------------------------------------------------------------------------------------------
+def _hyperparams(opt_state) -> dict | None:
+    """The hyperparameters of every ``optax.inject_hyperparams`` state in ``opt_state`` (floats,
+    on the host), or ``None`` when there is none (a plain optax object keeps its settings in
+    closures, out of reach)."""
+    found = {}
+
+    def visit(node, prefix):
+        hp = getattr(node, "hyperparams", None)
+        if isinstance(hp, dict):
+            for k, v in hp.items():
+                a = np.asarray(v)
+                if a.size == 1 and np.issubdtype(a.dtype, np.number):
+                    found[prefix + str(k)] = float(a.reshape(()))
+            return
+        if isinstance(node, (tuple, list)):
+            for i, child in enumerate(node):
+                visit(child, prefix if len(node) == 1 else f"{prefix}{i}/")
+        elif isinstance(node, dict):
+            for k, child in node.items():
+                visit(child, f"{prefix}{k}/")
+
+    try:
+        visit(opt_state, "")
+    except Exception:  # noqa: BLE001 - a description, never a reason to fail training
+        return None
+    return found or None
+
+
+def _check_optimizer_config(config) -> dict:
+    import json
+
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise TypeError(
+            f"{_validate.where()}: optimizer_config must be a dict with string keys (e.g. "
+            f"{{'name': 'sgd', 'learning_rate': 0.1}}); got {type(config).__name__}."
+        )
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"{_validate.where()}: optimizer_config must be JSON-serialisable (numbers, strings, lists, "
+            f"dicts): {e}."
+        ) from None
+    return dict(config)
+
+
 @_validate.public("landscape.train")
 def train(
     model: Model,
@@ -317,6 +363,7 @@ def train(
     snapshot_steps: Iterable[int] | int | None = None,
     progress: bool = True,
     max_block: int = 50,
+    optimizer_config: dict | None = None,
 ) -> TrainResult:
     """Train a model triple with an Optax optimiser on mini-batches.
 
@@ -345,6 +392,12 @@ def train(
         ``k`` steps, including 0 and the end): trajectories for PCA directions.
       progress: tqdm progress bar.
       max_block: at most this many steps per compiled call (events land on block ends).
+      optimizer_config: a JSON-serialisable description of an optax ``optimizer`` (e.g.
+        ``{"name": "sgd", "learning_rate": 0.1, "momentum": 0.9}``), recorded in the run's
+        config. An optax object's own hyperparameters cannot be read back unless it is built
+        with ``optax.inject_hyperparams`` (then its values at the first and the last update
+        are recorded: ``hyperparameters`` and, if they changed, ``hyperparameters_final``);
+        otherwise only its ``repr`` is, and :func:`landscape.save_run` warns.
 
     Returns:
       :class:`TrainResult`; ``result.model`` is the trained triple.
@@ -413,6 +466,8 @@ def train(
     elif isinstance(optimizer, optax.GradientTransformation):
         opt = optimizer
         opt_desc = {"name": "custom", "repr": repr(optimizer)[:200]}
+        if optimizer_config is not None:
+            opt_desc["config"] = _check_optimizer_config(optimizer_config)
         if schedule is not None:
             raise ValueError(
                 f"{_validate.where()}: schedule applies to a named optimizer; put the schedule inside your optax transformation."
@@ -420,6 +475,11 @@ def train(
     else:
         raise TypeError(
             f"{_validate.where()}: optimizer must be an optax.GradientTransformation or a name; got {type(optimizer).__name__}."
+        )
+    if optimizer_config is not None and isinstance(optimizer, str):
+        raise ValueError(
+            f"{_validate.where()}: optimizer_config describes an optax optimizer object; a named optimizer "
+            f"({optimizer!r}) is recorded with its learning rate and schedule already."
         )
 
     if eval_every is None:
@@ -476,6 +536,8 @@ def train(
     params = jax.tree.map(jnp.array, model.params)  # copies: the input model is not donated
     state = jax.tree.map(jnp.array, model.state)
     opt_state = opt.init(params)
+    # read now: the state's buffers are donated to the first compiled block
+    hp_start = _hyperparams(opt_state) if opt_desc.get("name") == "custom" else None
     history: dict[str, list] = {"step": [], "batch_loss": [], "eval_step": []}
     snaps_steps: list[int] = []
     snaps: list[PyTree] = []
@@ -527,6 +589,12 @@ def train(
                 "step": np.asarray(snaps_steps),
                 "params": jax.tree.map(lambda *xs: np.stack(xs), *snaps),
             }
+        if opt_desc.get("name") == "custom":
+            start, end = hp_start, _hyperparams(o)
+            if start is not None:
+                opt_desc["hyperparameters"] = start
+                if end != start:
+                    opt_desc["hyperparameters_final"] = end
         config = {
             "num_steps": num_steps,
             "batch_size": batch_size,

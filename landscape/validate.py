@@ -226,6 +226,14 @@ def num_examples(data: PyTree, *, name: str = "data") -> int:
             f"{where()}: {name} must be a dict of arrays with a leading example axis "
             f"(e.g. {{'x': ..., 'y': ...}}); got {type(data).__name__}."
         )
+    for k, v in data.items():
+        if isinstance(v, (list, tuple)) and v and all(
+            isinstance(x, (int, float, complex, np.generic)) for x in jax.tree.leaves(v)
+        ):
+            raise TypeError(
+                f"{where()}: {name}['{k}'] is a Python {type(v).__name__} of numbers; every entry must be "
+                f"an array with a leading example axis: convert it with np.asarray({name}['{k}'])."
+            )
     leaves = jax.tree.leaves(data)
     if not leaves:
         raise ValueError(f"{where()}: {name} is empty (no arrays).")

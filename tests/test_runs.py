@@ -151,3 +151,51 @@ def test_save_tree_refuses_colliding_leaf_names(tmp_path):
         with pytest.raises(ValueError, match="two leaves under one name"):
             _serialize.save_tree(tmp_path / "t.npz", tree)
     assert not (tmp_path / "t.npz").exists()
+
+
+def test_optax_hyperparameters_are_recorded_or_warned(tmp_path):
+    """A run trained with an optax object recorded ``{"name": "custom", "repr": ...}`` only
+    (issue 11): the learning rate was lost. ``inject_hyperparams`` states are read back (start
+    and end values, so a schedule shows), ``optimizer_config=`` is recorded as given, and
+    otherwise ``save_run`` says that the hyperparameters are missing."""
+    import json
+    import warnings
+
+    import optax
+
+    m = landscape.make_model("mlp", input_shape=(4,), num_outputs=3, hidden=(5,), seed=0)
+    data = {"x": np.linspace(-1, 1, 40, dtype=np.float32).reshape(10, 4), "y": np.arange(10, dtype=np.int32) % 3}
+    kw = dict(num_steps=4, batch_size=5, progress=False)
+
+    sched = optax.linear_schedule(1e-2, 1e-3, 4)
+    r = landscape.train(m, data, optimizer=optax.inject_hyperparams(optax.sgd)(learning_rate=sched, momentum=0.9),
+                        **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        landscape.save_run(tmp_path / "inject", r)
+    opt = json.loads((tmp_path / "inject" / "config.json").read_text())["optimizer"]
+    assert opt["name"] == "custom"
+    assert opt["hyperparameters"] == pytest.approx({"learning_rate": 1e-2, "momentum": 0.9})
+    # the values of the last update (step 3 of 0..3)
+    assert opt["hyperparameters_final"]["learning_rate"] == pytest.approx(float(sched(3)))
+
+    adam = optax.adam(1e-3)
+    cfg = {"name": "adam", "learning_rate": 1e-3}
+    r = landscape.train(m, data, optimizer=adam, optimizer_config=cfg, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        landscape.save_run(tmp_path / "config", r)
+    assert json.loads((tmp_path / "config" / "config.json").read_text())["optimizer"]["config"] == cfg
+
+    r = landscape.train(m, data, optimizer=adam, **kw)
+    with pytest.warns(UserWarning, match=r"landscape.save_run: the run was trained with an optax object whose "
+                      r"hyperparameters cannot be read back.*optimizer_config=.*inject_hyperparams"):
+        landscape.save_run(tmp_path / "plain", r)
+
+    with pytest.raises(TypeError, match=r"save_run: run_dir must be a path .*got TrainResult \(the arguments "
+                       r"are in the other order: save_run\(run_dir, result\)\)"):
+        landscape.save_run(r, tmp_path / "swapped")
+    with pytest.raises(TypeError, match="optimizer_config must be JSON-serialisable"):
+        landscape.train(m, data, optimizer=adam, optimizer_config={"lr": object()}, **kw)
+    with pytest.raises(ValueError, match="optimizer_config describes an optax optimizer object"):
+        landscape.train(m, data, optimizer="adam", optimizer_config=cfg, **kw)

@@ -125,6 +125,7 @@ def test_stores_tell_architectures_apart(tmp_path):
                          store=tmp_path / "s")
 
 
+@pytest.mark.filterwarnings("ignore:.*quadrature node")  # 5 steps: a store test, not a density
 def test_density_store_is_bound_to_the_operator(tmp_path):
     import jax
     import jax.numpy as jnp

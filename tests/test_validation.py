@@ -40,16 +40,66 @@ def test_nonfinite_data_and_params(small):
 
 
 def test_wrong_params_structure_and_shapes(small):
+    """Parameters of another model are blamed on the parameters, not on the data (issue 11),
+    including those that would evaluate without error: a narrower network of the same depth."""
     m, lf, data = small
-    with pytest.raises(ValueError, match="could not be evaluated"):
+    with pytest.raises(ValueError, match=r"landscape.evaluate: params do not match the model this loss "
+                       r"was built from \(missing leaves \['layers/1/bias', 'layers/1/kernel'\]\)"):
         landscape.evaluate(lf, {"layers": {0: m.params["layers"][0]}}, data)
     other = landscape.make_model("mlp", input_shape=(4,), num_outputs=3, hidden=(6,))
-    with pytest.raises(ValueError, match="could not be evaluated"):
+    with pytest.raises(ValueError, match=r"other shapes: 'layers/0/bias': \(6,\) \(the model's is \(5,\)\)"):
         landscape.evaluate(
             lf,
             {**m.params, "layers": {0: other.params["layers"][0], 1: m.params["layers"][1]}},
             data,
         )
+    with pytest.raises(ValueError, match="params do not match the model"):  # ran silently before
+        landscape.value_and_grad(lf, other.params, data)
+
+
+@pytest.mark.parametrize(
+    "data,err,match",
+    [
+        ({"inputs": np.ones((10, 4), np.float32), "labels": np.zeros(10, np.int32)}, ValueError,
+         r"the data has keys \['inputs', 'labels'\], but this loss reads its inputs from 'x' and its "
+         r"targets from 'y' \(missing: 'x'\)\. Rename the entries .* input_key=\.\.\., target_key"),
+        ({"x": np.ones((10, 4), np.float32), "label": np.zeros(10, np.int32)}, ValueError,
+         r"\(missing: 'y'\)"),
+        ({"x": np.ones((10, 4), np.float32), "y": np.zeros((10, 1), np.int32)}, ValueError,
+         r"integer class labels 'y' have shape \(2, 1\), but the model's outputs have shape \(2, 3\) "
+         r"\(on a batch of 2\): labels need shape \(2,\) \(a trailing axis of length 1: use y\[\.\.\., 0\]"),
+        ({"x": np.ones((10, 4), np.float32), "y": np.zeros(10, np.float32)}, ValueError,
+         r"cross-entropy needs integer class labels of shape \(2,\) or one-hot/soft labels of shape "
+         r"\(2, 3\); 'y' has dtype float32 .* y\.astype\(np\.int32\)"),
+        ({"x": np.ones((10, 4), np.float32).tolist(), "y": np.zeros(10, np.int32)}, TypeError,
+         r"data\['x'\] is a Python list of numbers; .* np\.asarray\(data\['x'\]\)"),
+    ],
+    ids=["renamed-keys", "missing-target", "labels-n-1", "float-labels", "python-list"],
+)
+def test_unclear_data_errors_are_clear(small, data, err, match):
+    """Inputs a new user tried (issue 11): a bare ``KeyError: 'x'``, JAX indexing and
+    broadcasting messages or a 'leaf x/0/0 is a scalar' before; now the argument, what was
+    expected and the fix."""
+    m, lf, _ = small
+    with pytest.raises(err, match=match):
+        landscape.evaluate(lf, m.params, data)
+    if err is ValueError:  # the same message from training (a different code path)
+        import optax
+
+        with pytest.raises(err, match=match):
+            landscape.train(m, data, optimizer=optax.sgd(0.1), num_steps=1, batch_size=2, progress=False)
+
+
+def test_mse_targets_of_the_wrong_shape():
+    m = landscape.make_model("mlp", input_shape=(4,), num_outputs=3, hidden=(5,))
+    lf = landscape.make_loss_fn(m, "mse")
+    x = np.ones((10, 4), np.float32)
+    with pytest.raises(ValueError, match=r"regression targets 'y' have shape \(2, 2\), but the model's "
+                       r"outputs have shape \(2, 3\)"):
+        landscape.evaluate(lf, m.params, {"x": x, "y": np.zeros((10, 2), np.float32)})
+    # integer labels are one-hot encoded; float targets of the outputs' shape are fine
+    landscape.evaluate(lf, m.params, {"x": x, "y": np.zeros((10,), np.int32)})
+    landscape.evaluate(lf, m.params, {"x": x, "y": np.zeros((10, 3), np.float32)})
 
 
 def test_model_data_shape_mismatch(small):

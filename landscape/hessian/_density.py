@@ -25,6 +25,9 @@ BASIS_MAX_BYTES = 2 << 30
 
 __all__ = ["DensityResult", "smooth_density", "spectral_density"]
 
+# fewer Lanczos steps than this cannot resolve a density: warned, not refused (a quick look)
+MIN_DENSITY_STEPS = 10
+
 
 @_validate.public("landscape.hessian.smooth_density")
 def smooth_density(nodes, weights, grid, sigma) -> np.ndarray:
@@ -202,7 +205,8 @@ def spectral_density(
       key: PRNG key (required): seeds the probes.
       num_probes: probes (default 10); the probe noise of the density falls as
         ``1/sqrt(num_probes)``.
-      num_steps: Lanczos steps per probe (default 90).
+      num_steps: Lanczos steps per probe (default 90); fewer than :data:`MIN_DENSITY_STEPS`
+        (10) cannot resolve a density and warn. ``num_probes=1`` gives no standard error.
       reorthogonalize: ``True`` (store the basis, full reorthogonalisation; memory
         ``(num_steps + 1) x P``, nodes free of spurious copies), ``False`` (streaming three-term
         recurrence, memory ``O(P)``: for large models; converged outliers may appear as
@@ -247,6 +251,13 @@ def spectral_density(
     num_probes = _validate.check_positive_int(num_probes, name="num_probes")
     num_steps = _validate.check_positive_int(num_steps, name="num_steps")
     num_points = _validate.check_positive_int(num_points, name="num_points")
+    if num_steps < MIN_DENSITY_STEPS:
+        _validate.warn(
+            f"{_validate.where()}: num_steps={num_steps} gives {num_steps} quadrature node(s) per probe: the density is "
+            f"{num_probes * num_steps} Gaussian bump(s) and cannot resolve the spectrum's shape (bulk, "
+            f"outliers). Use num_steps >= {MIN_DENSITY_STEPS} (default 90)"
+            + ("; num_probes=1 also gives no standard error for the trace." if num_probes == 1 else ".")
+        )
     _validate.check_choice(scale, ("linear", "log"), name="scale")
     _validate.check_choice(reorthogonalize, (True, False, "auto"), name="reorthogonalize")
     if sigma is not None:

@@ -80,6 +80,25 @@ def test_settings(planted):
             hessian.trace(loss, params, planted.data, key=jax.random.key(0), params_filter="layers/*")
 
 
+def test_density_settings_that_cannot_resolve_a_density_warn(planted):
+    """``num_probes=1, num_steps=1`` was accepted silently (issue 11): a single Gaussian bump.
+    The warning comes at validation, before any product (``sigma`` is refused right after)."""
+    loss, params, _ = planted.make(np.ones(planted.n))
+    with jax.enable_x64(True):
+        with pytest.warns(UserWarning, match=r"spectral_density: num_steps=1 gives 1 quadrature node\(s\) per probe: the "
+                          r"density is 1 Gaussian bump\(s\) .* Use num_steps >= 10 .*num_probes=1 also "
+                          r"gives no standard error"), pytest.raises(ValueError, match="sigma must be > 0"):
+            hessian.spectral_density(loss, params, planted.data, key=jax.random.key(0), num_probes=1,
+                                     num_steps=1, sigma=-1.0)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match="sigma must be > 0"):
+                hessian.spectral_density(loss, params, planted.data, key=jax.random.key(0), num_probes=2,
+                                         num_steps=10, sigma=-1.0)
+
+
 def _sqrt_loss(params, batch):
     # d/dz sqrt(|z|) is infinite at z = 0: examples with x = 0 give a non-finite Hessian
     z = batch["x"] @ params["w"]
