@@ -58,6 +58,10 @@ from landscape.store import Store as Store
 from landscape.train import TrainingDivergedError as TrainingDivergedError
 from landscape.train import callback as callback
 from landscape.train import train as train
+from landscape._cache import status as compilation_cache_status
+from landscape import _cache
+
+_cache.enable()  # JAX's persistent compilation cache, unless configured already (landscape._cache)
 
 if TYPE_CHECKING:  # the analyses, loaded lazily (PEP 562)
     from landscape import connect as connect
@@ -93,6 +97,7 @@ __all__ = [
     "as_model",
     "batchnorm",
     "callback",
+    "compilation_cache_status",
     "connect",
     "data_hash",
     "engine",

@@ -1,0 +1,58 @@
+"""JAX's persistent compilation cache is on by default (``landscape._cache``), in the per-user
+cache location, without overriding the user's settings; one switch turns it off."""
+
+from __future__ import annotations
+
+import json
+
+from tests._util import run_python
+
+CODE = r"""
+import json, os, sys
+os.chdir(sys.argv[1] if len(sys.argv) > 1 else {cwd!r})
+for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+          "JAX_COMPILATION_CACHE_MAX_SIZE", "LANDSCAPE_COMPILATION_CACHE"):
+    os.environ.pop(k, None)
+os.environ["XDG_CACHE_HOME"] = {xdg!r}
+import jax, jax.numpy as jnp
+import landscape
+from landscape import _cache
+out = {{"default": landscape.compilation_cache_status()}}
+jax.jit(lambda x: jnp.sin(x) * 2 + 1)(jnp.ones(3)).block_until_ready()  # a 10 ms program
+d = out["default"]["dir"]
+out["entries"] = len(os.listdir(d)) if os.path.isdir(d) else -1
+out["cwd_files"] = sorted(os.listdir("."))
+# the user's own setting wins and nothing else is touched
+jax.config.update("jax_compilation_cache_dir", None)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+jax.config.update("jax_compilation_cache_dir", "/elsewhere/mine")
+out["user"] = (_cache.enable(), landscape.compilation_cache_status())
+# the switch
+jax.config.update("jax_compilation_cache_dir", None)
+os.environ["LANDSCAPE_COMPILATION_CACHE"] = "0"
+out["off"] = (_cache.enable(), jax.config.jax_compilation_cache_dir, landscape.compilation_cache_status())
+os.environ["LANDSCAPE_COMPILATION_CACHE"] = {chosen!r}
+out["chosen"] = _cache.enable()
+print("RESULT", json.dumps(out))
+"""
+
+
+def test_cache_on_by_default_in_the_user_cache_dir(tmp_path):
+    cwd, xdg, chosen = tmp_path / "work", tmp_path / "xdg", tmp_path / "chosen"
+    cwd.mkdir()
+    stdout = run_python(CODE.format(cwd=str(cwd), xdg=str(xdg), chosen=str(chosen)))
+    out = json.loads(stdout.split("RESULT ", 1)[1])
+    d = out["default"]
+    assert d["dir"] == str(xdg / "landscape-ntk" / "jax") and d["source"] == "landscape default"
+    import importlib.util
+
+    limited = importlib.util.find_spec("filelock") is not None  # JAX's limit needs filelock
+    assert d["min_compile_time_secs"] == 0.0 and d["max_size_bytes"] == (2 << 30 if limited else -1)
+    assert out["entries"] >= 1, "the compiled program was not written to the cache"
+    assert out["cwd_files"] == [], "nothing may be written into the working directory"
+    got, status = out["user"]
+    assert got == "/elsewhere/mine" and status["dir"] == "/elsewhere/mine"
+    assert status["source"].startswith("set by the user") and status["min_compile_time_secs"] == 1.0
+    got, config_dir, status = out["off"]
+    assert got is None and config_dir is None and status["source"] == "off (LANDSCAPE_COMPILATION_CACHE=0)"
+    assert out["chosen"] == str(chosen) and chosen.is_dir()
