@@ -106,9 +106,13 @@ def plot_accuracy(result, *, ax=None, **style):
     ax.semilogx(
         w, result.linear_accuracy, marker="s", ls="--", label="linearised network", **style
     )
-    ax.axhline(result.infinite_accuracy, color="k", ls=":", label="infinite width (same time)")
+    # the two infinite-width lines often coincide (training converged): a wide light band
+    # under a thin dash-dot line keeps both visible
+    ax.axhline(result.infinite_accuracy, color="0.55", ls="-", lw=4, alpha=0.5, zorder=1,
+               label="infinite width (same time)")
     ax.axhline(
-        result.infinite_converged_accuracy, color="gray", ls="-.", label="NTK regression (t = inf)"
+        result.infinite_converged_accuracy, color="k", ls="-.", lw=1.0, zorder=1.1,
+        label="NTK regression (t = inf)",
     )
     ax.set_xlabel("width")
     ax.set_ylabel("test accuracy")

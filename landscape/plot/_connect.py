@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["plot_barrier_sweep", "plot_curve_plane", "plot_profiles"]
+from landscape.plot._style import LINESTYLES, MARKERS, new_axes, place_legend, split_style
 
-_SPLIT_STYLE = {"train": "-", "test": "--"}
+__all__ = ["plot_barrier_sweep", "plot_curve_plane", "plot_profiles"]
 
 
 def _as_labelled(profiles) -> list[tuple[str, object]]:
@@ -42,6 +41,7 @@ def plot_profiles(
     mark_max: bool = True,
     log: bool = False,
     ax=None,
+    legend: bool = True,
     **kwargs,
 ):
     """Loss and error along several paths on one figure (one panel per metric).
@@ -50,10 +50,16 @@ def plot_profiles(
       profiles: a :class:`~landscape.connect.Profile`, a list of them, or a dict
         ``{label: profile}`` (e.g. ``{"linear": ..., "aligned linear": ..., "Bezier": ...}``).
       metrics: one panel per metric (those a profile lacks are skipped for it).
-      splits: ``"train"`` (solid) and/or ``"test"`` (dashed).
-      mark_max: mark each curve's maximum (the barrier's ``t_max``).
+      splits: ``"train"`` (solid, filled markers) and/or ``"test"`` (dashed, open markers).
+        Each path has its colour and marker shape, so paths whose profiles coincide (a linear
+        path before and after an alignment that changed nothing) and train and test curves
+        that coincide all stay visible.
+      mark_max: mark each curve's maximum (the barrier's ``t_max``) with a star.
       log: logarithmic y axis for the loss panel.
       ax: an axes (one metric) or a sequence of axes, one per metric; default: a new figure.
+      legend: draw the legend (on the first panel) where it hides no data
+        (:func:`place_legend`); ``False`` leaves it to the caller (one ``place_legend`` call
+        for all of a figure's panels).
       **kwargs: passed to ``ax.plot``.
 
     Returns:
@@ -67,7 +73,7 @@ def plot_profiles(
     if not items:
         raise ValueError("landscape.plot.plot_profiles: no profiles given.")
     if ax is None:
-        _, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 3.6), squeeze=False)
+        _, axes = new_axes((4.8 * len(metrics), 3.6), 1, len(metrics), squeeze=False)
         axes = list(axes[0])
     else:
         axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
@@ -84,18 +90,20 @@ def plot_profiles(
                     continue
                 t = np.asarray(p.ts, float)
                 y = np.asarray(src[metric], float)
-                a.plot(t, y, _SPLIT_STYLE.get(split, "-"), color=color,
-                       label=f"{label} ({split})", **kwargs)
+                style = {**split_style(split, i), "color": color, **kwargs}
+                a.plot(t, y, label=f"{label} ({split})", **style)
                 if mark_max:
                     inside = (t >= 0) & (t <= 1)
                     j = np.flatnonzero(inside)[np.argmax(y[inside])]
-                    a.plot(t[j], y[j], "o", color=color, markersize=4)
+                    a.plot(t[j], y[j], "*", color=color, markersize=9, markeredgecolor="k",
+                           markeredgewidth=0.5, zorder=3)
         a.set_xlabel("t")
         a.set_ylabel(metric)
         if log and metric == "loss":
             a.set_yscale("log")
         a.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+    if legend:
+        place_legend(axes[0], fontsize=7)
     return axes[0] if len(axes) == 1 else axes
 
 
@@ -110,6 +118,7 @@ def plot_curve_plane(
     show_curve: bool = True,
     point_labels: Sequence[str] = ("A", "bend", "B"),
     ax=None,
+    legend: bool = True,
     **contour_kwargs,
 ):
     """Filled contour of the curve plane with the two endpoints, the bend and the curve
@@ -124,6 +133,8 @@ def plot_curve_plane(
       show_curve: draw the curve projected on the plane.
       point_labels: labels of the start, the third point and the end.
       ax: axes (default: a new figure).
+      legend: draw the legend where it hides no data (:func:`place_legend`); ``False``
+        leaves it to the caller (one ``place_legend`` call for all of a figure's panels).
       **contour_kwargs: passed to :func:`landscape.plot.plot_contour`.
 
     Returns:
@@ -142,7 +153,7 @@ def plot_curve_plane(
             z = np.log10(np.maximum(z, np.finfo(float).tiny))
         label = f"log10 {label}"
     if ax is None:
-        _, ax = plt.subplots(figsize=(7.0, 4.2))
+        _, ax = new_axes((7.0, 4.2))
     contour_kwargs.setdefault("filled", True)
     contour_kwargs.setdefault("labels", False)
     ax = plot_contour((np.asarray(plane.alphas), np.asarray(plane.betas), z), metric=label,
@@ -163,7 +174,8 @@ def plot_curve_plane(
     ax.set_xlabel("along B - A")
     ax.set_ylabel("towards the bend")
     ax.set_aspect("equal", adjustable="box")
-    ax.legend(fontsize=7, loc="best")
+    if legend:
+        place_legend(ax, fontsize=7, framealpha=0.85)  # over the contour field, off the curves
     return ax
 
 
@@ -177,6 +189,7 @@ def plot_barrier_sweep(
     xlabel: str = "width",
     log_x: bool = True,
     ax=None,
+    legend: bool = True,
     **kwargs,
 ):
     """Barrier height against a setting (e.g. width), one line per family of paths (Git
@@ -189,14 +202,19 @@ def plot_barrier_sweep(
       metric, split, convention: which number of each :class:`~landscape.connect.Barrier`.
       xlabel: the x axis label; log_x: logarithmic x axis.
       ax: axes (default: a new figure).
+      legend: draw the legend where it hides no data (:func:`place_legend`); ``False``
+        leaves it to the caller (one ``place_legend`` call for all of a figure's panels).
       **kwargs: passed to ``ax.plot``.
+
+    Each family has its own colour, line style and marker (open after the first), so families
+    whose barriers coincide stay visible.
 
     Returns:
       The axes.
     """
     xs = np.asarray(xs, float)
     if ax is None:
-        _, ax = plt.subplots(figsize=(4.8, 3.6))
+        _, ax = new_axes((4.8, 3.6))
     for i, (label, bs) in enumerate(barriers.items()):
         if len(bs) != xs.size:
             raise ValueError(
@@ -204,12 +222,17 @@ def plot_barrier_sweep(
                 f"{xs.size} x values."
             )
         ys = [b.get(metric, split, convention) for b in bs]
-        ax.plot(xs, ys, "o-", color=f"C{i % 10}", label=label, **kwargs)
+        # families often coincide (both barriers near zero): own line style and marker each
+        style = {"color": f"C{i % 10}", "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                 "marker": MARKERS[i % len(MARKERS)], "markerfacecolor": "none" if i else None,
+                 "markersize": 7 - min(i, 3), "zorder": 2 + 0.1 * i, **kwargs}
+        ax.plot(xs, ys, label=label, **style)
     if log_x:
         ax.set_xscale("log", base=2)
     ax.axhline(0.0, color="0.6", linewidth=0.8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{split} {metric} barrier ({convention})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if legend:
+        place_legend(ax)
     return ax

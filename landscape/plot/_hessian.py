@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import matplotlib.pyplot as plt
 import numpy as np
+
+from landscape.plot._style import MARKERS, curve_style, new_axes, place_legend
 
 __all__ = [
     "plot_decomposition",
@@ -23,7 +24,7 @@ __all__ = [
 
 def _ax(ax):
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+        _, ax = new_axes((6, 4))
     return ax
 
 
@@ -35,6 +36,22 @@ def _as_mapping(results, label):
     return {label: results}
 
 
+def _eigen_marks(e):
+    """The values to mark and what they are: an EigenResult's largest (else smallest) values,
+    found by the Lanczos eigensolver; plain numbers as given."""
+    if hasattr(e, "largest"):
+        top = np.asarray(e.largest)
+        if top.size:
+            return top, "top", " (Lanczos)"
+        return np.asarray(e.values), "bottom", " (Lanczos)"
+    return np.atleast_1d(np.asarray(e, np.float64)), None, ""
+
+
+def _eigen_label(n, end, source, name):
+    what = f"{end}-{n} eigenvalues" if end else ("eigenvalue" if n == 1 else f"{n} eigenvalues")
+    return f"{what}{', ' + name if name else ''}{source}"
+
+
 def plot_density(
     density,
     ax=None,
@@ -44,6 +61,7 @@ def plot_density(
     label: str | None = None,
     floor: float = 1e-7,
     show_nodes: bool = False,
+    legend: bool = True,
     **style,
 ):
     """Spectral density (one :class:`~landscape.hessian.DensityResult`, or a dict ``{label:
@@ -55,58 +73,77 @@ def plot_density(
       yscale: ``"linear"`` or ``"log"`` (densities floored at ``floor``, as PyHessian's
         plots; the outliers' small mass is visible only there).
       eigen: an :class:`~landscape.hessian.EigenResult` or eigenvalues (a number or an array),
-        or a dict of those with the same keys as ``density``: marked by vertical dashed lines.
+        or a dict of those with the same keys as ``density``: marked by vertical dashed lines
+        (from the bottom up to the densities' maximum), labelled ``"top-5 eigenvalues
+        (Lanczos)"`` for an ``EigenResult`` (``"top-5 eigenvalues, <key> (Lanczos)"`` when
+        several densities are compared; ``"5 eigenvalues"`` for plain numbers).
       show_nodes: also draw the raw Gauss nodes (weights as stems, first probe).
+      legend: draw the legend where it hides no data (:func:`place_legend`); ``False``
+        leaves it to the caller (one ``place_legend`` call for all of a figure's panels).
+
+    Several densities get distinct line styles and markers (they often coincide: a Hessian and
+    its GGN), and their eigenvalue marks distinct dash patterns.
     """
     ax = _ax(ax)
     items = _as_mapping(density, label or "density")
     eig_map = eigen if isinstance(eigen, Mapping) else ({k: eigen for k in items} if eigen is not None else {})
+    several = len(items) > 1
+    colors, bottom, top = {}, (floor if yscale == "log" else 0.0), -np.inf
     for i, (name, d) in enumerate(items.items()):
         y = np.asarray(d.density)
         if yscale == "log":
             y = np.maximum(y, floor)
-        kw = dict(style)
+        top = max(top, float(np.nanmax(y)))
+        kw = {**curve_style(i), **style} if several else dict(style)
         kw.setdefault("color", f"C{i}")
-        ax.plot(d.grid, y, label=name if len(items) > 1 or label else None, **kw)
+        colors[name] = kw["color"]
+        ax.plot(d.grid, y, label=name if several or label else None, **kw)
         if show_nodes:
-            ax.vlines(d.nodes[0], floor if yscale == "log" else 0, np.maximum(d.weights[0], floor),
+            ax.vlines(d.nodes[0], bottom, np.maximum(d.weights[0], floor),
                       color=kw["color"], alpha=0.4, lw=0.8)
+    for i, (name, d) in enumerate(items.items()):
         e = eig_map.get(name)
-        if e is not None:
-            if hasattr(e, "largest"):
-                marks = np.asarray(e.largest) if len(e.largest) else np.asarray(e.values)
-            else:
-                marks = np.atleast_1d(np.asarray(e, np.float64))
-            if d.scale == "log":
-                marks = np.log10(marks[marks > 0])
-            for j, x in enumerate(marks):
-                ax.axvline(x, color=kw["color"], ls="--", lw=0.8, alpha=0.7,
-                           label=f"top-{len(marks)} ({name})" if j == 0 else None)
+        if e is None:
+            continue
+        marks, end, source = _eigen_marks(e)
+        if d.scale == "log":
+            marks = np.log10(marks[marks > 0])
+        text = _eigen_label(len(marks), end, source, name if several else "")
+        ls = ("--", ":", "-.", (0, (5, 1, 1, 1)))[i % 4]
+        # up to the densities' maximum, not the axes' top: the band above is free for the legend
+        for j, x in enumerate(marks):
+            ax.plot([x, x], [bottom, top], color=colors[name], ls=ls, lw=0.9, alpha=0.8,
+                    label=text if j == 0 else None)
     ax.set_yscale(yscale)
     scale = next(iter(items.values())).scale
     ax.set_xlabel(r"$\log_{10}\lambda$" if scale == "log" else r"eigenvalue $\lambda$")
     ax.set_ylabel("density")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    if legend:
+        place_legend(ax)
     return ax
 
 
-def plot_eigenvalues(eigen, ax=None, *, label: str | None = None, **style):
+def plot_eigenvalues(eigen, ax=None, *, label: str | None = None, legend: bool = True, **style):
     """Eigenvalues of an :class:`~landscape.hessian.EigenResult` by index, with their true
-    residuals as error bars (a dict ``{label: result}`` compares several)."""
+    residuals as error bars (a dict ``{label: result}`` compares several: each its own marker,
+    open after the first, shifted a little along the index so equal values stay visible)."""
     ax = _ax(ax)
     items = _as_mapping(eigen, label or "eigenvalues")
+    n = len(items)
     for i, (name, e) in enumerate(items.items()):
         kw = dict(style)
         kw.setdefault("color", f"C{i}")
-        kw.setdefault("marker", "o")
+        kw.setdefault("marker", MARKERS[i % len(MARKERS)])
         kw.setdefault("ls", "none")
-        idx = np.arange(1, len(e.values) + 1)
-        ax.errorbar(idx, e.values, yerr=e.residuals, label=name if len(items) > 1 or label else None, **kw)
+        if i > 0:
+            kw.setdefault("markerfacecolor", "none")
+        shift = 0.12 * (i - (n - 1) / 2) if n > 1 else 0.0
+        idx = np.arange(1, len(e.values) + 1) + shift
+        ax.errorbar(idx, e.values, yerr=e.residuals, label=name if n > 1 or label else None, **kw)
     ax.set_xlabel("index")
     ax.set_ylabel("eigenvalue")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    if legend:
+        place_legend(ax)
     return ax
 
 
@@ -128,7 +165,8 @@ def plot_trace_layers(trace_result, ax=None, **style):
 
 
 def plot_sharpness(train_result, ax=None, *, name: str = "sharpness", threshold: bool = True,
-                   yscale: str = "linear", label: str | None = None, **style):
+                   yscale: str = "linear", label: str | None = None, legend: bool = True,
+                   **style):
     """Sharpness logged by :func:`landscape.hessian.sharpness_callback` against training steps,
     with the stability threshold (``2/lr`` for GD, ``38/lr`` preconditioned Adam) dashed.
 
@@ -150,27 +188,37 @@ def plot_sharpness(train_result, ax=None, *, name: str = "sharpness", threshold:
     ax.plot(steps, np.asarray(h[name]), label=label or "sharpness", **kw)
     thr_key = f"{name}_threshold"
     if threshold and thr_key in h and np.isfinite(np.asarray(h[thr_key], float)).any():
-        ax.plot(steps, np.asarray(h[thr_key], float), ls="--", color=kw["color"], alpha=0.6, label="stability threshold")
+        # grey and dashed, under the sharpness: at the edge of stability the two coincide
+        ax.plot(steps, np.asarray(h[thr_key], float), ls="--", color="0.35", lw=1.2, zorder=1.9,
+                label="stability threshold")
     ax.set_yscale(yscale)
     ax.set_xlabel("step")
     ax.set_ylabel(r"top eigenvalue $\lambda_{\max}$")
-    ax.legend(fontsize=8)
+    if legend:
+        place_legend(ax)
     return ax
 
 
-def plot_decomposition(decomposition, ax=None, *, yscale: str = "log", floor: float = 1e-7, **style):
+def plot_decomposition(decomposition, ax=None, *, yscale: str = "log", floor: float = 1e-7,
+                       legend: bool = True, **style):
     """Densities of the Hessian, its GGN part and the residual (a
-    :class:`~landscape.hessian.DecompositionResult`) on one axis."""
+    :class:`~landscape.hessian.DecompositionResult`) on one axis.
+
+    The Hessian and GGN densities usually coincide (the residual is small): the Hessian is a
+    thick solid line, the GGN a thinner dashed one above it, the residual dash-dotted, each
+    with its own open markers, so every curve stays visible.
+    """
     ax = _ax(ax)
     for i, part in enumerate(("hessian", "ggn", "residual")):
         y = np.asarray(decomposition.density[part])
         if yscale == "log":
             y = np.maximum(y, floor)
-        kw = dict(style)
+        kw = {**curve_style(i), **style}
         kw.setdefault("color", f"C{i}")
         ax.plot(decomposition.grid, y, label=f"{part} (trace {float(decomposition.traces[part]):.3g})", **kw)
     ax.set_yscale(yscale)
     ax.set_xlabel(r"eigenvalue $\lambda$")
     ax.set_ylabel("density")
-    ax.legend(fontsize=8)
+    if legend:
+        place_legend(ax)
     return ax

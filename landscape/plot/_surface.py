@@ -17,6 +17,7 @@ from matplotlib import colors as mcolors
 from matplotlib import ticker
 
 from landscape import validate as _validate
+from landscape.plot._style import new_axes, place_legend, split_style
 
 __all__ = [
     "plot_contour",
@@ -25,8 +26,6 @@ __all__ = [
     "plot_surface3d",
     "plot_trajectory",
 ]
-
-_SPLIT_STYLE = {"train": "-", "test": "--"}
 
 
 def _grid(result, metric, split):
@@ -64,6 +63,10 @@ def _axis_labels(result):
 
 
 def _levels(z, levels, log, vmin, vmax):
+    """Contour levels: explicit values as given; else about ``levels`` (default 20) round
+    values covering ``[vmin, vmax]`` (the data's range by default): multiples of 1, 2, 2.5 or 5
+    times a power of ten, or for log levels 1-2-5-style values per decade, so level labels and
+    colour-bar ticks read 0.95, 1, 1.05 and 0.02, 0.05, 0.1 (not 0.9491)."""
     finite = z[np.isfinite(z)]
     if finite.size == 0:
         raise ValueError("landscape.plot: the grid has no finite values to draw.")
@@ -78,8 +81,53 @@ def _levels(z, levels, log, vmin, vmax):
         lo = max(lo, np.finfo(float).tiny)
         if hi <= lo:
             hi = lo * 10
-        return np.geomspace(lo, hi, n), lo, hi
-    return np.linspace(lo, hi, n), lo, hi
+        return _log_levels(lo, hi, n), lo, hi
+    return _linear_levels(lo, hi, n), lo, hi
+
+
+def _linear_levels(lo, hi, n):
+    lv = ticker.MaxNLocator(nbins=max(n - 1, 1), steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+    step = lv[1] - lv[0] if lv.size > 1 else 1.0
+    lv = np.round(lv / step) * step  # exact multiples of the step (no 0.30000000000000004)
+    return np.unique(np.where(np.abs(lv) < 1e-9 * step, 0.0, lv))
+
+
+_LOG_MANTISSAS = ((1.0,), (1.0, 3.0), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0),
+                  (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0))
+
+
+def _log_levels(lo, hi, n):
+    """The densest 1-2-5-style set of round values with at most ``n`` inside ``[lo, hi]``, plus
+    one on each side so the levels cover the range; a narrow range (under a decade or so) gets
+    round linear levels instead (positive ones: the colour scale stays logarithmic)."""
+    e0, e1 = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+    best = None
+    for mant in _LOG_MANTISSAS:
+        cand = np.array([float(f"{m:g}e{e}") for e in range(e0 - 1, e1 + 1) for m in mant])
+        inside = cand[(cand >= lo * (1 - 1e-12)) & (cand <= hi * (1 + 1e-12))]
+        if inside.size > n and best is not None:
+            break
+        below, above = cand[cand <= lo * (1 + 1e-12)], cand[cand >= hi * (1 - 1e-12)]
+        best = np.unique(np.concatenate([below[-1:], inside, above[:1]]))
+    if best.size >= min(n, 5):
+        return best
+    lv = _linear_levels(lo, hi, n)
+    lv = lv[lv > 0]
+    return lv if lv.size >= 2 else np.array([lo, hi])
+
+
+def _colorbar_ticks(levels, log):
+    """Round tick values of a log colour bar (the levels are round): those with mantissa 1, 2
+    or 5 when a few of them are there, else the levels themselves (at most about 8)."""
+    lv = np.asarray(levels, float)
+    if log:
+        mant = lv / 10.0 ** np.floor(np.log10(lv) + 1e-9)
+        for keep in ((1.0, 2.0, 5.0), (1.0,)):
+            sel = lv[np.isin(np.round(mant, 6), keep)]
+            if 3 <= sel.size <= 9:
+                return sel
+    step = max(1, int(np.ceil(lv.size / 8)))
+    return lv[::step]
 
 
 @_validate.public("landscape.plot.plot_contour")
@@ -123,7 +171,7 @@ def plot_contour(
     """
     x, y, z, label = _grid(result, metric, split)
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 4.2))
+        _, ax = new_axes((5, 4.2))
     if log == "auto":
         fin = z[np.isfinite(z)]
         top = float(vmax) if vmax is not None else (float(fin.max()) if fin.size else 0.0)
@@ -151,7 +199,11 @@ def plot_contour(
         if labels:
             ax.clabel(cs, inline=True, fontsize=7, fmt=_fmt)
     if colorbar if colorbar is not None else filled:
-        ax.figure.colorbar(cs, ax=ax, label=label)
+        cb = ax.figure.colorbar(cs, ax=ax, label=label)
+        if log:  # a log colour bar labels only decades (or one odd value): label round levels
+            ticks = _colorbar_ticks(lv, log)
+            cb.set_ticks(ticks, labels=[_fmt(t) for t in ticks])
+            cb.minorticks_off()
     if mark_center and x[0] <= 0 <= x[-1] and y[0] <= 0 <= y[-1]:
         ax.plot([0], [0], marker="*", color="k", markersize=8, linestyle="none")
     xl, yl = _axis_labels(result)
@@ -197,7 +249,7 @@ def plot_surface3d(
     """
     x, y, z, label = _grid(result, metric, split)
     if ax is None:
-        fig = plt.figure(figsize=(6, 4.5))
+        fig = plt.figure(figsize=(6, 4.5), layout="constrained")
         ax = fig.add_subplot(projection="3d")
     elif getattr(ax, "name", "") != "3d":
         raise ValueError("landscape.plot.plot_surface3d: ax must be a 3-D axes (projection='3d').")
@@ -225,10 +277,14 @@ def plot_slice(
     splits=("train", "test"),
     log: bool = False,
     ax=None,
+    legend: bool = True,
     **kwargs,
 ):
     """1-D curves of a slice or an interpolation: loss (left axis) and accuracy (right axis),
-    train (solid) and test (dashed), as Li et al. (2018) Fig. 2/3 and Goodfellow et al. (2015).
+    train (solid) and test (dashed, open markers: visible where it coincides with train), as Li
+    et al. (2018) Fig. 2/3 and Goodfellow et al. (2015). With two metrics each axis label and
+    its tick labels take the colour of the curves they measure; with one they stay black. The
+    legend goes where it hides no curve (:func:`place_legend`).
 
     Args:
       result: a 1-D :class:`~landscape.surface.SliceResult` (``slice_1d`` or ``interpolate``).
@@ -236,7 +292,10 @@ def plot_slice(
       splits: which of ``"train"``/``"test"`` to draw (missing ones are skipped).
       log: logarithmic scale for the left axis.
       ax: axes (default: a new figure).
-      **kwargs: passed to ``ax.plot`` (``label=`` prefixes the curves' labels).
+      legend: draw the legend where it hides no data (:func:`place_legend`); ``False``
+        leaves it to the caller (one ``place_legend`` call for all of a figure's panels).
+      **kwargs: passed to ``ax.plot`` (``label=`` prefixes the curves' labels; ``color=``
+        sets the first metric's colour).
 
     Returns:
       The left axes (the twin axis, if any, is ``ax.right_ax``).
@@ -249,7 +308,7 @@ def plot_slice(
     if isinstance(metrics, str):
         metrics = (metrics,)
     if ax is None:
-        _, ax = plt.subplots(figsize=(5.5, 3.8))
+        _, ax = new_axes((5.5, 3.8))
     x = np.asarray(result.alphas, dtype=float)
     axes = [ax]
     if len(metrics) > 1:
@@ -257,6 +316,8 @@ def plot_slice(
         axes.append(right)
         ax.right_ax = right
     colors = ["C0", "C3", "C2", "C1"]
+    if "color" in kwargs:
+        colors[0] = kwargs.pop("color")
     prefix = kwargs.pop("label", None)
     handles = []
     for i, (a, metric) in enumerate(zip(axes, metrics)):
@@ -266,16 +327,13 @@ def plot_slice(
                 continue
             y = np.asarray(src[metric], dtype=float)
             name = f"{split} {metric}"
-            (h,) = a.plot(
-                x,
-                y,
-                _SPLIT_STYLE.get(split, "-"),
-                color=colors[i % 4],
-                label=name if prefix is None else f"{prefix} ({name})",
-                **kwargs,
-            )
+            style = {**split_style(split, i), "color": colors[i % 4], **kwargs}
+            (h,) = a.plot(x, y, label=name if prefix is None else f"{prefix} ({name})", **style)
             handles.append(h)
-        a.set_ylabel(metric, color=colors[i % 4])
+        a.set_ylabel(metric)
+        if len(axes) > 1:  # two y axes: each label says which curves it measures
+            a.yaxis.label.set_color(colors[i % 4])
+            a.tick_params(axis="y", labelcolor=colors[i % 4])
     if log:
         ax.set_yscale("log")
     kind = getattr(result, "kind", "")
@@ -286,8 +344,8 @@ def plot_slice(
                 ax.axvline(t, color="0.7", linewidth=0.8, linestyle=":")
     else:
         ax.set_xlabel(r"$\alpha$")
-    if handles:
-        ax.legend(handles=handles, loc="best", fontsize=8)
+    if handles and legend:
+        place_legend(ax, handles)
     return ax
 
 
@@ -299,6 +357,7 @@ def plot_trajectory(
     split: str = "train",
     annotate: bool = True,
     ax=None,
+    legend: bool = True,
     contour_kwargs: dict | None = None,
     **kwargs,
 ):
@@ -310,6 +369,8 @@ def plot_trajectory(
       surface: the 2-D slice through the final point along ``pca``'s first two directions
         (optional: without it only the path is drawn).
       annotate: mark the start and the end and label the axes with the explained variance.
+      legend: label the start and the end in a legend where it hides no data
+        (:func:`place_legend`); ``False`` leaves it to the caller.
       contour_kwargs: passed to :func:`plot_contour`.
       **kwargs: passed to the path's ``ax.plot``.
 
@@ -322,7 +383,7 @@ def plot_trajectory(
     if surface is not None:
         ax = plot_contour(surface, metric=metric, split=split, ax=ax, **(contour_kwargs or {}))
     elif ax is None:
-        _, ax = plt.subplots(figsize=(5, 4.2))
+        _, ax = new_axes((5, 4.2))
     kwargs.setdefault("color", "C3")
     kwargs.setdefault("marker", ".")
     kwargs.setdefault("linewidth", 1.2)
@@ -335,6 +396,7 @@ def plot_trajectory(
         r = np.asarray(pca.explained_variance_ratio, dtype=float)
         ax.set_xlabel(f"PC1 ({100 * r[0]:.1f}%)")
         ax.set_ylabel(f"PC2 ({100 * r[1]:.1f}%)")
-        ax.legend(loc="best", fontsize=8)
     ax.xaxis.set_major_locator(ticker.MaxNLocator(6))
+    if annotate and legend:
+        place_legend(ax, framealpha=0.85)  # over the contour field, off the path
     return ax
