@@ -11,7 +11,7 @@ recompile, and the state never gets baked into a compiled program.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -120,9 +120,11 @@ class Loss:
         loss reads and how to rename (a bare ``KeyError: 'x'`` otherwise)."""
         s = self._spec
         key = s.input_key if role == "inputs" else s.target_key
-        if isinstance(batch, dict) and key in batch:
+        try:
             return batch[key]
-        have = sorted(map(str, batch)) if isinstance(batch, dict) else type(batch).__name__
+        except (KeyError, TypeError, IndexError):
+            pass
+        have = sorted(map(str, batch)) if isinstance(batch, Mapping) else type(batch).__name__
         raise ValueError(
             f"{_validate.where()}: the data has keys {have}, but this loss reads its inputs from "
             f"'{s.input_key}' and its targets from '{s.target_key}' (missing: '{key}'). Rename the "
