@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from landscape import _cache
 from landscape import batchnorm as batchnorm
 from landscape import engine as engine
 from landscape import expectations as expectations
@@ -33,6 +34,7 @@ from landscape import paths as paths
 from landscape import store as store
 from landscape import tree as tree
 from landscape import validate as validate
+from landscape._cache import status as compilation_cache_status
 from landscape._model import Model as Model
 from landscape._model import NNXApply as NNXApply
 from landscape._model import as_model as as_model
@@ -58,8 +60,6 @@ from landscape.store import Store as Store
 from landscape.train import TrainingDivergedError as TrainingDivergedError
 from landscape.train import callback as callback
 from landscape.train import train as train
-from landscape._cache import status as compilation_cache_status
-from landscape import _cache
 
 _cache.enable()  # JAX's persistent compilation cache, unless configured already (landscape._cache)
 
