@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests._util import REPO, run_notebook
+from tests.test_notebook_claims import check_quick_claims
 
 
 def test_notebook_runs_in_quick_mode():
@@ -16,3 +17,4 @@ def test_notebook_runs_in_quick_mode():
         if "image/png" in o.get("data", {})
     )
     assert images >= 2
+    check_quick_claims(nb)  # the text's claims that hold at quick sizes (tests/test_notebook_claims.py)

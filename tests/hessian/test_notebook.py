@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests._util import REPO, run_notebook
+from tests.test_notebook_claims import check_quick_claims
 
 
 def test_notebook_quick():
@@ -10,3 +11,4 @@ def test_notebook_quick():
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert sum(1 for o in outputs if "image/png" in o.get("data", {})) >= 8  # every figure rendered
+    check_quick_claims(nb)  # the text's claims that hold at quick sizes (tests/test_notebook_claims.py)

@@ -5,6 +5,7 @@ import re
 import numpy as np
 
 from tests._util import REPO, run_notebook
+from tests.test_notebook_claims import check_quick_claims
 
 
 def _numbers(text: str, label: str) -> np.ndarray:
@@ -25,3 +26,4 @@ def test_notebook_quick():
     assert len(dist) >= 2 and np.all(np.diff(dist) < 0)
     drift = _numbers(text, "final drift")
     assert len(drift) >= 2 and np.all(np.diff(drift) < 0)
+    check_quick_claims(nb)  # the text's claims that hold at quick sizes (tests/test_notebook_claims.py)
