@@ -89,6 +89,9 @@ def enable() -> str | None:
             and jax.config.jax_compilation_cache_max_size == -1
             and importlib.util.find_spec("filelock") is not None):
         jax.config.update("jax_compilation_cache_max_size", MAX_SIZE_BYTES)
+    from landscape import _compat
+
+    _compat.recheck_compilation_cache()  # in case something compiled before this import
     _STATE.update(dir=str(path), source=f"landscape default ({SWITCH}={switch})" if switch
                   else "landscape default")
     return str(path)

@@ -74,3 +74,18 @@ def bind_equation(eqn: Any, values: list) -> list:
     subfuns, bind_params = bind_params if isinstance(bind_params, tuple) else ((), bind_params)
     outs = eqn.primitive.bind(*subfuns, *values, **bind_params)
     return outs if eqn.primitive.multiple_results else [outs]
+
+
+def recheck_compilation_cache() -> bool:
+    """Make JAX look at its persistent-cache settings again: JAX decides once, at the first
+    compilation of the process, whether the cache is used, so a directory set after something
+    compiled (``import jax; jnp.ones(3) + 1; import landscape``) would otherwise be ignored.
+    Only an undecided or 'unused' state is reset, never a cache in use. Whether it reset."""
+    try:
+        from jax._src import compilation_cache as cc
+    except ImportError:  # pragma: no cover - a JAX without the module: nothing to reset
+        return False
+    if getattr(cc, "_cache_checked", False) and not getattr(cc, "_cache_used", True):
+        cc.reset_cache()
+        return True
+    return False
