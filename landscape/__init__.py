@@ -24,7 +24,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from landscape import _cache
+from landscape import (
+    _cache,
+    _startup,  # noqa: F401 - first: Ctrl-C while the command starts up
+)
 from landscape import batchnorm as batchnorm
 from landscape import engine as engine
 from landscape import expectations as expectations

@@ -1,17 +1,172 @@
-"""The `landscape demo` command and the README's two Quickstart commands."""
+"""The `landscape` command (help, version, `python -m landscape`, `landscape demo`, Ctrl-C) and
+the README's two Quickstart commands."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
+import signal
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import jax
+import pytest
 
 import landscape
 from landscape import cli
 from tests._util import REPO
 
 
-def test_demo_quick(tmp_path, capsys):
+def test_help_describes_the_command(capsys):
+    """``landscape --help`` says what the command line does (not the module docstring's RST
+    title), lists ``demo`` with a description, and points to the README; ``demo --help``
+    describes the demo, its outputs and how an interrupted demo resumes."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    assert "``" not in text and "The landscape command" not in text
+    for words in ("JAX toolkit", "loss-landscape", "neural tangent kernels",
+                  "demo train the default MLP on the embedded digits data and write a report of every analysis",
+                  "report.json", "README.md", "landscape demo --help", "--version"):
+        assert words in text, words
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("Train the default MLP", "report.json", "exit code 130", "resumes an interrupted report",
+                  "--quick", "--no-report", "default landscape-runs/demo"):
+        assert words in text, words
+
+
+def test_version(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"landscape {metadata.version('landscape-ntk')}\n"
+    assert metadata.version("landscape-ntk") == landscape.__version__
+
+
+def test_python_m_landscape():
+    """``python -m landscape`` is the same command (help names it ``python -m landscape``)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "landscape", flag], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO)
+             for flag in ("--version", "--help")]  # side by side: each is mostly importing JAX
+    (version, err_v), (usage, err_h) = (p.communicate(timeout=120) for p in procs)
+    assert [p.returncode for p in procs] == [0, 0], err_v + err_h
+    assert version == f"landscape {landscape.__version__}\n"
+    assert usage.startswith("usage: python -m landscape [-h] [--version] COMMAND")
+    assert "demo" in usage and "README.md" in usage
+
+
+def test_an_interrupt_swallowed_by_a_gc_callback_is_sent_again(monkeypatch, capsys):
+    """Python prints a KeyboardInterrupt raised inside a garbage-collection callback (JAX has one)
+    as "Exception ignored" and carries on: the demo would ignore that Ctrl-C. The CLI's hook
+    prints nothing and sends the signal again once the callback is over (here ``os.kill`` is
+    recorded, not sent)."""
+    import gc
+    import threading
+
+    sent = []
+    done = threading.Event()
+    monkeypatch.setattr(os, "kill", lambda pid, sig: (sent.append((pid, sig)), done.set()))
+    interrupts = cli._Interrupts(hard=False)
+    interrupts.count = 1  # its handler raised the KeyboardInterrupt below
+    monkeypatch.setattr(sys, "unraisablehook", interrupts._unraisable)
+
+    def callback(phase, info):
+        if phase == "start":
+            raise KeyboardInterrupt
+
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    assert done.wait(5)
+    assert sent == [(os.getpid(), signal.SIGINT)] and interrupts.count == 0  # not a second Ctrl-C
+    assert "Exception ignored" not in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.count = 1
+        interrupts.check()  # the backstop between steps
+
+
+def _interrupt_after_first_section(argv):
+    """Run ``python -m landscape *argv`` and send it one SIGINT as soon as it prints its first
+    report section (the next section is then compiling); return what it did."""
+    import tempfile
+
+    # a child of a process that ignores SIGINT ignores it too (a shell starts background jobs
+    # so): give it Python's default, as a terminal would
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "landscape", *argv], stdout=subprocess.PIPE, stderr=err,
+            text=True, cwd=REPO,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if ignored else None,
+        )
+        lines, sent = [], False
+        for line in proc.stdout:  # the CLI flushes each report line, also into a pipe
+            lines.append(line)
+            if line.startswith("  eigenvalues "):
+                proc.send_signal(signal.SIGINT)
+                sent = True
+                break
+        rest, _ = proc.communicate(timeout=120)
+        err.seek(0)
+        return SimpleNamespace(rc=proc.returncode, sent=sent, stdout="".join(lines) + rest,
+                               stderr=err.read())
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """One quick demo for the module: started in a subprocess and stopped by Ctrl-C after its
+    first report section, then the same command run again in this process to completion.
+
+    ``test_ctrl_c_during_the_report_exits_130_and_resumes`` checks the interrupted run and that
+    the rerun resumed; ``test_demo_quick`` checks the completed run. The suite pays for one quick
+    demo plus the start of another (start-up, training, one section).
+    """
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    argv = ["demo", "--quick", "--out", str(run_dir), "--no-progress"]
+    interrupted = _interrupt_after_first_section(argv)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli.main(argv)
+    return SimpleNamespace(run_dir=run_dir, argv=argv, interrupted=interrupted, rc=rc,
+                           out=out.getvalue())
+
+
+def test_ctrl_c_during_the_report_exits_130_and_resumes(quick_demo):
+    """Ctrl-C while the report compiles its second section: exit code 130, no traceback, one
+    line naming what is saved and the command that resumes; that command loads the finished
+    sections and completes."""
+    run = quick_demo.interrupted
+    assert run.sent, f"the demo ended before printing its first report section:\n{run.stdout}\n{run.stderr}"
+    assert run.rc == cli.INTERRUPTED, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if "interrupted" in ln]
+    assert len(lines) == 1 and run.stderr.rstrip().endswith(lines[0]), run.stderr
+    command = "python -m landscape " + " ".join(quick_demo.argv)
+    m = re.fullmatch(r"landscape demo: interrupted; saved the trained run and (\d)/7 report sections "
+                     r"\((.*)\) in (.*); resume with: (.*)", lines[0])
+    assert m, lines[0]
+    saved = m.group(2).split(", ")
+    assert saved[0] == "eigenvalues" and int(m.group(1)) == len(saved)
+    assert m.group(3) == str(quick_demo.run_dir.resolve()) and m.group(4) == command
+    # the rerun of that command resumed: the saved sections were loaded, the others computed
+    assert quick_demo.rc == 0
+    for name in saved:
+        assert re.search(rf"^  {name} .*\(loaded\)", quick_demo.out, re.M), quick_demo.out
+    assert not re.search(r"^  ntk .*\(loaded\)", quick_demo.out, re.M)
+    assert "replacing" not in quick_demo.out
+
+
+def test_demo_quick(quick_demo):
     """The quick demo trains, writes its run, and writes the report of every analysis.
 
     The report's sections are checked against each other: they come from different modules
@@ -24,9 +179,9 @@ def test_demo_quick(tmp_path, capsys):
 
     from landscape import connect, hessian, surface
 
-    run_dir = tmp_path / "run"
-    assert cli.main(["demo", "--quick", "--out", str(run_dir), "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    run_dir = quick_demo.run_dir
+    assert quick_demo.rc == 0
+    out = quick_demo.out
     for word in ("train loss", "test accuracy", "parameters       85002", "run directory",
                  "eigenvalues", "connectivity", "ntk", "report time"):
         assert word in out
@@ -190,3 +345,37 @@ def test_report_rejects_bad_input(tmp_path, trained_mlp, digits_data):
     with pytest.raises(ValueError, match="init_params"):
         analysis_report(tmp_path, run, digits_data, init_params=nan, **bad)
     assert not (tmp_path / "report").exists()  # nothing written before the inputs are checked
+
+
+def test_ctrl_c_while_the_command_starts_up(tmp_path):
+    """An interrupt during the package import (JAX, the foundation: the first ~1.5 s, before the
+    command's own handler exists) gave Python's traceback or death by SIGINT (2 of 40 tries);
+    the start-up guard (``landscape._startup``) exits 130 with one line instead."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "landscape", "demo", "--quick", "--out", str(tmp_path / "run"),
+                          "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted" in err.strip().splitlines()[-1], err[-2000:]
+
+
+def test_start_up_guard_only_for_the_command_line(monkeypatch):
+    """A library user's import (a script, a notebook) keeps Python's own Ctrl-C."""
+    import sys
+
+    from landscape import _startup
+
+    monkeypatch.setattr(sys, "argv", ["my_script.py"])
+    monkeypatch.setattr(sys, "orig_argv", ["python", "my_script.py"], raising=False)
+    assert not _startup._is_command_line() and not _startup.guard()
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/landscape", "demo"])
+    assert _startup._is_command_line()
+    monkeypatch.setattr(sys, "argv", ["-m"])
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "landscape", "demo"], raising=False)
+    assert _startup._is_command_line()
