@@ -11,9 +11,10 @@ nothing is configured already:
   (``$XDG_CACHE_HOME/landscape-ntk/jax`` or ``~/.cache/landscape-ntk/jax`` on Linux,
   ``~/Library/Caches/landscape-ntk/jax`` on macOS, ``%LOCALAPPDATA%\\landscape-ntk\\cache\\jax``
   on Windows), never the working directory; every program is cached (:data:`MIN_COMPILE_SECS`,
-  unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise) and the directory is
-  kept under :data:`MAX_SIZE_BYTES` (2 GiB, unless ``JAX_COMPILATION_CACHE_MAX_SIZE`` is set;
-  JAX enforces the limit only where the ``filelock`` package is installed);
+  unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise). The directory is not
+  size-limited (JAX's limit needs the ``filelock`` package, and its LRU bookkeeping warned on
+  every write into a directory written without it): entries are small (about 13 kB each, 520 kB
+  for the top-5 workload); delete the directory to clear it;
 * ``LANDSCAPE_COMPILATION_CACHE=0`` (or ``off``/``false``/``no``) turns the default off;
   ``LANDSCAPE_COMPILATION_CACHE=/some/dir`` chooses the directory.
 
@@ -23,7 +24,6 @@ every process). :func:`status` says what is in use.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -41,23 +41,20 @@ threshold (11 entries), 1.8-2.0 s with 0.01 s (29 entries) and 1.4-1.5 s with 0 
 520 kB), against 7-9 s without a cache. Reading an entry back (about 4 ms) costs less than
 compiling even the smallest program (5-30 ms), so every program is worth caching."""
 
-MAX_SIZE_BYTES = 2 << 30
-"""The default cache's size limit (JAX evicts the least recently used entries beyond it)."""
-
 _OFF = {"0", "off", "false", "no"}
 _STATE: dict = {"dir": None, "source": "not configured"}
 
 
 def default_dir() -> Path:
-    """The platform's per-user cache location for the toolkit's compiled programs."""
-    home = Path.home()
+    """The platform's per-user cache location for the toolkit's compiled programs (raises
+    ``RuntimeError`` when there is no home directory to put it in)."""
     if sys.platform == "darwin":
-        base = home / "Library" / "Caches"
+        base = Path.home() / "Library" / "Caches"
     elif os.name == "nt":
-        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
         return base / "landscape-ntk" / "cache" / "jax"
     else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache")
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "landscape-ntk" / "jax"
 
 
@@ -74,21 +71,20 @@ def enable() -> str | None:
     if switch.lower() in _OFF:
         _STATE.update(dir=None, source=f"off ({SWITCH}={switch})")
         return None
-    path = Path(switch).expanduser() if switch else default_dir()
     try:
+        path = Path(switch).expanduser() if switch else default_dir()
         path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a read-only home: run without the cache rather than fail the import
-        _STATE.update(dir=None, source=f"off (cannot create {path}: {e.strerror})")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except (OSError, RuntimeError, KeyError) as e:
+        # no home, a read-only or foreign directory: run without the cache rather than fail
+        # the import or warn at every compilation
+        why = getattr(e, "strerror", None) or str(e)
+        _STATE.update(dir=None, source=f"off (cannot use the cache directory: {why})")
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECS)
-    # JAX's size limit needs the optional ``filelock`` package (without it, every cache write
-    # fails): limited where it is installed, unlimited (JAX's default) otherwise
-    if ("JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ
-            and jax.config.jax_compilation_cache_max_size == -1
-            and importlib.util.find_spec("filelock") is not None):
-        jax.config.update("jax_compilation_cache_max_size", MAX_SIZE_BYTES)
     from landscape import _compat
 
     _compat.recheck_compilation_cache()  # in case something compiled before this import
@@ -104,5 +100,4 @@ def status() -> dict:
     return {
         **_STATE,
         "min_compile_time_secs": float(jax.config.jax_persistent_cache_min_compile_time_secs),
-        "max_size_bytes": int(jax.config.jax_compilation_cache_max_size),
     }

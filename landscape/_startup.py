@@ -24,6 +24,8 @@ def _is_command_line() -> bool:
     if name in ("landscape", "landscape.exe", "landscape-script.py"):
         return True
     orig = list(getattr(sys, "orig_argv", ()))
+    # the interpreter's own options only (``python my_script.py -m landscape`` is a script)
+    orig = orig[: max(len(orig) - len(sys.argv) + 1, 0)] if sys.argv else orig
     if "-m" in orig:
         i = orig.index("-m")
         return i + 1 < len(orig) and orig[i + 1] in ("landscape", "landscape.cli")

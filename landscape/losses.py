@@ -77,8 +77,22 @@ class _LossSpec:
     param_signature: tuple | None = None
 
 
+def _n(shape: tuple) -> str:
+    """A batch shape with its leading axis written ``N``: ``(N,)``, ``(N, 10)``."""
+    dims = ["N", *map(str, shape[1:])] if shape else []
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
 def _signature(params) -> tuple:
-    return tuple(zip(_tree.leaf_paths(params), (tuple(jnp.shape(x)) for x in jax.tree.leaves(params))))
+    """``(path, shape)`` of every leaf; an ``nnx.State``'s ``.../value`` suffix is dropped, so a
+    State and its pure dict (``nnx.to_pure_dict``) have the same signature."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    out = []
+    for path, leaf in flat:
+        if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+            path = path[:-1]
+        out.append((_tree._path_str(path), tuple(jnp.shape(leaf))))
+    return tuple(out)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -165,9 +179,8 @@ class Loss:
             hint = (" (a trailing axis of length 1: use y[..., 0] or y.reshape(-1))"
                     if ts == labels_shape + (1,) else "")
             raise ValueError(
-                f"{_validate.where()}: integer class labels '{key}' have shape {ts}, but the model's "
-                f"outputs have shape {out} (on a batch of {out[0] if out else 1}): labels need shape "
-                f"{labels_shape}{hint}."
+                f"{_validate.where()}: integer class labels '{key}' have shape {_n(ts)} for N examples, "
+                f"but the model's outputs have shape {_n(out)}: labels need shape {_n(labels_shape)}{hint}."
             )
         if s.kind == "cross_entropy":
             if ts == out:
@@ -179,7 +192,8 @@ class Loss:
                 f"{_validate.where()}: cross-entropy needs integer class labels of shape {labels_shape} "
                 f"or one-hot/soft labels of shape {out}; '{key}' has dtype {t.dtype} and shape {ts}{hint}."
             )
-        if int(np.prod(ts)) != int(np.prod(out)) or ts[:1] != out[:1]:
+        same_examples = len(ts) < 1 or len(out) < 2 or ts[:1] == out[:1]  # per-example vmap: no batch axis
+        if int(np.prod(ts)) != int(np.prod(out)) or not same_examples:
             raise ValueError(
                 f"{_validate.where()}: regression targets '{key}' have shape {ts}, but the model's "
                 f"outputs have shape {out}: give targets of shape {out}."

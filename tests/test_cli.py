@@ -379,3 +379,14 @@ def test_start_up_guard_only_for_the_command_line(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["-m"])
     monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "landscape", "demo"], raising=False)
     assert _startup._is_command_line()
+
+
+def test_start_up_guard_ignores_a_scripts_own_arguments(monkeypatch):
+    """``python my_script.py -m landscape``: ``-m landscape`` are the script's arguments."""
+    import sys
+
+    from landscape import _startup
+
+    monkeypatch.setattr(sys, "argv", ["my_script.py", "-m", "landscape"])
+    monkeypatch.setattr(sys, "orig_argv", ["python", "my_script.py", "-m", "landscape"], raising=False)
+    assert not _startup._is_command_line()

@@ -555,3 +555,14 @@ def test_ntk_accuracy_infinite_width_lines_both_visible_when_equal():
     assert same_time.get_linewidth() >= 3 * regression.get_linewidth()  # the band shows around it
     assert regression.get_zorder() > same_time.get_zorder() and regression.get_linestyle() == "-."
     plt.close(fig)
+
+
+def test_matplotlib_aliases_override_the_styles():
+    """``lw=``/``ls=`` clashed with the styles' ``linewidth``/``linestyle`` (TypeError: got both)."""
+    from landscape.plot._style import line_kwargs, split_style
+
+    kw = {**split_style("train", 0), **line_kwargs({"lw": 3, "ls": ":"})}
+    assert kw["linewidth"] == 3 and kw["linestyle"] == ":" and "lw" not in kw
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 2], **kw)
+    plt.close(fig)

@@ -66,8 +66,8 @@ def test_wrong_params_structure_and_shapes(small):
         ({"x": np.ones((10, 4), np.float32), "label": np.zeros(10, np.int32)}, ValueError,
          r"\(missing: 'y'\)"),
         ({"x": np.ones((10, 4), np.float32), "y": np.zeros((10, 1), np.int32)}, ValueError,
-         r"integer class labels 'y' have shape \(2, 1\), but the model's outputs have shape \(2, 3\) "
-         r"\(on a batch of 2\): labels need shape \(2,\) \(a trailing axis of length 1: use y\[\.\.\., 0\]"),
+         r"integer class labels 'y' have shape \(N, 1\) for N examples, but the model's outputs have "
+         r"shape \(N, 3\): labels need shape \(N,\) \(a trailing axis of length 1: use y\[\.\.\., 0\]"),
         ({"x": np.ones((10, 4), np.float32), "y": np.zeros(10, np.float32)}, ValueError,
          r"cross-entropy needs integer class labels of shape \(2,\) or one-hot/soft labels of shape "
          r"\(2, 3\); 'y' has dtype float32 .* y\.astype\(np\.int32\)"),
@@ -196,3 +196,25 @@ def test_keys_and_curve_values_are_checked(digits_data):
         lc.curve_plane(lambda p, b: 0.0, curve, {"x": np.ones((2, 1))}, curve_ts=61)
     with pytest.raises(TypeError, match="num_ts must be an int"):
         lc.profile(lambda p, b: 0.0, curve, {"x": np.ones((2, 1))}, num_ts=6.0)
+
+
+def test_parameter_and_target_checks_accept_valid_inputs():
+    """The checks must not refuse what worked before them: an ``nnx.State`` of the model's
+    parameters (paths end in ``/value``), a per-example ``vmap`` (no batch axis), multi-output
+    regression, one-hot labels."""
+    import jax
+    from flax import nnx
+
+    m = landscape.make_model("mlp", input_shape=(4,), num_outputs=3, hidden=(5,), seed=0)
+    lf = landscape.make_loss_fn(m)
+    d = {"x": np.linspace(-1, 1, 24, dtype=np.float32).reshape(6, 4), "y": np.arange(6, dtype=np.int32) % 3}
+    state = nnx.state(nnx.merge(m.apply_fn.graphdef_eval, m.params, m.state), nnx.Param)
+    np.testing.assert_allclose(lf(state, d)[0], lf(m.params, d)[0], rtol=1e-6)
+    onehot = {"x": d["x"], "y": np.eye(3, dtype=np.float32)[d["y"]]}
+    np.testing.assert_allclose(lf(m.params, onehot)[0], lf(m.params, d)[0], rtol=1e-6)
+    lin = landscape.from_nnx(nnx.Linear(4, 1, rngs=nnx.Rngs(0)))
+    mse = landscape.make_loss_fn(lin, "mse")
+    per = jax.vmap(lambda b: mse(lin.params, b)[0])({"x": d["x"], "y": np.ones(6, np.float32)})
+    assert per.shape == (6,)
+    two = landscape.from_nnx(nnx.Linear(4, 2, rngs=nnx.Rngs(0)))
+    landscape.evaluate(landscape.make_loss_fn(two, "mse"), two.params, {"x": d["x"], "y": np.ones((6, 2), np.float32)})

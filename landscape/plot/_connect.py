@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from landscape.plot._style import LINESTYLES, MARKERS, new_axes, place_legend, split_style
+from landscape.plot._style import (
+    LINESTYLES,
+    MARKERS,
+    line_kwargs,
+    new_axes,
+    place_legend,
+    split_style,
+)
 
 __all__ = ["plot_barrier_sweep", "plot_curve_plane", "plot_profiles"]
 
@@ -90,7 +97,7 @@ def plot_profiles(
                     continue
                 t = np.asarray(p.ts, float)
                 y = np.asarray(src[metric], float)
-                style = {**split_style(split, i), "color": color, **kwargs}
+                style = {**split_style(split, i), "color": color, **line_kwargs(kwargs)}
                 a.plot(t, y, label=f"{label} ({split})", **style)
                 if mark_max:
                     inside = (t >= 0) & (t <= 1)

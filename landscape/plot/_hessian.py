@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from landscape.plot._style import MARKERS, curve_style, new_axes, place_legend
+from landscape.plot._style import MARKERS, curve_style, line_kwargs, new_axes, place_legend
 
 __all__ = [
     "plot_decomposition",
@@ -94,7 +94,7 @@ def plot_density(
         if yscale == "log":
             y = np.maximum(y, floor)
         top = max(top, float(np.nanmax(y)))
-        kw = {**curve_style(i), **style} if several else dict(style)
+        kw = {**curve_style(i), **line_kwargs(style)} if several else line_kwargs(style)
         kw.setdefault("color", f"C{i}")
         colors[name] = kw["color"]
         ax.plot(d.grid, y, label=name if several or label else None, **kw)
@@ -213,7 +213,7 @@ def plot_decomposition(decomposition, ax=None, *, yscale: str = "log", floor: fl
         y = np.asarray(decomposition.density[part])
         if yscale == "log":
             y = np.maximum(y, floor)
-        kw = {**curve_style(i), **style}
+        kw = {**curve_style(i), **line_kwargs(style)}
         kw.setdefault("color", f"C{i}")
         ax.plot(decomposition.grid, y, label=f"{part} (trace {float(decomposition.traces[part]):.3g})", **kw)
     ax.set_yscale(yscale)

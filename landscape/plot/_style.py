@@ -45,6 +45,15 @@ def new_axes(figsize, nrows: int = 1, ncols: int = 1, **kwargs):
     return plt.subplots(nrows, ncols, figsize=figsize, layout="constrained", **kwargs)
 
 
+def line_kwargs(kwargs: dict) -> dict:
+    """The user's line keywords with matplotlib's aliases spelled out (``lw`` -> ``linewidth``,
+    ``ls`` -> ``linestyle``, ...), so they override a style's entries instead of clashing."""
+    from matplotlib import cbook
+    from matplotlib.lines import Line2D
+
+    return cbook.normalize_kwargs(kwargs, Line2D)
+
+
 def curve_style(i: int, *, spacing: float = 0.12) -> dict:
     """Style of the ``i``-th of several curves that may coincide: line style, width, open
     marker every ``spacing`` (a fraction of the axes' diagonal, so any sampling gets the same

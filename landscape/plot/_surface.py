@@ -17,7 +17,7 @@ from matplotlib import colors as mcolors
 from matplotlib import ticker
 
 from landscape import validate as _validate
-from landscape.plot._style import new_axes, place_legend, split_style
+from landscape.plot._style import line_kwargs, new_axes, place_legend, split_style
 
 __all__ = [
     "plot_contour",
@@ -327,7 +327,7 @@ def plot_slice(
                 continue
             y = np.asarray(src[metric], dtype=float)
             name = f"{split} {metric}"
-            style = {**split_style(split, i), "color": colors[i % 4], **kwargs}
+            style = {**split_style(split, i), "color": colors[i % 4], **line_kwargs(kwargs)}
             (h,) = a.plot(x, y, label=name if prefix is None else f"{prefix} ({name})", **style)
             handles.append(h)
         a.set_ylabel(metric)
