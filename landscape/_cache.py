@@ -7,11 +7,11 @@ nothing is configured already:
 
 * ``JAX_COMPILATION_CACHE_DIR`` in the environment, or ``jax.config.jax_compilation_cache_dir``
   set before the import, wins: then none of JAX's cache settings is touched;
-* otherwise the cache goes to the platform's per-user cache location
-  (``$XDG_CACHE_HOME/landscape-ntk/jax`` or ``~/.cache/landscape-ntk/jax`` on Linux,
-  ``~/Library/Caches/landscape-ntk/jax`` on macOS, ``%LOCALAPPDATA%\\landscape-ntk\\cache\\jax``
-  on Windows), never the working directory; every program is cached (:data:`MIN_COMPILE_SECS`,
-  unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise). The directory is not
+* otherwise the cache goes to ``jax/`` in the toolkit's per-user cache
+  (:func:`landscape.data.cache_dir`: ``$LANDSCAPE_CACHE_DIR``, or the platform's location,
+  ``~/.cache/landscape-ntk`` on Linux), never the working directory; every program is cached
+  (:data:`MIN_COMPILE_SECS`, unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says
+  otherwise). The directory is not
   size-limited (JAX's limit needs the ``filelock`` package, and its LRU bookkeeping warned on
   every write into a directory written without it): entries are small (about 13 kB each, 520 kB
   for the top-5 workload); delete the directory to clear it;
@@ -25,7 +25,6 @@ every process). :func:`status` says what is in use.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 SWITCH = "LANDSCAPE_COMPILATION_CACHE"
@@ -46,16 +45,11 @@ _STATE: dict = {"dir": None, "source": "not configured"}
 
 
 def default_dir() -> Path:
-    """The platform's per-user cache location for the toolkit's compiled programs (raises
-    ``RuntimeError`` when there is no home directory to put it in)."""
-    if sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    elif os.name == "nt":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-        return base / "landscape-ntk" / "cache" / "jax"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "landscape-ntk" / "jax"
+    """Where compiled programs go by default: ``jax/`` in the toolkit's per-user cache
+    (:func:`landscape.data.cache_dir`, which also holds the embedded data sets)."""
+    from landscape.data import cache_dir  # here, not at the top: this module loads before JAX
+
+    return cache_dir() / "jax"
 
 
 def enable() -> str | None:

@@ -96,12 +96,21 @@ def load_data(name: str, **kwargs) -> Dataset:
 
 
 def cache_dir() -> Path:
-    """``$LANDSCAPE_CACHE_DIR``, else ``$XDG_CACHE_HOME/landscape-ntk``, else ``~/.cache/...``."""
+    """The toolkit's per-user cache (the embedded data sets' arrays; compiled programs under
+    ``jax/``): ``$LANDSCAPE_CACHE_DIR``, else the platform's location:
+    ``$XDG_CACHE_HOME/landscape-ntk`` or ``~/.cache/landscape-ntk`` on Linux,
+    ``~/Library/Caches/landscape-ntk`` on macOS, ``%LOCALAPPDATA%\\landscape-ntk\\cache`` on
+    Windows. Raises ``RuntimeError`` when there is no home directory to put it in."""
+    import sys
+
     env = os.environ.get("LANDSCAPE_CACHE_DIR")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "landscape-ntk"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "landscape-ntk"
+    if os.name == "nt":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "landscape-ntk" / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "landscape-ntk"
 
 
 def _standardise(train_x, test_x):

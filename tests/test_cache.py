@@ -11,7 +11,7 @@ CODE = r"""
 import json, os, sys
 os.chdir(sys.argv[1] if len(sys.argv) > 1 else {cwd!r})
 for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-          "JAX_COMPILATION_CACHE_MAX_SIZE", "LANDSCAPE_COMPILATION_CACHE"):
+          "JAX_COMPILATION_CACHE_MAX_SIZE", "LANDSCAPE_COMPILATION_CACHE", "LANDSCAPE_CACHE_DIR"):
     os.environ.pop(k, None)
 os.environ["XDG_CACHE_HOME"] = {xdg!r}
 import jax, jax.numpy as jnp

@@ -112,7 +112,8 @@ def _profile(bump=0.3):
     )
 
 
-def _pca():
+# (also used by tests/surface/test_plots.py)
+def example_pca():
     coords = np.stack([np.linspace(0.8, 0, 6), np.sin(np.linspace(0, 3, 6)) * 0.3], axis=1)
     return PCAResult(
         vectors={"w": np.zeros((2, 3))},
@@ -317,7 +318,7 @@ def _figures():
         "plot_slice interpolate": lambda: plot.plot_slice(
             _slice_1d("interpolate"), metrics="loss"
         ),
-        "plot_trajectory": lambda: plot.plot_trajectory(_pca(), r2),
+        "plot_trajectory": lambda: plot.plot_trajectory(example_pca(), r2),
         "plot_density": lambda: plot.plot_density(_density(), eigen=_eigen(), yscale="log"),
         "plot_density dict": lambda: plot.plot_density(
             {"a": _density(), "b": _density()}, eigen={"a": _eigen(), "b": _eigen()}

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from landscape import plot  # noqa: E402
-from landscape.surface import PCAResult, SliceResult  # noqa: E402
+from landscape.surface import SliceResult  # noqa: E402
 
 
 def _result_2d():
@@ -82,18 +82,12 @@ def test_contours_labelled_filled_3d_and_extra_paths():
 
 def test_trajectory_over_contour():
     r = _result_2d()
-    coords = np.stack([np.linspace(0.8, 0, 6), np.sin(np.linspace(0, 3, 6)) * 0.3], axis=1)
-    pca = PCAResult(
-        vectors={"w": np.zeros((2, 3))},
-        explained_variance=np.array([2.0, 0.5]),
-        explained_variance_ratio=np.array([0.8, 0.2]),
-        singular_values=np.array([1.0, 0.5]),
-        coords=coords,
-        steps=np.arange(6),
-    )
+    from tests.test_plot_defects import example_pca
+
+    pca = example_pca()
     ax = plot.plot_trajectory(pca, r)
     path = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == 6]
-    assert path and np.allclose(path[0].get_xdata(), coords[:, 0])
+    assert path and np.allclose(path[0].get_xdata(), pca.coords[:, 0])
     assert "80.0%" in ax.get_xlabel()
     ax2 = plot.plot_trajectory(pca)  # the path alone
     assert ax2.get_lines()
