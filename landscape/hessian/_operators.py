@@ -782,7 +782,10 @@ def make_hvp(
     engine.check_loss(loss_fn, params, batched)
     subset = make_subset(params, params_filter)
     pieces = None
-    if curvature in ("ggn", "residual") or (curvature == "fisher" and (model is not None or isinstance(loss_fn, Loss))):
+    if curvature == "hessian" and (isinstance(loss_fn, Loss) or (model is not None and output_loss is not None)):
+        # not needed for products; kept so that trace(estimator="auto") can take the exact route
+        pieces = _pieces_for(loss_fn, model, output_loss)
+    elif curvature in ("ggn", "residual") or (curvature == "fisher" and (model is not None or isinstance(loss_fn, Loss))):
         pieces = _pieces_for(loss_fn, model, output_loss)
         if pieces is None and curvature != "fisher":
             raise ValueError(

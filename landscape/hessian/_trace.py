@@ -13,7 +13,7 @@ from jax import lax
 from landscape import engine
 from landscape import validate as _validate
 from landscape._result import Result, result, static_field
-from landscape.hessian import _driver, _eigen, _random
+from landscape.hessian import _driver, _eigen, _exact, _random
 from landscape.hessian import _lanczos as lz
 from landscape.hessian import _operators as ops
 
@@ -25,16 +25,23 @@ __all__ = ["TraceResult", "trace"]
 
 @result
 class TraceResult(Result):
-    """A stochastic trace estimate with its standard error.
+    """A trace, exact or estimated, with its standard error.
 
     Attributes:
-      estimate: the trace estimate (float64 scalar).
+      estimate: the trace (float64 scalar).
       std_error: its standard error (sample standard deviation of the probe terms over the
         square root of their number; for Hutch++ the deflated part is exact given the sketch and
-        only the residual probes contribute).
-      samples: the per-probe values ``z^T A z`` (Hutchinson) or ``u^T A u`` with
-        ``u = (I - Q Q^T) z`` (Hutch++ residual part).
-      deflated_part: ``tr(Q^T A Q)`` of Hutch++ (0 for Hutchinson).
+        only the residual probes contribute; 0 for ``"exact"``; for ``"control_variate"`` only
+        the residual ``H - GGN`` is estimated).
+      samples: the per-probe values ``z^T A z`` (Hutchinson), ``u^T A u`` with
+        ``u = (I - Q Q^T) z`` (Hutch++ residual part) or ``z^T (H - GGN) z`` (control variate;
+        ``z`` zero on the leaves where the residual's diagonal block vanishes).
+      deflated_part: the part computed without probes: ``tr(Q^T A Q)`` of Hutch++ (0 for
+        Hutchinson), the exact trace (``"exact"``) or the exact GGN (+ L2 penalty) trace
+        (``"control_variate"``).
+      estimator: ``"exact"``, ``"control_variate"``, ``"hutch++"`` or ``"hutchinson"``.
+      reason: why this estimator was used (``estimator="auto"`` says what it found).
+      exact_passes: backward passes of the exact part (cotangent directions per example).
       per_leaf, per_leaf_se: ``{leaf_path: trace of that diagonal block}`` from the same probes
         (no extra products) and their standard errors.
       per_layer, per_layer_se: the same summed by layer (leaf path without its last component,
@@ -56,6 +63,8 @@ class TraceResult(Result):
     num_probes: int = static_field(default=0)
     sketch_size: int = static_field(default=0)
     estimator: str = static_field(default="hutch++")
+    reason: str = static_field(default="")
+    exact_passes: int = static_field(default=0)
     converged: bool = static_field(default=False)
     rtol: float = static_field(default=0.0)
     num_params: int = static_field(default=0)
@@ -134,8 +143,10 @@ def estimate_trace(
     atol: float,
     min_probes: int,
     chunk_size: int,
+    offset: float = 0.0,
 ) -> TraceResult:
-    """Trace of an operator (see :func:`trace`): the solver behind it."""
+    """Trace of an operator (see :func:`trace`): the solver behind it (``offset``: a known
+    part of the total, used only by the stopping rule)."""
     prepared = op.host_prepared()
     s, d = engine.split_fn(prepared)
     layout = lz.Layout(op.subset.restrict(op.template))
@@ -171,7 +182,7 @@ def estimate_trace(
         allv = np.concatenate(rows)
         if len(allv) >= max(min_probes, 2):
             tot = allv.sum(axis=1)
-            est = exact_leaf.sum() + tot.mean()
+            est = offset + exact_leaf.sum() + tot.mean()
             se = tot.std(ddof=1) / np.sqrt(len(tot))
             if se <= rtol * abs(est) + atol:
                 converged = True
@@ -184,7 +195,7 @@ def estimate_trace(
     est = float(exact_leaf.sum() + (tot.mean() if m else 0.0))
     se = float(tot.std(ddof=1) / np.sqrt(m)) if m > 1 else float("nan")
     if m > 1 and not converged:
-        converged = se <= rtol * abs(est) + atol
+        converged = se <= rtol * abs(est + offset) + atol
     leaf_est = exact_leaf + mean_leaf
     per_leaf = {p: np.float64(v) for p, v in zip(paths, leaf_est)}
     per_leaf_se = {p: np.float64(v) for p, v in zip(paths, se_leaf)}
@@ -216,6 +227,135 @@ def estimate_trace(
     )
 
 
+ESTIMATORS = ("auto", "exact", "control_variate", "hutch++", "hutchinson")
+
+
+def _route(op, estimator: str, max_hvps: int):
+    """``(estimator, reason, per-leaf affinity reasons or None)`` for the requested estimator."""
+    if estimator in ("hutch++", "hutchinson"):
+        return estimator, "requested", None
+    curv = getattr(op, "curvature", None)
+    reasons, why = _exact.support(op)
+    if reasons is None:
+        if estimator != "auto":
+            raise ValueError(f"{_validate.where()}: estimator={estimator!r} is not available: {why}. Use "
+                             "estimator='auto' (falls back to Hutch++) or 'hutch++'/'hutchinson'.")
+        return "hutch++", f"no exact route: {why}", None
+    M = _exact.num_directions(op, "fisher" if curv == "fisher" else "ggn")
+    if estimator == "auto" and 2 * max_hvps < M:
+        return "hutch++", (f"the exact route needs {M} backward passes per batch (cotangent directions per "
+                           f"example), more than the product budget (max_hvps={max_hvps}) costs"), None
+    bad = {p: r for p, r in zip(op.subset.selected_paths, reasons) if r is not None}
+    if curv in ("ggn", "fisher"):
+        if estimator == "control_variate":
+            raise ValueError(f"{_validate.where()}: the {curv} trace is exact (estimator='exact' or 'auto'); "
+                             "estimator='control_variate' is for the Hessian.")
+        return "exact", f"{curv}: per-example gradient norms", reasons
+    if not bad:
+        if estimator == "control_variate":
+            return "control_variate", "requested (the residual's diagonal vanishes on every leaf)", reasons
+        return "exact", ("the outputs are piecewise affine in every parameter leaf (traced program), so "
+                         "the residual H - GGN has zero diagonal blocks: tr H = tr GGN"), reasons
+    first = next(iter(bad.items()))
+    if estimator == "exact":
+        raise ValueError(
+            f"{_validate.where()}: the Hessian's trace is not exactly the GGN's here: the outputs are not "
+            f"piecewise affine in {len(bad)} leaf/leaves (e.g. '{first[0]}': {first[1]}). Use "
+            "estimator='control_variate' (exact GGN + Hutchinson on H - GGN) or 'auto'."
+        )
+    return "control_variate", (
+        f"{len(bad)} of {len(reasons)} leaves are not piecewise affine (e.g. '{first[0]}': {first[1]}): exact "
+        "GGN trace plus Hutchinson on H - GGN over those leaves"), reasons
+
+
+def solve_trace(op, *, key, estimator, max_hvps, sketch_size, rtol, atol, min_probes, chunk_size) -> TraceResult:
+    """The trace solver behind :func:`trace`: routes to the exact, control-variate or
+    stochastic estimators."""
+    est, reason, reasons = _route(op, estimator, max_hvps)
+    if est in ("hutch++", "hutchinson"):
+        if est == "hutch++" and max_hvps < 3:
+            if estimator == "auto":
+                est, reason = "hutchinson", reason + "; max_hvps < 3 leaves no room for a Hutch++ sketch"
+            else:
+                raise ValueError(f"{_validate.where()}: hutch++ needs max_hvps >= 3 (sketch, its product, "
+                                 f"probes); got {max_hvps}.")
+        res = estimate_trace(op, key=key, estimator=est, max_hvps=max_hvps, sketch_size=sketch_size, rtol=rtol,
+                             atol=atol, min_probes=min_probes, chunk_size=chunk_size)
+        return res.replace(reason=reason)
+    return _exact_trace(op, est, reason, reasons, key=key, max_hvps=max_hvps, rtol=rtol, atol=atol,
+                        min_probes=min_probes, chunk_size=chunk_size)
+
+
+def _exact_trace(op, est, reason, reasons, *, key, max_hvps, rtol, atol, min_probes, chunk_size) -> TraceResult:
+    curv = op.curvature
+    paths = list(op.subset.selected_paths)
+    kind = "fisher" if curv == "fisher" else "ggn"
+    M = _exact.num_directions(op, kind)
+    if curv == "residual":
+        exact_leaf = np.zeros(len(paths))
+        M = 0
+    else:
+        exact_leaf = _exact.leaf_traces(op, kind)
+        if curv != "fisher":
+            exact_leaf = exact_leaf + _exact.penalty_diagonal(op)
+    per_leaf = dict(zip(paths, exact_leaf))
+    per_leaf_se = {p: np.float64(0.0) for p in paths}
+    bad = [p for p, r in zip(paths, reasons) if r is not None] if curv in ("hessian", "residual") else []
+    samples = np.zeros(0)
+    layer_se: dict = {}
+    se = 0.0
+    used = 0
+    probes = 0
+    converged = True
+    if bad and est == "control_variate" or (bad and curv == "residual"):
+        rop = _exact.residual_operator(op, bad)
+        budget = max(2, max_hvps // 2)  # a residual product is a Hessian product and a GGN product
+        sub = estimate_trace(rop, key=key, estimator="hutchinson", max_hvps=budget, sketch_size=None, rtol=rtol,
+                             atol=atol, min_probes=min(min_probes, budget), chunk_size=chunk_size,
+                             offset=float(exact_leaf.sum()))
+        for p in bad:
+            per_leaf[p] = per_leaf[p] + sub.per_leaf[p]
+            per_leaf_se[p] = sub.per_leaf_se[p]
+        samples = np.asarray(sub.samples)
+        layer_se = dict(sub.per_layer_se)
+        se = float(sub.std_error)
+        used = 2 * sub.num_hvps
+        probes = sub.num_probes
+        converged = bool(sub.converged)
+        if curv == "residual":
+            est = "hutchinson"
+    elif est == "control_variate":
+        reason += "; no leaf needs probes"
+    total = float(sum(per_leaf.values()))
+    per_leaf = {p: np.float64(v) for p, v in per_leaf.items()}
+    layers: dict[str, list[str]] = {}
+    for p in paths:
+        layers.setdefault(op.subset.layer_of(p), []).append(p)
+    per_layer = {ly: np.float64(sum(per_leaf[p] for p in ps)) for ly, ps in layers.items()}
+    # the exact part has no variance: a layer's SE is that of its probed leaves' sum
+    per_layer_se = {ly: np.float64(layer_se.get(ly, 0.0)) for ly in layers}
+    return TraceResult(
+        estimate=np.float64(total),
+        std_error=np.float64(se),
+        samples=samples,
+        deflated_part=np.float64(exact_leaf.sum()),
+        per_leaf=per_leaf,
+        per_leaf_se=per_leaf_se,
+        per_layer=per_layer,
+        per_layer_se=per_layer_se,
+        num_hvps=int(used),
+        num_probes=int(probes),
+        sketch_size=0,
+        estimator=est,
+        reason=reason,
+        exact_passes=int(M),
+        converged=bool(converged),
+        rtol=float(rtol),
+        num_params=int(op.num_params),
+        curvature=op.curvature,
+    )
+
+
 @_validate.public("landscape.hessian.trace")
 @ops.curvature_keywords()
 def trace(
@@ -225,7 +365,7 @@ def trace(
     /,
     *,
     key,
-    estimator: str = "hutch++",
+    estimator: str = "auto",
     max_hvps: int = 100,
     sketch_size: int | None = None,
     rtol: float = 1e-2,
@@ -236,31 +376,53 @@ def trace(
     **curvature,
 ) -> TraceResult:
     """Trace of a symmetric operator (the Hessian, GGN or Fisher of the full-data-set mean
-    loss, or any matvec), with a standard error and per-layer traces.
+    loss, or any matvec), exact where the algebra allows, else with a standard error; with
+    per-leaf and per-layer traces.
 
     Called like :func:`eigenvalues`: ``trace(op, key=...)`` on a :class:`CurvatureOperator`,
     ``trace(matvec, like=template, key=...)``, or the one-shot ``trace(loss_fn, params, data,
     key=..., **curvature)``.
 
-    ``"hutchinson"``: the mean of ``z^T A z`` over Rademacher probes ``z`` (Hutchinson 1989).
-    ``"hutch++"`` (default): sketch ``Y = A S`` with ``sketch_size`` Rademacher columns,
-    orthonormalise it (``Q``), take ``tr(Q^T A Q)`` exactly and estimate the rest with
-    Hutchinson on ``(I - QQ^T) A (I - QQ^T)`` (Meyer, Musco, Musco, Woodruff 2021). On spectra
-    with a few large eigenvalues (trained networks) the residual part is much smaller, so the
-    error at equal products is lower; on a flat spectrum the sketch buys nothing and Hutchinson
-    is better. Probes run in compiled chunks of ``chunk_size``; after each chunk the estimate
-    stops when ``std_error <= rtol * |estimate| + atol`` (at least ``min_probes`` probes), or
-    when ``max_hvps`` products are used.
+    Estimators (``estimator=``; the result's ``estimator`` and ``reason`` say which ran and why):
 
-    Per-leaf traces (the trace of each parameter leaf's diagonal block) come from the same
-    probes at no extra cost: ``tr(A_ll) = tr(Q_l^T (A Q)_l) + E[u_l^T (A u)_l]``; per-layer
-    traces sum the leaves of a layer.
+    * ``"auto"`` (default): ``"exact"`` when it applies, else ``"control_variate"`` for a
+      Hessian, else ``"hutch++"``. The exact and control-variate routes need the model's
+      outputs and output loss: a :class:`landscape.Loss` from ``make_loss_fn`` carries them (or
+      ``model=`` and ``output_loss=``); a plain ``loss_fn``, a matvec or a preconditioned
+      operator gets Hutch++. Auto also takes Hutch++ when the exact route would need more than
+      ``2 max_hvps`` backward passes (outputs with many rows, e.g. sequences).
+    * ``"exact"``: the GGN and empirical-Fisher traces from per-example gradient norms
+      (``tr GGN = mean_i tr(J_i^T H_i J_i)``, see :mod:`landscape.hessian._exact`); the
+      Hessian's when the network's outputs are piecewise affine in each parameter leaf
+      (ReLU/leaky-ReLU/max-pool MLPs and CNNs, batch norm in evaluation mode, a linear read-out),
+      decided from the traced program (never from layer names): then the residual ``H - GGN``
+      has zero diagonal blocks and ``tr H = tr GGN`` (+ the L2 penalty's ``weight_decay * P``).
+      Tied weights, LayerNorm, batch norm in training mode, weight standardisation, attention
+      and smooth activations break it, for the leaves they touch; ``"exact"`` then raises,
+      naming the leaf and the operation.
+    * ``"control_variate"``: ``tr H = tr GGN (exact) + E[z^T (H - GGN) z]``, the expectation
+      over Rademacher probes ``z`` supported on the leaves where the residual's diagonal does
+      not vanish. Its standard error is the residual's only (a residual product costs a
+      Hessian product and a GGN product: ``num_hvps`` counts both).
+    * ``"hutchinson"``: the mean of ``z^T A z`` over Rademacher probes ``z`` (Hutchinson 1989).
+    * ``"hutch++"``: sketch ``Y = A S`` with ``sketch_size`` Rademacher columns, orthonormalise
+      it (``Q``), take ``tr(Q^T A Q)`` exactly and estimate the rest with Hutchinson on
+      ``(I - QQ^T) A (I - QQ^T)`` (Meyer, Musco, Musco, Woodruff 2021). On spectra with a few
+      large eigenvalues (trained networks) the residual part is much smaller, so the error at
+      equal products is lower; on a flat spectrum the sketch buys nothing and Hutchinson is
+      better.
+
+    Stochastic probes run in compiled chunks of ``chunk_size``; after each chunk the estimate
+    stops when ``std_error <= rtol * |estimate| + atol`` (at least ``min_probes`` probes), or
+    when ``max_hvps`` products are used. Per-leaf traces (each parameter leaf's diagonal block)
+    come from the same probes (``tr(A_ll) = tr(Q_l^T (A Q)_l) + E[u_l^T (A u)_l]``) or exactly;
+    per-layer traces sum the leaves of a layer.
 
     Args:
       operator, params, data, like: what to estimate on, as in :func:`eigenvalues`.
       key: PRNG key (required): seeds the counter-based probe generator.
-      estimator: ``"hutch++"`` or ``"hutchinson"``.
-      max_hvps: product budget (sketch, its product and the probes together).
+      estimator: ``"auto"``, ``"exact"``, ``"control_variate"``, ``"hutch++"`` or ``"hutchinson"``.
+      max_hvps: product budget of the stochastic part (sketch, its product and the probes).
       sketch_size: Hutch++ sketch columns (default ``max_hvps // 3``).
       rtol, atol: standard-error target.
       min_probes: probes before the target is checked.
@@ -271,21 +433,26 @@ def trace(
       :class:`TraceResult`.
 
     Cost:
-      At most ``max_hvps`` products; memory ``sketch_size x P`` for Hutch++.
+      Exact: about ``M + 1`` gradient evaluations (``M`` cotangent directions per example: the
+      number of outputs for a classifier, 1 for the Fisher) and a forward pass, one compiled
+      program. Stochastic: at most ``max_hvps`` products; memory ``sketch_size x P`` for Hutch++.
 
     Raises:
-      ValueError, TypeError: invalid settings or inputs (see :func:`eigenvalues`).
+      ValueError, TypeError: invalid settings or inputs (see :func:`eigenvalues`); an
+        ``"exact"``/``"control_variate"`` request where it does not apply (with the reason).
       FloatingPointError: a product was not finite (names the batch).
 
     Example:
-      >>> t = landscape.hessian.trace(loss_fn, params, data, key=jax.random.key(0), max_hvps=60)
-      >>> t.estimate, t.std_error, t.per_layer
+      >>> t = landscape.hessian.trace(loss_fn, params, data, key=jax.random.key(0))
+      >>> t.estimate, t.std_error, t.estimator, t.reason, t.per_layer
 
     References:
-      Hutchinson 1989; Meyer, Musco, Musco, Woodruff 2021 (Hutch++); Yao et al. 2020 (PyHessian).
+      Hutchinson 1989; Meyer, Musco, Musco, Woodruff 2021 (Hutch++); Yao et al. 2020 (PyHessian);
+      Schraudolph 2002, Martens 2020 (GGN); Papyan 2019 (H = GGN + residual); Goodfellow 2015
+      (per-example gradient norms).
     """
     key = _validate.check_key(key)
-    _validate.check_choice(estimator, ("hutch++", "hutchinson"), name="estimator")
+    _validate.check_choice(estimator, ESTIMATORS, name="estimator")
     max_hvps = _validate.check_positive_int(max_hvps, name="max_hvps")
     min_probes = _validate.check_positive_int(min_probes, name="min_probes")
     chunk_size = _validate.check_positive_int(chunk_size, name="chunk_size")
@@ -299,5 +466,5 @@ def trace(
         raise ValueError(f"{_validate.where()}: hutch++ needs max_hvps >= 3 (sketch, its product, probes); got {max_hvps}.")
     settings = {"estimator": estimator, "max_hvps": max_hvps, "sketch_size": sketch_size, "rtol": rtol,
                 "atol": atol, "min_probes": min_probes, "chunk_size": chunk_size}
-    return _driver.drive(estimate_trace, operator, params, data, like=like, curvature=curvature, key=key,
+    return _driver.drive(solve_trace, operator, params, data, like=like, curvature=curvature, key=key,
                          record=settings, **settings)
