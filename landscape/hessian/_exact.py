@@ -526,13 +526,13 @@ def chunk_sizes(num_directions: int, leaves_bytes: int, act_bytes: int, budget: 
 
 @functools.partial(jax.jit, static_argnames=("s", "plan"))
 def _exact_jit(s, d, plan: Plan):
-    op = engine.merge_fn(s, d)
+    pieces, params, batched = engine.merge_fn(s, d)  # not the operator: one program for every curvature
 
     def value_fn(params, batch):
-        t = batch_terms(op.pieces, None, plan, params, batch)
+        t = batch_terms(pieces, None, plan, params, batch)
         return [t[p] for p in plan.selected]
 
-    return engine.batched_mean(value_fn, op.params, op.batched)
+    return engine.batched_mean(value_fn, params, batched)
 
 
 def leaf_traces(op, kind: str) -> np.ndarray:
@@ -552,9 +552,12 @@ def leaf_traces(op, kind: str) -> np.ndarray:
     act_bytes = bs * max(int(np.size(leaves[i])) for i in sel) * item * 4
     ce, cd = chunk_sizes(M, sel_bytes, act_bytes)
     plan = Plan(kind, sel, ce, cd)
-    s, d = engine.split_fn(op)
+    s, d = engine.split_fn((op.pieces, op.params, op.batched))
     vals, ok = _exact_jit(s, d, plan)
-    op.check_flags(ok, context=f"exact {kind} trace")
+    if not np.asarray(ok).all():
+        from landscape.hessian._operators import raise_nonfinite
+
+        raise_nonfinite(ok, op, what=f"exact {kind} trace")
     return np.asarray([np.float64(v) for v in vals])
 
 
@@ -580,6 +583,15 @@ def examples_independent(pieces, params, batch) -> bool:
 
 
 def support(op) -> tuple[list | None, str]:
+    """Cached on the operator (see :func:`_support`)."""
+    cached = getattr(op, "_exact_support", None)
+    if cached is None:
+        cached = _support(op)
+        op._exact_support = cached
+    return cached
+
+
+def _support(op) -> tuple[list | None, str]:
     """``(per-selected-leaf reasons (None: affine), why-not)`` for the exact route on ``op``.
 
     Returns ``(None, reason)`` when no exact route applies at all (no model outputs, a

@@ -364,9 +364,21 @@ def _batch_fisher(op, params, batch, v):
 
 
 def _batch_residual(op, params, batch, v):
-    h = _batch_hessian(op, params, batch, v)
-    g = _batch_ggn(op, params, batch, v, with_penalty=True)
-    return _tree.sub(h, g)
+    pieces = op.pieces
+    if pieces.loss is None:  # a plain loss_fn: the Hessian minus the GGN, whatever the loss holds
+        h = _batch_hessian(op, params, batch, v)
+        g = _batch_ggn(op, params, batch, v, with_penalty=True)
+        return _tree.sub(h, g)
+    # a landscape.Loss is output_loss(outputs) + penalty, so H - GGN = sum_c r_c d2 f_c with the
+    # output residual r = dL/df held fixed: one Hessian-vector product of r . f
+    sub0 = op.subset.restrict(params)
+    out = pieces.outputs(params, batch)
+    r = jax.lax.stop_gradient(jax.grad(lambda o: pieces.output_loss(o, batch))(out))
+
+    def f(sub):
+        return jnp.sum(r * pieces.outputs(op.subset.merge(params, sub), batch))
+
+    return jax.jvp(jax.grad(f), (sub0,), (v,))[1]
 
 
 _BATCH_PRODUCTS = {

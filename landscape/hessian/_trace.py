@@ -309,7 +309,10 @@ def _exact_trace(op, est, reason, reasons, *, key, max_hvps, rtol, atol, min_pro
     converged = True
     if bad and est == "control_variate" or (bad and curv == "residual"):
         rop = _exact.residual_operator(op, bad)
-        budget = max(2, max_hvps // 2)  # a residual product is a Hessian product and a GGN product
+        # a residual product of a landscape.Loss is one Hessian-vector product (of r . f); of a
+        # plain loss_fn with model=, a Hessian product and a GGN product
+        cost = 1 if op.pieces.loss is not None else 2
+        budget = max(2, max_hvps // cost)
         sub = estimate_trace(rop, key=key, estimator="hutchinson", max_hvps=budget, sketch_size=None, rtol=rtol,
                              atol=atol, min_probes=min(min_probes, budget), chunk_size=chunk_size,
                              offset=float(exact_leaf.sum()))
@@ -319,7 +322,7 @@ def _exact_trace(op, est, reason, reasons, *, key, max_hvps, rtol, atol, min_pro
         samples = np.asarray(sub.samples)
         layer_se = dict(sub.per_layer_se)
         se = float(sub.std_error)
-        used = 2 * sub.num_hvps
+        used = cost * sub.num_hvps
         probes = sub.num_probes
         converged = bool(sub.converged)
         if curv == "residual":
@@ -402,8 +405,10 @@ def trace(
       naming the leaf and the operation.
     * ``"control_variate"``: ``tr H = tr GGN (exact) + E[z^T (H - GGN) z]``, the expectation
       over Rademacher probes ``z`` supported on the leaves where the residual's diagonal does
-      not vanish. Its standard error is the residual's only (a residual product costs a
-      Hessian product and a GGN product: ``num_hvps`` counts both).
+      not vanish. Its standard error is the residual's only. A residual product is one
+      Hessian-vector product (of ``r . f`` with the output residual ``r = dL/df`` held fixed)
+      for a :class:`landscape.Loss`; with a plain ``loss_fn`` and ``model=`` it is a Hessian
+      and a GGN product, and ``num_hvps`` counts both.
     * ``"hutchinson"``: the mean of ``z^T A z`` over Rademacher probes ``z`` (Hutchinson 1989).
     * ``"hutch++"``: sketch ``Y = A S`` with ``sketch_size`` Rademacher columns, orthonormalise
       it (``Q``), take ``tr(Q^T A Q)`` exactly and estimate the rest with Hutchinson on
