@@ -4,7 +4,7 @@
 computes, on the exact full training set (and the test set where it applies):
 
 * **curvature** (``landscape.hessian``): the top-5 Hessian eigenvalues with true residuals, a
-  Hutch++ trace with its standard error, and a stochastic Lanczos quadrature density;
+  trace (exact where the network allows, else with its standard error), and a stochastic Lanczos quadrature density;
 * **shape** (``landscape.surface``): a 1-D slice along a filter-normalised random direction and
   the interpolation from the initialisation to the solution (Goodfellow et al. 2015);
 * **connectivity** (``landscape.connect``): a second network trained from another seed, the
