@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
-from flax import nnx
 
 from landscape import validate as _validate
+
+if TYPE_CHECKING:
+    from flax import nnx
+
+# Flax is imported where a Flax object is built or run, not with the package (flax.nnx alone
+# takes about 0.3 s to import): a model triple of plain functions never needs it.
 
 PyTree = Any
 
@@ -82,7 +88,7 @@ def as_model(model) -> Model:
     """Accept a :class:`Model` or any ``(apply_fn, params, state)`` triple."""
     if isinstance(model, Model):
         return model
-    if isinstance(model, nnx.Module):
+    if _is_nnx_module(model):
         return from_nnx(model)
     if isinstance(model, tuple) and len(model) == 3 and callable(model[0]):
         return Model(model[0], model[1], model[2])
@@ -90,6 +96,13 @@ def as_model(model) -> Model:
         f"{_validate.where()}: model must be a landscape.Model or an (apply_fn, params, state) triple "
         f"(use landscape.from_nnx(module) for a Flax NNX module); got {type(model).__name__}."
     )
+
+
+def _is_nnx_module(obj) -> bool:
+    """``isinstance(obj, nnx.Module)`` without importing Flax: if ``flax.nnx`` was never
+    imported, ``obj`` cannot be one."""
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(obj, nnx.Module)
 
 
 class NNXApply:
@@ -112,6 +125,8 @@ class NNXApply:
         self.__name__ = name
 
     def __call__(self, params, state, x, *, train: bool = False):
+        from flax import nnx
+
         graphdef = self.graphdef_train if train else self.graphdef_eval
         module = nnx.merge(graphdef, params, state)
         out = module(x)
@@ -169,10 +184,12 @@ def from_nnx(module: nnx.Module, *, spec: dict | None = None) -> Model:
     Returns:
       A :class:`Model`.
     """
-    if not isinstance(module, nnx.Module):
+    if not _is_nnx_module(module):
         raise TypeError(
             f"landscape.from_nnx: module must be a flax.nnx.Module; got {type(module).__name__}."
         )
+    from flax import nnx
+
     eval_module = nnx.clone(module)
     eval_module.eval()
     train_module = nnx.clone(module)

@@ -1,12 +1,15 @@
 """Ctrl-C while the ``landscape`` command is starting up (importing JAX and the foundation, about
-1.5 s): one line and exit code 130, instead of Python's traceback or a lost interrupt.
+1.2 s, which :func:`landscape.cli.main` does before it installs its own handler): one line and
+exit code 130, instead of Python's traceback or a lost interrupt.
 
 Importing this module (the package's first import) installs the guard, but only when the process
 is the command line (the ``landscape`` script or ``python -m landscape``) and only in place of
 Python's own handler: a library user's import, a notebook and a SIGINT ignored by whoever started
 the process (nohup) are left alone. Nothing has been computed or saved yet, so the guard ends the
 process at once (``os._exit``: see :mod:`landscape.cli` for why not a normal exit).
-:func:`release` hands Ctrl-C back before the command installs its own handler.
+:func:`release` hands Ctrl-C back before the command installs its own handler. The package
+import asks :func:`_is_command_line` too: the command line imports the package without the
+foundation (``landscape --help`` and ``--version`` need no JAX).
 """
 
 from __future__ import annotations

@@ -311,6 +311,11 @@ def main(argv: list[str] | None = None, *, prog: str = "landscape") -> int:
     if args.command != "demo":  # pragma: no cover
         return 2
     progress = _Progress(Path(args.out))
+    # JAX and the foundation (the package import skips them on the command line, so that --help
+    # and --version need neither), still under the start-up guard
+    import landscape
+
+    landscape._load_foundation()
     _startup.release()  # the start-up guard hands Ctrl-C over to the command's handler
     with _Interrupts(hard=as_program) as interrupts:
         try:

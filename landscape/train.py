@@ -14,14 +14,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from landscape import _provenance, _serialize, engine
 from landscape import tree as _tree
@@ -29,6 +29,12 @@ from landscape import validate as _validate
 from landscape._model import Model, as_model
 from landscape._result import Result, result, static_field
 from landscape.losses import Loss, make_loss_fn
+
+if TYPE_CHECKING:
+    import optax
+
+# Optax is imported where an optimiser or schedule is built or applied (in the functions below),
+# not with the package: code that never trains does not pay for it.
 
 PyTree = Any
 
@@ -71,6 +77,8 @@ def make_schedule(
     _validate.check_choice(
         name, ("constant", "cosine", "warmup_cosine", "step", "exponential"), name="name"
     )
+    import optax
+
     lr = float(learning_rate)
     if name == "constant":
         sched = optax.constant_schedule(lr)
@@ -93,15 +101,15 @@ def make_schedule(
     return sched
 
 
-_OPTIMIZERS = {
-    "sgd": lambda lr, **kw: optax.sgd(lr, **kw),
-    "momentum": lambda lr, momentum=0.9, **kw: optax.sgd(lr, momentum=momentum, **kw),
-    "nesterov": lambda lr, momentum=0.9, **kw: optax.sgd(
+_OPTIMIZERS = {  # name -> builder(optax, learning_rate, **kwargs)
+    "sgd": lambda optax, lr, **kw: optax.sgd(lr, **kw),
+    "momentum": lambda optax, lr, momentum=0.9, **kw: optax.sgd(lr, momentum=momentum, **kw),
+    "nesterov": lambda optax, lr, momentum=0.9, **kw: optax.sgd(
         lr, momentum=momentum, nesterov=True, **kw
     ),
-    "adam": lambda lr, **kw: optax.adam(lr, **kw),
-    "adamw": lambda lr, **kw: optax.adamw(lr, **kw),
-    "rmsprop": lambda lr, **kw: optax.rmsprop(lr, **kw),
+    "adam": lambda optax, lr, **kw: optax.adam(lr, **kw),
+    "adamw": lambda optax, lr, **kw: optax.adamw(lr, **kw),
+    "rmsprop": lambda optax, lr, **kw: optax.rmsprop(lr, **kw),
 }
 
 
@@ -115,7 +123,9 @@ def make_optimizer(
     """An Optax optimiser by name (``sgd``, ``momentum``, ``nesterov``, ``adam``, ``adamw``,
     ``rmsprop``) with a float or schedule learning rate."""
     _validate.check_choice(name, tuple(_OPTIMIZERS), name="name")
-    return _OPTIMIZERS[name](learning_rate, **kwargs)
+    import optax
+
+    return _OPTIMIZERS[name](optax, learning_rate, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +256,8 @@ def _finite(tree):
 
 @functools.partial(jax.jit, static_argnames=("loss_static", "opt"), donate_argnums=(2, 3, 4))
 def _run_block(loss_static, loss_dyn, params, state, opt_state, data, idx, opt, step0):
+    import optax
+
     loss_fn = engine.merge_fn(loss_static, loss_dyn)
 
     def one(carry, inp):
@@ -322,6 +334,13 @@ def _hyperparams(opt_state) -> dict | None:
     except Exception:  # noqa: BLE001 - a description, never a reason to fail training
         return None
     return found or None
+
+
+def _is_optax_transformation(obj) -> bool:
+    """``isinstance(obj, optax.GradientTransformation)`` without importing Optax: if it was never
+    imported, ``obj`` cannot be one."""
+    optax = sys.modules.get("optax")
+    return optax is not None and isinstance(obj, optax.GradientTransformation)
 
 
 def _check_optimizer_config(config) -> dict:
@@ -463,7 +482,7 @@ def train(
             "learning_rate": None if callable(learning_rate) else float(learning_rate),
             "schedule": schedule,
         }
-    elif isinstance(optimizer, optax.GradientTransformation):
+    elif _is_optax_transformation(optimizer):
         opt = optimizer
         opt_desc = {"name": "custom", "repr": repr(optimizer)[:200]}
         if optimizer_config is not None:

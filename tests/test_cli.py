@@ -55,7 +55,7 @@ def test_python_m_landscape():
     """``python -m landscape`` is the same command (help names it ``python -m landscape``)."""
     procs = [subprocess.Popen([sys.executable, "-m", "landscape", flag], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=REPO)
-             for flag in ("--version", "--help")]  # side by side: each is mostly importing JAX
+             for flag in ("--version", "--help")]  # side by side (neither imports JAX: tests/test_imports.py)
     (version, err_v), (usage, err_h) = (p.communicate(timeout=120) for p in procs)
     assert [p.returncode for p in procs] == [0, 0], err_v + err_h
     assert version == f"landscape {landscape.__version__}\n"
