@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -45,12 +46,12 @@ class _AnalyticBlock:
         return self.arch.kernel_fn(x1, None if same else x2)
 
 
-def _bytes_per_pair(arch: Architecture, x) -> float:
-    d = x.ndim - 2
-    P = math.prod(x.shape[1:-1]) if d > 0 else 1
-    mode, radius = _arch.position_layout(arch, tuple(x.shape[1:-1]))
+def _bytes_per_pair(arch: Architecture, shape: tuple, dtype) -> float:
+    """Memory of one pair's intermediates for examples of ``shape`` (no batch axis)."""
+    P = math.prod(shape[:-1]) if len(shape) > 1 else 1
+    mode, radius = _arch.position_layout(arch, tuple(shape[:-1]))
     pos = P * P if mode == "full" else P * math.prod(2 * r + 1 for r in radius)
-    return 12.0 * pos * np.dtype(x.dtype).itemsize
+    return 12.0 * pos * np.dtype(dtype).itemsize
 
 
 def _all_layers(layer):
@@ -92,6 +93,32 @@ def _check_arch(arch, shape, dtype):
     jax.eval_shape(
         lambda a: arch.kernel_fn(a), jax.ShapeDtypeStruct((1,) + shape, dtype)
     )
+
+
+def _plan_uncached(arch, shape, dtype, n, block_size, memory_env):
+    arch.check_input_shape(shape, name="x1")
+    # trace-only check of the whole layer stack (architecture errors name the layer)
+    _check_arch(arch, shape, dtype)
+    return _blocks.choose_block_size(block_size, n, _bytes_per_pair(arch, shape, dtype))
+
+
+_plan_cached = functools.lru_cache(maxsize=256)(_plan_uncached)
+
+
+def _plan(arch, shape, dtype, n, block_size) -> int:
+    """The shape checks and the block size, once per (architecture, example shape, dtype,
+    number of examples, block size, memory limit): a repeated call pays a dictionary look-up.
+    Failures are not cached (every bad call raises)."""
+    memory_env = os.environ.get("NTK_MEMORY_LIMIT")
+    if block_size is None or type(block_size) is int:
+        return _plan_cached(arch, shape, dtype, n, block_size, memory_env)
+    return _plan_uncached(arch, shape, dtype, n, block_size, memory_env)
+
+
+@functools.lru_cache(maxsize=256)
+def _text(arch: Architecture) -> str:
+    """``repr(arch)`` (provenance, store binding), once per architecture."""
+    return repr(arch)
 
 
 @_validate.public("ntk.kernel")
@@ -159,20 +186,18 @@ def kernel(
         raise TypeError(
             f"{_validate.where('ntk')}: arch must be an ntk.Architecture (from ntk.serial); got {type(arch).__name__}."
         )
-    x1 = _checks.as_inputs(x1, name="x1")
-    x2 = None if x2 is None else _checks.as_inputs(x2, name="x2", dtype=x1.dtype)
+    # NaN/Inf: checked by the blocked driver (inside the compiled program for one block)
+    x1 = _checks.as_inputs(x1, name="x1", finite=False)
+    x2 = None if x2 is None else _checks.as_inputs(x2, name="x2", dtype=x1.dtype, finite=False)
     _checks.check_pair(x1, x2)
-    arch.check_input_shape(x1.shape[1:], name="x1")
-    # trace-only check of the whole layer stack (architecture errors name the layer)
-    _check_arch(arch, tuple(x1.shape[1:]), np.dtype(x1.dtype))
     n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
-    bs = _blocks.choose_block_size(block_size, n, _bytes_per_pair(arch, x1))
+    bs = _plan(arch, tuple(x1.shape[1:]), np.dtype(x1.dtype), n, block_size)
     meta = (
         None
         if store is None
         else dict(
             job="ntk.kernel",
-            arch=repr(arch),
+            arch=_text(arch),
             dtype=str(x1.dtype),
             data=data_hash({"x1": x1, "x2": x2}),
         )
@@ -186,10 +211,11 @@ def kernel(
         store=store,
         store_meta=meta,
         progress=progress,
+        check_inputs=True,
     )
     prov = _blocks.provenance(
         x1.dtype,
-        arch=repr(arch),
+        arch=_text(arch),
         block_size=bs,
         n1=int(x1.shape[0]),
         n2=int((x1 if x2 is None else x2).shape[0]),

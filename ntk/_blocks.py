@@ -9,10 +9,15 @@ device computes its block, nothing is communicated. One compiled program serves 
 discarded). The loop over waves is the foundation's chunk driver
 (:func:`landscape.store.run_chunks`): finished blocks are saved atomically in a
 :class:`landscape.Store` and loaded when the job is restarted.
+
+A kernel that is a single block on a single device, without store or progress bar (the small
+calls of a notebook), skips the wave machinery: one compiled program computes the block and
+the inputs' finiteness flags, one transfer brings both back.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import functools
 import math
 import os
@@ -41,11 +46,19 @@ def _base_provenance():
 
 def provenance(dtype, **settings) -> dict:
     """The foundation's provenance record (versions, devices, git commit: computed once per
-    process) with this call's dtype and settings (the kernel results' ``provenance``)."""
+    process) with this call's time, x64 flag, dtype and settings (the kernel results'
+    ``provenance``)."""
     out = dict(_base_provenance())
-    out["dtype"] = str(np.dtype(dtype))
+    out["time"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    out["x64_enabled"] = bool(jax.config.jax_enable_x64)
+    out["dtype"] = _dtype_name(dtype)
     out["settings"] = settings
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype_name(dtype) -> str:
+    return str(np.dtype(dtype))  # numpy 2's dtype str() takes microseconds
 
 
 def memory_limit() -> int:
@@ -121,6 +134,17 @@ def _wave(fs, fd, args, x1s, x2s, same, sharded):
     )(args, x1s, x2s)
 
 
+@functools.partial(jax.jit, static_argnames=("fs", "check"))
+def _single(fs, fd, args, x1, x2, check):
+    """The whole kernel as one block (``x2=None``: symmetric) and, with ``check``, whether
+    ``x1`` and ``x2`` are finite, in one compiled program."""
+    f = engine.merge_fn(fs, fd)
+    out = f(args, x1, x1 if x2 is None else x2, x2 is None)
+    xs = (x1,) if x2 is None else (x1, x2)
+    flags = jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]) if check else jnp.ones((0,), bool)
+    return out, flags
+
+
 _SPEC_CACHE: dict = {}
 
 
@@ -138,6 +162,12 @@ def _out_spec(block_fn, args_spec, u, v):
             _SPEC_CACHE.clear()
         _SPEC_CACHE[key] = hit
     return hit
+
+
+def _check_inputs(x1, x2):
+    _validate.check_finite(x1, name="x1")
+    if x2 is not None:
+        _validate.check_finite(x2, name="x2")
 
 
 def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
@@ -165,6 +195,7 @@ def blocked(
     store_meta: dict | None = None,
     progress: bool = False,
     transpose: Callable = default_transpose,
+    check_inputs: bool = False,
 ):
     """Evaluate ``block_fn(args, x1_block, x2_block, same) -> pytree of (b1, b2, ...)`` on all
     blocks and assemble the ``(n1, n2, ...)`` host arrays.
@@ -173,14 +204,31 @@ def blocked(
     ``args`` are its dynamic arguments (parameters). ``store`` is a directory or a
     :class:`landscape.Store` (bound to ``store_meta`` and the blocking); one entry per block
     pair.
+
+    ``check_inputs``: the caller left the NaN/Inf check of ``x1`` and ``x2`` to this function
+    (``ValueError`` "x1 must be finite", as :func:`landscape.validate.check_finite`). A kernel
+    that is one block on one device, without store or progress bar (the small call), is ONE
+    compiled program that also returns the inputs' finiteness flags (no other dispatch, no
+    host pass over the inputs, one transfer back); otherwise the inputs are checked before
+    the first block.
     """
     sym = x2 is None
-    x1 = np.asarray(x1)
-    x2 = x1 if sym else np.asarray(x2)
-    n1, n2 = x1.shape[0], x2.shape[0]
+    n1 = x1.shape[0]
+    n2 = n1 if sym else x2.shape[0]
     b1 = min(block_size, n1)
     b2 = b1 if sym else min(block_size, n2)
     nb1, nb2 = math.ceil(n1 / b1), math.ceil(n2 / b2)
+    if nb1 == nb2 == 1 and store is None and not progress and jax.device_count() == 1:
+        fs, fd = engine.split_fn(block_fn)
+        out, flags = jax.device_get(_single(fs, fd, args, x1, x2, bool(check_inputs)))
+        if not flags.all():
+            _check_inputs(x1, x2)  # raises, naming the first non-finite input
+        # writable host arrays, as the blocked path gives
+        return jax.tree.map(np.array, out)
+    if check_inputs:
+        _check_inputs(x1, x2)
+    x1 = np.asarray(x1)
+    x2 = x1 if sym else np.asarray(x2)
     x1p = _pad_rows(x1, nb1 * b1)
     x2p = x1p if sym else _pad_rows(x2, nb2 * b2)
 

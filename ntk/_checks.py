@@ -9,8 +9,11 @@ import numpy as np
 from landscape import validate as _validate
 
 
-def as_inputs(x, *, name: str, dtype=None) -> np.ndarray | jax.Array:
-    """A finite floating array with a leading example axis (host arrays stay on the host)."""
+def as_inputs(x, *, name: str, dtype=None, finite: bool = True) -> np.ndarray | jax.Array:
+    """A finite floating array with a leading example axis (host arrays stay on the host).
+
+    ``finite=False`` leaves the NaN/Inf check to the caller (the kernel drivers pass the
+    arrays to :func:`ntk._blocks.blocked`, which checks them inside the compiled program)."""
     if x is None:
         raise TypeError(f"{_validate.where('ntk')}: {name} must be an array of inputs (n, ...); got None.")
     if isinstance(x, dict):
@@ -38,7 +41,8 @@ def as_inputs(x, *, name: str, dtype=None) -> np.ndarray | jax.Array:
         arr = arr.astype(dtype)
     elif not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(jnp.result_type(float))
-    _validate.check_finite(arr, name=name)
+    if finite:
+        _validate.check_finite(arr, name=name)
     return arr
 
 

@@ -553,8 +553,9 @@ def empirical_ntk(
     """
     f, params, x1, x2, arch = resolve(f, params, x1, x2)
     _validate.check_choice(method, METHODS, name="method")
-    x1 = _checks.as_inputs(x1, name="x1")
-    x2 = None if x2 is None else _checks.as_inputs(x2, name="x2", dtype=x1.dtype)
+    # NaN/Inf: checked by the blocked driver (inside the compiled program for one block)
+    x1 = _checks.as_inputs(x1, name="x1", finite=False)
+    x2 = None if x2 is None else _checks.as_inputs(x2, name="x2", dtype=x1.dtype, finite=False)
     _checks.check_pair(x1, x2)
     if arch is not None:
         out_shape = arch.check_input_shape(x1.shape[1:], name="x1")
@@ -583,7 +584,8 @@ def empirical_ntk(
             costs = method_costs(forward_flops(f, params, x1), P, b, b, O, trace_outputs)
             method = min(costs, key=costs.get)
     matrix, bs = _run(
-        f, params, x1, x2, arch, method, bool(trace_outputs), O, block_size, store, progress
+        f, params, x1, x2, arch, method, bool(trace_outputs), O, block_size, store, progress,
+        check_inputs=True,
     )
     return EmpiricalKernel(
         matrix=matrix,
@@ -626,10 +628,11 @@ def _empirical_pair(arch: Architecture, params, x1, x2=None):
 
 @_validate.public("ntk.empirical_ntk")
 def _run(
-    f, params, x1, x2, arch, method, trace_outputs, O, block_size, store, progress, nngp=False
+    f, params, x1, x2, arch, method, trace_outputs, O, block_size, store, progress, nngp=False,
+    *, check_inputs=False,
 ):
-    """The blocked evaluation behind :func:`empirical_ntk` (inputs already validated):
-    ``(kernel arrays, block size)``."""
+    """The blocked evaluation behind :func:`empirical_ntk` (inputs already validated, but for
+    NaN/Inf with ``check_inputs``): ``(kernel arrays, block size)``."""
     pdtype = _tree.dtype_of(params)
     P = _tree.size(params)
     item = np.dtype(pdtype).itemsize
@@ -680,6 +683,7 @@ def _run(
         store=store,
         store_meta=meta,
         progress=progress,
+        check_inputs=check_inputs,
     )
     return out, bs
 

@@ -22,8 +22,57 @@ from landscape.expectations import safe_sqrt
 _PI = math.pi
 
 
+def _atan_ratio(lo, hi):
+    """``arctan(lo / hi)`` for ``0 <= lo <= hi`` (``0`` where ``hi == 0``): Cephes' ``atanf``
+    (float32 and narrower) or ``atan`` (float64) polynomial after the reduction ``(lo - hi)
+    / (lo + hi)`` (``arctan(a) = pi / 4 + arctan((a - 1) / (a + 1))``) above ``tan(pi / 8)``
+    (float32) or 0.66 (float64); one division; within 2 ulp of the correctly rounded value."""
+    f64 = lo.dtype == jnp.float64
+    big = lo > (0.66 if f64 else 0.41421356237309503) * hi
+    t = jnp.where(big, lo - hi, lo) / jnp.where(big, lo + hi, jnp.where(hi == 0, 1, hi))
+    z = t * t
+    if f64:
+        p = (
+            (
+                (-8.750608600031904122785e-1 * z - 1.615753718733365076637e1) * z
+                - 7.500855792314704667340e1
+            )
+            * z
+            - 1.228866684490136173410e2
+        ) * z - 6.485021904942025371773e1
+        q = (
+            (
+                ((z + 2.485846490142306297962e1) * z + 1.650270098316988542046e2) * z
+                + 4.328810604912902668951e2
+            )
+            * z
+            + 4.853903996359136964868e2
+        ) * z + 1.945506571482613964144e2
+        r = t + t * z * p / q
+        return jnp.where(big, r + (_PI / 4 + 0.5 * 6.123233995736765886130e-17), r)
+    r = (
+        ((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z - 3.33329491539e-1
+    ) * z * t + t
+    return jnp.where(big, r + _PI / 4, r)
+
+
+def arctan2(y, x):
+    """``jnp.arctan2(y, x)`` for finite arguments, from elementwise arithmetic only.
+
+    XLA's CPU backend calls a scalar ``atan2`` per element (about 14 ns each: 0.9 ms for a
+    256 x 256 block, most of an analytic ReLU kernel's time); this form vectorises (about 10x
+    faster) at the same accuracy (within 2 ulp; ``arctan2(0, 0) = 0``, ``arctan2(0, -0) = 0``
+    where ``jnp.arctan2`` gives ``pi``). Differentiable (the polynomial's derivative).
+    """
+    ax, ay = jnp.abs(x), jnp.abs(y)
+    r = _atan_ratio(jnp.minimum(ax, ay), jnp.maximum(ax, ay))
+    r = jnp.where(ay > ax, _PI / 2 - r, r)
+    r = jnp.where(x < 0, _PI - r, r)
+    return jnp.where(y < 0, -r, r)
+
+
 def _arctan2_fill(y, x, fill):
-    return jnp.where((y == 0.0) & (x == 0.0), fill, jnp.arctan2(y, x))
+    return jnp.where((y == 0.0) & (x == 0.0), fill, arctan2(y, x))
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,7 +96,7 @@ def erf(c, v1, v2, a: float = 1.0, b: float = 1.0, cshift: float = 0.0):
     c, v1, v2 = b * b * c, b * b * v1, b * b * v2
     prod = (1 + 2 * v1) * (1 + 2 * v2)
     root = safe_sqrt(prod - 4 * c * c)
-    k = (2 / _PI) * jnp.arctan2(2 * c, root)
+    k = (2 / _PI) * arctan2(2 * c, root)
     kdot = (4 / _PI) / root
     return a * a * k + cshift * cshift, a * a * b * b * kdot
 
@@ -58,7 +107,7 @@ def gelu(c, v1, v2):
     prod1 = (v1 + 1) * (v2 + 1)
     delta2 = prod1 - c * c
     delta = safe_sqrt(delta2)
-    ang = jnp.arctan2(c, delta)
+    ang = arctan2(c, delta)
     k = ((c * c + prod * delta2) / (prod1 * delta) + c * ang) / (2 * _PI) + 0.25 * c
     kdot = (1 / delta2 + (1 - prod) / prod1 + 1) * c / delta / (2 * _PI) + 0.25 + ang / (2 * _PI)
     return k, kdot

@@ -9,6 +9,7 @@ noise hits both alike. float32, W_std 1.5, b_std 0.05, traced over 10 outputs.
 """
 
 import argparse
+import datetime
 import os
 import platform
 import statistics
@@ -19,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 WORKER = str(Path(__file__).with_name("worker.py"))
 NT_PY = str(REPO / ".venv-nt" / "bin" / "python")
+LOADED = 1.5  # 1-minute load average above which a row's ratio is marked as loaded
 
 CASES = [
     ("analytic NTK, Dense-Relu-Dense-Relu-Dense, 256 x 256, dim 64", "analytic_mlp", "analytic", "0"),
@@ -62,24 +64,31 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated workload:method filters, e.g. empirical_cnn:structured")
     args = ap.parse_args()
     only = [o.split(":") for o in args.only.split(",") if o]
-    print("| workload | ours (method) | ours median s | neural-tangents (impl) | NT median s | NT / ours | peak RSS ours / NT (MB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| workload | ours (method) | ours median s | neural-tangents (impl) | NT median s | NT / ours | peak RSS ours / NT (MB) | load before / after |")
+    print("|---|---|---|---|---|---|---|---|")
     names = {"1": "Jacobian contraction", "2": "NTK-vector products", "3": "structured derivatives", "0": "kernel_fn"}
     for label, wl, ours_m, nt_i in CASES:
         if only and not any(wl == o[0] and (len(o) == 1 or ours_m == o[1]) for o in only):
             continue
         a = start(sys.executable, "ours", wl, ours_m)
         b = start(NT_PY, "nt", wl, nt_i)
+        load0 = os.getloadavg()[0]
         ta, tb = [], []
         for _ in range(args.repeats):
             ta.append(once(a))
             tb.append(once(b))
+        load1 = os.getloadavg()[0]
         ra, rb = stop(a), stop(b)
         ma, mb = statistics.median(ta), statistics.median(tb)
-        print(f"| {label} | {ours_m} | {ma:.4g} | {names[nt_i]} | {mb:.4g} | {mb / ma:.2f} | {ra} / {rb} |", flush=True)
+        # a ratio measured while the 1-minute load exceeded 1.5 (on 2 cores) is marked: the
+        # two sides stall differently when the cores are shared
+        mark = " (loaded)" if max(load0, load1) > LOADED else ""
+        print(f"| {label} | {ours_m} | {ma:.4g} | {names[nt_i]} | {mb:.4g} | {mb / ma:.2f}{mark} | "
+              f"{ra} / {rb} | {load0:.2f} / {load1:.2f} |", flush=True)
     print()
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{platform.platform()}; shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end).")
+          f"{platform.platform()}; {args.repeats} alternating repeats per row; 1-minute load "
+          f"average {os.getloadavg()[0]:.2f} at the end; {datetime.date.today().isoformat()}.")
 
 
 if __name__ == "__main__":

@@ -194,7 +194,8 @@ def test_no_recompilation(vec_inputs, key):
     model = MLP.init(key, (5,))
     x1, x2 = vec_inputs
     ntk.empirical_ntk(model, x1, x2)
-    before = _blocks._wave._cache_size()
+    ntk.empirical_ntk(model, x1, x2, block_size=3)
+    before = _blocks._single._cache_size() + _blocks._wave._cache_size()
     ntk.empirical_ntk(model, x1 * 2, x2)
     ntk.empirical_ntk(model.replace(params=jax.tree.map(lambda p: p + 1, model.params)), x1, x2)
     # another seed, the same architecture rebuilt, and f = arch.apply: the same program
@@ -202,7 +203,8 @@ def test_no_recompilation(vec_inputs, key):
     rebuilt = ntk.serial(*MLP.layers)
     ntk.empirical_ntk(rebuilt.init(key, (5,)), x1, x2)
     ntk.empirical_ntk(rebuilt.apply, model.params, x1, x2)
-    assert _blocks._wave._cache_size() == before
+    ntk.empirical_ntk(rebuilt.apply, model.params, x1, x2, block_size=3)
+    assert _blocks._single._cache_size() + _blocks._wave._cache_size() == before
 
 
 def test_empirical_nngp(vec_inputs, key):
