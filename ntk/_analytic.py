@@ -90,9 +90,7 @@ def kernel_equivalent(arch: Architecture) -> Architecture:
 @functools.lru_cache(maxsize=256)
 def _check_arch(arch, shape, dtype):
     """Trace-only check of the whole layer stack (architecture errors name the layer)."""
-    jax.eval_shape(
-        lambda a: arch.kernel_fn(a), jax.ShapeDtypeStruct((1,) + shape, dtype)
-    )
+    jax.eval_shape(lambda a: arch.kernel_fn(a), jax.ShapeDtypeStruct((1,) + shape, dtype))
 
 
 def _plan_uncached(arch, shape, dtype, n, block_size, memory_env):

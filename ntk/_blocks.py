@@ -77,7 +77,8 @@ def choose_block_size(
     block_size,
     n: int,
     bytes_per_pair: float,
-    *, bytes_per_row: float = 0.0,
+    *,
+    bytes_per_row: float = 0.0,
     budget: float | None = None,
 ) -> int:
     """Validate ``block_size`` or pick the largest one within ``budget`` bytes (default
@@ -98,9 +99,13 @@ def choose_block_size(
             b = max(1, int(b / 1.5))
         return int(b)
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
-        raise TypeError(f"{_validate.where('ntk')}: block_size must be a positive int or None; got {block_size!r}.")
+        raise TypeError(
+            f"{_validate.where('ntk')}: block_size must be a positive int or None; got {block_size!r}."
+        )
     if block_size <= 0:
-        raise ValueError(f"{_validate.where('ntk')}: block_size must be positive; got {block_size}.")
+        raise ValueError(
+            f"{_validate.where('ntk')}: block_size must be positive; got {block_size}."
+        )
     b = int(min(block_size, max(n, 1)))
     lim = memory_limit()
     if need(b) > lim:
@@ -289,14 +294,21 @@ def blocked(
             else:
                 u = jnp.asarray(u)
                 v = u if same else jnp.asarray(v)
-            res = [np.asarray(r) for r in jax.tree.leaves(_wave(fs, fd, args, u, v, same, sharded))]
+            res = [
+                np.asarray(r) for r in jax.tree.leaves(_wave(fs, fd, args, u, v, same, sharded))
+            ]
             for k, c in enumerate(part):
                 out[c] = jax.tree.unflatten(treedef, [r[k] for r in res])
         return [out[c] for c in ids]
 
     blocks = _store.run_chunks(
-        wave, order, store=store, group=ndev, progress=progress,
-        desc=_validate.where("ntk"), unit="block",
+        wave,
+        order,
+        store=store,
+        group=ndev,
+        progress=progress,
+        desc=_validate.where("ntk"),
+        unit="block",
     )
     for c, blk in zip(order, blocks):
         put(*pair_of[c], jax.tree.leaves(blk))

@@ -15,7 +15,9 @@ def as_inputs(x, *, name: str, dtype=None, finite: bool = True) -> np.ndarray | 
     ``finite=False`` leaves the NaN/Inf check to the caller (the kernel drivers pass the
     arrays to :func:`ntk._blocks.blocked`, which checks them inside the compiled program)."""
     if x is None:
-        raise TypeError(f"{_validate.where('ntk')}: {name} must be an array of inputs (n, ...); got None.")
+        raise TypeError(
+            f"{_validate.where('ntk')}: {name} must be an array of inputs (n, ...); got None."
+        )
     if isinstance(x, dict):
         raise TypeError(
             f"{_validate.where('ntk')}: {name} must be an array of inputs (n, ...), not a data dict; pass data['x']."
@@ -29,7 +31,9 @@ def as_inputs(x, *, name: str, dtype=None, finite: bool = True) -> np.ndarray | 
     if arr.dtype == object or not (
         jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)
     ):
-        raise TypeError(f"{_validate.where('ntk')}: {name} must be a numeric array; got dtype {arr.dtype}.")
+        raise TypeError(
+            f"{_validate.where('ntk')}: {name} must be a numeric array; got dtype {arr.dtype}."
+        )
     if arr.ndim < 2:
         raise ValueError(
             f"{_validate.where('ntk')}: {name} must have shape (n, ...) with a leading example axis; got shape "

@@ -480,7 +480,9 @@ def empirical_ntk_fn(f, *, method: str = "jacobian", trace_outputs: bool = True,
     """
     _validate.check_choice(method, METHODS[1:], name="method")
     if method == "structured" and not isinstance(arch, Architecture):
-        raise ValueError(f"{_validate.where('ntk')}: method='structured' needs arch=<the ntk.Architecture of f>.")
+        raise ValueError(
+            f"{_validate.where('ntk')}: method='structured' needs arch=<the ntk.Architecture of f>."
+        )
     if method == "structured":
         return jax.jit(
             lambda params, x1, x2=None: ntk_structured(
@@ -584,7 +586,17 @@ def empirical_ntk(
             costs = method_costs(forward_flops(f, params, x1), P, b, b, O, trace_outputs)
             method = min(costs, key=costs.get)
     matrix, bs = _run(
-        f, params, x1, x2, arch, method, bool(trace_outputs), O, block_size, store, progress,
+        f,
+        params,
+        x1,
+        x2,
+        arch,
+        method,
+        bool(trace_outputs),
+        O,
+        block_size,
+        store,
+        progress,
         check_inputs=True,
     )
     return EmpiricalKernel(
@@ -620,16 +632,26 @@ def _empirical_pair(arch: Architecture, params, x1, x2=None):
     outputs, structured method, blocked; one compiled program per architecture and input
     shape). Internal: no validation (the callers drew ``params`` and checked ``x``)."""
     O = int(np.prod(arch.out_shape(x1.shape[1:])))
-    out, _ = _run(
-        arch.apply, params, x1, x2, arch, "structured", True, O, None, None, False, True
-    )
+    out, _ = _run(arch.apply, params, x1, x2, arch, "structured", True, O, None, None, False, True)
     return out
 
 
 @_validate.public("ntk.empirical_ntk")
 def _run(
-    f, params, x1, x2, arch, method, trace_outputs, O, block_size, store, progress, nngp=False,
-    *, check_inputs=False,
+    f,
+    params,
+    x1,
+    x2,
+    arch,
+    method,
+    trace_outputs,
+    O,
+    block_size,
+    store,
+    progress,
+    nngp=False,
+    *,
+    check_inputs=False,
 ):
     """The blocked evaluation behind :func:`empirical_ntk` (inputs already validated, but for
     NaN/Inf with ``check_inputs``): ``(kernel arrays, block size)``."""
@@ -748,9 +770,7 @@ def _param_shapes(arch, shape, dtype):
 
 
 @_validate.public("ntk.empirical_nngp")
-def empirical_nngp(
-    f, params, x1=None, x2=None, *, trace_outputs: bool = True
-) -> EmpiricalKernel:
+def empirical_nngp(f, params, x1=None, x2=None, *, trace_outputs: bool = True) -> EmpiricalKernel:
     """Empirical NNGP ``f(x1) f(x2)^T / O`` (mean over outputs) of one network, or the full
     ``(n1, n2, O, O)`` outer product with ``trace_outputs=False``. Same calling conventions as
     :func:`empirical_ntk`. Averaged over random initialisations it estimates the analytic NNGP

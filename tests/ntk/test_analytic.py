@@ -196,7 +196,9 @@ def test_store_resumes_after_interrupt_and_refuses_another_job(
     np.testing.assert_array_equal(again.nngp, ref.nngp)
     # another architecture or other inputs in the same directory: refused, differences listed
     other = ntk.serial(ntk.Dense(8, W_std=1.5, b_std=0.1), ntk.Relu(), ntk.Dense(1))
-    with pytest.raises(ValueError, match=r"another job \(differences: arch: .*Erf.* -> .*Relu\(\)"):
+    with pytest.raises(
+        ValueError, match=r"another job \(differences: arch: .*Erf.* -> .*Relu\(\)"
+    ):
         ntk.kernel(other, x1, x2, block_size=3, store=tmp_path / "k")
     with pytest.raises(ValueError, match=r"differences: data: "):
         ntk.kernel(arch, x1 + 1, x2, block_size=3, store=tmp_path / "k")

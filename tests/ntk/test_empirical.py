@@ -122,9 +122,7 @@ def nt_models():
             x1 = FIX[f"{name}/x1"]
             model = arch.init(jax.random.key(0), x1.shape[1:], dtype=np.float64)
             params = _specs.nt_params(arch, FIX, name)
-            landscape.validate.check_same_structure(
-                params, model.params, name="params"
-            )
+            landscape.validate.check_same_structure(params, model.params, name="params")
             models[name] = model.replace(params=params)
             xs[name] = (x1, FIX[f"{name}/x2"])
 
@@ -319,7 +317,9 @@ def test_store_resumes_after_interrupt_and_refuses_another_job(
         ntk.empirical_ntk(model, x1, block_size=2, method="jacobian", store=store)
     with pytest.raises(ValueError, match=r"differences: .*block_rows: 2 -> 3"):
         ntk.empirical_ntk(model, x1, block_size=3, store=store)
-    fresh = ntk.empirical_ntk(other, x1, block_size=2, store=landscape.Store(store, overwrite=True))
+    fresh = ntk.empirical_ntk(
+        other, x1, block_size=2, store=landscape.Store(store, overwrite=True)
+    )
     np.testing.assert_allclose(
         fresh.matrix, ntk.empirical_ntk(other, x1, block_size=2).matrix, rtol=0, atol=0
     )
