@@ -141,7 +141,9 @@ class GridSettings:
             if v is not None:
                 _validate.check_positive_int(v, name=f"settings.{name}")
         if not isinstance(self.progress, bool):
-            raise TypeError(f"{_validate.where()}: settings.progress must be a bool; got {self.progress!r}.")
+            raise TypeError(
+                f"{_validate.where()}: settings.progress must be a bool; got {self.progress!r}."
+            )
         budget = _default_memory_budget() if self.memory_budget is None else self.memory_budget
         budget = _validate.check_positive_int(budget, name="settings.memory_budget")
         if self.map_batch is not None and self.strategy == "vmap":
@@ -226,11 +228,16 @@ class Affine:
         return self.centre
 
     def describe(self) -> dict:
-        return {"family": "affine", "num_directions": len(self.directions),
-                "interpolates": self.interpolates}
+        return {
+            "family": "affine",
+            "num_directions": len(self.directions),
+            "interpolates": self.interpolates,
+        }
 
 
-jax.tree_util.register_dataclass(Affine, data_fields=["centre", "directions", "length"], meta_fields=[])
+jax.tree_util.register_dataclass(
+    Affine, data_fields=["centre", "directions", "length"], meta_fields=[]
+)
 
 
 def _family_info(family):
@@ -327,7 +334,9 @@ def resolve_bn(bn, loss_fn, *, bn_states=None, interpolates: bool = True) -> str
 def _bn_reestimation(loss_fn, params, bn_data, settings: GridSettings):
     """Lay out the re-estimation batches and probe the state's update form once."""
     if isinstance(bn_data, engine.Batched):
-        raise TypeError(f"{_validate.where()}: bn_data must be a dict of arrays (training data), not a Batched.")
+        raise TypeError(
+            f"{_validate.where()}: bn_data must be a dict of arrays (training data), not a Batched."
+        )
     bn_batched = _batchnorm.bn_batches(bn_data, settings.bn_batch_size, settings.bn_num_batches)
     form = _batchnorm.probe_state(loss_fn, params, bn_batched)
     info = {
@@ -505,7 +514,9 @@ def evaluate_points(
     coord_sharding = NamedSharding(engine.mesh(), P(engine.DATA_AXIS)) if sharded else None
     if store is not None:
         store = _store.as_store(store)
-        store.bind({**(job or {}), **layout(value_fn, point_fn, point_args, coords, batched, chunk_size)})
+        store.bind(
+            {**(job or {}), **layout(value_fn, point_fn, point_args, coords, batched, chunk_size)}
+        )
 
     def compute(ids):
         (ci,) = ids
@@ -529,10 +540,12 @@ def loss_points(loss_fn: Callable, point_fn: Callable, coords, data: PyTree, **s
 
 
 _ep = inspect.signature(evaluate_points)
-loss_points.__signature__ = _ep.replace(parameters=[
-    inspect.Parameter("loss_fn", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Callable),
-    *list(_ep.parameters.values())[1:],
-])
+loss_points.__signature__ = _ep.replace(
+    parameters=[
+        inspect.Parameter("loss_fn", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Callable),
+        *list(_ep.parameters.values())[1:],
+    ]
+)
 del _ep
 
 
@@ -657,18 +670,12 @@ class Plan:
         return GridValues(out["train"], out.get("test"), finite)
 
 
-def _check_first_layer(first_layer, loss_fn, params, policy):
-    for attr in ("check_compatible", "make_data", "loss_dict"):
-        if not hasattr(first_layer, attr):
-            raise TypeError(
-                f"{_validate.where()}: first_layer must come from "
-                "landscape.surface.affine_first_layer(model); got "
-                f"{type(first_layer).__name__}."
-            )
-    first_layer.check_compatible(loss_fn, params)
-    if policy != "fixed":
-        raise ValueError(
-            f"{_validate.where()}: first_layer needs bn='fixed'; got bn={policy!r}."
+def _check_first_layer(first_layer):
+    if not callable(getattr(first_layer, "prepare", None)):
+        raise TypeError(
+            f"{_validate.where()}: first_layer must come from "
+            "landscape.surface.affine_first_layer(...); got "
+            f"{type(first_layer).__name__}."
         )
 
 
@@ -706,7 +713,9 @@ def prepare(
     for name, d in splits_raw:
         if isinstance(d, engine.Batched):
             continue
-        _validate.check_data(d, name=name if name == "test_data" else ("data" if name == "train" else "test_data"))
+        _validate.check_data(
+            d, name=name if name == "test_data" else ("data" if name == "train" else "test_data")
+        )
     engine.check_loss(loss_fn, origin, data, name="data")
     if test_data is not None:
         engine.check_loss(loss_fn, origin, test_data, name="test_data")
@@ -729,12 +738,16 @@ def prepare(
         fn = Partial(engine.loss_dict, loss_fn)
     evaluator = "engine"
     if first_layer is not None:
-        _check_first_layer(first_layer, loss_fn, origin, policy)
-        basis = family.basis()
-        splits_raw = [(n, first_layer.make_data(d, basis, input_key=loss_fn.input_key)) for n, d in splits_raw]
-        fn = Partial(first_layer.loss_dict, loss_fn, first_layer)
-        point_fn, point_args = _pt_basis_weights, (family,)
-        evaluator = "affine-first-layer"
+        _check_first_layer(first_layer)
+        prepared = first_layer.prepare(
+            loss_fn, family, splits_raw, policy=policy, memory_budget=settings.memory_budget
+        )
+        info["first_layer"] = dict(prepared.info)
+        if prepared.applied:  # else: the plain evaluation, the reason recorded
+            splits_raw = prepared.splits
+            fn = prepared.value_fn
+            point_fn, point_args = _pt_basis_weights, (family,)
+            evaluator = "affine-first-layer"
     placement = "replicate" if jax.device_count() > 1 else "shard"
     splits = []
     for name, d in splits_raw:
@@ -752,7 +765,9 @@ def prepare(
     chunk_size = None if settings.chunk_size is None else _device_multiple(settings.chunk_size)
     fit = default_chunk if strategy == "map" else min(cap, 256)
     if chunk_size is None and not fit_chunk:  # one shape for every evaluation of the plan
-        chunk_size = _device_multiple(default_chunk if strategy == "map" else min(cap, default_chunk))
+        chunk_size = _device_multiple(
+            default_chunk if strategy == "map" else min(cap, default_chunk)
+        )
     info.update(
         evaluator=evaluator,
         strategy=strategy,
@@ -781,8 +796,16 @@ def prepare(
 
 
 @_validate.public("landscape.grid.evaluate")
-def evaluate(loss_fn: Callable, family, coords, data: dict, *, store=None, job: dict | None = None,
-             **options) -> GridValues:
+def evaluate(
+    loss_fn: Callable,
+    family,
+    coords,
+    data: dict,
+    *,
+    store=None,
+    job: dict | None = None,
+    **options,
+) -> GridValues:
     """The exact loss and aux metrics at the points ``family.point(c)`` for every ``c`` in
     ``coords``, on the training data and, if given, the test data: ``prepare(loss_fn, family,
     data, **options).evaluate(coords, store=store, job=job)``.
@@ -818,8 +841,11 @@ def _evaluate_signature():
 
     base = inspect.signature(evaluate)
     params = [p for p in base.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
-    extra = [p for n, p in inspect.signature(prepare).parameters.items()
-             if p.kind == inspect.Parameter.KEYWORD_ONLY and n != "desc"]
+    extra = [
+        p
+        for n, p in inspect.signature(prepare).parameters.items()
+        if p.kind == inspect.Parameter.KEYWORD_ONLY and n != "desc"
+    ]
     return base.replace(parameters=params + extra)
 
 

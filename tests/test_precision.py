@@ -7,6 +7,8 @@ training keeps the backend default.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,10 +78,12 @@ def test_engine_curvature_and_ntk_programs_use_highest_precision():
     # the surface module's first-layer trick (features computed outside the engine)
     from landscape.surface import _fast
 
-    fl = _fast.affine_first_layer(model)
+    target, _ = _fast.affine_first_layer()._find(loss_fn, model.params, data)
+    target = dataclasses.replace(target, num_basis=2)
     basis = (model.params, model.params)
+    fs, fd = engine.split_fn(loss_fn)
     _all_highest(_precisions(jax.make_jaxpr(
-        lambda xx: _fast._features(fl, xx, basis))(jnp.asarray(data["x"]))))
+        lambda d: _fast._features(fs, fd, target, basis, d))(data)))
     _all_highest(_precisions(jax.make_jaxpr(
         lambda p: _empirical.ntk_structured(arch, p, x))(net.params)))
     _all_highest(_precisions(jax.make_jaxpr(lambda xx: arch.kernel_fn(xx))(x)))

@@ -6,6 +6,7 @@ Plots are in :mod:`landscape.plot` (``plot_slice``, ``plot_contour``, ``plot_con
 ``plot_surface3d``, ``plot_trajectory``).
 """
 
+from landscape.surface._adaptive import Adaptive as Adaptive
 from landscape.surface._directions import Direction as Direction
 from landscape.surface._directions import as_direction as as_direction
 from landscape.surface._directions import direction_between as direction_between
@@ -25,6 +26,7 @@ from landscape.surface._slices import slice_1d as slice_1d
 from landscape.surface._slices import slice_2d as slice_2d
 
 __all__ = [
+    "Adaptive",
     "AffineFirstLayer",
     "Direction",
     "PCAResult",

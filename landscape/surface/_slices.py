@@ -30,7 +30,10 @@ from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._model import Model
 from landscape._result import Result, result, static_field
+from landscape.surface import _adaptive
+from landscape.surface._adaptive import as_adaptive
 from landscape.surface._directions import Direction, as_direction
+from landscape.surface._fast import as_first_layer
 from landscape.surface._pca import PCAResult
 
 PyTree = Any
@@ -56,6 +59,8 @@ class SliceResult(grid.SplitValues, Result):
       test: the same on the test data, or ``None``.
       finite: bool, same shape: all metrics finite (train and test) at that point. Non-finite
         points are recorded, not fatal.
+      evaluated: bool, same shape, for an adaptive grid (``adaptive=``): the points evaluated;
+        the others are interpolated. ``None`` for a full grid (every point evaluated).
       kind: ``"slice_1d"``, ``"slice_2d"`` or ``"interpolate"``.
       directions: the directions' specs (kind, key and settings, norms, cosine).
       settings: the evaluation settings (batch-norm policy, chunking, hashes of data, params and
@@ -68,6 +73,7 @@ class SliceResult(grid.SplitValues, Result):
     train: dict
     test: dict | None
     finite: np.ndarray
+    evaluated: np.ndarray | None = None
     kind: str = static_field(default="slice_1d")
     directions: tuple = static_field(default=())
     settings: dict = static_field(default_factory=dict)
@@ -95,13 +101,22 @@ class SliceResult(grid.SplitValues, Result):
     def num_nonfinite(self) -> int:
         return int(np.size(self.finite) - np.count_nonzero(self.finite))
 
+    @property
+    def num_evaluated(self) -> int:
+        """Points evaluated (all of them unless the grid is adaptive)."""
+        return int(
+            np.size(self.finite) if self.evaluated is None else np.count_nonzero(self.evaluated)
+        )
+
     def __repr__(self):
         grid = "x".join(str(s) for s in self.shape)
         lo = float(np.nanmin(self.loss)) if np.any(np.isfinite(self.loss)) else float("nan")
         return (
             f"SliceResult({self.kind}, grid {grid}, train loss min {lo:.4g}, "
             f"test={'yes' if self.test is not None else 'no'}, bn={self.settings.get('bn')}, "
-            f"non-finite={self.num_nonfinite})"
+            f"non-finite={self.num_nonfinite}"
+            + ("" if self.evaluated is None else f", evaluated {self.num_evaluated}")
+            + ")"
         )
 
 
@@ -122,7 +137,9 @@ def _coords(x, default, *, name):
     if a.size == 0:
         raise ValueError(f"{_validate.where()}: {name} is empty; pass at least one coordinate.")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{_validate.where()}: {name} must be finite; got {a[~np.isfinite(a)][:3]}.")
+        raise ValueError(
+            f"{_validate.where()}: {name} must be finite; got {a[~np.isfinite(a)][:3]}."
+        )
     if a.size > 1 and not np.all(np.diff(a) > 0):
         i = int(np.flatnonzero(np.diff(a) <= 0)[0])
         raise ValueError(
@@ -164,12 +181,35 @@ def _job_meta(loss_fn, params, data, test_data, specs) -> dict:
 # --------------------------------------------------------------------------------------------
 # The shared evaluation
 # --------------------------------------------------------------------------------------------
-def _run(loss_fn, family, coords, data, *, test_data, bn, bn_data, bn_states, first_layer,
-         settings, store, meta, kind):
+def _run(
+    loss_fn,
+    family,
+    coords,
+    data,
+    *,
+    test_data,
+    bn,
+    bn_data,
+    bn_states,
+    first_layer,
+    settings,
+    store,
+    meta,
+    kind,
+):
     """Prepare and evaluate the grid; ``(values, settings)``."""
     plan = grid.prepare(
-        loss_fn, family, data, test_data=test_data, bn=bn, bn_data=bn_data, bn_states=bn_states,
-        first_layer=first_layer, settings=settings, default_chunk=DEFAULT_CHUNK, desc=kind,
+        loss_fn,
+        family,
+        data,
+        test_data=test_data,
+        bn=bn,
+        bn_data=bn_data,
+        bn_states=bn_states,
+        first_layer=as_first_layer(first_layer),
+        settings=settings,
+        default_chunk=DEFAULT_CHUNK,
+        desc=kind,
     )
     meta = {**meta, "coords_hash": grid._hash_array(coords)}
     store = _store.as_store(store, meta)
@@ -183,7 +223,79 @@ def _run(loss_fn, family, coords, data, *, test_data, bn, bn_data, bn_states, fi
     return values, info, store
 
 
-def _finish(*, kind, alphas, betas, values, settings, dir_specs, dtype, seeds, store):
+def _run_adaptive(
+    loss_fn,
+    family,
+    axes,
+    data,
+    *,
+    test_data,
+    bn,
+    bn_data,
+    first_layer,
+    settings,
+    store,
+    meta,
+    kind,
+    adaptive,
+):
+    """The adaptive grid (:mod:`landscape.surface._adaptive`) over the full grid ``axes``:
+    ``(values on the full grid, evaluated mask, settings, store)``."""
+    plan = grid.prepare(
+        loss_fn,
+        family,
+        data,
+        test_data=test_data,
+        bn=bn,
+        bn_data=bn_data,
+        first_layer=as_first_layer(first_layer),
+        settings=settings,
+        default_chunk=adaptive.chunk_size,
+        fit_chunk=False,
+        desc=kind,
+    )
+    meta = {
+        **meta,
+        "axes_hash": [grid._hash_array(a) for a in axes],
+        "adaptive": adaptive.describe(),
+    }
+    store = _store.as_store(store, meta)
+    dtype = np.dtype(plan.dtype)
+
+    def evaluate(idx, r):
+        coords = np.stack([axes[ax][idx[:, ax]] for ax in range(len(axes))], axis=1)
+        sub = None if store is None else store.child(f"round{r}")
+        return plan.evaluate(coords.astype(dtype), store=sub, job={**meta, "round": r})
+
+    def metric_of(vals):
+        if adaptive.metric not in vals.train:
+            raise ValueError(
+                f"{_validate.where()}: adaptive.metric must be one of {sorted(vals.train)}; got "
+                f"{adaptive.metric!r}."
+            )
+        return np.asarray(vals.train[adaptive.metric], np.float64)
+
+    train, test, finite, evaluated, summary = _adaptive.run(
+        evaluate, [np.asarray(a, np.float64) for a in axes], adaptive, metric_of=metric_of
+    )
+    values = grid.GridValues(
+        {k: v.ravel() for k, v in train.items()},
+        None if test is None else {k: v.ravel() for k, v in test.items()},
+        finite.ravel(),
+    )
+    info = {
+        **meta,
+        **plan.settings,
+        "chunk_size": plan.chunk_for(summary["num_evaluated"]),
+        "num_points": int(finite.size),
+        "adaptive": {**adaptive.describe(), **summary},
+    }
+    return values, evaluated, info, store
+
+
+def _finish(
+    *, kind, alphas, betas, values, settings, dir_specs, dtype, seeds, store, evaluated=None
+):
     shape = (alphas.size,) if betas is None else (alphas.size, betas.size)
     train = {k: np.asarray(v).reshape(shape) for k, v in values.train.items()}
     test = None
@@ -202,6 +314,7 @@ def _finish(*, kind, alphas, betas, values, settings, dir_specs, dtype, seeds, s
         train=train,
         test=test,
         finite=finite,
+        evaluated=evaluated,
         kind=kind,
         directions=list(dir_specs),
         settings=settings,
@@ -224,8 +337,22 @@ def _finish(*, kind, alphas, betas, values, settings, dir_specs, dtype, seeds, s
     return res
 
 
-def _slice(loss_fn, params, data, dirs, axes, *, kind, test_data, bn, bn_data, first_layer,
-           settings, store):
+def _slice(
+    loss_fn,
+    params,
+    data,
+    dirs,
+    axes,
+    *,
+    kind,
+    test_data,
+    bn,
+    bn_data,
+    first_layer,
+    settings,
+    store,
+    adaptive=None,
+):
     _validate.check_callable(loss_fn, name="loss_fn")
     _validate.check_params(params)
     if bn == "interpolate":
@@ -243,11 +370,40 @@ def _slice(loss_fn, params, data, dirs, axes, *, kind, test_data, bn, bn_data, f
             specs[0]["norm_value"] * specs[1]["norm_value"]
         )
     family = grid.Affine(params, tuple(d.vector for d in dirs))
-    values, info, store = _run(
-        loss_fn, family, coords, data, test_data=test_data, bn=bn, bn_data=bn_data,
-        bn_states=None, first_layer=first_layer, settings=settings, store=store, meta=meta,
-        kind=kind,
-    )
+    adaptive = as_adaptive(adaptive)
+    evaluated = None
+    if adaptive is not None:
+        values, evaluated, info, store = _run_adaptive(
+            loss_fn,
+            family,
+            axes,
+            data,
+            test_data=test_data,
+            bn=bn,
+            bn_data=bn_data,
+            first_layer=first_layer,
+            settings=settings,
+            store=store,
+            meta=meta,
+            kind=kind,
+            adaptive=adaptive,
+        )
+    else:
+        values, info, store = _run(
+            loss_fn,
+            family,
+            coords,
+            data,
+            test_data=test_data,
+            bn=bn,
+            bn_data=bn_data,
+            bn_states=None,
+            first_layer=first_layer,
+            settings=settings,
+            store=store,
+            meta=meta,
+            kind=kind,
+        )
     return _finish(
         kind=kind,
         alphas=axes[0],
@@ -258,6 +414,7 @@ def _slice(loss_fn, params, data, dirs, axes, *, kind, test_data, bn, bn_data, f
         dtype=dtype,
         seeds=_seeds(specs),
         store=store,
+        evaluated=evaluated,
     )
 
 
@@ -274,8 +431,18 @@ _DOC_REST = """
         Garipov et al.'s ``update_bn``; a last smaller batch is weighted by its size);
         ``settings.bn_num_batches`` uses only that many full batches. The statistics are the
         mean over batches of each batch's statistics, so shuffle data that is sorted by class.
-      first_layer: :func:`affine_first_layer` of the model (foundation MLPs): the first layer's
-        pre-activations are precomputed for the basis points (faster, same values).
+      first_layer: the first-layer trick (:mod:`landscape.surface._fast`): ``"auto"`` (the
+        default) finds, in the loss's traced program, the first product of the data with a
+        parameter leaf (a dense layer, a convolution: any model, never by layer names) and
+        precomputes it for the centre and each direction (or each end point), so that each
+        point pays a 3-term combination instead of that product; same values up to
+        floating-point reassociation. It falls back to the plain evaluation where it does not
+        apply (no such product, ``bn="reestimate"``, products above
+        ``settings.memory_budget``) or does not pay (a product with fewer than 4
+        multiply-adds per output and combination term), and says so:
+        ``result.settings["first_layer"]`` (also in the provenance) holds ``applied``, the
+        product and leaf, or the ``reason``. ``True`` (or :func:`affine_first_layer`) applies
+        it wherever it is exact and warns when it cannot; ``None``/``False`` turns it off.
       settings: a :class:`landscape.GridSettings` (batch size, chunk size (default 64),
         strategy, memory budget, progress bar, re-estimation batches).
       store: a directory (or :class:`landscape.Store`) for resumable results: finished chunks
@@ -296,9 +463,10 @@ def slice_1d(
     test_data: dict | None = None,
     bn: str = "fixed",
     bn_data: dict | None = None,
-    first_layer=None,
+    first_layer="auto",
     settings: grid.GridSettings | None = None,
     store=None,
+    adaptive=None,
 ) -> SliceResult:
     """Loss along a line, ``L(params + alpha d)``, exact over the whole data set.
 
@@ -313,8 +481,19 @@ def slice_1d(
     d = as_direction(direction, params, name="direction")
     a = _coords(alphas, np.linspace(-1, 1, 51), name="alphas")
     return _slice(
-        loss_fn, params, data, [d], [a], kind="slice_1d", test_data=test_data, bn=bn,
-        bn_data=bn_data, first_layer=first_layer, settings=settings, store=store,
+        loss_fn,
+        params,
+        data,
+        [d],
+        [a],
+        kind="slice_1d",
+        test_data=test_data,
+        bn=bn,
+        bn_data=bn_data,
+        first_layer=first_layer,
+        settings=settings,
+        store=store,
+        adaptive=adaptive,
     )
 
 
@@ -357,9 +536,10 @@ def slice_2d(
     test_data: dict | None = None,
     bn: str = "fixed",
     bn_data: dict | None = None,
-    first_layer=None,
+    first_layer="auto",
     settings: grid.GridSettings | None = None,
     store=None,
+    adaptive=None,
 ) -> SliceResult:
     """Loss on a plane, ``L(params + alpha d1 + beta d2)``, exact over the whole data set.
 
@@ -376,8 +556,19 @@ def slice_2d(
     a = _coords(alphas, np.linspace(-1, 1, 51), name="alphas")
     b = _coords(betas, np.linspace(-1, 1, 51), name="betas")
     return _slice(
-        loss_fn, params, data, [d1, d2], [a, b], kind="slice_2d", test_data=test_data, bn=bn,
-        bn_data=bn_data, first_layer=first_layer, settings=settings, store=store,
+        loss_fn,
+        params,
+        data,
+        [d1, d2],
+        [a, b],
+        kind="slice_2d",
+        test_data=test_data,
+        bn=bn,
+        bn_data=bn_data,
+        first_layer=first_layer,
+        settings=settings,
+        store=store,
+        adaptive=adaptive,
     )
 
 
@@ -393,7 +584,7 @@ def interpolate(
     bn: str = "fixed",
     bn_states=None,
     bn_data: dict | None = None,
-    first_layer=None,
+    first_layer="auto",
     settings: grid.GridSettings | None = None,
     store=None,
 ) -> SliceResult:
@@ -427,7 +618,11 @@ def interpolate(
     dtype = _tree.dtype_of(pa)
     if bn == "interpolate":
         sa, sb = (None, None) if bn_states is None else tuple(bn_states)
-        sa = sa if sa is not None else (sa_model if sa_model is not None else getattr(loss_fn, "state", None))
+        sa = (
+            sa
+            if sa is not None
+            else (sa_model if sa_model is not None else getattr(loss_fn, "state", None))
+        )
         sb = sb if sb is not None else sb_model
         if sb is None:
             raise ValueError(
@@ -443,8 +638,18 @@ def interpolate(
     meta["params_b_hash"] = _provenance.data_hash(pb)
     coords = t.astype(np.dtype(dtype))[:, None]
     values, info, store = _run(
-        loss_fn, path, coords, data, test_data=test_data, bn=bn, bn_data=bn_data,
-        bn_states=bn_states, first_layer=first_layer, settings=settings, store=store, meta=meta,
+        loss_fn,
+        path,
+        coords,
+        data,
+        test_data=test_data,
+        bn=bn,
+        bn_data=bn_data,
+        bn_states=bn_states,
+        first_layer=first_layer,
+        settings=settings,
+        store=store,
+        meta=meta,
         kind="interpolate",
     )
     return _finish(
@@ -460,11 +665,25 @@ def interpolate(
     )
 
 
+_DOC_ADAPTIVE = """
+      adaptive: ``None`` (default: every point of the grid is evaluated), ``True`` or a
+        :class:`Adaptive`: an adaptive grid that evaluates a coarse lattice (every
+        ``initial_stride``-th coordinate, default 8) and refines, round by round, only the
+        cells whose bilinear interpolation misses the evaluated midpoints by more than
+        ``atol + rtol |f|`` (``f`` the training loss by default; default: ``atol`` 1% of its
+        range on the coarse lattice, ``rtol`` 0).
+        The result is the same :class:`SliceResult` on the full grid: evaluated points exact,
+        the others interpolated, ``result.evaluated`` marking which, and
+        ``result.settings["adaptive"]`` the points evaluated and rounds. The test is an
+        estimate, not a bound (a feature narrower than the coarse lattice can be missed);
+        ``benchmarks/surface`` reports its error against the full grid."""
+
 for _f in (slice_1d, slice_2d):
     _f.__doc__ += (
         _DOC_TEST
         + _DOC_BN
         + _DOC_REST
+        + _DOC_ADAPTIVE
         + """
 
     Returns:
@@ -476,9 +695,11 @@ for _f in (slice_1d, slice_2d):
         non-finite or zero directions, parallel directions, empty or non-increasing
         coordinates, invalid data or settings, a ``store`` holding another job.
 
-    Cost: one full-data-set forward pass per point and split (plus one training-mode pass per
-    point with ``bn="reestimate"``); memory: one point's intermediates (``"map"``) per device,
-    never the whole grid's parameters.
+    Cost: one full-data-set forward pass per point and split (less the first layer's product
+    with the first-layer trick; plus one training-mode pass per point with
+    ``bn="reestimate"``), for every point of the grid or, with ``adaptive=``, only for the
+    points evaluated; memory: one point's intermediates (``"map"``) per device, never the
+    whole grid's parameters, plus the trick's ``K`` precomputed products.
 
     References:
       Li, Xu, Taylor, Studer, Goldstein (2018), Visualizing the Loss Landscape of Neural Nets.

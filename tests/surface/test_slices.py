@@ -1,5 +1,6 @@
 """Slices and interpolation: numerical truth against direct evaluation, the ReLU rescaling
-invariance, the first-layer trick, no recompilation, results, non-finite points, bad input."""
+invariance, no recompilation, results, non-finite points, bad input (the first-layer trick:
+test_fast.py; the adaptive grid: test_adaptive.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import landscape
 from landscape import grid
 from landscape.surface import (
     SliceResult,
-    affine_first_layer,
     interpolate,
     random_direction,
     random_directions,
@@ -160,32 +160,6 @@ def test_relu_rescaling_invariance(norm, small_digits):
         assert np.max(np.abs(raw["p"] - raw["q"])) > 1e-3
 
 
-def test_first_layer_trick_equals_plain_evaluation_float64(small_digits):
-    with jax.enable_x64(True):
-        train = as_dtype(small_digits[0], jnp.float64)
-        m = tiny_mlp(jnp.float64)
-        loss_fn = landscape.make_loss_fn(m, weight_decay=1e-3)
-        fl = affine_first_layer(m)
-        d1, d2 = random_directions(jax.random.key(0), m.params, 2, bias_bn="filter")
-        kw = dict(alphas=np.linspace(-1, 1, 4), betas=np.linspace(-1, 1, 3))
-        plain = slice_2d(loss_fn, m.params, train, (d1, d2), **kw)
-        fast = slice_2d(loss_fn, m.params, train, (d1, d2), first_layer=fl, **kw)
-        assert fast.settings["evaluator"] == "affine-first-layer"
-        for k in plain.train:
-            # reassociated first-layer sums: 1e-12 in float64
-            np.testing.assert_allclose(fast.train[k], plain.train[k], rtol=1e-12, atol=1e-12)
-        b = tiny_mlp(jnp.float64, seed=1)
-        ts = np.linspace(-0.5, 1.5, 5)
-        pi = interpolate(loss_fn, m.params, b.params, train, ts=ts)
-        fi = interpolate(loss_fn, m.params, b.params, train, ts=ts, first_layer=fl)
-        np.testing.assert_allclose(fi.loss, pi.loss, rtol=1e-12)
-        with pytest.raises(ValueError, match="another model"):
-            slice_1d(landscape.make_loss_fn(b), m.params, train, d1, first_layer=fl)
-        cnn = landscape.make_model("cnn", input_shape=(8, 8, 1), num_outputs=10, channels=(4, 6))
-        with pytest.raises(ValueError, match="only the foundation's MLP"):
-            affine_first_layer(cnn)
-
-
 def test_no_recompilation_on_second_call(small_digits):
     train, _ = small_digits
     m = tiny_mlp(jnp.float32)
@@ -222,9 +196,7 @@ def test_result_save_load_roundtrip(tmp_path, small_digits):
         np.testing.assert_array_equal(back.test[k], r.test[k])
     np.testing.assert_array_equal(back.betas, r.betas)
     assert back.directions[0]["key_data"] == tuple(d1.spec["key_data"])
-    assert (
-        back.settings["bn"] == "fixed" and back.settings["data_hash"] == r.settings["data_hash"]
-    )
+    assert back.settings["bn"] == "fixed" and back.settings["data_hash"] == r.settings["data_hash"]
     assert "SliceResult(slice_2d, grid 3x2" in repr(back)
     # defaults: lax.map over one chunk holding the whole (small) grid, no memory estimate needed
     assert back.settings["strategy"] == "map" and back.settings["chunk_size"] == 6
@@ -311,13 +283,19 @@ def test_chunks_sized_from_the_memory_estimate(small_digits):
     loss_fn = landscape.make_loss_fn(m)
     d = random_direction(jax.random.key(0), m.params)
     a = np.linspace(-1, 1, 9)
-    big = slice_1d(loss_fn, m.params, train, d, alphas=a, settings=landscape.GridSettings(strategy="vmap"))
+    big = slice_1d(
+        loss_fn, m.params, train, d, alphas=a, settings=landscape.GridSettings(strategy="vmap")
+    )
     per_point = big.settings["bytes_per_point"]
     # one batch of 300 examples through a 64-12-10-10 MLP: at least the first layer's
     # activations (300 x 12 floats), far below the default budget: the whole grid in one chunk
     assert per_point >= 300 * 12 * 4 and big.settings["chunk_size"] == 9
     small = slice_1d(
-        loss_fn, m.params, train, d, alphas=a,
+        loss_fn,
+        m.params,
+        train,
+        d,
+        alphas=a,
         settings=landscape.GridSettings(strategy="vmap", memory_budget=3 * per_point),
     )
     assert small.settings["chunk_size"] == 3
