@@ -14,8 +14,9 @@ test (for the leaves they touch) with the operation named.
 
 **The GGN trace.** ``tr GGN = (1/N) sum_i tr(J_i^T H_i J_i)`` with ``H_i`` the output-space
 Hessian of example ``i``'s loss (block diagonal over rows: examples, or positions).
-Decomposing each row's block ``H_r = sum_k lambda_rk v_rk v_rk^T`` (``O x O``, from ``O``
-output-space products and a batched ``eigh``) gives
+Factoring each row's block ``H_r = sum_k lambda_rk v_rk v_rk^T`` (``O x O``; analytic for
+cross-entropy, ``(m/n)(diag p - p p^T) = (m/n) sum_k a_k a_k^T`` with
+``a_k = sqrt(p_k)(e_k - p)``, and for MSE, ``I / size``) gives
 ``tr GGN = (1/N) sum_i sum_m w_im ||J_i^T c_im||^2``: per-example squared gradient norms of
 ``M = R O`` cotangent directions (``R`` rows per example, ``O`` outputs). The empirical Fisher is
 the same with one direction per example (``c_i = dl_i/df_i``, weight 1).
@@ -412,21 +413,23 @@ def ggn_directions(pieces, F, batch):
     ``tr(J^T H J) = sum_m sum_b w_mb ||J_b^T c_mb||^2`` (``H``: the batch loss's output Hessian)."""
     F3 = _rows(F)
     B, R, O = F3.shape
-    eye = jnp.eye(O, dtype=F.dtype)
-
-    def col(e):
-        u = jnp.broadcast_to(e, F3.shape).reshape(F.shape)
-        return _rows(pieces.output_hvp(F, u.astype(F.dtype), batch))
-
-    cols = jax.vmap(col)(eye)  # (O_k, B, R, O_j): H[b, r, j, k]
-    H = jnp.moveaxis(cols, 0, -1)
-    H = 0.5 * (H + jnp.swapaxes(H, -1, -2))
-    lam, V = jnp.linalg.eigh(H)  # (B, R, O), (B, R, O, O)
-    # direction (s, k): row s carries V[b, s, :, k]
     rows = jnp.eye(R, dtype=F.dtype)  # (s, r)
-    C = jnp.einsum("sr,bsjk->skbrj", rows, V).reshape(R * O, B, R, O)
-    w = jnp.moveaxis(lam, 0, -1).reshape(R * O, B)  # lam[b, s, k] -> (s, k), b
-    return C, w
+    if pieces.kind == "cross_entropy":
+        # H_r = (m_r / n) (diag p - p p^T) = (m_r / n) sum_k a_k a_k^T, a_k = sqrt(p_k) (e_k - p)
+        t = batch[pieces.target_key]
+        p = jax.nn.softmax(F3, axis=-1)  # (B, R, O)
+        mass = jnp.ones((B, R), F.dtype) if jnp.issubdtype(t.dtype, jnp.integer) else (
+            jnp.sum(t, axis=-1).reshape(B, R).astype(F.dtype))
+        eye = jnp.eye(O, dtype=F.dtype)
+        A = jnp.sqrt(p)[..., None, :] * (eye[None, None] - p[..., :, None])  # (B, R, j, k)
+        C = jnp.einsum("sr,brjk->skbrj", rows, A).reshape(R * O, B, R, O)
+        w = jnp.broadcast_to((mass / (B * R))[:, :, None], (B, R, O))
+        return C, jnp.moveaxis(w, 0, -1).reshape(R * O, B)
+    if pieces.kind == "mse":  # H = I / (B R O)
+        eye = jnp.eye(O, dtype=F.dtype)
+        C = jnp.einsum("sr,jk,b->skbrj", rows, eye, jnp.ones((B,), F.dtype)).reshape(R * O, B, R, O)
+        return C, jnp.full((R * O, B), 1.0 / (B * R * O), F.dtype)
+    raise NotImplementedError(f"exact GGN trace for output loss kind {pieces.kind!r}")  # see support()
 
 
 def fisher_directions(pieces, F, batch):
@@ -541,8 +544,7 @@ def leaf_traces(op, kind: str) -> np.ndarray:
     leaves = jax.tree.leaves(op.params)
     paths = list(_tree.leaf_paths(op.params))
     sel = tuple(paths.index(p) for p in op.subset.selected_paths)
-    first = _first_examples(op.batched, 2)
-    F = jax.eval_shape(lambda p, b: op.pieces.outputs(p, b), op.params, first)
+    F = jax.eval_shape(lambda p, b: op.pieces.outputs(p, _first_examples(b, 2)), op.params, op.batched)
     O = F.shape[-1] if len(F.shape) > 1 else 1
     R = math.prod(F.shape[1:-1]) if len(F.shape) > 2 else 1
     M = R * O if kind == "ggn" else 1
@@ -571,15 +573,27 @@ def _first_examples(batched, n):
 # ---------------------------------------------------------------------------------------------
 # When the exact route applies
 # ---------------------------------------------------------------------------------------------
-def examples_independent(pieces, params, batch) -> bool:
-    """Whether each example's outputs depend on that example only (checked on a few examples:
-    the batched outputs equal the per-example ones)."""
+@functools.partial(jax.jit, static_argnames=("s", "n", "with_loss"))
+def _probe_jit(s, d, n: int, with_loss: bool):
+    """On the first ``n`` examples, in one program: the batched and the per-example outputs, and
+    (for a plain loss_fn) the loss against output_loss(outputs)."""
+    pieces, loss_fn, params, batched = engine.merge_fn(s, d)
+    batch = _first_examples(batched, n)
     F = pieces.outputs(params, batch)
     Fi = jax.vmap(lambda b: pieces.outputs(params, jax.tree.map(lambda x: x[None], b))[0])(batch)
+    if not with_loss:
+        return F, Fi, jnp.zeros(()), jnp.zeros(())
+    lv = engine.loss_and_aux(loss_fn, params, batch)[0]
+    ov = pieces.output_loss(F, batch)
+    return F, Fi, lv, ov
+
+
+def examples_independent(F, Fi) -> bool:
+    """Whether each example's outputs depend on that example only: the batched outputs ``F``
+    equal the per-example ones ``Fi`` (checked on a few examples)."""
     F, Fi = np.asarray(F, np.float64), np.asarray(Fi, np.float64)
     scale = max(1.0, float(np.max(np.abs(F)))) if F.size else 1.0
-    tol = 1e-4 if np.asarray(F).dtype == np.float32 else 1e-4
-    return bool(np.allclose(F, Fi, rtol=tol, atol=tol * scale))
+    return bool(np.allclose(F, Fi, rtol=1e-4, atol=1e-4 * scale))
 
 
 def support(op) -> tuple[list | None, str]:
@@ -607,22 +621,22 @@ def _support(op) -> tuple[list | None, str]:
         )
     if op.scale is not None:
         return None, "the operator is preconditioned"
-    first = _first_examples(op.batched, 4)
+    with_loss = op.pieces.loss is None
+    ps, pd = engine.split_fn((op.pieces, op.loss_fn if with_loss else None, op.params, op.batched))
     try:
-        indep = examples_independent(op.pieces, op.params, first)
+        F, Fi, lv, ov = _probe_jit(ps, pd, min(4, op.batched.num_examples), with_loss)
     except Exception as e:  # pragma: no cover - a model that cannot run one example
         return None, f"the model cannot be evaluated one example at a time ({type(e).__name__})"
-    if not indep:
+    if not examples_independent(F, Fi):
         return None, "examples interact in the model's outputs (batch statistics in training mode?)"
-    if op.pieces.loss is None:
-        pen = 0.0
-        lv = float(engine.loss_and_aux(op.loss_fn, op.params, first)[0])
-        ov = float(op.pieces.output_loss(op.pieces.outputs(op.params, first), first)) + pen
+    if with_loss:
+        lv, ov = float(lv), float(ov)
         if not np.isclose(lv, ov, rtol=1e-4, atol=1e-6 * max(1.0, abs(lv))):
             return None, (
                 f"loss_fn ({lv:.6g} on the first examples) is not output_loss(model outputs) "
                 f"({ov:.6g}): extra terms in the loss"
             )
+    first = jax.eval_shape(lambda b: _first_examples(b, 2), op.batched)
     leaves, treedef = jax.tree.flatten(op.params)
 
     def out_fn(ls, b):
@@ -646,7 +660,7 @@ def num_directions(op, kind: str) -> int:
     Fisher): its backward passes per batch."""
     if kind == "fisher":
         return 1
-    F = jax.eval_shape(lambda p, b: op.pieces.outputs(p, b), op.params, _first_examples(op.batched, 2))
+    F = jax.eval_shape(lambda p, b: op.pieces.outputs(p, _first_examples(b, 2)), op.params, op.batched)
     if len(F.shape) <= 1:
         return 1
     return int(math.prod(F.shape[1:]))

@@ -241,6 +241,11 @@ def _route(op, estimator: str, max_hvps: int):
             raise ValueError(f"{_validate.where()}: estimator={estimator!r} is not available: {why}. Use "
                              "estimator='auto' (falls back to Hutch++) or 'hutch++'/'hutchinson'.")
         return "hutch++", f"no exact route: {why}", None
+    if curv != "fisher" and op.pieces.kind not in ("cross_entropy", "mse"):
+        if estimator != "auto":
+            raise ValueError(f"{_validate.where()}: estimator={estimator!r} needs a cross-entropy or MSE output "
+                             "loss (the output Hessian's factor is analytic for those); use 'auto' or 'hutch++'.")
+        return "hutch++", "no exact route: a custom output loss (the exact GGN trace covers cross-entropy and MSE)", None
     M = _exact.num_directions(op, "fisher" if curv == "fisher" else "ggn")
     if estimator == "auto" and 2 * max_hvps < M:
         return "hutch++", (f"the exact route needs {M} backward passes per batch (cotangent directions per "

@@ -221,6 +221,13 @@ def test_fallbacks_name_their_reason(small):
     r = hessian.trace(extra, small.relu_params32, data, key=jax.random.key(0), model=small.relu_model32,
                       output_loss="cross_entropy", max_hvps=12)
     assert r.estimator == "hutch++" and "extra terms" in r.reason
+    # a custom output loss: the GGN's output factor is analytic only for cross-entropy and MSE
+    def custom(outputs, batch):
+        return landscape.losses.cross_entropy(outputs, batch["y"])
+
+    r = hessian.trace(plain, small.relu_params32, data, key=jax.random.key(0), model=small.relu_model32,
+                      output_loss=custom, max_hvps=12)
+    assert r.estimator == "hutch++" and "custom output loss" in r.reason
     # preconditioned operators and plain matvecs: Hutch++
     P = jax.tree.map(lambda a: jnp.ones_like(a) * 2.0, small.relu_params32)
     r = hessian.trace(small.relu_loss, small.relu_params32, data, key=jax.random.key(0), preconditioner=P,
