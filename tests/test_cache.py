@@ -59,3 +59,37 @@ def test_cache_on_by_default_in_the_user_cache_dir(tmp_path):
     assert out["chosen"] == str(chosen) and chosen.is_dir()
     got, source = out["unwritable"]
     assert got is None and source.startswith("off (cannot use the cache directory")
+
+
+SAME = r"""
+import json, os
+import jax, numpy as np
+from jax import monitoring
+hits = [0]
+monitoring.register_event_listener(lambda event, **kw: hits.__setitem__(0, hits[0] + (event == "/jax/compilation_cache/cache_hits")))
+import landscape
+from landscape import hessian
+rng = np.random.default_rng(0)
+data = {"x": rng.normal(size=(40, 8)).astype(np.float32), "y": rng.integers(0, 3, 40).astype(np.int32)}
+m = landscape.make_model("mlp", input_shape=(8,), num_outputs=3, hidden=(6,), seed=0)
+loss = landscape.make_loss_fn(m)
+e = hessian.eigenvalues(loss, m.params, data, k=2, key=jax.random.key(0))
+t = hessian.trace(loss, m.params, data, key=jax.random.key(0))
+print("RESULT", json.dumps({"values": np.asarray(e.values).tolist(), "trace": float(t.estimate), "hits": hits[0],
+                            "status": landscape.compilation_cache_status()["source"]}))
+"""
+
+
+def test_results_identical_with_and_without_the_cache(tmp_path):
+    """Off, on with an empty cache (programs written), on again (programs read): bitwise the
+    same eigenvalues and trace."""
+    runs = {}
+    for name, env in (("off", {"LANDSCAPE_COMPILATION_CACHE": "0"}),
+                      ("cold", {"LANDSCAPE_COMPILATION_CACHE": str(tmp_path / "c")}),
+                      ("warm", {"LANDSCAPE_COMPILATION_CACHE": str(tmp_path / "c")})):
+        env = {**env, "JAX_COMPILATION_CACHE_DIR": ""}
+        runs[name] = json.loads(run_python(SAME, env=env).split("RESULT ", 1)[1])
+    assert runs["off"]["status"].startswith("off") and runs["off"]["hits"] == 0
+    assert runs["warm"]["hits"] > 0, runs["warm"]
+    for name in ("cold", "warm"):
+        assert runs[name]["values"] == runs["off"]["values"] and runs[name]["trace"] == runs["off"]["trace"], name
