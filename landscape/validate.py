@@ -202,8 +202,12 @@ def check_same_structure(
                 )
 
 
-def check_params(params: PyTree, *, name: str = "params") -> None:
-    """Parameters: a non-empty pytree of floating arrays, all finite."""
+def check_params(params: PyTree, *, name: str = "params", finite: bool = True) -> None:
+    """Parameters: a non-empty pytree of floating arrays, all finite.
+
+    ``finite=False`` checks the structure and leaf types only, for a caller that checks
+    finiteness itself (inside its compiled program) with :func:`check_finite`'s message.
+    """
     leaves = jax.tree.leaves(params)
     if not leaves:
         raise ValueError(f"{where()}: {name} must be a non-empty pytree of arrays; got {params!r}.")
@@ -212,7 +216,8 @@ def check_params(params: PyTree, *, name: str = "params") -> None:
             raise TypeError(
                 f"{where()}: {name} leaf '{path}' must be an array; got {type(leaf).__name__}."
             )
-    check_finite(params, name=name)
+    if finite:
+        check_finite(params, name=name)
 
 
 def num_examples(data: PyTree, *, name: str = "data") -> int:

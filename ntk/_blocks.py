@@ -139,15 +139,21 @@ def _wave(fs, fd, args, x1s, x2s, same, sharded):
     )(args, x1s, x2s)
 
 
-@functools.partial(jax.jit, static_argnames=("fs", "check"))
-def _single(fs, fd, args, x1, x2, check):
-    """The whole kernel as one block (``x2=None``: symmetric) and, with ``check``, whether
-    ``x1`` and ``x2`` are finite, in one compiled program."""
+@functools.partial(jax.jit, static_argnames=("fs", "check", "check_args"))
+def _single(fs, fd, args, x1, x2, check, check_args):
+    """The whole kernel as one block (``x2=None``: symmetric) and the finiteness flags of
+    ``x1`` and ``x2`` (with ``check``) and of ``args[i]`` for each ``(name, i)`` of
+    ``check_args``, in one compiled program."""
     f = engine.merge_fn(fs, fd)
     out = f(args, x1, x1 if x2 is None else x2, x2 is None)
-    xs = (x1,) if x2 is None else (x1, x2)
-    flags = jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]) if check else jnp.ones((0,), bool)
-    return out, flags
+    xs = ((x1,) if x2 is None else (x1, x2)) if check else ()
+    xs += tuple(args[i] for _, i in check_args)
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(xs) if _inexact(x)]
+    return out, jnp.stack(flags) if flags else jnp.ones((0,), bool)
+
+
+def _inexact(x) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.complexfloating)
 
 
 _SPEC_CACHE: dict = {}
@@ -169,10 +175,14 @@ def _out_spec(block_fn, args_spec, u, v):
     return hit
 
 
-def _check_inputs(x1, x2):
-    _validate.check_finite(x1, name="x1")
-    if x2 is not None:
-        _validate.check_finite(x2, name="x2")
+def _check_finite(args, x1, x2, check, check_args):
+    """The host checks the one-block program's flags stand for (raise on the first)."""
+    if check:
+        _validate.check_finite(x1, name="x1")
+        if x2 is not None:
+            _validate.check_finite(x2, name="x2")
+    for name, i in check_args:
+        _validate.check_finite(args[i], name=name)
 
 
 def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
@@ -201,6 +211,7 @@ def blocked(
     progress: bool = False,
     transpose: Callable = default_transpose,
     check_inputs: bool = False,
+    check_args: tuple = (),
 ):
     """Evaluate ``block_fn(args, x1_block, x2_block, same) -> pytree of (b1, b2, ...)`` on all
     blocks and assemble the ``(n1, n2, ...)`` host arrays.
@@ -215,7 +226,8 @@ def blocked(
     that is one block on one device, without store or progress bar (the small call), is ONE
     compiled program that also returns the inputs' finiteness flags (no other dispatch, no
     host pass over the inputs, one transfer back); otherwise the inputs are checked before
-    the first block.
+    the first block. ``check_args``: ``((name, i), ...)``: ``args[i]`` (a pytree) is checked
+    likewise, its errors naming ``name`` (``"params must be finite; ... at leaf 'w'"``).
     """
     sym = x2 is None
     n1 = x1.shape[0]
@@ -225,13 +237,18 @@ def blocked(
     nb1, nb2 = math.ceil(n1 / b1), math.ceil(n2 / b2)
     if nb1 == nb2 == 1 and store is None and not progress and jax.device_count() == 1:
         fs, fd = engine.split_fn(block_fn)
-        out, flags = jax.device_get(_single(fs, fd, args, x1, x2, bool(check_inputs)))
+        check = bool(check_inputs)
+        out, flags = jax.device_get(_single(fs, fd, args, x1, x2, check, tuple(check_args)))
         if not flags.all():
-            _check_inputs(x1, x2)  # raises, naming the first non-finite input
+            _check_finite(args, x1, x2, check, check_args)  # raises, naming the first
+            raise ValueError(  # finite on the host, not in the program's dtype
+                f"{_validate.where('ntk')}: the inputs or parameters overflow the dtype the "
+                f"kernel is computed in ({jnp.result_type(*jax.tree.leaves(out))}; JAX's "
+                "float64 needs jax.config.update('jax_enable_x64', True))."
+            )
         # writable host arrays, as the blocked path gives
         return jax.tree.map(np.array, out)
-    if check_inputs:
-        _check_inputs(x1, x2)
+    _check_finite(args, x1, x2, bool(check_inputs), check_args)
     x1 = np.asarray(x1)
     x2 = x1 if sym else np.asarray(x2)
     x1p = _pad_rows(x1, nb1 * b1)

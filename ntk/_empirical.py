@@ -102,8 +102,9 @@ def _is_triple(f) -> bool:
     return isinstance(f, Model) or (isinstance(f, tuple) and len(f) == 3 and callable(f[0]))
 
 
-def resolve(f, params, x1, x2):
-    """``(f(params, x), params, x1, x2, arch)`` from either calling convention."""
+def resolve(f, params, x1, x2, *, finite: bool = True):
+    """``(f(params, x), params, x1, x2, arch)`` from either calling convention (``finite=False``:
+    the parameters' NaN/Inf check is left to the caller)."""
     arch = None
     if _is_triple(f):
         apply_fn, mparams, state = f
@@ -124,7 +125,7 @@ def resolve(f, params, x1, x2):
         owner = getattr(f, "__self__", None)
         if isinstance(owner, Architecture) and getattr(f, "__name__", "") == "apply":
             arch = owner
-    _validate.check_params(params)
+    _validate.check_params(params, finite=finite)
     return f, params, x1, x2, arch
 
 
@@ -553,9 +554,10 @@ def empirical_ntk(
     References:
       Novak, Sohl-Dickstein, Schoenholz (2022), Fast finite width neural tangent kernel.
     """
-    f, params, x1, x2, arch = resolve(f, params, x1, x2)
+    # NaN/Inf in params, x1, x2: checked by the blocked driver (inside the compiled program
+    # for one block)
+    f, params, x1, x2, arch = resolve(f, params, x1, x2, finite=False)
     _validate.check_choice(method, METHODS, name="method")
-    # NaN/Inf: checked by the blocked driver (inside the compiled program for one block)
     x1 = _checks.as_inputs(x1, name="x1", finite=False)
     x2 = None if x2 is None else _checks.as_inputs(x2, name="x2", dtype=x1.dtype, finite=False)
     _checks.check_pair(x1, x2)
@@ -654,7 +656,7 @@ def _run(
     check_inputs=False,
 ):
     """The blocked evaluation behind :func:`empirical_ntk` (inputs already validated, but for
-    NaN/Inf with ``check_inputs``): ``(kernel arrays, block size)``."""
+    NaN/Inf in params, x1 and x2 with ``check_inputs``): ``(kernel arrays, block size)``."""
     pdtype = _tree.dtype_of(params)
     P = _tree.size(params)
     item = np.dtype(pdtype).itemsize
@@ -706,6 +708,7 @@ def _run(
         store_meta=meta,
         progress=progress,
         check_inputs=check_inputs,
+        check_args=(("params", 1),) if check_inputs else (),
     )
     return out, bs
 

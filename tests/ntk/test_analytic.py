@@ -270,6 +270,16 @@ def test_non_finite_inputs_name_the_input(vec_inputs, block_size, device, tmp_pa
         assert not list(store.glob("*chunk*"))
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_float64_inputs_that_overflow_float32_are_refused(vec_inputs):
+    # finite on the host, infinite in the float32 program (x64 off): an error, not Inf
+    x1, _ = vec_inputs
+    big = x1.copy()
+    big[0, 0] = 1e300
+    with pytest.raises(ValueError, match="ntk.kernel: the inputs or parameters overflow"):
+        ntk.kernel(ntk.serial(ntk.Dense(8), ntk.Relu(), ntk.Dense(1)), big)
+
+
 def test_fast_arctan2_matches_numpy():
     # the vectorised arctan2 of the activation kernels: within 2 ulp of the correctly
     # rounded value (long-double reference) over 40 decades, both signs, zeros

@@ -205,6 +205,19 @@ def test_no_recompilation(vec_inputs, key):
     assert _blocks._single._cache_size() + _blocks._wave._cache_size() == before
 
 
+def test_small_call_is_one_program(vec_inputs, key, monkeypatch):
+    # one block: the kernel and the finiteness flags of params, x1 and x2 in one compiled
+    # program (no blocked wave, no separate finiteness dispatch), equal to the blocked kernel
+    model = MLP.init(key, (5,))
+    x1, x2 = vec_inputs
+    ref = ntk.empirical_ntk(model, x1, x2, block_size=2)
+    monkeypatch.setattr(_blocks, "_wave", None)
+    monkeypatch.setattr(landscape.validate, "_finite_flags", None)
+    small = ntk.empirical_ntk(model, jnp.asarray(x1), jnp.asarray(x2))
+    np.testing.assert_allclose(small.matrix, ref.matrix, rtol=1e-5, atol=1e-6)
+    assert small.matrix.flags.writeable
+
+
 def test_empirical_nngp(vec_inputs, key):
     model = MLP.init(key, (5,))
     x1, x2 = vec_inputs
@@ -251,8 +264,13 @@ def test_bad_inputs(vec_inputs, img_inputs, key, monkeypatch):
         ntk.empirical_ntk(MLP.apply, model.params, np.ones((2, 7)))
     with pytest.raises(TypeError, match="not the architecture itself"):
         ntk.empirical_ntk(MLP, model.params, x1)
+    nan_params = jax.tree.map(lambda p: p * np.nan, model.params)
     with pytest.raises(ValueError, match="params must be finite"):
-        ntk.empirical_ntk(MLP.apply, jax.tree.map(lambda p: p * np.nan, model.params), x1)
+        ntk.empirical_ntk(MLP.apply, nan_params, x1)  # one block: flags of the program
+    with pytest.raises(ValueError, match="params must be finite"):
+        ntk.empirical_ntk(MLP.apply, nan_params, x1, block_size=2)  # blocked
+    with pytest.raises(ValueError, match="x2 must be finite"):
+        ntk.empirical_ntk(model, jnp.asarray(x1), jnp.full((2, 5), jnp.nan))
     monkeypatch.setenv("NTK_MEMORY_LIMIT", "1000")
     with pytest.raises(ValueError, match="cannot fit"):
         ntk.empirical_ntk(model, x1, block_size=9)
