@@ -553,6 +553,8 @@ def leaf_traces(op, kind: str) -> np.ndarray:
     bs = op.batched.batch_size
     act_bytes = bs * max(int(np.size(leaves[i])) for i in sel) * item * 4
     ce, cd = chunk_sizes(M, sel_bytes, act_bytes)
+    if jax.default_backend() == "cpu":
+        cd = 1  # one direction at a time: measured fastest on CPU (28 ms vs 70 ms vectorised, 85k MLP)
     plan = Plan(kind, sel, ce, cd)
     s, d = engine.split_fn((op.pieces, op.params, op.batched))
     vals, ok = _exact_jit(s, d, plan)
