@@ -12,7 +12,10 @@ number of steps (``lax.fori_loop`` with traced bounds):
   projection coefficients are recorded, so the loop also serves thick restarts and block starts
   (rows are expanded in queue order; the projected matrix includes every coupling). A tiny
   remainder (breakdown: the Krylov space is invariant) is replaced by a random vector
-  orthogonal to the basis, with zero coupling.
+  orthogonal to the basis, with zero coupling. Optionally (``W``) the raw products ``A q_j``
+  are kept as a second ``(rows, P)`` array, so true residuals ``||A x - theta x||`` of Ritz
+  vectors ``x = Q^T y`` are formed as ``W^T y - theta Q^T y`` without further products
+  (linearity of ``A``; the eigensolver uses it when the array fits a memory budget).
 * :func:`_stream_jit` (no reorthogonalisation): the three-term recurrence with three vectors; memory
   ``O(P)``. On breakdown it stops (the remaining coefficients are zero, so the Gauss quadrature of
   the invariant subspace is exact and the extra nodes carry zero weight).
@@ -120,12 +123,14 @@ def _eps(dtype) -> float:
 # The compiled loop with full reorthogonalisation
 # --------------------------------------------------------------------------------------------
 def _expand_body(mv, layout, seed, tol_break, j, carry):
-    Q, H, parent, filled, ok, first_bad, anorm, nbreak, ndgks = carry
+    Q, H, parent, filled, ok, first_bad, anorm, nbreak, ndgks, W = carry
     rows = H.shape[0]
     dtype = H.dtype
     q = lax.dynamic_index_in_dim(Q, j, 0, keepdims=False)
     w_tree, flags = mv(layout.unravel(q))
     w = layout.ravel(w_tree).astype(dtype)
+    if W is not None:  # the raw product A q_j (true residuals later without products)
+        W = lax.dynamic_update_index_in_dim(W, w, j, 0)
     ok = ok & flags
     first_bad = jnp.where((first_bad < 0) & ~jnp.all(flags), j, first_bad)
     anorm = jnp.maximum(anorm, jnp.sqrt(_dot(w, w)))
@@ -168,16 +173,18 @@ def _expand_body(mv, layout, seed, tol_break, j, carry):
     H = H.at[filled, j].set(beta)
     parent = parent.at[filled].set(jnp.where(broke, -1, j))
     nbreak = nbreak + broke.astype(nbreak.dtype)
-    return Q, H, parent, filled + 1, ok, first_bad, anorm, nbreak, ndgks
+    return Q, H, parent, filled + 1, ok, first_bad, anorm, nbreak, ndgks, W
 
 
-@functools.partial(jax.jit, static_argnames=("mv_static", "layout"), donate_argnames=("Q", "H"))
-def _expand_jit(mv_static, mv_dyn, layout, Q, H, parent, filled, anorm, start, stop, seed, tol_break):
+@functools.partial(jax.jit, static_argnames=("mv_static", "layout"), donate_argnames=("Q", "H", "W"))
+def _expand_jit(mv_static, mv_dyn, layout, Q, H, parent, filled, anorm, start, stop, seed, tol_break, W=None):
+    """Rows ``start .. stop - 1`` expanded; ``W`` (``None`` or ``(rows, P)``) receives the raw
+    products (``None`` and an array are two programs, each compiled once)."""
     mv = engine.merge_fn(mv_static, mv_dyn)
     q0 = layout.unravel(Q[0])
     flags_shape = jax.eval_shape(lambda v: mv(v)[1], q0)
     ok = jnp.ones(flags_shape.shape, bool)
-    carry = (Q, H, parent, filled, ok, jnp.asarray(-1), anorm, jnp.asarray(0), jnp.asarray(0))
+    carry = (Q, H, parent, filled, ok, jnp.asarray(-1), anorm, jnp.asarray(0), jnp.asarray(0), W)
     body = functools.partial(_expand_body, mv, layout, seed, tol_break)
     return lax.fori_loop(start, stop, body, carry)
 
@@ -187,13 +194,14 @@ class KrylovState:
 
     ``Q`` is the ``(rows, P)`` basis; ``H[:, j]`` holds the projections of ``A q_j`` on the rows
     that existed when row ``j`` was expanded, and ``H[filled_j, j]`` the norm of the remainder.
-    ``expanded`` rows have been multiplied by ``A``; ``filled`` rows exist.
+    ``expanded`` rows have been multiplied by ``A``; ``filled`` rows exist. ``W`` (or ``None``)
+    holds ``A q_j`` for the expanded rows (``W[j]`` is meaningless for the others).
     """
 
-    def __init__(self, prepared, layout: Layout, Q, H, parent, filled: int, expanded: int, *, key, dtype):
+    def __init__(self, prepared, layout: Layout, Q, H, parent, filled: int, expanded: int, *, key, dtype, W=None):
         self.prepared = prepared
         self.layout = layout
-        self.Q, self.H, self.parent = Q, H, parent
+        self.Q, self.H, self.parent, self.W = Q, H, parent, W
         self.filled, self.expanded = int(filled), int(expanded)
         self.key = key
         self.dtype = dtype
@@ -205,6 +213,8 @@ class KrylovState:
         self.first_bad: int | None = None
         self.ok_flags = None
         self._calls = 0
+        self._seed0 = _random.key_seed(key)  # host work, once
+        self._H_host = None  # host copy of H, fetched once per expansion
 
     @property
     def rows(self) -> int:
@@ -220,14 +230,15 @@ class KrylovState:
         if num <= 0:
             return
         s, d = engine.split_fn(self.prepared)
-        seed = np.uint32((_random.key_seed(self.key) + 7919 * self._calls) & 0xFFFFFFFF)
+        seed = np.uint32((self._seed0 + 7919 * self._calls) & 0xFFFFFFFF)
         self._calls += 1
         tol_break = np.asarray(BREAKDOWN_FACTOR * _eps(self.dtype), np.dtype(self.dtype))
         out = _expand_jit(
             s, d, self.layout, self.Q, self.H, self.parent, np.int32(self.filled), self.anorm,
-            np.int32(self.expanded), np.int32(self.expanded + num), seed, tol_break,
+            np.int32(self.expanded), np.int32(self.expanded + num), seed, tol_break, self.W,
         )
-        self.Q, self.H, self.parent, _filled, ok, first_bad, self.anorm, nbreak, ndgks = out
+        self.Q, self.H, self.parent, _filled, ok, first_bad, self.anorm, nbreak, ndgks, self.W = out
+        self._H_host = None
         self.filled += num
         self.expanded += num
         self.num_matvecs += num
@@ -241,7 +252,9 @@ class KrylovState:
                 self.first_bad = int(first_bad)
 
     def H64(self) -> np.ndarray:
-        return np.asarray(self.H, dtype=np.float64)
+        if self._H_host is None:
+            self._H_host = np.asarray(self.H, dtype=np.float64)
+        return self._H_host
 
 
 @functools.partial(jax.jit, static_argnames=("rows",))
@@ -249,13 +262,21 @@ def _init_basis(start_rows, rows):
     return jnp.zeros((rows, start_rows.shape[1]), start_rows.dtype).at[: start_rows.shape[0]].set(start_rows)
 
 
-def new_state(prepared, layout: Layout, start_rows, num_start: int, rows: int, max_expand: int, *, key, dtype) -> KrylovState:
+def new_state(prepared, layout: Layout, start_rows, num_start: int, rows: int, max_expand: int, *, key, dtype,
+              store_products: bool = False) -> KrylovState:
     """A Krylov state whose first ``num_start`` rows are the orthonormal flat ``start_rows``
-    (``(b, P)``, from :meth:`Layout.ravel_rows`)."""
+    (``(b, P)``, from :meth:`Layout.ravel_rows`); ``store_products`` keeps the raw products
+    (a second ``(rows, P)`` array)."""
     Q = _init_basis(start_rows.astype(np.dtype(dtype)), rows)
     H = jax.device_put(np.zeros((rows, max_expand), np.dtype(dtype)))
     parent = jax.device_put(-np.ones((rows,), np.int32))
-    return KrylovState(prepared, layout, Q, H, parent, num_start, 0, key=key, dtype=dtype)
+    W = _zeros_like_jit(Q) if store_products else None
+    return KrylovState(prepared, layout, Q, H, parent, num_start, 0, key=key, dtype=dtype, W=W)
+
+
+@jax.jit
+def _zeros_like_jit(Q):
+    return jnp.zeros_like(Q)
 
 
 @functools.partial(jax.jit, donate_argnames=("Q",))
@@ -291,22 +312,27 @@ def restart(state: KrylovState, S: np.ndarray, diag: np.ndarray, coupling: np.nd
     The new basis is ``[Q_e Y_keep (num_keep rows), carried unexpanded rows (num_carry),
     injected fresh random rows (inject)]``, with ``S`` (rows x rows) mapping old rows to new
     ones, ``diag`` the kept Ritz values and ``coupling`` (num_carry x num_keep) the projections
-    of ``A`` times the kept Ritz vectors on the carried rows.
+    of ``A`` times the kept Ritz vectors on the carried rows. Stored products are recombined
+    with the same ``S`` (the kept rows map expanded rows to expanded rows only).
     """
     rows = state.rows
-    Q = _recombine_jit(state.Q, S.astype(np.dtype(state.dtype)))
+    S = S.astype(np.dtype(state.dtype))
+    Q = _recombine_jit(state.Q, S)
+    if state.W is not None:  # A (Q^T S) = (A Q)^T S: the kept rows' products follow
+        state.W = _recombine_jit(state.W, S)
     H = np.zeros((rows, state.max_expand))
     H[np.arange(num_keep), np.arange(num_keep)] = diag
     if num_carry:
         H[num_keep:num_keep + num_carry, :num_keep] = coupling
     filled = num_keep + num_carry
     for i in range(inject):
-        seed = (_random.key_seed(state.key) + 104729 * (state._calls + i + 1)) & 0xFFFFFFFF
+        seed = (state._seed0 + 104729 * (state._calls + i + 1)) & 0xFFFFFFFF
         Q, _ = _inject_jit(Q, np.int32(filled), np.uint32(seed))
         filled += 1
     state._calls += 1
     state.Q = Q
     state.H = jax.device_put(H.astype(np.dtype(state.dtype)))
+    state._H_host = None
     state.parent = jax.device_put(-np.ones((rows,), np.int32))
     state.filled = filled
     state.expanded = num_keep
@@ -424,9 +450,17 @@ def tridiagonal_eigh(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
 
 
 def projected_eigh(H: np.ndarray, e: int) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenpairs (ascending) of the symmetrised projected matrix ``H[:e, :e]`` (float64)."""
-    T = np.asarray(H[:e, :e], np.float64)
-    T = 0.5 * (T + T.T)
+    """Eigenpairs (ascending) of the projected matrix ``H[:e, :e]`` (float64), symmetric from its
+    upper triangle.
+
+    Rows are expanded in order, so ``H[a, b]`` for ``a <= b`` is a projection computed when row
+    ``b`` was expanded (row ``a`` existed then). The lower triangle holds what was recorded
+    before: the remainder norms, and the couplings a restart wrote, which miss what a lock
+    dropped (see ``_eigen``); in exact arithmetic both triangles agree, and their difference is
+    the products' rounding noise.
+    """
+    T = np.triu(np.asarray(H[:e, :e], np.float64))
+    T = T + np.triu(T, 1).T
     return np.linalg.eigh(T)
 
 

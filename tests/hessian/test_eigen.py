@@ -1,9 +1,11 @@
 """Eigenpairs against dense float64 references and planted spectra.
 
-Tolerances (float64): eigenvalues |error| <= 1e-8 x max|lambda| (the solver runs to a relative
-residual of 1e-10, so eigenvalue errors are ~1e-10 or below); eigenvectors to 1e-6 up to sign
-(vector error ~ residual / gap); repeated eigenvalues compared as subspaces (principal angles).
-float32: the tolerance is floored at 64 eps; eigenvalues to 1e-5 x max|lambda|.
+Tolerances (float64): eigenvalues |error| <= 1e-8 x max|lambda| (the solver bounds the
+eigenvalue error by 1e-10 x ||A||); eigenvectors up to sign within the Davis-Kahan bound
+``sin angle <= residual / gap`` of their reported true residual and the dense gap (``tol``
+bounds eigenvalues, whose error is quadratic in the residual, so vectors are only as accurate
+as the residual says); repeated eigenvalues compared as subspaces (principal angles). float32:
+the tolerance is floored at 64 eps; eigenvalues to 1e-5 x max|lambda|.
 """
 
 from __future__ import annotations
@@ -31,9 +33,13 @@ def test_top5_trained_relu_float64(small, tmp_path):
         assert np.all(np.abs(res.values - ev[::-1][:5]) <= 1e-8 * scale)
         assert np.all(np.diff(res.values) <= 0) and res.converged.all()
         V = _vec_rows(res)
+        desc = ev[::-1]
         for i in range(5):
             ref = small.relu_evecs[:, -1 - i]
-            assert min(np.abs(V[i] - ref).max(), np.abs(V[i] + ref).max()) <= 1e-6
+            gap = min(abs(desc[i] - desc[j]) for j in range(len(desc)) if j != i)
+            dist = min(np.linalg.norm(V[i] - ref), np.linalg.norm(V[i] + ref))
+            assert dist <= np.sqrt(2) * res.residuals[i] / gap + 1e-12  # 2 sin(a/2) <= sqrt(2) sin a
+            assert dist <= 1e-4
         # the true residuals are recomputed products, consistent with the dense matrix
         dense_res = np.linalg.norm(V @ small.relu_H - res.values[:, None] * V, axis=1)
         np.testing.assert_allclose(res.residuals, dense_res, atol=1e-12 * scale)
@@ -65,7 +71,10 @@ def test_bottom5_tanh_float64_and_both(small):
         V = _vec_rows(res)
         for i in range(5):
             ref = small.tanh_evecs[:, i]
-            assert min(np.abs(V[i] - ref).max(), np.abs(V[i] + ref).max()) <= 1e-6
+            gap = min(abs(ev[i] - ev[j]) for j in range(len(ev)) if j != i)
+            dist = min(np.linalg.norm(V[i] - ref), np.linalg.norm(V[i] + ref))
+            assert dist <= np.sqrt(2) * res.residuals[i] / gap + 1e-12
+            assert dist <= 1e-4
         both = hessian.eigenvalues(small.tanh_loss, small.tanh_params, small.data, k=2, which="both",
                                    key=jax.random.key(2), tol=1e-10, batch_size=small.batch, krylov_dim=21)
         assert both.ends == ("largest", "largest", "smallest", "smallest")
