@@ -146,7 +146,9 @@ class EigenResult(Result):
         """The values from the bottom of the spectrum (ascending)."""
         if self.which == "largest":
             return np.asarray(self.values)[:0]
-        return np.asarray(self.values)[-self.k:] if self.which == "both" else np.asarray(self.values)
+        return (
+            np.asarray(self.values)[-self.k :] if self.which == "both" else np.asarray(self.values)
+        )
 
     def vector(self, i: int) -> PyTree:
         """The ``i``-th eigenvector (params-shaped)."""
@@ -154,7 +156,11 @@ class EigenResult(Result):
 
     def __repr__(self):
         vals = np.array2string(np.asarray(self.values), precision=6, separator=", ")
-        bound = float(np.max(self.error_bounds)) if self.error_bounds is not None and len(self.values) else float("nan")
+        bound = (
+            float(np.max(self.error_bounds))
+            if self.error_bounds is not None and len(self.values)
+            else float("nan")
+        )
         return (
             f"EigenResult({self.which}, values={vals}, max_residual={float(np.max(self.residuals)):.2e}, "
             f"max_error_bound={bound:.1e}, converged={int(np.sum(self.converged))}/{len(self.values)}, num_hvps={self.num_hvps})"
@@ -208,7 +214,9 @@ def orthonormal_rows(F, *, name: str) -> tuple[jax.Array, int]:
     dtype = np.dtype(F.dtype)
     norms = np.sqrt(np.maximum(np.diag(np.asarray(_gram_jit(F), np.float64)), 0))
     if np.any(norms == 0):
-        raise ValueError(f"{_validate.where()}: {name} contains a zero vector (row {int(np.argmin(norms))}); starting vectors must be nonzero.")
+        raise ValueError(
+            f"{_validate.where()}: {name} contains a zero vector (row {int(np.argmin(norms))}); starting vectors must be nonzero."
+        )
     F = _combine_jit(F, np.diag(1.0 / norms).astype(dtype))
     if b == 1:  # one row: normalised is orthonormal
         return F, 1
@@ -261,7 +269,9 @@ def start_block(op, layout: lz.Layout, v0, key) -> tuple[jax.Array, int]:
         V = _stack1(v0)
     else:
         lead = {np.shape(a)[:1] for a in v_leaves}
-        ok = len(lead) == 1 and all(np.shape(a)[1:] == np.shape(b) for a, b in zip(v_leaves, p_leaves))
+        ok = len(lead) == 1 and all(
+            np.shape(a)[1:] == np.shape(b) for a, b in zip(v_leaves, p_leaves)
+        )
         if not ok:
             raise ValueError(
                 f"{_validate.where()}: v0 must be {ref}-shaped or a stack of {ref}-shaped vectors (leading axis); "
@@ -331,8 +341,10 @@ def error_bounds(theta: np.ndarray, resid: np.ndarray, idx) -> np.ndarray:
     pos = np.empty(n, int)
     pos[order] = np.arange(n)
     csum = np.concatenate([[0.0], np.cumsum(r * r)])
-    below = np.full(n, np.inf)  # below[a]: from th[a] down to the next Ritz value plus its residual
-    above = np.full(n, np.inf)  # above[b]: from th[b] up to the next Ritz value minus its residual
+    # below[a]: from th[a] down to the next Ritz value plus its residual; above[b]: from th[b]
+    # up to the next Ritz value minus its residual
+    below = np.full(n, np.inf)
+    above = np.full(n, np.inf)
     below[1:] = th[1:] - th[:-1] - r[:-1]
     above[:-1] = th[1:] - th[:-1] - r[1:]
     a, b = np.arange(n)[:, None], np.arange(n)[None, :]
@@ -357,8 +369,17 @@ class _Ritz:
     the unexpanded rows).
     """
 
-    def __init__(self, state: lz.KrylovState, which: str, k: int, tol: float, noise: float = 0.0,
-                 *, measure: bool = True, floor=None):
+    def __init__(
+        self,
+        state: lz.KrylovState,
+        which: str,
+        k: int,
+        tol: float,
+        noise: float = 0.0,
+        *,
+        measure: bool = True,
+        floor=None,
+    ):
         e, F = state.expanded, state.filled
         H = state.H64()
         self.e, self.F = e, F
@@ -376,14 +397,22 @@ class _Ritz:
         ktot = 2 * k if which == "both" else k
         self.enough = e >= ktot
         self.wanted = _wanted(self.theta, which, k) if self.enough else np.zeros(0, int)
-        self.tol_abs = max(tol * max(self.anorm, np.finfo(np.float64).tiny), NOISE_FACTOR * self.noise)
-        self.bounds = error_bounds(self.theta, self.resid, self.wanted) if self.enough else np.zeros(0)
+        self.tol_abs = max(
+            tol * max(self.anorm, np.finfo(np.float64).tiny), NOISE_FACTOR * self.noise
+        )
+        self.bounds = (
+            error_bounds(self.theta, self.resid, self.wanted) if self.enough else np.zeros(0)
+        )
         self.converged = self.bounds <= self.tol_abs
 
     @property
     def worst(self) -> float:
         """Largest error bound of the wanted pairs over the tolerance (<= 1: converged)."""
-        return float(np.max(self.bounds) / self.tol_abs) if self.enough and len(self.bounds) else np.inf
+        return (
+            float(np.max(self.bounds) / self.tol_abs)
+            if self.enough and len(self.bounds)
+            else np.inf
+        )
 
     @property
     def all_converged(self) -> bool:
@@ -419,7 +448,9 @@ def solve(
     else:
         m = _validate.check_positive_int(krylov_dim, name="krylov_dim")
         if m < ktot + 1 and m < n:
-            raise ValueError(f"{_validate.where()}: krylov_dim={m} must exceed the number of wanted pairs ({ktot}).")
+            raise ValueError(
+                f"{_validate.where()}: krylov_dim={m} must exceed the number of wanted pairs ({ktot})."
+            )
         m = min(m, n)
     key = _validate.check_key(key)
     k_start, k_run = jax.random.split(key)
@@ -428,8 +459,12 @@ def solve(
     rows = m + max(b, ktot) + 1  # independent of the start block up to k_total vectors
     store = rows * layout.size * np.dtype(dtype).itemsize <= STORED_PRODUCTS_MAX_BYTES
     prepared = op.host_prepared()
-    st = lz.new_state(prepared, layout, V, b, rows, m, key=k_run, dtype=dtype, store_products=store)
-    s_check = num_check_steps if num_check_steps is not None else max(4, min(CHECK_STEPS, m - ktot))
+    st = lz.new_state(
+        prepared, layout, V, b, rows, m, key=k_run, dtype=dtype, store_products=store
+    )
+    s_check = (
+        num_check_steps if num_check_steps is not None else max(4, min(CHECK_STEPS, m - ktot))
+    )
     if check_multiplicity is None:  # a second copy of the top value is the second eigenvalue
         check_multiplicity = ktot > 1
     num_keep_default = min(m - 2, ktot + max(ktot, (m - ktot) // 2)) if m > ktot + 2 else ktot
@@ -517,7 +552,9 @@ def solve(
         num_hvps = st.num_matvecs
     else:
         s, d = engine.split_fn(prepared)
-        res, ok = _true_residuals_jit(s, d, st.layout, st.Q, Ypad.astype(ydt), theta.astype(ydt), np.int32(len(w)))
+        res, ok = _true_residuals_jit(
+            s, d, st.layout, st.Q, Ypad.astype(ydt), theta.astype(ydt), np.int32(len(w))
+        )
         op.check_flags(ok, "final residual check")
         num_hvps = st.num_matvecs + len(w)
     residuals = np.asarray(res, np.float64)[: len(w)]
@@ -724,8 +761,19 @@ def eigenvalues(
     max_restarts = _validate.check_positive_int(max_restarts, name="max_restarts", allow_zero=True)
     key = _validate.check_key(key)
     return _driver.drive(
-        solve, operator, params, data, like=like, curvature=curvature, key=key,
+        solve,
+        operator,
+        params,
+        data,
+        like=like,
+        curvature=curvature,
+        key=key,
         record={"k": k, "which": which, "tol": tol, "krylov_dim": krylov_dim},
-        k=k, which=which, tol=tol, v0=v0, krylov_dim=krylov_dim, max_restarts=max_restarts,
+        k=k,
+        which=which,
+        tol=tol,
+        v0=v0,
+        krylov_dim=krylov_dim,
+        max_restarts=max_restarts,
         check_multiplicity=check_multiplicity,
     )

@@ -93,22 +93,30 @@ class Layout:
 
     def ravel_rows(self, tree: PyTree) -> jax.Array:
         leaves = self.treedef.flatten_up_to(tree)
-        return jnp.concatenate([x.reshape(x.shape[0], -1).astype(self.dtype) for x in leaves], axis=1)
+        return jnp.concatenate(
+            [x.reshape(x.shape[0], -1).astype(self.dtype) for x in leaves], axis=1
+        )
 
     def unravel(self, flat: jax.Array) -> PyTree:
-        out = [lax.slice_in_dim(flat, o, o + n).reshape(s).astype(dt)
-               for o, n, s, dt in zip(self.offsets, self.sizes, self.shapes, self.dtypes)]
+        out = [
+            lax.slice_in_dim(flat, o, o + n).reshape(s).astype(dt)
+            for o, n, s, dt in zip(self.offsets, self.sizes, self.shapes, self.dtypes)
+        ]
         return jax.tree.unflatten(self.treedef, out)
 
     def unravel_rows(self, F: jax.Array) -> PyTree:
         r = F.shape[0]
-        out = [lax.slice_in_dim(F, o, o + n, axis=1).reshape((r,) + s).astype(dt)
-               for o, n, s, dt in zip(self.offsets, self.sizes, self.shapes, self.dtypes)]
+        out = [
+            lax.slice_in_dim(F, o, o + n, axis=1).reshape((r,) + s).astype(dt)
+            for o, n, s, dt in zip(self.offsets, self.sizes, self.shapes, self.dtypes)
+        ]
         return jax.tree.unflatten(self.treedef, out)
 
     def leaf_sums(self, flat: jax.Array) -> jax.Array:
         """Sums of a flat vector over each leaf's segment (per-leaf inner products)."""
-        return jnp.stack([jnp.sum(lax.slice_in_dim(flat, o, o + n)) for o, n in zip(self.offsets, self.sizes)])
+        return jnp.stack(
+            [jnp.sum(lax.slice_in_dim(flat, o, o + n)) for o, n in zip(self.offsets, self.sizes)]
+        )
 
 
 def _dot(a, b):
@@ -159,7 +167,9 @@ def _expand_body(mv, layout, seed, tol_break, j, carry):
         broke_now = first & (n <= tol_break * anorm)
         c = c + jnp.where(broke, 0, ck)  # the fresh vector's projections are not A's
         w = jnp.where(broke_now, fresh, w)
-        target = jnp.where(first, jnp.where(broke_now, 3, jnp.where(n < DGKS_ETA * n_prev, 2, 1)), target)
+        target = jnp.where(
+            first, jnp.where(broke_now, 3, jnp.where(n < DGKS_ETA * n_prev, 2, 1)), target
+        )
         return w, c, k + 1, target, broke | broke_now, n
 
     init = (w, jnp.zeros((rows,), dtype), jnp.asarray(0), jnp.asarray(1), jnp.asarray(False), n0)
@@ -176,8 +186,12 @@ def _expand_body(mv, layout, seed, tol_break, j, carry):
     return Q, H, parent, filled + 1, ok, first_bad, anorm, nbreak, ndgks, W
 
 
-@functools.partial(jax.jit, static_argnames=("mv_static", "layout"), donate_argnames=("Q", "H", "W"))
-def _expand_jit(mv_static, mv_dyn, layout, Q, H, parent, filled, anorm, start, stop, seed, tol_break, W=None):
+@functools.partial(
+    jax.jit, static_argnames=("mv_static", "layout"), donate_argnames=("Q", "H", "W")
+)
+def _expand_jit(
+    mv_static, mv_dyn, layout, Q, H, parent, filled, anorm, start, stop, seed, tol_break, W=None
+):
     """Rows ``start .. stop - 1`` expanded; ``W`` (``None`` or ``(rows, P)``) receives the raw
     products (``None`` and an array are two programs, each compiled once)."""
     mv = engine.merge_fn(mv_static, mv_dyn)
@@ -198,7 +212,20 @@ class KrylovState:
     holds ``A q_j`` for the expanded rows (``W[j]`` is meaningless for the others).
     """
 
-    def __init__(self, prepared, layout: Layout, Q, H, parent, filled: int, expanded: int, *, key, dtype, W=None):
+    def __init__(
+        self,
+        prepared,
+        layout: Layout,
+        Q,
+        H,
+        parent,
+        filled: int,
+        expanded: int,
+        *,
+        key,
+        dtype,
+        W=None,
+    ):
         self.prepared = prepared
         self.layout = layout
         self.Q, self.H, self.parent, self.W = Q, H, parent, W
@@ -234,10 +261,23 @@ class KrylovState:
         self._calls += 1
         tol_break = np.asarray(BREAKDOWN_FACTOR * _eps(self.dtype), np.dtype(self.dtype))
         out = _expand_jit(
-            s, d, self.layout, self.Q, self.H, self.parent, np.int32(self.filled), self.anorm,
-            np.int32(self.expanded), np.int32(self.expanded + num), seed, tol_break, self.W,
+            s,
+            d,
+            self.layout,
+            self.Q,
+            self.H,
+            self.parent,
+            np.int32(self.filled),
+            self.anorm,
+            np.int32(self.expanded),
+            np.int32(self.expanded + num),
+            seed,
+            tol_break,
+            self.W,
         )
-        self.Q, self.H, self.parent, _filled, ok, first_bad, self.anorm, nbreak, ndgks, self.W = out
+        self.Q, self.H, self.parent, _filled, ok, first_bad, self.anorm, nbreak, ndgks, self.W = (
+            out
+        )
         self._H_host = None
         self.filled += num
         self.expanded += num
@@ -259,11 +299,25 @@ class KrylovState:
 
 @functools.partial(jax.jit, static_argnames=("rows",))
 def _init_basis(start_rows, rows):
-    return jnp.zeros((rows, start_rows.shape[1]), start_rows.dtype).at[: start_rows.shape[0]].set(start_rows)
+    return (
+        jnp.zeros((rows, start_rows.shape[1]), start_rows.dtype)
+        .at[: start_rows.shape[0]]
+        .set(start_rows)
+    )
 
 
-def new_state(prepared, layout: Layout, start_rows, num_start: int, rows: int, max_expand: int, *, key, dtype,
-              store_products: bool = False) -> KrylovState:
+def new_state(
+    prepared,
+    layout: Layout,
+    start_rows,
+    num_start: int,
+    rows: int,
+    max_expand: int,
+    *,
+    key,
+    dtype,
+    store_products: bool = False,
+) -> KrylovState:
     """A Krylov state whose first ``num_start`` rows are the orthonormal flat ``start_rows``
     (``(b, P)``, from :meth:`Layout.ravel_rows`); ``store_products`` keeps the raw products
     (a second ``(rows, P)`` array)."""
@@ -305,8 +359,16 @@ def _inject_jit(Q, filled, seed):
     return lax.dynamic_update_index_in_dim(Q, r / n, filled, 0), n
 
 
-def restart(state: KrylovState, S: np.ndarray, diag: np.ndarray, coupling: np.ndarray, num_keep: int,
-            num_carry: int, *, inject: int = 0) -> None:
+def restart(
+    state: KrylovState,
+    S: np.ndarray,
+    diag: np.ndarray,
+    coupling: np.ndarray,
+    num_keep: int,
+    num_carry: int,
+    *,
+    inject: int = 0,
+) -> None:
     """Thick restart in place.
 
     The new basis is ``[Q_e Y_keep (num_keep rows), carried unexpanded rows (num_carry),
@@ -323,7 +385,7 @@ def restart(state: KrylovState, S: np.ndarray, diag: np.ndarray, coupling: np.nd
     H = np.zeros((rows, state.max_expand))
     H[np.arange(num_keep), np.arange(num_keep)] = diag
     if num_carry:
-        H[num_keep:num_keep + num_carry, :num_keep] = coupling
+        H[num_keep : num_keep + num_carry, :num_keep] = coupling
     filled = num_keep + num_carry
     for i in range(inject):
         seed = (state._seed0 + 104729 * (state._calls + i + 1)) & 0xFFFFFFFF
@@ -385,11 +447,31 @@ def _stream_jit(mv_static, mv_dyn, v0, num_steps, tol_break):
             w = _tree.axpy(-alpha, q, w)
             beta = _tree.norm(w)
             broke = beta <= tol_break * an
-            qn = jax.tree.map(lambda a, b: jnp.where(broke, b, a / jnp.where(broke, 1, beta).astype(a.dtype)), w, q)
-            return q, qn, jnp.where(broke, 0, beta).astype(dtype), alpha.astype(dtype), broke, flags, an
+            qn = jax.tree.map(
+                lambda a, b: jnp.where(broke, b, a / jnp.where(broke, 1, beta).astype(a.dtype)),
+                w,
+                q,
+            )
+            return (
+                q,
+                qn,
+                jnp.where(broke, 0, beta).astype(dtype),
+                alpha.astype(dtype),
+                broke,
+                flags,
+                an,
+            )
 
         def idle(_):
-            return q_prev, q, beta_prev, jnp.zeros((), dtype), jnp.asarray(True), jnp.ones(flags_shape.shape, bool), anorm
+            return (
+                q_prev,
+                q,
+                beta_prev,
+                jnp.zeros((), dtype),
+                jnp.asarray(True),
+                jnp.ones(flags_shape.shape, bool),
+                anorm,
+            )
 
         qp, qn, beta, alpha, broke, flags, an = lax.cond(frozen, idle, active, None)
         alphas = alphas.at[j].set(alpha)
@@ -399,9 +481,15 @@ def _stream_jit(mv_static, mv_dyn, v0, num_steps, tol_break):
         return qp, qn, beta, alphas, betas, frozen | broke, ok, first_bad, an
 
     init = (
-        _tree.zeros_like(v0), v0, jnp.zeros((), dtype), jnp.zeros((num_steps,), dtype),
-        jnp.zeros((num_steps,), dtype), jnp.asarray(False), jnp.ones(flags_shape.shape, bool),
-        jnp.asarray(-1), jnp.zeros((), dtype),
+        _tree.zeros_like(v0),
+        v0,
+        jnp.zeros((), dtype),
+        jnp.zeros((num_steps,), dtype),
+        jnp.zeros((num_steps,), dtype),
+        jnp.asarray(False),
+        jnp.ones(flags_shape.shape, bool),
+        jnp.asarray(-1),
+        jnp.zeros((), dtype),
     )
     out = lax.fori_loop(0, num_steps, body, init)
     _, _, _, alphas, betas, frozen, ok, first_bad, anorm = out
@@ -427,7 +515,12 @@ def stream(prepared, v0: PyTree, num_steps: int, *, stacked: bool = False):
     dtype = _tree.dtype_of(v0)
     tol_break = np.asarray(BREAKDOWN_FACTOR * _eps(dtype), np.dtype(dtype))
     alphas, betas, ok, first_bad, _ = _stream_jit(s, d, v0, num_steps, tol_break)
-    return np.asarray(alphas, np.float64), np.asarray(betas, np.float64), np.asarray(ok), int(first_bad)
+    return (
+        np.asarray(alphas, np.float64),
+        np.asarray(betas, np.float64),
+        np.asarray(ok),
+        int(first_bad),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,7 +596,9 @@ def _unit_row(layout, v):
 
 
 @_validate.public("landscape.hessian.lanczos")
-def lanczos(operator, v0: PyTree, num_steps: int, *, key, reorthogonalize: bool = True) -> LanczosResult:
+def lanczos(
+    operator, v0: PyTree, num_steps: int, *, key, reorthogonalize: bool = True
+) -> LanczosResult:
     """Lanczos tridiagonalisation of a symmetric operator, in one compiled loop.
 
     Args:
@@ -549,22 +644,42 @@ def lanczos(operator, v0: PyTree, num_steps: int, *, key, reorthogonalize: bool 
     n = _tree.size(v)
     num_steps = _validate.check_positive_int(num_steps, name="num_steps")
     if num_steps > n:
-        raise ValueError(f"{_validate.where()}: num_steps={num_steps} exceeds the dimension of the operator ({n}).")
+        raise ValueError(
+            f"{_validate.where()}: num_steps={num_steps} exceeds the dimension of the operator ({n})."
+        )
     prepared = op.host_prepared()
     dtype = _tree.dtype_of(v)
     layout = Layout(v)
     row = _unit_row(layout, v)
     if not reorthogonalize:
-        alphas, betas, ok, first_bad = stream(prepared, unravel_rows(layout, row), num_steps, stacked=True)
+        alphas, betas, ok, first_bad = stream(
+            prepared, unravel_rows(layout, row), num_steps, stacked=True
+        )
         op.check_flags(ok)
-        return LanczosResult(alphas, betas, None, num_steps, int(np.sum(betas[:-1] == 0)), False,
-                             _provenance.provenance(dtype=dtype, settings={"num_steps": num_steps}))
+        return LanczosResult(
+            alphas,
+            betas,
+            None,
+            num_steps,
+            int(np.sum(betas[:-1] == 0)),
+            False,
+            _provenance.provenance(dtype=dtype, settings={"num_steps": num_steps}),
+        )
     st = new_state(prepared, layout, row, 1, num_steps + 1, num_steps, key=key, dtype=dtype)
     st.expand(num_steps)
     op.check_flags(st.ok_flags)
     H = st.H64()
     alphas = np.diag(H[:num_steps, :num_steps]).copy()
     betas = np.array([H[j + 1, j] for j in range(num_steps)])
-    basis = op.subset.embed(unravel_rows(layout, st.Q[:num_steps]), op.template, leading=(num_steps,))
-    return LanczosResult(alphas, betas, basis, num_steps, st.num_breakdowns, True,
-                         _provenance.provenance(dtype=dtype, settings={"num_steps": num_steps}))
+    basis = op.subset.embed(
+        unravel_rows(layout, st.Q[:num_steps]), op.template, leading=(num_steps,)
+    )
+    return LanczosResult(
+        alphas,
+        betas,
+        basis,
+        num_steps,
+        st.num_breakdowns,
+        True,
+        _provenance.provenance(dtype=dtype, settings={"num_steps": num_steps}),
+    )

@@ -26,8 +26,15 @@ def _vec_rows(res):
 
 def test_top5_trained_relu_float64(small, tmp_path):
     with jax.enable_x64(True):
-        res = hessian.eigenvalues(small.relu_loss, small.relu_params, small.data, k=5, key=jax.random.key(0),
-                                  tol=1e-10, batch_size=small.batch)
+        res = hessian.eigenvalues(
+            small.relu_loss,
+            small.relu_params,
+            small.data,
+            k=5,
+            key=jax.random.key(0),
+            tol=1e-10,
+            batch_size=small.batch,
+        )
         ev = small.relu_evals
         scale = np.abs(ev).max()
         assert np.all(np.abs(res.values - ev[::-1][:5]) <= 1e-8 * scale)
@@ -38,7 +45,9 @@ def test_top5_trained_relu_float64(small, tmp_path):
             ref = small.relu_evecs[:, -1 - i]
             gap = min(abs(desc[i] - desc[j]) for j in range(len(desc)) if j != i)
             dist = min(np.linalg.norm(V[i] - ref), np.linalg.norm(V[i] + ref))
-            assert dist <= np.sqrt(2) * res.residuals[i] / gap + 1e-12  # 2 sin(a/2) <= sqrt(2) sin a
+            assert (
+                dist <= np.sqrt(2) * res.residuals[i] / gap + 1e-12
+            )  # 2 sin(a/2) <= sqrt(2) sin a
             assert dist <= 1e-4
         # the true residuals are recomputed products, consistent with the dense matrix
         dense_res = np.linalg.norm(V @ small.relu_H - res.values[:, None] * V, axis=1)
@@ -46,7 +55,10 @@ def test_top5_trained_relu_float64(small, tmp_path):
         assert res.num_hvps > 5 and set(res.ends) == {"largest"}
         # vectors are ONE params-shaped pytree with a leading k axis
         assert jax.tree.structure(res.vectors) == jax.tree.structure(small.relu_params)
-        assert all(x.shape == (5,) + y.shape for x, y in zip(jax.tree.leaves(res.vectors), jax.tree.leaves(small.relu_params)))
+        assert all(
+            x.shape == (5,) + y.shape
+            for x, y in zip(jax.tree.leaves(res.vectors), jax.tree.leaves(small.relu_params))
+        )
         # save/load round trip
         res.save(tmp_path / "eig.npz")
         back = hessian.EigenResult.load(tmp_path / "eig.npz")
@@ -54,8 +66,16 @@ def test_top5_trained_relu_float64(small, tmp_path):
         np.testing.assert_array_equal(_vec_rows(back), _vec_rows(res))
         assert back.num_hvps == res.num_hvps and back.which == "largest"
         # warm start from the result: converges with fewer products
-        warm = hessian.eigenvalues(small.relu_loss, small.relu_params, small.data, k=5, v0=res.vectors,
-                                   key=jax.random.key(0), tol=1e-10, batch_size=small.batch)
+        warm = hessian.eigenvalues(
+            small.relu_loss,
+            small.relu_params,
+            small.data,
+            k=5,
+            v0=res.vectors,
+            key=jax.random.key(0),
+            tol=1e-10,
+            batch_size=small.batch,
+        )
         assert np.all(np.abs(warm.values - res.values) <= 1e-8 * scale)
         assert warm.num_hvps < res.num_hvps
 
@@ -64,8 +84,16 @@ def test_bottom5_tanh_float64_and_both(small):
     with jax.enable_x64(True):
         ev = small.tanh_evals
         scale = np.abs(ev).max()
-        res = hessian.eigenvalues(small.tanh_loss, small.tanh_params, small.data, k=5, which="smallest",
-                                  key=jax.random.key(1), tol=1e-10, batch_size=small.batch)
+        res = hessian.eigenvalues(
+            small.tanh_loss,
+            small.tanh_params,
+            small.data,
+            k=5,
+            which="smallest",
+            key=jax.random.key(1),
+            tol=1e-10,
+            batch_size=small.batch,
+        )
         assert np.all(np.abs(res.values - ev[:5]) <= 1e-8 * scale)
         assert ev[0] < 0 and res.values[0] < 0  # negative curvature found
         V = _vec_rows(res)
@@ -75,8 +103,17 @@ def test_bottom5_tanh_float64_and_both(small):
             dist = min(np.linalg.norm(V[i] - ref), np.linalg.norm(V[i] + ref))
             assert dist <= np.sqrt(2) * res.residuals[i] / gap + 1e-12
             assert dist <= 1e-4
-        both = hessian.eigenvalues(small.tanh_loss, small.tanh_params, small.data, k=2, which="both",
-                                   key=jax.random.key(2), tol=1e-10, batch_size=small.batch, krylov_dim=21)
+        both = hessian.eigenvalues(
+            small.tanh_loss,
+            small.tanh_params,
+            small.data,
+            k=2,
+            which="both",
+            key=jax.random.key(2),
+            tol=1e-10,
+            batch_size=small.batch,
+            krylov_dim=21,
+        )
         assert both.ends == ("largest", "largest", "smallest", "smallest")
         np.testing.assert_allclose(both.largest, ev[::-1][:2], atol=1e-8 * scale)
         np.testing.assert_allclose(both.smallest, ev[:2], atol=1e-8 * scale)
@@ -93,7 +130,9 @@ def test_repeated_top_eigenvalue_is_found_twice(planted):
     lams = np.concatenate([[5.0, 5.0, 3.0], rng.uniform(-1, 1, planted.n - 3)])
     loss, params, A = planted.make(lams)
     with jax.enable_x64(True):
-        res = hessian.eigenvalues(loss, params, planted.data, k=3, key=jax.random.key(0), tol=1e-10)
+        res = hessian.eigenvalues(
+            loss, params, planted.data, k=3, key=jax.random.key(0), tol=1e-10
+        )
         np.testing.assert_allclose(res.values, [5.0, 5.0, 3.0], atol=1e-8 * 5)
         assert res.num_checks >= 1
         V = _vec_rows(res)
@@ -107,10 +146,20 @@ def test_low_rank_breakdown_and_negative_curvature(planted):
     lams[:4] = [4.0, 2.0, -1.0, 0.5]
     loss, params, A = planted.make(lams)
     with jax.enable_x64(True):
-        top = hessian.eigenvalues(loss, params, planted.data, k=3, key=jax.random.key(0), tol=1e-10)
+        top = hessian.eigenvalues(
+            loss, params, planted.data, k=3, key=jax.random.key(0), tol=1e-10
+        )
         np.testing.assert_allclose(top.values, [4.0, 2.0, 0.5], atol=1e-12 * 4)
-        low = hessian.eigenvalues(loss, params, planted.data, k=1, which="smallest", key=jax.random.key(0), tol=1e-10,
-                                  krylov_dim=22)  # the basis shape of the k=3 solves: same program
+        low = hessian.eigenvalues(
+            loss,
+            params,
+            planted.data,
+            k=1,
+            which="smallest",
+            key=jax.random.key(0),
+            tol=1e-10,
+            krylov_dim=22,
+        )  # the basis shape of the k=3 solves: same program
         np.testing.assert_allclose(low.values, [-1.0], atol=1e-12 * 4)
         # plain Lanczos on a rank-4 operator: the Krylov space of a generic start vector has
         # dimension 5 (its null-space part plus the range), so it breaks down after 5 steps and
@@ -126,13 +175,23 @@ def test_low_rank_breakdown_and_negative_curvature(planted):
 
 
 def test_float32_top_eigenvalues(small):
-    res = hessian.eigenvalues(small.relu_loss, small.relu_params32, small.data32, k=3, key=jax.random.key(3),
-                              batch_size=small.batch)
+    res = hessian.eigenvalues(
+        small.relu_loss,
+        small.relu_params32,
+        small.data32,
+        k=3,
+        key=jax.random.key(3),
+        batch_size=small.batch,
+    )
     ev = small.relu_evals
     # tol floored at 64 eps (float32) and at 10x the measured product noise
     assert res.tol_used >= _eigen.TOL_FLOOR * np.finfo(np.float32).eps
-    assert res.tol_used == pytest.approx(max(_eigen.TOL_FLOOR * np.finfo(np.float32).eps,
-                                             _eigen.NOISE_FACTOR * res.noise / res.norm_estimate))
+    assert res.tol_used == pytest.approx(
+        max(
+            _eigen.TOL_FLOOR * np.finfo(np.float32).eps,
+            _eigen.NOISE_FACTOR * res.noise / res.norm_estimate,
+        )
+    )
     assert 0 < res.noise < 1e-5 * res.norm_estimate
     # float32 products: eigenvalues to ~1e-6 relative; 1e-5 allowed
     np.testing.assert_allclose(res.values, ev[::-1][:3], atol=1e-5 * np.abs(ev).max())
@@ -141,12 +200,26 @@ def test_float32_top_eigenvalues(small):
 
 def test_no_recompilation_and_compiled_loop(small):
     with jax.enable_x64(True):
-        hessian.eigenvalues(small.relu_loss, small.relu_params, small.data, k=5, key=jax.random.key(5),
-                            tol=1e-10, batch_size=small.batch)
+        hessian.eigenvalues(
+            small.relu_loss,
+            small.relu_params,
+            small.data,
+            k=5,
+            key=jax.random.key(5),
+            tol=1e-10,
+            batch_size=small.batch,
+        )
         before = _lanczos._expand_jit._cache_size()
         p2 = jax.tree.map(lambda a: a * 1.001, small.relu_params)
-        hessian.eigenvalues(small.relu_loss, p2, small.data, k=5, key=jax.random.key(6), tol=1e-10,
-                            batch_size=small.batch)
+        hessian.eigenvalues(
+            small.relu_loss,
+            p2,
+            small.data,
+            k=5,
+            key=jax.random.key(6),
+            tol=1e-10,
+            batch_size=small.batch,
+        )
         assert _lanczos._expand_jit._cache_size() == before  # a new point reuses the program
     # one compiled loop: the program does not grow with the number of steps
     from jax.tree_util import Partial
@@ -158,8 +231,19 @@ def test_no_recompilation_and_compiled_loop(small):
     sizes = []
     for n_rows in (4, 7):
         jaxpr = jax.make_jaxpr(_lanczos._expand_jit.__wrapped__, static_argnums=(0, 2))(
-            s, d, layout, jnp.zeros((n_rows, 6)), jnp.zeros((n_rows, n_rows - 1)), -jnp.ones(n_rows, jnp.int32), 1,
-            jnp.zeros(()), 0, n_rows - 1, jnp.uint32(0), jnp.zeros(()))
+            s,
+            d,
+            layout,
+            jnp.zeros((n_rows, 6)),
+            jnp.zeros((n_rows, n_rows - 1)),
+            -jnp.ones(n_rows, jnp.int32),
+            1,
+            jnp.zeros(()),
+            0,
+            n_rows - 1,
+            jnp.uint32(0),
+            jnp.zeros(()),
+        )
         sizes.append(len(jaxpr.eqns))
     assert sizes[0] == sizes[1]
 
