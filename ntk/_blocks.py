@@ -175,6 +175,25 @@ def _out_spec(block_fn, args_spec, u, v):
     return hit
 
 
+@functools.lru_cache(maxsize=1)
+def _device_count() -> int:
+    return jax.device_count()  # fixed once the backend is up (the first kernel call)
+
+
+@functools.lru_cache(maxsize=64)
+def _split_cached(block_fn):
+    return engine.split_fn(block_fn)
+
+
+def _split(block_fn):
+    """``engine.split_fn(block_fn)``, once per block function (the drivers' frozen block
+    dataclasses hold no arrays); unhashable ones are split (and refused) every time."""
+    try:
+        return _split_cached(block_fn)
+    except TypeError:
+        return engine.split_fn(block_fn)
+
+
 def _check_finite(args, x1, x2, check, check_args):
     """The host checks the one-block program's flags stand for (raise on the first)."""
     if check:
@@ -235,8 +254,8 @@ def blocked(
     b1 = min(block_size, n1)
     b2 = b1 if sym else min(block_size, n2)
     nb1, nb2 = math.ceil(n1 / b1), math.ceil(n2 / b2)
-    if nb1 == nb2 == 1 and store is None and not progress and jax.device_count() == 1:
-        fs, fd = engine.split_fn(block_fn)
+    if nb1 == nb2 == 1 and store is None and not progress and _device_count() == 1:
+        fs, fd = _split(block_fn)
         check = bool(check_inputs)
         out, flags = jax.device_get(_single(fs, fd, args, x1, x2, check, tuple(check_args)))
         if not flags.all():

@@ -14,6 +14,16 @@ def as_inputs(x, *, name: str, dtype=None, finite: bool = True) -> np.ndarray | 
 
     ``finite=False`` leaves the NaN/Inf check to the caller (the kernel drivers pass the
     arrays to :func:`ntk._blocks.blocked`, which checks them inside the compiled program)."""
+    if (  # the common case, a valid NumPy array of floats: no further look-ups
+        type(x) is np.ndarray
+        and x.dtype.kind == "f"
+        and x.ndim >= 2
+        and x.shape[0] > 0
+        and (dtype is None or x.dtype == dtype)
+    ):
+        if finite:
+            _validate.check_finite(x, name=name)
+        return x
     if x is None:
         raise TypeError(
             f"{_validate.where('ntk')}: {name} must be an array of inputs (n, ...); got None."
