@@ -26,11 +26,12 @@ def test_hessian_directions_are_top_eigenvectors_float64(small_digits):
         lam = np.linalg.eigvalsh(np.asarray(h))[::-1]
         for i, d in enumerate(dirs):
             v = np.asarray(ravel_pytree(d.vector)[0])
-            # unit eigenvectors of the dense Hessian; the eigensolver's tolerance sets the
-            # residual (1e-6 relative to lambda_max)
+            # unit eigenvectors of the dense Hessian; the eigensolver's tol (1e-6) bounds the
+            # eigenvalue error (min(r, r^2/gap)), so the residual, like the vector's angle, is
+            # about sqrt(tol) relative to lambda_max
             assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-10)
             assert d.spec["eigenvalue"] == pytest.approx(lam[i], rel=1e-8)
-            np.testing.assert_allclose(np.asarray(h) @ v, lam[i] * v, atol=1e-6 * lam[0])
+            assert np.linalg.norm(np.asarray(h) @ v - lam[i] * v) <= 1e-4 * lam[0]
         # a slice along the top eigenvector has curvature lambda_max at the centre:
         # L(a) ~ L(0) + 0.5 lambda a^2 (gradient ~ 0 is not assumed: use a symmetric difference)
         a = 1e-4
