@@ -12,8 +12,9 @@ Runs, one after the other (each script alternates ours and the peer's runs inter
 
 Then writes the "Latest run" block of ``benchmarks/hessian/RESULTS.md`` (between the markers)
 from the JSON files, and rebuilds ``BENCHMARKS.md``'s per-area part
-(``collect_results.py``). A run is marked **loaded** when the 1-minute load average was above
-1.5 at its start or end (2 cores): its ratios are not headline figures.
+(``collect_results.py``). A run is marked **loaded** when the 1- or 5-minute load average was
+above 1.5 at its start or its end (2 cores): its ratios are not headline figures. The end
+reading includes the benchmark's own threads (up to 2), so it is conservative.
 
 Usage (repository root)::
 

@@ -88,6 +88,7 @@ print("RESULT " + json.dumps({"analysis": name, "import_s": t_import, "first_s":
 
 def run_child(name: str, flags: str) -> dict:
     env = dict(os.environ, LANDSCAPE_COMPILATION_CACHE="0")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # no cache of the user's either: every program compiled
     if flags:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
     p = subprocess.run([sys.executable, "-c", CHILD, name], capture_output=True, text=True, env=env, cwd=REPO)

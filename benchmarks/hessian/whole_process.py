@@ -8,7 +8,9 @@ loads the weights and runs the task:
 
 * ``top5``: ``hessian.eigenvalues(k=5)`` against PyHessian's ``eigenvalues(top_n=5)``;
 * ``trace``: ``hessian.trace`` (default settings: exact for this ReLU network) against
-  PyHessian's ``trace()`` (Hutchinson, its default stopping rule).
+  PyHessian's ``trace()`` (Hutchinson, its default stopping rule): not the same amount of work
+  nor the same accuracy (ours exact to float32 rounding, PyHessian's about 1e-2 relative, see
+  ``bench_pyhessian.py``), but each side's default answer to "the trace".
 
 Ours runs with JAX's persistent compilation cache in a fresh directory (``LANDSCAPE_CACHE_DIR``
 pointing at a temporary folder): the first process of each task fills it (``cold``: every program

@@ -213,7 +213,8 @@ def ggn_decomposition(
       :class:`DecompositionResult`.
 
     Cost:
-      ``num_probes x num_steps`` products per part (a residual product is a Hessian plus a GGN
+      ``num_probes x num_steps`` products per part (a residual product is one Hessian-vector
+      product for a :class:`landscape.Loss`, a Hessian plus a GGN
       product), plus the eigensolvers'.
 
     Example:
@@ -235,13 +236,14 @@ def ggn_decomposition(
         d = _density.spectral_density(op, key=key, num_probes=num_probes, num_steps=num_steps, sigma=sigma,
                                       num_points=num_points, check=False)
         out[part] = d
-        hvps += d.num_hvps * (2 if part == "residual" else 1)
+        op_cost2 = op.pieces is not None and op.pieces.loss is None  # a plain loss_fn: H - GGN
+        hvps += d.num_hvps * (2 if part == "residual" and op_cost2 else 1)
         if k:
             e = _eigen.eigenvalues(  # krylov_dim: the density's basis shape (same program)
                 op, k=k, which="both", key=jax.random.fold_in(key, 1), tol=1e-4,
                 krylov_dim=max(num_steps - 2 * k, 2 * k + 1),
             )
-            hvps += e.num_hvps * (2 if part == "residual" else 1)
+            hvps += e.num_hvps * (2 if part == "residual" and op_cost2 else 1)
             tops[part], bots[part] = e.largest, e.smallest
         else:
             tops[part] = bots[part] = np.zeros(0)

@@ -247,6 +247,14 @@ def _route(op, estimator: str, max_hvps: int):
                              "loss (the output Hessian's factor is analytic for those); use 'auto' or 'hutch++'.")
         return "hutch++", "no exact route: a custom output loss (the exact GGN trace covers cross-entropy and MSE)", None
     M = _exact.num_directions(op, "fisher" if curv == "fisher" else "ggn")
+    nbytes = _exact.directions_bytes(op, M) if curv != "fisher" else 0
+    if nbytes > _exact.DIRECTIONS_BUDGET:
+        if estimator != "auto":
+            raise ValueError(f"{_validate.where()}: the exact route's cotangent directions would take "
+                             f"{nbytes / 2**20:.0f} MiB per batch (outputs with many rows); use a smaller batch_size "
+                             "or estimator='auto'/'hutch++'.")
+        return "hutch++", (f"the exact route's cotangent directions would take {nbytes / 2**20:.0f} MiB per batch "
+                           "(outputs with many rows)"), None
     if estimator == "auto" and 2 * max_hvps < M:
         return "hutch++", (f"the exact route needs {M} backward passes per batch (cotangent directions per "
                            f"example), more than the product budget (max_hvps={max_hvps}) costs"), None
@@ -256,6 +264,15 @@ def _route(op, estimator: str, max_hvps: int):
             raise ValueError(f"{_validate.where()}: the {curv} trace is exact (estimator='exact' or 'auto'); "
                              "estimator='control_variate' is for the Hessian.")
         return "exact", f"{curv}: per-example gradient norms", reasons
+    if curv == "residual":
+        if not bad:
+            return "exact", ("the outputs are piecewise affine in every parameter leaf (traced program): the "
+                             "residual H - GGN has zero diagonal blocks, its trace is 0"), reasons
+        if estimator == "exact":
+            raise ValueError(f"{_validate.where()}: the residual's trace is not exactly 0 here ('{next(iter(bad))}': "
+                             f"{next(iter(bad.values()))}); use estimator='auto' (Hutchinson on those leaves).")
+        return "hutchinson", (f"Hutchinson on the {len(bad)} leaves where the residual's diagonal block does not "
+                              f"vanish (e.g. '{next(iter(bad))}': {next(iter(bad.values()))}); 0 on the others"), reasons
     if not bad:
         if estimator == "control_variate":
             return "control_variate", "requested (the residual's diagonal vanishes on every leaf)", reasons
@@ -312,12 +329,15 @@ def _exact_trace(op, est, reason, reasons, *, key, max_hvps, rtol, atol, min_pro
     used = 0
     probes = 0
     converged = True
-    if bad and est == "control_variate" or (bad and curv == "residual"):
+    if bad and est in ("control_variate", "hutchinson"):
         rop = _exact.residual_operator(op, bad)
         # a residual product of a landscape.Loss is one Hessian-vector product (of r . f); of a
         # plain loss_fn with model=, a Hessian product and a GGN product
         cost = 1 if op.pieces.loss is not None else 2
-        budget = max(2, max_hvps // cost)
+        budget = max_hvps // cost
+        if budget < 2:
+            raise ValueError(f"{_validate.where()}: the control variate needs 2 residual probes ({2 * cost} products "
+                             f"here); got max_hvps={max_hvps}.")
         sub = estimate_trace(rop, key=key, estimator="hutchinson", max_hvps=budget, sketch_size=None, rtol=rtol,
                              atol=atol, min_probes=min(min_probes, budget), chunk_size=chunk_size,
                              offset=float(exact_leaf.sum()))
@@ -330,8 +350,6 @@ def _exact_trace(op, est, reason, reasons, *, key, max_hvps, rtol, atol, min_pro
         used = cost * sub.num_hvps
         probes = sub.num_probes
         converged = bool(sub.converged)
-        if curv == "residual":
-            est = "hutchinson"
     elif est == "control_variate":
         reason += "; no leaf needs probes"
     total = float(sum(per_leaf.values()))

@@ -288,8 +288,7 @@ def test_control_variate_unbiased_and_tighter(small, relu_tanh):
             h_se.append(hu.std_error)
         # at equal products the residual's probes vary less than the Hessian's
         assert np.median(cv_se) < 0.8 * np.median(h_se), (cv_se, h_se)
-        # only the tanh layer's inputs are probed: the ReLU layer feeding it is not affine in
-        # its own leaves either (tanh follows it); the readout is exact
+        # l0 and l1 are probed (tanh follows both); the read-out l2 is exact
         assert cv.per_leaf_se["l2/kernel"] == 0 and cv.per_leaf_se["l1/kernel"] > 0
 
 
@@ -320,3 +319,67 @@ def test_affinity_rules_from_the_program():
 
     r = reasons(rnn)
     assert "both depend" in r[0] and r[1] is None
+
+
+def test_review_cases_time_major_surrogate_penalty_residual(small):
+    """Shapes that only look per-example, a custom JVP the body does not show, a small penalty
+    in a plain loss, and the residual product against dense H - GGN with weight decay."""
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        # (T, B, D) inside the model with T == B: the taps must not take T for the examples
+        p = {"w": jnp.asarray(rng.normal(size=(3, 5))), "v": jnp.asarray(rng.normal(size=(5, 2)))}
+
+        def time_major(q, x):
+            h = jax.nn.relu(jnp.swapaxes(x, 0, 1) @ q["w"]).mean(axis=0)
+            return h @ q["v"]
+
+        data = {"x": rng.normal(size=(8, 4, 3)), "y": rng.integers(0, 2, 8)}
+        loss = landscape.make_loss_fn(_model(time_major, p))
+        r = hessian.trace(loss, p, data, key=jax.random.key(0), batch_size=4)
+        assert r.estimator == "exact"
+        np.testing.assert_allclose(r.estimate, _dense_trace(loss, p, data)[0], rtol=1e-10)
+
+        # a surrogate-gradient unit: affine body, smooth derivative -> not exact
+        @jax.custom_jvp
+        def unit(x):
+            return jnp.maximum(x, 0.0)
+
+        unit.defjvp(lambda pr, tg: (unit(pr[0]), jax.nn.sigmoid(4 * pr[0]) * tg[0]))
+        q = {"w": jnp.asarray(rng.normal(size=(64, 6)) * 0.2), "v": jnp.asarray(rng.normal(size=(6, 10)))}
+        d40 = {"x": small.data["x"][:40], "y": small.data["y"][:40]}
+        sl = landscape.make_loss_fn(_model(lambda z, x: unit(x @ z["w"]) @ z["v"], q))
+        r = hessian.trace(sl, q, d40, key=jax.random.key(0), max_hvps=40, rtol=0)
+        assert r.estimator == "control_variate" and "custom_jvp_call" in r.reason
+        assert abs(r.estimate - _dense_trace(sl, q, d40)[0]) <= 3 * r.std_error
+
+        # a plain loss whose small L2 term barely moves the value but adds wd * P to tr H
+        relu = landscape.make_loss_fn(_model(lambda z, x: jax.nn.relu(x @ z["w"]) @ z["v"], q))
+
+        def plain(z, batch):
+            out = jax.nn.relu(batch["x"] @ z["w"]) @ z["v"]
+            return landscape.losses.cross_entropy(out, batch["y"]) + 1e-6 * landscape.tree.vdot(z, z)
+
+        r = hessian.trace(plain, q, d40, key=jax.random.key(0), model=_model(lambda z, x: jax.nn.relu(x @ z["w"]) @ z["v"], q),
+                          output_loss="cross_entropy", max_hvps=12)
+        assert r.estimator == "hutch++" and "extra terms" in r.reason
+        del relu
+
+        # the residual product of a Loss (one HVP of r . f) against dense H - GGN: weight decay,
+        # a parameter subset
+        lwd = landscape.make_loss_fn(small.relu_model32.__class__(small.relu_model32.apply_fn, small.tanh_params,
+                                                                  small.relu_model32.state, None), weight_decay=0.1)
+        H = _dense_trace(lwd, small.tanh_params, small.data)[1]
+        for flt in (None, "layers/0/*"):
+            op = hessian.make_hvp(lwd, small.tanh_params, small.data, curvature="residual", params_filter=flt)
+            G = hessian.make_hvp(lwd, small.tanh_params, small.data, curvature="ggn", params_filter=flt)
+            v = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), small.tanh_params)
+            flat_v = ravel_pytree(v)[0]
+            got = ravel_pytree(op(v))[0] + ravel_pytree(G(v))[0]
+            if flt is None:
+                np.testing.assert_allclose(np.asarray(got), H @ np.asarray(flat_v), rtol=1e-9, atol=1e-12)
+            else:
+                n0 = small.tanh_params["layers"][0]["bias"].size + small.tanh_params["layers"][0]["kernel"].size
+                mask = np.zeros(flat_v.size)
+                mask[:n0] = 1.0
+                np.testing.assert_allclose(np.asarray(got)[:n0], (H @ (mask * np.asarray(flat_v)))[:n0], rtol=1e-9,
+                                           atol=1e-12)
