@@ -16,7 +16,8 @@ Ours runs with JAX's persistent compilation cache in a fresh directory (``LANDSC
 pointing at a temporary folder): the first process of each task fills it (``cold``: every program
 compiled), the following ones read it (``warm cache``: what a user sees from the second run on).
 Each round runs ours (warm cache) then theirs; ``--rounds`` rounds; medians. Inside each of our
-processes the first call and a second, warm call are timed too.
+processes the first call and a second, warm call are timed too; the second call is subtracted
+from our process time (the user's script would have ended before it).
 
 Usage (repository root; PyHessian in ``.venv-torch``, see benchmarks/envs/make_torch_env.sh)::
 
@@ -62,8 +63,9 @@ def run():
     r = hessian.trace(loss, params, data, key=jax.random.key(0), batch_size=1797)
     return {"trace": float(r.estimate), "hvps": r.num_hvps, "estimator": r.estimator}
 t1 = time.perf_counter(); out = run(); first = time.perf_counter() - t1
+done = time.perf_counter() - t0  # the user's script ends here; the warm call below is for the ratio only
 t2 = time.perf_counter(); run(); warm = time.perf_counter() - t2
-out.update(import_s=t_import, first_call_s=first, warm_call_s=warm, in_process_s=time.perf_counter() - t0)
+out.update(import_s=t_import, first_call_s=first, warm_call_s=warm, in_process_s=done)
 print("RESULT " + json.dumps(out))
 '''
 
@@ -100,7 +102,9 @@ def run(cmd: list[str], env: dict) -> dict:
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
             out = json.loads(line[7:])
-            out["process_s"] = wall
+            # what the user waits for: the process without the extra warm call ours makes after
+            # its answer (measured in the same process, subtracted)
+            out["process_s"] = wall - out.get("warm_call_s", 0.0)
             return out
     raise RuntimeError(f"{cmd[:2]} failed:\n{p.stderr[-3000:]}")
 
