@@ -263,6 +263,7 @@ def _sections(store, out_dir, result, data, *, init_params, train_other, sizes, 
         hessian.EigenResult,
     )
     done("eigenvalues", eig, loaded, t0, top=[float(f"{v:.5g}") for v in np.asarray(eig.values)],
+         max_rel_error_bound=float(f"{np.max(np.asarray(getattr(eig, 'error_bounds', np.nan))) / abs(eig.values[0]):.2e}"),
          max_rel_residual=float(f"{np.max(eig.residuals) / abs(eig.values[0]):.2e}"),
          products=int(eig.num_hvps))
     t0 = time.perf_counter()
