@@ -294,7 +294,7 @@ def solve_trace(op, *, key, estimator, max_hvps, sketch_size, rtol, atol, min_pr
     """The trace solver behind :func:`trace`: routes to the exact, control-variate or
     stochastic estimators."""
     est, reason, reasons = _route(op, estimator, max_hvps)
-    if est in ("hutch++", "hutchinson"):
+    if reasons is None:  # the stochastic estimators on the whole operator
         if est == "hutch++" and max_hvps < 3:
             if estimator == "auto":
                 est, reason = "hutchinson", reason + "; max_hvps < 3 leaves no room for a Hutch++ sketch"

@@ -97,6 +97,12 @@ def test_exact_ggn_and_weight_decay_on_tanh(small):
         ref = _ggn_trace(lambda p, x: _mlp_logits(p, x, jnp.tanh), small.tanh_params, small.data)
         assert g.estimator == "exact"
         np.testing.assert_allclose(g.estimate, ref, rtol=1e-10)
+        # the residual H - GGN: probes only where its diagonal block does not vanish
+        res = hessian.trace(loss, small.tanh_params, small.data, key=jax.random.key(0), curvature="residual",
+                            max_hvps=40, rtol=0)
+        assert res.estimator == "hutchinson" and "0 on the others" in res.reason and res.num_probes == 40
+        assert res.per_leaf_se["layers/1/kernel"] == 0 and res.per_leaf["layers/1/kernel"] == 0
+        assert abs(res.estimate - (np.trace(small.tanh_H) - ref)) <= 3 * res.std_error
         # weight decay: + weight_decay * P on the Hessian and the GGN
         tanh_wd = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(16,), seed=1,
                                        activation="tanh")
