@@ -403,12 +403,10 @@ def _tap_sq_norms(tap: _Tap, jaxpr, act, operand, delta, leaf_shape):
     """Per-example squared norms ``(B,)`` of the leaf's gradient through one tap, from the
     activation and the output cotangent ``delta``."""
     if tap.kind == "dense":
-        eqn = jaxpr.eqns[tap.eqn]
         if act.ndim == 2:
             out_b = 0 if tap.other == 0 else 1
             d = jnp.moveaxis(delta, out_b, 0).reshape(delta.shape[out_b], -1)
             return jnp.sum(act * act, axis=1) * jnp.sum(d * d, axis=1)
-        del eqn
         B = act.shape[0]
         a = act.reshape(B, -1, act.shape[-1])
         d = delta.reshape(B, a.shape[1], -1)
@@ -493,7 +491,7 @@ class Plan:
     chunk_directions: int
 
 
-def batch_terms(pieces, subset_restrict, plan: Plan, params, batch):
+def batch_terms(pieces, plan: Plan, params, batch):
     """Per selected leaf, this batch's mean of ``sum_m w_m ||J_b^T c_m||^2`` (traceable)."""
     leaves, treedef = jax.tree.flatten(params)
 
@@ -578,7 +576,7 @@ def _exact_jit(s, d, plan: Plan):
     pieces, params, batched = engine.merge_fn(s, d)  # not the operator: one program for every curvature
 
     def value_fn(params, batch):
-        t = batch_terms(pieces, None, plan, params, batch)
+        t = batch_terms(pieces, plan, params, batch)
         return [t[p] for p in plan.selected]
 
     return engine.batched_mean(value_fn, params, batched)
@@ -590,7 +588,7 @@ def leaf_traces(op, kind: str) -> np.ndarray:
     leaves = jax.tree.leaves(op.params)
     paths = list(_tree.leaf_paths(op.params))
     sel = tuple(paths.index(p) for p in op.subset.selected_paths)
-    F = jax.eval_shape(lambda p, b: op.pieces.outputs(p, _first_examples(b, 2)), op.params, op.batched)
+    F = output_shape(op)
     O = F.shape[-1] if len(F.shape) > 1 else 1
     R = math.prod(F.shape[1:-1]) if len(F.shape) > 2 else 1
     M = R * O if kind == "ggn" else 1
@@ -609,6 +607,14 @@ def leaf_traces(op, kind: str) -> np.ndarray:
 
         raise_nonfinite(ok, op, what=f"exact {kind} trace")
     return np.asarray([np.float64(v) for v in vals])
+
+
+def output_shape(op):
+    """The shape of the model's outputs on two examples (traced once per operator, cached)."""
+    if getattr(op, "_exact_output_shape", None) is None:
+        op._exact_output_shape = jax.eval_shape(lambda p, b: op.pieces.outputs(p, _first_examples(b, 2)),
+                                                op.params, op.batched)
+    return op._exact_output_shape
 
 
 def _first_examples(batched, n):
@@ -725,7 +731,7 @@ def num_directions(op, kind: str) -> int:
     Fisher): its backward passes per batch."""
     if kind == "fisher":
         return 1
-    F = jax.eval_shape(lambda p, b: op.pieces.outputs(p, _first_examples(b, 2)), op.params, op.batched)
+    F = output_shape(op)
     if len(F.shape) <= 1:
         return 1
     return int(math.prod(F.shape[1:]))
@@ -738,7 +744,7 @@ DIRECTIONS_BUDGET = 512 << 20
 def directions_bytes(op, M: int) -> int:
     """Bytes of the GGN's cotangent directions for one batch (``M = R O`` directions, each a
     ``(B, R, O)`` array)."""
-    F = jax.eval_shape(lambda p, b: op.pieces.outputs(p, _first_examples(b, 2)), op.params, op.batched)
+    F = output_shape(op)
     per_example = int(math.prod(F.shape[1:])) if len(F.shape) > 1 else 1
     return int(M) * op.batched.batch_size * per_example * np.dtype(op.dtype).itemsize
 

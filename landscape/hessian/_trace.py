@@ -78,6 +78,14 @@ class TraceResult(Result):
         )
 
 
+def _layers(op, paths: list[str]) -> dict[str, list[str]]:
+    """``{layer: its leaf paths}`` in order (a layer is a leaf path without its last part)."""
+    layers: dict[str, list[str]] = {}
+    for p in paths:
+        layers.setdefault(op.subset.layer_of(p), []).append(p)
+    return layers
+
+
 @functools.partial(jax.jit, static_argnames=("mv_static", "layout", "num"))
 def _sketch_jit(mv_static, mv_dyn, layout, seed, num):
     """``A S`` for ``num`` Rademacher columns ``S``, as flat rows ``(num, P)``."""
@@ -199,9 +207,7 @@ def estimate_trace(
     leaf_est = exact_leaf + mean_leaf
     per_leaf = {p: np.float64(v) for p, v in zip(paths, leaf_est)}
     per_leaf_se = {p: np.float64(v) for p, v in zip(paths, se_leaf)}
-    layers: dict[str, list[int]] = {}
-    for i, p in enumerate(paths):
-        layers.setdefault(op.subset.layer_of(p), []).append(i)
+    layers = {ly: [paths.index(p) for p in ps] for ly, ps in _layers(op, paths).items()}
     per_layer = {ly: np.float64(leaf_est[idx].sum()) for ly, idx in layers.items()}
     per_layer_se = {
         ly: np.float64(allv[:, idx].sum(axis=1).std(ddof=1) / np.sqrt(m)) if m > 1 else np.float64(np.nan)
@@ -354,9 +360,7 @@ def _exact_trace(op, est, reason, reasons, *, key, max_hvps, rtol, atol, min_pro
         reason += "; no leaf needs probes"
     total = float(sum(per_leaf.values()))
     per_leaf = {p: np.float64(v) for p, v in per_leaf.items()}
-    layers: dict[str, list[str]] = {}
-    for p in paths:
-        layers.setdefault(op.subset.layer_of(p), []).append(p)
+    layers = _layers(op, paths)
     per_layer = {ly: np.float64(sum(per_leaf[p] for p in ps)) for ly, ps in layers.items()}
     # the exact part has no variance: a layer's SE is that of its probed leaves' sum
     per_layer_se = {ly: np.float64(layer_se.get(ly, 0.0)) for ly in layers}
