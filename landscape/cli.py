@@ -1,21 +1,19 @@
 """The ``landscape`` command line (also ``python -m landscape``).
 
-``landscape demo``: train the default model (MLP 64-256-256-10, ReLU, Adam) on the embedded
-digits data, print a summary, write the run directory, then analyse the trained network with
-every part of the toolkit (:mod:`landscape.report`: Hessian eigenvalues, trace and density, a
-loss-surface slice and the interpolation from initialisation, the barrier between two seeds
-before and after weight matching, the empirical NTK before and after training) and write
-``report.json`` and ``report.png`` next to the run. ``--quick`` runs a few steps and tiny
-analyses (for tests); ``--no-report`` stops after training.
+``landscape study CONFIG.toml`` trains the model a TOML config names and runs its analyses into
+a run directory (results.json, figures/, report.html; :mod:`landscape.study`);
+``landscape analyse RUN_DIR`` runs analyses on a saved run; ``landscape report RUN_DIR``
+re-renders the report; ``landscape demo`` is the study of a built-in config. ``--help`` on each
+explains every option with its default.
 
-Ctrl-C (SIGINT) ends the command with exit code 130 and one line on stderr that names what is
-saved (the run directory, the finished report sections) and the command that resumes; no
-traceback. Run as a program, the process then ends with ``os._exit`` after flushing its output,
-without the interpreter's shutdown. An interrupt leaves the compilation it interrupted running on
-XLA's thread pool, and the shutdown would destroy the XLA client under it: a segfault in jaxlib
-(0.10.2), reproduced without our code in ``benchmarks/interrupts/README.md``. Nothing is lost by
-skipping it: every file the demo writes is atomic (a temporary file, then a rename), and an entry
-is complete on disk once its section ends.
+Ctrl-C (SIGINT) ends a command with exit code 130 and one line on stderr that names what is
+saved (the finished sections) and the command that resumes; no traceback. Run as a program, the
+process then ends with ``os._exit`` after flushing its output, without the interpreter's
+shutdown. An interrupt leaves the compilation it interrupted running on XLA's thread pool, and
+the shutdown would destroy the XLA client under it: a segfault in jaxlib (0.10.2), reproduced
+without our code in ``benchmarks/interrupts/README.md``. Nothing is lost by skipping it: every
+file a study writes is atomic (a temporary file, then a rename), and a section is complete on
+disk once it ends. A bad config or input exits with status 2 and a one-line message.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import shlex
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from landscape import _startup
@@ -39,26 +36,16 @@ INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by C
 DESCRIPTION = (
     "The command line of landscape-ntk, a JAX toolkit for the loss-landscape geometry of "
     "neural networks (Hessian spectra, loss-surface slices, mode connectivity) and their neural "
-    "tangent kernels. It has one command today, 'demo': it trains the default MLP "
-    "(64-256-256-10, ReLU, Adam) on the embedded scikit-learn digits data, saves the run, and "
-    "writes a report of every analysis (Hessian eigenvalues, trace and spectral density, a "
-    "loss-surface slice and the interpolation from initialisation, the loss barrier between two "
-    "seeds before and after weight matching, the empirical NTK before and after training) as "
-    "report.json and report.png in the run directory. Nothing is downloaded."
+    "tangent kernels. 'study' runs a study from a TOML config on your model or ours and writes "
+    "results.json, figures and a self-contained report.html; 'analyse' runs analyses on a saved "
+    "run; 'report' re-renders a report; 'demo' is the study of a built-in config (the default "
+    "MLP on the embedded digits data). Nothing is downloaded."
 )
 EPILOG = (
-    "Run 'landscape demo --help' for the demo's options. The Python API behind every analysis "
-    "(its arguments, costs and results) is described in README.md at the root of the "
+    "Run 'landscape COMMAND --help' for a command's options (e.g. 'landscape demo --help'; "
+    "'landscape study --print-config' writes a commented config). The Python API behind every "
+    "analysis (its arguments, costs and results) is described in README.md at the root of the "
     "landscape-ntk source tree."
-)
-DEMO_DESCRIPTION = (
-    "Train the default MLP (64-256-256-10, ReLU, Adam, batch 64) on the embedded digits data "
-    "(or MNIST-1D), print a summary and save the run (parameters, history, config, provenance) "
-    "in --out; then analyse the trained network with every part of the toolkit and write "
-    "report.json, report.png and each section's result (in --out/report). About 30 s on two CPU "
-    "cores (--quick: one epoch and tiny analyses, about 25 s, mostly compilation). Ctrl-C stops "
-    "it with exit code 130 and says what is saved; the same command run again loads the "
-    "finished report sections instead of recomputing them (training, a few seconds, is redone)."
 )
 
 
@@ -147,122 +134,114 @@ def _flush() -> None:
             stream.flush()
 
 
-class _Progress:
-    """What the demo has saved so far (for the message of an interrupted run)."""
+DEFAULT_STUDY_OUT = "landscape-runs/<config name>"
+STUDY_DESCRIPTION = (
+    "Run a study from a TOML config: train the model it names (one of ours, or your own "
+    "factory 'package.module:function') on the data it names (an embedded set or .npz files), "
+    "then run the analyses it lists (hessian, surface, connect, ntk, skips) and write the run "
+    "directory: results.json (every number with its settings and provenance), figures/ (PNG, "
+    "and SVG for line plots) and report.html (one self-contained page). Each section is saved "
+    "as it finishes: Ctrl-C exits with code 130 and says what is saved and the command that "
+    "resumes; the rerun loads the finished sections, and a changed setting recomputes only the "
+    "sections it affects. Start from 'landscape study --print-config > study.toml'. A bad config "
+    "exits with status 2 and a message naming the key."
+)
+ANALYSE_DESCRIPTION = (
+    "Run analyses on a saved run: a directory written by landscape.save_run (its model and "
+    "data are read from its config.json when they are ours; otherwise pass --config with your "
+    "model's factory and the data) or by a previous 'landscape study'. Results, figures and "
+    "report.html go into the run directory (or --out). The second network of 'connect' is "
+    "--other RUN_DIR, or trained here from seed + 1 with the config's [train] settings."
+)
+REPORT_DESCRIPTION = (
+    "Write report.html again from a run directory's results.json and figures, without "
+    "recomputing anything."
+)
+DEMO_DESCRIPTION = (
+    "The study of a built-in config (print it with --config): the default MLP (64-256-256-10, "
+    "ReLU, Adam, batch 64, 20 epochs, sharpness recorded during training) on the embedded "
+    "digits data through every analysis (Hessian eigenvalues, trace and spectral density; 1-D "
+    "and 2-D slices and the interpolation from initialisation; the barrier to a second network "
+    "before and after weight matching; the empirical NTK and its convergence with width), and "
+    "Li et al. 2018's comparison of the same small ResNet with and without skip connections and "
+    "batch norm. Writes results.json, figures/ and report.html in --out. A few minutes on two "
+    "CPU cores (--quick: tiny sizes, under a minute; --full: the paper-scale sizes). Ctrl-C "
+    "exits with code 130 and says what is saved; the same command again resumes an interrupted "
+    "study."
+)
 
-    def __init__(self, out: Path):
-        self.out = out
-        self.run_saved = False
-        self.sections: list[str] = []
-        self.num_sections: int | None = None
-        self.report_done = False
 
-    def message(self, command: str) -> str:
-        """The one line an interrupted demo prints."""
-        where = self.out.resolve()
-        if not self.run_saved:
-            return (f"landscape demo: interrupted before the trained run was saved (training "
-                    f"does not resume); nothing is saved yet in {where}; start again with: "
-                    f"{command}")
-        if self.report_done:
-            saved = "the trained run and its full report"
-        else:
-            total = f"/{self.num_sections}" if self.num_sections else ""
-            names = f" ({', '.join(self.sections)})" if self.sections else ""
-            saved = f"the trained run and {len(self.sections)}{total} report sections{names}"
-        return f"landscape demo: interrupted; saved {saved} in {where}; resume with: {command}"
+def _sizes(parser):
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true",
+                   help="tiny sizes everywhere (a smoke test; default: the config's sizes)")
+    g.add_argument("--full", action="store_true",
+                   help="the paper-scale sizes for every size the config does not set")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (section lines and the summary are still printed)")
 
 
-def _demo(args, interrupts: _Interrupts, progress: _Progress) -> int:
-    t0 = time.perf_counter()
-    import jax
-    import optax
+def _mode(args) -> str:
+    return "quick" if args.quick else "full" if args.full else "default"
 
-    import landscape
-    from landscape.runs import save_run
-    from landscape.train import train
 
-    ds = landscape.load_data(args.data)
-    model = landscape.make_model(
-        "mlp",
-        input_shape=ds.input_shape,
-        num_outputs=ds.num_outputs,
-        hidden=(256, 256),
-        seed=args.seed,
-    )
-    num_epochs = 1 if args.quick else args.epochs
-    print(f"landscape demo: {ds!r}")
-    print(
-        f"model: MLP {ds.input_shape[0]}-256-256-{ds.num_outputs} (ReLU), {model.num_params} parameters, "
-        f"devices: {jax.device_count()} x {jax.default_backend()}"
-    )
+def _only(args):
+    if not args.only:
+        return None
+    return [s.strip() for s in args.only.split(",") if s.strip()]
 
-    def fit(seed, show):
-        m = model if seed == args.seed else landscape.make_model(
-            "mlp", input_shape=ds.input_shape, num_outputs=ds.num_outputs, hidden=(256, 256), seed=seed
-        )
-        return train(
-            m,
-            ds.train,
-            test_data=ds.test,
-            optimizer=optax.adam(args.lr),
-            optimizer_config={"name": "adam", "learning_rate": args.lr},  # recorded in the run
-            num_epochs=num_epochs,
-            batch_size=64,
-            seed=seed,
-            progress=show,
-            snapshot_steps=None,
-        )
 
-    result = fit(args.seed, not args.no_progress)
-    h = result.history
-    out = save_run(args.out, result, config={"data": ds.spec, "command": "landscape demo"})
-    progress.run_saved = True
-    elapsed = time.perf_counter() - t0
-    print()
-    print("summary")
-    print(
-        f"  steps            {int(h['step'][-1])} ({num_epochs} epochs of {len(ds.train['y']) // 64} steps)"
-    )
-    print(f"  train loss       {h['train_loss'][0]:.4f} -> {h['train_loss'][-1]:.4f}")
-    print(f"  test loss        {h['test_loss'][0]:.4f} -> {h['test_loss'][-1]:.4f}")
-    print(f"  train accuracy   {h['train_accuracy'][-1]:.4f}")
-    print(f"  test accuracy    {h['test_accuracy'][-1]:.4f}")
-    print(f"  parameters       {model.num_params}")
-    print(
-        f"  training time    {result.elapsed:.1f} s (total {elapsed:.1f} s incl. start-up and compilation)"
-    )
-    print(f"  run directory    {Path(out).resolve()}", flush=True)
-    interrupts.check()  # a Ctrl-C during training that a callback swallowed stops here
-    if args.no_report:
-        progress.report_done = True
+def _study(args, interrupts):
+    from landscape import study
+
+    if args.print_config:
+        sys.stdout.write(study.default_config_text())
         return 0
-    from landscape.report import SECTIONS, ReportSizes, analysis_report
-
-    progress.num_sections = len(SECTIONS)
-
-    def log(*parts):
-        print(*parts, flush=True)  # each section as it finishes, also into a pipe
-        interrupts.check()  # an interrupt a callback swallowed stops here
-
-    def on_section(name):
-        progress.sections.append(name)
-
-    t1 = time.perf_counter()
-    analysis_report(
-        out,
-        result,
-        ds,
-        init_params=model.params,
-        train_other=lambda seed: fit(seed, False),
-        sizes=ReportSizes.quick() if args.quick else ReportSizes(),
-        seed=args.seed,
-        log=log,
-        on_section=on_section,
-    )
-    progress.report_done = True
-    print(f"  report time      {time.perf_counter() - t1:.1f} s -> {Path(out).resolve() / 'report.json'}")
+    if args.config is None:
+        raise study.ConfigError("give a config file (landscape study CONFIG.toml), or "
+                                "--print-config to write a commented default one.")
+    cfg = study.load_config(args.config, mode=_mode(args))
+    out = args.out or str(Path("landscape-runs") / Path(args.config).stem)
+    study.run_study(cfg, out, only=_only(args), progress=not args.no_progress,
+                    command=args.command_line, log=_logger(interrupts))
     return 0
+
+
+def _analyse(args, interrupts):
+    from landscape import study
+
+    study.analyse(args.run_dir, args.out, only=_only(args), other=args.other,
+                  config=args.config, data=args.data, mode=_mode(args),
+                  progress=not args.no_progress, command=args.command_line,
+                  log=_logger(interrupts))
+    return 0
+
+
+def _report(args, interrupts):
+    from landscape import study
+
+    path = study.render_report(args.run_dir)
+    print(f"landscape report: wrote {path.resolve()}")
+    return 0
+
+
+def _demo(args, interrupts):
+    from landscape import study
+
+    if args.config:
+        sys.stdout.write(study.demo_config_text())
+        return 0
+    cfg = study.demo_config(_mode(args))
+    study.run_study(cfg, args.out, only=_only(args), progress=not args.no_progress,
+                    command=args.command_line, log=_logger(interrupts))
+    return 0
+
+
+def _logger(interrupts):
+    def log(*parts):
+        print(*parts, flush=True)  # each line as it happens, also into a pipe
+        interrupts.check()  # an interrupt a callback swallowed stops here
+    return log
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -271,29 +250,64 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         help="print 'landscape <version>' and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 title="commands", help="one of:")
+    st = sub.add_parser("study", help="train a model from a TOML config and run its analyses "
+                                      "into a report", description=STUDY_DESCRIPTION)
+    st.add_argument("config", nargs="?", metavar="CONFIG.toml",
+                    help="the study config (see --print-config)")
+    st.add_argument("--out", default=None,
+                    help=f"the run directory (default {DEFAULT_STUDY_OUT}, the config file's "
+                         "name without .toml); the same directory again resumes")
+    st.add_argument("--only", default=None, metavar="A,B",
+                    help="run only these analyses (comma-separated, from hessian, surface, "
+                         "connect, ntk, skips; default: the config's analyses.run); the other "
+                         "sections already in results.json are kept while still valid")
+    st.add_argument("--print-config", action="store_true",
+                    help="write the fully commented default config to standard output and exit")
+    _sizes(st)
+    an = sub.add_parser("analyse", aliases=["analyze"],
+                        help="run analyses on a saved run directory",
+                        description=ANALYSE_DESCRIPTION)
+    an.add_argument("run_dir", metavar="RUN_DIR", help="a run saved by landscape.save_run or by "
+                                                       "landscape study")
+    an.add_argument("--only", default=None, metavar="A,B",
+                    help="the analyses (default: hessian, surface, connect, ntk; or the saved "
+                         "study's list)")
+    an.add_argument("--other", default=None, metavar="RUN_DIR",
+                    help="the second network of connect (default: trained here from seed + 1, "
+                         "which needs training settings: a study directory or --config)")
+    an.add_argument("--config", default=None, metavar="CONFIG.toml",
+                    help="a study config for what the run does not record (your model's "
+                         "factory, the data, analysis sizes, training settings for connect); "
+                         "default: the run's own records")
+    an.add_argument("--data", default=None, metavar="NAME",
+                    help="the data set the run was trained on (digits, mnist1d, teacher), when "
+                         "the run does not record it (default: the run's record)")
+    an.add_argument("--out", default=None,
+                    help="where results.json, figures and report.html go (default RUN_DIR)")
+    _sizes(an)
+    rp = sub.add_parser("report", help="re-render report.html from saved results",
+                        description=REPORT_DESCRIPTION)
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="a directory with results.json")
     demo = sub.add_parser(
         "demo",
-        help="train the default MLP on the embedded digits data and write a report of every analysis",
+        help="the built-in study: the default MLP on the embedded digits data through every "
+             "analysis, and a ResNet with and without skips",
         description=DEMO_DESCRIPTION,
     )
-    demo.add_argument("--quick", action="store_true",
-                      help="one epoch and tiny analyses: a smoke test of every part (about 25 s)")
     demo.add_argument("--out", default=DEFAULT_OUT,
                       help=f"the run directory (default {DEFAULT_OUT}); the same directory again "
-                           "resumes an interrupted report")
-    demo.add_argument("--data", default="digits", choices=["digits", "mnist1d"],
-                      help="embedded data set (default digits)")
-    demo.add_argument("--epochs", type=int, default=20,
-                      help="training epochs (default 20; --quick trains one)")
-    demo.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    demo.add_argument("--seed", type=int, default=0,
-                      help="seed of initialisation, data order and the report's random choices "
-                           "(default 0)")
-    demo.add_argument("--no-progress", action="store_true",
-                      help="no progress bars (the summary and report lines are still printed)")
-    demo.add_argument("--no-report", action="store_true",
-                      help="train and save the run only, no analyses")
+                           "resumes an interrupted study")
+    demo.add_argument("--config", action="store_true",
+                      help="print the demo's config (a study config to copy and edit) and exit")
+    demo.add_argument("--only", default=None, metavar="A,B",
+                      help="run only these analyses (default: all: hessian, surface, connect, "
+                           "ntk, skips)")
+    _sizes(demo)
     return parser
+
+
+_COMMANDS = {"study": _study, "analyse": _analyse, "analyze": _analyse, "report": _report,
+             "demo": _demo}
 
 
 def main(argv: list[str] | None = None, *, prog: str = "landscape") -> int:
@@ -308,27 +322,33 @@ def main(argv: list[str] | None = None, *, prog: str = "landscape") -> int:
     as_program = argv is None
     args_list = sys.argv[1:] if argv is None else list(argv)
     args = _parser(prog).parse_args(args_list)
-    if args.command != "demo":  # pragma: no cover
-        return 2
-    progress = _Progress(Path(args.out))
+    args.command_line = shlex.join([*shlex.split(prog), *args_list])
     # JAX and the foundation (the package import skips them on the command line, so that --help
     # and --version need neither), still under the start-up guard
     import landscape
 
     landscape._load_foundation()
     _startup.release()  # the start-up guard hands Ctrl-C over to the command's handler
+    from landscape import study
+
     with _Interrupts(hard=as_program) as interrupts:
         try:
-            code = _demo(args, interrupts, progress)
-        except KeyboardInterrupt:
+            return _COMMANDS[args.command](args, interrupts)
+        except study.ConfigError as e:
             _flush()
-            command = shlex.join([*shlex.split(prog), *args_list])
-            print(f"\n{progress.message(command)}", file=sys.stderr, flush=True)
+            print(f"landscape {args.command}: error: {e}", file=sys.stderr, flush=True)
+            return 2
+        except KeyboardInterrupt as e:
+            _flush()
+            if isinstance(e, study.StudyInterrupted):
+                study.print_interrupted(e, args.command_line)
+            else:
+                print(f"\nlandscape {args.command}: interrupted before anything was saved; "
+                      f"start again with: {args.command_line}", file=sys.stderr, flush=True)
             if as_program:
                 _flush()
                 os._exit(INTERRUPTED)
             return INTERRUPTED
-    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,446 @@
+"""The study driver: train (or load a saved run), then each section, resumably; results.json,
+the report, the closing summary."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from landscape.study import _config, _resolve
+from landscape.study._config import SECTIONS, ConfigError, StudyConfig
+from landscape.study._run import (
+    INTERRUPT_ENV,
+    SCHEMA_VERSION,
+    SECTION_FUNCTIONS,
+    SECTION_VERSION,
+    TITLES,
+    Context,
+    Section,
+    StudyInterrupted,
+    _atomic_json,
+    _fig_save,
+    _figure,
+    _Parts,
+    _r,
+)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _log_default(*parts):
+    print(*parts, flush=True)
+
+
+def _open_section_store(out: Path, name: str, meta: dict, log) -> tuple:
+    """The section's store, bound to ``meta``; says when an earlier result of other settings
+    is replaced (and which settings changed)."""
+    from landscape import _serialize
+    from landscape import store as _store
+
+    path = out / "sections" / name
+    changed = None
+    manifest = path / _store.MANIFEST
+    if manifest.exists():
+        old = _serialize.load_json(manifest).get("meta", {})
+        new = _store._strip_addresses(_serialize.to_jsonable(
+            {"store_version": _store.STORE_VERSION, **meta}))
+        if old != new:
+            changed = _store.describe_differences(old, new, limit=300)
+            log(f"  {name}: its inputs changed since the saved result ({changed}): recomputing "
+                "this section only")
+    st = _store.Store(path, overwrite=True).bind(meta)
+    return st, changed
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory.")
+    if out.is_dir() and any(out.iterdir()) and not (out / "study.json").exists() \
+            and not (out / "params.npz").exists():
+        raise ConfigError(f"--out {out} is a non-empty directory that no study wrote; choose a new "
+                          "or empty directory (nothing was changed).")
+
+
+def _interrupt_switch(name: str) -> None:
+    if os.environ.get(INTERRUPT_ENV) == name:
+        raise KeyboardInterrupt(f"{INTERRUPT_ENV}={name}")
+
+
+class _Study:
+    def __init__(self, cfg: StudyConfig, out: Path, *, log, progress, command):
+        self.cfg, self.out, self.log, self.progress = cfg, Path(out), log, progress
+        self.command = command
+        self.results: dict = {}
+        self.saved: list[str] = []
+        self.current: str | None = None
+        self.times: dict = {}
+
+    # -- results.json ---------------------------------------------------------------------------
+    def start_results(self, extra: dict) -> None:
+        from landscape import _provenance
+
+        old = {}
+        p = self.out / "results.json"
+        if p.exists():
+            from landscape import _serialize
+
+            try:
+                old = _serialize.load_json(p).get("sections", {})
+            except (ValueError, OSError):
+                old = {}
+        self.old_sections = old
+        self.results = {
+            "schema": SCHEMA_VERSION,
+            "title": self.cfg["title"] or extra.pop("default_title"),
+            "command": self.command,
+            "config": self.cfg.to_json(),
+            "provenance": _provenance.provenance(seeds={"study": self.cfg["seed"]}),
+            **extra,
+            "sections": {},
+        }
+
+    def write_results(self) -> None:
+        _atomic_json(self.out / "results.json", self.results)
+
+    def record(self, name: str, sec: Section, *, seconds: float, digest: str, settings,
+               changed) -> dict:
+        status = ("loaded" if sec.parts_total and sec.parts_loaded == sec.parts_total else
+                  "computed" if not sec.parts_loaded else
+                  f"resumed ({sec.parts_loaded}/{sec.parts_total} parts loaded)")
+        entry = {"title": TITLES[name], "status": status, "seconds": round(seconds, 2),
+                 "digest": digest, "settings": settings, "changed": changed,
+                 "parts_loaded": sec.parts_loaded, "parts_total": sec.parts_total,
+                 "text": sec.text, "values": sec.values, "tables": sec.tables,
+                 "figures": sec.figures, "checks": sec.checks}
+        self.results["sections"][name] = entry
+        # sections of an earlier run that this one did not touch and that are still valid
+        # (--only): kept, in the study's order
+        self.write_results()
+        self.saved.append(name)
+        self.times[name] = seconds
+        return entry
+
+    def keep_untouched(self, digests: dict) -> None:
+        for name, entry in self.old_sections.items():
+            if name not in self.results["sections"] and digests.get(name) == entry.get("digest"):
+                self.results["sections"][name] = entry
+        order = ["training", *SECTIONS]
+        self.results["sections"] = dict(sorted(self.results["sections"].items(),
+                                               key=lambda kv: order.index(kv[0])))
+
+    def line(self, name: str, entry: dict, summary: str) -> None:
+        loaded = entry["status"]
+        tag = "" if loaded == "computed" else f"  ({loaded})"
+        self.log(f"  {name:9s} {summary}{tag}  [{entry['seconds']:.1f} s]")
+
+
+def _summary_text(name: str, v: dict) -> str:
+    f = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+    if name == "training":
+        return (f"train loss {f(v.get('train_loss'))}, test accuracy "
+                f"{f(v.get('test_accuracy'))}, {v.get('steps')} steps")
+    if name == "hessian":
+        return (f"top eigenvalue {f(v['top_eigenvalues'][0])}, trace {f(v['trace'])} "
+                f"({v['trace_estimator']}), SLQ trace {f(v['slq_trace'])}")
+    if name == "surface":
+        parts = []
+        if "slice_centre" in v:
+            parts.append(f"slice centre {f(v['slice_centre'])}")
+        if "plane_max" in v:
+            parts.append(f"plane {f(v['plane_min'])}..{f(v['plane_max'])}")
+        if "interp_init" in v:
+            parts.append(f"interpolation {f(v['interp_init'])} -> {f(v['interp_end'])}")
+        return ", ".join(parts)
+    if name == "connect":
+        out = f"barrier linear {f(v.get('barrier_linear'))}"
+        if "barrier_aligned" in v:
+            out += f", aligned {f(v['barrier_aligned'])}"
+        return out
+    if name == "ntk":
+        out = f"kernel change {f(v.get('relative_change'))}" if "relative_change" in v else \
+            f"top eigenvalue {f(v['top_eigenvalue_trained'])}"
+        if "width_slope" in v:
+            out += f", error slope vs width {f(v['width_slope'])}"
+        return out
+    if name == "skips":
+        return ", ".join(f"{r['variant']}: {f(r['top_eigenvalue'])}" for r in v["variants"])
+    return ""
+
+
+def _training_values(history: dict, elapsed) -> dict:
+    v = {"steps": int(history["step"][-1]) if len(history.get("step", [])) else 0}
+    for k in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+        if k in history and len(history[k]):
+            v[k] = _r(history[k][-1])
+            v[f"{k}_start"] = _r(history[k][0])
+    if elapsed is not None:
+        v["train_seconds"] = round(float(elapsed), 2)
+    return v
+
+
+def _training_figure(out: Path, history: dict) -> dict:
+    fig, axes = _figure((9.6, 3.6), 1, 2)
+    ax = axes[0, 0]
+    if "batch_loss" in history:
+        ax.plot(history["step"], history["batch_loss"], color="0.7", lw=0.8, label="mini-batch")
+    steps = history.get("eval_step", history.get("step"))
+    if "train_loss" in history:
+        ax.plot(steps, history["train_loss"], color="C0", lw=1.8, label="train (exact)")
+    if "test_loss" in history:
+        ax.plot(steps, history["test_loss"], color="C1", ls="--", lw=1.3, marker="o",
+                markersize=4, markerfacecolor="none", label="test (exact)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title("loss")
+    ax = axes[0, 1]
+    for k, style in (("train_accuracy", dict(color="C0", lw=1.8)),
+                     ("test_accuracy", dict(color="C1", ls="--", lw=1.3))):
+        if k in history:
+            ax.plot(steps, history[k], label=k.replace("_", " "), **style)
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy")
+    ax.set_title("accuracy")
+    if ax.lines:
+        ax.legend()
+    return {**_fig_save(fig, out, "training", svg=True),
+            "caption": "Training: the mini-batch loss and the exact full-data loss and accuracy "
+                       "on the training and test sets, over {steps} steps."}
+
+
+def run_study(
+    cfg: StudyConfig,
+    out: str | os.PathLike,
+    *,
+    only: Sequence[str] | None = None,
+    log: Callable = _log_default,
+    progress: bool = True,
+    command: str | None = None,
+    run_dir: str | os.PathLike | None = None,
+    other: str | os.PathLike | None = None,
+    report: bool = True,
+    train_other: bool = True,
+) -> dict:
+    """Run the study ``cfg`` into ``out`` (see :mod:`landscape.study`); returns results.json's
+    content. ``run_dir``: analyse this saved run instead of training (``landscape analyse``).
+
+    Raises :class:`StudyInterrupted` on Ctrl-C (finished sections are saved) and
+    :class:`ConfigError` for a bad config or input.
+    """
+    import landscape
+    from landscape import _provenance
+
+    out = Path(out)
+    _check_out(out)
+    only = list(cfg.sections if only is None else only)
+    for name in only:
+        if name not in SECTIONS:
+            raise ConfigError(f"--only: unknown analysis {name!r}; allowed: {', '.join(SECTIONS)}.")
+    study = _Study(cfg, out, log=log, progress=progress, command=command)
+    t_start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(study, cfg, out, only, run_dir, other, report, t_start, landscape,
+                    _provenance, train_other)
+    except KeyboardInterrupt:
+        if study.results:
+            study.write_results()
+        raise StudyInterrupted(list(study.saved), study.current, out) from None
+
+
+def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _provenance,
+         can_train):
+    log = study.log
+    data = _resolve.load_data(cfg)
+    template, desc = _resolve.build_model(cfg, data, seed=cfg["seed"])
+    loss = _resolve.loss_name(data)
+    log(f"landscape study: {data!r}; model {desc['name']}, {template.num_params} parameters")
+    _atomic_json(out / "study.json", {"schema": SCHEMA_VERSION, "config": cfg.to_json(),
+                                      "model": desc, "data": data.spec,
+                                      "analysed_run": str(run_dir) if run_dir else None})
+    study.start_results({"default_title": f"{desc['name']} on {data.name}",
+                         "model": {**desc, "num_params": int(template.num_params)},
+                         "data": {"spec": data.spec, "hash": data.hash,
+                                  "num_train": int(len(data.train["x"])),
+                                  "num_test": int(len(data.test["x"])),
+                                  "input_shape": list(data.input_shape),
+                                  "num_outputs": int(data.num_outputs), "task": data.task}})
+    # -- training (or the saved run) ------------------------------------------------------------
+    study.current = "training"
+    t0 = time.perf_counter()
+    train_other = None
+    if run_dir is not None and can_train:
+        def train_other(seed):
+            m, _ = _resolve.build_model(cfg, data, seed=seed)
+            return landscape.train(m, data.train, seed=seed, progress=False,
+                                   **_resolve.train_kwargs(cfg, data))
+    init_params, init_note = template.params, "the initialisation of the config's seed"
+    sec = Section()
+    if run_dir is None:
+        kw = _resolve.train_kwargs(cfg, data)
+        callbacks = []
+        every = cfg["train"]["sharpness_every"]
+        if every:
+            from landscape import hessian
+
+            callbacks.append(hessian.sharpness_callback(every=every, key=landscape_key(cfg, 99)))
+        settings = {"train": cfg["train"], "model": desc, "data": data.spec, "seed": cfg["seed"]}
+        meta = {"job": "landscape.study:training", "version": SECTION_VERSION, **settings,
+                "data_hash": data.hash}
+        log(f"[training] {cfg['train']['optimizer']}, learning rate "
+            f"{cfg['train']['learning_rate']}, {_plural(cfg['train']['epochs'], 'epoch')} of batch "
+            f"{cfg['train']['batch_size']} ({kw['num_steps']} steps)")
+        store, changed = _open_section_store(out, "training", meta, log)
+        parts = _Parts(store, sec)
+        res = parts.run("run", lambda: landscape.train(template, data.train, callbacks=callbacks,
+                                                       seed=cfg["seed"], progress=study.progress,
+                                                       **kw), template)
+        model, history = res.model, dict(res.history)
+        elapsed = getattr(res, "elapsed", None)
+        run_path = store.path / "run"
+
+        def train_other(seed):
+            m, _ = _resolve.build_model(cfg, data, seed=seed)
+            return landscape.train(m, data.train, seed=seed, progress=False, **kw)
+        digest_train = store._digest
+    else:
+        run_path = Path(run_dir)
+        log(f"[training] loading the saved run {run_path}")
+        try:
+            run = landscape.load_run(run_path, model=template)
+        except (ValueError, FileNotFoundError, TypeError) as e:
+            raise ConfigError(str(e)) from None
+        model, history, elapsed = run.model, dict(run.history), None
+        settings = {"run": str(run_path), "config": run.config}
+        changed = None
+        digest_train = _provenance.data_hash({"p": model.params, "s": model.state})
+        snaps = run.snapshots
+        if snaps is not None and len(snaps.get("step", [])) and int(snaps["step"][0]) == 0:
+            import jax
+
+            init_params = jax.tree.map(lambda a: a[0], snaps["params"])
+            init_note = "the run's snapshot at step 0"
+        else:
+            init_note = ("rebuilt from the model's recorded seed (the run has no step-0 "
+                         "snapshot)")
+            if desc["kind"] == "registry" and (run.config.get("model") or {}).get("seed") is not None:
+                from landscape.models import model_from_spec
+
+                init_params = model_from_spec(run.config["model"]).params
+            elif desc["kind"] == "factory":
+                init_note = "the factory's initialisation for the config's seed"
+        if "train_loss" not in history:
+            ev = landscape.evaluate(landscape.make_loss_fn(model, loss), model.params, data.train)
+            history["train_loss"] = np.asarray([float(ev["loss"])])
+    wd = (cfg["train"]["weight_decay"] if run_dir is None
+          else float(settings["config"].get("weight_decay") or 0.0))
+    loss_fn = landscape.make_loss_fn(model, loss, weight_decay=wd)
+    sec.values = _training_values(history, elapsed)
+    sec.values["run"] = str(run_path)
+    sec.figures.append(_training_figure(out, history))
+    t = cfg["train"]
+    sec.text = ("{steps} steps of " + t["optimizer"] + " (learning rate {learning_rate}, "
+                "schedule " + t["schedule"] + ", batch {batch_size}) from seed {seed}; the "
+                "training loss fell from {train_loss_start} to {train_loss}.") \
+        if run_dir is None else "The saved run {run}, analysed as saved."
+    if run_dir is None:
+        sec.values.update(learning_rate=t["learning_rate"], batch_size=t["batch_size"],
+                          seed=cfg["seed"])
+    entry = study.record("training", sec, seconds=time.perf_counter() - t0, digest=digest_train,
+                         settings=settings, changed=changed)
+    study.line("training", entry, _summary_text("training", sec.values))
+    _interrupt_switch("training")
+    ctx = Context(cfg=cfg, out=out, data=data, model=model, init_params=init_params,
+                  init_note=init_note, history=history, loss_fn=loss_fn, seed=cfg["seed"],
+                  log=lambda *a: log(*a), progress=study.progress, template=template,
+                  train_other=train_other, other_run=Path(other) if other else None,
+                  model_desc=desc)
+    # -- the analyses ---------------------------------------------------------------------------
+    digests = {"training": digest_train}
+    todo = [n for n in SECTIONS if n in only]
+    for i, name in enumerate(todo, 1):
+        study.current = name
+        t0 = time.perf_counter()
+        settings = dict(cfg[name])
+        meta = {"job": f"landscape.study:{name}", "version": SECTION_VERSION,
+                "settings": settings, "seed": cfg["seed"], "data_hash": data.hash}
+        if name != "skips":  # the four ResNets do not depend on the study's network
+            meta["trained"] = digest_train
+        if name == "connect" and ctx.other_run is not None:
+            meta["other"] = str(ctx.other_run)
+        log(f"[{i}/{len(todo)}] {TITLES[name]}")
+        store, changed = _open_section_store(out, name, meta, log)
+        sec = SECTION_FUNCTIONS[name](ctx, _Parts(store, Section()))
+        digests[name] = store._digest
+        entry = study.record(name, sec, seconds=time.perf_counter() - t0, digest=store._digest,
+                             settings=settings, changed=changed)
+        study.line(name, entry, _summary_text(name, sec.values))
+        _interrupt_switch(name)
+    study.current = None
+    study.keep_untouched(digests)
+    study.results["seconds"] = round(time.perf_counter() - t_start, 2)
+    study.write_results()
+    if report:
+        from landscape.study import _html
+
+        path = _html.write_report(out)
+        study.results["report"] = path.name
+    _print_summary(study, out)
+    return study.results
+
+
+def landscape_key(cfg, i):
+    import jax
+
+    return jax.random.fold_in(jax.random.key(cfg["seed"]), i)
+
+
+def _print_summary(study, out: Path) -> None:
+    r = study.results
+    log = study.log
+    log("")
+    log(f"summary: {r['title']}")
+    for name, entry in r["sections"].items():
+        checks = entry.get("checks", [])
+        marks = "".join("+" if c["passed"] else "-" if c["passed"] is False else "."
+                        for c in checks)
+        log(f"  {name:9s} {entry['seconds']:7.1f} s  {entry['status']:9s}"
+            f"{'  checks ' + marks if marks else ''}  {_summary_text(name, entry['values'])}")
+    failed = [c["name"] for e in r["sections"].values() for c in e.get("checks", [])
+              if c["passed"] is False]
+    log(f"  checks: {'all passed' if not failed else 'FAILED: ' + '; '.join(failed)} "
+        "(+ passed, - failed, . not applicable)")
+    log(f"  total {r.get('seconds', 0):.1f} s; results {out.resolve() / 'results.json'}")
+    if (out / "report.html").exists():
+        log(f"  report  {out.resolve() / 'report.html'}")
+
+
+def rerender(out: str | os.PathLike) -> Path:
+    """Write report.html again from results.json and the figures (nothing is recomputed)."""
+    from landscape.study import _html
+
+    out = Path(out)
+    if not (out / "results.json").is_file():
+        raise ConfigError(f"{out}: no results.json (run `landscape study` or `landscape analyse` "
+                          "first).")
+    return _html.write_report(out)
+
+
+def print_interrupted(e: StudyInterrupted, command: str, file=None) -> str:
+    saved = ", ".join(e.saved) if e.saved else "nothing"
+    during = f" during {e.current} (its finished parts are saved too)" if e.current else ""
+    msg = (f"landscape: interrupted{during}; saved {saved} in {e.out.resolve()}; resume with: "
+           f"{command}")
+    print(f"\n{msg}", file=file or sys.stderr, flush=True)
+    return msg
+
+
+del _config

@@ -1,0 +1,669 @@
+"""Running a study: training, then each analysis as a resumable section.
+
+Layout of a study directory::
+
+    out/
+      study.json        the resolved config, the command, the model and data descriptions
+      results.json      every number with its settings and provenance (rewritten after each
+                        section, atomically)
+      report.html       the self-contained report (figures embedded)
+      figures/          each figure as PNG (and SVG for line plots)
+      sections/<name>/  one landscape.Store per section (training: the trained run as a
+                        directory entry, loadable with landscape.load_run), bound to what the
+                        section depends on: a changed setting re-binds only that section's store
+
+A section that exists in its store is loaded, not recomputed; inside a section each finished
+part (an eigen solve, a slice's chunks, a trained network) is its own entry, so an interrupted
+section resumes from its finished parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from landscape.study._config import ConfigError, StudyConfig
+
+SCHEMA_VERSION = "landscape-study/1"
+SECTION_VERSION = 1  # bumped when a section's meaning changes: its stores are then recomputed
+INTERRUPT_ENV = "LANDSCAPE_STUDY_INTERRUPT_AFTER"
+"""Test-only switch: a section name (or ``training``); the study raises ``KeyboardInterrupt``
+right after that section is saved, as a Ctrl-C there would."""
+
+TITLES = {
+    "training": "Training",
+    "hessian": "Curvature: the Hessian spectrum",
+    "surface": "Shape: loss-surface slices",
+    "connect": "Connectivity: the path to a second network",
+    "ntk": "Tangent kernel",
+    "skips": "Skip connections and batch norm (Li et al. 2018, Figure 1)",
+}
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a study: ``saved`` lists the finished sections, ``current`` the one that
+    was running (its finished parts are saved too)."""
+
+    def __init__(self, saved: list[str], current: str | None, out: Path):
+        super().__init__()
+        self.saved, self.current, self.out = saved, current, out
+
+
+@dataclasses.dataclass
+class Section:
+    """What a section reports: JSON-able ``values`` (every number of the report), tables,
+    figures, checks and the text that says what was run (templates over ``settings`` and
+    ``values``: ``{k}`` is replaced by the formatted number, so every number the report shows
+    comes from results.json)."""
+
+    values: dict = dataclasses.field(default_factory=dict)
+    tables: list = dataclasses.field(default_factory=list)
+    figures: list = dataclasses.field(default_factory=list)
+    checks: list = dataclasses.field(default_factory=list)
+    text: str = ""
+    parts_loaded: int = 0
+    parts_total: int = 0
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _r(x, digits: int = 6) -> float | None:
+    """A float rounded to ``digits`` significant digits (what results.json keeps); None for
+    NaN/Inf (not JSON)."""
+    x = _finite(x)
+    if x is None or x == 0:
+        return x
+    return float(f"{x:.{digits}g}")
+
+
+def check(name: str, passed: bool | None, detail: str, **values) -> dict:
+    """A consistency check: ``passed`` None means not applicable (``detail`` says why)."""
+    return {"name": name, "passed": passed, "detail": detail,
+            "values": {k: (_r(v) if isinstance(v, float) else v) for k, v in values.items()}}
+
+
+class _Parts:
+    """The finished parts of one section, in its store."""
+
+    def __init__(self, store, section: Section):
+        self.store, self.section = store, section
+
+    def get(self, name: str, compute: Callable, cls=None):
+        self.section.parts_total += 1
+        if self.store.has(name):
+            self.section.parts_loaded += 1
+            return self.store.load(name, cls)
+        res = compute()
+        self.store.save(name, res)
+        return res
+
+    def run(self, name: str, train_fn: Callable, template):
+        """A trained network as a directory entry (a run saved with landscape.save_run)."""
+        import landscape
+
+        self.section.parts_total += 1
+        if self.store.has_dir(name):
+            self.section.parts_loaded += 1
+            return landscape.load_run(self.store.path / name, model=template)
+        res = train_fn()
+        self.store.save_dir(name, lambda tmp: landscape.save_run(tmp, res))
+        return res
+
+    def child(self, name: str):
+        return self.store.child(name)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    from landscape import _serialize
+
+    _serialize.save_json(path, obj)
+
+
+def _fig_save(fig, out: Path, name: str, *, svg: bool) -> dict:
+    """Save a matplotlib figure as figures/name.png (and .svg), atomically."""
+    d = out / "figures"
+    d.mkdir(parents=True, exist_ok=True)
+    entry = {"file": f"figures/{name}.png"}
+    for ext in ("png", "svg") if svg else ("png",):
+        tmp = d / f".{name}.tmp.{ext}"
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", pad_inches=0.05, format=ext)
+        tmp.replace(d / f"{name}.{ext}")
+    if svg:
+        entry["svg"] = f"figures/{name}.svg"
+    return entry
+
+
+def _figure(figsize, nrows=1, ncols=1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The context every section gets
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Context:
+    cfg: StudyConfig
+    out: Path
+    data: Any
+    model: Any  # the trained Model
+    init_params: Any  # parameters at initialisation (None: unknown)
+    init_note: str
+    history: dict
+    loss_fn: Any
+    seed: int
+    log: Callable
+    progress: bool
+    template: Any  # an untrained model of the architecture (to load runs)
+    train_other: Callable | None  # seed -> TrainResult (None: cannot train here)
+    other_run: Path | None
+    model_desc: dict
+
+
+def _key(ctx: Context, i: int):
+    import jax
+
+    return jax.random.fold_in(jax.random.key(ctx.seed), i)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+def section_hessian(ctx: Context, parts: _Parts) -> Section:
+    from landscape import hessian, plot
+
+    s = ctx.cfg["hessian"]
+    sec = parts.section
+    p, train = ctx.model.params, ctx.data.train
+    ctx.log(f"    eigenvalues (top {s['k']}, restarted Lanczos) ...")
+    eig = parts.get("eigenvalues", lambda: hessian.eigenvalues(
+        ctx.loss_fn, p, train, k=s["k"], key=_key(ctx, 1)), hessian.EigenResult)
+    ctx.log(f"    trace (auto estimator, at most {s['max_hvps']} products) ...")
+    tr = parts.get("trace", lambda: hessian.trace(
+        ctx.loss_fn, p, train, key=_key(ctx, 2), max_hvps=s["max_hvps"]), hessian.TraceResult)
+    ctx.log(f"    spectral density ({s['density_probes']} probes x {s['density_steps']} Lanczos "
+            "steps) ...")
+    dens = parts.get("density", lambda: hessian.spectral_density(
+        ctx.loss_fn, p, train, key=_key(ctx, 3), num_probes=s["density_probes"],
+        num_steps=s["density_steps"]), hessian.DensityResult)
+    vals = np.asarray(eig.values, dtype=float)
+    bounds = np.asarray(getattr(eig, "error_bounds", np.full_like(vals, np.nan)), dtype=float)
+    top = float(vals[0])
+    slq, slq_se = float(dens.trace_estimate), float(dens.checks.get("trace_std_error", np.nan))
+    t_est, t_se = float(tr.estimate), float(tr.std_error)
+    sec.values = {
+        "top_eigenvalues": [_r(v) for v in vals],
+        "error_bounds": [_r(v, 3) for v in bounds],
+        "eigen_products": int(eig.num_hvps),
+        "trace": _r(t_est), "trace_std_error": _r(t_se, 3),
+        "trace_estimator": str(getattr(tr, "estimator", "")),
+        "trace_products": int(tr.num_hvps),
+        "slq_trace": _r(slq), "slq_trace_std_error": _r(slq_se, 3),
+        "top_node": _r(dens.top_node),
+        "density_products": int(dens.num_hvps),
+        "num_params": int(ctx.model.num_params),
+    }
+    sec.tables.append({
+        "caption": "Top Hessian eigenvalues of the training loss at the trained parameters, "
+                   "with the bound on each one's error.",
+        "columns": ["index", "eigenvalue", "error bound"],
+        "rows": [[i + 1, sec.values["top_eigenvalues"][i], sec.values["error_bounds"][i]]
+                 for i in range(len(vals))],
+    })
+    # SLQ's trace against the trace estimate: both unbiased; agree within their standard errors
+    se = math.sqrt(np.nan_to_num(slq_se) ** 2 + np.nan_to_num(t_se) ** 2)
+    diff = abs(slq - t_est)
+    tol = 3 * se + 1e-3 * abs(t_est)
+    if s["density_probes"] < 2:
+        passed, why = None, ("one SLQ probe has no standard error: the comparison needs at least "
+                             "two probes")
+    else:
+        passed, why = bool(diff <= tol), ("the SLQ trace agrees with the trace estimate within "
+                                          "the allowed difference: three combined standard "
+                                          "errors plus a small relative allowance for rounding")
+    sec.checks.append(check("SLQ trace vs trace estimate", passed, why, slq_trace=slq,
+                            trace=t_est, difference=diff, allowed=tol))
+    # the top Gauss node of SLQ converges to the top eigenvalue first (Lanczos)
+    rel = abs(float(dens.top_node) - top) / abs(top)
+    allowed = 0.02
+    sec.checks.append(check(
+        "top Gauss node vs top eigenvalue", bool(rel <= allowed),
+        "the largest node of the SLQ quadrature matches the top eigenvalue (Lanczos finds the "
+        "extreme eigenvalues first) to a relative {tolerance}", top_node=float(dens.top_node),
+        top_eigenvalue=top, relative_difference=rel, tolerance=allowed))
+    fig, ax = _figure((6.4, 4.0))
+    plot.plot_density(dens, ax=ax[0, 0], yscale="log", eigen=eig)
+    ax[0, 0].set_title("Hessian spectral density (SLQ)")
+    sec.figures.append({**_fig_save(fig, ctx.out, "hessian-density", svg=True),
+                        "caption": "Spectral density of the Hessian of the training loss "
+                                   "(stochastic Lanczos quadrature, {density_probes} probes of "
+                                   "{density_steps} steps, Gaussian-smoothed, log scale) with the "
+                                   "top eigenvalues marked."})
+    if "sharpness" in ctx.history:
+        fig, ax = _figure((6.4, 3.6))
+        plot.plot_sharpness(ctx.history, ax=ax[0, 0])
+        ax[0, 0].set_title("sharpness during training")
+        sh = np.asarray(ctx.history["sharpness"], dtype=float)
+        sec.values["sharpness_start"], sec.values["sharpness_end"] = _r(sh[0]), _r(sh[-1])
+        sec.values["sharpness_max"] = _r(np.max(sh))
+        sec.figures.append({**_fig_save(fig, ctx.out, "hessian-sharpness", svg=True),
+                            "caption": "Top Hessian eigenvalue during training (the training "
+                                       "callback), from {sharpness_start} at the start to "
+                                       "{sharpness_end} at the end, with the stability "
+                                       "threshold of the learning rate dashed."})
+    sec.text = ("The top {k} eigenvalues ({eigen_products} Hessian-vector products), the trace "
+                "(estimator: {trace_estimator}, {trace_products} products) and the spectral "
+                "density ({density_products} products) of the exact full-data training loss of "
+                "the {num_params}-parameter network.")
+    return sec
+
+
+def section_surface(ctx: Context, parts: _Parts) -> Section:
+    import jax
+
+    from landscape import GridSettings, plot, surface
+
+    s = ctx.cfg["surface"]
+    sec = parts.section
+    p, train, test = ctx.model.params, ctx.data.train, ctx.data.test
+    gs = GridSettings(progress=ctx.progress)
+    d1, d2 = surface.random_directions(_key(ctx, 4), p, 2)
+    final = float(ctx.history["train_loss"][-1]) if "train_loss" in ctx.history else None
+    ends = {}
+    n1, n2, ni, span = s["points_1d"], s["points_2d"], s["interp_points"], s["span"]
+    if n1:
+        alphas = np.linspace(-span, span, 2 * (max(n1, 3) // 2) + 1)  # odd: 0 is a point
+        ctx.log(f"    1-D slice ({len(alphas)} points, train and test) ...")
+        line = parts.get("slice_1d", lambda: surface.slice_1d(
+            ctx.loss_fn, p, train, d1, alphas=alphas, test_data=test, settings=gs,
+            store=parts.child("slice_1d-chunks")), surface.SliceResult)
+        lt = np.asarray(line.train["loss"], dtype=float)
+        ends["slice centre"] = float(lt[len(lt) // 2])
+        sec.values.update(slice_points=len(alphas), slice_centre=_r(lt[len(lt) // 2]),
+                          slice_left=_r(lt[0]), slice_right=_r(lt[-1]))
+        fig, ax = _figure((6.4, 3.8))
+        plot.plot_slice(line, ax=ax[0, 0])
+        ax[0, 0].set_title("1-D slice, filter-normalised random direction")
+        sec.figures.append({**_fig_save(fig, ctx.out, "surface-slice-1d", svg=True),
+                            "caption": "Loss and accuracy along a filter-normalised random "
+                                       "direction through the trained parameters (Li et al. "
+                                       "2018), {slice_points} points, training set solid, test "
+                                       "set dashed."})
+    if n2:
+        ab = np.linspace(-span, span, 2 * (max(n2, 3) // 2) + 1)
+        ctx.log(f"    2-D slice ({len(ab)} x {len(ab)} points) ...")
+        plane = parts.get("slice_2d", lambda: surface.slice_2d(
+            ctx.loss_fn, p, train, (d1, d2), alphas=ab, betas=ab, settings=gs,
+            store=parts.child("slice_2d-chunks")), surface.SliceResult)
+        z = np.asarray(plane.train["loss"], dtype=float)
+        c = len(ab) // 2
+        ends["plane centre"] = float(z[c, c])
+        sec.values.update(plane_points=len(ab), plane_min=_r(np.min(z)), plane_max=_r(np.max(z)),
+                          plane_centre=_r(z[c, c]))
+        fig, ax = _figure((5.6, 4.6))
+        plot.plot_contour(plane, ax=ax[0, 0])
+        ax[0, 0].set_title("2-D slice (training loss)")
+        sec.figures.append({**_fig_save(fig, ctx.out, "surface-slice-2d", svg=False),
+                            "caption": "Training loss on the plane of two filter-normalised random "
+                                       "directions, {plane_points} x {plane_points} points, from "
+                                       "{plane_min} to {plane_max}; the centre (marked) is the "
+                                       "trained network."})
+    if ni and ctx.init_params is not None:
+        ts = np.linspace(-0.5, 1.5, 4 * max(1, (ni - 1) // 4) + 1)  # 0 and 1 are grid points
+        ctx.log(f"    interpolation from initialisation ({len(ts)} points) ...")
+        interp = parts.get("interpolation", lambda: surface.interpolate(
+            ctx.loss_fn, ctx.init_params, p, train, ts=ts, test_data=test, settings=gs),
+            surface.SliceResult)
+        li = np.asarray(interp.train["loss"], dtype=float)
+        inside = (ts >= 0) & (ts <= 1)
+        monotone = bool(np.all(np.diff(li[inside]) <= 1e-6 * max(1.0, float(np.nanmax(li[inside])))))
+        ends["interpolation end"] = float(li[np.argmin(abs(ts - 1))])
+        sec.values.update(interp_points=len(ts), interp_init=_r(li[np.argmin(abs(ts))]),
+                          interp_end=_r(ends["interpolation end"]), interp_monotone=monotone)
+        fig, ax = _figure((6.4, 3.8))
+        plot.plot_slice(interp, ax=ax[0, 0])
+        ax[0, 0].set_title("initialisation (t = 0) to solution (t = 1)")
+        sec.figures.append({**_fig_save(fig, ctx.out, "surface-interpolation", svg=True),
+                            "caption": "Loss and accuracy on the line from the initialisation "
+                                       "to the trained parameters and beyond (Goodfellow et al. "
+                                       "2015), {interp_points} points; the training loss falls "
+                                       "from {interp_init} to {interp_end}."})
+    elif ni:
+        sec.values["interp_skipped"] = ctx.init_note
+    if final is not None:
+        ends["logged final training loss"] = final
+        sec.values["logged_loss"] = _r(final)
+    if len(ends) >= 2:
+        ref = final if final is not None else next(iter(ends.values()))
+        worst = max(abs(v - ref) for v in ends.values()) / max(abs(ref), 1e-12)
+        sec.checks.append(check(
+            "slice centre = interpolation end = logged loss", bool(worst <= 1e-4),
+            "the same parameters evaluated by {routes} routes (" + ", ".join(ends) + ") give "
+            "the same exact full-data loss to a relative {tolerance} (single-precision "
+            "summation order)", routes=len(ends), tolerance=1e-4, relative_difference=worst,
+            **{k.replace(' ', '_'): v for k, v in ends.items()}))
+    del jax
+    sec.text = ("Slices of the exact full-data loss through the trained parameters along "
+                "filter-normalised random directions (Li et al. 2018), and the line from the "
+                "initialisation to the solution.")
+    return sec
+
+
+def _profile_endpoints(prof, a_loss, b_loss):
+    lt = np.asarray(prof.train["loss"], dtype=float)
+    return float(lt[0]), float(lt[-1]), abs(lt[0] - a_loss), abs(lt[-1] - b_loss)
+
+
+def section_connect(ctx: Context, parts: _Parts) -> Section:
+    import landscape
+    from landscape import connect, plot
+
+    s = ctx.cfg["connect"]
+    sec = parts.section
+    other_path = ctx.other_run or (
+        (ctx.cfg.base / s["other"]) if s["other"] else None)
+    if other_path is not None:
+        ctx.log(f"    second network: {other_path}")
+        other_model = landscape.load_run(other_path, model=ctx.template).model
+        sec.values["other"] = str(other_path)
+    else:
+        if ctx.train_other is None:
+            raise ConfigError("the connect section needs a second network: pass --other RUN_DIR "
+                              "(or set connect.other in the config); this run records no "
+                              "training settings to train one.")
+        ctx.log(f"    training a second network (seed {ctx.seed + 1}) ...")
+        other_model = parts.run("other_run", lambda: ctx.train_other(ctx.seed + 1),
+                                ctx.template).model
+        sec.values["other"] = f"trained here from seed {ctx.seed + 1}"
+    a, b = ctx.model.params, other_model.params
+    from landscape import validate as _validate
+
+    try:
+        _validate.check_same_structure(b, a, name="the second network's parameters",
+                                       ref_name="the trained network's")
+    except ValueError as e:
+        raise ConfigError(f"connect: {e}") from None
+    has_bn = bool(jax_leaves(ctx.model.state))
+    kw = dict(num_ts=s["points"], test_data=ctx.data.test)
+    if has_bn:  # re-estimated statistics along the path (Garipov et al.'s update_bn)
+        kw.update(bn="reestimate", bn_data=ctx.data.train)
+    paths = {"linear": b}
+    if s["align"]:
+        ctx.log("    weight matching ...")
+        paths["aligned"] = connect.align(ctx.model, a, other_model, key=_key(ctx, 5)).params
+    profs = {}
+    for name, pb in paths.items():
+        ctx.log(f"    {name} path ({s['points']} points) ...")
+        profs[name] = parts.get(f"profile_{name}", lambda pb=pb: connect.profile(
+            ctx.loss_fn, connect.linear_path(a, pb), ctx.data.train, **kw), connect.Profile)
+    for name, prof in profs.items():
+        bar = connect.barrier(prof).values
+        sec.values[f"barrier_{name}"] = _r(bar["train/loss"]["max_minus_mean"])
+        if "test/error" in bar:
+            sec.values[f"error_barrier_{name}"] = _r(bar["test/error"]["max_minus_mean"])
+    la = float(landscape.evaluate(ctx.loss_fn, a, ctx.data.train)["loss"])
+    lf_b = ctx.loss_fn.with_state(other_model.state) if hasattr(ctx.loss_fn, "with_state") else ctx.loss_fn
+    lb = float(landscape.evaluate(lf_b, b, ctx.data.train)["loss"])
+    sec.values.update(loss_a=_r(la), loss_b=_r(lb), points=s["points"])
+    if has_bn:
+        sec.checks.append(check(
+            "barrier endpoints = endpoint losses", None,
+            "not applicable: with batch norm the path re-estimates the statistics at every point, "
+            "also at the endpoints, so they differ from the networks' stored statistics"))
+    else:
+        e0, e1, d0, d1 = _profile_endpoints(profs["linear"], la, lb)
+        worst = max(d0 / max(abs(la), 1e-12), d1 / max(abs(lb), 1e-12))
+        sec.checks.append(check(
+            "barrier endpoints = endpoint losses", bool(worst <= 1e-4),
+            "the path's first and last points are the two networks: their losses equal the "
+            "networks' own exact losses to a relative {tolerance}", path_start=e0, loss_a=la,
+            path_end=e1, loss_b=lb, relative_difference=worst, tolerance=1e-4))
+    sec.tables.append({
+        "caption": "Loss barrier (maximum along the path minus the mean of the endpoints, "
+                   "training loss; test error where the task has one) on the linear path "
+                   "between the two networks, before and after weight matching.",
+        "columns": ["path", "loss barrier", "test error barrier"],
+        "rows": [[n, sec.values[f"barrier_{n}"], sec.values.get(f"error_barrier_{n}")]
+                 for n in profs],
+    })
+    fig, ax = _figure((6.4, 3.8))
+    plot.plot_profiles(profs, metrics="loss", ax=ax[0, 0])
+    ax[0, 0].set_title("linear paths between two networks")
+    sec.figures.append({**_fig_save(fig, ctx.out, "connect-profiles", svg=True),
+                        "caption": "Loss along the straight line from the trained network "
+                                   "(start) to the second one (end), {points} points, before "
+                                   "and after weight matching (training set solid, test set "
+                                   "dashed)."})
+    sec.text = ("The loss barrier between the trained network and a second one ({other}), on "
+                "the straight line between them and after permuting the second network's hidden "
+                "units to match the first (weight matching).")
+    return sec
+
+
+def jax_leaves(tree) -> list:
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+_NTK_ACTIVATIONS = {"relu": "Relu", "erf": "Erf", "gelu": "Gelu"}
+
+
+def section_ntk(ctx: Context, parts: _Parts) -> Section:
+    import ntk
+
+    s = ctx.cfg["ntk"]
+    sec = parts.section
+    x = np.asarray(ctx.data.test["x"][: s["examples"]])
+    sec.values["examples"] = int(x.shape[0])
+    k1 = parts.get("ntk_trained", lambda: ntk.empirical_ntk(ctx.model, x, progress=ctx.progress),
+                   ntk.EmpiricalKernel).matrix
+    k1 = np.asarray(k1, dtype=float)
+    ev1 = np.linalg.eigvalsh(k1)[::-1]
+    sec.values["top_eigenvalue_trained"] = _r(ev1[0])
+    sec.values["trace_trained"] = _r(np.trace(k1))
+    fig, ax = _figure((6.4, 3.8))
+    ax = ax[0, 0]
+    if ctx.init_params is not None:
+        k0 = np.asarray(parts.get("ntk_init", lambda: ntk.empirical_ntk(
+            ctx.model.replace(params=ctx.init_params), x, progress=ctx.progress),
+            ntk.EmpiricalKernel).matrix, dtype=float)
+        ev0 = np.linalg.eigvalsh(k0)[::-1]
+        sec.values.update(top_eigenvalue_init=_r(ev0[0]), trace_init=_r(np.trace(k0)),
+                          relative_change=_r(ntk.relative_distance(k1, k0)),
+                          trace_ratio=_r(np.trace(k1) / np.trace(k0)))
+        ax.plot(ev0, color="C0", lw=2.0, label="initialisation")
+    ax.plot(ev1, color="C1", ls="--", lw=1.3, marker="s", markersize=4, markerfacecolor="none",
+            markevery=(0.03, 0.12), label="trained")
+    ax.set_yscale("log")
+    ax.set_xlabel("index")
+    ax.set_ylabel("eigenvalue")
+    ax.set_title("empirical NTK eigenvalues (test inputs)")
+    ax.legend()
+    sec.figures.append({**_fig_save(fig, ctx.out, "ntk-spectrum", svg=True),
+                        "caption": "Eigenvalues of the empirical neural tangent kernel on "
+                                   "{examples} test inputs (traced over outputs), at "
+                                   "initialisation and after training."})
+    spec = (ctx.model.spec or {})
+    widths = list(s["widths"])
+    act = (spec.get("kwargs", {}) or {}).get("activation", "relu")
+    if not widths:
+        sec.checks.append(check("NTK error slope against width", None,
+                                "not run: ntk.widths is empty"))
+    elif spec.get("name") != "mlp" or act not in _NTK_ACTIVATIONS:
+        sec.checks.append(check(
+            "NTK error slope against width", None,
+            "not applicable: the analytic kernel is computed here for our MLPs with ReLU, erf or "
+            "GELU only (this model: {model}, activation {activation})",
+            model=str(spec.get("name") or ctx.model_desc.get("name")), activation=str(act)))
+    else:
+        depth = len(spec["kwargs"].get("hidden", (256, 256)))
+        layer = getattr(ntk, _NTK_ACTIVATIONS[act])
+        outputs = int(spec["num_outputs"])
+        w_std = math.sqrt(2.0) if act == "relu" else 1.0
+
+        def make_arch(n):
+            layers = []
+            for _ in range(depth):
+                layers += [ntk.Dense(n, W_std=w_std, b_std=0.05), layer()]
+            return ntk.serial(*layers, ntk.Dense(outputs, W_std=w_std, b_std=0.05))
+
+        xs = x[: min(len(x), 16)].reshape(min(len(x), 16), -1)
+        ctx.log(f"    empirical vs analytic NTK at widths {widths} ...")
+        conv = parts.get("convergence", lambda: ntk.convergence(
+            make_arch, widths, xs, key=_key(ctx, 6), num_seeds=s["seeds"]), ntk.Convergence)
+        slope = float(conv.slope)
+        sec.values.update(width_slope=_r(slope, 4), widths=[int(w) for w in widths],
+                          width_errors=[_r(v, 4) for v in np.asarray(conv.ntk_mean)])
+        sec.checks.append(check(
+            "NTK error slope against width", bool(-0.8 <= slope <= -0.3),
+            "the relative distance of the empirical NTK at initialisation to the analytic one "
+            "falls as one over the square root of the width (the Monte Carlo rate; Lee et al. "
+            "2019): its log-log slope lies between {slope_low} and {slope_high}. The networks "
+            "have the model's depth and activation in the NTK parameterisation (ntk.serial), "
+            "on the test inputs", slope=slope, slope_low=-0.8, slope_high=-0.3))
+        sec.tables.append({
+            "caption": "Relative Frobenius distance of the empirical NTK at initialisation to the "
+                       "analytic kernel, mean over seeds, by width.",
+            "columns": ["width", "relative distance"],
+            "rows": [[w, e] for w, e in zip(sec.values["widths"], sec.values["width_errors"])],
+        })
+    sec.text = ("The empirical neural tangent kernel of the network on {examples} test inputs, "
+                "at initialisation and after training: how far training moved the kernel (a "
+                "lazy network keeps it).")
+    return sec
+
+
+_VARIANTS = (("skips + BN", True, True), ("skips, no BN", True, False),
+             ("no skips + BN", False, True), ("no skips, no BN", False, False))
+
+
+def surface_roughness(z: np.ndarray) -> dict:
+    """Measures of a 2-D loss surface's non-convexity: the fraction of interior grid points
+    where the discrete Hessian (central differences) is not positive semi-definite, and the
+    number of strict local minima of the grid."""
+    f = np.log(np.maximum(z, 1e-12))
+    fxx = f[2:, 1:-1] - 2 * f[1:-1, 1:-1] + f[:-2, 1:-1]
+    fyy = f[1:-1, 2:] - 2 * f[1:-1, 1:-1] + f[1:-1, :-2]
+    fxy = (f[2:, 2:] - f[2:, :-2] - f[:-2, 2:] + f[:-2, :-2]) / 4
+    det = fxx * fyy - fxy ** 2
+    nonconvex = (fxx < 0) | (fyy < 0) | (det < 0)
+    c = f[1:-1, 1:-1]
+    minima = np.ones_like(c, dtype=bool)
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            if dx or dy:
+                minima &= c < f[1 + dx:f.shape[0] - 1 + dx, 1 + dy:f.shape[1] - 1 + dy]
+    return {"nonconvex_fraction": float(nonconvex.mean()), "local_minima": int(minima.sum())}
+
+
+def _skips_variant(ctx, parts, data, s, i, label, skip, bn, steps, ab):
+    """One network of the skips section: trained, its top eigenvalue, its 2-D surface."""
+    import landscape
+    from landscape import GridSettings, hessian, surface
+    from landscape.train import make_optimizer
+
+    tag = ("skip" if skip else "noskip") + ("-bn" if bn else "-nobn")
+    m0 = landscape.make_model("resnet", input_shape=data.input_shape,
+                              num_outputs=data.num_outputs, widths=tuple(s["widths"]),
+                              blocks=s["blocks"], skip=skip, batch_norm=bn, seed=ctx.seed)
+    ctx.log(f"    {label}: training ({s['epochs']} epoch{'' if s['epochs'] == 1 else 's'}), top eigenvalue, "
+            f"{len(ab)} x {len(ab)} surface ...")
+    run = parts.run(f"run-{tag}", lambda: landscape.train(
+        m0, data.train, test_data=data.test,
+        optimizer=make_optimizer(s["optimizer"], s["learning_rate"]),
+        optimizer_config={"name": s["optimizer"], "learning_rate": s["learning_rate"]},
+        num_steps=steps, batch_size=s["batch_size"], seed=ctx.seed, progress=False), m0)
+    model = run.model
+    lf = landscape.make_loss_fn(model)
+    eig = parts.get(f"eig-{tag}", lambda: hessian.eigenvalues(
+        lf, model.params, data.train, k=1, key=_key(ctx, 10 + i)), hessian.EigenResult)
+    dirs = surface.random_directions(_key(ctx, 20), model.params, 2)
+    plane = parts.get(f"plane-{tag}", lambda: surface.slice_2d(
+        lf, model.params, data.train, dirs, alphas=ab, betas=ab,
+        settings=GridSettings(progress=ctx.progress), store=parts.child(f"plane-{tag}-chunks")),
+        surface.SliceResult)
+    z = np.asarray(plane.train["loss"], dtype=float)
+    h = run.history
+    rough = surface_roughness(z)
+    row = {"variant": label, "train_loss": _r(h["train_loss"][-1], 4),
+           "test_accuracy": _r(h["test_accuracy"][-1], 4),
+           "top_eigenvalue": _r(eig.values[0], 4),
+           "nonconvex_fraction": _r(rough["nonconvex_fraction"], 3),
+           "local_minima": rough["local_minima"],
+           "surface_min": _r(z.min(), 4), "surface_max": _r(z.max(), 4)}
+    return row, plane
+
+
+def section_skips(ctx: Context, parts: _Parts) -> Section:
+    import landscape
+
+    s = ctx.cfg["skips"]
+    sec = parts.section
+    data = ctx.data
+    if len(data.input_shape) != 3 or data.task != "classification":
+        data = landscape.load_data("digits", flat=False)
+        sec.values["data"] = "digits (8x8x1 images)"
+    else:
+        sec.values["data"] = data.name
+    widths, blocks = tuple(s["widths"]), s["blocks"]
+    depth = 2 * len(widths) * blocks + 2
+    sec.values.update(depth=depth, blocks=blocks, epochs=s["epochs"], points=s["points"],
+                      learning_rate=s["learning_rate"], optimizer=s["optimizer"])
+    n = len(data.train["x"])
+    steps = s["epochs"] * (n // s["batch_size"])
+    ab = np.linspace(-s["span"], s["span"], 2 * (max(s["points"], 3) // 2) + 1)
+    rows, planes = [], {}
+    for i, (label, skip, bn) in enumerate(_VARIANTS):
+        row, planes[label] = _skips_variant(ctx, parts, data, s, i, label, skip, bn, steps, ab)
+        rows.append(row)
+    sec.values["variants"] = rows
+    sec.tables.append({
+        "caption": "The four networks after the same training: final training loss, test "
+                   "accuracy, top Hessian eigenvalue, and the roughness of the 2-D surface "
+                   "(fraction of grid points where the surface of the log-loss is locally "
+                   "non-convex; number of local minima on the grid).",
+        "columns": ["network", "train loss", "test accuracy", "top eigenvalue",
+                    "non-convex fraction", "local minima"],
+        "rows": [[r["variant"], r["train_loss"], r["test_accuracy"], r["top_eigenvalue"],
+                  r["nonconvex_fraction"], r["local_minima"]] for r in rows],
+    })
+    from landscape import plot
+
+    zs = [np.asarray(p.train["loss"], dtype=float) for p in planes.values()]
+    lo, hi = min(float(z.min()) for z in zs), max(float(z.max()) for z in zs)
+    sec.values.update(scale_min=_r(lo, 4), scale_max=_r(hi, 4))
+    fig, axes = _figure((9.0, 8.0), 2, 2)
+    for ax, (label, plane) in zip(axes.ravel(), planes.items()):
+        plot.plot_contour(plane, ax=ax, vmin=lo, vmax=hi, log=True, colorbar=False, labels=False)
+        r = next(r for r in rows if r["variant"] == label)
+        ax.set_title(f"{label}: top eigenvalue {r['top_eigenvalue']:.4g}")
+    sec.figures.append({**_fig_save(fig, ctx.out, "skips-surfaces", svg=False),
+                        "caption": "Training-loss surfaces of the same {depth}-layer ResNet "
+                                   "with and without skip connections and batch norm, each "
+                                   "trained for {epochs} epochs ({optimizer}, learning rate "
+                                   "{learning_rate}), on two filter-normalised random "
+                                   "directions, {points} x {points} points, on one logarithmic "
+                                   "colour scale from {scale_min} to {scale_max}; titles give "
+                                   "each network's top Hessian eigenvalue."})
+    sec.text = ("Li et al. (2018) open with ResNet-56 on CIFAR-10: without skip connections the "
+                "filter-normalised surface turns chaotic. Here the same small ResNet "
+                "({depth} layers, {blocks} blocks per stage) on {data}, with and without skips "
+                "and batch norm.")
+    return sec
+
+
+SECTION_FUNCTIONS = {"hessian": section_hessian, "surface": section_surface,
+                     "connect": section_connect, "ntk": section_ntk, "skips": section_skips}
