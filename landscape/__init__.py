@@ -118,7 +118,7 @@ _FOUNDATION: dict[str, str] = {
 }
 
 # the analyses, plots, report and command line: loaded on first use (PEP 562)
-_LAZY_MODULES = {"connect", "hessian", "surface", "plot", "report", "study", "cli"}
+_LAZY_MODULES = {"connect", "hessian", "surface", "plot", "study", "cli"}
 
 _STATE = {"loaded": False, "loading": False}
 

@@ -264,7 +264,11 @@ class Store:
                 "was deleted."
             )
         self.path.mkdir(parents=True, exist_ok=True)
-        _serialize.save_json(manifest, {"digest": digest, "meta": meta, **own})
+        record = {"digest": digest, "meta": meta, **own}
+        # a resumed job leaves its store's files untouched: the manifest is rewritten only when
+        # it changes
+        if not manifest.exists() or _serialize.load_json(manifest) != _serialize.to_jsonable(record):
+            _serialize.save_json(manifest, record)
         self.meta, self._digest, self._own = meta, digest, own
         return self
 

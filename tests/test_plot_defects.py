@@ -151,7 +151,7 @@ def _report_inputs():
 def report_figure(tmp_path_factory):
     """The report's figure object, captured where ``_figure`` saves it, and the keyword
     arguments of that ``savefig`` call."""
-    from landscape import report
+    from landscape.study._overview import overview_figure
 
     seen = {}
     original = Figure.savefig
@@ -163,7 +163,7 @@ def report_figure(tmp_path_factory):
     result, out = _report_inputs()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Figure, "savefig", spy)
-        path = report._figure(tmp_path_factory.mktemp("report") / "report.png", result, out)
+        path = overview_figure(tmp_path_factory.mktemp("report") / "overview.png", result, out)
     assert path.exists()
     return seen["fig"], seen["kwargs"]
 

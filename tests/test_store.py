@@ -150,20 +150,6 @@ def _diag_mv(d, v):
     return jax.tree.map(lambda a, x: a * x, d, v)
 
 
-def test_a_report_of_an_earlier_version_is_replaced(tmp_path):
-    from landscape import report
-
-    root = tmp_path / "report"
-    root.mkdir()
-    (root / "fingerprint.json").write_text("{}")
-    (root / "trace.npz").write_bytes(b"x")
-    (root / "other_run").mkdir()
-    msgs = []
-    store = report._open_store(root, {"params": "a"}, msgs.append)
-    assert "earlier version" in msgs[0] and store.entries() == []
-    assert not (root / "other_run").exists() and not (root / "fingerprint.json").exists()
-
-
 def test_a_rebound_directory_is_never_mixed(tmp_path):
     """A store whose directory another job re-bound refuses to write; files its manifest does
     not name (another job's, an older layout's) are never loaded as finished."""

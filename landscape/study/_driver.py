@@ -242,8 +242,9 @@ def run_study(
     _check_out(out)
     only = list(cfg.sections if only is None else only)
     for name in only:
-        if name not in SECTIONS:
-            raise ConfigError(f"--only: unknown analysis {name!r}; allowed: {', '.join(SECTIONS)}.")
+        if name not in SECTIONS and name != "training":
+            raise ConfigError(f"--only: unknown analysis {name!r}; allowed: training (train "
+                              f"only), {', '.join(SECTIONS)}.")
     study = _Study(cfg, out, log=log, progress=progress, command=command)
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -386,6 +387,9 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
         _interrupt_switch(name)
     study.current = None
     study.keep_untouched(digests)
+    ov = _overview(out, history, study.results["sections"])
+    if ov is not None:
+        study.results["overview"] = ov
     study.results["seconds"] = round(time.perf_counter() - t_start, 2)
     study.write_results()
     if report:
@@ -395,6 +399,47 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
         study.results["report"] = path.name
     _print_summary(study, out)
     return study.results
+
+
+_OVERVIEW_PARTS = {"density": ("hessian", "density"), "eigenvalues": ("hessian", "eigenvalues"),
+                   "slice": ("surface", "slice_1d"), "interpolation": ("surface", "interpolation"),
+                   "linear": ("connect", "profile_linear"), "aligned": ("connect", "profile_aligned"),
+                   "ntk_init": ("ntk", "ntk_init"), "ntk_trained": ("ntk", "ntk_trained")}
+
+
+def _overview(out: Path, history: dict, sections: dict) -> dict | None:
+    """The overview figure (every analysis in one 2 x 3 figure) when the sections it draws
+    are all in results.json and their parts in the stores; None otherwise."""
+    import types
+
+    import ntk
+    from landscape import connect, hessian, surface
+    from landscape import store as _store
+    from landscape.study._overview import overview_figure
+
+    classes = {"density": hessian.DensityResult, "eigenvalues": hessian.EigenResult,
+               "slice": surface.SliceResult, "interpolation": surface.SliceResult,
+               "linear": connect.Profile, "aligned": connect.Profile,
+               "ntk_init": ntk.EmpiricalKernel, "ntk_trained": ntk.EmpiricalKernel}
+    got = {}
+    for key, (sec, entry) in _OVERVIEW_PARTS.items():
+        path = out / "sections" / sec / f"{entry}.npz"
+        if sec not in sections or not path.is_file() or not (out / "sections" / sec /
+                                                              _store.MANIFEST).is_file():
+            return None
+        got[key] = classes[key].load(path)
+    parts = {"density": got["density"], "eigenvalues": got["eigenvalues"], "slice": got["slice"],
+             "interpolation": got["interpolation"],
+             "connectivity": {"linear": got["linear"], "aligned": got["aligned"]},
+             "ntk": (np.asarray(got["ntk_init"].matrix), np.asarray(got["ntk_trained"].matrix))}
+    (out / "figures").mkdir(exist_ok=True)
+    overview_figure(out / "figures" / "overview.png", types.SimpleNamespace(history=history),
+                    parts)
+    return {"file": "figures/overview.png",
+            "caption": "Overview: training, the Hessian's spectral density with its top "
+                       "eigenvalues, the 1-D slice, the interpolation from initialisation, the "
+                       "paths between the two networks and the empirical NTK's spectrum; each "
+                       "is shown larger in its section below."}
 
 
 def landscape_key(cfg, i):

@@ -41,6 +41,7 @@ th { font-weight: 600; }
 td.num, span.n { font-variant-numeric: tabular-nums; }
 caption { caption-side: top; text-align: left; color: var(--muted); padding-bottom: .3rem;
           font-family: Georgia, serif; font-size: .95rem; }
+p.tcap { color: var(--muted); font-size: .95rem; margin: 1rem 0 .2rem; }
 figure { margin: 1rem 0 1.4rem; }
 figure img { max-width: 100%; height: auto; background: #ffffff; border-radius: 4px;
              padding: 6px; border: 1px solid var(--rule); }
@@ -113,8 +114,8 @@ def _table(t: dict) -> str:
         cells = "".join(f'<td class="num">{_value(c)}</td>' if isinstance(c, (int, float))
                         and not isinstance(c, bool) else f"<td>{_value(c)}</td>" for c in row)
         rows.append(f"<tr>{cells}</tr>")
-    return (f"<table><caption>{html.escape(t['caption'])}</caption><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    return (f"<p class=\"tcap\">{html.escape(t['caption'])}</p><table><thead><tr>{head}</tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def _checks(checks: list) -> str:
@@ -181,6 +182,10 @@ def render(out: Path, r: dict) -> str:
                  "numbers are those of results.json beside this page, and each figure is in "
                  "figures/ as PNG (SVG for line plots).</p>")
     parts.append(_run_table(r))
+    ov = r.get("overview")
+    if ov:
+        parts.append(f"<figure>{_img(out, ov['file'])}<figcaption>{_fill(ov['caption'], {})}"
+                     "</figcaption></figure>")
     for name, s in secs.items():
         vals = {**s.get("settings", {}), **s.get("values", {})}
         vals = {k: v for k, v in vals.items() if not isinstance(v, dict)}

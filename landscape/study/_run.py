@@ -210,6 +210,8 @@ def section_hessian(ctx: Context, parts: _Parts) -> Section:
         "trace": _r(t_est), "trace_std_error": _r(t_se, 3),
         "trace_estimator": str(getattr(tr, "estimator", "")),
         "trace_products": int(tr.num_hvps),
+        "trace_passes": int(getattr(tr, "exact_passes", 0)),
+        "trace_reason": str(getattr(tr, "reason", "")),
         "slq_trace": _r(slq), "slq_trace_std_error": _r(slq_se, 3),
         "top_node": _r(dens.top_node),
         "density_products": int(dens.num_hvps),
@@ -258,13 +260,20 @@ def section_hessian(ctx: Context, parts: _Parts) -> Section:
         sh = np.asarray(ctx.history["sharpness"], dtype=float)
         sec.values["sharpness_start"], sec.values["sharpness_end"] = _r(sh[0]), _r(sh[-1])
         sec.values["sharpness_max"] = _r(np.max(sh))
+        opt = ctx.cfg["train"]["optimizer"]
+        threshold = (" with the stability threshold of the learning rate dashed" if opt in
+                     ("sgd", "momentum", "nesterov") else
+                     " (for " + opt + " the threshold of Cohen et al. applies to the "
+                     "preconditioned Hessian and is not drawn)")
         sec.figures.append({**_fig_save(fig, ctx.out, "hessian-sharpness", svg=True),
-                            "caption": "Top Hessian eigenvalue during training (the training "
-                                       "callback), from {sharpness_start} at the start to "
-                                       "{sharpness_end} at the end, with the stability "
-                                       "threshold of the learning rate dashed."})
+                            "caption": "Top Hessian eigenvalue (sharpness) during training, "
+                                       "recorded by the training callback every "
+                                       "{sharpness_every} steps: {sharpness_start} at the start, "
+                                       "{sharpness_end} at the end" + threshold + "."})
+        sec.values["sharpness_every"] = int(ctx.cfg["train"]["sharpness_every"])
     sec.text = ("The top {k} eigenvalues ({eigen_products} Hessian-vector products), the trace "
-                "(estimator: {trace_estimator}, {trace_products} products) and the spectral "
+                "(estimator: {trace_estimator}, {trace_products} products and {trace_passes} "
+                "exact backward passes; {trace_reason}) and the spectral "
                 "density ({density_products} products) of the exact full-data training loss of "
                 "the {num_params}-parameter network.")
     return sec
@@ -552,9 +561,9 @@ _VARIANTS = (("skips + BN", True, True), ("skips, no BN", True, False),
 
 def surface_roughness(z: np.ndarray) -> dict:
     """Measures of a 2-D loss surface's non-convexity: the fraction of interior grid points
-    where the discrete Hessian (central differences) is not positive semi-definite, and the
-    number of strict local minima of the grid."""
-    f = np.log(np.maximum(z, 1e-12))
+    where the discrete Hessian of the loss (central differences) is not positive
+    semi-definite, and the number of strict local minima of the grid's interior."""
+    f = np.asarray(z, dtype=float)
     fxx = f[2:, 1:-1] - 2 * f[1:-1, 1:-1] + f[:-2, 1:-1]
     fyy = f[1:-1, 2:] - 2 * f[1:-1, 1:-1] + f[1:-1, :-2]
     fxy = (f[2:, 2:] - f[2:, :-2] - f[:-2, 2:] + f[:-2, :-2]) / 4
