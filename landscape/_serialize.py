@@ -158,9 +158,10 @@ def _json_default(o):
     return repr(o)
 
 
-def save_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically write JSON (numpy scalars and arrays converted)."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+def save_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = True) -> Path:
+    """Atomically write JSON (numpy scalars and arrays converted); ``sort_keys=False`` keeps
+    the dicts' order (a document meant to be read, such as a study's results.json)."""
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default)
     with atomic_path(path, "w") as f:
         f.write(text + "\n")
     return Path(path)

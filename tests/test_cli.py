@@ -20,24 +20,33 @@ from landscape import cli
 from tests._util import REPO
 
 
-def test_help_describes_the_command(capsys):
-    """``landscape --help`` says what the command line does (not the module docstring's RST
-    title), lists ``demo`` with a description, and points to the README; ``demo --help``
-    describes the demo, its outputs and how an interrupted demo resumes."""
+def test_help_describes_every_command_and_option(capsys):
+    """``landscape --help`` says what the command line does and lists every command; each
+    command's ``--help`` describes it and explains every option with its default."""
     with pytest.raises(SystemExit) as e:
         cli.main(["--help"])
     assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
     assert "``" not in text and "The landscape command" not in text
-    for words in ("JAX toolkit", "loss-landscape", "neural tangent kernels",
-                  "demo train the default MLP on the embedded digits data and write a report of every analysis",
-                  "report.json", "README.md", "landscape demo --help", "--version"):
+    for words in ("JAX toolkit", "loss-landscape", "neural tangent kernels", "study", "analyse",
+                  "report", "demo", "README.md", "landscape demo --help", "--version"):
         assert words in text, words
+    parser = cli._parser("landscape")
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name in ("study", "analyse", "report", "demo"):
+        with pytest.raises(SystemExit):
+            cli.main([name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for action in sub.choices[name]._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and action.option_strings[0] in text, (name, action.dest)
+                if action.default not in (None, False):
+                    assert f"default {action.default}" in action.help, (name, action.dest)
     with pytest.raises(SystemExit):
         cli.main(["demo", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for words in ("Train the default MLP", "report.json", "exit code 130", "resumes an interrupted report",
-                  "--quick", "--no-report", "default landscape-runs/demo"):
+    for words in ("built-in config", "report.html", "with code 130", "resumes an interrupted",
+                  "--quick", "--full", "default landscape-runs/demo", "Li et al. 2018"):
         assert words in text, words
 
 
@@ -95,171 +104,197 @@ def test_an_interrupt_swallowed_by_a_gc_callback_is_sent_again(monkeypatch, caps
         interrupts.check()  # the backstop between steps
 
 
-def _interrupt_after_first_section(argv):
-    """Run ``python -m landscape *argv`` and send it one SIGINT as soon as it prints its first
-    report section (the next section is then compiling); return what it did."""
-    import tempfile
-
-    # a child of a process that ignores SIGINT ignores it too (a shell starts background jobs
-    # so): give it Python's default, as a terminal would
-    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "landscape", *argv], stdout=subprocess.PIPE, stderr=err,
-            text=True, cwd=REPO,
-            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if ignored else None,
-        )
-        lines, sent = [], False
-        for line in proc.stdout:  # the CLI flushes each report line, also into a pipe
-            lines.append(line)
-            if line.startswith("  eigenvalues "):
-                proc.send_signal(signal.SIGINT)
-                sent = True
-                break
-        rest, _ = proc.communicate(timeout=120)
-        err.seek(0)
-        return SimpleNamespace(rc=proc.returncode, sent=sent, stdout="".join(lines) + rest,
-                               stderr=err.read())
-
-
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
-    """One quick demo for the module: started in a subprocess and stopped by Ctrl-C after its
-    first report section, then the same command run again in this process to completion.
-
-    ``test_ctrl_c_during_the_report_exits_130_and_resumes`` checks the interrupted run and that
-    the rerun resumed; ``test_demo_quick`` checks the completed run. The suite pays for one quick
-    demo plus the start of another (start-up, training, one section).
-    """
+    """One quick demo for the module (``landscape demo --quick``), run in this process."""
     run_dir = tmp_path_factory.mktemp("demo") / "run"
     argv = ["demo", "--quick", "--out", str(run_dir), "--no-progress"]
-    interrupted = _interrupt_after_first_section(argv)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = cli.main(argv)
-    return SimpleNamespace(run_dir=run_dir, argv=argv, interrupted=interrupted, rc=rc,
-                           out=out.getvalue())
+    return SimpleNamespace(run_dir=run_dir, argv=argv, rc=rc, out=out.getvalue())
 
 
-def test_ctrl_c_during_the_report_exits_130_and_resumes(quick_demo):
-    """Ctrl-C while the report compiles its second section: exit code 130, no traceback, one
-    line naming what is saved and the command that resumes; that command loads the finished
-    sections and completes."""
-    run = quick_demo.interrupted
-    assert run.sent, f"the demo ended before printing its first report section:\n{run.stdout}\n{run.stderr}"
-    assert run.rc == cli.INTERRUPTED, run.stderr
-    assert "Traceback" not in run.stderr, run.stderr
-    lines = [ln for ln in run.stderr.splitlines() if "interrupted" in ln]
-    assert len(lines) == 1 and run.stderr.rstrip().endswith(lines[0]), run.stderr
-    command = "python -m landscape " + " ".join(quick_demo.argv)
-    m = re.fullmatch(r"landscape demo: interrupted; saved the trained run and (\d)/7 report sections "
-                     r"\((.*)\) in (.*); resume with: (.*)", lines[0])
-    assert m, lines[0]
-    saved = m.group(2).split(", ")
-    assert saved[0] == "eigenvalues" and int(m.group(1)) == len(saved)
-    assert m.group(3) == str(quick_demo.run_dir.resolve()) and m.group(4) == command
-    # the rerun of that command resumed: the saved sections were loaded, the others computed
-    assert quick_demo.rc == 0
-    for name in saved:
-        assert re.search(rf"^  {name} .*\(loaded\)", quick_demo.out, re.M), quick_demo.out
-    assert not re.search(r"^  ntk .*\(loaded\)", quick_demo.out, re.M)
-    assert "replacing" not in quick_demo.out
+def _numbers(tree, out=None):
+    """Every number in a JSON tree (bools excluded)."""
+    out = [] if out is None else out
+    if isinstance(tree, dict):
+        for v in tree.values():
+            _numbers(v, out)
+    elif isinstance(tree, list):
+        for v in tree:
+            _numbers(v, out)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        out.append(tree)
+    return out
 
 
-def test_demo_quick(quick_demo):
-    """The quick demo trains, writes its run, and writes the report of every analysis.
+def _strings(tree, out=None):
+    out = set() if out is None else out
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.add(k)
+            _strings(v, out)
+    elif isinstance(tree, list):
+        for v in tree:
+            _strings(v, out)
+    elif isinstance(tree, str):
+        out.add(tree)
+    return out
 
-    The report's sections are checked against each other: they come from different modules
-    (hessian, surface, connect, the training loop) and must agree where they measure the same
-    quantity.
-    """
+
+def test_demo_quick_writes_results_figures_and_report(quick_demo):
+    """The quick demo: results.json with finite numbers and the expected keys, every figure a
+    valid image, and the sections agree where they measure the same quantity."""
     import json
+    import math
+    import xml.etree.ElementTree as ET
 
-    import numpy as np
+    import matplotlib.image
 
-    from landscape import connect, hessian, surface
+    assert quick_demo.rc == 0, quick_demo.out
+    run_dir = quick_demo.run_dir
+    r = json.loads((run_dir / "results.json").read_text())
+    assert {"schema", "title", "command", "config", "provenance", "model", "data", "sections",
+            "overview", "report"} <= set(r)
+    assert list(r["sections"]) == ["training", "hessian", "surface", "connect", "ntk"]
+    assert r["config"]["_mode"] == "quick" and r["model"]["num_params"] == 85002
+    for name, sec in r["sections"].items():
+        assert {"status", "seconds", "settings", "values", "figures", "checks"} <= set(sec), name
+        nums = _numbers(sec["values"])
+        assert nums and all(math.isfinite(v) for v in nums), name
+        assert None not in sec["values"].values(), (name, sec["values"])
+        for fig in sec["figures"] + ([r["overview"]] if name == "training" else []):
+            png = run_dir / fig["file"]
+            img = matplotlib.image.imread(png)  # a valid PNG
+            assert img.shape[0] > 200 and img.shape[1] > 300, fig
+            if "svg" in fig:
+                assert ET.parse(run_dir / fig["svg"]).getroot().tag.endswith("svg")
+    figures = sorted(p.name for p in (run_dir / "figures").iterdir())
+    assert "overview.png" in figures and "surface-slice-2d.png" in figures
+    assert all(c["passed"] is not False for s in r["sections"].values() for c in s["checks"]), \
+        [c for s in r["sections"].values() for c in s["checks"]]
+    h, sf, cn = (r["sections"][k]["values"] for k in ("hessian", "surface", "connect"))
+    final = r["sections"]["training"]["values"]["train_loss"]
+    # the largest Gauss node of a Krylov space never exceeds lambda_max (float32 products)
+    assert h["top_node"] <= h["top_eigenvalues"][0] * (1 + 1e-4)
+    # the slice's centre, the interpolation's t = 1, the path's start: the logged final loss
+    for v in (sf["slice_centre"], sf["plane_centre"], sf["interp_end"], cn["loss_a"]):
+        assert abs(v - final) <= 1e-5 * final
+    assert sf["interp_init"] > 5 * final
+    assert 0 < cn["barrier_aligned"] < cn["barrier_linear"]
+    assert r["sections"]["ntk"]["values"]["width_slope"] < -0.3
+    out = quick_demo.out
+    for words in ("[training]", "[1/4] Curvature", "summary:", "checks: all passed",
+                  "report.html", "skips section (four ResNets) is left out"):
+        assert words in out, words
+
+
+def test_demo_report_is_self_contained_and_its_numbers_come_from_results(quick_demo):
+    """report.html passes an HTML parser, references nothing outside itself, and every number
+    it shows is a number of results.json (the prose around them has none of its own)."""
+    import json
+    import re
+    from html.parser import HTMLParser
+
+    from landscape.study._html import fmt
 
     run_dir = quick_demo.run_dir
-    assert quick_demo.rc == 0
-    out = quick_demo.out
-    for word in ("train loss", "test accuracy", "parameters       85002", "run directory",
-                 "eigenvalues", "connectivity", "ntk", "report time"):
-        assert word in out
-    run = landscape.load_run(run_dir)
-    assert run.config["command"] == "landscape demo" and run.model.num_params == 85002
+    text = (run_dir / "report.html").read_text()
+    r = json.loads((run_dir / "results.json").read_text())
+    allowed_numbers = {fmt(v) for v in _numbers(r)}
+    strings = _strings(r)
 
-    report = json.loads((run_dir / "report.json").read_text())
-    assert set(report["sections"]) == {"eigenvalues", "trace", "density", "slice", "interpolation",
-                                       "connectivity", "ntk"}
-    assert (run_dir / "report.png").stat().st_size > 10_000
-    sec = run_dir / "report"
-    eig = hessian.EigenResult.load(sec / "eigenvalues.npz")
-    dens = hessian.DensityResult.load(sec / "density.npz")
-    line = surface.SliceResult.load(sec / "slice.npz")
-    interp = surface.SliceResult.load(sec / "interpolation.npz")
-    linear = connect.Profile.load(sec / "profile_linear.npz")
-    assert eig.converged.all() and eig.values[0] >= eig.values[1] > 0
-    # the largest Gauss node of a Krylov space never exceeds lambda_max (float32 products)
-    assert dens.top_node <= eig.values[0] * (1 + 1e-4)
-    # the slice's centre, the interpolation's t = 1 and the profile's t = 0 are all the
-    # exact training loss at the trained parameters, which training logged last (float32 sums
-    # in different orders: 1e-5 relative)
-    exact = float(run.history["train_loss"][-1])
-    centre = float(np.asarray(line.train["loss"])[len(line.alphas) // 2])
-    t1 = float(np.asarray(interp.train["loss"])[np.argmin(abs(np.asarray(interp.alphas) - 1))])
-    np.testing.assert_allclose([centre, t1, float(np.asarray(linear.train["loss"])[0])], exact, rtol=1e-5)
-    assert report["sections"]["interpolation"]["loss_init"] > 5 * exact
-    k = report["sections"]["connectivity"]
-    assert k["barrier_linear"] > 0 and k["barrier_aligned"] < k["barrier_linear"]
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.stack, self.refs, self.prose, self.nums, self.strs = [], [], [], [], []
+            self.cls = []
 
-    # a second report of the same run resumes: every section is loaded, none recomputed
-    from landscape.report import ReportSizes, analysis_report
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            for k in ("src", "href", "srcset", "action", "data"):
+                if k in a:
+                    self.refs.append((tag, k, a[k]))
+            assert tag not in ("script", "link", "iframe", "object", "embed"), tag
+            if tag not in ("meta", "img", "br", "hr", "input"):
+                self.stack.append(tag)
+                self.cls.append(a.get("class"))
 
-    ds = landscape.load_data("digits")
-    init = landscape.make_model("mlp", input_shape=ds.input_shape, num_outputs=10, hidden=(256, 256), seed=0)
-    summary = analysis_report(run_dir, run, ds, init_params=init.params, train_other=None,
-                              sizes=ReportSizes.quick(), figure=False, log=lambda *a: None)
-    assert all(s["loaded"] for s in summary["sections"].values())
+        def handle_endtag(self, tag):
+            assert self.stack and self.stack[-1] == tag, (tag, self.stack[-3:])
+            self.stack.pop()
+            self.cls.pop()
 
+        def handle_data(self, data):
+            if "style" in self.stack:
+                assert "url(" not in data and "@import" not in data
+                return
+            if "title" in self.stack:
+                return
+            where = self.cls[-1] if self.cls else None
+            (self.nums if where == "n" else self.strs if where == "s" else self.prose).append(data)
 
-def test_report_sections_belong_to_one_run(tmp_path):
-    """The report's own entries of other parameters or settings are replaced, the same ones are
-    kept, and nothing the report did not write is ever deleted."""
-    import numpy as np
-    import pytest
-
-    from landscape import report
-
-    root = tmp_path / "report"
-    store = report._open_store(root, {"params": "a", "seed": 0}, print)
-    store.save("trace", {"v": np.ones(1)})
-    store.save_dir("other_run", lambda d: (d / "params.npz").write_bytes(b"x"))
-    (root / "notes.txt").write_text("mine")
-    store = report._open_store(root, {"params": "a", "seed": 0}, print)
-    assert store.has("trace") and (root / "other_run").exists()
-    msgs = []
-    report._open_store(root, {"params": "b", "seed": 0}, msgs.append)
-    assert "replacing" in msgs[0]
-    assert not (root / "trace.npz").exists() and not (root / "other_run").exists()
-    assert (root / "notes.txt").read_text() == "mine"  # not the report's: kept
-    # a directory the report did not write is refused, untouched
-    foreign = tmp_path / "paper" / "report"
-    foreign.mkdir(parents=True)
-    (foreign / "eigenvalues.npz").write_bytes(b"x")
-    with pytest.raises(ValueError, match="was not written by a landscape store"):
-        report._open_store(foreign, {"params": "a"}, print)
-    assert (foreign / "eigenvalues.npz").exists()
-    report._open_store(tmp_path / "empty", {"params": "a"}, print)  # new or empty: fine
+    page = Page()
+    page.feed(text)
+    page.close()
+    assert page.stack == [], page.stack
+    assert all(v.startswith("data:image/png;base64,") for _, k, v in page.refs), page.refs[:3]
+    assert len(page.refs) >= 8  # the overview and the sections' figures, embedded
+    assert "prefers-color-scheme: dark" in text and "@media print" in text
+    bad = [n for n in page.nums if n not in allowed_numbers]
+    assert not bad and len(page.nums) > 50, bad[:10]
+    assert all(s in strings for s in page.strs), [s for s in page.strs if s not in strings][:5]
+    prose = " ".join(page.prose)
+    # citations (author et al. year, Figure 1, ResNet-56, CIFAR-10) and 1-D/2-D are the prose's
+    stripped = re.sub(r"et al\.,? \(?\d{4}\)?|Figure 1\b|ResNet-56|CIFAR-10|\b[12]-D\b", "", prose)
+    assert not re.search(r"\d", stripped), re.findall(r".{30}\d.{30}", stripped)[:5]
 
 
-def test_full_demo_reaches_95_percent(tmp_path, capsys):
+def test_analyse_a_saved_run(quick_demo, tmp_path):
+    """``landscape analyse`` on a run saved by save_run (the demo's trained network: our MLP,
+    its data named on the command line) and a second network given with --other."""
+    import json
+
+    run = quick_demo.run_dir / "sections" / "training" / "run"
+    other = quick_demo.run_dir / "sections" / "connect" / "other_run"
+    out = tmp_path / "analysed"
+    argv = ["analyse", str(run), "--data", "digits", "--only", "hessian,connect", "--other",
+            str(other), "--quick", "--out", str(out), "--no-progress"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli.main(argv) == 0, buf.getvalue()
+    r = json.loads((out / "results.json").read_text())
+    assert list(r["sections"]) == ["training", "hessian", "connect"]
+    demo = json.loads((quick_demo.run_dir / "results.json").read_text())["sections"]
+    # the same network and settings: the same numbers
+    assert r["sections"]["hessian"]["values"]["top_eigenvalues"] == demo["hessian"]["values"]["top_eigenvalues"]
+    assert r["sections"]["connect"]["values"]["barrier_linear"] == demo["connect"]["values"]["barrier_linear"]
+    assert (out / "report.html").is_file()
+    # a run without a recorded data set and no --data: one message, status 2
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli.main(["analyse", str(run), "--out", str(tmp_path / "x"), "--quick"]) == 2
+    assert "records no data set: pass --data NAME" in err.getvalue()
+    with contextlib.redirect_stderr(err):
+        assert cli.main(["analyse", str(tmp_path), "--quick"]) == 2
+    assert "not a run directory" in err.getvalue()
+
+
+def test_study_refuses_a_foreign_directory(tmp_path, capsys):
+    (tmp_path / "paper.tex").write_text("mine")
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 2
+    assert "non-empty directory that no study wrote" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["paper.tex"]
+
+
+def test_full_demo_trains_to_95_percent(tmp_path, capsys):
     # The done-when criterion of the foundation: >= 95% test accuracy on digits, default MLP.
-    assert cli.main(["demo", "--out", str(tmp_path / "run"), "--no-progress", "--no-report"]) == 0
+    assert cli.main(["demo", "--out", str(tmp_path / "run"), "--no-progress", "--only",
+                     "training"]) == 0
     out = capsys.readouterr().out
-    acc = float(re.search(r"test accuracy\s+([0-9.]+)", out).group(1))
+    acc = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
     assert acc >= 0.95
-    secs = float(re.search(r"training time\s+([0-9.]+) s", out).group(1))
-    assert secs < 60
 
 
 def test_readme_quickstart_and_ci_agree():
@@ -322,29 +357,6 @@ def test_readme_examples_name_only_existing_api():
                     raise AssertionError(f"README call {ast.unparse(node)[:80]}: {e}") from None
     for name in ("hessian.eigenvalues", "surface.slice_2d", "connect.fit_curve", "ntk.empirical_ntk"):
         assert name in seen
-
-
-def test_report_rejects_bad_input(tmp_path, trained_mlp, digits_data):
-    import jax.numpy as jnp
-    import pytest
-
-    from landscape.report import ReportSizes, analysis_report
-
-    run = trained_mlp
-    kw = dict(init_params=run.model.params, train_other=None, figure=False, log=lambda *a: None)
-    with pytest.raises(TypeError, match="result must be a TrainResult"):
-        analysis_report(tmp_path, run.model, digits_data, **kw)
-    with pytest.raises(TypeError, match="data must be a landscape Dataset"):
-        analysis_report(tmp_path, run, digits_data.train, **kw)
-    with pytest.raises(ValueError, match="sizes.k"):
-        analysis_report(tmp_path, run, digits_data, sizes=ReportSizes(k=0), **{**kw})
-    bad = {k: v for k, v in kw.items() if k != "init_params"}
-    with pytest.raises(ValueError, match="init_params"):
-        analysis_report(tmp_path, run, digits_data, init_params={"w": jnp.ones(3)}, **bad)
-    nan = jax.tree.map(lambda a: a * jnp.nan, run.model.params)
-    with pytest.raises(ValueError, match="init_params"):
-        analysis_report(tmp_path, run, digits_data, init_params=nan, **bad)
-    assert not (tmp_path / "report").exists()  # nothing written before the inputs are checked
 
 
 def test_ctrl_c_while_the_command_starts_up(tmp_path):

@@ -391,12 +391,13 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
     if ov is not None:
         study.results["overview"] = ov
     study.results["seconds"] = round(time.perf_counter() - t_start, 2)
+    if report:
+        study.results["report"] = "report.html"
     study.write_results()
     if report:
         from landscape.study import _html
 
-        path = _html.write_report(out)
-        study.results["report"] = path.name
+        _html.write_report(out)
     _print_summary(study, out)
     return study.results
 

@@ -124,7 +124,7 @@ class _Parts:
 def _atomic_json(path: Path, obj) -> None:
     from landscape import _serialize
 
-    _serialize.save_json(path, obj)
+    _serialize.save_json(path, obj, sort_keys=False)
 
 
 def _fig_save(fig, out: Path, name: str, *, svg: bool) -> dict:
