@@ -12,7 +12,6 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-import jax
 import pytest
 
 import landscape
