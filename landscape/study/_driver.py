@@ -238,6 +238,16 @@ def run_study(
     import landscape
     from landscape import _provenance
 
+    if not isinstance(cfg, StudyConfig):
+        raise TypeError("landscape.study.run_study: cfg must be a StudyConfig (from "
+                        "study.load_config(path) or study.parse_config(text)); got "
+                        f"{type(cfg).__name__}.")
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"landscape.study.run_study: out must be a directory path; got "
+                        f"{type(out).__name__}.")
+    if only is not None and (isinstance(only, str) or not all(isinstance(n, str) for n in only)):
+        raise TypeError("landscape.study.run_study: only must be a list of section names, e.g. "
+                        f"['hessian', 'surface']; got {only!r}.")
     out = Path(out)
     _check_out(out)
     only = list(cfg.sections if only is None else only)
