@@ -15,6 +15,7 @@ from landscape.study import _config, _resolve
 from landscape.study._config import SECTIONS, ConfigError, StudyConfig
 from landscape.study._run import (
     INTERRUPT_ENV,
+    RANDOM_KEYS,
     SCHEMA_VERSION,
     SECTION_FUNCTIONS,
     SECTION_VERSION,
@@ -102,6 +103,8 @@ class _Study:
             "command": self.command,
             "config": self.cfg.to_json(),
             "provenance": _provenance.provenance(seeds={"study": self.cfg["seed"]}),
+            "random_keys": {"rule": "jax.random.fold_in(jax.random.key(seed), i)",
+                            "i": RANDOM_KEYS},
             **extra,
             "sections": {},
         }

@@ -172,6 +172,13 @@ class Context:
     model_desc: dict
 
 
+RANDOM_KEYS = {"eigenvalues": 1, "trace": 2, "density": 3, "directions": 4, "alignment": 5,
+               "ntk_widths": 6, "skips_eigenvalues": "10 + variant index (0-3)",
+               "skips_directions": 20, "sharpness": 99}
+"""Every random choice of a study uses ``jax.random.fold_in(jax.random.key(seed), i)`` with
+these ``i`` (recorded in results.json), so a study's numbers can be reproduced by hand."""
+
+
 def _key(ctx: Context, i: int):
     import jax
 
