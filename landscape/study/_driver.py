@@ -173,7 +173,9 @@ def _summary_text(name: str, v: dict) -> str:
             out += f", error slope vs width {f(v['width_slope'])}"
         return out
     if name == "skips":
-        return ", ".join(f"{r['variant']}: {f(r['top_eigenvalue'])}" for r in v["variants"])
+        return "top eigenvalues " + ", ".join(
+            f"{r['variant']} {f(r['top_eigenvalue'])}" if "top_eigenvalue" in r else
+            f"{r['variant']} diverged at step {r['diverged_at_step']}" for r in v["variants"])
     return ""
 
 
