@@ -1,14 +1,14 @@
 """Ctrl-C at many moments of ``landscape demo --quick``: clean exits, and reruns that resume.
 
 For each of ``--trials`` moments spread from ``--first`` to ``--last`` seconds after the start
-(start-up and the import of JAX, training and its compilation, every report section and the
-figure), the script starts::
+(start-up and the import of JAX, training and its compilation, every study section and the
+report), the script starts::
 
     python -m landscape demo --quick --out DIR --no-progress
 
 in a fresh directory, sends one SIGINT at that moment, and records the return code, the time
 the process took to exit after the signal, whether ``Traceback`` appeared on stderr, the last
-lines of stdout and stderr, and which report sections ``report.json`` lists as finished. It then
+lines of stdout and stderr, and which sections ``results.json`` lists as finished. It then
 reruns the same command in the same directory to completion and checks that it succeeds and
 loads (prints ``(loaded)`` for) every section the interrupted run had finished.
 
@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ("eigenvalues", "trace", "density", "slice", "interpolation", "connectivity", "ntk")
+SECTIONS = ("training", "hessian", "surface", "connect", "ntk")  # the quick demo's sections
 
 
 PROGRESS = False  # --progress: with tqdm's bars (and their monitor thread)
@@ -55,13 +55,13 @@ def _tail(text: str, n: int = 1) -> str:
 
 
 def _finished_sections(out: Path) -> list[str]:
-    path = out / "report.json"
+    path = out / "results.json"
     if not path.exists():
         return []
     try:
         return list(json.loads(path.read_text())["sections"])
     except (ValueError, KeyError):
-        return ["<unreadable report.json>"]
+        return ["<unreadable results.json>"]
 
 
 def _default_sigint():
@@ -170,9 +170,8 @@ def main() -> int:
     total, stamps = _calibrate(_command(cal_out), env, work / "calibration.err")
     print(f"uninterrupted run: {total:.1f} s; when lines reached stdout:")
     for t, line in stamps:
-        if line.startswith(("  run directory", "  eigenvalues", "  trace", "  density", "  slice",
-                            "  interpolation", "  connectivity", "  ntk", "  figure",
-                            "  report time")):
+        if line.startswith(("  training ", "  hessian ", "  surface ", "  connect ", "  ntk ",
+                            "summary:", "  report ")):
             print(f"  {t:5.1f} s  {line.strip()[:70]}")
     last = args.last if args.last is not None else 0.92 * total
     n = args.trials
@@ -191,7 +190,8 @@ def main() -> int:
         r = _run(_command(out), env, at=at, timeout=120, logdir=work, name=f"run{i:02d}")
         errs = [ln for ln in r["stderr"].splitlines() if ln.strip()]
         # the one-line message: the last thing on stderr, and the only line that says so
-        r["message"] = (bool(errs) and errs[-1].startswith("landscape demo: interrupted")
+        r["message"] = (bool(errs) and errs[-1].startswith(("landscape: interrupted",
+                                                            "landscape demo: interrupted"))
                         and sum("interrupted" in ln for ln in errs) == 1)
         r["at"] = at
         r["saved"] = _finished_sections(out)
