@@ -401,3 +401,23 @@ def test_start_up_guard_ignores_a_scripts_own_arguments(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["my_script.py", "-m", "landscape"])
     monkeypatch.setattr(sys, "orig_argv", ["python", "my_script.py", "-m", "landscape"], raising=False)
     assert not _startup._is_command_line()
+
+
+def test_analyse_a_study_directory_and_only_keeps_valid_sections(quick_demo, tmp_path):
+    """Review findings: --only keeps the other sections that are still valid, and analyse on a
+    study's own directory runs (its saved config is read back)."""
+    import json
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(quick_demo.run_dir, d)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli.main(["demo", "--quick", "--only", "hessian", "--out", str(d),
+                         "--no-progress"]) == 0, buf.getvalue()
+    r = json.loads((d / "results.json").read_text())
+    assert r["sections"]["hessian"]["status"] == "loaded"
+    assert list(r["sections"]) == ["training", "hessian", "surface", "connect", "ntk"]
+    with contextlib.redirect_stdout(buf):
+        assert cli.main(["analyse", str(d), "--only", "hessian", "--quick", "--out",
+                         str(tmp_path / "a"), "--no-progress"]) == 0, buf.getvalue()

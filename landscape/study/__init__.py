@@ -57,12 +57,15 @@ def _from_values(values: dict, *, base: Path, mode: str, source: str) -> StudyCo
 
     lines = [f"# {source}"]
     for key, val in values.items():
-        if not isinstance(val, dict) and not key.startswith("_"):
-            lines.append(f"{key} = {_toml_value(val)}")
+        if not isinstance(val, dict) and not key.startswith("_") and key in SCHEMA[""]:
+            if val != SCHEMA[""][key].default:
+                lines.append(f"{key} = {_toml_value(val)}")
     for table, fields in values.items():
         if isinstance(fields, dict) and table in SCHEMA:
             lines.append(f"[{table}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in fields.items()]
+            # only what differs from the defaults: the file sets it (npz-only keys stay unset)
+            lines += [f"{k} = {_toml_value(v)}" for k, v in fields.items()
+                      if k in SCHEMA[table] and v != SCHEMA[table][k].default]
     return parse("\n".join(lines) + "\n", path=None, base=base, mode=mode)
 
 

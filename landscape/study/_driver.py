@@ -380,22 +380,33 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
                   train_other=train_other, other_run=Path(other) if other else None,
                   model_desc=desc)
     # -- the analyses ---------------------------------------------------------------------------
+    def section_meta(name):
+        meta = {"job": f"landscape.study:{name}", "version": SECTION_VERSION,
+                "settings": dict(cfg[name]), "seed": cfg["seed"], "data_hash": data.hash}
+        if name != "skips":  # the four ResNets do not depend on the study's network
+            meta["trained"] = digest_train
+        if name == "connect" and ctx.other_run is not None:
+            meta["other"] = str(ctx.other_run)
+        return meta
+
+    from landscape import _serialize
+    from landscape import store as _store
+
+    # what each section's store would be bound to now: an earlier result of a section this run
+    # does not touch (--only) is kept while its digest still matches
     digests = {"training": digest_train}
+    for name in SECTIONS:
+        digests[name] = _store._digest(_store._strip_addresses(_serialize.to_jsonable(
+            {"store_version": _store.STORE_VERSION, **section_meta(name)})))
     todo = [n for n in SECTIONS if n in only]
     for i, name in enumerate(todo, 1):
         study.current = name
         t0 = time.perf_counter()
         settings = dict(cfg[name])
-        meta = {"job": f"landscape.study:{name}", "version": SECTION_VERSION,
-                "settings": settings, "seed": cfg["seed"], "data_hash": data.hash}
-        if name != "skips":  # the four ResNets do not depend on the study's network
-            meta["trained"] = digest_train
-        if name == "connect" and ctx.other_run is not None:
-            meta["other"] = str(ctx.other_run)
+        meta = section_meta(name)
         log(f"[{i}/{len(todo)}] {TITLES[name]}")
         store, changed = _open_section_store(out, name, meta, log)
         sec = SECTION_FUNCTIONS[name](ctx, _Parts(store, Section()))
-        digests[name] = store._digest
         entry = study.record(name, sec, seconds=time.perf_counter() - t0, digest=store._digest,
                              settings=settings, changed=changed)
         study.line(name, entry, _summary_text(name, sec.values))
