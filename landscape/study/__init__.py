@@ -57,9 +57,9 @@ def _from_values(values: dict, *, base: Path, mode: str, source: str) -> StudyCo
 
     lines = [f"# {source}"]
     for key, val in values.items():
-        if not isinstance(val, dict) and not key.startswith("_") and key in SCHEMA[""]:
-            if val != SCHEMA[""][key].default:
-                lines.append(f"{key} = {_toml_value(val)}")
+        if (not isinstance(val, dict) and key in SCHEMA[""]
+                and val != SCHEMA[""][key].default):
+            lines.append(f"{key} = {_toml_value(val)}")
     for table, fields in values.items():
         if isinstance(fields, dict) and table in SCHEMA:
             lines.append(f"[{table}]")
