@@ -16,6 +16,7 @@ import math
 import re
 
 import nbformat
+import pytest
 
 from tests._util import REPO, run_notebook
 from tests.test_notebook_claims import FLOAT, NB, LabelNotFound, Num, agrees, nums
@@ -474,42 +475,33 @@ def test_committed_notebook_text_agrees_with_its_outputs():
     check_quoted(nb)
 
 
-def test_a_changed_number_or_sentence_fails():
-    # the checks can fail: a corrupted printed number or a reworded sentence is caught
+def _corrupted(old: str, new: str, *, markdown: bool):
+    """The committed notebook with ``old`` replaced by ``new`` in its markdown text or in its
+    printed outputs."""
     import copy
 
     raw = copy.deepcopy(_committed())
     for c in raw.cells:
-        if c.cell_type == "code":
+        if markdown and c.cell_type == "markdown":
+            c.source = c.source.replace(old, new)
+        elif not markdown and c.cell_type == "code":
             for o in c.outputs:
-                if o.get("output_type") == "stream" and "15 of 15 equal" in o.get("text", ""):
-                    o["text"] = o["text"].replace("15 of 15 equal", "14 of 15 equal")
-    try:
-        check_everywhere(NB(raw, "index"), quick=False)
-    except AssertionError as e:
-        assert "notebooks/index.ipynb" in str(e)
-    else:
-        raise AssertionError("a corrupted count passed")
-    raw = copy.deepcopy(_committed())
-    for c in raw.cells:
-        if c.cell_type == "markdown":
-            c.source = c.source.replace("relative change is 9.3143", "relative change is 9.4143")
-    try:
-        check_quoted(NB(raw, "index"))
-    except AssertionError as e:
-        assert "9.4143" in str(e)
-    else:
-        raise AssertionError("a corrupted quoted number passed")
-    raw = copy.deepcopy(_committed())
-    for c in raw.cells:
-        if c.cell_type == "markdown":
-            c.source = c.source.replace("so its end values must equal", "so its end values equal")
-    try:
-        check_everywhere(NB(raw, "index"), quick=False)
-    except LabelNotFound:
-        pass
-    else:
-        raise AssertionError("a reworded sentence passed")
+                if o.get("output_type") == "stream" and old in o.get("text", ""):
+                    o["text"] = o["text"].replace(old, new)
+    return NB(raw, "index")
+
+
+def test_a_changed_number_or_sentence_fails():
+    # the checks can fail: a corrupted printed number or a reworded sentence is caught
+    with pytest.raises(AssertionError, match="notebooks/index.ipynb"):
+        check_everywhere(_corrupted("15 of 15 equal", "14 of 15 equal", markdown=False),
+                         quick=False)
+    with pytest.raises(AssertionError, match="9.4143"):
+        check_quoted(_corrupted("relative change is 9.3143", "relative change is 9.4143",
+                                markdown=True))
+    with pytest.raises(LabelNotFound):
+        check_everywhere(_corrupted("so its end values must equal", "so its end values equal",
+                                    markdown=True), quick=False)
 
 
 def test_notebook_quick():

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -353,5 +352,3 @@ def test_chromium_renders_a_report(own_study, tmp_path):
                          capture_output=True, text=True, timeout=120).stdout
     assert "my tanh net" in dom and "Consistency checks" in dom
 
-
-del textwrap

@@ -103,38 +103,21 @@ def top_eigenvalue(loss_fn, params, data, *, key, max_products: int, tol: float)
 
 
 def roughness(alphas, betas, loss, *, radius: float = 0.5, rel: float = 0.01) -> dict:
-    """Non-convex fraction in the ``r <= radius`` disc, local minima, centre/ring/edge loss."""
+    """Non-convex fraction in the ``r <= radius`` disc, local minima, centre/ring/edge loss
+    (the measures of ``landscape.study.surface_roughness``, under this script's JSON keys)."""
+    from landscape.study import surface_roughness
+
     L = np.asarray(loss, np.float64)
-    ha, hb = alphas[1] - alphas[0], betas[1] - betas[0]
+    m = surface_roughness(L, alphas, betas, radius=radius, rel=rel)
     A, B = np.meshgrid(alphas, betas, indexing="ij")
     r = np.hypot(A, B)
-    c = L[1:-1, 1:-1]
-    hxx = (L[2:, 1:-1] - 2 * c + L[:-2, 1:-1]) / ha**2
-    hyy = (L[1:-1, 2:] - 2 * c + L[1:-1, :-2]) / hb**2
-    hxy = (L[2:, 2:] - L[2:, :-2] - L[:-2, 2:] + L[:-2, :-2]) / (4 * ha * hb)
-    mean, dev = (hxx + hyy) / 2, np.sqrt(((hxx - hyy) / 2) ** 2 + hxy**2)
-    lmin, lmax = mean - dev, mean + dev
-    disc = r[1:-1, 1:-1] <= radius + 1e-9
-    bad = (lmin < -rel * np.abs(lmax)) & disc & np.isfinite(lmin)
-    neigh = np.stack(
-        [
-            L[1 + i : L.shape[0] - 1 + i, 1 + j : L.shape[1] - 1 + j]
-            for i in (-1, 0, 1)
-            for j in (-1, 0, 1)
-            if (i, j) != (0, 0)
-        ]
-    )
-    minima = int(np.sum(np.all(c[None] < neigh, axis=0)))
-    ring = np.abs(r - radius) <= min(ha, hb) / 2
-    edge = (np.abs(A) >= alphas[-1] - 1e-9) | (np.abs(B) >= betas[-1] - 1e-9)
-    centre = L[np.unravel_index(np.argmin(r), r.shape)]
     return {
-        "nonconvex": float(bad.sum() / disc.sum()),
-        "disc_points": int(disc.sum()),
-        "minima": minima,
-        "loss_centre": float(centre),
-        "loss_ring": float(np.nanmean(L[ring])),
-        "loss_edge": float(np.nanmean(L[edge])),
+        "nonconvex": m["nonconvex_fraction"],
+        "disc_points": int(np.sum(r[1:-1, 1:-1] <= radius + 1e-9)),
+        "minima": m["local_minima"],
+        "loss_centre": float(L[np.unravel_index(np.argmin(r), r.shape)]),
+        "loss_ring": m["loss_ring"],
+        "loss_edge": m["loss_edge"],
         "loss_min": float(np.nanmin(L)),
         "loss_max": float(np.nanmax(L)),
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landscape.study import _config, _resolve
+from landscape.study import _resolve
 from landscape.study._config import SECTIONS, ConfigError, StudyConfig
 from landscape.study._run import (
     INTERRUPT_ENV,
@@ -28,6 +28,7 @@ from landscape.study._run import (
     _figure,
     _Parts,
     _r,
+    study_key,
 )
 
 
@@ -307,7 +308,7 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
         if every:
             from landscape import hessian
 
-            callbacks.append(hessian.sharpness_callback(every=every, key=landscape_key(cfg, 99)))
+            callbacks.append(hessian.sharpness_callback(every=every, key=study_key(cfg['seed'], 99)))
         settings = {"train": cfg["train"], "model": desc, "data": data.spec, "seed": cfg["seed"]}
         meta = {"job": "landscape.study:training", "version": SECTION_VERSION, **settings,
                 "data_hash": data.hash}
@@ -469,12 +470,6 @@ def _overview(out: Path, history: dict, sections: dict) -> dict | None:
                        "is shown larger in its section below."}
 
 
-def landscape_key(cfg, i):
-    import jax
-
-    return jax.random.fold_in(jax.random.key(cfg["seed"]), i)
-
-
 def _print_summary(study, out: Path) -> None:
     r = study.results
     log = study.log
@@ -514,5 +509,3 @@ def print_interrupted(e: StudyInterrupted, command: str, file=None) -> str:
     print(f"\n{msg}", file=file or sys.stderr, flush=True)
     return msg
 
-
-del _config

@@ -179,10 +179,15 @@ RANDOM_KEYS = {"eigenvalues": 1, "trace": 2, "density": 3, "directions": 4, "ali
 these ``i`` (recorded in results.json), so a study's numbers can be reproduced by hand."""
 
 
-def _key(ctx: Context, i: int):
+def study_key(seed: int, i: int):
+    """The ``i``-th random key of a study with ``seed`` (see :data:`RANDOM_KEYS`)."""
     import jax
 
-    return jax.random.fold_in(jax.random.key(ctx.seed), i)
+    return jax.random.fold_in(jax.random.key(seed), i)
+
+
+def _key(ctx: Context, i: int):
+    return study_key(ctx.seed, i)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,8 +298,6 @@ def section_hessian(ctx: Context, parts: _Parts) -> Section:
 
 
 def section_surface(ctx: Context, parts: _Parts) -> Section:
-    import jax
-
     from landscape import GridSettings, plot, surface
 
     s = ctx.cfg["surface"]
@@ -376,7 +379,6 @@ def section_surface(ctx: Context, parts: _Parts) -> Section:
             "the same exact full-data loss to a relative {tolerance} (single-precision "
             "summation order)", routes=len(ends), tolerance=1e-4, relative_difference=worst,
             **{k.replace(' ', '_'): v for k, v in ends.items()}))
-    del jax
     sec.text = ("Slices of the exact full-data loss through the trained parameters along "
                 "filter-normalised random directions (Li et al. 2018), and the line from the "
                 "initialisation to the solution.")
