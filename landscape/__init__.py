@@ -1,7 +1,8 @@
 """landscape-ntk: loss-landscape geometry for JAX/Flax models.
 
 Analyses: :mod:`landscape.hessian` (curvature spectra), :mod:`landscape.surface` (loss-surface
-slices), :mod:`landscape.connect` (mode connectivity); plots in :mod:`landscape.plot` (imported
+slices), :mod:`landscape.connect` (mode connectivity), :mod:`landscape.diagnostics`
+(trainability); plots in :mod:`landscape.plot` (imported
 explicitly: it needs matplotlib). Kernels: the sibling package :mod:`ntk`.
 
 The foundation: the model triple (:class:`Model`, :func:`from_nnx`, :func:`from_linen`), losses
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # what _FOUNDATION binds (for type checkers and IDEs), and the lazy analyses
     from landscape import batchnorm as batchnorm
     from landscape import connect as connect
+    from landscape import diagnostics as diagnostics
     from landscape import engine as engine
     from landscape import expectations as expectations
     from landscape import grid as grid
@@ -118,7 +120,7 @@ _FOUNDATION: dict[str, str] = {
 }
 
 # the analyses, plots, report and command line: loaded on first use (PEP 562)
-_LAZY_MODULES = {"connect", "hessian", "surface", "plot", "study", "cli"}
+_LAZY_MODULES = {"connect", "diagnostics", "hessian", "surface", "plot", "study", "cli"}
 
 _STATE = {"loaded": False, "loading": False}
 
@@ -163,7 +165,7 @@ def __getattr__(name: str):
 def __dir__():
     # the foundation and the analyses are listed; plot, report and cli (matplotlib, the command
     # line) are not, so introspection (dir, autodoc, getmembers) never imports matplotlib
-    return sorted(set(globals()) | set(_FOUNDATION) | {"connect", "hessian", "surface"})
+    return sorted(set(globals()) | set(_FOUNDATION) | {"connect", "diagnostics", "hessian", "surface"})
 
 
 # ``landscape --help`` and ``--version`` need neither JAX nor the foundation (landscape.cli)
@@ -185,6 +187,7 @@ __all__ = [
     "compilation_cache_status",
     "connect",
     "data_hash",
+    "diagnostics",
     "engine",
     "expectations",
     "evaluate",

@@ -1,0 +1,20 @@
+"""Trainability diagnostics: why a network trains or fails to train.
+
+At initialisation: mean-field theory of fully connected networks (:func:`mean_field`,
+:func:`phase_diagram`), per-layer signal propagation through a real network
+(:func:`signal_propagation`, :func:`depth_sweep`) and the singular values of its
+hidden-to-hidden Jacobian (:func:`jacobian_spectrum`). Before and during training: the data
+audit (:func:`audit_data`), the training monitor (a :func:`landscape.train` callback) and the
+learning-rate range with the stability limit of the initial curvature
+(:func:`learning_rate_range`).
+
+Everything builds on the foundation (:mod:`landscape.expectations` for the Gaussian integrals,
+:mod:`landscape.engine` for exact full-data evaluation) and on :mod:`landscape.hessian` for
+curvature and Lanczos: there is no second Lanczos and no second grid driver here.
+
+References: Glorot & Bengio (2010); He et al. (2015); Saxe et al. (2014); Poole et al. (2016);
+Schoenholz et al. (2017); Pennington et al. (2017, 2018); Xiao et al. (2018); Smith (2017);
+Lewkowycz et al. (2020); Cohen et al. (2021).
+"""
+
+# Each part is imported from its own module below (one block per module).
