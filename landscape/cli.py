@@ -192,6 +192,19 @@ def _only(args):
     return [s.strip() for s in args.only.split(",") if s.strip()]
 
 
+def _status(args, results: dict) -> int:
+    """0, or 1 with one line on stderr when a section failed (the others are saved)."""
+    failed = {n: e["values"].get("error", "") for n, e in results.get("sections", {}).items()
+              if e.get("status") == "failed"}
+    if not failed:
+        return 0
+    first = next(iter(failed.items()))
+    print(f"landscape {args.command}: {len(failed)} section(s) failed ({', '.join(failed)}); the "
+          f"first: {first[0]}: {first[1][:200]}. The other sections are saved; tracebacks are "
+          "in RUN_DIR/errors.", file=sys.stderr, flush=True)
+    return 1
+
+
 def _study(args, interrupts):
     from landscape import study
 
@@ -203,19 +216,17 @@ def _study(args, interrupts):
                                 "--print-config to write a commented default one.")
     cfg = study.load_config(args.config, mode=_mode(args))
     out = args.out or str(Path("landscape-runs") / Path(args.config).stem)
-    study.run_study(cfg, out, only=_only(args), progress=not args.no_progress,
-                    command=args.command_line, log=_logger(interrupts))
-    return 0
+    return _status(args, study.run_study(cfg, out, only=_only(args), progress=not args.no_progress,
+                                         command=args.command_line, log=_logger(interrupts)))
 
 
 def _analyse(args, interrupts):
     from landscape import study
 
-    study.analyse(args.run_dir, args.out, only=_only(args), other=args.other,
-                  config=args.config, data=args.data, mode=_mode(args),
-                  progress=not args.no_progress, command=args.command_line,
-                  log=_logger(interrupts))
-    return 0
+    return _status(args, study.analyse(args.run_dir, args.out, only=_only(args), other=args.other,
+                                       config=args.config, data=args.data, mode=_mode(args),
+                                       progress=not args.no_progress, command=args.command_line,
+                                       log=_logger(interrupts)))
 
 
 def _report(args, interrupts):
@@ -238,9 +249,8 @@ def _demo(args, interrupts):
         only = [s for s in cfg.sections if s != "skips"]
         print("landscape demo --quick: the skips section (four ResNets) is left out of the "
               "smoke test; --quick --only skips runs it")
-    study.run_study(cfg, args.out, only=only, progress=not args.no_progress,
-                    command=args.command_line, log=_logger(interrupts))
-    return 0
+    return _status(args, study.run_study(cfg, args.out, only=only, progress=not args.no_progress,
+                                         command=args.command_line, log=_logger(interrupts)))
 
 
 def _logger(interrupts):

@@ -25,6 +25,7 @@ Every resumable public function takes ``store=``: a path (a new :class:`Store`) 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import json
@@ -436,6 +437,23 @@ def chunk_name(i: int) -> str:
     return f"chunk-{i:06d}"
 
 
+# whether run_chunks prints its own line when interrupted (a caller that says what was saved
+# itself, like ``landscape study``, turns it off with quiet_interrupts())
+_INTERRUPT_NOTES: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "landscape_store_interrupt_notes", default=True)
+
+
+@contextlib.contextmanager
+def quiet_interrupts():
+    """Inside this block :func:`run_chunks` does not print its "interrupted; k/n chunks are
+    saved" line on Ctrl-C (the caller reports what was saved); the chunks are saved as always."""
+    token = _INTERRUPT_NOTES.set(False)
+    try:
+        yield
+    finally:
+        _INTERRUPT_NOTES.reset(token)
+
+
 def run_chunks(
     compute: Callable[[Sequence[int]], Sequence[PyTree]],
     chunks: int | Sequence[int],
@@ -490,7 +508,7 @@ def run_chunks(
             if bar is not None:
                 bar.update(len(ids))
     except KeyboardInterrupt:
-        if store is not None:
+        if store is not None and _INTERRUPT_NOTES.get():
             saved = num_chunks - len(todo) + done
             print(
                 f"\n{desc}: interrupted; {saved}/{num_chunks} chunks are saved in {store.path}. "

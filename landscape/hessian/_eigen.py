@@ -203,16 +203,23 @@ def _true_residuals_jit(mv_static, mv_dyn, layout, Q, Y, theta, k):
     return jax.lax.fori_loop(0, k, body, init)
 
 
-def orthonormal_rows(F, *, name: str) -> tuple[jax.Array, int]:
+def orthonormal_rows(F, *, name: str, drop_zero: bool = False) -> tuple[jax.Array, int]:
     """Orthonormalise the rows of a flat ``(b, P)`` array: two passes of a Gram-matrix
     eigendecomposition in float64 on the host; rank-deficient directions are dropped.
 
+    ``drop_zero``: zero rows are dropped too (a sketch ``A S`` of an operator that vanishes on
+    some of ``S``); the rank is then 0 when every row is zero (and the rows returned are empty).
+
     Raises:
-      ValueError: a zero row.
+      ValueError: a zero row (unless ``drop_zero``).
     """
-    b = F.shape[0]
     dtype = np.dtype(F.dtype)
     norms = np.sqrt(np.maximum(np.diag(np.asarray(_gram_jit(F), np.float64)), 0))
+    if drop_zero and np.any(norms == 0):
+        F, norms = F[norms > 0], norms[norms > 0]
+        if not len(norms):
+            return F, 0
+    b = F.shape[0]
     if np.any(norms == 0):
         raise ValueError(
             f"{_validate.where()}: {name} contains a zero vector (row {int(np.argmin(norms))}); starting vectors must be nonzero."

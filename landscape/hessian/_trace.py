@@ -171,12 +171,15 @@ def estimate_trace(
         Y, ok = _sketch_jit(s, d, layout, np.uint32(seed ^ 0x5A5A5A5A), s_size)
         op.check_flags(ok)
         used += s_size
-        Q, rank = _eigen.orthonormal_rows(Y, name="the sketch")
-        vals, ok = _quad_rows_jit(s, d, layout, Q)
-        op.check_flags(ok)
-        used += rank
-        s_used = rank
-        exact_leaf = np.asarray(vals, np.float64).sum(axis=0)
+        Q, rank = _eigen.orthonormal_rows(Y, name="the sketch", drop_zero=True)
+        if rank:
+            vals, ok = _quad_rows_jit(s, d, layout, Q)
+            op.check_flags(ok)
+            used += rank
+            s_used = rank
+            exact_leaf = np.asarray(vals, np.float64).sum(axis=0)
+        else:  # the operator vanishes on the whole sketch: nothing to deflate
+            Q = None
     rows: list[np.ndarray] = []
     converged = False
     counter = 0

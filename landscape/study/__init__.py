@@ -77,9 +77,17 @@ def config_for_run(run_dir: str | os.PathLike, *, config: str | os.PathLike | No
     from landscape import _serialize
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such directory (give a run saved by landscape.save_run "
+                          "or a directory written by `landscape study`).")
     if (run_dir / "study.json").is_file() and config is None:
-        saved = _serialize.load_json(run_dir / "study.json")
-        values = {k: v for k, v in saved["config"].items() if not k.startswith("_")}
+        try:
+            saved = _serialize.load_json(run_dir / "study.json")
+            values = {k: v for k, v in saved["config"].items() if not k.startswith("_")}
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+            raise ConfigError(f"{run_dir / 'study.json'} is damaged ({type(e).__name__}: "
+                              f"{str(e)[:200]}); pass --config CONFIG.toml to analyse the run "
+                              "with an explicit config.") from None
         run = Path(saved.get("analysed_run") or run_dir / "sections" / "training" / "run")
         src = saved["config"].get("_source", "built in")
         base = Path(src).parent if src != "built in" else run_dir
@@ -96,7 +104,13 @@ def config_for_run(run_dir: str | os.PathLike, *, config: str | os.PathLike | No
         if data:
             cfg.values["data"]["name"] = data
         return cfg, run_dir
-    saved = _serialize.load_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    try:
+        saved = (_serialize.load_json(run_dir / "config.json")
+                 if (run_dir / "config.json").is_file() else {})
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{run_dir / 'config.json'} is damaged ({type(e).__name__}: "
+                          f"{str(e)[:200]}); pass --config CONFIG.toml naming the model and the "
+                          "data.") from None
     spec = saved.get("model")
     if not spec:
         raise ConfigError(f"{run_dir}: the run records no model of ours (config.json has no "
@@ -122,9 +136,27 @@ def analyse(run_dir, out=None, *, only=None, other=None, config=None, data=None,
     """Run analyses on a saved run (see :func:`config_for_run`); results go to ``out``
     (default ``run_dir``)."""
     cfg, run = config_for_run(run_dir, config=config, data=data, mode=mode)
+    # a second network for connect is trained here only with training settings from a config:
+    # the study's own (a directory `landscape study` trained) or --config
+    can_train = config is not None
+    if not can_train and (Path(run_dir) / "study.json").is_file():
+        from landscape import _serialize
+
+        saved = _serialize.load_json(Path(run_dir) / "study.json")
+        can_train = bool(saved.get("can_train", saved.get("analysed_run") is None))
+    log = kwargs.get("log") or print
     if only is None:
         only = [s for s in cfg.sections if s != "skips"]
-    # a second network for connect is trained here only with training settings from a config
-    can_train = config is not None or (Path(run_dir) / "study.json").is_file()
+        if "connect" in only and other is None and not cfg["connect"]["other"] and not can_train:
+            only.remove("connect")
+            log("landscape analyse: connect left out: it needs a second network (--other "
+                "RUN_DIR, or --config CONFIG.toml with the training settings to train one)")
+    elif "connect" in only and other is None and not cfg["connect"]["other"] and not can_train:
+        raise ConfigError("--only connect needs a second network: pass --other RUN_DIR (a second "
+                          "run of the same model), or --config CONFIG.toml with the training "
+                          "settings to train one (nothing was run).")
+    if other is not None and not (Path(other) / "params.npz").is_file():
+        raise ConfigError(f"--other {other}: not a run directory (no params.npz; save one with "
+                          "landscape.save_run).")
     return run_study(cfg, out or run_dir, only=only, run_dir=run, other=other,
                      train_other=can_train, **kwargs)

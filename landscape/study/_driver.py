@@ -70,6 +70,49 @@ def _check_out(out: Path) -> None:
                           "or empty directory (nothing was changed).")
 
 
+def _network_fingerprint(model) -> str:
+    """One fingerprint of a trained network, whoever trained it (the study or landscape.save_run):
+    its parameters and state by value."""
+    from landscape import _provenance
+
+    return _provenance.data_hash({"p": model.params, "s": model.state})
+
+
+def _template_fingerprint(template, x) -> str:
+    """What the model's code builds: the initial parameters and state, and its outputs on a few
+    training inputs (rounded to 5 significant digits, so that rounding-level differences between
+    machines do not retrain). A changed factory (a width, an activation, an initialiser) changes
+    it, and with it the training section."""
+    import jax
+
+    from landscape import _provenance
+
+    out, _ = jax.jit(template.apply_fn)(template.params, template.state, x[:4])
+    out = np.asarray(jax.tree.leaves(out)[0], np.float64)
+    scale = float(np.max(np.abs(out))) or 1.0
+    return _provenance.data_hash({"p": template.params, "s": template.state,
+                                  "out": np.round(out / scale, 5)})
+
+
+def _run_fingerprint(run_dir: Path) -> str:
+    """The saved run's parameters and state, by their files' bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("params.npz", "state.npz"):
+        if (run_dir / name).is_file():
+            h.update((run_dir / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _diverged(e, what: str) -> ConfigError:
+    step = getattr(e, "step", None)
+    at = f" at step {step}" if step is not None else ""
+    return ConfigError(f"{what} diverged{at}: the loss, gradient or update became non-finite. "
+                       "Lower [train] learning_rate (or add a warm-up schedule), then run the same "
+                       "command again.")
+
+
 def _interrupt_switch(name: str) -> None:
     if os.environ.get(INTERRUPT_ENV) == name:
         raise KeyboardInterrupt(f"{INTERRUPT_ENV}={name}")
@@ -114,8 +157,9 @@ class _Study:
         _atomic_json(self.out / "results.json", self.results)
 
     def record(self, name: str, sec: Section, *, seconds: float, digest: str, settings,
-               changed) -> dict:
-        status = ("loaded" if sec.parts_total and sec.parts_loaded == sec.parts_total else
+               changed, failed: str | None = None) -> dict:
+        status = ("failed" if failed else
+                  "loaded" if sec.parts_total and sec.parts_loaded == sec.parts_total else
                   "computed" if not sec.parts_loaded else
                   f"resumed ({sec.parts_loaded}/{sec.parts_total} parts loaded)")
         entry = {"title": TITLES[name], "status": status, "seconds": round(seconds, 2),
@@ -147,9 +191,12 @@ class _Study:
 
 def _summary_text(name: str, v: dict) -> str:
     f = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+    if "error" in v:
+        return f"FAILED: {v['error'][:160]}"
     if name == "training":
-        return (f"train loss {f(v.get('train_loss'))}, test accuracy "
-                f"{f(v.get('test_accuracy'))}, {v.get('steps')} steps")
+        acc = (f", test accuracy {f(v['test_accuracy'])}" if v.get("test_accuracy") is not None
+               else f", test loss {f(v['test_loss'])}" if v.get("test_loss") is not None else "")
+        return f"train loss {f(v.get('train_loss'))}{acc}, {v.get('steps')} steps"
     if name == "hessian":
         return (f"top eigenvalue {f(v['top_eigenvalues'][0])}, trace {f(v['trace'])} "
                 f"({v['trace_estimator']}), SLQ trace {f(v['slq_trace'])}")
@@ -178,6 +225,24 @@ def _summary_text(name: str, v: dict) -> str:
             f"{r['variant']} {f(r['top_eigenvalue'])}" if "top_eigenvalue" in r else
             f"{r['variant']} diverged at step {r['diverged_at_step']}" for r in v["variants"])
     return ""
+
+
+def _failed_section(out: Path, name: str, e: Exception) -> Section:
+    """A section whose computation raised: the error in results.json and the traceback in
+    RUN_DIR/errors/NAME.txt; its finished parts stay in its store (a rerun loads them)."""
+    import traceback
+
+    d = out / "errors"
+    d.mkdir(exist_ok=True)
+    tmp = d / f".{name}.txt.tmp"
+    tmp.write_text("".join(traceback.format_exception(e)))
+    tmp.replace(d / f"{name}.txt")
+    sec = Section()
+    sec.values = {"error": f"{type(e).__name__}: {str(e)[:500]}",
+                  "traceback": f"errors/{name}.txt"}
+    sec.text = ("This section failed: {error}. The traceback is in {traceback}; the other "
+                "sections are unaffected, and the same command computes this one again.")
+    return sec
 
 
 def _training_values(history: dict, elapsed) -> dict:
@@ -264,9 +329,12 @@ def run_study(
     study = _Study(cfg, out, log=log, progress=progress, command=command)
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    from landscape import store as _store
+
     try:
-        return _run(study, cfg, out, only, run_dir, other, report, t_start, landscape,
-                    _provenance, train_other)
+        with _store.quiet_interrupts():
+            return _run(study, cfg, out, only, run_dir, other, report, t_start, landscape,
+                        _provenance, train_other)
     except KeyboardInterrupt:
         if study.results:
             study.write_results()
@@ -282,7 +350,8 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
     log(f"landscape study: {data!r}; model {desc['name']}, {template.num_params} parameters")
     _atomic_json(out / "study.json", {"schema": SCHEMA_VERSION, "config": cfg.to_json(),
                                       "model": desc, "data": data.spec,
-                                      "analysed_run": str(run_dir) if run_dir else None})
+                                      "analysed_run": str(Path(run_dir).resolve()) if run_dir
+                                      else None, "can_train": bool(can_train or run_dir is None)})
     study.start_results({"default_title": f"{desc['name']} on {data.name}",
                          "model": {**desc, "num_params": int(template.num_params)},
                          "data": {"spec": data.spec, "hash": data.hash,
@@ -297,8 +366,11 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
     if run_dir is not None and can_train:
         def train_other(seed):
             m, _ = _resolve.build_model(cfg, data, seed=seed)
-            return landscape.train(m, data.train, seed=seed, progress=False,
-                                   **_resolve.train_kwargs(cfg, data))
+            try:
+                return landscape.train(m, data.train, seed=seed, progress=False,
+                                       **_resolve.train_kwargs(cfg, data))
+            except landscape.TrainingDivergedError as e:
+                raise _diverged(e, f"training the second network (seed {seed})") from None
     init_params, init_note = template.params, "the initialisation of the config's seed"
     sec = Section()
     if run_dir is None:
@@ -311,34 +383,48 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
             callbacks.append(hessian.sharpness_callback(every=every, key=study_key(cfg['seed'], 99)))
         settings = {"train": cfg["train"], "model": desc, "data": data.spec, "seed": cfg["seed"]}
         meta = {"job": "landscape.study:training", "version": SECTION_VERSION, **settings,
-                "data_hash": data.hash}
+                "data_hash": data.hash,
+                "model_code": _template_fingerprint(template, data.train["x"])}
         log(f"[training] {cfg['train']['optimizer']}, learning rate "
             f"{cfg['train']['learning_rate']}, {_plural(cfg['train']['epochs'], 'epoch')} of batch "
             f"{cfg['train']['batch_size']} ({kw['num_steps']} steps)")
         store, changed = _open_section_store(out, "training", meta, log)
         parts = _Parts(store, sec)
-        res = parts.run("run", lambda: landscape.train(template, data.train, callbacks=callbacks,
-                                                       seed=cfg["seed"], progress=study.progress,
-                                                       **kw), template)
+        def train_main():
+            try:
+                return landscape.train(template, data.train, callbacks=callbacks,
+                                       seed=cfg["seed"], progress=study.progress, **kw)
+            except landscape.TrainingDivergedError as e:
+                raise _diverged(e, "training") from None
+
+        res = parts.run("run", train_main, template)
         model, history = res.model, dict(res.history)
         elapsed = getattr(res, "elapsed", None)
         run_path = store.path / "run"
 
         def train_other(seed):
             m, _ = _resolve.build_model(cfg, data, seed=seed)
-            return landscape.train(m, data.train, seed=seed, progress=False, **kw)
-        digest_train = store._digest
+            try:
+                return landscape.train(m, data.train, seed=seed, progress=False, **kw)
+            except landscape.TrainingDivergedError as e:
+                raise _diverged(e, f"training the second network (seed {seed})") from None
+        digest_train = _network_fingerprint(model)
     else:
-        run_path = Path(run_dir)
+        run_path = Path(run_dir).resolve()
         log(f"[training] loading the saved run {run_path}")
         try:
             run = landscape.load_run(run_path, model=template)
-        except (ValueError, FileNotFoundError, TypeError) as e:
-            raise ConfigError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - missing, damaged or another model's: one line
+            raise ConfigError(f"{run_path}: the saved run could not be loaded with the config's "
+                              f"model ({type(e).__name__}: {str(e)[:300]}).") from None
         model, history, elapsed = run.model, dict(run.history), None
         settings = {"run": str(run_path), "config": run.config}
+        # the report's provenance is the run's own training, not the config's [train] defaults
+        study.results["config"]["train"] = {"source": f"the saved run ({run_path}/config.json)",
+                                            **{k: v for k, v in (run.config or {}).items()
+                                               if k not in ("model", "data")}}
         changed = None
-        digest_train = _provenance.data_hash({"p": model.params, "s": model.state})
+        digest_train = _network_fingerprint(model)
         snaps = run.snapshots
         if snaps is not None and len(snaps.get("step", [])) and int(snaps["step"][0]) == 0:
             import jax
@@ -362,12 +448,16 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
     loss_fn = landscape.make_loss_fn(model, loss, weight_decay=wd)
     sec.values = _training_values(history, elapsed)
     sec.values["run"] = str(run_path)
-    sec.figures.append(_training_figure(out, history))
+    if len(history.get("step", [])):
+        sec.figures.append(_training_figure(out, history))
     t = cfg["train"]
     sec.text = ("{steps} steps of " + t["optimizer"] + " (learning rate {learning_rate}, "
                 "schedule " + t["schedule"] + ", batch {batch_size}) from seed {seed}; the "
                 "training loss fell from {train_loss_start} to {train_loss}.") \
-        if run_dir is None else "The saved run {run}, analysed as saved."
+        if run_dir is None else ("The saved run {run}, analysed as saved." if
+                                 len(history.get("step", [])) else
+                                 "The saved run {run}, analysed as saved (it records no training "
+                                 "history).")
     if run_dir is None:
         sec.values.update(learning_rate=t["learning_rate"], batch_size=t["batch_size"],
                           seed=cfg["seed"])
@@ -378,16 +468,23 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
     ctx = Context(cfg=cfg, out=out, data=data, model=model, init_params=init_params,
                   init_note=init_note, history=history, loss_fn=loss_fn, seed=cfg["seed"],
                   log=lambda *a: log(*a), progress=study.progress, template=template,
-                  train_other=train_other, other_run=Path(other) if other else None,
+                  train_other=train_other, other_run=Path(other).resolve() if other else None,
                   model_desc=desc)
     # -- the analyses ---------------------------------------------------------------------------
+    other_path = ctx.other_run or ((cfg.base / cfg["connect"]["other"]).resolve()
+                                   if cfg["connect"]["other"] else None)
+    if other_path is not None and "connect" in only and not (other_path / "params.npz").is_file():
+        raise ConfigError(f"connect: the second network {other_path} is not a run directory (no "
+                          "params.npz; save one with landscape.save_run).")
+    other_fp = _run_fingerprint(other_path) if other_path is not None else None
+
     def section_meta(name):
         meta = {"job": f"landscape.study:{name}", "version": SECTION_VERSION,
                 "settings": dict(cfg[name]), "seed": cfg["seed"], "data_hash": data.hash}
         if name != "skips":  # the four ResNets do not depend on the study's network
             meta["trained"] = digest_train
-        if name == "connect" and ctx.other_run is not None:
-            meta["other"] = str(ctx.other_run)
+        if name == "connect" and other_path is not None:
+            meta["other"] = {"run": str(other_path), "fingerprint": other_fp}
         return meta
 
     from landscape import _serialize
@@ -407,9 +504,15 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
         meta = section_meta(name)
         log(f"[{i}/{len(todo)}] {TITLES[name]}")
         store, changed = _open_section_store(out, name, meta, log)
-        sec = SECTION_FUNCTIONS[name](ctx, _Parts(store, Section()))
+        try:
+            sec = SECTION_FUNCTIONS[name](ctx, _Parts(store, Section()))
+            failed = None
+        except (KeyboardInterrupt, ConfigError):
+            raise
+        except Exception as e:  # noqa: BLE001 - one section's failure must not lose the others
+            sec, failed = _failed_section(out, name, e), f"{type(e).__name__}: {e}"
         entry = study.record(name, sec, seconds=time.perf_counter() - t0, digest=store._digest,
-                             settings=settings, changed=changed)
+                             settings=settings, changed=changed, failed=failed)
         study.line(name, entry, _summary_text(name, sec.values))
         _interrupt_switch(name)
     study.current = None
@@ -483,6 +586,10 @@ def _print_summary(study, out: Path) -> None:
             f"{'  checks ' + marks if marks else ''}  {_summary_text(name, entry['values'])}")
     failed = [c["name"] for e in r["sections"].values() for c in e.get("checks", [])
               if c["passed"] is False]
+    errors = [n for n, e in r["sections"].items() if e.get("status") == "failed"]
+    if errors:
+        log(f"  sections that FAILED: {', '.join(errors)} (tracebacks in "
+            f"{out.resolve() / 'errors'}; the same command computes them again)")
     log(f"  checks: {'all passed' if not failed else 'FAILED: ' + '; '.join(failed)} "
         "(+ passed, - failed, . not applicable)")
     log(f"  total {r.get('seconds', 0):.1f} s; results {out.resolve() / 'results.json'}")

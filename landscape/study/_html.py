@@ -207,8 +207,17 @@ def render(out: Path, r: dict) -> str:
 
 def write_report(out: Path) -> Path:
     out = Path(out)
-    r = _serialize.load_json(out / "results.json")
-    text = render(out, r)
+    try:
+        r = _serialize.load_json(out / "results.json")
+        if not isinstance(r, dict) or not isinstance(r.get("sections", {}), dict):
+            raise ValueError("expected an object with a 'sections' object")
+        text = render(out, r)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        from landscape.study._config import ConfigError
+
+        raise ConfigError(f"{out / 'results.json'} is damaged or not a study's results "
+                          f"({type(e).__name__}: {str(e)[:200]}); run the study again (finished "
+                          "sections load from RUN_DIR/sections).") from None
     path = out / "report.html"
     tmp = out / ".report.html.tmp"
     tmp.write_text(text, encoding="utf-8")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,11 @@ def check(name: str, passed: bool | None, detail: str, **values) -> dict:
             "values": {k: (_r(v) if isinstance(v, float) else v) for k, v in values.items()}}
 
 
+def _unreadable(path, e: Exception) -> None:
+    print(f"  {path} could not be read back ({type(e).__name__}: {str(e)[:200]}); computing it "
+          "again", file=sys.stderr, flush=True)
+
+
 class _Parts:
     """The finished parts of one section, in its store."""
 
@@ -99,8 +105,13 @@ class _Parts:
     def get(self, name: str, compute: Callable, cls=None):
         self.section.parts_total += 1
         if self.store.has(name):
-            self.section.parts_loaded += 1
-            return self.store.load(name, cls)
+            try:
+                res = self.store.load(name, cls)
+            except Exception as e:  # noqa: BLE001 - a damaged file: recompute, say so
+                _unreadable(self.store.path / name, e)
+            else:
+                self.section.parts_loaded += 1
+                return res
         res = compute()
         self.store.save(name, res)
         return res
@@ -111,8 +122,13 @@ class _Parts:
 
         self.section.parts_total += 1
         if self.store.has_dir(name):
-            self.section.parts_loaded += 1
-            return landscape.load_run(self.store.path / name, model=template)
+            try:
+                res = landscape.load_run(self.store.path / name, model=template)
+            except Exception as e:  # noqa: BLE001 - damaged, or the model's code changed
+                _unreadable(self.store.path / name, e)
+            else:
+                self.section.parts_loaded += 1
+                return res
         res = train_fn()
         self.store.save_dir(name, lambda tmp: landscape.save_run(tmp, res))
         return res
@@ -400,7 +416,12 @@ def section_connect(ctx: Context, parts: _Parts) -> Section:
         (ctx.cfg.base / s["other"]) if s["other"] else None)
     if other_path is not None:
         ctx.log(f"    second network: {other_path}")
-        other_model = landscape.load_run(other_path, model=ctx.template).model
+        try:
+            other_model = landscape.load_run(other_path, model=ctx.template).model
+        except Exception as e:  # noqa: BLE001 - missing, damaged or another model's: one line
+            raise ConfigError(f"connect: the second network {other_path} could not be loaded "
+                              f"with the config's model ({type(e).__name__}: {str(e)[:300]})."
+                              ) from None
         sec.values["other"] = str(other_path)
     else:
         if ctx.train_other is None:
@@ -530,9 +551,10 @@ def section_ntk(ctx: Context, parts: _Parts) -> Section:
     spec = (ctx.model.spec or {})
     widths = list(s["widths"])
     act = (spec.get("kwargs", {}) or {}).get("activation", "relu")
-    if not widths:
+    if len(widths) < 2:
         sec.checks.append(check("NTK error slope against width", None,
-                                "not run: ntk.widths is empty"))
+                                "not applicable: a slope needs at least two widths (ntk.widths "
+                                "is {widths})", widths=[int(w) for w in widths]))
     elif spec.get("name") != "mlp" or act not in _NTK_ACTIVATIONS:
         sec.checks.append(check(
             "NTK error slope against width", None,

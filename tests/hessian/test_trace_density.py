@@ -67,6 +67,16 @@ def test_hutchpp_beats_hutchinson_on_decaying_spectrum_not_on_flat(planted):
     assert e["hutchinson"] < e["hutch++"]
 
 
+def test_hutchpp_on_a_vanishing_operator(planted):
+    """A zero Hessian (a network saturated everywhere): the sketch is all zeros and is dropped;
+    the trace is 0, not an error about zero starting vectors."""
+    loss, params, _ = planted.make(np.zeros(planted.n))
+    with jax.enable_x64(True):
+        r = hessian.trace(loss, params, planted.data, key=jax.random.key(0), estimator="hutch++",
+                          max_hvps=12, rtol=0.0, min_probes=2, chunk_size=12)
+    assert float(r.estimate) == 0.0
+
+
 def test_slq_identities(planted, tmp_path):
     lams = np.concatenate([[3.0, -2.0], planted.rng.uniform(-1, 1, planted.n - 2)])
     loss, params, A = planted.make(lams)
