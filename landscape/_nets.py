@@ -10,10 +10,100 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from landscape.models import get_activation, get_init
+from landscape.models import InitSpec, get_activation, resolve_init
+
+_WS_EPS = 1e-10
+
+
+def _standardise(kernel, axes, variance):
+    """Weight standardisation (Qiao et al. 2019) scaled to ``variance`` per weight: per output
+    unit (last axis), zero mean and variance ``variance`` over ``axes`` (the fan-in)."""
+    mean = jnp.mean(kernel, axis=axes, keepdims=True)
+    centred = kernel - mean
+    var = jnp.mean(centred * centred, axis=axes, keepdims=True)
+    return centred * (jnp.sqrt(jnp.asarray(variance, kernel.dtype)) * jax.lax.rsqrt(var + _WS_EPS))
+
+
+class WSLinear(nnx.Linear):
+    """``nnx.Linear`` whose kernel is standardised in the forward pass (:func:`_standardise`;
+    parameters and their paths are those of ``nnx.Linear``)."""
+
+    def __init__(self, *args, ws_variance: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ws_variance = float(ws_variance)
+
+    def __call__(self, inputs):
+        kernel = _standardise(self.kernel[...], (0,), self.ws_variance)
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        y = jax.lax.dot_general(
+            inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=self.precision
+        )
+        if bias is not None:
+            y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+        return y
+
+
+class WSConv(nnx.Conv):
+    """2-D NHWC ``nnx.Conv`` (SAME or VALID padding, no dilation or groups) whose kernel is
+    standardised per output channel over ``(kh, kw, c_in)`` in the forward pass."""
+
+    def __init__(self, *args, ws_variance: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ws_variance = float(ws_variance)
+
+    def __call__(self, inputs):
+        kernel = _standardise(self.kernel[...], (0, 1, 2), self.ws_variance)
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        s = self.strides
+        strides = (1, 1) if s is None else ((s, s) if isinstance(s, int) else tuple(s))
+        y = jax.lax.conv_general_dilated(
+            inputs,
+            kernel,
+            strides,
+            self.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=self.precision,
+        )
+        if bias is not None:
+            y = y + bias.reshape((1, 1, 1, -1))
+        return y
+
+
+def _dense(a, b, spec: InitSpec, *, use_bias, ws, param_dtype, rngs):
+    kw = dict(
+        use_bias=use_bias,
+        kernel_init=spec.kernel_init,
+        bias_init=spec.bias_init,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+    if ws:
+        return WSLinear(a, b, ws_variance=spec.target_variance(a, b), **kw)
+    return nnx.Linear(a, b, **kw)
+
+
+def _conv(
+    a, b, size, spec: InitSpec, *, use_bias, ws, param_dtype, rngs, strides=1, padding="SAME"
+):
+    kw = dict(
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        kernel_init=spec.kernel_init,
+        bias_init=spec.bias_init,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+    if ws:
+        rf = size[0] * size[1]
+        return WSConv(a, b, size, ws_variance=spec.target_variance(a * rf, b * rf), **kw)
+    return nnx.Conv(a, b, size, **kw)
 
 
 class MLP(nnx.Module):
@@ -23,8 +113,16 @@ class MLP(nnx.Module):
       in_features: input dimension (inputs with more axes are flattened).
       num_outputs: output dimension.
       hidden: widths of the hidden layers.
-      activation: name in :data:`ACTIVATIONS` or a callable.
-      init: kernel initialisation scheme (name in :data:`INITS`); biases start at zero.
+        Any number of layers (``hidden=(256,) * 64`` is a 65-layer network).
+      activation: name in :data:`ACTIVATIONS` (``"relu"``, ``"tanh"``, ``"sigmoid"``,
+        ``"gelu"``, ...) or a callable.
+      init: kernel initialisation scheme or family (name in :data:`INITS`, a callable, or
+        ``None``: LeCun normal, or ``N(0, sigma_w2 / fan_in)`` with ``sigma_w2``).
+      sigma_w2: weight variance times fan-in (``None``: the scheme's); see
+        :mod:`landscape.models` for how it combines with ``init``.
+      sigma_b2: bias variance (0: zero biases).
+      weight_standardization: standardise every hidden layer's kernel in the forward pass
+        (scaled to the initialisation's variance; see :mod:`landscape.models`).
       use_bias: include biases.
       param_dtype: dtype of the parameters.
       rngs: ``nnx.Rngs``.
@@ -37,19 +135,29 @@ class MLP(nnx.Module):
         *,
         hidden: Sequence[int] = (256, 256),
         activation: str | Callable = "relu",
-        init: str | Callable = "lecun_normal",
+        init: str | Callable | None = None,
+        sigma_w2: float | None = None,
+        sigma_b2: float = 0.0,
+        weight_standardization: bool = False,
         use_bias: bool = True,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
         widths = [in_features, *hidden, num_outputs]
-        kinit = get_init(init)
+        spec = resolve_init(init, sigma_w2, sigma_b2, use_bias=use_bias)
+        n = len(widths) - 1
         self.layers = nnx.List(
             [
-                nnx.Linear(
-                    a, b, use_bias=use_bias, kernel_init=kinit, param_dtype=param_dtype, rngs=rngs
+                _dense(
+                    a,
+                    b,
+                    spec,
+                    use_bias=use_bias,
+                    ws=weight_standardization and i < n - 1,
+                    param_dtype=param_dtype,
+                    rngs=rngs,
                 )
-                for a, b in zip(widths[:-1], widths[1:])
+                for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
             ]
         )
         self.activation = get_activation(activation)
@@ -66,7 +174,9 @@ class CNN(nnx.Module):
 
     ``channels[i]`` 3x3 SAME convolutions, each followed by the activation and (if ``pool``)
     a 2x2 average pooling except after the last block; then global average pooling
-    (``readout="gap"``) or flatten (``readout="flatten"``) and a dense readout.
+    (``readout="gap"``) or flatten (``readout="flatten"``) and a dense readout. ``init``,
+    ``sigma_w2``, ``sigma_b2`` and ``weight_standardization`` (of the convolutions) as for
+    :class:`MLP`.
     """
 
     def __init__(
@@ -80,7 +190,10 @@ class CNN(nnx.Module):
         readout: str = "gap",
         input_hw: Sequence[int] | None = None,
         activation: str | Callable = "relu",
-        init: str | Callable = "lecun_normal",
+        init: str | Callable | None = None,
+        sigma_w2: float | None = None,
+        sigma_b2: float = 0.0,
+        weight_standardization: bool = False,
         use_bias: bool = True,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
@@ -91,17 +204,17 @@ class CNN(nnx.Module):
             )
         if readout == "flatten" and input_hw is None:
             raise ValueError("landscape.models.CNN: readout='flatten' needs input_hw=(H, W).")
-        kinit = get_init(init)
+        spec = resolve_init(init, sigma_w2, sigma_b2, use_bias=use_bias)
         cs = [in_channels, *channels]
         self.convs = nnx.List(
             [
-                nnx.Conv(
+                _conv(
                     a,
                     b,
                     (kernel_size, kernel_size),
-                    padding="SAME",
+                    spec,
                     use_bias=use_bias,
-                    kernel_init=kinit,
+                    ws=weight_standardization,
                     param_dtype=param_dtype,
                     rngs=rngs,
                 )
@@ -117,11 +230,12 @@ class CNN(nnx.Module):
                 for _ in range(len(channels) - 1):
                     h, w = h // 2, w // 2
             feat = h * w * cs[-1]
-        self.head = nnx.Linear(
+        self.head = _dense(
             feat,
             num_outputs,
+            spec,
             use_bias=use_bias,
-            kernel_init=kinit,
+            ws=False,
             param_dtype=param_dtype,
             rngs=rngs,
         )
@@ -138,41 +252,24 @@ class CNN(nnx.Module):
 
 
 class _Block(nnx.Module):
-    def __init__(self, cin, cout, stride, *, skip, batch_norm, kinit, param_dtype, act, rngs):
-        self.conv1 = nnx.Conv(
-            cin,
-            cout,
-            (3, 3),
-            strides=(stride, stride),
-            padding="SAME",
-            use_bias=not batch_norm,
-            kernel_init=kinit,
-            param_dtype=param_dtype,
-            rngs=rngs,
+    def __init__(self, cin, cout, stride, *, skip, batch_norm, spec, ws, param_dtype, act, rngs):
+        conv = dict(ws=ws, param_dtype=param_dtype, rngs=rngs)
+        self.conv1 = _conv(
+            cin, cout, (3, 3), spec, use_bias=not batch_norm, strides=(stride, stride), **conv
         )
-        self.conv2 = nnx.Conv(
-            cout,
-            cout,
-            (3, 3),
-            padding="SAME",
-            use_bias=not batch_norm,
-            kernel_init=kinit,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
+        self.conv2 = _conv(cout, cout, (3, 3), spec, use_bias=not batch_norm, **conv)
         self.bn1 = nnx.BatchNorm(cout, param_dtype=param_dtype, rngs=rngs) if batch_norm else None
         self.bn2 = nnx.BatchNorm(cout, param_dtype=param_dtype, rngs=rngs) if batch_norm else None
         needs_proj = skip and (stride != 1 or cin != cout)
         self.proj = (
-            nnx.Conv(
+            _conv(
                 cin,
                 cout,
                 (1, 1),
-                strides=(stride, stride),
+                spec,
                 use_bias=False,
-                kernel_init=kinit,
-                param_dtype=param_dtype,
-                rngs=rngs,
+                strides=(stride, stride),
+                **conv,
             )
             if needs_proj
             else None
@@ -200,7 +297,10 @@ class ResNet(nnx.Module):
     basic blocks of width ``widths[i]`` (stride 2 at the start of every stage after the
     first), global average pooling and a dense readout. ``skip=False`` removes the residual
     additions (the "no-short" networks of Li et al. 2018); ``batch_norm=False`` removes batch
-    norm (convolutions then get biases).
+    norm (convolutions then get biases). ``init`` (``None``: He normal without ``sigma_w2``),
+    ``sigma_w2``, ``sigma_b2`` (biases exist only with ``batch_norm=False``) and
+    ``weight_standardization`` (of every convolution) as for :class:`MLP`; the readout is LeCun
+    normal unless ``sigma_w2`` is given, then it follows ``init`` and ``sigma_w2`` too.
     """
 
     def __init__(
@@ -213,19 +313,22 @@ class ResNet(nnx.Module):
         skip: bool = True,
         batch_norm: bool = True,
         activation: str | Callable = "relu",
-        init: str | Callable = "he_normal",
+        init: str | Callable | None = None,
+        sigma_w2: float | None = None,
+        sigma_b2: float = 0.0,
+        weight_standardization: bool = False,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        kinit = get_init(init)
+        spec = resolve_init(init, sigma_w2, sigma_b2, default="he_normal", use_bias=not batch_norm)
         act = get_activation(activation)
-        self.stem = nnx.Conv(
+        self.stem = _conv(
             in_channels,
             widths[0],
             (3, 3),
-            padding="SAME",
+            spec,
             use_bias=not batch_norm,
-            kernel_init=kinit,
+            ws=weight_standardization,
             param_dtype=param_dtype,
             rngs=rngs,
         )
@@ -244,7 +347,8 @@ class ResNet(nnx.Module):
                         stride,
                         skip=skip,
                         batch_norm=batch_norm,
-                        kinit=kinit,
+                        spec=spec,
+                        ws=weight_standardization,
                         param_dtype=param_dtype,
                         act=act,
                         rngs=rngs,
@@ -252,12 +356,9 @@ class ResNet(nnx.Module):
                 )
                 cin = w
         self.blocks = nnx.List(layers)
-        self.head = nnx.Linear(
-            cin,
-            num_outputs,
-            kernel_init=get_init("lecun_normal"),
-            param_dtype=param_dtype,
-            rngs=rngs,
+        head = spec if sigma_w2 is not None else resolve_init("lecun_normal", None, sigma_b2)
+        self.head = _dense(
+            cin, num_outputs, head, use_bias=True, ws=False, param_dtype=param_dtype, rngs=rngs
         )
         self.act = act
 

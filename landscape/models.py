@@ -7,13 +7,56 @@
 * :class:`ResNet`: a small ResNet of basic blocks with switches for the skip connections and
   batch norm (Li et al. 2018's with/without skips comparison).
 
-Every model takes ``init`` (the kernels' initialisation scheme; biases start at zero) and
-``param_dtype``. :func:`make_model` builds one by name and returns the model triple, recording
-how to rebuild it (for :func:`landscape.load_run`).
+Every model takes ``init`` (the kernels' initialisation scheme), the explicit variances
+``sigma_w2`` and ``sigma_b2``, ``weight_standardization`` and ``param_dtype``.
+:func:`make_model` builds one by name and returns the model triple, recording how to rebuild it
+(for :func:`landscape.load_run`).
+
+Weight and bias variances (the parametrisation of mean-field theory, Poole et al. 2016,
+Schoenholz et al. 2017): every kernel ``W`` of a layer with fan-in ``n`` (inputs times the
+receptive field) is drawn with ``Var W_ij = sigma_w2 / n``, every bias ``b_i ~ N(0, sigma_b2)``.
+How they combine with ``init`` (one rule, checked by :func:`resolve_init`):
+
+* ``init`` names a *family* (``"normal"``, ``"truncated_normal"``, ``"uniform"``,
+  ``"orthogonal"``): ``sigma_w2`` sets its scale (default 1). The normal family is exactly
+  ``N(0, sigma_w2 / n)``; the truncated normal (at two standard deviations) and the uniform are
+  rescaled to that variance; ``"orthogonal"`` is ``sqrt(sigma_w2)`` times a random orthogonal
+  matrix (Saxe et al. 2014: the gain), which has the same per-unit variance for square layers.
+* ``init`` names a *scheme with its own scale* (LeCun: ``1 / n``, He: ``2 / n``, both truncated
+  normal or uniform): ``sigma_w2`` may be given only if it equals the scheme's (1 or 2), else a
+  ``ValueError`` names the family to use instead. Glorot/Xavier (``2 / (fan_in + fan_out)``) is
+  not of the form ``sigma_w2 / fan_in`` and ``"zeros"`` has no scale: with ``sigma_w2`` both are
+  rejected. A callable ``init`` cannot be rescaled: rejected with ``sigma_w2``.
+* ``init`` not given: LeCun normal (He normal for the ResNet) without ``sigma_w2``, the normal
+  family ``N(0, sigma_w2 / n)`` with it.
+
+``sigma_b2 = 0`` (the default) keeps the zero biases of before; ``sigma_b2 > 0`` needs biases
+(rejected with ``use_bias=False`` and with the ResNet's batch norm, whose shift replaces them).
+Defaults draw exactly the parameters they drew before these options existed.
+
+Weight standardisation (``weight_standardization=True``; Qiao et al. 2019): every hidden
+layer's kernel is standardised per output unit in the forward pass, ``W_hat = sqrt(v) (W -
+mean(W)) / sqrt(var(W) + eps)`` over the fan-in (``eps = 1e-10``), with ``v`` the weight
+variance the initialisation targets (``sigma_w2 / n``; the scheme's variance without
+``sigma_w2``: ``1 / n`` LeCun and the families, ``2 / n`` He, ``2 / (fan_in + fan_out)``
+Glorot). Qiao et al.'s form is ``v = 1``: it multiplies every pre-activation by ``sqrt(n)``,
+which a following batch or group norm removes exactly (so under normalisation the two are the
+same network up to ``eps``), but which compounds to ``n^(L/2)`` in a network without
+normalisation; the fixed factor ``sqrt(v)`` (the "scaled weight standardisation" of Brock et
+al. 2021) keeps the signal scale of the initialisation, so weight standardisation can be compared
+with and without batch norm. The readout layer stays a plain linear layer.
+
+References:
+  Poole et al. (2016), Exponential expressivity in deep neural networks through transient chaos.
+  Schoenholz et al. (2017), Deep information propagation. Saxe et al. (2014), Exact solutions to
+  the nonlinear dynamics of learning in deep linear networks. Qiao et al. (2019), Micro-batch
+  training with batch-channel normalization and weight standardization. Brock et al. (2021),
+  Characterizing signal propagation to close the performance gap in unnormalized ResNets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -21,6 +64,7 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from landscape import validate as _validate
 from landscape._model import Model, from_nnx
@@ -36,6 +80,7 @@ __all__ = [
     "ACTIVATIONS",
     "INITS",
     "CNN",
+    "InitSpec",
     "MLP",
     "ResNet",
     "get_activation",
@@ -43,6 +88,7 @@ __all__ = [
     "make_model",
     "model_names",
     "register_model",
+    "resolve_init",
 ]
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -126,7 +172,26 @@ INITS: dict[str, Callable] = {
     "xavier_uniform": variance_scaling(1.0, "fan_avg", "uniform"),
     "orthogonal": _I.orthogonal(),
     "zeros": _I.zeros,
+    # the scale-free families: ``sigma_w2`` sets their scale (1 here, without it)
+    "normal": variance_scaling(1.0, "fan_in", "normal"),
+    "truncated_normal": variance_scaling(1.0, "fan_in", "truncated_normal"),
+    "uniform": variance_scaling(1.0, "fan_in", "uniform"),
 }
+
+# name -> (distribution, sigma_w2 the name implies, or None for the scale-free families)
+_FAMILIES = {
+    "normal": ("normal", None),
+    "truncated_normal": ("truncated_normal", None),
+    "uniform": ("uniform", None),
+    "orthogonal": ("orthogonal", None),
+}
+_SCALED = {
+    "lecun_normal": ("truncated_normal", 1.0),
+    "lecun_uniform": ("uniform", 1.0),
+    "he_normal": ("truncated_normal", 2.0),
+    "he_uniform": ("uniform", 2.0),
+}
+_FAN_AVG = ("glorot_normal", "glorot_uniform", "xavier_normal", "xavier_uniform")
 
 
 def get_activation(name: str | Callable) -> Callable:
@@ -147,6 +212,141 @@ def get_init(name: str | Callable) -> Callable:
     if name not in INITS:
         raise ValueError(f"landscape.models: unknown init {name!r}; choose from {sorted(INITS)}.")
     return INITS[name]
+
+
+def _normal_bias(sigma_b2: float) -> Callable:
+    """``N(0, sigma_b2)`` biases, drawn flat like :func:`variance_scaling`."""
+
+    def init(key, shape, dtype=jnp.float32, out_sharding=None):
+        shape = tuple(int(d) for d in shape)
+        n = max(math.prod(shape), 1)
+        z = _flat_draw(key, 1 << (n - 1).bit_length(), "normal", jnp.dtype(dtype))
+        return _finish(z, jnp.asarray(math.sqrt(sigma_b2), dtype), shape)
+
+    return init
+
+
+def _check_variance(value, name: str, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{where}: {name} must be a real number >= 0; got {value!r}.")
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{where}: {name} must be finite and >= 0; got {value!r}.")
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSpec:
+    """How a model initialises its layers, as :func:`resolve_init` decided it.
+
+    Attributes:
+      kernel_init, bias_init: initialisers ``(key, shape, dtype) -> array``.
+      name: the kernel scheme or family (``"callable"`` for a user's initialiser).
+      sigma_w2: the weight variance times the fan-in the kernels are drawn with (the gain
+        squared for ``"orthogonal"``); ``None`` where the scheme is not of that form (Glorot,
+        zeros, a callable).
+      sigma_b2: the bias variance (0: zero biases).
+    """
+
+    kernel_init: Callable
+    bias_init: Callable
+    name: str
+    sigma_w2: float | None
+    sigma_b2: float
+
+    def target_variance(self, fan_in: int, fan_out: int) -> float:
+        """The per-weight variance the scheme targets for a layer with these fans (the
+        standardised kernels of ``weight_standardization`` are scaled to it)."""
+        if self.name == "zeros":
+            return 0.0
+        if self.name in _FAN_AVG:
+            return 2.0 / max(fan_in + fan_out, 1)
+        return (1.0 if self.sigma_w2 is None else self.sigma_w2) / max(fan_in, 1)
+
+
+def resolve_init(
+    init: str | Callable | None,
+    sigma_w2: float | None = None,
+    sigma_b2: float | None = 0.0,
+    *,
+    default: str = "lecun_normal",
+    use_bias: bool = True,
+    where: str | None = None,
+) -> InitSpec:
+    """The kernel and bias initialisers of ``init`` with the explicit variances ``sigma_w2`` and
+    ``sigma_b2`` (the rule is in this module's docstring).
+
+    Args:
+      init: scheme or family name (:data:`INITS`), a callable, or ``None`` (``default``
+        without ``sigma_w2``, the normal family with it).
+      sigma_w2: weight variance times fan-in (``>= 0``), or ``None`` (the scheme's own).
+      sigma_b2: bias variance (``>= 0``; ``None`` or 0: zero biases).
+      default: the scheme used when neither ``init`` nor ``sigma_w2`` is given.
+      use_bias: whether the layers have biases (``sigma_b2 > 0`` needs them).
+      where: the public name errors are reported under.
+
+    Returns:
+      An :class:`InitSpec`.
+
+    Raises:
+      TypeError: a variance that is not a real number.
+      ValueError: a negative or non-finite variance, an unknown scheme, or a contradiction
+        (``sigma_w2`` with a scheme of another scale, Glorot, zeros or a callable;
+        ``sigma_b2 > 0`` without biases).
+    """
+    where = where or _validate.where("landscape.models")
+    sw = _check_variance(sigma_w2, "sigma_w2", where)
+    sb = _check_variance(sigma_b2, "sigma_b2", where) or 0.0
+    if sb > 0 and not use_bias:
+        raise ValueError(
+            f"{where}: sigma_b2={sb} needs biases, but this model has none (use_bias=False or "
+            "batch norm, whose shift replaces them); pass sigma_b2=0 or enable the biases."
+        )
+    bias_init = _normal_bias(sb) if sb > 0 else _I.zeros
+    if init is None:
+        init = default if sw is None else "normal"
+    if callable(init):
+        if sw is not None:
+            raise ValueError(
+                f"{where}: sigma_w2 cannot rescale a callable init; pass init='normal' "
+                "(or 'truncated_normal', 'uniform', 'orthogonal') with sigma_w2, or scale your "
+                "initialiser yourself and leave sigma_w2=None."
+            )
+        return InitSpec(init, bias_init, "callable", None, sb)
+    if not isinstance(init, str) or init not in INITS:
+        raise ValueError(f"{where}: unknown init {init!r}; choose from {sorted(INITS)}.")
+    families = "init='normal' (or 'truncated_normal', 'uniform', 'orthogonal')"
+    if sw is None:
+        implied = _SCALED[init][1] if init in _SCALED else (1.0 if init in _FAMILIES else None)
+        return InitSpec(INITS[init], bias_init, init, implied, sb)
+    if init in _SCALED:
+        dist, own = _SCALED[init]
+        if sw != own:
+            raise ValueError(
+                f"{where}: init={init!r} fixes the weight variance at {own:g}/fan_in, which "
+                f"contradicts sigma_w2={sw:g}; to set the variance yourself pass {families} "
+                f"with sigma_w2, or drop sigma_w2."
+            )
+        return InitSpec(INITS[init], bias_init, init, own, sb)
+    if init in _FAN_AVG:
+        raise ValueError(
+            f"{where}: init={init!r} scales by 2/(fan_in + fan_out), not sigma_w2/fan_in; pass "
+            f"{families} with sigma_w2={sw:g}, or drop sigma_w2."
+        )
+    if init == "zeros":
+        raise ValueError(
+            f"{where}: init='zeros' has no scale for sigma_w2={sw:g} to set; drop one of them "
+            "(sigma_w2=0 with the default family also gives zero weights)."
+        )
+    dist = _FAMILIES[init][0]
+    kinit = (
+        _I.orthogonal(scale=math.sqrt(sw))
+        if dist == "orthogonal"
+        else variance_scaling(sw, "fan_in", dist)
+    )
+    return InitSpec(kinit, bias_init, init, sw, sb)
 
 
 def __getattr__(name: str):
@@ -215,7 +415,9 @@ def _jsonable_kwargs(kwargs: dict) -> dict:
         if callable(v):
             # a callable is recorded by name only when the registry maps that name back to the
             # same object (jax.nn.gelu is the tanh approximation, the registry's "gelu" is not)
-            name = next((n for reg in (ACTIVATIONS, INITS) for n, f in reg.items() if f is v), None)
+            name = next(
+                (n for reg in (ACTIVATIONS, INITS) for n, f in reg.items() if f is v), None
+            )
             if name is None:
                 raise _NotRebuildable(k)
             out[k] = name
@@ -244,7 +446,9 @@ def make_model(
       input_shape: shape of one input (no example axis), e.g. ``(64,)`` or ``(8, 8, 1)``.
       num_outputs: number of outputs (classes).
       seed: initialisation seed (``nnx.Rngs(seed)``).
-      **kwargs: the model class's settings (``hidden``, ``activation``, ``init``, ``skip``, ...).
+      **kwargs: the model class's settings (``hidden``, ``activation``, ``init``,
+        ``sigma_w2``, ``sigma_b2``, ``weight_standardization``, ``skip``, ...; see the module
+        docstring for how ``init`` and the variances combine).
 
     Returns:
       :class:`landscape.Model` whose ``spec`` records ``name``, ``input_shape``,
@@ -262,6 +466,8 @@ def make_model(
     try:
         module = _MODELS[name](tuple(input_shape), int(num_outputs), nnx.Rngs(int(seed)), **kwargs)
     except TypeError as e:
+        if str(e).startswith("landscape"):  # already names the function and the argument
+            raise
         raise TypeError(f"landscape.make_model({name!r}): {e}") from e
     try:
         spec = {

@@ -163,3 +163,202 @@ def test_spec_records_callables_only_when_the_registry_rebuilds_them():
     rebuilt = models.model_from_spec(m.spec)
     x = jnp.ones((1, 4))
     np.testing.assert_array_equal(np.asarray(rebuilt(x)), np.asarray(m(x)))
+
+
+# ---- explicit variances, weight standardisation, activations, depth (issue 14) ----------------
+def test_explicit_variances_draw_gaussian_weights_and_biases():
+    """sigma_w2 alone: kernels exactly N(0, sigma_w2 / fan_in) (untruncated: kurtosis 3, where
+    the truncated normal's is 2.37); sigma_b2: biases N(0, sigma_b2)."""
+    m = landscape.make_model(
+        "mlp",
+        input_shape=(400,),
+        num_outputs=10,
+        hidden=(2000, 2000),
+        sigma_w2=1.7,
+        sigma_b2=0.3,
+        seed=2,
+    )
+    k0 = np.asarray(m.params["layers"][0]["kernel"], np.float64)  # 800k samples
+    k1 = np.asarray(m.params["layers"][1]["kernel"], np.float64)  # 4M samples
+    # sample variance of n Gaussian draws: relative sd sqrt(2 / n) < 0.2%; 1% is > 5 sd
+    assert np.var(k0) == pytest.approx(1.7 / 400, rel=0.01)
+    assert np.var(k1) == pytest.approx(1.7 / 2000, rel=0.01)
+    assert abs(np.mean(k1**4) / np.mean(k1**2) ** 2 - 3.0) < 0.05  # sd of the kurtosis ~ 0.005
+    b = np.concatenate([np.asarray(m.params["layers"][i]["bias"]) for i in (0, 1)])  # 4000
+    # relative sd sqrt(2 / 4000) = 2.2%: 10% is 4.5 sd
+    assert np.var(b) == pytest.approx(0.3, rel=0.1)
+    assert abs(np.mean(b)) < 4 * np.sqrt(0.3 / 4000)
+
+
+def test_sigma_w2_with_the_named_schemes():
+    kw = dict(input_shape=(64,), num_outputs=4, hidden=(64,), seed=1)
+    # orthogonal: the gain sqrt(sigma_w2)
+    o = landscape.make_model("mlp", init="orthogonal", sigma_w2=1.76, **kw)
+    k = np.asarray(o.params["layers"][0]["kernel"])
+    np.testing.assert_allclose(k.T @ k, 1.76 * np.eye(64), atol=1e-5)
+    # a scheme given the variance it implies is the scheme itself, bit for bit
+    for init, s in (("he_normal", 2.0), ("lecun_uniform", 1.0)):
+        a = landscape.make_model("mlp", init=init, sigma_w2=s, **kw)
+        b = landscape.make_model("mlp", init=init, **kw)
+        for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # the families take the scale: uniform with sigma_w2 = 3 has variance 3 / fan_in
+    u = landscape.make_model(
+        "mlp", input_shape=(500,), num_outputs=4, hidden=(800,), init="uniform", sigma_w2=3.0
+    )
+    ku = np.asarray(u.params["layers"][0]["kernel"])
+    assert np.var(ku) == pytest.approx(3.0 / 500, rel=0.01)  # 400k draws: sd 0.2%
+    assert np.max(np.abs(ku)) <= np.sqrt(9.0 / 500) * (1 + 1e-6)
+    # sigma_w2 = 0: zero weights; sigma_b2 = 0 (default): zero biases
+    z = landscape.make_model("mlp", sigma_w2=0.0, **kw)
+    assert not np.any(np.asarray(z.params["layers"][0]["kernel"]))
+    assert not np.any(np.asarray(z.params["layers"][0]["bias"]))
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (
+            dict(init="he_normal", sigma_w2=1.0),
+            ValueError,
+            "fixes the weight variance at 2/fan_in",
+        ),
+        (dict(init="lecun_normal", sigma_w2=2.0), ValueError, "contradicts sigma_w2=2"),
+        (dict(init="glorot_uniform", sigma_w2=1.0), ValueError, r"2/\(fan_in \+ fan_out\)"),
+        (dict(init="zeros", sigma_w2=1.0), ValueError, "has no scale"),
+        (dict(init=jax.nn.initializers.zeros, sigma_w2=1.0), ValueError, "cannot rescale"),
+        (dict(sigma_b2=0.1, use_bias=False), ValueError, "sigma_b2=0.1 needs biases"),
+        (dict(sigma_w2=-1.0), ValueError, "sigma_w2 must be finite and >= 0"),
+        (dict(sigma_b2=float("nan")), ValueError, "sigma_b2 must be finite"),
+        (dict(sigma_w2="2"), TypeError, "sigma_w2 must be a real number"),
+        (dict(init="kaiming"), ValueError, "unknown init 'kaiming'"),
+    ],
+)
+def test_variance_contradictions_are_rejected(kwargs, exc, match):
+    with pytest.raises(exc, match="landscape.make_model: .*" + match):
+        landscape.make_model("mlp", input_shape=(4,), num_outputs=2, hidden=(3,), **kwargs)
+
+
+def test_resnet_biases_need_no_batch_norm():
+    kw = dict(input_shape=(8, 8, 1), num_outputs=3, widths=(4,))
+    with pytest.raises(ValueError, match="needs biases.*batch norm"):
+        landscape.make_model("resnet", sigma_b2=0.1, **kw)
+    r = landscape.make_model("resnet", batch_norm=False, sigma_w2=2.0, sigma_b2=0.1, **kw)
+    assert np.var(np.asarray(r.params["head"]["kernel"])) == pytest.approx(2.0 / 4, rel=0.8)
+    assert np.any(np.asarray(r.params["stem"]["bias"]))
+
+
+def _standardised(k, axes, v):
+    k = np.asarray(k, np.float64)
+    c = k - k.mean(axis=axes, keepdims=True)
+    return c * np.sqrt(v) / np.sqrt((c * c).mean(axis=axes, keepdims=True) + 1e-10)
+
+
+def test_weight_standardization_is_the_plain_network_on_standardised_kernels():
+    """The same parameters (paths and values) as without it; the forward pass is the plain
+    network's on kernels standardised per output unit to the init's variance (He: 2 / fan_in).
+    The readout is not standardised."""
+    kw = dict(input_shape=(12,), num_outputs=3, hidden=(9, 7), init="he_normal", sigma_b2=0.1)
+    ws = landscape.make_model("mlp", weight_standardization=True, **kw)
+    plain = landscape.make_model("mlp", **kw)
+    for a, b in zip(jax.tree.leaves(ws.params), jax.tree.leaves(plain.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    params = jax.tree.map(np.asarray, plain.params)
+    for i, fan_in in ((0, 12), (1, 9)):
+        params["layers"][i]["kernel"] = _standardised(params["layers"][i]["kernel"], 0, 2 / fan_in)
+        w = params["layers"][i]["kernel"]
+        np.testing.assert_allclose(w.mean(0), 0, atol=1e-12)
+        np.testing.assert_allclose(w.var(0), 2 / fan_in, rtol=1e-6)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    x = jax.random.normal(jax.random.key(1), (5, 12))
+    np.testing.assert_allclose(ws(x), plain(x, params=params), rtol=2e-5, atol=2e-6)
+    assert not np.allclose(ws(x), plain(x), atol=1e-3)
+
+    # the CNN's convolutions: per output channel over (kh, kw, c_in), LeCun variance
+    ckw = dict(input_shape=(6, 6, 2), num_outputs=3, channels=(4, 5))
+    cws = landscape.make_model("cnn", weight_standardization=True, **ckw)
+    cplain = landscape.make_model("cnn", **ckw)
+    p = jax.tree.map(np.asarray, cplain.params)
+    for i, cin in ((0, 2), (1, 4)):
+        p["convs"][i]["kernel"] = _standardised(p["convs"][i]["kernel"], (0, 1, 2), 1 / (9 * cin))
+    p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), p)
+    xi = jax.random.normal(jax.random.key(2), (2, 6, 6, 2))
+    np.testing.assert_allclose(cws(xi), cplain(xi, params=p), rtol=2e-5, atol=2e-6)
+    # the ResNet (strided blocks, projections, batch norm) runs with it
+    r = landscape.make_model(
+        "resnet", input_shape=(8, 8, 1), num_outputs=3, widths=(4, 8), weight_standardization=True
+    )
+    assert np.all(np.isfinite(np.asarray(r(jnp.ones((2, 8, 8, 1)), train=True))))
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "sigmoid", "gelu"])
+def test_activations_by_name(name):
+    x = jnp.linspace(-3.0, 3.0, 13)
+    ref = {
+        "relu": np.maximum(x, 0),
+        "tanh": np.tanh(x),
+        "sigmoid": 1 / (1 + np.exp(-x)),
+        "gelu": jax.scipy.stats.norm.cdf(x) * x,  # exact GELU, not the tanh approximation
+    }[name]
+    np.testing.assert_allclose(models.get_activation(name)(x), ref, rtol=1e-6, atol=1e-7)
+    m = landscape.make_model(
+        "mlp",
+        input_shape=(3,),
+        num_outputs=1,
+        hidden=(1,),
+        activation=name,
+        init="normal",
+        sigma_w2=3.0,
+    )
+    k0 = m.params["layers"][0]["kernel"][0, 0]
+    k1 = m.params["layers"][1]["kernel"][0, 0]
+    xin = jnp.array([[1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(m(xin)[0, 0], k1 * models.ACTIVATIONS[name](k0), rtol=1e-6)
+
+
+def test_deep_mlp_and_the_new_options_rebuild_from_their_spec():
+    from landscape.models import model_from_spec
+
+    m = landscape.make_model(
+        "mlp",
+        input_shape=(16,),
+        num_outputs=4,
+        hidden=(32,) * 60,
+        activation="tanh",
+        init="orthogonal",
+        sigma_w2=1.2,
+        sigma_b2=0.05,
+        weight_standardization=True,
+        seed=4,
+    )
+    assert len(m.params["layers"]) == 61
+    assert m.spec["kwargs"]["sigma_w2"] == 1.2 and m.spec["kwargs"]["weight_standardization"]
+    import json
+
+    r = model_from_spec(json.loads(json.dumps(m.spec)))  # as load_run reads it
+    for a, b in zip(jax.tree.leaves(r.params), jax.tree.leaves(m.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x = jax.random.normal(jax.random.key(0), (3, 16))
+    y = m(x)
+    assert np.all(np.isfinite(np.asarray(y)))
+    np.testing.assert_array_equal(np.asarray(r(x)), np.asarray(y))
+    assert r.apply_fn == m.apply_fn  # the same graph: the compiled programs are shared
+
+
+def test_explicit_variances_in_float64():
+    with jax.enable_x64(True):
+        m = landscape.make_model(
+            "mlp",
+            input_shape=(300,),
+            num_outputs=2,
+            hidden=(1000,),
+            sigma_w2=2.5,
+            sigma_b2=0.5,
+            param_dtype="float64",
+        )
+        k = m.params["layers"][0]["kernel"]
+        assert k.dtype == jnp.float64 and m.params["layers"][0]["bias"].dtype == jnp.float64
+        assert float(np.var(np.asarray(k))) == pytest.approx(2.5 / 300, rel=0.01)
+        assert float(np.var(np.asarray(m.params["layers"][0]["bias"]))) == pytest.approx(
+            0.5, rel=0.2
+        )
