@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from landscape import _compat
+from landscape import _program
 from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._model import as_model
@@ -82,8 +82,9 @@ _CUMULATIVE = {"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"}
 _WINDOW = {"reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window"}
 _CALLS = {"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call",
           "custom_vjp_call", "custom_vjp_call_jaxpr", "shard_map"}
-# calls whose inner values capture_activations evaluates equation by equation
-_INLINE = {"jit", "pjit", "closed_call", "core_call"}
+# calls whose inner values capture_activations evaluates equation by equation (the shared
+# program walker's inlined calls)
+_INLINE = _program.INLINE
 # outputs of these equations count as "activations" for activation matching
 _NONLINEAR = {"custom_jvp_call", "tanh", "logistic", "erf", "exp", "max", "min", "abs",
               "integer_pow", "square", "sin", "cos", "log1p", "expm1"}
@@ -157,21 +158,7 @@ def _shape(v) -> tuple:
     return tuple(v.aval.shape) if hasattr(v, "aval") and hasattr(v.aval, "shape") else ()
 
 
-def _closed(p):
-    if isinstance(p, jcore.ClosedJaxpr):
-        return p
-    if isinstance(p, jcore.Jaxpr):
-        return jcore.ClosedJaxpr(p, [])
-    return None
-
-
-def _sub_jaxpr(eqn):
-    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        if key in eqn.params:
-            c = _closed(eqn.params[key])
-            if c is not None:
-                return c
-    return None
+_sub_jaxpr = _program.sub_jaxpr
 
 
 class _Tracer:
@@ -214,12 +201,8 @@ class _Tracer:
         return _RULES.get(e.name, _unknown)(self, e)
 
     def _location(self, eqn) -> str:
-        """The equation's source line; equations inside library calls (``jnp.cumsum`` is a
-        nested jit) carry no user location, so they report the enclosing call's."""
-        loc = _compat.source_summary(getattr(eqn, "source_info", None))
-        if loc.strip() and loc != _compat.UNKNOWN_LOCATION:
-            return loc
-        return next((x for x in reversed(self.locations) if x.strip()), _compat.UNKNOWN_LOCATION)
+        """The equation's source line (or the enclosing call's: :func:`landscape._program.location`)."""
+        return _program.location(eqn, tuple(self.locations))
 
     @contextlib.contextmanager
     def nested(self, *, capturable: bool, location: str | None = None):
@@ -755,11 +738,7 @@ def _leaf_labels(labels: _Labels, tree, prefix: str):
 
 
 def _trace(apply_fn, params, state, x):
-    def f(p, s, xx):
-        out, _ = apply_fn(p, s, xx, train=False)
-        return out
-
-    return jax.make_jaxpr(f)(params, state, x)
+    return _program.trace_model(apply_fn, params, state, x)
 
 
 @_validate.public
@@ -1041,29 +1020,11 @@ def capture_activations(apply_fn, acts: tuple, params, state, x) -> dict:
     found: dict[str, list] = {g: [] for g, _ in acts}
     args = jax.tree.leaves((params, state)) + [x]
 
-    def run(cj, invals, prefix):
-        jaxpr = cj.jaxpr
-        env = dict(zip(jaxpr.constvars, cj.consts))
-        env.update(zip(jaxpr.invars, invals))
+    def after(pos, eqn, outs):
+        for k, g, ax in wanted.get(pos, ()):
+            z = jnp.moveaxis(outs[k], ax, -1)
+            found[g].append(z.reshape(-1, z.shape[-1]))
+        return outs
 
-        def read(v):
-            return v.val if isinstance(v, jcore.Literal) else env[v]
-
-        for i, eqn in enumerate(jaxpr.eqns):
-            vals = [read(v) for v in eqn.invars]
-            name = eqn.primitive.name
-            sub = _sub_jaxpr(eqn) if name in _INLINE else None
-            if sub is not None and len(sub.jaxpr.invars) == len(vals):
-                outs = run(sub, vals, prefix + (i,))
-            else:
-                outs = _compat.bind_equation(eqn, vals)
-            for v, val in zip(eqn.outvars, outs):
-                if not isinstance(v, jcore.DropVar):
-                    env[v] = val
-            for k, g, ax in wanted.get(prefix + (i,), ()):
-                z = jnp.moveaxis(outs[k], ax, -1)
-                found[g].append(z.reshape(-1, z.shape[-1]))
-        return [read(v) for v in jaxpr.outvars]
-
-    run(closed, args, ())
+    _program.evaluate(closed, args, after)
     return found
