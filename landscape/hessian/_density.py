@@ -185,6 +185,7 @@ def spectral_density(
     reference_trace: float | None = None,
     store=None,
     like: PyTree | None = None,
+    progress: bool = False,
     **curvature,
 ) -> DensityResult:
     """Spectral density of a symmetric operator (the Hessian, GGN or Fisher of the
@@ -226,6 +227,7 @@ def spectral_density(
       store: a directory: every probe's quadrature is saved atomically as it finishes
         (:class:`landscape.Store`) and a rerun with the same settings resumes; the resumed
         result equals an uninterrupted one (``num_hvps`` counts the products of this run only).
+      progress: a progress bar over the probes (on stderr), with how many a resumed run loaded.
       **curvature: with a ``loss_fn``: the operator settings of :func:`make_hvp`.
 
     Returns:
@@ -251,6 +253,7 @@ def spectral_density(
     num_probes = _validate.check_positive_int(num_probes, name="num_probes")
     num_steps = _validate.check_positive_int(num_steps, name="num_steps")
     num_points = _validate.check_positive_int(num_points, name="num_points")
+    _validate.check_choice(progress, (True, False), name="progress")
     if num_steps < MIN_DENSITY_STEPS:
         _validate.warn(
             f"{_validate.where()}: num_steps={num_steps} gives {num_steps} quadrature node(s) per probe: the density is "
@@ -272,12 +275,12 @@ def spectral_density(
         estimate_density, operator, params, data, like=like, curvature=curvature, key=key, record={},
         num_probes=num_probes, num_steps=num_steps, reorthogonalize=reorthogonalize, sigma=sigma,
         num_points=num_points, grid=grid, scale=scale, log_floor=log_floor, check=check,
-        reference_trace=reference_trace, store=store,
+        reference_trace=reference_trace, store=store, progress=bool(progress),
     )
 
 
 def estimate_density(op, *, key, num_probes, num_steps, reorthogonalize, sigma, num_points, grid, scale,
-                     log_floor, check, reference_trace, store) -> DensityResult:
+                     log_floor, check, reference_trace, store, progress=False) -> DensityResult:
     """SLQ density of an operator (see :func:`spectral_density`): the solver behind it."""
     n = op.num_params
     if num_steps > n:
@@ -314,7 +317,8 @@ def estimate_density(op, *, key, num_probes, num_steps, reorthogonalize, sigma, 
                 out["top"] = np.asarray(lz.ravel_rows(layout, top))
         return [out]
 
-    probes = _store.run_chunks(compute, num_probes, store=store, desc="spectral_density", unit="probe")
+    probes = _store.run_chunks(compute, num_probes, store=store, desc="spectral_density",
+                               unit="probe", progress=bool(progress))
     if check and top_vec is None and "top" in probes[0]:  # probe 0 came from the store
         top_vec = lz.unravel_rows(layout, probes[0]["top"])
     nodes = np.stack([np.asarray(r["nodes"], np.float64) for r in probes])

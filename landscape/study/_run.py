@@ -225,7 +225,8 @@ def section_hessian(ctx: Context, parts: _Parts) -> Section:
             "steps) ...")
     dens = parts.get("density", lambda: hessian.spectral_density(
         ctx.loss_fn, p, train, key=_key(ctx, 3), num_probes=s["density_probes"],
-        num_steps=s["density_steps"]), hessian.DensityResult)
+        num_steps=s["density_steps"], store=parts.child("density-probes"),
+        progress=ctx.progress), hessian.DensityResult)
     vals = np.asarray(eig.values, dtype=float)
     bounds = np.asarray(getattr(eig, "error_bounds", np.full_like(vals, np.nan)), dtype=float)
     top = float(vals[0])
