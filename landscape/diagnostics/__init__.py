@@ -18,3 +18,10 @@ Lewkowycz et al. (2020); Cohen et al. (2021).
 """
 
 # Each part is imported from its own module below (one block per module).
+
+# the data audit and the learning-rate range (before and during training)
+from landscape.diagnostics._audit import AuditResult as AuditResult
+from landscape.diagnostics._audit import audit_data as audit_data
+from landscape.diagnostics._lr import LearningRateRangeResult as LearningRateRangeResult
+from landscape.diagnostics._lr import learning_rate_range as learning_rate_range
+from landscape.diagnostics._lr import stability_limit as stability_limit
