@@ -480,8 +480,9 @@ def learning_rate_range(
       lrs: the learning rates: positive, finite and strictly increasing (a grid: each rate once;
         an unsorted or repeated grid is rejected, ``np.unique(lrs)`` mends it). Default: 13
         rates log-spaced from ``limit / 100`` to ``10 limit`` (needs a limit).
-      key: PRNG key (required): the eigensolver's start vector and, with ``batch_size``, the
-        mini-batch order (the same batches for every rate).
+      key: PRNG key (required): the eigensolver's start vector (``fold_in(key, 1)``) and,
+        with ``batch_size``, the mini-batch order, the same for every rate: for
+        ``jax.random.key(s)`` the batches :func:`landscape.train` draws with ``seed=s``.
       steps: optimiser steps per rate.
       loss: ``"cross_entropy"``/``"mse"`` (built with :func:`landscape.make_loss_fn` and
         ``weight_decay``), or your own ``loss_fn(params, batch)``.
@@ -490,7 +491,7 @@ def learning_rate_range(
       weight_decay: L2 coefficient of a named loss (part of the curvature too).
       batch_size: ``None`` (default): full-batch steps on the exact full-data gradient, the
         setting the limit describes. An int: mini-batch steps (training mode for batch norm),
-        batches drawn as :func:`landscape.train` draws them, from ``key``.
+        batches drawn as :func:`landscape.train` draws them (see ``key``).
       divergence_factor: a rate diverged when its final loss is not finite or exceeds this many
         times the initial loss (default 10).
       with_limit: compute ``lambda_max`` and the limit (about 20-50 Hessian-vector products).
@@ -574,7 +575,7 @@ def learning_rate_range(
     batched = engine.batch(data, eval_batch_size)
     engine.check_loss(loss_fn, model.params, batched)
     dtype = _tree.dtype_of(model.params)
-    k_eig, k_batch = jax.random.split(key)
+    k_eig = jax.random.fold_in(key, 1)  # the batch order takes key itself (as train's seed)
     mode = "full-batch" if batch_size is None else f"mini-batch ({batch_size})"
     words = _validate.key_words(key)
     config = {
@@ -686,7 +687,7 @@ def learning_rate_range(
         ddata, idx = None, None
     else:
         ddata = jax.tree.map(jnp.asarray, data)
-        idx = jnp.asarray(_batch_indices(k_batch, n, batch_size, steps))
+        idx = jnp.asarray(_batch_indices(key, n, batch_size, steps))
     loss_static, loss_dyn = engine.split_fn(loss_fn)
     params = jax.tree.map(jnp.asarray, model.params)
     state = jax.tree.map(jnp.asarray, model.state)
