@@ -133,7 +133,9 @@ def trace_model(apply_fn: Callable, params, state, x, *, train: bool = False) ->
     return jax.make_jaxpr(f)(*_abstract((params, state, x)))
 
 
-def evaluate(closed: jcore.ClosedJaxpr, args: list, after: Callable | None = None, *, prefix: tuple = ()) -> list:
+def evaluate(
+    closed: jcore.ClosedJaxpr, args: list, after: Callable | None = None, *, prefix: tuple = ()
+) -> list:
     """Evaluate ``closed`` on ``args`` (concrete values or tracers) equation by equation,
     following :data:`INLINE` calls; ``after(position, eqn, outputs) -> outputs`` (optional) sees
     and may replace the outputs of every equation, an inlined call's too (after its
@@ -149,7 +151,11 @@ def evaluate(closed: jcore.ClosedJaxpr, args: list, after: Callable | None = Non
         vals = [read(v) for v in eqn.invars]
         sub = inlined(eqn, len(vals))
         pos = prefix + (i,)
-        outs = evaluate(sub, vals, after, prefix=pos) if sub is not None else _compat.bind_equation(eqn, vals)
+        outs = (
+            evaluate(sub, vals, after, prefix=pos)
+            if sub is not None
+            else _compat.bind_equation(eqn, vals)
+        )
         if after is not None:
             outs = after(pos, eqn, outs)
         for v, val in zip(eqn.outvars, outs):
