@@ -25,3 +25,9 @@ from landscape.diagnostics._audit import audit_data as audit_data
 from landscape.diagnostics._lr import LearningRateRangeResult as LearningRateRangeResult
 from landscape.diagnostics._lr import learning_rate_range as learning_rate_range
 from landscape.diagnostics._lr import stability_limit as stability_limit
+
+# mean-field theory of fully connected networks (at initialisation)
+from landscape.diagnostics._meanfield import MeanFieldResult as MeanFieldResult
+from landscape.diagnostics._meanfield import PhaseDiagramResult as PhaseDiagramResult
+from landscape.diagnostics._meanfield import mean_field as mean_field
+from landscape.diagnostics._meanfield import phase_diagram as phase_diagram

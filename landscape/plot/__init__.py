@@ -8,5 +8,6 @@ coincide get distinct line styles and markers, and legends go where they hide no
 from landscape.plot._connect import *  # noqa: F403
 from landscape.plot._hessian import *  # noqa: F403
 from landscape.plot._lr import *  # noqa: F403
+from landscape.plot._meanfield import *  # noqa: F403
 from landscape.plot._style import *  # noqa: F403
 from landscape.plot._surface import *  # noqa: F403
