@@ -87,6 +87,14 @@ def studied(tmp_path_factory):
                            results=json.loads((out / "results.json").read_text()))
 
 
+def test_the_data_is_audited_before_training(studied):
+    audit = studied.results["data"]["audit"]
+    assert audit["errors"] == [] and any("constant features" in w for w in audit["warnings"])
+    assert "data audit: ok" in studied.first.out
+    saved = json.loads((studied.out / "data-audit.json").read_text())
+    assert saved["ok"] is True and saved["report"]["train"]["num_examples"] == 1437
+
+
 def test_analyse_loads_the_study_sections(studied):
     """study and analyse fingerprint the trained network the same way (by value)."""
     r = _main(["analyse", str(studied.out), "--only", "hessian", "--no-progress"])

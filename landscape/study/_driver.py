@@ -64,8 +64,8 @@ def _open_section_store(out: Path, name: str, meta: dict, log) -> tuple:
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory.")
-    if out.is_dir() and any(out.iterdir()) and not (out / "study.json").exists() \
-            and not (out / "params.npz").exists():
+    if out.is_dir() and any(out.iterdir()) and not any(
+            (out / f).exists() for f in ("study.json", "params.npz", "data-audit.json")):
         raise ConfigError(f"--out {out} is a non-empty directory that no study wrote; choose a new "
                           "or empty directory (nothing was changed).")
 
@@ -111,6 +111,25 @@ def _diverged(e, what: str) -> ConfigError:
     return ConfigError(f"{what} diverged{at}: the loss, gradient or update became non-finite. "
                        "Lower [train] learning_rate (or add a warm-up schedule), then run the same "
                        "command again.")
+
+
+def _audit(data, out: Path, log):
+    """landscape.diagnostics.audit_data before training: its findings in RUN_DIR/data-audit.json
+    and one line; non-finite values or invalid labels stop the study (what training on them
+    would give is meaningless), extreme values and the warnings are reported and training goes
+    on."""
+    from landscape import diagnostics
+
+    audit = diagnostics.audit_data(
+        data, num_classes=int(data.num_outputs) if data.task == "classification" else None)
+    _atomic_json(out / "data-audit.json", audit.to_dict())
+    log(f"  {audit.one_line()}")
+    fatal = [e for e in audit.errors if "extreme" not in e and "outlier" not in e]
+    if fatal:
+        raise ConfigError(f"the data cannot be trained on: {fatal[0]}"
+                          f"{f' (+{len(fatal) - 1} more)' if len(fatal) > 1 else ''}; every "
+                          f"finding with the examples' indices is in {out / 'data-audit.json'}.")
+    return audit
 
 
 def _interrupt_switch(name: str) -> None:
@@ -345,6 +364,7 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
          can_train):
     log = study.log
     data = _resolve.load_data(cfg)
+    audit = _audit(data, out, log)
     template, desc = _resolve.build_model(cfg, data, seed=cfg["seed"])
     loss = _resolve.loss_name(data)
     log(f"landscape study: {data!r}; model {desc['name']}, {template.num_params} parameters")
@@ -358,7 +378,11 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
                                   "num_train": int(len(data.train["x"])),
                                   "num_test": int(len(data.test["x"])),
                                   "input_shape": list(data.input_shape),
-                                  "num_outputs": int(data.num_outputs), "task": data.task}})
+                                  "num_outputs": int(data.num_outputs), "task": data.task,
+                                  "audit": {"summary": audit.one_line(),
+                                            "errors": list(audit.errors),
+                                            "warnings": list(audit.warnings),
+                                            "file": "data-audit.json"}}})
     # -- training (or the saved run) ------------------------------------------------------------
     study.current = "training"
     t0 = time.perf_counter()
