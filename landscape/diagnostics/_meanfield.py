@@ -38,7 +38,10 @@ derivative) go through quadrature with that slower convergence, which ``chi_1_er
 
 The fixed point ``q*`` is the attractor of the length map from ``q^1``: 200 iterations of the
 map, then up to 30 safeguarded Newton steps (a step is kept only where it lowers the residual
-and stays non-negative). ``c*`` is found by Newton's method from ``c = 0`` on ``[0, 1]``, where
+and stays non-negative). It is accepted where ``|f(q) - q| <= 1e-4 q`` (float32; ``1e-9 q``
+in float64) and ``f'(q) <= 1`` (a stable fixed point); an iterate still growing where ``f'(q) >=
+1`` (or past ``5e29``) means there is no finite fixed point ahead (``"no_fixed_point"``: GELU,
+softplus and other ReLU-like tails with ``sigma_w2`` above about 2). ``c*`` is found by Newton's method from ``c = 0`` on ``[0, 1]``, where
 ``M`` is convex and increasing (its expansion in Hermite polynomials has non-negative
 coefficients), so the iterates increase monotonically to the smallest fixed point; in the
 ordered phase that is ``c* = 1`` and it is set exactly. Just above ``chi_1 = 1``, ``M(c) - c =
@@ -57,8 +60,9 @@ and ``reason`` and the undefined numbers are NaN rather than a value. ReLU's ``c
 sigma_w2 / 2`` does not depend on ``q``, so it is reported in every case; it has no
 order-to-chaos line, only the critical point ``(2, 0)``.
 
-Everything is computed in one compiled program per activation, grid shape and dtype (the
-activation is a static argument: pass the same callable, not a new lambda, to reuse it).
+Everything is computed in one compiled program per activation, grid shape and dtype (plus a
+small one for the critical line's root finder; the activation is a static argument: pass the
+same callable, not a new lambda, to reuse it).
 
 References:
   Poole, Lahiri, Raghu, Sohl-Dickstein, Ganguli (2016), Exponential expressivity in deep
@@ -240,10 +244,15 @@ def _solve_q(act, sw, sb, q1, deg):
     q = jax.lax.fori_loop(0, _NUM_NEWTON, newton, q)
     # the residual at q, and at q = 1 and 4 (every q a fixed point?), in one quadrature
     probe = jnp.stack([q, jnp.ones_like(q1), 4 * jnp.ones_like(q1)])
-    gaps = jnp.abs(_length_map(act, sw[None], sb[None], probe, deg) - probe)
+    fprobe = _length_map(act, sw[None], sb[None], probe, deg)
+    gaps = jnp.abs(fprobe - probe)
     resid = gaps[0]
-    diverged = ~jnp.isfinite(q) | (q >= _QMAX / 2)
-    converged = resid <= 10 * tol * jnp.maximum(q, 1e-12)
+    slope = _length_slope(act, sw, jnp.where(jnp.isfinite(q), q, 1.0), deg)
+    converged = (resid <= 10 * tol * jnp.maximum(q, 1e-12)) & (slope <= 1 + 10 * tol)
+    # still growing where the map is at least as steep as the identity: no finite fixed point
+    # ahead (ReLU-like tails, sigma_w2 E[phi'^2] -> rate > 1)
+    growing = ~converged & (fprobe[0] > q) & (slope >= 1)
+    diverged = ~jnp.isfinite(q) | (q >= _QMAX / 2) | growing
     every = (gaps[1] <= 10 * tol) & (gaps[2] <= 40 * tol)
     status = jnp.where(every, 2, jnp.where(diverged, 1, jnp.where(converged, 0, 3)))
     return q, status.astype(jnp.int32), resid
@@ -551,8 +560,9 @@ def _reason(act, status, sw, sb):
             "quantities are at q^1"
         )
     return (
-        "the fixed-point iteration did not reach the tolerance (a length map whose slope is "
-        "close to 1 at its fixed point, or an activation the quadrature does not resolve)"
+        "the fixed-point iteration did not reach the tolerance or ended on an unstable fixed "
+        "point (a length map whose slope is close to 1 at its fixed point, or an activation the "
+        "quadrature does not resolve)"
     )
 
 
@@ -587,7 +597,7 @@ def mean_field(
         JAX; a static argument: reuse the same object to avoid recompiling).
       sigma_w2: weight variance times fan-in (``> 0``).
       sigma_b2: bias variance (``>= 0``).
-      q0: the input's mean squared entry ``|x|^2 / d`` (``>= 0``); the length map starts at
+      q0: the input's mean squared entry ``|x|^2 / d`` (``> 0``); the length map starts at
         ``q^1 = sigma_w2 q0 + sigma_b2`` and ``q*`` is its attractor from there.
       num_layers: also return ``q^1 .. q^L`` for ``L = num_layers`` layers (``q_layers``).
       deg: Gauss-Hermite degree of the one-dimensional means.
@@ -613,7 +623,7 @@ def mean_field(
     """
     sw = _variance(sigma_w2, "sigma_w2", positive=True)
     sb = _variance(sigma_b2, "sigma_b2", positive=False)
-    q0v = _variance(q0, "q0", positive=False)
+    q0v = _variance(q0, "q0", positive=True)
     num_layers = _validate.check_positive_int(num_layers, name="num_layers", allow_zero=True)
     deg, deg_pair = _degree(deg, "deg"), _degree(deg_pair, "deg_pair")
     d = _dtype(dtype)
@@ -754,7 +764,7 @@ def phase_diagram(
     """
     sws = _grid(sigma_w2s, "sigma_w2s", positive=True)
     sbs = _grid(sigma_b2s, "sigma_b2s", positive=False)
-    q0v = _variance(q0, "q0", positive=False)
+    q0v = _variance(q0, "q0", positive=True)
     deg, deg_pair = _degree(deg, "deg"), _degree(deg_pair, "deg_pair")
     d = _dtype(dtype)
     act = _activation(activation)

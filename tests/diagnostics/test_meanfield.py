@@ -95,6 +95,18 @@ def test_relu_critical_point_and_no_fixed_point(dtype):
         assert "closed form" in r.method and float(r.chi_1_error) == 0.0
 
 
+def test_generic_degenerate_cases():
+    """Without a closed form: the linear network (by quadrature) has every q fixed at
+    sigma_w2 = 1, sigma_b2 = 0 (chi_1 = 1), no fixed point above, q* = sb / (1 - sw) below."""
+    r = D.mean_field("linear", 1.0, 0.0)
+    assert r.status == "every_q_fixed" and float(r.chi_1) == pytest.approx(1.0, abs=1e-6)
+    r = D.mean_field("linear", 1.05, 0.0)
+    assert r.status == "no_fixed_point" and np.isnan(r.q_star) and np.isnan(r.chi_1)
+    r = D.mean_field("linear", 0.5, 0.1)
+    assert r.status == "ok" and float(r.q_star) == pytest.approx(0.2, rel=1e-5)
+    assert float(r.chi_1) == pytest.approx(0.5, rel=1e-6) and r.phase == "ordered"
+
+
 # ---- smooth activations against independent references --------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_q_star_chi_xi_against_scipy_and_erf_closed_forms(dtype):
@@ -274,6 +286,10 @@ def test_bad_inputs():
         D.mean_field("tanh", 1.0, -0.1)
     with pytest.raises(ValueError, match="sigma_w2 must be finite"):
         D.mean_field("tanh", float("inf"), 0.1)
+    with pytest.raises(ValueError, match="q0 must be > 0"):
+        D.mean_field("tanh", 1.0, 0.1, q0=0.0)
+    with pytest.raises(ValueError, match="num_layers must be >= 0"):
+        D.mean_field("tanh", 1.0, 0.1, num_layers=-1)
     if not jax.config.jax_enable_x64:
         with pytest.raises(ValueError, match="dtype=float64 needs 64-bit JAX"):
             D.mean_field("tanh", 1.0, 0.1, dtype="float64")
