@@ -19,46 +19,45 @@ independent standard normals:
   length map's slope ``f'(q*)`` by Stein's lemma) and ``xi_c = -1 / ln M'(c*)`` with
   ``M'(c) = sigma_w2 E[phi'(u1) phi'(u2)]`` (so ``xi_c = -1 / ln chi_1`` in the ordered phase).
 
-Numerics. Any elementwise activation (a name in :data:`landscape.models.ACTIVATIONS` or a
-callable; its derivatives by :func:`jax.grad`), by Gauss-Hermite quadrature from
+Numerics. Any elementwise activation (a name in :data:`landscape.models.ACTIVATIONS` or a callable;
+its derivatives by :func:`jax.grad`), by Gauss-Hermite quadrature from
 :mod:`landscape.expectations` (``deg`` nodes for the one-dimensional means, ``deg_pair`` per
-dimension for the correlation map). The rule converges geometrically for analytic activations,
-at a rate set by their complex singularities, which approach the real axis as ``sqrt(q)``
-grows (tanh's poles at ``z = i pi / (2 sqrt(q))``): for tanh, ``E[tanh'(u)^2]`` has relative
-error 2e-15 at ``q = 0.57``, 8e-10 at ``q = 1.3``, 6e-6 at ``q = 3`` and 9e-3 at ``q = 10``
-with the default ``deg = 128``, and the derivative kernel ``E[tanh'(u1) tanh'(u2)]`` (``c =
-0.5``) 6e-12, 8e-8, 6e-6 and 5e-5 at ``q = 0.57, 1.3, 2.2, 3`` with ``deg_pair = 64``; float32
-adds its rounding (~1e-7 relative). Every result carries ``chi_1_error``, the difference
-between ``chi_1`` at ``deg`` and at ``2 deg``, an estimate of the error at ``deg``: raise
-``deg`` (and ``deg_pair``) for large ``q*``. ReLU uses its closed
-forms (the arc-cosine kernels of degrees 0 and 1, Cho & Saul 2009: ``f(q) = sigma_w2 q / 2 +
-sigma_b2``, ``chi_1 = sigma_w2 / 2``), exact, since quadrature converges slowly at its kink
-(about 1e-3 relative at ``deg = 200``); other kinked activations (leaky ReLU, ELU's second
+dimension for the correlation map). The rule converges geometrically for analytic activations, at a
+rate set by their complex singularities, which approach the real axis as ``sqrt(q)`` grows (tanh's
+poles at ``z = i pi / (2 sqrt(q))``): for tanh, ``E[tanh'(u)^2]`` has relative error 2e-15 at ``q =
+0.57``, 8e-10 at ``q = 1.3``, 6e-6 at ``q = 3`` and 9e-3 at ``q = 10`` with the default ``deg =
+128``, and the derivative kernel ``E[tanh'(u1) tanh'(u2)]`` (``c = 0.5``) 6e-12, 8e-8, 6e-6 and
+5e-5 at ``q = 0.57, 1.3, 2.2, 3`` with ``deg_pair = 64``; float32 adds its rounding (~1e-7
+relative). Every result carries ``chi_1_error``, the difference between ``chi_1`` at ``deg`` and at
+``2 deg``, an estimate of the error at ``deg``: raise ``deg`` (and ``deg_pair``) for large ``q*``.
+ReLU uses its closed forms (the arc-cosine kernels of degrees 0 and 1, Cho & Saul 2009: ``f(q) =
+sigma_w2 q / 2 + sigma_b2``, ``chi_1 = sigma_w2 / 2``), exact, since quadrature converges slowly at
+its kink (about 1e-3 relative at ``deg = 200``); other kinked activations (leaky ReLU, ELU's second
 derivative) go through quadrature with that slower convergence, which ``chi_1_error`` shows.
 
-The fixed point ``q*`` is the attractor of the length map from ``q^1``: 200 iterations of the
-map, then up to 30 safeguarded Newton steps (a step is kept only where it lowers the residual
-and stays non-negative). It is accepted where ``|f(q) - q| <= 1e-4 q`` (float32; ``1e-9 q``
-in float64) and ``f'(q) <= 1`` (a stable fixed point); an iterate still growing where ``f'(q) >=
-1`` (or past ``5e29``) means there is no finite fixed point ahead (``"no_fixed_point"``: GELU,
-softplus and other ReLU-like tails with ``sigma_w2`` above about 2). ``c*`` is found by Newton's method from ``c = 0`` on ``[0, 1]``, where
-``M`` is convex and increasing (its expansion in Hermite polynomials has non-negative
-coefficients), so the iterates increase monotonically to the smallest fixed point; in the
-ordered phase that is ``c* = 1`` and it is set exactly. Just above ``chi_1 = 1``, ``M(c) - c =
+The fixed point ``q*`` is the attractor of the length map from ``q^1``: 200 iterations of the map,
+then up to 30 safeguarded Newton steps (a step is kept only where it lowers the residual and stays
+non-negative). It is accepted where ``|f(q) - q| <= 1e-4 q`` (float32; ``1e-9 q`` in float64) and
+``f'(q) <= 1`` (a stable fixed point); an iterate still growing where ``f'(q) >= 1`` (or past
+``5e29``) means there is no finite fixed point ahead (``"no_fixed_point"``: GELU, softplus and
+other ReLU-like tails with ``sigma_w2`` above about 2). ``c*`` is found by Newton's method from ``c
+= 0`` on ``[0, 1]``, where ``M`` is convex and increasing (its expansion in Hermite polynomials has
+non-negative coefficients), so the iterates increase monotonically to the smallest fixed point; in
+the ordered phase that is ``c* = 1`` and it is set exactly. Just above ``chi_1 = 1``, ``M(c) - c =
 O(eps^2)`` near ``c*`` (``eps = chi_1 - 1``) falls below the quadrature's resolution of ``M``
 (tanh: Newton on the quadrature puts ``xi_c`` 2% off at ``eps = 2e-3`` in float32); there, for
-``eps < 5e-3`` (float32) or ``2e-3`` (float64), ``c*`` and ``M'(c*)`` come from the cubic
-expansion ``M(1 + x) - (1 + x) = eps x + M''(1) x^2 / 2 + M'''(1) x^3 / 6``, whose coefficients
-are one-dimensional means (``M^(k)(1) = sigma_w2 q*^(k-1) E[phi^(k)(u)^2]``, Price's theorem);
-against Newton at ``deg_pair = 128`` in float64, its ``xi_c`` is within 0.2% at ``eps = 6e-3``
-and 2e-5 at ``eps = 6e-4`` (tanh, ``sigma_b2 = 0.05``). In float32, ``xi_c ~ 1 / eps`` near
-the line carries the relative error ``1e-7 / eps`` of ``chi_1``. Where the maps have no finite fixed
-point (ReLU with ``sigma_w2 > 2``, or ``= 2`` with ``sigma_b2 > 0``: ``q^l`` grows without
-bound), where every ``q`` is one (ReLU at ``sigma_w2 = 2, sigma_b2 = 0``; the linear network at
-``sigma_w2 = 1``), or where the iteration did not converge, the result says so in ``status``
-and ``reason`` and the undefined numbers are NaN rather than a value. ReLU's ``chi_1 =
-sigma_w2 / 2`` does not depend on ``q``, so it is reported in every case; it has no
-order-to-chaos line, only the critical point ``(2, 0)``.
+``eps < 5e-3`` (float32) or ``2e-3`` (float64), ``c*`` and ``M'(c*)`` come from the cubic expansion
+``M(1 + x) - (1 + x) = eps x + M''(1) x^2 / 2 + M'''(1) x^3 / 6``, whose coefficients are
+one-dimensional means (``M^(k)(1) = sigma_w2 q*^(k-1) E[phi^(k)(u)^2]``, Price's theorem); against
+Newton at ``deg_pair = 128`` in float64, its ``xi_c`` is within 0.2% at ``eps = 6e-3`` and 3e-5 at
+``eps = 6e-4`` (tanh, ``sigma_b2 = 0.05``). In float32, ``xi_c ~ 1 / eps`` near the line carries
+the relative error ``1e-7 / eps`` of ``chi_1``. Where the maps have no finite fixed point (ReLU
+with ``sigma_w2 > 2``, or ``= 2`` with ``sigma_b2 > 0``: ``q^l`` grows without bound), where every
+``q`` is one (ReLU at ``sigma_w2 = 2, sigma_b2 = 0``; the linear network at ``sigma_w2 = 1``), or
+where the iteration did not converge, the result says so in ``status`` and ``reason`` and the
+undefined numbers are NaN rather than a value. ReLU's ``chi_1 = sigma_w2 / 2`` does not depend on
+``q``, so it is reported in every case; it has no order-to-chaos line, only the critical point
+``(2, 0)``.
 
 Everything is computed in one compiled program per activation, grid shape and dtype (plus a
 small one for the critical line's root finder; the activation is a static argument: pass the

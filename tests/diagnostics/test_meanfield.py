@@ -331,4 +331,16 @@ def test_plot_phase_diagram():
         plot.plot_phase_diagram(D.mean_field("tanh", 1.0, 0.1))
     with pytest.raises(TypeError, match="each entry of trained"):
         plot.plot_phase_diagram(pd, trained=[(1.0, 2.0)])
+    # TrainResults: placed by their model spec's variances, coloured by the last train_loss
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(
+        history={"train_loss": np.array([2.0, 0.4])},
+        spec={"kwargs": {"sigma_w2": 1.5, "sigma_b2": 0.1}},
+    )
+    ax = plot.plot_phase_diagram(pd, trained=[run])
+    np.testing.assert_allclose(ax.collections[-1].get_offsets(), [[1.5, 0.1]])
+    np.testing.assert_allclose(ax.collections[-1].get_array(), [0.4])
+    with pytest.raises(ValueError, match="was not built with make_model"):
+        plot.plot_phase_diagram(pd, trained=[SimpleNamespace(history={}, spec=None)])
     matplotlib.pyplot.close("all")
