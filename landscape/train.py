@@ -101,15 +101,13 @@ def make_schedule(
     return sched
 
 
-_OPTIMIZERS = {  # name -> builder(optax, learning_rate, **kwargs)
-    "sgd": lambda optax, lr, **kw: optax.sgd(lr, **kw),
-    "momentum": lambda optax, lr, momentum=0.9, **kw: optax.sgd(lr, momentum=momentum, **kw),
-    "nesterov": lambda optax, lr, momentum=0.9, **kw: optax.sgd(
-        lr, momentum=momentum, nesterov=True, **kw
-    ),
-    "adam": lambda optax, lr, **kw: optax.adam(lr, **kw),
-    "adamw": lambda optax, lr, **kw: optax.adamw(lr, **kw),
-    "rmsprop": lambda optax, lr, **kw: optax.rmsprop(lr, **kw),
+_OPTIMIZERS = {  # name -> (the Optax function, the settings it gets here unless given)
+    "sgd": ("sgd", {}),
+    "momentum": ("sgd", {"momentum": 0.9}),
+    "nesterov": ("sgd", {"momentum": 0.9, "nesterov": True}),
+    "adam": ("adam", {}),
+    "adamw": ("adamw", {}),
+    "rmsprop": ("rmsprop", {}),
 }
 
 
@@ -125,7 +123,27 @@ def make_optimizer(
     _validate.check_choice(name, tuple(_OPTIMIZERS), name="name")
     import optax
 
-    return _OPTIMIZERS[name](optax, learning_rate, **kwargs)
+    fn, defaults = _OPTIMIZERS[name]
+    return getattr(optax, fn)(learning_rate, **{**defaults, **kwargs})
+
+
+def _named_settings(name: str, **kwargs) -> dict:
+    """Every scalar hyperparameter of ``make_optimizer(name, lr, **kwargs)`` but the learning
+    rate: ``kwargs`` over this module's defaults over the Optax function's (what callbacks read
+    from ``TrainInfo.optimizer``, e.g. Adam's ``b1`` for its stability threshold)."""
+    import inspect
+
+    import optax
+
+    fn, defaults = _OPTIMIZERS[name]
+    params = inspect.signature(getattr(optax, fn)).parameters
+    scalar = (bool, int, float, str, type(None))
+    out = {
+        k: p.default
+        for k, p in params.items()
+        if k != "learning_rate" and isinstance(p.default, scalar)
+    }
+    return {**out, **defaults, **kwargs}
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,6 +162,11 @@ class TrainInfo:
     train_data: Any
     learning_rate: float | None
     history: dict
+    optimizer: dict | None = None
+    """The optimiser: a named one as ``{"name", "learning_rate"`` (``None`` for a schedule),
+    ``"schedule", "settings"}`` (``settings``: every scalar hyperparameter of its Optax function,
+    defaults included); an Optax transformation as ``{"name": "custom", "repr"}`` plus
+    ``"config"`` when ``train`` was given ``optimizer_config``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -482,11 +505,13 @@ def train(
             "learning_rate": None if callable(learning_rate) else float(learning_rate),
             "schedule": schedule,
         }
+        opt_info = {**opt_desc, "settings": _named_settings(optimizer)}
     elif _is_optax_transformation(optimizer):
         opt = optimizer
         opt_desc = {"name": "custom", "repr": repr(optimizer)[:200]}
         if optimizer_config is not None:
             opt_desc["config"] = _check_optimizer_config(optimizer_config)
+        opt_info = dict(opt_desc)
         if schedule is not None:
             raise ValueError(
                 f"{_validate.where()}: schedule applies to a named optimizer; put the schedule inside your optax transformation."
@@ -592,6 +617,7 @@ def train(
                 data,
                 None if lr_fn is None else float(lr_fn(step)),
                 history,
+                opt_info,
             )
             out = cb.callback_fn(info)
             if out:
