@@ -313,9 +313,8 @@ def stability_limit(
                 f"{_validate.where()}: no stability rule for Adam with nesterov=True (NAdam)."
             )
         b1 = float(kw.get("b1", 0.9))
-        return (2 + 2 * b1) / (
-            (1 - b1) * lam
-        ), f"(2 + 2 b1) / ((1 - b1) lambda_max(P^-1 H)), b1 = {b1:g}"
+        rule = f"(2 + 2 b1) / ((1 - b1) lambda_max(P^-1 H)), b1 = {b1:g}"
+        return (2 + 2 * b1) / ((1 - b1) * lam), rule
     if optimizer == "sgd":
         beta = float(kw.get("momentum") or 0.0)
         nesterov = bool(kw.get("nesterov", False)) and beta > 0
@@ -323,9 +322,8 @@ def stability_limit(
         beta = float(kw.get("momentum", 0.9))
         nesterov = optimizer == "nesterov"
     if nesterov:
-        return (2 + 2 * beta) / (
-            (1 + 2 * beta) * lam
-        ), f"(2 + 2 beta) / ((1 + 2 beta) lambda_max), beta = {beta:g}"
+        rule = f"(2 + 2 beta) / ((1 + 2 beta) lambda_max), beta = {beta:g}"
+        return (2 + 2 * beta) / ((1 + 2 * beta) * lam), rule
     if beta:
         return (2 + 2 * beta) / lam, f"(2 + 2 beta) / lambda_max, beta = {beta:g}"
     return 2.0 / lam, "2 / lambda_max"
@@ -475,8 +473,9 @@ def learning_rate_range(
         ``train`` split). The final loss and the Hessian use all of it.
       optimizer: a name for :func:`landscape.train.make_optimizer` (``"sgd"``, ``"momentum"``,
         ``"nesterov"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``) with ``optimizer_kwargs``, or a
-        factory ``lr -> optax.GradientTransformation`` (traceable in ``lr``; no limit is drawn
-        for it).
+        factory ``lr -> optax.GradientTransformation`` (traceable in ``lr``; a static argument
+        of the compiled sweep: reuse the same object, or every call compiles again; no limit is
+        drawn for it).
       lrs: the learning rates: positive, finite and strictly increasing (a grid: each rate once;
         an unsorted or repeated grid is rejected, ``np.unique(lrs)`` mends it). Default: 13
         rates log-spaced from ``limit / 100`` to ``10 limit`` (needs a limit).
@@ -611,41 +610,49 @@ def learning_rate_range(
     # --- initial loss and gradient, and the limit -----------------------------------------
     values, g0 = engine.value_and_grad(loss_fn, model.params, batched)
     initial_loss = float(values["loss"])
-    limit_rule, limit_note = "", ""
+    limit_rule, notes = "", []
     sharp, limit = float("nan"), float("nan")
     details: dict[str, Any] = {}
-    if _has_float_state(model.state):
-        limit_note = (
-            "batch norm: the limit is that of the evaluation-mode loss with the initial statistics, "
-            "not of the training-mode steps"
-        )
-        _validate.warn(f"{_validate.where()}: {limit_note}.")
     if with_limit and opt.name in LIMITS:
         kw = dict(opt.kwargs)
+        if _has_float_state(model.state):
+            notes.append(
+                "batch norm: the limit is that of the evaluation-mode loss with the initial "
+                "statistics, not of the training-mode steps"
+            )
+            _validate.warn(f"{_validate.where()}: {notes[-1]}.")
         precond = None
         if opt.name == "adam":
             eps = float(kw.get("eps", 1e-8))
             eps_root = float(kw.get("eps_root", 0.0))
             precond = jax.tree.map(lambda g: jnp.sqrt(jnp.square(g) + eps_root) + eps, g0)
+            details["preconditioner"] = (
+                "P = sqrt(v_hat + eps_root) + eps with v_hat = g0^2, the bias-corrected second "
+                "moment after the first Adam step on the full-data gradient at initialisation "
+                "(the first moment's bias correction left out)"
+            )
         cached = store.load("limit") if store is not None and store.has("limit") else None
         if cached is not None:
             sharp = float(cached["sharpness"])
-            details = {
-                "eigen_residual": float(cached["residual"]),
-                "eigen_num_hvps": int(cached["num_hvps"]),
-            }
+            details.update(
+                eigen_residual=float(cached["residual"]),
+                eigen_num_hvps=int(cached["num_hvps"]),
+                eigen_converged=bool(cached["converged"]),
+            )
         else:
             try:
                 op = make_hvp(loss_fn, model.params, batched, preconditioner=precond)
             except ValueError as e:  # a preconditioner with zeros (eps = 0 and a zero gradient)
-                op, limit_note = None, f"no limit: {e}"
+                op = None
+                notes.append(f"no limit: {e}")
             if op is not None:
                 eig = eigenvalues(op, k=1, key=k_eig, tol=tol, check_multiplicity=False)
                 sharp = float(eig.values[0])
-                details = {
-                    "eigen_residual": float(eig.residuals[0]),
-                    "eigen_num_hvps": int(eig.num_hvps),
-                }
+                details.update(
+                    eigen_residual=float(eig.residuals[0]),
+                    eigen_num_hvps=int(eig.num_hvps),
+                    eigen_converged=bool(eig.converged[0]),
+                )
                 if store is not None:
                     store.save(
                         "limit",
@@ -653,22 +660,29 @@ def learning_rate_range(
                             "sharpness": np.float64(sharp),
                             "residual": np.float64(eig.residuals[0]),
                             "num_hvps": np.int64(eig.num_hvps),
+                            "converged": np.bool_(eig.converged[0]),
                         },
                     )
+        if details.get("eigen_converged") is False:
+            notes.append(
+                f"lambda_max did not converge to tol={tol:g} (residual {details['eigen_residual']:.3g})"
+            )
         if math.isfinite(sharp) and sharp > 0:
-            limit, limit_rule = stability_limit(sharp, opt.name, **kw)
+            try:
+                limit, limit_rule = stability_limit(sharp, opt.name, **kw)
+            except ValueError as e:  # a variant without a rule (Adam with nesterov=True)
+                notes.append(f"no limit: {e}")
         elif math.isfinite(sharp):
-            limit_note = f"lambda_max = {sharp:.4g} <= 0: the initial quadratic model has no positive curvature and no limit"
-        if opt.name == "adam":
-            details["preconditioner"] = (
-                "P = sqrt(v_hat) + eps with v_hat = g0^2, the bias-corrected second moment "
-                "after the first Adam step on the full-data gradient at initialisation"
+            notes.append(
+                f"lambda_max = {sharp:.4g} <= 0: the initial quadratic model has no positive "
+                "curvature and no limit"
             )
     elif with_limit:
-        limit_note = (
-            f"no stability rule for {opt.describe()!r} (rules for {', '.join(LIMITS)}); the runs are "
-            "shown without a limit"
+        notes.append(
+            f"no stability rule for {opt.describe()!r} (rules for {', '.join(LIMITS)}); the runs "
+            "are shown without a limit"
         )
+    limit_note = "; ".join(notes)
     if lrs is None:
         if not math.isfinite(limit):
             raise ValueError(
