@@ -555,7 +555,8 @@ def audit_data(
 
     Cost:
       One pass over the data in NumPy on the host (device arrays are copied a block at a
-      time); two sorts per feature (median and MAD). Digits (1797 x 64): a few milliseconds.
+      time); two sorts per feature (median and MAD). Measured on 2 CPU cores: digits (both
+      splits, 1797 x 64) 10 ms; 200000 x 64 Gaussian float32 1.0 s (1.2 s with duplicates).
 
     Raises:
       TypeError: data is not a Dataset, dict or pair; bad argument types.

@@ -109,8 +109,10 @@ class LearningRateRangeResult(Result):
     provenance: dict = static_field(default_factory=dict)
 
     @property
-    def max_stable_lr(self) -> float:
-        """The largest rate that did not diverge (``nan`` if all did)."""
+    def max_not_diverged_lr(self) -> float:
+        """The largest rate that did not diverge (``nan`` if all did). Not the largest rate that
+        trains: a run can also stall (a ReLU network whose units all died ends near ``log k``
+        for ``k`` classes without diverging); compare ``final_loss``."""
         ok = ~np.asarray(self.diverged)
         return float(np.asarray(self.lrs)[ok].max()) if ok.any() else float("nan")
 
@@ -135,8 +137,8 @@ class LearningRateRangeResult(Result):
         )
         return (
             f"learning-rate range ({s.get('optimizer')}, {s.get('steps')} {s.get('mode')} steps, "
-            f"{lrs.size} rates {lrs.min():.3g}..{lrs.max():.3g}): {nd} diverged, largest stable "
-            f"{self.max_stable_lr:.4g}, best {self.best_lr:.4g}; {limit}"
+            f"{lrs.size} rates {lrs.min():.3g}..{lrs.max():.3g}): {nd} diverged, largest not "
+            f"diverged {self.max_not_diverged_lr:.4g}, lowest loss at {self.best_lr:.4g}; {limit}"
         )
 
     def summary(self) -> str:
@@ -181,7 +183,7 @@ class LearningRateRangeResult(Result):
             "limit": num(self.limit),
             "limit_rule": self.limit_rule,
             "limit_note": self.limit_note,
-            "max_stable_lr": num(self.max_stable_lr),
+            "max_not_diverged_lr": num(self.max_not_diverged_lr),
             "best_lr": num(self.best_lr),
             "settings": _serial(self.settings),
             "details": _serial(self.details),

@@ -60,7 +60,7 @@ def plot_learning_rate_range(
             f"landscape.plot.plot_learning_rate_range: yscale must be 'auto', 'log' or 'linear'; got {yscale!r}."
         )
     if ax is None:
-        _, ax = new_axes((6, 4))
+        _, ax = new_axes((7.5, 4.5))
     lrs = np.asarray(result.lrs, np.float64)
     final = np.asarray(result.final_loss, np.float64)
     div = np.asarray(result.diverged, bool)
@@ -85,7 +85,7 @@ def plot_learning_rate_range(
             color="C3",
             markersize=7,
             mew=1.8,
-            label=f"diverged (loss non-finite or > {factor:g} x initial; drawn at {factor:g} x initial)",
+            label=f"diverged (loss > {factor:g} x initial or not finite)",
         )
     if initial:
         ax.axhline(l0, ls=":", color="0.45", lw=1.0, zorder=1.5, label=f"initial loss {l0:.3g}")
@@ -99,8 +99,8 @@ def plot_learning_rate_range(
             zorder=1.8,
             label=(
                 f"initial-curvature limit {result.limit_rule.split(',')[0]} = {lim:.3g}\n"
-                "(limit of the quadratic model at initialisation, not a bound:\n"
-                "catapults converge above it; sharpness changes in training)"
+                "(initial quadratic model, not a bound: training can\n"
+                "converge above it; sharpness changes in training)"
             ),
         )
     ax.set_xscale("log")

@@ -94,7 +94,7 @@ def test_gd_limit_both_sides(gd):
     # the step losses are the full-data loss before each step: the first is the initial loss
     np.testing.assert_allclose(res.step_loss[:, 0], float(res.initial_loss), rtol=rtol)
     assert res.step_loss.shape == (4, STEPS) and res.final_loss.dtype == np.float64
-    assert res.max_stable_lr == res.lrs[1] and res.best_lr in res.lrs[:2]
+    assert res.max_not_diverged_lr == res.lrs[1] and res.best_lr in res.lrs[:2]
 
 
 @pytest.mark.parametrize("name", ["momentum", "nesterov"])
