@@ -146,6 +146,24 @@ def _named_settings(name: str, **kwargs) -> dict:
     return {**out, **defaults, **kwargs}
 
 
+def _optimizer_info(desc: dict) -> dict:
+    """``TrainInfo.optimizer``: the recorded description plus ``"settings"`` where the optimiser
+    is one of :func:`make_optimizer`'s names (a custom one by its ``optimizer_config``'s
+    ``"name"``, the config's keys that are the Optax function's parameters over the defaults)."""
+    info = dict(desc)
+    config = desc.get("config") or {}
+    name = config.get("name") if desc["name"] == "custom" else desc["name"]
+    if isinstance(name, str) and name in _OPTIMIZERS:
+        import inspect
+
+        import optax
+
+        params = inspect.signature(getattr(optax, _OPTIMIZERS[name][0])).parameters
+        given = {k: v for k, v in config.items() if k in params and k != "learning_rate"}
+        info["settings"] = _named_settings(name, **given)
+    return info
+
+
 # --------------------------------------------------------------------------------------------
 # Callbacks
 # --------------------------------------------------------------------------------------------
@@ -166,7 +184,8 @@ class TrainInfo:
     """The optimiser: a named one as ``{"name", "learning_rate"`` (``None`` for a schedule),
     ``"schedule", "settings"}`` (``settings``: every scalar hyperparameter of its Optax function,
     defaults included); an Optax transformation as ``{"name": "custom", "repr"}`` plus
-    ``"config"`` when ``train`` was given ``optimizer_config``."""
+    ``"config"`` when ``train`` was given ``optimizer_config`` (and ``"settings"`` when the
+    config's ``"name"`` is one of :func:`make_optimizer`'s, read from the config's keys)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -505,13 +524,13 @@ def train(
             "learning_rate": None if callable(learning_rate) else float(learning_rate),
             "schedule": schedule,
         }
-        opt_info = {**opt_desc, "settings": _named_settings(optimizer)}
+        opt_info = _optimizer_info(opt_desc)
     elif _is_optax_transformation(optimizer):
         opt = optimizer
         opt_desc = {"name": "custom", "repr": repr(optimizer)[:200]}
         if optimizer_config is not None:
             opt_desc["config"] = _check_optimizer_config(optimizer_config)
-        opt_info = dict(opt_desc)
+        opt_info = _optimizer_info(opt_desc)
         if schedule is not None:
             raise ValueError(
                 f"{_validate.where()}: schedule applies to a named optimizer; put the schedule inside your optax transformation."
