@@ -8,6 +8,10 @@
   per (function, shapes); no per-batch Python loop. :func:`batched_mean` is the traceable
   reduction itself, for use inside other compiled programs (curvature products, grid points,
   batch-norm statistics).
+* :func:`canonical_convs`: a function's convolutions rewritten into the form XLA:CPU runs with
+  its fast kernels wherever they sit (XLA does it only in a program's entry computation; inside
+  a ``lax.scan`` or ``fori_loop`` body the backward pass's convolutions ran 10-300x slower).
+  :func:`batched_mean` applies it to every ``value_fn``; :data:`CANONICAL_CONVS` switches it.
 * :func:`evaluate` and :func:`value_and_grad`: the one-shot loss (with aux metrics) and
   gradient over a whole data set; :func:`check_loss` is the boundary check every analysis runs
   first (the loss traced on two examples, no compilation).
@@ -43,6 +47,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
 
+from landscape import _convs
 from landscape import validate as _validate
 
 PyTree = Any
@@ -55,10 +60,12 @@ DATA_AXIS = "data"
 __all__ = [
     "ANALYSIS_PRECISION",
     "Batched",
+    "CANONICAL_CONVS",
     "all_finite",
     "at_analysis_precision",
     "batch",
     "batched_mean",
+    "canonical_convs",
     "check_loss",
     "evaluate",
     "loss_and_aux",
@@ -315,12 +322,61 @@ def at_analysis_precision(wrapped_fn: Callable) -> Callable:
     return wrapper
 
 
+CANONICAL_CONVS = "cpu"
+"""When :func:`canonical_convs` rewrites convolutions: ``"cpu"`` (the default: when the default
+backend is the CPU, the one backend whose loop bodies lose the fast convolution kernels),
+``"always"`` or ``"never"`` (functions run as written). Read when a program is traced: set it
+before the first call, or call ``jax.clear_caches()`` after changing it."""
+
+
+def canonical_convs(wrapped_fn: Callable) -> Callable:
+    """Decorator: ``wrapped_fn`` with its convolutions in the form XLA:CPU runs with its fast
+    kernels, wherever they sit (traceable; see :data:`CANONICAL_CONVS`).
+
+    XLA:CPU rewrites a convolution that is not ``NHWC``/``HWIO``/``NHWC`` (the backward pass's
+    kernel and input gradients) into transposes around a canonical one only in a program's
+    entry computation; inside a ``while`` body (``lax.fori_loop``, ``lax.scan``) it runs the
+    naive loop nest, 10 to 300 times slower (a small ResNet's Hessian-vector product: 0.3 s as
+    its own program, about 11 s inside a Lanczos loop; jax-ml/jax issue 12868). The wrapped
+    function is traced once, those convolutions (sub-jaxprs included) are rewritten the way
+    XLA's pass would have, and the result is evaluated instead: the values of the standalone
+    program, to rounding. Functions without such convolutions (MLPs) evaluate their trace
+    unchanged. Apply it to what a compiled loop repeats: :func:`batched_mean` applies it to
+    ``value_fn`` (every data-set reduction, curvature product and grid point), the Krylov loops
+    to a user's matvec. Derivatives of the wrapped function are written by JAX again: wrap the
+    derivative, not the function, when the derivative runs in a loop.
+
+    Cost: one more evaluation of the traced equations when a program is traced; nothing when
+    it runs.
+    """
+
+    @functools.wraps(wrapped_fn)
+    def wrapper(*args):
+        if not _canonical_convs_active():
+            return wrapped_fn(*args)
+        return _convs.call_canonical(wrapped_fn, *args)
+
+    return wrapper
+
+
+def _canonical_convs_active() -> bool:
+    mode = CANONICAL_CONVS
+    if mode not in ("cpu", "always", "never"):
+        raise ValueError(
+            "landscape.engine.CANONICAL_CONVS must be 'cpu', 'always' or 'never'; got "
+            f"{mode!r}."
+        )
+    return mode == "always" or (mode == "cpu" and jax.default_backend() == "cpu")
+
+
 def batched_mean(value_fn: Callable, point: PyTree, batched: Batched, *args) -> tuple[PyTree, jax.Array]:
     """Exact data-set mean of ``value_fn(point, batch, *args)`` (traceable; use inside ``jit``).
 
     ``value_fn`` must return batch means (any pytree of arrays). Full batches are summed in a
     ``lax.scan`` and weighted by the batch size; the remainder is weighted by its size. Traced at
-    :data:`ANALYSIS_PRECISION` (float32 products in full float32 on GPUs too).
+    :data:`ANALYSIS_PRECISION` (float32 products in full float32 on GPUs too), with
+    ``value_fn``'s convolutions in XLA:CPU's fast form (:func:`canonical_convs`: the scan body,
+    and any loop this reduction runs in, keep the fast kernels).
 
     Returns:
       ``(mean, finite)`` where ``finite`` is a bool vector with one flag per batch (full batches
@@ -334,13 +390,14 @@ def _batched_mean(value_fn: Callable, point: PyTree, batched: Batched, *args) ->
     n, bs = batched.num_examples, batched.batch_size
     total = None
     flags = []
+    shape_fn, value_fn = value_fn, canonical_convs(value_fn)  # shapes need no rewrite
 
     def cast_like(v, ref):
         return jax.tree.map(lambda x, s: jnp.asarray(x).astype(s.dtype), v, ref)
 
     if batched.full is not None:
         first = jax.tree.map(lambda x: x[0], batched.full)
-        shape = jax.eval_shape(lambda b: value_fn(point, b, *args), first)
+        shape = jax.eval_shape(lambda b: shape_fn(point, b, *args), first)
         init = jax.tree.map(lambda s: jnp.zeros(s.shape, _acc_dtype(s.dtype)), shape)
 
         def body(acc, b):

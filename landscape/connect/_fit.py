@@ -144,7 +144,8 @@ def _curve_block(loss_static, loss_dyn, bends, opt_state, ends, data, idx, key, 
         ts = sample_ts(jax.random.fold_in(key, step0 + i), num_ts, t_sampling, dtype)
         if shard_t:
             ts = jax.lax.with_sharding_constraint(ts, NamedSharding(engine.mesh(), P(engine.DATA_AXIS)))
-        val, g = jax.value_and_grad(objective)(bs, batch, ts)
+        # convolutions of the gradient in XLA:CPU's fast form inside the scan (engine.canonical_convs)
+        val, g = engine.canonical_convs(jax.value_and_grad(objective))(bs, batch, ts)
         ok = jnp.isfinite(val) & engine.all_finite(g)
         upd, no = opt.update(g, o, bs)
         nb = optax.apply_updates(bs, upd)

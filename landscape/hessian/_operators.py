@@ -563,7 +563,9 @@ class Prepared:
 
     def __call__(self, v):
         if self.matvec_fn is not None:
-            out = self.matvec_fn(v)
+            # a user's matvec or a linearised product, inside a compiled loop: its convolutions
+            # in XLA:CPU's fast form (a curvature product gets that from batched_mean)
+            out = engine.canonical_convs(self.matvec_fn)(v)
             return out, engine.all_finite(out)[None]
         return self.op.matvec_with_flags(v)
 
