@@ -186,6 +186,12 @@ class TrainInfo:
     defaults included); an Optax transformation as ``{"name": "custom", "repr"}`` plus
     ``"config"`` when ``train`` was given ``optimizer_config`` (and ``"settings"`` when the
     config's ``"name"`` is one of :func:`make_optimizer`'s, read from the config's keys)."""
+    transformation: Any = None
+    """The ``optax.GradientTransformation`` the steps apply (the monitor re-takes a step)."""
+    batch_indices_fn: Callable | None = None
+    """``k -> int32 array``: the example indices of step ``k``'s mini-batch (``k >= 1``)."""
+    num_steps: int | None = None
+    """The run's length in steps."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +204,12 @@ class Callback:
     callback_fn: Callable
     at_start: bool = True
     name: str | None = None
+
+    def on_diverged(self, info: TrainInfo, step: int):
+        """Called once by :func:`train` when step ``step`` is not finite, with ``info`` at the
+        last finite parameters (after step ``step - 1``); a returned report (with a
+        ``summary()``) is ``TrainingDivergedError.report``. The default returns ``None``."""
+        return None
 
 
 @_validate.public("landscape.callback")
@@ -219,12 +231,22 @@ class TrainingDivergedError(FloatingPointError):
       step: the step whose loss (or gradient) was non-finite (1-based count of updates).
       result: a :class:`TrainResult` holding the last finite parameters (those before ``step``)
         and the history up to then.
+      report: the report of the first callback that gives one on divergence
+        (:meth:`Callback.on_diverged`; the training monitor's
+        :class:`landscape.diagnostics.DivergenceReport`: batch, layer, last finite
+        parameters), summarised in the message; ``None`` without such a callback.
     """
 
-    def __init__(self, message: str, step: int, result: TrainResult):
+    def __init__(self, message: str, step: int, result: TrainResult, report: Any = None):
         super().__init__(message)
         self.step = step
         self.result = result
+        self.report = report
+
+    @property
+    def last_finite_params(self) -> PyTree:
+        """The parameters after step ``step - 1`` (``result.params``)."""
+        return self.result.params
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,6 +643,43 @@ def train(
             for k, v in vals.items():
                 history.setdefault(f"{split}_{k}", []).append(float(v))
 
+    def make_info(step, p, st, o):
+        return TrainInfo(
+            step,
+            p,
+            st,
+            o,
+            Model(model.apply_fn, p, st, model.spec),
+            current_eval_loss(st),
+            data,
+            None if lr_fn is None else float(lr_fn(step)),
+            history,
+            opt_info,
+            transformation=opt,
+            batch_indices_fn=lambda k: indices(int(k) - 1, 1)[0],
+            num_steps=num_steps,
+        )
+
+    def divergence_report(bad, p, st, o):
+        """The first report a callback gives on the divergence at step ``bad`` (a failing
+        report is a warning: it never hides the divergence)."""
+        for cb in callbacks:
+            try:
+                rep = cb.on_diverged(make_info(bad - 1, p, st, o), bad)
+            except Exception as e:  # noqa: BLE001
+                import warnings
+
+                warnings.warn(
+                    f"{_validate.where()}: the divergence report of callback "
+                    f"{cb.name or type(cb).__name__} failed: {type(e).__name__}: {e}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                continue
+            if rep is not None:
+                return rep
+        return None
+
     def do_callbacks(step, p, st, o, at_start=False):
         due = [cb for cb in callbacks
                if not (at_start and not cb.at_start) and not (step % cb.every and not at_start)]
@@ -628,19 +687,7 @@ def train(
             # the step blocks donate their buffers: callbacks get copies they may keep
             p, st, o = jax.tree.map(jnp.copy, (p, st, o))
         for cb in due:
-            info = TrainInfo(
-                step,
-                p,
-                st,
-                o,
-                Model(model.apply_fn, p, st, model.spec),
-                current_eval_loss(st),
-                data,
-                None if lr_fn is None else float(lr_fn(step)),
-                history,
-                opt_info,
-            )
-            out = cb.callback_fn(info)
+            out = cb.callback_fn(make_info(step, p, st, o))
             if out:
                 nm = cb.name or getattr(cb.callback_fn, "__name__", "callback")
                 history.setdefault(f"{nm}_step", []).append(step)
@@ -709,11 +756,14 @@ def train(
                 history["step"].extend(range(step + 1, step + 1 + good))
                 history["batch_loss"].extend(losses[:good].tolist())
                 res = finish(params, state, opt_state, time.perf_counter() - t0)
+                report = divergence_report(bad, params, state, opt_state)
                 raise TrainingDivergedError(
                     f"{_validate.where()}: non-finite loss, gradient or update at step {bad} (batch loss {losses[good]}); "
-                    f"training stopped and the parameters after step {bad - 1} are kept in err.result.",
+                    f"training stopped and the parameters after step {bad - 1} are kept in err.result."
+                    + ("" if report is None else f" Report: {report.summary()}"),
                     bad,
                     res,
+                    report,
                 )
             history["step"].extend(range(step + 1, step + block + 1))
             history["batch_loss"].extend(losses.tolist())

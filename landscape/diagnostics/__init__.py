@@ -31,3 +31,10 @@ from landscape.diagnostics._meanfield import MeanFieldResult as MeanFieldResult
 from landscape.diagnostics._meanfield import PhaseDiagramResult as PhaseDiagramResult
 from landscape.diagnostics._meanfield import mean_field as mean_field
 from landscape.diagnostics._meanfield import phase_diagram as phase_diagram
+
+# the training monitor (during training: gradient health, the first non-finite step)
+from landscape.diagnostics._monitor import DivergenceReport as DivergenceReport
+from landscape.diagnostics._monitor import MonitorResult as MonitorResult
+from landscape.diagnostics._monitor import TrainingMonitor as TrainingMonitor
+from landscape.diagnostics._monitor import diagnose_step as diagnose_step
+from landscape.diagnostics._monitor import training_monitor as training_monitor

@@ -9,5 +9,6 @@ from landscape.plot._connect import *  # noqa: F403
 from landscape.plot._hessian import *  # noqa: F403
 from landscape.plot._lr import *  # noqa: F403
 from landscape.plot._meanfield import *  # noqa: F403
+from landscape.plot._monitor import *  # noqa: F403
 from landscape.plot._style import *  # noqa: F403
 from landscape.plot._surface import *  # noqa: F403
