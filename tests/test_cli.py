@@ -156,8 +156,12 @@ def test_demo_quick_writes_results_figures_and_report(quick_demo):
     r = json.loads((run_dir / "results.json").read_text())
     assert {"schema", "title", "command", "config", "provenance", "model", "data", "sections",
             "overview", "report"} <= set(r)
-    assert list(r["sections"]) == ["training", "hessian", "surface", "connect", "ntk"]
+    assert list(r["sections"]) == ["training", "hessian", "surface", "connect", "ntk",
+                                 "trainability"]
     assert r["config"]["_mode"] == "quick" and r["model"]["num_params"] == 85002
+    tr = r["sections"]["trainability"]["values"]  # Adam: the preconditioned limit
+    assert tr["lr_limit"] > 0 and "b1" in tr["lr_rule"] and len(tr["lr_grid"]) == 13
+    assert tr["lr_study_over_limit"] == pytest.approx(tr["lr_study"] / tr["lr_limit"], rel=1e-4)
     for name, sec in r["sections"].items():
         assert {"status", "seconds", "settings", "values", "figures", "checks"} <= set(sec), name
         nums = _numbers(sec["values"])
@@ -184,7 +188,7 @@ def test_demo_quick_writes_results_figures_and_report(quick_demo):
     assert 0 < cn["barrier_aligned"] < cn["barrier_linear"]
     assert r["sections"]["ntk"]["values"]["width_slope"] < -0.3
     out = quick_demo.out
-    for words in ("[training]", "[1/4] Curvature", "summary:", "checks: all passed",
+    for words in ("[training]", "[1/5] Curvature", "summary:", "checks: all passed",
                   "report.html", "skips section (four ResNets) is left out"):
         assert words in out, words
 
@@ -417,7 +421,8 @@ def test_analyse_a_study_directory_and_only_keeps_valid_sections(quick_demo, tmp
                          "--no-progress"]) == 0, buf.getvalue()
     r = json.loads((d / "results.json").read_text())
     assert r["sections"]["hessian"]["status"] == "loaded"
-    assert list(r["sections"]) == ["training", "hessian", "surface", "connect", "ntk"]
+    assert list(r["sections"]) == ["training", "hessian", "surface", "connect", "ntk",
+                                 "trainability"]
     with contextlib.redirect_stdout(buf):
         assert cli.main(["analyse", str(d), "--only", "hessian", "--quick", "--out",
                          str(tmp_path / "a"), "--no-progress"]) == 0, buf.getvalue()

@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("hessian", "surface", "connect", "ntk", "skips")
+SECTIONS = ("hessian", "surface", "connect", "ntk", "trainability", "skips")
 """The analyses a study can run, in the order they run (after training)."""
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
@@ -129,8 +129,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "batch_size": F(int, 64, "Examples per step.", minimum=1),
         "weight_decay": F(float, 0.0, "L2 coefficient added to the loss (coupled).", minimum=0.0),
         "sharpness_every": F(int, 0, "Record the top Hessian eigenvalue (sharpness) every this "
-                                     "many steps during training, with the stability threshold "
-                                     "2/lr (0: off).", quick=5, minimum=0,
+                                     "many steps during training, with the optimiser's stability "
+                                     "threshold (2/lr for sgd, (2+2b)/lr heavy ball, Adam's "
+                                     "on the preconditioned sharpness; 0: off).", quick=5, minimum=0,
                            quick_rule=("steps_of", ("train", "epochs"))),
     },
     "analyses": {
@@ -139,7 +140,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                            "(1-D and 2-D slices, interpolation from "
                                            "initialisation), connect (barrier to a second "
                                            "network before and after weight matching), ntk "
-                                           "(empirical tangent kernel), skips (Li et al. 2018's "
+                                           "(empirical tangent kernel), trainability (the "
+                                           "network at initialisation: the learning-rate range "
+                                           "and its stability limit), skips (Li et al. 2018's "
                                            "ResNet with and without skips and batch norm).",
                  item_choices=SECTIONS),
     },
@@ -182,6 +185,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
                     quick=[16, 1024], full=[64, 256, 1024, 4096], off=[], min_items=2),
         "seeds": F(int, 4, "Random networks per width of that check.", quick=2, full=8,
                    minimum=2),
+    },
+    "trainability": {
+        "lr_range": F(bool, True, "Run the learning-rate range from the initialisation: short "
+                                  "runs of the study's optimiser over a log grid of rates, with "
+                                  "the initial curvature's stability limit."),
+        "lr_steps": F(int, 50, "Optimiser steps per rate (mini-batches of train.batch_size).",
+                      quick=10, full=200, minimum=1),
     },
     "skips": {
         "widths": F(list, [16, 32], "ResNet stage widths (--full: ResNet-56's).",

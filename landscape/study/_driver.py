@@ -205,7 +205,7 @@ class _Study:
     def line(self, name: str, entry: dict, summary: str) -> None:
         loaded = entry["status"]
         tag = "" if loaded == "computed" else f"  ({loaded})"
-        self.log(f"  {name:9s} {summary}{tag}  [{entry['seconds']:.1f} s]")
+        self.log(f"  {name:12s} {summary}{tag}  [{entry['seconds']:.1f} s]")
 
 
 def _summary_text(name: str, v: dict) -> str:
@@ -239,6 +239,13 @@ def _summary_text(name: str, v: dict) -> str:
         if "width_slope" in v:
             out += f", error slope vs width {f(v['width_slope'])}"
         return out
+    if name == "trainability":
+        if "lr_limit" not in v:
+            return "learning-rate range not run"
+        return (f"initial-curvature limit {f(v['lr_limit'])} ({v.get('lr_rule')}), study's rate "
+                f"{f(v.get('lr_study_over_limit'))} x the limit, "
+                + (f"first diverged {f(v['lr_first_diverged'])}"
+                   if v.get("lr_first_diverged") is not None else "none diverged"))
     if name == "skips":
         return "top eigenvalues " + ", ".join(
             f"{r['variant']} {f(r['top_eigenvalue'])}" if "top_eigenvalue" in r else
@@ -505,8 +512,13 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
     def section_meta(name):
         meta = {"job": f"landscape.study:{name}", "version": SECTION_VERSION,
                 "settings": dict(cfg[name]), "seed": cfg["seed"], "data_hash": data.hash}
-        if name != "skips":  # the four ResNets do not depend on the study's network
-            meta["trained"] = digest_train
+        if name not in ("skips", "trainability"):  # the four ResNets, and the network at
+            meta["trained"] = digest_train              # initialisation: not the trained one
+        if name == "trainability":
+            meta["init"] = _provenance.data_hash(ctx.init_params)
+            meta["train"] = {k: cfg["train"][k] for k in ("optimizer", "optimizer_settings",
+                                                          "learning_rate", "batch_size",
+                                                          "weight_decay")}
         if name == "connect" and other_path is not None:
             meta["other"] = {"run": str(other_path), "fingerprint": other_fp}
         return meta
@@ -606,7 +618,7 @@ def _print_summary(study, out: Path) -> None:
         checks = entry.get("checks", [])
         marks = "".join("+" if c["passed"] else "-" if c["passed"] is False else "."
                         for c in checks)
-        log(f"  {name:9s} {entry['seconds']:7.1f} s  {entry['status']:9s}"
+        log(f"  {name:12s} {entry['seconds']:7.1f} s  {entry['status']:9s}"
             f"{'  checks ' + marks if marks else ''}  {_summary_text(name, entry['values'])}")
     failed = [c["name"] for e in r["sections"].values() for c in e.get("checks", [])
               if c["passed"] is False]

@@ -43,6 +43,7 @@ TITLES = {
     "connect": "Connectivity: the path to a second network",
     "ntk": "Tangent kernel",
     "skips": "Skip connections and batch norm (Li et al. 2018, Figure 1)",
+    "trainability": "Trainability: the network at initialisation",
 }
 
 
@@ -190,7 +191,7 @@ class Context:
 
 RANDOM_KEYS = {"eigenvalues": 1, "trace": 2, "density": 3, "directions": 4, "alignment": 5,
                "ntk_widths": 6, "skips_eigenvalues": "10 + variant index (0-3)",
-               "skips_directions": 20, "sharpness": 99}
+               "skips_directions": 20, "lr_range": 30, "signal": 31, "sharpness": 99}
 """Every random choice of a study uses ``jax.random.fold_in(jax.random.key(seed), i)`` with
 these ``i`` (recorded in results.json), so a study's numbers can be reproduced by hand."""
 
@@ -794,5 +795,78 @@ def section_skips(ctx: Context, parts: _Parts) -> Section:
     return sec
 
 
+def section_trainability(ctx: Context, parts: _Parts) -> Section:
+    """The studied network at initialisation (it does not depend on the training): the
+    learning-rate range with the initial curvature's stability limit, and the study's own
+    learning rate on the same axis."""
+    import landscape
+    from landscape import diagnostics, plot
+    from landscape.study import _resolve
+
+    s = ctx.cfg["trainability"]
+    t = ctx.cfg["train"]
+    sec = parts.section
+    init = ctx.template.replace(params=ctx.init_params)
+    n = len(ctx.data.train["x"])
+    if not s["lr_range"]:
+        sec.text = "The learning-rate range was not asked for (trainability.lr_range = false)."
+        return sec
+    ctx.log(f"    learning-rate range ({t['optimizer']}, {s['lr_steps']} steps per rate, from "
+            "the initialisation) ...")
+    lr = parts.get("lr_range", lambda: diagnostics.learning_rate_range(
+        init, ctx.data.train, t["optimizer"], key=_key(ctx, 30), steps=s["lr_steps"],
+        loss=_resolve.loss_name(ctx.data), optimizer_kwargs=dict(t["optimizer_settings"]),
+        weight_decay=t["weight_decay"], batch_size=min(int(t["batch_size"]), n),
+        progress=ctx.progress), diagnostics.LearningRateRangeResult)
+    limit = float(np.asarray(lr.limit).reshape(-1)[0]) if np.size(lr.limit) else float("nan")
+    lrs, final = np.asarray(lr.lrs, float), np.asarray(lr.final_loss, float)
+    diverged = np.asarray(lr.diverged, bool)
+    sec.values.update(lr_study=float(t["learning_rate"]), lr_steps=int(s["lr_steps"]),
+                      lr_rule=lr.limit_rule or "no rule for this optimiser",
+                      lr_grid=[_r(float(v)) for v in lrs],
+                      lr_final_loss=[_r(float(v)) if np.isfinite(v) else "diverged" for v in final],
+                      lr_diverged=int(diverged.sum()))
+    if lr.limit_note:
+        sec.values["lr_note"] = lr.limit_note
+    has_limit = bool(np.isfinite(limit) and limit > 0)
+    if not has_limit:
+        sec.values.setdefault("lr_note", "none was computed")
+    if has_limit:
+        sec.values.update(lr_limit=_r(limit),
+                          lr_sharpness=_r(float(np.asarray(lr.sharpness).reshape(-1)[0])),
+                          lr_study_over_limit=_r(float(t["learning_rate"]) / limit))
+    if diverged.any():
+        sec.values["lr_first_diverged"] = _r(float(lrs[diverged][0]))
+    if (~diverged).any():
+        sec.values["lr_best"] = _r(float(lrs[np.nanargmin(np.where(diverged, np.nan, final))]))
+    fig, axes = _figure((6.4, 3.8), 1, 1)
+    ax = axes[0, 0]
+    plot.plot_learning_rate_range(lr, ax=ax)
+    ax.axvline(float(t["learning_rate"]), color="C2", ls=":", lw=1.6,
+               label=f"this study's learning rate {float(t['learning_rate']):.3g}")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.24))  # below: no overlap
+    sec.figures.append({**_fig_save(fig, ctx.out, "lr-range", svg=True),
+                        "caption": "Learning-rate range from the initialisation: the full-data "
+                                   "loss after {lr_steps} steps of the study's optimiser at each "
+                                   "rate (crosses: diverged), the stability limit of the "
+                                   "quadratic model at initialisation ({lr_rule}), and the "
+                                   "study's own rate. The limit is not a bound on the rates that "
+                                   "train: above it training can converge after a catapult "
+                                   "(Lewkowycz et al. 2020), and below it the sharpness can rise "
+                                   "to the edge of stability (Cohen et al. 2021)."})
+    text = "From the initialisation, {lr_steps} steps of the study's optimiser at each rate of a log grid: "
+    text += ("the initial curvature's stability limit is {lr_limit} ({lr_rule}); the study trains "
+             "at {lr_study}, {lr_study_over_limit} times the limit. " if has_limit else
+             "no stability limit is drawn ({lr_note}). ")
+    if "lr_best" in sec.values:
+        text += "The lowest loss after {lr_steps} steps came at rate {lr_best}; "
+    text += ("the first rate that diverged is {lr_first_diverged} ({lr_diverged} of the grid)."
+             if diverged.any() else "no rate of the grid diverged.")
+    sec.text = text
+    del landscape
+    return sec
+
+
 SECTION_FUNCTIONS = {"hessian": section_hessian, "surface": section_surface,
-                     "connect": section_connect, "ntk": section_ntk, "skips": section_skips}
+                     "connect": section_connect, "ntk": section_ntk, "skips": section_skips,
+                     "trainability": section_trainability}
