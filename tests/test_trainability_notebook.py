@@ -1,0 +1,1084 @@
+"""notebooks/trainability.ipynb: it runs top to bottom in quick mode, every figure renders, and
+every claim its text makes agrees with the numbers it printed.
+
+The claims are read with the helpers of ``tests/test_notebook_claims.py`` (the markdown sentence
+located by a regex, the printed numbers by their labels, quoted numbers equal to the printed ones
+to the precision of both, :func:`agrees`); a reworded sentence or a renamed print raises
+``LabelNotFound``. Each claim is a function ``claim(nb, quick)`` in ``CLAIMS``, marked with
+whether it also holds at quick sizes: the committed (full-mode) notebook is checked against every
+claim, the quick execution of the suite against those that hold at its sizes. ``MUTATIONS``
+corrupts, for every claim, a printed number or the quoted text in a copy of the committed
+notebook and checks that the claim then fails (a claim that cannot fail checks nothing).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Callable
+
+import pytest
+
+from tests._util import REPO, run_notebook
+from tests.test_notebook_claims import (
+    FLOAT,
+    NB,
+    LabelNotFound,
+    Num,
+    _mutated,
+    agrees,
+    committed,
+    committed_raw,
+    nums,
+    scale,
+    shift,
+    to,
+)
+
+F = FLOAT
+NAME = "trainability"
+PATH = REPO / "notebooks" / f"{NAME}.ipynb"
+FIGURES = 5  # phase diagram, deep-network training curves, monitor, learning-rate range, sharpness
+LN10 = math.log(10)
+
+CLAIMS: dict[str, tuple[Callable[[NB, bool], None], bool]] = {}
+
+
+def claim(quick: bool = False):
+    """Register ``f(nb, quick)``; ``quick``: the claim also holds at quick sizes."""
+
+    def deco(f):
+        CLAIMS[f.__name__] = (f, quick)
+        return f
+
+    return deco
+
+
+def _sizes(nb: NB, pattern: str, quick: bool) -> tuple[str, ...]:
+    """The quick or the full value(s) of ``NAME = (q...) if QUICK else (f...)`` in the code."""
+    m = nb.in_code(pattern)
+    g = m.groups()
+    half = len(g) // 2
+    return g[:half] if quick else g[half:]
+
+
+# --------------------------------------------------------------------------------------- setup
+@claim(quick=True)
+def committed_in_full_mode(nb: NB, quick: bool):
+    s, _ = nb.sentence(r"the committed outputs come from the full run")
+    m = nb.printed(r"^(full|quick) mode \[")
+    want = "quick" if quick else "full"
+    nb.check(m.group(1) == want, s, m.group(0), f"{want} mode")
+    nb.check(not nb.errors, s, f"error outputs {nb.errors}", "no error outputs")
+    skipped = re.findall(r".*skipped in quick mode.*", nb.out)
+    if not quick:
+        nb.check(not skipped, s, repr(skipped), "no section skipped (full mode runs them all)")
+    r = nb.printed(rf"^(quick|full) run: ({F}) s$")
+    nb.check(r.group(1) == want, s, r.group(0), f"the {want} run's time")
+    if not quick:  # "full mode should run in a few minutes on 2 cores"
+        nb.check(float(r.group(2)) < 600, s, r.group(0), "under 10 minutes")
+
+
+# --------------------------------------------------------------------------------------- audit
+_PLANTED = {"nan": [17, 404], "inf": [999], "outlier": [1200], "label_out_of_range": [77]}
+
+
+@claim(quick=True)
+def audit_clean_digits(nb: NB, quick: bool):
+    s, _ = nb.sentence(
+        r"On the clean digits it finds nothing that corrupts training, only constant"
+    )
+    m = nb.printed(r"^clean digits: data audit: (ok|\d+ problems?), (\d+) warnings? \(.*\): (.*)$")
+    nb.check(m.group(1) == "ok", s, m.group(0), "ok (no problems)")
+    found = re.findall(r"(?:train|test) x: (\d+) constant features of 64", m.group(3))
+    nb.check(
+        len(found) == int(m.group(2)) and all(int(k) > 0 for k in found),
+        s,
+        m.group(0),
+        "every warning is about constant features",
+    )
+
+
+@claim(quick=True)
+def audit_finds_the_planted_faults(nb: NB, quick: bool):
+    s, _ = nb.sentence(r"the audit finds each one at the example where it\s+was planted")
+    s5, q5 = nb.sentence(r"We plant (\w+) faults")
+    for kind, idx in _PLANTED.items():
+        m = nb.printed(rf"^{kind}: planted \[([^\]]*)\], found \[([^\]]*)\]: (equal|DIFFERENT)$")
+        planted = [int(v) for v in re.findall(r"\d+", m.group(1))]
+        found = [int(v) for v in re.findall(r"\d+", m.group(2))]
+        nb.check(
+            planted == idx and found == idx and m.group(3) == "equal", s, m.group(0), str(idx)
+        )
+    every = nb.printed(r"^every offending example: \[([^\]]*)\]$")
+    got = [int(v) for v in re.findall(r"\d+", every.group(1))]
+    want = sorted(i for v in _PLANTED.values() for i in v)
+    nb.check(got == want, s, every.group(0), f"exactly {want} (nothing else)")
+    words = {"four": 4, "five": 5, "six": 6}
+    nb.check(
+        len(got) == words.get(q5.group(1)), s5, every.group(0), f"{q5.group(1)} faulty examples"
+    )
+    head = nb.printed(r"^data audit: (\d+) problems, (\d+) warnings? \(data 1437 examples\)")
+    nb.check(int(head.group(1)) == 4, s, head.group(0), "4 problems (NaN, Inf, extreme, label)")
+
+
+# ---------------------------------------------------------------------------------- mean field
+_MF = re.compile(
+    rf"^MeanFieldResult\((\w+), sigma_w2=({F}), sigma_b2=({F}): (\w+), (\w+), "
+    r"q_star=([^,]+), chi_1=([^,]+), xi_q=([^,]+), xi_c=([^,]+), c_star=([^)]+)\)$",
+    re.M,
+)
+
+
+def _mf(nb: NB) -> dict[tuple[str, float, float], dict]:
+    rows = {}
+    for m in _MF.finditer(nb.out):
+        rows[(m.group(1), float(m.group(2)), float(m.group(3)))] = {
+            "status": m.group(4),
+            "phase": m.group(5),
+            "q_star": Num(m.group(6)) if m.group(6) != "nan" else math.nan,
+            "chi_1": Num(m.group(7)),
+            "xi_c": m.group(9),
+            "line": m.group(0),
+        }
+    if not rows:
+        raise LabelNotFound(f"{nb.name}: no MeanFieldResult lines in the outputs")
+    return rows
+
+
+@claim(quick=True)
+def tanh_critical_point(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"tanh with `sigma_b2 = ({F})` is critical at `sigma_w2 = ({F})`, where `q\*` is "
+        rf"({F}) and\s+`chi_1` is 1 to ({F}); at `sigma_w2 = ({F})` it is ordered and at "
+        rf"({F}) chaotic"
+    )
+    mf = _mf(nb)
+    sb2, sw2 = float(q.group(1)), float(q.group(2))
+    crit = mf[("tanh", sw2, sb2)]
+    nb.check(agrees(Num(q.group(3)), crit["q_star"]), s, crit["line"], f"q* {q.group(3)}")
+    nb.check(
+        abs(crit["chi_1"] - 1) <= float(q.group(4)),
+        s,
+        crit["line"],
+        f"|chi_1 - 1| <= {q.group(4)}",
+    )
+    lo, hi = mf[("tanh", float(q.group(5)), sb2)], mf[("tanh", float(q.group(6)), sb2)]
+    nb.check(lo["phase"] == "ordered" and lo["chi_1"] < 1, s, lo["line"], "ordered, chi_1 < 1")
+    nb.check(hi["phase"] == "chaotic" and hi["chi_1"] > 1, s, hi["line"], "chaotic, chi_1 > 1")
+
+
+@claim(quick=True)
+def relu_only_a_critical_point(nb: NB, quick: bool):
+    s, _ = nb.sentence(r"ReLU has no order-to-chaos line, only the critical point")
+    mf = _mf(nb)
+    relu = {k: v for k, v in mf.items() if k[0] == "relu"}
+    nb.check(len(relu) == 3, s, str(list(relu)), "three ReLU cases")
+    for (_, sw2, _), v in relu.items():  # chi_1 = sigma_w2 / 2 whatever q
+        nb.check(agrees(v["chi_1"], Num(repr(sw2 / 2))), s, v["line"], f"chi_1 = {sw2 / 2}")
+    s, _ = nb.sentence(r"LeCun's `sigma_w2 = 1` halves the squared gradient at every layer")
+    v = relu[("relu", 1.0, 0.0)]
+    nb.check(float(v["chi_1"]) == 0.5 and v["phase"] == "ordered", s, v["line"], "chi_1 = 0.5")
+    v = relu[("relu", 2.0, 0.0)]
+    nb.check(
+        v["status"] == "every_q_fixed" and v["phase"] == "critical" and float(v["chi_1"]) == 1,
+        s,
+        v["line"],
+        "every q fixed, critical, chi_1 = 1",
+    )
+    v = relu[("relu", 2.5, 0.0)]
+    s, _ = nb.sentence(
+        r"above 2 there is no finite fixed point and the signal grows without bound"
+    )
+    nb.check(v["status"] == "no_fixed_point", s, v["line"], "no_fixed_point")
+
+
+@claim(quick=True)
+def sigmoid_vanishing_gradient(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"`chi_1 <= sigma_w2 / 16`: at `sigma_w2 = 1` it\s+is ({F}), and the squared gradient "
+        r"shrinks about (\d+)-fold per layer"
+    )
+    mf = _mf(nb)
+    sig = {k: v for k, v in mf.items() if k[0] == "sigmoid"}
+    for (_, sw2, _), v in sig.items():
+        nb.check(v["chi_1"] <= sw2 / 16, s, v["line"], f"chi_1 <= {sw2} / 16")
+    v = sig[("sigmoid", 1.0, 0.0)]
+    nb.check(agrees(Num(q.group(1)), v["chi_1"]), s, v["line"], f"chi_1 {q.group(1)}")
+    nb.check(round(1 / v["chi_1"]) == int(q.group(2)), s, v["line"], f"1/chi_1 about {q.group(2)}")
+    s, q = nb.sentence(
+        rf"Even `sigma_w2 = 16` stays ordered \(`chi_1` ({F})\).*pushing `q\*` \(({F})\)"
+    )
+    v = sig[("sigmoid", 16.0, 0.0)]
+    nb.check(
+        v["phase"] == "ordered"
+        and agrees(Num(q.group(1)), v["chi_1"])
+        and agrees(Num(q.group(2)), v["q_star"]),
+        s,
+        v["line"],
+        f"ordered, chi_1 {q.group(1)}, q* {q.group(2)}",
+    )
+
+
+@claim(quick=True)
+def phase_diagram_critical_line(nb: NB, quick: bool):
+    s, _ = nb.sentence(r"the critical line found by root finding")
+    m = nb.printed(
+        r"^PhaseDiagramResult\(tanh, grid (\d+) x (\d+) \(sigma_b2 x sigma_w2\), critical line "
+        r"at (\d+) of (\d+) sigma_b2 values\)$"
+    )
+    nb.check(
+        m.group(3) == m.group(4) == m.group(1), s, m.group(0), "a critical point on every row"
+    )
+
+
+# ------------------------------------------------------------------ trained networks on the map
+_RUN = re.compile(
+    rf"^sigma_w2 ({F}) +sigma_b2 ({F}) +chi_1 ({F}) chi_1\^(\d+) ({F}) +xi_c ({F}) +final "
+    rf"train loss ({F})$",
+    re.M,
+)
+
+
+def _runs(nb: NB) -> list[dict]:
+    rows = [
+        {
+            "sw2": float(m.group(1)),
+            "sb2": float(m.group(2)),
+            "chi": Num(m.group(3)),
+            "depth": int(m.group(4)),
+            "chiL": Num(m.group(5), sig=3),
+            "xi_c": Num(m.group(6), sig=3),
+            "loss": Num(m.group(7)),
+            "line": m.group(0),
+        }
+        for m in _RUN.finditer(nb.out)
+    ]
+    if not rows:
+        raise LabelNotFound(f"{nb.name}: no trained-network rows in the outputs")
+    return rows
+
+
+@claim(quick=True)
+def trained_networks_setup(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        r"deep tanh networks \((\d+) layers of width (\d+), the variances of the grid points "
+        rf"below\)\s+trained with plain SGD \(learning rate ({F}), (\d+) steps of (\d+) examples\)"
+    )
+    depth, width, steps = _sizes(
+        nb,
+        r"DEPTH_PD, WIDTH_PD, STEPS_PD = \((\d+), (\d+), (\d+)\) if QUICK else "
+        r"\((\d+), (\d+), (\d+)\)",
+        quick,
+    )
+    code = nb.in_code(
+        rf"optimizer=\"sgd\", learning_rate=({F}), num_steps=STEPS_PD,\s+batch_size=(\d+)"
+    )
+    if not quick:
+        nb.check(
+            (depth, width, steps) == q.group(1, 2, 4),
+            s,
+            f"DEPTH_PD, WIDTH_PD, STEPS_PD = {depth}, {width}, {steps}",
+            str(q.groups()),
+        )
+    nb.check(code.group(1, 2) == q.group(3, 5), s, code.group(0), "the rate and batch size")
+    rows = _runs(nb)
+    sw2s = [
+        float(v)
+        for v in re.findall(
+            F, _sizes(nb, r"SW2_RUNS = (\[.*?\]) if QUICK else (\[.*?\])", quick)[0]
+        )
+    ]
+    sb2s = [
+        float(v)
+        for v in re.findall(
+            F, _sizes(nb, r"SB2_RUNS = (\[.*?\]) if QUICK else (\[.*?\])", quick)[0]
+        )
+    ]
+    nb.check(
+        sorted((r["sb2"], r["sw2"]) for r in rows) == sorted((b, w) for b in sb2s for w in sw2s)
+        and all(r["depth"] == int(depth) for r in rows),
+        s,
+        f"{len(rows)} rows",
+        f"every (sigma_w2, sigma_b2) of {sw2s} x {sb2s}, depth {depth}",
+    )
+    for r in rows:  # the printed chi_1^L is chi_1 to the depth (to the rounding of chi_1)
+        lo = (r["chi"] - r["chi"].h) ** r["depth"]
+        hi = (r["chi"] + r["chi"].h) ** r["depth"]
+        nb.check(lo - r["chiL"].h <= r["chiL"] <= hi + r["chiL"].h, s, r["line"], "chi_1^L")
+
+
+@claim()
+def trainable_band_along_the_line(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"The (\w+) networks with `chi_1`\s+between ({F}) and ({F}) reach a training loss of "
+        rf"({F}) or less; the (\w+) further from the\s+line on either side \(`chi_1` at most "
+        rf"({F}) or at least ({F})\) stay at ({F}) or more, (\w+) of them\s+within ({F}) of "
+        rf"`ln 10 = ({F})`"
+    )
+    words = {"eight": 8, "thirteen": 13, "seven": 7, "nine": 9, "twelve": 12, "fourteen": 14}
+    rows = _runs(nb)
+    band_lo, band_hi, loss_ok = Num(q.group(2)), Num(q.group(3)), Num(q.group(4))
+    out_lo, out_hi, loss_bad = Num(q.group(6)), Num(q.group(7)), Num(q.group(8))
+    inside = [r for r in rows if band_lo - band_lo.h <= r["chi"] <= band_hi + band_hi.h]
+    outside = [r for r in rows if r not in inside]
+    nb.check(
+        len(inside) == words.get(q.group(1)) and len(outside) == words.get(q.group(5)),
+        s,
+        f"{len(inside)} inside, {len(outside)} outside",
+        f"{q.group(1)} and {q.group(5)}",
+    )
+    nb.check(
+        agrees(min(r["chi"] for r in inside), band_lo)
+        and agrees(max(r["chi"] for r in inside), band_hi),
+        s,
+        str([r["chi"] for r in inside]),
+        "the band's ends are its extreme networks",
+    )
+    nb.check(
+        all(r["loss"] <= loss_ok + loss_ok.h for r in inside)
+        and agrees(max(r["loss"] for r in inside), loss_ok),
+        s,
+        str([r["loss"] for r in inside]),
+        f"every loss <= {loss_ok!r} (the largest)",
+    )
+    nb.check(
+        all(r["chi"] <= out_lo + out_lo.h or r["chi"] >= out_hi - out_hi.h for r in outside)
+        and agrees(max(r["chi"] for r in outside if r["chi"] < 1), out_lo)
+        and agrees(min(r["chi"] for r in outside if r["chi"] > 1), out_hi),
+        s,
+        str([r["chi"] for r in outside]),
+        f"chi_1 <= {out_lo!r} or >= {out_hi!r}",
+    )
+    nb.check(
+        all(r["loss"] >= loss_bad - loss_bad.h for r in outside)
+        and agrees(min(r["loss"] for r in outside), loss_bad),
+        s,
+        str([r["loss"] for r in outside]),
+        f"every loss >= {loss_bad!r} (the smallest)",
+    )
+    near = [r for r in outside if abs(r["loss"] - LN10) < float(q.group(10))]
+    nb.check(
+        len(near) == words.get(q.group(9)) and agrees(Num(q.group(11)), Num(repr(LN10))),
+        s,
+        str([r["loss"] for r in outside]),
+        f"{q.group(9)} within {q.group(10)} of ln 10",
+    )
+    # the gradient factor separates them
+    s, q = nb.sentence(
+        rf"between ({F}) and ({F}) for\s+the networks that train, below ({F}) \(vanishing\) or "
+        rf"above ({F}) \(exploding\) for those that do\s+not"
+    )
+    cl = [r["chiL"] for r in inside]
+    nb.check(
+        agrees(min(cl), Num(q.group(1))) and agrees(max(cl), Num(q.group(2))),
+        s,
+        str(cl),
+        f"from {q.group(1)} to {q.group(2)}",
+    )
+    nb.check(
+        all(r["chiL"] < float(q.group(3)) or r["chiL"] > float(q.group(4)) for r in outside),
+        s,
+        str([r["chiL"] for r in outside]),
+        f"below {q.group(3)} or above {q.group(4)}",
+    )
+
+
+@claim()
+def depth_scales_do_not_sort_them(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"the chaotic network at `sigma_w2 = ({F}), sigma_b2 =\s+({F})` fails with `xi_c` = "
+        rf"({F}) while the ordered one at `sigma_w2 = ({F}), sigma_b2 = ({F})` trains\s+with "
+        rf"`xi_c` = ({F}); (\d+) layers is within the rough bound of about `(\d+) xi_c`"
+    )
+    rows = {(r["sw2"], r["sb2"]): r for r in _runs(nb)}
+    bad = rows[(float(q.group(1)), float(q.group(2)))]
+    good = rows[(float(q.group(4)), float(q.group(5)))]
+    nb.check(
+        bad["chi"] > 1 and bad["loss"] > 1 and agrees(bad["xi_c"], Num(q.group(3))),
+        s,
+        bad["line"],
+        f"chaotic, fails, xi_c {q.group(3)}",
+    )
+    nb.check(
+        good["chi"] < 1 and good["loss"] < 1 and agrees(good["xi_c"], Num(q.group(6))),
+        s,
+        good["line"],
+        f"ordered, trains, xi_c {q.group(6)}",
+    )
+    depth, k = int(q.group(7)), int(q.group(8))
+    nb.check(
+        depth == bad["depth"] and depth < k * min(bad["xi_c"], good["xi_c"]),
+        s,
+        f"{bad['line']}; {good['line']}",
+        f"depth {depth} < {k} xi_c of both",
+    )
+    nb.check(good["xi_c"] < bad["xi_c"], s, "xi_c", "the failing one has the longer depth scale")
+
+
+# ---------------------------------------------------------------- the deep network, five ways
+_VARIANTS = ("plain, LeCun", "plain, He", "batch norm", "skips", "batch norm + skips")
+
+
+def _deep(nb: NB) -> dict[str, dict]:
+    out = {}
+    for name in _VARIANTS:
+        m = nb.printed(
+            rf"^{re.escape(name)}: +loss at step 0 ({F}); TrainResult\(steps=(\d+), "
+            rf"train_loss=({F}), train_accuracy=({F}), test_loss=({F}), test_accuracy=({F}),"
+        )
+        out[name] = {
+            "loss0": Num(m.group(1), sig=4),
+            "steps": int(m.group(2)),
+            "loss": Num(m.group(3)),
+            "acc": Num(m.group(4)),
+            "test_acc": Num(m.group(6)),
+            "line": m.group(0),
+        }
+    return out
+
+
+@claim(quick=True)
+def deep_network_setup(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        r"A (\d+)-layer ReLU network of width (\d+) .* trained\s+with Adam \(learning rate "
+        rf"({F}), (\d+) steps of (\d+) examples\) in five variants"
+    )
+    depth, width, steps = _sizes(
+        nb,
+        r"DEPTH, WIDTH, STEPS = \((\d+), (\d+), (\d+)\) if QUICK else \((\d+), (\d+), (\d+)\)",
+        quick,
+    )
+    if not quick:
+        nb.check(
+            (depth, width, steps) == q.group(1, 2, 4),
+            s,
+            f"{depth}, {width}, {steps}",
+            str(q.groups()),
+        )
+    code = nb.in_code(
+        rf"optimizer=\"adam\", learning_rate=({F}),\s+num_steps=STEPS, batch_size=(\d+)"
+    )
+    nb.check(code.group(1, 2) == q.group(3, 5), s, code.group(0), "the rate and batch size")
+    d = _deep(nb)
+    nb.check(all(v["steps"] == int(steps) for v in d.values()), s, str(d), f"{steps} steps each")
+    m = nb.printed(rf"^ln 10 = ({F})$")
+    nb.check(agrees(Num(m.group(1)), Num(repr(LN10))), s, m.group(0), "ln 10")
+
+
+@claim(quick=True)
+def batch_norm_is_the_identity_at_step_0(nb: NB, quick: bool):
+    s, _ = nb.sentence(r"so the batch-norm-and-skips network is\s+then the skips-only network")
+    d = _deep(nb)
+    a, b = d["batch norm + skips"]["loss0"], d["skips"]["loss0"]
+    # batch norm in evaluation mode with running mean 0 and variance 1 divides by sqrt(1 + eps)
+    # (eps = 1e-5) per layer: (1 + 1e-5)^(-depth / 2), 2e-4 relative at depth 40; 1% is ample
+    nb.check(abs(a - b) <= 0.01 * abs(b) + a.h + b.h, s, f"{a!r} vs {b!r}", "equal within 1%")
+    a, b = d["batch norm"]["loss0"], d["plain, LeCun"]["loss0"]
+    nb.check(abs(a - b) <= 0.01 * abs(b) + a.h + b.h, s, f"{a!r} vs {b!r}", "equal within 1%")
+
+
+@claim()
+def deep_network_outcomes(nb: NB, quick: bool):
+    d = _deep(nb)
+    s, q = nb.sentence(
+        rf"the plain network never leaves\s+`ln 10`: its final training loss is ({F}) and its "
+        rf"test accuracy ({F}), chance"
+    )
+    v = d["plain, LeCun"]
+    nb.check(
+        agrees(Num(q.group(1)), v["loss"]) and agrees(Num(q.group(2)), v["test_acc"]),
+        s,
+        v["line"],
+        str(q.groups()),
+    )
+    # "never leaves ln 10": within 1e-3 of it at the start and at the end; chance: 1/10 of the
+    # 360 test images within two binomial standard deviations (0.032)
+    nb.check(abs(v["loss"] - LN10) < 1e-3 and abs(v["loss0"] - LN10) < 1e-3, s, v["line"], "ln 10")
+    nb.check(abs(v["test_acc"] - 0.1) < 0.032, s, v["line"], "chance accuracy")
+    s, q = nb.sentence(rf"a factor\s+`2\^-40`, about ({F}), over the network")
+    nb.check(agrees(Num(q.group(1)), Num(repr(2.0**-40), sig=1)), s, q.group(0), "2^-40")
+    s, q = nb.sentence(rf"Batch norm\s+alone does not rescue it \(({F})\)")
+    v = d["batch norm"]
+    nb.check(agrees(Num(q.group(1)), v["loss"]) and v["loss"] > LN10 - 0.01, s, v["line"], "stuck")
+    s, q = nb.sentence(rf"He's initialisation \(({F})\) and skips alone \(({F})\) train")
+    he, sk = d["plain, He"], d["skips"]
+    nb.check(
+        agrees(Num(q.group(1)), he["loss"]) and agrees(Num(q.group(2)), sk["loss"]),
+        s,
+        f"{he['line']}; {sk['line']}",
+        str(q.groups()),
+    )
+    nb.check(he["loss"] < 1 and sk["loss"] < 1, s, "", "below 1: they train")
+    s, q = nb.sentence(
+        rf"With batch norm and skips together the network trains to ({F}) \(training accuracy\s+"
+        rf"({F}), test accuracy ({F})\)"
+    )
+    v = d["batch norm + skips"]
+    nb.check(
+        agrees(Num(q.group(1)), v["loss"])
+        and agrees(Num(q.group(2)), v["acc"])
+        and agrees(Num(q.group(3)), v["test_acc"]),
+        s,
+        v["line"],
+        str(q.groups()),
+    )
+    nb.check(
+        all(v["loss"] < 0.1 * o["loss"] for k, o in d.items() if k != "batch norm + skips"),
+        s,
+        str({k: o["loss"] for k, o in d.items()}),
+        "ten times lower than every other variant",
+    )
+    s, q = nb.sentence(r"grown the signal to a loss of about (\d+)")
+    v = d["skips"]
+    nb.check(abs(v["loss0"] / float(q.group(1)) - 1) < 0.1, s, v["line"], f"about {q.group(1)}")
+
+
+@claim(quick=True)
+def train_refuses_the_corrupted_copy(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        r"`landscape\.train` checks its data too, and refuses the copy\s+\(the (\d+) NaN values: a "
+        r"whole example of (\d+) pixels and one more, and the Inf\)"
+    )
+    m = nb.printed(
+        r"^train refuses it: landscape\.train: data must be finite; found (\d+) NaN and (\d+) Inf "
+        r"values at leaf 'x'\.$"
+    )
+    nan = nb.printed(r"^  error    x: NaN in 2 examples \((\d+) values\): examples 17, 404$")
+    inf = nb.printed(r"^  error    x: Inf in 1 example \((\d+) values\): example 999$")
+    nb.check(
+        m.group(1) == nan.group(1) == q.group(1) and int(q.group(1)) == int(q.group(2)) + 1,
+        s,
+        f"{m.group(0)}; {nan.group(0)}",
+        f"{q.group(1)} NaN values = {q.group(2)} + 1",
+    )
+    nb.check(m.group(2) == inf.group(1) == "1", s, f"{m.group(0)}; {inf.group(0)}", "one Inf")
+
+
+# ------------------------------------------------------------------------------- the monitor
+_DIV = (
+    r"^diverged at step (\d+): report step (\d+), stage '(\w+)', layer (\S+), kind (\w+), "
+    r"examples \[([^\]]*)\]; blank image in the failing batch: (True|False); last finite "
+    r"parameters finite: (True|False)$"
+)
+
+
+@claim(quick=True)
+def monitor_catches_the_nan_batch(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        r"names the step, says that\s+the batch held NaN at example (\d+) in the input the loss "
+        r"computed from it"
+    )
+    blank = int(nb.in_code(r"BLANK = (\d+)").group(1))
+    m = nb.printed(_DIV)
+    nb.check(
+        m.group(1) == m.group(2) and m.group(3) == "input" and m.group(4) == "None",
+        s,
+        m.group(0),
+        "the same step; stage 'input' (a value computed from the batch alone), no layer",
+    )
+    nb.check(
+        m.group(5) == "NaN" and m.group(6) == str(blank) == q.group(1) and m.group(7) == "True",
+        s,
+        m.group(0),
+        f"NaN at example {blank}, in the failing batch",
+    )
+    s, _ = nb.sentence(r"keeps the last finite parameters and raises `TrainingDivergedError`")
+    nb.check(m.group(8) == "True", s, m.group(0), "every leaf of the kept parameters finite")
+    every = int(nb.in_code(r"training_monitor\(every=(\d+)\)").group(1))
+    r = nb.printed(
+        r"^MonitorResult\((\d+) records \(steps 1\.\.(\d+)\), .*; diverged: step (\d+): batch "
+        r"held NaN at examples \[(\d+)\]"
+    )
+    step = int(m.group(1))
+    n, last = int(r.group(1)), int(r.group(2))
+    # records at updates 1, 1 + every, ... before the failing one
+    nb.check(
+        int(r.group(3)) == step
+        and int(r.group(4)) == blank
+        and last < step
+        and n == (step - 2) // every + 1
+        and last == 1 + (n - 1) * every,
+        s,
+        r.group(0),
+        f"records every {every} steps up to the failing step {step}",
+    )
+
+
+@claim(quick=True)
+def diagnose_step_finds_the_nan_in_the_batch(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        r"on the\s+first (\d+) examples of the corrupted copy of section 1 it finds the NaN in the "
+        r"batch itself, at\s+example (\d+)"
+    )
+    m = nb.printed(
+        r"^the step: batch held NaN at examples \[([^\]]*)\] \(field 'x'\); first non-finite value "
+        r"\(NaN\) in the batch: batch\['x'\]\.$"
+    )
+    n = int(nb.in_code(r"batch = \{\"x\": x\[:(\d+)\], \"y\": y\[:(\d+)\]\}").group(1))
+    # the corrupted copy's NaN examples below n (17 and 404 hold NaN: only 17 is in the first 64)
+    nb.check(
+        n == int(q.group(1)) and m.group(1) == q.group(2) == "17",
+        s,
+        m.group(0),
+        f"example {q.group(2)} of the first {q.group(1)}",
+    )
+
+
+# ---------------------------------------------------------------------- the learning-rate range
+_LRR = (
+    rf"^learning-rate range \(sgd, (\d+) full-batch steps, (\d+) rates {F}\.\.{F}\): (\d+) "
+    rf"diverged, largest not diverged ({F}), lowest loss at ({F}); initial-curvature limit "
+    rf"({F}) \(2 / lambda_max\)$"
+)
+_LIMIT = rf"^  limit ({F}) = 2 / lambda_max, lambda_max = ({F}): the limit of the quadratic model"
+_LR_ROW = re.compile(rf"^  lr ({F}) +loss after \d+ steps (\S+) *( diverged)?$", re.M)
+
+
+def _lr_rows(nb: NB) -> list[tuple[Num, float, bool]]:
+    rows = [
+        (Num(m.group(1), sig=4), float(m.group(2)), bool(m.group(3)))
+        for m in _LR_ROW.finditer(nb.out)
+    ]
+    if not rows:
+        raise LabelNotFound(f"{nb.name}: no learning-rate rows")
+    return rows
+
+
+@claim(quick=True)
+def limit_is_two_over_lambda_max(nb: NB, quick: bool):
+    s, _ = nb.sentence(r"draws the stability limit of the initial curvature: `2 /\s+lambda_max`")
+    m = nb.printed(_LIMIT)
+    lim, lam = Num(m.group(1), sig=6), Num(m.group(2), sig=6)
+    nb.check(
+        abs(lim - 2 / lam) <= lim.h + 2 * lam.h / lam**2, s, m.group(0), "limit = 2 / lambda_max"
+    )
+    one = nb.printed(_LRR)
+    nb.check(agrees(Num(one.group(6), sig=4), lim), s, one.group(0), "the same limit")
+    rows = _lr_rows(nb)
+    nb.check(int(one.group(2)) == len(rows), s, one.group(0), f"{len(rows)} rates")
+    nb.check(
+        int(one.group(3)) == sum(d for _, _, d in rows), s, one.group(0), "the diverged count"
+    )
+
+
+@claim()
+def learning_rate_range_quoted(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"Here `lambda_max` is ({F}) at initialisation, so the limit is `2 / ({F}) = ({F})`\. "
+        rf"No rate up to\s+({F}) \(({F}) times the limit\) diverged, the rates from ({F}) up did, "
+        rf"and the lowest loss after (\d+)\s+steps, ({F}), is at ({F}), ({F}) times the limit"
+    )
+    m = nb.printed(_LIMIT)
+    lim, lam = Num(m.group(1), sig=6), Num(m.group(2), sig=6)
+    nb.check(
+        agrees(Num(q.group(1)), lam)
+        and agrees(Num(q.group(2)), lam)
+        and agrees(Num(q.group(3)), lim),
+        s,
+        m.group(0),
+        "lambda_max and the limit",
+    )
+    rows = _lr_rows(nb)
+    ok = [lr for lr, _, d in rows if not d]
+    bad = [lr for lr, _, d in rows if d]
+    nb.check(
+        agrees(Num(q.group(4)), max(ok))
+        and min(bad) > max(ok)
+        and agrees(Num(q.group(6)), min(bad)),
+        s,
+        str(rows),
+        f"not diverged up to {q.group(4)}, diverged from {q.group(6)}",
+    )
+    nb.check(
+        abs(max(ok) / lim - float(q.group(5))) <= 0.05 + max(ok).h / lim,
+        s,
+        str(max(ok)),
+        f"{q.group(5)} x the limit",
+    )
+    one = nb.printed(_LRR)
+    best = Num(one.group(5), sig=4)
+    row = next(r for r in rows if agrees(r[0], best))
+    nb.check(
+        one.group(1) == q.group(7)
+        and agrees(Num(q.group(9)), best)
+        and agrees(Num(q.group(8)), Num(f"{row[1]:.6g}", sig=6)),
+        s,
+        one.group(0),
+        f"best {q.group(9)} with loss {q.group(8)} after {q.group(7)} steps",
+    )
+    ratio = nb.printed(rf"^best rate / limit = ({F})$")
+    nb.check(
+        agrees(Num(q.group(10)), Num(ratio.group(1))) and float(ratio.group(1)) > 1,
+        s,
+        ratio.group(0),
+        f"{q.group(10)} (above the limit)",
+    )
+    nb.check(
+        abs(best / lim - float(ratio.group(1))) <= Num(ratio.group(1)).h + best.h / lim,
+        s,
+        ratio.group(0),
+        "best / limit",
+    )
+    s, _ = nb.sentence(r"Over its first steps the loss at that rate\s+does not fall monotonically")
+    m = nb.printed(rf"^lr ({F}): loss over the first 8 steps \[([^\]]*)\]$")
+    v = nums(m.group(2))
+    nb.check(
+        agrees(Num(m.group(1), sig=4), best) and any(b > a for a, b in zip(v, v[1:])),
+        s,
+        m.group(0),
+        "a rise somewhere in the first 8 steps",
+    )
+    s, q = nb.sentence(
+        r"The network is the 64-(\d+)-(\d+)-10 ReLU MLP of `make_model` on all (\d+)"
+    )
+    hidden = nb.in_code(r"hidden=\(16,\) if QUICK else \((\d+), (\d+)\)")
+    d = nb.printed(r"Dataset\(digits: train \((\d+), 64\)")
+    nb.check(hidden.groups() == q.group(1, 2) and d.group(1) == q.group(3), s, hidden.group(0), "")
+
+
+_SH = re.compile(
+    rf"^lr ({F}) \(({F}) x the limit, 2/lr = ({F})\): sharpness ({F}) at step 0, largest ({F}) "
+    rf"at step (\d+), ({F}) at step (\d+); first below 2/lr at step (\d+|None); final train "
+    rf"loss ({F})$",
+    re.M,
+)
+
+
+def _sharp(nb: NB) -> list[dict]:
+    rows = [
+        {
+            "lr": Num(m.group(1), sig=4),
+            "x": Num(m.group(2), sig=3),
+            "two_over_lr": Num(m.group(3), sig=4),
+            "s0": Num(m.group(4), sig=4),
+            "smax": Num(m.group(5), sig=4),
+            "smax_step": int(m.group(6)),
+            "send": Num(m.group(7), sig=4),
+            "below": None if m.group(9) == "None" else int(m.group(9)),
+            "loss": Num(m.group(10), sig=4),
+            "line": m.group(0),
+        }
+        for m in _SH.finditer(nb.out)
+    ]
+    if len(rows) != 2:
+        raise LabelNotFound(f"{nb.name}: want two sharpness lines, found {len(rows)}")
+    return rows
+
+
+@claim(quick=True)
+def sharpness_runs_setup(nb: NB, quick: bool):
+    s, _ = nb.sentence(r"at half the limit and at the best\s+rate")
+    below, above = _sharp(nb)
+    one = nb.printed(_LRR)
+    lim, best = Num(one.group(6), sig=4), Num(one.group(5), sig=4)
+    nb.check(
+        abs(below["lr"] - 0.5 * lim) <= below["lr"].h + 0.5 * lim.h and agrees(above["lr"], best),
+        s,
+        f"{below['line']}; {above['line']}",
+        "half the limit; the best rate",
+    )
+    for r in (below, above):
+        nb.check(
+            abs(r["two_over_lr"] - 2 / r["lr"])
+            <= r["two_over_lr"].h + 2 * r["lr"].h / r["lr"] ** 2,
+            s,
+            r["line"],
+            "2/lr",
+        )
+        m = nb.printed(_LIMIT)
+        nb.check(agrees(r["s0"], Num(m.group(2), sig=6)), s, r["line"], "lambda_max at step 0")
+
+
+@claim()
+def progressive_sharpening_and_catapult(nb: NB, quick: bool):
+    below, above = _sharp(nb)
+    s, q = nb.sentence(
+        rf"At half the limit the sharpness first rises, from ({F}) to ({F}) at step (\d+) "
+        rf"\(progressive\s+sharpening\), then falls to ({F}) as the loss goes to zero .*it stays "
+        rf"far below `2 / lr = ({F})`"
+    )
+    r = below
+    nb.check(
+        agrees(Num(q.group(1)), r["s0"])
+        and agrees(Num(q.group(2)), r["smax"])
+        and int(q.group(3)) == r["smax_step"]
+        and agrees(Num(q.group(4)), r["send"])
+        and agrees(Num(q.group(5)), r["two_over_lr"]),
+        s,
+        r["line"],
+        str(q.groups()),
+    )
+    nb.check(
+        r["s0"] < r["smax"] and r["send"] < r["smax"] and r["smax"] < 0.75 * r["two_over_lr"],
+        s,
+        r["line"],
+        "rises, falls, stays below 3/4 of 2/lr",
+    )
+    s, q = nb.sentence(
+        rf"At ({F}) it falls from ({F}) to below `2 / lr =\s+({F})` by step (\d+) and ends at ({F})"
+    )
+    r = above
+    nb.check(
+        agrees(Num(q.group(1), sig=3), r["lr"])
+        and agrees(Num(q.group(2)), r["s0"])
+        and agrees(Num(q.group(3)), r["two_over_lr"])
+        and r["below"] == int(q.group(4))
+        and agrees(Num(q.group(5)), r["send"]),
+        s,
+        r["line"],
+        str(q.groups()),
+    )
+    nb.check(
+        r["s0"] > r["two_over_lr"] and r["send"] < r["two_over_lr"] and r["smax"] == r["s0"],
+        s,
+        r["line"],
+        "starts above 2/lr and falls below it",
+    )
+    s, _ = nb.sentence(r"to a lower loss than\s+any rate below the limit reached")
+    lim = Num(nb.printed(_LIMIT).group(1), sig=6)
+    rows = _lr_rows(nb)
+    sub = [loss for lr, loss, _ in rows if lr < lim]
+    nb.check(r["loss"] < min(sub), s, f"{r['line']}; below the limit: {sub}", "lower than all")
+
+
+# ------------------------------------------------------------------------------------ the tests
+def _rendered(raw, name: str) -> None:
+    outs = [o for c in raw.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    errors = [
+        f"{o.get('ename')}: {o.get('evalue')}" for o in outs if o.get("output_type") == "error"
+    ]
+    assert not errors, f"{name}: error outputs {errors}"
+    pngs = sum(1 for o in outs if "image/png" in o.get("data", {}))
+    assert pngs == FIGURES, f"{name}: {pngs} rendered figures, expected {FIGURES}"
+    for c in raw.cells:
+        if c.cell_type == "code":
+            assert c.get("execution_count"), f"{name}: a code cell did not run: {c.source[:60]!r}"
+
+
+def test_committed_notebook_renders():
+    _rendered(committed_raw(NAME), f"notebooks/{NAME}.ipynb (committed)")
+
+
+@pytest.mark.parametrize("claim_id", list(CLAIMS))
+def test_claim(claim_id):
+    fn, _ = CLAIMS[claim_id]
+    fn(committed(NAME), False)
+
+
+# a mutation: (claim id, "out" | "md", what to change, how) as in tests/test_notebook_claims.py
+MUTATIONS = [
+    ("committed_in_full_mode", "out", r"^(full) mode \[", to("quick")),
+    ("committed_in_full_mode", "out", r"^full run: (\d+) s$", to("700")),
+    ("audit_clean_digits", "out", r"^clean digits: data audit: (ok)", to("1 problem")),
+    (
+        "audit_finds_the_planted_faults",
+        "out",
+        r"^nan: planted \[17, 404\], found \[([^\]]*)\]",
+        to("17"),
+    ),
+    (
+        "audit_finds_the_planted_faults",
+        "out",
+        r"^every offending example: \[([^\]]*)\]",
+        to("17, 77, 404, 999, 1200, 1201"),
+    ),
+    ("audit_finds_the_planted_faults", "md", "We plant five faults", "We plant four faults"),
+    (
+        "tanh_critical_point",
+        "out",
+        r"sigma_w2=1\.761, sigma_b2=0\.05: ok, chaotic, q_star=0.570076, chi_1=(1\.00001)",
+        to("1.002"),
+    ),
+    ("tanh_critical_point", "md", "`q*` is 0.570", "`q*` is 0.580"),
+    ("tanh_critical_point", "out", r"sigma_w2=4, sigma_b2=0\.05: ok, (chaotic)", to("ordered")),
+    (
+        "relu_only_a_critical_point",
+        "out",
+        r"relu, sigma_w2=2\.5, sigma_b2=0: no_fixed_point, undefined, q_star=nan, chi_1=(1\.25)",
+        to("1.4"),
+    ),
+    (
+        "relu_only_a_critical_point",
+        "out",
+        r"relu, sigma_w2=2, sigma_b2=0: (every_q_fixed)",
+        to("ok"),
+    ),
+    ("sigmoid_vanishing_gradient", "md", "it is 0.056", "it is 0.066"),
+    (
+        "sigmoid_vanishing_gradient",
+        "out",
+        r"sigmoid, sigma_w2=16, sigma_b2=0: ok, ordered, q_star=5.8554, chi_1=(0\.398879)",
+        to("1.1"),
+    ),
+    ("phase_diagram_critical_line", "out", r"critical line at (\d+) of \d+ sigma_b2", shift(-1)),
+    (
+        "trained_networks_setup",
+        "md",
+        "learning rate 0.05, 300 steps",
+        "learning rate 0.1, 300 steps",
+    ),
+    (
+        "trained_networks_setup",
+        "out",
+        r"^sigma_w2 2\.0  sigma_b2 0\.1  chi_1 1\.003 chi_1\^32 ([\d.e+-]+)",
+        scale(3),
+    ),
+    (
+        "trainable_band_along_the_line",
+        "out",
+        rf"^sigma_w2 3\.0  sigma_b2 0\.01 .* final train loss ({F})$",
+        to("0.5000"),
+    ),
+    (
+        "trainable_band_along_the_line",
+        "out",
+        rf"^sigma_w2 2\.0  sigma_b2 0\.3 .* final train loss ({F})$",
+        to("1.5000"),
+    ),
+    (
+        "trainable_band_along_the_line",
+        "md",
+        "reach a training loss of 0.61",
+        "reach a training loss of 0.50",
+    ),
+    ("trainable_band_along_the_line", "md", "below 1e-4 (vanishing)", "below 1e-5 (vanishing)"),
+    (
+        "depth_scales_do_not_sort_them",
+        "md",
+        "fails with `xi_c` = 10.2",
+        "fails with `xi_c` = 11.2",
+    ),
+    ("depth_scales_do_not_sort_them", "md", "about `6 xi_c`", "about `3 xi_c`"),
+    ("deep_network_setup", "md", "Adam (learning rate 1e-3,", "Adam (learning rate 3e-3,"),
+    (
+        "deep_network_setup",
+        "out",
+        r"^skips: +loss at step 0 \S+ TrainResult\(steps=(\d+)",
+        shift(-1),
+    ),
+    (
+        "batch_norm_is_the_identity_at_step_0",
+        "out",
+        rf"^batch norm \+ skips: +loss at step 0 ({F});",
+        scale(1.1),
+    ),
+    (
+        "deep_network_outcomes",
+        "out",
+        rf"^plain, LeCun: +loss at step 0 \S+ TrainResult\(steps=\d+, train_loss=({F})",
+        to("2.2000"),
+    ),
+    ("deep_network_outcomes", "md", "trains to 0.0061", "trains to 0.0071"),
+    ("deep_network_outcomes", "md", "He's initialisation (0.503)", "He's initialisation (0.603)"),
+    (
+        "deep_network_outcomes",
+        "out",
+        rf"^batch norm: +loss at step 0 \S+ TrainResult\(steps=\d+, train_loss=({F})",
+        to("1.2000"),
+    ),
+    ("train_refuses_the_corrupted_copy", "out", r"data must be finite; found (\d+) NaN", shift(1)),
+    ("train_refuses_the_corrupted_copy", "md", "the 65 NaN values", "the 64 NaN values"),
+    (
+        "monitor_catches_the_nan_batch",
+        "out",
+        r"^diverged at step \d+: report step \d+, stage '(\w+)'",
+        to("forward"),
+    ),
+    (
+        "monitor_catches_the_nan_batch",
+        "out",
+        r"last finite parameters finite: (True)$",
+        to("False"),
+    ),
+    ("monitor_catches_the_nan_batch", "out", r"^MonitorResult\((\d+) records", shift(1)),
+    ("diagnose_step_finds_the_nan_in_the_batch", "md", "at example 17.", "at example 404."),
+    ("limit_is_two_over_lambda_max", "out", rf"^  limit ({F}) = 2 / lambda_max", scale(1.01)),
+    (
+        "limit_is_two_over_lambda_max",
+        "out",
+        r"\(sgd, \d+ full-batch steps, \d+ rates \S+\): (\d+) diverged",
+        shift(1),
+    ),
+    ("learning_rate_range_quoted", "md", "is at 1.78, 2.86 times", "is at 1.00, 2.86 times"),
+    (
+        "learning_rate_range_quoted",
+        "md",
+        "the rates from 5.62 up did",
+        "the rates from 3.16 up did",
+    ),
+    (
+        "learning_rate_range_quoted",
+        "out",
+        r"^lr \S+: loss over the first 8 steps \[([^\]]*)\]$",
+        to("2.34 1.25 1.2 1.1 1.0 0.87 0.54 0.47"),
+    ),
+    ("sharpness_runs_setup", "out", rf"^lr \S+ \(0\.5 x the limit, 2/lr = ({F})\)", scale(1.1)),
+    (
+        "progressive_sharpening_and_catapult",
+        "md",
+        "from 3.22 to 4.15 at step 10",
+        "from 3.22 to 4.15 at step 20",
+    ),
+    (
+        "progressive_sharpening_and_catapult",
+        "out",
+        rf"x the limit, 2/lr = 1\.125\): sharpness \S+ at step 0, largest \S+ at step \d+, ({F}) at step",
+        to("1.2"),
+    ),
+]
+
+
+def test_every_claim_has_a_mutation():
+    missing = sorted(set(CLAIMS) - {m[0] for m in MUTATIONS})
+    assert not missing, f"claims without a self-check mutation: {missing}"
+    unknown = sorted({m[0] for m in MUTATIONS} - set(CLAIMS))
+    assert not unknown, f"mutations of unknown claims: {unknown}"
+
+
+@pytest.mark.parametrize(
+    "claim_id, where, find, change",
+    MUTATIONS,
+    ids=[f"{m[0]}:{i}" for i, m in enumerate(MUTATIONS)],
+)
+def test_claim_can_fail(claim_id, where, find, change):
+    fn, _ = CLAIMS[claim_id]
+    fn(committed(NAME), False)  # passes on the committed notebook ...
+    bad = _mutated(NAME, where, find, change)
+    with pytest.raises(AssertionError, match=re.escape(f"notebooks/{NAME}.ipynb")):
+        fn(bad, False)  # ... and fails on the corrupted copy
+
+
+def test_reworded_sentence_or_renamed_print_fails():
+    fn, _ = CLAIMS["deep_network_outcomes"]
+    with pytest.raises(LabelNotFound, match="markdown sentence"):
+        fn(_mutated(NAME, "md", "never leaves", "does not leave"), False)
+    with pytest.raises(LabelNotFound, match="printed label"):
+        fn(_mutated(NAME, "out", r"^(batch norm): +loss at step 0", to("BN")), False)
+
+
+@functools.cache
+def _quick_run():
+    return run_notebook(PATH, quick=True)
+
+
+def test_notebook_quick():
+    raw = _quick_run()
+    _rendered(raw, f"notebooks/{NAME}.ipynb (quick run)")
+    nb = NB(raw, NAME)
+    failures = []
+    for cid, (fn, quick_ok) in CLAIMS.items():
+        if quick_ok:
+            try:
+                fn(nb, True)
+            except (AssertionError, LabelNotFound) as e:
+                failures.append(f"[{cid}] {e}")
+    assert not failures, "quick-mode claims failed:\n" + "\n".join(failures)
+
+
+def test_quick_claims_reject_the_full_mode_notebook():
+    # the quick check reads the mode marker: on the committed (full-mode) notebook it fails
+    fn, _ = CLAIMS["committed_in_full_mode"]
+    with pytest.raises(AssertionError, match="quick mode"):
+        fn(committed(NAME), True)
