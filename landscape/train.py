@@ -355,6 +355,13 @@ def _run_block(loss_static, loss_dyn, params, state, opt_state, data, idx, opt, 
     return p, s, o, bad, losses
 
 
+@jax.jit
+def _copy_tree(tree):
+    """Copies of every leaf in one compiled call (a callback's arrays outlive the next block's
+    donation; leaf-by-leaf copies cost a dispatch each: 0.5 ms for Adam's MLP state vs 0.1)."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 def _block_length(num_steps: int, periods: Iterable[int], cap: int) -> int:
     g = num_steps
     for p in periods:
@@ -685,7 +692,7 @@ def train(
                if not (at_start and not cb.at_start) and not (step % cb.every and not at_start)]
         if due:
             # the step blocks donate their buffers: callbacks get copies they may keep
-            p, st, o = jax.tree.map(jnp.copy, (p, st, o))
+            p, st, o = _copy_tree((p, st, o))
         for cb in due:
             out = cb.callback_fn(make_info(step, p, st, o))
             if out:

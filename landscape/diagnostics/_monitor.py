@@ -94,55 +94,74 @@ def _step_loss(loss_fn, params, state, batch):
     return loss
 
 
-def _norms(tree) -> jax.Array:
-    """Per-leaf Euclidean norms, scaled by the largest magnitude so that no square overflows
-    (a leaf of 1e20s has norm 1e20s, not inf); NaN where the leaf holds NaN, inf where Inf."""
-
-    def one(x):
-        x = jnp.asarray(x)
-        if x.size == 0:
-            return jnp.zeros((), jnp.float32)
-        a = jnp.abs(x)
-        m = jnp.max(a)
-        safe = jnp.where(jnp.isfinite(m) & (m > 0), m, 1)
-        n = safe * jnp.sqrt(jnp.sum(jnp.square(a / safe)))
-        n = jnp.where(m == 0, 0, n)
-        n = jnp.where(jnp.isinf(m), jnp.inf, n)
-        return jnp.where(jnp.any(jnp.isnan(x)), jnp.nan, n).astype(jnp.float32)
-
-    leaves = jax.tree.leaves(tree)
-    return jnp.stack([one(x) for x in leaves]) if leaves else jnp.zeros((0,), jnp.float32)
-
-
-def _flags(tree) -> jax.Array:
+def _sumsq(tree) -> jax.Array:
+    """Per-leaf sums of squares (one reduction per leaf: cheap to compile). A sum that
+    overflows, underflows to zero or is not finite is redone on the host (:func:`_norms`)."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
-        return jnp.zeros((0,), bool)
-    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+        return jnp.zeros((0,), jnp.float32)
+    return jnp.stack([jnp.sum(jnp.square(jnp.abs(x))) for x in leaves])
+
+
+def _norms(sq, tree) -> np.ndarray:
+    """Per-leaf Euclidean norms in float64 from the device's sums of squares; a leaf whose sum
+    is not a positive finite number (overflowed squares of values above ~1e19 in float32,
+    underflowed ones below ~1e-23, NaN, Inf, or a zero leaf) is read back and measured on the
+    host, scaled by its largest magnitude: exact, NaN where it holds NaN, inf where Inf."""
+    sq = np.asarray(sq, np.float64)
+    out = np.sqrt(sq)
+    redo = np.flatnonzero(~(np.isfinite(sq) & (sq > 0)))
+    if redo.size:
+        leaves = jax.tree.leaves(tree)
+        for i in redo:
+            x = np.abs(np.asarray(leaves[i])).astype(np.float64).ravel()
+            if x.size == 0 or np.isnan(x).any():
+                out[i] = 0.0 if x.size == 0 else np.nan
+                continue
+            m = x.max()
+            out[i] = m if (m == 0 or np.isinf(m)) else m * np.sqrt(np.sum(np.square(x / m)))
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("loss_static", "opt"))
 def _probe(loss_static, loss_dyn, opt, params, state, opt_state, batch):
-    """The step ``landscape.train`` takes from ``params``: loss, per-leaf norms of the gradient,
-    the update and the weights, and per-leaf finiteness of the gradient and the new weights."""
+    """The step ``landscape.train`` takes from ``params`` (one program per loss, optimiser and
+    shapes): the gradient, the optimiser's update and the updated weights, and one array
+    ``[loss, sums of squares per leaf of the gradient, the update, the weights, the updated
+    weights]`` (one transfer to the host)."""
     loss_fn = engine.merge_fn(loss_static, loss_dyn)
     loss, g = jax.value_and_grad(lambda p: _step_loss(loss_fn, p, state, batch))(params)
+    sg, sp = _sumsq(g), _sumsq(params)
     if opt is None:
-        unorm = jnp.full((len(jax.tree.leaves(params)),), jnp.nan, jnp.float32)
-        new_ok = _flags(params)
+        upd = new = None
+        su = sn = jnp.full_like(sp, jnp.nan)
     else:
         import optax
 
         upd, _ = opt.update(g, opt_state, params)
-        unorm = _norms(upd)
-        new_ok = _flags(optax.apply_updates(params, upd))
-    return loss, _norms(g), unorm, _norms(params), _flags(g), new_ok
+        new = optax.apply_updates(params, upd)
+        su, sn = _sumsq(upd), _sumsq(new)
+    parts = [jnp.reshape(loss, (1,)), sg, su, sp, sn]
+    dt = jnp.result_type(*parts)
+    return g, upd, new, jnp.concatenate([x.astype(dt) for x in parts])
 
 
 def _run_probe(loss_fn, opt, params, state, opt_state, batch):
+    """``(loss, ||g||, ||dw||, ||w||, g finite, new weights finite)`` of the step
+    ``landscape.train`` takes from ``params``, per leaf in tree order, on the host (float64)."""
     static, dyn = engine.split_fn(loss_fn)
-    out = _probe(static, dyn, opt, params, state, opt_state, batch)
-    return jax.tree.map(np.asarray, out)
+    g, upd, new, stats = _probe(static, dyn, opt, params, state, opt_state, batch)
+    stats = np.asarray(stats)
+    sg, su, sp, sn = np.split(stats[1:], 4)
+    gn = _norms(sg, g)
+    pn = _norms(sp, params)
+    if opt is None:
+        un = np.full_like(pn, np.nan)
+        new_ok = np.ones(len(pn), bool)
+    else:
+        un = _norms(su, upd)
+        new_ok = np.isfinite(_norms(sn, new))
+    return float(stats[0]), gn, un, pn, np.isfinite(gn), new_ok
 
 
 # --------------------------------------------------------------------------------------------
