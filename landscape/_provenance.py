@@ -83,6 +83,8 @@ def data_hash(data: Any) -> str:
     h = hashlib.sha256()
     leaves_with_path = jax.tree_util.tree_flatten_with_path(data)[0]
     for path, leaf in leaves_with_path:
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)  # a typed PRNG key (NNX's Rngs, Dropout): its bits
         arr = np.ascontiguousarray(np.asarray(leaf))
         h.update(jax.tree_util.keystr(path).encode())
         h.update(str(arr.dtype).encode())

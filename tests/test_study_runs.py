@@ -33,6 +33,22 @@ class Net(nnx.Module):
 
 def make_net(scale=1, *, input_shape, num_outputs, seed=0):
     return Net(input_shape[0], {width} * scale, num_outputs, nnx.Rngs(seed))
+
+
+class DropNet(nnx.Module):
+    """With dropout: NNX keeps its random state (typed PRNG keys) in the model's state."""
+
+    def __init__(self, din, dout, rngs):
+        self.l1 = nnx.Linear(din, 8, rngs=rngs)
+        self.drop = nnx.Dropout(0.2, rngs=rngs)
+        self.l2 = nnx.Linear(8, dout, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(self.drop(nnx.relu(self.l1(x))))
+
+
+def make_dropnet(scale=1, *, input_shape, num_outputs, seed=0):
+    return DropNet(input_shape[0], num_outputs, nnx.Rngs(seed))
 '''
 
 CONFIG = '''
@@ -109,12 +125,18 @@ def test_analyse_loads_the_study_sections(studied):
 def test_a_changed_factory_retrains_instead_of_failing(studied, tmp_path):
     root = tmp_path / "p"
     shutil.copytree(studied.root, root)
+    # analyse sees the code change too (same shapes, another function): not the old numbers
+    cfg = _project(root, act="relu")  # (the copy's study.json names the original project)
+    r = _main(["analyse", str(root / "out"), "--config", str(cfg), "--only", "hessian",
+               "--no-progress"])
+    assert r.rc == 0, r.err
+    assert "hessian: its inputs changed" in r.out and "the model's code" in r.out, r.out
     for change in ({"width": 12}, {"act": "relu"}):  # new shapes; same shapes, new function
         cfg = _project(root, **change)
         r = _main(["study", str(cfg), "--out", str(root / "out"), "--only", "training",
                    "--no-progress"])
         assert r.rc == 0, r.err
-        assert "training: its inputs changed" in r.out and "model_code" in r.out, r.out
+        assert "training: its inputs changed" in r.out and "the model's code" in r.out, r.out
         res = json.loads((root / "out" / "results.json").read_text())
         assert res["sections"]["training"]["status"] == "computed"
         assert "Traceback" not in r.err
@@ -153,8 +175,7 @@ def test_analyse_a_bare_saved_run(tmp_path, monkeypatch):
     assert again.rc == 0, again.err
     assert "connect left out" in again.out
     res = json.loads((run / "results.json").read_text())
-    assert {s["status"] for s in res["sections"].values()} == {"loaded", "computed"}
-    assert all(res["sections"][n]["status"] == "loaded" for n in ("hessian", "surface", "ntk"))
+    assert {s["status"] for s in res["sections"].values()} == {"loaded"}  # the run too
     # asked for explicitly: refused at the start, with what to do
     r = _main(["analyse", str(run), "--only", "connect", "--no-progress"])
     assert r.rc == 2 and "--other RUN_DIR" in r.err and "Traceback" not in r.err
@@ -190,6 +211,61 @@ def test_a_failing_section_keeps_the_others(tmp_path, monkeypatch):
     assert res["sections"]["hessian"]["status"] == "computed"
     assert "RuntimeError: simulated failure" in (tmp_path / "out" / "errors" / "surface.txt").read_text()
     assert "This section failed" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_a_model_with_dropout_trains_and_is_fingerprinted(tmp_path):
+    cfg = _project(tmp_path)
+    cfg.write_text(cfg.read_text().replace("make_net", "make_dropnet"))
+    argv = ["study", str(cfg), "--out", str(tmp_path / "out"), "--only", "training",
+            "--no-progress"]
+    first = _main(argv)
+    assert first.rc == 0, first.err
+    again = _main(argv)
+    assert again.rc == 0 and "(loaded)" in again.out, again.out
+
+
+def test_damaged_records_and_refused_arguments(studied, tmp_path):
+    d = tmp_path / "copy"
+    shutil.copytree(studied.out, d)
+    (d / "sections" / "hessian" / "manifest.json").write_text("garbage")
+    r = _main(["analyse", str(d), "--only", "hessian", "--no-progress"])
+    assert r.rc == 0, r.err
+    assert "hessian: its record" in r.out and "is damaged" in r.out, r.out
+    r = _main(["analyse", str(d), "--data", "teacher", "--no-progress"])
+    assert r.rc == 2 and "is a study's directory and records its data" in r.err, r.err
+    (d / "results.json").write_text("{}")
+    r = _main(["report", str(d)])
+    assert r.rc == 2 and "damaged" in r.err, r.err
+
+
+def test_the_printed_config_leaves_the_sizes_to_the_modes(tmp_path, capsys):
+    from landscape import study
+
+    assert cli.main(["study", "--print-config"]) == 0
+    (tmp_path / "c.toml").write_text(capsys.readouterr().out)
+    for mode in ("quick", "default", "full"):
+        assert (study.load_config(tmp_path / "c.toml", mode=mode).values
+                == study.parse_config("", mode=mode).values), mode
+
+
+def test_connect_follows_the_training_that_makes_its_second_network(tmp_path, monkeypatch):
+    """analyse --config trains the second network with the config's [train]: connect's
+    fingerprint holds those settings (a stand-in connect: no training here)."""
+    import landscape
+    from landscape.study import _run
+
+    monkeypatch.setitem(_run.SECTION_FUNCTIONS, "connect", _cheap)
+    model = landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=(8,), seed=0)
+    landscape.save_run(tmp_path / "run", model, config={"data": {"name": "digits"}})
+    text = '[model]\nname = "mlp"\n[model.settings]\nhidden = [8]\n[train]\nlearning_rate = {}\n'
+    argv = ["analyse", str(tmp_path / "run"), "--config", str(tmp_path / "c.toml"), "--only",
+            "connect", "--no-progress"]
+    (tmp_path / "c.toml").write_text(text.format(0.1))
+    assert _main(argv).rc == 0
+    (tmp_path / "c.toml").write_text(text.format(0.2))
+    r = _main(argv)
+    assert r.rc == 0, r.err
+    assert "connect: its inputs changed" in r.out and "learning_rate: 0.1 -> 0.2" in r.out, r.out
 
 
 def test_diverged_training_is_one_line_and_exit_2(tmp_path):

@@ -80,17 +80,36 @@ def config_for_run(run_dir: str | os.PathLike, *, config: str | os.PathLike | No
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such directory (give a run saved by landscape.save_run "
                           "or a directory written by `landscape study`).")
-    if (run_dir / "study.json").is_file() and config is None:
+    saved = None
+    if (run_dir / "study.json").is_file():
         try:
             saved = _serialize.load_json(run_dir / "study.json")
             values = {k: v for k, v in saved["config"].items() if not k.startswith("_")}
         except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-            raise ConfigError(f"{run_dir / 'study.json'} is damaged ({type(e).__name__}: "
-                              f"{str(e)[:200]}); pass --config CONFIG.toml to analyse the run "
-                              "with an explicit config.") from None
+            if config is None:
+                raise ConfigError(f"{run_dir / 'study.json'} is damaged ({type(e).__name__}: "
+                                  f"{str(e)[:200]}); pass --config CONFIG.toml to analyse the "
+                                  "run with an explicit config.") from None
+            saved = None
+    if saved is not None and saved.get("analysed_run") is None:  # a study trained this run
+        run = run_dir / "sections" / "training" / "run"
+        if data:
+            raise ConfigError(f"--data: {run_dir} is a study's directory and records its data "
+                              f"({values.get('data', {}).get('name')}); to analyse its network "
+                              "on other data pass --config CONFIG.toml (nothing was run).")
+        if config is not None:
+            if not (run / "params.npz").is_file():
+                raise ConfigError(f"{run_dir}: the study's trained run is not saved yet ({run}); "
+                                  "run the study again to finish its training.")
+            return load(config, mode=mode), run
+    elif saved is not None and (config is not None or data):
+        # written by an earlier `analyse` of a saved run: --config / --data apply to that run
+        run_dir, saved = Path(saved["analysed_run"]), None
+    if saved is not None:
         run = Path(saved.get("analysed_run") or run_dir / "sections" / "training" / "run")
         src = saved["config"].get("_source", "built in")
-        base = Path(src).parent if src != "built in" else run_dir
+        base = (Path(saved["config"]["_base"]) if saved["config"].get("_base") else
+                Path(src).parent if src != "built in" else run_dir)  # where the factory is
         cfg = _from_values(values, base=base, mode=mode, source=f"the config of {run_dir}")
         if not (run / "params.npz").is_file():
             raise ConfigError(f"{run_dir}: the study's trained run is not saved yet ({run}); run "

@@ -535,7 +535,8 @@ def default_text(overrides: dict | None = None, *, header: str | None = None) ->
     lines = []
     lines += _comment(header or "landscape study config (TOML). Every key is optional: the "
                       "values below are the defaults. Run it with `landscape study THIS.toml "
-                      "[--out DIR] [--only hessian,surface] [--quick | --full]`.")
+                      "[--out DIR] [--only hessian,surface] [--quick | --full]`. The sizes "
+                      "are commented out: --quick and --full choose them unless you set them.")
     for table, fields in SCHEMA.items():
         lines.append("")
         if table:
@@ -561,7 +562,11 @@ def default_text(overrides: dict | None = None, *, header: str | None = None) ->
                 note += f" ({', '.join(sizes)}.)"
             lines += _comment(note)
             off = table == "data" and key in DATA_TABLE_KEYS_NPZ  # for name = "npz" only
-            lines.append(f"{'# ' if off else ''}{key} = {_toml_value(val)}")
+            # a size left at its default stays commented out, so that --quick and --full still
+            # choose it (a key the file sets is the file's: the modes keep it)
+            size = ((f.quick is not None or f.full is not None)
+                    and key not in overrides.get(table, {}))
+            lines.append(f"{'# ' if off or size else ''}{key} = {_toml_value(val)}")
     return "\n".join(lines) + "\n"
 
 

@@ -46,19 +46,60 @@ def _open_section_store(out: Path, name: str, meta: dict, log) -> tuple:
     from landscape import _serialize
     from landscape import store as _store
 
+    import shutil
+
     path = out / "sections" / name
     changed = None
     manifest = path / _store.MANIFEST
+    damaged = None
     if manifest.exists():
-        old = _serialize.load_json(manifest).get("meta", {})
-        new = _store._strip_addresses(_serialize.to_jsonable(
-            {"store_version": _store.STORE_VERSION, **meta}))
-        if old != new:
-            changed = _store.describe_differences(old, new, limit=300)
-            log(f"  {name}: its inputs changed since the saved result ({changed}): recomputing "
-                "this section only")
-    st = _store.Store(path, overwrite=True).bind(meta)
+        try:
+            old = _serialize.load_json(manifest).get("meta", {})
+        except (ValueError, AttributeError, OSError) as e:
+            damaged = f"its record {manifest} is damaged ({type(e).__name__})"
+        else:
+            new = _store._strip_addresses(_serialize.to_jsonable(
+                {"store_version": _store.STORE_VERSION, **meta}))
+            if old != new:
+                changed = _describe_change(old, new)
+                after = ("this section and the ones that depend on it" if name == "training"
+                         else "this section only")
+                log(f"  {name}: its inputs changed since the saved result ({changed}): "
+                    f"recomputing {after}")
+    elif path.is_dir() and any(path.iterdir()):
+        damaged = f"its record {manifest} is missing"
+    if damaged:
+        log(f"  {name}: {damaged}: computing the section again")
+        shutil.rmtree(path)
+        changed = damaged
+    try:
+        st = _store.Store(path, overwrite=True).bind(meta)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{path}: the saved section cannot be reused ({str(e)[:300]}); delete "
+                          "that directory and run the same command again.") from None
     return st, changed
+
+
+# inputs of a section recorded as fingerprints: said in words when they change
+_FINGERPRINT_WORDS = {"model_code": "the model's code (its initial parameters or outputs)",
+                      "trained": "the trained network", "init": "the initialisation",
+                      "data_hash": "the data", "other": "the second network"}
+
+
+def _describe_change(old: dict, new: dict) -> str:
+    from landscape import store as _store
+
+    out = []
+    for k in list(dict.fromkeys([*old, *new])):
+        if old.get(k) == new.get(k):
+            continue
+        if k in _FINGERPRINT_WORDS:
+            out.append(_FINGERPRINT_WORDS[k])
+        elif isinstance(old.get(k), dict) and isinstance(new.get(k), dict):
+            out.append(_store.describe_differences({k: old[k]}, {k: new[k]}, limit=200))
+        else:
+            out.append(_store.describe_differences({k: old.get(k)}, {k: new.get(k)}, limit=200))
+    return "; ".join(out) or "none"
 
 
 def _check_out(out: Path) -> None:
@@ -87,11 +128,21 @@ def _template_fingerprint(template, x) -> str:
 
     from landscape import _provenance
 
-    out, _ = jax.jit(template.apply_fn)(template.params, template.state, x[:4])
-    out = np.asarray(jax.tree.leaves(out)[0], np.float64)
-    scale = float(np.max(np.abs(out))) or 1.0
-    return _provenance.data_hash({"p": template.params, "s": template.state,
-                                  "out": np.round(out / scale, 5)})
+    def rounded(tree):  # 5 significant digits relative to the largest value
+        leaves = [np.asarray(v, np.float64) for v in jax.tree.leaves(tree)
+                  if np.issubdtype(np.asarray(v).dtype, np.floating)]
+        scale = max([float(np.max(np.abs(v))) for v in leaves if v.size] + [0.0]) or 1.0
+        return [np.round(v / scale, 5) for v in leaves]
+
+    apply = jax.jit(template.apply_fn, static_argnames="train")
+    out, _ = apply(template.params, template.state, x[:4])
+    parts = {"p": template.params, "s": template.state, "out": rounded(out)}
+    try:  # training mode (batch statistics, dropout): its outputs and its new state
+        out_t, state_t = apply(template.params, template.state, x[:8], train=True)
+        parts["train"] = rounded((out_t, state_t))
+    except Exception:  # noqa: BLE001 - a model without a training mode
+        pass
+    return _provenance.data_hash(parts)
 
 
 def _run_fingerprint(run_dir: Path) -> str:
@@ -215,7 +266,9 @@ def _summary_text(name: str, v: dict) -> str:
     if name == "training":
         acc = (f", test accuracy {f(v['test_accuracy'])}" if v.get("test_accuracy") is not None
                else f", test loss {f(v['test_loss'])}" if v.get("test_loss") is not None else "")
-        return f"train loss {f(v.get('train_loss'))}{acc}, {v.get('steps')} steps"
+        steps = (f"{v.get('steps')} steps" if v.get("steps") else
+                 "no training history (the loss evaluated here)")
+        return f"train loss {f(v.get('train_loss'))}{acc}, {steps}"
     if name == "hessian":
         return (f"top eigenvalue {f(v['top_eigenvalues'][0])}, trace {f(v['trace'])} "
                 f"({v['trace_estimator']}), SLQ trace {f(v['slq_trace'])}")
@@ -345,7 +398,7 @@ def run_study(
     if only is not None and (isinstance(only, str) or not all(isinstance(n, str) for n in only)):
         raise TypeError("landscape.study.run_study: only must be a list of section names, e.g. "
                         f"['hessian', 'surface']; got {only!r}.")
-    out = Path(out)
+    out = Path(out).resolve()
     _check_out(out)
     only = list(cfg.sections if only is None else only)
     for name in only:
@@ -373,12 +426,17 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
     data = _resolve.load_data(cfg)
     audit = _audit(data, out, log)
     template, desc = _resolve.build_model(cfg, data, seed=cfg["seed"])
+    code_fp = _template_fingerprint(template, data.train["x"])
     loss = _resolve.loss_name(data)
     log(f"landscape study: {data!r}; model {desc['name']}, {template.num_params} parameters")
     _atomic_json(out / "study.json", {"schema": SCHEMA_VERSION, "config": cfg.to_json(),
                                       "model": desc, "data": data.spec,
-                                      "analysed_run": str(Path(run_dir).resolve()) if run_dir
-                                      else None, "can_train": bool(can_train or run_dir is None)})
+                                      # None: this directory's own study trained the run
+                                      "analysed_run": str(Path(run_dir).resolve())
+                                      if run_dir and Path(run_dir).resolve()
+                                      != (out / "sections" / "training" / "run").resolve()
+                                      else None,
+                                      "can_train": bool(can_train or run_dir is None)})
     study.start_results({"default_title": f"{desc['name']} on {data.name}",
                          "model": {**desc, "num_params": int(template.num_params)},
                          "data": {"spec": data.spec, "hash": data.hash,
@@ -403,6 +461,7 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
             except landscape.TrainingDivergedError as e:
                 raise _diverged(e, f"training the second network (seed {seed})") from None
     init_params, init_note = template.params, "the initialisation of the config's seed"
+    logged = None  # the history as logged, where it differs from the one shown
     sec = Section()
     if run_dir is None:
         kw = _resolve.train_kwargs(cfg, data)
@@ -415,7 +474,7 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
         settings = {"train": cfg["train"], "model": desc, "data": data.spec, "seed": cfg["seed"]}
         meta = {"job": "landscape.study:training", "version": SECTION_VERSION, **settings,
                 "data_hash": data.hash,
-                "model_code": _template_fingerprint(template, data.train["x"])}
+                "model_code": code_fp}
         log(f"[training] {cfg['train']['optimizer']}, learning rate "
             f"{cfg['train']['learning_rate']}, {_plural(cfg['train']['epochs'], 'epoch')} of batch "
             f"{cfg['train']['batch_size']} ({kw['num_steps']} steps)")
@@ -447,8 +506,9 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
             run = landscape.load_run(run_path, model=template)
         except Exception as e:  # noqa: BLE001 - missing, damaged or another model's: one line
             raise ConfigError(f"{run_path}: the saved run could not be loaded with the config's "
-                              f"model ({type(e).__name__}: {str(e)[:300]}).") from None
+                              f"model ({type(e).__name__}: {str(e)[:1500]}).") from None
         model, history, elapsed = run.model, dict(run.history), None
+        sec.parts_total = sec.parts_loaded = 1  # the saved run: loaded, not computed
         settings = {"run": str(run_path), "config": run.config}
         # the report's provenance is the run's own training, not the config's [train] defaults
         study.results["config"]["train"] = {"source": f"the saved run ({run_path}/config.json)",
@@ -471,9 +531,10 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
                 init_params = model_from_spec(run.config["model"]).params
             elif desc["kind"] == "factory":
                 init_note = "the factory's initialisation for the config's seed"
-        if "train_loss" not in history:
+        if "train_loss" not in history:  # evaluated here: not a logged loss (no check on it)
             ev = landscape.evaluate(landscape.make_loss_fn(model, loss), model.params, data.train)
             history["train_loss"] = np.asarray([float(ev["loss"])])
+            logged = {k: v for k, v in history.items() if k != "train_loss"}
     wd = (cfg["train"]["weight_decay"] if run_dir is None
           else float(settings["config"].get("weight_decay") or 0.0))
     loss_fn = landscape.make_loss_fn(model, loss, weight_decay=wd)
@@ -497,7 +558,8 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
     study.line("training", entry, _summary_text("training", sec.values))
     _interrupt_switch("training")
     ctx = Context(cfg=cfg, out=out, data=data, model=model, init_params=init_params,
-                  init_note=init_note, history=history, loss_fn=loss_fn, seed=cfg["seed"],
+                  init_note=init_note, history=history if logged is None else logged,
+                  loss_fn=loss_fn, seed=cfg["seed"],
                   log=lambda *a: log(*a), progress=study.progress, template=template,
                   train_other=train_other, other_run=Path(other).resolve() if other else None,
                   model_desc=desc)
@@ -512,6 +574,8 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
     def section_meta(name):
         meta = {"job": f"landscape.study:{name}", "version": SECTION_VERSION,
                 "settings": dict(cfg[name]), "seed": cfg["seed"], "data_hash": data.hash}
+        if name != "skips":  # the four ResNets do not depend on the study's model
+            meta["model_code"] = code_fp
         if name not in ("skips", "trainability"):  # the four ResNets, and the network at
             meta["trained"] = digest_train              # initialisation: not the trained one
         if name == "trainability":
@@ -521,6 +585,8 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
                                                           "weight_decay")}
         if name == "connect" and other_path is not None:
             meta["other"] = {"run": str(other_path), "fingerprint": other_fp}
+        elif name == "connect":  # the second network is trained here: by these settings
+            meta["other_training"] = {"train": cfg["train"], "model": desc}
         return meta
 
     from landscape import _serialize
@@ -646,7 +712,9 @@ def rerender(out: str | os.PathLike) -> Path:
 
 def print_interrupted(e: StudyInterrupted, command: str, file=None) -> str:
     saved = ", ".join(e.saved) if e.saved else "nothing"
-    during = f" during {e.current} (its finished parts are saved too)" if e.current else ""
+    during = (f" during {e.current}" + (" (its finished parts are saved too)"
+                                        if e.current != "training" else "")
+              if e.current else "")
     msg = (f"landscape: interrupted{during}; saved {saved} in {e.out.resolve()}; resume with: "
            f"{command}")
     print(f"\n{msg}", file=file or sys.stderr, flush=True)

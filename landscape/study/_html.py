@@ -209,7 +209,7 @@ def write_report(out: Path) -> Path:
     out = Path(out)
     try:
         r = _serialize.load_json(out / "results.json")
-        if not isinstance(r, dict) or not isinstance(r.get("sections", {}), dict):
+        if not isinstance(r, dict) or not isinstance(r.get("sections"), dict):
             raise ValueError("expected an object with a 'sections' object")
         text = render(out, r)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:

@@ -511,6 +511,13 @@ def build_model(cfg: StudyConfig, data, *, seed: int):
         raise ConfigError(f"{_key(cfg, 'model', 'name')}: the model from {m['name']} gives outputs "
                           f"of shape {shape} on 2 examples; the data needs (2, {c}) ({c} "
                           "targets).")
+    from landscape import validate as _validate
+
+    try:
+        _validate.check_params(model.params, name="the model's parameters")
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{_key(cfg, 'model', 'name')}: the factory {m['name']} gives "
+                          f"parameters that cannot be trained: {str(e)[:300]}") from None
     return model, {"kind": "factory", "name": m["name"], "settings": m["settings"]}
 
 

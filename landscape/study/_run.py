@@ -263,16 +263,19 @@ def section_hessian(ctx: Context, parts: _Parts) -> Section:
     # n - 1 degrees of freedom (three-sigma coverage, 99.7%), not a normal 3
     mult = float(stats.t.ppf(0.99865, max(s["density_probes"] - 1, 1)))
     tol = mult * se + 1e-3 * abs(t_est)
-    if s["density_probes"] < 2:
-        passed, why = None, ("one SLQ probe has no standard error: the comparison needs at least "
-                             "two probes")
+    if s["density_probes"] < 4 or tol >= abs(t_est):
+        passed, why = None, ("not applicable: with {probes} SLQ probe(s) the allowed difference "
+                             "(the Student-t quantile of the probes times their standard error) "
+                             "is not smaller than the trace itself, so the comparison could not "
+                             "fail; it needs density_probes >= {min_probes}")
     else:
         passed, why = bool(diff <= tol), ("the SLQ trace agrees with the trace estimate within "
                                           "the allowed difference: the three-sigma Student-t "
                                           "quantile of the probes times the combined standard "
                                           "error, plus a small relative allowance for rounding")
     sec.checks.append(check("SLQ trace vs trace estimate", passed, why, slq_trace=slq,
-                            trace=t_est, difference=diff, allowed=tol))
+                            trace=t_est, difference=diff, allowed=tol,
+                            probes=int(s["density_probes"]), min_probes=4))
     # the top Gauss node of SLQ converges to the top eigenvalue first (Lanczos)
     rel = abs(float(dens.top_node) - top) / abs(top)
     allowed = 0.02
@@ -422,7 +425,7 @@ def section_connect(ctx: Context, parts: _Parts) -> Section:
             other_model = landscape.load_run(other_path, model=ctx.template).model
         except Exception as e:  # noqa: BLE001 - missing, damaged or another model's: one line
             raise ConfigError(f"connect: the second network {other_path} could not be loaded "
-                              f"with the config's model ({type(e).__name__}: {str(e)[:300]})."
+                              f"with the config's model ({type(e).__name__}: {str(e)[:1500]})."
                               ) from None
         sec.values["other"] = str(other_path)
     else:
@@ -430,7 +433,9 @@ def section_connect(ctx: Context, parts: _Parts) -> Section:
             raise ConfigError("the connect section needs a second network: pass --other RUN_DIR "
                               "(or set connect.other in the config); this run records no "
                               "training settings to train one.")
-        ctx.log(f"    training a second network (seed {ctx.seed + 1}) ...")
+        ctx.log(f"    second network (seed {ctx.seed + 1}): "
+                + ("loading the one trained before ..." if parts.store.has_dir("other_run") else
+                   "training it ..."))
         other_model = parts.run("other_run", lambda: ctx.train_other(ctx.seed + 1),
                                 ctx.template).model
         sec.values["other"] = f"trained here from seed {ctx.seed + 1}"
