@@ -424,6 +424,7 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
          can_train):
     log = study.log
     data = _resolve.load_data(cfg)
+    _resolve.check_with_data(cfg, data)
     audit = _audit(data, out, log)
     template, desc = _resolve.build_model(cfg, data, seed=cfg["seed"])
     code_fp = _template_fingerprint(template, data.train["x"])

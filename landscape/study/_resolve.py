@@ -528,8 +528,14 @@ def loss_name(data) -> str:
 
 # each named optimiser: the Optax function it calls and the arguments it sets itself
 # (landscape.train.make_optimizer)
-_OPTAX = {"sgd": ("sgd", ()), "momentum": ("sgd", ()), "nesterov": ("sgd", ("nesterov",)),
-          "adam": ("adam", ()), "adamw": ("adamw", ()), "rmsprop": ("rmsprop", ())}
+def _optax_of(name: str) -> tuple[str, tuple]:
+    """The Optax function behind a named optimiser of landscape.train (one table, there) and
+    the switches the name fixes (nesterov's ``nesterov=True``; numbers such as momentum's 0.9
+    are defaults the config may change)."""
+    from landscape.train import _OPTIMIZERS
+
+    fn_name, defaults = _OPTIMIZERS[name]
+    return fn_name, tuple(k for k, v in defaults.items() if isinstance(v, bool))
 _UNIT = ("momentum", "b1", "b2", "decay")  # decay rates: in [0, 1)
 _NONNEGATIVE = ("eps", "eps_root", "weight_decay", "initial_scale")
 
@@ -552,7 +558,7 @@ def check_optimizer_settings(cfg: StudyConfig) -> dict:
 
     t = cfg["train"]
     name, settings = t["optimizer"], dict(t["optimizer_settings"])
-    fn_name, fixed = _OPTAX[name]
+    fn_name, fixed = _optax_of(name)
     sig = _keyword_params(getattr(optax, fn_name), skip=("learning_rate", *fixed))
     named = sig[0] if sig is not None else {}
     for k, v in settings.items():
