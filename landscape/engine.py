@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -322,11 +323,12 @@ def at_analysis_precision(wrapped_fn: Callable) -> Callable:
     return wrapper
 
 
-CANONICAL_CONVS = "cpu"
+CANONICAL_CONVS = os.environ.get("LANDSCAPE_CANONICAL_CONVS", "cpu")
 """When :func:`canonical_convs` rewrites convolutions: ``"cpu"`` (the default: when the default
 backend is the CPU, the one backend whose loop bodies lose the fast convolution kernels),
-``"always"`` or ``"never"`` (functions run as written). Read when a program is traced: set it
-before the first call, or call ``jax.clear_caches()`` after changing it."""
+``"always"`` or ``"never"`` (functions run as written). Its value at import is the environment
+variable ``LANDSCAPE_CANONICAL_CONVS`` when set. Read when a program is traced: set it before
+the first call, or call ``jax.clear_caches()`` after changing it."""
 
 
 def canonical_convs(wrapped_fn: Callable) -> Callable:
@@ -363,7 +365,8 @@ def _canonical_convs_active() -> bool:
     mode = CANONICAL_CONVS
     if mode not in ("cpu", "always", "never"):
         raise ValueError(
-            "landscape.engine.CANONICAL_CONVS must be 'cpu', 'always' or 'never'; got "
+            "landscape.engine.CANONICAL_CONVS (or the environment variable "
+            "LANDSCAPE_CANONICAL_CONVS) must be 'cpu', 'always' or 'never'; got "
             f"{mode!r}."
         )
     return mode == "always" or (mode == "cpu" and jax.default_backend() == "cpu")

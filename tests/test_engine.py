@@ -373,10 +373,22 @@ def test_canonical_convs_mode_is_checked(monkeypatch):
     x = np.ones((2, 2), np.float32)
     monkeypatch.setattr(engine, "CANONICAL_CONVS", "sometimes")
     with pytest.raises(
-        ValueError, match=r"CANONICAL_CONVS must be 'cpu', 'always' or 'never'; got 'sometimes'"
+        ValueError,
+        match=r"CANONICAL_CONVS \(or the environment variable LANDSCAPE_CANONICAL_CONVS\) must "
+        r"be 'cpu', 'always' or 'never'; got 'sometimes'",
     ):
         engine.canonical_convs(jnp.tanh)(x)
     monkeypatch.setattr(engine, "CANONICAL_CONVS", "never")  # functions run as written
     assert str(
         jax.make_jaxpr(engine.canonical_convs(_grad))(np.ones((1, 1, 3, 3)), np.ones((1, 1, 3, 3)))
     ) == str(jax.make_jaxpr(_grad)(np.ones((1, 1, 3, 3)), np.ones((1, 1, 3, 3))))
+
+
+def test_canonical_convs_switch_from_the_environment():
+    from tests._util import run_python
+
+    out = run_python(
+        "from landscape import engine; print(engine.CANONICAL_CONVS)",
+        env={"LANDSCAPE_CANONICAL_CONVS": "never"},
+    )
+    assert out.split() == ["never"]

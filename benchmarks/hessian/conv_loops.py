@@ -4,8 +4,9 @@
 XLA:CPU gives a convolution its library kernel only in the form NHWC/HWIO/NHWC, and rewrites
 other forms (the backward pass's) into it only in a program's entry computation; inside a
 ``while`` body they run a naive loop nest (jax-ml/jax#12868). ``engine.canonical_convs``
-rewrites them in the jaxpr. Each (workload, mode) runs in its own process (the mode is read
-when programs are traced), persistent compilation cache off:
+rewrites them in the jaxpr. Each (workload, mode) runs in its own process with the switch set
+by the environment (``LANDSCAPE_CANONICAL_CONVS=never`` or ``cpu``), persistent compilation
+cache off:
 
 * ``hvp_standalone``: one Hessian-vector product as its own program (``make_hvp(...)(v)``;
   the default batch size: 1024, one full batch and the remainder);
@@ -85,7 +86,7 @@ import jax
 import landscape
 from landscape import engine, hessian
 from conv_loops import setup
-engine.CANONICAL_CONVS = sys.argv[2]
+assert engine.CANONICAL_CONVS == sys.argv[2]  # the environment's switch
 model, loss_fn, data = setup(sys.argv[1])
 r = hessian.eigenvalues(loss_fn, model.params, data, k=1, key=jax.random.key(0))
 print("RESULT", r.largest[0], r.num_hvps, time.perf_counter() - t0)
@@ -94,6 +95,7 @@ print("RESULT", r.largest[0], r.num_hvps, time.perf_counter() - t0)
 
 def child(workload: str, mode: str, repeats: int, slow_repeats: int, loop: int) -> dict:
     os.environ["LANDSCAPE_COMPILATION_CACHE"] = "0"
+    os.environ["LANDSCAPE_CANONICAL_CONVS"] = mode  # the switch, read when engine is imported
     import jax
     import numpy as np
     from jax import lax
@@ -101,7 +103,8 @@ def child(workload: str, mode: str, repeats: int, slow_repeats: int, loop: int) 
     import landscape
     from landscape import engine, hessian
 
-    engine.CANONICAL_CONVS = mode
+    if mode != engine.CANONICAL_CONVS:
+        raise SystemExit(f"the switch did not take: {engine.CANONICAL_CONVS!r}")
     model, loss_fn, data = setup(workload)
     params = model.params
     out: dict = {
@@ -164,10 +167,17 @@ def child(workload: str, mode: str, repeats: int, slow_repeats: int, loop: int) 
     print(workload, mode, "eigenvalues_k1", res, flush=True)
     if workload != "mlp":
         res, _ = series(
-            lambda: landscape.train(
-                model, data, num_steps=50, batch_size=64, progress=False, eval_every=50,
-                max_block=50,
-            ).params  # fmt: skip
+            lambda: (
+                landscape.train(
+                    model,
+                    data,
+                    num_steps=50,
+                    batch_size=64,
+                    progress=False,
+                    eval_every=50,
+                    max_block=50,
+                ).params
+            )  # fmt: skip
         )
         out["train_50_steps"] = res
         print(workload, mode, "train_50_steps", res, flush=True)
@@ -176,7 +186,7 @@ def child(workload: str, mode: str, repeats: int, slow_repeats: int, loop: int) 
 
 
 def end_to_end(workload: str, mode: str) -> dict:
-    env = {**os.environ, "LANDSCAPE_COMPILATION_CACHE": "0"}
+    env = {**os.environ, "LANDSCAPE_COMPILATION_CACHE": "0", "LANDSCAPE_CANONICAL_CONVS": mode}
     start = load()
     t = time.perf_counter()
     p = subprocess.run(
