@@ -39,7 +39,9 @@ from tests.test_notebook_claims import (
 F = FLOAT
 NAME = "trainability"
 PATH = REPO / "notebooks" / f"{NAME}.ipynb"
-FIGURES = 5  # phase diagram, deep-network training curves, monitor, learning-rate range, sharpness
+# phase diagram, deep-network training curves and gradients (full mode only), monitor,
+# learning-rate range, sharpness (full mode only)
+FIGURES = {"full": 5, "quick": 3}
 LN10 = math.log(10)
 
 CLAIMS: dict[str, tuple[Callable[[NB, bool], None], bool]] = {}
@@ -97,6 +99,16 @@ def audit_clean_digits(nb: NB, quick: bool):
         s,
         m.group(0),
         "every warning is about constant features",
+    )
+    s, q = nb.sentence(
+        rf"extreme values \(robust z-scores: `\|x - median\| /\s+\(({F}) MAD\)` above (\d+)\)"
+    )
+    m = nb.printed(rf"^  \(extreme: \|robust z\| > ({F}), z = \(x - median\) / \(({F}) MAD\)")
+    nb.check(
+        float(m.group(1)) == float(q.group(2)) and m.group(2) == q.group(1),
+        s,
+        m.group(0),
+        f"|z| > {q.group(2)} with the scale {q.group(1)} MAD",
     )
 
 
@@ -439,24 +451,96 @@ def _deep(nb: NB) -> dict[str, dict]:
     return out
 
 
-@claim(quick=True)
+_GRAD = re.compile(
+    rf"^ +first update: hidden-layer gradient norms from ({F}) to ({F}); layer 1 ({F}), layer "
+    rf"(\d+) ({F}), ratio ({F})$",
+    re.M,
+)
+
+
+def _grads(nb: NB) -> dict[str, dict]:
+    found = list(_GRAD.finditer(nb.out))
+    if len(found) != len(_VARIANTS):
+        raise LabelNotFound(f"{nb.name}: {len(found)} first-update gradient lines, want 5")
+    return {
+        name: {
+            "min": Num(m.group(1), sig=3),
+            "max": Num(m.group(2), sig=3),
+            "first": Num(m.group(3), sig=3),
+            "depth": int(m.group(4)),
+            "last": Num(m.group(5), sig=3),
+            "ratio": Num(m.group(6), sig=3),
+            "line": m.group(0),
+        }
+        for name, m in zip(_VARIANTS, found)
+    }
+
+
+@claim()
+def deep_network_gradients(nb: NB, quick: bool):
+    g = _grads(nb)
+    s, q = nb.sentence(
+        rf"from ({F}) to\s+({F}) at the first update, about `2\^-(\d+) = ({F})`: the forward "
+        r"signal shrinks by `2\^-1/2` per\s+layer"
+    )
+    v = g["plain, LeCun"]
+    nb.check(
+        agrees(Num(q.group(1)), v["min"]) and agrees(Num(q.group(2)), v["max"]),
+        s,
+        v["line"],
+        f"from {q.group(1)} to {q.group(2)}",
+    )
+    half = int(q.group(3))
+    nb.check(
+        half == v["depth"] // 2 and agrees(Num(q.group(4)), Num(repr(2.0**-half), sig=2)),
+        s,
+        v["line"],
+        f"2^-{v['depth'] // 2}",
+    )
+    # "the same in every layer", "about 2^-20": every layer within a factor 2 of 2^-(L/2)
+    nb.check(
+        2.0**-half / 2 <= v["min"] and v["max"] <= 2 * 2.0**-half,
+        s,
+        v["line"],
+        f"within a factor 2 of 2^-{half}",
+    )
+    s, q = nb.sentence(
+        rf"it makes the gradients\s+explode going backwards, ({F}) at the first hidden layer "
+        rf"against ({F}) at the last"
+    )
+    v = g["batch norm"]
+    nb.check(
+        agrees(Num(q.group(1)), v["first"]) and agrees(Num(q.group(2)), v["last"]),
+        s,
+        v["line"],
+        str(q.groups()),
+    )
+    nb.check(
+        v["ratio"] > 100 and v["max"] == v["first"], s, v["line"], "largest at layer 1, > 100x"
+    )
+    for r in g.values():  # the printed ratio is layer 1 / layer L
+        nb.check(
+            abs(r["ratio"] - r["first"] / r["last"])
+            <= r["ratio"].h + (r["first"].h + r["first"] * r["last"].h / r["last"]) / r["last"],
+            s,
+            r["line"],
+            "ratio = layer 1 / layer L",
+        )
+
+
+@claim()
 def deep_network_setup(nb: NB, quick: bool):
     s, q = nb.sentence(
         r"A (\d+)-layer ReLU network of width (\d+) .* trained\s+with Adam \(learning rate "
         rf"({F}), (\d+) steps of (\d+) examples\) in five variants"
     )
-    depth, width, steps = _sizes(
-        nb,
-        r"DEPTH, WIDTH, STEPS = \((\d+), (\d+), (\d+)\) if QUICK else \((\d+), (\d+), (\d+)\)",
-        quick,
+    depth, width, steps = nb.in_code(r"(?m)^DEPTH, WIDTH, STEPS = (\d+), (\d+), (\d+)$").groups()
+    nb.check(
+        (depth, width, steps) == q.group(1, 2, 4),
+        s,
+        f"{depth}, {width}, {steps}",
+        str(q.groups()),
     )
-    if not quick:
-        nb.check(
-            (depth, width, steps) == q.group(1, 2, 4),
-            s,
-            f"{depth}, {width}, {steps}",
-            str(q.groups()),
-        )
     code = nb.in_code(
         rf"optimizer=\"adam\", learning_rate=({F}),\s+num_steps=STEPS, batch_size=(\d+)"
     )
@@ -467,7 +551,7 @@ def deep_network_setup(nb: NB, quick: bool):
     nb.check(agrees(Num(m.group(1)), Num(repr(LN10))), s, m.group(0), "ln 10")
 
 
-@claim(quick=True)
+@claim()
 def batch_norm_is_the_identity_at_step_0(nb: NB, quick: bool):
     s, _ = nb.sentence(r"so the batch-norm-and-skips network is\s+then the skips-only network")
     d = _deep(nb)
@@ -767,7 +851,7 @@ def _sharp(nb: NB) -> list[dict]:
     return rows
 
 
-@claim(quick=True)
+@claim()
 def sharpness_runs_setup(nb: NB, quick: bool):
     s, _ = nb.sentence(r"at half the limit and at the best\s+rate")
     below, above = _sharp(nb)
@@ -844,21 +928,21 @@ def progressive_sharpening_and_catapult(nb: NB, quick: bool):
 
 
 # ------------------------------------------------------------------------------------ the tests
-def _rendered(raw, name: str) -> None:
+def _rendered(raw, name: str, mode: str) -> None:
     outs = [o for c in raw.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     errors = [
         f"{o.get('ename')}: {o.get('evalue')}" for o in outs if o.get("output_type") == "error"
     ]
     assert not errors, f"{name}: error outputs {errors}"
     pngs = sum(1 for o in outs if "image/png" in o.get("data", {}))
-    assert pngs == FIGURES, f"{name}: {pngs} rendered figures, expected {FIGURES}"
+    assert pngs == FIGURES[mode], f"{name}: {pngs} rendered figures, expected {FIGURES[mode]}"
     for c in raw.cells:
         if c.cell_type == "code":
             assert c.get("execution_count"), f"{name}: a code cell did not run: {c.source[:60]!r}"
 
 
 def test_committed_notebook_renders():
-    _rendered(committed_raw(NAME), f"notebooks/{NAME}.ipynb (committed)")
+    _rendered(committed_raw(NAME), f"notebooks/{NAME}.ipynb (committed)", "full")
 
 
 @pytest.mark.parametrize("claim_id", list(CLAIMS))
@@ -872,6 +956,7 @@ MUTATIONS = [
     ("committed_in_full_mode", "out", r"^(full) mode \[", to("quick")),
     ("committed_in_full_mode", "out", r"^full run: (\d+) s$", to("700")),
     ("audit_clean_digits", "out", r"^clean digits: data audit: (ok)", to("1 problem")),
+    ("audit_clean_digits", "md", "(1.4826 MAD)` above 20)", "(1.4826 MAD)` above 10)"),
     (
         "audit_finds_the_planted_faults",
         "out",
@@ -994,6 +1079,18 @@ MUTATIONS = [
     ),
     ("monitor_catches_the_nan_batch", "out", r"^MonitorResult\((\d+) records", shift(1)),
     ("diagnose_step_finds_the_nan_in_the_batch", "md", "at example 17.", "at example 404."),
+    (
+        "deep_network_gradients",
+        "md",
+        "explode going backwards, 1.35e3",
+        "explode going backwards, 1.55e3",
+    ),
+    (
+        "deep_network_gradients",
+        "out",
+        r"^plain, LeCun: .*\n +first update: hidden-layer gradient norms from ([\d.e+-]+) to",
+        scale(0.3),
+    ),
     ("limit_is_two_over_lambda_max", "out", rf"^  limit ({F}) = 2 / lambda_max", scale(1.01)),
     (
         "limit_is_two_over_lambda_max",
@@ -1065,7 +1162,7 @@ def _quick_run():
 
 def test_notebook_quick():
     raw = _quick_run()
-    _rendered(raw, f"notebooks/{NAME}.ipynb (quick run)")
+    _rendered(raw, f"notebooks/{NAME}.ipynb (quick run)", "quick")
     nb = NB(raw, NAME)
     failures = []
     for cid, (fn, quick_ok) in CLAIMS.items():
