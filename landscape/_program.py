@@ -37,7 +37,9 @@ from landscape import _compat
 
 __all__ = [
     "INLINE",
+    "NARY",
     "PRODUCTS",
+    "UNARY",
     "Flat",
     "FlatEqn",
     "evaluate",
@@ -54,6 +56,97 @@ INLINE = frozenset({"jit", "pjit", "closed_call", "core_call"})
 
 PRODUCTS = ("dot_general", "conv_general_dilated")
 """The primitives of dense layers and convolutions."""
+
+UNARY = frozenset(
+    {
+        "neg",
+        "sign",
+        "floor",
+        "ceil",
+        "round",
+        "is_finite",
+        "exp",
+        "exp2",
+        "log",
+        "log1p",
+        "expm1",
+        "tanh",
+        "logistic",
+        "sin",
+        "cos",
+        "tan",
+        "asin",
+        "acos",
+        "atan",
+        "sinh",
+        "cosh",
+        "asinh",
+        "acosh",
+        "atanh",
+        "sqrt",
+        "rsqrt",
+        "cbrt",
+        "abs",
+        "not",
+        "integer_pow",
+        "square",
+        "erf",
+        "erfc",
+        "erf_inv",
+        "lgamma",
+        "digamma",
+        "convert_element_type",
+        "reduce_precision",
+        "copy",
+        "copy_p",
+        "real",
+        "imag",
+        "conj",
+        "stop_gradient",
+        "population_count",
+        "clz",
+        "bessel_i0e",
+        "bessel_i1e",
+        "optimization_barrier",
+    }
+)
+NARY = frozenset(
+    {
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "rem",
+        "pow",
+        "max",
+        "min",
+        "atan2",
+        "nextafter",
+        "and",
+        "or",
+        "xor",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "select_n",
+        "clamp",
+        "add_any",
+        "shift_left",
+        "shift_right_logical",
+        "shift_right_arithmetic",
+        "complex",
+        "igamma",
+        "igammac",
+        "polygamma",
+        "zeta",
+        "random_gamma_grad",
+    }
+)
+"""Elementwise primitives on one operand (``UNARY``) and on several broadcast operands
+(``NARY``): the rule tables of the analyses that follow values through a program."""
 
 
 def closed_jaxpr(p) -> jcore.ClosedJaxpr | None:

@@ -61,20 +61,9 @@ class UnsupportedModelError(ValueError):
     """The model contains an operation the permutation analysis cannot handle."""
 
 
-_UNARY = {
-    "neg", "sign", "floor", "ceil", "round", "is_finite", "exp", "exp2", "log", "log1p",
-    "expm1", "tanh", "logistic", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh",
-    "asinh", "acosh", "atanh", "sqrt", "rsqrt", "cbrt", "abs", "not", "integer_pow", "square",
-    "erf", "erfc", "erf_inv", "lgamma", "digamma", "convert_element_type", "reduce_precision",
-    "copy", "copy_p", "real", "imag", "conj", "stop_gradient", "population_count", "clz",
-    "bessel_i0e", "bessel_i1e", "optimization_barrier",
-}
-_NARY = {
-    "add", "sub", "mul", "div", "rem", "pow", "max", "min", "atan2", "nextafter", "and", "or",
-    "xor", "eq", "ne", "lt", "le", "gt", "ge", "select_n", "clamp", "add_any", "shift_left",
-    "shift_right_logical", "shift_right_arithmetic", "complex", "igamma", "igammac",
-    "polygamma", "zeta", "random_gamma_grad",
-}
+# elementwise primitives: the shared walker's tables
+_UNARY = _program.UNARY
+_NARY = _program.NARY
 _REDUCE = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
            "reduce_xor"}
 _ARG_REDUCE = {"argmax", "argmin"}

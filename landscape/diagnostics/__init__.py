@@ -22,6 +22,14 @@ Lewkowycz et al. (2020); Cohen et al. (2021).
 # the data audit and the learning-rate range (before and during training)
 from landscape.diagnostics._audit import AuditResult as AuditResult
 from landscape.diagnostics._audit import audit_data as audit_data
+
+# the hidden-to-hidden Jacobian's spectrum and the layers found from the program (at
+# initialisation; signal propagation and the depth sweep at the end)
+from landscape.diagnostics._jacobian import JacobianSpectrumResult as JacobianSpectrumResult
+from landscape.diagnostics._jacobian import jacobian_spectrum as jacobian_spectrum
+from landscape.diagnostics._layers import LayerEnumerationError as LayerEnumerationError
+
+# (the learning-rate range, with the data audit above)
 from landscape.diagnostics._lr import LearningRateRangeResult as LearningRateRangeResult
 from landscape.diagnostics._lr import learning_rate_range as learning_rate_range
 from landscape.diagnostics._lr import stability_limit as stability_limit
@@ -38,3 +46,10 @@ from landscape.diagnostics._monitor import MonitorResult as MonitorResult
 from landscape.diagnostics._monitor import TrainingMonitor as TrainingMonitor
 from landscape.diagnostics._monitor import diagnose_step as diagnose_step
 from landscape.diagnostics._monitor import training_monitor as training_monitor
+
+# signal propagation through a real network and its depth sweep (at initialisation)
+from landscape.diagnostics._signal import DEFAULT_INITS as DEFAULT_INITS
+from landscape.diagnostics._signal import DepthSweepResult as DepthSweepResult
+from landscape.diagnostics._signal import SignalResult as SignalResult
+from landscape.diagnostics._signal import depth_sweep as depth_sweep
+from landscape.diagnostics._signal import signal_propagation as signal_propagation
