@@ -172,7 +172,7 @@ class _Map:
 @jax.jit
 def _dense_jacobians(fmap: _Map, params, state, x):
     """``(n, d_to, d_from)``: every example's Jacobian, column by column."""
-    e0 = jnp.zeros(_site_shape(fmap, "from"), _tree.dtype_of(params))
+    e0 = jnp.zeros(*_site(fmap, "from"))
     n = e0.shape[0]
     d_from = math.prod(e0.shape[1:])
 
@@ -198,12 +198,13 @@ def _dense_jacobians(fmap: _Map, params, state, x):
     return jax.lax.map(example, jnp.arange(n))
 
 
-def _site_shape(fmap: _Map, which: str) -> tuple:
+def _site(fmap: _Map, which: str) -> tuple:
+    """``(shape, dtype)`` of the map's input or output value."""
     site = fmap.site_from if which == "from" else fmap.site_to
     for layer in fmap.plan.layers:
         for s in (layer.preact, layer.phi_in, layer.act):
             if s == site:
-                return tuple(layer.shape)
+                return tuple(layer.shape), jnp.dtype(layer.dtype)
     raise AssertionError("site not in plan")  # pragma: no cover
 
 
@@ -378,7 +379,7 @@ def jacobian_spectrum(
 
     P = n * d_from
     matvec = Partial(fmap, model.params, model.state, x)
-    like = jax.ShapeDtypeStruct((n,) + tuple(lf.shape[1:]), dtype)
+    like = jax.ShapeDtypeStruct((n,) + tuple(lf.shape[1:]), jnp.dtype(lf.dtype))
     dens = hessian.spectral_density(
         matvec, like=like, key=key, num_probes=num_probes, num_steps=min(num_steps, P)
     )

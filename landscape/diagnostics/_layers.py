@@ -96,7 +96,7 @@ class Layer:
       preact, phi_in, act: ``(position, output index)`` of the pre-activation ``z``, the input of
         the nonlinearity ``u`` and the activation ``a`` (see the module docstring).
       activation: the kind: ``"linear"``, ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"other"``.
-      shape: the shape of ``z`` (and of ``u`` and ``a``).
+      shape: the shape of ``z`` (and of ``u`` and ``a``); dtype: the dtype of ``a``.
       unit_axes: the axes of ``z`` that index the layer's units (output features, channels).
       params: indices (tree order) of its parameter leaves: the kernel's and the bias's.
       param_paths: their paths.
@@ -112,6 +112,7 @@ class Layer:
     act: tuple
     activation: str
     shape: tuple
+    dtype: str
     unit_axes: tuple
     params: tuple
     param_paths: tuple
@@ -435,6 +436,7 @@ def enumerate_layers(closed, params, state, x_shape, *, train: bool) -> LayerPla
                 act=_where(flat, act),
                 activation=kind,
                 shape=flat.shape(z),
+                dtype=str(flat.avals[act].dtype),
                 unit_axes=_unit_axes(e, side),
                 params=tuple(kleaves + bias),
                 param_paths=tuple(paths[i] for i in kleaves + bias),
