@@ -35,7 +35,6 @@ does for a model with no layer at all.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -183,7 +182,8 @@ def _names_inside(eqn, depth: int = 0) -> set:
 
 
 def _unit_axes(e, param_side: int) -> tuple:
-    shape = e.eqn.outvars[0].aval.shape
+    """The output axes of a product that index its units: a convolution's feature axis, the
+    parameter operand's free axes of a ``dot_general`` (output order: batch, lhs free, rhs free)."""
     if e.name == "conv_general_dilated":
         return (int(e.eqn.params["dimension_numbers"].out_spec[1]),)
     (lc, rc), (lb, rb) = e.eqn.params["dimension_numbers"]
@@ -194,7 +194,6 @@ def _unit_axes(e, param_side: int) -> tuple:
     n_rfree = rhs_nd - len(rc) - len(rb)
     if param_side == 1:
         return tuple(range(nb + n_lfree, nb + n_lfree + n_rfree))
-    del shape
     return tuple(range(nb, nb + n_lfree))
 
 
@@ -330,8 +329,8 @@ def _find_activation(flat, z, data, layer_eqns, live):
     return phi_in, act, _kind_of(names - _STRUCTURAL)
 
 
-@functools.lru_cache(maxsize=4096)
-def _kind_of_cached(nonlinear: frozenset) -> str:
+def _kind_of(nonlinear: set) -> str:
+    """The activation kind from the nonlinear primitives between ``u`` and ``a``."""
     if not nonlinear:
         return "linear"
     if nonlinear == {"max"}:
@@ -341,10 +340,6 @@ def _kind_of_cached(nonlinear: frozenset) -> str:
     if nonlinear == {"logistic"}:
         return "sigmoid"
     return "other"
-
-
-def _kind_of(nonlinear: set) -> str:
-    return _kind_of_cached(frozenset(nonlinear))
 
 
 def _ancestors(flat, v, region) -> set:
