@@ -257,11 +257,15 @@ def check_everywhere(nb: NB, quick: bool) -> None:
             "the same number",
         )
     checks = nb.printed_all(r"^report check \[(\w+)\] (.*): (\S+)$")
+    # quick mode's two SLQ probes cannot make the SLQ comparison fail: not applicable (None)
+    slq_na = quick and all(c.group(3) == "None" for c in checks if c.group(2).startswith("SLQ"))
     nb.check(
-        len(checks) == 3 and all(c.group(3) == "passed" for c in checks),
+        len(checks) == 3
+        and all(c.group(3) == "passed" or (slq_na and c.group(2).startswith("SLQ"))
+                for c in checks),
         s,
         "; ".join(c.group(0) for c in checks),
-        "the report's three checks passed",
+        "the report's three checks passed (quick mode: the SLQ one not applicable)",
     )
 
 
