@@ -100,7 +100,8 @@ class SignalResult(Result):
       saturated: fraction of saturated activations (tanh and sigmoid layers; NaN elsewhere).
       grad_param_norm, grad_preact_norm: gradient norms of the loss with respect to the layer's
         parameters and its pre-activation (``None`` without a loss).
-      finite: whether the layer's values were all finite.
+      finite: whether the layer's statistics are finite (a value that is not, or whose square
+        overflows, makes them infinite or NaN; with a loss, the backward signal's norm too).
       input_q: second moment of the input batch.
       loss: the loss at the batch (``None`` without a loss).
       layer_names: each layer's kernel path (display only: layers are found from the program).
