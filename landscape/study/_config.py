@@ -187,6 +187,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
                    minimum=2),
     },
     "trainability": {
+        "signal_examples": F(int, 256, "Training inputs of the signal-propagation statistics at "
+                                       "initialisation (per-layer second moments, dead units, "
+                                       "gradient norms).", quick=64, minimum=1),
         "lr_range": F(bool, True, "Run the learning-rate range from the initialisation: short "
                                   "runs of the study's optimiser over a log grid of rates, with "
                                   "the initial curvature's stability limit."),

@@ -813,8 +813,46 @@ def section_trainability(ctx: Context, parts: _Parts) -> Section:
     sec = parts.section
     init = ctx.template.replace(params=ctx.init_params)
     n = len(ctx.data.train["x"])
+    # signal propagation at initialisation (layers found from the traced program)
+    m = min(n, int(s["signal_examples"]))
+    ctx.log(f"    signal propagation at initialisation ({m} training inputs) ...")
+    texts = []
+    try:
+        sig = parts.get("signal", lambda: diagnostics.signal_propagation(
+            init, ctx.data.train["x"][:m], loss_fn=_resolve.loss_name(ctx.data),
+            targets=ctx.data.train["y"][:m]), diagnostics.SignalResult)
+    except diagnostics.LayerEnumerationError as e:
+        sec.values["signal_not_run"] = str(e)[:300]
+        texts.append("Signal propagation was not run: {signal_not_run}.")
+    else:
+        q = np.asarray(sig.q, float)
+        g = np.asarray(sig.grad_preact_norm, float) if sig.grad_preact_norm is not None else None
+        sec.values.update(signal_layers=int(len(q)), signal_bn_mode=str(sig.bn_mode),
+                          signal_q_first=_r(float(q[0])), signal_q_last=_r(float(q[-1])),
+                          signal_dead_max=_r(float(np.nanmax(sig.dead_units))),
+                          signal_examples=m)
+        if g is not None and len(g) and g[-1] > 0:
+            sec.values["signal_grad_ratio"] = _r(float(g[0] / g[-1]))
+        fig, axes = _figure((9.6, 3.6), 1, 2)
+        plot.plot_signal(sig, ax=[axes[0, 0], axes[0, 1]])
+        from matplotlib.ticker import MaxNLocator
+
+        for a in (axes[0, 0], axes[0, 1]):
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
+        sec.figures.append({**_fig_save(fig, ctx.out, "signal", svg=True),
+                            "caption": "The network at initialisation, layer by layer ({signal_layers} "
+                                       "layers found from the traced program; batch norm: "
+                                       "{signal_bn_mode}): the second moment of the "
+                                       "pre-activations and the loss's gradient norms on "
+                                       "{signal_examples} training inputs."})
+        texts.append("At initialisation the pre-activations' second moment goes from "
+                     "{signal_q_first} at the first of {signal_layers} layers to {signal_q_last} "
+                     "at the last; at most a fraction {signal_dead_max} of a layer's units is "
+                     "dead" + ("; the loss's gradient with respect to the first layer's "
+                               "pre-activations is {signal_grad_ratio} times the last's. " if "signal_grad_ratio" in sec.values else ". "))
     if not s["lr_range"]:
-        sec.text = "The learning-rate range was not asked for (trainability.lr_range = false)."
+        sec.text = "".join(texts) + ("The learning-rate range was not asked for "
+                                     "(trainability.lr_range = false).")
         return sec
     ctx.log(f"    learning-rate range ({t['optimizer']}, {s['lr_steps']} steps per rate, from "
             "the initialisation) ...")
@@ -859,7 +897,7 @@ def section_trainability(ctx: Context, parts: _Parts) -> Section:
                                    "train: above it training can converge after a catapult "
                                    "(Lewkowycz et al. 2020), and below it the sharpness can rise "
                                    "to the edge of stability (Cohen et al. 2021)."})
-    text = "From the initialisation, {lr_steps} steps of the study's optimiser at each rate of a log grid: "
+    text = "".join(texts) + "From the initialisation, {lr_steps} steps of the study's optimiser at each rate of a log grid: "
     text += ("the initial curvature's stability limit is {lr_limit} ({lr_rule}); the study trains "
              "at {lr_study}, {lr_study_over_limit} times the limit. " if has_limit else
              "no stability limit is drawn ({lr_note}). ")
