@@ -53,3 +53,28 @@ from landscape.diagnostics._signal import DepthSweepResult as DepthSweepResult
 from landscape.diagnostics._signal import SignalResult as SignalResult
 from landscape.diagnostics._signal import depth_sweep as depth_sweep
 from landscape.diagnostics._signal import signal_propagation as signal_propagation
+
+__all__ = [
+    "DEFAULT_INITS",
+    "AuditResult",
+    "DepthSweepResult",
+    "DivergenceReport",
+    "JacobianSpectrumResult",
+    "LayerEnumerationError",
+    "LearningRateRangeResult",
+    "MeanFieldResult",
+    "MonitorResult",
+    "PhaseDiagramResult",
+    "SignalResult",
+    "TrainingMonitor",
+    "audit_data",
+    "depth_sweep",
+    "diagnose_step",
+    "jacobian_spectrum",
+    "learning_rate_range",
+    "mean_field",
+    "phase_diagram",
+    "signal_propagation",
+    "stability_limit",
+    "training_monitor",
+]
