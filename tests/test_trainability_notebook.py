@@ -39,9 +39,10 @@ from tests.test_notebook_claims import (
 F = FLOAT
 NAME = "trainability"
 PATH = REPO / "notebooks" / f"{NAME}.ipynb"
-# phase diagram, deep-network training curves and gradients (full mode only), monitor,
-# learning-rate range, sharpness (full mode only)
-FIGURES = {"full": 5, "quick": 3}
+# phase diagram, depth sweep, batch-norm and skip sweeps (full mode only), Jacobian spectra,
+# deep-network training curves and gradients (full mode only), monitor, learning-rate range (full
+# mode only), sharpness (full mode only)
+FIGURES = {"full": 8, "quick": 4}
 LN10 = math.log(10)
 
 CLAIMS: dict[str, tuple[Callable[[NB, bool], None], bool]] = {}
@@ -272,7 +273,7 @@ def _runs(nb: NB) -> list[dict]:
     return rows
 
 
-@claim(quick=True)
+@claim()  # quick mode skips it (the quick run's time)
 def trained_networks_setup(nb: NB, quick: bool):
     s, q = nb.sentence(
         r"deep tanh networks \((\d+) layers of width (\d+), the variances of the grid points "
@@ -730,7 +731,7 @@ def _lr_rows(nb: NB) -> list[tuple[Num, float, bool]]:
     return rows
 
 
-@claim(quick=True)
+@claim()  # quick mode skips it (the quick run's time)
 def limit_is_two_over_lambda_max(nb: NB, quick: bool):
     s, _ = nb.sentence(r"draws the stability limit of the initial curvature: `2 /\s+lambda_max`")
     m = nb.printed(_LIMIT)
@@ -925,6 +926,384 @@ def progressive_sharpening_and_catapult(nb: NB, quick: bool):
     rows = _lr_rows(nb)
     sub = [loss for lr, loss, _ in rows if lr < lim]
     nb.check(r["loss"] < min(sub), s, f"{r['line']}; below the limit: {sub}", "lower than all")
+
+
+# ------------------------------------------------------------------------------ depth sweep
+_SW = re.compile(
+    r"^(relu|tanh|sigmoid|gelu)\s+(\w+)\s+q at the last hidden layer by depth \[([^\]]*)\]; "
+    rf"depth (\d+): q from layer 2 to (\d+) x({F}) per layer; gradient norm layer 1 ({F}), "
+    rf"layer (\d+) ({F}), layer (\d+) ({F}) \(x({F}) per layer back from (\d+) to (\d+)\)$",
+    re.M,
+)
+
+
+def _sweep(nb: NB) -> dict[tuple[str, str], dict]:
+    rows = {}
+    for m in _SW.finditer(nb.out):
+        rows[(m.group(1), m.group(2))] = {
+            "last_q": nums(m.group(3)),
+            "q_rate": Num(m.group(6)),
+            "g1": Num(m.group(7)),
+            "g_mid": Num(m.group(9)),
+            "g_last": Num(m.group(11)),
+            "g_rate": Num(m.group(12)),
+            "line": m.group(0),
+        }
+    if not rows:
+        raise LabelNotFound(f"{nb.name}: no depth-sweep rows in the outputs")
+    return rows
+
+
+_SW_INITS = ("zeros", "lecun_normal", "he_normal", "glorot_normal", "orthogonal")
+
+
+@claim(quick=True)
+def depth_sweep_setup(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        r"`depth_sweep` builds `make_model` MLPs of width (\d+) with ([\d, and]+) hidden layers"
+    )
+    h = nb.printed(
+        r"^depth sweep: (\d) activations x (\d) initialisations x depths \(([^)]*)\), width "
+        r"(\d+), (\d+) examples, (\d+) compiled programs, batch norm mode '(\w+)'$"
+    )
+    rows = _sweep(nb)
+    acts = {"relu", "sigmoid"} if quick else {"relu", "tanh", "sigmoid", "gelu"}
+    nb.check(
+        {k for k in rows} == {(a, i) for a in acts for i in _SW_INITS} and h.group(7) == "none",
+        s,
+        h.group(0),
+        f"every initialisation of {sorted(acts)}, no batch norm",
+    )
+    if not quick:
+        depths = [int(v) for v in re.findall(r"\d+", q.group(2))]
+        got = [int(v) for v in re.findall(r"\d+", h.group(3))]
+        nb.check(
+            h.group(4) == q.group(1) and got == depths and h.group(5) == "64",
+            s,
+            h.group(0),
+            f"width {q.group(1)}, depths {depths}, 64 examples",
+        )
+
+
+@claim(quick=True)
+def zero_init_is_all_zero(nb: NB, quick: bool):
+    s, _ = nb.sentence(r"The zero initialisation gives 0 for every statistic at every depth")
+    for (_, init), r in _sweep(nb).items():
+        if init == "zeros":
+            vals = [*r["last_q"], r["q_rate"], r["g1"], r["g_mid"], r["g_last"]]
+            nb.check(all(v == 0 for v in vals), s, r["line"], "all 0")
+
+
+@claim(quick=True)
+def relu_he_keeps_q_lecun_halves_it(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"He's initialisation keeps `q` \(a factor ({F}) per layer\), while LeCun's halves it "
+        rf"\(({F})\s+per layer, down to ({F}) at the last hidden layer"
+    )
+    rows = _sweep(nb)
+    he, le = rows[("relu", "he_normal")], rows[("relu", "lecun_normal")]
+    # width 256 (32 in quick mode), one draw: the per-layer factor within 10% of 1 and of 1/2
+    nb.check(abs(he["q_rate"] - 1) <= 0.1, s, he["line"], "He: q kept (x1 +- 10%)")
+    for init in ("lecun_normal", "glorot_normal", "orthogonal"):
+        r = rows[("relu", init)]
+        nb.check(abs(r["q_rate"] - 0.5) <= 0.06, s, r["line"], f"{init}: x0.5 +- 0.06")
+    if not quick:
+        nb.check(
+            agrees(Num(q.group(1)), he["q_rate"])
+            and agrees(Num(q.group(2)), le["q_rate"])
+            and agrees(Num(q.group(3)), le["last_q"][-1]),
+            s,
+            he["line"] + " / " + le["line"],
+            str(q.groups()),
+        )
+        s2, q2 = nb.sentence(rf"the orthogonal one with\s+gain 1 halves `q` too \(({F})\)")
+        o = rows[("relu", "orthogonal")]
+        nb.check(agrees(Num(q2.group(1)), o["q_rate"]), s2, o["line"], q2.group(1))
+        s3, q3 = nb.sentence(rf"Under LeCun the gradient norm shrinks by ({F}) per layer going")
+        # sqrt(1/2) = 0.707: "about" within 3%
+        nb.check(
+            agrees(Num(q3.group(1)), le["g_rate"]) and abs(le["g_rate"] / 0.5**0.5 - 1) < 0.03,
+            s3,
+            le["line"],
+            f"{q3.group(1)}, about sqrt(1/2)",
+        )
+
+
+@claim(quick=True)
+def sigmoid_gradient_vanishes(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"Sigmoid: `q` stays put \(a factor ({F}) per layer; ({F}) at the last hidden layer of "
+        rf"the 32-layer\s+LeCun network, near its mean-field `q\*` of ({F}) above\)"
+    )
+    rows = _sweep(nb)
+    sig = {i: r for (a, i), r in rows.items() if a == "sigmoid" and i != "zeros"}
+    for r in sig.values():
+        nb.check(abs(r["q_rate"] - 1) <= 0.02, s, r["line"], "q kept to 2% per layer")
+    s2, q2 = nb.sentence(
+        rf"a factor ({F}) per layer under LeCun, about `sqrt\(chi_1\) = sqrt\(({F})\)`, and no "
+        rf"better\s+than ({F}) under any initialisation"
+    )
+    worst = max(r["g_rate"] for r in sig.values())
+    nb.check(
+        worst <= float(q2.group(3)) + 0.0005,
+        s2,
+        str([r["g_rate"] for r in sig.values()]),
+        f"every sigmoid init at most {q2.group(3)} per layer",
+    )
+    le = sig["lecun_normal"]
+    # the mean-field factor sqrt(chi_1) = 0.236 for the gradient norm: within 5%
+    nb.check(
+        abs(le["g_rate"] / float(q2.group(2)) ** 0.5 - 1) < 0.05,
+        s2,
+        le["line"],
+        f"about sqrt({q2.group(2)})",
+    )
+    if not quick:
+        mf = _mf(nb)[("sigmoid", 1.0, 0.0)]
+        nb.check(
+            agrees(Num(q.group(1)), le["q_rate"])
+            and agrees(Num(q.group(2)), le["last_q"][-1])
+            and agrees(Num(q.group(3)), mf["q_star"])
+            and abs(le["last_q"][-1] / mf["q_star"] - 1) < 0.1,
+            s,
+            le["line"] + " / " + mf["line"],
+            str(q.groups()),
+        )
+        nb.check(
+            agrees(Num(q2.group(1)), le["g_rate"]) and agrees(Num(q2.group(2)), mf["chi_1"]),
+            s2,
+            le["line"] + " / " + mf["line"],
+            str(q2.groups()),
+        )
+        nb.check(agrees(Num(q2.group(3)), Num(str(worst))), s2, str(worst), q2.group(3))
+        s3, _ = nb.sentence(
+            r"Below layer 16 the float32 gradient norms of the LeCun\s+network underflow"
+        )
+        nb.check(le["g1"] == 0 and le["g_mid"] > 0, s3, le["line"], "0 at layer 1, not at 16")
+
+
+_BN = re.compile(
+    r"^(plain|batch norm|skips|batch norm \+ skips),\s+(\w+)\s+batch norm mode '(\w+)': q at the "
+    rf"last hidden layer by depth \[([^\]]*)\]; depth (\d+): gradient norm layer 1 ({F}), layer "
+    rf"(\d+) ({F}), ratio ({F})$",
+    re.M,
+)
+
+
+def _bn(nb: NB) -> dict[tuple[str, str], dict]:
+    rows = {}
+    for m in _BN.finditer(nb.out):
+        rows[(m.group(1), m.group(2))] = {
+            "mode": m.group(3),
+            "q": nums(m.group(4)),
+            "ratio": Num(m.group(9)),
+            "line": m.group(0),
+        }
+    if not rows:
+        raise LabelNotFound(f"{nb.name}: no batch-norm sweep rows in the outputs")
+    return rows
+
+
+@claim()
+def batch_norm_and_skips_sweep(nb: NB, quick: bool):
+    s, _ = nb.sentence(r"the networks with batch norm run in batch\s+statistics mode")
+    rows = _bn(nb)
+    nb.check(len(rows) == 8, s, str(list(rows)), "4 variants x 2 initialisations")
+    for (v, _), r in rows.items():
+        want = "batch" if "batch norm" in v else "none"
+        nb.check(r["mode"] == want, s, r["line"], f"mode {want}")
+    s, q = nb.sentence(
+        rf"Batch norm \(mode `batch`\) holds `q` of the dense layers' outputs at any depth \(LeCun "
+        rf"({F}) at\s+depth 2, ({F}) at 40\) but the gradient explodes going back: ({F}) times"
+    )
+    bn = rows[("batch norm", "lecun_normal")]
+    for i in ("lecun_normal", "he_normal"):
+        r = rows[("batch norm", i)]
+        nb.check(
+            max(r["q"]) / min(r["q"]) < 1.5 and r["ratio"] > 1e3,
+            s,
+            r["line"],
+            "q within a factor 1.5 at every depth, gradient ratio above 1e3",
+        )
+    nb.check(
+        agrees(Num(q.group(1)), bn["q"][0])
+        and agrees(Num(q.group(2)), bn["q"][-1])
+        and agrees(Num(q.group(3)), bn["ratio"]),
+        s,
+        bn["line"],
+        str(q.groups()),
+    )
+    s, q = nb.sentence(
+        rf"Skips alone make `q` grow geometrically \(({F}) at depth 40 with LeCun, ({F}) with\s+He\); "
+        rf"with batch norm and skips it grows only linearly \(from ({F}) at depth 2 to ({F}) at 40,\s+"
+        rf"LeCun\), and the gradient ratio across the 40 layers is ({F})"
+    )
+    sk, skh = rows[("skips", "lecun_normal")], rows[("skips", "he_normal")]
+    both = rows[("batch norm + skips", "lecun_normal")]
+    nb.check(
+        agrees(Num(q.group(1)), sk["q"][-1])
+        and agrees(Num(q.group(2)), skh["q"][-1])
+        and agrees(Num(q.group(3)), both["q"][0])
+        and agrees(Num(q.group(4)), both["q"][-1])
+        and agrees(Num(q.group(5)), both["ratio"]),
+        s,
+        sk["line"] + " / " + both["line"],
+        str(q.groups()),
+    )
+    # geometric: each doubling of depth multiplies q by more than the one before (depths 2..40);
+    # linear: q / depth within a factor 2 over depths 4..40 (depths 2, 4, 8, 16, 32, 40)
+    depths = [2, 4, 8, 16, 32, 40]
+    g = sk["q"]
+    nb.check(
+        all(b / a > 1.5 for a, b in zip(g[1:-1], g[2:-1])), s, sk["line"], "growing ever faster"
+    )
+    per = [v / d for v, d in zip(both["q"][1:], depths[1:])]
+    nb.check(max(per) / min(per) < 2, s, both["line"], "q / depth within a factor 2")
+
+
+# -------------------------------------------------------------------------- dynamical isometry
+_JAC = re.compile(
+    rf"^(tanh critical, small q\*, Gaussian|tanh critical, small q\*, orthogonal|tanh critical, "
+    rf"q\* 0\.57, orthogonal|tanh chaotic, orthogonal|ReLU He, Gaussian|ReLU He, orthogonal): "
+    rf"mean squared singular value ({F}), spread \(variance of s\^2\) ({F}), largest ({F}) "
+    rf"\((\w+), layer (\d+) -> (\d+), (\d+) x (\d+), (\d+) inputs\)$",
+    re.M,
+)
+
+
+def _jac(nb: NB) -> dict[str, dict]:
+    rows = {}
+    for m in _JAC.finditer(nb.out):
+        rows[m.group(1)] = {
+            "mean_sq": Num(m.group(2)),
+            "spread": Num(m.group(3)),
+            "largest": Num(m.group(4)),
+            "method": m.group(5),
+            "layers": (int(m.group(6)), int(m.group(7))),
+            "dims": (int(m.group(8)), int(m.group(9))),
+            "n": int(m.group(10)),
+            "line": m.group(0),
+        }
+    if len(rows) != 6:
+        raise LabelNotFound(f"{nb.name}: {len(rows)} Jacobian rows in the outputs, expected 6")
+    return rows
+
+
+@claim(quick=True)
+def isometry_setup(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        r"`jacobian_spectrum` forms the Jacobian from the first hidden layer's output to the last's "
+        r"for (\d+)\s+training images \(exact SVD; (\d+) layers of width (\d+)"
+    )
+    depth, width, n_in = _sizes(
+        nb,
+        r"D_ISO, W_ISO, N_ISO = \((\d+), (\d+), (\d+)\) if QUICK else \((\d+), (\d+), (\d+)\)",
+        quick,
+    )
+    for r in _jac(nb).values():
+        nb.check(
+            r["method"] == "exact"
+            and r["layers"] == (0, int(depth) - 1)
+            and r["dims"] == (int(width), int(width))
+            and r["n"] == int(n_in),
+            s,
+            r["line"],
+            f"exact, layer 0 -> {int(depth) - 1}, {width} x {width}, {n_in} inputs",
+        )
+    if not quick:
+        nb.check(
+            (n_in, depth, width) == q.groups(), s, f"{n_in}, {depth}, {width}", str(q.groups())
+        )
+    s, q = nb.sentence(
+        rf"For tanh at criticality with `sigma_b2 = 1e-3` \(`sigma_w2 = ({F})`, `q\* = ({F})`\)"
+    )
+    m = nb.printed(
+        rf"^MeanFieldResult\(tanh, sigma_w2=({F}), sigma_b2=0\.001: ok, critical, q_star=({F}), chi_1=1,"
+    )
+    nb.check(
+        agrees(Num(q.group(1)), Num(m.group(1))) and agrees(Num(q.group(2)), Num(m.group(2))),
+        s,
+        m.group(0),
+        str(q.groups()),
+    )
+    s, _ = nb.sentence(r"critical point of `sigma_b2 = 0.05` \(`q\* = 0.57`\)")
+    m = nb.printed(
+        rf"^MeanFieldResult\(tanh, sigma_w2=({F}), sigma_b2=0\.05: ok, critical, q_star=({F}), chi_1=1,"
+    )
+    nb.check(agrees(Num("0.57"), Num(m.group(2))), s, m.group(0), "q* 0.57")
+
+
+@claim(quick=True)
+def orthogonal_tanh_is_isometric(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"the squared\s+singular values of the Gaussian network spread with variance ({F}) and "
+        rf"reach ({F}), against ({F})\s+and ({F}) for the orthogonal one"
+    )
+    j = _jac(nb)
+    g, o = j["tanh critical, small q*, Gaussian"], j["tanh critical, small q*, orthogonal"]
+    # the orthogonal spread at least 5 times smaller, its largest singular value below the
+    # Gaussian one's (9x and 15x, quick and full)
+    nb.check(
+        g["spread"] > 5 * o["spread"] and g["largest"] > o["largest"],
+        s,
+        g["line"] + " / " + o["line"],
+        "orthogonal spread 5x smaller",
+    )
+    if not quick:
+        got = (g["spread"], g["largest"], o["spread"], o["largest"])
+        nb.check(
+            all(agrees(Num(a), b) for a, b in zip(q.groups(), got)), s, str(got), str(q.groups())
+        )
+    s, q = nb.sentence(
+        rf"the orthogonal network at the\s+critical point of `sigma_b2 = 0.05` \(`q\* = 0.57`\) "
+        rf"spreads with variance ({F}) \(largest ({F})\)"
+    )
+    big = j["tanh critical, q* 0.57, orthogonal"]
+    nb.check(big["spread"] > 5 * o["spread"], s, big["line"], "5x the small-q* spread")
+    if not quick:
+        nb.check(
+            agrees(Num(q.group(1)), big["spread"]) and agrees(Num(q.group(2)), big["largest"]),
+            s,
+            big["line"],
+            str(q.groups()),
+        )
+    s, q = nb.sentence(
+        rf"The mean squared singular values are ({F}) \(Gaussian\) and ({F}) \(orthogonal\) for "
+        rf"tanh, ({F}) and\s+({F}) for ReLU"
+    )
+    if not quick:
+        got = (
+            g["mean_sq"],
+            o["mean_sq"],
+            j["ReLU He, Gaussian"]["mean_sq"],
+            j["ReLU He, orthogonal"]["mean_sq"],
+        )
+        nb.check(
+            all(agrees(Num(a), b) for a, b in zip(q.groups(), got)), s, str(got), str(q.groups())
+        )
+
+
+@claim(quick=True)
+def relu_cannot_be_isometric(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"ReLU at He's scale is far from isometry with either weights: a spread of ({F}) "
+        rf"\(largest ({F})\)\s+Gaussian, ({F}) \(largest ({F})\) orthogonal"
+    )
+    j = _jac(nb)
+    o = j["tanh critical, small q*, orthogonal"]
+    rg, ro = j["ReLU He, Gaussian"], j["ReLU He, orthogonal"]
+    # both ReLU spreads 10x the isometric tanh's (100x quick, 300x full)
+    nb.check(
+        min(rg["spread"], ro["spread"]) > 10 * o["spread"],
+        s,
+        rg["line"] + " / " + ro["line"],
+        "10x the orthogonal tanh spread",
+    )
+    if not quick:
+        got = (rg["spread"], rg["largest"], ro["spread"], ro["largest"])
+        nb.check(
+            all(agrees(Num(a), b) for a, b in zip(q.groups(), got)), s, str(got), str(q.groups())
+        )
 
 
 # ------------------------------------------------------------------------------------ the tests
@@ -1124,6 +1503,88 @@ MUTATIONS = [
         rf"x the limit, 2/lr = 1\.125\): sharpness \S+ at step 0, largest \S+ at step \d+, ({F}) at step",
         to("1.2"),
     ),
+    # depth sweep, batch norm and skips, dynamical isometry
+    ("depth_sweep_setup", "md", "MLPs of width 256 with", "MLPs of width 128 with"),
+    (
+        "depth_sweep_setup",
+        "out",
+        r"^depth sweep: \d activations x \d initialisations x depths \(([^)]*)\)",
+        to("2, 4, 8, 16"),
+    ),
+    (
+        "zero_init_is_all_zero",
+        "out",
+        rf"^sigmoid zeros .* gradient norm layer 1 ({F})",
+        to("1e-30"),
+    ),
+    (
+        "relu_he_keeps_q_lecun_halves_it",
+        "out",
+        rf"^relu    he_normal .* x({F}) per layer;",
+        to("1.2"),
+    ),
+    (
+        "relu_he_keeps_q_lecun_halves_it",
+        "out",
+        rf"^relu    orthogonal .* x({F}) per layer;",
+        to("0.6"),
+    ),
+    ("relu_he_keeps_q_lecun_halves_it", "md", "halves `q` too (0.483)", "halves `q` too (0.493)"),
+    (
+        "relu_he_keeps_q_lecun_halves_it",
+        "md",
+        "shrinks by 0.709 per layer",
+        "shrinks by 0.719 per layer",
+    ),
+    (
+        "sigmoid_gradient_vanishes",
+        "out",
+        rf"^sigmoid he_normal .* \(x({F}) per layer back",
+        to("0.5"),
+    ),
+    ("sigmoid_gradient_vanishes", "out", rf"^sigmoid orthogonal .* x({F}) per layer;", to("1.05")),
+    (
+        "sigmoid_gradient_vanishes",
+        "md",
+        "near its mean-field `q*` of 0.265",
+        "near its mean-field `q*` of 0.285",
+    ),
+    (
+        "batch_norm_and_skips_sweep",
+        "out",
+        r"^batch norm,\s+he_normal\s+batch norm mode '(\w+)'",
+        to("eval"),
+    ),
+    (
+        "batch_norm_and_skips_sweep",
+        "out",
+        rf"^batch norm,\s+lecun_normal .* ratio ({F})$",
+        to("500"),
+    ),
+    ("batch_norm_and_skips_sweep", "md", "to 25 at 40", "to 35 at 40"),
+    ("batch_norm_and_skips_sweep", "md", "5.85e11 with", "5.85e10 with"),
+    ("isometry_setup", "out", r"^tanh chaotic, orthogonal: .* \((\w+), layer", to("lanczos")),
+    ("isometry_setup", "md", "`q* = 0.107`", "`q* = 0.117`"),
+    (
+        "orthogonal_tanh_is_isometric",
+        "out",
+        rf"^tanh critical, small q\*, orthogonal: mean squared singular value {F}, spread \(variance of s\^2\) ({F})",
+        to("2"),
+    ),
+    (
+        "orthogonal_tanh_is_isometric",
+        "md",
+        "spreads with variance 15.4",
+        "spreads with variance 16.4",
+    ),
+    ("orthogonal_tanh_is_isometric", "md", "1.27 and 1.63 for ReLU", "1.27 and 1.53 for ReLU"),
+    (
+        "relu_cannot_be_isometric",
+        "out",
+        rf"^ReLU He, orthogonal: mean squared singular value {F}, spread \(variance of s\^2\) ({F})",
+        to("1"),
+    ),
+    ("relu_cannot_be_isometric", "md", "a spread of 141", "a spread of 151"),
 ]
 
 
