@@ -43,10 +43,10 @@ def _log_default(*parts):
 def _open_section_store(out: Path, name: str, meta: dict, log) -> tuple:
     """The section's store, bound to ``meta``; says when an earlier result of other settings
     is replaced (and which settings changed)."""
+    import shutil
+
     from landscape import _serialize
     from landscape import store as _store
-
-    import shutil
 
     path = out / "sections" / name
     changed = None
