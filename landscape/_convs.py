@@ -11,7 +11,7 @@ transpose, canonical convolution, transpose, but it walks only the program's ent
 body (``lax.fori_loop``, ``lax.while_loop``, ``lax.scan``) falls to the naive elemental loop
 nest. Measured with jax/jaxlib 0.10.2 (``benchmarks/hessian/conv_loops.py``, BENCHMARKS.md
 "Convolutions inside compiled loops (XLA:CPU)"): a 1-block ResNet's Hessian-vector product on
-the digits takes 0.25 s as its own program and 8.4 s per product inside a compiled loop.
+the digits takes 0.13 s as its own program and 5.0 s per product inside a compiled loop.
 
 :func:`landscape.engine.canonical_convs` (through :func:`call_canonical`) makes the same
 rewrite in the jaxpr, before XLA sees it, wherever the convolution sits: the function is traced

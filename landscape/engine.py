@@ -10,7 +10,7 @@
   batch-norm statistics).
 * :func:`canonical_convs`: a function's convolutions rewritten into the form XLA:CPU runs with
   its fast kernels wherever they sit (XLA does it only in a program's entry computation; inside
-  a ``lax.scan`` or ``fori_loop`` body a ResNet's Hessian-vector product ran 34x slower).
+  a ``lax.scan`` or ``fori_loop`` body a ResNet's Hessian-vector product ran 41x slower).
   :func:`batched_mean` applies it to every ``value_fn``; :data:`CANONICAL_CONVS` switches it.
 * :func:`evaluate` and :func:`value_and_grad`: the one-shot loss (with aux metrics) and
   gradient over a whole data set; :func:`check_loss` is the boundary check every analysis runs
@@ -339,9 +339,9 @@ def canonical_convs(wrapped_fn: Callable) -> Callable:
     kernel and input gradients) into transposes around a canonical one only in a program's
     entry computation; inside a ``while`` body (``lax.fori_loop``, ``lax.scan``) it runs the
     naive loop nest (jax-ml/jax issue 12868): a 1-block ResNet's Hessian-vector product on the
-    digits takes 0.25 s as its own program and 8.4 s per product inside a compiled loop, a
-    top-eigenvalue solve 34 s instead of 1.6 s (BENCHMARKS.md, "Convolutions inside compiled
-    loops"). The wrapped function is traced once, those convolutions (sub-jaxprs included:
+    digits takes 0.13 s as its own program and 5.0 s per product inside a compiled loop, a
+    top-eigenvalue solve 29 s instead of 0.85 s (BENCHMARKS.md, "Convolutions inside compiled
+    loops (XLA:CPU)"). The wrapped function is traced once, those convolutions (sub-jaxprs included:
     loops, ``cond``, nested ``jit``, ``shard_map``, ``remat``, custom derivatives' primal
     functions) are rewritten the way XLA's pass would have, and the result is evaluated
     instead: the values of the standalone program, to rounding (bit for bit in the tests).
@@ -354,7 +354,7 @@ def canonical_convs(wrapped_fn: Callable) -> Callable:
 
     Cost: when a program is traced, the function's jaxpr is evaluated once more in the
     enclosing trace (tracing and lowering a Lanczos-style loop of products: 4 ms more for an
-    85,000-parameter MLP, 60 ms more for the ResNet); nothing when it runs.
+    85,000-parameter MLP, 48 ms more for the ResNet); nothing when it runs.
     """
 
     @functools.wraps(wrapped_fn)
