@@ -93,12 +93,8 @@ def _describe_change(old: dict, new: dict) -> str:
     for k in list(dict.fromkeys([*old, *new])):
         if old.get(k) == new.get(k):
             continue
-        if k in _FINGERPRINT_WORDS:
-            out.append(_FINGERPRINT_WORDS[k])
-        elif isinstance(old.get(k), dict) and isinstance(new.get(k), dict):
-            out.append(_store.describe_differences({k: old[k]}, {k: new[k]}, limit=200))
-        else:
-            out.append(_store.describe_differences({k: old.get(k)}, {k: new.get(k)}, limit=200))
+        out.append(_FINGERPRINT_WORDS.get(k) or _store.describe_differences(
+            {k: old.get(k)}, {k: new.get(k)}, limit=200))
     return "; ".join(out) or "none"
 
 

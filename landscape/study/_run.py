@@ -804,7 +804,6 @@ def section_trainability(ctx: Context, parts: _Parts) -> Section:
     """The studied network at initialisation (it does not depend on the training): the
     learning-rate range with the initial curvature's stability limit, and the study's own
     learning rate on the same axis."""
-    import landscape
     from landscape import diagnostics, plot
     from landscape.study import _resolve
 
@@ -906,7 +905,6 @@ def section_trainability(ctx: Context, parts: _Parts) -> Section:
     text += ("the first rate that diverged is {lr_first_diverged} ({lr_diverged} of the grid)."
              if diverged.any() else "no rate of the grid diverged.")
     sec.text = text
-    del landscape
     return sec
 
 
