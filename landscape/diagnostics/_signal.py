@@ -99,7 +99,10 @@ class SignalResult(Result):
         of zero activation values.
       saturated: fraction of saturated activations (tanh and sigmoid layers; NaN elsewhere).
       grad_param_norm, grad_preact_norm: gradient norms of the loss with respect to the layer's
-        parameters and its pre-activation (``None`` without a loss).
+        parameters and its pre-activation (``None`` without a loss), scaled by the largest
+        entry before squaring, so a vanishing gradient of 1e-30 or an exploding one of 1e30
+        keeps its value in float32 (the gradient itself is what the program's arithmetic
+        gives: below float32's 1e-38 it is zero; use float64 to follow it further).
       finite: whether the layer's statistics are finite (a value that is not, or whose square
         overflows, makes them infinite or NaN; with a loss, the backward signal's norm too).
       input_q: second moment of the input batch.
@@ -346,6 +349,21 @@ def _layer_stats(layer: _layers.Layer, z, u, a, saturation: float) -> dict:
     }
 
 
+def _scaled_norm(arrays):
+    """The Euclidean norm of the arrays together, scaled by their largest magnitude before
+    squaring: a vanishing gradient of 1e-25 (whose square underflows to zero in float32) or an
+    exploding one of 1e25 (whose square overflows) keeps its value. A non-finite entry gives a
+    non-finite norm; all zeros give zero."""
+    arrays = [jnp.ravel(a) for a in arrays]
+    if not arrays:
+        return jnp.zeros(())
+    m = jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in arrays]))
+    ok = m > 0
+    safe = jnp.where(ok & jnp.isfinite(m), m, 1)
+    s = jnp.sqrt(sum(jnp.sum(jnp.square(a / safe)) for a in arrays))
+    return jnp.where(ok, safe * s, 0) + jnp.where(jnp.isfinite(m), 0, m)
+
+
 def _signal_program(static: _Static, params, state, x, targets, loss_leaves):
     """Traceable: the per-layer statistics (stacked over layers)."""
     plan = static.plan
@@ -386,12 +404,9 @@ def _signal_program(static: _Static, params, state, x, targets, loss_leaves):
         gp, gz = grads
         leaves = jax.tree.leaves(gp)
         out["grad_param_norm"] = jnp.stack(
-            [
-                jnp.sqrt(sum(jnp.sum(jnp.square(leaves[i])) for i in layer.params))
-                for layer in plan.layers
-            ]
+            [_scaled_norm([leaves[i] for i in layer.params]) for layer in plan.layers]
         )
-        out["grad_preact_norm"] = jnp.stack([jnp.sqrt(jnp.sum(jnp.square(g))) for g in gz])
+        out["grad_preact_norm"] = jnp.stack([_scaled_norm([g]) for g in gz])
         out["loss"] = value
         out["finite"] = out["finite"] & jnp.isfinite(out["grad_preact_norm"])
     return out

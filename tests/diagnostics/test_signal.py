@@ -338,3 +338,20 @@ def test_bad_inputs():
         ld.depth_sweep("mlp", (0,), x=x)
     with pytest.raises(ValueError, match=r"building depth=1, init='nope'.*unknown init"):
         ld.depth_sweep("mlp", (1,), ("nope",), x=x, width=4)
+
+
+def test_gradient_norms_neither_underflow_nor_overflow_in_float32():
+    # a vanishing gradient of 1e-25 squares to 1e-50 (zero in float32) and an exploding one of
+    # 1e25 to infinity: the norm is scaled by the largest entry first, so both keep their value
+    # (to float32 rounding of a sum of ten terms)
+    for scale in (1e-25, 1e25, 1.0):
+        g = np.linspace(1, 2, 10).astype(np.float32) * np.float32(scale)
+        want = np.linalg.norm(g.astype(np.float64))
+        got = float(_signal._scaled_norm([jnp.asarray(g[:4]), jnp.asarray(g[4:])]))
+        assert got == pytest.approx(want, rel=1e-6), scale
+        if scale != 1.0:  # the naive norm is 0 or inf there
+            naive = float(jnp.sqrt(jnp.sum(jnp.square(jnp.asarray(g)))))
+            assert naive != pytest.approx(want, rel=1e-3, abs=0)
+    assert float(_signal._scaled_norm([jnp.zeros(3, jnp.float32)])) == 0.0
+    assert np.isnan(float(_signal._scaled_norm([jnp.array([1.0, np.nan], jnp.float32)])))
+    assert np.isinf(float(_signal._scaled_norm([jnp.array([1.0, np.inf], jnp.float32)])))
