@@ -314,21 +314,24 @@ def stability_limit(
             raise ValueError(
                 f"{_validate.where()}: no stability rule for Adam with nesterov=True (NAdam)."
             )
-        b1 = float(kw.get("b1", 0.9))
-        rule = f"(2 + 2 b1) / ((1 - b1) lambda_max(P^-1 H)), b1 = {b1:g}"
-        return (2 + 2 * b1) / ((1 - b1) * lam), rule
-    if optimizer == "sgd":
-        beta = float(kw.get("momentum") or 0.0)
-        nesterov = bool(kw.get("nesterov", False)) and beta > 0
+        kind, beta = "adam", _beta(kw.get("b1", 0.9), "b1")
+    elif optimizer == "sgd":
+        beta = _beta(kw.get("momentum") or 0.0, "momentum")
+        kind = "nesterov" if bool(kw.get("nesterov", False)) and beta > 0 else "gd"
     else:
-        beta = float(kw.get("momentum", 0.9))
-        nesterov = optimizer == "nesterov"
-    if nesterov:
-        rule = f"(2 + 2 beta) / ((1 + 2 beta) lambda_max), beta = {beta:g}"
-        return (2 + 2 * beta) / ((1 + 2 * beta) * lam), rule
-    if beta:
-        return (2 + 2 * beta) / lam, f"(2 + 2 beta) / lambda_max, beta = {beta:g}"
-    return 2.0 / lam, "2 / lambda_max"
+        beta = _beta(kw.get("momentum", 0.9), "momentum")
+        kind = "nesterov" if optimizer == "nesterov" else "gd"
+    from landscape.hessian._tracking import stability_rule
+
+    c, rule = stability_rule(kind, beta)
+    return c / lam, rule
+
+
+def _beta(value, name: str) -> float:
+    v = _validate.check_finite_scalar(value, name=name)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{_validate.where()}: {name} must be in [0, 1); got {v}.")
+    return v
 
 
 # --------------------------------------------------------------------------------------------

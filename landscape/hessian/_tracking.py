@@ -53,11 +53,27 @@ def stability_threshold(
     _validate.check_choice(optimizer, ("gd", "nesterov", "adam"), name="optimizer")
     beta1 = _unit(beta1, "beta1")
     momentum = _unit(momentum, "momentum")
-    if optimizer == "adam":
-        return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
-    if optimizer == "nesterov":
-        return (2.0 + 2.0 * momentum) / ((1.0 + 2.0 * momentum) * lr)
-    return (2.0 + 2.0 * momentum) / lr
+    return stability_rule(optimizer, beta1 if optimizer == "adam" else momentum)[0] / lr
+
+
+def stability_rule(kind: str, beta: float) -> tuple[float, str]:
+    """The constant ``c`` of the quadratic model's stability rule ``lr * lambda < c`` and its
+    text, for ``kind`` ``"gd"`` (heavy-ball momentum ``beta``, 0 for plain GD), ``"nesterov"``
+    or ``"adam"`` (``beta = b1``, ``lambda`` the preconditioned sharpness). The one rule behind
+    :func:`stability_threshold` (``c / lr``) and ``landscape.diagnostics.stability_limit``
+    (``c / lambda``); ``beta`` is checked by the callers."""
+    if kind == "adam":
+        return (2.0 + 2.0 * beta) / (
+            1.0 - beta
+        ), f"(2 + 2 b1) / ((1 - b1) lambda_max(P^-1 H)), b1 = {beta:g}"
+    if kind == "nesterov":
+        return (
+            (2.0 + 2.0 * beta) / (1.0 + 2.0 * beta),
+            f"(2 + 2 beta) / ((1 + 2 beta) lambda_max), beta = {beta:g}",
+        )
+    if beta:
+        return 2.0 + 2.0 * beta, f"(2 + 2 beta) / lambda_max, beta = {beta:g}"
+    return 2.0, "2 / lambda_max"
 
 
 def _unit(x, name: str) -> float:

@@ -342,3 +342,28 @@ def test_bad_inputs():
         stability_limit(0.0)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         stability_limit(1.0, "rmsprop")
+
+
+def test_stability_limit_is_the_inverse_of_the_hessian_threshold():
+    # one rule: lr * lambda < c; the diagnostics' limit in lr (at lambda) and the Hessian
+    # module's threshold in lambda (at lr) give the same c for every optimiser
+    from landscape.hessian import stability_threshold
+
+    lam, lr = 7.0, 0.3
+    cases = [
+        (("sgd", {}), ("gd", {})),
+        (("sgd", {"momentum": 0.5}), ("gd", {"momentum": 0.5})),
+        (("momentum", {"momentum": 0.8}), ("gd", {"momentum": 0.8})),
+        (("nesterov", {"momentum": 0.9}), ("nesterov", {"momentum": 0.9})),
+        (("sgd", {"momentum": 0.9, "nesterov": True}), ("nesterov", {"momentum": 0.9})),
+        (("adam", {"b1": 0.95}), ("adam", {"beta1": 0.95})),
+    ]
+    for (name, kw), (kind, hkw) in cases:
+        limit, rule = stability_limit(lam, name, **kw)
+        assert limit * lam == pytest.approx(stability_threshold(lr, optimizer=kind, **hkw) * lr)
+        assert "lambda_max" in rule
+    for bad in ({"momentum": 1.0}, {"momentum": -0.1}):
+        with pytest.raises(ValueError, match="momentum must be in"):
+            stability_limit(lam, "momentum", **bad)
+    with pytest.raises(ValueError, match="b1 must be in"):
+        stability_limit(lam, "adam", b1=1.0)
