@@ -373,9 +373,12 @@ def _sweep(loss_static, loss_dyn, opt: _Opt, lrs, params, state, batched, data, 
                 ns = s
             else:
                 batch = jax.tree.map(lambda x: jnp.take(x, ix, axis=0), data)
-                (loss, ns), g = jax.value_and_grad(
-                    lambda q: _train_value(loss_fn, q, s, batch), has_aux=True
-                )(p)
+                # the gradient's convolutions in XLA:CPU's fast form inside the scan
+                (loss, ns), g = engine.canonical_convs(
+                    jax.value_and_grad(
+                        lambda q, s_, b: _train_value(loss_fn, q, s_, b), has_aux=True
+                    )
+                )(p, s, batch)
             u, o = tx.update(g, o, p)
             return (optax.apply_updates(p, u), ns, o), loss
 

@@ -131,3 +131,21 @@ def test_training_steps_take_the_route(cnn, mode, slow, monkeypatch):
         lambda p, s, o, d: block(loss_static, loss_dyn, p, s, o, d, idx, opt, 0)
     )(model.params, model.state, opt.init(model.params), data)
     assert (_convs.noncanonical_convs(jaxpr) > 0) == slow
+
+
+@pytest.mark.parametrize("mode, slow", [("cpu", False), ("never", True)])
+def test_learning_rate_sweep_steps_take_the_route(cnn, mode, slow, monkeypatch):
+    # diagnostics.learning_rate_range's mini-batch scan (vmapped over rates)
+    from landscape.diagnostics import _lr
+
+    model, loss_fn, data = cnn
+    monkeypatch.setattr(engine, "CANONICAL_CONVS", mode)
+    loss_static, loss_dyn = engine.split_fn(loss_fn)
+    opt = _lr._Opt("sgd", ())
+    batched = engine.batch(data, 20)
+    idx = jnp.asarray(np.arange(8, dtype=np.int32).reshape(2, 4))
+    sweep = _lr._sweep.__wrapped__  # traced afresh: jit's cache does not see the mode
+    jaxpr = jax.make_jaxpr(
+        lambda lrs, p, s, d: sweep(loss_static, loss_dyn, opt, lrs, p, s, batched, d, idx, 2)
+    )(jnp.array([0.1, 0.2]), model.params, model.state, data)
+    assert (_convs.noncanonical_convs(jaxpr) > 0) == slow
