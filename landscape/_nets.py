@@ -123,9 +123,21 @@ class MLP(nnx.Module):
       sigma_b2: bias variance (0: zero biases).
       weight_standardization: standardise every hidden layer's kernel in the forward pass
         (scaled to the initialisation's variance; see :mod:`landscape.models`).
+      batch_norm: batch norm on every hidden layer's pre-activation, before the activation
+        (``z = BN(W a)``; the hidden layers then have no biases: batch norm's shift replaces
+        them, so ``sigma_b2 > 0`` is rejected). The readout stays linear.
+      skip: identity skip connections around every hidden-to-hidden layer of equal widths, in
+        the pre-activation form of He et al. (2016, "Identity mappings"): ``z_l = z_{l-1} +
+        [BN](W_l phi(z_{l-1}))``; the first layer (input to hidden), a layer that changes the
+        width and the readout have none. Without batch norm the residual stream's second
+        moment grows by ``1 + chi``-fold per layer at initialisation (doubling for ReLU with He
+        init), which is why deep residual networks need normalisation or a scaled residual.
       use_bias: include biases.
       param_dtype: dtype of the parameters.
       rngs: ``nnx.Rngs``.
+
+    Without ``batch_norm`` and ``skip`` (the defaults) the network is ``W_L phi(... phi(W_1
+    x))``, with the parameters it always drew.
     """
 
     def __init__(
@@ -139,34 +151,63 @@ class MLP(nnx.Module):
         sigma_w2: float | None = None,
         sigma_b2: float = 0.0,
         weight_standardization: bool = False,
+        batch_norm: bool = False,
+        skip: bool = False,
         use_bias: bool = True,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
         widths = [in_features, *hidden, num_outputs]
+        for name, flag in (("batch_norm", batch_norm), ("skip", skip)):
+            if not isinstance(flag, bool):
+                raise TypeError(
+                    f"landscape.models.MLP: {name} must be True or False; got {flag!r}."
+                )
+        if batch_norm and sigma_b2:
+            raise ValueError(
+                "landscape.models.MLP: sigma_b2 > 0 with batch_norm=True: batch norm's shift "
+                "replaces the hidden layers' biases; pass sigma_b2=0 or batch_norm=False."
+            )
         spec = resolve_init(init, sigma_w2, sigma_b2, use_bias=use_bias)
         n = len(widths) - 1
-        self.layers = nnx.List(
-            [
+        layers = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            drop_bias = use_bias and batch_norm and i < n - 1
+            layers.append(
                 _dense(
                     a,
                     b,
                     spec,
-                    use_bias=use_bias,
+                    use_bias=use_bias and not drop_bias,
                     ws=weight_standardization and i < n - 1,
                     param_dtype=param_dtype,
                     rngs=rngs,
                 )
-                for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
-            ]
+            )
+            if drop_bias:  # the bias's key, unused: the kernels are those without batch norm
+                rngs.params()
+        self.layers = nnx.List(layers)
+        self.norms = (
+            nnx.List([nnx.BatchNorm(b, param_dtype=param_dtype, rngs=rngs) for b in widths[1:-1]])
+            if batch_norm
+            else None
+        )
+        # which hidden layers add their input (static: part of the module, not a parameter)
+        self.residual = tuple(
+            bool(skip) and 0 < i < n - 1 and widths[i] == widths[i + 1] for i in range(n)
         )
         self.activation = get_activation(activation)
 
     def __call__(self, x):
         x = x.reshape(x.shape[0], -1)
-        for layer in self.layers[:-1]:
-            x = self.activation(layer(x))
-        return self.layers[-1](x)
+        layers = self.layers
+        h = None
+        for i in range(len(layers) - 1):
+            z = layers[i](x if h is None else self.activation(h))
+            if self.norms is not None:
+                z = self.norms[i](z)
+            h = h + z if self.residual[i] else z
+        return layers[-1](x if h is None else self.activation(h))
 
 
 class CNN(nnx.Module):

@@ -1,7 +1,8 @@
 """Flax NNX models used throughout the toolkit, initialisation schemes, and a registry.
 
 * :class:`MLP`: dense layers with a chosen activation (``hidden=(256, 256)`` by default, the
-  64-256-256-10 network of the benchmarks on digits).
+  64-256-256-10 network of the benchmarks on digits); optional batch norm on the hidden
+  pre-activations and pre-activation skip connections (``batch_norm``, ``skip``).
 * :class:`CNN`: 3x3 SAME convolution blocks (optional 2x2 average pooling between blocks) and a
   global-average-pooling or flatten readout. Inputs are NHWC.
 * :class:`ResNet`: a small ResNet of basic blocks with switches for the skip connections and
@@ -31,7 +32,7 @@ How they combine with ``init`` (one rule, checked by :func:`resolve_init`):
   family ``N(0, sigma_w2 / n)`` with it.
 
 ``sigma_b2 = 0`` (the default) keeps the zero biases of before; ``sigma_b2 > 0`` needs biases
-(rejected with ``use_bias=False`` and with the ResNet's batch norm, whose shift replaces them).
+(rejected with ``use_bias=False`` and with batch norm, whose shift replaces them).
 Defaults draw exactly the parameters they drew before these options existed.
 
 Weight standardisation (``weight_standardization=True``; Qiao et al. 2019): every hidden
@@ -447,7 +448,7 @@ def make_model(
       num_outputs: number of outputs (classes).
       seed: initialisation seed (``nnx.Rngs(seed)``).
       **kwargs: the model class's settings (``hidden``, ``activation``, ``init``,
-        ``sigma_w2``, ``sigma_b2``, ``weight_standardization``, ``skip``, ...; see the module
+        ``sigma_w2``, ``sigma_b2``, ``weight_standardization``, ``batch_norm``, ``skip``, ...; see the module
         docstring for how ``init`` and the variances combine).
 
     Returns:

@@ -362,3 +362,46 @@ def test_explicit_variances_in_float64():
         assert float(np.var(np.asarray(m.params["layers"][0]["bias"]))) == pytest.approx(
             0.5, rel=0.2
         )
+
+
+def test_mlp_batch_norm_and_skips_against_a_hand_written_forward_pass():
+    """``z_1 = W_1 x``; ``z_l = z_{l-1} + BN(W_l phi(z_{l-1}))`` on equal widths (pre-activation
+    residuals, He et al. 2016); out ``= W phi(z_L) + b``; batch norm with batch statistics in
+    training mode (biased variance, eps 1e-5), its running statistics (0, 1) in evaluation."""
+    kw = dict(input_shape=(5,), num_outputs=3, hidden=(6, 6, 4, 4), activation="tanh", seed=3)
+    plain = landscape.make_model("mlp", **kw)
+    both = landscape.make_model("mlp", batch_norm=True, skip=True, **kw)
+    skip = landscape.make_model("mlp", skip=True, **kw)
+    # the same kernels are drawn; batch norm removes the hidden biases (its shift replaces them)
+    for i in range(5):
+        np.testing.assert_array_equal(
+            both.params["layers"][i]["kernel"], plain.params["layers"][i]["kernel"]
+        )
+        assert ("bias" in both.params["layers"][i]) == (i == 4)
+    assert set(both.state["norms"]) == {0, 1, 2, 3} and "norms" not in plain.params
+    x = np.asarray(jax.random.normal(jax.random.key(0), (16, 5)), np.float64)
+    P = jax.tree.map(lambda a: np.asarray(a, np.float64), both.params)
+    Pp = jax.tree.map(lambda a: np.asarray(a, np.float64), plain.params)
+
+    def hand(p, bn, res):
+        def norm(z, i):
+            if not bn:
+                return z + p["layers"][i].get("bias", 0)
+            zc = (z - z.mean(0)) / np.sqrt(z.var(0) + 1e-5)
+            return zc * p["norms"][i]["scale"] + p["norms"][i]["bias"]
+
+        h = norm(x @ p["layers"][0]["kernel"], 0)
+        for i, r in zip((1, 2, 3), res):
+            z = norm(np.tanh(h) @ p["layers"][i]["kernel"], i)
+            h = h + z if r else z
+        return np.tanh(h) @ p["layers"][4]["kernel"] + p["layers"][4]["bias"]
+
+    # layer 2 changes the width (6 -> 4): no skip there
+    np.testing.assert_allclose(both(x, train=True), hand(P, True, (1, 0, 1)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(skip(x), hand(Pp, False, (1, 0, 1)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(plain(x), hand(Pp, False, (0, 0, 0)), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(skip(x), plain(x), atol=1e-3)
+    with pytest.raises(ValueError, match="sigma_b2 > 0 with batch_norm"):
+        landscape.make_model("mlp", batch_norm=True, sigma_b2=0.1, **kw)
+    with pytest.raises(TypeError, match="skip must be True or False"):
+        landscape.make_model("mlp", skip="yes", **kw)
