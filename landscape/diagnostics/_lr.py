@@ -318,9 +318,10 @@ def stability_limit(
     elif optimizer == "sgd":
         beta = _beta(kw.get("momentum") or 0.0, "momentum")
         kind = "nesterov" if bool(kw.get("nesterov", False)) and beta > 0 else "gd"
-    else:
+    else:  # "momentum" and "nesterov" take make_optimizer's nesterov= flag over the name
         beta = _beta(kw.get("momentum", 0.9), "momentum")
-        kind = "nesterov" if optimizer == "nesterov" else "gd"
+        nesterov = bool(kw.get("nesterov", optimizer == "nesterov"))
+        kind = "nesterov" if nesterov and beta > 0 else "gd"
     from landscape.hessian._tracking import stability_rule
 
     c, rule = stability_rule(kind, beta)

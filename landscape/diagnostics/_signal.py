@@ -99,12 +99,15 @@ class SignalResult(Result):
         of zero activation values.
       saturated: fraction of saturated activations (tanh and sigmoid layers; NaN elsewhere).
       grad_param_norm, grad_preact_norm: gradient norms of the loss with respect to the layer's
-        parameters and its pre-activation (``None`` without a loss), scaled by the largest
-        entry before squaring, so a vanishing gradient of 1e-30 or an exploding one of 1e30
-        keeps its value in float32 (the gradient itself is what the program's arithmetic
-        gives: below float32's 1e-38 it is zero; use float64 to follow it further).
-      finite: whether the layer's statistics are finite (a value that is not, or whose square
-        overflows, makes them infinite or NaN; with a loss, the backward signal's norm too).
+        parameters and its pre-activation (``None`` without a loss).
+        The second moments and norms are float64: each is computed as its largest magnitude
+        and the mean square (sum of squares) of the values divided by it, and multiplied out
+        on the host, so a vanishing signal or gradient of 1e-30 (whose square is below
+        float32's range) or an exploding one of 1e30 keeps its value. The values themselves are
+        what the program's arithmetic gives: below float32's smallest normal number (1e-38) an
+        activation or gradient is zero; use float64 to follow it further.
+      finite: whether the layer's values are finite (an infinite or NaN activation or
+        pre-activation makes its statistics so; with a loss, the backward signal's too).
       input_q: second moment of the input batch.
       loss: the loss at the batch (``None`` without a loss).
       layer_names: each layer's kernel path (display only: layers are found from the program).
@@ -319,8 +322,11 @@ class _Static:
 
 def _layer_stats(layer: _layers.Layer, z, u, a, saturation: float) -> dict:
     """One layer's statistics: the means in one stacked reduction (few reductions compile
-    faster), dead units from the largest |a| per unit, finiteness from the second moments (a
-    value that is not finite, or whose square overflows, makes them so)."""
+    faster), dead units from the largest |a| per unit. The second moments come as a scale
+    (the largest magnitude) and the mean square of the values divided by it, combined on the
+    host in float64 (:func:`_host`): a vanishing signal of 1e-25 (whose square is below
+    float32's range) or an exploding one of 1e25 keeps its value; a value that is not finite
+    makes the layer's statistics so."""
     other = tuple(ax for ax in range(a.ndim) if ax not in layer.unit_axes)
     dt = z.dtype
     if layer.activation == "tanh":
@@ -329,39 +335,56 @@ def _layer_stats(layer: _layers.Layer, z, u, a, saturation: float) -> dict:
         sat = (jnp.abs(2 * a - 1) > saturation).astype(dt)
     else:
         sat = jnp.zeros_like(a)
+    scales = [jnp.max(jnp.abs(v)) for v in (z, u, a)]
+    safe = [jnp.where((m > 0) & jnp.isfinite(m), m, 1).astype(dt) for m in scales]
     means = jnp.mean(
-        jnp.stack([z * z, u * u, a * a, (a == 0).astype(dt), sat]),
+        jnp.stack(
+            [jnp.square(v / m) for v, m in zip((z, u, a), safe)] + [(a == 0).astype(dt), sat]
+        ),
         axis=tuple(range(1, a.ndim + 1)),
     )
     peak = jnp.max(jnp.abs(a), axis=other) if other else jnp.abs(a)
-    q, q_phi, q_act, zero, saturated = (means[i] for i in range(5))
+    zero, saturated = means[3], means[4]
     dead = jnp.mean((peak == 0).astype(dt))
     if layer.activation not in ("tanh", "sigmoid"):
         saturated = jnp.asarray(jnp.nan, dt)
-    return {
-        "q": q,
-        "q_phi": q_phi,
-        "q_act": q_act,
+    out = {
         "dead_units": dead,
         "zero_fraction": zero,
         "saturated": saturated,
-        "finite": jnp.isfinite(q) & jnp.isfinite(q_phi) & jnp.isfinite(q_act),
+        "finite": jnp.isfinite(means[0]) & jnp.isfinite(means[1]) & jnp.isfinite(means[2]),
     }
+    for i, k in enumerate(("q", "q_phi", "q_act")):
+        # a non-finite scale is carried as the scale (inf or NaN)
+        out[k + _SCALE] = jnp.where(jnp.isfinite(scales[i]), safe[i], scales[i])
+        out[k + _UNIT] = jnp.where(scales[i] > 0, means[i], 0)
+        out["finite"] = out["finite"] & jnp.isfinite(scales[i])
+    return out
 
 
-def _scaled_norm(arrays):
-    """The Euclidean norm of the arrays together, scaled by their largest magnitude before
-    squaring: a vanishing gradient of 1e-25 (whose square underflows to zero in float32) or an
-    exploding one of 1e25 (whose square overflows) keeps its value. A non-finite entry gives a
-    non-finite norm; all zeros give zero."""
+# a statistic computed as (scale, unit): value = scale ** power * unit, on the host in float64
+_SCALE, _UNIT = "@scale", "@unit"
+_POWER = {"q": 2, "q_phi": 2, "q_act": 2, "grad_param_norm": 1, "grad_preact_norm": 1}
+
+
+def _norm_parts(arrays):
+    """The Euclidean norm of the arrays together as ``(m, sqrt(sum((x / m)^2)))`` with ``m``
+    the largest magnitude: scaled before squaring, so a gradient of 1e-25 (whose square
+    underflows in float32) or of 1e25 (whose square overflows) keeps its value once the host
+    multiplies the two in float64. A non-finite entry gives a non-finite scale; all zeros give
+    ``(1, 0)``."""
     arrays = [jnp.ravel(a) for a in arrays]
-    if not arrays:
-        return jnp.zeros(())
     m = jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in arrays]))
     ok = m > 0
     safe = jnp.where(ok & jnp.isfinite(m), m, 1)
-    s = jnp.sqrt(sum(jnp.sum(jnp.square(a / safe)) for a in arrays))
-    return jnp.where(ok, safe * s, 0) + jnp.where(jnp.isfinite(m), 0, m)
+    unit = jnp.sqrt(sum(jnp.sum(jnp.square(a / safe)) for a in arrays))
+    return jnp.where(jnp.isfinite(m), safe, m), jnp.where(ok, unit, 0)
+
+
+def _scaled_norm(arrays):
+    """:func:`_norm_parts` multiplied (in the arrays' dtype: for tests and small values)."""
+    m, unit = _norm_parts(arrays)
+    return m * unit
 
 
 def _signal_program(static: _Static, params, state, x, targets, loss_leaves):
@@ -403,12 +426,21 @@ def _signal_program(static: _Static, params, state, x, targets, loss_leaves):
     if grads is not None:
         gp, gz = grads
         leaves = jax.tree.leaves(gp)
-        out["grad_param_norm"] = jnp.stack(
-            [_scaled_norm([leaves[i] for i in layer.params]) for layer in plan.layers]
-        )
-        out["grad_preact_norm"] = jnp.stack([_scaled_norm([g]) for g in gz])
+        for k, parts in (
+            (
+                "grad_param_norm",
+                [_norm_parts([leaves[i] for i in ly.params]) for ly in plan.layers],
+            ),
+            ("grad_preact_norm", [_norm_parts([g]) for g in gz]),
+        ):
+            out[k + _SCALE] = jnp.stack([m for m, _ in parts])
+            out[k + _UNIT] = jnp.stack([u for _, u in parts])
         out["loss"] = value
-        out["finite"] = out["finite"] & jnp.isfinite(out["grad_preact_norm"])
+        out["finite"] = (
+            out["finite"]
+            & jnp.isfinite(out["grad_preact_norm" + _SCALE])
+            & jnp.isfinite(out["grad_preact_norm" + _UNIT])
+        )
     return out
 
 
@@ -430,7 +462,14 @@ _sweep_jit = jax.jit(_sweep_program, static_argnums=(0,))
 
 
 def _host(out: dict) -> dict:
-    return {k: np.asarray(v) for k, v in out.items()}
+    """The program's outputs as NumPy arrays, the scaled statistics combined in float64."""
+    host = {k: np.asarray(v) for k, v in out.items() if _SCALE not in k and _UNIT not in k}
+    for k, power in _POWER.items():
+        if k + _SCALE in out:
+            m = np.asarray(out[k + _SCALE], np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                host[k] = m**power * np.asarray(out[k + _UNIT], np.float64)
+    return host
 
 
 # --------------------------------------------------------------------------------------------

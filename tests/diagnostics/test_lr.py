@@ -357,6 +357,9 @@ def test_stability_limit_is_the_inverse_of_the_hessian_threshold():
         (("nesterov", {"momentum": 0.9}), ("nesterov", {"momentum": 0.9})),
         (("sgd", {"momentum": 0.9, "nesterov": True}), ("nesterov", {"momentum": 0.9})),
         (("adam", {"b1": 0.95}), ("adam", {"beta1": 0.95})),
+        # make_optimizer's nesterov= flag decides over the name (as the optimiser it builds)
+        (("momentum", {"nesterov": True}), ("nesterov", {"momentum": 0.9})),
+        (("nesterov", {"nesterov": False}), ("gd", {"momentum": 0.9})),
     ]
     for (name, kw), (kind, hkw) in cases:
         limit, rule = stability_limit(lam, name, **kw)

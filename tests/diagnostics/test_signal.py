@@ -340,6 +340,43 @@ def test_bad_inputs():
         ld.depth_sweep("mlp", (1,), ("nope",), x=x, width=4)
 
 
+def test_vanishing_and_exploding_signals_keep_their_values_in_float32():
+    # tanh MLP with weights scaled by 1e-10 (tanh(z) = z to 1e-20 there): z^l
+    # ~ 1e-10 l-fold, so q ~ 1e-20, 1e-40, 1e-60, below float32's range from the second layer;
+    # and the ReLU net scaled by 1e10 (q up to 1e60, beyond it). Every statistic equals the
+    # float64 hand computation to float32 rounding (a few products and sums: 1e-5)
+    for act, c in (("tanh", 1e-10), ("relu", 1e10)):
+        m = tiny_mlp(act, "float32")
+        x = inputs(dtype="float32")
+        y = np.arange(12) % 3
+        params = {  # kernels times c, layer l's bias times c^(l+1): z^l ~ c^(l+1)
+            "layers": {
+                i: {
+                    "kernel": jnp.asarray(ly["kernel"]) * jnp.float32(c),
+                    "bias": jnp.asarray(ly["bias"]) * jnp.float32(c ** (i + 1)),
+                }
+                for i, ly in m.params["layers"].items()
+            }
+        }
+        # with a loss for tanh (its gradient at layer 1 is ~1e-20 per entry: a naive norm reads
+        # 0); ReLU's outputs of 1e30 overflow any loss in float32, so none there
+        loss = {"loss_fn": "mse", "targets": np.eye(3)[y]} if act == "tanh" else {}
+        r = ld.signal_propagation(m.replace(params=params), x, **loss)
+        p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+        h, zs = x.astype(np.float64), []  # by hand in NumPy float64
+        for i in range(3):
+            z = h @ p64["layers"][i]["kernel"] + p64["layers"][i]["bias"]
+            h = (np.tanh(z) if act == "tanh" else np.maximum(z, 0)) if i < 2 else z
+            zs.append((z, h))
+        q = np.array([np.mean(z**2) for z, _ in zs])
+        assert q.min() < 1e-40 or q.max() > 1e40  # beyond float32's range
+        np.testing.assert_allclose(r.q, q, rtol=1e-5)
+        np.testing.assert_allclose(r.q_act[:2], [np.mean(a**2) for _, a in zs[:2]], rtol=1e-5)
+        assert r.finite.all() and (r.zero_fraction[:2] < 1).all()
+        if act == "tanh":
+            assert 1e-25 < r.grad_preact_norm[0] < 1e-15 and r.grad_param_norm[0] > 0
+
+
 def test_gradient_norms_neither_underflow_nor_overflow_in_float32():
     # a vanishing gradient of 1e-25 squares to 1e-50 (zero in float32) and an exploding one of
     # 1e25 to infinity: the norm is scaled by the largest entry first, so both keep their value
