@@ -106,6 +106,15 @@ def _conv(
     return nnx.Conv(a, b, size, **kw)
 
 
+def _check_flags(model: str, **flags) -> None:
+    """The on/off switches must be booleans (a string such as ``"no"`` is truthy)."""
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise TypeError(
+                f"landscape.models.{model}: {name} must be True or False; got {flag!r}."
+            )
+
+
 class MLP(nnx.Module):
     """Fully connected network ``in -> hidden... -> out`` with an activation between layers.
 
@@ -130,8 +139,9 @@ class MLP(nnx.Module):
         the pre-activation form of He et al. (2016, "Identity mappings"): ``z_l = z_{l-1} +
         [BN](W_l phi(z_{l-1}))``; the first layer (input to hidden), a layer that changes the
         width and the readout have none. Without batch norm the residual stream's second
-        moment grows by ``1 + chi``-fold per layer at initialisation (doubling for ReLU with He
-        init), which is why deep residual networks need normalisation or a scaled residual.
+        moment ``q`` grows by the factor ``1 + sigma_w2 E[phi(z)^2] / q`` per layer at
+        initialisation (doubling for ReLU with He init), which is why deep residual networks
+        need normalisation or a scaled residual; with batch norm it grows by about 1 per layer.
       use_bias: include biases.
       param_dtype: dtype of the parameters.
       rngs: ``nnx.Rngs``.
@@ -158,17 +168,19 @@ class MLP(nnx.Module):
         rngs: nnx.Rngs,
     ):
         widths = [in_features, *hidden, num_outputs]
-        for name, flag in (("batch_norm", batch_norm), ("skip", skip)):
-            if not isinstance(flag, bool):
-                raise TypeError(
-                    f"landscape.models.MLP: {name} must be True or False; got {flag!r}."
-                )
+        _check_flags(
+            "MLP",
+            batch_norm=batch_norm,
+            skip=skip,
+            weight_standardization=weight_standardization,
+            use_bias=use_bias,
+        )
+        spec = resolve_init(init, sigma_w2, sigma_b2, use_bias=use_bias)  # checks the variances
         if batch_norm and sigma_b2:
             raise ValueError(
                 "landscape.models.MLP: sigma_b2 > 0 with batch_norm=True: batch norm's shift "
                 "replaces the hidden layers' biases; pass sigma_b2=0 or batch_norm=False."
             )
-        spec = resolve_init(init, sigma_w2, sigma_b2, use_bias=use_bias)
         n = len(widths) - 1
         layers = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
@@ -245,6 +257,7 @@ class CNN(nnx.Module):
             )
         if readout == "flatten" and input_hw is None:
             raise ValueError("landscape.models.CNN: readout='flatten' needs input_hw=(H, W).")
+        _check_flags("CNN", weight_standardization=weight_standardization)
         spec = resolve_init(init, sigma_w2, sigma_b2, use_bias=use_bias)
         cs = [in_channels, *channels]
         self.convs = nnx.List(
@@ -361,6 +374,12 @@ class ResNet(nnx.Module):
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        _check_flags(
+            "ResNet",
+            skip=skip,
+            batch_norm=batch_norm,
+            weight_standardization=weight_standardization,
+        )
         spec = resolve_init(init, sigma_w2, sigma_b2, default="he_normal", use_bias=not batch_norm)
         act = get_activation(activation)
         self.stem = _conv(

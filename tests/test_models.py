@@ -153,12 +153,17 @@ def test_spec_records_callables_only_when_the_registry_rebuilds_them():
     asks for a template); the registry's own objects and names are recorded."""
     from landscape import models
 
-    m = landscape.make_model("mlp", input_shape=(4,), num_outputs=2, hidden=(3,), activation=jax.nn.gelu)
+    m = landscape.make_model(
+        "mlp", input_shape=(4,), num_outputs=2, hidden=(3,), activation=jax.nn.gelu
+    )
     assert m.spec is None
-    m = landscape.make_model("mlp", input_shape=(4,), num_outputs=2, hidden=(3,),
-                             activation=models.ACTIVATIONS["gelu"])
+    m = landscape.make_model(
+        "mlp", input_shape=(4,), num_outputs=2, hidden=(3,), activation=models.ACTIVATIONS["gelu"]
+    )
     assert m.spec["kwargs"]["activation"] == "gelu"
-    m = landscape.make_model("mlp", input_shape=(4,), num_outputs=2, hidden=(3,), activation="tanh")
+    m = landscape.make_model(
+        "mlp", input_shape=(4,), num_outputs=2, hidden=(3,), activation="tanh"
+    )
     assert m.spec["kwargs"]["activation"] == "tanh"
     rebuilt = models.model_from_spec(m.spec)
     x = jnp.ones((1, 4))
@@ -405,3 +410,11 @@ def test_mlp_batch_norm_and_skips_against_a_hand_written_forward_pass():
         landscape.make_model("mlp", batch_norm=True, sigma_b2=0.1, **kw)
     with pytest.raises(TypeError, match="skip must be True or False"):
         landscape.make_model("mlp", skip="yes", **kw)
+    for name, flags in (("mlp", {}), ("cnn", {}), ("resnet", {"batch_norm": True})):
+        k = {"input_shape": (6, 6, 1), "num_outputs": 2}
+        with pytest.raises(TypeError, match="weight_standardization must be True or False"):
+            landscape.make_model(name, weight_standardization="no", **flags, **k)
+    with pytest.raises(TypeError, match="ResNet: batch_norm must be True or False"):
+        landscape.make_model("resnet", batch_norm=1, **k)
+    with pytest.raises(ValueError, match="sigma_b2 must be finite"):  # not "> 0 with batch_norm"
+        landscape.make_model("mlp", batch_norm=True, sigma_b2=float("nan"), **kw)
