@@ -67,6 +67,12 @@ def plot_monitor(result, axes=None, *, layers=None, legend: bool = True):
                 lw=1.4,
                 label=f"diverged at step {div['step']} ({div.get('stage')})",
             )
+            # the failing step is usually the last record: leave room so the line is not the
+            # axes' edge
+            lo, hi = ax.get_xlim()
+            span = max(hi - lo, 1.0)
+            if div["step"] >= hi - 0.02 * span:
+                ax.set_xlim(lo, div["step"] + 0.06 * span)
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)

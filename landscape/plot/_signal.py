@@ -102,15 +102,48 @@ def plot_signal(
     axes = _axes_for(ax, len(quantities))
     modes = sorted({r.bn_mode for r in results.values()})
     for a, q in zip(axes, quantities):
-        drawn = []
-        for i, (name, r) in enumerate(results.items()):
+        values = {}
+        for name, r in results.items():
             v = getattr(r, q, None)
             _check_quantity(q, v)
-            v = np.asarray(v, np.float64)
+            values[name] = np.asarray(v, np.float64)
+        log = q in _LOG and any(np.any(np.isfinite(v) & (v > 0)) for v in values.values())
+        zeros = False
+        for i, (name, v) in enumerate(values.items()):
             kw = {**curve_style(i), **line_kwargs(style)}
-            a.plot(np.arange(len(v)), v, label=name or None, **kw)
-            drawn.append(v)
-        _scale(a, q, np.concatenate(drawn))
+            x = np.arange(len(v))
+            if log:  # zeros are not on a log axis: a gap in the line and a mark at the bottom
+                shown = np.where(v > 0, v, np.nan)
+                if np.isfinite(shown).sum() < 2:  # matplotlib's markevery needs a path
+                    kw.pop("markevery", None)
+                (line,) = a.plot(x, shown, label=name or None, **kw)
+                z = x[v == 0]
+                if z.size:
+                    zeros = True
+                    a.plot(
+                        z,
+                        np.zeros(z.size),
+                        ls="none",
+                        marker="v",
+                        color=line.get_color(),
+                        clip_on=False,
+                        transform=a.get_xaxis_transform(),
+                    )
+            else:
+                a.plot(x, v, label=name or None, **kw)
+        if log:
+            a.set_yscale("log")
+        if zeros:
+            a.annotate(
+                "\u25bc: exactly 0",
+                (1, 0),
+                xycoords="axes fraction",
+                xytext=(-4, 4),
+                textcoords="offset points",
+                ha="right",
+                va="bottom",
+                fontsize="small",
+            )
         a.set_xlabel("layer")
         a.set_ylabel(_LABELS[q])
         a.set_title(f"batch norm: {', '.join(modes)}", fontsize="small")

@@ -309,6 +309,8 @@ def test_report_round_trip_and_plot_marks_divergence(overflow, tmp_path):
         np.testing.assert_array_equal(a, b)
     ax = lp.plot_monitor(mon.result())[0]
     assert any(f"diverged at step {err.step}" in (ln.get_label() or "") for ln in ax.lines)
+    lo, hi = ax.get_xlim()  # the line stands inside the axes, not on their edge
+    assert lo < err.step < hi - 0.03 * (hi - lo)
     matplotlib.pyplot.close("all")
 
 

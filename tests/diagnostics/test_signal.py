@@ -281,6 +281,13 @@ def test_plots(tmp_path):
     axes = lp.plot_signal({"a": r, "b": r})
     assert len(axes) == 2 and axes[0].get_yscale() == "log"
     axes[0].figure.savefig(tmp_path / "s.png")
+    # a result with zeros (a dead layer: its q set to 0) on the log axis: a gap in the line
+    # and a mark at the bottom, not a vertical drop to the axis' clip value
+    dead = r.replace(q=np.where(np.arange(r.num_layers) == 1, 0.0, r.q))
+    (a0,) = lp.plot_signal(dead, quantities=["q"])
+    line, marks = a0.get_lines()
+    assert np.isnan(line.get_ydata()[1]) and list(marks.get_xdata()) == [1]
+    a0.figure.savefig(tmp_path / "z.png")
     with pytest.raises(ValueError, match="no 'grad_preact_norm'"):
         lp.plot_signal(ld.signal_propagation(m, x), quantities=["grad_preact_norm"])
     d = ld.depth_sweep(
