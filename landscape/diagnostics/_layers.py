@@ -24,7 +24,10 @@ flattened (:func:`landscape._program.flatten`: ``jit`` calls expanded). Then:
   ReLU; ``z`` itself for ``x * sigmoid(x)`` or an exact GELU (which use ``z`` on two paths).
 * **activation kind**: from the primitives between ``u`` and ``a`` (inside custom-derivative
   calls too): none ("linear"), only ``max`` ("relu"), only ``tanh`` ("tanh"), only ``logistic``
-  ("sigmoid"), anything else ("other": GELU, SiLU, ELU, ...).
+  ("sigmoid"), the sets JAX writes for GELU (exact or tanh approximation), SiLU/swish, ELU,
+  leaky ReLU and softplus (those names), anything else ("other": a custom function). The kind
+  is a label (saturation is measured for tanh and sigmoid); a custom activation that happens
+  to use one of these exact primitive sets gets that label.
 
 A model whose layers run inside a ``scan``, ``while`` loop, ``cond``, ``remat`` or
 custom-derivative call cannot be enumerated this way (the layer's values there are not values
@@ -76,7 +79,18 @@ _STRUCTURAL = frozenset(
         *_CUSTOM,
     }
 )
-KINDS = ("linear", "relu", "tanh", "sigmoid", "other")
+KINDS = (
+    "linear",
+    "relu",
+    "tanh",
+    "sigmoid",
+    "gelu",
+    "silu",
+    "elu",
+    "leaky_relu",
+    "softplus",
+    "other",
+)
 
 
 class LayerEnumerationError(ValueError):
@@ -94,7 +108,7 @@ class Layer:
       name: the path of its kernel leaf (display only; layers are not found by name).
       preact, phi_in, act: ``(position, output index)`` of the pre-activation ``z``, the input of
         the nonlinearity ``u`` and the activation ``a`` (see the module docstring).
-      activation: the kind: ``"linear"``, ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"other"``.
+      activation: the kind, one of :data:`KINDS` (``"other"``: not recognised).
       shape: the shape of ``z`` (and of ``u`` and ``a``); dtype: the dtype of ``a``.
       unit_axes: the axes of ``z`` that index the layer's units (output features, channels).
       params: indices (tree order) of its parameter leaves: the kernel's and the bias's.
@@ -329,16 +343,32 @@ def _find_activation(flat, z, data, layer_eqns, live):
     return phi_in, act, _kind_of(names - _STRUCTURAL)
 
 
+# the primitive sets of the common activations as JAX writes them (jax.nn; "product of two
+# signals" is u multiplying a function of itself); anything else is "other"
+_KIND_SIGNATURES = {
+    "relu": ({"max"},),
+    "tanh": ({"tanh"},),
+    "sigmoid": ({"logistic"},),
+    "gelu": (  # exact (erf or erfc) and the tanh approximation
+        {"erf", "product of two signals"},
+        {"erfc", "product of two signals"},
+        {"tanh", "integer_pow", "product of two signals"},
+    ),
+    "silu": ({"logistic", "product of two signals"},),
+    "elu": ({"expm1", "gt", "select_n"}, {"expm1", "ge", "select_n"}),
+    "leaky_relu": ({"ge", "select_n"}, {"gt", "select_n"}),
+    "softplus": ({"abs", "exp", "log1p", "max", "ne", "select_n"},),
+}
+
+
 def _kind_of(nonlinear: set) -> str:
-    """The activation kind from the nonlinear primitives between ``u`` and ``a``."""
+    """The activation kind from the nonlinear primitives between ``u`` and ``a``: a known
+    signature (:data:`_KIND_SIGNATURES`, exact set equality), else ``"other"``."""
     if not nonlinear:
         return "linear"
-    if nonlinear == {"max"}:
-        return "relu"
-    if nonlinear == {"tanh"}:
-        return "tanh"
-    if nonlinear == {"logistic"}:
-        return "sigmoid"
+    for kind, signatures in _KIND_SIGNATURES.items():
+        if any(nonlinear == sig for sig in signatures):
+            return kind
     return "other"
 
 

@@ -112,7 +112,8 @@ class SignalResult(Result):
       loss: the loss at the batch (``None`` without a loss).
       layer_names: each layer's kernel path (display only: layers are found from the program).
       ops: ``"dense"`` or ``"conv"``; activations: the kind after each layer (``"relu"``,
-        ``"tanh"``, ``"sigmoid"``, ``"linear"``, ``"other"``); is_output: the readout layer(s).
+        ``"tanh"``, ``"sigmoid"``, ``"gelu"``, ``"silu"``, ..., ``"linear"``, ``"other"``: see
+        ``landscape.diagnostics._layers.KINDS``); is_output: the readout layer(s).
       shapes: the pre-activation's shape per layer.
       bn_mode: ``"batch"`` (training-mode program, batch statistics, no state update),
         ``"eval"`` (running statistics) or ``"none"`` (a model without floating state, which

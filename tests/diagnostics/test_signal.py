@@ -135,10 +135,24 @@ def test_layers_found_from_the_program_not_from_names():
 
     p = _plan(landscape.from_nnx(Odd(nnx.Rngs(0))), np.ones((3, 5)))
     assert [(l.op, l.name, l.activation, l.is_output) for l in p.layers] == [
-        ("dense", "foo/kernel", "other", False),
+        ("dense", "foo/kernel", "gelu", False),
         ("dense", "bar", "tanh", False),
         ("dense", "baz/kernel", "linear", True),
     ]
+    # the kinds of jax.nn's activations from their primitives; a custom function is "other"
+    kinds = {
+        "gelu": lambda z: jax.nn.gelu(z, approximate=True),
+        "silu": jax.nn.silu,
+        "elu": jax.nn.elu,
+        "leaky_relu": jax.nn.leaky_relu,
+        "softplus": jax.nn.softplus,
+        "other": lambda z: z * jnp.tanh(jax.nn.softplus(z)),  # mish
+    }
+    for kind, f in kinds.items():
+        net = landscape.make_model(
+            "mlp", input_shape=(5,), num_outputs=2, hidden=(3,), activation=f, seed=0
+        )
+        assert _plan(net, np.ones((3, 5))).layers[0].activation == kind, kind
     assert p.layers[1].param_paths == ("bar",) and p.layers[0].param_paths == (
         "foo/kernel",
         "foo/bias",
