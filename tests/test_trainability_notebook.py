@@ -249,7 +249,7 @@ def phase_diagram_critical_line(nb: NB, quick: bool):
 # ------------------------------------------------------------------ trained networks on the map
 _RUN = re.compile(
     rf"^sigma_w2 ({F}) +sigma_b2 ({F}) +chi_1 ({F}) chi_1\^(\d+) ({F}) +xi_c ({F}) +final "
-    rf"train loss ({F})$",
+    rf"train loss by seed ((?:{F} ?)+) median ({F})$",
     re.M,
 )
 
@@ -263,7 +263,8 @@ def _runs(nb: NB) -> list[dict]:
             "depth": int(m.group(4)),
             "chiL": Num(m.group(5), sig=3),
             "xi_c": Num(m.group(6), sig=3),
-            "loss": Num(m.group(7)),
+            "losses": [Num(v) for v in m.group(7).split()],
+            "loss": Num(m.group(8)),  # the median over the seeds
             "line": m.group(0),
         }
         for m in _RUN.finditer(nb.out)
