@@ -105,14 +105,25 @@ def _sumsq(tree) -> jax.Array:
 
 def _norms(sq, tree) -> np.ndarray:
     """Per-leaf Euclidean norms in float64 from the device's sums of squares; a leaf whose sum
-    is not a positive finite number (overflowed squares of values above ~1e19 in float32,
-    underflowed ones below ~1e-23, NaN, Inf, or a zero leaf) is read back and measured on the
-    host, scaled by its largest magnitude: exact, NaN where it holds NaN, inf where Inf."""
+    is not a finite number above ``1e6 n tiny`` (overflowed squares of values above ~1e19 in
+    float32; squares flushed to zero below ~1e-19, which can lose part of a small sum; NaN,
+    Inf, or a zero leaf) is read back and measured on the host, scaled by its largest
+    magnitude: exact, NaN where it holds NaN, inf where Inf."""
     sq = np.asarray(sq, np.float64)
     out = np.sqrt(sq)
-    redo = np.flatnonzero(~(np.isfinite(sq) & (sq > 0)))
+    leaves = jax.tree.leaves(tree)
+    # squares below the dtype's smallest normal number are flushed to zero: n of them lose at
+    # most n * tiny, so a sum within 1e6 times that may be off by more than 1e-6: redone
+    floor = np.array(
+        [
+            1e6 * np.size(x) * float(np.finfo(np.result_type(x)).tiny)
+            if np.issubdtype(np.result_type(x), np.inexact)
+            else 0.0
+            for x in leaves
+        ]
+    )
+    redo = np.flatnonzero(~(np.isfinite(sq) & (sq > floor)))
     if redo.size:
-        leaves = jax.tree.leaves(tree)
         for i in redo:
             x = np.abs(np.asarray(leaves[i])).astype(np.float64).ravel()
             if x.size == 0 or np.isnan(x).any():

@@ -357,3 +357,17 @@ def _bare_info():
     from landscape.train import TrainInfo
 
     return TrainInfo(0, {}, {}, (), None, None, {}, None, {})
+
+
+def test_host_norms_recover_squares_flushed_to_zero():
+    # a float32 leaf of 10 entries of 1e-18 and 100,000 of 1e-20: the device's sum of squares
+    # keeps the first (1e-35) and flushes the rest (1e-40 each, 1e-35 together): half the sum
+    # lost. The sum is below 1e6 n tiny, so the norm is measured again on the host, exactly
+    from landscape.diagnostics import _monitor
+
+    x = np.concatenate([np.full(10, 1e-18), np.full(100_000, 1e-20)]).astype(np.float32)
+    want = np.linalg.norm(x.astype(np.float64))
+    sq = _monitor._sumsq([jnp.asarray(x), jnp.ones(3, jnp.float32)])
+    assert float(np.sqrt(sq[0])) < 0.8 * want  # what the device's sum says
+    got = _monitor._norms(sq, [x, np.ones(3, np.float32)])
+    np.testing.assert_allclose(got, [want, np.sqrt(3)], rtol=1e-6)
