@@ -114,12 +114,11 @@ def _norms(sq, tree) -> np.ndarray:
     leaves = jax.tree.leaves(tree)
     # squares below the dtype's smallest normal number are flushed to zero: n of them lose at
     # most n * tiny, so a sum within 1e6 times that may be off by more than 1e-6: redone
+    dtypes = [np.dtype(getattr(x, "dtype", np.float64)) for x in leaves]
     floor = np.array(
         [
-            1e6 * np.size(x) * float(np.finfo(np.result_type(x)).tiny)
-            if np.issubdtype(np.result_type(x), np.inexact)
-            else 0.0
-            for x in leaves
+            1e6 * np.size(x) * float(np.finfo(dt).tiny) if np.issubdtype(dt, np.inexact) else 0.0
+            for x, dt in zip(leaves, dtypes)
         ]
     )
     redo = np.flatnonzero(~(np.isfinite(sq) & (sq > floor)))
