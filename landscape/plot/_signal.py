@@ -60,10 +60,35 @@ def _axes_for(ax, n: int, size=(4.5, 3.5)):
     return axes
 
 
-def _scale(a, q: str, values) -> None:
-    v = np.asarray(values, np.float64)
-    if q in _LOG and np.any(np.isfinite(v) & (v > 0)):
+def _draw(a, x, v, log: bool, label, kw):
+    """One line; on a log axis exact zeros are gaps in it, marked at the axes' bottom (a
+    vertical drop to the clip value would read as a steep fall). Returns (line, had zeros)."""
+    if not log:
+        (line,) = a.plot(x, v, label=label, **kw)
+        return line, False
+    shown = np.where(v > 0, v, np.nan)
+    if np.isfinite(shown).sum() < 2:  # matplotlib's markevery needs a path
+        kw = {k: val for k, val in kw.items() if k != "markevery"}
+    (line,) = a.plot(x, shown, label=label, **kw)
+    z = np.asarray(x)[v == 0]
+    if z.size:
+        a.plot(
+            z,
+            np.zeros(z.size),
+            ls="none",
+            marker="v",
+            color=line.get_color(),
+            clip_on=False,
+            transform=a.get_xaxis_transform(),
+        )
+    return line, bool(z.size)
+
+
+def _finish_log(a, log: bool, zeros: bool) -> None:
+    if log:
         a.set_yscale("log")
+    if zeros:  # a legend entry for the marks (placed with the legend)
+        a.plot([], [], ls="none", marker="v", color="0.35", label="exactly 0 (not on a log axis)")
 
 
 def plot_signal(
@@ -111,39 +136,9 @@ def plot_signal(
         zeros = False
         for i, (name, v) in enumerate(values.items()):
             kw = {**curve_style(i), **line_kwargs(style)}
-            x = np.arange(len(v))
-            if log:  # zeros are not on a log axis: a gap in the line and a mark at the bottom
-                shown = np.where(v > 0, v, np.nan)
-                if np.isfinite(shown).sum() < 2:  # matplotlib's markevery needs a path
-                    kw.pop("markevery", None)
-                (line,) = a.plot(x, shown, label=name or None, **kw)
-                z = x[v == 0]
-                if z.size:
-                    zeros = True
-                    a.plot(
-                        z,
-                        np.zeros(z.size),
-                        ls="none",
-                        marker="v",
-                        color=line.get_color(),
-                        clip_on=False,
-                        transform=a.get_xaxis_transform(),
-                    )
-            else:
-                a.plot(x, v, label=name or None, **kw)
-        if log:
-            a.set_yscale("log")
-        if zeros:
-            a.annotate(
-                "\u25bc: exactly 0",
-                (1, 0),
-                xycoords="axes fraction",
-                xytext=(-4, 4),
-                textcoords="offset points",
-                ha="right",
-                va="bottom",
-                fontsize="small",
-            )
+            _, z = _draw(a, np.arange(len(v)), v, log, name or None, kw)
+            zeros |= z
+        _finish_log(a, log, zeros)
         a.set_xlabel("layer")
         a.set_ylabel(_LABELS[q])
         a.set_title(f"batch norm: {', '.join(modes)}", fontsize="small")
@@ -188,19 +183,22 @@ def plot_depth_sweep(
     depths = np.asarray(res.depths)
     for a, act in zip(axes, acts):
         ai = res.activations.index(act)
-        drawn = []
+        va = values[ai]
+        log = quantity in _LOG and bool(np.any(np.isfinite(va) & (va > 0)))
+        zeros = False
         for ii, init in enumerate(res.inits):
-            v = values[ai, ii]
+            v = va[ii]
             with np.errstate(all="ignore"):
                 mean = np.nanmean(v, axis=-1) if np.isfinite(v).any() else v[:, 0]
             kw = {**curve_style(ii), **line_kwargs(style)}
-            (line,) = a.plot(depths, mean, label=init, **kw)
+            line, z = _draw(a, depths, mean, log, init, kw)
+            zeros |= z
             if v.shape[-1] > 1:
-                a.fill_between(
-                    depths, np.nanmin(v, -1), np.nanmax(v, -1), alpha=0.15, color=line.get_color()
-                )
-            drawn.append(v.ravel())
-        _scale(a, quantity, np.concatenate(drawn))
+                lo, hi = np.nanmin(v, -1), np.nanmax(v, -1)
+                if log:
+                    lo = np.where(lo > 0, lo, np.nan)
+                a.fill_between(depths, lo, hi, alpha=0.15, color=line.get_color())
+        _finish_log(a, log, zeros)
         a.set_xlabel("depth")
         a.set_ylabel(f"{_LABELS[quantity]} (last hidden layer)")
         a.set_title(f"{act} (batch norm: {res.bn_mode})", fontsize="small")

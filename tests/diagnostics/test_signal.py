@@ -299,7 +299,7 @@ def test_plots(tmp_path):
     # and a mark at the bottom, not a vertical drop to the axis' clip value
     dead = r.replace(q=np.where(np.arange(r.num_layers) == 1, 0.0, r.q))
     (a0,) = lp.plot_signal(dead, quantities=["q"])
-    line, marks = a0.get_lines()
+    line, marks, _proxy = a0.get_lines()
     assert np.isnan(line.get_ydata()[1]) and list(marks.get_xdata()) == [1]
     a0.figure.savefig(tmp_path / "z.png")
     with pytest.raises(ValueError, match="no 'grad_preact_norm'"):
