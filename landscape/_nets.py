@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from landscape.models import InitSpec, get_activation, resolve_init
@@ -109,7 +110,7 @@ def _conv(
 def _check_flags(model: str, **flags) -> None:
     """The on/off switches must be booleans (a string such as ``"no"`` is truthy)."""
     for name, flag in flags.items():
-        if not isinstance(flag, bool):
+        if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(
                 f"landscape.models.{model}: {name} must be True or False; got {flag!r}."
             )

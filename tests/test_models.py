@@ -410,6 +410,7 @@ def test_mlp_batch_norm_and_skips_against_a_hand_written_forward_pass():
         landscape.make_model("mlp", batch_norm=True, sigma_b2=0.1, **kw)
     with pytest.raises(TypeError, match="skip must be True or False"):
         landscape.make_model("mlp", skip="yes", **kw)
+    assert "norms" in landscape.make_model("mlp", batch_norm=np.True_, **kw).state  # NumPy's bool
     for name, flags in (("mlp", {}), ("cnn", {}), ("resnet", {"batch_norm": True})):
         k = {"input_shape": (6, 6, 1), "num_outputs": 2}
         with pytest.raises(TypeError, match="weight_standardization must be True or False"):

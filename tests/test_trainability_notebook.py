@@ -1055,6 +1055,19 @@ def relu_he_keeps_q_lecun_halves_it(nb: NB, quick: bool):
             he["line"] + " / " + le["line"],
             str(q.groups()),
         )
+        s4, q4 = nb.sentence(
+            rf"first layer, of variance 1/(\d+) against 1/(\d+), starts `q` ({F}) times\s+lower at "
+            r"every depth"
+        )
+        gl = rows[("relu", "glorot_normal")]
+        ratio = float(q4.group(2)) / float(q4.group(1))  # Glorot's 2/(64+256) over LeCun's 1/64
+        nb.check(
+            abs(Num(q4.group(3)) - ratio) <= Num(q4.group(3)).h  # 0.4 = 64 / 160 exactly
+            and all(abs(a / b / ratio - 1) < 0.05 for a, b in zip(gl["last_q"], le["last_q"])),
+            s4,
+            gl["line"] + " / " + le["line"],
+            f"Glorot's q {ratio:g} x LeCun's at every depth",
+        )
         s2, q2 = nb.sentence(rf"the orthogonal one with\s+gain 1 halves `q` too \(({F})\)")
         o = rows[("relu", "orthogonal")]
         nb.check(agrees(Num(q2.group(1)), o["q_rate"]), s2, o["line"], q2.group(1))
@@ -1272,7 +1285,7 @@ def isometry_setup(nb: NB, quick: bool):
             r["line"],
             "ReLU unscaled, tanh scaled to its q*",
         )
-    s3, _ = nb.sentence(r"the digits would enter at `q` of about 1")
+    s3, _ = nb.sentence(r"with Gaussian weights the digits would enter at `q` of\s+about 1")
     g = _jac(nb)["tanh critical, small q*, Gaussian"]  # its q^1 = q* / scale^2 unscaled
     q1 = g["q_star"] / float(g["scale"]) ** 2
     nb.check(0.7 < q1 < 1.3, s3, g["line"], f"q^1 = q* / scale^2 = {q1:.3g}, about 1")
@@ -1668,6 +1681,7 @@ MUTATIONS = [
         to("1"),
     ),
     ("relu_cannot_be_isometric", "md", "a spread of 141", "a spread of 151"),
+    ("relu_he_keeps_q_lecun_halves_it", "md", "starts `q` 0.4 times", "starts `q` 0.5 times"),
     (
         "orthogonal_tanh_is_isometric",
         "out",

@@ -356,7 +356,7 @@ _KIND_SIGNATURES = {
     ),
     "silu": ({"logistic", "product of two signals"},),
     "elu": ({"expm1", "gt", "select_n"}, {"expm1", "ge", "select_n"}),
-    "leaky_relu": ({"ge", "select_n"}, {"gt", "select_n"}),
+    "leaky_relu": ({"ge", "select_n"},),  # jax.nn's; where(x > 0, x, 0) (gt) is "other"
     "softplus": ({"abs", "exp", "log1p", "max", "ne", "select_n"},),
 }
 

@@ -470,6 +470,10 @@ def _host(out: dict) -> dict:
             m = np.asarray(out[k + _SCALE], np.float64)
             with np.errstate(invalid="ignore", over="ignore"):
                 host[k] = m**power * np.asarray(out[k + _UNIT], np.float64)
+    if "finite" in host:  # a product beyond float64's range (a float64 model's 1e160) is not
+        for k in ("q", "q_phi", "q_act", "grad_preact_norm"):
+            if k in host:
+                host["finite"] = host["finite"] & np.isfinite(host[k])
     return host
 
 

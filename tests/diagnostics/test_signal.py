@@ -435,3 +435,13 @@ def test_depth_sweep_of_make_models_mlp_with_batch_norm_and_skips():
     stream = d.q_phi[0, 0, 0, 0, :8]
     assert abs(stream[0] - 1) < 1e-4
     assert abs(np.diff(stream).mean() - 1) < 0.2 and (np.diff(stream) > 0.5).all()
+
+
+def test_a_float64_signal_beyond_float64s_range_is_not_finite():
+    # |z| ~ 1e160: its square overflows float64 on the host; the layer is flagged and warned
+    with jax.enable_x64(True):
+        m = tiny_mlp("relu", "float64")
+        params = jax.tree.map(lambda a: jnp.asarray(a) * 1e80, m.params)
+        with pytest.warns(RuntimeWarning, match="not finite at layer"):
+            r = ld.signal_propagation(m.replace(params=params), inputs(dtype="float64"))
+    assert np.isfinite(r.q[0]) and r.finite[0] and not r.finite[1:].any()
