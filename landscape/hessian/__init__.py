@@ -30,6 +30,7 @@ from landscape.hessian._analysis import epsilon_sharpness as epsilon_sharpness
 from landscape.hessian._analysis import ggn_decomposition as ggn_decomposition
 from landscape.hessian._analysis import gradient_overlap as gradient_overlap
 from landscape.hessian._analysis import sharpness as sharpness
+from landscape.hessian._classes import class_decomposition as class_decomposition
 from landscape.hessian._density import DensityResult as DensityResult
 from landscape.hessian._density import smooth_density as smooth_density
 from landscape.hessian._density import spectral_density as spectral_density
@@ -58,6 +59,7 @@ __all__ = [
     "TraceResult",
     "adam_preconditioner",
     "adaptive_sharpness",
+    "class_decomposition",
     "eigenvalues",
     "epsilon_sharpness",
     "ggn_decomposition",

@@ -113,7 +113,9 @@ def _batch_moments(pieces, num_classes, params, batch):
 
     def leaf(j):
         jf = j.reshape(j.shape[:2] + (-1,))
-        g = jf - jnp.einsum("ik,ikp->ip", p, jf, precision=_HI)[:, None, :]  # g_ic' = J_i^T(e_c' - p_i)
+        g = (
+            jf - jnp.einsum("ik,ikp->ip", p, jf, precision=_HI)[:, None, :]
+        )  # g_ic' = J_i^T(e_c' - p_i)
         m = jnp.einsum("icd,idp->cdp", coef, g, precision=_HI) / b
         return m.reshape((num_classes, num_classes) + j.shape[2:])
 
@@ -143,17 +145,24 @@ def _factors_jit(m, w, center):
     delta = jax.tree.map(lambda x: x * bcast(inv, x), m)
     scaled = jax.tree.map(lambda x: x * bcast(inv_sqrt, x), m)  # sqrt(w) delta
     diag = np.arange(num_classes)
-    off = np.array([(c, e) for c in range(num_classes) for e in range(num_classes) if c != e]).reshape(-1, 2)
+    off = np.array(
+        [(c, e) for c in range(num_classes) for e in range(num_classes) if c != e]
+    ).reshape(-1, 2)
     out = {"cross": jax.tree.map(lambda x: x[off[:, 0], off[:, 1]], scaled)}
     cls = jax.tree.map(lambda x: x[diag, diag], scaled)
     if center:
         wc = w[diag, diag]
         big_w = jnp.sum(wc)
-        mbar = jax.tree.map(lambda x: jnp.sum(x[diag, diag], axis=0) / big_w.astype(x.dtype), m)  # delta_bar
+        mbar = jax.tree.map(
+            lambda x: jnp.sum(x[diag, diag], axis=0) / big_w.astype(x.dtype), m
+        )  # delta_bar
         dcc = jax.tree.map(lambda x: x[diag, diag], delta)
         out["class"] = jax.tree.map(
-            lambda dc, mb: (dc - mb[None]) * bcast(jnp.sqrt(wc), dc), dcc, mbar)
-        out["global"] = jax.tree.map(lambda mb: (mb * jnp.sqrt(big_w).astype(mb.dtype))[None], mbar)
+            lambda dc, mb: (dc - mb[None]) * bcast(jnp.sqrt(wc), dc), dcc, mbar
+        )
+        out["global"] = jax.tree.map(
+            lambda mb: (mb * jnp.sqrt(big_w).astype(mb.dtype))[None], mbar
+        )
     else:
         out["class"] = cls
     return out, delta
@@ -164,8 +173,10 @@ def _factors_jit(m, w, center):
 # --------------------------------------------------------------------------------------------
 def _rows_dot(rows, v):
     """``F v`` for factor rows ``F`` (leaves ``(r, *leaf)``) and a params-shaped ``v``."""
-    parts = [jnp.matmul(f.reshape(f.shape[0], -1), x.reshape(-1).astype(f.dtype), precision=_HI)
-             for f, x in zip(jax.tree.leaves(rows), jax.tree.leaves(v))]
+    parts = [
+        jnp.matmul(f.reshape(f.shape[0], -1), x.reshape(-1).astype(f.dtype), precision=_HI)
+        for f, x in zip(jax.tree.leaves(rows), jax.tree.leaves(v))
+    ]
     return sum(parts[1:], parts[0])
 
 
@@ -173,8 +184,14 @@ def lowrank_matvec(rows, v):
     """``F^T (F v)``: the product of an explicit low-rank part ``sum_r f_r f_r^T``."""
     c = _rows_dot(rows, v)
     return jax.tree.map(
-        lambda f, x: jnp.matmul(c, f.reshape(f.shape[0], -1), precision=_HI).reshape(x.shape).astype(x.dtype),
-        rows, v)
+        lambda f, x: (
+            jnp.matmul(c, f.reshape(f.shape[0], -1), precision=_HI)
+            .reshape(x.shape)
+            .astype(x.dtype)
+        ),
+        rows,
+        v,
+    )
 
 
 def _batch_within(pieces, params, batch, v, dv):
@@ -192,8 +209,12 @@ def _batch_within(pieces, params, batch, v, dv):
 def within_matvec(op, delta, v):
     """``G_within v`` (see the module docstring): one JVP and one VJP per batch."""
     num_classes = jax.tree.leaves(delta)[0].shape[0]
-    parts = [jnp.matmul(d.reshape(num_classes * num_classes, -1), x.reshape(-1).astype(d.dtype), precision=_HI)
-             for d, x in zip(jax.tree.leaves(delta), jax.tree.leaves(v))]
+    parts = [
+        jnp.matmul(
+            d.reshape(num_classes * num_classes, -1), x.reshape(-1).astype(d.dtype), precision=_HI
+        )
+        for d, x in zip(jax.tree.leaves(delta), jax.tree.leaves(v))
+    ]
     dv = sum(parts[1:], parts[0]).reshape(num_classes, num_classes)
     fn = functools.partial(_batch_within, op.pieces)
     out, _ = engine.batched_mean(fn, op.params, op.batched, v, dv)
@@ -214,12 +235,17 @@ def penalty_matvec(op, v):
 # --------------------------------------------------------------------------------------------
 def _num_classes(op) -> int:
     out = jax.eval_shape(
-        lambda p, b: op.pieces.outputs(p, b), op.params,
-        jax.tree.map(lambda x: x[0], op.batched.full) if op.batched.full is not None else op.batched.rest)
+        lambda p, b: op.pieces.outputs(p, b),
+        op.params,
+        jax.tree.map(lambda x: x[0], op.batched.full)
+        if op.batched.full is not None
+        else op.batched.rest,
+    )
     if len(out.shape) != 2:
         raise ValueError(
             f"{_validate.where()}: the model must return logits of shape (batch, num_classes); got outputs of "
-            f"shape {tuple(out.shape)} for a batch.")
+            f"shape {tuple(out.shape)} for a batch."
+        )
     return int(out.shape[-1])
 
 
@@ -227,7 +253,9 @@ def _labels(batched, target_key):
     parts = [p for p in (batched.full, batched.rest) if p is not None]
     for p in parts:
         if target_key not in p:
-            raise ValueError(f"{_validate.where()}: data has no '{target_key}' entry (the integer class labels).")
+            raise ValueError(
+                f"{_validate.where()}: data has no '{target_key}' entry (the integer class labels)."
+            )
     ys = [np.asarray(p[target_key]).reshape(-1) for p in parts]
     return np.concatenate(ys)
 
@@ -235,34 +263,47 @@ def _labels(batched, target_key):
 def _build(loss_fn, params, data, *, center, model, output_loss, batch_size):
     if not isinstance(center, bool):
         raise TypeError(f"{_validate.where()}: center must be a bool; got {center!r}.")
-    op = ops.make_hvp(loss_fn, params, data, curvature="ggn", model=model, output_loss=output_loss,
-                      batch_size=batch_size, method="forward_over_reverse")
+    op = ops.make_hvp(
+        loss_fn,
+        params,
+        data,
+        curvature="ggn",
+        model=model,
+        output_loss=output_loss,
+        batch_size=batch_size,
+        method="forward_over_reverse",
+    )
     if op.pieces.kind != "cross_entropy":
         what = "output_loss" if model is not None else "loss_fn"
         raise ValueError(
             f"{_validate.where()}: the class decomposition is defined for softmax cross-entropy; {what} is "
             f"{op.pieces.kind or 'a custom output loss'!r}. Pass a landscape.Loss of kind 'cross_entropy' "
-            "(landscape.make_loss_fn(model)) or output_loss='cross_entropy'.")
+            "(landscape.make_loss_fn(model)) or output_loss='cross_entropy'."
+        )
     num_classes = _num_classes(op)
     y = _labels(op.batched, op.pieces.target_key)
     name = f"data['{op.pieces.target_key}']"
     if not np.issubdtype(y.dtype, np.integer):
         raise TypeError(
             f"{_validate.where()}: {name} must hold integer class labels (the decomposition groups examples by "
-            f"class); got dtype {y.dtype}. Convert one-hot or soft targets with argmax.")
+            f"class); got dtype {y.dtype}. Convert one-hot or soft targets with argmax."
+        )
     if y.size != op.batched.num_examples:
         raise ValueError(
             f"{_validate.where()}: {name} must hold one label per example, shape (N,); got {y.size} labels for "
-            f"{op.batched.num_examples} examples.")
+            f"{op.batched.num_examples} examples."
+        )
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(
             f"{_validate.where()}: {name} holds labels in [{int(y.min())}, {int(y.max())}]; they must lie in "
-            f"[0, {num_classes}) (the model has {num_classes} outputs).")
+            f"[0, {num_classes}) (the model has {num_classes} outputs)."
+        )
     s, d = engine.split_fn(op)
     (m, w), ok = _moments_jit(s, d, num_classes)
     if not bool(np.all(np.asarray(ok))):
         raise FloatingPointError(
-            f"{_validate.where()}: non-finite logit gradients (per-example Jacobians) at these params.")
+            f"{_validate.where()}: non-finite logit gradients (per-example Jacobians) at these params."
+        )
     rows, delta = _factors_jit(m, w, center)
     counts = np.bincount(y, minlength=num_classes)
     return op, rows, delta, (m, w), counts
@@ -282,8 +323,16 @@ def _part_operators(op, rows, delta, center):
 
 
 @_validate.public("landscape.hessian.class_operators")
-def class_operators(loss_fn, params: PyTree, data: PyTree, *, center: bool = False, model=None,
-                    output_loss=None, batch_size: int | None = None) -> dict:
+def class_operators(
+    loss_fn,
+    params: PyTree,
+    data: PyTree,
+    *,
+    center: bool = False,
+    model=None,
+    output_loss=None,
+    batch_size: int | None = None,
+) -> dict:
     """The parts of the cross-entropy GGN as operators (see the module docstring for the algebra).
 
     Returns:
@@ -297,8 +346,15 @@ def class_operators(loss_fn, params: PyTree, data: PyTree, *, center: bool = Fal
       and ``C^2`` parameter-sized means (memory ``C^2 P``). Products: ``O(C^2 P)`` for the
       low-rank parts, one JVP and one VJP over the data for ``"within"``.
     """
-    op, rows, delta, _, _ = _build(loss_fn, params, data, center=center, model=model, output_loss=output_loss,
-                                   batch_size=batch_size)
+    op, rows, delta, _, _ = _build(
+        loss_fn,
+        params,
+        data,
+        center=center,
+        model=model,
+        output_loss=output_loss,
+        batch_size=batch_size,
+    )
     return {**_part_operators(op, rows, delta, center), "ggn": op}
 
 
@@ -307,8 +363,10 @@ def class_operators(loss_fn, params: PyTree, data: PyTree, *, center: bool = Fal
 # --------------------------------------------------------------------------------------------
 @jax.jit
 def _gram_jit(rows):
-    g = [jnp.matmul(f.reshape(f.shape[0], -1), f.reshape(f.shape[0], -1).T, precision=_HI)
-         for f in jax.tree.leaves(rows)]
+    g = [
+        jnp.matmul(f.reshape(f.shape[0], -1), f.reshape(f.shape[0], -1).T, precision=_HI)
+        for f in jax.tree.leaves(rows)
+    ]
     return sum(g[1:], g[0])
 
 
@@ -455,8 +513,15 @@ def class_decomposition(
     tol = _validate.check_finite_scalar(tol, name="tol")
     if tol <= 0:
         raise ValueError(f"{_validate.where()}: tol must be > 0; got {tol}.")
-    op, rows, delta, (m, wj), counts = _build(loss_fn, params, data, center=center, model=model,
-                                              output_loss=output_loss, batch_size=batch_size)
+    op, rows, delta, (m, wj), counts = _build(
+        loss_fn,
+        params,
+        data,
+        center=center,
+        model=model,
+        output_loss=output_loss,
+        batch_size=batch_size,
+    )
     w = np.asarray(wj, np.float64)
     num_classes = int(w.shape[0])
     num_params, dtype = op.num_params, np.dtype(op.dtype)
@@ -488,12 +553,27 @@ def class_decomposition(
     edge = float(part_values["within"][0])
     values = np.asarray(top.values, np.float64)
     return ClassDecompositionResult(
-        values=values, part_values=part_values, attribution=attribution, class_spectrum=cls_vals,
-        class_spectrum_centred=cent_vals, cross_spectrum=cross_vals, masses=w, class_counts=counts,
-        bulk_edge=np.float64(edge), class_rank=cls_rank, class_rank_centred=cent_rank, cross_rank=cross_rank,
-        num_outliers=int(np.sum(values > edge)), num_classes=num_classes, k=k, parts=tuple(parts), center=center,
+        values=values,
+        part_values=part_values,
+        attribution=attribution,
+        class_spectrum=cls_vals,
+        class_spectrum_centred=cent_vals,
+        cross_spectrum=cross_vals,
+        masses=w,
+        class_counts=counts,
+        bulk_edge=np.float64(edge),
+        class_rank=cls_rank,
+        class_rank_centred=cent_rank,
+        cross_rank=cross_rank,
+        num_outliers=int(np.sum(values > edge)),
+        num_classes=num_classes,
+        k=k,
+        parts=tuple(parts),
+        center=center,
         num_hvps=int(hvps),
         provenance=_provenance.provenance(
-            dtype=dtype, seeds=_driver.key_desc(key),
-            settings={"k": k, "center": center, "tol": tol, **op.describe()}),
+            dtype=dtype,
+            seeds=_driver.key_desc(key),
+            settings={"k": k, "center": center, "tol": tol, **op.describe()},
+        ),
     )
