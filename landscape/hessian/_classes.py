@@ -52,6 +52,13 @@ reweighted *negative gradient* of the loss, small near a minimum, so after train
 uncentred part is close to its rank-``C - 1`` covariance plus a small rank-one term.
 ``center=True`` returns the two as separate parts (``"class"`` and ``"global"``).
 
+What dominates after training. With ``p_{i,y_i} -> 1`` the class means shrink like
+``(1 - p_y)^2`` (weight ~1, vector ``J^T (e_y - p)`` of size ``1 - p_y``) while the cross-class
+terms shrink like ``(1 - p_y)`` (weight ``p_{c'}``, vector of size ~1), so the outliers move to
+the cross-class part. Measured (tests, digits MLP 64-16-10, 300 Adam steps, 512 examples,
+float32): 9 = ``C - 1`` GGN eigenvalues above the within part's top eigenvalue, each 71-95%
+cross-class (the 9th half within), < 0.5% class-mean.
+
 Products, all matrix-free and chunked over the data by the engine (never a ``P x P`` matrix):
 
 * ``G_class``, ``G_cross``, ``"global"``: explicit low rank, ``F^T (F v)`` with the factor rows
@@ -401,8 +408,9 @@ class ClassDecompositionResult(Result):
 
     Attributes:
       values: the GGN's top-``k`` eigenvalues (Lanczos on the GGN operator).
-      part_values: ``{part: top eigenvalues}`` of every part (Lanczos on each part's operator;
-        at most ``C`` for ``"class"``, ``C(C-1)`` for ``"cross"``, 1 for ``"global"``).
+      part_values: ``{part: top eigenvalues}`` of every part: exact from the small Grams for the
+        low-rank parts (at most ``C`` for ``"class"``, ``C(C-1)`` for ``"cross"``, 1 for
+        ``"global"``), Lanczos (:func:`eigenvalues`) for ``"within"`` (and ``"penalty"``).
       attribution: ``{part: (k,) array}``: ``v^T G_part v / v^T G v`` for each top GGN
         eigenvector ``v`` (the parts' quadratic forms over their sum: they add to one).
       class_spectrum, class_spectrum_centred: the exact nonzero spectrum of the class-mean part,
@@ -469,8 +477,9 @@ def class_decomposition(
     :mod:`landscape.hessian._classes`): ``G_class = sum_c w_cc delta_cc delta_cc^T`` from the
     ``C`` class means of the weighted logit gradients ``g_{i,c'} = J_i^T (e_c' - p_i)``,
     ``G_cross`` from the ``C(C-1)`` cross-class means, ``G_within`` the weighted scatter around
-    them. Every part is a matrix-free operator (:func:`class_operators`); the top eigenvalues
-    come from :func:`~landscape.hessian.eigenvalues` on each. ``G_class`` has rank at most ``C``
+    them. Every part is a matrix-free operator (:func:`class_operators`). The GGN's and the
+    within part's top eigenvalues come from :func:`~landscape.hessian.eigenvalues` (Lanczos);
+    the low-rank parts' exactly from their ``C x C`` / ``C(C-1) x C(C-1)`` Grams (float64). ``G_class`` has rank at most ``C``
     (generically ``C``); centred by the global mean it has rank at most ``C - 1``: both ranks
     are measured from the exact ``C x C`` Grams.
 

@@ -143,12 +143,9 @@ def test_rank_of_class_part(tiny):
         ops = _classes.class_operators(loss, params64, data, batch_size=25)
         vals, rank = _classes._gram_spectrum(ops["class"].matvec_fn.args[0], 310, np.float64)
         cvals, crank = _classes._gram_spectrum(ops["cross"].matvec_fn.args[0], 310, np.float64)
-        # the existing Lanczos on the class-mean operator finds the same (exact Gram) spectrum
-        lz = hessian.eigenvalues(ops["class"], k=3, key=jax.random.key(1), tol=1e-10)
     assert rank == C and crank == C * (C - 1)
     dense = np.sort(np.linalg.eigvalsh(ref["class"]))[::-1][:C]
     np.testing.assert_allclose(vals, dense, rtol=1e-9, atol=1e-12 * vals[0])
-    np.testing.assert_allclose(lz.values, dense[:3], rtol=1e-8)
 
 
 @pytest.fixture(scope="module")
