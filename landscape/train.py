@@ -7,6 +7,15 @@ exactly on their steps and there is one compilation per block length. The data s
 device and each step gathers its mini-batch by index, with indices drawn on the host from
 ``numpy.random.default_rng(seed)`` (a fresh permutation per epoch, last incomplete batch
 dropped). Same seed, same result, bit for bit on one machine.
+
+A run can stop early (``stop_step``) and resume from its :class:`TrainState` (parameters,
+optimiser state, step, data-order seed: ``result.train_state()``, saved with ``save``):
+the split run equals the uninterrupted one bit for bit, because the schedule position lives in
+the optimiser state and the mini-batch order is a function of the seed and the step. A boolean
+``mask`` shaped like the parameters trains a sparse subnetwork: the mask multiplies the
+gradients, the updates and the parameters after every step, so pruned weights stay exactly zero
+under any optimiser (momentum, Adam, weight decay; ``optax.masked`` instead freezes or passes
+whole leaves).
 """
 
 from __future__ import annotations
@@ -42,8 +51,10 @@ __all__ = [
     "Callback",
     "TrainInfo",
     "TrainResult",
+    "TrainState",
     "TrainingDivergedError",
     "callback",
+    "check_mask",
     "make_optimizer",
     "make_schedule",
     "train",
@@ -284,6 +295,24 @@ class TrainResult(Result):
     def snapshot(self, i: int) -> PyTree:
         return _tree.index(self.snapshots["params"], i)
 
+    @property
+    def final_step(self) -> int:
+        """The step the parameters are at (``num_steps``, ``stop_step``, or the last finite
+        step of a diverged run)."""
+        h = self.history["step"]
+        return int(h[-1]) if len(h) else int(self.config.get("start_step", 0))
+
+    def train_state(self) -> TrainState:
+        """The training state at :attr:`final_step`: ``train(model, data,
+        initial_state=result.train_state(), ...)`` continues the run exactly."""
+        return TrainState(
+            params=self.params,
+            state=self.state,
+            opt_state=list(jax.tree.leaves(self.opt_state)),
+            step=self.final_step,
+            seed=int(self.config.get("seed", 0)),
+        )
+
     def save(self, path):  # runs are directories; see landscape.save_run
         raise NotImplementedError("use landscape.save_run(run_dir, result) to save a training run")
 
@@ -298,6 +327,58 @@ class TrainResult(Result):
 
     def __repr__(self):
         return f"TrainResult({self.summary()})"
+
+
+@result
+class TrainState(Result):
+    """Everything :func:`train` needs to continue a run exactly from step ``step``.
+
+    Attributes:
+      params, state: the parameters and the model state (batch-norm statistics) after ``step``
+        updates.
+      opt_state: the optimiser state's leaves, in ``jax.tree.leaves`` order (the structure is
+        that of ``optimizer.init(params)``: it is rebuilt when training resumes, so a state
+        saved with :meth:`save` loads without pickling). The schedule position (Optax's step
+        count) is in it.
+      step: updates done.
+      seed: the seed of the mini-batch order (epoch ``e`` is the ``e``-th permutation drawn
+        from ``numpy.random.default_rng(seed)``): with ``step`` it fixes every later batch.
+    """
+
+    params: PyTree
+    state: PyTree
+    opt_state: list
+    step: int = static_field(default=0)
+    seed: int = static_field(default=0)
+
+    def __repr__(self):
+        return (f"TrainState(step={self.step}, seed={self.seed}, "
+                f"{_tree.size(self.params)} parameters, {len(self.opt_state)} optimiser leaves)")
+
+
+@_validate.public("landscape.train.check_mask")
+def check_mask(mask: PyTree, params: PyTree, *, name: str = "mask") -> PyTree:
+    """Validate a pruning mask: a pytree of boolean arrays with ``params``' structure and leaf
+    shapes (True = kept). Returns it with every leaf a boolean ``jax.Array``.
+
+    Raises:
+      ValueError: another tree structure or a leaf of another shape (both are printed).
+      TypeError: a leaf that is not boolean (a 0/1 float mask is ambiguous: pass ``m > 0``).
+    """
+    _validate.check_same_structure(mask, params, name=name)
+    for path, leaf in zip(_tree.leaf_paths(params), jax.tree.leaves(mask)):
+        dt = getattr(leaf, "dtype", None)
+        if dt is None or np.dtype(dt) != np.dtype(bool):
+            raise TypeError(
+                f"{_validate.where()}: {name} leaf '{path}' must be boolean (True = kept); got "
+                f"{'dtype ' + str(dt) if dt is not None else type(leaf).__name__}. Convert a 0/1 "
+                "mask with jax.tree.map(lambda m: m > 0, mask)."
+            )
+    return jax.tree.map(jnp.asarray, mask)
+
+
+def _apply_mask(tree, mask):
+    return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), tree, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,7 +400,7 @@ def _finite(tree):
 
 
 @functools.partial(jax.jit, static_argnames=("loss_static", "opt"), donate_argnums=(2, 3, 4))
-def _run_block(loss_static, loss_dyn, params, state, opt_state, data, idx, opt, step0):
+def _run_block(loss_static, loss_dyn, params, state, opt_state, data, idx, opt, step0, mask=None):
     import optax
 
     loss_fn = engine.merge_fn(loss_static, loss_dyn)
@@ -336,8 +417,14 @@ def _run_block(loss_static, loss_dyn, params, state, opt_state, data, idx, opt, 
         # the gradient's convolutions in XLA:CPU's fast form inside the scan over steps (XLA
         # canonicalises only the entry computation: a ResNet's steps ran 11x slower)
         (l, ns), g = engine.canonical_convs(jax.value_and_grad(f, has_aux=True))(p)
+        if mask is not None:  # pruned weights are no parameters: no gradient, no moments
+            g = _apply_mask(g, mask)
         upd, no = opt.update(g, o, p)
+        if mask is not None:  # the update (decoupled weight decay included) and the result
+            upd = _apply_mask(upd, mask)
         np_ = optax.apply_updates(p, upd)
+        if mask is not None:
+            np_ = _apply_mask(np_, mask)
         # an update that overflows counts as a bad step too: the kept parameters stay finite
         ok = jnp.isfinite(l) & _finite(g) & _finite(np_)
         # a non-finite step leaves everything as it was and is remembered (first bad step)
@@ -446,7 +533,7 @@ def train(
     num_steps: int | None = None,
     num_epochs: int | None = None,
     batch_size: int = 64,
-    seed: int = 0,
+    seed: int | None = None,
     weight_decay: float = 0.0,
     test_data: dict | None = None,
     eval_every: int | None = None,
@@ -456,6 +543,9 @@ def train(
     progress: bool = True,
     max_block: int = 50,
     optimizer_config: dict | None = None,
+    mask: PyTree | None = None,
+    initial_state: TrainState | None = None,
+    stop_step: int | None = None,
 ) -> TrainResult:
     """Train a model triple with an Optax optimiser on mini-batches.
 
@@ -472,8 +562,10 @@ def train(
       num_steps / num_epochs: training length (exactly one; an epoch is ``n // batch_size``
         steps).
       batch_size: examples per step (``1 <= batch_size <= n``).
-      seed: seeds the mini-batch order (NumPy ``default_rng``). Initialisation has its own seed
-        (``make_model(seed=...)``).
+      seed: seeds the mini-batch order (NumPy ``default_rng``; default 0, or
+        ``initial_state.seed`` when resuming). Initialisation has its own seed
+        (``make_model(seed=...)``). Resuming with another seed continues with that seed's
+        order from the state's step (instability analysis: two copies, two orders).
       weight_decay: L2 coefficient added to a named loss (coupled; for decoupled decay pass
         ``optax.adamw``).
       test_data: evaluated alongside the training set.
@@ -490,6 +582,22 @@ def train(
         with ``optax.inject_hyperparams`` (then its values at the first and the last update
         are recorded: ``hyperparameters`` and, if they changed, ``hyperparameters_final``);
         otherwise only its ``repr`` is, and :func:`landscape.save_run` warns.
+      mask: a pytree of booleans shaped like the parameters (True = kept; see
+        :mod:`landscape.sparsity`). Pruned weights are set to zero before the first step, and
+        the mask multiplies the gradient, the optimiser's update and the new parameters of
+        every step, so they stay exactly zero under any optimiser. Costs three elementwise
+        selects per parameter per step.
+      initial_state: a :class:`TrainState` (``result.train_state()``, or
+        ``TrainState.load(path)``) to continue from: its parameters, model state, optimiser
+        state and step replace ``model``'s (which gives the architecture; the trees must
+        match). ``num_steps`` is still the whole run's length (schedules built by name depend
+        on it), and training runs from ``initial_state.step`` to it.
+      stop_step: stop after this many updates (default: ``num_steps``) and return the state
+        there; everything else (schedule, evaluation periods) is that of the ``num_steps``
+        run. ``train(..., stop_step=k)`` then ``train(..., initial_state=r.train_state())``
+        equals one uninterrupted run bit for bit (the block length of the compiled steps also
+        divides ``k`` and the start; pick ``k`` a multiple of the run's block, e.g. of
+        ``eval_every``, for the very same compiled programs).
 
     Returns:
       :class:`TrainResult`; ``result.model`` is the trained triple.
@@ -501,6 +609,23 @@ def train(
         range, both or neither of num_steps/num_epochs, ...).
     """
     model = as_model(model)
+    start = 0
+    if initial_state is not None:
+        if not isinstance(initial_state, TrainState):
+            raise TypeError(
+                f"{_validate.where()}: initial_state must be a landscape.train.TrainState (from "
+                f"result.train_state() or TrainState.load); got {type(initial_state).__name__}."
+            )
+        _validate.check_same_structure(initial_state.params, model.params,
+                                       name="initial_state.params", ref_name="model.params")
+        _validate.check_same_structure(initial_state.state, model.state,
+                                       name="initial_state.state", ref_name="model.state")
+        start = int(initial_state.step)
+        if seed is None:
+            seed = int(initial_state.seed)
+        model = Model(model.apply_fn, initial_state.params, initial_state.state, model.spec)
+    if seed is None:
+        seed = 0
     n = _validate.check_data(data)
     if test_data is not None:
         _validate.check_data(test_data, name="test_data")
@@ -515,6 +640,20 @@ def train(
         num_epochs = _validate.check_positive_int(num_epochs, name="num_epochs")
         num_steps = num_epochs * steps_per_epoch
     num_steps = _validate.check_positive_int(num_steps, name="num_steps")
+    end = num_steps
+    if stop_step is not None:
+        end = _validate.check_positive_int(stop_step, name="stop_step")
+        if end > num_steps:
+            raise ValueError(
+                f"{_validate.where()}: stop_step must be at most num_steps={num_steps}; got {end}."
+            )
+    if start >= end:
+        raise ValueError(
+            f"{_validate.where()}: initial_state.step={start} leaves nothing to train: it must be "
+            f"below {'stop_step' if stop_step is not None else 'num_steps'}={end}."
+        )
+    if mask is not None:
+        mask = check_mask(mask, model.params, name="mask")
 
     # loss
     if isinstance(loss, str):
@@ -589,20 +728,22 @@ def train(
         snap = set()
     elif isinstance(snapshot_steps, (int, np.integer)):
         k = _validate.check_positive_int(int(snapshot_steps), name="snapshot_steps")
-        snap = set(range(0, num_steps + 1, k)) | {num_steps}
+        snap = {s for s in set(range(0, num_steps + 1, k)) | {num_steps} if start <= s <= end}
     else:
         snap = {int(s) for s in snapshot_steps}
-        bad = [s for s in snap if s < 0 or s > num_steps]
+        bad = [s for s in snap if s < start or s > end]
         if bad:
+            lo = "0" if not start else f"initial_state.step={start}"
+            hi = f"stop_step={end}" if stop_step is not None else f"num_steps={num_steps}"
             raise ValueError(
-                f"{_validate.where()}: snapshot_steps must lie in [0, num_steps={num_steps}]; got {sorted(bad)}."
+                f"{_validate.where()}: snapshot_steps must lie in [{lo}, {hi}]; got {sorted(bad)}."
             )
 
     engine.check_loss(loss_fn, model.params, data)
     if test_data is not None:
         engine.check_loss(loss_fn, model.params, test_data, name="test_data")
 
-    periods = [eval_every, *[cb.every for cb in callbacks], *[s for s in snap if s > 0]]
+    periods = [eval_every, *[cb.every for cb in callbacks], *[s for s in snap if s > 0], start, end]
     block = _block_length(num_steps, periods, max_block)
 
     # device-resident data and evaluation layouts (prepared once)
@@ -629,7 +770,24 @@ def train(
 
     params = jax.tree.map(jnp.array, model.params)  # copies: the input model is not donated
     state = jax.tree.map(jnp.array, model.state)
+    if mask is not None:
+        params = _apply_mask(params, mask)
     opt_state = opt.init(params)
+    if initial_state is not None:
+        leaves, treedef = jax.tree.flatten(opt_state)
+        saved = list(initial_state.opt_state)
+        if len(saved) != len(leaves) or any(
+            np.shape(a) != np.shape(b) for a, b in zip(saved, leaves)
+        ):
+            raise ValueError(
+                f"{_validate.where()}: initial_state.opt_state does not fit this optimizer's state "
+                f"({len(saved)} leaves of shapes {[np.shape(a) for a in saved][:8]}, expected "
+                f"{len(leaves)} of shapes {[np.shape(b) for b in leaves][:8]}); resume with the "
+                "optimizer that produced the state."
+            )
+        opt_state = jax.tree.unflatten(
+            treedef, [jnp.array(a, dtype=jnp.result_type(b)) for a, b in zip(saved, leaves)]
+        )
     # read now: the state's buffers are donated to the first compiled block
     hp_start = _hyperparams(opt_state) if opt_desc.get("name") == "custom" else None
     history: dict[str, list] = {"step": [], "batch_loss": [], "eval_step": []}
@@ -710,11 +868,11 @@ def train(
                 "params": jax.tree.map(lambda *xs: np.stack(xs), *snaps),
             }
         if opt_desc.get("name") == "custom":
-            start, end = hp_start, _hyperparams(o)
-            if start is not None:
-                opt_desc["hyperparameters"] = start
-                if end != start:
-                    opt_desc["hyperparameters_final"] = end
+            hp0, hp1 = hp_start, _hyperparams(o)
+            if hp0 is not None:
+                opt_desc["hyperparameters"] = hp0
+                if hp1 != hp0:
+                    opt_desc["hyperparameters_final"] = hp1
         config = {
             "num_steps": num_steps,
             "batch_size": batch_size,
@@ -726,6 +884,10 @@ def train(
             "model": model.spec,
             "num_examples": n,
         }
+        if start or end != num_steps or mask is not None:  # (plain runs keep their old config)
+            config["start_step"] = start
+            config["stop_step"] = end
+            config["masked"] = mask is not None
         prov = _provenance.provenance(
             dtype=_tree.dtype_of(p),
             seeds={"data_order": seed, "init": (model.spec or {}).get("seed")},
@@ -738,23 +900,24 @@ def train(
 
     t0 = time.perf_counter()
     loss_static, loss_dyn = engine.split_fn(cur_loss_fn)
-    if 0 in snap:
-        snaps_steps.append(0)
+    if start in snap:
+        snaps_steps.append(start)
         snaps.append(_host(params))
-    do_eval(0, params, state)
-    do_callbacks(0, params, state, opt_state, at_start=True)
+    do_eval(start, params, state)
+    do_callbacks(start, params, state, opt_state, at_start=True)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_steps, desc="train", unit="step")
-    step = 0
+        bar = tqdm(total=end - start, desc="train", unit="step")
+    step = start
     try:
-        while step < num_steps:
+        while step < end:
             idx = jnp.asarray(indices(step, block))
             params, state, opt_state, bad, losses = _run_block(
-                loss_static, loss_dyn, params, state, opt_state, ddata, idx, opt, jnp.asarray(step)
+                loss_static, loss_dyn, params, state, opt_state, ddata, idx, opt, jnp.asarray(step),
+                mask,
             )
             bad = int(bad)
             losses = np.asarray(losses)
@@ -781,7 +944,7 @@ def train(
             if step in snap:
                 snaps_steps.append(step)
                 snaps.append(_host(params))
-            if step % eval_every == 0 or step == num_steps:
+            if step % eval_every == 0 or step in (num_steps, end):
                 do_eval(step, params, state)
             do_callbacks(step, params, state, opt_state)
     finally:
