@@ -2,7 +2,7 @@
 
 Analyses: :mod:`landscape.hessian` (curvature spectra), :mod:`landscape.surface` (loss-surface
 slices), :mod:`landscape.connect` (mode connectivity), :mod:`landscape.diagnostics`
-(trainability); plots in :mod:`landscape.plot` (imported
+(trainability), :mod:`landscape.sparsity` (lottery tickets, instability); plots in :mod:`landscape.plot` (imported
 explicitly: it needs matplotlib). Kernels: the sibling package :mod:`ntk`.
 
 The foundation: the model triple (:class:`Model`, :func:`from_nnx`, :func:`from_linen`), losses
@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # what _FOUNDATION binds (for type checkers and IDEs), and th
     from landscape import hessian as hessian
     from landscape import jacobians as jacobians
     from landscape import paths as paths
+    from landscape import sparsity as sparsity
     from landscape import store as store
     from landscape import surface as surface
     from landscape import tree as tree
@@ -75,6 +76,7 @@ if TYPE_CHECKING:  # what _FOUNDATION binds (for type checkers and IDEs), and th
     from landscape.runs import save_run as save_run
     from landscape.store import Store as Store
     from landscape.train import TrainingDivergedError as TrainingDivergedError
+    from landscape.train import TrainState as TrainState
     from landscape.train import callback as callback
     from landscape.train import train as train
 
@@ -115,12 +117,13 @@ _FOUNDATION: dict[str, str] = {
     "save_run": "landscape.runs:save_run",
     "Store": "landscape.store:Store",
     "TrainingDivergedError": "landscape.train:TrainingDivergedError",
+    "TrainState": "landscape.train:TrainState",
     "callback": "landscape.train:callback",
     "train": "landscape.train:train",
 }
 
 # the analyses, plots, report and command line: loaded on first use (PEP 562)
-_LAZY_MODULES = {"connect", "diagnostics", "hessian", "surface", "plot", "study", "cli"}
+_LAZY_MODULES = {"connect", "diagnostics", "hessian", "sparsity", "surface", "plot", "study", "cli"}
 
 _STATE = {"loaded": False, "loading": False}
 
@@ -165,7 +168,7 @@ def __getattr__(name: str):
 def __dir__():
     # the foundation and the analyses are listed; plot, report and cli (matplotlib, the command
     # line) are not, so introspection (dir, autodoc, getmembers) never imports matplotlib
-    return sorted(set(globals()) | set(_FOUNDATION) | {"connect", "diagnostics", "hessian", "surface"})
+    return sorted(set(globals()) | set(_FOUNDATION) | {"connect", "diagnostics", "hessian", "sparsity", "surface"})
 
 
 # ``landscape --help`` and ``--version`` need neither JAX nor the foundation (landscape.cli)
@@ -180,6 +183,7 @@ __all__ = [
     "NNXApply",
     "Result",
     "Store",
+    "TrainState",
     "TrainingDivergedError",
     "as_model",
     "batchnorm",
@@ -205,6 +209,7 @@ __all__ = [
     "reestimate_bn",
     "result",
     "save_run",
+    "sparsity",
     "static_field",
     "store",
     "surface",

@@ -131,7 +131,7 @@ def test_public_names_agree():
     for node in tree.body:
         if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
             typed |= {a.asname or a.name for n in node.body for a in n.names}
-    analyses = {"connect", "diagnostics", "hessian", "surface"}
+    analyses = {"connect", "diagnostics", "hessian", "sparsity", "surface"}
     assert typed == set(landscape._FOUNDATION) | analyses
     assert set(landscape.__all__) == typed
     assert set(dir(landscape)) >= typed

@@ -1,0 +1,391 @@
+"""Sparsity: masks and magnitude pruning (exact references), masked training (exact zeros under
+momentum, weight decay and Adam), resumed training (bit for bit), iterative pruning with
+rewinding and its controls (resumable), instability, bad inputs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import landscape
+from landscape import sparsity as S
+from landscape.train import TrainState
+
+HIDDEN = (8,)
+TC = {
+    "optimizer": "sgd",
+    "learning_rate": 0.1,
+    "num_steps": 20,
+    "batch_size": 32,
+    "eval_every": 10,
+}
+
+
+@pytest.fixture(scope="module")
+def small(digits_data):
+    """320 training and 120 test digits: every run here is a few milliseconds."""
+    cut = lambda d, n: {k: v[:n] for k, v in d.items()}  # noqa: E731
+    return cut(digits_data.train, 320), cut(digits_data.test, 120)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return landscape.make_model("mlp", input_shape=(64,), num_outputs=10, hidden=HIDDEN, seed=0)
+
+
+def _eq(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# masks
+# --------------------------------------------------------------------------------------------
+PARAMS = {
+    "a": {"kernel": jnp.asarray([[0.5, -0.1], [0.3, -2.0]]), "bias": jnp.asarray([0.01, 0.02])},
+    "b": {"kernel": jnp.asarray([[1.0], [-0.2], [0.05]])},
+}
+
+
+def test_magnitude_prune_exact():
+    # global: 7 prunable weights, round(0.5 * 7) = 4 smallest: 0.05, -0.1, -0.2, 0.3
+    m = S.magnitude_prune(PARAMS, 0.5)
+    np.testing.assert_array_equal(m["a"]["kernel"], [[True, False], [False, True]])
+    np.testing.assert_array_equal(m["b"]["kernel"], [[True], [False], [False]])
+    np.testing.assert_array_equal(m["a"]["bias"], [True, True])  # biases are not prunable
+    # layer-wise: round(0.5 * 4) = 2 of a (-0.1, 0.3), round(0.5 * 3) = 2 of b (0.05, -0.2)
+    lw = S.magnitude_prune(PARAMS, 0.5, scope="layerwise")
+    np.testing.assert_array_equal(lw["a"]["kernel"], [[True, False], [False, True]])
+    np.testing.assert_array_equal(lw["b"]["kernel"], [[True], [False], [False]])
+    lw = S.magnitude_prune(PARAMS, 0.25, scope="layerwise")  # 1 of a, round(0.75) = 1 of b
+    np.testing.assert_array_equal(lw["a"]["kernel"], [[True, False], [True, True]])
+    np.testing.assert_array_equal(lw["b"]["kernel"], [[True], [True], [False]])
+    # a second round prunes among the survivors only: round(0.5 * 3) = 2 more (0.5, 1.0 kept? no:
+    # survivors 0.5, -2.0, 1.0 -> the smallest two are 0.5 and 1.0)
+    m2 = S.magnitude_prune(PARAMS, 0.5, mask=m)
+    np.testing.assert_array_equal(m2["a"]["kernel"], [[False, False], [False, True]])
+    np.testing.assert_array_equal(m2["b"]["kernel"], [[False], [False], [False]])
+    # ties broken by position; prunable by path or callable (biases included)
+    tie = {"kernel": jnp.asarray([1.0, 1.0, 1.0, 2.0])}
+    np.testing.assert_array_equal(
+        S.magnitude_prune(tie, 0.5)["kernel"], [False, False, True, True]
+    )
+    allp = S.magnitude_prune(PARAMS, 0.2, prunable=lambda path, x: True)  # round(1.8) = 2
+    np.testing.assert_array_equal(allp["a"]["bias"], [False, False])
+    onlyb = S.magnitude_prune(PARAMS, 0.5, prunable=("b/kernel",))
+    assert bool(jnp.all(onlyb["a"]["kernel"])) and int(jnp.sum(~onlyb["b"]["kernel"])) == 2
+    # reporting
+    rep = S.sparsity_report(m)
+    assert rep.sparsity == pytest.approx(4 / 7) and rep.overall == pytest.approx(4 / 9)
+    assert int(rep.pruned["a/kernel"]) == 2 and rep.prunable == ("a/kernel", "b/kernel")
+    assert S.sparsity(S.dense_mask(PARAMS)) == 0.0 and "kept" in rep.table()
+    pm = S.prunable_mask(PARAMS)
+    assert not bool(jnp.any(pm["a"]["bias"])) and bool(jnp.all(pm["b"]["kernel"]))
+    z = S.apply_mask(PARAMS, m)
+    assert float(z["b"]["kernel"][2, 0]) == 0.0 and float(z["b"]["kernel"][0, 0]) == 1.0
+
+
+def test_random_mask_keeps_counts(key):
+    big = {"w": {"kernel": jnp.arange(200.0).reshape(20, 10)}, "v": {"bias": jnp.ones(5)}}
+    m = S.magnitude_prune(big, 0.3)
+    r = S.random_mask(m, key=key)
+    assert int(jnp.sum(r["w"]["kernel"])) == int(jnp.sum(m["w"]["kernel"])) == 140
+    assert not np.array_equal(r["w"]["kernel"], m["w"]["kernel"])
+    assert r["w"]["kernel"].dtype == jnp.bool_ and bool(jnp.all(r["v"]["bias"]))
+
+
+def test_bad_masks_and_rates(small, model):
+    with pytest.raises(ValueError, match=r"magnitude_prune: rate must lie in \(0, 1\)"):
+        S.magnitude_prune(PARAMS, 1.0)
+    with pytest.raises(ValueError, match="rate must lie in"):
+        S.magnitude_prune(PARAMS, 0.0)
+    with pytest.raises(TypeError, match="rate must be a float"):
+        S.magnitude_prune(PARAMS, "0.2")
+    with pytest.raises(ValueError, match="scope must be one of"):
+        S.magnitude_prune(PARAMS, 0.2, scope="local")
+    with pytest.raises(ValueError, match="prunable=.*selects no leaf"):
+        S.magnitude_prune(PARAMS, 0.2, prunable=("weight",))
+    m = S.dense_mask(model.params)
+    with pytest.raises(
+        ValueError, match="landscape.train: mask must have the same tree structure"
+    ):
+        landscape.train(model, small[0], mask={"x": m}, num_steps=2, progress=False)
+    with pytest.raises(TypeError, match=r"mask leaf 'layers/0/bias' must be boolean"):
+        landscape.train(
+            model,
+            small[0],
+            mask=jax.tree.map(lambda x: x.astype(float), m),
+            num_steps=2,
+            progress=False,
+        )
+    bad = jax.tree.map(lambda x: x, m)
+    bad["layers"][0]["kernel"] = jnp.ones((3, 3), bool)
+    with pytest.raises(ValueError, match="mask leaf 'layers/0/kernel' has shape"):
+        S.apply_mask(model.params, bad)
+
+
+# --------------------------------------------------------------------------------------------
+# masked training
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("opt", ["momentum_wd", "adam"])
+def test_masked_training_exact_zeros(small, model, opt):
+    mask = S.magnitude_prune(model.params, 0.6)
+    if opt == "adam":
+        optimizer = optax.adam(1e-2)
+    else:  # coupled decay through the loss and decoupled decay in the chain, plus momentum
+        optimizer = optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.1, momentum=0.9))
+    kw = {"weight_decay": 1e-3} if opt != "adam" else {}
+    r = landscape.train(
+        model,
+        small[0],
+        optimizer=optimizer,
+        mask=mask,
+        num_steps=20,
+        batch_size=32,
+        progress=False,
+        **kw,
+    )
+    for p, m, p0 in zip(
+        jax.tree.leaves(r.params), jax.tree.leaves(mask), jax.tree.leaves(model.params)
+    ):
+        p, m, p0 = np.asarray(p), np.asarray(m), np.asarray(p0)
+        assert np.all(p[~m] == 0.0)  # exactly zero, not small
+        # kept weights train (a few digits pixels are always 0: their weights get no gradient)
+        assert p0.ndim == 1 or np.mean(p[m] != p0[m]) > 0.8
+    # no gradient reaches a pruned weight: the optimiser's moments (momentum trace; Adam's mu
+    # and nu) are zero there too
+    kernels = [k for k in jax.tree.leaves(mask) if np.ndim(k) == 2]
+    moments = [x for x in jax.tree.leaves(r.opt_state) if np.ndim(x) == 2]
+    assert len(moments) == len(kernels) * (2 if opt == "adam" else 1)
+    for i, x in enumerate(moments):
+        m = np.asarray(kernels[i % len(kernels)])
+        assert np.all(np.asarray(x)[~m] == 0.0) and np.any(np.asarray(x)[m] != 0.0)
+    assert r.config["masked"] is True
+
+
+def test_resume_bit_for_bit(small, model, tmp_path):
+    kw = dict(
+        optimizer="momentum",
+        learning_rate=0.05,
+        schedule="cosine",
+        num_steps=40,
+        batch_size=32,
+        eval_every=10,
+        progress=False,
+        test_data=small[1],
+    )
+    full = landscape.train(model, small[0], seed=3, **kw)
+    first = landscape.train(model, small[0], seed=3, stop_step=20, **kw)
+    assert first.final_step == 20 and list(first.history["eval_step"]) == [0, 10, 20]
+    state = first.train_state()
+    state.save(tmp_path / "state.npz")
+    loaded = TrainState.load(tmp_path / "state.npz")
+    assert loaded.step == 20 and loaded.seed == 3
+    second = landscape.train(model, small[0], initial_state=loaded, **kw)  # seed from the state
+    assert _eq(second.params, full.params) and _eq(second.opt_state, full.opt_state)
+    np.testing.assert_array_equal(second.history["batch_loss"], full.history["batch_loss"][20:])
+    np.testing.assert_array_equal(
+        second.history["test_accuracy"], full.history["test_accuracy"][2:]
+    )
+    assert list(second.history["step"]) == list(range(21, 41))
+    other = landscape.train(model, small[0], initial_state=loaded, seed=4, **kw)
+    assert not _eq(other.params, full.params)
+    with pytest.raises(TypeError, match="initial_state must be a landscape.train.TrainState"):
+        landscape.train(model, small[0], initial_state={"params": 1}, **kw)
+    with pytest.raises(ValueError, match="stop_step must be at most num_steps=40"):
+        landscape.train(model, small[0], stop_step=41, **kw)
+    with pytest.raises(ValueError, match="initial_state.step=20 leaves nothing to train"):
+        landscape.train(model, small[0], initial_state=loaded, stop_step=20, **kw)
+    with pytest.raises(ValueError, match="opt_state does not fit"):
+        landscape.train(
+            model, small[0], initial_state=loaded, **{**kw, "optimizer": "adam", "schedule": None}
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# iterative pruning
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pruning(small, model, tmp_path_factory):
+    store = tmp_path_factory.mktemp("imp") / "store"
+    res = S.iterative_pruning(
+        model,
+        small[0],
+        TC,
+        test_data=small[1],
+        rounds=2,
+        rate=0.5,
+        rewind_step=10,
+        key=jax.random.key(0),
+        store=store,
+    )
+    return res, store
+
+
+def test_iterative_pruning_reference(pruning, small, model):
+    res, _ = pruning
+    np.testing.assert_allclose(res.sparsity, [0.0, 0.5, 0.75], atol=1e-12)  # 656 weights: exact
+    m1, m2 = res.mask(1), res.mask(2)
+    assert all(bool(jnp.all(b <= a)) for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(m2)))
+    # the references: the dense run, its state at step 10, the round-1 mask from its weights,
+    # and the ticket trained from the rewound state with that mask
+    dense = landscape.train(model, small[0], test_data=small[1], progress=False, **TC)
+    rewind = landscape.train(model, small[0], stop_step=10, progress=False, **TC).train_state()
+    ref_m1 = S.magnitude_prune(dense.params, 0.5)
+    assert _eq(ref_m1, m1)
+    ticket1 = landscape.train(
+        model, small[0], test_data=small[1], mask=m1, initial_state=rewind, progress=False, **TC
+    )
+    assert res.test_accuracy["ticket"][0] == dense.history["test_accuracy"][-1]
+    assert res.test_accuracy["ticket"][1] == ticket1.history["test_accuracy"][-1]
+    ticket2 = landscape.train(
+        model, small[0], test_data=small[1], mask=m2, initial_state=rewind, progress=False, **TC
+    )
+    assert _eq(ticket2.params, res.params)
+    assert set(res.test_accuracy) == {"ticket", "random_mask", "reinit"}
+    assert np.all((res.test_accuracy["reinit"] >= 0) & (res.test_accuracy["random_mask"] <= 1))
+    assert "round" in res.table() and "rewind_step=10" in repr(res)
+
+
+def test_iterative_pruning_resumes(pruning, small, model, monkeypatch):
+    res, store = pruning
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished round was trained again")
+
+    monkeypatch.setattr(S, "train", no_training)
+    again = S.iterative_pruning(
+        model,
+        small[0],
+        TC,
+        test_data=small[1],
+        rounds=2,
+        rate=0.5,
+        rewind_step=10,
+        key=jax.random.key(0),
+        store=store,
+    )
+    for k in res.test_accuracy:
+        np.testing.assert_array_equal(again.test_accuracy[k], res.test_accuracy[k])
+    assert _eq(again.masks, res.masks) and _eq(again.params, res.params)
+    with pytest.raises(ValueError, match="holds results of another job"):
+        S.iterative_pruning(
+            model,
+            small[0],
+            TC,
+            test_data=small[1],
+            rounds=2,
+            rate=0.4,
+            rewind_step=10,
+            key=jax.random.key(0),
+            store=store,
+        )
+
+
+def test_iterative_pruning_bad_inputs(small, model, key):
+    x = small[0]
+    ok = {"test_data": small[1], "rounds": 1, "key": key}
+    with pytest.raises(ValueError, match="iterative_pruning: rate must lie in"):
+        S.iterative_pruning(model, x, TC, rate=1.5, **ok)
+    with pytest.raises(ValueError, match="rewind_step must be below the run's num_steps=20"):
+        S.iterative_pruning(model, x, TC, rewind_step=20, **ok)
+    with pytest.raises(ValueError, match="train_config must not set"):
+        S.iterative_pruning(model, x, {**TC, "mask": None}, **ok)
+    with pytest.raises(ValueError, match="keys landscape.train does not take"):
+        S.iterative_pruning(model, x, {**TC, "lr": 0.1}, **ok)
+    with pytest.raises(ValueError, match="controls must be one of"):
+        S.iterative_pruning(model, x, TC, controls=("shuffle",), **ok)
+    with pytest.raises(ValueError, match="test_data is required"):
+        S.iterative_pruning(model, x, TC, rounds=1, key=key)
+    with pytest.raises(TypeError, match="key is required"):
+        S.iterative_pruning(model, x, TC, test_data=small[1], rounds=1, key=None)
+    nan = {**x, "x": np.asarray(x["x"]).copy()}
+    nan["x"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"iterative_pruning: data must be finite"):
+        S.iterative_pruning(model, nan, TC, **ok)
+
+
+# --------------------------------------------------------------------------------------------
+# instability
+# --------------------------------------------------------------------------------------------
+def test_instability_reference(small, model, pruning):
+    res = S.instability(
+        model,
+        small[0],
+        TC,
+        test_data=small[1],
+        spawn_step=[10, 0],
+        key=jax.random.key(1),
+        mask=[None, pruning[0].mask(1)],
+        num_ts=5,
+    )
+    assert list(res.spawn_steps) == [0, 10] and res.barrier["test/error"].shape == (2, 2)
+    np.testing.assert_allclose(res.sparsity, [0.0, 0.5], atol=1e-12)
+    # the reference at spawn step 10, dense: parent to 10, two copies, profile, barrier
+    sa, sb = res.seeds
+    assert sa != sb
+    state = landscape.train(model, small[0], stop_step=10, progress=False, **TC).train_state()
+    base = {k: v for k, v in TC.items()}
+    ends = [
+        landscape.train(
+            model,
+            small[0],
+            test_data=small[1],
+            initial_state=state,
+            seed=s,
+            progress=False,
+            **base,
+        )
+        for s in (sa, sb)
+    ]
+    prof = landscape.connect.profile(
+        landscape.make_loss_fn(ends[0].model),
+        landscape.connect.linear_path(ends[0].params, ends[1].params),
+        small[0],
+        test_data=small[1],
+        num_ts=5,
+        refine=False,
+    )
+    b = landscape.connect.barrier(prof)
+    assert res.barrier["test/error"][0, 1] == pytest.approx(b.get("error", "test"), abs=0)
+    assert res.barrier["train/loss"][0, 1] == pytest.approx(b.get("loss", "train"), abs=0)
+    assert res.end_test_accuracy[0, 1, 0] == ends[0].history["test_accuracy"][-1]
+    assert np.all(np.isfinite(res.barrier["test/error"])) and "spawn_steps=[0, 10]" in repr(res)
+    with pytest.raises(ValueError, match=r"spawn_step must lie in \[0, num_steps=20\)"):
+        S.instability(
+            model, small[0], TC, test_data=small[1], spawn_step=20, key=jax.random.key(1)
+        )
+    with pytest.raises(TypeError, match="spawn_step must be an int"):
+        S.instability(
+            model, small[0], TC, test_data=small[1], spawn_step=1.5, key=jax.random.key(1)
+        )
+
+
+def test_plots(pruning):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import landscape.plot as lp
+
+    res = pruning[0]
+    ax = lp.plot_pruning(res)
+    assert len(ax.lines) == 3 and ax.get_xscale() == "log"
+    fake = S.InstabilityResult(
+        spawn_steps=np.asarray([0, 10]),
+        sparsity=np.asarray([0.0, 0.5]),
+        barrier={"test/error": np.asarray([[0.0, 0.01], [0.1, 0.0]])},
+        end_test_accuracy=np.zeros((2, 2, 2)),
+        t_max=np.zeros((2, 2)),
+    )
+    ax = lp.plot_instability(fake)
+    assert len(ax.lines) >= 2
+    with pytest.raises(ValueError, match="metric must be one of"):
+        lp.plot_instability(fake, metric="loss")
+    plt.close("all")
