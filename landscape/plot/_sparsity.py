@@ -56,6 +56,11 @@ def plot_pruning(result, *, split: str = "test", ax=None, legend: bool = True, *
     for i, (name, ys) in enumerate(accs.items()):
         ax.plot(x, np.asarray(ys, float), label=_LABELS.get(name, name), **_style(i, **kwargs))
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 100, 60, 30 rather than 6 x 10^1
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.invert_xaxis()
     ax.set_xlabel("prunable weights remaining (%)")
     ax.set_ylabel(f"{split} accuracy")
