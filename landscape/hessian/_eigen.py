@@ -71,7 +71,12 @@ ASYMMETRY_WARN = 1e-3
 """Warn when the measured asymmetry of the products exceeds this fraction of ||A||: float32
 rounding stays near 1e-5 even on flat minima; more means the operator is not symmetric."""
 
-__all__ = ["EigenResult", "eigenvalues"]
+SOLVERS = ("auto", "lanczos", "gram")
+"""``solver=`` of :func:`eigenvalues`: ``"lanczos"`` (thick-restart Lanczos on any operator),
+``"gram"`` (the exact GGN route through the ``NC x NC`` output Gram) or ``"auto"`` (Lanczos for
+an int ``k``; the Gram for ``k="all"``)."""
+
+__all__ = ["EigenResult", "SOLVERS", "eigenvalues"]
 
 
 @result
@@ -106,6 +111,12 @@ class EigenResult(Result):
       which, k, tol, curvature, params_filter, dtype: settings. ``tol_used`` is the relative
         tolerance actually applied: ``tol`` floored at ``64 eps(dtype)`` and at ``10 x noise /
         norm_estimate``.
+      solver: ``"lanczos"`` or ``"gram"`` (the exact GGN route through the ``NC x NC`` output
+        Gram, :mod:`landscape.hessian._gram`; then ``num_hvps`` counts only the residual
+        products, ``num_restarts = num_checks = 0`` and ``noise = 0``).
+      rank, num_zero, weight_decay: Gram route only (``None`` otherwise): the numerical rank of
+        the GGN's data term, ``num_zero = num_params - rank`` further eigenvalues that equal
+        ``weight_decay`` exactly (not returned), and the weight decay added back to every value.
     """
 
     values: np.ndarray
@@ -125,6 +136,10 @@ class EigenResult(Result):
     curvature: str = static_field(default="hessian")
     params_filter: Any = static_field(default=None)
     dtype: str = static_field(default="float32")
+    solver: str = static_field(default="lanczos")
+    rank: int | None = static_field(default=None)
+    num_zero: int | None = static_field(default=None)
+    weight_decay: float | None = static_field(default=None)
     provenance: dict = static_field(default_factory=dict)
 
     @property
@@ -163,7 +178,12 @@ class EigenResult(Result):
         )
         return (
             f"EigenResult({self.which}, values={vals}, max_residual={float(np.max(self.residuals)):.2e}, "
-            f"max_error_bound={bound:.1e}, converged={int(np.sum(self.converged))}/{len(self.values)}, num_hvps={self.num_hvps})"
+            f"max_error_bound={bound:.1e}, converged={int(np.sum(self.converged))}/{len(self.values)}, num_hvps={self.num_hvps}"
+            + (
+                f", solver=gram, rank={self.rank}, num_zero={self.num_zero})"
+                if self.solver == "gram"
+                else ")"
+            )
         )
 
 
@@ -652,10 +672,11 @@ def eigenvalues(
     data: PyTree = None,
     /,
     *,
-    k: int = 5,
+    k: int | str = 5,
     which: str = "largest",
     tol: float = DEFAULT_TOL,
     key,
+    solver: str = "auto",
     v0: PyTree | None = None,
     krylov_dim: int | None = None,
     max_restarts: int = 100,
@@ -695,7 +716,9 @@ def eigenvalues(
         recompiles); or the ``loss_fn`` of a one-shot (with ``params`` and ``data``).
       params, data: with a ``loss_fn``: the point and the data set (dict of arrays or a
         :class:`landscape.engine.Batched`); see :func:`make_hvp`. Not with an operator.
-      k: number of eigenpairs (from each end for ``which="both"``); ``k <= num_params``.
+      k: number of eigenpairs (from each end for ``which="both"``); ``k <= num_params``; with
+        ``solver="gram"`` also ``k <= N * C``. ``"all"``: the full GGN spectrum through the Gram
+        (every eigenvalue of the data term above rounding, see ``solver``).
       which: ``"largest"`` (algebraically largest, e.g. the sharpness), ``"smallest"`` (most
         negative curvature) or ``"both"``.
       tol: relative eigenvalue tolerance: a pair is converged when the bound on its eigenvalue's
@@ -716,6 +739,20 @@ def eigenvalues(
         (see ``tol_used`` and ``noise``).
       key: PRNG key (required, also with ``v0``: randomness is explicit): the random start
         vector, the multiplicity checks' fresh vectors and breakdown replacements.
+      solver: ``"lanczos"`` (thick-restart Lanczos, any operator), ``"gram"`` or ``"auto"``
+        (**default**: Lanczos for an int ``k``, the Gram for ``k="all"``). ``"gram"`` is the exact
+        GGN-NTK bridge for ``curvature="ggn"`` with cross-entropy or MSE: the eigenpairs of the
+        ``NC x NC`` matrix ``(1/N) H^{1/2} J J^T H^{1/2}`` (``J`` the stacked per-example output
+        Jacobians, the empirical NTK with outputs kept) by a float64 eigendecomposition on the
+        host, mapped back to parameter-space eigenvectors by one vector-Jacobian product per
+        example block; the weight decay of a :class:`landscape.Loss` is added back explicitly
+        to every value (``weight_decay``), and the ``num_zero = num_params - rank`` remaining
+        eigenvalues equal it exactly. MSE (ours: ``0.5 * mean`` over examples and outputs) has
+        ``H_i = I / C``: the values are the NTK's divided by ``N * C``. Cost ``~2 (NC)^2 P``
+        flops for the Gram plus ``O((NC)^3)`` for its eigendecomposition and ``k`` products for
+        the true residuals; refused when the Gram exceeds ``GRAM_MAX_BYTES`` (1 GiB in float64).
+        Only ``which="largest"``; ``v0``, ``krylov_dim`` and ``check_multiplicity`` do not apply.
+        For a top-``k`` of a large data set Lanczos is cheaper (benchmarks/hessian/gram_route.md).
       v0: warm start: one params-shaped (``like``-shaped) vector or a stack of them (e.g. the
         previous result's ``vectors``); nonzero and finite.
       krylov_dim: basis size of a restart cycle (default ``max(20, 2 k_total + 1)``, ARPACK's
@@ -744,7 +781,10 @@ def eigenvalues(
       products.
 
     Raises:
-      ValueError, TypeError: ``k`` larger than the number of parameters, a zero/non-finite or
+      ValueError, TypeError: an unknown ``solver``; ``solver="gram"`` with a curvature other
+        than ``"ggn"``, a custom output loss, a plain matvec, ``which`` other than
+        ``"largest"``, ``k > N * C``, non-finite data or a Gram above ``GRAM_MAX_BYTES``;
+        ``k`` larger than the number of parameters, a zero/non-finite or
         mismatched ``v0``, invalid settings, a missing ``key``; params/data or curvature settings
         given with an operator; a matvec without ``like``; an unknown keyword.
       FloatingPointError: a product was not finite (names the batch).
@@ -759,14 +799,53 @@ def eigenvalues(
       Lanczos 1950; Wu and Simon 2000 (thick restart); Parlett 1998 (The Symmetric Eigenvalue
       Problem: residual and gap bounds); Mathias 1998, Li and Li 2005 (quadratic residual
       bounds for clusters); Ghorbani, Krishnan, Xiao 2019; Yao et al. 2020 (PyHessian).
+      ``solver="gram"``: Martens 2020 (the GGN ``J^T H J``); Papyan 2019, 2020 (the GGN's
+      spectrum from the Gram of the logit gradients); Jacot et al. 2018 (the NTK).
     """
     _validate.check_choice(which, ("largest", "smallest", "both"), name="which")
-    k = _validate.check_positive_int(k, name="k")
+    _validate.check_choice(solver, SOLVERS, name="solver")
+    if isinstance(k, str):
+        if k != "all":
+            raise ValueError(
+                f"{_validate.where()}: k must be a positive int or 'all' (the full GGN spectrum, "
+                f"solver='gram'); got {k!r}."
+            )
+        if solver == "lanczos":
+            raise ValueError(
+                f"{_validate.where()}: k='all' (the full spectrum) needs solver='gram' (or 'auto'): "
+                "Lanczos returns extreme eigenpairs; give an int k."
+            )
+        solver = "gram"
+    else:
+        k = _validate.check_positive_int(k, name="k")
+        # a top-k: Lanczos gets it in ~30 products, never the O((NC)^2 P) Gram
+        if solver == "auto":
+            solver = "lanczos"
     tol = _validate.check_finite_scalar(tol, name="tol")
     if tol <= 0:
         raise ValueError(f"{_validate.where()}: tol must be > 0; got {tol}.")
     max_restarts = _validate.check_positive_int(max_restarts, name="max_restarts", allow_zero=True)
     key = _validate.check_key(key)
+    if solver == "gram":
+        from landscape.hessian import _gram
+
+        return _driver.drive(
+            _gram.solve,
+            operator,
+            params,
+            data,
+            like=like,
+            curvature=curvature,
+            key=key,
+            record={"k": k, "which": which, "tol": tol, "solver": "gram"},
+            k=k,
+            which=which,
+            tol=tol,
+            v0=v0,
+            krylov_dim=krylov_dim,
+            max_restarts=max_restarts,
+            check_multiplicity=check_multiplicity,
+        )
     return _driver.drive(
         solve,
         operator,
@@ -775,7 +854,7 @@ def eigenvalues(
         like=like,
         curvature=curvature,
         key=key,
-        record={"k": k, "which": which, "tol": tol, "krylov_dim": krylov_dim},
+        record={"k": k, "which": which, "tol": tol, "krylov_dim": krylov_dim, "solver": "lanczos"},
         k=k,
         which=which,
         tol=tol,
