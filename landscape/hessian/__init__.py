@@ -44,6 +44,9 @@ from landscape.hessian._operators import hvp as hvp
 from landscape.hessian._operators import make_hvp as make_hvp
 from landscape.hessian._trace import TraceResult as TraceResult
 from landscape.hessian._trace import trace as trace
+from landscape.hessian._through_training import SpectraCallback as SpectraCallback
+from landscape.hessian._through_training import SpectraResult as SpectraResult
+from landscape.hessian._through_training import spectra_callback as spectra_callback
 from landscape.hessian._tracking import adam_preconditioner as adam_preconditioner
 from landscape.hessian._tracking import sharpness_callback as sharpness_callback
 from landscape.hessian._tracking import stability_threshold as stability_threshold
@@ -56,6 +59,8 @@ __all__ = [
     "LanczosResult",
     "OverlapResult",
     "SharpnessResult",
+    "SpectraCallback",
+    "SpectraResult",
     "TraceResult",
     "adam_preconditioner",
     "adaptive_sharpness",
@@ -70,6 +75,7 @@ __all__ = [
     "sharpness",
     "sharpness_callback",
     "smooth_density",
+    "spectra_callback",
     "spectral_density",
     "stability_threshold",
     "trace",
