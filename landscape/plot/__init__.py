@@ -12,5 +12,6 @@ from landscape.plot._meanfield import *  # noqa: F403
 from landscape.plot._monitor import *  # noqa: F403
 from landscape.plot._signal import *  # noqa: F403
 from landscape.plot._sparsity import *  # noqa: F403
+from landscape.plot._spectra_training import *  # noqa: F403
 from landscape.plot._style import *  # noqa: F403
 from landscape.plot._surface import *  # noqa: F403
