@@ -490,11 +490,15 @@ def iterative_pruning(
         "rate": rate,
         "rewind_step": rewind_step,
         "scope": scope,
-        "prunable": prunable if isinstance(prunable, (str, tuple, list)) else repr(prunable),
+        "prunable": (
+            prunable if isinstance(prunable, (str, tuple, list)) else _store.stable_text(prunable)
+        ),
         "controls": list(controls),
         "num_steps": num_steps,
         "train_config": {
-            k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+            # an optimiser, schedule or loss by its code and the values it closes over (a repr
+            # would make optax.sgd(0.1) and optax.sgd(2.0) the same job)
+            k: v if isinstance(v, (int, float, str, bool, type(None))) else _store.stable_text(v)
             for k, v in tc.items()
             if k != "progress"
         },
@@ -503,6 +507,9 @@ def iterative_pruning(
         "job": _validate.where(),
         **settings,
         "params": _provenance.data_hash(model.params),
+        "state": _provenance.data_hash(model.state),
+        # the architecture: the registry's recipe, else the apply function's description
+        "model": model.spec if model.spec is not None else _store.stable_text(model.apply_fn),
         "data": _provenance.data_hash({"train": train_data, "test": test}),
         "key": _validate.key_words(key),
         "reinit_fn": None if reinit_fn is None else _store.stable_text(reinit_fn),
@@ -790,7 +797,9 @@ def instability(
         "bn": bn,
         "num_steps": num_steps,
         "train_config": {
-            k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+            # an optimiser, schedule or loss by its code and the values it closes over (a repr
+            # would make optax.sgd(0.1) and optax.sgd(2.0) the same job)
+            k: v if isinstance(v, (int, float, str, bool, type(None))) else _store.stable_text(v)
             for k, v in base.items()
             if k != "progress"
         },

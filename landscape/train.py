@@ -620,7 +620,9 @@ def train(
                                        name="initial_state.params", ref_name="model.params")
         _validate.check_same_structure(initial_state.state, model.state,
                                        name="initial_state.state", ref_name="model.state")
-        start = int(initial_state.step)
+        start = _validate.check_positive_int(
+            initial_state.step, name="initial_state.step", allow_zero=True
+        )
         if seed is None:
             seed = int(initial_state.seed)
         model = Model(model.apply_fn, initial_state.params, initial_state.state, model.spec)
@@ -788,6 +790,18 @@ def train(
         opt_state = jax.tree.unflatten(
             treedef, [jnp.array(a, dtype=jnp.result_type(b)) for a, b in zip(saved, leaves)]
         )
+        if mask is not None:
+            # a rewound state carries the dense run's moments of weights pruned since: zero them
+            # (the parameters' entries of every params-shaped state leaf), so they cannot act
+            # on the survivors through a per-layer rule (LAMB's trust ratio, a global clip)
+            import optax
+
+            opt_state = optax.tree_utils.tree_map_params(
+                opt,
+                lambda x, m: jnp.where(jnp.asarray(m), x, jnp.zeros_like(x)),
+                opt_state,
+                mask,
+            )
     # read now: the state's buffers are donated to the first compiled block
     hp_start = _hyperparams(opt_state) if opt_desc.get("name") == "custom" else None
     history: dict[str, list] = {"step": [], "batch_loss": [], "eval_step": []}

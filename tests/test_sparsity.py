@@ -166,6 +166,32 @@ def test_masked_training_exact_zeros(small, model, opt):
         m = np.asarray(kernels[i % len(kernels)])
         assert np.all(np.asarray(x)[~m] == 0.0) and np.any(np.asarray(x)[m] != 0.0)
     assert r.config["masked"] is True
+    # rewound from a dense run's state (the tickets' path): the dense moments of the weights
+    # pruned since are zeroed, so they stay zero (and act on no survivor)
+    rewind = landscape.train(
+        model,
+        small[0],
+        optimizer=optimizer,
+        num_steps=20,
+        stop_step=10,
+        batch_size=32,
+        progress=False,
+        **kw,
+    ).train_state()
+    r2 = landscape.train(
+        model,
+        small[0],
+        optimizer=optimizer,
+        mask=mask,
+        initial_state=rewind,
+        num_steps=20,
+        batch_size=32,
+        progress=False,
+        **kw,
+    )
+    moments = [x for x in jax.tree.leaves(r2.opt_state) if np.ndim(x) == 2]
+    for i, x in enumerate(moments):
+        assert np.all(np.asarray(x)[~np.asarray(kernels[i % len(kernels)])] == 0.0)
 
 
 def test_resume_bit_for_bit(small, model, tmp_path):
@@ -197,6 +223,13 @@ def test_resume_bit_for_bit(small, model, tmp_path):
     assert not _eq(other.params, full.params)
     with pytest.raises(TypeError, match="initial_state must be a landscape.train.TrainState"):
         landscape.train(model, small[0], initial_state={"params": 1}, **kw)
+    import dataclasses
+
+    for bad, exc in ((-5, ValueError), (10.7, TypeError)):
+        with pytest.raises(exc, match="initial_state.step"):
+            landscape.train(
+                model, small[0], initial_state=dataclasses.replace(loaded, step=bad), **kw
+            )
     with pytest.raises(ValueError, match="stop_step must be at most num_steps=40"):
         landscape.train(model, small[0], stop_step=41, **kw)
     with pytest.raises(ValueError, match="initial_state.step=20 leaves nothing to train"):
@@ -285,6 +318,29 @@ def test_iterative_pruning_resumes(pruning, small, model, monkeypatch):
             key=jax.random.key(0),
             store=store,
         )
+    # the same parameters from another architecture (tanh), and optimisers that differ only
+    # in the values their functions close over, are other jobs too
+    tanh = landscape.make_model(
+        "mlp", input_shape=(64,), num_outputs=10, hidden=HIDDEN, seed=0, activation="tanh"
+    )
+    assert _eq(tanh.params, model.params)
+    with pytest.raises(ValueError, match="another job.*activation"):
+        S.iterative_pruning(
+            tanh,
+            small[0],
+            TC,
+            test_data=small[1],
+            rounds=2,
+            rate=0.5,
+            rewind_step=10,
+            key=jax.random.key(0),
+            store=store,
+        )
+    import optax
+
+    from landscape import store as _store
+
+    assert _store.stable_text(optax.sgd(0.1)) != _store.stable_text(optax.sgd(2.0))
 
 
 def test_iterative_pruning_bad_inputs(small, model, key):
