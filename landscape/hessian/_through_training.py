@@ -562,7 +562,7 @@ def spectra_callback(
         "method": method,
         "name": name,
     }
-    probe_x = jax.tree.map(jnp.asarray, probe_x)
+    probe_x = jax.tree.map(np.asarray, probe_x)  # placed at each use, in the params' dtype setting
     rec = _Recorder(
         settings,
         key=key,
