@@ -30,7 +30,9 @@ from landscape.hessian._analysis import epsilon_sharpness as epsilon_sharpness
 from landscape.hessian._analysis import ggn_decomposition as ggn_decomposition
 from landscape.hessian._analysis import gradient_overlap as gradient_overlap
 from landscape.hessian._analysis import sharpness as sharpness
+from landscape.hessian._classes import ClassDecompositionResult as ClassDecompositionResult
 from landscape.hessian._classes import class_decomposition as class_decomposition
+from landscape.hessian._classes import class_operators as class_operators
 from landscape.hessian._density import DensityResult as DensityResult
 from landscape.hessian._density import smooth_density as smooth_density
 from landscape.hessian._density import spectral_density as spectral_density
@@ -42,11 +44,11 @@ from landscape.hessian._lanczos import tridiagonal_eigh as tridiagonal_eigh
 from landscape.hessian._operators import CurvatureOperator as CurvatureOperator
 from landscape.hessian._operators import hvp as hvp
 from landscape.hessian._operators import make_hvp as make_hvp
-from landscape.hessian._trace import TraceResult as TraceResult
-from landscape.hessian._trace import trace as trace
 from landscape.hessian._through_training import SpectraCallback as SpectraCallback
 from landscape.hessian._through_training import SpectraResult as SpectraResult
 from landscape.hessian._through_training import spectra_callback as spectra_callback
+from landscape.hessian._trace import TraceResult as TraceResult
+from landscape.hessian._trace import trace as trace
 from landscape.hessian._tracking import adam_preconditioner as adam_preconditioner
 from landscape.hessian._tracking import sharpness_callback as sharpness_callback
 from landscape.hessian._tracking import stability_threshold as stability_threshold
@@ -65,6 +67,8 @@ __all__ = [
     "adam_preconditioner",
     "adaptive_sharpness",
     "class_decomposition",
+    "class_operators",
+    "ClassDecompositionResult",
     "eigenvalues",
     "epsilon_sharpness",
     "ggn_decomposition",

@@ -420,7 +420,8 @@ class ClassDecompositionResult(Result):
       class_rank, class_rank_centred, cross_rank: numerical ranks (singular values of the factor
         rows above ``sigma_max * max(r, P) * eps``). Algebra: at most ``C``, ``C - 1`` and
         ``C(C-1)``; generically equal.
-      bulk_edge: the within-class part's top eigenvalue (the edge of the bulk).
+      bulk_edge: the within-class part's top eigenvalue (the edge of the bulk), plus the
+        penalty's (the weight-decay coefficient) when the loss has weight decay.
       num_outliers: how many of the top-``k`` GGN eigenvalues exceed ``bulk_edge``.
       masses: ``(C, C)`` ``w_{c,c'} = (1/N) sum_{i in c} p_{i,c'}``.
       class_counts: examples per class.
@@ -564,6 +565,8 @@ def class_decomposition(
     cent_vals, cent_rank = spectra["class"] if center else other
     cross_vals, cross_rank = spectra["cross"]
     edge = float(part_values["within"][0])
+    if "penalty" in part_values:  # weight decay lifts every GGN eigenvalue: the bulk's edge too
+        edge += float(part_values["penalty"][0])  # (an upper bound: lambda_max(W + P))
     values = np.asarray(top.values, np.float64)
     return ClassDecompositionResult(
         values=values,

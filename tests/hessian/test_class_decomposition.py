@@ -243,3 +243,24 @@ def test_bad_inputs(tiny, key):
             model=(apply_fn, p32, model.state),
             output_loss="mse",
         )
+
+
+def test_weight_decay_lifts_the_bulk_edge_with_the_spectrum(tiny, key):
+    # the penalty adds wd * I to the GGN: every eigenvalue and the bulk's edge move by wd, so
+    # the outliers counted stay the same (they were all counted as outliers before the fix)
+    model, _, params64, data, _ = tiny
+    with jax.enable_x64(True):
+        res = {
+            wd: hessian.class_decomposition(
+                landscape.make_loss_fn(model, "cross_entropy", weight_decay=wd),
+                params64,
+                data,
+                key=key,
+                k=6,
+                tol=1e-10,
+            )
+            for wd in (0.0, 0.5)
+        }
+    np.testing.assert_allclose(res[0.5].values, res[0.0].values + 0.5, rtol=1e-5)
+    np.testing.assert_allclose(res[0.5].bulk_edge, res[0.0].bulk_edge + 0.5, rtol=1e-5)
+    assert res[0.5].num_outliers == res[0.0].num_outliers
