@@ -186,7 +186,16 @@ class _Recorder:
     def _setup(self, info: TrainInfo):
         s = self.s
         mode, train_mode = _resolve_bn_mode(s["bn_mode"], info.state)
+        if not _has_floating_state(info.state):  # no batch norm: neither mode applies
+            mode = "none"
         self.mode, self.train_mode = mode, train_mode
+        # the run this callback measures: a second train call with another model, loss or data
+        # would be measured with this one's programs (refused in __call__)
+        self._run = (
+            engine.split_fn(info.loss_fn)[0],
+            info.train_data,
+            _provenance.data_hash(info.train_data),
+        )
         self.ntk_mode = "eval" if _has_floating_state(info.state) else "none"
         if train_mode and _has_floating_state(info.state) and not isinstance(info.loss_fn, Loss):
             raise TypeError(
@@ -206,12 +215,20 @@ class _Recorder:
                 f"{_validate.where()}: num_steps={s['num_steps']} exceeds the number of parameters "
                 f"({num_params})."
             )
-        out = jax.eval_shape(
-            lambda p, st, x: info.model.apply_fn(p, st, x, train=False)[0],
-            info.params,
-            info.state,
-            self.probe_x,
-        )
+        try:
+            out = jax.eval_shape(
+                lambda p, st, x: info.model.apply_fn(p, st, x, train=False)[0],
+                info.params,
+                info.state,
+                self.probe_x,
+            )
+        except (TypeError, ValueError) as e:
+            shapes = [np.shape(a) for a in jax.tree.leaves(self.probe_x)]
+            raise ValueError(
+                f"{_validate.where()}: probe_x (shapes {shapes}) does not fit the model: "
+                f"{str(e).splitlines()[0][:200]}; pass inputs shaped like the training data's "
+                f"(a leading example axis)."
+            ) from None
         n = int(jax.tree.leaves(self.probe_x)[0].shape[0])
         num_out = 1 if out.ndim == 1 else int(np.prod(out.shape[1:]))
         rows = n if s["ntk_trace_outputs"] else n * num_out
@@ -262,6 +279,15 @@ class _Recorder:
         with _validate.boundary("landscape.hessian.spectra_callback"):
             if self.mode is None:
                 self._setup(info)
+            elif engine.split_fn(info.loss_fn)[0] != self._run[0] or (
+                info.train_data is not self._run[1]  # the same object: no hashing per record
+                and _provenance.data_hash(info.train_data) != self._run[2]
+            ):
+                raise ValueError(
+                    f"{_validate.where()}: this callback already measured a run of another "
+                    "model, loss or data set; use a new spectra_callback(...) for each run (a "
+                    "resumed run, train(initial_state=...), may reuse it)."
+                )
             step = int(info.step)
             phash = _provenance.data_hash(info.params)
             name = _record_name(step)

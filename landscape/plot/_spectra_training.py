@@ -108,7 +108,8 @@ def plot_spectra_eigenvalues(
     ax.set_yscale(yscale)
     ax.set_xlabel("step")
     ax.set_ylabel(f"top {name} eigenvalues")
-    mode = _mode_text(res) if kind == "curvature" else f"probe set, {res.ntk_bn_mode} mode"
+    ntk_mode = "probe set" if res.ntk_bn_mode == "none" else f"probe set, {res.ntk_bn_mode} mode"
+    mode = _mode_text(res) if kind == "curvature" else ntk_mode
     ax.set_title(f"{name} ({mode})", fontsize="medium")
     if legend:
         place_legend(ax)

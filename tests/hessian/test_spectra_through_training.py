@@ -265,6 +265,18 @@ def test_bad_inputs(setup):
         _run(model, data, [ntk], num_steps=1)
     with pytest.raises(ValueError, match="no records"):
         hessian.spectra_callback(every=1, key=key, probe_x=probe).result()
+    wrong = hessian.spectra_callback(every=1, key=key, probe_x=np.ones((3, D + 2)))
+    with pytest.raises(ValueError, match=r"probe_x \(shapes \[\(3, 7\)\]\) does not fit"):
+        _run(model, data, [wrong], num_steps=1)
+
+
+def test_a_callback_measures_one_run(recorded):
+    # reused for another run (other data here; another model or loss alike) it would measure
+    # that run with the first one's programs: refused before anything is computed
+    model, data, _, _, cb, *_ = recorded
+    other = {"x": data["x"] + 1.0, "y": data["y"]}
+    with pytest.raises(ValueError, match="already measured a run of another"):
+        _run(model, other, [cb], num_steps=1)
 
 
 def test_plots_and_animation(recorded, tmp_path):
