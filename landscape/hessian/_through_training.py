@@ -143,8 +143,11 @@ class SpectraResult(Result):
 @dataclasses.dataclass(frozen=True)
 class SpectraCallback(Callback):
     """The :class:`landscape.train.Callback` of :func:`spectra_callback`. ``result()`` gives
-    the :class:`SpectraResult` of every record so far (with a store: every record it holds
-    for the steps this callback saw); ``stats`` counts ``computed`` and ``loaded`` records."""
+    the :class:`SpectraResult` of every record so far (with a store: every record it holds,
+    so a run resumed with ``train(initial_state=...)`` and a new callback on the same store
+    gets its earlier records too); ``stats`` counts ``computed`` and ``loaded`` records. The
+    first record computed after a loaded one starts Lanczos cold (eigenvectors are not
+    stored): its values agree with an uninterrupted run's within ``tol``, not bit for bit."""
 
     recorder: Any = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -252,6 +255,9 @@ class _Recorder:
                 "probe_x": _provenance.data_hash(self.probe_x),
                 "grid": None if self.grid is None else _provenance.data_hash(self.grid),
                 "loss": _store.stable_text(loss_static),
+                # the optimiser and its rate: another training run is refused here, not at the
+                # first record whose parameters differ
+                "optimizer": _store.stable_text(info.optimizer),
                 "batch_size": self.batch_size,
                 "dtype": str(_tree.dtype_of(info.params)),
             }
@@ -370,8 +376,14 @@ class _Recorder:
                 "landscape.train(..., callbacks=[cb]) first."
             )
         s = self.s
-        steps = sorted(self.records)
-        recs = [self.records[t] for t in steps]
+        records = dict(self.records)
+        if self.store is not None:  # a resumed run: the records its earlier part stored too
+            for name in self.store.entries():
+                if name.startswith("record-") and int(name[7:]) not in records:
+                    rec = self.store.load(name)
+                    records[int(name[7:])] = {k: np.asarray(v) for k, v in rec.items()}
+        steps = sorted(records)
+        recs = [records[t] for t in steps]
 
         def stack(key):
             return np.stack([np.asarray(r[key]) for r in recs])

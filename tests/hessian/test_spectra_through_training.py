@@ -185,6 +185,28 @@ def test_store_resume_and_save_load(recorded, tmp_path):
     np.testing.assert_array_equal(c.density, a.density)
     assert (c.bn_mode, c.k, c.curvature) == (a.bn_mode, a.k, a.curvature)
     assert "3 records" in repr(c)
+    # the first part of a split run (stop_step=5) with a new callback on the store: its result
+    # holds every stored record (the later part's too), on the uninterrupted run's grid
+    part = hessian.spectra_callback(
+        every=5, key=jax.random.key(0), probe_x=probe, k=K, num_steps=12, tol=1e-10, store=store
+    )
+    with jax.enable_x64(True):
+        landscape.train(
+            model,
+            data,
+            optimizer="sgd",
+            learning_rate=0.5,
+            num_steps=10,
+            stop_step=5,
+            batch_size=N,
+            callbacks=[part],
+            progress=False,
+            seed=0,
+        )
+        p = part.result()
+    assert part.stats == {"computed": 0, "loaded": 2} and list(p.steps) == list(a.steps)
+    np.testing.assert_array_equal(p.density, a.density)
+    np.testing.assert_array_equal(p.grid, a.grid)
     # another job's settings in the same store: refused, naming the difference
     other = hessian.spectra_callback(
         every=5, key=jax.random.key(0), probe_x=probe, k=2, store=store
