@@ -1,0 +1,547 @@
+"""notebooks/global_structure.ipynb: it runs top to bottom in quick mode, every figure renders,
+and every claim its text makes agrees with the numbers it printed.
+
+Built as ``tests/test_trainability_notebook.py``: the claims are read with the helpers of
+``tests/test_notebook_claims.py`` (the markdown sentence located by a regex, the printed numbers
+by their labels, quoted numbers equal to the printed ones to the precision of both,
+:func:`agrees`); a reworded sentence or a renamed print raises ``LabelNotFound``. Each claim is a
+function ``claim(nb, quick)`` in ``CLAIMS``, marked with whether it also holds at quick sizes:
+the committed (full-mode) notebook is checked against every claim, the quick execution of the
+suite against those that hold at its sizes. ``MUTATIONS`` corrupts, for every claim, a printed
+number or the quoted text in a copy of the committed notebook and checks that the claim then
+fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+
+import pytest
+
+from tests._util import REPO, run_notebook
+from tests.test_notebook_claims import (
+    FLOAT,
+    NB,
+    LabelNotFound,
+    Num,
+    _mutated,
+    agrees,
+    committed,
+    committed_raw,
+    nums,
+    scale,
+    to,
+)
+
+F = FLOAT
+NAME = "global_structure"
+PATH = REPO / "notebooks" / f"{NAME}.ipynb"
+# pruning curve, instability curve, spectra heat maps (one panel in quick mode, three in full)
+FIGURES = {"full": 3, "quick": 3}
+DIGITS_TEST = 360
+C = 10
+
+CLAIMS: dict[str, tuple[Callable[[NB, bool], None], bool]] = {}
+
+
+def claim(quick: bool = False):
+    """Register ``f(nb, quick)``; ``quick``: the claim also holds at quick sizes."""
+
+    def deco(f):
+        CLAIMS[f.__name__] = (f, quick)
+        return f
+
+    return deco
+
+
+# --------------------------------------------------------------------------------------- setup
+@claim(quick=True)
+def committed_in_full_mode(nb: NB, quick: bool):
+    s, _ = nb.sentence(r"the committed outputs come from the full run")
+    m = nb.printed(r"^(full|quick) mode \[")
+    want = "quick" if quick else "full"
+    nb.check(m.group(1) == want, s, m.group(0), f"{want} mode")
+    nb.check(not nb.errors, s, f"error outputs {nb.errors}", "no error outputs")
+    skipped = re.findall(r".*skipped in quick mode.*", nb.out)
+    if not quick:
+        nb.check(not skipped, s, repr(skipped), "no section skipped (full mode runs them all)")
+    r = nb.printed(rf"^(quick|full) run: ({F}) s$")
+    nb.check(r.group(1) == want, s, r.group(0), f"the {want} run's time")
+    if not quick:  # "full mode should run in a few minutes on 2 cores"
+        nb.check(float(r.group(2)) < 600, s, r.group(0), "under 10 minutes")
+
+
+# ------------------------------------------------------------------------------ lottery tickets
+_ROUND = re.compile(
+    rf"^round (\d+): sparsity ({F}): test accuracy ticket ({F}), random mask ({F}), "
+    rf"reinit ({F})$",
+    re.M,
+)
+
+
+def _rounds(nb: NB) -> list[dict]:
+    rows = [
+        {
+            "r": int(m.group(1)),
+            "sparsity": Num(m.group(2)),
+            "ticket": Num(m.group(3)),
+            "random_mask": Num(m.group(4)),
+            "reinit": Num(m.group(5)),
+            "line": m.group(0),
+        }
+        for m in _ROUND.finditer(nb.out)
+    ]
+    if not rows:
+        raise LabelNotFound(f"{nb.name}: no pruning rounds in the outputs")
+    return rows
+
+
+@claim(quick=True)
+def pruning_sparsity(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"After (\d+) rounds ({F}) of the kernel weights are pruned \(`1 - 0\.8\^(\d+) = ({F})`\)"
+    )
+    setup = nb.printed(r"^hidden \((\d+),\), (\d+) steps, (\d+) rounds of 20%, rewind step (\d+)$")
+    rows = _rounds(nb)
+    rounds = int(setup.group(3))
+    nb.check(
+        [r["r"] for r in rows] == list(range(rounds + 1)), s, setup.group(0), "one row a round"
+    )
+    # each round removes 20% of the survivors, rounded to whole weights: at least 64 x 16 + 16
+    # x 10 = 1184 prunable weights, so at most r / 1184 off 1 - 0.8^r after r rounds
+    for r in rows:
+        want = 1 - 0.8 ** r["r"]
+        nb.check(
+            abs(r["sparsity"] - want) <= r["r"] / 1184 + r["sparsity"].h,
+            s,
+            r["line"],
+            f"sparsity 1 - 0.8^{r['r']} = {want:.4f}",
+        )
+    if not quick:
+        last = rows[-1]
+        nb.check(
+            int(q.group(1)) == int(q.group(3)) == rounds
+            and agrees(Num(q.group(2)), last["sparsity"])
+            and agrees(Num(q.group(4)), Num(repr(1 - 0.8**rounds))),
+            s,
+            last["line"],
+            f"{rounds} rounds, sparsity {last['sparsity']!r}",
+        )
+
+
+@claim()
+def pruning_setup(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"A 64-(\d+)-10 ReLU MLP trained with momentum \(learning rate ({F}), (\d+) steps of (\d+) "
+        r"examples\) is\s+pruned in (\d+) rounds of 20%.*rewound to their values at step (\d+)"
+    )
+    setup = nb.printed(r"^hidden \((\d+),\), (\d+) steps, (\d+) rounds of 20%, rewind step (\d+)$")
+    code = nb.in_code(
+        rf'cfg = dict\(optimizer="momentum", learning_rate=({F}), num_steps=STEPS, batch_size=(\d+)'
+    )
+    nb.check(
+        setup.groups() == q.group(1, 3, 5, 6) and code.groups() == q.group(2, 4),
+        s,
+        f"{setup.group(0)}; {code.group(0)}",
+        str(q.groups()),
+    )
+
+
+@claim()
+def ticket_against_controls(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"The ticket's test accuracy is ({F}) at sparsity ({F}) against ({F}) for both "
+        rf"controls, and ({F}) at sparsity ({F}) against ({F}) \(random mask\) and ({F}) "
+        r"\(reinit\)"
+    )
+    rows = {r["sparsity"].s: r for r in _rounds(nb)}
+    for sp, t, rm, ri in ((2, 1, 3, 3), (5, 4, 6, 7)):
+        r = rows.get(q.group(sp))
+        nb.check(r is not None, s, str(list(rows)), f"a round at sparsity {q.group(sp)}")
+        nb.check(
+            agrees(Num(q.group(t)), r["ticket"])
+            and agrees(Num(q.group(rm)), r["random_mask"])
+            and agrees(Num(q.group(ri)), r["reinit"]),
+            s,
+            r["line"],
+            f"ticket {q.group(t)}, random mask {q.group(rm)}, reinit {q.group(ri)}",
+        )
+    s, q = nb.sentence(
+        rf"Every accuracy here lies between ({F}) and ({F}), a spread of (\d+) of the (\d+) test"
+    )
+    accs = [r[k] for r in rows.values() for k in ("ticket", "random_mask", "reinit")]
+    nb.check(
+        agrees(Num(q.group(1)), min(accs)) and agrees(Num(q.group(2)), max(accs)),
+        s,
+        str(accs),
+        f"from {q.group(1)} to {q.group(2)}",
+    )
+    nb.check(
+        int(q.group(4)) == DIGITS_TEST
+        and round((max(accs) - min(accs)) * DIGITS_TEST) == int(q.group(3)),
+        s,
+        str(accs),
+        f"{q.group(3)} test images of {DIGITS_TEST}",
+    )
+    # "does not show a winning-ticket advantage": the ticket is below a control at some round
+    s, _ = nb.sentence(r"this network does not\s+show a winning-ticket advantage")
+    nb.check(
+        any(r["ticket"] < max(r["random_mask"], r["reinit"]) for r in rows.values()),
+        s,
+        str([r["line"] for r in rows.values()]),
+        "the ticket below a control at some sparsity",
+    )
+
+
+# ---------------------------------------------------------------------------------- instability
+_BARRIER = re.compile(rf"^sparsity ({F}), spawn step (\d+): test error barrier ({F})$", re.M)
+
+
+@claim(quick=True)
+def instability_is_stable(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"The largest test error barrier is ({F}) \(the ticket spawned at step (\d+)\), below "
+        r"Frankle et al.'s\s+stability threshold of 2%"
+    )
+    rows = [
+        (Num(m.group(1)), int(m.group(2)), Num(m.group(3)), m.group(0))
+        for m in _BARRIER.finditer(nb.out)
+    ]
+    if not rows:
+        raise LabelNotFound(f"{nb.name}: no barrier rows in the outputs")
+    top = nb.printed(rf"^largest test error barrier ({F}): (below|NOT below) 0\.02$")
+    nb.check(
+        all(r[2] < 0.02 for r in rows),
+        s,
+        str([r[3] for r in rows]),
+        "every barrier below 0.02",
+    )
+    nb.check(
+        top.group(2) == "below" and agrees(Num(top.group(1)), max(r[2] for r in rows)),
+        s,
+        top.group(0),
+        "the largest barrier, below 0.02",
+    )
+    if not quick:
+        best = max(rows, key=lambda r: r[2])
+        nb.check(
+            agrees(Num(q.group(1)), best[2]) and best[0] > 0 and best[1] == int(q.group(2)),
+            s,
+            best[3],
+            f"{q.group(1)} for the sparse network at step {q.group(2)}",
+        )
+        s2, q2 = nb.sentence(r"spawned at steps\s+(\d+), (\d+) and (\d+)")
+        steps = sorted({r[1] for r in rows})
+        nb.check(steps == [int(v) for v in q2.groups()], s2, str(steps), str(q2.groups()))
+
+
+# ------------------------------------------------------------------------------ class structure
+@claim(quick=True)
+def class_ranks(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        r"The class-mean part has rank (\d+) \(`C`\), (\d+) \(`C - 1`\) once centred by the "
+        r"global mean, and the\s+cross-class part rank (\d+) \(`C\(C-1\)`\)"
+    )
+    m = nb.printed(
+        r"^(\d+) examples, C = (\d+): class rank (\d+), centred (\d+), cross rank (\d+)$"
+    )
+    c = int(m.group(2))
+    nb.check(
+        c == C and (int(m.group(3)), int(m.group(4)), int(m.group(5))) == (c, c - 1, c * (c - 1)),
+        s,
+        m.group(0),
+        f"ranks {C}, {C - 1}, {C * (C - 1)}",
+    )
+    nb.check(m.group(3, 4, 5) == q.groups(), s, m.group(0), str(q.groups()))
+    if not quick:
+        nb.check(int(m.group(1)) == 512, s, m.group(0), "512 examples")
+
+
+def _cd(nb: NB) -> dict:
+    m = nb.printed(
+        rf"^bulk edge ({F}); top GGN eigenvalues \[([^\]]*)\]; outliers above the bulk edge (\d+)$"
+    )
+    return {
+        "edge": Num(m.group(1)),
+        "values": nums(m.group(2)),
+        "outliers": int(m.group(3)),
+        "line": m.group(0),
+    }
+
+
+@claim(quick=True)
+def outliers_above_bulk_edge(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"Of the (\d+) top GGN eigenvalues, (\d+) lie\s+above the bulk edge ({F}) \(the "
+        r"within-class part's top eigenvalue\), not (\d+)"
+    )
+    d = _cd(nb)
+    above = sum(v > d["edge"] for v in d["values"])
+    nb.check(above == d["outliers"], s, d["line"], f"{above} printed values above the edge")
+    if not quick:
+        nb.check(
+            int(q.group(1)) == len(d["values"])
+            and int(q.group(2)) == d["outliers"]
+            and agrees(Num(q.group(3)), d["edge"])
+            and int(q.group(4)) == C != d["outliers"],
+            s,
+            d["line"],
+            f"{q.group(2)} of {q.group(1)} above {q.group(3)}, not {C}",
+        )
+
+
+@claim()
+def attribution_shares(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        rf"The top 10\s+eigenvectors are attributed ({F}) on average to the cross-class part and "
+        rf"({F}) to the\s+within-class part; the class-mean part takes only ({F})"
+    )
+    got = {}
+    for part in ("class", "cross", "within"):
+        m = nb.printed(rf"^attribution {part}: top-10 mean ({F}), rest mean ({F})$")
+        got[part] = (Num(m.group(1)), Num(m.group(2)))
+    want = {"cross": q.group(1), "within": q.group(2), "class": q.group(3)}
+    for part, v in want.items():
+        nb.check(agrees(Num(v), got[part][0]), s, str(got[part]), f"{part} {v}")
+    for i in (0, 1):  # the parts' quadratic forms over their sum: the shares add to one
+        tot = sum(g[i] for g in got.values())
+        nb.check(abs(tot - 1) <= sum(g[i].h for g in got.values()), s, str(got), "sum 1")
+
+
+# ------------------------------------------------------------------------- the GGN-NTK bridge
+_P = 64 * 16 + 16 + 16 * 10 + 10  # the 64-16-10 MLP's parameters
+
+
+@claim(quick=True)
+def gram_spectrum_matches_lanczos(nb: NB, quick: bool):
+    s, q = nb.sentence(
+        r"The Gram route finds rank (\d+) and (\d+) zero eigenvalues, which add up to the (\d+) "
+        r"parameters"
+    )
+    m = nb.printed(
+        r"^GGN on (\d+) examples \(N C = (\d+)\): gram solver, rank (\d+), num_zero (\d+); "
+        rf"top-5 gram \[([^\]]*)\], lanczos \[([^\]]*)\], largest relative difference ({F})$"
+    )
+    n, rank, zero = int(m.group(1)), int(m.group(3)), int(m.group(4))
+    nb.check(rank + zero == _P, s, m.group(0), f"rank + num_zero = {_P}")
+    s2, q2 = nb.sentence(r"the rank is at most `N \(C - 1\) = (\d+)`")
+    nb.check(rank <= n * (C - 1), s2, m.group(0), f"rank <= {n * (C - 1)}")
+    gram, lz, rel = nums(m.group(5)), nums(m.group(6)), Num(m.group(7))
+    # Lanczos converges each pair to tol = 1e-6 relative to ||G||: 1e-4 relative is ample
+    nb.check(
+        rel < 1e-4 and all(abs(a - b) <= 1e-4 * abs(a) + a.h + b.h for a, b in zip(gram, lz)),
+        s,
+        m.group(0),
+        "the top 5 agree to 1e-4 relative",
+    )
+    if not quick:
+        nb.check(
+            (rank, zero, _P) == tuple(int(v) for v in q.groups())
+            and int(q2.group(1)) == n * (C - 1)
+            and n == 50,
+            s,
+            m.group(0),
+            str(q.groups()),
+        )
+        s3, q3 = nb.sentence(rf"Its top 5 agree with Lanczos to a relative ({F})")
+        nb.check(agrees(Num(q3.group(1)), rel), s3, m.group(0), q3.group(1))
+
+
+# ------------------------------------------------------------------------ spectra in training
+_SP = re.compile(
+    rf"^(no batch norm|batch norm, (?:batch|eval) statistics): bn_mode (\w+); steps \[([^\]]*)\]; "
+    rf"top GGN eigenvalue ({F}) at step 0 -> ({F}); top/5th ({F}) -> ({F}); top NTK eigenvalue "
+    rf"({F})$",
+    re.M,
+)
+
+
+def _spectra(nb: NB) -> dict[str, dict]:
+    rows = {
+        m.group(1): {
+            "mode": m.group(2),
+            "first": Num(m.group(4)),
+            "last": Num(m.group(5)),
+            "ratio0": Num(m.group(6)),
+            "ratio": Num(m.group(7)),
+            "line": m.group(0),
+        }
+        for m in _SP.finditer(nb.out)
+    }
+    if not rows:
+        raise LabelNotFound(f"{nb.name}: no spectra rows in the outputs")
+    return rows
+
+
+@claim(quick=True)
+def spectra_bn_modes(nb: NB, quick: bool):
+    s, _ = nb.sentence(r"in both batch and population \(eval\)\s+statistics")
+    rows = _spectra(nb)
+    want = {
+        "no batch norm": "none",
+        "batch norm, batch statistics": "batch",
+        "batch norm, eval statistics": "eval",
+    }
+    if quick:
+        want = {"no batch norm": "none"}
+    nb.check(set(rows) == set(want), s, str(list(rows)), str(list(want)))
+    for name, r in rows.items():
+        nb.check(r["mode"] == want[name], s, r["line"], f"bn_mode {want[name]}")
+
+
+@claim()
+def spectra_through_training(nb: NB, quick: bool):
+    rows = _spectra(nb)
+    s, q = nb.sentence(
+        rf"Without batch norm the top GGN eigenvalue grows from ({F}) to ({F}). With batch norm it "
+        rf"grows\s+from ({F}) to ({F}) in batch statistics \(`bn_mode batch`\) and from ({F}) to "
+        rf"({F}) in population\s+statistics \(`bn_mode eval`\)"
+    )
+    for name, i in (
+        ("no batch norm", 1),
+        ("batch norm, batch statistics", 3),
+        ("batch norm, eval statistics", 5),
+    ):
+        r = rows[name]
+        nb.check(
+            agrees(Num(q.group(i)), r["first"])
+            and agrees(Num(q.group(i + 1)), r["last"])
+            and r["last"] > r["first"],
+            s,
+            r["line"],
+            f"grows from {q.group(i)} to {q.group(i + 1)}",
+        )
+    s, q = nb.sentence(
+        rf"The ratio of the top to the fifth eigenvalue ends at ({F}) and ({F}) with batch norm "
+        rf"and ({F}) without"
+    )
+    got = [
+        rows[n]["ratio"] for n in ("batch norm, batch statistics", "batch norm, eval statistics")
+    ]
+    got.append(rows["no batch norm"]["ratio"])
+    nb.check(all(agrees(Num(v), g) for v, g in zip(q.groups(), got)), s, str(got), str(q.groups()))
+    # "the top five stay close together": within a factor 2.5 at every printed point
+    s, _ = nb.sentence(r"the top five stay close together")
+    allr = [r[k] for r in rows.values() for k in ("ratio0", "ratio")]
+    nb.check(all(v < 2.5 for v in allr), s, str(allr), "top / 5th < 2.5")
+
+
+# ------------------------------------------------------------------------------------ the tests
+def _rendered(raw, name: str, mode: str) -> None:
+    outs = [o for c in raw.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    errors = [
+        f"{o.get('ename')}: {o.get('evalue')}" for o in outs if o.get("output_type") == "error"
+    ]
+    assert not errors, f"{name}: error outputs {errors}"
+    pngs = sum(1 for o in outs if "image/png" in o.get("data", {}))
+    assert pngs == FIGURES[mode], f"{name}: {pngs} rendered figures, expected {FIGURES[mode]}"
+    for c in raw.cells:
+        if c.cell_type == "code":
+            assert c.get("execution_count"), f"{name}: a code cell did not run: {c.source[:60]!r}"
+
+
+def test_committed_notebook_renders():
+    _rendered(committed_raw(NAME), f"notebooks/{NAME}.ipynb (committed)", "full")
+
+
+@pytest.mark.parametrize("claim_id", list(CLAIMS))
+def test_claim(claim_id):
+    fn, _ = CLAIMS[claim_id]
+    fn(committed(NAME), False)
+
+
+# a mutation: (claim id, "out" | "md", what to change, how) as in tests/test_notebook_claims.py
+MUTATIONS = [
+    ("committed_in_full_mode", "out", r"^(full) mode \[", to("quick")),
+    ("committed_in_full_mode", "out", r"^full run: (\d+) s$", to("700")),
+    ("pruning_setup", "out", r"^hidden \(64,\), (\d+) steps", to("300")),
+    ("pruning_setup", "md", "learning rate 0.05", "learning rate 0.1"),
+    ("pruning_sparsity", "out", rf"^round 2: sparsity ({F})", to("0.3700")),
+    ("pruning_sparsity", "md", "After 3 rounds 0.4880", "After 3 rounds 0.4800"),
+    (
+        "ticket_against_controls",
+        "out",
+        rf"^round 1: sparsity 0.2000: test accuracy ticket ({F})",
+        to("0.9722"),
+    ),
+    ("ticket_against_controls", "md", "0.9722 (random mask)", "0.9750 (random mask)"),
+    ("ticket_against_controls", "md", "a spread of 3 of", "a spread of 5 of"),
+    ("ticket_against_controls", "out", rf"^round 3: .*reinit ({F})$", to("0.9806")),
+    (
+        "instability_is_stable",
+        "out",
+        rf"^sparsity 0.0000, spawn step 50: test error barrier ({F})",
+        to("0.0300"),
+    ),
+    ("instability_is_stable", "md", "barrier is 0.0014", "barrier is 0.0028"),
+    ("instability_is_stable", "out", r"^largest test error barrier .*: (below)", to("NOT below")),
+    ("class_ranks", "out", r"^512 examples, C = 10: class rank 10, centred (\d+)", to("10")),
+    ("class_ranks", "md", "cross-class part rank 90", "cross-class part rank 80"),
+    ("outliers_above_bulk_edge", "out", r"outliers above the bulk edge (\d+)$", to("9")),
+    ("outliers_above_bulk_edge", "md", "the bulk edge 0.09539", "the bulk edge 0.09639"),
+    ("attribution_shares", "out", rf"^attribution cross: top-10 mean ({F})", to("0.700")),
+    ("attribution_shares", "md", "takes only 0.004", "takes only 0.040"),
+    ("gram_spectrum_matches_lanczos", "out", r"gram solver, rank (\d+)", to("116")),
+    ("gram_spectrum_matches_lanczos", "out", rf"largest relative difference ({F})$", to("3e-03")),
+    ("gram_spectrum_matches_lanczos", "md", "to a relative 8.8e-07", "to a relative 1.8e-07"),
+    ("spectra_bn_modes", "out", r"^batch norm, eval statistics: bn_mode (\w+)", to("batch")),
+    ("spectra_through_training", "md", "from 0.8717 to 1.588", "from 0.8717 to 1.688"),
+    ("spectra_through_training", "out", rf"^no batch norm: .*top/5th {F} -> ({F})", scale(1.5)),
+    ("spectra_through_training", "md", "2.01 and 1.64", "2.01 and 1.74"),
+]
+
+
+def test_every_claim_has_a_mutation():
+    missing = sorted(set(CLAIMS) - {m[0] for m in MUTATIONS})
+    assert not missing, f"claims without a self-check mutation: {missing}"
+    unknown = sorted({m[0] for m in MUTATIONS} - set(CLAIMS))
+    assert not unknown, f"mutations of unknown claims: {unknown}"
+
+
+@pytest.mark.parametrize(
+    "claim_id, where, find, change",
+    MUTATIONS,
+    ids=[f"{m[0]}:{i}" for i, m in enumerate(MUTATIONS)],
+)
+def test_claim_can_fail(claim_id, where, find, change):
+    fn, _ = CLAIMS[claim_id]
+    fn(committed(NAME), False)  # passes on the committed notebook ...
+    bad = _mutated(NAME, where, find, change)
+    with pytest.raises(AssertionError, match=re.escape(f"notebooks/{NAME}.ipynb")):
+        fn(bad, False)  # ... and fails on the corrupted copy
+
+
+def test_reworded_sentence_or_renamed_print_fails():
+    fn, _ = CLAIMS["class_ranks"]
+    with pytest.raises(LabelNotFound, match="markdown sentence"):
+        fn(_mutated(NAME, "md", "The class-mean part has rank", "The class part has rank"), False)
+    with pytest.raises(LabelNotFound, match="printed label"):
+        fn(_mutated(NAME, "out", r"^512 examples, C = 10: (class rank)", to("rank")), False)
+
+
+@functools.cache
+def _quick_run():
+    return run_notebook(PATH, quick=True)
+
+
+def test_notebook_quick():
+    raw = _quick_run()
+    _rendered(raw, f"notebooks/{NAME}.ipynb (quick run)", "quick")
+    nb = NB(raw, NAME)
+    failures = []
+    for cid, (fn, quick_ok) in CLAIMS.items():
+        if quick_ok:
+            try:
+                fn(nb, True)
+            except (AssertionError, LabelNotFound) as e:
+                failures.append(f"[{cid}] {e}")
+    assert not failures, "quick-mode claims failed:\n" + "\n".join(failures)
+
+
+def test_quick_claims_reject_the_full_mode_notebook():
+    # the quick check reads the mode marker: on the committed (full-mode) notebook it fails
+    fn, _ = CLAIMS["committed_in_full_mode"]
+    with pytest.raises(AssertionError, match="quick mode"):
+        fn(committed(NAME), True)
