@@ -14,13 +14,11 @@ fails.
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable
 
 import pytest
 
-from tests._util import REPO, run_notebook
+from tests._claim_suite import ClaimSuite, committed_in_full_mode
 from tests.test_notebook_claims import (
     FLOAT,
     NB,
@@ -28,8 +26,6 @@ from tests.test_notebook_claims import (
     Num,
     _mutated,
     agrees,
-    committed,
-    committed_raw,
     nums,
     scale,
     to,
@@ -37,40 +33,18 @@ from tests.test_notebook_claims import (
 
 F = FLOAT
 NAME = "global_structure"
-PATH = REPO / "notebooks" / f"{NAME}.ipynb"
 # pruning curve, instability curve, spectra heat maps (one panel in quick mode, three in full)
 FIGURES = {"full": 3, "quick": 3}
 DIGITS_TEST = 360
 C = 10
 
-CLAIMS: dict[str, tuple[Callable[[NB, bool], None], bool]] = {}
-
-
-def claim(quick: bool = False):
-    """Register ``f(nb, quick)``; ``quick``: the claim also holds at quick sizes."""
-
-    def deco(f):
-        CLAIMS[f.__name__] = (f, quick)
-        return f
-
-    return deco
+SUITE = ClaimSuite(NAME, FIGURES)
+CLAIMS = SUITE.claims
+claim = SUITE.claim
 
 
 # --------------------------------------------------------------------------------------- setup
-@claim(quick=True)
-def committed_in_full_mode(nb: NB, quick: bool):
-    s, _ = nb.sentence(r"the committed outputs come from the full run")
-    m = nb.printed(r"^(full|quick) mode \[")
-    want = "quick" if quick else "full"
-    nb.check(m.group(1) == want, s, m.group(0), f"{want} mode")
-    nb.check(not nb.errors, s, f"error outputs {nb.errors}", "no error outputs")
-    skipped = re.findall(r".*skipped in quick mode.*", nb.out)
-    if not quick:
-        nb.check(not skipped, s, repr(skipped), "no section skipped (full mode runs them all)")
-    r = nb.printed(rf"^(quick|full) run: ({F}) s$")
-    nb.check(r.group(1) == want, s, r.group(0), f"the {want} run's time")
-    if not quick:  # "full mode should run in a few minutes on 2 cores"
-        nb.check(float(r.group(2)) < 600, s, r.group(0), "under 10 minutes")
+claim(quick=True)(committed_in_full_mode)
 
 
 # ------------------------------------------------------------------------------ lottery tickets
@@ -429,27 +403,13 @@ def spectra_through_training(nb: NB, quick: bool):
 
 
 # ------------------------------------------------------------------------------------ the tests
-def _rendered(raw, name: str, mode: str) -> None:
-    outs = [o for c in raw.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    errors = [
-        f"{o.get('ename')}: {o.get('evalue')}" for o in outs if o.get("output_type") == "error"
-    ]
-    assert not errors, f"{name}: error outputs {errors}"
-    pngs = sum(1 for o in outs if "image/png" in o.get("data", {}))
-    assert pngs == FIGURES[mode], f"{name}: {pngs} rendered figures, expected {FIGURES[mode]}"
-    for c in raw.cells:
-        if c.cell_type == "code":
-            assert c.get("execution_count"), f"{name}: a code cell did not run: {c.source[:60]!r}"
-
-
 def test_committed_notebook_renders():
-    _rendered(committed_raw(NAME), f"notebooks/{NAME}.ipynb (committed)", "full")
+    SUITE.committed_renders()
 
 
 @pytest.mark.parametrize("claim_id", list(CLAIMS))
 def test_claim(claim_id):
-    fn, _ = CLAIMS[claim_id]
-    fn(committed(NAME), False)
+    SUITE.claim_holds(claim_id)
 
 
 # a mutation: (claim id, "out" | "md", what to change, how) as in tests/test_notebook_claims.py
@@ -494,10 +454,7 @@ MUTATIONS = [
 
 
 def test_every_claim_has_a_mutation():
-    missing = sorted(set(CLAIMS) - {m[0] for m in MUTATIONS})
-    assert not missing, f"claims without a self-check mutation: {missing}"
-    unknown = sorted({m[0] for m in MUTATIONS} - set(CLAIMS))
-    assert not unknown, f"mutations of unknown claims: {unknown}"
+    SUITE.every_claim_has_a_mutation(MUTATIONS)
 
 
 @pytest.mark.parametrize(
@@ -506,11 +463,7 @@ def test_every_claim_has_a_mutation():
     ids=[f"{m[0]}:{i}" for i, m in enumerate(MUTATIONS)],
 )
 def test_claim_can_fail(claim_id, where, find, change):
-    fn, _ = CLAIMS[claim_id]
-    fn(committed(NAME), False)  # passes on the committed notebook ...
-    bad = _mutated(NAME, where, find, change)
-    with pytest.raises(AssertionError, match=re.escape(f"notebooks/{NAME}.ipynb")):
-        fn(bad, False)  # ... and fails on the corrupted copy
+    SUITE.claim_can_fail(claim_id, where, find, change)
 
 
 def test_reworded_sentence_or_renamed_print_fails():
@@ -521,27 +474,9 @@ def test_reworded_sentence_or_renamed_print_fails():
         fn(_mutated(NAME, "out", r"^512 examples, C = 10: (class rank)", to("rank")), False)
 
 
-@functools.cache
-def _quick_run():
-    return run_notebook(PATH, quick=True)
-
-
 def test_notebook_quick():
-    raw = _quick_run()
-    _rendered(raw, f"notebooks/{NAME}.ipynb (quick run)", "quick")
-    nb = NB(raw, NAME)
-    failures = []
-    for cid, (fn, quick_ok) in CLAIMS.items():
-        if quick_ok:
-            try:
-                fn(nb, True)
-            except (AssertionError, LabelNotFound) as e:
-                failures.append(f"[{cid}] {e}")
-    assert not failures, "quick-mode claims failed:\n" + "\n".join(failures)
+    SUITE.quick_claims_hold()
 
 
 def test_quick_claims_reject_the_full_mode_notebook():
-    # the quick check reads the mode marker: on the committed (full-mode) notebook it fails
-    fn, _ = CLAIMS["committed_in_full_mode"]
-    with pytest.raises(AssertionError, match="quick mode"):
-        fn(committed(NAME), True)
+    SUITE.quick_check_rejects_full_mode()
