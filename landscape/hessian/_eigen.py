@@ -829,32 +829,25 @@ def eigenvalues(
     if solver == "gram":
         from landscape.hessian import _gram
 
-        return _driver.drive(
-            _gram.solve,
-            operator,
-            params,
-            data,
-            like=like,
-            curvature=curvature,
-            key=key,
-            record={"k": k, "which": which, "tol": tol, "solver": "gram"},
-            k=k,
-            which=which,
-            tol=tol,
-            v0=v0,
-            krylov_dim=krylov_dim,
-            max_restarts=max_restarts,
-            check_multiplicity=check_multiplicity,
-        )
+        fn, record = _gram.solve, {"k": k, "which": which, "tol": tol, "solver": "gram"}
+    else:
+        fn = solve
+        record = {
+            "k": k,
+            "which": which,
+            "tol": tol,
+            "krylov_dim": krylov_dim,
+            "solver": "lanczos",
+        }
     return _driver.drive(
-        solve,
+        fn,
         operator,
         params,
         data,
         like=like,
         curvature=curvature,
         key=key,
-        record={"k": k, "which": which, "tol": tol, "krylov_dim": krylov_dim, "solver": "lanczos"},
+        record=record,
         k=k,
         which=which,
         tol=tol,
