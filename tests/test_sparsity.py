@@ -243,20 +243,25 @@ def test_resume_bit_for_bit(small, model, tmp_path):
 # --------------------------------------------------------------------------------------------
 # iterative pruning
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pruning(small, model, tmp_path_factory):
-    store = tmp_path_factory.mktemp("imp") / "store"
-    res = S.iterative_pruning(
+def _prune(model, small, store, rate=0.5):
+    """The module's pruning job (2 rounds, rewind to step 10) on ``model`` at ``rate``."""
+    return S.iterative_pruning(
         model,
         small[0],
         TC,
         test_data=small[1],
         rounds=2,
-        rate=0.5,
+        rate=rate,
         rewind_step=10,
         key=jax.random.key(0),
         store=store,
     )
+
+
+@pytest.fixture(scope="module")
+def pruning(small, model, tmp_path_factory):
+    store = tmp_path_factory.mktemp("imp") / "store"
+    res = _prune(model, small, store)
     return res, store
 
 
@@ -292,32 +297,12 @@ def test_iterative_pruning_resumes(pruning, small, model, monkeypatch):
         raise AssertionError("a finished round was trained again")
 
     monkeypatch.setattr(S, "train", no_training)
-    again = S.iterative_pruning(
-        model,
-        small[0],
-        TC,
-        test_data=small[1],
-        rounds=2,
-        rate=0.5,
-        rewind_step=10,
-        key=jax.random.key(0),
-        store=store,
-    )
+    again = _prune(model, small, store)
     for k in res.test_accuracy:
         np.testing.assert_array_equal(again.test_accuracy[k], res.test_accuracy[k])
     assert _eq(again.masks, res.masks) and _eq(again.params, res.params)
     with pytest.raises(ValueError, match="holds results of another job"):
-        S.iterative_pruning(
-            model,
-            small[0],
-            TC,
-            test_data=small[1],
-            rounds=2,
-            rate=0.4,
-            rewind_step=10,
-            key=jax.random.key(0),
-            store=store,
-        )
+        _prune(model, small, store, rate=0.4)
     # the same parameters from another architecture (tanh), and optimisers that differ only
     # in the values their functions close over, are other jobs too
     tanh = landscape.make_model(
@@ -325,17 +310,7 @@ def test_iterative_pruning_resumes(pruning, small, model, monkeypatch):
     )
     assert _eq(tanh.params, model.params)
     with pytest.raises(ValueError, match="another job.*activation"):
-        S.iterative_pruning(
-            tanh,
-            small[0],
-            TC,
-            test_data=small[1],
-            rounds=2,
-            rate=0.5,
-            rewind_step=10,
-            key=jax.random.key(0),
-            store=store,
-        )
+        _prune(tanh, small, store)
     import optax
 
     from landscape import store as _store
