@@ -28,12 +28,10 @@ N, D, C, H = 40, 5, 3, 4
 K = 3
 
 
-@pytest.fixture(scope="module")
-def setup():
-    rng = np.random.default_rng(0)
-    data = {"x": rng.normal(size=(N, D)), "y": rng.integers(0, C, size=N).astype(np.int32)}
+def _mlp(**kw):
+    """The tests' float64 tanh MLP ``D -> H -> C``."""
     with jax.enable_x64(True):
-        model = landscape.make_model(
+        return landscape.make_model(
             "mlp",
             input_shape=(D,),
             num_outputs=C,
@@ -41,8 +39,15 @@ def setup():
             seed=0,
             activation="tanh",
             param_dtype=jnp.float64,
+            **kw,
         )
-    return model, data
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(N, D)), "y": rng.integers(0, C, size=N).astype(np.int32)}
+    return _mlp(), data
 
 
 def _run(model, data, cbs, *, num_steps=10):
@@ -220,17 +225,7 @@ def test_batch_norm_batch_mode(setup):
     batch, state update discarded) against the dense one; the mode is recorded ("auto" resolves
     to it for a batch-norm model). The "eval" mode is the toolkit's ordinary product."""
     _, data = setup
-    with jax.enable_x64(True):
-        model = landscape.make_model(
-            "mlp",
-            input_shape=(D,),
-            num_outputs=C,
-            hidden=(H,),
-            seed=0,
-            activation="tanh",
-            batch_norm=True,
-            param_dtype=jnp.float64,
-        )
+    model = _mlp(batch_norm=True)
     cb = hessian.spectra_callback(
         every=1,
         key=jax.random.key(0),
