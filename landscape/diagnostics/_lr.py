@@ -308,6 +308,9 @@ def stability_limit(
             f"model has no stability limit); got {lam}."
         )
     _validate.check_choice(optimizer, LIMITS, name="optimizer")
+    from landscape.hessian._tracking import _unit as _beta
+    from landscape.hessian._tracking import stability_rule
+
     kw = optimizer_kwargs
     if optimizer == "adam":
         if kw.get("nesterov"):
@@ -322,17 +325,8 @@ def stability_limit(
         beta = _beta(kw.get("momentum", 0.9), "momentum")
         nesterov = bool(kw.get("nesterov", optimizer == "nesterov"))
         kind = "nesterov" if nesterov and beta > 0 else "gd"
-    from landscape.hessian._tracking import stability_rule
-
     c, rule = stability_rule(kind, beta)
     return c / lam, rule
-
-
-def _beta(value, name: str) -> float:
-    v = _validate.check_finite_scalar(value, name=name)
-    if not 0.0 <= v < 1.0:
-        raise ValueError(f"{_validate.where()}: {name} must be in [0, 1); got {v}.")
-    return v
 
 
 # --------------------------------------------------------------------------------------------
