@@ -8,6 +8,14 @@
   directory.
 * ``"teacher"``: a synthetic task labelled by a random teacher network, any size (regression or
   classification).
+* ``"modular"``: modular arithmetic ``a op b = c (mod p)`` as token sequences ``[a, op, b, =]``
+  labelled ``c`` (Power et al. 2022's grokking task), every pair split by a seed.
+* ``"sort"``: random token sequences labelled per token by their sorted sequence (labels of
+  shape ``(n, T)``, for per-token outputs).
+
+Digits and MNIST-1D need nothing new to be patch sequences: ``make_model("transformer",
+patch=...)`` cuts the images ``(8, 8, 1)`` (``flat=False``) or the signals ``(40,)`` into
+patches itself.
 
 A data set is a dict of arrays with a leading example axis: ``{"x": inputs, "y": targets}``.
 """
@@ -43,6 +51,8 @@ class Dataset:
       num_outputs: number of classes (classification) or target dimension (regression).
       input_shape: shape of one input (without the example axis).
       spec: the loader's name and arguments (enough to regenerate it exactly).
+      vocab_size: the number of token ids of integer token inputs (``make_model("transformer",
+        vocab_size=...)``); ``None`` for floating inputs.
     """
 
     name: str
@@ -52,6 +62,7 @@ class Dataset:
     num_outputs: int
     input_shape: tuple
     spec: dict
+    vocab_size: int | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -83,7 +94,8 @@ def data_names() -> list[str]:
 
 @_validate.public("landscape.load_data")
 def load_data(name: str, **kwargs) -> Dataset:
-    """Load a registered data set by name (``"digits"``, ``"mnist1d"``, ``"teacher"``).
+    """Load a registered data set by name (``"digits"``, ``"mnist1d"``, ``"teacher"``,
+    ``"modular"``, ``"sort"``).
 
     Raises:
       ValueError: unknown name (the message lists the registered names).
@@ -347,6 +359,140 @@ def teacher(
     )
 
 
+# --------------------------------------------------------------------------------------------
+_MOD_OPS = {
+    "+": lambda a, b, p: (a + b) % p,
+    "-": lambda a, b, p: (a - b) % p,
+    "*": lambda a, b, p: (a * b) % p,
+    "/": lambda a, b, p: (a * pow(int(b), p - 2, p)) % p,
+}
+
+
+def _is_prime(p: int) -> bool:
+    return p >= 2 and all(p % q for q in range(2, int(p**0.5) + 1))
+
+
+def _check_count(where: str, name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+def _check_fraction(where: str, name: str, value) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.number))
+        or not (0.0 < float(value) < 1.0)
+    ):
+        raise ValueError(f"{where}: {name} must be in (0, 1); got {value!r}.")
+    return float(value)
+
+
+def modular(*, p: int = 97, op: str = "+", train_fraction: float = 0.5, seed: int = 0) -> Dataset:
+    """Modular arithmetic as token sequences (Power et al. 2022, the grokking task).
+
+    Every equation ``a op b = c (mod p)`` with ``a, b`` in ``[0, p)`` (``b != 0`` for ``"/"``,
+    the product with ``b``'s inverse) is the sequence ``[a, op, b, =]`` of token ids, numbers
+    ``0..p-1``, ``op`` = ``p``, ``=`` = ``p + 1`` (``vocab_size = p + 2``), labelled ``c``
+    (``p`` classes): the label belongs to the last position (``make_model("transformer",
+    vocab_size=p + 2, pool="last", causal=True)``, or ``pool="mean"``). The equations are
+    shuffled by ``seed`` and the first ``round(train_fraction * n)`` are the training set.
+
+    Args:
+      p: the modulus (``>= 2``; prime for ``"/"``).
+      op: ``"+"``, ``"-"``, ``"*"`` or ``"/"``.
+      train_fraction: fraction of all equations in the training set, in ``(0, 1)``.
+      seed: the split's seed (NumPy ``default_rng``).
+
+    Returns:
+      A :class:`Dataset` with ``x`` int32 ``(n, 4)``, ``y`` int32 ``(n,)``, ``num_outputs =
+      p``, ``vocab_size = p + 2``.
+
+    References:
+      Power, Burda, Edwards, Babuschkin and Misra (2022), Grokking: generalization beyond
+      overfitting on small algorithmic datasets.
+    """
+    where = "landscape.load_data('modular')"
+    p = _check_count(where, "p", p, 2)
+    if op not in _MOD_OPS:
+        raise ValueError(f"{where}: op must be one of {sorted(_MOD_OPS)}; got {op!r}.")
+    if op == "/" and not _is_prime(p):
+        raise ValueError(f"{where}: op='/' needs a prime p (every b != 0 invertible); got p={p}.")
+    frac = _check_fraction(where, "train_fraction", train_fraction)
+    a, b = (g.ravel() for g in np.meshgrid(np.arange(p), np.arange(p), indexing="ij"))
+    if op == "/":
+        a, b = a[b != 0], b[b != 0]
+    c = np.array([_MOD_OPS[op](int(i), int(j), p) for i, j in zip(a, b)], np.int64)
+    x = np.stack([a, np.full_like(a, p), b, np.full_like(a, p + 1)], axis=1).astype(np.int32)
+    y = c.astype(np.int32)
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_train = min(max(int(round(frac * len(y))), 1), len(y) - 1)
+    tr, te = order[:n_train], order[n_train:]
+    spec = dict(name="modular", p=p, op=op, train_fraction=frac, seed=seed)
+    return Dataset(
+        "modular",
+        {"x": x[tr], "y": y[tr]},
+        {"x": x[te], "y": y[te]},
+        "classification",
+        p,
+        (4,),
+        spec,
+        vocab_size=p + 2,
+    )
+
+
+def sort(
+    *,
+    length: int = 8,
+    vocab_size: int = 10,
+    num_train: int = 1024,
+    num_test: int = 256,
+    seed: int = 0,
+) -> Dataset:
+    """Sorting: random token sequences labelled per position by the sorted sequence.
+
+    ``x`` are ``length`` tokens drawn uniformly from ``[0, vocab_size)`` (NumPy
+    ``default_rng(seed)``), ``y = sort(x)`` along the sequence: integer labels of shape
+    ``(n, length)``, one class per token id, for per-token outputs
+    (``make_model("transformer", vocab_size=vocab_size, pool="none")``, whose outputs are
+    ``(n, length, vocab_size)``; :func:`landscape.make_loss_fn`'s cross-entropy then averages
+    over examples and positions). Every position must see the whole sequence: use the
+    bidirectional (non-causal) encoder.
+
+    Returns:
+      A :class:`Dataset` with ``x`` int32 ``(n, length)``, ``y`` int32 ``(n, length)``,
+      ``num_outputs = vocab_size = vocab_size``.
+    """
+    where = "landscape.load_data('sort')"
+    length = _check_count(where, "length", length, 1)
+    vocab_size = _check_count(where, "vocab_size", vocab_size, 2)
+    num_train = _check_count(where, "num_train", num_train, 1)
+    num_test = _check_count(where, "num_test", num_test, 1)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, vocab_size, (num_train + num_test, length)).astype(np.int32)
+    y = np.sort(x, axis=1).astype(np.int32)
+    spec = dict(
+        name="sort",
+        length=length,
+        vocab_size=vocab_size,
+        num_train=num_train,
+        num_test=num_test,
+        seed=seed,
+    )
+    return Dataset(
+        "sort",
+        {"x": x[:num_train], "y": y[:num_train]},
+        {"x": x[num_train:], "y": y[num_train:]},
+        "classification",
+        vocab_size,
+        (length,),
+        spec,
+        vocab_size=vocab_size,
+    )
+
+
 register_data("digits", digits)
 register_data("mnist1d", mnist1d)
 register_data("teacher", teacher)
+register_data("modular", modular)
+register_data("sort", sort)

@@ -72,6 +72,7 @@ from landscape._model import Model, from_nnx
 
 if TYPE_CHECKING:
     from landscape._nets import CNN, MLP, ResNet
+    from landscape._transformer import Transformer
 
 # The model classes live in landscape._nets, which imports Flax (about 0.3 s): loaded when a model
 # is built, or when landscape.models.MLP (CNN, ResNet) is first looked up (PEP 562).
@@ -84,6 +85,7 @@ __all__ = [
     "InitSpec",
     "MLP",
     "ResNet",
+    "Transformer",
     "get_activation",
     "get_init",
     "make_model",
@@ -355,11 +357,15 @@ def __getattr__(name: str):
         from landscape import _nets
 
         return getattr(_nets, name)
+    if name == "Transformer":
+        from landscape import _transformer
+
+        return _transformer.Transformer
     raise AttributeError(f"module 'landscape.models' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_NETS))
+    return sorted(set(globals()) | set(_NETS) | {"Transformer"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,7 +400,18 @@ def _build_resnet(input_shape, num_outputs, rngs, **kw):
     return ResNet(input_shape[-1], num_outputs, rngs=rngs, **kw)
 
 
-_MODELS: dict[str, Callable] = {"mlp": _build_mlp, "cnn": _build_cnn, "resnet": _build_resnet}
+def _build_transformer(input_shape, num_outputs, rngs, **kw):
+    from landscape._transformer import Transformer
+
+    return Transformer(input_shape, num_outputs, rngs=rngs, **kw)
+
+
+_MODELS: dict[str, Callable] = {
+    "mlp": _build_mlp,
+    "cnn": _build_cnn,
+    "resnet": _build_resnet,
+    "transformer": _build_transformer,
+}
 
 
 def register_model(name: str, builder: Callable) -> None:
@@ -440,7 +457,8 @@ def make_model(
     seed: int = 0,
     **kwargs,
 ) -> Model:
-    """Build a registered model (``"mlp"``, ``"cnn"``, ``"resnet"``) as a model triple.
+    """Build a registered model (``"mlp"``, ``"cnn"``, ``"resnet"``, ``"transformer"``) as a
+    model triple.
 
     Args:
       name: registry name.

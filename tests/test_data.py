@@ -99,7 +99,7 @@ def test_teacher_tasks():
 
 
 def test_unknown_name_lists_registry():
-    with pytest.raises(ValueError, match="digits, mnist1d, teacher"):
+    with pytest.raises(ValueError, match="digits, mnist1d, modular, sort, teacher"):
         landscape.load_data("cifar10")
-    assert data_mod.data_names() == ["digits", "mnist1d", "teacher"]
+    assert data_mod.data_names() == ["digits", "mnist1d", "modular", "sort", "teacher"]
     assert "sklearn" in sys.modules  # digits comes from scikit-learn's bundled files

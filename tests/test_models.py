@@ -15,8 +15,8 @@ from landscape import models
 
 
 def test_registry_and_errors():
-    assert models.model_names() == ["cnn", "mlp", "resnet"]
-    with pytest.raises(ValueError, match="unknown model 'vgg'.*cnn, mlp, resnet"):
+    assert models.model_names() == ["cnn", "mlp", "resnet", "transformer"]
+    with pytest.raises(ValueError, match="unknown model 'vgg'.*cnn, mlp, resnet, transformer"):
         landscape.make_model("vgg", input_shape=(64,), num_outputs=10)
     with pytest.raises(ValueError, match="unknown init"):
         landscape.make_model("mlp", input_shape=(64,), num_outputs=10, init="kaiming")
