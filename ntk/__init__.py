@@ -7,6 +7,7 @@ from ntk._arch import Architecture as Architecture
 from ntk._arch import parallel as parallel
 from ntk._arch import residual as residual
 from ntk._arch import serial as serial
+from ntk._attention import GlobalSelfAttention as GlobalSelfAttention
 from ntk._compare import Convergence as Convergence
 from ntk._compare import Drift as Drift
 from ntk._compare import FiniteVsInfinite as FiniteVsInfinite
