@@ -138,7 +138,8 @@ DEFAULT_STUDY_OUT = "landscape-runs/<config name>"
 STUDY_DESCRIPTION = (
     "Run a study from a TOML config: train the model it names (one of ours, or your own "
     "factory 'package.module:function') on the data it names (an embedded set or .npz files), "
-    "then run the analyses it lists (hessian, surface, connect, ntk, skips) and write the run "
+    "then run the analyses it lists (hessian, surface, connect, ntk, trainability, structure, "
+    "skips) and write the run "
     "directory: results.json (every number with its settings and provenance), figures/ (PNG, "
     "and SVG for line plots) and report.html (one self-contained page). Each section is saved "
     "as it finishes: Ctrl-C exits with code 130 and says what is saved and the command that "
@@ -175,7 +176,7 @@ def _sizes(parser):
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true",
                    help="tiny sizes everywhere (a smoke test; default: the config's sizes; the "
-                        "demo then leaves out its skips section)")
+                        "demo then leaves out its skips and structure sections)")
     g.add_argument("--full", action="store_true",
                    help="the paper-scale sizes for every size the config does not set")
     parser.add_argument("--no-progress", action="store_true",
@@ -246,9 +247,10 @@ def _demo(args, interrupts):
     cfg = study.demo_config(_mode(args))
     only = _only(args)
     if only is None and args.quick:  # the four ResNets' compilation alone exceeds a minute
-        only = [s for s in cfg.sections if s != "skips"]
-        print("landscape demo --quick: the skips section (four ResNets) is left out of the "
-              "smoke test; --quick --only skips runs it")
+        only = [s for s in cfg.sections if s not in ("skips", "structure")]
+        print("landscape demo --quick: the skips section (four ResNets) and the structure "
+              "section (a dozen retrainings) are left out of the smoke test; --quick --only "
+              "skips,structure runs them")
     return _status(args, study.run_study(cfg, args.out, only=only, progress=not args.no_progress,
                                          command=args.command_line, log=_logger(interrupts)))
 
@@ -275,7 +277,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                          "name without .toml); the same directory again resumes")
     st.add_argument("--only", default=None, metavar="A,B",
                     help="run only these analyses (comma-separated, from hessian, surface, "
-                         "connect, ntk, skips; 'training' trains only; default: the config's "
+                         "connect, ntk, trainability, structure, skips; 'training' trains only; default: the config's "
                          "analyses.run); the other sections already in results.json are kept "
                          "while still valid")
     st.add_argument("--print-config", action="store_true",
@@ -318,7 +320,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                       help="print the demo's config (a study config to copy and edit) and exit")
     demo.add_argument("--only", default=None, metavar="A,B",
                       help="run only these analyses (default: all: hessian, surface, connect, "
-                           "ntk, skips)")
+                           "ntk, trainability, structure, skips)")
     _sizes(demo)
     return parser
 

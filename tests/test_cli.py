@@ -189,7 +189,7 @@ def test_demo_quick_writes_results_figures_and_report(quick_demo):
     assert r["sections"]["ntk"]["values"]["width_slope"] < -0.3
     out = quick_demo.out
     for words in ("[training]", "[1/5] Curvature", "summary:", "checks: all passed",
-                  "report.html", "skips section (four ResNets) is left out"):
+                  "report.html", "skips section (four ResNets) and the structure section"):
         assert words in out, words
 
 

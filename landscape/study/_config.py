@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("hessian", "surface", "connect", "ntk", "trainability", "skips")
+SECTIONS = ("hessian", "surface", "connect", "ntk", "trainability", "structure", "skips")
 """The analyses a study can run, in the order they run (after training)."""
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
@@ -44,9 +44,11 @@ class Field:
     full: Any = None  # the value under --full (None: the default)
     minimum: float | None = None  # inclusive lower bound
     above: float | None = None  # exclusive lower bound (a positive number: above=0)
+    below: float | None = None  # exclusive upper bound (numbers, and the entries of int lists)
     off: Any = None  # a value that switches the part off, allowed outside the bounds (0, [])
     item_choices: tuple | None = None  # for lists of names
     min_items: int = 0  # lists of integers: at least this many distinct entries (besides off)
+    item_minimum: int = 1  # lists of integers: the smallest entry allowed
     # --quick never makes work larger: "at_most" for sizes (the quick value is a ceiling);
     # an interval between measurements during training is ("steps_of", (table, key)) where
     # (table, key) is the count of epochs: --quick caps it at the quick value but never gives
@@ -59,15 +61,22 @@ class Field:
         ``> 0``); None where any value of the type is."""
         if self.type is list and self.item_choices is None:
             n = self.min_items
-            words = (f"a list of at least {n} distinct positive integers" if n > 1 else
-                     "a non-empty list of positive integers" if n == 1 else
-                     "a list of positive integers")
+            kind = ("positive integers" if self.item_minimum == 1 else
+                    f"integers >= {self.item_minimum}")
+            if self.below is not None:
+                kind += f" below {self.below:g}"
+            if self.item_minimum < 1:
+                kind = "distinct " + kind
+            words = (f"a list of at least {n} distinct {kind}" if n > 1 else
+                     f"a non-empty list of {kind}" if n == 1 else f"a list of {kind}")
             return f"[] (skip) or {words}" if self.off == [] else words
         parts = []
         if self.minimum is not None:
             parts.append(f">= {self.minimum:g}")
         if self.above is not None:
             parts.append(f"> {self.above:g}")
+        if self.below is not None:
+            parts.append(f"< {self.below:g}")
         if not parts:
             return None
         bound = " and ".join(parts)
@@ -142,8 +151,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                            "network before and after weight matching), ntk "
                                            "(empirical tangent kernel), trainability (the "
                                            "network at initialisation: the learning-rate range "
-                                           "and its stability limit), skips (Li et al. 2018's "
-                                           "ResNet with and without skips and batch norm).",
+                                           "and its stability limit), structure (lottery "
+                                           "tickets, instability to SGD noise and the class "
+                                           "structure of the Gauss-Newton matrix), skips (Li et "
+                                           "al. 2018's ResNet with and without skips and batch "
+                                           "norm).",
                  item_choices=SECTIONS),
     },
     "hessian": {
@@ -195,6 +207,43 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                   "the initial curvature's stability limit."),
         "lr_steps": F(int, 50, "Optimiser steps per rate (mini-batches of train.batch_size).",
                       quick=10, full=200, minimum=1),
+    },
+    "structure": {
+        "classes": F(bool, True, "The class structure of the trained network's Gauss-Newton "
+                                 "matrix (Papyan 2019, 2020): its class-mean, cross-class and "
+                                 "within-class parts, their ranks, the outliers above the bulk "
+                                 "edge and the attribution of the top eigenvectors "
+                                 "(classification only)."),
+        "class_examples": F(int, 256, "Training examples of the class decomposition (its "
+                                      "per-example Jacobians are formed in chunks of 64: "
+                                      "memory 64 x C x parameters).", quick=64, full=1024,
+                            minimum=2),
+        "rounds": F(int, 3, "Rounds of iterative magnitude pruning with rewinding (Frankle & "
+                            "Carbin 2019): each removes `rate` of the surviving weights and "
+                            "trains the ticket and each control once (0: skip the tickets).",
+                    quick=1, full=5, minimum=1, off=0),
+        "rate": F(float, 0.2, "Fraction of the surviving prunable weights (kernels) removed "
+                              "per round, by global magnitude.", above=0.0, below=1.0),
+        "rewind_percent": F(int, 0, "Rewind the survivors to their values at this percentage "
+                                    "of the training steps (0: the initialisation, Frankle & "
+                                    "Carbin 2019; a few percent: Frankle et al. 2020's late "
+                                    "rewinding).", minimum=0, below=100),
+        "controls": F(list, ["random_mask", "reinit"], "The controls trained with each "
+                                                       "round's mask: random_mask (a random "
+                                                       "mask of the same per-layer counts, "
+                                                       "from the rewind state), reinit (the "
+                                                       "ticket's mask from a random "
+                                                       "re-initialisation).",
+                      quick=["random_mask"], item_choices=("random_mask", "reinit")),
+        "spawn_percent": F(list, [0, 10, 50], "Instability to SGD noise (Frankle et al. 2020): "
+                                              "two copies spawned at these percentages of the "
+                                              "training steps, trained on with different data "
+                                              "orders, and the error barrier on the linear path "
+                                              "between them; for the dense network and the last "
+                                              "round's ticket ([]: skip).",
+                           quick=[0, 50], off=[], item_minimum=0, below=100),
+        "points": F(int, 11, "Points on each linear path of the instability.", quick=5,
+                    minimum=3),
     },
     "skips": {
         "widths": F(list, [16, 32], "ResNet stage widths (--full: ResNet-56's).",
@@ -442,7 +491,8 @@ def _check(val, f: Field, path, text, table, key):
                           f"{val!r}.")
     if t in (int, float) and not (f.off is not None and val == f.off) and (
             (f.minimum is not None and val < f.minimum)
-            or (f.above is not None and val <= f.above)):
+            or (f.above is not None and val <= f.above)
+            or (f.below is not None and val >= f.below)):
         raise ConfigError(f"{where} must be {f.allowed()}; got {val!r}.")
     if f.item_choices is not None:
         for v in val:
@@ -452,7 +502,9 @@ def _check(val, f: Field, path, text, table, key):
         if len(set(val)) != len(val):
             raise ConfigError(f"{where} lists an entry twice: {val!r}.")
     if t is list and f.item_choices is None and not (f.off is not None and val == f.off):
-        bad = (any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in val)
+        bad = (any(not isinstance(v, int) or isinstance(v, bool) or v < f.item_minimum
+                   or (f.below is not None and v >= f.below) for v in val)
+               or (f.item_minimum < 1 and len(set(val)) < len(val))  # spawn points: distinct
                or len(val) < f.min_items
                or (f.min_items > 1 and len(set(val)) < f.min_items))
         if bad:

@@ -295,6 +295,16 @@ def _summary_text(name: str, v: dict) -> str:
                 f"{f(v.get('lr_study_over_limit'))} x the limit, "
                 + (f"first diverged {f(v['lr_first_diverged'])}"
                    if v.get("lr_first_diverged") is not None else "none diverged"))
+    if name == "structure":
+        out = []
+        if "num_outliers" in v:
+            out.append(f"{v['num_outliers']} GGN outliers (C = {v['num_classes']})")
+        if "ticket_last" in v:
+            out.append(f"ticket at sparsity {f(v['sparsity_last'])}: test accuracy "
+                       f"{f(v['ticket_last'])}")
+        if "barrier_max" in v:
+            out.append(f"largest instability barrier {f(v['barrier_max'])}")
+        return ", ".join(out) or "nothing run"
     if name == "skips":
         return "top eigenvalues " + ", ".join(
             f"{r['variant']} {f(r['top_eigenvalue'])}" if "top_eigenvalue" in r else
@@ -575,6 +585,9 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
             meta["model_code"] = code_fp
         if name not in ("skips", "trainability"):  # the four ResNets, and the network at
             meta["trained"] = digest_train              # initialisation: not the trained one
+        if name == "structure":  # the trained network, and new trainings from the initialisation
+            meta["init"] = _provenance.data_hash(ctx.init_params)
+            meta["train"] = dict(cfg["train"])
         if name == "trainability":
             meta["init"] = _provenance.data_hash(ctx.init_params)
             meta["train"] = {k: cfg["train"][k] for k in ("optimizer", "optimizer_settings",

@@ -169,7 +169,8 @@ def render(out: Path, r: dict) -> str:
              f"<title>{html.escape(r.get('title', 'landscape study'))}</title>",
              f"<style>{CSS}</style></head><body>",
              f"<h1>{_value(r.get('title', 'landscape study'))}</h1>"]
-    order = ["training", "hessian", "surface", "connect", "ntk", "trainability", "skips"]
+    order = ["training", "hessian", "surface", "connect", "ntk", "trainability", "structure",
+             "skips"]
     secs = dict(sorted(r.get("sections", {}).items(),
                        key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     checks = [c for s in secs.values() for c in s.get("checks", [])]

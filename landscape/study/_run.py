@@ -44,6 +44,7 @@ TITLES = {
     "ntk": "Tangent kernel",
     "skips": "Skip connections and batch norm (Li et al. 2018, Figure 1)",
     "trainability": "Trainability: the network at initialisation",
+    "structure": "Global structure: class-structured curvature, lottery tickets, instability",
 }
 
 
@@ -191,7 +192,8 @@ class Context:
 
 RANDOM_KEYS = {"eigenvalues": 1, "trace": 2, "density": 3, "directions": 4, "alignment": 5,
                "ntk_widths": 6, "skips_eigenvalues": "10 + variant index (0-3)",
-               "skips_directions": 20, "lr_range": 30, "signal": 31, "sharpness": 99}
+               "skips_directions": 20, "lr_range": 30, "signal": 31, "classes": 40, "pruning": 41,
+               "instability": 42, "sharpness": 99}
 """Every random choice of a study uses ``jax.random.fold_in(jax.random.key(seed), i)`` with
 these ``i`` (recorded in results.json), so a study's numbers can be reproduced by hand."""
 
@@ -908,6 +910,253 @@ def section_trainability(ctx: Context, parts: _Parts) -> Section:
     return sec
 
 
+def _percent_steps(percents, num_steps: int) -> list[int]:
+    """Steps at these percentages of the training (rounded down, distinct, below num_steps)."""
+    return sorted({min(int(p * num_steps // 100), num_steps - 1) for p in percents})
+
+
+_PART_NAMES = {"class": "class-mean", "cross": "cross-class", "within": "within-class",
+               "global": "global-mean", "penalty": "weight-decay"}
+
+
+def _class_structure(ctx: Context, parts: _Parts, sec: Section, s: dict) -> str:
+    from landscape import hessian
+
+    train = ctx.data.train
+    m = min(len(train["x"]), int(s["class_examples"]))
+    ctx.log(f"    class structure of the Gauss-Newton matrix ({m} training examples) ...")
+    sub = {"x": train["x"][:m], "y": train["y"][:m]}
+    try:
+        dec = parts.get("classes", lambda: hessian.class_decomposition(
+            ctx.loss_fn, ctx.model.params, sub, key=_key(ctx, 40), batch_size=min(64, m)),
+            hessian.ClassDecompositionResult)
+    except (ValueError, TypeError) as e:  # e.g. a class absent from the examples
+        sec.values["classes_not_run"] = str(e)[:300]
+        return "The class decomposition was not run: {classes_not_run}. "
+    c = int(dec.num_classes)
+    vals = np.asarray(dec.values, float)
+    edge = float(np.asarray(dec.bulk_edge).reshape(-1)[0])
+    att = {p: np.asarray(dec.attribution[p], float) for p in dec.parts}
+    top = min(c, len(vals))
+    sec.values.update(
+        class_examples=m, num_classes=c, class_k=int(dec.k),
+        class_rank=int(dec.class_rank), class_rank_centred=int(dec.class_rank_centred),
+        cross_rank=int(dec.cross_rank), cross_rank_expected=c * (c - 1),
+        class_rank_centred_expected=c - 1,
+        ggn_top=[_r(v) for v in vals], bulk_edge=_r(edge), num_outliers=int(dec.num_outliers),
+        class_top=_r(float(np.asarray(dec.class_spectrum, float)[0])),
+        **{f"attribution_{p}": _r(float(att[p][:top].mean()), 4) for p in dec.parts})
+    sec.tables.append({
+        "caption": "The top {class_k} eigenvalues of the Gauss-Newton matrix on {class_examples} "
+                   "training examples and the attribution of each eigenvector v to the parts "
+                   "(v^T G_part v over their sum).",
+        "columns": ["index", "GGN eigenvalue", *[_PART_NAMES.get(p, p) for p in dec.parts]],
+        "rows": [[i + 1, _r(float(vals[i])), *[_r(float(att[p][i]), 4) for p in dec.parts]]
+                 for i in range(len(vals))]})
+    expected = int(dec.class_rank) == c and int(dec.class_rank_centred) == c - 1
+    sec.checks.append(check(
+        "class-mean ranks", expected,
+        "the class-mean part has rank C = {num_classes} ({class_rank} measured) and C - 1 once "
+        "centred by the global mean ({class_rank_centred} measured): the algebra's bounds, "
+        "reached unless the class means are degenerate (numerical ranks of their exact float64 "
+        "Grams)", num_classes=c, class_rank=int(dec.class_rank),
+        class_rank_centred=int(dec.class_rank_centred)))
+    fig, axes = _figure((9.6, 3.6), 1, 2)
+    ax = axes[0, 0]
+    idx = np.arange(1, len(vals) + 1)
+    ax.semilogy(idx, np.maximum(vals, 1e-30), "o", color="C0", label="GGN top eigenvalues")
+    cs = np.asarray(dec.class_spectrum, float)[: len(vals)]
+    ax.semilogy(np.arange(1, len(cs) + 1), np.maximum(cs, 1e-30), "x", color="C3",
+                label="class-mean part")
+    ax.axhline(edge, color="0.3", ls="--", lw=1, label="bulk edge (within-class top)")
+    ax.set_xlabel("index")
+    ax.set_ylabel("eigenvalue")
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    bottom = np.zeros(len(vals))
+    for i, p in enumerate(dec.parts):
+        ax.bar(idx, att[p], bottom=bottom, color=f"C{i}", label=_PART_NAMES.get(p, p), width=0.8)
+        bottom += att[p]
+    ax.set_xlabel("GGN eigenvector")
+    ax.set_ylabel("attribution")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(dec.parts))
+    from matplotlib.ticker import MaxNLocator
+
+    for a in (axes[0, 0], axes[0, 1]):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    sec.figures.append({**_fig_save(fig, ctx.out, "structure-classes", svg=True),
+                        "caption": "The Gauss-Newton matrix of the trained network on "
+                                   "{class_examples} training examples (Papyan 2019): its top "
+                                   "eigenvalues with the class-mean part's and the bulk edge "
+                                   "(left), and each eigenvector's attribution to the parts "
+                                   "(right)."})
+    return ("The Gauss-Newton matrix on {class_examples} training examples splits into its "
+            "class-mean part (rank {class_rank}; {class_rank_centred} centred by the global "
+            "mean), its cross-class part (rank {cross_rank}"
+            + (" of at most {cross_rank_expected}: the pairs of classes to which the network "
+               "gives almost no probability add nothing above rounding"
+               if int(dec.cross_rank) < c * (c - 1) else "") +
+            ") and the within-class rest, whose "
+            "top eigenvalue {bulk_edge} is the bulk edge: {num_outliers} of the top {class_k} "
+            "eigenvalues lie above it, against Papyan's C = {num_classes} outliers. The top "
+            "{num_classes} eigenvectors are attributed on average "
+            + ", ".join("{attribution_" + p + "} to the " + _PART_NAMES.get(p, p) + " part"
+                        for p in dec.parts)
+            + ". ")
+
+
+def _plural_rounds(n: int) -> str:
+    return f"{n} round" + ("" if n == 1 else "s")
+
+
+def section_structure(ctx: Context, parts: _Parts) -> Section:
+    """The global structure of training: the class structure of the trained network's
+    Gauss-Newton matrix, lottery tickets (iterative magnitude pruning with rewinding against
+    its random controls) and instability to SGD noise (the dense network and the last ticket),
+    each trained with the study's own training settings."""
+    from landscape import plot, sparsity
+    from landscape.study import _resolve
+
+    s = ctx.cfg["structure"]
+    sec = parts.section
+    texts = []
+    if s["classes"] and ctx.data.task == "classification":
+        texts.append(_class_structure(ctx, parts, sec, s))
+    elif s["classes"]:
+        texts.append("The class decomposition applies to classification only (this data is a "
+                     "regression task). ")
+    run_tickets = bool(s["rounds"]) or bool(s["spawn_percent"])
+    if run_tickets and (ctx.train_other is None or ctx.init_params is None):
+        sec.values["tickets_not_run"] = ("the study analyses a saved run without training "
+                                         "settings (pass --config CONFIG.toml)"
+                                         if ctx.train_other is None else
+                                         "the network's initialisation is unknown")
+        texts.append("Lottery tickets and instability were not run: {tickets_not_run}.")
+        run_tickets = False
+    if not run_tickets:
+        sec.text = "".join(texts) or "Nothing was asked of this section."
+        return sec
+    kw = {k: v for k, v in _resolve.train_kwargs(ctx.cfg, ctx.data).items()
+          if k not in ("test_data", "snapshot_steps")}
+    kw["seed"] = int(ctx.cfg["seed"])
+    num_steps = int(kw["num_steps"])
+    init = ctx.template.replace(params=ctx.init_params)
+    sec.values["structure_steps"] = num_steps
+    pruned = None
+    if s["rounds"]:
+        rewind = _percent_steps([s["rewind_percent"]], num_steps)[0]
+        controls = list(s["controls"])
+        ctx.log(f"    lottery tickets: {_plural_rounds(s['rounds'])} of {s['rate']:g}, rewound to step "
+                f"{rewind}, controls {', '.join(controls) or 'none'} ...")
+        pruned = parts.get("pruning", lambda: sparsity.iterative_pruning(
+            init, ctx.data, kw, rounds=int(s["rounds"]), rate=float(s["rate"]),
+            rewind_step=rewind, key=_key(ctx, 41), controls=controls,
+            store=parts.child("pruning-rounds")), sparsity.PruningResult)
+        sp = np.asarray(pruned.sparsity, float)
+        acc = {k: np.asarray(v, float) for k, v in pruned.test_accuracy.items()}
+        r = int(s["rounds"])
+        sec.values.update(rounds=r, rate=float(s["rate"]), rewind_step=rewind,
+                          sparsity=[_r(v, 4) for v in sp], sparsity_last=_r(float(sp[-1]), 4),
+                          sparsity_expected=_r(1 - (1 - float(s["rate"])) ** r, 4),
+                          ticket_dense=_r(float(acc["ticket"][0]), 4),
+                          ticket_last=_r(float(acc["ticket"][-1]), 4),
+                          test_examples=int(len(ctx.data.test["x"])))
+        for c in controls:
+            sec.values[f"{c}_last"] = _r(float(acc[c][-1]), 4)
+        rep = sparsity.sparsity_report(pruned.mask(r))
+        prunable = sum(int(rep.size[q]) for q in rep.prunable)
+        # each round rounds its count to a whole weight (globally, or in each prunable leaf)
+        tol = r * len(rep.prunable) / max(prunable, 1)
+        sec.checks.append(check(
+            "pruned fraction", bool(abs(sp[-1] - (1 - (1 - s["rate"]) ** r)) <= tol),
+            "after {rounds} rounds of {rate} the pruned fraction of the prunable weights is "
+            "1 - (1 - rate)^rounds to whole weights (at most one weight per leaf per round)",
+            rounds=r, rate=float(s["rate"]), measured=float(sp[-1]),
+            expected=1 - (1 - float(s["rate"])) ** r, allowed=tol))
+        sec.tables.append({
+            "caption": "Test accuracy of the network trained with each round's mask: the ticket "
+                       "(rewound to step {rewind_step}) and its controls.",
+            "columns": ["round", "sparsity", *acc],
+            "rows": [[i, _r(float(sp[i]), 4), *[_r(float(acc[k][i]), 4) for k in acc]]
+                     for i in range(len(sp))]})
+        fig, axes = _figure((6.4, 3.8))
+        plot.plot_pruning(pruned, ax=axes[0, 0])
+        sec.figures.append({**_fig_save(fig, ctx.out, "structure-tickets", svg=True),
+                            "caption": "Lottery tickets (Frankle & Carbin 2019): test accuracy "
+                                       "against the fraction of the kernel weights remaining, "
+                                       "the ticket against its controls (global magnitude "
+                                       "pruning, {rate} of the survivors per round)."})
+        best = max((float(acc[c][-1]) for c in controls), default=None)
+        text = ("Iterative magnitude pruning (" + _plural_rounds(r).replace(str(r), "{rounds}", 1)
+                + ", each removing {rate} of the surviving kernel weights, rewound to step "
+                "{rewind_step} of {structure_steps}) leaves a fraction {sparsity_last} pruned ({sparsity_expected} expected). The "
+                "ticket's test accuracy goes from {ticket_dense} dense to {ticket_last}")
+        if controls:
+            text += " (" + ", ".join("{" + c + "_last} for the " + c.replace("_", " ") + " control"
+                                      for c in controls) + ")"
+            margin = float(acc["ticket"][-1]) - best
+            nt = len(ctx.data.test["x"])
+            pa = min(max(0.5 * (float(acc["ticket"][-1]) + best), 0.0), 1.0)
+            se = math.sqrt(2 * pa * (1 - pa) / nt)  # of a difference of two test accuracies
+            sec.values.update(ticket_margin=_r(margin, 4), margin_se=_r(se, 3),
+                              ticket_margin_examples=int(round(margin * nt)))
+            text += ("; the ticket leads the best control by {ticket_margin} "
+                     "({ticket_margin_examples} of the {test_examples} test examples)"
+                     if margin > 0 else
+                     "; the ticket does not lead the best control ({ticket_margin}, "
+                     "{ticket_margin_examples} of the {test_examples} test examples)")
+            text += (", more than twice the standard error {margin_se} of a difference of two "
+                     "test accuracies here. " if margin > 2 * se else
+                     ", within twice the standard error {margin_se} of a difference of two test "
+                     "accuracies here: no winning ticket can be told apart at this sparsity. ")
+        else:
+            text += ". "
+        texts.append(text)
+    if s["spawn_percent"]:
+        steps = _percent_steps(s["spawn_percent"], num_steps)
+        masks = [None] + ([pruned.mask(int(s["rounds"]))] if pruned is not None else [])
+        ctx.log(f"    instability: copies spawned at steps {steps} "
+                f"({len(masks)} network{'s' if len(masks) > 1 else ''}) ...")
+        ins = parts.get("instability", lambda: sparsity.instability(
+            init, ctx.data, kw, spawn_step=steps, key=_key(ctx, 42), mask=masks,
+            num_ts=int(s["points"])), sparsity.InstabilityResult)
+        b = np.asarray(ins.barrier["test/error"], float)
+        names = ["dense"] + (["ticket"] if len(masks) > 1 else [])
+        stable = [next((st for j, st in enumerate(steps) if np.all(b[i, j:] < 0.02)), None)
+                  for i in range(len(names))]
+        sec.values.update(spawn_steps=steps, barrier_max=_r(float(b.max()), 4),
+                          **{f"barrier_{n}": [_r(float(v), 4) for v in b[i]]
+                             for i, n in enumerate(names)})
+        sec.tables.append({
+            "caption": "Instability to SGD noise (Frankle et al. 2020): the test-error barrier "
+                       "on the linear path between two copies spawned at each step.",
+            "columns": ["spawn step", *names],
+            "rows": [[st, *[_r(float(b[i, j]), 4) for i in range(len(names))]]
+                     for j, st in enumerate(steps)]})
+        fig, axes = _figure((6.4, 3.8))
+        plot.plot_instability(ins, ax=axes[0, 0])
+        sec.figures.append({**_fig_save(fig, ctx.out, "structure-instability", svg=True),
+                            "caption": "Instability to SGD noise: the test-error barrier between "
+                                       "two copies spawned at each step and trained on with "
+                                       "different data orders, with Frankle et al.'s 2% "
+                                       "threshold."})
+        words = []
+        for n, st in zip(names, stable):
+            if st is None:
+                words.append(f"the {n} network is unstable at every spawn step")
+            else:
+                sec.values[f"stable_from_{n}"] = int(st)
+                words.append(f"the {n} network is stable (barrier below 0.02) from step "
+                             "{stable_from_" + n + "}")
+        texts.append("For two copies spawned at steps {spawn_steps} and trained on with "
+                     "different data orders, the test error on the line between them rises at "
+                     "most {barrier_max} above the mean of its ends: " + "; ".join(words) + (
+                         " (the ticket's mask trained from the initialisation)."
+                         if len(names) > 1 else "."))
+    sec.text = "".join(texts)
+    return sec
+
+
 SECTION_FUNCTIONS = {"hessian": section_hessian, "surface": section_surface,
                      "connect": section_connect, "ntk": section_ntk, "skips": section_skips,
-                     "trainability": section_trainability}
+                     "trainability": section_trainability, "structure": section_structure}
