@@ -1026,6 +1026,11 @@ def section_structure(ctx: Context, parts: _Parts) -> Section:
         texts.append("The class decomposition applies to classification only (this data is a "
                      "regression task). ")
     run_tickets = bool(s["rounds"]) or bool(s["spawn_percent"])
+    if run_tickets and ctx.data.task != "classification":
+        sec.values["tickets_not_run"] = ("their measures are test accuracies and error "
+                                         "barriers, and this data is a regression task")
+        texts.append("Lottery tickets and instability were not run: {tickets_not_run}.")
+        run_tickets = False
     if run_tickets and (ctx.train_other is None or ctx.init_params is None):
         sec.values["tickets_not_run"] = ("the study analyses a saved run without training "
                                          "settings (pass --config CONFIG.toml)"
@@ -1048,10 +1053,16 @@ def section_structure(ctx: Context, parts: _Parts) -> Section:
         controls = list(s["controls"])
         ctx.log(f"    lottery tickets: {_plural_rounds(s['rounds'])} of {s['rate']:g}, rewound to step "
                 f"{rewind}, controls {', '.join(controls) or 'none'} ...")
-        pruned = parts.get("pruning", lambda: sparsity.iterative_pruning(
-            init, ctx.data, kw, rounds=int(s["rounds"]), rate=float(s["rate"]),
-            rewind_step=rewind, key=_key(ctx, 41), controls=controls,
-            store=parts.child("pruning-rounds")), sparsity.PruningResult)
+        try:
+            pruned = parts.get("pruning", lambda: sparsity.iterative_pruning(
+                init, ctx.data, kw, rounds=int(s["rounds"]), rate=float(s["rate"]),
+                rewind_step=rewind, key=_key(ctx, 41), controls=controls,
+                store=parts.child("pruning-rounds")), sparsity.PruningResult)
+        except ValueError as e:  # e.g. a model of yours without "kernel" leaves to prune
+            sec.values["tickets_not_run"] = str(e)[:300]
+            texts.append("Lottery tickets and instability were not run: {tickets_not_run}.")
+            sec.text = "".join(texts)
+            return sec
         sp = np.asarray(pruned.sparsity, float)
         acc = {k: np.asarray(v, float) for k, v in pruned.test_accuracy.items()}
         r = int(s["rounds"])
