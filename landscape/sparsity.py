@@ -127,16 +127,52 @@ def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
     return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), params, mask)
 
 
-def _check_rate(rate) -> float:
+def _check_rate(rate, name: str = "rate") -> float:
     if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{_validate.where()}: rate must be a float in (0, 1); got {rate!r}.")
+        raise TypeError(f"{_validate.where()}: {name} must be a float in (0, 1); got {rate!r}.")
     r = float(rate)
     if not 0.0 < r < 1.0:
         raise ValueError(
-            f"{_validate.where()}: rate must lie in (0, 1) (the fraction of the surviving "
+            f"{_validate.where()}: {name} must lie in (0, 1) (the fraction of the surviving "
             f"prunable weights removed per round; 0.2 is Frankle & Carbin's); got {rate!r}."
         )
     return r
+
+
+def _layer_groups(params: PyTree, flags: list[bool], layer_rates) -> dict[int, float]:
+    """``{leaf index: rate}`` for the prunable leaves ``layer_rates`` names (a leaf path, or a
+    leading part of one: ``"head"`` names ``head/kernel``); validated."""
+    if layer_rates is None:
+        return {}
+    if not isinstance(layer_rates, dict) or not all(isinstance(k, str) for k in layer_rates):
+        raise TypeError(
+            f"{_validate.where()}: layer_rates must be a dict {{leaf path or its leading part: "
+            f"rate}} (e.g. {{'head': 0.1}}); got {type(layer_rates).__name__}."
+        )
+    paths = _tree.leaf_paths(params)
+    out: dict[int, float] = {}
+    for key, value in layer_rates.items():
+        r = _check_rate(value, name=f"layer_rates[{key!r}]")
+        hits = [
+            i
+            for i, p in enumerate(paths)
+            if flags[i] and (p == key or p.startswith(key.rstrip("/") + "/"))
+        ]
+        if not hits:
+            prunable = [p for p, f in zip(paths, flags) if f]
+            raise ValueError(
+                f"{_validate.where()}: layer_rates key {key!r} names no prunable leaf (prunable "
+                f"leaves: {prunable[:12]}); give a leaf path or its leading part, e.g. "
+                f"{prunable[-1].rsplit('/', 1)[0]!r}."
+            )
+        for i in hits:
+            if i in out:
+                raise ValueError(
+                    f"{_validate.where()}: layer_rates names leaf {paths[i]!r} twice (keys "
+                    f"{sorted(layer_rates)}); give each leaf one rate."
+                )
+            out[i] = r
+    return out
 
 
 @_validate.public
@@ -147,6 +183,7 @@ def magnitude_prune(
     mask: PyTree | None = None,
     scope: str = "global",
     prunable=DEFAULT_PRUNABLE,
+    layer_rates: dict | None = None,
 ) -> PyTree:
     """Remove the fraction ``rate`` of the surviving prunable weights with the smallest
     magnitudes.
@@ -160,14 +197,20 @@ def magnitude_prune(
         networks) or ``"layerwise"`` (the same fraction of each leaf: their LeNet and Conv-2/4/6).
       prunable: which leaves may be pruned (see :func:`prunable_mask`); the others are kept
         whole.
+      layer_rates: ``{leaf path or its leading part: rate}`` for leaves pruned at their own rate
+        (each named leaf by itself, layer-wise), e.g. Frankle & Carbin's output layer at half
+        the rate: ``rate=0.2, layer_rates={"head": 0.1}`` (``"layers/2"`` for a two-hidden-layer
+        ``mlp``). Default ``None``: every prunable leaf at ``rate`` (the output layer included).
+        The other prunable leaves are pruned at ``rate`` under ``scope``.
 
     Returns:
       The new mask (booleans, ``params``' structure). Ties in magnitude are broken by position
       (the earlier entry in a leaf, the earlier leaf, is pruned first), so the count is exact.
 
     Raises:
-      ValueError, TypeError: ``rate`` outside ``(0, 1)``, a mask of another structure or not
-        boolean, an unknown ``scope``, non-finite parameters.
+      ValueError, TypeError: ``rate`` (or a ``layer_rates`` value) outside ``(0, 1)``, a
+        ``layer_rates`` key naming no prunable leaf or a leaf twice, a mask of another structure
+        or not boolean, an unknown ``scope``, non-finite parameters.
     """
     rate = _check_rate(rate)
     _validate.check_choice(scope, ("global", "layerwise"), name="scope")
@@ -178,10 +221,12 @@ def magnitude_prune(
     mags = [np.abs(np.asarray(x, np.float64)).ravel() for x in leaves]
     keep = [np.asarray(m).ravel().copy() for m in jax.tree.leaves(mask)]
 
-    def prune(ids: list[int]):
+    own = _layer_groups(params, flags, layer_rates)
+
+    def prune(ids: list[int], r: float):
         alive = [np.flatnonzero(keep[i]) for i in ids]
         vals = np.concatenate([mags[i][a] for i, a in zip(ids, alive)]) if ids else np.zeros(0)
-        k = int(round(rate * vals.size))
+        k = int(round(r * vals.size))
         if k == 0:
             return
         order = np.argsort(vals, kind="stable")[:k]
@@ -190,12 +235,14 @@ def magnitude_prune(
             sel = order[(order >= offsets[j]) & (order < offsets[j + 1])] - offsets[j]
             keep[i][a[sel]] = False
 
-    chosen = [i for i, f in enumerate(flags) if f]
+    chosen = [i for i, f in enumerate(flags) if f and i not in own]
     if scope == "global":
-        prune(chosen)
+        prune(chosen, rate)
     else:
         for i in chosen:
-            prune([i])
+            prune([i], rate)
+    for i, r in own.items():
+        prune([i], r)
     return jax.tree.unflatten(
         treedef, [jnp.asarray(k.reshape(np.shape(x))) for k, x in zip(keep, leaves)]
     )
@@ -416,6 +463,7 @@ def iterative_pruning(
     prunable=DEFAULT_PRUNABLE,
     controls: Sequence[str] = CONTROLS,
     reinit_fn: Callable | None = None,
+    layer_rates: dict | None = None,
     store=None,
 ) -> PruningResult:
     """Iterative magnitude pruning with rewinding, and its random controls.
@@ -426,13 +474,21 @@ def iterative_pruning(
     previous round's training (:func:`magnitude_prune`), rewinds the survivors to the state at
     ``rewind_step`` (parameters, optimiser state, schedule position and data order: the whole
     :class:`landscape.train.TrainState`, masked) and trains to the end with the mask. After
-    ``r`` rounds ``1 - (1 - rate)^r`` of the prunable weights are gone (to rounding).
+    ``r`` rounds ``1 - (1 - rate)^r`` of the prunable weights are gone (to rounding; a leaf of
+    ``layer_rates`` loses ``1 - (1 - its rate)^r`` of its own).
 
     Controls (each round, the same mask count per leaf): ``"random_mask"`` trains from the
     same rewind state with :func:`random_mask` of the round's mask; ``"reinit"`` trains the
-    round's mask from a random re-initialisation from step 0 (``reinit_fn(key) -> params``,
-    default: each leaf's initial values in a random order, the same per-leaf distribution).
-    A winning ticket beats both at moderate sparsity (Frankle & Carbin 2019, Fig. 3/4).
+    round's mask from a random re-initialisation (``reinit_fn(key) -> params``, default: each
+    leaf's initial values in a random order, the same per-leaf distribution). Every run of a
+    round has the same budget, as Frankle et al. 2020 compare them: the ticket and both
+    controls train from ``rewind_step`` to the end (``num_steps - rewind_step`` updates, the
+    same schedule positions and batches). With ``rewind_step > 0`` the re-initialised control
+    starts from the rewind state with only the weights' values replaced (parameters
+    re-initialised; optimiser state, batch-norm statistics, schedule position and data order
+    those of the rewind state, the optimiser's moments of pruned weights zeroed as for the
+    ticket); with ``rewind_step=0`` it is a run from step 0. A winning ticket beats both
+    controls at moderate sparsity (Frankle & Carbin 2019, Fig. 3/4).
 
     Args:
       model: the model at its initialisation.
@@ -447,7 +503,9 @@ def iterative_pruning(
         Frankle & Carbin 2019; a few hundred steps for deep networks, Frankle et al. 2020);
         below the run's number of steps.
       key: PRNG key of the controls.
-      scope, prunable: as in :func:`magnitude_prune`.
+      scope, prunable, layer_rates: as in :func:`magnitude_prune` (Frankle & Carbin prune the
+        output layer at half the rate: ``layer_rates={"head": rate / 2}``; default: every
+        prunable leaf at ``rate``).
       controls: which of ``("random_mask", "reinit")`` to run (each costs one training per
         round).
       store: a directory or :class:`landscape.Store`: the rewind state and each finished
@@ -460,8 +518,8 @@ def iterative_pruning(
     Cost: ``1 + rounds * (1 + len(controls))`` training runs (plus the run to ``rewind_step``).
 
     Raises:
-      ValueError, TypeError: bad ``rate``, ``rounds``, ``rewind_step`` (beyond training),
-        ``controls``, ``train_config``, data (non-finite values), or key.
+      ValueError, TypeError: bad ``rate``, ``layer_rates``, ``rounds``, ``rewind_step``
+        (beyond training), ``controls``, ``train_config``, data (non-finite values), or key.
     """
     model = as_model(model)
     tc = _train_config(train_config)
@@ -482,7 +540,8 @@ def iterative_pruning(
     key = _validate.check_key(key)
     if reinit_fn is not None:
         _validate.check_callable(reinit_fn, name="reinit_fn")
-    _prunable_flags(model.params, prunable)  # validated before any training
+    # validated before any training
+    own = _layer_groups(model.params, _prunable_flags(model.params, prunable), layer_rates)
     treedef = jax.tree.structure(model.params)
 
     settings = {
@@ -503,6 +562,9 @@ def iterative_pruning(
             if k != "progress"
         },
     }
+    if own:  # by leaf path ({"head": r} and {"head/kernel": r} are one job); absent: rate
+        paths = _tree.leaf_paths(model.params)
+        settings["layer_rates"] = {paths[i]: own[i] for i in sorted(own)}
     meta = {
         "job": _validate.where(),
         **settings,
@@ -555,7 +617,14 @@ def iterative_pruning(
         prev = entries[-1]
         prev_params = jax.tree.unflatten(treedef, list(prev["params"]))
         prev_mask = jax.tree.unflatten(treedef, [np.asarray(m, bool) for m in prev["mask"]])
-        mask = magnitude_prune(prev_params, rate, mask=prev_mask, scope=scope, prunable=prunable)
+        mask = magnitude_prune(
+            prev_params,
+            rate,
+            mask=prev_mask,
+            scope=scope,
+            prunable=prunable,
+            layer_rates=settings.get("layer_rates"),
+        )
         ticket = run(rewind, mask)
         te, tr = accs(ticket)
         test_acc, train_acc = {"ticket": te}, {"ticket": tr}
@@ -574,7 +643,10 @@ def iterative_pruning(
                     model.params,
                     name="reinit_fn(key)",
                 )
-                res = run(None, mask, Model(model.apply_fn, p0, model.state, model.spec))
+                # the ticket's budget: from the rewind state (only the weights' values
+                # replaced) or, rewinding to 0, from step 0
+                start = None if rewind is None else rewind.replace(params=p0)
+                res = run(start, mask, Model(model.apply_fn, p0, model.state, model.spec))
             test_acc[c], train_acc[c] = accs(res)
         entry = {
             "mask": _leaves_np(mask),

@@ -79,6 +79,18 @@ def test_magnitude_prune_exact():
     np.testing.assert_array_equal(allp["a"]["bias"], [False, False])
     onlyb = S.magnitude_prune(PARAMS, 0.5, prunable=("b/kernel",))
     assert bool(jnp.all(onlyb["a"]["kernel"])) and int(jnp.sum(~onlyb["b"]["kernel"])) == 2
+    # a layer at its own rate (Frankle & Carbin's output layer at half the rate), by leading
+    # path part or whole path: b alone at 0.25, round(0.75) = 1 (0.05); a alone at 0.5 (the
+    # global threshold over the rest), round(2.0) = 2 (-0.1, 0.3)
+    for lr in ({"b": 0.25}, {"b/kernel": 0.25}):
+        out = S.magnitude_prune(PARAMS, 0.5, layer_rates=lr)
+        np.testing.assert_array_equal(out["a"]["kernel"], [[True, False], [False, True]])
+        np.testing.assert_array_equal(out["b"]["kernel"], [[True], [True], [False]])
+    # the rest keeps one global threshold: with b at its own rate 0.4 (round(1.2) = 1), and a at
+    # 0.25 (round(1.0) = 1: -0.1, though b's 0.05 is smaller)
+    out = S.magnitude_prune(PARAMS, 0.25, layer_rates={"b": 0.4})
+    np.testing.assert_array_equal(out["a"]["kernel"], [[True, False], [True, True]])
+    np.testing.assert_array_equal(out["b"]["kernel"], [[True], [True], [False]])
     # reporting
     rep = S.sparsity_report(m)
     assert rep.sparsity == pytest.approx(4 / 7) and rep.overall == pytest.approx(4 / 9)
@@ -110,6 +122,16 @@ def test_bad_masks_and_rates(small, model):
         S.magnitude_prune(PARAMS, 0.2, scope="local")
     with pytest.raises(ValueError, match="prunable=.*selects no leaf"):
         S.magnitude_prune(PARAMS, 0.2, prunable=("weight",))
+    with pytest.raises(ValueError, match=r"layer_rates\['b'\] must lie in \(0, 1\)"):
+        S.magnitude_prune(PARAMS, 0.2, layer_rates={"b": 1.0})
+    with pytest.raises(TypeError, match=r"layer_rates\['b'\] must be a float"):
+        S.magnitude_prune(PARAMS, 0.2, layer_rates={"b": "half"})
+    with pytest.raises(ValueError, match="layer_rates key 'a/bias' names no prunable leaf"):
+        S.magnitude_prune(PARAMS, 0.2, layer_rates={"a/bias": 0.1})
+    with pytest.raises(ValueError, match="layer_rates names leaf 'b/kernel' twice"):
+        S.magnitude_prune(PARAMS, 0.2, layer_rates={"b": 0.1, "b/kernel": 0.2})
+    with pytest.raises(TypeError, match="layer_rates must be a dict"):
+        S.magnitude_prune(PARAMS, 0.2, layer_rates=[("b", 0.1)])
     m = S.dense_mask(model.params)
     with pytest.raises(
         ValueError, match="landscape.train: mask must have the same tree structure"
@@ -243,8 +265,12 @@ def test_resume_bit_for_bit(small, model, tmp_path):
 # --------------------------------------------------------------------------------------------
 # iterative pruning
 # --------------------------------------------------------------------------------------------
-def _prune(model, small, store, rate=0.5):
-    """The module's pruning job (2 rounds, rewind to step 10) on ``model`` at ``rate``."""
+OUT_RATE = {"layers/1": 0.25}  # the output layer at half the rate (Frankle & Carbin)
+
+
+def _prune(model, small, store, rate=0.5, layer_rates=OUT_RATE):
+    """The module's pruning job (2 rounds, rewind to step 10, the output layer at half the
+    rate) on ``model`` at ``rate``."""
     return S.iterative_pruning(
         model,
         small[0],
@@ -254,33 +280,68 @@ def _prune(model, small, store, rate=0.5):
         rate=rate,
         rewind_step=10,
         key=jax.random.key(0),
+        layer_rates=layer_rates,
         store=store,
     )
 
 
 @pytest.fixture(scope="module")
 def pruning(small, model, tmp_path_factory):
+    """The job, with the (first step, last step) of every training run it made."""
     store = tmp_path_factory.mktemp("imp") / "store"
-    res = _prune(model, small, store)
-    return res, store
+    runs = []
+    train = S.train
+
+    def recorded(*args, initial_state=None, stop_step=None, **kwargs):
+        runs.append(
+            (0 if initial_state is None else initial_state.step, stop_step or TC["num_steps"])
+        )
+        return train(*args, initial_state=initial_state, stop_step=stop_step, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(S, "train", recorded)
+        res = _prune(model, small, store)
+    return res, store, runs
 
 
 def test_iterative_pruning_reference(pruning, small, model):
-    res, _ = pruning
-    np.testing.assert_allclose(res.sparsity, [0.0, 0.5, 0.75], atol=1e-12)  # 656 weights: exact
+    res, _, runs = pruning
+    # 512 first-layer weights at 0.5: 256 then 128 more; 80 output weights at 0.25:
+    # round(20.0) = 20, then round(15.0) = 15 (592 prunable weights: exact)
+    np.testing.assert_allclose(res.sparsity, [0.0, 276 / 592, 419 / 592], atol=1e-12)
+    rep = S.sparsity_report(res.mask(2))
+    assert int(rep.pruned["layers/0/kernel"]) == 384 and int(rep.pruned["layers/1/kernel"]) == 35
+    assert res.settings["layer_rates"] == {"layers/1/kernel": 0.25}
+    # equal budgets: after the run to the rewind step, the dense run, every ticket and both
+    # controls (re-initialisation included) train from step 10 to the end
+    assert runs == [(0, 10)] + [(10, 20)] * (1 + 2 * 3)
     m1, m2 = res.mask(1), res.mask(2)
     assert all(bool(jnp.all(b <= a)) for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(m2)))
     # the references: the dense run, its state at step 10, the round-1 mask from its weights,
     # and the ticket trained from the rewound state with that mask
     dense = landscape.train(model, small[0], test_data=small[1], progress=False, **TC)
     rewind = landscape.train(model, small[0], stop_step=10, progress=False, **TC).train_state()
-    ref_m1 = S.magnitude_prune(dense.params, 0.5)
+    ref_m1 = S.magnitude_prune(dense.params, 0.5, layer_rates=OUT_RATE)
     assert _eq(ref_m1, m1)
     ticket1 = landscape.train(
         model, small[0], test_data=small[1], mask=m1, initial_state=rewind, progress=False, **TC
     )
     assert res.test_accuracy["ticket"][0] == dense.history["test_accuracy"][-1]
     assert res.test_accuracy["ticket"][1] == ticket1.history["test_accuracy"][-1]
+    # the re-initialised control of round 1: the rewind state with the weights' values replaced
+    # by the shuffled initialisation, trained with the round's mask over the ticket's steps
+    k_init = jax.random.split(jax.random.split(jax.random.key(0), 2)[0])[1]
+    p0 = S._shuffle_init(model.params, k_init)
+    reinit1 = landscape.train(
+        model,
+        small[0],
+        test_data=small[1],
+        mask=m1,
+        initial_state=rewind.replace(params=p0),
+        progress=False,
+        **TC,
+    )
+    assert res.test_accuracy["reinit"][1] == reinit1.history["test_accuracy"][-1]
     ticket2 = landscape.train(
         model, small[0], test_data=small[1], mask=m2, initial_state=rewind, progress=False, **TC
     )
@@ -291,7 +352,7 @@ def test_iterative_pruning_reference(pruning, small, model):
 
 
 def test_iterative_pruning_resumes(pruning, small, model, monkeypatch):
-    res, store = pruning
+    res, store, _ = pruning
 
     def no_training(*a, **k):
         raise AssertionError("a finished round was trained again")
@@ -303,6 +364,8 @@ def test_iterative_pruning_resumes(pruning, small, model, monkeypatch):
     assert _eq(again.masks, res.masks) and _eq(again.params, res.params)
     with pytest.raises(ValueError, match="holds results of another job"):
         _prune(model, small, store, rate=0.4)
+    with pytest.raises(ValueError, match="another job.*layer_rates"):
+        _prune(model, small, store, layer_rates=None)
     # the same parameters from another architecture (tanh), and optimisers that differ only
     # in the values their functions close over, are other jobs too
     tanh = landscape.make_model(
@@ -356,7 +419,7 @@ def test_instability_reference(small, model, pruning):
         num_ts=5,
     )
     assert list(res.spawn_steps) == [0, 10] and res.barrier["test/error"].shape == (2, 2)
-    np.testing.assert_allclose(res.sparsity, [0.0, 0.5], atol=1e-12)
+    np.testing.assert_allclose(res.sparsity, [0.0, 276 / 592], atol=1e-12)
     # the reference at spawn step 10, dense: parent to 10, two copies, profile, barrier
     sa, sb = res.seeds
     assert sa != sb
