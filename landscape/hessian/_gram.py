@@ -49,8 +49,10 @@ Cost: the Gram takes ``~2 (NC)^2 P`` flops (:func:`landscape.jacobians.gram`, ``
 False``) plus the per-example Jacobians (``~3 N C`` forward passes); memory two example blocks of
 Jacobians (``2 b C P`` numbers, ``b`` chosen from :data:`GRAM_BLOCK_BYTES`) and the ``NC x NC``
 Gram (refused above :data:`GRAM_MAX_BYTES` in float64 on the host); the eigendecomposition
-``O((NC)^3)`` in float64 on the host. With several blocks every pair of blocks is formed (each
-block's Jacobians are recomputed once per block of the other side). Never a ``P x P`` matrix.
+``O((NC)^3)`` in float64 on the host. With several blocks only the ``nblk (nblk + 1) / 2`` block
+pairs ``(i, j >= i)`` are formed and the lower triangle mirrored (``M`` is symmetric): each block's
+Jacobians are computed once for its own row and once for every row above it. Never a ``P x P``
+matrix.
 This pays for itself for the full spectrum of small problems; a top-``k`` costs Lanczos about
 ``2k + 5`` to ``4k + 15`` products, which is why ``solver="auto"`` never takes this route for an
 integer ``k``.
@@ -168,18 +170,29 @@ def _gram_jit(s, d, xb, wb):
         j0, f0 = one_block(x0, wb[0])
         m = pair(j0, f0, j0, f0)[None, :, None, :]
     else:
+        # M is symmetric: only the blocks (i, j >= i) are formed (the diagonal one from the row's
+        # own Jacobians, j > i through a cond that skips j < i), the rest mirrored
+        idx = jnp.arange(nblk)
 
         def row(args):
-            xa, wa = args
+            i, xa, wa = args
             ja, fa = one_block(xa, wa)
+            diag = pair(ja, fa, ja, fa)
 
             def col(argsb):
-                jb, fb = one_block(*argsb)
-                return pair(ja, fa, jb, fb)
+                j, xj, wj = argsb
+                return lax.cond(
+                    j > i,
+                    lambda: pair(ja, fa, *one_block(xj, wj)),
+                    lambda: jnp.zeros_like(diag),
+                )
 
-            return lax.map(col, (xb, wb))  # (nblk, bC, bC)
+            out = lax.map(col, (idx, xb, wb))  # (nblk, bC, bC), zero for j <= i
+            return out.at[i].set(diag)
 
-        m = lax.map(row, (xb, wb))  # (nblk, nblk, bC, bC)
+        m = lax.map(row, (idx, xb, wb))  # (nblk, nblk, bC, bC): the upper block triangle
+        upper = idx[:, None] <= idx[None, :]
+        m = jnp.where(upper[:, :, None, None], m, m.transpose(1, 0, 3, 2))
         m = m.transpose(0, 2, 1, 3)
     return m, jnp.all(jnp.isfinite(m))
 

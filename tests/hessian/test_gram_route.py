@@ -142,13 +142,23 @@ def test_gram_agrees_with_lanczos_top_k_float64(ref):
 
 def test_blocks_padding_and_params_filter_float64(ref, monkeypatch):
     """Several example blocks with padding (20 examples in blocks of 7) give the single-block
-    Gram to rounding; params_filter takes the GGN's diagonal block."""
+    Gram (every entry formed) to rounding, forming only the 6 block pairs (i, j >= i) of the 9
+    (the lower triangle mirrored); params_filter takes the GGN's diagonal block."""
+    formed = []
+    gram = landscape.jacobians.gram
+
+    def counted(*args, **kwargs):  # runs (on the host) once per block pair actually formed
+        jax.debug.callback(lambda: formed.append(1))
+        return gram(*args, **kwargs)
+
     with jax.enable_x64(True):
         op = hessian.make_hvp(ref.ce, ref.params, ref.data, curvature="ggn")
         M1, lay1 = _gram.gram_matrix(op)
         monkeypatch.setattr(_gram, "GRAM_BLOCK_BYTES", 7 * C * ref.P * 8)
+        monkeypatch.setattr(landscape.jacobians, "gram", counted)
         M3, lay3 = _gram.gram_matrix(op)
         assert lay1["wb"].shape == (1, N) and lay3["wb"].shape == (3, 7)
+        assert len(formed) == 3 * 4 // 2  # nblk (nblk + 1) / 2
         np.testing.assert_allclose(M3, M1, rtol=0, atol=1e-13 * np.abs(M1).max())
         monkeypatch.undo()
         sub = hessian.eigenvalues(
