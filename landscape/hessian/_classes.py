@@ -136,10 +136,11 @@ def _moments_jit(s, d, num_classes):
     return engine.batched_mean(fn, op.params, op.batched)
 
 
-@functools.partial(jax.jit, static_argnames=("center",))
-def _factors_jit(m, w, center):
-    """Factor rows of the low-rank parts and the means ``delta`` (zeros where a pair has no
-    mass)."""
+@jax.jit
+def _factors_jit(m, w):
+    """Factor rows of the low-rank parts, both ways (one program): ``"class"`` (uncentred),
+    ``"class_centred"``, ``"global"`` and ``"cross"``; and the means ``delta`` (zeros where a
+    pair has no mass)."""
     num_classes = w.shape[0]
     pos = w > 0
     safe = jnp.where(pos, w, 1)
@@ -155,24 +156,32 @@ def _factors_jit(m, w, center):
     off = np.array(
         [(c, e) for c in range(num_classes) for e in range(num_classes) if c != e]
     ).reshape(-1, 2)
-    out = {"cross": jax.tree.map(lambda x: x[off[:, 0], off[:, 1]], scaled)}
-    cls = jax.tree.map(lambda x: x[diag, diag], scaled)
-    if center:
-        wc = w[diag, diag]
-        big_w = jnp.sum(wc)
-        mbar = jax.tree.map(
-            lambda x: jnp.sum(x[diag, diag], axis=0) / big_w.astype(x.dtype), m
-        )  # delta_bar
-        dcc = jax.tree.map(lambda x: x[diag, diag], delta)
-        out["class"] = jax.tree.map(
-            lambda dc, mb: (dc - mb[None]) * bcast(jnp.sqrt(wc), dc), dcc, mbar
-        )
-        out["global"] = jax.tree.map(
-            lambda mb: (mb * jnp.sqrt(big_w).astype(mb.dtype))[None], mbar
-        )
-    else:
-        out["class"] = cls
+    out = {
+        "cross": jax.tree.map(lambda x: x[off[:, 0], off[:, 1]], scaled),
+        "class": jax.tree.map(lambda x: x[diag, diag], scaled),
+    }
+    wc = w[diag, diag]
+    big_w = jnp.sum(wc)
+    mbar = jax.tree.map(
+        lambda x: jnp.sum(x[diag, diag], axis=0) / big_w.astype(x.dtype), m
+    )  # delta_bar
+    dcc = jax.tree.map(lambda x: x[diag, diag], delta)
+    out["class_centred"] = jax.tree.map(
+        lambda dc, mb: (dc - mb[None]) * bcast(jnp.sqrt(wc), dc), dcc, mbar
+    )
+    out["global"] = jax.tree.map(lambda mb: (mb * jnp.sqrt(big_w).astype(mb.dtype))[None], mbar)
     return out, delta
+
+
+def _select(rows_all, center):
+    """The low-rank parts' factor rows as the decomposition holds them (``center`` or not)."""
+    if center:
+        return {
+            "global": rows_all["global"],
+            "class": rows_all["class_centred"],
+            "cross": rows_all["cross"],
+        }
+    return {"class": rows_all["class"], "cross": rows_all["cross"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,12 +320,13 @@ def _build(loss_fn, params, data, *, center, model, output_loss, batch_size):
         raise FloatingPointError(
             f"{_validate.where()}: non-finite logit gradients (per-example Jacobians) at these params."
         )
-    rows, delta = _factors_jit(m, w, center)
+    rows_all, delta = _factors_jit(m, w)
     counts = np.bincount(y, minlength=num_classes)
-    return op, rows, delta, (m, w), counts
+    return op, rows_all, delta, (m, w), counts
 
 
-def _part_operators(op, rows, delta, center):
+def _part_operators(op, rows_all, delta, center):
+    rows = _select(rows_all, center)
     like = op.params
     out = {}
     if center:
@@ -353,7 +363,7 @@ def class_operators(
       and ``C^2`` parameter-sized means (memory ``C^2 P``). Products: ``O(C^2 P)`` for the
       low-rank parts, one JVP and one VJP over the data for ``"within"``.
     """
-    op, rows, delta, _, _ = _build(
+    op, rows_all, delta, _, _ = _build(
         loss_fn,
         params,
         data,
@@ -362,30 +372,60 @@ def class_operators(
         output_loss=output_loss,
         batch_size=batch_size,
     )
-    return {**_part_operators(op, rows, delta, center), "ggn": op}
+    return {**_part_operators(op, rows_all, delta, center), "ggn": op}
 
 
 # --------------------------------------------------------------------------------------------
 # Ranks and attribution
 # --------------------------------------------------------------------------------------------
+def _flat_rows(f):
+    return f.reshape(f.shape[0], -1)
+
+
 @jax.jit
-def _gram_jit(rows):
-    g = [
-        jnp.matmul(f.reshape(f.shape[0], -1), f.reshape(f.shape[0], -1).T, precision=_HI)
-        for f in jax.tree.leaves(rows)
-    ]
-    return sum(g[1:], g[0])
+def _grams_jit(rows):
+    """The small Grams ``F F^T`` of several factor-row pytrees (a dict of them), one program."""
+
+    def one(tree):
+        g = [
+            jnp.matmul(_flat_rows(f), _flat_rows(f).T, precision=_HI)
+            for f in jax.tree.leaves(tree)
+        ]
+        return sum(g[1:], g[0])
+
+    return {name: one(tree) for name, tree in rows.items()}
 
 
-def _gram_spectrum(rows, num_params, dtype):
-    """Nonzero spectrum of ``F^T F`` from the small Gram ``F F^T`` (float64 on the host) and
+def _spectrum(g, num_params, dtype):
+    """Nonzero spectrum of ``F^T F`` from its small Gram ``g = F F^T`` (float64 on the host) and
     its numerical rank: singular values of ``F`` above ``sigma_max * max(r, P) * eps(dtype)``
     (NumPy's ``matrix_rank`` rule)."""
-    g = np.asarray(_gram_jit(rows), np.float64)
+    g = np.asarray(g, np.float64)
     vals = np.sort(np.clip(np.linalg.eigvalsh(0.5 * (g + g.T)), 0, None))[::-1]
     sv = np.sqrt(vals)
     tol = (sv[0] if sv.size else 0.0) * max(g.shape[0], num_params) * float(np.finfo(dtype).eps)
     return vals, int(np.sum(sv > tol)) if sv.size and sv[0] > 0 else 0
+
+
+def _gram_spectrum(rows, num_params, dtype):
+    """:func:`_spectrum` of one part's factor rows."""
+    return _spectrum(_grams_jit({"part": rows})["part"], num_params, dtype)
+
+
+@jax.jit
+def _lowrank_quads_jit(rows, vectors):
+    """``v^T F^T F v = ||F v||^2`` of every low-rank part (a dict of factor rows) for each
+    stacked vector, one program."""
+
+    def one(tree):
+        parts = [
+            jnp.matmul(_flat_rows(v).astype(f.dtype), _flat_rows(f).T, precision=_HI)  # (k, r)
+            for f, v in zip(jax.tree.leaves(tree), jax.tree.leaves(vectors))
+        ]
+        fv = sum(parts[1:], parts[0])
+        return jnp.sum(fv * fv, axis=1)
+
+    return {name: one(tree) for name, tree in rows.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("s",))
@@ -410,7 +450,8 @@ class ClassDecompositionResult(Result):
       values: the GGN's top-``k`` eigenvalues (Lanczos on the GGN operator).
       part_values: ``{part: top eigenvalues}`` of every part: exact from the small Grams for the
         low-rank parts (at most ``C`` for ``"class"``, ``C(C-1)`` for ``"cross"``, 1 for
-        ``"global"``), Lanczos (:func:`eigenvalues`) for ``"within"`` (and ``"penalty"``).
+        ``"global"``), Lanczos (:func:`eigenvalues`) for ``"within"``; ``"penalty"`` (weight
+        decay ``wd``: its Hessian is ``wd I``) holds ``wd`` ``k`` times.
       attribution: ``{part: (k,) array}``: ``v^T G_part v / v^T G v`` for each top GGN
         eigenvector ``v`` (the parts' quadratic forms over their sum: they add to one).
       class_spectrum, class_spectrum_centred: the exact nonzero spectrum of the class-mean part,
@@ -523,7 +564,7 @@ def class_decomposition(
     tol = _validate.check_finite_scalar(tol, name="tol")
     if tol <= 0:
         raise ValueError(f"{_validate.where()}: tol must be > 0; got {tol}.")
-    op, rows, delta, (m, wj), counts = _build(
+    op, rows_all, delta, (_, wj), counts = _build(
         loss_fn,
         params,
         data,
@@ -536,33 +577,49 @@ def class_decomposition(
     num_classes = int(w.shape[0])
     num_params, dtype = op.num_params, np.dtype(op.dtype)
     k = min(num_classes + 5 if k is None else k, num_params)
-    parts = _part_operators(op, rows, delta, center)
+    parts = _part_operators(op, rows_all, delta, center)
+    rows = _select(rows_all, center)
     keys = jax.random.split(key, len(parts) + 1)
     top = _eigen.eigenvalues(op, k=k, key=keys[0], tol=tol)
     hvps = top.num_hvps
     # explicit low-rank parts: their exact nonzero spectra from the small Grams F F^T (what
     # Lanczos on their operators converges to, without a compiled solve per part); the
-    # within-class part (and the penalty) by Lanczos
-    spectra = {name: _gram_spectrum(rows[name], num_params, dtype) for name in rows}
+    # penalty's exactly (wd I); the within-class part by Lanczos
+    grams = _grams_jit(rows_all)
+    spectra = {name: _spectrum(g, num_params, dtype) for name, g in grams.items()}
     part_values = {}
     for (name, pop), kk in zip(parts.items(), keys[1:]):
-        if name in spectra:
-            part_values[name] = spectra[name][0][: min(k, len(spectra[name][0]))]
-            continue
-        e = _eigen.eigenvalues(pop, k=k, key=kk, tol=tol)
-        part_values[name] = np.asarray(e.values, np.float64)
-        hvps += e.num_hvps
+        if name in rows:
+            vals = spectra["class_centred" if (name == "class" and center) else name][0]
+            part_values[name] = vals[: min(k, len(vals))]
+        elif name == "penalty":  # the Hessian of 0.5 wd ||params||^2 is wd I: exact, no solve
+            part_values[name] = np.full(k, float(op.pieces.loss.weight_decay))
+        else:
+            e = _eigen.eigenvalues(pop, k=k, key=kk, tol=tol)
+            part_values[name] = np.asarray(e.values, np.float64)
+            hvps += e.num_hvps
+    # the parts' quadratic forms v^T G_part v of the top GGN eigenvectors: ||F v||^2 for the
+    # low-rank parts (one program), wd ||v||^2 for the penalty, products for the within part
+    lowrank = _lowrank_quads_jit(rows, top.vectors)
     quads = {}
     for name, pop in parts.items():
-        s, d = engine.split_fn(pop.matvec_fn)
-        quads[name] = np.asarray(_quad_jit(s, d, top.vectors), np.float64)
-    hvps += k
+        if name in rows:
+            quads[name] = np.asarray(lowrank[name], np.float64)
+        elif name == "penalty":
+            sq = sum(
+                np.sum(np.asarray(x, np.float64).reshape(k, -1) ** 2, axis=1)
+                for x in jax.tree.leaves(top.vectors)
+            )
+            quads[name] = float(op.pieces.loss.weight_decay) * sq
+        else:
+            s, d = engine.split_fn(pop.matvec_fn)
+            quads[name] = np.asarray(_quad_jit(s, d, top.vectors), np.float64)
+            hvps += k
     total = sum(quads.values())
     denom = np.where(total != 0, total, 1.0)
     attribution = {name: q / denom for name, q in quads.items()}
-    other = _gram_spectrum(_factors_jit(m, wj, not center)[0]["class"], num_params, dtype)
-    cls_vals, cls_rank = other if center else spectra["class"]
-    cent_vals, cent_rank = spectra["class"] if center else other
+    cls_vals, cls_rank = spectra["class"]
+    cent_vals, cent_rank = spectra["class_centred"]
     cross_vals, cross_rank = spectra["cross"]
     edge = float(part_values["within"][0])
     if "penalty" in part_values:  # weight decay lifts every GGN eigenvalue: the bulk's edge too

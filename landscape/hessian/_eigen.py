@@ -510,6 +510,7 @@ def solve(
 
     restarts = checks = 0
     verifying = False
+    passed = False  # a multiplicity check found no missed copy
     num_locked = 0
     noise = 0.0
     floor = np.zeros(st.rows)  # residual bounds the couplings miss (see _Ritz)
@@ -533,11 +534,23 @@ def solve(
         if verifying:
             verifying = False
             worst = np.inf
-            if complete or _verified(ritz, which, k, num_locked):
+            if complete:
                 break
-            # the fresh vector found something that may belong to the wanted set: go on
+            if _verified(ritz, which, k, num_locked):
+                passed = True
+                if ritz.all_converged:
+                    break
+                # the check found nothing new, but a wanted pair near a fresh Ritz value mixed
+                # with the fresh block and lost its convergence: restart (no further check)
+            # else the fresh vector found something that may belong to the wanted set: go on
         elif ritz.all_converged or complete:
-            if complete or not check_multiplicity or checks >= MAX_CHECKS or ritz.e >= n - 1:
+            if (
+                complete
+                or not check_multiplicity
+                or passed
+                or checks >= MAX_CHECKS
+                or ritz.e >= n - 1
+            ):
                 break
             checks += 1
             verifying = True
