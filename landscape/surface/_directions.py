@@ -9,12 +9,48 @@ that each group has the norm of the same group of the weights ``w``:
 
 * ``"filter"``: a group is one filter (one output neuron or channel) of a kernel. In Flax,
   ``Dense`` kernels are ``(in, out)`` and ``Conv`` kernels are ``(h, w, in, out)``: the filter
-  axis is the LAST axis (PyTorch's is axis 0). Other layer kinds (embeddings ``(vocab, dim)``,
-  attention ``(dim, heads, head_dim)``) take a per-path override.
+  axis is the LAST axis (PyTorch's is axis 0). Multi-head attention kernels are recognised and
+  get their own filters (below); other layer kinds (embeddings ``(vocab, dim)``) take a
+  per-path override, whose ``filter_axis`` may be a tuple (a filter indexed by several axes).
 * ``"layer"``: a group is a whole leaf (one tensor).
 * ``"model"``: one group, the whole direction (over the leaves it moves).
 * ``"weight"``: elementwise, ``d * w``.
 * ``None``: the raw Gaussian.
+
+**Attention kernels** (the head-axis layout of Flax's ``DenseGeneral``, used by
+``flax.linen.MultiHeadDotProductAttention`` and ``make_model("transformer")``): a folder holding
+``query/kernel`` and ``value/kernel`` of shape ``(d_model, heads, d_head)`` (and ``key/kernel``
+of the same shape, absent with tied queries and keys) and ``out/kernel`` of shape
+``(heads, d_head, d_out)`` is an attention layer, recognised from these names *and* shapes
+together (a lone 3-D ``out/kernel`` is a 1-D convolution and keeps the last axis). Its filters:
+
+* query, key, value: one filter per **(head, head unit)**, the column ``W[:, h, j]`` over
+  ``d_model`` (the filter axes ``(1, 2)``): a column is the incoming weight vector of one unit
+  of one head, what a filter is for a dense layer;
+* output: one filter per **(head, output unit)**, ``W_O[h, :, j]`` over ``d_head`` (the filter
+  axes ``(0, 2)``): head ``h``'s contribution to residual unit ``j``;
+* the biases ``query|key|value/bias`` of shape ``(heads, d_head)`` are biases: they follow
+  ``bias_bn`` like 1-D leaves (zero by default); under ``"filter"`` each head's bias vector is
+  one group (the filter axis ``(0,)``), never one entry.
+
+Why per head: Li et al. normalise filter by filter because the network is invariant to the
+scale of a filter (ReLU's positive homogeneity, batch norm), so only a direction scaled like each
+filter perturbs comparable networks comparably. Attention has such a scale freedom per head and
+per head unit: ``W_Q[:, h] M``, ``W_K[:, h] M^{-T}`` and ``W_V[:, h] M``, ``M^{-1} W_O[h]`` give
+the same function for any invertible ``M`` (per head). A group that mixed heads (the last-axis
+default would group ``W_Q[:, :, j]`` over all heads, and ``W_O[:, :, j]`` over all heads) would
+let one head's scale set the perturbation of another; with the groups above every group lies in
+one head, so rescaling a head (``M = a I``) rescales its groups of the direction with it, and
+for Q, K, V also a diagonal ``M`` (each head unit's column rescaled on its own). For the output
+kernel a diagonal ``M`` rescales the rows ``W_O[h, i, :]``, which a filter (an output unit) mixes;
+we keep the output-unit filters of Li et al.'s dense layers there (their scheme treats the
+outgoing weights of a rescaled unit the same way).
+
+**LayerNorm** scales and offsets are 1-D leaves and follow ``bias_bn`` like batch-norm
+parameters: zero by default (Li et al.'s ``--xignore biasbn``, which zeroes biases and the
+normalisation layer's affine parameters: LayerNorm is the transformer's normaliser), or
+``"filter"``: the whole scale vector is one group, normalised to the norm of the scale
+(``sqrt(d)`` at initialisation), never per entry (which would make the direction ``+-|w|``).
 
 One-dimensional leaves (biases, norm-layer scales and offsets; also scalars) follow an explicit
 policy ``bias_bn``: ``"zero"`` (Li et al.'s ``--xignore biasbn``, the default), ``"filter"``
@@ -102,7 +138,9 @@ def as_direction(d, params, *, name: str = "direction") -> Direction:
     else:
         vec, spec = d, {"kind": "user"}
     if vec is None:
-        raise TypeError(f"{_validate.where()}: {name} must be a pytree shaped like params; got None.")
+        raise TypeError(
+            f"{_validate.where()}: {name} must be a pytree shaped like params; got None."
+        )
     _validate.check_same_structure(vec, params, name=name)
     vec = jax.tree.map(lambda v, p: jnp.asarray(v).astype(jnp.result_type(p)), vec, params)
     _validate.check_finite(vec, name=name)
@@ -119,12 +157,77 @@ def as_direction(d, params, *, name: str = "direction") -> Direction:
 # --------------------------------------------------------------------------------------------
 def _check_norm(norm, *, name="norm", allowed=NORMS):
     if norm not in allowed:
-        raise ValueError(f"{_validate.where()}: {name} must be one of {[n for n in allowed]}; got {norm!r}.")
+        raise ValueError(
+            f"{_validate.where()}: {name} must be one of {[n for n in allowed]}; got {norm!r}."
+        )
     return norm
 
 
+ATTENTION_FILTER_AXES = {"query": (1, 2), "key": (1, 2), "value": (1, 2), "out": (0, 2)}
+"""Filter axes of the kernels of a recognised attention layer (see the module docstring)."""
+
+
+def attention_filter_axes(params) -> dict[str, tuple[int, ...]]:
+    """``{leaf path: filter axes}`` for the kernels (and ``(heads, d_head)`` biases) of every
+    attention layer in ``params``, recognised from names and shapes together: a folder with
+    ``query/kernel`` and ``value/kernel`` of one shape ``(d, heads, d_head)``, ``key/kernel`` of
+    that shape or absent, and ``out/kernel`` of shape ``(heads, d_head, d_out)``."""
+    shapes = dict(
+        zip(_tree.leaf_paths(params), (tuple(np.shape(x)) for x in jax.tree.leaves(params)))
+    )
+    out: dict[str, tuple[int, ...]] = {}
+    for path, shape in shapes.items():
+        if not path.endswith("query/kernel") or len(shape) != 3:
+            continue
+        base = path[: -len("query/kernel")]
+        _, h, k = shape
+        o = shapes.get(base + "out/kernel")
+        if (
+            shapes.get(base + "value/kernel") != shape
+            or shapes.get(base + "key/kernel", shape) != shape
+        ):
+            continue
+        if o is None or len(o) != 3 or o[:2] != (h, k):
+            continue
+        for part in ("query", "key", "value", "out"):
+            if base + part + "/kernel" in shapes:
+                out[base + part + "/kernel"] = ATTENTION_FILTER_AXES[part]
+        for part in ("query", "key", "value"):
+            if shapes.get(base + part + "/bias") == (h, k):
+                out[base + part + "/bias"] = (0,)
+    return out
+
+
+def _filter_axes(axis, ndim: int, path: str, shape) -> tuple[int, ...]:
+    """Normalised filter axes (non-negative, sorted, distinct) of a leaf."""
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if not axes or any(not -ndim <= a < ndim for a in axes):
+        raise ValueError(
+            f"{_validate.where()}: filter_axis {axis} is out of range for leaf '{path}' of shape "
+            f"{shape}; use a per-path override."
+        )
+    norm = tuple(sorted({int(a) % ndim for a in axes}))
+    if len(norm) != len(axes):
+        raise ValueError(
+            f"{_validate.where()}: filter_axis {axis} for leaf '{path}' repeats an axis."
+        )
+    return norm
+
+
+def _is_axis_spec(x) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, (int, np.integer)):
+        return True
+    return (
+        isinstance(x, (tuple, list))
+        and len(x) > 0
+        and all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in x)
+    )
+
+
 def _resolve_rules(params, *, norm, bias_bn, filter_axis, overrides):
-    """Per-leaf ``(rule, axis)`` in leaf order, plus the JSON-able overrides."""
+    """Per-leaf ``(rule, filter axes)`` in leaf order, plus the JSON-able overrides."""
     _check_norm(norm)
     _validate.check_choice(bias_bn, BIAS_BN, name="bias_bn")
     if isinstance(filter_axis, bool) or not isinstance(filter_axis, (int, np.integer)):
@@ -140,7 +243,9 @@ def _resolve_rules(params, *, norm, bias_bn, filter_axis, overrides):
             )
         for pat, val in overrides.items():
             if not isinstance(pat, str):
-                raise TypeError(f"{_validate.where()}: overrides keys must be path patterns (str); got {pat!r}.")
+                raise TypeError(
+                    f"{_validate.where()}: overrides keys must be path patterns (str); got {pat!r}."
+                )
             if isinstance(val, Mapping):
                 bad = set(val) - {"norm", "filter_axis"}
                 if bad:
@@ -153,34 +258,39 @@ def _resolve_rules(params, *, norm, bias_bn, filter_axis, overrides):
                 entry = {"norm": val}
             if "norm" in entry:
                 _check_norm(entry["norm"], name=f"overrides[{pat!r}]", allowed=_RULES)
-            if "filter_axis" in entry and (
-                isinstance(entry["filter_axis"], bool)
-                or not isinstance(entry["filter_axis"], (int, np.integer))
-            ):
-                raise TypeError(
-                    f"{_validate.where()}: overrides[{pat!r}]['filter_axis'] must be an int; got "
-                    f"{entry['filter_axis']!r}."
+            if "filter_axis" in entry:
+                if not _is_axis_spec(entry["filter_axis"]):
+                    raise TypeError(
+                        f"{_validate.where()}: overrides[{pat!r}]['filter_axis'] must be an int or a "
+                        f"non-empty tuple of ints (a filter indexed by several axes); got "
+                        f"{entry['filter_axis']!r}."
+                    )
+                fa = entry["filter_axis"]
+                entry["filter_axis"] = (
+                    int(fa) if isinstance(fa, (int, np.integer)) else [int(a) for a in fa]
                 )
             ov[pat] = entry
     paths = _tree.leaf_paths(params)
     leaves = jax.tree.leaves(params)
+    attention = attention_filter_axes(params)
     used = dict.fromkeys(ov, False)
     rules = []
     for path, leaf in zip(paths, leaves):
         ndim = np.ndim(leaf)
         match = next((p for p in ov if fnmatch.fnmatchcase(path, p)), None)
-        rule, axis = None, filter_axis
+        bias_like = ndim <= 1 or (path in attention and path.endswith("/bias"))
+        rule, axis = None, attention.get(path, filter_axis)
         if match is not None:
             used[match] = True
             entry = ov[match]
-            axis = entry.get("filter_axis", filter_axis)
+            axis = entry.get("filter_axis", axis)
             if "norm" in entry:
                 rule = entry["norm"]
-            elif ndim <= 1:
+            elif bias_like:
                 rule = _one_d_rule(norm, bias_bn)
             else:
                 rule = norm
-        elif ndim <= 1:
+        elif bias_like:
             rule = _one_d_rule(norm, bias_bn)
         else:
             rule = norm
@@ -188,13 +298,8 @@ def _resolve_rules(params, *, norm, bias_bn, filter_axis, overrides):
             if ndim <= 1:
                 rule = "layer"  # one scalar per filter: the whole 1-D leaf is the group
             else:
-                if not -ndim <= axis < ndim:
-                    raise ValueError(
-                        f"{_validate.where()}: filter_axis {axis} is out of range for leaf '{path}' of shape "
-                        f"{np.shape(leaf)}; use a per-path override."
-                    )
-                axis = axis % ndim
-        rules.append((rule, int(axis) if rule == "filter" else None))
+                axis = _filter_axes(axis, ndim, path, np.shape(leaf))
+        rules.append((rule, axis if rule == "filter" else None))
     unused = [p for p, u in used.items() if not u]
     if unused:
         raise ValueError(
@@ -212,11 +317,16 @@ def _one_d_rule(norm, bias_bn):
     return norm  # "filter": normalised like the rest ("filter" -> whole leaf, see above)
 
 
+def _within(ndim: int, filter_axes: tuple[int, ...]) -> tuple[int, ...]:
+    """The axes a filter extends over (all but the filter axes)."""
+    return tuple(i for i in range(ndim) if i not in filter_axes)
+
+
 def _group_sumsq(x, rule, axis):
-    """Sum of squares over each normalisation group, broadcastable to ``x``."""
+    """Sum of squares over each normalisation group, broadcastable to ``x`` (``axis``: the
+    filter axes of a ``"filter"`` rule)."""
     if rule == "filter":
-        axes = tuple(i for i in range(x.ndim) if i != axis)
-        return jnp.sum(jnp.square(x), axis=axes, keepdims=True)
+        return jnp.sum(jnp.square(x), axis=_within(x.ndim, axis), keepdims=True)
     return jnp.sum(jnp.square(x))
 
 
@@ -307,8 +417,7 @@ def _apply_rules(raw, params, rules, *, other=None):
             return g
         oo = _group_sumsq(o, rule, axis)
         if rule == "filter":
-            axes = tuple(i for i in range(g.ndim) if i != axis)
-            go = jnp.sum(g * o, axis=axes, keepdims=True)
+            go = jnp.sum(g * o, axis=_within(g.ndim, axis), keepdims=True)
         else:
             go = jnp.sum(g * o)
         h = g - _safe_ratio(go, oo) * o
@@ -375,14 +484,21 @@ def filter_norms(
 ) -> PyTree:
     """Per-filter Euclidean norms of every leaf of ndim >= 2 (1-D leaves: the leaf's norm).
 
+    The filters are those of ``norm="filter"`` with ``bias_bn="filter"`` (module docstring):
+    the last axis of kernels, the ``(head, head unit)`` columns of attention query/key/value
+    kernels, the ``(head, output unit)`` filters of attention output kernels, one group per head
+    for the ``(heads, d_head)`` attention biases.
+
     Args:
       tree: parameters or a direction.
       filter_axis: the filter axis of kernels (Flax: ``-1``).
-      overrides: ``{path pattern: {"filter_axis": k}}`` as in :func:`random_direction`.
+      overrides: ``{path pattern: {"filter_axis": k or (k1, k2, ...)}}`` as in
+        :func:`random_direction`.
 
     Returns:
-      A pytree with, for each leaf, the norms over all axes but the filter axis (shape
-      ``(num_filters,)``), or a scalar for 1-D leaves.
+      A pytree with, for each leaf, the norms over all axes but the filter axes (shape: the
+      filter axes' sizes, e.g. ``(num_filters,)``, ``(heads, d_head)`` for a query kernel), or a
+      scalar for 1-D leaves.
     """
     ov = {
         k: (
@@ -401,8 +517,7 @@ def filter_norms(
     for x, (rule, axis) in zip(leaves, rules):
         x = jnp.asarray(x)
         if rule == "filter":
-            axes = tuple(i for i in range(x.ndim) if i != axis)
-            out.append(jnp.sqrt(jnp.sum(jnp.square(x), axis=axes)))
+            out.append(jnp.sqrt(jnp.sum(jnp.square(x), axis=_within(x.ndim, axis))))
         else:
             out.append(jnp.sqrt(jnp.sum(jnp.square(x))))
     return jax.tree.unflatten(treedef, out)
@@ -448,7 +563,7 @@ def normalize_direction(
       bias_bn: policy for 1-D leaves: ``"zero"``, ``"filter"`` or ``"copy"``.
       filter_axis: the filter axis of kernels, ``-1`` for Flax ``Dense``/``Conv``.
       overrides: per-path settings, ``{glob pattern: norm}`` or ``{glob pattern: {"norm": ...,
-        "filter_axis": ...}}`` matched (``fnmatch``) against slash paths such as
+        "filter_axis": k or (k1, k2, ...)}}`` matched (``fnmatch``) against slash paths such as
         ``"embed/embedding"``; the first matching pattern wins; a pattern matching nothing is an
         error. An override norm may also be ``"zero"`` or ``"copy"``.
       orthogonal_to: make the result orthogonal to this direction, group by group before the
@@ -497,7 +612,8 @@ def random_direction(
       key: a JAX PRNG key (stored in the spec, so the direction is reproducible).
       params: the weights at the centre of the slice.
       norm: ``"filter"`` (default; each filter rescaled to the norm of the same filter of the
-        weights, the filter axis being the LAST axis of Flax kernels), ``"layer"``,
+        weights, the filter axis being the LAST axis of Flax kernels; attention kernels per
+        head and head unit, see the module docstring), ``"layer"``,
         ``"model"``, ``"weight"`` or ``None``.
       bias_bn: 1-D leaves: ``"zero"`` (default, Li et al.'s ``ignore=biasbn``), ``"filter"``,
         ``"copy"``.
@@ -663,7 +779,9 @@ def hessian_directions(
     try:
         from landscape import hessian as _hessian
     except ImportError as e:  # pragma: no cover - depends on the hessian package landing
-        raise ImportError(f"{_validate.where()}: needs landscape.hessian, which is not available ({e}).") from e
+        raise ImportError(
+            f"{_validate.where()}: needs landscape.hessian, which is not available ({e})."
+        ) from e
     res = _hessian.eigenvalues(loss_fn, params, data, k=k, which=which, key=key, **kwargs)
     vectors = res.vectors
     values = np.asarray(res.values).reshape(-1)
