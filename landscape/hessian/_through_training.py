@@ -146,8 +146,12 @@ class SpectraCallback(Callback):
     the :class:`SpectraResult` of every record so far (with a store: every record it holds,
     so a run resumed with ``train(initial_state=...)`` and a new callback on the same store
     gets its earlier records too); ``stats`` counts ``computed`` and ``loaded`` records. The
-    first record computed after a loaded one starts Lanczos cold (eigenvectors are not
-    stored): its values agree with an uninterrupted run's within ``tol``, not bit for bit."""
+    store's latest record also holds its top-``k`` eigenvectors (``k x P`` numbers; a record
+    drops them, rewritten, once a later one is stored), so the first record computed after
+    the loaded ones warm-starts Lanczos from the very vectors the uninterrupted run used: a
+    resumed run's records equal the uninterrupted run's bit for bit. (A store without them,
+    written before they were kept, starts that record cold: its values then agree within
+    ``tol``.)"""
 
     recorder: Any = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -183,6 +187,9 @@ class _Recorder:
         self.batched_src = None
         self.batch_loss = None
         self.prev_vectors = None
+        # (name, record without vectors, meta) of the stored record that holds the warm-start
+        # vectors: rewritten without them once a later record is stored
+        self.warm_entry = None
         self.meta: dict = {}
 
     # -- setup at the first measurement --------------------------------------------------------
@@ -305,13 +312,22 @@ class _Recorder:
                         f"{step} of other parameters (another training run with the same "
                         "settings); use another directory or landscape.Store(path, overwrite=True)."
                     )
-                rec = {k: np.asarray(v) for k, v in rec.items()}
+                rec = {k: np.asarray(v) for k, v in rec.items() if k != "vectors"}
                 self.stats["loaded"] += 1
+                self.prev_vectors = None  # the next computed record finds its start in the store
             else:
-                rec = self._compute(info, step)
+                if self.prev_vectors is None and self.store is not None:
+                    self._restore_warm_start(info, step)
+                rec, vectors = self._compute(info, step)
                 self.stats["computed"] += 1
                 if self.store is not None:
-                    self.store.save(name, rec, meta={"params_hash": phash})
+                    meta = {"params_hash": phash}
+                    self.store.save(name, {**rec, "vectors": vectors}, meta=meta)
+                    if self.warm_entry is not None:  # the previous one keeps its numbers only
+                        self.store.save(
+                            self.warm_entry[0], self.warm_entry[1], meta=self.warm_entry[2]
+                        )
+                    self.warm_entry = (name, rec, meta)
             self.records[step] = rec
             nm = self.s["name"]
             return {
@@ -321,7 +337,36 @@ class _Recorder:
                 f"{nm}_hvps": int(rec["num_hvps"]),
             }
 
-    def _compute(self, info: TrainInfo, step: int) -> dict:
+    def _restore_warm_start(self, info: TrainInfo, step: int) -> None:
+        """The warm start of the uninterrupted run: the eigenvectors of the store's latest
+        record before ``step`` (when it holds them)."""
+        before = [
+            int(n[7:])
+            for n in self.store.entries()
+            if n.startswith("record-") and int(n[7:]) < step
+        ]
+        if not before:
+            return
+        name = _record_name(max(before))
+        rec, meta = self.store.load_with_meta(name)
+        if "vectors" not in rec:
+            return
+        flat = np.asarray(rec.pop("vectors"))
+        leaves, treedef = jax.tree.flatten(info.params)
+        sizes = np.cumsum([0] + [int(np.size(x)) for x in leaves])
+        if flat.shape != (self.s["k"], int(sizes[-1])):
+            return
+        self.prev_vectors = jax.tree.unflatten(
+            treedef,
+            [
+                jnp.asarray(flat[:, a:b].reshape((self.s["k"],) + np.shape(x)).astype(x.dtype))
+                for a, b, x in zip(sizes[:-1], sizes[1:], leaves)
+            ],
+        )
+        self.warm_entry = (name, {k: np.asarray(v) for k, v in rec.items()}, meta)
+
+    def _compute(self, info: TrainInfo, step: int) -> tuple[dict, np.ndarray]:
+        """The record at ``step`` and its eigenvectors flattened (``(k, P)``, leaf order)."""
         s = self.s
         d = self.data if self.data is not None else info.train_data
         if self.batched_src is not d:  # a reference, not an id: ids are reused
@@ -366,7 +411,11 @@ class _Recorder:
         }
         if self.grid is not None:
             rec["density"] = np.asarray(dens.density, np.float64)
-        return rec
+        vectors = np.concatenate(
+            [np.asarray(x).reshape(len(eig.values), -1) for x in jax.tree.leaves(eig.vectors)],
+            axis=1,
+        )
+        return rec, vectors
 
     # -- the result --------------------------------------------------------------------------
     def result(self) -> SpectraResult:
@@ -381,7 +430,9 @@ class _Recorder:
             for name in self.store.entries():
                 if name.startswith("record-") and int(name[7:]) not in records:
                     rec = self.store.load(name)
-                    records[int(name[7:])] = {k: np.asarray(v) for k, v in rec.items()}
+                    records[int(name[7:])] = {
+                        k: np.asarray(v) for k, v in rec.items() if k != "vectors"
+                    }
         steps = sorted(records)
         recs = [records[t] for t in steps]
 
@@ -504,7 +555,8 @@ def spectra_callback(
       store: a directory or :class:`landscape.Store`: each record is saved atomically as it is
         made, bound to the settings, key, data and probe set; a rerun of the same training
         loads every stored record and computes only the missing ones (a record of other
-        parameters at the same step is refused).
+        parameters at the same step is refused), the first of them warm-started from the
+        eigenvectors the latest stored record keeps: bit for bit the uninterrupted run's.
       name: history prefix.
       at_start: record at step 0 too.
 

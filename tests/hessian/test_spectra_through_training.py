@@ -212,6 +212,42 @@ def test_store_resume_and_save_load(recorded, tmp_path):
     assert part.stats == {"computed": 0, "loaded": 2} and list(p.steps) == list(a.steps)
     np.testing.assert_array_equal(p.density, a.density)
     np.testing.assert_array_equal(p.grid, a.grid)
+    # a split run on a fresh store: the first record computed after resuming (step 10) warm-
+    # starts from the eigenvectors the store's latest record (step 5) kept, so every record is
+    # bit for bit the uninterrupted run's; only the latest stored record keeps its vectors
+    split = tmp_path / "split"
+    first = hessian.spectra_callback(
+        every=5, key=jax.random.key(0), probe_x=probe, k=K, num_steps=12, tol=1e-10, store=split
+    )
+    rest = hessian.spectra_callback(
+        every=5, key=jax.random.key(0), probe_x=probe, k=K, num_steps=12, tol=1e-10, store=split
+    )
+    kw = dict(optimizer="sgd", learning_rate=0.5, num_steps=10, batch_size=N, progress=False)
+    with jax.enable_x64(True):
+        state = landscape.train(
+            model, data, stop_step=5, callbacks=[first], seed=0, **kw
+        ).train_state()
+        landscape.train(model, data, initial_state=state, callbacks=[rest], **kw)
+        r = rest.result()
+    assert first.stats == {"computed": 2, "loaded": 0}
+    assert rest.stats == {"computed": 1, "loaded": 1} and list(r.steps) == [0, 5, 10]
+    for f in (
+        "values",
+        "residuals",
+        "nodes",
+        "weights",
+        "density",
+        "ntk_values",
+        "overlap",
+        "cos2",
+        "grad_norm",
+        "loss",
+        "num_hvps",
+    ):
+        np.testing.assert_array_equal(getattr(r, f), getattr(a, f), err_msg=f)
+    kept = landscape.Store(split)
+    held = {n: "vectors" in np.load(kept.path / f"{n}.npz") for n in kept.entries()}
+    assert held == {"record-000000000": False, "record-000000005": False, "record-000000010": True}
     # another job's settings in the same store: refused, naming the difference
     other = hessian.spectra_callback(
         every=5, key=jax.random.key(0), probe_x=probe, k=2, store=store
