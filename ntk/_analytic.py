@@ -15,6 +15,7 @@ from landscape import Result, data_hash, result, static_field
 from landscape import validate as _validate
 from ntk import _arch, _blocks, _checks, _layers
 from ntk._arch import Architecture
+from ntk._attention import GlobalSelfAttention
 
 
 @result
@@ -61,7 +62,7 @@ def _all_layers(layer):
 
 
 def _width_free(layer):
-    """``layer`` with every Dense width and Conv channel count set to 1."""
+    """``layer`` with every Dense width, Conv channel count and attention width set to 1."""
     if isinstance(layer, _arch.Serial):
         return _arch.Serial(tuple(_width_free(l) for l in layer.layers))
     if isinstance(layer, _arch.Parallel):
@@ -70,6 +71,8 @@ def _width_free(layer):
         return dataclasses.replace(layer, width=1)
     if isinstance(layer, _layers.Conv):
         return dataclasses.replace(layer, channels=1)
+    if isinstance(layer, GlobalSelfAttention):
+        return dataclasses.replace(layer, n_chan_out=1, n_chan_key=1, n_chan_val=1, n_heads=1)
     return layer
 
 

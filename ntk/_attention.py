@@ -279,7 +279,12 @@ class GlobalSelfAttention(_Affine):
         return [(f"{path}/{name}", part) for name, part in self._parts().items()]
 
     def position_covariance(self, spatial: tuple) -> np.ndarray:
-        """``R``: ``(P, P)`` covariance of the positional embeddings (float64, NumPy)."""
+        """``R``: ``(P, P)`` covariance of the positional embeddings (float64, NumPy).
+
+        Raises:
+          ntk.ArchitectureError: ``pos_emb_decay_fn`` gives a matrix of another shape, not
+            finite, not symmetric or not positive semi-definite (no embeddings have it).
+        """
         P = math.prod(spatial)
         if self.pos_emb_decay_fn is None:
             return np.eye(P)
@@ -287,23 +292,25 @@ class GlobalSelfAttention(_Affine):
         pos = np.stack([g.reshape(-1) for g in grids], -1).astype(np.float64)
         dist = np.sum(np.abs(pos[:, None, :] - pos[None, :, :]) ** self.pos_emb_p_norm, -1)
         R = np.asarray(self.pos_emb_decay_fn(dist), np.float64)
-        if R.shape != (P, P) or not np.all(np.isfinite(R)):
+        if R.shape != (P, P) or not np.all(np.isfinite(R)) or not np.allclose(R, R.T):
             raise _err(
                 f"{self.describe()}: pos_emb_decay_fn must map the ({P}, {P}) distance matrix "
-                f"to finite values of the same shape; got shape {R.shape}."
+                f"to a finite symmetric matrix of the same shape; got shape {R.shape}."
+            )
+        lo = float(np.linalg.eigvalsh(R)[0])
+        if lo < -1e-10 * max(float(np.abs(R).max()), 1e-300):
+            raise _err(
+                f"{self.describe()}: the positional covariance pos_emb_decay_fn(distance) is "
+                f"not positive semi-definite (smallest eigenvalue {lo:.3g}), so no positional "
+                "embeddings have it; use a positive definite decay such as exp(-d) with "
+                "pos_emb_p_norm=1 or 1 / (1 + d) with pos_emb_p_norm=2."
             )
         return R
 
-    def _cholesky(self, spatial: tuple):
-        R = self.position_covariance(spatial)
-        try:
-            return np.linalg.cholesky(R)
-        except np.linalg.LinAlgError:
-            raise _err(
-                f"{self.describe()}: the positional covariance pos_emb_decay_fn(distance) is "
-                "not positive definite, so no positional embeddings have it; choose a "
-                "positive definite decay (e.g. exp(-d) with pos_emb_p_norm=1)."
-            ) from None
+    def _factor(self, spatial: tuple) -> np.ndarray:
+        """``L`` with ``L L^T = R`` (symmetric square root: defined for singular ``R``)."""
+        lam, vec = np.linalg.eigh(self.position_covariance(spatial))
+        return (vec * np.sqrt(np.clip(lam, 0.0, None))) @ vec.T
 
     # ---------------------------------------------------------------------------------
     # finite network
@@ -316,7 +323,7 @@ class GlobalSelfAttention(_Affine):
         u = v_in = h
         if "pos_emb" in parts:
             pe = parts["pos_emb"]
-            L = None if self.pos_emb_decay_fn is None else self._cholesky(tuple(spatial))
+            L = None if self.pos_emb_decay_fn is None else self._factor(tuple(spatial))
             e = params["pos_emb"]["kernel"]
             lin = jnp.eye(P, dtype=h.dtype) if L is None else jnp.asarray(L, h.dtype)
             z = e if L is None else jnp.matmul(lin, e, precision=_HIGHEST)
@@ -419,7 +426,7 @@ class GlobalSelfAttention(_Affine):
             if a is None or mix is None:
                 return a
             f, R = mix
-            return f * (a + w * R)
+            return f * (a + w * R.reshape((1,) * (a.ndim - 2) + R.shape))
 
         Ku, Tu, S1u, S2u = with_pe(K, wr), with_pe(T, wt), with_pe(S1, wr), with_pe(S2, wr)
         if self.val_pos_emb:

@@ -51,9 +51,37 @@ ARCHS = [
 ]
 
 
+# GlobalSelfAttention (issue 16; Hron et al. 2020): stored under "attention_specs" (the tests of
+# the other entries read "specs"); kwargs are ntk's, translated for stax by nt_attention.
+# pos_emb_decay_fn names a function of DECAYS (the same functions in tests/ntk/test_attention.py).
+DECAYS = {"cauchy": lambda d: 1.0 / (1.0 + d), "laplace": lambda d: np.exp(-d)}
+A = dict(n_chan_key=8, n_chan_val=8, n_heads=2)
+ATTENTION = [
+    ("att_softmax_linear", "seq", [["Dense", dict(width=16, **D)], ["Relu", {}], ["GlobalSelfAttention", dict(n_chan_out=8, W_query_std=1.3, W_out_std=1.1, b_std=0.2, **A)], ["Flatten", {}], ["Dense", dict(width=3, **D)]]),
+    ("att_relu_abs_gap", "seq", [["Dense", dict(width=16, **D)], ["GlobalSelfAttention", dict(n_chan_out=8, attention="relu", W_key_std=0.7, **A)], ["Relu", {}], ["GlobalSelfAttention", dict(n_chan_out=8, attention="abs", b_std=0.3, W_value_std=1.2, **A)], ["GlobalAvgPool", {}], ["Dense", dict(width=3, **D)]]),
+    ("att_identity_linear_sum_layernorm", "seq", [["Dense", dict(width=16, **D)], ["Erf", {}], ["GlobalSelfAttention", dict(n_chan_out=8, attention="identity", pos_emb_type="sum", W_pos_emb_std=0.7, pos_emb_decay_fn="cauchy", **A)], ["LayerNorm", {}], ["Flatten", {}], ["Dense", dict(width=3, **D)]]),
+    ("att_identity_sqrt", "seq", [["Dense", dict(width=16, **D)], ["Gelu", {}], ["GlobalSelfAttention", dict(n_chan_out=8, attention="identity", qk_scale="sqrt", W_query_std=1.3, b_std=0.2, **A)], ["Flatten", {}], ["Dense", dict(width=3, **D)]]),
+    ("att_identity_sqrt_concat", "seq", [["GlobalSelfAttention", dict(n_chan_out=8, attention="identity", qk_scale="sqrt", pos_emb_type="concat", W_pos_emb_std=1.4, **A)], ["Relu", {}], ["GlobalSelfAttention", dict(n_chan_out=8, attention="identity", qk_scale="sqrt", pos_emb_type="concat", val_pos_emb=True, pos_emb_decay_fn="laplace", pos_emb_p_norm=1, **A)], ["GlobalAvgPool", {}], ["Dense", dict(width=3, **D)]]),
+    ("att_softmax_concat_img", "img_small", [["Conv", dict(channels=8, filter_shape=[2, 2], padding="SAME", **D)], ["Relu", {}], ["GlobalSelfAttention", dict(n_chan_out=8, pos_emb_type="concat", val_pos_emb=True, pos_emb_decay_fn="cauchy", b_std=0.1, **A)], ["GlobalAvgPool", {}], ["Dense", dict(width=3, **D)]]),
+    ("att_transformer_block", "seq", [["Dense", dict(width=16, **D)], ["residual", [["GlobalSelfAttention", dict(n_chan_out=16, pos_emb_type="sum", val_pos_emb=True, W_out_std=0.8, b_std=0.1, **A)]]], ["LayerNorm", {}], ["residual", [["Dense", dict(width=16, **D)], ["Relu", {}], ["Dense", dict(width=16, **D)]]], ["LayerNorm", {}], ["Flatten", {}], ["Dense", dict(width=3, **D)]]),
+]
+
+
+def nt_attention(kw):
+    kw = dict(kw)
+    out = dict(linear_scaling=kw.pop("qk_scale", "linear") == "linear")
+    out["attention_mechanism"] = kw.pop("attention", "softmax").upper()
+    out["pos_emb_type"] = kw.pop("pos_emb_type", "none").upper()
+    if "pos_emb_decay_fn" in kw:
+        out["pos_emb_decay_fn"] = DECAYS[kw.pop("pos_emb_decay_fn")]
+    return stax.GlobalSelfAttention(**out, **kw)
+
+
 def nt_layer(spec):
     kind, kw = spec
     kw = dict(kw) if isinstance(kw, dict) else kw
+    if kind == "GlobalSelfAttention":
+        return nt_attention(kw)
     if kind == "residual":
         return stax.serial(stax.FanOut(2), stax.parallel(stax.serial(*[nt_layer(s) for s in kw]), stax.Identity()), stax.FanInSum())
     if kind == "Dense":
@@ -71,12 +99,16 @@ def inputs(kind, seed):
     rng = np.random.default_rng(seed)
     if kind == "vec":
         return rng.standard_normal((6, 5)), rng.standard_normal((4, 5))
+    if kind == "seq":
+        return rng.standard_normal((3, 5, 3)), rng.standard_normal((2, 5, 3))
+    if kind == "img_small":
+        return rng.standard_normal((3, 3, 4, 2)), rng.standard_normal((2, 3, 4, 2))
     return rng.standard_normal((3, 6, 5, 2)), rng.standard_normal((2, 6, 5, 2))
 
 
 def analytic():
     out = {}
-    for name, kind, layers in ARCHS:
+    for name, kind, layers in ARCHS + ATTENTION:
         _, _, kfn = stax.serial(*[nt_layer(s) for s in layers])
         x1, x2 = inputs(kind, 0)
         k12 = kfn(x1, x2, ("nngp", "ntk"))
@@ -86,6 +118,7 @@ def analytic():
         out[f"{name}/nngp11"], out[f"{name}/ntk11"] = np.asarray(k11.nngp), np.asarray(k11.ntk)
         print(name, out[f"{name}/ntk12"].shape, float(np.abs(out[f"{name}/ntk11"]).max()))
     out["specs"] = np.frombuffer(json.dumps([[n, k, l] for n, k, l in ARCHS]).encode(), np.uint8)
+    out["attention_specs"] = np.frombuffer(json.dumps([[n, k, l] for n, k, l in ATTENTION]).encode(), np.uint8)
     np.savez(HERE / "ntk_analytic.npz", **out)
 
 
