@@ -12,7 +12,8 @@ The network (Vaswani et al. 2017, in the pre-LayerNorm arrangement of Xiong et a
   non-overlapping patches (ViT style, Dosovitskiy et al. 2021: ``patch x patch x C`` squares of
   an image in row-major order, ``patch`` consecutive samples of a signal), each patch flattened
   and mapped to ``d`` by one dense layer (``embed``); or integer tokens ``(T,)`` with
-  ``vocab_size`` (a table ``embed.embedding`` of shape ``(vocab_size, d)``).
+  ``vocab_size`` (a table ``embed.embedding`` of shape ``(vocab_size, d)``, applied as
+  ``one_hot(ids) @ table``: see :class:`TokenEmbed`).
 * Positions: ``"learned"`` (a parameter ``pos`` of shape ``(T, d)``, ``T`` counting the class
   token), ``"sinusoidal"`` (the fixed encoding of Vaswani et al.: ``sin(t / 10000^(2i/d))`` in
   the even, ``cos`` in the odd coordinates; no parameter) or ``"none"``.
@@ -138,8 +139,17 @@ class HeadOut(nnx.Module):
 
 
 class TokenEmbed(nnx.Module):
-    """Integer tokens ``(...)`` -> ``(..., d)`` rows of ``embedding`` (``(vocab_size, d)``): a
-    dense layer on one-hot inputs, initialised at fan-in 1 (module docstring)."""
+    """Token ids ``(...)`` -> ``(..., d)`` rows of ``embedding`` (``(vocab_size, d)``).
+
+    Computed as ``one_hot(ids) @ embedding``, a dense layer on one-hot inputs (initialised at
+    fan-in 1, module docstring), rather than a gather: the result is the same row exactly, the
+    cost ``O(vocab_size * d)`` per token is nothing at this toolkit's sizes, and the program is
+    then a matrix product that :func:`landscape.connect.permutation_spec` follows (the
+    vocabulary axis meets the data, not a permutable unit axis). Ids may be integers or
+    integer-valued floats (``ntk.empirical_ntk`` passes inputs as floats); an id outside
+    ``[0, vocab_size)`` (or a non-integer float) embeds as the zero vector, since it cannot be
+    checked inside compiled code.
+    """
 
     def __init__(self, vocab_size, d, spec: InitSpec, *, param_dtype, rngs):
         key = rngs.params()
@@ -149,9 +159,13 @@ class TokenEmbed(nnx.Module):
             std = math.sqrt(spec.target_variance(1, d))
             table = std * jax.random.normal(key, (vocab_size, d), param_dtype)
         self.embedding = nnx.Param(jnp.asarray(table, param_dtype))
+        self.vocab_size = int(vocab_size)
 
     def __call__(self, tokens):
-        return jnp.take(self.embedding[...], tokens, axis=0)
+        table = self.embedding[...]
+        ids = jnp.arange(self.vocab_size, dtype=tokens.dtype)
+        onehot = (tokens[..., None] == _lead(ids, tokens.ndim + 1)).astype(table.dtype)
+        return jnp.einsum("...v,vd->...d", onehot, table)
 
 
 def _dense(a, b, spec: InitSpec, *, use_bias, param_dtype, rngs):
@@ -538,16 +552,10 @@ class Transformer(nnx.Module):
                 f"{_WHERE}: inputs must have shape (..., {', '.join(map(str, self.input_shape))}) "
                 f"(the input_shape the model was built with); got {tuple(x.shape)}."
             )
-        integer = jnp.issubdtype(x.dtype, jnp.integer)
-        if self.vocab_size is None and integer:
+        if self.vocab_size is None and jnp.issubdtype(x.dtype, jnp.integer):
             raise ValueError(
                 f"{_WHERE}: integer inputs ({x.dtype}) need a token embedding; build the model "
                 "with vocab_size=<number of token ids> (or pass floating signals or images)."
-            )
-        if self.vocab_size is not None and not integer:
-            raise ValueError(
-                f"{_WHERE}: this model embeds integer tokens (vocab_size={self.vocab_size}); "
-                f"got {x.dtype} inputs: pass token ids as integers (x.astype(np.int32))."
             )
 
     def __call__(self, x):
