@@ -22,18 +22,18 @@ from landscape._model import Model, as_model
 from landscape._result import Result, result, static_field
 from landscape.connect._trace import (
     PermutationSpec,
-    _group_of,
     _permute_tree,
     capture_activations,
-    expand_perm,
     permutation_spec,
+    permute_leaf,
 )
 
 PyTree = Any
 
 ALIGN_METHODS = ("weights", "activations")
+HEAD_MATCHES = ("weights", "products")
 
-__all__ = ["ALIGN_METHODS", "Alignment", "align"]
+__all__ = ["ALIGN_METHODS", "HEAD_MATCHES", "Alignment", "align"]
 
 
 @result
@@ -52,6 +52,14 @@ class Alignment(Result):
       groups: ``{group: size}``; param_axes, state_axes: which axes each group permutes.
       num_iters: sweeps over the groups (weight matching); converged: no group improved in
         the last sweep.
+      per: ``{group: index group}``: the per-unit groups (a head's dimensions, permuted per
+        head; their ``perms`` have one row per head, see :class:`PermutationSpec`).
+      head_match: how heads were matched (``"weights"`` or ``"products"``).
+      head_products: for every per-unit group contracted by one product (a head's ``W_Q W_K^T``
+        and ``W_V W_O``, biases included: see :func:`align`), ``{"heads": index group,
+        "before": d0, "after": d1}``: the normalised Frobenius distance ``sqrt(sum_i ||P^A_i -
+        P^B_i||^2 / sum_i ||P^A_i||^2)`` between A's and B's per-head products before and
+        after alignment (0 when B is a permuted copy of A).
     """
 
     params: PyTree
@@ -64,17 +72,21 @@ class Alignment(Result):
     state_axes: dict = static_field(default_factory=dict)
     num_iters: int = static_field(default=0)
     converged: bool = static_field(default=True)
+    per: dict = static_field(default_factory=dict)
+    head_match: str = static_field(default="weights")
+    head_products: dict = static_field(default_factory=dict)
     provenance: dict = static_field(default_factory=dict)
 
     def apply(self, params: PyTree, state: PyTree = None):
         """Permute another pytree of B's structure (a snapshot of B, its optimiser moments)
         with these permutations; returns ``params`` or ``(params, state)``."""
         axes = {k: tuple(_entry(e) for e in v) for k, v in self.param_axes.items()}
-        out = _permute_tree(params, axes, self.perms)
+        per = dict(self.per)
+        out = _permute_tree(params, axes, self.perms, per)
         if state is None:
             return out
         saxes = {k: tuple(_entry(e) for e in v) for k, v in self.state_axes.items()}
-        return out, _permute_tree(state, saxes, self.perms)
+        return out, _permute_tree(state, saxes, self.perms, per)
 
     def __repr__(self):
         obj = np.asarray(self.objective)
@@ -101,63 +113,212 @@ def _key_data(key) -> list[int]:
     return np.asarray(data).tolist()
 
 
-def _weight_matching(spec: PermutationSpec, pa, pb, *, max_iter: int, key):
-    from scipy.optimize import linear_sum_assignment
+def _units_first(x, e, ax, n):
+    """Axis ``ax`` (entry ``e``) of ``x`` as ``(n units, everything else)`` (a flattened block's
+    middle factor for a derived axis)."""
+    x = np.moveaxis(x, ax, 0)
+    if isinstance(e, str):
+        return x.reshape(n, -1)
+    _, outer, inner = e
+    x = x.reshape(outer, n, inner, -1)
+    return np.moveaxis(x, 1, 0).reshape(n, -1)
 
-    A, B = _np_leaves(pa), _np_leaves(pb)
-    axes = spec.param_axes
-    members = {g: spec.axes_of(g) for g in spec.groups}
-    perms = {g: np.arange(n) for g, n in spec.groups.items()}
+
+def _pair_first(x, j, k, n, m):
+    """Axes ``j`` (index units) and ``k`` (per-unit units) of ``x`` first: ``(n, m, rest)``."""
+    return np.moveaxis(x, (j, k), (0, 1)).reshape(n, m, -1)
+
+
+class _Matcher:
+    """Weight matching's state: A's and B's leaves (float64), the spec, the current
+    permutations; the coordinate steps of :func:`_weight_matching`."""
+
+    def __init__(self, spec: PermutationSpec, pa, pb, *, head_match: str):
+        from scipy.optimize import linear_sum_assignment
+
+        self.lsa = linear_sum_assignment
+        self.A, self.B = _np_leaves(pa), _np_leaves(pb)
+        self.spec, self.axes, self.per = spec, spec.param_axes, dict(spec.per)
+        self.kids: dict[str, list] = {}
+        for g, h in self.per.items():
+            self.kids.setdefault(h, []).append(g)
+        self.members = {g: spec.axes_of(g) for g in spec.groups}
+        self.perms = {g: np.arange(n) for g, n in spec.groups.items()}
+        for g, h in self.per.items():
+            self.perms[g] = np.tile(np.arange(spec.groups[g]), (spec.groups[h], 1))
+        # a per-unit group sharing a leaf with another of its index group's is "held" in the
+        # head step (its current rows applied), the others are optimised jointly with the heads
+        shared = set()
+        for labs in self.axes.values():
+            ks = [e for e in labs if e in self.per]
+            if len(ks) > 1:
+                shared.update(ks)
+        self.shared = shared
+        self.products = {}
+        if head_match == "products":
+            for g, sides in spec._sides.items():
+                leaves = {p for side in sides for p, _ in side}
+                if not any(sum(e in self.per for e in self.axes[p]) > 1 for p in leaves):
+                    self.products[g] = sides
+
+    def permuted(self, path, skip=()):
+        return permute_leaf(self.B[path], self.axes[path], self.perms, self.per, np, skip)
+
+    def total(self) -> float:
+        return float(sum(np.vdot(self.A[p], self.permuted(p)) for p in self.A))
+
+    def head_products(self, g, X) -> np.ndarray:
+        """``(heads, r1, r2)``: group ``g``'s per-head products ``X_1^T X_2`` of its two sides,
+        from leaves ``X(path)`` (heads in the order the leaves hold them)."""
+        h = self.per[g]
+        n, m = self.spec.groups[h], self.spec.groups[g]
+        sides = [np.concatenate([_pair_first(X(p), self.axes[p].index(h), k, n, m)
+                                 for p, k in side], axis=2) for side in self.spec._sides[g]]
+        return np.einsum("iar,ias->irs", sides[0], sides[1])
+
+    # -- steps: each returns whether it improved the objective ------------------------------
+    def plain_step(self, g) -> bool:
+        n = self.spec.groups[g]
+        C = np.zeros((n, n))
+        for path, ax in self.members[g]:
+            e = self.axes[path][ax]
+            a = _units_first(self.A[path], e, ax, n)
+            b = _units_first(self.permuted(path, (ax,)), e, ax, n)
+            C += a @ b.T
+        return self._assign(g, C)
+
+    def _assign(self, g, C) -> bool:
+        _, cols = self.lsa(C, maximize=True)
+        rows = np.arange(C.shape[0])
+        old, new = C[rows, self.perms[g]].sum(), C[rows, cols].sum()
+        if new > old + 1e-12 * max(1.0, abs(old)):
+            self.perms[g] = cols
+            return True
+        return False
+
+    def row_step(self, g) -> bool:
+        """Per-unit group ``g``: one assignment per unit ``i`` of its index group (the other
+        permutations held)."""
+        h = self.per[g]
+        n, m = self.spec.groups[h], self.spec.groups[g]
+        C = np.zeros((n, m, m))
+        for path, k in self.members[g]:
+            j = self.axes[path].index(h)
+            a = _pair_first(self.A[path], j, k, n, m)
+            b = _pair_first(self.permuted(path, (k,)), j, k, n, m)
+            C += np.einsum("iar,icr->iac", a, b)
+        improved = False
+        rows = np.arange(m)
+        for i in range(n):
+            _, cols = self.lsa(C[i], maximize=True)
+            old, new = C[i][rows, self.perms[g][i]].sum(), C[i][rows, cols].sum()
+            if new > old + 1e-12 * max(1.0, abs(old)):
+                self.perms[g][i] = cols
+                improved = True
+        return improved
+
+    def head_step(self, h) -> bool:
+        """Index group ``h`` (heads) with its per-unit groups: the score of aligning A's head
+        ``i`` with B's head ``b`` is the best of every free per-unit group's permutation for that
+        pair (an assignment each: exact block coordinate ascent), plus the held groups' terms at
+        their current rows and, for ``head_match="products"``, the products' inner products in
+        place of the weights'; then one assignment over heads. Held and product groups then
+        take one row step each."""
+        n = self.spec.groups[h]
+        kids = self.kids[h]
+        free = [g for g in kids if g not in self.shared and g not in self.products]
+        C = np.zeros((n, n))
+        S = {g: np.zeros((n, n, self.spec.groups[g], self.spec.groups[g])) for g in free}
+        for path, j in self.members[h]:
+            labs = self.axes[path]
+            kax = [ax for ax, e in enumerate(labs) if e in kids]
+            if any(labs[k] in self.products for k in kax):
+                continue  # counted through its group's products below
+            if len(kax) == 1 and labs[kax[0]] in free:
+                k = kax[0]
+                g, m = labs[k], self.spec.groups[labs[k]]
+                a = _pair_first(self.A[path], j, k, n, m)
+                b = _pair_first(self.permuted(path, (j, k)), j, k, n, m)
+                S[g] += np.einsum("iar,bcr->ibac", a, b)
+            elif not kax:
+                e = labs[j]
+                a = _units_first(self.A[path], e, j, n)
+                C += a @ _units_first(self.permuted(path, (j,)), e, j, n).T
+            else:  # held: B's heads with the current rows of aligned head i
+                base = self.permuted(path, (j, *kax))
+                a = np.moveaxis(self.A[path], j, 0).reshape(n, -1)
+                for i in range(n):
+                    bi = base
+                    for k in kax:
+                        bi = np.take(bi, self.perms[labs[k]][i], axis=k)
+                    C[i] += np.moveaxis(bi, j, 0).reshape(n, -1) @ a[i]
+        for g in self.kids[h]:
+            if g in self.products:
+                pa = self.head_products(g, lambda p: self.A[p])
+                pb = self.head_products(g, lambda p, g=g: self.permuted(p, self._pair_axes(p, h, g)))
+                C += np.einsum("irs,brs->ib", pa, pb)
+        cur = C[np.arange(n), self.perms[h]].sum()
+        best = {}
+        for g in free:
+            m = self.spec.groups[g]
+            rows = np.arange(m)
+            best[g] = np.zeros((n, n, m), int)
+            for i in range(n):
+                cur += S[g][i, self.perms[h][i]][rows, self.perms[g][i]].sum()
+                for b in range(n):
+                    _, cols = self.lsa(S[g][i, b], maximize=True)
+                    best[g][i, b] = cols
+                    C[i, b] += S[g][i, b][rows, cols].sum()
+        _, cols = self.lsa(C, maximize=True)
+        new = C[np.arange(n), cols].sum()
+        improved = False
+        if new > cur + 1e-12 * max(1.0, abs(cur)):
+            self.perms[h] = cols
+            for g in free:
+                self.perms[g] = best[g][np.arange(n), cols]
+            improved = True
+        for g in kids:
+            if g not in free:
+                improved = self.row_step(g) or improved
+        return improved
+
+    def _pair_axes(self, path, h, g):
+        labs = self.axes[path]
+        return tuple(ax for ax, e in enumerate(labs) if e in (h, g))
+
+    def product_distances(self) -> dict:
+        """``{group: {"heads", "before", "after"}}`` (see :class:`Alignment`)."""
+        out = {}
+        for g in self.spec._sides:
+            pa = self.head_products(g, lambda p: self.A[p])
+            ref = float(np.sum(pa**2))
+            d = {}
+            for when, X in (("before", lambda p: self.B[p]), ("after", self.permuted)):
+                pb = self.head_products(g, X)
+                d[when] = float(np.sqrt(np.sum((pa - pb) ** 2) / ref)) if ref > 0 else float("nan")
+            out[g] = {"heads": self.per[g], **d}
+        return out
+
+
+def _weight_matching(spec: PermutationSpec, pa, pb, *, max_iter: int, key, head_match: str = "weights"):
+    M = _Matcher(spec, pa, pb, head_match=head_match)
     # the order of the groups in each sweep (for key(s): the generator of the integer seed s)
     rng = np.random.default_rng(_validate.key_words(key))
-
-    def permuted(path, except_ax=None):
-        x = B[path]
-        for ax, e in enumerate(axes[path]):
-            if e is not None and ax != except_ax:
-                x = np.take(x, expand_perm(e, perms[_group_of(e)]), axis=ax)
-        return x
-
-    def units_first(x, path, ax, n):
-        """The axis ``ax`` as ``(n units, everything else)`` (a flattened block's middle
-        factor for a derived axis)."""
-        e = axes[path][ax]
-        x = np.moveaxis(x, ax, 0)
-        if isinstance(e, str):
-            return x.reshape(n, -1)
-        _, outer, inner = e
-        x = x.reshape(outer, n, inner, -1)
-        return np.moveaxis(x, 1, 0).reshape(n, -1)
-
-    def total():
-        return float(sum(np.vdot(A[p], permuted(p)) for p in A))
-
-    history = [total()]
+    names = [g for g in spec.groups if g not in M.per]  # per-unit groups move with their heads
+    history = [M.total()]
     converged = False
     it = 0
-    names = list(spec.groups)
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
         improved = False
         for gi in rng.permutation(len(names)):
             g = names[gi]
-            n = spec.groups[g]
-            C = np.zeros((n, n))
-            for path, ax in members[g]:
-                a = units_first(A[path], path, ax, n)
-                b = units_first(permuted(path, ax), path, ax, n)
-                C += a @ b.T
-            _, cols = linear_sum_assignment(C, maximize=True)
-            rows = np.arange(n)
-            old = C[rows, perms[g]].sum()
-            new = C[rows, cols].sum()
-            if new > old + 1e-12 * max(1.0, abs(old)):
-                perms[g] = cols
-                improved = True
-        history.append(total())
+            step = M.head_step if g in M.kids else M.plain_step
+            improved = step(g) or improved
+        history.append(M.total())
         if not improved:
             converged = True
             break
-    return perms, np.asarray(history), it, converged
+    return M.perms, np.asarray(history), it, converged, M.product_distances()
 
 
 def _activation_costs(apply_fn, acts, point, batch, input_key):
@@ -252,6 +413,7 @@ def align(
     max_iter: int = 100,
     key=None,
     on_unsupported: str = "raise",
+    head_match: str = "weights",
 ) -> Alignment:
     """Permute network B's hidden units to match network A's (Git Re-Basin).
 
@@ -316,6 +478,12 @@ def align(
     """
     model = as_model(model)
     _validate.check_choice(method, ALIGN_METHODS, name="method")
+    _validate.check_choice(head_match, HEAD_MATCHES, name="head_match")
+    if head_match != "weights" and method != "weights":
+        raise ValueError(
+            f"{_validate.where()}: head_match={head_match!r} is a cost of weight matching; use "
+            "method='weights' (activation matching does not align per-head groups)."
+        )
     max_iter = _validate.check_positive_int(max_iter, name="max_iter")
     if method == "weights" or key is not None:
         _validate.check_key(key)
@@ -346,19 +514,28 @@ def align(
             )
     spec = permutation_spec(model.replace(params=pa, state=state_a), example_input,
                             on_unsupported=on_unsupported)
+    products = {}
     if method == "weights":
-        perms, history, iters, converged = _weight_matching(spec, pa, pb, max_iter=max_iter, key=key)
+        perms, history, iters, converged, products = _weight_matching(
+            spec, pa, pb, max_iter=max_iter, key=key, head_match=head_match)
     else:
+        if spec.per:
+            raise ValueError(
+                f"{_validate.where()}: the model has groups permuted per unit of another group "
+                f"(attention heads' dimensions: {sorted(spec.per)[:3]}), which activation "
+                "matching does not align; use method='weights'."
+            )
         perms, history = _activation_matching(
             model.apply_fn, spec, pa, state_a, pb, state_b, data, batch_size=batch_size,
             input_key=input_key,
         )
         iters, converged = 1, True
     perms = {g: np.asarray(p, np.int32) for g, p in perms.items()}
-    new_p = _permute_tree(pb, spec.param_axes, perms)
-    new_s = _permute_tree(state_b, spec.state_axes, perms) if jax.tree.leaves(state_b) else None
+    new_p = _permute_tree(pb, spec.param_axes, perms, spec.per)
+    new_s = (_permute_tree(state_b, spec.state_axes, perms, spec.per)
+             if jax.tree.leaves(state_b) else None)
     settings = {"method": method, "max_iter": max_iter, "groups": spec.groups,
-                "batch_size": batch_size}
+                "batch_size": batch_size, "head_match": head_match}
     prov = _provenance.provenance(
         dtype=_tree.dtype_of(pa), seeds=None if key is None else _key_data(key),
         data=None if data is None else _provenance.data_hash(data), settings=settings,
@@ -367,5 +544,6 @@ def align(
         params=new_p, state=new_s, perms=perms, objective=history, method=method,
         groups=dict(spec.groups), param_axes={k: list(v) for k, v in spec.param_axes.items()},
         state_axes={k: list(v) for k, v in spec.state_axes.items()}, num_iters=int(iters),
-        converged=bool(converged), provenance=prov,
+        converged=bool(converged), per=dict(spec.per), head_match=head_match,
+        head_products=products, provenance=prov,
     )

@@ -80,9 +80,16 @@ _NONLINEAR = {"custom_jvp_call", "tanh", "logistic", "erf", "exp", "max", "min",
 
 
 class _Labels:
-    """Union-find over candidate groups (one per parameter/state axis)."""
+    """Union-find over candidate groups (one per parameter/state axis).
 
-    def __init__(self):
+    With ``split_contractions=True`` the axes a ``dot_general`` contracts are not tied but
+    recorded in ``edges``: the components are then the *sides* of each contraction (a head's
+    query side ``{W_Q, b_Q}`` and key side ``{W_K, b_K}``), from which a head's product
+    ``W_Q W_K^T`` is formed (:func:`permutation_spec`'s second pass)."""
+
+    def __init__(self, *, split_contractions: bool = False):
+        self.split_contractions = split_contractions
+        self.edges: list[tuple[int, int]] = []
         self.parent: list[int] = []
         self.size: list[int] = []
         self.fixed: list[bool] = []
@@ -137,6 +144,13 @@ class _Labels:
         self.poison[a].extend(self.poison[b])
         return a
 
+    def contract(self, a: int, b: int) -> None:
+        """Two axes a product contracts together: tied (or, splitting contractions, an edge)."""
+        if not self.split_contractions:
+            self.unify(a, b)
+        elif a >= 0 and b >= 0:
+            self.edges.append((a, b))
+
     def spoil(self, lab: int, reason: str) -> None:
         lab = self.norm(lab)
         if lab >= 0:
@@ -159,6 +173,11 @@ class _Tracer:
         self.records: list[tuple] = []  # (position, var labels, nonlinear)
         self.capturable = True  # False inside calls whose values capture_activations cannot see
         self.locations: list[str] = []  # source locations of the enclosing calls
+        # for per-head groups (_per_head): every value's labels, every product's operands, the
+        # operands of convolutions
+        self.values: list[tuple] = []
+        self.dots: list[tuple] = []
+        self.conv_operands: list[tuple] = []
 
     def run(self, closed, in_labels, in_data, prefix=()):
         """Labels of ``closed``'s outputs from its inputs' labels and data dependence; records
@@ -174,6 +193,8 @@ class _Tracer:
             ins = [read(v) for v in eqn.invars]
             data_dep = any(d for _, d in ins)
             outs = self.eqn(eqn, [lab for lab, _ in ins], [d for _, d in ins], prefix + (i,))
+            self.values.extend(tuple(lab) for lab, _ in ins)
+            self.values.extend(tuple(lab) for lab in outs)
             record = data_dep and self.capturable and eqn.primitive.name not in _INLINE
             nonlinear = _is_nonlinear(eqn)
             for k, (v, lab) in enumerate(zip(eqn.outvars, outs)):
@@ -346,8 +367,9 @@ def _dot_general(t: _Tracer, e: _Eqn) -> list:
     L = t.L
     (lc, rc), (lb, rb) = e.params["dimension_numbers"]
     a, b = e.labs
+    t.dots.append((tuple(a), tuple(b), tuple(lc), tuple(rc), tuple(lb), tuple(rb)))
     for i, j in zip(lc, rc):
-        L.unify(a[i], b[j])
+        L.contract(a[i], b[j])
     batch = [L.unify(a[i], b[j]) for i, j in zip(lb, rb)]
     free_a = [a[i] for i in range(len(a)) if i not in lc and i not in lb]
     free_b = [b[j] for j in range(len(b)) if j not in rc and j not in rb]
@@ -362,6 +384,7 @@ def _conv(t: _Tracer, e: _Eqn) -> list:
     L = t.L
     dn = e.params["dimension_numbers"]
     lhs, rhs = e.labs
+    t.conv_operands.extend((tuple(lhs), tuple(rhs)))
     ls, rs, os_ = dn.lhs_spec, dn.rhs_spec, dn.out_spec
     groups = e.params.get("feature_group_count", 1) * e.params.get("batch_group_count", 1)
     if groups != 1:
@@ -681,12 +704,21 @@ class PermutationSpec:
       state_axes: the same for the model state (batch-norm statistics).
       unsupported: ``{group name: reasons}`` for groups left unpermuted because of an
         operation the analysis cannot handle (only with ``on_unsupported="fix"``).
+      per: ``{group: index group}`` for the groups permuted *per unit* of another group (a
+        wreath product: a head's query/key dimensions, permuted differently in every head).
+        The permutation of such a group ``g`` is an int array of shape ``(groups[per[g]],
+        groups[g])``: row ``i`` permutes ``g``'s units at unit ``i`` of the index group, after
+        the index group's own permutation (unit ``(i, a)`` of the result is unit
+        ``(p_h[i], p_g[i, a])`` of the input). A one-row permutation (shape ``(groups[g],)``)
+        is the same in every head.
     """
 
     groups: dict
     param_axes: dict
     state_axes: dict
     unsupported: dict
+    per: dict = dataclasses.field(default_factory=dict)
+    _sides: dict = dataclasses.field(default_factory=dict, repr=False)
     _activations: dict = dataclasses.field(default_factory=dict, repr=False)
     _num_eqns: int = 0
 
@@ -708,7 +740,8 @@ class PermutationSpec:
 
         for g, n in self.groups.items():
             members = ", ".join(show(k, a) for k, a in self.axes_of(g, include_state=True))
-            lines.append(f"  {g} (size {n}): {members}")
+            each = f", per unit of {self.per[g]}" if g in self.per else ""
+            lines.append(f"  {g} (size {n}{each}): {members}")
         for g, why in self.unsupported.items():
             lines.append(f"  unsupported {g}: {why[0]}")
         return "\n".join(lines)
@@ -723,6 +756,89 @@ def _leaf_labels(labels: _Labels, tree, prefix: str):
             labels.new(s, (prefix + path, ax)) if (floating and s > 1) else (WILD if s == 1 else FIXED)
             for ax, s in enumerate(shp)
         ))
+    return out
+
+
+def _per_head(L: _Labels, tracer: _Tracer, live: set, flattened: set) -> dict:
+    """``{group root g: index root h}`` for the groups that may be permuted per unit of another
+    group (a wreath product; a head's dimensions, permuted differently in every head).
+
+    A per-unit permutation of ``g`` indexed by ``h`` (unit ``(i, a)`` goes to ``(p_h[i],
+    p_g[i, a])``) leaves the function unchanged when every operation is pointwise in ``h``
+    wherever ``g``'s units are permuted. From the program, conservatively:
+
+    * every value (parameter, state or intermediate) carrying ``g`` carries ``h`` on exactly one
+      axis (a bias broadcast over heads, or a kernel shared by every head, breaks it);
+    * a product that contracts ``g`` pairs the operands' ``h`` axes as a batch axis (the scores
+      ``q_h k_h^T``, head by head) or contracts them together with ``g`` (the output projection
+      sums over heads and their dimensions);
+    * ``g`` meets no convolution and is never flattened with other axes.
+
+    The rules that move axes (transposes, broadcasts, reshapes keeping axes whole), elementwise
+    operations, reductions and the rest are pointwise along the axes they keep, so the value
+    condition covers them; an operation that is not equivariant along ``g`` or ``h`` at all has
+    already poisoned it. Index groups are not themselves per-unit groups (one level). Among
+    several candidates the first-created is taken."""
+    cand: dict[int, set] = {}
+    for lab in tracer.values:
+        counts: dict[int, int] = {}
+        for x_ in lab:
+            r = L.norm(x_)
+            if r in live:
+                counts[r] = counts.get(r, 0) + 1
+        for g in counts:
+            here = {r for r, c in counts.items() if c == 1 and r != g}
+            cand[g] = here if g not in cand else cand[g] & here
+    for a, b, lc, rc, lb, rb in tracer.dots:
+        ra = [L.norm(x_) for x_ in a]
+        rb_ = [L.norm(x_) for x_ in b]
+        pairs = set(zip(lc, rc)) | set(zip(lb, rb))
+        for i in lc:
+            g = ra[i]
+            for h in list(cand.get(g, ())):
+                if h in ra and h in rb_ and (ra.index(h), rb_.index(h)) not in pairs:
+                    cand[g].discard(h)
+    for lab in tracer.conv_operands:
+        for x_ in lab:
+            cand.pop(L.norm(x_), None)
+    for g in flattened:
+        cand.pop(g, None)
+    per = {g: min(hs) for g, hs in cand.items() if hs}
+    return {g: h for g, h in per.items() if h not in per}
+
+
+def _sides(closed, params, state, xlabs, in_data, plabs, L: _Labels, per_roots: dict,
+           names: dict) -> dict:
+    """``{per-unit group: (side 1, side 2)}``, each side the ``(leaf path, axis)`` of the
+    parameters on one side of the one product that contracts the group (a head's ``{W_Q,
+    b_Q}`` and ``{W_K, b_K}``; ``{W_V, b_V}`` and ``{W_O}``), from a second pass that does not
+    tie contracted axes. Groups contracted in other patterns (or carried by state) are left
+    out; their heads are matched by weights only."""
+    if not per_roots:
+        return {}
+    L2 = _Labels(split_contractions=True)
+    p2 = _leaf_labels(L2, params, "")
+    s2 = _leaf_labels(L2, state, "state:")
+    _Tracer(L2).run(closed, p2 + s2 + xlabs, in_data)
+    members: dict[int, list] = {}
+    for labs in plabs:
+        for lab in labs:
+            if lab >= 0 and L.norm(lab) in per_roots:
+                members.setdefault(L.norm(lab), []).append(lab)
+    out = {}
+    for g, labs in members.items():
+        side_of = {lab: L2.find(lab) for lab in labs}
+        mine = set(side_of.values())
+        pairs = {frozenset((L2.find(u), L2.find(v))) for u, v in L2.edges
+                 if L2.find(u) in mine or L2.find(v) in mine}
+        if len(pairs) != 1 or not next(iter(pairs)) >= mine:
+            continue
+        first = side_of[labs[0]]
+        pair = sorted(next(iter(pairs)), key=lambda r: r != first)
+        s1, s2_ = pair[0], pair[-1]
+        out[names[g]] = tuple(
+            tuple(L.origin[lab] for lab in labs if side_of[lab] == side) for side in (s1, s2_)
+        )
     return out
 
 
@@ -862,6 +978,12 @@ def permutation_spec(
             if shp is not None and len(shp) >= 2 and ax == len(shp) - 1:
                 best = (path, ax)
                 break
+        if best is None:  # an axis of a kernel that is not its last (a head axis)
+            for path, ax in sorted(members, key=lambda m: use.get(m[0], 1 << 30)):
+                shp = pshapes.get(path)
+                if shp is not None and len(shp) >= 2:
+                    best = (path, ax)
+                    break
         if best is None:
             best = members[0]
         names[r] = f"{best[0]}[{best[1]}]"
@@ -887,6 +1009,15 @@ def permutation_spec(
     for r in roots:
         if L.norm(r) >= 0:
             groups[names[r]] = L.size[r]
+    live = {r for r in roots if L.norm(r) >= 0}
+    flattened = set()
+    for m in L.alias:
+        res = resolve(m)
+        if res is not None:
+            flattened.add(L.norm(res[0]))
+    per_roots = _per_head(L, tracer, live, flattened)
+    per = {names[g]: names[h] for g, h in per_roots.items()}
+    sides = _sides(closed, model.params, model.state, xlabs, in_data, plabs, L, per_roots, names)
 
     def entry(lab):
         res = resolve(lab)
@@ -919,6 +1050,8 @@ def permutation_spec(
         param_axes=axes_of(plabs, model.params),
         state_axes=axes_of(slabs, model.state),
         unsupported=unsupported,
+        per=per,
+        _sides=sides,
         _activations=activations,
         _num_eqns=len(closed.jaxpr.eqns),
     )
@@ -944,18 +1077,67 @@ def expand_perm(entry, perm) -> np.ndarray:
     return idx.reshape(-1)
 
 
-def _permute_tree(tree, axes: dict, perms: dict):
-    def f(path, x):
-        labs = axes.get(path, ())
-        for ax, e in enumerate(labs):
-            if isinstance(e, list):
-                e = tuple(e)
-            g = _group_of(e)
-            if g is not None and g in perms:
-                x = jnp.take(x, jnp.asarray(expand_perm(e, perms[g])), axis=ax)
-        return x
+def take_per(x, ax: int, index_ax: int, perm, xp=jnp):
+    """``x`` with axis ``ax`` permuted per unit of axis ``index_ax``: ``out[..., i, ..., a,
+    ...] = x[..., i, ..., perm[i, a], ...]`` (``perm`` of shape ``(x.shape[index_ax],
+    x.shape[ax])``)."""
+    perm = np.asarray(perm)
+    shape = [1] * x.ndim
+    shape[index_ax], shape[ax] = perm.shape
+    idx = (perm if index_ax < ax else perm.T).reshape(shape)
+    return xp.take_along_axis(x, xp.asarray(np.broadcast_to(idx, x.shape)), axis=ax)
 
-    return _tree.map_with_path(f, tree)
+
+def permute_leaf(x, labs, perms: dict, per: dict, xp=jnp, skip=()):
+    """One leaf with axis entries ``labs`` permuted: the plain groups' axes first, then the
+    per-unit groups' (each by the rows of its index group's axis, already permuted); axes in
+    ``skip`` are left alone."""
+    labs = [tuple(e) if isinstance(e, list) else e for e in labs]
+    for ax, e in enumerate(labs):
+        g = _group_of(e)
+        if g is not None and g in perms and g not in per and ax not in skip:
+            x = xp.take(x, xp.asarray(expand_perm(e, perms[g])), axis=ax)
+    for ax, e in enumerate(labs):
+        if e in per and e in perms and ax not in skip:
+            if per[e] not in labs:  # pragma: no cover - guaranteed by _per_head
+                raise ValueError(f"axis {ax} of a leaf is permuted per unit of {per[e]!r}, which it lacks")
+            x = take_per(x, ax, labs.index(per[e]), perms[e], xp)
+    return x
+
+
+def _permute_tree(tree, axes: dict, perms: dict, per: dict | None = None):
+    per = per or {}
+    return _tree.map_with_path(lambda path, x: permute_leaf(x, axes.get(path, ()), perms, per), tree)
+
+
+def check_perms(spec: PermutationSpec, perms: dict) -> dict:
+    """``perms`` validated against ``spec`` (names, sizes, permutations; a per-unit group's
+    one-row permutation repeated for every unit of its index group), as NumPy int arrays."""
+    out = {}
+    for g, p in perms.items():
+        if g not in spec.groups:
+            raise ValueError(f"{_validate.where()}: unknown group {g!r}; groups: {sorted(spec.groups)}.")
+        n = spec.groups[g]
+        arr = np.asarray(p)
+        rows = arr.reshape(1, -1) if arr.ndim == 1 else arr
+        if g in spec.per:
+            m = spec.groups[spec.per[g]]
+            if arr.ndim == 1:
+                rows = np.tile(arr, (m, 1))
+            expected = f"({m}, {n}) (one row per unit of {spec.per[g]!r}) or ({n},)"
+            good_shape = rows.shape == (m, n)
+        else:
+            expected = f"({n},)"
+            good_shape = arr.shape == (n,)
+        if not good_shape or not np.issubdtype(arr.dtype, np.integer) or not all(
+            np.array_equal(np.sort(r), np.arange(n)) for r in rows
+        ):
+            raise ValueError(
+                f"{_validate.where()}: perms[{g!r}] must be a permutation of range({n}) of shape "
+                f"{expected}; got shape {arr.shape}, dtype {arr.dtype}."
+            )
+        out[g] = rows if g in spec.per else arr
+    return out
 
 
 @_validate.public("landscape.connect.permute")
@@ -965,7 +1147,9 @@ def permute(spec: PermutationSpec, params: PyTree, perms: dict, state: PyTree = 
     Args:
       spec: from :func:`permutation_spec`.
       params: parameters with the traced model's structure.
-      perms: ``{group name: int array}`` (groups left out are not permuted).
+      perms: ``{group name: int array}`` (groups left out are not permuted); a per-unit group
+        (``spec.per``) takes one row per unit of its index group (shape ``(groups[per[g]],
+        groups[g])``), applied after the index group's permutation, or one row for all.
       state: optional model state (batch-norm statistics), permuted consistently.
 
     Returns:
@@ -977,24 +1161,18 @@ def permute(spec: PermutationSpec, params: PyTree, perms: dict, state: PyTree = 
     """
     if not isinstance(spec, PermutationSpec):
         raise TypeError(f"{_validate.where()}: spec must be a PermutationSpec; got {type(spec).__name__}.")
-    for g, p in perms.items():
-        if g not in spec.groups:
-            raise ValueError(f"{_validate.where()}: unknown group {g!r}; groups: {sorted(spec.groups)}.")
-        arr = np.asarray(p)
-        if arr.shape != (spec.groups[g],) or not np.array_equal(np.sort(arr), np.arange(spec.groups[g])):
-            raise ValueError(
-                f"{_validate.where()}: perms[{g!r}] must be a permutation of range({spec.groups[g]}); got shape "
-                f"{arr.shape}."
-            )
+    if not isinstance(perms, dict):
+        raise TypeError(f"{_validate.where()}: perms must be a dict {{group: int array}}; got {type(perms).__name__}.")
+    perms = check_perms(spec, perms)
     missing = set(_tree.leaf_paths(params)) ^ set(spec.param_axes)
     if missing:
         raise ValueError(
             f"{_validate.where()}: params do not match the traced model (leaves {sorted(missing)[:5]} differ)."
         )
-    out = _permute_tree(params, spec.param_axes, perms)
+    out = _permute_tree(params, spec.param_axes, perms, spec.per)
     if state is None:
         return out
-    return out, _permute_tree(state, spec.state_axes, perms)
+    return out, _permute_tree(state, spec.state_axes, perms, spec.per)
 
 
 def capture_activations(apply_fn, acts: tuple, params, state, x) -> dict:
