@@ -132,3 +132,22 @@ def test_structure_rerun_loads_and_bad_settings(structured, tmp_path):
                    "--no-progress"])
         assert r.rc == 2 and "Traceback" not in r.err, (extra, r.err)
         assert all(w in r.err for w in words), (extra, r.err)
+
+
+def test_study_accepts_a_transformer():
+    """``model.name = "transformer"`` (issue 16): parsed, its settings checked against the
+    model's signature, built on patches of the digits images."""
+    import landscape
+    from landscape import study
+    from landscape.study import _resolve
+
+    text = ('[model]\nname = "transformer"\n[model.settings]\nwidth = 8\ndepth = 1\nheads = 2\n'
+            'patch = 4\n[data]\nname = "digits"\n[data.settings]\nflat = false\n')
+    cfg = study.parse_config(text)
+    data = landscape.load_data("digits", flat=False)
+    model, desc = _resolve.build_model(cfg, data, seed=0)
+    assert desc["name"] == "transformer" and model.spec["kwargs"]["patch"] == 4
+    assert model.apply_fn(model.params, model.state, data.train["x"][:3]).shape == (3, 10)
+    bad = study.parse_config(text.replace("heads = 2", "num_heads = 2"))
+    with pytest.raises(study.ConfigError, match="num_heads"):
+        _resolve.build_model(bad, data, seed=0)

@@ -9,7 +9,7 @@ The command line (``landscape study CONFIG.toml``, ``landscape analyse RUN_DIR``
     results = study.run_study(cfg, "runs/mine", only=["hessian", "surface"])
     study.render_report("runs/mine")                  # report.html again, nothing recomputed
 
-A config names the model (``"mlp"``, ``"cnn"``, ``"resnet"`` or your factory
+A config names the model (``"mlp"``, ``"cnn"``, ``"resnet"``, ``"transformer"`` or your factory
 ``"package.module:function"``), the data (an embedded set or ``.npz`` files), training, and the
 analyses with their sizes; ``study.default_config_text()`` is the commented default.
 Each section (training, hessian, surface, connect, ntk, skips) is saved in its own

@@ -24,7 +24,7 @@ SECTIONS = ("hessian", "surface", "connect", "ntk", "trainability", "structure",
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "exponential")
 DATA_NAMES = ("digits", "mnist1d", "teacher", "npz")
-MODEL_NAMES = ("mlp", "cnn", "resnet")
+MODEL_NAMES = ("mlp", "cnn", "resnet", "transformer")
 
 
 class ConfigError(ValueError):
@@ -92,7 +92,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                           "choices (directions, probes, eigensolver starts).", minimum=0),
     },
     "model": {
-        "name": F(str, "mlp", 'One of ours ("mlp", "cnn", "resnet") or your own factory as '
+        "name": F(str, "mlp", 'One of ours ("mlp", "cnn", "resnet", "transformer") or your own factory as '
                               '"package.module:function" (importable from the config\'s directory '
                               "or sys.path) returning a Flax NNX module, a (Linen module, "
                               "variables) pair or a landscape.Model. The factory gets the "

@@ -382,7 +382,7 @@ def factory(cfg: StudyConfig):
 
 _RESERVED = {"input_shape": "from the data", "num_outputs": "from the data",
              "seed": "the top-level seed; the second network of connect uses seed + 1"}
-_MODEL_CLASSES = {"mlp": "MLP", "cnn": "CNN", "resnet": "ResNet"}
+_MODEL_CLASSES = {"mlp": "MLP", "cnn": "CNN", "resnet": "ResNet", "transformer": "Transformer"}
 # our models' settings beyond their types: lists of positive integers (with a least length),
 # positive integers, names checked by the registry's lookup
 _POSITIVE_LISTS = {"hidden": 0, "channels": 1, "widths": 1, "input_hw": 2}
@@ -427,7 +427,7 @@ def build_model(cfg: StudyConfig, data, *, seed: int):
 
     m = cfg["model"]
     settings = dict(m["settings"])
-    if m["name"] in ("mlp", "cnn", "resnet"):
+    if m["name"] in _MODEL_CLASSES:
         if m["name"] in ("cnn", "resnet") and len(data.input_shape) != 3:
             raise ConfigError(f"{_key(cfg, 'model', 'name')}: {m['name']!r} needs images (H, W, C); "
                               f"the data's inputs have shape {tuple(data.input_shape)} (digits: "
