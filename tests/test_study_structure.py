@@ -147,7 +147,7 @@ def test_study_accepts_a_transformer():
     data = landscape.load_data("digits", flat=False)
     model, desc = _resolve.build_model(cfg, data, seed=0)
     assert desc["name"] == "transformer" and model.spec["kwargs"]["patch"] == 4
-    assert model.apply_fn(model.params, model.state, data.train["x"][:3]).shape == (3, 10)
+    assert model.apply_fn(model.params, model.state, data.train["x"][:3])[0].shape == (3, 10)
     bad = study.parse_config(text.replace("heads = 2", "num_heads = 2"))
     with pytest.raises(study.ConfigError, match="num_heads"):
         _resolve.build_model(bad, data, seed=0)
