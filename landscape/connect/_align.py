@@ -3,7 +3,9 @@
 Both methods find, for every permutation group of the model (derived by tracing it, see
 :func:`landscape.connect.permutation_spec`), the permutation of network B's units that best
 matches network A's, solving linear assignment problems with
-``scipy.optimize.linear_sum_assignment``.
+``scipy.optimize.linear_sum_assignment``. Weight matching also aligns attention heads with a
+permutation of each head's dimensions of its own (per-head groups), scoring heads by weights
+or by their products ``W_Q W_K^T`` and ``W_V W_O``.
 """
 
 from __future__ import annotations
@@ -103,7 +105,9 @@ def _entry(e):
 
 # --------------------------------------------------------------------------------------------
 def _np_leaves(tree) -> dict[str, np.ndarray]:
-    return {p: np.asarray(x, np.float64) for p, x in zip(_tree.leaf_paths(tree), jax.tree.leaves(tree))}
+    return {
+        p: np.asarray(x, np.float64) for p, x in zip(_tree.leaf_paths(tree), jax.tree.leaves(tree))
+    }
 
 
 def _key_data(key) -> list[int]:
@@ -172,8 +176,12 @@ class _Matcher:
         from leaves ``X(path)`` (heads in the order the leaves hold them)."""
         h = self.per[g]
         n, m = self.spec.groups[h], self.spec.groups[g]
-        sides = [np.concatenate([_pair_first(X(p), self.axes[p].index(h), k, n, m)
-                                 for p, k in side], axis=2) for side in self.spec._sides[g]]
+        sides = [
+            np.concatenate(
+                [_pair_first(X(p), self.axes[p].index(h), k, n, m) for p, k in side], axis=2
+            )
+            for side in self.spec._sides[g]
+        ]
         return np.einsum("iar,ias->irs", sides[0], sides[1])
 
     # -- steps: each returns whether it improved the objective ------------------------------
@@ -255,7 +263,9 @@ class _Matcher:
         for g in self.kids[h]:
             if g in self.products:
                 pa = self.head_products(g, lambda p: self.A[p])
-                pb = self.head_products(g, lambda p, g=g: self.permuted(p, self._pair_axes(p, h, g)))
+                pb = self.head_products(
+                    g, lambda p, g=g: self.permuted(p, self._pair_axes(p, h, g))
+                )
                 C += np.einsum("irs,brs->ib", pa, pb)
         cur = C[np.arange(n), self.perms[h]].sum()
         best = {}
@@ -300,7 +310,9 @@ class _Matcher:
         return out
 
 
-def _weight_matching(spec: PermutationSpec, pa, pb, *, max_iter: int, key, head_match: str = "weights"):
+def _weight_matching(
+    spec: PermutationSpec, pa, pb, *, max_iter: int, key, head_match: str = "weights"
+):
     M = _Matcher(spec, pa, pb, head_match=head_match)
     # the order of the groups in each sweep (for key(s): the generator of the integer seed s)
     rng = np.random.default_rng(_validate.key_words(key))
@@ -386,8 +398,11 @@ def _network_state(model: Model, arg, state, *, which: str, needed: bool):
         return arg.state
     if arg is model.params or not needed or not _has_floating_state(model.state):
         return model.state
-    role = ("B is permuted with its own statistics" if which == "b"
-            else "activation matching runs A with its own statistics")
+    role = (
+        "B is permuted with its own statistics"
+        if which == "b"
+        else "activation matching runs A with its own statistics"
+    )
     raise ValueError(
         f"{_validate.where()}: the model has floating state (batch-norm statistics) but network "
         f"{which.upper()}'s state is not given: pass state_{which}=<{which.upper()}'s state> or "
@@ -426,6 +441,21 @@ def align(
       ascent of ``sum_l <W_A^l, P_l W_B^l P_{l-1}^T>``: for each group in a random order, one
       linear assignment problem with every other group held fixed; sweeps repeat until no
       group improves (at most ``max_iter``). Data-free; needs ``key``.
+      Attention heads (groups permuted per head, :class:`PermutationSpec`'s ``per``): a heads
+      group is solved jointly with its per-head groups. For every pair (A's head ``i``, B's
+      head ``b``) each per-head group's best permutation is one assignment (the query/key
+      dimensions, the value dimensions), then one assignment over heads on the pairs' best
+      scores: exact block coordinate ascent, so a planted permutation of heads and of every
+      head's dimensions is recovered exactly. ``head_match="products"`` scores a pair of heads
+      by the inner products of their per-head products instead, ``<W_Q^A (W_K^A)^T, W_Q^B
+      (W_K^B)^T> + <W_V^A W_O^A, W_V^B W_O^B>`` (biases included as an extra row), which are
+      invariant under the continuous symmetry within a head (``W_Q M``, ``W_K M^{-T}``;
+      ``W_V M``, ``M^{-1} W_O``): independently trained heads need not differ by a permutation,
+      and a permutation cost then matches heads on an arbitrary basis. The dimensions are then
+      permuted by weight matching within the matched heads (a permutation is all an
+      interpolation between the two can use). The objective is not guaranteed to increase
+      monotonically with products (two costs); ``.head_products`` reports how well the heads'
+      products align before and after.
     * ``method="activations"`` (activation matching): for each group, the inner products of
       A's and B's unit activations summed over ``data`` (post-nonlinearity values carrying the
       group, e.g. hidden ReLU outputs and the residual stream), then one assignment problem
@@ -454,6 +484,8 @@ def align(
         order of the groups in each sweep (a NumPy generator seeded with the key's data).
         Activation matching is deterministic and accepts ``None``.
       on_unsupported: see :func:`permutation_spec`.
+      head_match: ``"weights"`` (default) or ``"products"``: how weight matching scores a pair
+        of attention heads (above); models without per-head groups are unaffected.
 
     Returns:
       :class:`Alignment`: ``.params`` (and ``.state``) is B permuted, computing the same
@@ -466,15 +498,18 @@ def align(
       ValueError: a model with batch-norm statistics without B's (or, for activation
         matching, A's) state.
       ValueError, TypeError: mismatched structures or shapes, missing data for activation
-        matching, bad settings.
+        matching, activation matching on a model with per-head groups (not supported: use
+        weight matching), bad settings.
 
     Cost: weight matching: per sweep, one ``n x n`` assignment and ``O(P n)`` flops per
-    group (host, float64). Activation matching: two forward passes over ``data`` plus one
-    assignment per group.
+    group (host, float64); a heads group with ``H`` heads adds ``H^2`` assignments of size
+    ``d_head`` per per-head group and ``O(H^2 d_head^2 d)`` flops. Activation matching: two
+    forward passes over ``data`` plus one assignment per group.
 
     References:
       Ainsworth, Hayase and Srinivasa 2022, "Git Re-Basin"; Entezari et al. 2022; Li et al.
-      2015, "Convergent learning".
+      2015, "Convergent learning"; Verma and Elbayad 2024, "Merging text transformer models
+      from different initializations" (permutations of heads and of the residual stream).
     """
     model = as_model(model)
     _validate.check_choice(method, ALIGN_METHODS, name="method")
@@ -498,11 +533,15 @@ def align(
     _validate.check_same_structure(state_a, model.state, name="state_a", ref_name="model.state")
     _validate.check_same_structure(state_b, model.state, name="state_b", ref_name="model.state")
     if method == "activations" and data is None:
-        raise ValueError(f"{_validate.where()}: method='activations' needs data (training inputs).")
+        raise ValueError(
+            f"{_validate.where()}: method='activations' needs data (training inputs)."
+        )
     if data is not None:
         _validate.check_data(data)
         if input_key not in data:
-            raise ValueError(f"{_validate.where()}: data has no {input_key!r} entry; keys {sorted(data)}.")
+            raise ValueError(
+                f"{_validate.where()}: data has no {input_key!r} entry; keys {sorted(data)}."
+            )
     if example_input is None:
         if data is not None:
             example_input = np.asarray(data[input_key][:2])
@@ -512,12 +551,14 @@ def align(
             raise ValueError(
                 f"{_validate.where()}: give example_input (a batch of inputs) or data so the model can be traced."
             )
-    spec = permutation_spec(model.replace(params=pa, state=state_a), example_input,
-                            on_unsupported=on_unsupported)
+    spec = permutation_spec(
+        model.replace(params=pa, state=state_a), example_input, on_unsupported=on_unsupported
+    )
     products = {}
     if method == "weights":
         perms, history, iters, converged, products = _weight_matching(
-            spec, pa, pb, max_iter=max_iter, key=key, head_match=head_match)
+            spec, pa, pb, max_iter=max_iter, key=key, head_match=head_match
+        )
     else:
         if spec.per:
             raise ValueError(
@@ -526,24 +567,50 @@ def align(
                 "matching does not align; use method='weights'."
             )
         perms, history = _activation_matching(
-            model.apply_fn, spec, pa, state_a, pb, state_b, data, batch_size=batch_size,
+            model.apply_fn,
+            spec,
+            pa,
+            state_a,
+            pb,
+            state_b,
+            data,
+            batch_size=batch_size,
             input_key=input_key,
         )
         iters, converged = 1, True
     perms = {g: np.asarray(p, np.int32) for g, p in perms.items()}
     new_p = _permute_tree(pb, spec.param_axes, perms, spec.per)
-    new_s = (_permute_tree(state_b, spec.state_axes, perms, spec.per)
-             if jax.tree.leaves(state_b) else None)
-    settings = {"method": method, "max_iter": max_iter, "groups": spec.groups,
-                "batch_size": batch_size, "head_match": head_match}
+    new_s = (
+        _permute_tree(state_b, spec.state_axes, perms, spec.per)
+        if jax.tree.leaves(state_b)
+        else None
+    )
+    settings = {
+        "method": method,
+        "max_iter": max_iter,
+        "groups": spec.groups,
+        "batch_size": batch_size,
+        "head_match": head_match,
+    }
     prov = _provenance.provenance(
-        dtype=_tree.dtype_of(pa), seeds=None if key is None else _key_data(key),
-        data=None if data is None else _provenance.data_hash(data), settings=settings,
+        dtype=_tree.dtype_of(pa),
+        seeds=None if key is None else _key_data(key),
+        data=None if data is None else _provenance.data_hash(data),
+        settings=settings,
     )
     return Alignment(
-        params=new_p, state=new_s, perms=perms, objective=history, method=method,
-        groups=dict(spec.groups), param_axes={k: list(v) for k, v in spec.param_axes.items()},
-        state_axes={k: list(v) for k, v in spec.state_axes.items()}, num_iters=int(iters),
-        converged=bool(converged), per=dict(spec.per), head_match=head_match,
-        head_products=products, provenance=prov,
+        params=new_p,
+        state=new_s,
+        perms=perms,
+        objective=history,
+        method=method,
+        groups=dict(spec.groups),
+        param_axes={k: list(v) for k, v in spec.param_axes.items()},
+        state_axes={k: list(v) for k, v in spec.state_axes.items()},
+        num_iters=int(iters),
+        converged=bool(converged),
+        per=dict(spec.per),
+        head_match=head_match,
+        head_products=products,
+        provenance=prov,
     )

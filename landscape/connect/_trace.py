@@ -30,6 +30,39 @@ it poisons every group it touches.
 Candidate groups tied to a fixed axis are fixed. The others are the permutation groups; a
 poisoned group that is not fixed makes :func:`permutation_spec` raise, naming the operation,
 its source line and the parameters involved, rather than return a wrong permutation.
+
+**Per-unit groups (attention).** One label per axis expresses a direct product of
+permutations: multi-head attention written with a head axis (kernels ``(d, heads, d_head)``,
+output ``(heads, d_head, d)``) gives a heads group and one group for the heads' query/key
+dimensions, the *same* permutation in every head. The symmetry is larger: every head may permute
+its own dimensions (a wreath product ``S_{d_head} wr S_heads``). After the labels are
+propagated, a group ``g`` is marked *per unit* of a group ``h`` (``PermutationSpec.per``) when
+the program is pointwise in ``h`` wherever ``g`` is permuted: every value carrying ``g`` carries
+``h`` exactly once, and every product contracting ``g`` either batches the operands' ``h`` (the
+scores ``q_h k_h^T``) or contracts it with ``g`` (the output projection); a kernel or bias
+shared by every head, a convolution or a flatten keep the one shared permutation (see
+:func:`_per_head`). Such a group's permutation has one row per unit of ``h``. A second pass
+that does not tie contracted axes finds the two *sides* of the product that contracts ``g``
+(``{W_Q, b_Q}`` and ``{W_K, b_K}``; ``{W_V, b_V}`` and ``{W_O}``), from which the alignment
+forms the heads' products ``W_Q W_K^T`` and ``W_V W_O``.
+
+Limits, stated for attention (Vaswani et al. 2017):
+
+* Within a head the symmetry is continuous: ``W_Q M``, ``W_K M^{-T}`` for any invertible ``M``
+  (``W_V M``, ``M^{-1} W_O``), of which permutations are a small subgroup; two independently
+  trained models need not differ by a permutation there, which is why heads can be matched by
+  their products (:func:`landscape.connect.align`, ``head_match="products"``).
+* Rotary position embeddings rotate pairs of query/key dimensions by position: the slices and
+  the concatenation they need poison the query/key group (refused, or left unpermuted with
+  ``on_unsupported="fix"``); heads and value dimensions still permute. Tied query and key
+  kernels (``tie_qk``) are one kernel with one permutation; the score product is then
+  ``W_Q W_Q^T``.
+* A head split by reshaping one flat ``(d, heads * d_head)`` kernel merges two permuted axes:
+  refused (write the kernels with a head axis, as ``make_model("transformer")`` does).
+* The residual stream is one group tied through every block, the embedding, learned positions,
+  every LayerNorm (its mean and variance over features are invariant under a permutation of
+  them; its scale and bias permute with them) and the head: a true symmetry of the pre-LN
+  transformer. A fixed encoding added to the stream (sinusoidal positions) fixes it.
 """
 
 from __future__ import annotations
@@ -64,19 +97,50 @@ class UnsupportedModelError(ValueError):
 # elementwise primitives: the shared walker's tables
 _UNARY = _program.UNARY
 _NARY = _program.NARY
-_REDUCE = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
-           "reduce_xor"}
+_REDUCE = {
+    "reduce_sum",
+    "reduce_max",
+    "reduce_min",
+    "reduce_prod",
+    "reduce_and",
+    "reduce_or",
+    "reduce_xor",
+}
 _ARG_REDUCE = {"argmax", "argmin"}
 _CUMULATIVE = {"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"}
 _WINDOW = {"reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window"}
-_CALLS = {"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call",
-          "custom_vjp_call", "custom_vjp_call_jaxpr", "shard_map"}
+_CALLS = {
+    "jit",
+    "pjit",
+    "closed_call",
+    "core_call",
+    "remat",
+    "checkpoint",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+    "shard_map",
+}
 # calls whose inner values capture_activations evaluates equation by equation (the shared
 # program walker's inlined calls)
 _INLINE = _program.INLINE
 # outputs of these equations count as "activations" for activation matching
-_NONLINEAR = {"custom_jvp_call", "tanh", "logistic", "erf", "exp", "max", "min", "abs",
-              "integer_pow", "square", "sin", "cos", "log1p", "expm1"}
+_NONLINEAR = {
+    "custom_jvp_call",
+    "tanh",
+    "logistic",
+    "erf",
+    "exp",
+    "max",
+    "min",
+    "abs",
+    "integer_pow",
+    "square",
+    "sin",
+    "cos",
+    "log1p",
+    "expm1",
+}
 
 
 class _Labels:
@@ -543,13 +607,19 @@ def _reshape_block(L: _Labels, lab, ishape, oshape, gi, gj, why: str) -> list:
     if len(real) == 1 and len(outs) == 1:  # one axis, with size-1 axes around it
         return [lab[real[0]] if oshape[k] != 1 else WILD for k in gj]
     nodes = [k for k in real if L.norm(lab[k]) >= 0]
-    if (len(outs) == 1 and len(nodes) == 1
-            and all(L.norm(lab[k]) != WILD or k in nodes for k in real)):
+    if (
+        len(outs) == 1
+        and len(nodes) == 1
+        and all(L.norm(lab[k]) != WILD or k in nodes for k in real)
+    ):
         m = _flattened_block(L, lab, ishape, real, nodes[0], oshape[outs[0]])
         return [m if oshape[k] != 1 else WILD for k in gj]
     for k in real:
-        L.spoil(lab[k], why + " (reshape merging or splitting permuted units with other "
-                "axes, e.g. a flatten readout)")
+        L.spoil(
+            lab[k],
+            why + " (reshape merging or splitting permuted units with other "
+            "axes, e.g. a flatten readout)",
+        )
     return [WILD if oshape[k] == 1 else FIXED for k in gj]
 
 
@@ -670,9 +740,11 @@ def _cond(t: _Tracer, e: _Eqn) -> list:
     with t.nested(capturable=False):
         for branch in e.params["branches"]:
             o = t.run(branch, e.labs[1:], e.datas[1:], e.pos)
-            res = o if res is None else [
-                tuple(L.unify(x, y) for x, y in zip(a, b)) for a, b in zip(res, o)
-            ]
+            res = (
+                o
+                if res is None
+                else [tuple(L.unify(x, y) for x, y in zip(a, b)) for a, b in zip(res, o)]
+            )
     return [_normed(L, r) for r in res]
 
 
@@ -686,7 +758,6 @@ def _call(t: _Tracer, e: _Eqn) -> list:
         return _unknown(t, e)
     with t.nested(capturable=t.capturable and e.name in _INLINE, location=e.loc):
         return t.run(sub, e.labs, e.datas, e.pos)
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -736,7 +807,9 @@ class PermutationSpec:
 
         def show(k, a):
             e = entries[k][a]
-            return f"{k}[{a}]" + (f" (flattened {e[1]} x units x {e[2]})" if isinstance(e, tuple) else "")
+            return f"{k}[{a}]" + (
+                f" (flattened {e[1]} x units x {e[2]})" if isinstance(e, tuple) else ""
+            )
 
         for g, n in self.groups.items():
             members = ", ".join(show(k, a) for k, a in self.axes_of(g, include_state=True))
@@ -752,10 +825,14 @@ def _leaf_labels(labels: _Labels, tree, prefix: str):
     for path, leaf in zip(_tree.leaf_paths(tree), jax.tree.leaves(tree)):
         shp = np.shape(leaf)
         floating = jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
-        out.append(tuple(
-            labels.new(s, (prefix + path, ax)) if (floating and s > 1) else (WILD if s == 1 else FIXED)
-            for ax, s in enumerate(shp)
-        ))
+        out.append(
+            tuple(
+                labels.new(s, (prefix + path, ax))
+                if (floating and s > 1)
+                else (WILD if s == 1 else FIXED)
+                for ax, s in enumerate(shp)
+            )
+        )
     return out
 
 
@@ -807,8 +884,9 @@ def _per_head(L: _Labels, tracer: _Tracer, live: set, flattened: set) -> dict:
     return {g: h for g, h in per.items() if h not in per}
 
 
-def _sides(closed, params, state, xlabs, in_data, plabs, L: _Labels, per_roots: dict,
-           names: dict) -> dict:
+def _sides(
+    closed, params, state, xlabs, in_data, plabs, L: _Labels, per_roots: dict, names: dict
+) -> dict:
     """``{per-unit group: (side 1, side 2)}``, each side the ``(leaf path, axis)`` of the
     parameters on one side of the one product that contracts the group (a head's ``{W_Q,
     b_Q}`` and ``{W_K, b_K}``; ``{W_V, b_V}`` and ``{W_O}``), from a second pass that does not
@@ -829,8 +907,11 @@ def _sides(closed, params, state, xlabs, in_data, plabs, L: _Labels, per_roots: 
     for g, labs in members.items():
         side_of = {lab: L2.find(lab) for lab in labs}
         mine = set(side_of.values())
-        pairs = {frozenset((L2.find(u), L2.find(v))) for u, v in L2.edges
-                 if L2.find(u) in mine or L2.find(v) in mine}
+        pairs = {
+            frozenset((L2.find(u), L2.find(v)))
+            for u, v in L2.edges
+            if L2.find(u) in mine or L2.find(v) in mine
+        }
         if len(pairs) != 1 or not next(iter(pairs)) >= mine:
             continue
         first = side_of[labs[0]]
@@ -859,7 +940,10 @@ def permutation_spec(
     operations (activations, biases, batch or layer normalisation), pooling over spatial axes,
     reductions and residual additions: the analysis follows the program, not layer names, so
     skip connections tie the permutations they must tie, and batch-norm parameters and running
-    statistics join the group of the units they normalise.
+    statistics join the group of the units they normalise. Multi-head attention with a head
+    axis gives a heads group and, per head, a query/key and a value group permuted
+    independently in every head (``spec.per``; the module docstring states how they are
+    derived and the limits: the continuous symmetry within a head, rotary embeddings).
 
     Args:
       model: a :class:`landscape.Model` (or triple).
@@ -885,7 +969,9 @@ def permutation_spec(
     _validate.check_choice(on_unsupported, ("raise", "fix"), name="on_unsupported")
     x = jnp.asarray(example_input)
     if x.ndim == 0:
-        raise ValueError(f"{_validate.where()}: example_input must have a leading example axis; got a scalar.")
+        raise ValueError(
+            f"{_validate.where()}: example_input must have a leading example axis; got a scalar."
+        )
     try:
         closed = _trace(model.apply_fn, model.params, model.state, x)
     except Exception as e:  # noqa: BLE001 - reported with context
@@ -901,7 +987,9 @@ def permutation_spec(
     in_labels = plabs + slabs + xlabs
     in_data = [False] * (len(plabs) + len(slabs)) + [True]
     if len(in_labels) != len(closed.jaxpr.invars):  # pragma: no cover - defensive
-        raise ValueError(f"{_validate.where()}: unexpected trace (inputs {len(closed.jaxpr.invars)}, expected {len(in_labels)}).")
+        raise ValueError(
+            f"{_validate.where()}: unexpected trace (inputs {len(closed.jaxpr.invars)}, expected {len(in_labels)})."
+        )
     outs = tracer.run(closed, in_labels, in_data)
     for lab in outs:
         for x_ in lab:
@@ -962,7 +1050,9 @@ def permutation_spec(
                 roots.setdefault(r, []).append(L.origin[lab])
     # names: the output axis of a kernel (last axis of a leaf with ndim >= 2), the first such
     # kernel the program uses
-    pshapes = dict(zip(_tree.leaf_paths(model.params), (np.shape(v) for v in jax.tree.leaves(model.params))))
+    pshapes = dict(
+        zip(_tree.leaf_paths(model.params), (np.shape(v) for v in jax.tree.leaves(model.params)))
+    )
     first_use: dict = {}
     for i, eqn in enumerate(closed.jaxpr.eqns):
         for v in eqn.invars:
@@ -1027,8 +1117,10 @@ def permutation_spec(
         return names[L.norm(b)] if (o, i) == (1, 1) else (names[L.norm(b)], o, i)
 
     def axes_of(labs_list, tree):
-        return {path: tuple(entry(lab) for lab in labs)
-                for path, labs in zip(_tree.leaf_paths(tree), labs_list)}
+        return {
+            path: tuple(entry(lab) for lab in labs)
+            for path, labs in zip(_tree.leaf_paths(tree), labs_list)
+        }
 
     # activations for activation matching: data-dependent values carrying exactly one group
     acts: dict[str, list] = {}
@@ -1072,8 +1164,11 @@ def expand_perm(entry, perm) -> np.ndarray:
         return perm
     _, outer, inner = entry
     c = perm.size
-    idx = (np.arange(outer)[:, None, None] * (c * inner) + perm[None, :, None] * inner
-           + np.arange(inner)[None, None, :])
+    idx = (
+        np.arange(outer)[:, None, None] * (c * inner)
+        + perm[None, :, None] * inner
+        + np.arange(inner)[None, None, :]
+    )
     return idx.reshape(-1)
 
 
@@ -1100,14 +1195,18 @@ def permute_leaf(x, labs, perms: dict, per: dict, xp=jnp, skip=()):
     for ax, e in enumerate(labs):
         if e in per and e in perms and ax not in skip:
             if per[e] not in labs:  # pragma: no cover - guaranteed by _per_head
-                raise ValueError(f"axis {ax} of a leaf is permuted per unit of {per[e]!r}, which it lacks")
+                raise ValueError(
+                    f"axis {ax} of a leaf is permuted per unit of {per[e]!r}, which it lacks"
+                )
             x = take_per(x, ax, labs.index(per[e]), perms[e], xp)
     return x
 
 
 def _permute_tree(tree, axes: dict, perms: dict, per: dict | None = None):
     per = per or {}
-    return _tree.map_with_path(lambda path, x: permute_leaf(x, axes.get(path, ()), perms, per), tree)
+    return _tree.map_with_path(
+        lambda path, x: permute_leaf(x, axes.get(path, ()), perms, per), tree
+    )
 
 
 def check_perms(spec: PermutationSpec, perms: dict) -> dict:
@@ -1116,7 +1215,9 @@ def check_perms(spec: PermutationSpec, perms: dict) -> dict:
     out = {}
     for g, p in perms.items():
         if g not in spec.groups:
-            raise ValueError(f"{_validate.where()}: unknown group {g!r}; groups: {sorted(spec.groups)}.")
+            raise ValueError(
+                f"{_validate.where()}: unknown group {g!r}; groups: {sorted(spec.groups)}."
+            )
         n = spec.groups[g]
         arr = np.asarray(p)
         rows = arr.reshape(1, -1) if arr.ndim == 1 else arr
@@ -1129,8 +1230,10 @@ def check_perms(spec: PermutationSpec, perms: dict) -> dict:
         else:
             expected = f"({n},)"
             good_shape = arr.shape == (n,)
-        if not good_shape or not np.issubdtype(arr.dtype, np.integer) or not all(
-            np.array_equal(np.sort(r), np.arange(n)) for r in rows
+        if (
+            not good_shape
+            or not np.issubdtype(arr.dtype, np.integer)
+            or not all(np.array_equal(np.sort(r), np.arange(n)) for r in rows)
         ):
             raise ValueError(
                 f"{_validate.where()}: perms[{g!r}] must be a permutation of range({n}) of shape "
@@ -1160,9 +1263,13 @@ def permute(spec: PermutationSpec, params: PyTree, perms: dict, state: PyTree = 
       ValueError: unknown group names or arrays that are not permutations of the right size.
     """
     if not isinstance(spec, PermutationSpec):
-        raise TypeError(f"{_validate.where()}: spec must be a PermutationSpec; got {type(spec).__name__}.")
+        raise TypeError(
+            f"{_validate.where()}: spec must be a PermutationSpec; got {type(spec).__name__}."
+        )
     if not isinstance(perms, dict):
-        raise TypeError(f"{_validate.where()}: perms must be a dict {{group: int array}}; got {type(perms).__name__}.")
+        raise TypeError(
+            f"{_validate.where()}: perms must be a dict {{group: int array}}; got {type(perms).__name__}."
+        )
     perms = check_perms(spec, perms)
     missing = set(_tree.leaf_paths(params)) ^ set(spec.param_axes)
     if missing:
