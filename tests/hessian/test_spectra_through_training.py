@@ -112,28 +112,17 @@ def recorded(setup, tmp_path_factory):
     cb = hessian.spectra_callback(
         every=5, key=jax.random.key(0), probe_x=probe, k=K, num_steps=12, tol=1e-10, store=store
     )
-    ggn = hessian.spectra_callback(
-        every=10,
-        key=jax.random.key(1),
-        probe_x=probe,
-        k=2,
-        curvature="ggn",
-        num_steps=12,
-        tol=1e-10,
-        ntk_trace_outputs=True,
-        at_start=False,
-        name="ggn",
-    )
     grab, seen = _capture(5)
-    run = _run(model, data, [cb, ggn, grab])
-    return model, data, probe, store, cb, ggn, seen, run
+    run = _run(model, data, [cb, grab])
+    return model, data, probe, store, cb, None, seen, run
 
 
 def test_records_match_dense_references(recorded):
-    model, data, probe, _, cb, ggn, seen, run = recorded
+    """The Hessian callback (outputs kept in the NTK) at steps 0, 5, 10; the GGN, the
+    output-averaged NTK and batch statistics are checked in test_batch_norm_batch_mode."""
+    model, data, probe, _, cb, _, seen, run = recorded
     with jax.enable_x64(True):
         res = cb.result()
-        rg = ggn.result()
     assert list(res.steps) == [0, 5, 10] and res.bn_mode == "none" and res.curvature == "hessian"
     assert res.values.shape == (3, K) and res.ntk_values.shape == (3, K)
     dense = _dense_fn(model, data, probe)
@@ -155,14 +144,6 @@ def test_records_match_dense_references(recorded):
         assert res.nodes[i][live].max() <= evals[-1] + 1e-10
         assert res.nodes[i][live].min() >= evals[0] - 1e-10
         np.testing.assert_allclose(res.weights[i].sum(axis=1), 1.0, atol=1e-12)
-        if step == 10:  # the GGN callback's one record, with the output-averaged NTK
-            j = list(rg.steps).index(10)
-            np.testing.assert_allclose(rg.values[j], np.linalg.eigvalsh(G)[::-1][:2], rtol=1e-8)
-            n = probe.shape[0]
-            traced = ntk.reshape(n, C, n, C).trace(axis1=1, axis2=3) / C
-            np.testing.assert_allclose(
-                rg.ntk_values[j], np.linalg.eigvalsh(traced)[::-1][:2], rtol=1e-10
-            )
     # one fixed grid: (records x grid) densities, each the smoothing of its own quadrature
     assert res.density.shape == (3, len(res.grid))
     np.testing.assert_allclose(res.density, res.density_on(res.grid), rtol=1e-12)
@@ -257,39 +238,56 @@ def test_store_resume_and_save_load(recorded, tmp_path):
 
 
 def test_batch_norm_batch_mode(setup):
-    """bn_mode="batch": the Hessian of the training-mode loss (batch statistics of the full
-    batch, state update discarded) against the dense one; the mode is recorded ("auto" resolves
-    to it for a batch-norm model). The "eval" mode is the toolkit's ordinary product."""
+    """bn_mode="batch" with curvature="ggn": the GGN of the training-mode loss (batch statistics
+    of the full batch, state update discarded; ``J`` the Jacobian of the batch's training-mode
+    logits, every example coupled through the statistics) against the dense one; the mode is
+    recorded ("auto" resolves to it for a batch-norm model) and the evaluation-mode GGN differs.
+    The NTK (evaluation mode, output-averaged: ``ntk_trace_outputs=True``) against the dense
+    ``J J^T`` traced over outputs."""
     _, data = setup
     model = _mlp(batch_norm=True)
+    probe = data["x"][:4]
     cb = hessian.spectra_callback(
         every=1,
         key=jax.random.key(0),
-        probe_x=data["x"][:2],
+        probe_x=probe,
         k=2,
+        curvature="ggn",
         num_steps=10,
         tol=1e-10,
         batch_size=N,
+        ntk_trace_outputs=True,
         at_start=False,
     )
     grab, seen = _capture(1)
     _run(model, data, [cb, grab], num_steps=1)
     with jax.enable_x64(True):
         res = cb.result()
-        assert (res.bn_mode, res.ntk_bn_mode) == ("batch", "eval")
+        assert (res.bn_mode, res.ntk_bn_mode, res.curvature) == ("batch", "eval", "ggn")
         flat, unravel = ravel_pytree(seen[1])
         st = seen[("state", 1)]
 
-        def loss(f, x, y, train):
-            out = model.apply_fn(unravel(f), st, x, train=train)[0]
-            logp = jax.nn.log_softmax(out, axis=-1)
-            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
+        @jax.jit
+        def dense(f, x, y, xp):
+            """The GGNs with batch and with population statistics, and the probe Jacobian."""
 
-        hess = jax.jit(jax.hessian(loss), static_argnums=3)
-        top_batch = np.linalg.eigvalsh(np.asarray(hess(flat, data["x"], data["y"], True)))[::-1]
-        top_eval = np.linalg.eigvalsh(np.asarray(hess(flat, data["x"], data["y"], False)))[::-1]
+            def ggn(train):
+                out = model.apply_fn(unravel(f), st, x, train=train)[0]
+                J = jax.jacrev(lambda g: model.apply_fn(unravel(g), st, x, train=train)[0])(f)
+                p = jax.nn.softmax(out, axis=-1)
+                Hout = jnp.einsum("nc,cd->ncd", p, jnp.eye(C)) - jnp.einsum("nc,nd->ncd", p, p)
+                return jnp.einsum("ncp,ncd,ndq->pq", J, Hout, J) / N
+
+            Jp = jax.jacrev(lambda g: model.apply_fn(unravel(g), st, xp, train=False)[0])(f)
+            return ggn(True), ggn(False), Jp
+
+        Gb, Ge, Jp = (np.asarray(a, np.float64) for a in dense(flat, data["x"], data["y"], probe))
+    top_batch = np.linalg.eigvalsh(0.5 * (Gb + Gb.T))[::-1]
+    top_eval = np.linalg.eigvalsh(0.5 * (Ge + Ge.T))[::-1]
     np.testing.assert_allclose(res.values[0], top_batch[:2], rtol=1e-8)
     assert not np.allclose(top_batch[:2], top_eval[:2], rtol=1e-3)  # the modes differ here
+    traced = np.einsum("icp,jcp->ij", Jp, Jp) / C
+    np.testing.assert_allclose(res.ntk_values[0], np.linalg.eigvalsh(traced)[::-1][:2], rtol=1e-10)
 
 
 def test_bad_inputs(setup):
