@@ -86,12 +86,15 @@ def test_ce_factor_squares_to_the_softmax_hessian():
         np.testing.assert_allclose(np.sqrt(q) @ f, 0.0, atol=1e-15)
 
 
-def test_full_spectrum_ce_float64_matches_dense(ref):
+def test_full_spectrum_ce_float64_matches_dense_and_lanczos(ref):
     """k='all': every nonzero eigenvalue of J^T H J / N to 1e-8 (relative to ||G||), the rank
     (at most N (C - 1): one softmax null vector per example) and P - rank zeros; eigenvectors
-    satisfy the dense eigen-equation."""
+    satisfy the dense eigen-equation. The default solver for an int k stays Lanczos (never the
+    Gram); both give the same top-4 of the GGN to 1e-8 and the same eigenvectors up to sign."""
     with jax.enable_x64(True):
+        op = hessian.make_hvp(ref.ce, ref.params, ref.data, curvature="ggn")
         res = hessian.eigenvalues(ref.ce, ref.params, ref.data, curvature="ggn", k="all", key=KEY)
+        lz = hessian.eigenvalues(op, k=4, tol=1e-12, key=KEY)
     d = ref.ce_ref
     top = d.evals[0]
     dense_rank = int(np.sum(d.evals > N * C * np.finfo(np.float64).eps * top))
@@ -105,6 +108,10 @@ def test_full_spectrum_ce_float64_matches_dense(ref):
     R = V @ d.G - res.values[:, None] * V
     assert np.max(np.linalg.norm(R, axis=1)) < 1e-8 * top
     assert np.max(res.residuals) < 1e-8 * top and res.converged.all()
+    assert lz.solver == "lanczos" and res.provenance["settings"]["solver"] == "gram"
+    np.testing.assert_allclose(res.values[:4], lz.values, rtol=0, atol=1e-8 * top)
+    overlap = np.abs(np.sum(V[:4] * _flat_rows(lz.vectors), axis=1))
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-6)
 
 
 def test_mse_weight_decay_and_ntk_scaling_float64(ref):
@@ -123,21 +130,6 @@ def test_mse_weight_decay_and_ntk_scaling_float64(ref):
     assert res.weight_decay == WD and res.num_zero == ref.P - res.rank
     V = _flat_rows(res.vectors)
     assert np.max(np.linalg.norm(V @ d.G - res.values[:, None] * V, axis=1)) < 1e-8 * top
-
-
-def test_gram_agrees_with_lanczos_top_k_float64(ref):
-    """The default solver for an int k stays Lanczos (never the Gram); both give the same top-4
-    of the GGN to 1e-8 and the same eigenvectors up to sign."""
-    with jax.enable_x64(True):
-        op = hessian.make_hvp(ref.ce, ref.params, ref.data, curvature="ggn")
-        lz = hessian.eigenvalues(op, k=4, tol=1e-12, key=KEY)
-        gr = hessian.eigenvalues(op, k=4, solver="gram", key=KEY)
-    assert lz.solver == "lanczos" and gr.solver == "gram"
-    top = ref.ce_ref.evals[0]
-    np.testing.assert_allclose(gr.values, lz.values, rtol=0, atol=1e-8 * top)
-    overlap = np.abs(np.sum(_flat_rows(gr.vectors) * _flat_rows(lz.vectors), axis=1))
-    np.testing.assert_allclose(overlap, 1.0, atol=1e-6)
-    assert gr.provenance["settings"]["solver"] == "gram"
 
 
 def test_blocks_padding_and_params_filter_float64(ref, monkeypatch):
