@@ -263,7 +263,10 @@ class _Attn(nnx.Module):
             q = jnp.einsum("nthk,kl->nthl", q, self.mix[...])
         if self.variant == "shared_bias":  # a value bias broadcast over heads
             v = v + self.vb[...][None, None, None, :]
-        a = jax.nn.softmax(jnp.einsum("nthk,nshk->nhts", q, k), axis=-1)
+        if self.variant == "cross_heads":  # every query head against the sum of key heads
+            a = jax.nn.softmax(jnp.einsum("nthk,nsjk->nhts", q, k), axis=-1)
+        else:
+            a = jax.nn.softmax(jnp.einsum("nthk,nshk->nhts", q, k), axis=-1)
         y = jnp.einsum("nhts,nshk->nthk", a, v)
         return jnp.einsum("nthk,hkd->ntd", y, self.o[...]).mean(axis=1)
 
@@ -305,7 +308,9 @@ def test_flat_kernel_split_into_heads_is_refused():
         lc.permutation_spec(_attn_model("flat"), XA)
 
 
-@pytest.mark.parametrize("variant, group", [("shared_mix", "q[2]"), ("shared_bias", "v[2]")])
+@pytest.mark.parametrize(
+    "variant, group", [("shared_mix", "q[2]"), ("shared_bias", "v[2]"), ("cross_heads", "q[2]")]
+)
 def test_maps_shared_by_heads_restrict_to_one_permutation(variant, group, key):
     m = _attn_model(variant)
     spec = lc.permutation_spec(m, XA)
