@@ -261,8 +261,17 @@ def random_mask(mask: PyTree, *, key, prunable=DEFAULT_PRUNABLE) -> PyTree:
     out = []
     for k, m, f in zip(keys, leaves, flags):
         m = jnp.asarray(m)
-        out.append(jax.random.permutation(k, m.ravel()).reshape(m.shape) if f else m)
+        out.append(_permuted(k, m) if f else m)
     return jax.tree.unflatten(treedef, out)
+
+
+def _permuted(key, x):
+    """``x``'s entries in a random order: ``jax.random.permutation(key, x.ravel())`` (the same
+    stable sort by the same random keys, hence the same order), through the permutation of the
+    indices (compiled once per size, whatever the dtype: masks and parameters share it) applied
+    on the host."""
+    flat = np.asarray(x).ravel()
+    return jnp.asarray(flat[np.asarray(jax.random.permutation(key, flat.size))].reshape(x.shape))
 
 
 @result
@@ -441,10 +450,7 @@ def _shuffle_init(params, key):
     keys = jax.random.split(key, len(leaves))
     return jax.tree.unflatten(
         treedef,
-        [
-            jax.random.permutation(k, jnp.ravel(x)).reshape(np.shape(x))
-            for k, x in zip(keys, leaves)
-        ],
+        [_permuted(k, jnp.asarray(x)) for k, x in zip(keys, leaves)],
     )
 
 

@@ -109,6 +109,10 @@ def test_random_mask_keeps_counts(key):
     assert int(jnp.sum(r["w"]["kernel"])) == int(jnp.sum(m["w"]["kernel"])) == 140
     assert not np.array_equal(r["w"]["kernel"], m["w"]["kernel"])
     assert r["w"]["kernel"].dtype == jnp.bool_ and bool(jnp.all(r["v"]["bias"]))
+    # the leaf's own key (leaves in tree order: v/bias, w/kernel) permutes it as
+    # jax.random.permutation does
+    want = jax.random.permutation(jax.random.split(key, 2)[1], m["w"]["kernel"].ravel())
+    np.testing.assert_array_equal(r["w"]["kernel"], want.reshape(20, 10))
 
 
 def test_bad_masks_and_rates(small, model):
