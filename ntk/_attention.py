@@ -28,7 +28,10 @@ same-example covariance, ``.^u`` with positional embeddings, ``.^v`` of the valu
   ``E[G_a[p,q] G_b[p',q']] = c^2 K^u[p,p'] K^u[q,q']``, so ``Sigma' = (c o)^2 D K^u + b^2``
   with ``D = sum_{q,q'} K^u[q,q'] K^v[q,q']`` and ``Theta' = (c o)^2 [D Theta^u + K^u
   (<Theta^u, K^v> + <K^u, Theta^v>) + 4 D K^u] + b^2`` (query, key and value paths of the
-  input, then the four weight matrices). Softmax, ReLU and abs attention with ``"sqrt"``
+  input, then the four weight matrices; the standard parameterisation weighs the latter by
+  their fan-ins). The logits of a head do not concentrate, so a finite network's kernel
+  approaches this one as the number of heads grows (``O(1/sqrt(H))`` fluctuations), not as
+  ``d_k`` does. Softmax, ReLU and abs attention with ``"sqrt"``
   need ``E[phi(G) ...]`` of a Gaussian ``G`` with no known closed form: refused (Monte
   Carlo with :func:`ntk.monte_carlo` on the finite network).
 

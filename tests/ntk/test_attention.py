@@ -161,6 +161,26 @@ def test_structured_empirical_ntk_is_the_jacobians():
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
 
 
+def test_one_program_for_every_width():
+    # NTK parameterisation: the attention kernel does not depend on the widths or the number
+    # of heads, so ntk.kernel shares one compiled program across them (a residual block: the
+    # branch widths must agree in the width-free description too)
+    from ntk import _blocks
+
+    def arch(w, heads):
+        att = ntk.GlobalSelfAttention(w, w, w, heads, pos_emb_type="sum", b_std=0.1)
+        return ntk.serial(ntk.Dense(w), ntk.residual(att), ntk.Flatten(), ntk.Dense(1))
+
+    def programs():
+        return _blocks._single._cache_size() + _blocks._wave._cache_size()
+
+    small = ntk.kernel(arch(8, 2), X)
+    before = programs()
+    wide = ntk.kernel(arch(64, 4), X + 0.0)
+    assert programs() == before
+    np.testing.assert_array_equal(wide.ntk, small.ntk)
+
+
 def _att(**kw):
     return ntk.serial(ntk.GlobalSelfAttention(8, 4, 4, 2, **kw), ntk.Flatten(), ntk.Dense(1))
 
