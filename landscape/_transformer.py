@@ -23,12 +23,18 @@ The network (Vaswani et al. 2017, in the pre-LayerNorm arrangement of Xiong et a
   the variants whose infinite-width limits Hron et al. (2020) derive (the non-softmax
   variants are not normalised by the sequence length, as in Hron et al. and neural-tangents'
   ``GlobalSelfAttention``). A causal mask (``causal=True``) removes the keys after each query:
-  ``-inf`` scores before the softmax, zero weights for the other variants. ``tie_qk=True``
+  their scores become the dtype's most negative number before the softmax (weight exactly 0),
+  their weights 0 for the other variants. ``tie_qk=True``
   uses the query kernel (and bias) for the keys too: the tied-weight network whose
   ``1/d_head`` limit is analytic (Hron et al. 2020).
+* LayerNorm (``layer_norm=True``): before each sublayer and once before the readout,
+  ``epsilon = 1e-6`` (Flax's default), a learned scale and bias per feature.
 * Readout: ``pool="mean"`` (over tokens), ``"cls"`` (a learned class token ``cls`` prepended,
   as in ViT; not with ``causal``), ``"last"`` (the last token: the causal language-model
   readout) or ``"none"`` (per-token outputs of shape ``(N, T, num_outputs)``).
+* No model state (no batch norm, no dropout): ``model.state == {}``. Inputs may carry any
+  number of leading batch axes, or none (one example, as under ``jax.vmap``). Cost per block
+  and example: ``O(T d^2)`` for the projections and MLP, ``O(T^2 d)`` for the scores.
 
 Parameter layout (paths of ``model.params``; a head is a slice along an axis, as in
 ``flax.linen.DenseGeneral``)::
@@ -57,7 +63,9 @@ He, Glorot, orthogonal and ``sigma_w2`` mean what they mean for a dense layer; b
 ``N(0, sigma_b2)``. The token table is a dense layer on one-hot inputs (fan-in 1): entries
 ``N(0, sigma_w2)`` (the scheme's variance at fan-in 1; a callable ``init`` gets the table's
 shape). Learned positions are ``N(0, pos_std^2)`` (``pos_std=0.02``, ViT's and BERT's; ``1``
-is Hron et al.'s), the class token starts at zero (ViT), LayerNorm at scale 1 and bias 0.
+is Hron et al.'s), the class token starts at zero (ViT), LayerNorm at scale 1 and bias 0. The
+readout follows ``init`` like every other dense layer (ViT starts its head at zero; here one
+scheme covers all layers, as for the MLP).
 
 References:
   Vaswani et al. (2017), Attention is all you need. Dosovitskiy et al. (2021), An image is
@@ -366,7 +374,8 @@ class Transformer(nnx.Module):
 
     Args:
       input_shape: one input's shape: ``(H, W, C)`` images, ``(L, C)`` or ``(L,)`` signals
-        (floating), or ``(T,)`` integer tokens (with ``vocab_size``).
+        (floating), or ``(T,)`` token ids (with ``vocab_size``; integers, or integer-valued
+        floats, see :class:`TokenEmbed`).
       num_outputs: outputs (classes) per example, or per token with ``pool="none"``.
       width: the residual stream's width ``d`` (``d_model``).
       depth: number of blocks.
@@ -375,7 +384,8 @@ class Transformer(nnx.Module):
         attention-only network).
       patch: patch side (images) or length (signals); must divide the spatial sizes. ``None``:
         1 (every pixel or sample a token). Not with token inputs.
-      vocab_size: number of token ids for integer inputs (``None``: floating inputs).
+      vocab_size: number of token ids (``None``: floating signals or images; then integer
+        inputs are refused).
       positions: ``"learned"``, ``"sinusoidal"`` or ``"none"``.
       pos_std: standard deviation of learned positions at initialisation.
       attention: ``"softmax"``, ``"identity"`` or ``"relu"`` (the map applied to the scores).
