@@ -38,12 +38,23 @@ from landscape.hessian._density import smooth_density as smooth_density
 from landscape.hessian._density import spectral_density as spectral_density
 from landscape.hessian._eigen import EigenResult as EigenResult
 from landscape.hessian._eigen import eigenvalues as eigenvalues
+from landscape.hessian._heads import GROUPS as GROUPS
+from landscape.hessian._heads import HeadSpectraResult as HeadSpectraResult
+from landscape.hessian._heads import block_selection as block_selection
+from landscape.hessian._heads import head_selection as head_selection
+from landscape.hessian._heads import head_spectra as head_spectra
 from landscape.hessian._lanczos import LanczosResult as LanczosResult
 from landscape.hessian._lanczos import lanczos as lanczos
 from landscape.hessian._lanczos import tridiagonal_eigh as tridiagonal_eigh
 from landscape.hessian._operators import CurvatureOperator as CurvatureOperator
 from landscape.hessian._operators import hvp as hvp
 from landscape.hessian._operators import make_hvp as make_hvp
+from landscape.hessian._select import SelectedOperator as SelectedOperator
+from landscape.hessian._select import Selection as Selection
+from landscape.hessian._select import Slice as Slice
+from landscape.hessian._select import attention_layers as attention_layers
+from landscape.hessian._select import restrict as restrict
+from landscape.hessian._select import select as select
 from landscape.hessian._through_training import SpectraCallback as SpectraCallback
 from landscape.hessian._through_training import SpectraResult as SpectraResult
 from landscape.hessian._through_training import spectra_callback as spectra_callback
@@ -58,14 +69,21 @@ __all__ = [
     "DecompositionResult",
     "DensityResult",
     "EigenResult",
+    "GROUPS",
+    "HeadSpectraResult",
     "LanczosResult",
     "OverlapResult",
+    "SelectedOperator",
+    "Selection",
     "SharpnessResult",
+    "Slice",
     "SpectraCallback",
     "SpectraResult",
     "TraceResult",
     "adam_preconditioner",
     "adaptive_sharpness",
+    "attention_layers",
+    "block_selection",
     "class_decomposition",
     "class_operators",
     "ClassDecompositionResult",
@@ -73,9 +91,13 @@ __all__ = [
     "epsilon_sharpness",
     "ggn_decomposition",
     "gradient_overlap",
+    "head_selection",
+    "head_spectra",
     "hvp",
     "lanczos",
     "make_hvp",
+    "restrict",
+    "select",
     "sharpness",
     "sharpness_callback",
     "smooth_density",

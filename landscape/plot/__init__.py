@@ -6,6 +6,7 @@ coincide get distinct line styles and markers, and legends go where they hide no
 (:func:`place_legend`, also for the caller's own axes)."""
 
 from landscape.plot._connect import *  # noqa: F403
+from landscape.plot._heads import *  # noqa: F403
 from landscape.plot._hessian import *  # noqa: F403
 from landscape.plot._lr import *  # noqa: F403
 from landscape.plot._meanfield import *  # noqa: F403

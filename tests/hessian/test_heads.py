@@ -1,0 +1,325 @@
+"""Curvature per attention head (issue 16): selections that address slices of leaves, the
+restricted operator ``S^T A S`` against the dense float64 Hessian (and GGN) of a tiny
+transformer, ``head_spectra`` against the dense sub-blocks' eigenvalues and traces, float32,
+shared compiled programs, bad selections.
+
+The transformer is written here in ``jnp`` (independent of the library's model code) with the
+parameter layout of ``make_model("transformer")``: 2 pre-LN blocks, width 8, 2 heads of width 4,
+4 tokens, MLP width 8 (1027 parameters), 8 examples with 3 classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import landscape
+from landscape import engine
+from landscape.hessian import (
+    Slice,
+    attention_layers,
+    block_selection,
+    head_selection,
+    head_spectra,
+    make_hvp,
+    restrict,
+    select,
+)
+from landscape.hessian import _select
+
+D, HEADS, DH, T, C, N = 8, 2, 4, 4, 3, 8
+
+
+def _init(seed, dtype):
+    rng = np.random.default_rng(seed)
+
+    def w(*shape, scale=None):
+        fan = shape[0] if scale is None else 1
+        return (rng.standard_normal(shape) * (scale or 1 / math.sqrt(fan))).astype(dtype)
+
+    def ln():
+        return {"scale": (1 + 0.1 * rng.standard_normal(D)).astype(dtype), "bias": w(D, scale=0.1)}
+
+    blocks = {}
+    for b in range(2):
+        attn = {p: {"kernel": w(D, HEADS, DH), "bias": w(HEADS, DH, scale=0.1)} for p in ("query", "key", "value")}
+        attn["out"] = {"kernel": w(HEADS, DH, D, scale=1 / math.sqrt(D)), "bias": w(D, scale=0.1)}
+        mlp = {"fc1": {"kernel": w(D, D), "bias": w(D, scale=0.1)}, "fc2": {"kernel": w(D, D), "bias": w(D, scale=0.1)}}
+        blocks[b] = {"ln1": ln(), "attn": attn, "ln2": ln(), "mlp": mlp}
+    return {
+        "embed": {"kernel": w(2, D), "bias": w(D, scale=0.1)},
+        "pos": w(T, D, scale=0.3),
+        "blocks": blocks,
+        "ln_f": ln(),
+        "head": {"kernel": w(D, C), "bias": w(C, scale=0.1)},
+    }
+
+
+def _lead(a, ndim):
+    """``a`` with leading unit axes up to ``ndim`` (the tests run with rank promotion raising)."""
+    return jnp.reshape(a, (1,) * (ndim - a.ndim) + a.shape)
+
+
+def _layer_norm(h, p):
+    mu = jnp.mean(h, -1, keepdims=True)
+    var = jnp.mean((h - mu) ** 2, -1, keepdims=True)
+    return (h - mu) / jnp.sqrt(var + 1e-6) * _lead(p["scale"], h.ndim) + _lead(p["bias"], h.ndim)
+
+
+def _forward(params, x):
+    e = params["embed"]
+    h = jnp.einsum("ntc,cd->ntd", x, e["kernel"]) + _lead(e["bias"], 3) + _lead(params["pos"], 3)
+    for b in sorted(params["blocks"]):
+        blk = params["blocks"][b]
+        a = blk["attn"]
+        u = _layer_norm(h, blk["ln1"])
+        q, k, v = (
+            jnp.einsum("ntd,dhk->nthk", u, a[p]["kernel"]) + _lead(a[p]["bias"], 4)
+            for p in ("query", "key", "value")
+        )
+        s = jnp.einsum("nthk,nshk->nhts", q, k) / math.sqrt(DH)
+        att = jax.nn.softmax(s, axis=-1)
+        y = jnp.einsum("nhts,nshk->nthk", att, v)
+        h = h + jnp.einsum("nthk,hkd->ntd", y, a["out"]["kernel"]) + _lead(a["out"]["bias"], 3)
+        u = _layer_norm(h, blk["ln2"])
+        mlp = blk["mlp"]
+        m = jnp.tanh(u @ mlp["fc1"]["kernel"] + _lead(mlp["fc1"]["bias"], 3))
+        h = h + m @ mlp["fc2"]["kernel"] + _lead(mlp["fc2"]["bias"], 3)
+    h = _layer_norm(jnp.mean(h, axis=1), params["ln_f"])
+    return h @ params["head"]["kernel"] + _lead(params["head"]["bias"], 2)
+
+
+def _apply(params, state, x, *, train=False):
+    return _forward(params, x), state
+
+
+def loss_fn(params, batch):
+    logp = jax.nn.log_softmax(_forward(params, batch["x"]), axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=-1))
+
+
+def _data(dtype):
+    rng = np.random.default_rng(1)
+    return {"x": rng.standard_normal((N, T, 2)).astype(dtype), "y": rng.integers(0, C, N).astype(np.int32)}
+
+
+@pytest.fixture(scope="module")
+def f64():
+    """Parameters, data, the dense Hessian and GGN (float64) and coordinate ids."""
+    with jax.enable_x64(True):
+        params = jax.tree.map(jnp.asarray, _init(0, np.float64))
+        data = jax.tree.map(jnp.asarray, _data(np.float64))
+        flat, unravel = ravel_pytree(params)
+        H = np.asarray(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f), data)))(flat))
+        J = np.asarray(jax.jit(jax.jacrev(lambda f: _forward(unravel(f), data["x"])))(flat))  # (N, C, P)
+        p = np.asarray(jax.nn.softmax(_forward(params, data["x"]), axis=-1))
+        HJ = p[:, :, None] * J - p[:, :, None] * np.einsum("nc,ncp->np", p, J)[:, None, :]
+        G = np.einsum("ncp,ncq->pq", J, HJ) / N
+        ids = unravel(jnp.arange(flat.size, dtype=jnp.float64))
+    return {"params": params, "data": data, "H": 0.5 * (H + H.T), "G": 0.5 * (G + G.T), "ids": ids}
+
+
+def _coords(sel, ids):
+    """Positions of the selection's coordinates in ravel_pytree(params), in the order of
+    ravel_pytree of its vectors."""
+    return np.asarray(ravel_pytree(sel.restrict(ids))[0]).astype(int)
+
+
+def _dense(sop):
+    """The restricted operator as a dense matrix: its products with the basis vectors, in one
+    compiled program (vmap over the basis)."""
+    zero = {k: jnp.zeros(v.shape, v.dtype) for k, v in sop.selection.template.items()}
+    flat, unravel = ravel_pytree(zero)
+    s, d = engine.split_fn(sop.host_prepared())
+    f = jax.jit(jax.vmap(lambda e, d: ravel_pytree(engine.merge_fn(s, d)(unravel(e))[0])[0], in_axes=(0, None)))
+    return np.asarray(f(jnp.eye(flat.size, dtype=flat.dtype), d), np.float64)
+
+
+# ------------------------------------------------------------------------------------------
+def test_selections_address_head_slices(f64):
+    params, ids = f64["params"], f64["ids"]
+    layers = attention_layers(params)
+    assert [a.folder for a in layers] == ["blocks/0/attn", "blocks/1/attn"]
+    assert layers[0].heads == HEADS and layers[0].d_head == DH
+    sel = head_selection(params, block=1, head=1, parts=("query", "key"))
+    assert sel.size == 2 * (D * DH + DH) == 72
+    assert set(sel.template) == {"query/kernel", "query/bias", "key/kernel", "key/bias"}
+    assert sel.template["query/kernel"].shape == (D, 1, DH)
+    sub = sel.restrict(ids)
+    np.testing.assert_array_equal(sub["query/kernel"], ids["blocks"][1]["attn"]["query"]["kernel"][:, 1:2])
+    np.testing.assert_array_equal(sub["key/bias"], ids["blocks"][1]["attn"]["key"]["bias"][1:2])
+    # embed is the transpose of restrict: zeros outside the head, the head's slices inside
+    back = sel.embed(sub, params)
+    k = np.asarray(back["blocks"][1]["attn"]["query"]["kernel"])
+    np.testing.assert_array_equal(k[:, 1], ids["blocks"][1]["attn"]["query"]["kernel"][:, 1])
+    assert not k[:, 0].any() and not np.asarray(back["blocks"][0]["attn"]["query"]["kernel"]).any()
+    vo = head_selection(params, block=0, head=0, parts=("value", "out"))
+    assert vo.size == D * DH + DH + DH * D == 68  # out/bias is shared by the heads: not in a head
+    # the same coordinates through the general specs
+    same = select(params, Slice("blocks/1/attn/query/*", 1), Slice("blocks/1/attn/key/*", 1))
+    np.testing.assert_array_equal(np.sort(_coords(same, ids)), np.sort(_coords(sel, ids)))
+    assert block_selection(params, block=0).size == 464
+
+
+def test_restricted_operator_is_the_dense_sub_block_float64(f64):
+    with jax.enable_x64(True):
+        params, ids, H = f64["params"], f64["ids"], f64["H"]
+        op = make_hvp(loss_fn, params, f64["data"], method="forward_over_reverse")
+        # a head's query and key slices, slices along a non-head axis (two MLP hidden units'
+        # fan-in) and a whole leaf, in one selection
+        sel = select(params, Slice("blocks/1/attn/query/*", 1), Slice("blocks/1/attn/key/*", 1),
+                     Slice("blocks/0/mlp/fc1/kernel", [1, 5], axis=1), "ln_f/scale")
+        sop = restrict(op, sel)
+        idx = _coords(sel, ids)
+        assert sop.num_params == sel.size == idx.size == 72 + 2 * D + D
+        M = _dense(sop)
+        # the same arithmetic in another order: rounding of float64 products
+        np.testing.assert_allclose(M, H[np.ix_(idx, idx)], rtol=0, atol=1e-10 * np.abs(H).max())
+
+
+def test_restricted_ggn_shares_programs_across_heads_and_blocks(f64):
+    """The block and head are arguments of the compiled product: one program for every head of
+    every block; each product is the GGN's sub-block (the curvature passes through)."""
+    with jax.enable_x64(True):
+        params, ids, G = f64["params"], f64["ids"], f64["G"]
+        gop = make_hvp(loss_fn, params, f64["data"], curvature="ggn", model=(_apply, params, {}),
+                       output_loss="cross_entropy", method="forward_over_reverse")
+        rng = np.random.default_rng(2)
+        n = None
+        for b in (0, 1):
+            for h in (0, 1):
+                sel = head_selection(params, block=b, head=h)
+                v = {k: jnp.asarray(rng.standard_normal(s.shape)) for k, s in sel.template.items()}
+                out = restrict(gop, sel)(v)
+                idx = _coords(sel, ids)
+                expect = G[np.ix_(idx, idx)] @ np.asarray(ravel_pytree(v)[0])
+                np.testing.assert_allclose(ravel_pytree(out)[0], expect, rtol=0, atol=1e-10 * np.abs(G).max())
+                if n is None:
+                    n = _select._apply_jit._cache_size()
+        assert _select._apply_jit._cache_size() == n
+
+
+def test_head_spectra_match_the_dense_blocks_float64(f64, key):
+    with jax.enable_x64(True):
+        params, ids, H = f64["params"], f64["ids"], f64["H"]
+        op = make_hvp(loss_fn, params, f64["data"], method="forward_over_reverse")
+        res = head_spectra(op, key=key, max_hvps=72)  # every head block fits: exact traces
+        assert res.values.shape == (2, HEADS, 2, 1) and res.groups == ("qk", "vo")
+        for b in range(2):
+            for h in range(HEADS):
+                for g, parts in enumerate((("query", "key"), ("value", "out"))):
+                    idx = _coords(head_selection(params, block=b, head=h, parts=parts), ids)
+                    block = H[np.ix_(idx, idx)]
+                    ev = np.linalg.eigvalsh(block)
+                    assert res.sizes[b, h, g] == idx.size
+                    # tol 1e-6 relative to ||A_S|| (the default); the bound holds and is below it
+                    err = abs(res.values[b, h, g, 0] - ev[-1])
+                    assert err <= res.error_bounds[b, h, g, 0] + 1e-12
+                    assert res.error_bounds[b, h, g, 0] <= 1e-6 * np.abs(ev).max()
+                    # the exact diagonal's sum: float64 rounding
+                    assert res.trace_exact[b, h, g] and res.trace_se[b, h, g] == 0
+                    np.testing.assert_allclose(res.traces[b, h, g], np.trace(block), rtol=0,
+                                               atol=1e-10 * np.abs(block).sum())
+            idx = _coords(block_selection(params, block=b), ids)
+            ev = np.linalg.eigvalsh(H[np.ix_(idx, idx)])
+            assert res.layer_sizes[b] == idx.size == 464
+            assert abs(res.layer_values[b, 0] - ev[-1]) <= 1e-6 * np.abs(ev).max()
+    assert res.converged.all() and res.num_hvps > 0
+    assert "qk" in res.table() and "whole block" in res.table()
+    assert "HeadSpectraResult(hessian" in repr(res)
+
+
+def test_float32_restricted_operator_and_spectra(f64, key):
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _init(0, np.float32))
+    data = jax.tree.map(jnp.asarray, _data(np.float32))
+    op = make_hvp(loss_fn, params, data, method="forward_over_reverse")
+    sel = head_selection(params, block=0, head=1, parts=("value", "out"))
+    sop = restrict(op, sel)
+    assert sop.dtype == jnp.float32 and sop.num_params == 68
+    idx = _coords(sel, f64["ids"])
+    block = f64["H"][np.ix_(idx, idx)]
+    # float32 products of O(1) quantities through 2 blocks: ~1e-6 relative rounding
+    np.testing.assert_allclose(_dense(sop), block, rtol=0, atol=2e-5 * np.abs(block).max())
+    e = landscape.hessian.eigenvalues(sop, k=1, key=key)
+    # tol floored at 64 eps(float32) = 7.6e-6 relative, plus the products' rounding
+    np.testing.assert_allclose(e.values[0], np.linalg.eigvalsh(block)[-1], rtol=1e-4)
+    assert set(e.vectors) == {"value/kernel", "value/bias", "out/kernel"}
+    full = sel.embed(e.vectors, params)  # back in the parameters' shape, zeros elsewhere
+    assert full["blocks"][0]["attn"]["out"]["kernel"].shape == (1, HEADS, DH, D)
+    assert not np.asarray(full["blocks"][0]["attn"]["out"]["kernel"][:, 0]).any()
+
+
+def test_bad_selections_name_the_argument(f64):
+    params = f64["params"]
+    with pytest.raises(ValueError, match=r"head_selection: head=2 is out of range.*2 heads"):
+        head_selection(params, block=0, head=2)
+    with pytest.raises(ValueError, match=r"head_selection: block=5 is out of range.*2 attention layers"):
+        head_selection(params, block=5, head=0)
+    with pytest.raises(ValueError, match=r"parts \['keys'\] are not attention parts"):
+        head_selection(params, block=0, head=0, parts=("query", "keys"))
+    with pytest.raises(ValueError, match=r"select: pattern 'blocks/3/\*' \(specs\[0\]\) matches no parameter"):
+        select(params, Slice("blocks/3/*", 0))
+    with pytest.raises(ValueError, match=r"axis='heads'.*'blocks/0/mlp/fc1/kernel'.*has no heads axis"):
+        select(params, Slice("blocks/0/mlp/*", 0))
+    with pytest.raises(ValueError, match=r"axis='heads'.*'blocks/0/attn/out/bias'"):
+        select(params, Slice("blocks/0/attn/out/*", 0))
+    with pytest.raises(ValueError, match=r"index 2 is out of range for axis 1 of 'blocks/0/attn/query/kernel' "
+                                         r"\(size 2: the heads\)"):
+        select(params, Slice("blocks/0/attn/query/kernel", 2))
+    with pytest.raises(ValueError, match=r"axis 3 \(specs\[0\]\) is out of range"):
+        select(params, Slice("blocks/0/attn/query/kernel", 0, axis=3))
+    with pytest.raises(ValueError, match=r"sliced along axes 1 and 2"):
+        select(params, Slice("blocks/0/attn/query/kernel", 0), Slice("blocks/0/attn/query/kernel", 0, axis=2))
+    with pytest.raises(TypeError, match=r"specs\[0\] must be a glob pattern"):
+        select(params, 3)
+    with pytest.raises(ValueError, match="hold no attention layer"):
+        head_selection({"dense": {"kernel": np.zeros((3, 4))}}, block=0, head=0)
+    other = jax.tree.map(lambda x: x[..., :1] if x.ndim == 3 else x, params)  # one head unit
+    with pytest.raises(ValueError, match="built for other parameters"):
+        restrict(make_hvp(loss_fn, other, f64["data"]), head_selection(params, block=0, head=0))
+    op = make_hvp(loss_fn, params, f64["data"], params_filter="blocks/0")
+    with pytest.raises(ValueError, match="outside the operator's params_filter"):
+        restrict(op, head_selection(params, block=1, head=0))
+    with pytest.raises(ValueError, match="head_spectra: the operator has a params_filter"):
+        head_spectra(op, key=jax.random.key(0))
+    with pytest.raises(TypeError, match="restrict: operator must be a CurvatureOperator"):
+        restrict(loss_fn, head_selection(params, block=0, head=0))
+    with pytest.raises(TypeError, match="groups must be a non-empty dict"):
+        head_spectra(loss_fn, params, f64["data"], key=jax.random.key(0), groups=("qk",))
+
+
+def test_result_round_trip_and_plots(f64, key, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from landscape.hessian import HeadSpectraResult
+    from landscape.plot import plot_depth_spectrum, plot_head_spectra
+
+    rng = np.random.default_rng(0)
+    res = HeadSpectraResult(
+        values=rng.random((2, 2, 2, 1)), error_bounds=np.zeros((2, 2, 2, 1)), converged=np.ones((2, 2, 2), bool),
+        traces=rng.random((2, 2, 2)), trace_se=np.zeros((2, 2, 2)), trace_exact=np.ones((2, 2, 2), bool),
+        sizes=np.full((2, 2, 2), 72),
+        layer_values=rng.random((2, 1)), layer_sizes=np.full(2, 464), groups=("qk", "vo"),
+        group_parts=(("query", "key"), ("value", "out")), blocks=("blocks/0/attn", "blocks/1/attn"),
+    )
+    res.save(tmp_path / "heads.npz")
+    back = HeadSpectraResult.load(tmp_path / "heads.npz")
+    np.testing.assert_array_equal(back.values, res.values)
+    assert back.groups == res.groups and back.group_parts == res.group_parts
+    ax = plot_head_spectra(res)
+    assert len(ax.get_xticklabels()) == 4 and ax.get_xticklabels()[2].get_text() == "vo h0"
+    ax2 = plot_head_spectra(res, quantity="trace")
+    ax3 = plot_depth_spectrum({"hessian": res, "ggn": res.replace(curvature="ggn")})
+    assert len(ax3.get_lines()) == 2 * (1 + 2)
+    with pytest.raises(ValueError, match="quantity must be one of"):
+        plot_head_spectra(res, quantity="bottom")
+    for a in (ax, ax2, ax3):
+        plt.close(a.figure)
