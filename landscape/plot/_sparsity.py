@@ -78,16 +78,20 @@ def plot_instability(
     threshold: float | None = 0.02,
     ax=None,
     legend: bool = True,
+    labels=None,
     **kwargs,
 ):
     """Linear-path barrier between the two spawned copies against the spawn step (Frankle et
-    al. 2020, Fig. 3), one line per sparsity.
+    al. 2020, Fig. 3), one line per network (mask).
 
     Args:
       result: a :class:`~landscape.sparsity.InstabilityResult`.
       metric: ``"test/error"`` (default), ``"train/error"``, ``"test/loss"``, ``"train/loss"``.
       threshold: a dotted line at Frankle et al.'s stability threshold (2% error); ``None``:
         none.
+      labels: one name per network (per mask of :func:`~landscape.sparsity.instability`, in
+        order, e.g. ``["dense", "ticket", "random mask"]``); default: each by its sparsity
+        ("dense", or "x% weights remaining": two masks of one sparsity then share a label).
       ax, legend, **kwargs: as in :func:`plot_pruning`.
 
     Returns:
@@ -102,8 +106,17 @@ def plot_instability(
     b = np.asarray(result.barrier[metric], float)
     if ax is None:
         _, ax = new_axes((4.8, 3.6))
-    for i, s in enumerate(np.asarray(result.sparsity, float)):
-        label = "dense" if s == 0 else f"{100 * (1 - s):.1f}% weights remaining"
+    sp = np.asarray(result.sparsity, float).reshape(-1)
+    if labels is not None:
+        labels = [labels] if isinstance(labels, str) else list(labels)
+        if len(labels) != sp.size or not all(isinstance(t, str) for t in labels):
+            raise ValueError(
+                f"landscape.plot.plot_instability: labels must be {sp.size} strings (one per "
+                f"network of the result); got {labels!r}."
+            )
+    for i, s in enumerate(sp):
+        label = (labels[i] if labels is not None else
+                 "dense" if s == 0 else f"{100 * (1 - s):.1f}% weights remaining")
         ax.plot(xs, b[i], label=label, **_style(i, **kwargs))
     if xs.size > 1 and xs.min() > 0:
         ax.set_xscale("log")

@@ -1145,7 +1145,7 @@ def section_structure(ctx: Context, parts: _Parts) -> Section:
             "rows": [[st, *[_r(float(b[i, j]), 4) for i in range(len(names))]]
                      for j, st in enumerate(steps)]})
         fig, axes = _figure((6.4, 3.8))
-        plot.plot_instability(ins, ax=axes[0, 0])
+        plot.plot_instability(ins, ax=axes[0, 0], labels=["dense", "ticket"][: len(masks)])
         sec.figures.append({**_fig_save(fig, ctx.out, "structure-instability", svg=True),
                             "caption": "Instability to SGD noise: the test-error barrier between "
                                        "two copies spawned at each step and trained on with "
