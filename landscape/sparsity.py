@@ -100,7 +100,7 @@ def _prunable_flags(params: PyTree, prunable) -> list[bool]:
 def dense_mask(params: PyTree) -> PyTree:
     """The mask that keeps every weight (all True), shaped like ``params``."""
     _validate.check_params(params, finite=False)
-    return jax.tree.map(lambda x: jnp.ones(np.shape(x), bool), params)
+    return jax.tree.map(lambda x: jnp.asarray(np.ones(np.shape(x), bool)), params)
 
 
 @_validate.public
@@ -116,7 +116,7 @@ def prunable_mask(params: PyTree, *, prunable=DEFAULT_PRUNABLE) -> PyTree:
     flags = _prunable_flags(params, prunable)
     leaves, treedef = jax.tree.flatten(params)
     return jax.tree.unflatten(
-        treedef, [jnp.full(np.shape(x), f, bool) for x, f in zip(leaves, flags)]
+        treedef, [jnp.asarray(np.full(np.shape(x), f, bool)) for x, f in zip(leaves, flags)]
     )
 
 
@@ -645,7 +645,7 @@ def iterative_pruning(
                     else _shuffle_init(model.params, k_init)
                 )
                 check_mask(
-                    jax.tree.map(lambda x: jnp.zeros(np.shape(x), bool), p0),
+                    jax.tree.map(lambda x: np.zeros(np.shape(x), bool), p0),
                     model.params,
                     name="reinit_fn(key)",
                 )

@@ -36,8 +36,8 @@ def _dense_parts(params, x, y):
         h = jax.nn.relu(x @ l0["kernel"] + l0["bias"][None, :])
         return h @ l1["kernel"] + l1["bias"][None, :]
 
-    J = np.asarray(jax.jacrev(logits)(flat), np.float64)  # (N, C, P)
-    z = np.asarray(logits(flat), np.float64)
+    J, z = jax.jit(lambda f: (jax.jacrev(logits)(f), logits(f)))(flat)  # one program
+    J, z = np.asarray(J, np.float64), np.asarray(z, np.float64)  # (N, C, P), (N, C)
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     n = len(y)

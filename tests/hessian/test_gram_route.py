@@ -33,8 +33,8 @@ def _dense_ggn(model, params, data, kind, wd):
     def logits(f):
         return model.apply_fn(unravel(f), model.state, x, train=False)[0]
 
-    J = np.asarray(jax.jacrev(logits)(flat), np.float64)  # (N, C, P)
-    out = np.asarray(logits(flat), np.float64)
+    J, out = jax.jit(lambda f: (jax.jacrev(logits)(f), logits(f)))(flat)  # one program
+    J, out = np.asarray(J, np.float64), np.asarray(out, np.float64)  # (N, C, P), (N, C)
     if kind == "cross_entropy":
         p = np.exp(out - out.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
