@@ -83,10 +83,14 @@ def _check_parts(parts) -> tuple[str, ...]:
     if isinstance(parts, str):
         parts = (parts,)
     if not isinstance(parts, Sequence) or not parts:
-        raise TypeError(f"{_validate.where()}: parts must be a non-empty sequence of {list(PARTS)}; got {parts!r}.")
+        raise TypeError(
+            f"{_validate.where()}: parts must be a non-empty sequence of {list(PARTS)}; got {parts!r}."
+        )
     bad = [p for p in parts if p not in PARTS]
     if bad:
-        raise ValueError(f"{_validate.where()}: parts {bad} are not attention parts; choose among {list(PARTS)}.")
+        raise ValueError(
+            f"{_validate.where()}: parts {bad} are not attention parts; choose among {list(PARTS)}."
+        )
     return tuple(dict.fromkeys(parts))
 
 
@@ -94,8 +98,10 @@ def _family(params, folders: list[str], rels_of) -> tuple[list, bool]:
     """Candidate paths shared by the folders: ``(per-relative-path info, shared)``; ``shared``
     when every folder has the same relative leaves with the same shapes and dtypes (the block is
     then an argument of the compiled programs, not a constant)."""
-    info = {p: (tuple(np.shape(x)), str(jax.numpy.result_type(x)))
-            for p, x in zip(_tree.leaf_paths(params), jax.tree.leaves(params))}
+    info = {
+        p: (tuple(np.shape(x)), str(jax.numpy.result_type(x)))
+        for p, x in zip(_tree.leaf_paths(params), jax.tree.leaves(params))
+    }
     sigs = []
     for f in folders:
         sigs.append(tuple((r, info.get(_join(f, r))) for r in rels_of(f)))
@@ -139,7 +145,9 @@ def head_selection(
     layer = layers[b]
     h = _check_index(head, layer.heads, name="head", what=f"heads in block {b}")
     parts = _check_parts(parts)
-    rels = [r for r in layer.leaves if r.split("/")[0] in parts and (bias or not r.endswith("/bias"))]
+    rels = [
+        r for r in layer.leaves if r.split("/")[0] in parts and (bias or not r.endswith("/bias"))
+    ]
     if not rels:
         raise ValueError(
             f"{_validate.where()}: parts {list(parts)} select no parameter of attention layer "
@@ -153,7 +161,9 @@ def head_selection(
     entries, index = [], []
     for r in rels:
         shape, dtype = info[_join(layer.folder, r)]
-        entries.append(_Entry(r, tuple(_join(f, r) for f in cands), layer.leaves[r], 1, shape, dtype))
+        entries.append(
+            _Entry(r, tuple(_join(f, r) for f in cands), layer.leaves[r], 1, shape, dtype)
+        )
         index.append((h,))
     label = f"block {b} head {h}: {', '.join(p for p in parts if any(r.startswith(p + '/') for r in rels))}"
     return Selection(tuple(entries), [choice] * len(entries), index, label=label)
@@ -194,8 +204,12 @@ def block_selection(params: PyTree, *, block: int) -> Selection:
     for r in rels_of(folders[b]):
         shape, dtype = info[_join(folders[b], r)]
         entries.append(_Entry(r, tuple(_join(f, r) for f in cands), None, None, shape, dtype))
-    return Selection(tuple(entries), [b if shared else 0] * len(entries), [None] * len(entries),
-                     label=f"block {b} ({folders[b]})")
+    return Selection(
+        tuple(entries),
+        [b if shared else 0] * len(entries),
+        [None] * len(entries),
+        label=f"block {b} ({folders[b]})",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,15 +262,21 @@ class HeadSpectraResult(Result):
     def table(self) -> str:
         """One row per block, head and group (top eigenvalue, trace, size), then the blocks'
         top eigenvalues through depth."""
-        v, t, se, n = (np.asarray(x) for x in (self.values, self.traces, self.trace_se, self.sizes))
+        v, t, se, n = (
+            np.asarray(x) for x in (self.values, self.traces, self.trace_se, self.sizes)
+        )
         spec = ", ".join(f"{g}={'+'.join(p)}" for g, p in zip(self.groups, self.group_parts))
-        lines = [f"{self.curvature}: per head ({spec})",
-                 f"{'block':>5} {'head':>4} {'group':>5} {'lambda_max':>12} {'trace':>12} {'+-':>9} {'size':>6}"]
+        lines = [
+            f"{self.curvature}: per head ({spec})",
+            f"{'block':>5} {'head':>4} {'group':>5} {'lambda_max':>12} {'trace':>12} {'+-':>9} {'size':>6}",
+        ]
         for b in range(v.shape[0]):
             for h in range(v.shape[1]):
                 for g, name in enumerate(self.groups):
-                    lines.append(f"{b:>5} {h:>4} {name:>5} {v[b, h, g, 0]:>12.5g} {t[b, h, g]:>12.5g} "
-                                 f"{se[b, h, g]:>9.2g} {int(n[b, h, g]):>6}")
+                    lines.append(
+                        f"{b:>5} {h:>4} {name:>5} {v[b, h, g, 0]:>12.5g} {t[b, h, g]:>12.5g} "
+                        f"{se[b, h, g]:>9.2g} {int(n[b, h, g]):>6}"
+                    )
         lv = np.asarray(self.layer_values)
         if lv.size:
             lines.append(f"{'block':>5} {'lambda_max of the whole block':>34} {'size':>8}")
@@ -266,9 +286,11 @@ class HeadSpectraResult(Result):
 
     def __repr__(self):
         v = np.asarray(self.values)
-        return (f"HeadSpectraResult({self.curvature}, blocks={v.shape[0]}, heads={v.shape[1]}, "
-                f"groups={list(self.groups)}, k={self.k}, max lambda {float(v.max()):.4g}, "
-                f"num_hvps={self.num_hvps})")
+        return (
+            f"HeadSpectraResult({self.curvature}, blocks={v.shape[0]}, heads={v.shape[1]}, "
+            f"groups={list(self.groups)}, k={self.k}, max lambda {float(v.max()):.4g}, "
+            f"num_hvps={self.num_hvps})"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,8 +398,10 @@ def head_spectra(
     layers = _layers_or_raise(params)
     nb, nh = len(layers), layers[0].heads
     if any(a.heads != nh for a in layers):
-        raise ValueError(f"{_validate.where()}: the attention layers have different head counts "
-                         f"{[a.heads for a in layers]}; head_spectra needs one head count.")
+        raise ValueError(
+            f"{_validate.where()}: the attention layers have different head counts "
+            f"{[a.heads for a in layers]}; head_spectra needs one head count."
+        )
     names = list(groups)
     ng = len(names)
     vals = np.full((nb, nh, ng, k), np.nan)
@@ -395,8 +419,10 @@ def head_spectra(
                 sel = head_selection(params, block=b, head=h, parts=groups[name])
                 sop = restrict(op, sel)
                 if k > sop.num_params:
-                    raise ValueError(f"{_validate.where()}: k={k} exceeds the size {sop.num_params} of "
-                                     f"{sel.label}; ask k <= {sop.num_params}.")
+                    raise ValueError(
+                        f"{_validate.where()}: k={k} exceeds the size {sop.num_params} of "
+                        f"{sel.label}; ask k <= {sop.num_params}."
+                    )
                 kk = jax.random.fold_in(key, (b * nh + h) * ng + g)
                 e = eigenvalues(sop, k=k, key=kk, tol=tol)
                 vals[b, h, g], bounds[b, h, g] = e.values[:k], e.error_bounds[:k]
@@ -404,7 +430,9 @@ def head_spectra(
                 n = sop.num_params
                 if n <= max_hvps:  # within the budget: the exact diagonal, no estimate
                     diag = sop.diagonal()
-                    tr[b, h, g] = float(sum(np.sum(np.asarray(x, np.float64)) for x in diag.values()))
+                    tr[b, h, g] = float(
+                        sum(np.sum(np.asarray(x, np.float64)) for x in diag.values())
+                    )
                     tse[b, h, g], exact[b, h, g] = 0.0, True
                     used += e.num_hvps + n
                 else:
@@ -420,14 +448,32 @@ def head_spectra(
             e = eigenvalues(sop, k=k, key=jax.random.fold_in(key, nb * nh * ng + b), tol=tol)
             lv[b], ls[b] = e.values[:k], sop.num_params
             used += e.num_hvps
-    record = {"k": k, "groups": {n: list(p) for n, p in groups.items()}, "depth": depth, "tol": tol,
-              "max_hvps": max_hvps, "sketch_size": sketch_size}
-    prov = _provenance.provenance(dtype=op.dtype, seeds=_driver.key_desc(key),
-                                  settings={**record, **op.describe()})
+    record = {
+        "k": k,
+        "groups": {n: list(p) for n, p in groups.items()},
+        "depth": depth,
+        "tol": tol,
+        "max_hvps": max_hvps,
+        "sketch_size": sketch_size,
+    }
+    prov = _provenance.provenance(
+        dtype=op.dtype, seeds=_driver.key_desc(key), settings={**record, **op.describe()}
+    )
     return HeadSpectraResult(
-        values=vals, error_bounds=bounds, converged=conv, traces=tr, trace_se=tse,
-        trace_exact=exact, sizes=sizes,
-        layer_values=lv, layer_sizes=ls, groups=tuple(names),
-        group_parts=tuple(groups[n] for n in names), blocks=tuple(a.folder for a in layers), k=k,
-        curvature=op.curvature, num_hvps=int(used), provenance=prov,
+        values=vals,
+        error_bounds=bounds,
+        converged=conv,
+        traces=tr,
+        trace_se=tse,
+        trace_exact=exact,
+        sizes=sizes,
+        layer_values=lv,
+        layer_sizes=ls,
+        groups=tuple(names),
+        group_parts=tuple(groups[n] for n in names),
+        blocks=tuple(a.folder for a in layers),
+        k=k,
+        curvature=op.curvature,
+        num_hvps=int(used),
+        provenance=prov,
     )

@@ -103,7 +103,9 @@ def attention_layers(params: PyTree) -> list[AttentionLayer]:
     with ``query/kernel`` and ``value/kernel`` of one shape ``(d_model, heads, d_head)``,
     ``key/kernel`` of that shape or absent (tied queries and keys), ``out/kernel`` of shape
     ``(heads, d_head, d_out)``, and optional ``(heads, d_head)`` biases."""
-    shapes = dict(zip(_tree.leaf_paths(params), (tuple(np.shape(x)) for x in jax.tree.leaves(params))))
+    shapes = dict(
+        zip(_tree.leaf_paths(params), (tuple(np.shape(x)) for x in jax.tree.leaves(params)))
+    )
     out = []
     for path, shape in shapes.items():
         if not (path == "query/kernel" or path.endswith("/query/kernel")) or len(shape) != 3:
@@ -111,7 +113,10 @@ def attention_layers(params: PyTree) -> list[AttentionLayer]:
         base = path[: -len("query/kernel")]
         _, h, k = shape
         o = shapes.get(base + "out/kernel")
-        if shapes.get(base + "value/kernel") != shape or shapes.get(base + "key/kernel", shape) != shape:
+        if (
+            shapes.get(base + "value/kernel") != shape
+            or shapes.get(base + "key/kernel", shape) != shape
+        ):
             continue
         if o is None or len(o) != 3 or o[:2] != (h, k):
             continue
@@ -251,18 +256,21 @@ class Selection:
         coordinates and zeros elsewhere."""
         paths = _tree.leaf_paths(like)
         leaves, treedef = jax.tree.flatten(like)
-        lead = None
         at = {p: (e, i, sub[e.key]) for e, p, i in zip(self.entries, self.paths, self.index)}
-        for p, (e, _, x) in at.items():
-            n = np.ndim(x) - len(e.shape)
-            lead = tuple(np.shape(x)[:n])
-        lead = lead or ()
+        e0, _, x0 = next(iter(at.values()))
+        lead = tuple(np.shape(x0)[: np.ndim(x0) - len(e0.shape)])
         out = []
         for p, x in zip(paths, leaves):
             z = jnp.zeros(lead + tuple(np.shape(x)), jnp.result_type(x))
             if p in at:
                 e, i, v = at[p]
-                z = _put(z, jnp.asarray(v, z.dtype), None if i is None else jnp.asarray(i), e.axis, len(lead))
+                z = _put(
+                    z,
+                    jnp.asarray(v, z.dtype),
+                    None if i is None else jnp.asarray(i),
+                    e.axis,
+                    len(lead),
+                )
             out.append(z)
         return jax.tree.unflatten(treedef, out)
 
@@ -301,12 +309,16 @@ def _match(pattern: str, path: str) -> bool:
 
 def _indices(index, size: int, *, path: str, axis: int, what: str) -> tuple[int, ...]:
     if isinstance(index, (bool, np.bool_)):
-        raise TypeError(f"{_validate.where()}: index must be an int or a sequence of ints; got {index!r}.")
+        raise TypeError(
+            f"{_validate.where()}: index must be an int or a sequence of ints; got {index!r}."
+        )
     if isinstance(index, (int, np.integer)):
         idx = (int(index),)
     elif isinstance(index, Sequence) and not isinstance(index, str) and len(index) > 0:
         if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in index):
-            raise TypeError(f"{_validate.where()}: index must be an int or a sequence of ints; got {index!r}.")
+            raise TypeError(
+                f"{_validate.where()}: index must be an int or a sequence of ints; got {index!r}."
+            )
         idx = tuple(int(i) for i in index)
     else:
         raise TypeError(
@@ -348,7 +360,9 @@ def select(params: PyTree, *specs, label: str = "") -> Selection:
     """
     _validate.check_params(params, finite=False)
     if not specs:
-        raise ValueError(f"{_validate.where()}: specs is empty; pass glob patterns and/or Slice(...) specs.")
+        raise ValueError(
+            f"{_validate.where()}: specs is empty; pass glob patterns and/or Slice(...) specs."
+        )
     paths = _tree.leaf_paths(params)
     leaves = jax.tree.leaves(params)
     shapes = {p: tuple(np.shape(x)) for p, x in zip(paths, leaves)}
@@ -360,7 +374,9 @@ def select(params: PyTree, *specs, label: str = "") -> Selection:
         elif isinstance(spec, Slice):
             pattern, sl = spec.pattern, spec
             if not isinstance(pattern, str):
-                raise TypeError(f"{_validate.where()}: Slice.pattern must be a glob pattern (str); got {pattern!r}.")
+                raise TypeError(
+                    f"{_validate.where()}: Slice.pattern must be a glob pattern (str); got {pattern!r}."
+                )
         else:
             raise TypeError(
                 f"{_validate.where()}: specs[{n}] must be a glob pattern (str) or a "
@@ -398,7 +414,9 @@ def select(params: PyTree, *specs, label: str = "") -> Selection:
                 axis = int(sl.axis) % nd
                 what = ""
             else:
-                raise TypeError(f"{_validate.where()}: Slice.axis must be an int or 'heads'; got {sl.axis!r}.")
+                raise TypeError(
+                    f"{_validate.where()}: Slice.axis must be an int or 'heads'; got {sl.axis!r}."
+                )
             idx = _indices(sl.index, shapes[p][axis], path=p, axis=axis, what=what)
             prev = chosen.get(p)
             if prev is None:
@@ -417,7 +435,16 @@ def select(params: PyTree, *specs, label: str = "") -> Selection:
         if p not in chosen:
             continue
         axis, idx = chosen[p]
-        entries.append(_Entry(p, (p,), axis, None if idx is None else len(idx), shapes[p], str(jnp.result_type(x))))
+        entries.append(
+            _Entry(
+                p,
+                (p,),
+                axis,
+                None if idx is None else len(idx),
+                shapes[p],
+                str(jnp.result_type(x)),
+            )
+        )
         index.append(idx)
     return Selection(tuple(entries), [0] * len(entries), index, label=label)
 
@@ -451,7 +478,9 @@ def _to_base(plan: _Plan, v: dict):
         idx = node.index[j]
         for c, p in enumerate(e.paths):
             placed = _put(leaves[p], x.astype(leaves[p].dtype), idx, e.axis)
-            leaves[p] = placed if len(e.paths) == 1 else jnp.where(node.choice[j] == c, placed, leaves[p])
+            leaves[p] = (
+                placed if len(e.paths) == 1 else jnp.where(node.choice[j] == c, placed, leaves[p])
+            )
     sub = plan.base_subset
     if sub.is_all:
         return jax.tree.unflatten(sub.treedef, [leaves[p] for p in sub.paths])
@@ -466,7 +495,9 @@ def _from_base(plan: _Plan, out) -> dict:
     res = {}
     for j, e in enumerate(node.entries):
         idx = node.index[j]
-        parts = [leaves[p] if idx is None else jnp.take(leaves[p], idx, axis=e.axis) for p in e.paths]
+        parts = [
+            leaves[p] if idx is None else jnp.take(leaves[p], idx, axis=e.axis) for p in e.paths
+        ]
         if len(parts) == 1:
             res[e.key] = parts[0]
         else:
@@ -503,7 +534,9 @@ class SelectedOperator(ops.MatvecOperator):
         vec = sub.restrict(base.params)
         vpaths = sub.paths if sub.is_all else sub.selected_paths
         vleaves = sub.treedef.flatten_up_to(vec) if sub.is_all else [vec[p] for p in vpaths]
-        shapes = tuple((p, tuple(np.shape(x)), str(jnp.result_type(x))) for p, x in zip(vpaths, vleaves))
+        shapes = tuple(
+            (p, tuple(np.shape(x)), str(jnp.result_type(x))) for p, x in zip(vpaths, vleaves)
+        )
         self._plan = _Plan(selection._node(), sub, shapes)
         self._host = None
 
@@ -541,11 +574,11 @@ class SelectedOperator(ops.MatvecOperator):
         self.check_flags(ok)
         return out
 
-
-    def diagonal(self, *, chunk_size: int = 16) -> dict:
+    def diagonal(self, *, chunk_size: int = 8) -> dict:
         """The exact diagonal of ``S^T A S`` (``{key: array}`` shaped like the template), from
-        its products with the unit vectors: ``num_params`` products, ``chunk_size`` per compiled
-        call (one program for every selection of the same shapes). Its sum is the exact trace
+        its products with the unit vectors: ``num_params`` products, ``chunk_size`` at once
+        (vectorised: memory of ``chunk_size`` products) per compiled call (one program for every
+        selection of the same shapes). Its sum is the exact trace
         ``sum_{i in S} A_ii``; for small blocks only (a large block's trace is estimated by
         :func:`~landscape.hessian.trace`).
 
@@ -569,21 +602,24 @@ def _apply_jit(s, d, v):
 
 @functools.partial(jax.jit, static_argnames=("s", "layout", "num"))
 def _diag_chunk_jit(s, d, layout, acc, start, num):
-    """``acc`` plus the diagonal entries ``start .. start + num - 1`` (those below the size)."""
+    """``acc`` plus the diagonal entries ``start .. start + num - 1`` (those below the size):
+    ``num`` unit-vector products, vectorised."""
     prep = engine.merge_fn(s, d)
     n = layout.size
+    j = start + jnp.arange(num)
+    jj = jnp.minimum(j, n - 1)
+    inside = j < n
+    E = jnp.where(inside[:, None], jax.nn.one_hot(jj, n, dtype=layout.dtype), 0)
 
-    def body(i, carry):
-        acc, ok = carry
-        j = start + i
-        jj = jnp.minimum(j, n - 1)
-        inside = j < n
-        e = jnp.zeros((n,), layout.dtype).at[jj].set(jnp.where(inside, 1, 0).astype(layout.dtype))
+    def one(e):
         y, f = prep(layout.unravel(e))
-        val = layout.ravel(y)[jj]
-        return acc.at[jj].add(jnp.where(inside, val, 0).astype(acc.dtype)), ok & jnp.all(f)
+        return layout.ravel(y), jnp.all(f)
 
-    return jax.lax.fori_loop(0, num, body, (acc, jnp.asarray(True)))
+    Y, ok = jax.vmap(one)(E)
+    vals = jnp.where(inside, jnp.take_along_axis(Y, jj[:, None], axis=1)[:, 0], 0).astype(
+        acc.dtype
+    )
+    return acc.at[jj].add(vals), jnp.all(ok)
 
 
 @_validate.public("landscape.hessian.restrict")
@@ -624,10 +660,17 @@ def restrict(operator: ops.CurvatureOperator, *selection) -> SelectedOperator:
     if len(selection) == 1 and isinstance(selection[0], Selection):
         sel = selection[0]
     elif any(isinstance(s, Selection) for s in selection):
-        raise TypeError(f"{_validate.where()}: pass one Selection, or specs (patterns and Slice objects).")
+        raise TypeError(
+            f"{_validate.where()}: pass one Selection, or specs (patterns and Slice objects)."
+        )
     else:
         sel = select(operator.params, *selection)
-    shapes = dict(zip(_tree.leaf_paths(operator.params), (tuple(np.shape(x)) for x in jax.tree.leaves(operator.params))))
+    shapes = dict(
+        zip(
+            _tree.leaf_paths(operator.params),
+            (tuple(np.shape(x)) for x in jax.tree.leaves(operator.params)),
+        )
+    )
     avail = set(operator.subset.selected_paths)
     for e in sel.entries:
         for p in e.paths:

@@ -18,7 +18,9 @@ __all__ = ["plot_depth_spectrum", "plot_head_spectra"]
 _QUANTITIES = ("top", "trace")
 
 
-def plot_head_spectra(result, ax=None, *, quantity: str = "top", annotate: bool = True, cmap: str = "viridis"):
+def plot_head_spectra(
+    result, ax=None, *, quantity: str = "top", annotate: bool = True, cmap: str = "viridis"
+):
     """A heat map of one quantity per block (rows) and head (columns), the groups side by side
     (``qk | vo``), with the values written in the cells.
 
@@ -36,16 +38,22 @@ def plot_head_spectra(result, ax=None, *, quantity: str = "top", annotate: bool 
       ValueError: an unknown ``quantity``.
     """
     if quantity not in _QUANTITIES:
-        raise ValueError(f"landscape.plot.plot_head_spectra: quantity must be one of {list(_QUANTITIES)}; got {quantity!r}.")
+        raise ValueError(
+            f"landscape.plot.plot_head_spectra: quantity must be one of {list(_QUANTITIES)}; got {quantity!r}."
+        )
     vals = np.asarray(result.top if quantity == "top" else result.traces, np.float64)  # (B, H, G)
     nb, nh, ng = vals.shape
     grid = np.concatenate([vals[:, :, g] for g in range(ng)], axis=1)  # (B, G * H)
     if ax is None:
         _, ax = new_axes((1.2 + 0.9 * grid.shape[1], 1.2 + 0.7 * nb))
     im = ax.imshow(grid, cmap=cmap, aspect="auto", origin="upper")
-    ax.figure.colorbar(im, ax=ax, label=r"top eigenvalue $\lambda_{\max}$" if quantity == "top" else "trace")
+    ax.figure.colorbar(
+        im, ax=ax, label=r"top eigenvalue $\lambda_{\max}$" if quantity == "top" else "trace"
+    )
     ax.set_xticks(range(grid.shape[1]))
-    ax.set_xticklabels([f"{result.groups[g]} h{h}" for g in range(ng) for h in range(nh)], rotation=0)
+    ax.set_xticklabels(
+        [f"{result.groups[g]} h{h}" for g in range(ng) for h in range(nh)], rotation=0
+    )
     ax.set_yticks(range(nb))
     ax.set_yticklabels([f"block {b}" for b in range(nb)])
     for g in range(1, ng):
@@ -55,9 +63,18 @@ def plot_head_spectra(result, ax=None, *, quantity: str = "top", annotate: bool 
         mid = 0.5 * (lo + hi)
         for b in range(nb):
             for j in range(grid.shape[1]):
-                ax.text(j, b, f"{grid[b, j]:.3g}", ha="center", va="center", fontsize=8,
-                        color="black" if grid[b, j] > mid else "white")
-    ax.set_title(f"{result.curvature}: {'top eigenvalue' if quantity == 'top' else 'trace'} per head")
+                ax.text(
+                    j,
+                    b,
+                    f"{grid[b, j]:.3g}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="black" if grid[b, j] > mid else "white",
+                )
+    ax.set_title(
+        f"{result.curvature}: {'top eigenvalue' if quantity == 'top' else 'trace'} per head"
+    )
     return ax
 
 
@@ -89,9 +106,15 @@ def plot_depth_spectrum(results, ax=None, *, heads: bool = True, legend: bool = 
         if heads:
             top = np.asarray(r.top, np.float64)
             for g, group in enumerate(r.groups):
-                ax.plot(depth, top[:, :, g].max(axis=1), color=f"C{i}", ls=("--", ":", "-.")[g % 3],
-                        marker=MARKERS[(g + 1) % len(MARKERS)], markerfacecolor="none",
-                        label=f"max over heads, {group}{suffix}")
+                ax.plot(
+                    depth,
+                    top[:, :, g].max(axis=1),
+                    color=f"C{i}",
+                    ls=("--", ":", "-.")[g % 3],
+                    marker=MARKERS[(g + 1) % len(MARKERS)],
+                    markerfacecolor="none",
+                    label=f"max over heads, {group}{suffix}",
+                )
     ax.set_xlabel("block")
     ax.set_ylabel(r"top eigenvalue $\lambda_{\max}$")
     ax.set_xticks(np.arange(np.asarray(next(iter(items.values())).top).shape[0]))
