@@ -25,6 +25,7 @@ from landscape.hessian import _classes
 
 N_TINY = 60
 C = 10
+WD = 0.5
 
 
 def _dense_parts(params, x, y):
@@ -78,6 +79,9 @@ def tiny(digits_data):
     with jax.enable_x64(True):
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model.params)
         ref = _dense_parts(params, jnp.asarray(x), y)
+    # the float64 tests share one loss with weight decay (its parts are the same plus wd I),
+    # hence one compiled program per product and the same means
+    ref["wd_loss"] = landscape.make_loss_fn(model, "cross_entropy", weight_decay=WD)
     return model, landscape.make_loss_fn(model), params, {"x": x, "y": y}, ref
 
 
@@ -92,9 +96,12 @@ def _apply_all(fns, v):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_parts_match_dense_and_sum_to_ggn(tiny, dtype):
     """Each part's product (uncentred and centred, batched 25 + 25 + 10) against the dense
-    formulas, and the parts' products summing to the GGN operator's."""
+    formulas, and the parts' products summing to the GGN operator's (float64: with weight decay
+    WD, the "penalty" part WD I; float32: without)."""
     model, loss, params64, data, ref = tiny
     rtol = 1e-10 if dtype == "float64" else 1e-4
+    wd = WD if dtype == "float64" else 0.0
+    loss = ref["wd_loss"] if wd else loss
     with jax.enable_x64(dtype == "float64"):
         params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params64)
         d = {"x": np.asarray(data["x"], dtype), "y": data["y"]}
@@ -114,17 +121,25 @@ def test_parts_match_dense_and_sum_to_ggn(tiny, dtype):
         outs = jax.tree.map(
             lambda a: np.asarray(a, np.float64), _apply_all(fns, unravel(jnp.asarray(vec, dtype)))
         )
-        for name in ("cross", "within", "ggn"):  # center=False: the same operators
-            outs[f"False/{name}"] = outs[f"{centers[-1]}/{name}"]
-    scale = np.abs(ref["G"] @ vec).max()
+        for name in ("cross", "within", "penalty", "ggn"):  # center=False: the same operators
+            if f"{centers[-1]}/{name}" in outs:
+                outs[f"False/{name}"] = outs[f"{centers[-1]}/{name}"]
+    eye = np.eye(len(vec))
+    scale = np.abs((ref["G"] + wd * eye) @ vec).max()
     for center, ops in opsets.items():
-        assert set(ops) == ({"global"} if center else set()) | {"class", "cross", "within", "ggn"}
+        assert set(ops) == ({"global"} if center else set()) | {
+            "class",
+            "cross",
+            "within",
+            "ggn",
+        } | ({"penalty"} if wd else set())
         want = {
             "class": ref["centred"] if center else ref["class"],
             "cross": ref["cross"],
             "within": ref["within"],
             "global": ref["global"],
-            "ggn": ref["G"],
+            "penalty": wd * eye,
+            "ggn": ref["G"] + wd * eye,
         }
         for name in ops:
             np.testing.assert_allclose(
@@ -142,11 +157,11 @@ def test_parts_match_dense_and_sum_to_ggn(tiny, dtype):
 def test_rank_of_class_part(tiny):
     """Uncentred class-mean part: rank C (nothing ties the class means together); centred by the
     global mean: C - 1 (the weighted deviations sum to zero). Cross-class part: C(C-1)."""
-    _, loss, params64, data, ref = tiny
+    _, _, params64, data, ref = tiny
     assert np.linalg.matrix_rank(ref["class"]) == C
     assert np.linalg.matrix_rank(ref["centred"]) == C - 1
     with jax.enable_x64(True):
-        ops = _classes.class_operators(loss, params64, data, batch_size=25)
+        ops = _classes.class_operators(ref["wd_loss"], params64, data, batch_size=25)
         vals, rank = _classes._gram_spectrum(ops["class"].matvec_fn.args[0], 310, np.float64)
         cvals, crank = _classes._gram_spectrum(ops["cross"].matvec_fn.args[0], 310, np.float64)
     assert rank == C and crank == C * (C - 1)
@@ -262,16 +277,15 @@ def test_weight_decay_and_lanczos_convergence(tiny):
     value had mixed with the fresh block (its residual estimate grew past the tolerance) and
     the solver stopped there instead of restarting. Keys 0-7 include two failures of each."""
     model, _, params64, data, ref = tiny
-    wd = 0.5
-    loss = landscape.make_loss_fn(model, "cross_entropy", weight_decay=wd)
+    wd, loss = WD, ref["wd_loss"]
     g = np.sort(np.linalg.eigvalsh(ref["G"]))[::-1][:6]
     edge = np.linalg.eigvalsh(ref["within"])[-1]
     with jax.enable_x64(True), warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         res = hessian.class_decomposition(
-            loss, params64, data, key=jax.random.key(0), k=6, tol=1e-10
+            loss, params64, data, key=jax.random.key(0), k=6, tol=1e-10, batch_size=25
         )
-        ops = _classes.class_operators(loss, params64, data)
+        ops = _classes.class_operators(loss, params64, data, batch_size=25)
         for name in ("within", "ggn"):
             for seed in range(8):
                 e = hessian.eigenvalues(ops[name], k=6, key=jax.random.key(seed), tol=1e-10)
