@@ -233,6 +233,12 @@ class Selection:
     def __repr__(self):
         return f"Selection({self.label or list(self.paths)}, size={self.size})"
 
+    def narrowed(self) -> Selection:
+        """The same coordinates with only the chosen leaf per entry as candidate (its compiled
+        programs are then its own, not shared with the other blocks)."""
+        entries = tuple(e._replace(paths=(e.paths[c],)) for e, c in zip(self.entries, self.choice))
+        return Selection(entries, [0] * len(entries), self.index, label=self.label)
+
     def _node(self) -> _Node:
         return _Node(
             self.entries,
@@ -672,6 +678,10 @@ def restrict(operator: ops.CurvatureOperator, *selection) -> SelectedOperator:
         )
     )
     avail = set(operator.subset.selected_paths)
+    if any(p not in avail for e in sel.entries for p in e.paths) and all(
+        p in avail for p in sel.paths
+    ):
+        sel = sel.narrowed()  # a family member on a filtered operator: its own leaves only
     for e in sel.entries:
         for p in e.paths:
             if shapes.get(p) != tuple(e.shape):

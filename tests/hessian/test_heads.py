@@ -185,6 +185,23 @@ def _check_selections(params, ids):
     same = select(params, Slice("blocks/1/attn/query/*", 1), Slice("blocks/1/attn/key/*", 1))
     np.testing.assert_array_equal(np.sort(_coords(same, ids)), np.sort(_coords(sel, ids)))
     assert block_selection(params, block=0).size == 464
+    # the library's transformer has the same layout (tied queries and keys: no key part)
+    m = landscape.make_model(
+        "transformer",
+        input_shape=(4,),
+        num_outputs=2,
+        vocab_size=5,
+        width=8,
+        heads=2,
+        depth=2,
+        mlp_ratio=1,
+        tie_qk=True,
+    )
+    got = attention_layers(m.params)
+    assert [a.folder for a in got] == ["blocks/0/attn", "blocks/1/attn"]
+    assert "key/kernel" not in got[0].leaves and got[0].leaves["out/kernel"] == 0
+    tied = head_selection(m.params, block=1, head=0, parts=("query", "key"))
+    assert tied.label == "block 1 head 0: query" and tied.size == D * DH + DH
 
 
 def test_restricted_operator_is_the_dense_sub_block_float64(f64):
@@ -343,6 +360,9 @@ def _check_bad_selections(f64):
     with pytest.raises(ValueError, match="built for other parameters"):
         restrict(make_hvp(loss_fn, other, f64["data"]), head_selection(params, block=0, head=0))
     op = make_hvp(loss_fn, params, f64["data"], params_filter="blocks/0")
+    # a family member on a filtered operator keeps only its own block's leaves
+    own = restrict(op, head_selection(params, block=0, head=0))
+    assert own.selection.entries[0].paths == ("blocks/0/attn/query/kernel",)
     with pytest.raises(ValueError, match="outside the operator's params_filter"):
         restrict(op, head_selection(params, block=1, head=0))
     with pytest.raises(ValueError, match="head_spectra: the operator has a params_filter"):
