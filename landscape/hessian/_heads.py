@@ -342,8 +342,16 @@ def head_spectra(
     and trace are computed. The trace is exact when the block has at most ``max_hvps``
     coordinates (the sum of its diagonal, :meth:`~landscape.hessian.SelectedOperator.diagonal`:
     one product per coordinate, never more than the budget), else a Hutch++ estimate
-    (:func:`~landscape.hessian.trace`) with ``max_hvps`` products and its standard error. With ``depth`` the same for each block's whole parameters
-    (:func:`block_selection`): the layer-wise top eigenvalue through depth.
+    (:func:`~landscape.hessian.trace`) with ``max_hvps`` products and its standard error. With
+    ``depth`` the top eigenvalues of each block's whole parameters (:func:`block_selection`):
+    the layer-wise top eigenvalue through depth.
+
+    Sizes and traces: a head's Q/K block has ``2 (d_model + 1) d_head`` coordinates (kernels
+    and biases; ``(d_model + 1) d_head`` with tied queries and keys), its V/O block
+    ``(d_model + 1) d_head + d_head d_out``; the trace of a block is ``sum_{i in S} A_ii`` over
+    its coordinates, so the Q/K and V/O traces of all heads plus the output bias and the other
+    leaves add up to ``tr A``. The key bias has zero curvature under softmax attention (the
+    softmax is invariant to a shift shared by all keys), so its rows of a Q/K block vanish.
 
     Args:
       operator, params, data: a CurvatureOperator, or ``loss_fn, params, data``.
@@ -365,9 +373,8 @@ def head_spectra(
     Cost:
       Per block, head and group one eigensolve (tens of products for ``k = 1``) and at most
       ``max_hvps`` trace products (``min(size, max_hvps)`` for exact traces), each a full product
-      of the operator; compiled once per group
-      (the block and head are arguments of the programs when the blocks have the same shapes),
-      and once more for the blocks.
+      of the operator; compiled once per group (the block and head are arguments of the
+      programs when the blocks have the same shapes), and once more for the blocks.
 
     Raises:
       ValueError, TypeError: no attention layer; bad ``k``, ``groups`` or settings; an operator
