@@ -176,9 +176,9 @@ def references(model, params, data, paths, cfg) -> dict:
 
         @jax.jit
         def hvp(v):
-            g = lambda w: ravel_pytree(jax.grad(lambda p: loss_of(model, p, x, y)[0])(unravel(w)))[
-                0
-            ]  # noqa: E731
+            def g(w):
+                return ravel_pytree(jax.grad(lambda p: loss_of(model, p, x, y)[0])(unravel(w)))[0]
+
             return jax.jvp(g, (flat,), (v,))[1]
 
         n = flat.size
