@@ -9,10 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from threadpoolctl import threadpool_limits
 
 import landscape
 from landscape import sparsity as S
 from landscape.train import TrainState
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """Dense NumPy linear algebra (references, host eigensolves) on one BLAS thread: on a
+    shared 2-core machine OpenBLAS's threads contend with the test workers (10-20x slower)."""
+    with threadpool_limits(1):
+        yield
+
 
 HIDDEN = (8,)
 TC = {

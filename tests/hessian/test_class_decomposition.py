@@ -18,10 +18,20 @@ import numpy as np
 import optax
 import pytest
 from jax.flatten_util import ravel_pytree
+from threadpoolctl import threadpool_limits
 
 import landscape
 from landscape import hessian
 from landscape.hessian import _classes
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """Dense NumPy linear algebra (references, host eigensolves) on one BLAS thread: on a
+    shared 2-core machine OpenBLAS's threads contend with the test workers (10-20x slower)."""
+    with threadpool_limits(1):
+        yield
+
 
 N_TINY = 60
 C = 10

@@ -16,10 +16,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from threadpoolctl import threadpool_limits
 
 import landscape
 from landscape import hessian
 from landscape.hessian import _gram
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """Dense NumPy linear algebra (references, host eigensolves) on one BLAS thread: on a
+    shared 2-core machine OpenBLAS's threads contend with the test workers (10-20x slower)."""
+    with threadpool_limits(1):
+        yield
+
 
 N, C, D, H = 20, 4, 16, 6
 WD = 0.03

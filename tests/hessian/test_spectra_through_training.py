@@ -20,9 +20,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from threadpoolctl import threadpool_limits
 
 import landscape
 from landscape import hessian
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """Dense NumPy linear algebra (references, host eigensolves) on one BLAS thread: on a
+    shared 2-core machine OpenBLAS's threads contend with the test workers (10-20x slower)."""
+    with threadpool_limits(1):
+        yield
+
 
 N, D, C, H = 40, 5, 3, 4
 K = 3
