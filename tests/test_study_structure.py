@@ -103,18 +103,32 @@ def test_structure_matches_direct_calls(structured):
 
     import landscape
     from landscape import hessian
-    from landscape.study._run import study_key
+    from landscape.study._run import balanced_subset, study_key
 
     v = structured.results["sections"]["structure"]["values"]
     ds = landscape.load_data("digits")
     run = landscape.load_run(structured.out / "sections" / "training" / "run",
                              model=landscape.make_model("mlp", input_shape=ds.input_shape,
                                                         num_outputs=10, hidden=(16,), seed=2))
-    sub = jax.tree.map(lambda a: a[:96], ds.train)
+    idx = balanced_subset(ds.train["y"], 96)
+    counts = np.bincount(np.asarray(ds.train["y"])[idx], minlength=10)
+    assert counts.max() - counts.min() <= 1  # balanced over the classes
+    sub = jax.tree.map(lambda a: a[idx], ds.train)
     dec = hessian.class_decomposition(landscape.make_loss_fn(run.model), run.model.params, sub,
                                       key=study_key(2, 40), batch_size=64)
     np.testing.assert_allclose(v["ggn_top"], np.asarray(dec.values), rtol=1e-5)
     assert v["num_outliers"] == dec.num_outliers and v["cross_rank"] == dec.cross_rank
+
+
+def test_balanced_subset_of_sorted_labels():
+    """Labels sorted by class (a user's .npz file): the subset still has every class."""
+    from landscape.study._run import balanced_subset
+
+    y = np.repeat(np.arange(4), [5, 3, 7, 1])
+    idx = balanced_subset(y, 9)
+    assert sorted(np.bincount(y[idx]).tolist()) == [1, 2, 3, 3]
+    assert np.all(np.diff(idx) > 0) and len(set(idx.tolist())) == 9
+    assert balanced_subset(y, 100).tolist() == list(range(16))
 
 
 def test_structure_rerun_loads_and_bad_settings(structured, tmp_path):

@@ -13,7 +13,7 @@ from landscape.plot._style import LINESTYLES, MARKERS, new_axes, place_legend
 __all__ = ["plot_instability", "plot_pruning"]
 
 _LABELS = {
-    "ticket": "winning ticket (rewound)",
+    "ticket": "IMP ticket (rewound)",
     "random_mask": "random mask",
     "reinit": "random re-initialisation",
 }

@@ -298,13 +298,15 @@ def _summary_text(name: str, v: dict) -> str:
     if name == "structure":
         out = []
         if "num_outliers" in v:
-            out.append(f"{v['num_outliers']} GGN outliers (C = {v['num_classes']})")
+            least = "at least " if v["num_outliers"] >= v["class_k"] else ""
+            out.append(f"{least}{v['num_outliers']} GGN outliers (C = {v['num_classes']})")
         if "ticket_last" in v:
             out.append(f"ticket at sparsity {f(v['sparsity_last'])}: test accuracy "
                        f"{f(v['ticket_last'])}")
         if "barrier_max" in v:
             out.append(f"largest instability barrier {f(v['barrier_max'])}")
-        return ", ".join(out) or "nothing run"
+        return ", ".join(out) or ("classification only: nothing run"
+                                  if "tickets_not_run" in v else "nothing run")
     if name == "skips":
         return "top eigenvalues " + ", ".join(
             f"{r['variant']} {f(r['top_eigenvalue'])}" if "top_eigenvalue" in r else
@@ -587,7 +589,8 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
             meta["trained"] = digest_train              # initialisation: not the trained one
         if name == "structure":  # the trained network, and new trainings from the initialisation
             meta["init"] = _provenance.data_hash(ctx.init_params)
-            meta["train"] = dict(cfg["train"])
+            # what the new trainings use (sharpness_every only monitors the study's own run)
+            meta["train"] = {k: v for k, v in cfg["train"].items() if k != "sharpness_every"}
         if name == "trainability":
             meta["init"] = _provenance.data_hash(ctx.init_params)
             meta["train"] = {k: cfg["train"][k] for k in ("optimizer", "optimizer_settings",

@@ -919,13 +919,28 @@ _PART_NAMES = {"class": "class-mean", "cross": "cross-class", "within": "within-
                "global": "global-mean", "penalty": "weight-decay"}
 
 
+def balanced_subset(labels, m: int) -> np.ndarray:
+    """Indices of ``m`` examples balanced over the classes whatever the data's order (a file
+    sorted by label included): each class's first examples in turn, returned in the data's
+    order."""
+    y = np.asarray(labels).reshape(-1)
+    rank = np.empty(len(y), np.int64)
+    for c in np.unique(y):
+        where = np.flatnonzero(y == c)
+        rank[where] = np.arange(len(where))
+    return np.sort(np.lexsort((y, rank))[:m])
+
+
 def _class_structure(ctx: Context, parts: _Parts, sec: Section, s: dict) -> str:
     from landscape import hessian
 
     train = ctx.data.train
     m = min(len(train["x"]), int(s["class_examples"]))
     ctx.log(f"    class structure of the Gauss-Newton matrix ({m} training examples) ...")
-    sub = {"x": train["x"][:m], "y": train["y"][:m]}
+    # balanced over the classes, whatever the data's order (a file sorted by label included):
+    # each class's first examples in turn, in the data's order within a class
+    idx = balanced_subset(train["y"], m)
+    sub = {"x": train["x"][idx], "y": train["y"][idx]}
     try:
         dec = parts.get("classes", lambda: hessian.class_decomposition(
             ctx.loss_fn, ctx.model.params, sub, key=_key(ctx, 40), batch_size=min(64, m)),
@@ -934,6 +949,7 @@ def _class_structure(ctx: Context, parts: _Parts, sec: Section, s: dict) -> str:
         sec.values["classes_not_run"] = str(e)[:300]
         return "The class decomposition was not run: {classes_not_run}. "
     c = int(dec.num_classes)
+    absent = int(np.sum(np.asarray(dec.class_counts) == 0))
     vals = np.asarray(dec.values, float)
     edge = float(np.asarray(dec.bulk_edge).reshape(-1)[0])
     att = {p: np.asarray(dec.attribution[p], float) for p in dec.parts}
@@ -942,7 +958,10 @@ def _class_structure(ctx: Context, parts: _Parts, sec: Section, s: dict) -> str:
         class_examples=m, num_classes=c, class_k=int(dec.k),
         class_rank=int(dec.class_rank), class_rank_centred=int(dec.class_rank_centred),
         cross_rank=int(dec.cross_rank), cross_rank_expected=c * (c - 1),
-        class_rank_centred_expected=c - 1,
+        class_rank_centred_expected=c - 1, classes_absent=absent,
+        bulk_edge_kind=("the within-class part's top eigenvalue plus the weight decay"
+                        if "penalty" in dec.part_values else "the within-class part's top "
+                        "eigenvalue"),
         ggn_top=[_r(v) for v in vals], bulk_edge=_r(edge), num_outliers=int(dec.num_outliers),
         class_top=_r(float(np.asarray(dec.class_spectrum, float)[0])),
         **{f"attribution_{p}": _r(float(att[p][:top].mean()), 4) for p in dec.parts})
@@ -954,13 +973,19 @@ def _class_structure(ctx: Context, parts: _Parts, sec: Section, s: dict) -> str:
         "rows": [[i + 1, _r(float(vals[i])), *[_r(float(att[p][i]), 4) for p in dec.parts]]
                  for i in range(len(vals))]})
     expected = int(dec.class_rank) == c and int(dec.class_rank_centred) == c - 1
-    sec.checks.append(check(
-        "class-mean ranks", expected,
-        "the class-mean part has rank C = {num_classes} ({class_rank} measured) and C - 1 once "
-        "centred by the global mean ({class_rank_centred} measured): the algebra's bounds, "
-        "reached unless the class means are degenerate (numerical ranks of their exact float64 "
-        "Grams)", num_classes=c, class_rank=int(dec.class_rank),
-        class_rank_centred=int(dec.class_rank_centred)))
+    if absent:
+        expected, why = None, ("not applicable: {classes_absent} of the {num_classes} classes "
+                               "have no example among the {class_examples} (raise "
+                               "class_examples)")
+    else:
+        why = ("the class-mean part has rank C = {num_classes} ({class_rank} measured) and C - 1 "
+               "once centred by the global mean ({class_rank_centred} measured): the algebra's "
+               "bounds, reached unless the class means are degenerate (numerical ranks of "
+               "their small Grams)")
+    sec.checks.append(check("class-mean ranks", expected, why, num_classes=c,
+                            class_rank=int(dec.class_rank),
+                            class_rank_centred=int(dec.class_rank_centred),
+                            classes_absent=absent, class_examples=m))
     fig, axes = _figure((9.6, 3.6), 1, 2)
     ax = axes[0, 0]
     idx = np.arange(1, len(vals) + 1)
@@ -968,7 +993,9 @@ def _class_structure(ctx: Context, parts: _Parts, sec: Section, s: dict) -> str:
     cs = np.asarray(dec.class_spectrum, float)[: len(vals)]
     ax.semilogy(np.arange(1, len(cs) + 1), np.maximum(cs, 1e-30), "x", color="C3",
                 label="class-mean part")
-    ax.axhline(edge, color="0.3", ls="--", lw=1, label="bulk edge (within-class top)")
+    ax.axhline(edge, color="0.3", ls="--", lw=1,
+               label="bulk edge (within-class top" + (" + weight decay)"
+                                                       if "penalty" in dec.part_values else ")"))
     ax.set_xlabel("index")
     ax.set_ylabel("eigenvalue")
     ax.legend(fontsize=7)
@@ -996,9 +1023,11 @@ def _class_structure(ctx: Context, parts: _Parts, sec: Section, s: dict) -> str:
             + (" of at most {cross_rank_expected}: the pairs of classes to which the network "
                "gives almost no probability add nothing above rounding"
                if int(dec.cross_rank) < c * (c - 1) else "") +
-            ") and the within-class rest, whose "
-            "top eigenvalue {bulk_edge} is the bulk edge: {num_outliers} of the top {class_k} "
-            "eigenvalues lie above it, against Papyan's C = {num_classes} outliers. The top "
+            ") and the within-class rest; the bulk edge is {bulk_edge} ({bulk_edge_kind}): "
+            + ("all {class_k} eigenvalues computed lie above it (at least {num_outliers} "
+               "outliers)" if int(dec.num_outliers) >= int(dec.k) else
+               "{num_outliers} of the top {class_k} eigenvalues lie above it")
+            + ", against Papyan's C = {num_classes} outliers. The top "
             "{num_classes} eigenvectors are attributed on average "
             + ", ".join("{attribution_" + p + "} to the " + _PART_NAMES.get(p, p) + " part"
                         for p in dec.parts)
@@ -1048,24 +1077,26 @@ def section_structure(ctx: Context, parts: _Parts) -> Section:
     init = ctx.template.replace(params=ctx.init_params)
     sec.values["structure_steps"] = num_steps
     pruned = None
-    if s["rounds"]:
+    rounds = int(s["rounds"])
+    if rounds:
+        try:  # a model of yours without "kernel" leaves: no tickets, the dense instability still
+            sparsity.prunable_mask(ctx.init_params)
+        except ValueError as e:
+            sec.values["tickets_not_run"] = str(e)[:300].rstrip(".")
+            texts.append("Lottery tickets were not run: {tickets_not_run}. ")
+            rounds = 0
+    if rounds:
         rewind = _percent_steps([s["rewind_percent"]], num_steps)[0]
         controls = list(s["controls"])
         ctx.log(f"    lottery tickets: {_plural_rounds(s['rounds'])} of {s['rate']:g}, rewound to step "
                 f"{rewind}, controls {', '.join(controls) or 'none'} ...")
-        try:
-            pruned = parts.get("pruning", lambda: sparsity.iterative_pruning(
-                init, ctx.data, kw, rounds=int(s["rounds"]), rate=float(s["rate"]),
-                rewind_step=rewind, key=_key(ctx, 41), controls=controls,
-                store=parts.child("pruning-rounds")), sparsity.PruningResult)
-        except ValueError as e:  # e.g. a model of yours without "kernel" leaves to prune
-            sec.values["tickets_not_run"] = str(e)[:300]
-            texts.append("Lottery tickets and instability were not run: {tickets_not_run}.")
-            sec.text = "".join(texts)
-            return sec
+        pruned = parts.get("pruning", lambda: sparsity.iterative_pruning(
+            init, ctx.data, kw, rounds=rounds, rate=float(s["rate"]), rewind_step=rewind,
+            key=_key(ctx, 41), controls=controls, store=parts.child("pruning-rounds")),
+            sparsity.PruningResult)
         sp = np.asarray(pruned.sparsity, float)
         acc = {k: np.asarray(v, float) for k, v in pruned.test_accuracy.items()}
-        r = int(s["rounds"])
+        r = rounds
         sec.values.update(rounds=r, rate=float(s["rate"]), rewind_step=rewind,
                           sparsity=[_r(v, 4) for v in sp], sparsity_last=_r(float(sp[-1]), 4),
                           sparsity_expected=_r(1 - (1 - float(s["rate"])) ** r, 4),
@@ -1080,8 +1111,9 @@ def section_structure(ctx: Context, parts: _Parts) -> Section:
         tol = r * len(rep.prunable) / max(prunable, 1)
         sec.checks.append(check(
             "pruned fraction", bool(abs(sp[-1] - (1 - (1 - s["rate"]) ** r)) <= tol),
-            "after {rounds} rounds of {rate} the pruned fraction of the prunable weights is "
-            "1 - (1 - rate)^rounds to whole weights (at most one weight per leaf per round)",
+            "after " + _plural_rounds(r).replace(str(r), "{rounds}", 1) + " of {rate} the "
+            "pruned fraction of the prunable weights is 1 - (1 - rate)^rounds to whole weights "
+            "(at most one weight per leaf per round)",
             rounds=r, rate=float(s["rate"]), measured=float(sp[-1]),
             expected=1 - (1 - float(s["rate"])) ** r, allowed=tol))
         sec.tables.append({
@@ -1111,21 +1143,31 @@ def section_structure(ctx: Context, parts: _Parts) -> Section:
             se = math.sqrt(2 * pa * (1 - pa) / nt)  # of a difference of two test accuracies
             sec.values.update(ticket_margin=_r(margin, 4), margin_se=_r(se, 3),
                               ticket_margin_examples=int(round(margin * nt)))
+            sec.values["ticket_margin_abs_examples"] = abs(sec.values["ticket_margin_examples"])
             text += ("; the ticket leads the best control by {ticket_margin} "
                      "({ticket_margin_examples} of the {test_examples} test examples)"
                      if margin > 0 else
-                     "; the ticket does not lead the best control ({ticket_margin}, "
-                     "{ticket_margin_examples} of the {test_examples} test examples)")
-            text += (", more than twice the standard error {margin_se} of a difference of two "
-                     "test accuracies here. " if margin > 2 * se else
-                     ", within twice the standard error {margin_se} of a difference of two test "
-                     "accuracies here: no winning ticket can be told apart at this sparsity. ")
+                     "; the ticket trails the best control by {ticket_margin} "
+                     "({ticket_margin_abs_examples} of the {test_examples} test examples)"
+                     if margin < 0 else "; the ticket ties the best control")
+            se_words = (" the binomial standard error {margin_se} of the difference of two "
+                        "unpaired test accuracies (one training seed each: the spread between "
+                        "seeds is not included)")
+            text += ((", more than twice" + se_words + ": a winning ticket at this sparsity. ")
+                     if margin > 2 * se else
+                     (", more than twice" + se_words + ": the ticket is worse than its control "
+                      "here. ") if margin < -2 * se else
+                     (", within twice" + se_words + ": no winning ticket can be told apart at "
+                      "this sparsity. "))
         else:
             text += ". "
         texts.append(text)
     if s["spawn_percent"]:
         steps = _percent_steps(s["spawn_percent"], num_steps)
-        masks = [None] + ([pruned.mask(int(s["rounds"]))] if pruned is not None else [])
+        if len(steps) < len(s["spawn_percent"]):
+            ctx.log(f"    spawn_percent {s['spawn_percent']} of {num_steps} steps gives the "
+                    f"steps {steps} (percentages of one step merged)")
+        masks = [None] + ([pruned.mask(rounds)] if pruned is not None else [])
         ctx.log(f"    instability: copies spawned at steps {steps} "
                 f"({len(masks)} network{'s' if len(masks) > 1 else ''}) ...")
         ins = parts.get("instability", lambda: sparsity.instability(
@@ -1133,8 +1175,8 @@ def section_structure(ctx: Context, parts: _Parts) -> Section:
             num_ts=int(s["points"])), sparsity.InstabilityResult)
         b = np.asarray(ins.barrier["test/error"], float)
         names = ["dense"] + (["ticket"] if len(masks) > 1 else [])
-        stable = [next((st for j, st in enumerate(steps) if np.all(b[i, j:] < 0.02)), None)
-                  for i in range(len(names))]
+        unstable = [[st for j, st in enumerate(steps) if b[i, j] >= 0.02]
+                    for i in range(len(names))]
         sec.values.update(spawn_steps=steps, barrier_max=_r(float(b.max()), 4),
                           **{f"barrier_{n}": [_r(float(v), 4) for v in b[i]]
                              for i, n in enumerate(names)})
@@ -1152,13 +1194,18 @@ def section_structure(ctx: Context, parts: _Parts) -> Section:
                                        "different data orders, with Frankle et al.'s 2% "
                                        "threshold."})
         words = []
-        for n, st in zip(names, stable):
-            if st is None:
-                words.append(f"the {n} network is unstable at every spawn step")
-            else:
-                sec.values[f"stable_from_{n}"] = int(st)
-                words.append(f"the {n} network is stable (barrier below 0.02) from step "
-                             "{stable_from_" + n + "}")
+        for n, bad in zip(names, unstable):
+            if not bad:
+                words.append(f"the {n} network is stable (barrier below 0.02) at every spawn "
+                             "step")
+                continue
+            sec.values[f"unstable_{n}"] = bad
+            later = [st for st in steps if st > bad[-1]]
+            words.append(f"the {n} network is unstable (barrier at least 0.02) at step(s) "
+                         "{unstable_" + n + "}" + (
+                             "" if not later else ", stable from step {stable_from_" + n + "}"))
+            if later:
+                sec.values[f"stable_from_{n}"] = int(later[0])
         texts.append("For two copies spawned at steps {spawn_steps} and trained on with "
                      "different data orders, the test error on the line between them rises at "
                      "most {barrier_max} above the mean of its ends: " + "; ".join(words) + (
