@@ -204,16 +204,23 @@ def test_masked_training_exact_zeros(small, model, opt):
     assert r.config["masked"] is True
     # rewound from a dense run's state (the tickets' path): the dense moments of the weights
     # pruned since are zeroed, so they stay zero (and act on no survivor)
+    # (the dense run under the all-True mask: the same numbers as unmasked, the same compiled
+    # step as the masked runs)
     rewind = landscape.train(
         model,
         small[0],
         optimizer=optimizer,
+        mask=S.dense_mask(model.params),
         num_steps=20,
         stop_step=10,
         batch_size=32,
         progress=False,
         **kw,
     ).train_state()
+    assert np.any(
+        np.asarray(rewind.params["layers"][0]["kernel"])[~np.asarray(mask["layers"][0]["kernel"])]
+        != 0
+    )
     r2 = landscape.train(
         model,
         small[0],
