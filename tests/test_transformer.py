@@ -481,30 +481,20 @@ def test_training_decreases_the_loss(tiny):
     assert loss[-1] < 0.5 * loss[0]  # ln 5 = 1.61 at the start
 
 
-def _flat_loss(loss_fn, params):
-    from jax.flatten_util import ravel_pytree
+# the Lanczos eigenvalues of a transformer's Hessian against the dense float64 Hessian: in
+# tests/hessian/test_heads.py (head_spectra's per-block top two eigenvalues, on the library's
+# transformer), which compiles the programs containing Hessian-vector products once
 
-    flat, unravel = ravel_pytree(params)
-    return flat, lambda v, data: loss_fn(unravel(v), data)[0]
+# the tiny model's settings, for the NumPy reference
+TINY = dict(vocab_size=7, causal=True, pool="last", activation="relu", heads=2)
 
 
-def test_hessian_top_eigenvalues_match_dense_float64(tiny):
-    ds, _, result, loss_fn = tiny
-    with jax.enable_x64(True):
-        flat, f = _flat_loss(loss_fn, result.params)
-        dense = np.linalg.eigvalsh(np.asarray(jax.jit(jax.hessian(f))(flat, ds.train)))
-        # method given: "auto" would trace the linearisation once to size its residuals
-        res = landscape.hessian.eigenvalues(
-            loss_fn,
-            result.params,
-            ds.train,
-            k=2,
-            key=jax.random.key(0),
-            method="forward_over_reverse",
-        )
-    # Lanczos to residual tol 1e-6: the Ritz values' error is ~ residual^2 / gap, far below
-    # this 1e-6 relative tolerance (the top eigenvalue is O(1))
-    np.testing.assert_allclose(np.asarray(res.values), dense[::-1][:2], rtol=1e-6)
+def _reference_loss(params, data):
+    """Mean cross-entropy of the NumPy float64 reference forward pass (nothing compiled)."""
+    logits = _reference(params, data["x"], TINY)
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -np.mean(np.take_along_axis(logp, np.asarray(data["y"])[:, None], -1))
 
 
 def test_slice_and_linear_path_profile(tiny):
@@ -513,17 +503,19 @@ def test_slice_and_linear_path_profile(tiny):
         direction = landscape.surface.random_direction(jax.random.key(1), result.params)
         alphas = np.array([-0.5, 0.0, 0.5])
         s = landscape.surface.slice_1d(loss_fn, result.params, ds.train, direction, alphas=alphas)
-        value = jax.jit(lambda p: loss_fn(p, ds.train)[0])
         d = direction.vector
+        # the NumPy reference's loss at each point: float64 arithmetic in another order
         for a, got in zip(alphas, np.asarray(s.train["loss"])):
-            point = jax.tree.map(lambda p, v, a=a: p + a * v, result.params, d)
-            assert got == pytest.approx(float(value(point)), rel=1e-10)
+            point = jax.tree.map(
+                lambda p, v, a=a: np.asarray(p) + a * np.asarray(v), result.params, d
+            )
+            assert got == pytest.approx(_reference_loss(point, ds.train), rel=1e-10)
         path = landscape.connect.linear_path(model.params, result.params)
         prof = landscape.connect.profile(
             loss_fn, path, ds.train, ts=np.array([0.0, 0.5, 1.0]), refine=False
         )
         mid = jax.tree.map(lambda a, b: 0.5 * (a + b), model.params, result.params)
-        expected = [value(model.params), value(mid), value(result.params)]
+        expected = [_reference_loss(p, ds.train) for p in (model.params, mid, result.params)]
         np.testing.assert_allclose(
             np.asarray(prof.train["loss"]), np.asarray(expected), rtol=1e-10
         )

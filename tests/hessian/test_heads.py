@@ -305,9 +305,7 @@ def _check_bad_selections(f64):
         ValueError, match=r"select: pattern 'blocks/3/\*' \(specs\[0\]\) matches no parameter"
     ):
         select(params, Slice("blocks/3/*", 0))
-    with pytest.raises(
-        ValueError, match=r"axis='heads'.*'embed/kernel'.*has no heads axis"
-    ):
+    with pytest.raises(ValueError, match=r"axis='heads'.*'embed/kernel'.*has no heads axis"):
         select(params, Slice("embed/kernel", 0))
     with pytest.raises(ValueError, match=r"axis='heads'.*'blocks/0/attn/out/bias'"):
         select(params, Slice("blocks/0/attn/out/*", 0))
