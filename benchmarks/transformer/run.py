@@ -259,6 +259,11 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def med_or_none(xs):
+    xs = [x for x in xs if x]
+    return statistics.median(xs) if xs else None
+
+
 def summarise(runs: list[dict], ref: dict, cfg: dict) -> dict:
     out = {}
     for task in cfg["tasks"]:
@@ -278,6 +283,10 @@ def summarise(runs: list[dict], ref: dict, cfg: dict) -> dict:
                 "products": med([r["products_warm"] for r in rs]),
                 "products_first": med([r["first_result"]["products"] for r in rs]),
                 "maxrss_mb": med([r["maxrss_mb"] for r in rs]),
+                "product_ms": med_or_none([r.get("product_ms") for r in rs]),
+                "product_ms_fwd_over_rev": med_or_none(
+                    [r.get("product_ms_fwd_over_rev") for r in rs]
+                ),
                 "load_min": min(min(r["load_before"], r["load_after"]) for r in rs),
                 "load_max": max(max(r["load_before"], r["load_after"]) for r in rs),
             }
@@ -333,9 +342,44 @@ def summarise(runs: list[dict], ref: dict, cfg: dict) -> dict:
     return out
 
 
+HEADER = """## Transformers: landscape against plain JAX (the floor) and PyHessian
+
+Issue 16 ("Speed"). Workload: a ViT-style `make_model("transformer")` on digits patches
+(8x8x1 images, patch 2: 16 tokens), pre-LN blocks, learned positions, mean pooling, trained
+briefly with Adam (seed 0); mean cross-entropy over all N examples in ONE batch on every side;
+float32. Three tasks, each side in its own fresh processes, sides rotated round by round:
+
+* **top-k** (k = 5): ours `landscape.hessian.eigenvalues(loss_fn, params, data, k=5, key=key)`
+  (the one-shot; thick-restart Lanczos to tol 1e-6); the floor: `jax.linearize` of the gradient
+  once per call, one jitted Lanczos step per product (full reorthogonalisation, the basis on the
+  device) and the same stopping bound on the host; PyHessian 0.1 `hessian(...).eigenvalues(top_n=5)`
+  (power iteration with deflation, its defaults) on the PyTorch copy of the model (same layout,
+  same weights; loss, logits and gradient checked against ours before timing).
+* **per head**: the top eigenvalue of the Hessian's diagonal block on each (block, head)'s
+  coordinates (its query/key/value kernel columns and biases, its output-kernel rows; not the
+  shared output bias). Ours: `make_hvp` once, `restrict(op, head_selection(params, block=b,
+  head=h))` and `eigenvalues(..., k=1)` per head; the floor: one jitted masked product
+  `m * H (m * v)` on the linearised gradient and the same Lanczos with k = 1.
+* **2-D slice**: ours `landscape.surface.slice_2d` (loss and accuracy at every point, its
+  defaults) on two filter-normalised directions (`random_directions`, attention kernels per
+  head); the floor: `lax.map` over chunks of 21 points of a `vmap`ped loss-and-accuracy, one
+  jitted program, on the same directions (the surfaces agree to float32 rounding, checked).
+
+Commands (repository root; `bash benchmarks/envs/make_torch_env.sh` once):
+
+    python benchmarks/transformer/run.py --rounds 3 --repeats 1    # -> results.json, RESULTS.md
+    python benchmarks/transformer/run.py --small                   # quick validation
+
+Files: `run.py` (driver: training, the PyTorch check, float64 ARPACK references cached in
+`reference.json`, rounds, tables), `worker_jax.py` (ours and the floor), `worker_torch.py`
+(PyHessian and the PyTorch model).
+
+"""
+
+
 def markdown(res: dict) -> str:
     cfg, summ, m = res["config"], res["summary"], res["machine"]
-    L = []
+    L = [HEADER]
     L.append(f"### Run {res['date']} (`{res['command']}`)")
     L.append("")
     L.append(
@@ -369,10 +413,10 @@ def markdown(res: dict) -> str:
         )
     L.append("")
     L.append(
-        "| task | side | warm call (s) | products | rel. error | first call (s) | compile (s) | programs | "
+        "| task | side | warm call (s) | ms / product | products | rel. error | first call (s) | compile (s) | programs | "
         "process (s) | import (s) | peak RSS (MB) | load (min-max) | ratio (their / our warm) |"
     )
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for task, sides in summ.items():
         ours = sides.get("ours", {}).get("warm_s")
         for side in ("ours", "floor", "pyhessian"):
@@ -384,9 +428,10 @@ def markdown(res: dict) -> str:
             prog = f"{s['programs']:.0f}" if "programs" in s else ""
             ratio = "" if side == "ours" or not ours else f"{s['warm_s'] / ours:.2f}"
             loaded = " (loaded)" if s["load_max"] > LOADED and ratio else ""
+            pm = f"{s['product_ms']:.1f}" if s.get("product_ms") else ""
             name = side + (f" ({s['heads_api']})" if "heads_api" in s else "")
             L.append(
-                f"| {task} | {name} | {s['warm_s']:.3f} | {s['products']:.0f} | {err} | {s['first_s']:.2f} | "
+                f"| {task} | {name} | {s['warm_s']:.3f} | {pm} | {s['products']:.0f} | {err} | {s['first_s']:.2f} | "
                 f"{comp} | {prog} | {s['process_s']:.2f} | {s['import_s']:.2f} | {s['maxrss_mb']:.0f} | "
                 f"{s['load_min']:.2f}-{s['load_max']:.2f} | {ratio}{loaded} |"
             )
@@ -492,6 +537,8 @@ def main():
                 rec = run_worker(side, task, npz, cfg)
                 rec["round"] = r
                 runs.append(rec)
+                with open(str(args.out) + ".partial.jsonl", "a") as f:  # survives a crash later on
+                    f.write(json.dumps(rec) + "\n")
                 print(
                     f"round {r} {task:5s} {side:9s} warm {med(rec['warm_s']):.3f} s  first {rec['first_s']:.2f} s  "
                     f"products {rec['products_warm']}  process {rec['process_s']:.2f} s  rss "

@@ -41,6 +41,7 @@ the machinery around it:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -118,7 +119,7 @@ def ce_and_acc(apply_fn, state, p, x, y):
 # ------------------------------------------------------------------------------------------
 # the floor: Lanczos with full reorthogonalisation on the host
 # ------------------------------------------------------------------------------------------
-def host_lanczos(step, lin, v0: np.ndarray, *, k: int, tol: float, max_steps: int = 200, extra=()):
+def host_lanczos(step, lin, v0: np.ndarray, *, k: int, tol: float, max_steps: int = 64, extra=()):
     """Top-``k`` Ritz values of the symmetric product ``lin`` from ``v0``: Lanczos with full
     reorthogonalisation, one jitted ``step`` per product (the basis a fixed ``(max_steps, n)``
     float32 buffer on the device), the tridiagonal's eigenproblem on the host in float64 after
@@ -150,7 +151,7 @@ def host_lanczos(step, lin, v0: np.ndarray, *, k: int, tol: float, max_steps: in
             if np.all(bounds <= tol * abs(theta[0])) or b < 1e-30:
                 return theta[:k], bounds, m
         beta.append(b)
-    return theta[:k], bounds, max_steps
+    raise RuntimeError(f"host_lanczos: not converged in {max_steps} products; raise max_steps")
 
 
 def _lanczos_step(product, Q, j):
@@ -164,12 +165,12 @@ def _lanczos_step(product, Q, j):
     return Q.at[j + 1].set(w / jnp.where(b > 0, b, 1)), a, b
 
 
-@jax.jit
+@functools.partial(jax.jit, donate_argnums=1)  # the basis is updated in place
 def lanczos_step(lin, Q, j):
     return _lanczos_step(lin, Q, j)
 
 
-@jax.jit
+@functools.partial(jax.jit, donate_argnums=1)
 def lanczos_step_masked(lin, Q, j, mask):
     return _lanczos_step(lambda v: mask * lin(mask * v), Q, j)
 
