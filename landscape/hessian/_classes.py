@@ -382,34 +382,40 @@ def _flat_rows(f):
     return f.reshape(f.shape[0], -1)
 
 
-@jax.jit
-def _grams_jit(rows):
-    """The small Grams ``F F^T`` of several factor-row pytrees (a dict of them), one program."""
-
-    def one(tree):
-        g = [
-            jnp.matmul(_flat_rows(f), _flat_rows(f).T, precision=_HI)
-            for f in jax.tree.leaves(tree)
-        ]
-        return sum(g[1:], g[0])
-
-    return {name: one(tree) for name, tree in rows.items()}
+def _host_grams(rows):
+    """The small Grams ``F F^T`` of several factor-row pytrees (a dict of them), formed in
+    float64 on the host from the device's factor rows: a float32 Gram would carry rounding of
+    ``eps32 * sigma_max^2``, i.e. singular values below ``sqrt(eps32) * sigma_max`` (3e-4 of
+    the largest) could not be told from zero, and an algebraically zero one (the centred class
+    means') came out above the rank tolerance."""
+    out = {}
+    for name, tree in rows.items():
+        g = None
+        for f in jax.tree.leaves(tree):
+            f = np.asarray(f, np.float64).reshape(np.shape(f)[0], -1)
+            g = f @ f.T if g is None else g + f @ f.T
+        out[name] = g
+    return out
 
 
 def _spectrum(g, num_params, dtype):
-    """Nonzero spectrum of ``F^T F`` from its small Gram ``g = F F^T`` (float64 on the host) and
-    its numerical rank: singular values of ``F`` above ``sigma_max * max(r, P) * eps(dtype)``
-    (NumPy's ``matrix_rank`` rule)."""
+    """Nonzero spectrum of ``F^T F`` from its small float64 Gram ``g = F F^T`` and its
+    numerical rank: singular values of ``F`` above ``sigma_max * 10 * r * eps(dtype)`` (``r``
+    rows). The factor rows are computed in ``dtype``, so an algebraically zero singular value
+    appears at the rows' rounding, ``~ eps(dtype) * sigma_max`` (measured 5e-8 relative in
+    float32); NumPy's ``matrix_rank`` rule, ``max(r, P) * eps``, would cut at 1% of
+    ``sigma_max`` for ``P = 85000`` parameters and drop real singular values."""
+    del num_params  # the rule depends on the short side only (see above)
     g = np.asarray(g, np.float64)
     vals = np.sort(np.clip(np.linalg.eigvalsh(0.5 * (g + g.T)), 0, None))[::-1]
     sv = np.sqrt(vals)
-    tol = (sv[0] if sv.size else 0.0) * max(g.shape[0], num_params) * float(np.finfo(dtype).eps)
+    tol = (sv[0] if sv.size else 0.0) * 10 * g.shape[0] * float(np.finfo(dtype).eps)
     return vals, int(np.sum(sv > tol)) if sv.size and sv[0] > 0 else 0
 
 
 def _gram_spectrum(rows, num_params, dtype):
     """:func:`_spectrum` of one part's factor rows."""
-    return _spectrum(_grams_jit({"part": rows})["part"], num_params, dtype)
+    return _spectrum(_host_grams({"part": rows})["part"], num_params, dtype)
 
 
 @jax.jit
@@ -459,8 +465,10 @@ class ClassDecompositionResult(Result):
         between-class covariance), from their ``C x C`` Grams in float64.
       cross_spectrum: the same for the cross-class part (``C(C-1)`` values).
       class_rank, class_rank_centred, cross_rank: numerical ranks (singular values of the factor
-        rows above ``sigma_max * max(r, P) * eps``). Algebra: at most ``C``, ``C - 1`` and
-        ``C(C-1)``; generically equal.
+        rows, from their float64 Grams, above ``sigma_max * 10 * r * eps(dtype)``, ``r`` the
+        rows: the rounding of rows computed in ``dtype``). Algebra: at most ``C``, ``C - 1`` and
+        ``C(C-1)``; the class ranks generically equal; the cross rank falls short where the
+        network gives a pair of classes almost no probability (their masses vanish).
       bulk_edge: the within-class part's top eigenvalue (the edge of the bulk), plus the
         penalty's (the weight-decay coefficient) when the loss has weight decay.
       num_outliers: how many of the top-``k`` GGN eigenvalues exceed ``bulk_edge``.
@@ -585,7 +593,7 @@ def class_decomposition(
     # explicit low-rank parts: their exact nonzero spectra from the small Grams F F^T (what
     # Lanczos on their operators converges to, without a compiled solve per part); the
     # penalty's exactly (wd I); the within-class part by Lanczos
-    grams = _grams_jit(rows_all)
+    grams = _host_grams(rows_all)
     spectra = {name: _spectrum(g, num_params, dtype) for name, g in grams.items()}
     part_values = {}
     for (name, pop), kk in zip(parts.items(), keys[1:]):
