@@ -1,6 +1,5 @@
 """Filter normalisation on a transformer (issue 16): attention kernels per (head, head unit) and
-per (head, output unit), attention biases per head, LayerNorm parameters under ``bias_bn``; a
-1-D slice of a tiny transformer."""
+per (head, output unit), attention biases per head, LayerNorm parameters under ``bias_bn``."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 
 import landscape
-from landscape.surface import filter_norms, normalize_direction, random_direction, slice_1d
+from landscape.surface import filter_norms, normalize_direction, random_direction
 from landscape.surface._directions import attention_filter_axes
 
 # norms of float32 leaves of O(1) entries: rounding ~ 1e-7 relative
@@ -150,13 +149,6 @@ def test_tuple_filter_axes_in_overrides_and_bad_axes(tiny, key):
         random_direction(key, p, overrides={"*kernel": {"filter_axis": "heads"}})
 
 
-def test_slice_1d_of_a_tiny_transformer(tiny, key):
-    model, data = tiny
-    loss_fn = landscape.make_loss_fn(model)
-    d = random_direction(key, model.params)
-    res = slice_1d(loss_fn, model.params, data, d, alphas=[-0.5, 0.0, 0.5])
-    assert np.all(np.isfinite(res.loss))
-    # the centre is the model's own loss (same data, exact reduction); float32 rounding
-    centre = float(landscape.evaluate(loss_fn, model.params, data)["loss"])
-    np.testing.assert_allclose(res.loss[1], centre, rtol=1e-5)
-    assert res.loss[0] != res.loss[1] != res.loss[2]
+# slice_1d on a transformer along a filter-normalised random direction, against the loss at each
+# point: tests/test_transformer.py::test_slice_and_linear_path_profile (float64, exact
+# reference); not repeated here (a grid program and an evaluation program more)
