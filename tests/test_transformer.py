@@ -1,6 +1,7 @@
 """The transformer of ``make_model("transformer")``: parameter layout, the forward pass against a
-hand-written ``jnp`` reference, the causal mask, validation, the synthetic sequence tasks, the
-per-token loss, and the generic analyses on it (training, Hessian, slices, paths, NTK)."""
+hand-written NumPy reference, the causal mask, validation, the synthetic sequence tasks, the
+per-token loss, and the generic analyses on it (training, slices, paths, NTK; its Hessian is
+checked in tests/hessian/test_heads.py, its alignment in tests/connect/test_transformer_align.py)."""
 
 from __future__ import annotations
 
@@ -514,68 +515,18 @@ def test_slice_and_linear_path_profile(tiny):
         prof = landscape.connect.profile(
             loss_fn, path, ds.train, ts=np.array([0.0, 0.5, 1.0]), refine=False
         )
-        mid = jax.tree.map(lambda a, b: 0.5 * (a + b), model.params, result.params)
+        mid = jax.tree.map(
+            lambda a, b: 0.5 * (np.asarray(a) + np.asarray(b)), model.params, result.params
+        )
         expected = [_reference_loss(p, ds.train) for p in (model.params, mid, result.params)]
         np.testing.assert_allclose(
             np.asarray(prof.train["loss"]), np.asarray(expected), rtol=1e-10
         )
 
 
-def _plant(params, rng, *, per_head: bool):
-    """``params`` with every block's heads permuted, the query/key (and value/output)
-    dimensions permuted within the heads (one permutation for all heads, or one per head),
-    the MLP's hidden units permuted: the same function (Vaswani et al.'s heads are
-    interchangeable, and so are the dimensions inside a head)."""
-    p = jax.tree.map(lambda a: np.array(a), params)
-    for blk in p["blocks"].values():
-        a = blk["attn"]
-        heads, dk = a["query"]["kernel"].shape[1:]
-        hp = rng.permutation(heads)
-        perms = [rng.permutation(dk) for _ in range(heads if per_head else 1)]
-        qk = perms * heads if not per_head else perms
-        perms = [rng.permutation(dk) for _ in range(heads if per_head else 1)]
-        vo = perms * heads if not per_head else perms
-        for name, within in (("query", qk), ("key", qk), ("value", vo)):
-            k, b = a[name]["kernel"][:, hp], a[name]["bias"][hp]
-            a[name]["kernel"] = np.stack([k[:, j][:, within[j]] for j in range(heads)], 1)
-            a[name]["bias"] = np.stack([b[j][within[j]] for j in range(heads)])
-        o = a["out"]["kernel"][hp]
-        a["out"]["kernel"] = np.stack([o[j][vo[j]] for j in range(heads)])
-        mlp = blk["mlp"]
-        u = rng.permutation(mlp["fc1"]["kernel"].shape[1])
-        mlp["fc1"]["kernel"], mlp["fc1"]["bias"] = (
-            mlp["fc1"]["kernel"][:, u],
-            mlp["fc1"]["bias"][u],
-        )
-        mlp["fc2"]["kernel"] = mlp["fc2"]["kernel"][u]
-    return p
-
-
-def test_align_on_attention_what_the_traced_groups_recover(tiny):
-    """connect.align as it stands (traced from the program): groups for the heads, ONE
-    query/key and ONE value permutation per block shared by all heads, the MLP units and the
-    residual stream. A planted permutation of that form is recovered exactly; a different
-    permutation inside each head is beyond those groups (the wreath product of issue 16):
-    align then returns a permutation that keeps B's function but does not recover A."""
-    ds, model, result, loss_fn = tiny
-    with jax.enable_x64(True):
-        pa = result.params
-        outs = jax.jit(lambda p: loss_fn.outputs(p, ds.train))
-        for per_head in (False, True):
-            pb = _plant(pa, np.random.default_rng(0), per_head=per_head)
-            np.testing.assert_allclose(outs(pb), outs(pa), rtol=1e-12, atol=1e-12)
-            al = landscape.connect.align(
-                result.model, pa, pb, key=jax.random.key(0), example_input=ds.train["x"][:2]
-            )
-            np.testing.assert_allclose(outs(al.params), outs(pb), rtol=1e-12, atol=1e-12)
-            distance = max(
-                float(np.abs(np.asarray(u) - np.asarray(v)).max())
-                for u, v in zip(jax.tree.leaves(pa), jax.tree.leaves(al.params))
-            )
-            if not per_head:
-                assert distance == 0.0
-        sizes = sorted(al.groups.values())
-        assert sizes == [2, 4, 4, 8, 8]  # heads, q/k dims, v/o dims, MLP units, residual
+# planted permutations of a transformer's heads, within-head dimensions and MLP units, recovered
+# exactly by connect.align with the function preserved (float32 and float64):
+# tests/connect/test_transformer_align.py (a 2-block model, per-head permutations)
 
 
 def test_empirical_ntk_matches_the_jacobian_product(tiny):

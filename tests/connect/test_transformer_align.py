@@ -210,7 +210,9 @@ def test_barrier_of_two_briefly_trained_transformers(digits_images, key):
         "ends": (round(float(pr.train["loss"][0]), 4), round(float(end["loss"]), 4)),
         "before": lc.barrier(pr).get(),
     }
-    for hm in ("weights", "products"):
+    # head_match="weights" only: "products" is checked on the planted permutation (exact
+    # recovery, same function) in test_planted_permutation_recovered_exactly
+    for hm in ("weights",):
         al = lc.align(m, a, b, data=data, key=key, head_match=hm)
         pr = lc.profile(loss, lc.linear_path(a, al.params), data, num_ts=9, refine=False)
         # aligned B is B with permuted units: the same function (loss and accuracy at t = 1;
