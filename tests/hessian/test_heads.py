@@ -5,9 +5,9 @@ shared compiled programs, bad selections.
 
 The transformer is the library's ``make_model("transformer")`` (its forward pass is checked
 against a NumPy reference in ``tests/test_transformer.py``), attention-only and without
-LayerNorm to keep every compiled Hessian-vector product small (each program containing one costs
-about a second of CPU to compile; the head and block selections do not depend on the MLP or the
-norms): 2 blocks, width 8, 2 heads of width 4, 4 tokens of 2 channels (659 parameters), 8
+LayerNorm to keep every compiled Hessian-vector product small (a program containing one costs
+1.5-3 s of CPU to compile here, about half of what it cost with the MLPs and LayerNorms; the head
+and block selections do not depend on them): 2 blocks, width 8, 2 heads of width 4, 4 tokens of 2 channels (659 parameters), 8
 examples with 3 classes. ``head_spectra``'s per-block eigenvalues are also this suite's check of
 the Lanczos eigenvalues of a transformer's Hessian against the dense float64 one.
 """
