@@ -318,10 +318,12 @@ def _dominated(ritz, which: str) -> bool:
     catapult (eigenvalues from about -1541 to 28.2) "converged" to 0.0087 after 2 products.
     Until the first basis is full such a space is not accepted (ARPACK never tests before it
     is)."""
-    if which == "both" or not np.size(ritz.theta):
+    theta = np.asarray(ritz.theta, np.float64)
+    if which == "both" or not theta.size:
         return False
-    wanted = np.abs(np.asarray(ritz.theta)[ritz.wanted])
-    return bool(np.min(wanted) < 0.5 * float(ritz.anorm))
+    wanted = float(np.max(np.abs(theta[ritz.wanted])))  # the wanted end's extreme
+    other = max(0.0, -float(theta.min())) if which == "largest" else max(0.0, float(theta.max()))
+    return other > 2.0 * wanted
 
 
 def _order(theta: np.ndarray, which: str, count: int) -> np.ndarray:
