@@ -285,7 +285,9 @@ def test_weight_decay_and_lanczos_convergence(tiny):
     problem (k=6, tol=1e-10, float64) 8 of 20 keys left a within-part pair and 4 a GGN pair
     unconverged: after a multiplicity check found nothing new, a wanted pair near a fresh Ritz
     value had mixed with the fresh block (its residual estimate grew past the tolerance) and
-    the solver stopped there instead of restarting. Keys 0-7 include two failures of each."""
+    the solver stopped there instead of restarting. The keys checked are the ones of 0-7 that
+    failed with that solver (measured by reverting its fix: within 0 and 5, GGN 1, 5 and 6):
+    two failures of each part."""
     model, _, params64, data, ref = tiny
     wd, loss = WD, ref["wd_loss"]
     g = np.sort(np.linalg.eigvalsh(ref["G"]))[::-1][:6]
@@ -296,8 +298,8 @@ def test_weight_decay_and_lanczos_convergence(tiny):
             loss, params64, data, key=jax.random.key(0), k=6, tol=1e-10, batch_size=25
         )
         ops = _classes.class_operators(loss, params64, data, batch_size=25)
-        for name in ("within", "ggn"):
-            for seed in range(8):
+        for name, seeds in (("within", (0, 5)), ("ggn", (1, 5))):
+            for seed in seeds:
                 e = hessian.eigenvalues(ops[name], k=6, key=jax.random.key(seed), tol=1e-10)
                 assert e.converged.all(), (name, seed)
     assert res.parts == ("class", "cross", "within", "penalty")

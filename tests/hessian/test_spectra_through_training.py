@@ -106,9 +106,13 @@ def _dense_fn(model, data, probe):
         Jp = jax.jacrev(lambda f: logits(f, xp))(flat).reshape(-1, flat.size)
         return Hm, G, jax.grad(loss)(flat), Jp @ Jp.T
 
+    compiled = {}
+
     def run(params):
         flat, unravel = ravel_pytree(params)
-        out = jax.jit(dense, static_argnums=1)(flat, unravel, data["x"], data["y"], probe)
+        if not compiled:  # one program for every step (a new unravel would retrace it)
+            compiled["fn"] = jax.jit(lambda f, *a: dense(f, unravel, *a))
+        out = compiled["fn"](flat, data["x"], data["y"], probe)
         return [np.asarray(a, np.float64) for a in out]
 
     return run
