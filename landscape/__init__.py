@@ -78,6 +78,8 @@ if TYPE_CHECKING:  # what _FOUNDATION binds (for type checkers and IDEs), and th
     from landscape.train import TrainingDivergedError as TrainingDivergedError
     from landscape.train import TrainState as TrainState
     from landscape.train import callback as callback
+    from landscape.train import make_optimizer as make_optimizer
+    from landscape.train import make_schedule as make_schedule
     from landscape.train import train as train
 
 # The foundation's public names: name -> "module" (the module itself) or "module:attribute", in
@@ -119,6 +121,8 @@ _FOUNDATION: dict[str, str] = {
     "TrainingDivergedError": "landscape.train:TrainingDivergedError",
     "TrainState": "landscape.train:TrainState",
     "callback": "landscape.train:callback",
+    "make_optimizer": "landscape.train:make_optimizer",
+    "make_schedule": "landscape.train:make_schedule",
     "train": "landscape.train:train",
 }
 
@@ -204,6 +208,8 @@ __all__ = [
     "load_run",
     "make_loss_fn",
     "make_model",
+    "make_optimizer",
+    "make_schedule",
     "paths",
     "provenance",
     "reestimate_bn",
