@@ -25,7 +25,7 @@ the 1-minute load before and after every process.
 
 Usage (repository root; ``bash benchmarks/envs/make_torch_env.sh`` once for .venv-torch)::
 
-    python benchmarks/transformer/run.py --rounds 3 --repeats 2      # the measured sizes
+    python benchmarks/transformer/run.py --rounds 2 --repeats 1      # the measured sizes
     python benchmarks/transformer/run.py --small                    # a quick validation
 
 Writes ``benchmarks/transformer/results.json`` and ``RESULTS.md`` (``--out``, ``--md``).
@@ -367,7 +367,7 @@ float32. Three tasks, each side in its own fresh processes, sides rotated round 
 
 Commands (repository root; `bash benchmarks/envs/make_torch_env.sh` once):
 
-    python benchmarks/transformer/run.py --rounds 3 --repeats 1    # -> results.json, RESULTS.md
+    python benchmarks/transformer/run.py --rounds 2 --repeats 1    # -> results.json, RESULTS.md
     python benchmarks/transformer/run.py --small                   # quick validation
 
 Files: `run.py` (driver: training, the PyTorch check, float64 ARPACK references cached in
@@ -447,7 +447,7 @@ def markdown(res: dict) -> str:
         "Ratios are the other side's warm-call median over ours (> 1: we are faster); the floor is the "
         "same work in plain JAX by hand, so a ratio below 1 against it is our overhead. Products are "
         "Hessian-vector products per result (the heads: summed over every block and head). Peak RSS is "
-        "each fresh process's high-water mark (getrusage), compilation included. Rows whose processes ran "
+        "each fresh process's high-water mark (VmHWM), compilation included. Rows whose processes ran "
         f"at a 1-minute load above {LOADED} on the 2 cores are marked loaded: not headline figures."
     )
     return "\n".join(L) + "\n"

@@ -9,7 +9,7 @@ loads the weights and data the driver wrote (``NPZ``), makes the first call (com
 included), then ``repeats`` warm calls, and prints ONE JSON line: import / setup / first-call
 seconds, the compile seconds (``jax.monitoring``: backend compilation, tracing, lowering, and the
 number of programs), the warm times, the products (Hessian-vector products) per result, the
-results themselves, and the peak resident memory (``getrusage``: the process's high-water mark,
+results themselves, and the peak resident memory (``VmHWM``: the process's high-water mark,
 compilation included).
 
 Both sides run the SAME forward function (the model's ``apply_fn``) and the same mean
