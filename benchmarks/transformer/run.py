@@ -377,6 +377,29 @@ Files: `run.py` (driver: training, the PyTorch check, float64 ARPACK references 
 """
 
 
+def round_ratios(runs: list[dict]):
+    """``(task, other side, [(their warm / our warm, max load of the pair), ...])`` per round."""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in runs):
+        for other in ("floor", "pyhessian"):
+            rat = []
+            for key in dict.fromkeys((r.get("run", 0), r["round"]) for r in runs):
+                pick = {
+                    r["side"]: r
+                    for r in runs
+                    if r["task"] == task and (r.get("run", 0), r["round"]) == key
+                }
+                if "ours" in pick and other in pick:
+                    a, b = pick["ours"], pick[other]
+                    load = max(
+                        a["load_before"], a["load_after"], b["load_before"], b["load_after"]
+                    )
+                    rat.append((med(b["warm_s"]) / med(a["warm_s"]), load))
+            if rat:
+                out.append((task, other, rat))
+    return out
+
+
 def markdown(res: dict) -> str:
     cfg, summ, m = res["config"], res["summary"], res["machine"]
     L = [HEADER]
@@ -435,6 +458,17 @@ def markdown(res: dict) -> str:
                 f"{comp} | {prog} | {s['process_s']:.2f} | {s['import_s']:.2f} | {s['maxrss_mb']:.0f} | "
                 f"{s['load_min']:.2f}-{s['load_max']:.2f} | {ratio}{loaded} |"
             )
+    L.append("")
+    L.append(
+        "Per-round ratios (the other side's warm call over ours in the same round, the two "
+        "processes adjacent in time; their 1-minute loads):"
+    )
+    L.append("")
+    L.append("| task | side | ratio per round (load) | median ratio |")
+    L.append("|---|---|---|---|")
+    for task, other, rat in round_ratios(res["runs"]):
+        cells = ", ".join(f"{x:.2f} ({ld:.1f})" for x, ld in rat)
+        L.append(f"| {task} | {other} | {cells} | {med([x for x, _ in rat]):.2f} |")
     if "slice" in summ and "agreement" in summ["slice"]:
         a = summ["slice"]["agreement"]
         L.append("")
@@ -451,6 +485,25 @@ def markdown(res: dict) -> str:
         f"at a 1-minute load above {LOADED} on the 2 cores are marked loaded: not headline figures."
     )
     return "\n".join(L) + "\n"
+
+
+def combine(files: list[str], out: str, md: str) -> None:
+    """One summary over the rounds of several runs (same workload, same reference)."""
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    res = dict(parts[0])
+    keys = ("width", "depth", "heads", "patch", "n", "k", "tol", "grid", "epochs")
+    for p in parts[1:]:
+        if any(p["config"][k] != res["config"][k] for k in keys):
+            raise SystemExit(f"combine: different workloads in {files}")
+    res["runs"] = [dict(r, run=i) for i, p in enumerate(parts) for r in p["runs"]]
+    res["config"] = dict(res["config"], rounds=sum(p["config"]["rounds"] for p in parts))
+    res["uptime_after"] = parts[-1]["uptime_after"]
+    res["date"] = " + ".join(p["date"] for p in parts)
+    res["command"] = " ; ".join(p["command"] for p in parts)
+    res["summary"] = summarise(res["runs"], res["reference"], res["config"])
+    Path(out).write_text(json.dumps(res, indent=1, default=float))
+    Path(md).write_text(markdown(res))
+    print(markdown(res))
 
 
 def main():
@@ -479,7 +532,16 @@ def main():
     )
     ap.add_argument("--out", default=str(HERE / "results.json"))
     ap.add_argument("--md", default=str(HERE / "RESULTS.md"))
+    ap.add_argument(
+        "--combine",
+        nargs="+",
+        default=None,
+        help="results.json files of earlier runs of the same workload: one table over all their rounds",
+    )
     args = ap.parse_args()
+    if args.combine:
+        combine(args.combine, args.out, args.md)
+        return
     if args.small:
         args.n, args.grid, args.rounds, args.repeats, args.epochs = 128, 5, 1, 1, 2
     cfg = {
