@@ -623,8 +623,11 @@ def test_quick_never_makes_any_size_larger(tmp_path):
         for key, f in fields.items():
             if f.quick is None or f.quick_rule != "at_most":  # sharpness_every: above
                 continue
-            if isinstance(f.quick, list):
-                tries = [[8, 16], [8, 16, 32, 64, 128], list(f.quick)]
+            if isinstance(f.quick, list) and f.item_choices is not None:  # names (controls)
+                tries = [list(f.item_choices), list(f.quick)]
+            elif isinstance(f.quick, list):
+                tries = [[8, 16], [8, 16, 32, 64, 99] if f.below == 100 else [8, 16, 32, 64, 128],
+                         list(f.quick)]
             else:
                 lo = f.minimum if f.minimum is not None else 1
                 tries = sorted({max(lo, f.quick - 1), f.quick, f.quick + 7, lo})

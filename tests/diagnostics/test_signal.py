@@ -354,7 +354,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="depths must not be empty"):
         ld.depth_sweep("mlp", (), x=x)
     with pytest.raises(ValueError, match="builder must be one of"):
-        ld.depth_sweep("transformer", (2,), x=x)
+        ld.depth_sweep("perceptron", (2,), x=x)
+    with pytest.raises(ValueError, match="for 'transformer' pass a callable builder"):
+        ld.depth_sweep("transformer", (2,), x=x)  # a registered model it cannot deepen
     with pytest.raises(ValueError, match=r"depths\[i\] must be > 0"):
         ld.depth_sweep("mlp", (0,), x=x)
     with pytest.raises(ValueError, match=r"building depth=1, init='nope'.*unknown init"):
