@@ -45,6 +45,7 @@ from jax.tree_util import Partial, register_pytree_node_class
 from landscape import engine
 from landscape import tree as _tree
 from landscape import validate as _validate
+from landscape._attention import attention_folders
 from landscape.hessian import _lanczos as lz
 from landscape.hessian import _operators as ops
 
@@ -103,23 +104,8 @@ def attention_layers(params: PyTree) -> list[AttentionLayer]:
     with ``query/kernel`` and ``value/kernel`` of one shape ``(d_model, heads, d_head)``,
     ``key/kernel`` of that shape or absent (tied queries and keys), ``out/kernel`` of shape
     ``(heads, d_head, d_out)``, and optional ``(heads, d_head)`` biases."""
-    shapes = dict(
-        zip(_tree.leaf_paths(params), (tuple(np.shape(x)) for x in jax.tree.leaves(params)))
-    )
     out = []
-    for path, shape in shapes.items():
-        if not (path == "query/kernel" or path.endswith("/query/kernel")) or len(shape) != 3:
-            continue
-        base = path[: -len("query/kernel")]
-        _, h, k = shape
-        o = shapes.get(base + "out/kernel")
-        if (
-            shapes.get(base + "value/kernel") != shape
-            or shapes.get(base + "key/kernel", shape) != shape
-        ):
-            continue
-        if o is None or len(o) != 3 or o[:2] != (h, k):
-            continue
+    for base, h, k, shapes in attention_folders(params):
         leaves = {}
         for rel, axis in _HEAD_AXES.items():
             s = shapes.get(base + rel)
@@ -128,7 +114,7 @@ def attention_layers(params: PyTree) -> list[AttentionLayer]:
             if rel.endswith("/bias") and s != (h, k):
                 continue
             leaves[rel] = axis
-        out.append(AttentionLayer(base.rstrip("/"), int(h), int(k), leaves))
+        out.append(AttentionLayer(base.rstrip("/"), h, k, leaves))
     return out
 
 

@@ -73,6 +73,7 @@ import numpy as np
 
 from landscape import tree as _tree
 from landscape import validate as _validate
+from landscape._attention import attention_folders
 from landscape._result import Result, freeze, result, static_field
 
 PyTree = Any
@@ -172,23 +173,8 @@ def attention_filter_axes(params) -> dict[str, tuple[int, ...]]:
     attention layer in ``params``, recognised from names and shapes together: a folder with
     ``query/kernel`` and ``value/kernel`` of one shape ``(d, heads, d_head)``, ``key/kernel`` of
     that shape or absent, and ``out/kernel`` of shape ``(heads, d_head, d_out)``."""
-    shapes = dict(
-        zip(_tree.leaf_paths(params), (tuple(np.shape(x)) for x in jax.tree.leaves(params)))
-    )
     out: dict[str, tuple[int, ...]] = {}
-    for path, shape in shapes.items():
-        if not path.endswith("query/kernel") or len(shape) != 3:
-            continue
-        base = path[: -len("query/kernel")]
-        _, h, k = shape
-        o = shapes.get(base + "out/kernel")
-        if (
-            shapes.get(base + "value/kernel") != shape
-            or shapes.get(base + "key/kernel", shape) != shape
-        ):
-            continue
-        if o is None or len(o) != 3 or o[:2] != (h, k):
-            continue
+    for base, h, k, shapes in attention_folders(params):
         for part in ("query", "key", "value", "out"):
             if base + part + "/kernel" in shapes:
                 out[base + part + "/kernel"] = ATTENTION_FILTER_AXES[part]
