@@ -1,5 +1,6 @@
 """The harness shared by the notebook tests whose claims live in their own module
-(``tests/test_trainability_notebook.py``, ``tests/test_global_structure_notebook.py``).
+(``tests/test_trainability_notebook.py``, ``tests/test_global_structure_notebook.py``,
+``tests/test_transformers_notebook.py``).
 
 A :class:`ClaimSuite` holds a notebook's claim registry (``claim(nb, quick)`` functions, marked
 with whether they also hold at quick sizes) and the bodies of the tests every such module runs:
@@ -95,6 +96,43 @@ class ClaimSuite:
         fn, _ = self.claims["committed_in_full_mode"]
         with pytest.raises(AssertionError, match="quick mode"):
             fn(committed(self.name), True)
+
+
+    def standard_tests(self, mutations) -> dict[str, Callable]:
+        """The tests every claim-checked notebook module runs, by name, for
+        ``globals().update(SUITE.standard_tests(MUTATIONS))`` at the end of the module (after
+        every claim is registered): the committed notebook renders, every claim holds, every
+        claim has a mutation and each mutation makes its claim fail, the quick claims hold on a
+        quick run, and the quick check rejects the full-mode notebook."""
+
+        def test_committed_notebook_renders():
+            self.committed_renders()
+
+        @pytest.mark.parametrize("claim_id", list(self.claims))
+        def test_claim(claim_id):
+            self.claim_holds(claim_id)
+
+        def test_every_claim_has_a_mutation():
+            self.every_claim_has_a_mutation(mutations)
+
+        @pytest.mark.parametrize(
+            "claim_id, where, find, change",
+            mutations,
+            ids=[f"{m[0]}:{i}" for i, m in enumerate(mutations)],
+        )
+        def test_claim_can_fail(claim_id, where, find, change):
+            self.claim_can_fail(claim_id, where, find, change)
+
+        def test_notebook_quick():
+            self.quick_claims_hold()
+
+        def test_quick_claims_reject_the_full_mode_notebook():
+            self.quick_check_rejects_full_mode()
+
+        return {f.__name__: f for f in (
+            test_committed_notebook_renders, test_claim, test_every_claim_has_a_mutation,
+            test_claim_can_fail, test_notebook_quick,
+            test_quick_claims_reject_the_full_mode_notebook)}
 
 
 def committed_in_full_mode(nb: NB, quick: bool):
