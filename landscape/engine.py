@@ -184,6 +184,18 @@ def place(x, sharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _split_device(src, nb, batch_size, with_rest):
+    """Full batches and remainder of data on one device: one compiled program for the whole
+    tree (per shapes) instead of a slice and a reshape per leaf."""
+    n = nb * batch_size
+    full = jax.tree.map(
+        lambda x: jnp.asarray(x)[:n].reshape((nb, batch_size) + x.shape[1:]), src
+    ) if nb > 0 else None
+    rest = jax.tree.map(lambda x: jnp.asarray(x)[n:], src) if with_rest else None
+    return full, rest
+
+
 @dataclasses.dataclass(frozen=True)
 class Batched:
     """A data set laid out for exact batched reductions.
@@ -270,17 +282,23 @@ def batch(
             full_sh = rest_sh
     nb = n // batch_size
     r = n - nb * batch_size
-    # one device: stay on the device (no host round trip for data already there)
-    src = jax.tree.map(jnp.asarray if ndev == 1 else np.asarray, data)
-    full = None
-    if nb > 0:
-        full = jax.tree.map(
-            lambda x: place(
-                x[: nb * batch_size].reshape((nb, batch_size) + x.shape[1:]), full_sh
-            ),
-            src,
-        )
-    rest = jax.tree.map(lambda x: place(x[nb * batch_size :], rest_sh), src) if r else None
+    # one device: data already on the device stays there (no host round trip); host data is
+    # split on the host (NumPy views, no compiled slice/reshape programs) and placed once
+    src = jax.tree.map(
+        lambda x: x if ndev == 1 and isinstance(x, jax.Array) else np.asarray(x), data
+    )
+    if ndev == 1 and any(isinstance(x, jax.Array) for x in jax.tree.leaves(src)):
+        full, rest = _split_device(src, nb, batch_size, bool(r))
+    else:
+        full = None
+        if nb > 0:
+            full = jax.tree.map(
+                lambda x: place(
+                    x[: nb * batch_size].reshape((nb, batch_size) + x.shape[1:]), full_sh
+                ),
+                src,
+            )
+        rest = jax.tree.map(lambda x: place(x[nb * batch_size :], rest_sh), src) if r else None
     return Batched(full, rest, n, batch_size, placement)
 
 
@@ -561,11 +579,17 @@ def check_loss(
     """Trace ``loss_fn`` on two examples of ``data`` (no compilation) and turn a failure into a
     ``ValueError`` that names the data's shapes: model/data mismatches surface at the boundary
     instead of deep inside a compiled scan."""
-    small = jax.tree.map(
-        lambda x: x[:2],
-        data.rest
+    # shapes only (it is traced, never run): no slicing programs for data on the device
+    def _two(x, lead):
+        shape = tuple(np.shape(x))[lead:]
+        dtype = x.dtype if hasattr(x, "dtype") else jnp.result_type(x)
+        return jax.ShapeDtypeStruct((min(2, shape[0]),) + shape[1:] if shape else shape, dtype)
+
+    small = (
+        jax.tree.map(lambda x: _two(x, 0), data.rest)
         if isinstance(data, Batched) and data.full is None
-        else (jax.tree.map(lambda x: x[0], data.full) if isinstance(data, Batched) else data),
+        else jax.tree.map(lambda x: _two(x, 1 if isinstance(data, Batched) else 0),
+                          data.full if isinstance(data, Batched) else data)
     )
     try:
         cache_key = (

@@ -227,7 +227,7 @@ def _make(kind: str, params_a, middle, params_b) -> Path:
     for i, m in enumerate(middle):
         bends.extend(as_bends(m, params_a, name=f"bend {i}"))
     points = [params_a, *bends, params_b]
-    controls = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *points)
+    controls = _tree.stack(points)  # one compiled program for the whole tree
     return Path(controls, kind)
 
 

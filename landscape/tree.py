@@ -4,10 +4,15 @@ Vectors in landscape-ntk keep the parameters' pytree shape (and therefore their 
 sharding per leaf). These helpers treat a pytree of arrays as one vector. All of them are
 pure and safe under ``jax.jit``. Reductions accumulate in the leaves' dtype; inner products
 use ``precision=HIGHEST`` so float32 on GPUs is not silently computed in TF32.
+
+Called eagerly, each is one compiled program for the whole tree (cached per tree structure and
+leaf shapes: ``jax.jit``) instead of one small program per leaf and operation; under an outer
+``jax.jit`` it is inlined as before.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -44,26 +49,31 @@ __all__ = [
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+@jax.jit
 def add(a: PyTree, b: PyTree) -> PyTree:
     """``a + b`` leaf by leaf."""
     return jax.tree.map(jnp.add, a, b)
 
 
+@jax.jit
 def sub(a: PyTree, b: PyTree) -> PyTree:
     """``a - b`` leaf by leaf."""
     return jax.tree.map(jnp.subtract, a, b)
 
 
+@jax.jit
 def scale(s, a: PyTree) -> PyTree:
     """``s * a`` for a scalar ``s`` (cast to each leaf's dtype)."""
     return jax.tree.map(lambda x: jnp.asarray(s, x.dtype) * x, a)
 
 
+@jax.jit
 def axpy(alpha, x: PyTree, y: PyTree) -> PyTree:
     """``alpha * x + y`` leaf by leaf (alpha cast to each leaf's dtype)."""
     return jax.tree.map(lambda xi, yi: jnp.asarray(alpha, yi.dtype) * xi + yi, x, y)
 
 
+@jax.jit
 def lincomb(coeffs, trees: PyTree) -> PyTree:
     """``sum_i coeffs[i] * trees[i]`` where ``trees`` has a leading axis on every leaf."""
     coeffs = jnp.asarray(coeffs)
@@ -72,6 +82,7 @@ def lincomb(coeffs, trees: PyTree) -> PyTree:
     )
 
 
+@jax.jit
 def vdot(a: PyTree, b: PyTree):
     """Real inner product ``<a, b>`` summed over all leaves (HIGHEST precision)."""
     parts = jax.tree.leaves(
@@ -82,25 +93,30 @@ def vdot(a: PyTree, b: PyTree):
     return sum(parts[1:], parts[0])
 
 
+@jax.jit
 def norm(a: PyTree):
     """Euclidean norm of the whole pytree."""
     return jnp.sqrt(vdot(a, a))
 
 
+@jax.jit
 def normalize(a: PyTree, eps: float = 0.0):
     """``a / ||a||`` and ``||a||``; ``eps`` guards against division by zero."""
     n = norm(a)
     return scale(1.0 / (n + eps), a), n
 
 
+@jax.jit
 def zeros_like(a: PyTree) -> PyTree:
     return jax.tree.map(jnp.zeros_like, a)
 
 
+@jax.jit
 def ones_like(a: PyTree) -> PyTree:
     return jax.tree.map(jnp.ones_like, a)
 
 
+@functools.partial(jax.jit, static_argnames=("dtype",))
 def cast(a: PyTree, dtype) -> PyTree:
     """Cast every floating leaf to ``dtype`` (integer leaves are left alone)."""
 
@@ -116,6 +132,7 @@ def _split_key(key, a: PyTree):
     return leaves, treedef, jax.random.split(key, max(len(leaves), 1))
 
 
+@jax.jit
 def normal_like(key, a: PyTree) -> PyTree:
     """Standard normal pytree shaped like ``a`` (one independent key per leaf)."""
     leaves, treedef, keys = _split_key(key, a)
@@ -123,6 +140,7 @@ def normal_like(key, a: PyTree) -> PyTree:
     return jax.tree.unflatten(treedef, out)
 
 
+@jax.jit
 def rademacher_like(key, a: PyTree) -> PyTree:
     """Random +-1 pytree shaped like ``a``."""
     leaves, treedef, keys = _split_key(key, a)
@@ -143,20 +161,45 @@ def dtype_of(a: PyTree):
     return jnp.result_type(*leaves)
 
 
+@jax.jit
 def stack(trees: list[PyTree]) -> PyTree:
     """Stack a list of same-structure pytrees along a new leading axis."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def unstack(tree: PyTree) -> list[PyTree]:
-    """Inverse of :func:`stack`."""
+def _unstack(tree: PyTree) -> list[PyTree]:
     leaves, treedef = jax.tree.flatten(tree)
     n = leaves[0].shape[0] if leaves else 0
     return [jax.tree.unflatten(treedef, [x[i] for x in leaves]) for i in range(n)]
 
 
+_unstack_jit = jax.jit(_unstack)
+
+
+def _host(tree: PyTree) -> bool:
+    return all(isinstance(x, np.ndarray) for x in jax.tree.leaves(tree))
+
+
+def unstack(tree: PyTree) -> list[PyTree]:
+    """Inverse of :func:`stack` (NumPy leaves stay NumPy views)."""
+    return _unstack(tree) if _host(tree) else _unstack_jit(tree)
+
+
+@jax.jit
+def _index_jit(tree: PyTree, i) -> PyTree:
+    return jax.tree.map(lambda x: x[i], tree)
+
+
 def index(tree: PyTree, i) -> PyTree:
-    """``tree[i]`` on every leaf (leading axis)."""
+    """``tree[i]`` on every leaf (leading axis). An integer ``i`` on device leaves is one
+    compiled program per tree for every ``i``; NumPy leaves stay NumPy views."""
+    if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and not _host(tree):
+        leaves = jax.tree.leaves(tree)
+        if leaves:
+            n = np.shape(leaves[0])[0]
+            if not -n <= int(i) < n:
+                raise IndexError(f"index {int(i)} is out of bounds for axis 0 with size {n}")
+            return _index_jit(tree, int(i) % n)
     return jax.tree.map(lambda x: x[i], tree)
 
 

@@ -127,11 +127,27 @@ def _finite_flags(leaves):
     return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]) if leaves else jnp.ones((0,), bool)
 
 
+# above this many elements a fused device reduction (multithreaded) beats NumPy on the host
+_HOST_CHECK_SIZE = 1 << 22
+
+
+def _on_host(x) -> bool:
+    """``x`` is a NumPy array or a jax.Array held whole on one CPU device (a zero-copy view)."""
+    if isinstance(x, np.ndarray):
+        return True
+    try:
+        devices = x.devices()
+    except Exception:  # noqa: BLE001 - not a jax.Array (a scalar, a NumPy scalar)
+        return not hasattr(x, "sharding")
+    return len(devices) == 1 and next(iter(devices)).platform == "cpu"
+
+
 def check_finite(tree: PyTree, *, name: str) -> None:
     """Raise ``ValueError`` naming the first leaf of ``tree`` that holds NaN or Inf.
 
-    One fused device reduction and one host transfer for the whole tree (cheap enough to run
-    at every public call).
+    Host data and small trees in host memory are checked with NumPy (no compiled program);
+    anything else with one fused device reduction and one host transfer for the whole tree
+    (cheap enough to run at every public call).
     """
     paths = _tree.leaf_paths(tree)
     picked = []
@@ -146,9 +162,14 @@ def check_finite(tree: PyTree, *, name: str) -> None:
             picked.append((path, leaf))
     if not picked:
         return
-    np_leaves = [x for _, x in picked if isinstance(x, np.ndarray)]
-    if len(np_leaves) == len(picked):  # host data: check on the host, no transfer
-        flags = np.array([bool(np.isfinite(x).all()) for _, x in picked])
+    if all(isinstance(x, np.ndarray) for _, x in picked) or (
+        all(_on_host(x) for _, x in picked)
+        and sum(np.size(x) for _, x in picked) <= _HOST_CHECK_SIZE
+    ):
+        # host data, or arrays in host memory (one CPU device: np.asarray is a view): check
+        # with NumPy, no transfer and no compiled program (one per tree structure otherwise,
+        # ~70 ms of XLA compilation each, the dominant cost of validating small models)
+        flags = np.array([bool(np.isfinite(np.asarray(x)).all()) for _, x in picked])
     else:
         flags = np.asarray(_finite_flags([x for _, x in picked]))
     if flags.all():
