@@ -49,6 +49,7 @@ from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
 
 from landscape import _convs
+from landscape import tree as _tree
 from landscape import validate as _validate
 
 PyTree = Any
@@ -179,7 +180,7 @@ def place(x, sharding) -> jax.Array:
     """A global array from the host copy ``x`` that every process holds, laid out with
     ``sharding`` (``None``: on the default device). Works multi-host."""
     if sharding is None:
-        return jnp.asarray(x)
+        return _tree.to_device(x)
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 

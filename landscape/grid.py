@@ -524,7 +524,7 @@ def evaluate_points(
         c = coords[start:stop]
         if c.shape[0] < chunk_size:  # pad so every chunk has one shape
             c = np.concatenate([c, np.repeat(c[-1:], chunk_size - c.shape[0], axis=0)], axis=0)
-        c = engine.place(c, coord_sharding) if sharded else jnp.asarray(c)
+        c = engine.place(c, coord_sharding) if sharded else jax.device_put(c)
         out = _points_jit(fs, fd, ps, pd, point_args, c, batched, strategy, map_batch, sharded)
         return [jax.tree.map(lambda x: np.asarray(x)[: stop - start], out)]
 

@@ -65,6 +65,15 @@ __all__ = [
 # Schedules and optimisers by name
 # --------------------------------------------------------------------------------------------
 @_validate.public("landscape.make_schedule")
+def _copy_leaf(x):
+    """A fresh device copy of one leaf (``jnp.array(x)`` without its compiled copy program)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return jax.device_put(x)
+    if isinstance(x, jax.Array) and not _validate.is_tracer(x):
+        return jax.device_put(x, may_alias=False)
+    return jnp.array(x)
+
+
 def make_schedule(
     name: str = "constant",
     learning_rate: float = 1e-3,
@@ -749,7 +758,7 @@ def train(
     block = _block_length(num_steps, periods, max_block)
 
     # device-resident data and evaluation layouts (prepared once)
-    ddata = jax.tree.map(jnp.asarray, data)
+    ddata = _tree.to_device(data)
     ev_train = engine.batch(data, eval_batch_size)
     ev_test = engine.batch(test_data, eval_batch_size) if test_data is not None else None
 
@@ -770,8 +779,9 @@ def train(
         ]
         return np.stack(rows).astype(np.int32)
 
-    params = jax.tree.map(jnp.array, model.params)  # copies: the input model is not donated
-    state = jax.tree.map(jnp.array, model.state)
+    # copies (the input model is not donated), without a compiled copy program per leaf
+    params = jax.tree.map(_copy_leaf, model.params)
+    state = jax.tree.map(_copy_leaf, model.state)
     if mask is not None:
         params = _apply_mask(params, mask)
     opt_state = opt.init(params)
@@ -928,7 +938,7 @@ def train(
     step = start
     try:
         while step < end:
-            idx = jnp.asarray(indices(step, block))
+            idx = jax.device_put(indices(step, block))
             params, state, opt_state, bad, losses = _run_block(
                 loss_static, loss_dyn, params, state, opt_state, ddata, idx, opt, jnp.asarray(step),
                 mask,

@@ -42,6 +42,7 @@ __all__ = [
     "sub",
     "unstack",
     "vdot",
+    "to_device",
     "zeros_like",
     "index",
 ]
@@ -165,6 +166,19 @@ def dtype_of(a: PyTree):
 def stack(trees: list[PyTree]) -> PyTree:
     """Stack a list of same-structure pytrees along a new leading axis."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _to_device(x):
+    if isinstance(x, (np.ndarray, np.generic)):
+        return jax.device_put(x)  # canonical dtype, as jnp.asarray; no compiled program
+    return jnp.asarray(x)
+
+
+def to_device(tree: PyTree) -> PyTree:
+    """``jax.tree.map(jnp.asarray, tree)`` without the compiled staging program that
+    ``jnp.asarray`` builds for every NumPy shape (JAX >= 0.9): NumPy leaves go through
+    ``jax.device_put`` (the same canonical dtype), everything else through ``jnp.asarray``."""
+    return jax.tree.map(_to_device, tree)
 
 
 def _unstack(tree: PyTree) -> list[PyTree]:

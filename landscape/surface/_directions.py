@@ -143,7 +143,7 @@ def as_direction(d, params, *, name: str = "direction") -> Direction:
             f"{_validate.where()}: {name} must be a pytree shaped like params; got None."
         )
     _validate.check_same_structure(vec, params, name=name)
-    vec = jax.tree.map(lambda v, p: jnp.asarray(v).astype(jnp.result_type(p)), vec, params)
+    vec = jax.tree.map(lambda v, p: _tree.to_device(v).astype(jnp.result_type(p)), vec, params)
     _validate.check_finite(vec, name=name)
     if float(_tree.norm(vec)) == 0.0:
         raise ValueError(
@@ -566,7 +566,7 @@ def normalize_direction(
     _validate.check_params(params)
     vec = direction.vector if isinstance(direction, Direction) else direction
     _validate.check_same_structure(vec, params, name="direction")
-    vec = jax.tree.map(lambda v, p: jnp.asarray(v).astype(jnp.result_type(p)), vec, params)
+    vec = jax.tree.map(lambda v, p: _tree.to_device(v).astype(jnp.result_type(p)), vec, params)
     other = None
     if orthogonal_to is not None:
         other = as_direction(orthogonal_to, params, name="orthogonal_to").vector

@@ -52,6 +52,7 @@ from jax.extend import core as jcore
 from jax.tree_util import Partial
 
 from landscape import _compat, engine
+from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._model import Model
 
@@ -356,7 +357,7 @@ class Prepared:
 
 
 def _probe(data, n):
-    return jax.tree.map(lambda x: jnp.asarray(x[:n]), data)
+    return _tree.to_device(jax.tree.map(lambda x: x[:n], data))
 
 
 @dataclasses.dataclass(frozen=True)
