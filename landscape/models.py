@@ -127,9 +127,22 @@ def _flat_draw(key, size, distribution, dtype):
 
 
 @functools.partial(jax.jit, static_argnames=("shape",))
-def _finish(z, scale, shape):
+def _finish_jit(z, scale, shape):
     n = math.prod(shape)
     return (z[:n] * scale.astype(z.dtype)).reshape(shape)
+
+
+def _finish(z, scale, shape):
+    """The first ``prod(shape)`` draws times ``scale``, shaped. On one CPU device the draws are
+    in host memory already: NumPy's correctly rounded multiply gives the same bits as XLA's,
+    without a compiled program per parameter shape; elsewhere one small program per shape."""
+    if not _validate.is_tracer(z) and len(z.devices()) == 1 and (
+        next(iter(z.devices())).platform == "cpu"
+    ):
+        n = math.prod(shape)
+        host = np.asarray(z)[:n] * np.asarray(scale).astype(z.dtype)
+        return jax.device_put(host.reshape(shape))
+    return _finish_jit(z, scale, shape)
 
 
 def _fans(shape):

@@ -14,6 +14,7 @@ part of the compilation key).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 
+@functools.partial(jax.jit, static_argnames=("kind", "num_controls", "dtype"))
 def _basis(kind: str, num_controls: int, t, dtype):
     """Weights of the ``num_controls`` control points at ``t`` (traceable; shape ``(K,)``)."""
     t = jnp.asarray(t, dtype)

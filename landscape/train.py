@@ -383,9 +383,10 @@ def check_mask(mask: PyTree, params: PyTree, *, name: str = "mask") -> PyTree:
                 f"{'dtype ' + str(dt) if dt is not None else type(leaf).__name__}. Convert a 0/1 "
                 "mask with jax.tree.map(lambda m: m > 0, mask)."
             )
-    return jax.tree.map(jnp.asarray, mask)
+    return _tree.to_device(mask)
 
 
+@jax.jit
 def _apply_mask(tree, mask):
     return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), tree, mask)
 
