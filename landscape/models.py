@@ -443,7 +443,9 @@ class _NotRebuildable(Exception):
 def _jsonable_kwargs(kwargs: dict) -> dict:
     out = {}
     for k, v in kwargs.items():
-        if callable(v):
+        if k == "param_dtype":  # before callable(): jnp.float64 is a callable scalar type
+            out[k] = jnp.dtype(v).name
+        elif callable(v):
             # a callable is recorded by name only when the registry maps that name back to the
             # same object (jax.nn.gelu is the tanh approximation, the registry's "gelu" is not)
             name = next(
@@ -454,8 +456,6 @@ def _jsonable_kwargs(kwargs: dict) -> dict:
             out[k] = name
         elif isinstance(v, (tuple, list)):
             out[k] = list(v)
-        elif k == "param_dtype":
-            out[k] = jnp.dtype(v).name
         else:
             out[k] = v
     return out

@@ -168,6 +168,11 @@ def test_spec_records_callables_only_when_the_registry_rebuilds_them():
     rebuilt = models.model_from_spec(m.spec)
     x = jnp.ones((1, 4))
     np.testing.assert_array_equal(np.asarray(rebuilt(x)), np.asarray(m(x)))
+    # a dtype given as a NumPy/JAX scalar type (callable) is recorded by name, not dropped
+    m = landscape.make_model(
+        "mlp", input_shape=(4,), num_outputs=2, hidden=(3,), param_dtype=jnp.float32
+    )
+    assert m.spec is not None and m.spec["kwargs"]["param_dtype"] == "float32"
 
 
 # ---- explicit variances, weight standardisation, activations, depth (issue 14) ----------------
