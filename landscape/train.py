@@ -61,10 +61,6 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------
-# Schedules and optimisers by name
-# --------------------------------------------------------------------------------------------
-@_validate.public("landscape.make_schedule")
 def _copy_leaf(x):
     """A fresh device copy of one leaf (``jnp.array(x)`` without its compiled copy program)."""
     if isinstance(x, (np.ndarray, np.generic)):
@@ -74,6 +70,10 @@ def _copy_leaf(x):
     return jnp.array(x)
 
 
+# --------------------------------------------------------------------------------------------
+# Schedules and optimisers by name
+# --------------------------------------------------------------------------------------------
+@_validate.public("landscape.make_schedule")
 def make_schedule(
     name: str = "constant",
     learning_rate: float = 1e-3,
