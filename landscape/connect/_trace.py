@@ -1202,11 +1202,41 @@ def permute_leaf(x, labs, perms: dict, per: dict, xp=jnp, skip=()):
     return x
 
 
+def _on_host(x) -> bool:
+    """``x`` is concrete data that can be permuted on the host and put back where it was: a
+    NumPy array, or a JAX array that is not a tracer and lives on one device."""
+    if isinstance(x, np.ndarray | np.generic):
+        return True
+    if isinstance(x, jax.core.Tracer) or not isinstance(x, jax.Array):
+        return False
+    try:
+        return len(x.sharding.device_set) == 1 and x.is_fully_addressable
+    except Exception:  # noqa: BLE001 - an array without the usual sharding: the device path
+        return False
+
+
+def _permute_concrete(x, labs, perms: dict, per: dict):
+    """``permute_leaf`` of a concrete leaf, gathered in NumPy on the host and put back on its
+    device: the same values exactly (a permutation copies elements; no arithmetic) and no
+    compiled program per leaf shape and axis. Leaves without a permuted axis are returned
+    as they are."""
+    if not any(_group_of(tuple(e) if isinstance(e, list) else e) in perms for e in labs):
+        return x
+    y = permute_leaf(np.asarray(x), labs, perms, per, np)
+    # device_put, not jnp.asarray (which compiles a copy program per shape); the same dtype
+    return jax.device_put(y, x.sharding if isinstance(x, jax.Array) else None)
+
+
 def _permute_tree(tree, axes: dict, perms: dict, per: dict | None = None):
     per = per or {}
-    return _tree.map_with_path(
-        lambda path, x: permute_leaf(x, axes.get(path, ()), perms, per), tree
-    )
+
+    def one(path, x):
+        labs = axes.get(path, ())
+        if _on_host(x):
+            return _permute_concrete(x, labs, perms, per)
+        return permute_leaf(x, labs, perms, per)
+
+    return _tree.map_with_path(one, tree)
 
 
 def check_perms(spec: PermutationSpec, perms: dict) -> dict:

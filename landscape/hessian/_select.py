@@ -226,10 +226,12 @@ class Selection:
         return Selection(entries, [0] * len(entries), self.index, label=self.label)
 
     def _node(self) -> _Node:
+        # NumPy: arguments of the compiled products (transferred per call, no program to
+        # build them)
         return _Node(
             self.entries,
-            jnp.asarray(self.choice, jnp.int32),
-            tuple(None if i is None else jnp.asarray(i, jnp.int32) for i in self.index),
+            np.asarray(self.choice, np.int32),
+            tuple(None if i is None else np.asarray(i, np.int32) for i in self.index),
         )
 
     def restrict(self, tree: PyTree) -> dict:
@@ -237,7 +239,15 @@ class Selection:
         leaves = dict(zip(_tree.leaf_paths(tree), jax.tree.leaves(tree)))
         out = {}
         for e, p, i in zip(self.entries, self.paths, self.index):
-            x = jnp.asarray(leaves[p])
+            x = leaves[p]
+            if _concrete(x):  # on the host: a copy of elements, no program per leaf shape
+                if i is None:
+                    out[e.key] = x if isinstance(x, jax.Array) else _device(np.asarray(x), x)
+                else:
+                    y = np.take(np.asarray(x), np.asarray(i), axis=e.axis)
+                    out[e.key] = _device(y, x)
+                continue
+            x = jnp.asarray(x)
             out[e.key] = x if i is None else jnp.take(x, jnp.asarray(i), axis=e.axis)
         return out
 
@@ -251,6 +261,8 @@ class Selection:
         at = {p: (e, i, sub[e.key]) for e, p, i in zip(self.entries, self.paths, self.index)}
         e0, _, x0 = next(iter(at.values()))
         lead = tuple(np.shape(x0)[: np.ndim(x0) - len(e0.shape)])
+        if all(_concrete(x) for x in leaves) and all(_concrete(v) for _, _, v in at.values()):
+            return jax.tree.unflatten(treedef, self._embed_on_host(paths, leaves, at, lead))
         out = []
         for p, x in zip(paths, leaves):
             z = jnp.zeros(lead + tuple(np.shape(x)), jnp.result_type(x))
@@ -265,6 +277,46 @@ class Selection:
                 )
             out.append(z)
         return jax.tree.unflatten(treedef, out)
+
+    @staticmethod
+    def _embed_on_host(paths, leaves, at, lead) -> list:
+        """:meth:`embed` of concrete arrays, in NumPy on the host and put back on each
+        leaf's device: the same values (zeros, and copies of ``sub`` cast to the leaf's dtype
+        with round-to-nearest as on the device) without compiled programs per leaf shape."""
+        out = []
+        for p, x in zip(paths, leaves):
+            dtype = np.dtype(jnp.result_type(x))
+            z = np.zeros(lead + tuple(np.shape(x)), dtype)
+            if p in at:
+                e, i, v = at[p]
+                v = np.asarray(v).astype(dtype, copy=False)
+                if i is None:
+                    z = v
+                else:
+                    a = e.axis + len(lead)
+                    zm = np.moveaxis(z, a, 0)  # a view: assigning fills z
+                    zm[np.asarray(i)] = np.moveaxis(v, a, 0)
+            out.append(_device(z, x))
+        return out
+
+
+def _concrete(x) -> bool:
+    """``x`` is data the host can read and put back where it was: a NumPy array or scalar, or
+    a JAX array that is not a tracer and lives on one device."""
+    if isinstance(x, np.ndarray | np.generic | int | float):
+        return True
+    if isinstance(x, jax.core.Tracer) or not isinstance(x, jax.Array):
+        return False
+    try:
+        return len(x.sharding.device_set) == 1 and x.is_fully_addressable
+    except Exception:  # noqa: BLE001 - no usual sharding: the device path
+        return False
+
+
+def _device(y: np.ndarray, like):
+    """``y`` on ``like``'s device (the default device for host data): ``device_put``, which
+    compiles nothing (``jnp.asarray`` compiles a copy program per shape)."""
+    return jax.device_put(y, like.sharding if isinstance(like, jax.Array) else None)
 
 
 def _put(z, v, idx, axis, lead: int = 0):
@@ -580,7 +632,7 @@ class SelectedOperator(ops.MatvecOperator):
         chunk = _validate.check_positive_int(chunk_size, name="chunk_size")
         layout = lz.Layout(self.template)
         s, d = engine.split_fn(self.host_prepared())
-        acc = jnp.zeros((layout.size,), layout.dtype)
+        acc = np.zeros((layout.size,), layout.dtype)  # host zeros: no program to build them
         for start in range(0, layout.size, chunk):
             acc, ok = _diag_chunk_jit(s, d, layout, acc, np.int32(start), chunk)
             self.check_flags(ok, context="unit-vector products of the diagonal")

@@ -39,6 +39,23 @@ BLOCK = 3 * (D * DH * HEADS + DH * HEADS) + HEADS * DH * D + D  # one block's pa
 FOR = "forward_over_reverse"  # the HVP method, given: "auto" would trace a linearisation
 
 
+def _ravel(tree):
+    """``ravel_pytree`` without device programs: the leaves flattened in NumPy on the host,
+    and an ``unravel`` that slices and reshapes (traceable; on NumPy input it returns NumPy
+    leaves, so slicing them compiles nothing)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    shapes = [np.shape(x) for x in leaves]
+    ends = np.cumsum([int(np.prod(sh, dtype=np.int64)) for sh in shapes])
+
+    def unravel(f):
+        parts = [
+            f[e - n : e].reshape(sh) for e, n, sh in zip(ends, np.diff(ends, prepend=0), shapes)
+        ]
+        return jax.tree.unflatten(treedef, parts)
+
+    return np.concatenate([np.ravel(np.asarray(x)) for x in leaves]), unravel
+
+
 def _model(dtype="float64"):
     return landscape.make_model(
         "transformer",
@@ -71,8 +88,8 @@ def f64():
         model = _model()
         loss_fn = landscape.make_loss_fn(model)
         params = model.params
-        data = jax.tree.map(jnp.asarray, _data(np.float64))
-        flat, unravel = ravel_pytree(params)
+        data = jax.tree.map(jax.device_put, _data(np.float64))
+        flat, unravel = _ravel(params)
         apply_fn = model.apply_fn
 
         @jax.jit
@@ -85,7 +102,7 @@ def f64():
         HJ = p[:, :, None] * J - p[:, :, None] * np.einsum("nc,ncp->np", p, J)[:, None, :]
         G = np.einsum("ncp,ncq->pq", J, HJ) / N
         # NumPy leaves: slicing them on the host compiles nothing
-        ids = jax.tree.map(np.asarray, unravel(jnp.arange(flat.size, dtype=jnp.float64)))
+        ids = unravel(np.arange(flat.size, dtype=np.float64))
     assert flat.size == 659
     return {
         "model": model,
@@ -117,15 +134,15 @@ def _flat(tree):
 def _dense(sop):
     """The restricted operator as a dense matrix: its products with the basis vectors, in one
     compiled program (vmap over the basis)."""
-    zero = {k: jnp.zeros(v.shape, v.dtype) for k, v in sop.selection.template.items()}
-    flat, unravel = ravel_pytree(zero)
+    zero = {k: np.zeros(v.shape, v.dtype) for k, v in sop.selection.template.items()}
+    flat, unravel = _ravel(zero)
     s, d = engine.split_fn(sop.host_prepared())
     f = jax.jit(
         jax.vmap(
             lambda e, d: ravel_pytree(engine.merge_fn(s, d)(unravel(e))[0])[0], in_axes=(0, None)
         )
     )
-    return np.asarray(f(jnp.eye(flat.size, dtype=flat.dtype), d), np.float64)
+    return np.asarray(f(np.eye(flat.size, dtype=flat.dtype), d), np.float64)
 
 
 # ------------------------------------------------------------------------------------------
@@ -217,7 +234,10 @@ def test_restricted_ggn_shares_programs_across_heads_and_blocks(f64):
         for b in (0, 1):
             for h in (0, 1):
                 sel = head_selection(params, block=b, head=h)
-                v = {k: jnp.asarray(rng.standard_normal(s.shape)) for k, s in sel.template.items()}
+                v = {
+                    k: jax.device_put(rng.standard_normal(s.shape))
+                    for k, s in sel.template.items()
+                }
                 out = restrict(gop, sel)(v)
                 idx = _coords(sel, ids)
                 expect = G[np.ix_(idx, idx)] @ _flat(v)
@@ -271,8 +291,9 @@ def test_head_spectra_match_the_dense_blocks_float64(f64, key):
 
 def test_float32_restricted_operator_and_spectra(f64, key):
     # the float64 parameters rounded to float32, the same loss and data
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), f64["params"])
-    data = jax.tree.map(jnp.asarray, _data(np.float32))
+    # (cast on the host: NumPy rounds to nearest as XLA does, and compiles no program per leaf)
+    params = jax.tree.map(lambda x: jax.device_put(np.asarray(x, np.float32)), f64["params"])
+    data = jax.tree.map(jax.device_put, _data(np.float32))
     op = make_hvp(f64["loss_fn"], params, data, method=FOR)
     sel = head_selection(params, block=0, head=1, parts=("value", "out"))
     sop = restrict(op, sel)
@@ -333,7 +354,10 @@ def _check_bad_selections(f64):
         select(params, 3)
     with pytest.raises(ValueError, match="hold no attention layer"):
         head_selection({"dense": {"kernel": np.zeros((3, 4))}}, block=0, head=0)
-    other = jax.tree.map(lambda x: x[..., :1] if x.ndim == 3 else x, params)  # one head unit
+    # one head unit (sliced on the host)
+    other = jax.tree.map(
+        lambda x: jax.device_put(np.asarray(x)[..., :1]) if x.ndim == 3 else x, params
+    )
     with pytest.raises(ValueError, match="built for other parameters"):
         restrict(
             make_hvp(_sum_of_squares, other, f64["data"], method=FOR),
