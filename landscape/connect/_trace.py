@@ -1223,8 +1223,10 @@ def _permute_concrete(x, labs, perms: dict, per: dict):
     if not any(_group_of(tuple(e) if isinstance(e, list) else e) in perms for e in labs):
         return x
     y = permute_leaf(np.asarray(x), labs, perms, per, np)
-    # device_put, not jnp.asarray (which compiles a copy program per shape); the same dtype
-    return jax.device_put(y, x.sharding if isinstance(x, jax.Array) else None)
+    # device_put, not jnp.asarray (which compiles a copy program per shape); the same dtype,
+    # and committed to a device only where x was (a committed argument compiles anew)
+    committed = isinstance(x, jax.Array) and x.committed
+    return jax.device_put(y, x.sharding if committed else None)
 
 
 def _permute_tree(tree, axes: dict, perms: dict, per: dict | None = None):

@@ -315,8 +315,10 @@ def _concrete(x) -> bool:
 
 def _device(y: np.ndarray, like):
     """``y`` on ``like``'s device (the default device for host data): ``device_put``, which
-    compiles nothing (``jnp.asarray`` compiles a copy program per shape)."""
-    return jax.device_put(y, like.sharding if isinstance(like, jax.Array) else None)
+    compiles nothing (``jnp.asarray`` compiles a copy program per shape); committed to the
+    device only where ``like`` was (a committed argument compiles anew)."""
+    committed = isinstance(like, jax.Array) and like.committed
+    return jax.device_put(y, like.sharding if committed else None)
 
 
 def _put(z, v, idx, axis, lead: int = 0):

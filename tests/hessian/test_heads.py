@@ -310,7 +310,7 @@ def test_float32_restricted_operator_and_spectra(f64, key):
     assert set(e.vectors) == {"value/kernel", "value/bias", "out/kernel"}
     full = sel.embed(e.vectors, params)  # back in the parameters' shape, zeros elsewhere
     assert full["blocks"][0]["attn"]["out"]["kernel"].shape == (1, HEADS, DH, D)
-    assert not np.asarray(full["blocks"][0]["attn"]["out"]["kernel"][:, 0]).any()
+    assert not np.asarray(full["blocks"][0]["attn"]["out"]["kernel"])[:, 0].any()
 
 
 def test_bad_selections_name_the_argument(f64):
