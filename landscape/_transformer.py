@@ -85,7 +85,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from landscape.models import InitSpec, get_activation, resolve_init
+from landscape import validate as _validate
+from landscape.models import InitSpec, _finish, _flat_draw, get_activation, resolve_init
 
 ATTENTIONS = ("softmax", "identity", "relu")
 QK_SCALES = ("sqrt", "linear")
@@ -102,8 +103,29 @@ def _lead(a, ndim: int):
 
 
 def _draw(init: Callable, key, shape: tuple, fans: tuple[int, int], dtype):
-    """``init`` applied to the 2-D ``fans`` matrix a kernel acts as, reshaped to ``shape``."""
-    return jnp.reshape(init(key, fans, dtype), shape)
+    """``init`` applied to the 2-D ``fans`` matrix a kernel acts as, reshaped to ``shape`` (on
+    the host when the draw is concrete on one device: a reshape moves no value, and
+    ``device_put`` compiles no program per shape)."""
+    return _host_reshape(init(key, fans, dtype), shape)
+
+
+def _host_reshape(x, shape: tuple):
+    if _validate.is_tracer(x) or not isinstance(x, jax.Array) or len(x.devices()) != 1:
+        return jnp.reshape(x, shape)
+    y = np.asarray(x).reshape(shape)
+    return jax.device_put(y, x.sharding if x.committed else None)
+
+
+def _scaled_normal(key, shape: tuple, std: float, dtype):
+    """``std * jax.random.normal(key, shape, dtype)``, the same values: the first
+    ``prod(shape)`` entries of a flat draw of the next power-of-two size (threefry's counters
+    are the positions, so a longer draw begins with the shorter one; row-major, as the shaped
+    draw), times ``std`` rounded to ``dtype`` (:func:`landscape.models._finish`: NumPy's
+    correctly rounded product on one CPU device). One compiled draw per size bucket, shared
+    with the initialisers, instead of a draw and a multiply per shape."""
+    n = max(math.prod(shape), 1)
+    z = _flat_draw(key, 1 << (n - 1).bit_length(), "normal", jnp.dtype(dtype))
+    return _finish(z, np.asarray(std, z.dtype), tuple(shape))
 
 
 class HeadDense(nnx.Module):
@@ -165,7 +187,7 @@ class TokenEmbed(nnx.Module):
             table = spec.kernel_init(key, (vocab_size, d), param_dtype)
         else:
             std = math.sqrt(spec.target_variance(1, d))
-            table = std * jax.random.normal(key, (vocab_size, d), param_dtype)
+            table = _scaled_normal(key, (vocab_size, d), std, param_dtype)
         self.embedding = nnx.Param(jnp.asarray(table, param_dtype))
         self.vocab_size = int(vocab_size)
 
@@ -488,13 +510,16 @@ class Transformer(nnx.Module):
             self.embed = TokenEmbed(vocab_size, d, spec, param_dtype=param_dtype, rngs=rngs)
         self.pos = (
             nnx.Param(
-                float(pos_std)
-                * jax.random.normal(rngs.params(), (self.num_tokens, d), param_dtype)
+                _scaled_normal(rngs.params(), (self.num_tokens, d), float(pos_std), param_dtype)
             )
             if positions == "learned"
             else None
         )
-        self.cls = nnx.Param(jnp.zeros((d,), param_dtype)) if pool == "cls" else None
+        self.cls = (  # host zeros: no program per width
+            nnx.Param(jax.device_put(np.zeros((d,), jnp.dtype(param_dtype))))
+            if pool == "cls"
+            else None
+        )
         m = mlp_ratio * d
         self.blocks = nnx.List(
             [

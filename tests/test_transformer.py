@@ -434,8 +434,10 @@ def test_per_token_cross_entropy():
     # the mean over examples and positions (float32 arithmetic: 1e-6 relative)
     assert float(value) == pytest.approx(nll.mean(), rel=1e-6)
     assert float(aux["accuracy"]) == pytest.approx(np.mean(logits.argmax(-1) == y))
+    # the check is on shapes: raised while tracing (eval_shape: the refusal without an eager
+    # forward pass, which compiles one program per operation)
     with pytest.raises(ValueError, match=r"labels need shape \(N, 5\)"):
-        loss_fn(m.params, {"x": ds.train["x"], "y": y[:, 0]})
+        jax.eval_shape(loss_fn, m.params, {"x": ds.train["x"], "y": y[:, 0]})
 
 
 # ------------------------------------------------------------------------------------------
@@ -536,11 +538,13 @@ def test_empirical_ntk_matches_the_jacobian_product(tiny):
         k = ntk.empirical_ntk(result.model, x, method="jacobian")  # ids travel as floats: exact
         from jax.flatten_util import ravel_pytree
 
-        flat, unravel = ravel_pytree(result.params)
         apply_fn = result.model.apply_fn
-        jac = jax.jit(jax.jacrev(lambda v, x: apply_fn(unravel(v), {}, x)[0]))(
-            flat, x
-        )  # (4, 5, P)
+
+        def jacobian(params, x):  # flattened inside the program: no eager ravel programs
+            flat, unravel = ravel_pytree(params)
+            return jax.jacrev(lambda v: apply_fn(unravel(v), {}, x)[0])(flat)
+
+        jac = jax.jit(jacobian)(result.params, x)  # (4, 5, P)
         dense = np.einsum("aop,bop->ab", np.asarray(jac), np.asarray(jac)) / jac.shape[1]
     assert k.matrix.dtype == np.float64
     np.testing.assert_allclose(np.asarray(k), dense, rtol=1e-10, atol=1e-12)
