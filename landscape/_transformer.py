@@ -106,6 +106,8 @@ def _draw(init: Callable, key, shape: tuple, fans: tuple[int, int], dtype):
     """``init`` applied to the 2-D ``fans`` matrix a kernel acts as, reshaped to ``shape`` (on
     the host when the draw is concrete on one device: a reshape moves no value, and
     ``device_put`` compiles no program per shape)."""
+    if init is jax.nn.initializers.zeros:
+        init = _host_zeros
     return _host_reshape(init(key, fans, dtype), shape)
 
 
@@ -198,13 +200,20 @@ class TokenEmbed(nnx.Module):
         return jnp.einsum("...v,vd->...d", onehot, table)
 
 
+def _host_zeros(key, shape, dtype=jnp.float32, out_sharding=None):
+    """``jax.nn.initializers.zeros`` built on the host (the same zeros; ``device_put``
+    compiles no program per shape)."""
+    del key
+    return jax.device_put(np.zeros(tuple(shape), jnp.dtype(dtype)), out_sharding)
+
+
 def _dense(a, b, spec: InitSpec, *, use_bias, param_dtype, rngs):
     return nnx.Linear(
         a,
         b,
         use_bias=use_bias,
         kernel_init=spec.kernel_init,
-        bias_init=spec.bias_init,
+        bias_init=_host_zeros if spec.bias_init is jax.nn.initializers.zeros else spec.bias_init,
         param_dtype=param_dtype,
         rngs=rngs,
     )
