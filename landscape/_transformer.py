@@ -219,8 +219,21 @@ def _dense(a, b, spec: InitSpec, *, use_bias, param_dtype, rngs):
     )
 
 
+def _host_ones(key, shape, dtype=jnp.float32, out_sharding=None):
+    """``jax.nn.initializers.ones`` built on the host (as :func:`_host_zeros`)."""
+    del key
+    return jax.device_put(np.ones(tuple(shape), jnp.dtype(dtype)), out_sharding)
+
+
 def _layer_norm(d, *, use_bias, param_dtype, rngs):
-    return nnx.LayerNorm(d, use_bias=use_bias, param_dtype=param_dtype, rngs=rngs)
+    return nnx.LayerNorm(
+        d,
+        use_bias=use_bias,
+        param_dtype=param_dtype,
+        scale_init=_host_ones,
+        bias_init=_host_zeros,
+        rngs=rngs,
+    )
 
 
 def causal_mask(num_tokens: int) -> np.ndarray:

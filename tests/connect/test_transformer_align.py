@@ -117,9 +117,9 @@ def test_permuted_transformer_computes_the_same_function(tf, apply):
         with jax.enable_x64(x64):
             dtype = jnp.float64 if x64 else jnp.float32
             # cast on the host (exact: float32 -> float64, or no cast): no program per leaf
-            params = jax.tree.map(lambda v, d=dtype: jnp.asarray(np.asarray(v, d)), m.params)
+            params = jax.tree.map(lambda v, d=dtype: jax.device_put(np.asarray(v, d)), m.params)
             x = jnp.asarray(_x(32), dtype)
-            pp = jax.tree.map(lambda v, d=dtype: jnp.asarray(np.asarray(v, d)), pp32)
+            pp = jax.tree.map(lambda v, d=dtype: jax.device_put(np.asarray(v, d)), pp32)
             assert _max_err(pp, params) > 0.1
             y0, _ = apply(params, m.state, x)
             y1, _ = apply(pp, m.state, x)
