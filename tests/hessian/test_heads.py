@@ -175,22 +175,27 @@ def _check_selections(params, ids):
     same = select(params, Slice("blocks/1/attn/query/*", 1), Slice("blocks/1/attn/key/*", 1))
     np.testing.assert_array_equal(np.sort(_coords(same, ids)), np.sort(_coords(sel, ids)))
     assert block_selection(params, block=0).size == BLOCK == 288
-    # the library's transformer has the same layout (tied queries and keys: no key part)
-    m = landscape.make_model(
-        "transformer",
-        input_shape=(4,),
-        num_outputs=2,
-        vocab_size=5,
-        width=8,
-        heads=2,
-        depth=2,
-        mlp_ratio=1,
-        tie_qk=True,
+    # the library's transformer has the same layout (tied queries and keys: no key part); the
+    # selections read shapes only: its parameters as shapes (eval_shape: no initialiser runs)
+    shapes = jax.eval_shape(
+        lambda: (
+            landscape.make_model(
+                "transformer",
+                input_shape=(4,),
+                num_outputs=2,
+                vocab_size=5,
+                width=8,
+                heads=2,
+                depth=2,
+                mlp_ratio=1,
+                tie_qk=True,
+            ).params
+        )
     )
-    got = attention_layers(m.params)
+    got = attention_layers(shapes)
     assert [a.folder for a in got] == ["blocks/0/attn", "blocks/1/attn"]
     assert "key/kernel" not in got[0].leaves and got[0].leaves["out/kernel"] == 0
-    tied = head_selection(m.params, block=1, head=0, parts=("query", "key"))
+    tied = head_selection(shapes, block=1, head=0, parts=("query", "key"))
     assert tied.label == "block 1 head 0: query" and tied.size == D * DH + DH
 
 
