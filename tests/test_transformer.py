@@ -384,13 +384,24 @@ def test_bad_settings_name_the_argument(kwargs, match):
 def test_bad_switches_and_inputs():
     with pytest.raises(TypeError, match="causal must be True or False"):
         landscape.make_model("transformer", input_shape=(8,), num_outputs=2, causal="yes")
-    m = landscape.make_model(
-        "transformer", input_shape=(8,), num_outputs=2, width=8, heads=2, depth=1
-    )
+    # the input checks are on shapes: the model built while tracing (its parameters as shapes,
+    # no initialiser compiled; apply_fn is the architecture's, the same for any parameters)
+    box = {}
+
+    def build():
+        m = landscape.make_model(
+            "transformer", input_shape=(8,), num_outputs=2, width=8, heads=2, depth=1
+        )
+        box["apply_fn"] = m.apply_fn
+        return m.params, m.state
+
+    params, state = jax.eval_shape(build)
+    apply_fn = box["apply_fn"]
+    assert jax.eval_shape(apply_fn, params, state, np.zeros((2, 8), np.float32))[0].shape == (2, 2)
     with pytest.raises(ValueError, match="integer inputs .* build the model with vocab_size"):
-        jax.eval_shape(m.apply_fn, m.params, m.state, np.zeros((2, 8), np.int32))
+        jax.eval_shape(apply_fn, params, state, np.zeros((2, 8), np.int32))
     with pytest.raises(ValueError, match=r"inputs must have shape \(\.\.\., 8\)"):
-        jax.eval_shape(m.apply_fn, m.params, m.state, np.zeros((2, 9), np.float32))
+        jax.eval_shape(apply_fn, params, state, np.zeros((2, 9), np.float32))
 
 
 # ------------------------------------------------------------------------------------------
