@@ -207,7 +207,7 @@ def _true_residuals_jit(mv_static, mv_dyn, layout, Q, Y, theta, k):
     ``Y`` is padded to the basis' row count and ``k`` is dynamic, so one program serves every
     ``k`` for a given operator and basis shape.
     """
-    mv = engine.merge_fn(mv_static, mv_dyn)
+    mv = lz.traced_once(mv_static, mv_dyn)
     rows = Y.shape[1]
     X = jnp.dot(Y.T.astype(Q.dtype), Q, precision=jax.lax.Precision.HIGHEST)
     flags_shape = jax.eval_shape(lambda v: mv(v)[1], layout.unravel(X[0]))

@@ -89,7 +89,7 @@ def _layers(op, paths: list[str]) -> dict[str, list[str]]:
 @functools.partial(jax.jit, static_argnames=("mv_static", "layout", "num"))
 def _sketch_jit(mv_static, mv_dyn, layout, seed, num):
     """``A S`` for ``num`` Rademacher columns ``S``, as flat rows ``(num, P)``."""
-    mv = engine.merge_fn(mv_static, mv_dyn)
+    mv = lz.traced_once(mv_static, mv_dyn)
     zero = jnp.zeros((layout.size,), layout.dtype)
     flags = jax.eval_shape(lambda v: mv(v)[1], layout.unravel(zero))
 
@@ -106,7 +106,7 @@ def _sketch_jit(mv_static, mv_dyn, layout, seed, num):
 @functools.partial(jax.jit, static_argnames=("mv_static", "layout"))
 def _quad_rows_jit(mv_static, mv_dyn, layout, Q):
     """Per-leaf ``q_i^T (A q_i)`` for every flat row ``q_i`` of ``Q``."""
-    mv = engine.merge_fn(mv_static, mv_dyn)
+    mv = lz.traced_once(mv_static, mv_dyn)
     num = Q.shape[0]
     nl = len(layout.sizes)
     flags = jax.eval_shape(lambda v: mv(v)[1], layout.unravel(Q[0]))
@@ -124,7 +124,7 @@ def _quad_rows_jit(mv_static, mv_dyn, layout, Q):
 def _probes_jit(mv_static, mv_dyn, layout, Q, seed, start, num):
     """Per-leaf ``u^T (A u)`` for ``num`` Rademacher probes ``z`` (``u = z - Q^T Q z`` when a
     flat deflation basis ``Q`` is given, else ``u = z``), probe counters ``start, start+1, ...``."""
-    mv = engine.merge_fn(mv_static, mv_dyn)
+    mv = lz.traced_once(mv_static, mv_dyn)
     nl = len(layout.sizes)
     zero = jnp.zeros((layout.size,), layout.dtype)
     flags = jax.eval_shape(lambda v: mv(v)[1], layout.unravel(zero))
