@@ -107,6 +107,22 @@ def _conv(
     return nnx.Conv(a, b, size, **kw)
 
 
+def _batch_norm(features, *, param_dtype, rngs):
+    """``nnx.BatchNorm`` whose running statistics have the parameters' dtype (at least float32).
+
+    Flax NNX creates the running mean and variance in float32 whatever ``param_dtype``; a float64
+    network then scattered its float64 batch statistics into float32 variables (JAX's
+    "scatter inputs have incompatible types" FutureWarning, and the statistics rounded to float32).
+    Lower-precision parameters (bfloat16) keep float32 statistics, as Flax's default.
+    """
+    bn = nnx.BatchNorm(features, param_dtype=param_dtype, rngs=rngs)
+    dt = jnp.promote_types(param_dtype, jnp.float32)
+    if bn.mean.value.dtype != dt:
+        bn.mean.value = bn.mean.value.astype(dt)
+        bn.var.value = bn.var.value.astype(dt)
+    return bn
+
+
 def _check_flags(model: str, **flags) -> None:
     """The on/off switches must be booleans (a string such as ``"no"`` is truthy)."""
     for name, flag in flags.items():
@@ -201,7 +217,7 @@ class MLP(nnx.Module):
                 rngs.params()
         self.layers = nnx.List(layers)
         self.norms = (
-            nnx.List([nnx.BatchNorm(b, param_dtype=param_dtype, rngs=rngs) for b in widths[1:-1]])
+            nnx.List([_batch_norm(b, param_dtype=param_dtype, rngs=rngs) for b in widths[1:-1]])
             if batch_norm
             else None
         )
@@ -313,8 +329,8 @@ class _Block(nnx.Module):
             cin, cout, (3, 3), spec, use_bias=not batch_norm, strides=(stride, stride), **conv
         )
         self.conv2 = _conv(cout, cout, (3, 3), spec, use_bias=not batch_norm, **conv)
-        self.bn1 = nnx.BatchNorm(cout, param_dtype=param_dtype, rngs=rngs) if batch_norm else None
-        self.bn2 = nnx.BatchNorm(cout, param_dtype=param_dtype, rngs=rngs) if batch_norm else None
+        self.bn1 = _batch_norm(cout, param_dtype=param_dtype, rngs=rngs) if batch_norm else None
+        self.bn2 = _batch_norm(cout, param_dtype=param_dtype, rngs=rngs) if batch_norm else None
         needs_proj = skip and (stride != 1 or cin != cout)
         self.proj = (
             _conv(
@@ -394,7 +410,7 @@ class ResNet(nnx.Module):
             rngs=rngs,
         )
         self.stem_bn = (
-            nnx.BatchNorm(widths[0], param_dtype=param_dtype, rngs=rngs) if batch_norm else None
+            _batch_norm(widths[0], param_dtype=param_dtype, rngs=rngs) if batch_norm else None
         )
         layers = []
         cin = widths[0]

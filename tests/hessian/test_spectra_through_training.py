@@ -251,6 +251,7 @@ def test_store_resume_and_save_load(recorded, tmp_path):
         _run(model, data, [other], num_steps=5)
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # float64 statistics into float32 state
 def test_batch_norm_batch_mode(setup):
     """bn_mode="batch" with curvature="ggn": the GGN of the training-mode loss (batch statistics
     of the full batch, state update discarded; ``J`` the Jacobian of the batch's training-mode
@@ -260,6 +261,8 @@ def test_batch_norm_batch_mode(setup):
     ``J J^T`` traced over outputs."""
     _, data = setup
     model = _mlp(batch_norm=True)
+    # the running statistics have the parameters' dtype (Flax NNX makes them float32)
+    assert {str(a.dtype) for a in jax.tree.leaves(model.state)} == {"float64"}
     probe = data["x"][:4]
     cb = hessian.spectra_callback(
         every=1,
