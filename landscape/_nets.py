@@ -117,9 +117,9 @@ def _batch_norm(features, *, param_dtype, rngs):
     """
     bn = nnx.BatchNorm(features, param_dtype=param_dtype, rngs=rngs)
     dt = jnp.promote_types(param_dtype, jnp.float32)
-    if bn.mean.value.dtype != dt:
-        bn.mean.value = bn.mean.value.astype(dt)
-        bn.var.value = bn.var.value.astype(dt)
+    if bn.mean[...].dtype != dt:
+        bn.mean = nnx.BatchStat(bn.mean[...].astype(dt))
+        bn.var = nnx.BatchStat(bn.var[...].astype(dt))
     return bn
 
 
