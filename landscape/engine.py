@@ -417,18 +417,19 @@ def _batched_mean(value_fn: Callable, point: PyTree, batched: Batched, *args) ->
     n, bs = batched.num_examples, batched.batch_size
     total = None
     flags = []
-    shape_fn, value_fn = value_fn, canonical_convs(value_fn)  # shapes need no rewrite
+    value_fn = canonical_convs(value_fn)
 
     def cast_like(v, ref):
         return jax.tree.map(lambda x, s: jnp.asarray(x).astype(s.dtype), v, ref)
 
     if batched.full is not None:
         first = jax.tree.map(lambda x: x[0], batched.full)
-        shape = jax.eval_shape(lambda b: shape_fn(point, b, *args), first)
+        per_batch = _traced_once(value_fn, point, args)
+        shape = jax.eval_shape(per_batch, first)
         init = jax.tree.map(lambda s: jnp.zeros(s.shape, _acc_dtype(s.dtype)), shape)
 
         def body(acc, b):
-            v = cast_like(value_fn(point, b, *args), init)
+            v = cast_like(per_batch(b), init)
             return jax.tree.map(jnp.add, acc, v), all_finite(v)
 
         if batched.num_batches == 1:  # no loop for a single full batch
@@ -447,6 +448,26 @@ def _batched_mean(value_fn: Callable, point: PyTree, batched: Batched, *args) ->
         flags.append(all_finite(v)[None])
     mean_ = jax.tree.map(lambda t: t / jnp.asarray(n, t.dtype), total)
     return mean_, jnp.concatenate(flags)
+
+
+def _traced_once(value_fn: Callable, point: PyTree, args: tuple) -> Callable:
+    """``b -> value_fn(point, b, *args)`` whose Python trace is shared by every call at the same
+    batch shapes (the accumulator's shape query and the scan body): a nested ``jit`` over the
+    traced leaves of ``point`` and ``args`` (concrete ones stay concrete, closed over), which
+    XLA inlines. Without it the model's loss was traced twice per reduction program."""
+    leaves, treedef = jax.tree.flatten((point, args))
+    where = [i for i, x in enumerate(leaves) if _validate.is_tracer(x)]
+
+    def flat(traced, b):
+        full = list(leaves)
+        for i, a in zip(where, traced):
+            full[i] = a
+        p, a = jax.tree.unflatten(treedef, full)
+        return value_fn(p, b, *a)
+
+    inner = jax.jit(flat)
+    traced = [leaves[i] for i in where]
+    return lambda b: inner(traced, b)
 
 
 @functools.partial(jax.jit, static_argnames=("fn_static",))
