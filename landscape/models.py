@@ -140,8 +140,10 @@ def _finish(z, scale, shape):
         next(iter(z.devices())).platform == "cpu"
     ):
         n = math.prod(shape)
-        host = np.asarray(z)[:n] * np.asarray(scale).astype(z.dtype)
-        return jax.device_put(host.reshape(shape))
+        # scale is a device array already (the caller's jnp.asarray(mult, dtype)): its cast
+        # to z's dtype is the jitted path's, and the product is correctly rounded in both
+        host = np.asarray(z)[:n] * np.asarray(jnp.asarray(scale).astype(z.dtype))
+        return jax.device_put(host.reshape(shape), z.sharding if z.committed else None)
     return _finish_jit(z, scale, shape)
 
 

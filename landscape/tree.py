@@ -209,8 +209,9 @@ def index(tree: PyTree, i) -> PyTree:
     compiled program per tree for every ``i``; NumPy leaves stay NumPy views."""
     if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and not _host(tree):
         leaves = jax.tree.leaves(tree)
-        if leaves:
-            n = np.shape(leaves[0])[0]
+        lengths = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+        if len(lengths) == 1 and None not in lengths:  # one shared leading axis (a stack)
+            (n,) = lengths
             if not -n <= int(i) < n:
                 raise IndexError(f"index {int(i)} is out of bounds for axis 0 with size {n}")
             return _index_jit(tree, int(i) % n)

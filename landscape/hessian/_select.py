@@ -305,7 +305,7 @@ def _concrete(x) -> bool:
     a JAX array that is not a tracer and lives on one device."""
     if isinstance(x, np.ndarray | np.generic | int | float):
         return True
-    if isinstance(x, jax.core.Tracer) or not isinstance(x, jax.Array):
+    if _validate.is_tracer(x) or not isinstance(x, jax.Array):
         return False
     try:
         return len(x.sharding.device_set) == 1 and x.is_fully_addressable
