@@ -67,6 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._model import Model, from_nnx
 
@@ -136,14 +137,12 @@ def _finish(z, scale, shape):
     """The first ``prod(shape)`` draws times ``scale``, shaped. On one CPU device the draws are
     in host memory already: NumPy's correctly rounded multiply gives the same bits as XLA's,
     without a compiled program per parameter shape; elsewhere one small program per shape."""
-    if not _validate.is_tracer(z) and len(z.devices()) == 1 and (
-        next(iter(z.devices())).platform == "cpu"
-    ):
+    if _tree.in_host_memory(z):
         n = math.prod(shape)
         # scale is a device array already (the caller's jnp.asarray(mult, dtype)): its cast
         # to z's dtype is the jitted path's, and the product is correctly rounded in both
         host = np.asarray(z)[:n] * np.asarray(jnp.asarray(scale).astype(z.dtype))
-        return jax.device_put(host.reshape(shape), z.sharding if z.committed else None)
+        return _tree.put_like(host.reshape(shape), z)
     return _finish_jit(z, scale, shape)
 
 

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from landscape import _compat
+
 PyTree = Any
 
 __all__ = [
@@ -179,6 +181,36 @@ def to_device(tree: PyTree) -> PyTree:
     ``jnp.asarray`` builds for every NumPy shape (JAX >= 0.9): NumPy leaves go through
     ``jax.device_put`` (the same canonical dtype), everything else through ``jnp.asarray``."""
     return jax.tree.map(_to_device, tree)
+
+
+def host_readable(x) -> bool:
+    """``x`` is concrete data the host can read and put back where it was (:func:`put_like`):
+    a NumPy array or scalar, or a JAX array that is not a tracer and lives whole on one
+    device."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return True
+    if not isinstance(x, jax.Array) or _compat.is_tracer(x):
+        return False
+    try:
+        return len(x.sharding.device_set) == 1 and x.is_fully_addressable
+    except Exception:  # noqa: BLE001 - an array without the usual sharding: not readable here
+        return False
+
+
+def in_host_memory(x) -> bool:
+    """:func:`host_readable` and already in host memory (NumPy, or one CPU device: there
+    ``np.asarray`` is a view, no transfer)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return True
+    return host_readable(x) and next(iter(x.sharding.device_set)).platform == "cpu"
+
+
+def put_like(y: np.ndarray, like) -> jax.Array:
+    """The host array ``y`` where ``like`` is (the default device for host data), through
+    ``jax.device_put`` (no compiled program), committed only where ``like`` was: a committed
+    argument makes every program it meets compile anew."""
+    committed = isinstance(like, jax.Array) and like.committed
+    return jax.device_put(y, like.sharding if committed else None)
 
 
 def _unstack(tree: PyTree) -> list[PyTree]:

@@ -131,17 +131,6 @@ def _finite_flags(leaves):
 _HOST_CHECK_SIZE = 1 << 22
 
 
-def _on_host(x) -> bool:
-    """``x`` is a NumPy array or a jax.Array held whole on one CPU device (a zero-copy view)."""
-    if isinstance(x, np.ndarray):
-        return True
-    try:
-        devices = x.devices()
-    except Exception:  # noqa: BLE001 - not a jax.Array (a scalar, a NumPy scalar)
-        return not hasattr(x, "sharding")
-    return len(devices) == 1 and next(iter(devices)).platform == "cpu"
-
-
 def check_finite(tree: PyTree, *, name: str) -> None:
     """Raise ``ValueError`` naming the first leaf of ``tree`` that holds NaN or Inf.
 
@@ -163,7 +152,7 @@ def check_finite(tree: PyTree, *, name: str) -> None:
     if not picked:
         return
     if all(isinstance(x, np.ndarray) for _, x in picked) or (
-        all(_on_host(x) for _, x in picked)
+        all(_tree.in_host_memory(x) for _, x in picked)
         and sum(np.size(x) for _, x in picked) <= _HOST_CHECK_SIZE
     ):
         # host data, or arrays in host memory (one CPU device: np.asarray is a view): check

@@ -1202,19 +1202,6 @@ def permute_leaf(x, labs, perms: dict, per: dict, xp=jnp, skip=()):
     return x
 
 
-def _on_host(x) -> bool:
-    """``x`` is concrete data that can be permuted on the host and put back where it was: a
-    NumPy array, or a JAX array that is not a tracer and lives on one device."""
-    if isinstance(x, np.ndarray | np.generic):
-        return True
-    if _validate.is_tracer(x) or not isinstance(x, jax.Array):
-        return False
-    try:
-        return len(x.sharding.device_set) == 1 and x.is_fully_addressable
-    except Exception:  # noqa: BLE001 - an array without the usual sharding: the device path
-        return False
-
-
 def _permute_concrete(x, labs, perms: dict, per: dict):
     """``permute_leaf`` of a concrete leaf, gathered in NumPy on the host and put back on its
     device: the same values exactly (a permutation copies elements; no arithmetic) and no
@@ -1222,11 +1209,7 @@ def _permute_concrete(x, labs, perms: dict, per: dict):
     as they are."""
     if not any(_group_of(tuple(e) if isinstance(e, list) else e) in perms for e in labs):
         return x
-    y = permute_leaf(np.asarray(x), labs, perms, per, np)
-    # device_put, not jnp.asarray (which compiles a copy program per shape); the same dtype,
-    # and committed to a device only where x was (a committed argument compiles anew)
-    committed = isinstance(x, jax.Array) and x.committed
-    return jax.device_put(y, x.sharding if committed else None)
+    return _tree.put_like(permute_leaf(np.asarray(x), labs, perms, per, np), x)
 
 
 def _permute_tree(tree, axes: dict, perms: dict, per: dict | None = None):
@@ -1234,7 +1217,7 @@ def _permute_tree(tree, axes: dict, perms: dict, per: dict | None = None):
 
     def one(path, x):
         labs = axes.get(path, ())
-        if _on_host(x):
+        if _tree.host_readable(x):
             return _permute_concrete(x, labs, perms, per)
         return permute_leaf(x, labs, perms, per)
 

@@ -242,10 +242,10 @@ class Selection:
             x = leaves[p]
             if _concrete(x):  # on the host: a copy of elements, no program per leaf shape
                 if i is None:
-                    out[e.key] = x if isinstance(x, jax.Array) else _device(np.asarray(x), x)
+                    out[e.key] = x if isinstance(x, jax.Array) else _tree.put_like(np.asarray(x), x)
                 else:
                     y = np.take(np.asarray(x), np.asarray(i), axis=e.axis)
-                    out[e.key] = _device(y, x)
+                    out[e.key] = _tree.put_like(y, x)
                 continue
             x = jnp.asarray(x)
             out[e.key] = x if i is None else jnp.take(x, jnp.asarray(i), axis=e.axis)
@@ -296,29 +296,13 @@ class Selection:
                     a = e.axis + len(lead)
                     zm = np.moveaxis(z, a, 0)  # a view: assigning fills z
                     zm[np.asarray(i)] = np.moveaxis(v, a, 0)
-            out.append(_device(z, x))
+            out.append(_tree.put_like(z, x))
         return out
 
 
 def _concrete(x) -> bool:
-    """``x`` is data the host can read and put back where it was: a NumPy array or scalar, or
-    a JAX array that is not a tracer and lives on one device."""
-    if isinstance(x, np.ndarray | np.generic | int | float):
-        return True
-    if _validate.is_tracer(x) or not isinstance(x, jax.Array):
-        return False
-    try:
-        return len(x.sharding.device_set) == 1 and x.is_fully_addressable
-    except Exception:  # noqa: BLE001 - no usual sharding: the device path
-        return False
-
-
-def _device(y: np.ndarray, like):
-    """``y`` on ``like``'s device (the default device for host data): ``device_put``, which
-    compiles nothing (``jnp.asarray`` compiles a copy program per shape); committed to the
-    device only where ``like`` was (a committed argument compiles anew)."""
-    committed = isinstance(like, jax.Array) and like.committed
-    return jax.device_put(y, like.sharding if committed else None)
+    """Data the host can read and put back where it was (Python numbers included)."""
+    return isinstance(x, int | float) or _tree.host_readable(x)
 
 
 def _put(z, v, idx, axis, lead: int = 0):
