@@ -424,7 +424,7 @@ def _batched_mean(value_fn: Callable, point: PyTree, batched: Batched, *args) ->
 
     if batched.full is not None:
         first = jax.tree.map(lambda x: x[0], batched.full)
-        per_batch = _traced_once(value_fn, point, args)
+        per_batch = shared_trace(lambda pa, b: value_fn(pa[0], b, *pa[1]), (point, args))
         shape = jax.eval_shape(per_batch, first)
         init = jax.tree.map(lambda s: jnp.zeros(s.shape, _acc_dtype(s.dtype)), shape)
 
@@ -450,20 +450,20 @@ def _batched_mean(value_fn: Callable, point: PyTree, batched: Batched, *args) ->
     return mean_, jnp.concatenate(flags)
 
 
-def _traced_once(value_fn: Callable, point: PyTree, args: tuple) -> Callable:
-    """``b -> value_fn(point, b, *args)`` whose Python trace is shared by every call at the same
-    batch shapes (the accumulator's shape query and the scan body): a nested ``jit`` over the
-    traced leaves of ``point`` and ``args`` (concrete ones stay concrete, closed over), which
-    XLA inlines. Without it the model's loss was traced twice per reduction program."""
-    leaves, treedef = jax.tree.flatten((point, args))
+def shared_trace(fn: Callable, fixed: PyTree) -> Callable:
+    """``b -> fn(fixed, b)`` whose Python trace is shared by every call at the same shapes of
+    ``b`` inside one enclosing trace (a shape query with ``eval_shape`` and then a loop body):
+    a nested ``jit`` over the traced leaves of ``fixed`` (concrete ones stay concrete, closed
+    over), which XLA inlines. Without it the shape query traced a model's loss or product a
+    second time in every reduction and Krylov program."""
+    leaves, treedef = jax.tree.flatten(fixed)
     where = [i for i, x in enumerate(leaves) if _validate.is_tracer(x)]
 
     def flat(traced, b):
         full = list(leaves)
         for i, a in zip(where, traced):
             full[i] = a
-        p, a = jax.tree.unflatten(treedef, full)
-        return value_fn(p, b, *a)
+        return fn(jax.tree.unflatten(treedef, full), b)
 
     inner = jax.jit(flat)
     traced = [leaves[i] for i in where]

@@ -131,13 +131,9 @@ def _eps(dtype) -> float:
 # The compiled loop with full reorthogonalisation
 # --------------------------------------------------------------------------------------------
 def traced_once(mv_static, mv_dyn):
-    """The product ``v -> (A v, finite flags)`` for use inside one compiled program, traced
-    once: the shape query (``eval_shape``) and the loop body share one nested ``jit`` whose
-    trace is cached, where tracing the operator (a whole model's HVP: 0.3-0.7 s of Python)
-    twice was a third of a first call's tracing time. XLA inlines the nested call: the
-    program computes the same thing."""
-    inner = jax.jit(lambda dyn, v: engine.merge_fn(mv_static, dyn)(v))
-    return lambda v: inner(mv_dyn, v)
+    """The product ``v -> (A v, finite flags)`` inside one compiled program, traced once for
+    the flags' shape query and the loop body (:func:`landscape.engine.shared_trace`)."""
+    return engine.shared_trace(lambda dyn, v: engine.merge_fn(mv_static, dyn)(v), mv_dyn)
 
 
 def _expand_body(mv, layout, seed, tol_break, j, carry):
