@@ -361,7 +361,8 @@ def path_distances(path: Path, ts) -> np.ndarray:
     if ts.size < 2:
         return np.zeros_like(ts)
     G = np.asarray(_difference_gram(path.controls), np.float64)
-    W = np.asarray(jax.vmap(path.weights)(jnp.asarray(ts, _tree.dtype_of(path.controls))), np.float64)
+    ts_dev = _tree.to_device(np.asarray(ts, _tree.dtype_of(path.controls)))
+    W = np.asarray(jax.vmap(path.weights)(ts_dev), np.float64)
     dW = np.diff(W[:, 1:], axis=0)
     seg = np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", dW, G, dW), 0.0))
     return np.concatenate([[0.0], np.cumsum(seg)])

@@ -27,12 +27,12 @@ References:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from landscape import _provenance
@@ -41,7 +41,7 @@ from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._model import Model, as_model
 from landscape._result import Result, result, static_field
-from landscape.train import TrainResult, TrainState, check_mask, train
+from landscape.train import TrainResult, TrainState, _zero_pruned, check_mask, train
 
 PyTree = Any
 
@@ -100,7 +100,7 @@ def _prunable_flags(params: PyTree, prunable) -> list[bool]:
 def dense_mask(params: PyTree) -> PyTree:
     """The mask that keeps every weight (all True), shaped like ``params``."""
     _validate.check_params(params, finite=False)
-    return jax.tree.map(lambda x: jnp.asarray(np.ones(np.shape(x), bool)), params)
+    return _tree.to_device(jax.tree.map(lambda x: np.ones(np.shape(x), bool), params))
 
 
 @_validate.public
@@ -115,8 +115,8 @@ def prunable_mask(params: PyTree, *, prunable=DEFAULT_PRUNABLE) -> PyTree:
     _validate.check_params(params, finite=False)
     flags = _prunable_flags(params, prunable)
     leaves, treedef = jax.tree.flatten(params)
-    return jax.tree.unflatten(
-        treedef, [jnp.asarray(np.full(np.shape(x), f, bool)) for x, f in zip(leaves, flags)]
+    return _tree.to_device(
+        jax.tree.unflatten(treedef, [np.full(np.shape(x), f, bool) for x, f in zip(leaves, flags)])
     )
 
 
@@ -124,7 +124,7 @@ def prunable_mask(params: PyTree, *, prunable=DEFAULT_PRUNABLE) -> PyTree:
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
     """``params`` with the pruned entries (mask False) set to exactly zero."""
     mask = check_mask(mask, params)
-    return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), params, mask)
+    return jax.tree.map(_zero_pruned, params, mask)
 
 
 def _check_rate(rate, name: str = "rate") -> float:
@@ -243,8 +243,8 @@ def magnitude_prune(
             prune([i], rate)
     for i, r in own.items():
         prune([i], r)
-    return jax.tree.unflatten(
-        treedef, [jnp.asarray(k.reshape(np.shape(x))) for k, x in zip(keep, leaves)]
+    return _tree.to_device(
+        jax.tree.unflatten(treedef, [k.reshape(np.shape(x)) for k, x in zip(keep, leaves)])
     )
 
 
@@ -257,10 +257,10 @@ def random_mask(mask: PyTree, *, key, prunable=DEFAULT_PRUNABLE) -> PyTree:
     check_mask(mask, mask)
     flags = _prunable_flags(mask, prunable)
     leaves, treedef = jax.tree.flatten(mask)
-    keys = jax.random.split(key, len(leaves))
+    keys = _tree.split_key(key, len(leaves))
     out = []
     for k, m, f in zip(keys, leaves, flags):
-        m = jnp.asarray(m)
+        m = _tree.to_device(m)
         out.append(_permuted(k, m) if f else m)
     return jax.tree.unflatten(treedef, out)
 
@@ -271,7 +271,14 @@ def _permuted(key, x):
     indices (compiled once per size, whatever the dtype: masks and parameters share it) applied
     on the host."""
     flat = np.asarray(x).ravel()
-    return jnp.asarray(flat[np.asarray(jax.random.permutation(key, flat.size))].reshape(x.shape))
+    return _tree.to_device(flat[np.asarray(_permutation(key, flat.size))].reshape(x.shape))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _permutation(key, n: int):
+    """``jax.random.permutation(key, n)`` in one program per ``n`` (eagerly: an iota and a
+    shuffle program)."""
+    return jax.random.permutation(key, n)
 
 
 @result
@@ -447,11 +454,8 @@ def _shuffle_init(params, key):
     """The random re-initialisation: each leaf's initial values in a random order (the same
     per-leaf distribution as the initialiser's, a fresh draw of positions)."""
     leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(
-        treedef,
-        [_permuted(k, jnp.asarray(x)) for k, x in zip(keys, leaves)],
-    )
+    keys = _tree.split_key(key, len(leaves))
+    return jax.tree.unflatten(treedef, [_permuted(k, x) for k, x in zip(keys, leaves)])
 
 
 @_validate.public
@@ -614,7 +618,7 @@ def iterative_pruning(
                 store.save("rewind", rewind)
             store.save("round-000", entry)
     entries = [entry]
-    keys = jax.random.split(key, rounds)
+    keys = _tree.split_key(key, rounds)
     for r in range(1, rounds + 1):
         name = f"round-{r:03d}"
         if store is not None and store.has(name):
@@ -634,7 +638,7 @@ def iterative_pruning(
         ticket = run(rewind, mask)
         te, tr = accs(ticket)
         test_acc, train_acc = {"ticket": te}, {"ticket": tr}
-        k_mask, k_init = jax.random.split(keys[r - 1])
+        k_mask, k_init = _tree.split_key(keys[r - 1])
         for c in controls:
             if c == "random_mask":
                 res = run(rewind, random_mask(mask, key=k_mask, prunable=prunable))

@@ -61,13 +61,21 @@ __all__ = [
 ]
 
 
-def _copy_leaf(x):
-    """A fresh device copy of one leaf (``jnp.array(x)`` without its compiled copy program)."""
+def _copy_leaf(x, dtype=None):
+    """A fresh device copy of one leaf, cast to ``dtype`` if given (``jnp.array(x, dtype)``
+    without its compiled copy or conversion program where the host can do it)."""
     if isinstance(x, (np.ndarray, np.generic)):
-        return jax.device_put(x)
-    if isinstance(x, jax.Array) and not _validate.is_tracer(x):
+        return jax.device_put(x if dtype is None else np.asarray(x, dtype))
+    same = dtype is None or getattr(x, "dtype", None) == dtype
+    if same and isinstance(x, jax.Array) and not _validate.is_tracer(x):
         return jax.device_put(x, may_alias=False)
-    return jnp.array(x)
+    return jnp.array(x, dtype=dtype)
+
+
+@jax.jit
+def _zero_pruned(x, m):
+    """``x`` with the entries where ``m`` is False set to zero (one program per shape)."""
+    return jnp.where(m, x, jnp.zeros_like(x))
 
 
 # --------------------------------------------------------------------------------------------
@@ -799,7 +807,7 @@ def train(
                 "optimizer that produced the state."
             )
         opt_state = jax.tree.unflatten(
-            treedef, [jnp.array(a, dtype=jnp.result_type(b)) for a, b in zip(saved, leaves)]
+            treedef, [_copy_leaf(a, jnp.result_type(b)) for a, b in zip(saved, leaves)]
         )
         if mask is not None:
             # a rewound state carries the dense run's moments of weights pruned since: zero them
@@ -809,7 +817,7 @@ def train(
 
             opt_state = optax.tree_utils.tree_map_params(
                 opt,
-                lambda x, m: jnp.where(jnp.asarray(m), x, jnp.zeros_like(x)),
+                _zero_pruned,
                 opt_state,
                 mask,
             )
@@ -941,7 +949,7 @@ def train(
         while step < end:
             idx = jax.device_put(indices(step, block))
             params, state, opt_state, bad, losses = _run_block(
-                loss_static, loss_dyn, params, state, opt_state, ddata, idx, opt, jnp.asarray(step),
+                loss_static, loss_dyn, params, state, opt_state, ddata, idx, opt, np.int32(step),
                 mask,
             )
             bad = int(bad)

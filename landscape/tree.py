@@ -45,6 +45,7 @@ __all__ = [
     "unstack",
     "vdot",
     "to_device",
+    "split_key",
     "zeros_like",
     "index",
 ]
@@ -133,6 +134,18 @@ def cast(a: PyTree, dtype) -> PyTree:
 def _split_key(key, a: PyTree):
     leaves, treedef = jax.tree.flatten(a)
     return leaves, treedef, jax.random.split(key, max(len(leaves), 1))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split_key(key, num: int):
+    return tuple(jax.random.split(key, num))
+
+
+def split_key(key, num: int = 2) -> tuple:
+    """``tuple(jax.random.split(key, num))`` (the same keys) in one compiled program per
+    ``num``: the eager split and the unpacking of its result compile two (a threefry split and
+    an unstack) in every fresh process."""
+    return _split_key(key, int(num))
 
 
 @jax.jit

@@ -112,7 +112,7 @@ def gradient_overlap(
         eigen = _eigen.eigenvalues(loss_fn, params, data, k=k, key=key, tol=tol, **curvature)
     elif not isinstance(eigen, _eigen.EigenResult):
         raise TypeError(f"{_validate.where()}: eigen must be an EigenResult; got {type(eigen).__name__}.")
-    stacked = jax.tree.map(lambda x: x[0], eigen.vectors)
+    stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), eigen.vectors)
     _validate.check_same_structure(stacked, params, name="eigen.vectors (one row)")
     vals, grad = engine.value_and_grad(loss_fn, params, data, batch_size=curvature.get("batch_size"))
     layout = lz.Layout(params)
@@ -480,7 +480,7 @@ def sharpness(
       generalization measures").
     """
     key = _validate.check_key(key)
-    k1, k2 = jax.random.split(key)
+    k1, k2 = _tree.split_key(key)
     batch_size = curvature.get("batch_size")
     op = ops.make_hvp(loss_fn, params, data, **curvature)  # one operator for both estimates
     eig = _eigen.eigenvalues(op, k=1, key=k1, tol=tol, check_multiplicity=False)

@@ -253,7 +253,7 @@ def _num_classes(op) -> int:
     out = jax.eval_shape(
         lambda p, b: op.pieces.outputs(p, b),
         op.params,
-        jax.tree.map(lambda x: x[0], op.batched.full)
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), op.batched.full)
         if op.batched.full is not None
         else op.batched.rest,
     )
@@ -587,7 +587,7 @@ def class_decomposition(
     k = min(num_classes + 5 if k is None else k, num_params)
     parts = _part_operators(op, rows_all, delta, center)
     rows = _select(rows_all, center)
-    keys = jax.random.split(key, len(parts) + 1)
+    keys = _tree.split_key(key, len(parts) + 1)
     top = _eigen.eigenvalues(op, k=k, key=keys[0], tol=tol)
     hvps = top.num_hvps
     # explicit low-rank parts: their exact nonzero spectra from the small Grams F F^T (what

@@ -496,7 +496,7 @@ def solve(
             )
         m = min(m, n)
     key = _validate.check_key(key)
-    k_start, k_run = jax.random.split(key)
+    k_start, k_run = _tree.split_key(key)
     layout = lz.Layout(op.subset.restrict(op.template))
     V, b = start_block(op, layout, v0, k_start)
     rows = m + max(b, ktot) + 1  # independent of the start block up to k_total vectors

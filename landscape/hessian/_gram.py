@@ -248,22 +248,41 @@ def _weight_decay(op) -> float:
     return float(loss.weight_decay) if loss is not None and loss.weight_decay else 0.0
 
 
-def _examples(batched) -> PyTree:
+def _examples(full, rest) -> PyTree:
+    """The batched data's examples in one leading axis (call under ``jit``)."""
     parts = []
-    if batched.full is not None:
-        parts.append(jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), batched.full))
-    if batched.rest is not None:
-        parts.append(batched.rest)
+    if full is not None:
+        parts.append(jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), full))
+    if rest is not None:
+        parts.append(rest)
     if len(parts) == 1:
         return parts[0]
     return jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *parts)
 
 
+def _one_example(batched) -> PyTree:
+    """The shapes (``ShapeDtypeStruct``) of a batch of one example."""
+    if batched.full is not None:
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[2:], a.dtype), batched.full)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype), batched.rest)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _blocked_jit(full, rest, nblk: int, blk: int, pad: int) -> PyTree:
+    """The examples padded (repeating the first) to ``nblk * blk`` and blocked
+    ``(nblk, blk, ...)``: one program for the whole layout."""
+
+    def lay(a):
+        if pad:
+            a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)], axis=0)
+        return a.reshape((nblk, blk) + a.shape[1:])
+
+    return jax.tree.map(lay, _examples(full, rest))
+
+
 def _num_outputs(op, example) -> int:
     sub0 = op.subset.restrict(op.params)
-    out = jax.eval_shape(
-        lambda q, b: _outputs(op, q, b), sub0, jax.tree.map(lambda a: a[:1], example)
-    )
+    out = jax.eval_shape(lambda q, b: _outputs(op, q, b), sub0, example)
     if len(out.shape) not in (1, 2):
         raise ValueError(
             f"{_validate.where()}: solver='gram' needs outputs of shape (batch,) or (batch, num_outputs); "
@@ -304,9 +323,8 @@ def check_operator(op) -> None:
 
 def _layout(op):
     """The padded, blocked data: ``(xb, wb, N, C, b)``."""
-    ex = _examples(op.batched)
     n = op.batched.num_examples
-    c = _num_outputs(op, ex)
+    c = _num_outputs(op, _one_example(op.batched))
     size = op.num_params
     item = np.dtype(op.dtype).itemsize
     if (n * c) ** 2 * 8 > GRAM_MAX_BYTES:
@@ -321,16 +339,10 @@ def _layout(op):
     blk = math.ceil(n / nblk)
     pad = nblk * blk - n
 
-    def lay(a):
-        a = jnp.asarray(a)
-        if pad:
-            a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)], axis=0)
-        return a.reshape((nblk, blk) + a.shape[1:])
-
-    xb = jax.tree.map(lay, ex)
+    xb = _blocked_jit(op.batched.full, op.batched.rest, nblk, blk, pad)
     w = np.zeros(nblk * blk, np.dtype(op.dtype))
     w[:n] = 1.0 / math.sqrt(n)
-    return xb, jnp.asarray(w.reshape(nblk, blk)), n, c, blk
+    return xb, _tree.to_device(w.reshape(nblk, blk)), n, c, blk
 
 
 def gram_matrix(op) -> tuple[np.ndarray, dict]:
@@ -383,8 +395,7 @@ def solve(
     _validate.check_finite(op.batched.full, name="data")
     _validate.check_finite(op.batched.rest, name="data")
     P = op.num_params
-    ex = _examples(op.batched)
-    nc = op.batched.num_examples * _num_outputs(op, ex)
+    nc = op.batched.num_examples * _num_outputs(op, _one_example(op.batched))
     if k != "all" and k > min(nc, P):
         raise ValueError(
             f"{_validate.where()}: k={k} exceeds the number of nonzero GGN eigenvalues the Gram "
@@ -424,14 +435,14 @@ def solve(
         d,
         lay["xb"],
         lay["wb"],
-        jnp.asarray(Uk.reshape(kk, nb, blk, c), gdt),
-        jnp.asarray(1.0 / np.sqrt(lam[:kk]), gdt),
+        _tree.to_device(np.asarray(Uk.reshape(kk, nb, blk, c), gdt)),
+        _tree.to_device(np.asarray(1.0 / np.sqrt(lam[:kk]), gdt)),
     )
     V = _normalise_jit(V)
     values = lam[:kk] + wd
     prep = op.host_prepared()
     ps, pd = engine.split_fn(prep)
-    res, ok = _residuals_jit(ps, pd, V, jnp.asarray(values, gdt))
+    res, ok = _residuals_jit(ps, pd, V, _tree.to_device(np.asarray(values, gdt)))
     op.check_flags(np.asarray(ok).all(), "residual check of the Gram route's eigenvectors")
     residuals = np.asarray(res, np.float64)
     # the whole spectrum of G + wd I: the Gram's values (+ wd), and wd itself for P > NC

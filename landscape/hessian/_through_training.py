@@ -359,7 +359,7 @@ class _Recorder:
         self.prev_vectors = jax.tree.unflatten(
             treedef,
             [
-                jnp.asarray(flat[:, a:b].reshape((self.s["k"],) + np.shape(x)).astype(x.dtype))
+                _tree.to_device(flat[:, a:b].reshape((self.s["k"],) + np.shape(x)).astype(x.dtype))
                 for a, b, x in zip(sizes[:-1], sizes[1:], leaves)
             ],
         )
@@ -376,7 +376,7 @@ class _Recorder:
         op = make_hvp(
             loss, info.params, self.batched, curvature=s["curvature"], method=s["method"]
         )
-        k_eig, k_den = jax.random.split(jax.random.fold_in(self.key, step))
+        k_eig, k_den = _tree.split_key(jax.random.fold_in(self.key, step))
         eig = eigenvalues(
             op, k=s["k"], tol=s["tol"], key=k_eig, v0=self.prev_vectors, check_multiplicity=False
         )
