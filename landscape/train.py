@@ -66,7 +66,8 @@ def _copy_leaf(x, dtype=None):
     without its compiled copy or conversion program where the host can do it)."""
     if isinstance(x, (np.ndarray, np.generic)):
         return jax.device_put(x if dtype is None else np.asarray(x, dtype))
-    same = dtype is None or getattr(x, "dtype", None) == dtype
+    # a weak-typed array is copied strong, as jnp.array(x, dtype) does
+    same = dtype is None or (getattr(x, "dtype", None) == dtype and not getattr(x, "weak_type", False))
     if same and isinstance(x, jax.Array) and not _validate.is_tracer(x):
         return jax.device_put(x, may_alias=False)
     return jnp.array(x, dtype=dtype)

@@ -137,7 +137,7 @@ def _split_key(key, a: PyTree):
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _split_key(key, num: int):
+def _split_key_jit(key, num: int):
     return tuple(jax.random.split(key, num))
 
 
@@ -145,7 +145,11 @@ def split_key(key, num: int = 2) -> tuple:
     """``tuple(jax.random.split(key, num))`` (the same keys) in one compiled program per
     ``num``: the eager split and the unpacking of its result compile two (a threefry split and
     an unstack) in every fresh process."""
-    return _split_key(key, int(num))
+    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 0:
+        raise ValueError(
+            f"split_key: num must be a non-negative integer (the number of keys); got {num!r}."
+        )
+    return _split_key_jit(key, int(num))
 
 
 @jax.jit

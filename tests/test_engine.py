@@ -392,3 +392,29 @@ def test_canonical_convs_switch_from_the_environment():
         env={"LANDSCAPE_CANONICAL_CONVS": "never"},
     )
     assert out.split() == ["never"]
+
+
+def test_split_key_equals_jax_split_and_checks_num():
+    """``tree.split_key`` is ``tuple(jax.random.split(key, num))`` (typed and legacy keys, the
+    same bits), one program per count; a count that is not a non-negative integer is refused.
+    (Review: the jitted helper once shadowed ``normal_like``'s own splitter: checked too.)"""
+    import jax
+    import numpy as np
+    import pytest
+
+    from landscape import tree as _tree
+
+    for key in (jax.random.key(3), jax.random.PRNGKey(3)):
+        for num in (1, 2, 5):
+            got = _tree.split_key(key, num)
+            want = jax.random.split(key, num)
+            assert isinstance(got, tuple) and len(got) == num
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(
+                    np.asarray(jax.random.key_data(g)), np.asarray(jax.random.key_data(w))
+                )
+    v = _tree.normal_like(jax.random.key(0), {"a": np.ones(3, np.float32)})
+    assert v["a"].shape == (3,)
+    for bad in (2.5, -1, True, "2"):
+        with pytest.raises(ValueError, match="split_key: num"):
+            _tree.split_key(jax.random.key(0), bad)
