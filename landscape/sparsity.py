@@ -41,7 +41,7 @@ from landscape import tree as _tree
 from landscape import validate as _validate
 from landscape._model import Model, as_model
 from landscape._result import Result, result, static_field
-from landscape.train import TrainResult, TrainState, _zero_pruned, check_mask, train
+from landscape.train import TrainResult, TrainState, _apply_mask, check_mask, train
 
 PyTree = Any
 
@@ -124,7 +124,7 @@ def prunable_mask(params: PyTree, *, prunable=DEFAULT_PRUNABLE) -> PyTree:
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
     """``params`` with the pruned entries (mask False) set to exactly zero."""
     mask = check_mask(mask, params)
-    return jax.tree.map(_zero_pruned, params, mask)
+    return _apply_mask(params, mask)
 
 
 def _check_rate(rate, name: str = "rate") -> float:

@@ -397,7 +397,8 @@ def check_mask(mask: PyTree, params: PyTree, *, name: str = "mask") -> PyTree:
 
 @jax.jit
 def _apply_mask(tree, mask):
-    return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), tree, mask)
+    """``tree`` with its pruned entries zeroed, leaf by leaf (one program per tree)."""
+    return jax.tree.map(_zero_pruned, tree, mask)
 
 
 # --------------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def cast(a: PyTree, dtype) -> PyTree:
     return jax.tree.map(_c, a)
 
 
-def _split_key(key, a: PyTree):
+def _leaf_keys(key, a: PyTree):
     leaves, treedef = jax.tree.flatten(a)
     return leaves, treedef, jax.random.split(key, max(len(leaves), 1))
 
@@ -155,7 +155,7 @@ def split_key(key, num: int = 2) -> tuple:
 @jax.jit
 def normal_like(key, a: PyTree) -> PyTree:
     """Standard normal pytree shaped like ``a`` (one independent key per leaf)."""
-    leaves, treedef, keys = _split_key(key, a)
+    leaves, treedef, keys = _leaf_keys(key, a)
     out = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
     return jax.tree.unflatten(treedef, out)
 
@@ -163,7 +163,7 @@ def normal_like(key, a: PyTree) -> PyTree:
 @jax.jit
 def rademacher_like(key, a: PyTree) -> PyTree:
     """Random +-1 pytree shaped like ``a``."""
-    leaves, treedef, keys = _split_key(key, a)
+    leaves, treedef, keys = _leaf_keys(key, a)
     out = [jax.random.rademacher(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
     return jax.tree.unflatten(treedef, out)
 
