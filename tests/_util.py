@@ -198,33 +198,145 @@ class DeviceWorker:
 
 
 def run_notebook(path, *, timeout: int = 600, quick: bool = True):
-    """Execute a notebook top to bottom (``LANDSCAPE_QUICK=1`` unless ``quick=False``)."""
+    """Execute a notebook top to bottom (``LANDSCAPE_QUICK=1`` unless ``quick=False``).
+
+    By default in an IPython kernel inside this process (ipykernel's in-process kernel: the
+    same shell, display hooks and inline figures as a Jupyter kernel, and the same messages
+    turned into outputs as nbclient turns them), so a notebook does not pay ~3.5 s for a new
+    interpreter and its imports, and it meets the programs this process has compiled already.
+    The notebook gets a fresh namespace and the defaults a new kernel has (no float64, JAX's
+    default rank promotion, matplotlib's inline backend, the notebook's folder as working
+    directory); what it changes (rcParams, backend, warning filters, working directory) is put
+    back afterwards. ``LANDSCAPE_NOTEBOOK_KERNEL=subprocess`` runs it in a separate kernel
+    through nbclient instead, as Jupyter would.
+    """
     import nbformat
-    from nbclient import NotebookClient
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     old = os.environ.get("LANDSCAPE_QUICK")
-    old_path = os.environ.get("PYTHONPATH")
     os.environ["LANDSCAPE_QUICK"] = "1" if quick else "0"
-    # the kernel imports this checkout even where the package is not (or elsewhere) installed
-    root = str(Path(__file__).resolve().parents[1])
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, old_path) if p)
     try:
-        client = NotebookClient(
-            nb,
-            timeout=timeout,
-            kernel_name="python3",
-            resources={"metadata": {"path": str(path.parent)}},
-        )
-        client.execute()
+        if os.environ.get("LANDSCAPE_NOTEBOOK_KERNEL", "inprocess") == "subprocess":
+            _run_notebook_subprocess(nb, path, timeout)
+        else:
+            _run_notebook_inprocess(nb, path, timeout)
     finally:
         if old is None:
             os.environ.pop("LANDSCAPE_QUICK", None)
         else:
             os.environ["LANDSCAPE_QUICK"] = old
+    return nb
+
+
+class NotebookCellError(AssertionError):
+    """A notebook cell raised: its index, the exception and the kernel's traceback."""
+
+
+def _run_notebook_subprocess(nb, path: Path, timeout: int):
+    from nbclient import NotebookClient
+
+    old_path = os.environ.get("PYTHONPATH")
+    # the kernel imports this checkout even where the package is not (or elsewhere) installed
+    root = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, old_path) if p)
+    try:
+        NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+        ).execute()
+    finally:
         if old_path is None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = old_path
-    return nb
+
+
+@contextlib.contextmanager
+def _cell_alarm(seconds: int, what: str):
+    """Raise ``TimeoutError`` in the main thread after ``seconds`` (where SIGALRM exists)."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise TimeoutError(f"{what}: still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.alarm(max(int(seconds), 1))
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _run_notebook_inprocess(nb, path: Path, timeout: int):
+    import warnings
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import nbformat
+
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # ipykernel's debugger chatter
+    from ipykernel.inprocess.manager import InProcessKernelManager
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"  # no shared sqlite file between workers
+    km = InProcessKernelManager(config=config)
+    km.start_kernel()
+    kernel = km.kernel
+    kc = km.client()
+    kc.start_channels()
+    kernel.shell.reset(new_session=True)
+    old_cwd = os.getcwd()
+    old_backend = matplotlib.get_backend()
+    old_rc = {k: v for k, v in matplotlib.rcParams.items() if k != "backend"}
+
+    def execute(code: str):
+        msg_id = kc.execute(code)
+        reply = kc.get_shell_msg(timeout=10)
+        kernel.stdout.flush()
+        kernel.stderr.flush()
+        outputs = []
+        for msg in kc.iopub_channel.get_msgs():
+            kind = msg["msg_type"]
+            # ipykernel's streams carry their own parent header: one request runs at a time,
+            # so every stream message drained here belongs to this one
+            if kind != "stream" and msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if kind in ("stream", "display_data", "execute_result", "error"):
+                outputs.append(nbformat.v4.output_from_msg(msg))
+            elif kind == "clear_output":
+                outputs.clear()
+        return reply["content"], outputs
+
+    try:
+        os.chdir(path.parent)
+        with warnings.catch_warnings(), jax.enable_x64(False), jax.numpy_rank_promotion("allow"):
+            execute("%matplotlib inline")
+            for i, cell in enumerate(nb.cells):
+                if cell.cell_type != "code":
+                    continue
+                with _cell_alarm(timeout, f"{path.name}, cell {i}"):
+                    reply, cell.outputs = execute(cell.source)
+                cell.execution_count = reply.get("execution_count")
+                if reply["status"] == "error":
+                    raise NotebookCellError(
+                        f"{path.name}: cell {i} raised {reply['ename']}: {reply['evalue']}\n"
+                        + "\n".join(reply.get("traceback", []))[-6000:]
+                    )
+    finally:
+        os.chdir(old_cwd)
+        kernel.shell.reset(new_session=True)
+        kc.stop_channels()
+        km.shutdown_kernel()
+        plt.close("all")
+        plt.switch_backend(old_backend)
+        matplotlib.rcParams.update(old_rc)
