@@ -144,13 +144,19 @@ def own_study(project):
     results = json.loads((out / "results.json").read_text())
     hessian_files = _files(out / "sections" / "hessian")
     surface_files = _files(out / "sections" / "surface")
+    figures = _mtimes(out / "figures")
     # 4. a changed setting of the second section
     _write_config(project, points_1d=7)
     changed = _main(argv)
     return SimpleNamespace(out=out, argv=argv, sigint=sigint, switched=switched,
                            after_hessian=after_hessian, resumed=resumed, results=results,
                            hessian_files=hessian_files, surface_files=surface_files,
+                           figures=figures, changed_figures=_mtimes(out / "figures"),
                            changed=changed, changed_results=json.loads((out / "results.json").read_text()))
+
+
+def _mtimes(d):
+    return {p.name: p.stat().st_mtime_ns for p in d.iterdir() if not p.name.startswith(".")}
 
 
 def test_a_real_ctrl_c_exits_130_with_one_line(own_study):
@@ -188,6 +194,56 @@ def test_a_changed_setting_recomputes_only_its_section(own_study):
     assert sections["surface"]["status"] == "computed"
     assert sections["surface"]["values"]["slice_points"] == 7
     assert _files(own_study.out / "sections" / "hessian") == own_study.hessian_files
+    # the loaded sections' figures are not drawn again; the recomputed section's are
+    before, after = own_study.figures, own_study.changed_figures
+    assert set(before) == set(after)
+    for name in before:
+        redrawn = name.startswith("surface-")
+        assert (after[name] != before[name]) == redrawn, (name, before[name], after[name])
+
+
+def test_figures_are_drawn_again_only_when_their_inputs_code_or_files_change(tmp_path):
+    """A saved figure is kept only when every part of its section was loaded from a store with
+    the same digest (or its explicit inputs are the same), the code is the same and its files
+    are all there; anything else draws it again."""
+    from landscape.study import _run
+
+    fig, ax = _run._figure((2.0, 1.5))
+    ax[0, 0].plot([0, 1], [1, 0])
+    drawn = []
+    savefig = fig.savefig
+    fig.savefig = lambda path, **kw: (drawn.append(Path(path).suffix), savefig(path, **kw))
+
+    def save(digest, loaded, total=2, svg=True, **kw):
+        drawn.clear()
+        sec = _run.Section(parts_loaded=loaded, parts_total=total)
+        with _run.figure_scope(sec, digest):
+            entry = _run._fig_save(fig, tmp_path, "f", svg=svg, **kw)
+        assert (tmp_path / entry["file"]).is_file() and (tmp_path / entry["svg"]).is_file()
+        return sorted(drawn)
+
+    assert save("d1", 0) == [".png", ".svg"]  # computed: drawn, key recorded
+    assert save("d1", 2) == []  # all parts loaded, same digest: kept
+    assert save("d1", 1) == [".png", ".svg"]  # resumed: a part was recomputed
+    assert save("d2", 2) == [".png", ".svg"]  # another store digest
+    assert save("d2", 2) == []
+    assert save("d2", 0, total=0) == [".png", ".svg"]  # a section without parts: always
+    save("d2", 0)
+    (tmp_path / "figures" / "f.svg").unlink()
+    assert save("d2", 2) == [".png", ".svg"]  # a missing file
+    _run._CODE_FINGERPRINT[:] = ["other code"]
+    try:
+        assert save("d2", 2) == [".png", ".svg"]  # other code (or matplotlib, or its style)
+    finally:
+        _run._CODE_FINGERPRINT.clear()
+    # explicit inputs (the training figure's history hash) reuse whenever they are the same
+    assert save("d2", 0, inputs="h1") == [".png", ".svg"]
+    assert save("d2", 0, inputs="h1") == []
+    assert save("d2", 0, inputs="h2") == [".png", ".svg"]
+    # outside a section, without inputs: always drawn, and no key is left behind
+    drawn.clear()
+    _run._fig_save(fig, tmp_path, "f", svg=True)
+    assert sorted(drawn) == [".png", ".svg"] and not (tmp_path / "figures" / ".f.key").exists()
 
 
 def test_own_model_results_and_provenance(own_study):

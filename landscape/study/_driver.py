@@ -28,6 +28,7 @@ from landscape.study._run import (
     _figure,
     _Parts,
     _r,
+    figure_scope,
     study_key,
 )
 
@@ -343,6 +344,20 @@ def _training_values(history: dict, elapsed) -> dict:
     return v
 
 
+def _history_fingerprint(history: dict) -> str | None:
+    """The hash of a numeric training history (the training figure is drawn from it alone);
+    None where an entry is not a numeric array (then the figure is always drawn)."""
+    from landscape import _provenance
+
+    try:
+        arrays = {str(k): np.asarray(v) for k, v in history.items()}
+    except (TypeError, ValueError):
+        return None
+    if not all(a.dtype.kind in "biuf" for a in arrays.values()):
+        return None
+    return _provenance.data_hash(arrays)
+
+
 def _training_figure(out: Path, history: dict) -> dict:
     fig, axes = _figure((9.6, 3.6), 1, 2)
     ax = axes[0, 0]
@@ -369,7 +384,7 @@ def _training_figure(out: Path, history: dict) -> dict:
     ax.set_title("accuracy")
     if ax.lines:
         ax.legend()
-    return {**_fig_save(fig, out, "training", svg=True),
+    return {**_fig_save(fig, out, "training", svg=True, inputs=_history_fingerprint(history)),
             "caption": "Training: the mini-batch loss and the exact full-data loss and accuracy "
                        "on the training and test sets, over {steps} steps."}
 
@@ -620,7 +635,9 @@ def _run(study, cfg, out, only, run_dir, other, report, t_start, landscape, _pro
         log(f"[{i}/{len(todo)}] {TITLES[name]}")
         store, changed = _open_section_store(out, name, meta, log)
         try:
-            sec = SECTION_FUNCTIONS[name](ctx, _Parts(store, Section()))
+            sec = Section()
+            with figure_scope(sec, store._digest):
+                sec = SECTION_FUNCTIONS[name](ctx, _Parts(store, sec))
             failed = None
         except (KeyboardInterrupt, ConfigError):
             raise
