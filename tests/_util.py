@@ -254,29 +254,42 @@ def _run_notebook_subprocess(nb, path: Path, timeout: int):
             os.environ["PYTHONPATH"] = old_path
 
 
+class NotebookTimeout(BaseException):
+    """A cell ran past its time (a ``BaseException``: the library's ``except Exception``
+    handlers, which recompute or record a failed section, must not swallow it)."""
+
+
 @contextlib.contextmanager
 def _cell_alarm(seconds: int, what: str):
-    """Raise ``TimeoutError`` in the main thread after ``seconds`` (where SIGALRM exists)."""
+    """Raise :class:`NotebookTimeout` in the main thread after ``seconds``; an outer timer
+    (pytest-timeout's, say) is suspended meanwhile and re-armed with what it had left. Off the
+    main thread, or without SIGALRM, cells run untimed."""
     import signal
     import threading
+    import time
 
     if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def _raise(signum, frame):
-        raise TimeoutError(f"{what}: still running after {seconds} s")
+        raise NotebookTimeout(f"{what}: still running after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, _raise)
-    signal.alarm(max(int(seconds), 1))
+    outer, interval = signal.setitimer(signal.ITIMER_REAL, max(float(seconds), 1.0))
+    start = time.monotonic()
     try:
         yield
     finally:
-        signal.alarm(0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer > 0:  # what the outer timer had left (at least a moment: it may be due now)
+            left = max(outer - (time.monotonic() - start), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, left, interval)
 
 
 def _run_notebook_inprocess(nb, path: Path, timeout: int):
+    import builtins
     import warnings
 
     import matplotlib
@@ -289,43 +302,77 @@ def _run_notebook_inprocess(nb, path: Path, timeout: int):
 
     config = Config()
     config.HistoryManager.hist_file = ":memory:"  # no shared sqlite file between workers
+    old_cwd = os.getcwd()
+    old_backend = matplotlib.get_backend()
+    old_rc = {k: v for k, v in matplotlib.rcParams.items() if k != "backend"}
+    old_main = sys.modules.get("__main__")
+    old_builtins = dict(vars(builtins))
+    old_last = {k: getattr(sys, k) for k in ("last_type", "last_value", "last_traceback")
+                if hasattr(sys, k)}
+    # what a new kernel starts from: no figures, matplotlib's rc file (tests may have changed
+    # rcParams or left figures open, which the notebook's plt calls would draw into)
+    plt.close("all")
+    matplotlib.rc_file_defaults()
     km = InProcessKernelManager(config=config)
     km.start_kernel()
     kernel = km.kernel
     kc = km.client()
     kc.start_channels()
     kernel.shell.reset(new_session=True)
-    old_cwd = os.getcwd()
-    old_backend = matplotlib.get_backend()
-    old_rc = {k: v for k, v in matplotlib.rcParams.items() if k != "backend"}
+    kernel.shell.colors = "nocolor"  # tracebacks without ANSI codes in the failure message
+    # matplotlib-inline registers its PNG formatter with the first shell of a process only (it
+    # remembers the backend it set up): forget it, so this notebook's shell gets one too
+    from matplotlib_inline import backend_inline
 
-    def execute(code: str):
-        msg_id = kc.execute(code)
+    vars(backend_inline.configure_inline_support).pop("current_backend", None)
+
+    def execute(code: str, outputs: list, store_history: bool = True):
+        """Run ``code``; its outputs appended to ``outputs`` as nbclient appends them."""
+        msg_id = kc.execute(code, store_history=store_history)
         reply = kc.get_shell_msg(timeout=10)
         kernel.stdout.flush()
         kernel.stderr.flush()
-        outputs = []
+        clear_next = False
         for msg in kc.iopub_channel.get_msgs():
-            kind = msg["msg_type"]
-            # ipykernel's streams carry their own parent header: one request runs at a time,
+            kind, content = msg["msg_type"], msg["content"]
+            # ipykernel's streams carry an empty parent header: one request runs at a time,
             # so every stream message drained here belongs to this one
             if kind != "stream" and msg["parent_header"].get("msg_id") != msg_id:
                 continue
-            if kind in ("stream", "display_data", "execute_result", "error"):
-                outputs.append(nbformat.v4.output_from_msg(msg))
-            elif kind == "clear_output":
-                outputs.clear()
-        return reply["content"], outputs
+            if kind == "clear_output":
+                if content.get("wait"):
+                    clear_next = True
+                else:
+                    outputs.clear()
+            elif kind == "update_display_data":
+                did = content.get("transient", {}).get("display_id")
+                for o in outputs:
+                    if did and o.get("metadata", {}).get("_display_id") == did:
+                        o["data"], o["metadata"] = content["data"], content["metadata"]
+            elif kind in ("stream", "display_data", "execute_result", "error"):
+                if clear_next:
+                    outputs.clear()
+                    clear_next = False
+                out = nbformat.v4.output_from_msg(msg)
+                did = content.get("transient", {}).get("display_id")
+                if did:  # found again by update_display_data; dropped before returning
+                    out.setdefault("metadata", {})["_display_id"] = did
+                outputs.append(out)
+        for o in outputs:
+            o.get("metadata", {}).pop("_display_id", None)
+        return reply["content"]
 
     try:
         os.chdir(path.parent)
         with warnings.catch_warnings(), jax.enable_x64(False), jax.numpy_rank_promotion("allow"):
-            execute("%matplotlib inline")
+            reply = execute("%matplotlib inline", [], store_history=False)
+            assert reply["status"] == "ok", reply
             for i, cell in enumerate(nb.cells):
                 if cell.cell_type != "code":
                     continue
+                cell.outputs = []
                 with _cell_alarm(timeout, f"{path.name}, cell {i}"):
-                    reply, cell.outputs = execute(cell.source)
+                    reply = execute(cell.source, cell.outputs)
                 cell.execution_count = reply.get("execution_count")
                 if reply["status"] == "error":
                     raise NotebookCellError(
@@ -336,7 +383,26 @@ def _run_notebook_inprocess(nb, path: Path, timeout: int):
         os.chdir(old_cwd)
         kernel.shell.reset(new_session=True)
         kc.stop_channels()
+        socket = kernel._underlying_iopub_socket
         km.shutdown_kernel()
+        with contextlib.suppress(Exception):  # its zmq context's threads, which nothing ends
+            socket.context.destroy(linger=0)
+        # no IPython shell left behind: get_ipython() is None again for the tests that follow
+        # (tqdm.auto, for one, would take the process for a notebook), and the next notebook
+        # gets a shell of its own, as a new kernel would
+        type(kernel.shell).clear_instance()
         plt.close("all")
         plt.switch_backend(old_backend)
         matplotlib.rcParams.update(old_rc)
+        if old_main is not None:
+            sys.modules["__main__"] = old_main
+        for k in set(vars(builtins)) - set(old_builtins):
+            delattr(builtins, k)
+        for k, v in old_builtins.items():
+            if vars(builtins).get(k) is not v:
+                setattr(builtins, k, v)
+        for k in ("last_type", "last_value", "last_traceback", "last_exc"):
+            if k in old_last:
+                setattr(sys, k, old_last[k])
+            elif hasattr(sys, k):
+                delattr(sys, k)

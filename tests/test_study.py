@@ -231,15 +231,31 @@ def test_figures_are_drawn_again_only_when_their_inputs_code_or_files_change(tmp
     save("d2", 0)
     (tmp_path / "figures" / "f.svg").unlink()
     assert save("d2", 2) == [".png", ".svg"]  # a missing file
-    _run._CODE_FINGERPRINT[:] = ["other code"]
+    saved = list(_run._SOURCES_FINGERPRINT)
+    _run._SOURCES_FINGERPRINT[:] = ["other code"]
     try:
-        assert save("d2", 2) == [".png", ".svg"]  # other code (or matplotlib, or its style)
+        assert save("d2", 2) == [".png", ".svg"]  # other code (or matplotlib's version)
     finally:
-        _run._CODE_FINGERPRINT.clear()
+        _run._SOURCES_FINGERPRINT[:] = saved
+    assert save("d2", 2) == [".png", ".svg"]  # back to this code: the key is the other's now
+    import matplotlib
+
+    with matplotlib.rc_context({"lines.linewidth": 3.0}):  # a style, in the same process
+        assert save("d2", 2) == [".png", ".svg"]
+    assert save("d2", 2) == [".png", ".svg"]
+    assert save("d2", 2) == []
     # explicit inputs (the training figure's history hash) reuse whenever they are the same
     assert save("d2", 0, inputs="h1") == [".png", ".svg"]
     assert save("d2", 0, inputs="h1") == []
     assert save("d2", 0, inputs="h2") == [".png", ".svg"]
+    assert save("d2", 2, inputs="h2") == [] and save("d2", 2, always=True) == [".png", ".svg"]
+    # the sharpness figure's inputs: the history and the learning rate, beyond the digest
+    h = {"step": [0, 5], "sharpness": [1.0, 2.0]}
+    t = {"optimizer": "sgd", "learning_rate": 0.1}
+    key = _run.sharpness_figure_inputs
+    assert key(h, t) == key(dict(h), dict(t)) != key({**h, "step": [0, 2]}, t)
+    assert key(h, t) != key(h, {**t, "learning_rate": 0.2})
+    assert key({**h, "note": ["text"]}, t) is None
     # outside a section, without inputs: always drawn, and no key is left behind
     drawn.clear()
     _run._fig_save(fig, tmp_path, "f", svg=True)

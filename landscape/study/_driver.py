@@ -29,6 +29,7 @@ from landscape.study._run import (
     _Parts,
     _r,
     figure_scope,
+    history_fingerprint,
     study_key,
 )
 
@@ -344,20 +345,6 @@ def _training_values(history: dict, elapsed) -> dict:
     return v
 
 
-def _history_fingerprint(history: dict) -> str | None:
-    """The hash of a numeric training history (the training figure is drawn from it alone);
-    None where an entry is not a numeric array (then the figure is always drawn)."""
-    from landscape import _provenance
-
-    try:
-        arrays = {str(k): np.asarray(v) for k, v in history.items()}
-    except (TypeError, ValueError):
-        return None
-    if not all(a.dtype.kind in "biuf" for a in arrays.values()):
-        return None
-    return _provenance.data_hash(arrays)
-
-
 def _training_figure(out: Path, history: dict) -> dict:
     fig, axes = _figure((9.6, 3.6), 1, 2)
     ax = axes[0, 0]
@@ -384,7 +371,8 @@ def _training_figure(out: Path, history: dict) -> dict:
     ax.set_title("accuracy")
     if ax.lines:
         ax.legend()
-    return {**_fig_save(fig, out, "training", svg=True, inputs=_history_fingerprint(history)),
+    hist = history_fingerprint(history)  # the figure is drawn from the history alone
+    return {**_fig_save(fig, out, "training", svg=True, inputs=hist, always=hist is None),
             "caption": "Training: the mini-batch loss and the exact full-data loss and accuracy "
                        "on the training and test sets, over {steps} steps."}
 

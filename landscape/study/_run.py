@@ -163,45 +163,73 @@ def figure_scope(section: Section, digest: str):
         _FIGURE_SCOPE.reset(token)
 
 
-_CODE_FINGERPRINT: list = []
+_SOURCES_FINGERPRINT: list = []
 
 
 def _code_fingerprint() -> str:
     """The code and settings that turn numbers into figures: every source file of ``landscape``
-    and ``ntk`` (their bytes), matplotlib's version and its rcParams (a style file changes the
-    figures too). Computed once per process."""
-    if not _CODE_FINGERPRINT:
-        import matplotlib
+    and ``ntk`` (their bytes, hashed once per process), matplotlib's version and its current
+    rcParams (a style changes the figures too)."""
+    import matplotlib
 
+    if not _SOURCES_FINGERPRINT:
         import landscape
         import ntk
 
-        h = hashlib.sha256(matplotlib.__version__.encode())
+        h = hashlib.sha256()
         for pkg in (landscape, ntk):
             root = Path(pkg.__file__).parent
             for f in sorted(root.rglob("*.py")):
                 h.update(str(f.relative_to(root)).encode())
                 h.update(f.read_bytes())
-        h.update(repr(sorted((k, repr(v)) for k, v in matplotlib.rcParams.items())).encode())
-        _CODE_FINGERPRINT.append(h.hexdigest())
-    return _CODE_FINGERPRINT[0]
+        _SOURCES_FINGERPRINT.append(h.hexdigest())
+    h = hashlib.sha256(f"{_SOURCES_FINGERPRINT[0]} {matplotlib.__version__}".encode())
+    h.update(repr(sorted((k, repr(v)) for k, v in matplotlib.rcParams.items())).encode())
+    return h.hexdigest()
 
 
-def _fig_save(fig, out: Path, name: str, *, svg: bool, inputs: str | None = None) -> dict:
+def sharpness_figure_inputs(history: dict, train: dict) -> str | None:
+    """What the sharpness figure is drawn from: the training history and the optimiser and
+    learning rate (the threshold 2 / lr), none of which the Hessian section's store digest
+    covers (an edited ``sharpness_every`` retrains to the same parameters, another history);
+    None where the history is not numeric."""
+    hist = history_fingerprint(history)
+    if hist is None:
+        return None
+    return json.dumps([hist, train["optimizer"], train["learning_rate"]], default=str)
+
+
+def history_fingerprint(history: dict) -> str | None:
+    """The hash of a numeric training history (figures drawn from it); None where an entry is
+    not a numeric array."""
+    from landscape import _provenance
+
+    try:
+        arrays = {str(k): np.asarray(v) for k, v in history.items()}
+    except (TypeError, ValueError):
+        return None
+    if not all(a.dtype.kind in "biuf" for a in arrays.values()):
+        return None
+    return _provenance.data_hash(arrays)
+
+
+def _fig_save(fig, out: Path, name: str, *, svg: bool, inputs: str | None = None,
+              always: bool = False) -> dict:
     """Save a matplotlib figure as figures/name.png (and .svg), atomically.
 
     ``inputs`` fingerprints everything the figure is drawn from; by default the running
     section's store digest (:func:`figure_scope`). It is recorded next to the files
     (``figures/.name.key``, with the code fingerprint), and a figure whose files exist and were
     drawn from the same inputs by the same code is not drawn again when nothing it shows was
-    recomputed: a section whose parts were all loaded (a rerun), or the same ``inputs``. Drawing
+    recomputed: a section whose parts were all loaded (a rerun), or the same ``inputs``.
+    ``always``: draw it whatever the section's digest says (its inputs are not known). Drawing
     and encoding a PNG and an SVG takes 0.3-0.7 s a figure, most of a rerun that only loads."""
     d = out / "figures"
     d.mkdir(parents=True, exist_ok=True)
     exts = ("png", "svg") if svg else ("png",)
     entry = {"file": f"figures/{name}.png", **({"svg": f"figures/{name}.svg"} if svg else {})}
     reusable = inputs is not None
-    if inputs is None and (scope := _FIGURE_SCOPE.get()) is not None:
+    if inputs is None and not always and (scope := _FIGURE_SCOPE.get()) is not None:
         sec, inputs = scope
         reusable = bool(sec.parts_total) and sec.parts_loaded == sec.parts_total
     keyfile = d / f".{name}.key"
@@ -371,7 +399,9 @@ def section_hessian(ctx: Context, parts: _Parts) -> Section:
                      ("sgd", "momentum", "nesterov") else
                      " (for " + opt + " the threshold of Cohen et al. applies to the "
                      "preconditioned Hessian and is not drawn)")
-        sec.figures.append({**_fig_save(fig, ctx.out, "hessian-sharpness", svg=True),
+        inputs = sharpness_figure_inputs(ctx.history, ctx.cfg["train"])
+        sec.figures.append({**_fig_save(fig, ctx.out, "hessian-sharpness", svg=True,
+                                        inputs=inputs, always=inputs is None),
                             "caption": "Top Hessian eigenvalue (sharpness) during training, "
                                        "recorded by the training callback every "
                                        "{sharpness_every} steps: {sharpness_start} at the start, "
