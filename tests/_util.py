@@ -297,6 +297,10 @@ def _run_notebook_inprocess(nb, path: Path, timeout: int):
     import nbformat
 
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # ipykernel's debugger chatter
+    # tqdm.auto picks its notebook bars once, at import, if ipykernel's shell module is loaded:
+    # decided before ipykernel is imported, the rest of this process keeps console bars (inside
+    # the notebooks too; without ipywidgets, as here, a kernel falls back to them as well)
+    import tqdm.auto  # noqa: F401
     from ipykernel.inprocess.manager import InProcessKernelManager
     from traitlets.config import Config
 
