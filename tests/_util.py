@@ -378,6 +378,8 @@ def _run_notebook_inprocess(nb, path: Path, timeout: int):
                 with _cell_alarm(timeout, f"{path.name}, cell {i}"):
                     reply = execute(cell.source, cell.outputs)
                 cell.execution_count = reply.get("execution_count")
+                if reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt":
+                    raise KeyboardInterrupt(f"{path.name}: cell {i}")  # Ctrl-C stops pytest
                 if reply["status"] == "error":
                     raise NotebookCellError(
                         f"{path.name}: cell {i} raised {reply['ename']}: {reply['evalue']}\n"

@@ -78,3 +78,10 @@ def test_a_raising_or_hanging_cell_fails_clearly(tmp_path):
         NotebookCellError, match=r"NotebookTimeout: nb.ipynb, cell 0: still running"
     ):
         run_notebook(_write(tmp_path, hang), timeout=1)
+
+
+def test_ctrl_c_in_a_cell_stops_the_run(tmp_path):
+    """IPython turns a KeyboardInterrupt into a cell error; the runner raises it again, so a
+    Ctrl-C during a notebook ends the test session instead of failing one test."""
+    with pytest.raises(KeyboardInterrupt, match="nb.ipynb: cell 0"):
+        run_notebook(_write(tmp_path, "raise KeyboardInterrupt"))
