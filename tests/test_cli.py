@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import signal
@@ -191,6 +192,38 @@ def test_demo_quick_writes_results_figures_and_report(quick_demo):
     for words in ("[training]", "[1/5] Curvature", "summary:", "checks: all passed",
                   "report.html", "skips section (four ResNets) and the structure section"):
         assert words in out, words
+
+
+def test_a_rerun_loads_everything_and_draws_no_figure_again(quick_demo, tmp_path):
+    """The same demo again in a copy of its directory: every section loaded, and no figure
+    (the overview included) written again; with one part file gone, its section and the
+    overview are drawn again and nothing else."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(quick_demo.run_dir, run_dir)
+    figures = run_dir / "figures"
+
+    def mtimes():
+        return {p.name: p.stat().st_mtime_ns for p in figures.iterdir()}
+
+    def rerun():
+        argv = ["demo", "--quick", "--out", str(run_dir), "--no-progress"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert cli.main(argv) == 0
+        return json.loads((run_dir / "results.json").read_text())
+
+    before = mtimes()
+    r = rerun()
+    assert all(sec["status"] == "loaded" for sec in r["sections"].values()), r["sections"]
+    assert mtimes() == before
+    (run_dir / "sections" / "ntk" / "ntk_trained.npz").unlink()  # one part to recompute
+    r = rerun()
+    after = mtimes()
+    redrawn = {name for name in before if after[name] != before[name]}
+    assert r["sections"]["ntk"]["status"].startswith("resumed"), r["sections"]["ntk"]
+    assert redrawn == {"ntk-spectrum.png", "ntk-spectrum.svg", ".ntk-spectrum.key",
+                       "overview.png", ".overview.key"}, redrawn
 
 
 def test_demo_report_is_self_contained_and_its_numbers_come_from_results(quick_demo):

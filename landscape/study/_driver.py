@@ -3,6 +3,7 @@ the report, the closing summary."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -28,8 +29,12 @@ from landscape.study._run import (
     _figure,
     _Parts,
     _r,
+    figure_is_current,
+    figure_key,
     figure_scope,
+    forget_figure_key,
     history_fingerprint,
+    record_figure_key,
     study_key,
 )
 
@@ -673,24 +678,33 @@ def _overview(out: Path, history: dict, sections: dict) -> dict | None:
                "linear": connect.Profile, "aligned": connect.Profile,
                "ntk_init": ntk.EmpiricalKernel, "ntk_trained": ntk.EmpiricalKernel}
     got = {}
+    drawn_from = hashlib.sha256()  # the parts' files and the history: all the figure shows
     for key, (sec, entry) in _OVERVIEW_PARTS.items():
         path = out / "sections" / sec / f"{entry}.npz"
         if sec not in sections or not path.is_file() or not (out / "sections" / sec /
                                                               _store.MANIFEST).is_file():
             return None
         got[key] = classes[key].load(path)
+        drawn_from.update(hashlib.sha256(path.read_bytes()).digest())
+    caption = ("Overview: training, the Hessian's spectral density with its top eigenvalues, the "
+               "1-D slice, the interpolation from initialisation, the paths between the two "
+               "networks and the empirical NTK's spectrum; each is shown larger in its section "
+               "below.")
+    hist = history_fingerprint(history)
+    figures = out / "figures"
+    key = None if hist is None else figure_key("overview", ("png",),
+                                               f"{drawn_from.hexdigest()} {hist}")
+    if figure_is_current(figures, "overview", ("png",), key):
+        return {"file": "figures/overview.png", "caption": caption}
     parts = {"density": got["density"], "eigenvalues": got["eigenvalues"], "slice": got["slice"],
              "interpolation": got["interpolation"],
              "connectivity": {"linear": got["linear"], "aligned": got["aligned"]},
              "ntk": (np.asarray(got["ntk_init"].matrix), np.asarray(got["ntk_trained"].matrix))}
-    (out / "figures").mkdir(exist_ok=True)
-    overview_figure(out / "figures" / "overview.png", types.SimpleNamespace(history=history),
-                    parts)
-    return {"file": "figures/overview.png",
-            "caption": "Overview: training, the Hessian's spectral density with its top "
-                       "eigenvalues, the 1-D slice, the interpolation from initialisation, the "
-                       "paths between the two networks and the empirical NTK's spectrum; each "
-                       "is shown larger in its section below."}
+    figures.mkdir(exist_ok=True)
+    forget_figure_key(figures, "overview")
+    overview_figure(figures / "overview.png", types.SimpleNamespace(history=history), parts)
+    record_figure_key(figures, "overview", key)
+    return {"file": "figures/overview.png", "caption": caption}
 
 
 def _print_summary(study, out: Path) -> None:

@@ -232,24 +232,41 @@ def _fig_save(fig, out: Path, name: str, *, svg: bool, inputs: str | None = None
     if inputs is None and not always and (scope := _FIGURE_SCOPE.get()) is not None:
         sec, inputs = scope
         reusable = bool(sec.parts_total) and sec.parts_loaded == sec.parts_total
-    keyfile = d / f".{name}.key"
-    key = None
-    if inputs is not None:
-        key = hashlib.sha256(json.dumps([name, exts, inputs, _code_fingerprint()]).encode())
-        key = key.hexdigest()
-        if (reusable and all((d / f"{name}.{ext}").is_file() for ext in exts)
-                and keyfile.is_file() and keyfile.read_text().strip() == key):
-            return entry
-    keyfile.unlink(missing_ok=True)  # the files are about to change: no stale key
+    key = None if inputs is None else figure_key(name, exts, inputs)
+    if reusable and figure_is_current(d, name, exts, key):
+        return entry
+    forget_figure_key(d, name)  # the files are about to change: no stale key
     for ext in exts:
         tmp = d / f".{name}.tmp.{ext}"
         fig.savefig(tmp, dpi=110, bbox_inches="tight", pad_inches=0.05, format=ext)
         tmp.replace(d / f"{name}.{ext}")
+    record_figure_key(d, name, key)
+    return entry
+
+
+def figure_key(name: str, exts, inputs: str) -> str:
+    """The key of figure ``name`` drawn from ``inputs`` by this code (:func:`_fig_save`)."""
+    blob = json.dumps([name, list(exts), inputs, _code_fingerprint()])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def figure_is_current(d: Path, name: str, exts, key: str | None) -> bool:
+    """Whether ``d/name.<ext>`` all exist and were drawn under ``key``."""
+    keyfile = d / f".{name}.key"
+    return (key is not None and all((d / f"{name}.{ext}").is_file() for ext in exts)
+            and keyfile.is_file() and keyfile.read_text().strip() == key)
+
+
+def forget_figure_key(d: Path, name: str) -> None:
+    (d / f".{name}.key").unlink(missing_ok=True)
+
+
+def record_figure_key(d: Path, name: str, key: str | None) -> None:
+    """Written after the figure's files (atomically): a key never outlives its files' drawing."""
     if key is not None:
         tmp = d / f".{name}.key.tmp"
         tmp.write_text(key + "\n")
-        tmp.replace(keyfile)
-    return entry
+        tmp.replace(d / f".{name}.key")
 
 
 def _figure(figsize, nrows=1, ncols=1):
