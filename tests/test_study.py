@@ -248,7 +248,7 @@ def test_figures_are_drawn_again_only_when_their_inputs_code_or_files_change(tmp
     assert save("d2", 0, inputs="h1") == [".png", ".svg"]
     assert save("d2", 0, inputs="h1") == []
     assert save("d2", 0, inputs="h2") == [".png", ".svg"]
-    assert save("d2", 2, inputs="h2") == [] and save("d2", 2, always=True) == [".png", ".svg"]
+    assert save("d2", 2, inputs="h2") == [] and save("d2", 2, inputs=None) == [".png", ".svg"]
     # the sharpness figure's inputs: the history and the learning rate, beyond the digest
     h = {"step": [0, 5], "sharpness": [1.0, 2.0]}
     t = {"optimizer": "sgd", "learning_rate": 0.1}

@@ -29,12 +29,9 @@ from landscape.study._run import (
     _figure,
     _Parts,
     _r,
-    figure_is_current,
-    figure_key,
+    draw_keyed,
     figure_scope,
-    forget_figure_key,
     history_fingerprint,
-    record_figure_key,
     study_key,
 )
 
@@ -376,8 +373,8 @@ def _training_figure(out: Path, history: dict) -> dict:
     ax.set_title("accuracy")
     if ax.lines:
         ax.legend()
-    hist = history_fingerprint(history)  # the figure is drawn from the history alone
-    return {**_fig_save(fig, out, "training", svg=True, inputs=hist, always=hist is None),
+    # drawn from the history alone (None, not numeric: always drawn)
+    return {**_fig_save(fig, out, "training", svg=True, inputs=history_fingerprint(history)),
             "caption": "Training: the mini-batch loss and the exact full-data loss and accuracy "
                        "on the training and test sets, over {steps} steps."}
 
@@ -686,25 +683,21 @@ def _overview(out: Path, history: dict, sections: dict) -> dict | None:
             return None
         got[key] = classes[key].load(path)
         drawn_from.update(hashlib.sha256(path.read_bytes()).digest())
-    caption = ("Overview: training, the Hessian's spectral density with its top eigenvalues, the "
-               "1-D slice, the interpolation from initialisation, the paths between the two "
-               "networks and the empirical NTK's spectrum; each is shown larger in its section "
-               "below.")
     hist = history_fingerprint(history)
-    figures = out / "figures"
-    key = None if hist is None else figure_key("overview", ("png",),
-                                               f"{drawn_from.hexdigest()} {hist}")
-    if figure_is_current(figures, "overview", ("png",), key):
-        return {"file": "figures/overview.png", "caption": caption}
     parts = {"density": got["density"], "eigenvalues": got["eigenvalues"], "slice": got["slice"],
              "interpolation": got["interpolation"],
              "connectivity": {"linear": got["linear"], "aligned": got["aligned"]},
              "ntk": (np.asarray(got["ntk_init"].matrix), np.asarray(got["ntk_trained"].matrix))}
-    figures.mkdir(exist_ok=True)
-    forget_figure_key(figures, "overview")
-    overview_figure(figures / "overview.png", types.SimpleNamespace(history=history), parts)
-    record_figure_key(figures, "overview", key)
-    return {"file": "figures/overview.png", "caption": caption}
+    figures = out / "figures"
+    draw_keyed(figures, "overview", ("png",),
+               None if hist is None else f"{drawn_from.hexdigest()} {hist}",
+               lambda: overview_figure(figures / "overview.png",
+                                       types.SimpleNamespace(history=history), parts))
+    return {"file": "figures/overview.png",
+            "caption": "Overview: training, the Hessian's spectral density with its top "
+                       "eigenvalues, the 1-D slice, the interpolation from initialisation, the "
+                       "paths between the two networks and the empirical NTK's spectrum; each "
+                       "is shown larger in its section below."}
 
 
 def _print_summary(study, out: Path) -> None:

@@ -213,60 +213,60 @@ def history_fingerprint(history: dict) -> str | None:
     return _provenance.data_hash(arrays)
 
 
-def _fig_save(fig, out: Path, name: str, *, svg: bool, inputs: str | None = None,
-              always: bool = False) -> dict:
-    """Save a matplotlib figure as figures/name.png (and .svg), atomically.
+FROM_SECTION = object()
+"""``_fig_save``'s default inputs: the running section's store digest (:func:`figure_scope`)."""
 
-    ``inputs`` fingerprints everything the figure is drawn from; by default the running
-    section's store digest (:func:`figure_scope`). It is recorded next to the files
-    (``figures/.name.key``, with the code fingerprint), and a figure whose files exist and were
-    drawn from the same inputs by the same code is not drawn again when nothing it shows was
-    recomputed: a section whose parts were all loaded (a rerun), or the same ``inputs``.
-    ``always``: draw it whatever the section's digest says (its inputs are not known). Drawing
-    and encoding a PNG and an SVG takes 0.3-0.7 s a figure, most of a rerun that only loads."""
-    d = out / "figures"
-    d.mkdir(parents=True, exist_ok=True)
+
+def _fig_save(fig, out: Path, name: str, *, svg: bool, inputs=FROM_SECTION) -> dict:
+    """Save a matplotlib figure as figures/name.png (and .svg), atomically, through
+    :func:`draw_keyed`. ``inputs`` fingerprints everything the figure is drawn from: by default
+    the running section's store digest, and then the saved figure is kept only when all of the
+    section's parts were loaded (a rerun); a string is kept whenever it is the same; ``None``
+    (unknown inputs) always draws. Drawing and encoding a PNG and an SVG takes 0.3-0.7 s a
+    figure, most of a rerun that only loads."""
     exts = ("png", "svg") if svg else ("png",)
-    entry = {"file": f"figures/{name}.png", **({"svg": f"figures/{name}.svg"} if svg else {})}
-    reusable = inputs is not None
-    if inputs is None and not always and (scope := _FIGURE_SCOPE.get()) is not None:
-        sec, inputs = scope
-        reusable = bool(sec.parts_total) and sec.parts_loaded == sec.parts_total
-    key = None if inputs is None else figure_key(name, exts, inputs)
-    if reusable and figure_is_current(d, name, exts, key):
-        return entry
-    forget_figure_key(d, name)  # the files are about to change: no stale key
-    for ext in exts:
-        tmp = d / f".{name}.tmp.{ext}"
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", pad_inches=0.05, format=ext)
-        tmp.replace(d / f"{name}.{ext}")
-    record_figure_key(d, name, key)
-    return entry
+    reusable = True
+    if inputs is FROM_SECTION:
+        scope = _FIGURE_SCOPE.get()
+        inputs = None if scope is None else scope[1]
+        if scope is not None:
+            sec = scope[0]
+            reusable = bool(sec.parts_total) and sec.parts_loaded == sec.parts_total
+    d = out / "figures"
+
+    def write():
+        for ext in exts:
+            tmp = d / f".{name}.tmp.{ext}"
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", pad_inches=0.05, format=ext)
+            tmp.replace(d / f"{name}.{ext}")
+
+    draw_keyed(d, name, exts, inputs, write, reusable=reusable)
+    return {"file": f"figures/{name}.png", **({"svg": f"figures/{name}.svg"} if svg else {})}
 
 
-def figure_key(name: str, exts, inputs: str) -> str:
-    """The key of figure ``name`` drawn from ``inputs`` by this code (:func:`_fig_save`)."""
-    blob = json.dumps([name, list(exts), inputs, _code_fingerprint()])
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def figure_is_current(d: Path, name: str, exts, key: str | None) -> bool:
-    """Whether ``d/name.<ext>`` all exist and were drawn under ``key``."""
+def draw_keyed(d: Path, name: str, exts, inputs: str | None, write: Callable, *,
+               reusable: bool = True) -> bool:
+    """Call ``write()`` to (re)write the figure files ``d/name.<ext>`` unless they all exist and
+    ``d/.name.key`` says they were drawn from ``inputs`` by this code (:func:`_code_fingerprint`)
+    and ``reusable``; ``inputs=None``: always drawn, no key kept. The key is removed before the
+    files change and written (atomically) after them, so it never outlives what it describes.
+    Returns whether the figure was drawn."""
+    d.mkdir(parents=True, exist_ok=True)
     keyfile = d / f".{name}.key"
-    return (key is not None and all((d / f"{name}.{ext}").is_file() for ext in exts)
-            and keyfile.is_file() and keyfile.read_text().strip() == key)
-
-
-def forget_figure_key(d: Path, name: str) -> None:
-    (d / f".{name}.key").unlink(missing_ok=True)
-
-
-def record_figure_key(d: Path, name: str, key: str | None) -> None:
-    """Written after the figure's files (atomically): a key never outlives its files' drawing."""
+    key = None
+    if inputs is not None:
+        blob = json.dumps([name, list(exts), inputs, _code_fingerprint()])
+        key = hashlib.sha256(blob.encode()).hexdigest()
+        if (reusable and all((d / f"{name}.{ext}").is_file() for ext in exts)
+                and keyfile.is_file() and keyfile.read_text().strip() == key):
+            return False
+    keyfile.unlink(missing_ok=True)
+    write()
     if key is not None:
         tmp = d / f".{name}.key.tmp"
         tmp.write_text(key + "\n")
-        tmp.replace(d / f".{name}.key")
+        tmp.replace(keyfile)
+    return True
 
 
 def _figure(figsize, nrows=1, ncols=1):
@@ -418,7 +418,7 @@ def section_hessian(ctx: Context, parts: _Parts) -> Section:
                      "preconditioned Hessian and is not drawn)")
         inputs = sharpness_figure_inputs(ctx.history, ctx.cfg["train"])
         sec.figures.append({**_fig_save(fig, ctx.out, "hessian-sharpness", svg=True,
-                                        inputs=inputs, always=inputs is None),
+                                        inputs=inputs),
                             "caption": "Top Hessian eigenvalue (sharpness) during training, "
                                        "recorded by the training callback every "
                                        "{sharpness_every} steps: {sharpness_start} at the start, "
